@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# Run a real single-node Apache Kafka broker (KRaft, combined broker+controller)
+# on loopback, from jars on Maven Central: no tarball mirror or Docker needed.
+#
+#   scripts/kafka.sh install|start|stop|status|wipe
+#
+# Env: SHOPSTREAM_KAFKA_HOME (jar cache), SHOPSTREAM_KAFKA_DATA (data, log, pid),
+#      KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_HEAP_OPTS, JAVA_HOME.
+set -euo pipefail
+
+KAFKA_VERSION=4.4.0
+POM="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/kafka/pom.xml"
+KAFKA_HOME=${SHOPSTREAM_KAFKA_HOME:-$HOME/.cache/shopstream/kafka-$KAFKA_VERSION}
+LIBS=$KAFKA_HOME/libs
+DATA=${SHOPSTREAM_KAFKA_DATA:-/tmp/shopstream-kafka}
+PORT=${KAFKA_PORT:-9092}
+CPORT=${KAFKA_CONTROLLER_PORT:-9093}
+BOOTSTRAP=127.0.0.1:$PORT
+PIDFILE=$DATA/kafka.pid
+LOG=$DATA/kafka.log
+# Kafka 4.x needs Java 17+; prefer JAVA_HOME, then the Debian JDK 17, then PATH.
+JAVA=${JAVA_HOME:-/usr/lib/jvm/java-17-openjdk-amd64}/bin/java
+[[ -x $JAVA ]] || JAVA=java
+
+say() { echo "kafka: $*" >&2; }
+die() { say "$*"; exit 1; }
+
+install() {
+  # The marker holds the pom's checksum, so editing the pom forces a re-copy.
+  local sum tmp
+  sum=$(sha256sum "$POM" | cut -d' ' -f1)
+  [[ -f $LIBS/.complete && $(<"$LIBS/.complete") == "$sum" ]] && return 0
+  command -v mvn >/dev/null || die "mvn not found (apt-get install maven)"
+  say "downloading jars from Maven Central into $LIBS ..."
+  mkdir -p "$KAFKA_HOME"
+  tmp=$KAFKA_HOME/libs.tmp.$$ # copy aside, then move: an interrupted run leaves no half-filled libs/
+  rm -rf "$tmp"
+  if ! mvn -q -B -f "$POM" dependency:copy-dependencies -DoutputDirectory="$tmp" \
+      >"$KAFKA_HOME/mvn.log" 2>&1; then
+    tail -n 30 "$KAFKA_HOME/mvn.log" >&2
+    rm -rf "$tmp"
+    die "maven failed (full log: $KAFKA_HOME/mvn.log)"
+  fi
+  echo "$sum" >"$tmp/.complete"
+  rm -rf "$LIBS" && mv "$tmp" "$LIBS"
+}
+
+# JVM options for short-lived Kafka tools: small heap, fast JIT start, warnings only (stderr).
+tool_opts() {
+  TOOL=("$JAVA" -Xmx256m -XX:TieredStopAtLevel=1 -Dshopstream.log.level=WARN
+    -Dlog4j2.configurationFile="$DATA/log4j2.properties" -cp "$LIBS/*")
+}
+
+pid() { [[ -f $PIDFILE ]] && cat "$PIDFILE"; }
+
+# Running = pid file points at a live kafka.Kafka process (guards against pid reuse).
+running() {
+  local p; p=$(pid) || return 1
+  [[ -n $p ]] && grep -qa 'kafka.Kafka' "/proc/$p/cmdline" 2>/dev/null
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Answering = a real client gets metadata back, not just an open port.
+answering() {
+  port_open "$PORT" || return 1
+  if python3 -c 'import kafka' 2>/dev/null; then
+    timeout 20 python3 -c "
+from kafka import KafkaAdminClient
+a = KafkaAdminClient(bootstrap_servers='$BOOTSTRAP', request_timeout_ms=5000)
+a.list_topics(); a.close()" >/dev/null 2>&1
+  else
+    tool_opts
+    timeout 30 "${TOOL[@]}" org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" --list >/dev/null 2>&1
+  fi
+}
+
+write_configs() {
+  mkdir -p "$DATA/logs"
+  # controller.quorum.bootstrap.servers (not .voters) + `format --standalone` is
+  # the 4.x way to bootstrap a one-node dynamic KRaft quorum.
+  cat >"$DATA/server.properties" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$CPORT
+listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$DATA/logs
+num.partitions=1
+auto.create.topics.enable=true
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+EOF
+  # Kafka 4.x logs via log4j2; without a config it would print only errors.
+  cat >"$DATA/log4j2.properties" <<'EOF'
+status = warn
+appender.out.type = Console
+appender.out.name = OUT
+appender.out.target = SYSTEM_ERR
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = ${sys:shopstream.log.level:-INFO}
+rootLogger.appenderRef.out.ref = OUT
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+EOF
+}
+
+# Formats only once: the data dir (topics, offsets) survives restarts.
+format_once() {
+  [[ -f $DATA/logs/meta.properties ]] && return 0
+  local id
+  # A cluster id is 16 random bytes in url-safe base64; one starting with "-"
+  # would be taken for a CLI flag, so draw again.
+  while id=$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '='); [[ $id == -* ]]; do :; done
+  say "formatting $DATA/logs (cluster id $id)"
+  tool_opts
+  "${TOOL[@]}" kafka.tools.StorageTool format --config "$DATA/server.properties" \
+    --cluster-id "$id" --standalone >>"$LOG" 2>&1 || { tail -n 20 "$LOG" >&2; die "format failed"; }
+}
+
+start() {
+  if running; then
+    answering && { say "already running on $BOOTSTRAP (pid $(pid))"; return 0; }
+    say "pid $(pid) is up but not answering yet; waiting"
+  else
+    install
+    port_open "$PORT" && die "port $PORT is taken by another process"
+    write_configs
+    format_once
+    say "starting broker (log: $LOG)"
+    # setsid: Ctrl-C on the caller must not reach the broker; nohup: survive
+    # the caller's exit. setsid/nohup exec, so $! is the JVM's pid.
+    setsid nohup "$JAVA" ${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m} -XX:+UseG1GC \
+      -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
+      -Dlog4j2.configurationFile="$DATA/log4j2.properties" \
+      -cp "$LIBS/*" kafka.Kafka "$DATA/server.properties" >>"$LOG" 2>&1 </dev/null &
+    echo $! >"$PIDFILE"
+  fi
+  local t0=$SECONDS
+  while ((SECONDS - t0 < 60)); do
+    running || { tail -n 40 "$LOG" >&2; rm -f "$PIDFILE"; die "broker exited during startup"; }
+    answering && { say "started on $BOOTSTRAP (pid $(pid))"; return 0; }
+    sleep 1
+  done
+  tail -n 40 "$LOG" >&2
+  die "broker not answering on $BOOTSTRAP after 60 s (pid $(pid) left running; '$0 stop' ends it)"
+}
+
+stop() {
+  if ! running; then rm -f "$PIDFILE"; say "not running"; return 0; fi
+  local p i; p=$(pid)
+  say "stopping pid $p"
+  kill -TERM "$p" 2>/dev/null || true
+  # SIGTERM triggers Kafka's clean shutdown (flushes logs, avoids recovery on next start).
+  for ((i = 0; i < 30; i++)); do
+    kill -0 "$p" 2>/dev/null || break
+    sleep 1
+  done
+  if kill -0 "$p" 2>/dev/null; then say "no exit after 30 s, SIGKILL"; kill -KILL "$p" 2>/dev/null || true; fi
+  rm -f "$PIDFILE"
+  say "stopped"
+}
+
+status() {
+  if running; then echo "kafka: running on $BOOTSTRAP (pid $(pid))"; else echo "kafka: not running"; return 1; fi
+}
+
+wipe() {
+  stop
+  [[ -n $DATA && $DATA != / ]] || die "refusing to delete '$DATA'"
+  rm -rf "$DATA"
+  say "deleted $DATA"
+}
+
+case ${1:-} in
+  install) install; say "jars ready in $LIBS" ;;
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  wipe) wipe ;;
+  *) echo "usage: $0 install|start|stop|status|wipe" >&2; exit 2 ;;
+esac

@@ -1,0 +1,185 @@
+"""The canonical shop event, and the one place where raw input becomes an `Event`.
+
+Events are modelled on the public REES46 e-commerce dataset. Both stages call
+`decode_event` (JSON bytes, e.g. a Kafka message value) or `event_from_record`
+(a dict, e.g. a CSV row); anything wrong raises `InvalidEvent` naming the field,
+the value and the reason, so it can be counted or dead-lettered.
+
+>>> e = decode_event(b'{"event_time": "2019-10-01 00:00:05 UTC", "event_type": "view",'
+...                  b' "product_id": 44600062, "user_id": 541312140, "user_session": "s1",'
+...                  b' "price": 35.79}')
+>>> e.event_time, e.product_id, e.price
+(1569888005.0, '44600062', 35.79)
+>>> decode_event(b'{"event_time": 1, "event_type": "view"}')
+Traceback (most recent call last):
+...
+shopstream.events.InvalidEvent: event: Object missing required field `product_id`
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Optional, Union
+
+import msgspec
+
+EVENT_TYPES = frozenset({"view", "cart", "remove_from_cart", "purchase"})
+#: Event types that open a prediction: "will this session buy this product?"
+PREDICTION_POINTS = frozenset({"view", "cart"})
+MAX_EVENT_BYTES = 64 * 1024
+# Times outside this range are typos or unit errors (e.g. milliseconds), not shop events.
+MIN_EVENT_TIME = datetime(2000, 1, 1, tzinfo=timezone.utc).timestamp()
+MAX_EVENT_TIME = datetime(2100, 1, 1, tzinfo=timezone.utc).timestamp()
+MAX_ID_CHARS = 256
+MAX_FEATURES = 256
+
+
+class InvalidEvent(ValueError):
+    """An input that is not a valid event: `field` and `value` say where, the message why."""
+
+    def __init__(self, field: str, reason: str, value: object = None):
+        self.field = field
+        self.reason = reason
+        self.value = value
+        shown = "" if value is None else f" (value {_short(value)})"
+        super().__init__(f"{field}: {reason}{shown}")
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class Event(msgspec.Struct, gc=False):
+    """One click or purchase. After validation `event_time` is epoch seconds (float)
+    and ids are strings."""
+
+    event_time: Union[float, str]
+    event_type: str
+    product_id: Union[int, str]
+    user_id: Union[int, str]
+    user_session: Union[int, str]
+    event_id: Optional[Union[int, str]] = None
+    category_code: Optional[str] = None
+    brand: Optional[str] = None
+    price: Optional[float] = None
+    platform: Optional[str] = None
+    channel: Optional[str] = None
+    features: Optional[dict[str, Union[float, str]]] = None
+    label: Optional[bool] = None
+
+
+_decoder = msgspec.json.Decoder(Event)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_event(data: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Event:
+    """JSON bytes -> validated `Event`, or `InvalidEvent`."""
+    if not data:
+        raise InvalidEvent("payload", "empty message")
+    if len(data) > max_bytes:
+        raise InvalidEvent("payload", f"{len(data)} bytes exceeds the {max_bytes}-byte limit")
+    try:
+        event = _decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(*_split_msgspec_error(str(exc))) from None
+    except msgspec.DecodeError as exc:
+        reason = str(exc)
+        if not _is_utf8(data):
+            reason = "invalid UTF-8"
+        raise InvalidEvent("payload", reason) from None
+    return validate(event)
+
+
+def encode_event(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def event_from_record(record: dict) -> Event:
+    """A flat dict (a CSV row, a Parquet row) -> validated `Event`.
+
+    Strings are coerced ("35.79" -> 35.79) and empty strings mean "absent", as in CSV.
+    """
+    cleaned = {k: v for k, v in record.items() if v != "" and v is not None}
+    try:
+        event = msgspec.convert(cleaned, Event, strict=False)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(*_split_msgspec_error(str(exc))) from None
+    return validate(event)
+
+
+def _split_msgspec_error(message: str) -> tuple[str, str]:
+    # msgspec says "Expected `str`, got `int` - at `$.user_session`"; we want field first.
+    if " - at `$." in message:
+        reason, _, where = message.rpartition(" - at `$.")
+        return where.rstrip("`"), reason
+    if "missing required field" in message:
+        return "event", message
+    return "event", message
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def parse_event_time(value: Union[float, int, str]) -> float:
+    """ISO-8601 (REES46's "2019-10-01 00:00:00 UTC" too) or epoch seconds -> epoch seconds.
+
+    >>> parse_event_time("2019-10-01T00:00:00Z"), parse_event_time(1569888000)
+    (1569888000.0, 1569888000.0)
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            if text.endswith(" UTC"):
+                text = text[:-4] + "+00:00"
+            try:
+                moment = datetime.fromisoformat(text)
+            except ValueError:
+                raise InvalidEvent("event_time", "not ISO-8601 or epoch seconds", value) from None
+            if moment.tzinfo is None:  # naive times are UTC, as in REES46
+                moment = moment.replace(tzinfo=timezone.utc)
+            seconds = moment.timestamp()
+    else:
+        seconds = float(value)
+    if not math.isfinite(seconds) or not MIN_EVENT_TIME <= seconds < MAX_EVENT_TIME:
+        raise InvalidEvent("event_time", "outside 2000-01-01..2100-01-01 (milliseconds?)", value)
+    return seconds
+
+
+def _check_id(event: Event, name: str) -> None:
+    value = getattr(event, name)
+    if value is None:
+        return
+    text = str(value)
+    if not text or len(text) > MAX_ID_CHARS:
+        raise InvalidEvent(name, f"must be 1..{MAX_ID_CHARS} characters", value)
+    setattr(event, name, text)
+
+
+def validate(event: Event) -> Event:
+    """Normalise a decoded event in place (time to epoch seconds, ids to str) and check
+    what types alone cannot: known event_type, finite non-negative price, sane time."""
+    if event.event_type not in EVENT_TYPES:
+        raise InvalidEvent("event_type", f"must be one of {sorted(EVENT_TYPES)}", event.event_type)
+    event.event_time = parse_event_time(event.event_time)
+    for name in ("product_id", "user_id", "user_session", "event_id"):
+        _check_id(event, name)
+    price = event.price
+    if price is not None and not (math.isfinite(price) and price >= 0.0):
+        raise InvalidEvent("price", "must be a finite number >= 0", price)
+    features = event.features
+    if features is not None:
+        if len(features) > MAX_FEATURES:
+            raise InvalidEvent("features", f"more than {MAX_FEATURES} entries", len(features))
+        for name, value in features.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InvalidEvent(f"features.{name}", "must be finite", value)
+    return event

@@ -1,0 +1,149 @@
+"""Feature sets: event -> feature dict, with state that only ever looks backwards.
+
+The engine calls `transform(event)` (features as known *before* the event) and then
+`learn(event)` (fold the event into the state), so no feature can see the future or
+a label: a purchase only reaches the features of events that come after it.
+
+- ``raw``: the event's own ``features`` object, unchanged, and nothing else;
+- ``shop``: price and log price, time of day, one-hot categories, and per-session,
+  per-user and per-product aggregates (views, carts, purchases, conversion).
+Scaling belongs to the model pipeline (``StandardScaler``), not here.
+
+>>> from shopstream.events import Event
+>>> shop = ShopFeatures()
+>>> view = Event(1.0e9, "view", "p1", "u1", "s1", price=10.0, brand="acme")
+>>> x = shop.transform(view); shop.learn(view)
+>>> x["brand=acme"], x["session_views"], shop.transform(view)["session_views"]
+(1.0, 0.0, 1.0)
+"""
+
+from __future__ import annotations
+
+import math
+
+from .events import Event
+
+
+class RawFeatures:
+    """The event's ``features`` object as is: for generic labelled streams."""
+
+    name = "raw"
+
+    def transform(self, event: Event) -> dict:
+        return event.features if event.features is not None else {}
+
+    def learn(self, event: Event) -> None:
+        pass
+
+
+class _Capped(dict):
+    """A dict that forgets its oldest keys past `cap`: bounded state for endless streams."""
+
+    def __init__(self, cap: int):
+        super().__init__()
+        self.cap = cap
+
+    def __reduce__(self):
+        return (self.__class__, (self.cap,), None, None, iter(self.items()))
+
+    def slot(self, key, make):
+        value = self.get(key)
+        if value is None:
+            value = self[key] = make()
+            if len(self) > self.cap:
+                del self[next(iter(self))]
+        return value
+
+
+_TWO_PI_OVER_DAY = 2.0 * math.pi / 86400.0
+
+
+class ShopFeatures:
+    """Clickstream features for "will this session buy this product?"."""
+
+    name = "shop"
+
+    def __init__(self, max_sessions: int = 200_000, max_users: int = 1_000_000,
+                 max_products: int = 1_000_000):
+        # session -> [start time, views, carts, set of carted products, {product: views}]
+        self.sessions = _Capped(max_sessions)
+        self.users = _Capped(max_users)        # user -> [sessions, purchases]
+        self.products = _Capped(max_products)  # product -> [views, carts, purchases]
+        self.category_price = {}               # top category -> [n, mean price]
+
+    def transform(self, event: Event) -> dict:
+        session = self.sessions.get(event.user_session)
+        user = self.users.get(event.user_id)
+        product = self.products.get(event.product_id)
+        t = event.event_time
+        seconds_of_day = t % 86400.0
+        x = {
+            "is_cart": 1.0 if event.event_type == "cart" else 0.0,
+            "hour_sin": math.sin(seconds_of_day * _TWO_PI_OVER_DAY),
+            "hour_cos": math.cos(seconds_of_day * _TWO_PI_OVER_DAY),
+        }
+        top = event.category_code.partition(".")[0] if event.category_code else "unknown"
+        x["category=" + top] = 1.0
+        x["brand=" + (event.brand or "unknown")] = 1.0
+        x["platform=" + (event.platform or "unknown")] = 1.0
+        x["channel=" + (event.channel or "unknown")] = 1.0
+        price = event.price
+        if price is not None:
+            x["log_price"] = math.log1p(price)
+            stats = self.category_price.get(top)
+            if stats is not None and stats[1] > 0:
+                x["price_vs_category"] = price / stats[1]
+        if session is not None:
+            x["session_views"] = float(session[1])
+            x["session_carts"] = float(session[2])
+            x["session_seconds"] = t - session[0]
+            x["carted_before"] = 1.0 if event.product_id in session[3] else 0.0
+            x["product_views_in_session"] = float(session[4].get(event.product_id, 0))
+        else:
+            x["session_views"] = 0.0
+        if user is not None:
+            x["user_sessions"] = float(user[0])
+            x["user_purchases"] = float(user[1])
+        if product is not None:
+            views, carts, purchases = product
+            x["product_views"] = math.log1p(views)
+            x["product_cart_rate"] = (carts + 1.0) / (views + 20.0)
+            x["product_conversion"] = (purchases + 1.0) / (views + 50.0)
+        return x
+
+    def learn(self, event: Event) -> None:
+        new_session = event.user_session not in self.sessions
+        session = self.sessions.slot(event.user_session, lambda: [event.event_time, 0, 0, set(), {}])
+        user = self.users.slot(event.user_id, lambda: [0, 0])
+        product = self.products.slot(event.product_id, lambda: [0, 0, 0])
+        if new_session:
+            user[0] += 1
+        kind = event.event_type
+        if kind == "view":
+            session[1] += 1
+            product[0] += 1
+            views = session[4]
+            views[event.product_id] = views.get(event.product_id, 0) + 1
+        elif kind == "cart":
+            session[2] += 1
+            session[3].add(event.product_id)
+            product[1] += 1
+        elif kind == "purchase":
+            user[1] += 1
+            product[2] += 1
+        if event.price is not None and kind == "view":
+            top = event.category_code.partition(".")[0] if event.category_code else "unknown"
+            stats = self.category_price.setdefault(top, [0, 0.0])
+            stats[0] += 1
+            stats[1] += (event.price - stats[1]) / stats[0]
+
+
+FEATURE_SETS = {"raw": RawFeatures, "shop": ShopFeatures}
+
+
+def build_features(name: str):
+    """A fresh feature set by name (see `FEATURE_SETS`)."""
+    try:
+        return FEATURE_SETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown feature set {name!r}; choose from {sorted(FEATURE_SETS)}") from None

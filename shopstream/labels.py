@@ -1,0 +1,146 @@
+"""Delayed labels: join purchases to the predictions made on earlier views and carts.
+
+A view or cart of product P in session S opens a prediction "will S buy P within the
+attribution window?". A purchase of (S, P) inside [event time, event time + window]
+resolves it positive. Once the watermark (max event time seen minus the allowed
+lateness) passes the window's end, it resolves negative. Decisions made on purpose:
+
+- a purchase that precedes the view in event time (out of order) does not resolve it;
+- a prediction point already past the watermark when it arrives is *late*: it opens
+  nothing (its label would be decided before anything could be learned from it);
+- a purchase that resolves nothing is an *orphan*; a duplicate purchase is one too;
+- past `max_open` open predictions, the oldest is *evicted* (dropped, never learned).
+
+>>> joiner = LabelJoiner(window=60.0)
+>>> joiner.open(OpenPrediction(("s1", "p1"), 0.0, {}, 0.9, True))
+True
+>>> [p.key for p in joiner.purchase(("s1", "p1"), 30.0)]
+[('s1', 'p1')]
+>>> joiner.open(OpenPrediction(("s1", "p2"), 10.0, {}, 0.1, False))
+True
+>>> joiner.advance(69.0), [p.key for p in joiner.advance(71.0)]
+([], [('s1', 'p2')])
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from typing import Hashable, Optional
+
+
+class OpenPrediction:
+    """A prediction recorded before its label is known: what was predicted, on which
+    features, when. `y_pred` is None when the model could not predict yet (River's
+    empty `predict_proba_one`): it is learned but not scored, as in river.evaluate."""
+
+    __slots__ = ("key", "event_time", "x", "p_true", "y_pred", "ref", "seq")
+
+    def __init__(self, key: Hashable, event_time: float, x: dict, p_true: float,
+                 y_pred: Optional[bool], ref: object = None):
+        self.key = key
+        self.event_time = event_time
+        self.x = x
+        self.p_true = p_true
+        self.y_pred = y_pred
+        self.ref = ref
+        self.seq = 0
+
+    def __getstate__(self):
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state):
+        for name, value in zip(self.__slots__, state):
+            setattr(self, name, value)
+
+
+class LabelJoiner:
+    """Open predictions keyed by (session, product), resolved by purchase or expiry."""
+
+    def __init__(self, window: float = 1800.0, lateness: float = 0.0, max_open: int = 1_000_000):
+        if window <= 0 or lateness < 0 or max_open < 1:
+            raise ValueError("window must be > 0, lateness >= 0 and max_open >= 1")
+        self.window = float(window)
+        self.lateness = float(lateness)
+        self.max_open = int(max_open)
+        self.max_time = -math.inf
+        self._by_key: dict[Hashable, list[OpenPrediction]] = {}
+        self._by_seq: dict[int, OpenPrediction] = {}
+        self._deadlines: list[tuple[float, int]] = []  # heap of (deadline, seq); stale entries skipped
+        self._next_seq = 0
+        self.counts = {"opened": 0, "late": 0, "expired": 0, "evicted": 0, "orphans": 0, "positive": 0}
+
+    def __len__(self) -> int:
+        return len(self._by_seq)
+
+    @property
+    def watermark(self) -> float:
+        return self.max_time - self.lateness
+
+    def oldest_open_time(self) -> Optional[float]:
+        while self._deadlines and self._deadlines[0][1] not in self._by_seq:
+            heapq.heappop(self._deadlines)
+        return self._deadlines[0][0] - self.window if self._deadlines else None
+
+    def advance(self, event_time: float) -> list[OpenPrediction]:
+        """Move event time forward; return the predictions that expired (label: negative)."""
+        if event_time > self.max_time:
+            self.max_time = event_time
+        watermark = self.max_time - self.lateness
+        deadlines = self._deadlines
+        expired = []
+        while deadlines and deadlines[0][0] < watermark:
+            _, seq = heapq.heappop(deadlines)
+            prediction = self._by_seq.get(seq)
+            if prediction is not None:
+                self._remove(prediction)
+                expired.append(prediction)
+        self.counts["expired"] += len(expired)
+        return expired
+
+    def open(self, prediction: OpenPrediction) -> bool:
+        """Record a prediction; False (and counted as late) if its window already closed."""
+        deadline = prediction.event_time + self.window
+        if deadline < self.watermark:
+            self.counts["late"] += 1
+            return False
+        prediction.seq = seq = self._next_seq
+        self._next_seq += 1
+        self._by_seq[seq] = prediction
+        self._by_key.setdefault(prediction.key, []).append(prediction)
+        heapq.heappush(self._deadlines, (deadline, seq))
+        self.counts["opened"] += 1
+        if len(self._by_seq) > self.max_open:
+            self._evict_oldest()
+        return True
+
+    def purchase(self, key: Hashable, event_time: float) -> list[OpenPrediction]:
+        """A purchase of `key` at `event_time`: return the predictions it makes positive."""
+        waiting = self._by_key.get(key)
+        resolved = []
+        if waiting:
+            window = self.window
+            resolved = [p for p in waiting if p.event_time <= event_time <= p.event_time + window]
+            for prediction in resolved:
+                self._remove(prediction)
+        if resolved:
+            self.counts["positive"] += len(resolved)
+        else:
+            self.counts["orphans"] += 1
+        return resolved
+
+    def _remove(self, prediction: OpenPrediction) -> None:
+        del self._by_seq[prediction.seq]
+        waiting = self._by_key[prediction.key]
+        waiting.remove(prediction)
+        if not waiting:
+            del self._by_key[prediction.key]
+
+    def _evict_oldest(self) -> None:
+        while self._deadlines:
+            _, seq = heapq.heappop(self._deadlines)
+            prediction = self._by_seq.get(seq)
+            if prediction is not None:
+                self._remove(prediction)
+                self.counts["evicted"] += 1
+                return

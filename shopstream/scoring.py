@@ -1,0 +1,89 @@
+"""Binary classification metrics over resolved predictions, cumulative or rolling.
+
+Accuracy, precision, recall and F1 come from confusion counts with River's own
+formulas; ROC AUC and log loss are River's metric objects. Values therefore equal
+what `river.evaluate.progressive_val_score` reports for the same predictions.
+
+>>> board = BinaryScores(window=2)
+>>> for y, p in [(True, 0.9), (False, 0.2), (True, 0.4)]:
+...     board.update(y, p, p > 0.5)
+>>> board.counts(), round(board.values()["accuracy"], 3)
+((0, 0, 1, 1), 0.5)
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Optional
+
+from river import metrics
+
+METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss")
+
+
+class BinaryScores:
+    """Metrics over all resolved predictions, or over the last `window` of them."""
+
+    def __init__(self, window: Optional[int] = None):
+        self.window = window
+        self._recent: deque | None = deque() if window else None
+        self.tp = self.fp = self.tn = self.fn = 0
+        self.roc_auc = metrics.ROCAUC()
+        self.log_loss = metrics.LogLoss()
+
+    def __len__(self) -> int:
+        return self.tp + self.fp + self.tn + self.fn
+
+    def update(self, y_true: bool, p_true: float, y_pred: bool) -> None:
+        self._count(y_true, y_pred, 1)
+        self.roc_auc.update(y_true, p_true)
+        self.log_loss.update(y_true, p_true)
+        recent = self._recent
+        if recent is not None:
+            recent.append((y_true, p_true, y_pred))
+            if len(recent) > self.window:
+                old_y, old_p, old_pred = recent.popleft()
+                self._count(old_y, old_pred, -1)
+                self.roc_auc.revert(old_y, old_p)
+                self.log_loss.revert(old_y, old_p)
+
+    def _count(self, y_true: bool, y_pred: bool, step: int) -> None:
+        if y_pred:
+            if y_true:
+                self.tp += step
+            else:
+                self.fp += step
+        elif y_true:
+            self.fn += step
+        else:
+            self.tn += step
+
+    def counts(self) -> tuple[int, int, int, int]:
+        """(tp, fp, tn, fn)"""
+        return self.tp, self.fp, self.tn, self.fn
+
+    def values(self) -> dict[str, float]:
+        tp, fp, tn, fn = self.tp, self.fp, self.tn, self.fn
+        n = tp + fp + tn + fn
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        return {
+            "accuracy": (tp + tn) / n if n else 0.0,
+            "precision": precision,
+            "recall": recall,
+            "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+            "roc_auc": self.roc_auc.get(),
+            "log_loss": self.log_loss.get(),
+        }
+
+
+class Scoreboard:
+    """Cumulative and rolling scores of one model's resolved predictions."""
+
+    def __init__(self, window: int = 1000):
+        self.cumulative = BinaryScores()
+        self.rolling = BinaryScores(window)
+
+    def update(self, y_true: bool, p_true: float, y_pred: bool) -> None:
+        self.cumulative.update(y_true, p_true, y_pred)
+        self.rolling.update(y_true, p_true, y_pred)
