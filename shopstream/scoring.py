@@ -1,8 +1,9 @@
 """Binary classification metrics over resolved predictions, cumulative or rolling.
 
 Accuracy, precision, recall and F1 come from confusion counts with River's own
-formulas; ROC AUC and log loss are River's metric objects. Values therefore equal
-what `river.evaluate.progressive_val_score` reports for the same predictions.
+formulas; ROC AUC is River's 10-threshold ROCAUC kept as two histograms (one bisect
+per update instead of ten confusion-matrix updates); log loss is River's object.
+Values therefore equal what `river.evaluate.progressive_val_score` reports.
 
 >>> board = BinaryScores(window=2)
 >>> for y, p in [(True, 0.9), (False, 0.2), (True, 0.4)]:
@@ -13,12 +14,44 @@ what `river.evaluate.progressive_val_score` reports for the same predictions.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
 from typing import Optional
 
 from river import metrics
+from scipy import integrate
 
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss")
+
+
+class ThresholdROCAUC:
+    """River's `metrics.ROCAUC` (same thresholds, same integration, same value),
+    updated in O(log n_thresholds)."""
+
+    def __init__(self, n_thresholds: int = 10):
+        thresholds = [i / (n_thresholds - 1) for i in range(n_thresholds)]
+        thresholds[0] -= 1e-7
+        thresholds[-1] += 1e-7
+        self.thresholds = thresholds
+        # bucket k holds the scores above exactly k thresholds
+        self.positives = [0] * (n_thresholds + 1)
+        self.negatives = [0] * (n_thresholds + 1)
+
+    def update(self, y_true: bool, p_true: float, step: int = 1) -> None:
+        bucket = bisect_left(self.thresholds, p_true)
+        if y_true:
+            self.positives[bucket] += step
+        else:
+            self.negatives[bucket] += step
+
+    def get(self) -> float:
+        n_positive, n_negative = sum(self.positives), sum(self.negatives)
+        tprs, fprs = [], []
+        for i in range(len(self.thresholds)):
+            tp, fp = sum(self.positives[i + 1:]), sum(self.negatives[i + 1:])
+            tprs.append(tp / n_positive if n_positive else 0.0)
+            fprs.append(fp / n_negative if n_negative else 0.0)
+        return float(-integrate.trapezoid(x=fprs, y=tprs))
 
 
 class BinaryScores:
@@ -28,7 +61,7 @@ class BinaryScores:
         self.window = window
         self._recent: deque | None = deque() if window else None
         self.tp = self.fp = self.tn = self.fn = 0
-        self.roc_auc = metrics.ROCAUC()
+        self.roc_auc = ThresholdROCAUC()
         self.log_loss = metrics.LogLoss()
 
     def __len__(self) -> int:
@@ -44,7 +77,7 @@ class BinaryScores:
             if len(recent) > self.window:
                 old_y, old_p, old_pred = recent.popleft()
                 self._count(old_y, old_pred, -1)
-                self.roc_auc.revert(old_y, old_p)
+                self.roc_auc.update(old_y, old_p, -1)
                 self.log_loss.revert(old_y, old_p)
 
     def _count(self, y_true: bool, y_pred: bool, step: int) -> None:

@@ -1,0 +1,116 @@
+"""Versioned model artifacts: a pickle and a metadata file that holds the pickle's sha256.
+
+Layout under the artifacts directory::
+
+    <model>/<version>/model.pkl   pickled {"model": ..., "features": ...}
+    <model>/<version>/meta.json   version, created_at, versions, data range, metrics, sha256
+    DEFAULT                       "<model>/<version>" of the best model
+
+Nothing is unpickled before its sha256 matches the metadata, so a truncated or
+tampered file is refused with `ArtifactError` instead of running arbitrary code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import platform
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import river
+
+DEFAULT_POINTER = "DEFAULT"
+
+
+class ArtifactError(RuntimeError):
+    """An artifact that is missing, incomplete or does not match its checksum."""
+
+
+@dataclass
+class Artifact:
+    model: object
+    features: object
+    meta: dict
+    path: Path
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temp file, fsync and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def save_artifact(root: str | Path, model_name: str, model, features, meta: dict) -> Path:
+    """Write one versioned artifact; return its directory."""
+    payload = pickle.dumps({"model": model, "features": features}, protocol=pickle.HIGHEST_PROTOCOL)
+    digest = hashlib.sha256(payload).hexdigest()
+    created = datetime.now(timezone.utc)
+    version = f"{model_name}-{created:%Y%m%dT%H%M%S}-{digest[:8]}"
+    directory = Path(root) / model_name / version
+    full_meta = {
+        "version": version,
+        "model": model_name,
+        "created_at": created.isoformat(),
+        "river_version": river.__version__,
+        "python_version": platform.python_version(),
+        "sha256": digest,
+        "size_bytes": len(payload),
+        **meta,
+    }
+    atomic_write(directory / "model.pkl", payload)
+    atomic_write(directory / "meta.json", json.dumps(full_meta, indent=2, default=str).encode())
+    return directory
+
+
+def set_default(root: str | Path, artifact_dir: Path) -> None:
+    root = Path(root)
+    atomic_write(root / DEFAULT_POINTER, str(artifact_dir.relative_to(root)).encode() + b"\n")
+
+
+def resolve(path: str | Path) -> Path:
+    """An artifact directory, or an artifacts root (then its DEFAULT)."""
+    path = Path(path)
+    pointer = path / DEFAULT_POINTER
+    if pointer.is_file():
+        return path / pointer.read_text().strip()
+    return path
+
+
+def load_artifact(path: str | Path) -> Artifact:
+    """Load and verify an artifact (directory or artifacts root)."""
+    directory = resolve(path)
+    meta_path, model_path = directory / "meta.json", directory / "model.pkl"
+    if not meta_path.is_file() or not model_path.is_file():
+        raise ArtifactError(f"{directory}: not an artifact (needs meta.json and model.pkl)")
+    try:
+        meta = json.loads(meta_path.read_text())
+        expected = meta["sha256"]
+    except (ValueError, KeyError) as exc:
+        raise ArtifactError(f"{meta_path}: unreadable metadata ({exc})") from None
+    payload = model_path.read_bytes()
+    actual = hashlib.sha256(payload).hexdigest()
+    if actual != expected:
+        raise ArtifactError(
+            f"{model_path}: sha256 {actual[:12]}... does not match metadata {expected[:12]}...; "
+            "the file is truncated or was modified, refusing to unpickle it"
+        )
+    if meta.get("river_version") != river.__version__:
+        print(f"warning: {directory} was made with River {meta.get('river_version')}, "
+              f"this is River {river.__version__}", file=sys.stderr)
+    state = pickle.loads(payload)
+    return Artifact(state["model"], state["features"], meta, directory)

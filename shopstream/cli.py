@@ -1,0 +1,200 @@
+"""The `shopstream` command. Every option falls back to an environment variable
+SHOPSTREAM_<OPTION> (e.g. --bootstrap-servers <- SHOPSTREAM_BOOTSTRAP_SERVERS), since
+docker compose configures services by environment; a flag on the command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+
+ENV_PREFIX = "SHOPSTREAM_"
+
+
+def env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_")
+
+
+def _truthy(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def option(parser: argparse.ArgumentParser, flag: str, help: str, default=None, type=str,
+           many: bool = False, switch: bool = False, choices=None) -> None:
+    """Add --flag whose default comes from SHOPSTREAM_FLAG when set.
+
+    `many`: several values (space-separated on the command line, comma-separated in env);
+    `switch`: a boolean flag (env: 1/true/yes or 0/false/no)."""
+    env = env_name(flag)
+    raw = os.environ.get(env)
+    try:
+        if raw is not None:
+            if switch:
+                default = _truthy(raw)
+            elif many:
+                default = [type(part.strip()) for part in raw.split(",") if part.strip()]
+            else:
+                default = type(raw)
+    except ValueError as exc:
+        parser.error(f"{env}={raw!r}: {exc}")
+    shown = f"{help} [env {env}" + ("" if default in (None, False) else f", default {default}") + "]"
+    if switch:
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=bool(default), help=shown)
+    else:
+        parser.add_argument(flag, type=type, default=default, help=shown, choices=choices,
+                            nargs="+" if many else None)
+
+
+def _add_engine_options(parser):
+    option(parser, "--features", "feature set: raw or shop", default="shop", choices=["raw", "shop"])
+    option(parser, "--window", "attribution window in seconds of event time", default=1800.0, type=float)
+    option(parser, "--lateness", "allowed lateness of events in seconds", default=0.0, type=float)
+    option(parser, "--metric-window", "resolved predictions in the rolling metrics", default=1000, type=int)
+    option(parser, "--max-open", "cap on open predictions per partition", default=1_000_000, type=int)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shopstream", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"shopstream {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="write a synthetic clickstream as JSON lines")
+    option(generate, "--out", "output .jsonl file", default="events.jsonl")
+    option(generate, "--events", "number of events", default=100_000, type=int)
+    option(generate, "--seed", "random seed (same seed, same events)", default=7, type=int)
+    option(generate, "--days", "time span in days", default=30.0, type=float)
+    option(generate, "--drift", "drift scenario(s), e.g. checkout_incident@0.5-0.7:android price_shock@0.8",
+           many=True, default=[])
+
+    bootstrap = commands.add_parser("bootstrap", help="train and evaluate models on a history file")
+    option(bootstrap, "--history", "history file: .jsonl, .csv (REES46) or .parquet")
+    option(bootstrap, "--out", "artifacts directory", default="artifacts")
+    option(bootstrap, "--model", "candidate models", many=True, default=["logreg", "logreg_tuned", "hat"])
+    option(bootstrap, "--holdout", "fraction of the history (by time) held out", default=0.2, type=float)
+    option(bootstrap, "--columns", "column mapping OURS=THEIRS,... for other exports")
+    option(bootstrap, "--progress", "show a progress bar", switch=True, default=True)
+    _add_engine_options(bootstrap)
+
+    demo = commands.add_parser("demo", help="the whole pipeline in-process: no Kafka, no setup")
+    option(demo, "--out", "output directory", default="demo-out")
+    option(demo, "--events", "events to generate", default=200_000, type=int)
+    option(demo, "--seed", "random seed", default=7, type=int)
+    option(demo, "--drift", "drift scenario", default="checkout_incident@0.55-0.75:android")
+    option(demo, "--metrics-host", "metrics endpoint host", default="127.0.0.1")
+    option(demo, "--metrics-port", "metrics endpoint port (0: any free port)", default=9108, type=int)
+    option(demo, "--progress", "show a progress bar", switch=True, default=True)
+
+    produce = commands.add_parser("produce", help="feed events from a file or the generator into Kafka")
+    option(produce, "--bootstrap-servers", "Kafka bootstrap servers", default="127.0.0.1:9092")
+    option(produce, "--topic", "events topic", default="shop-events")
+    option(produce, "--file", "events file (.jsonl, .csv); without it, generate")
+    option(produce, "--events", "events to generate when no file is given", default=100_000, type=int)
+    option(produce, "--seed", "generator seed", default=7, type=int)
+    option(produce, "--drift", "generator drift scenario(s)", many=True, default=[])
+    option(produce, "--rate", "events per second (0: as fast as possible)", default=0.0, type=float)
+    option(produce, "--validate", "drop and count invalid events instead of sending them", switch=True)
+    option(produce, "--progress", "show a progress bar", switch=True, default=True)
+
+    worker = commands.add_parser("worker", help="consume events from Kafka, predict then learn on each")
+    option(worker, "--bootstrap-servers", "Kafka bootstrap servers", default="127.0.0.1:9092")
+    option(worker, "--topic", "events topic", default="shop-events")
+    option(worker, "--group", "consumer group", default="shopstream")
+    option(worker, "--predictions-topic", "topic for published predictions ('' to disable)",
+           default="shop-predictions")
+    option(worker, "--dead-letter-topic", "topic for messages that fail to decode or validate",
+           default="shop-events-dlq")
+    option(worker, "--artifacts", "bootstrap output (its DEFAULT model starts new partitions)")
+    option(worker, "--model", "catalog model when no artifact is given", default="logreg")
+    option(worker, "--checkpoints", "checkpoint directory", default="checkpoints")
+    option(worker, "--checkpoint-every", "checkpoint after this many events per partition", default=10_000, type=int)
+    option(worker, "--checkpoint-seconds", "... or after this many seconds", default=30.0, type=float)
+    option(worker, "--metrics-host", "metrics endpoint host (compose sets 0.0.0.0)", default="127.0.0.1")
+    option(worker, "--metrics-port", "metrics endpoint port (0: any free port, -1: none)", default=9108, type=int)
+    option(worker, "--max-events", "stop after this many events (0: never)", default=0, type=int)
+    option(worker, "--until-idle", "stop after the topic has been idle this many seconds (0: never)",
+           default=0.0, type=float)
+    option(worker, "--seed", "seed for catalog models", default=42, type=int)
+    option(worker, "--client-id", "Kafka client id (default: hostname-pid)")
+    _add_engine_options(worker)
+    return parser
+
+
+def _cmd_generate(args) -> int:
+    from .generator import Drift, generate, write_jsonl
+
+    drifts = tuple(Drift.parse(text) for text in args.drift)
+    count = write_jsonl(generate(args.events, seed=args.seed, days=args.days, drifts=drifts), args.out)
+    print(f"wrote {count} events to {args.out}")
+    return 0
+
+
+def _cmd_bootstrap(args) -> int:
+    from offline.bootstrap import bootstrap
+    from .readers import parse_column_map
+
+    if not args.history:
+        raise SystemExit("shopstream bootstrap: --history (or SHOPSTREAM_HISTORY) is required")
+    report = bootstrap(args.history, args.out, models=args.model, feature_set=args.features,
+                       holdout=args.holdout, window=args.window, lateness=args.lateness,
+                       metric_window=args.metric_window, columns=parse_column_map(args.columns),
+                       progress=args.progress)
+    data = report["data"]
+    print(f"events: {data['events']} valid of {data['rows']} rows, {data['malformed']} malformed, "
+          f"{data['duplicates']} duplicates")
+    for name, candidate in report["candidates"].items():
+        h = candidate["holdout"]
+        print(f"{name:>13}: holdout roc_auc {h['roc_auc']:.4f}  f1 {h['f1']:.4f}  accuracy {h['accuracy']:.4f}"
+              f"  log_loss {h['log_loss']:.4f}  (base rate {h['base_rate']:.3f}, {h['resolved']} resolved)")
+    print(f"default: {report['default']}; report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    summary = run_demo(args)
+    print(json.dumps(summary, indent=2, default=float))
+    return 0
+
+
+def _cmd_produce(args) -> int:
+    from stream.produce import produce
+
+    return produce(args)
+
+
+def _cmd_worker(args) -> int:
+    from stream.settings import WorkerSettings
+    from stream.worker import run_worker
+
+    return run_worker(WorkerSettings.from_args(args))
+
+
+COMMANDS = {"generate": _cmd_generate, "bootstrap": _cmd_bootstrap, "demo": _cmd_demo,
+            "produce": _cmd_produce, "worker": _cmd_worker}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        # Expected user errors: one clear line, no traceback.
+        print(f"shopstream {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
