@@ -53,11 +53,11 @@ tool_opts() {
 
 pid() { [[ -f $PIDFILE ]] && cat "$PIDFILE"; }
 
-# Running = pid file points at a live kafka.Kafka process (guards against pid reuse).
-running() {
-  local p; p=$(pid) || return 1
-  [[ -n $p ]] && grep -qa 'kafka.Kafka' "/proc/$p/cmdline" 2>/dev/null
-}
+# A live kafka.Kafka JVM with this pid (guards against pid reuse; a zombie's
+# cmdline is empty, so it counts as gone).
+alive() { grep -qa 'kafka.Kafka' "/proc/$1/cmdline" 2>/dev/null; }
+
+running() { local p; p=$(pid) && [[ -n $p ]] && alive "$p"; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -65,13 +65,13 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 answering() {
   port_open "$PORT" || return 1
   if python3 -c 'import kafka' 2>/dev/null; then
-    timeout 20 python3 -c "
+    timeout 15 python3 -c "
 from kafka import KafkaAdminClient
 a = KafkaAdminClient(bootstrap_servers='$BOOTSTRAP', request_timeout_ms=5000)
 a.list_topics(); a.close()" >/dev/null 2>&1
   else
     tool_opts
-    timeout 30 "${TOOL[@]}" org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" --list >/dev/null 2>&1
+    timeout 15 "${TOOL[@]}" org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" --list >/dev/null 2>&1
   fi
 }
 
@@ -99,8 +99,11 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 EOF
   # Kafka 4.x logs via log4j2; without a config it would print only errors.
+  # shutdownHook=disable: log4j's own hook would otherwise stop logging while
+  # Kafka is still shutting down on SIGTERM, hiding the end of the shutdown.
   cat >"$DATA/log4j2.properties" <<'EOF'
 status = warn
+shutdownHook = disable
 appender.out.type = Console
 appender.out.name = OUT
 appender.out.target = SYSTEM_ERR
@@ -138,6 +141,7 @@ start() {
     say "starting broker (log: $LOG)"
     # setsid: Ctrl-C on the caller must not reach the broker; nohup: survive
     # the caller's exit. setsid/nohup exec, so $! is the JVM's pid.
+    # shellcheck disable=SC2086 # KAFKA_HEAP_OPTS is a list of JVM flags
     setsid nohup "$JAVA" ${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m} -XX:+UseG1GC \
       -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
       -Dlog4j2.configurationFile="$DATA/log4j2.properties" \
@@ -158,13 +162,15 @@ stop() {
   if ! running; then rm -f "$PIDFILE"; say "not running"; return 0; fi
   local p i; p=$(pid)
   say "stopping pid $p"
-  kill -TERM "$p" 2>/dev/null || true
   # SIGTERM triggers Kafka's clean shutdown (flushes logs, avoids recovery on next start).
-  for ((i = 0; i < 30; i++)); do
-    kill -0 "$p" 2>/dev/null || break
-    sleep 1
-  done
-  if kill -0 "$p" 2>/dev/null; then say "no exit after 30 s, SIGKILL"; kill -KILL "$p" 2>/dev/null || true; fi
+  kill -TERM "$p" 2>/dev/null || true
+  for ((i = 0; i < 30; i++)); do alive "$p" || break; sleep 1; done
+  if alive "$p"; then
+    say "no exit after 30 s, SIGKILL"
+    kill -KILL "$p" 2>/dev/null || true
+    # The JVM takes a moment to die and free its ports after SIGKILL.
+    for ((i = 0; i < 10; i++)); do alive "$p" || port_open "$PORT" || break; sleep 1; done
+  fi
   rm -f "$PIDFILE"
   say "stopped"
 }

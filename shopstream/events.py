@@ -89,6 +89,8 @@ def decode_event(data: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Event:
         if not _is_utf8(data):
             reason = "invalid UTF-8"
         raise InvalidEvent("payload", reason) from None
+    except UnicodeDecodeError as exc:  # msgspec raises it for bad UTF-8 inside a string
+        raise InvalidEvent("payload", f"invalid UTF-8 at byte {exc.start}") from None
     return validate(event)
 
 

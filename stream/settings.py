@@ -1,0 +1,50 @@
+"""One frozen settings object for a worker, built from the CLI (flags or SHOPSTREAM_* env)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, fields
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "shop-events"
+    group: str = "shopstream"
+    predictions_topic: str = "shop-predictions"
+    dead_letter_topic: str = "shop-events-dlq"
+    artifacts: Optional[str] = None
+    model: str = "logreg"
+    features: str = "shop"
+    seed: int = 42
+    window: float = 1800.0
+    lateness: float = 0.0
+    metric_window: int = 1000
+    max_open: int = 1_000_000
+    checkpoints: str = "checkpoints"
+    checkpoint_every: int = 10_000
+    checkpoint_seconds: float = 30.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9108
+    max_events: int = 0
+    until_idle: float = 0.0
+    client_id: Optional[str] = None
+    # Kafka consumer timing: how soon a dead worker's partitions move (tests lower it).
+    session_timeout_ms: int = int(os.environ.get("SHOPSTREAM_SESSION_TIMEOUT_MS", "10000"))
+    max_poll_records: int = 1000
+
+    @classmethod
+    def from_args(cls, args) -> "WorkerSettings":
+        given = vars(args)
+        return cls(**{f.name: given[f.name] for f in fields(cls) if given.get(f.name) is not None})
+
+    @property
+    def engine_options(self) -> dict:
+        return {"window": self.window, "lateness": self.lateness, "metric_window": self.metric_window,
+                "max_open": self.max_open}
+
+    @property
+    def name(self) -> str:
+        return self.client_id or f"{socket.gethostname()}-{os.getpid()}"

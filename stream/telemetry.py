@@ -1,0 +1,43 @@
+"""Worker-level metrics read at scrape time: consumer lag, checkpoint age, assignment.
+
+The per-model metrics (rolling accuracy/recall/F1, confusion counters, outcomes)
+come from `shopstream.exporter.EngineCollector`; this adds what only the Kafka side
+knows. Lag uses the high watermark the consumer already got with its last fetch,
+so scraping never calls the broker.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client.core import GaugeMetricFamily
+
+
+class WorkerCollector:
+    def __init__(self, worker):
+        self.worker = worker
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        worker = self.worker
+        lag = GaugeMetricFamily("shopstream_consumer_lag", "Messages behind the partition's end",
+                                labels=["partition"])
+        age = GaugeMetricFamily("shopstream_checkpoint_age_seconds", "Seconds since the last checkpoint",
+                                labels=["partition"])
+        offset = GaugeMetricFamily("shopstream_next_offset", "Next offset to process", labels=["partition"])
+        now = time.time()
+        owned = list(worker.partitions.items())
+        for tp, state in owned:
+            label = [str(tp.partition)]
+            highwater = worker.consumer.highwater(tp)
+            if highwater is not None:
+                lag.add_metric(label, max(0, highwater - state.next_offset))
+            age.add_metric(label, now - state.checkpointed_at)
+            offset.add_metric(label, state.next_offset)
+        assigned = GaugeMetricFamily("shopstream_assigned_partitions", "Partitions this worker owns")
+        assigned.add_metric([], len(owned))
+        handled = GaugeMetricFamily("shopstream_worker_handled_events", "Events handled since this process started")
+        handled.add_metric([], worker.handled)
+        yield from (lag, age, offset, assigned, handled)

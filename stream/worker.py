@@ -1,0 +1,240 @@
+"""`shopstream worker`: one consumer in a group, predict-then-learn on every event.
+
+The loop, per polled record of an owned partition:
+
+    bytes --decode_event--> Event --engine.process--> score --> predictions topic
+      \\--InvalidEvent or engine error--> dead-letter topic (the worker carries on)
+
+Each partition has its own `PartitionState` (engine + next offset). It is restored
+from its checkpoint on assignment (else the bootstrap artifact, else a fresh model)
+and the consumer seeks to its next offset. Checkpoints are written every N events
+or T seconds, on revocation and on SIGTERM/SIGINT; outputs are flushed first and
+Kafka offsets committed after, so Kafka's committed offsets never run ahead of a
+durable model. After kill -9, the events since the last checkpoint are replayed
+onto the state that had not seen them: none learned twice, none skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from typing import Optional
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.structs import OffsetAndMetadata
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from shopstream.artifacts import load_artifact
+from shopstream.engine import Engine
+from shopstream.events import InvalidEvent, decode_event
+from shopstream.exporter import EngineCollector, MetricsServer
+
+from .checkpoints import DirectoryCheckpointStore, PartitionState
+from .outputs import publish_dead_letter, publish_prediction
+from .settings import WorkerSettings
+from .telemetry import WorkerCollector
+
+log = logging.getLogger("shopstream.worker")
+# Latency is timed on one event in this many: timing every event would cost more than it tells.
+TIMING_SAMPLE = 16
+
+
+class Worker(ConsumerRebalanceListener):
+    def __init__(self, settings: WorkerSettings, registry: Optional[CollectorRegistry] = None):
+        self.settings = settings
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.store = DirectoryCheckpointStore(settings.checkpoints)
+        self.partitions: dict[TopicPartition, PartitionState] = {}
+        self.stopping = False
+        self.handled = 0
+        self._artifact = load_artifact(settings.artifacts) if settings.artifacts else None
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers.split(","),
+            group_id=settings.group,
+            client_id=settings.name,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=settings.max_poll_records,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=max(500, settings.session_timeout_ms // 5),
+        )
+        self.producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers.split(","),
+                                      client_id=settings.name, linger_ms=20, acks="all")
+        self.decode_seconds = Histogram("shopstream_decode_seconds", "Decode and validate one message (sampled)",
+                                        registry=self.registry, buckets=_LATENCY_BUCKETS)
+        self.process_seconds = Histogram("shopstream_process_seconds",
+                                         "Engine time for one event: predict, resolve, learn (sampled)",
+                                         registry=self.registry, buckets=_LATENCY_BUCKETS)
+        self.checkpoints_written = Counter("shopstream_checkpoints", "Checkpoints written", registry=self.registry)
+        self.checkpoint_failures = Counter("shopstream_checkpoint_failures", "Checkpoints that failed",
+                                           registry=self.registry)
+        self.registry.register(EngineCollector(self._engines))
+        self.registry.register(WorkerCollector(self))
+
+    # -- partition lifecycle (called by kafka-python inside poll) -------------------
+
+    def on_partitions_revoked(self, revoked):
+        owned = [tp for tp in revoked if tp in self.partitions]
+        if owned:
+            self.checkpoint(owned)
+        for tp in owned:
+            del self.partitions[tp]
+        log.info("revoked %s", sorted(tp.partition for tp in owned))
+
+    def on_partitions_assigned(self, assigned):
+        for tp in assigned:
+            state = self._restore(tp)
+            self.partitions[tp] = state
+            self.consumer.seek(tp, state.next_offset)
+            log.info("assigned partition %d: %s, next offset %d", tp.partition, state.origin, state.next_offset)
+
+    def _restore(self, tp: TopicPartition) -> PartitionState:
+        state = self.store.load(tp.topic, tp.partition)
+        if state is not None:
+            return state
+        options = self.settings.engine_options
+        if self._artifact is not None:
+            artifact = load_artifact(self._artifact.path)  # a private copy per partition
+            engine = Engine(artifact.model, artifact.features, model_name=artifact.meta["model"],
+                            model_version=artifact.meta["version"], **options)
+            origin = f"artifact:{artifact.meta['version']}"
+        else:
+            engine = Engine.fresh(self.settings.model, self.settings.features, seed=self.settings.seed, **options)
+            origin = "fresh"
+        return PartitionState(tp.topic, tp.partition, engine, next_offset=0, origin=origin)
+
+    def _engines(self):
+        return [({"model": s.engine.model_name, "partition": str(tp.partition)}, s.engine,
+                 {"dead_lettered": s.dead_lettered}) for tp, s in list(self.partitions.items())]
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run(self) -> int:
+        settings = self.settings
+        self.consumer.subscribe([settings.topic], listener=self)
+        last_data = time.monotonic()
+        while not self.stopping:
+            batches = self.consumer.poll(timeout_ms=200)
+            now = time.monotonic()
+            if batches:
+                last_data = now
+            elif settings.until_idle and now - last_data >= settings.until_idle:
+                log.info("idle for %.1f s: stopping", now - last_data)
+                break
+            for tp, records in batches.items():
+                state = self.partitions.get(tp)
+                if state is None:
+                    continue  # revoked while these were in flight
+                for record in records:
+                    if record.offset < state.next_offset:
+                        continue  # already in the restored state
+                    self.handle(state, record)
+                    if settings.max_events and self.handled >= settings.max_events:
+                        self.stopping = True
+                        break
+                self._maybe_checkpoint(tp, state)
+                if self.stopping:
+                    break
+        self.close()
+        return 0
+
+    def handle(self, state: PartitionState, record) -> None:
+        """One Kafka record: decode, predict-then-learn, publish. Never raises for bad input."""
+        settings = self.settings
+        self.handled += 1
+        state.events_since_checkpoint += 1
+        state.next_offset = record.offset + 1
+        timed = self.handled % TIMING_SAMPLE == 0
+        started = time.perf_counter() if timed else 0.0
+        try:
+            event = decode_event(record.value)
+        except InvalidEvent as exc:
+            self._dead_letter(state, record, f"invalid event: {exc}")
+            return
+        if timed:
+            decoded = time.perf_counter()
+            self.decode_seconds.observe(decoded - started)
+        engine = state.engine
+        try:
+            score = engine.process(event, record.offset)
+        except Exception as exc:  # e.g. a raw feature the model cannot take: the event, not the worker, fails
+            self._dead_letter(state, record, f"engine error: {type(exc).__name__}: {exc}")
+            return
+        if timed:
+            self.process_seconds.observe(time.perf_counter() - decoded)
+        if score is not None and settings.predictions_topic:
+            publish_prediction(self.producer, settings.predictions_topic, record, event, score,
+                               engine.model_name, engine.model_version)
+
+    def _dead_letter(self, state: PartitionState, record, reason: str) -> None:
+        state.dead_lettered += 1
+        log.debug("dead letter %s-%d@%d: %s", record.topic, record.partition, record.offset, reason)
+        publish_dead_letter(self.producer, self.settings.dead_letter_topic, record, reason)
+
+    # -- durability ------------------------------------------------------------------
+
+    def _maybe_checkpoint(self, tp: TopicPartition, state: PartitionState) -> None:
+        settings = self.settings
+        if state.events_since_checkpoint and (
+            state.events_since_checkpoint >= settings.checkpoint_every
+            or time.time() - state.checkpointed_at >= settings.checkpoint_seconds
+        ):
+            self.checkpoint([tp])
+
+    def checkpoint(self, tps) -> None:
+        """Flush outputs, write checkpoints durably, then commit their offsets to Kafka."""
+        tps = [tp for tp in tps if tp in self.partitions]
+        if not tps:
+            return
+        self.producer.flush()  # predictions and dead letters before the state that produced them
+        offsets = {}
+        for tp in tps:
+            state = self.partitions[tp]
+            try:
+                self.store.save(state)
+            except OSError as exc:
+                self.checkpoint_failures.inc()
+                log.error("checkpoint of partition %d failed: %s", tp.partition, exc)
+                continue
+            self.checkpoints_written.inc()
+            offsets[tp] = OffsetAndMetadata(state.next_offset, "", -1)
+        if offsets:
+            try:
+                self.consumer.commit(offsets)
+            except Exception as exc:  # committed offsets only serve monitoring: never fatal
+                log.warning("offset commit failed (checkpoints are safe): %s", exc)
+
+    def close(self) -> None:
+        self.checkpoint(list(self.partitions))
+        self.consumer.close(autocommit=False)
+        self.producer.close()
+
+    def ready(self) -> bool:
+        return bool(self.partitions) and self.consumer.bootstrap_connected()
+
+
+_LATENCY_BUCKETS = (0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1)
+
+
+def run_worker(settings: WorkerSettings) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    worker = Worker(settings)
+    server = None
+    if settings.metrics_port >= 0:
+        server = MetricsServer(worker.registry, settings.metrics_host, settings.metrics_port, worker.ready).start()
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, server.port)
+
+    def stop(signum, _frame):
+        log.info("signal %d: checkpointing and stopping", signum)
+        worker.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        return worker.run()
+    finally:
+        if server is not None:
+            server.stop()
+        log.info("handled %d events", worker.handled)

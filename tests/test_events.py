@@ -1,0 +1,104 @@
+"""Event validation: every bad input is rejected with the field and the reason."""
+
+import json
+import math
+
+import pytest
+
+from shopstream.events import MAX_EVENT_BYTES, InvalidEvent, decode_event, event_from_record
+from shopstream.readers import parse_column_map, read_events
+
+GOOD = {"event_time": "2019-10-01 00:00:05 UTC", "event_type": "view", "product_id": 44600062,
+        "user_id": 541312140, "user_session": "72d76fde", "price": 35.79, "brand": "shiseido",
+        "category_code": "beauty.skin", "event_id": "e1"}
+
+
+def encoded(**changes):
+    event = {**GOOD, **changes}
+    return json.dumps({k: v for k, v in event.items() if v is not ...}).encode()
+
+
+def test_good_event_is_normalised():
+    event = decode_event(encoded())
+    assert event.event_time == 1569888005.0
+    assert (event.product_id, event.user_id) == ("44600062", "541312140")
+    assert decode_event(encoded(event_time=1569888005)).event_time == 1569888005.0
+    assert decode_event(encoded(event_time="2019-10-01T00:00:05+00:00")).event_time == 1569888005.0
+    labelled = decode_event(encoded(features={"a": 1.5, "b": "x"}, label=True))
+    assert labelled.features == {"a": 1.5, "b": "x"} and labelled.label is True
+
+
+@pytest.mark.parametrize("payload, field, reason", [
+    (encoded(user_session=...), "event", "missing required field `user_session`"),
+    (encoded(event_time=...), "event", "missing required field `event_time`"),
+    (encoded(user_session=123.5), "user_session", "Expected `int | str`, got `float`"),
+    (encoded(event_type="click"), "event_type", "must be one of"),
+    (encoded(event_type=None), "event_type", "Expected `str`, got `null`"),
+    (encoded(price=-1.0), "price", "finite number >= 0"),
+    (encoded(price="12"), "price", "Expected `float | null`, got `str`"),
+    (encoded(price=1e999).replace(b"Infinity", b"1e999"), "price", "Number out of range"),
+    (encoded().replace(b"35.79", b"NaN"), "payload", "malformed"),
+    (encoded(event_time="yesterday"), "event_time", "not ISO-8601"),
+    (encoded(event_time=1569888005000), "event_time", "outside 2000-01-01..2100-01-01"),
+    (encoded(event_time="1850-01-01T00:00:00"), "event_time", "outside"),
+    (encoded(event_time=True), "event_time", "got `bool`"),
+    (encoded(label="yes"), "label", "Expected `bool | null`"),
+    (encoded(features={"a": [1]}), "features[...]", "Expected `float | str`, got `array`"),
+    (encoded(features={"a": 1e999}).replace(b"Infinity", b"1e999"), "features[...]", "Number out of range"),
+    (encoded(user_id=""), "user_id", "1..256 characters"),
+    (b"[1, 2]", "event", "Expected `object`, got `array`"),
+    (b"\"just a string\"", "event", "Expected `object`, got `str`"),
+    (b'{"event_time": 1', "payload", "truncated"),
+    (b"\xff\xfe{}", "payload", "invalid UTF-8"),
+    (b"", "payload", "empty message"),
+    (b"{" + b" " * MAX_EVENT_BYTES + b"}", "payload", "exceeds"),
+])
+def test_bad_events_say_what_where_why(payload, field, reason):
+    with pytest.raises(InvalidEvent) as caught:
+        decode_event(payload)
+    assert caught.value.field == field
+    assert reason in str(caught.value)
+
+
+def test_invalid_utf8_inside_a_string():
+    with pytest.raises(InvalidEvent, match="UTF-8"):
+        decode_event(encoded(brand="BRAND").replace(b"BRAND", b"\xc3\x28"))
+
+
+def test_csv_rows_coerce_strings_and_treat_empty_as_absent():
+    event = event_from_record({**{k: str(v) for k, v in GOOD.items()}, "brand": "", "price": "35.79"})
+    assert event.price == 35.79 and event.brand is None
+    with pytest.raises(InvalidEvent, match="price"):
+        event_from_record({**GOOD, "price": "abc"})
+    with pytest.raises(InvalidEvent, match="price"):
+        event_from_record({**GOOD, "price": "nan"})
+
+
+def test_rees46_csv_loads_unchanged(tmp_path):
+    path = tmp_path / "2019-Oct.csv"
+    path.write_text(
+        "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
+        "2019-10-01 00:00:00 UTC,view,44600062,2103807459595387724,,shiseido,35.79,541312140,72d76fde-8bb3\n"
+        "2019-10-01 00:00:01 UTC,cart,3900821,2053013552326770905,appliances.environment.water_heater,aqua,33.20,554748717,9333dfbd\n"
+        "2019-10-01 00:00:02 UTC,purchase,17200506,2053013559792632471,furniture.living_room.sofa,,-5,518085591,3bfb58cd\n"
+        "not a time,view,1,2,,,1.0,3,4\n"
+    )
+    parsed = list(read_events(path))
+    assert [type(p).__name__ for _, p in parsed] == ["Event", "Event", "InvalidEvent", "InvalidEvent"]
+    assert parsed[2][0] == "2019-Oct.csv:4" and parsed[2][1].field == "price"
+    assert parsed[0][1].category_code is None and parsed[1][1].price == 33.2
+
+
+def test_column_mapping_renames_another_export(tmp_path):
+    path = tmp_path / "other.jsonl"
+    path.write_text(json.dumps({"ts": 1569888005, "kind": "view", "sku": "p", "uid": "u", "sid": "s"}) + "\n")
+    mapping = parse_column_map("event_time=ts,event_type=kind,product_id=sku,user_id=uid,user_session=sid")
+    [(where, event)] = list(read_events(path, mapping))
+    assert where == "other.jsonl:1" and event.product_id == "p" and event.event_time == 1569888005.0
+    with pytest.raises(ValueError, match="OURS=THEIRS"):
+        parse_column_map("event_time")
+
+
+def test_unknown_fields_are_ignored_not_fatal():
+    assert decode_event(encoded(unexpected={"nested": [1, 2]})).event_type == "view"
+    assert math.isfinite(decode_event(encoded()).price)

@@ -1,0 +1,62 @@
+"""Features only look backwards: what comes later never changes a prediction's features."""
+
+from shopstream.events import Event
+from shopstream.features import RawFeatures, ShopFeatures, build_features
+from shopstream.generator import generate
+from shopstream.events import event_from_record
+
+import pickle
+import pytest
+
+
+def stream(n=3000, seed=11):
+    return [event_from_record(record) for record in generate(n, seed=seed)]
+
+
+def test_no_leakage_features_equal_with_or_without_the_future():
+    events = stream()
+    cut = len(events) // 2
+    full, prefix = ShopFeatures(), ShopFeatures()
+    full_x = []
+    for event in events:
+        full_x.append(full.transform(event))
+        full.learn(event)
+    # A run that never sees the second half (its purchases included) computes the same
+    # features for the first half: nothing from later events leaked backwards.
+    for i, event in enumerate(events[:cut]):
+        assert prefix.transform(event) == full_x[i]
+        prefix.learn(event)
+    assert any(e.event_type == "purchase" for e in events[cut:])
+
+
+def test_a_purchase_reaches_only_later_features():
+    shop = ShopFeatures()
+    view = Event(1.7e9, "view", "p", "u", "s", price=10.0)
+    purchase = Event(1.7e9 + 60, "purchase", "p", "u", "s", price=10.0)
+    before = shop.transform(view)
+    shop.learn(view)
+    assert "user_purchases" not in before or before["user_purchases"] == 0
+    shop.learn(purchase)
+    later = shop.transform(Event(1.7e9 + 120, "view", "p", "u", "s2"))
+    assert later["user_purchases"] == 1.0
+    assert later["product_conversion"] > before.get("product_conversion", 0.0)
+
+
+def test_raw_features_pass_the_event_features_unchanged():
+    features = {"a": 1.0, "b": "x"}
+    assert RawFeatures().transform(Event(1.7e9, "view", "p", "u", "s", features=features)) is features
+    assert RawFeatures().transform(Event(1.7e9, "view", "p", "u", "s")) == {}
+
+
+def test_feature_state_is_bounded_and_picklable():
+    shop = ShopFeatures(max_sessions=100, max_users=50, max_products=30)
+    for event in stream(2000):
+        shop.learn(event)
+    assert len(shop.sessions) <= 100 and len(shop.users) <= 50 and len(shop.products) <= 30
+    copy = pickle.loads(pickle.dumps(shop))
+    assert copy.sessions.cap == 100 and dict(copy.sessions) == dict(shop.sessions)
+
+
+def test_unknown_feature_set_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown feature set 'bogus'"):
+        build_features("bogus")

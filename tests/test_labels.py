@@ -1,0 +1,105 @@
+"""Label joining: purchases resolve earlier predictions; time closes the rest."""
+
+import pytest
+
+from shopstream.engine import Engine
+from shopstream.events import Event
+from shopstream.labels import LabelJoiner, OpenPrediction
+
+T0 = 1.7e9
+
+
+def opened(joiner, session, product, t):
+    return joiner.open(OpenPrediction((session, product), t, {"t": t}, 0.5, True, ref=(session, product, t)))
+
+
+def test_purchase_within_window_resolves_all_open_predictions_of_the_pair():
+    joiner = LabelJoiner(window=600)
+    opened(joiner, "s", "p", T0)
+    opened(joiner, "s", "p", T0 + 60)        # a second view of the same product
+    opened(joiner, "s", "q", T0 + 70)        # another product: unaffected
+    resolved = joiner.purchase(("s", "p"), T0 + 300)
+    assert [p.event_time for p in resolved] == [T0, T0 + 60]
+    assert len(joiner) == 1 and joiner.counts["positive"] == 2
+
+
+def test_late_purchase_does_not_resolve_positive_and_prediction_expires_negative():
+    joiner = LabelJoiner(window=600)
+    opened(joiner, "s", "p", T0)
+    assert joiner.advance(T0 + 599) == []
+    [expired] = joiner.advance(T0 + 601)     # the window closed: negative
+    assert expired.key == ("s", "p")
+    assert joiner.purchase(("s", "p"), T0 + 700) == []
+    assert joiner.counts == {**joiner.counts, "expired": 1, "orphans": 1, "positive": 0}
+
+
+def test_purchase_without_a_view_is_an_orphan_and_duplicate_purchase_too():
+    joiner = LabelJoiner(window=600)
+    assert joiner.purchase(("s", "p"), T0) == []
+    opened(joiner, "s", "p", T0 + 10)
+    assert len(joiner.purchase(("s", "p"), T0 + 20)) == 1
+    assert joiner.purchase(("s", "p"), T0 + 25) == []   # the same purchase again
+    assert joiner.counts["orphans"] == 2
+
+
+def test_out_of_order_purchase_before_the_view_does_not_label_it():
+    joiner = LabelJoiner(window=600, lateness=120)
+    opened(joiner, "s", "p", T0 + 100)
+    assert joiner.purchase(("s", "p"), T0 + 50) == []    # arrived late, happened before the view
+    assert len(joiner) == 1
+
+
+def test_lateness_delays_expiry_and_late_prediction_points_open_nothing():
+    joiner = LabelJoiner(window=600, lateness=120)
+    opened(joiner, "s", "p", T0)
+    assert joiner.advance(T0 + 700) == []               # watermark T0+580: still open
+    assert len(joiner.advance(T0 + 721)) == 1           # watermark T0+601: expired
+    assert not opened(joiner, "s", "old", T0 - 100)     # window ended before the watermark
+    assert joiner.counts["late"] == 1
+
+
+def test_out_of_order_expiry_follows_deadlines_not_arrival():
+    joiner = LabelJoiner(window=100, lateness=50)
+    opened(joiner, "s", "b", T0 + 40)
+    opened(joiner, "s", "a", T0 + 10)                   # arrives second, expires first
+    assert [p.key[1] for p in joiner.advance(T0 + 161)] == ["a"]
+    assert [p.key[1] for p in joiner.advance(T0 + 191)] == ["b"]
+
+
+def test_open_predictions_are_capped_by_count_oldest_evicted():
+    joiner = LabelJoiner(window=10_000, max_open=3)
+    for i in range(5):
+        opened(joiner, f"s{i}", "p", T0 + i)
+    assert len(joiner) == 3 and joiner.counts["evicted"] == 2
+    assert joiner.purchase(("s0", "p"), T0 + 10) == []  # evicted: never labelled
+    assert len(joiner.purchase(("s4", "p"), T0 + 10)) == 1
+
+
+def test_bounded_memory_for_many_sessions_that_never_buy():
+    engine = Engine.fresh("logreg", "shop", max_open=1000, window=10**6)
+    for i in range(20_000):
+        engine.process(Event(T0 + i, "view", "p", f"u{i}", f"s{i}"))
+    assert engine.open_predictions == 1000
+    assert engine.joiner.counts["evicted"] == 19_000
+
+
+def test_engine_drops_duplicate_event_ids():
+    engine = Engine.fresh("logreg", "shop")
+    view = Event(T0, "view", "p", "u", "s", event_id="e1")
+    assert engine.process(view) is not None
+    assert engine.process(Event(T0, "view", "p", "u", "s", event_id="e1")) is None
+    assert engine.counts["duplicate"] == 1 and engine.open_predictions == 1
+
+
+def test_engine_learns_each_resolution_once_with_the_right_label():
+    engine = Engine.fresh("logreg", "shop", window=600)
+    learned = []
+    engine.model.learn_one = lambda x, y: learned.append(y)   # observe, do not replace, what is learned
+    engine.process(Event(T0, "view", "p", "u", "s"))
+    engine.process(Event(T0 + 5, "cart", "p", "u", "s"))
+    engine.process(Event(T0 + 10, "view", "q", "u", "s"))
+    engine.process(Event(T0 + 100, "purchase", "p", "u", "s"))
+    assert learned == [True, True]
+    engine.process(Event(T0 + 10_000, "view", "r", "u", "s2"))  # time passes: q expires
+    assert learned == [True, True, False]
+    assert engine.counts["resolved"] == engine.counts["learned"] == 3
