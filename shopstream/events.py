@@ -91,6 +91,8 @@ def decode_event(data: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Event:
         raise InvalidEvent("payload", reason) from None
     except UnicodeDecodeError as exc:  # msgspec raises it for bad UTF-8 inside a string
         raise InvalidEvent("payload", f"invalid UTF-8 at byte {exc.start}") from None
+    except RecursionError:
+        raise InvalidEvent("payload", "JSON nested too deeply") from None
     return validate(event)
 
 

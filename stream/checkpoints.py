@@ -60,6 +60,14 @@ class DirectoryCheckpointStore:
         atomic_write(path, MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
         return path
 
+    def load_all(self) -> dict[tuple[str, int], PartitionState]:
+        """Every checkpoint in the directory, by (topic, partition)."""
+        states = {}
+        for path in sorted(self.root.glob("*.ckpt")):
+            topic, _, partition = path.stem.rpartition("-")
+            states[(topic, int(partition))] = self.load(topic, int(partition))
+        return states
+
     def load(self, topic: str, partition: int) -> Optional[PartitionState]:
         path = self.path(topic, partition)
         if not path.exists():

@@ -49,6 +49,7 @@ class Worker(ConsumerRebalanceListener):
         self.partitions: dict[TopicPartition, PartitionState] = {}
         self.stopping = False
         self.handled = 0
+        self.last_poll = 0.0
         self._artifact = load_artifact(settings.artifacts) if settings.artifacts else None
         self.consumer = KafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers.split(","),
@@ -78,7 +79,8 @@ class Worker(ConsumerRebalanceListener):
     def on_partitions_revoked(self, revoked):
         owned = [tp for tp in revoked if tp in self.partitions]
         if owned:
-            self.checkpoint(owned)
+            # This runs on kafka-python's IO thread: the offset commit must not block it.
+            self.checkpoint(owned, commit_async=True)
         for tp in owned:
             del self.partitions[tp]
         log.info("revoked %s", sorted(tp.partition for tp in owned))
@@ -117,7 +119,7 @@ class Worker(ConsumerRebalanceListener):
         last_data = time.monotonic()
         while not self.stopping:
             batches = self.consumer.poll(timeout_ms=200)
-            now = time.monotonic()
+            self.last_poll = now = time.monotonic()
             if batches:
                 last_data = now
             elif settings.until_idle and now - last_data >= settings.until_idle:
@@ -153,6 +155,9 @@ class Worker(ConsumerRebalanceListener):
         except InvalidEvent as exc:
             self._dead_letter(state, record, f"invalid event: {exc}")
             return
+        except Exception as exc:  # a decoder bug must not take the worker down with it
+            self._dead_letter(state, record, f"decode error: {type(exc).__name__}: {exc}")
+            return
         if timed:
             decoded = time.perf_counter()
             self.decode_seconds.observe(decoded - started)
@@ -183,9 +188,12 @@ class Worker(ConsumerRebalanceListener):
         ):
             self.checkpoint([tp])
 
-    def checkpoint(self, tps) -> None:
-        """Flush outputs, write checkpoints durably, then commit their offsets to Kafka."""
-        tps = [tp for tp in tps if tp in self.partitions]
+    def checkpoint(self, tps, commit_async: bool = False) -> None:
+        """Flush outputs, write checkpoints durably, then commit their offsets to Kafka.
+
+        Partitions with nothing new since their last checkpoint are skipped."""
+        tps = [tp for tp in tps if tp in self.partitions
+               and (self.partitions[tp].events_since_checkpoint or self.partitions[tp].origin != "checkpoint")]
         if not tps:
             return
         self.producer.flush()  # predictions and dead letters before the state that produced them
@@ -202,7 +210,10 @@ class Worker(ConsumerRebalanceListener):
             offsets[tp] = OffsetAndMetadata(state.next_offset, "", -1)
         if offsets:
             try:
-                self.consumer.commit(offsets)
+                if commit_async:
+                    self.consumer.commit_async(offsets)
+                else:
+                    self.consumer.commit(offsets)
             except Exception as exc:  # committed offsets only serve monitoring: never fatal
                 log.warning("offset commit failed (checkpoints are safe): %s", exc)
 
@@ -212,7 +223,8 @@ class Worker(ConsumerRebalanceListener):
         self.producer.close()
 
     def ready(self) -> bool:
-        return bool(self.partitions) and self.consumer.bootstrap_connected()
+        """Owns partitions and its loop polled recently (not stuck, not shutting down)."""
+        return bool(self.partitions) and not self.stopping and time.monotonic() - self.last_poll < 15.0
 
 
 _LATENCY_BUCKETS = (0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1)

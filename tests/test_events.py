@@ -51,6 +51,7 @@ def test_good_event_is_normalised():
     (b'{"event_time": 1', "payload", "truncated"),
     (b"\xff\xfe{}", "payload", "invalid UTF-8"),
     (b"", "payload", "empty message"),
+    (b'{"a":' * 5000, "payload", "nested too deeply"),
     (b"{" + b" " * MAX_EVENT_BYTES + b"}", "payload", "exceeds"),
 ])
 def test_bad_events_say_what_where_why(payload, field, reason):

@@ -1,0 +1,87 @@
+"""Fixtures for tests against the real Kafka broker that scripts/kafka.sh runs.
+
+`kafka` makes sure a broker answers on SHOPSTREAM_TEST_KAFKA (default 127.0.0.1:9092),
+starting it with scripts/kafka.sh when it does not; `new_topic` creates a fresh,
+uniquely named topic per call, so tests never see each other's messages.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOTSTRAP = os.environ.get("SHOPSTREAM_TEST_KAFKA", "127.0.0.1:9092")
+
+
+def _answers(bootstrap: str) -> bool:
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    host, port = bootstrap.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+        KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000).close()
+        return True
+    except (OSError, KafkaError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka() -> str:
+    if not _answers(BOOTSTRAP):
+        port = BOOTSTRAP.rsplit(":", 1)[1]
+        subprocess.run(["bash", str(ROOT / "scripts" / "kafka.sh"), "start"], check=True,
+                       env={**os.environ, "KAFKA_PORT": port})
+    assert _answers(BOOTSTRAP), f"no Kafka broker answers on {BOOTSTRAP}"
+    return BOOTSTRAP
+
+
+@pytest.fixture
+def new_topic(kafka, request):
+    """new_topic(partitions=1) -> a fresh topic name, created and ready."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka)
+    created = []
+
+    def make(partitions: int = 1, suffix: str = "") -> str:
+        name = f"t-{request.node.name[:40]}-{uuid.uuid4().hex[:8]}{suffix}".replace("[", "-").replace("]", "")
+        admin.create_topics([NewTopic(name, partitions, 1)])
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if name in admin.list_topics():
+                created.append(name)
+                return name
+            time.sleep(0.1)
+        raise TimeoutError(f"topic {name} not ready")
+
+    yield make
+    try:
+        admin.delete_topics(created)
+    except Exception:  # cleanup only: a leftover topic harms nothing
+        pass
+    admin.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker_command(bootstrap: str, topic: str, checkpoints: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "shopstream.cli", "worker", "--bootstrap-servers", bootstrap,
+            "--topic", topic, "--group", f"g-{topic}", "--checkpoints", str(checkpoints),
+            "--predictions-topic", f"{topic}-predictions", "--dead-letter-topic", f"{topic}-dlq", *extra]
+
+
+WORKER_ENV = {**os.environ, "SHOPSTREAM_SESSION_TIMEOUT_MS": "6000", "PYTHONUNBUFFERED": "1"}

@@ -1,0 +1,90 @@
+"""Helpers for the Kafka tests: send, read back, and the uninterrupted reference run."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import msgspec
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from shopstream.engine import Engine
+from shopstream.events import InvalidEvent, decode_event
+from stream.checkpoints import DirectoryCheckpointStore
+
+
+def send(bootstrap: str, topic: str, messages, partition=None) -> int:
+    """messages: (key bytes | None, value bytes | None) pairs, sent in order."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    count = 0
+    for key, value in messages:
+        producer.send(topic, key=key, value=value, partition=partition)
+        count += 1
+    producer.flush()
+    producer.close()
+    return count
+
+
+def send_records(bootstrap: str, topic: str, records, partition=None) -> int:
+    encode = msgspec.json.Encoder().encode
+    return send(bootstrap, topic, ((str(r["user_id"]).encode(), encode(r)) for r in records), partition)
+
+
+def read_topic(bootstrap: str, topic: str, expected: int | None = None, timeout: float = 30.0):
+    """All records of all partitions (each partition in offset order)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    partitions = None
+    deadline = time.time() + timeout
+    while partitions is None and time.time() < deadline:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions is None:
+            time.sleep(0.2)
+    tps = [TopicPartition(topic, p) for p in sorted(partitions or [])]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    ends = consumer.end_offsets(tps)
+    records = []
+    while time.time() < deadline:
+        for batch in consumer.poll(timeout_ms=500).values():
+            records.extend(batch)
+        done = all(consumer.position(tp) >= ends[tp] for tp in tps)
+        if done and (expected is None or len(records) >= expected):
+            break
+        if done and expected is not None:
+            ends = consumer.end_offsets(tps)
+    consumer.close()
+    return records
+
+
+def reference_engines(bootstrap: str, topic: str, model: str = "logreg", features: str = "shop",
+                      **engine_options) -> dict[int, Engine]:
+    """One uninterrupted engine per partition over that partition's messages, in order."""
+    engines: dict[int, Engine] = {}
+    for record in read_topic(bootstrap, topic):
+        engine = engines.get(record.partition)
+        if engine is None:
+            engine = engines[record.partition] = Engine.fresh(model, features, **engine_options)
+        try:
+            event = decode_event(record.value)
+        except InvalidEvent:
+            continue
+        engine.process(event, record.offset)
+    return engines
+
+
+def checkpointed_engines(checkpoints: Path) -> dict[int, Engine]:
+    states = DirectoryCheckpointStore(checkpoints).load_all()
+    return {partition: state.engine for (_, partition), state in states.items()}
+
+
+def probe_predictions(engine: Engine, probes) -> list:
+    return [engine.model.predict_proba_one(x) for x in probes]
+
+
+def assert_same_engine(actual: Engine, expected: Engine, probes) -> None:
+    """Same events learned once each: equal counts, equal scores, equal predictions."""
+    assert actual.counts == expected.counts
+    assert actual.joiner.counts == expected.joiner.counts
+    assert actual.scores.cumulative.counts() == expected.scores.cumulative.counts()
+    assert actual.scores.cumulative.values() == expected.scores.cumulative.values()
+    assert probe_predictions(actual, probes) == probe_predictions(expected, probes)

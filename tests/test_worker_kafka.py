@@ -1,0 +1,217 @@
+"""Workers on the real Kafka broker: equality with River, exactly-once learning across
+rebalances and kill -9, dead letters, and the metrics endpoint."""
+
+import json
+import signal
+import subprocess
+import time
+import urllib.request
+
+import msgspec
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import CollectorRegistry
+from river import datasets, evaluate, metrics
+
+from conftest import WORKER_ENV, free_port, worker_command
+from helpers import (assert_same_engine, checkpointed_engines, read_topic, reference_engines, send,
+                     send_records)
+from shopstream.events import decode_event
+from shopstream.generator import generate
+from shopstream.models import build_model
+from stream.checkpoints import DirectoryCheckpointStore
+from stream.settings import WorkerSettings
+from stream.worker import Worker
+
+pytestmark = pytest.mark.kafka
+encode = msgspec.json.Encoder().encode
+
+
+def run_in_process(kafka, topic, tmp_path, **options) -> dict:
+    """Run a worker until the topic is idle; return its final states by partition."""
+    settings = WorkerSettings(bootstrap_servers=kafka, topic=topic, group=f"g-{topic}",
+                              predictions_topic=f"{topic}-predictions", dead_letter_topic=f"{topic}-dlq",
+                              checkpoints=str(tmp_path / "ckpt"), until_idle=3.0, metrics_port=-1,
+                              session_timeout_ms=6000, **options)
+    worker = Worker(settings, CollectorRegistry())
+    worker.run()
+    return DirectoryCheckpointStore(settings.checkpoints).load_all()
+
+
+def test_labelled_stream_equals_river_progressive_val_score(kafka, new_topic, tmp_path):
+    topic = new_topic(1)
+    dataset = datasets.Phishing()
+    rows = [{"event_id": str(i), "event_time": 1.7e9 + i, "event_type": "view", "product_id": str(i),
+             "user_id": "u", "user_session": "s", "features": x, "label": y} for i, (x, y) in enumerate(dataset)]
+    send(kafka, topic, ((b"u", encode(row)) for row in rows))
+
+    [state] = run_in_process(kafka, topic, tmp_path, features="raw", model="logreg", metric_window=100).values()
+    ours = state.engine.scores.cumulative.values()
+    for name, metric in [("accuracy", metrics.Accuracy), ("precision", metrics.Precision),
+                         ("recall", metrics.Recall), ("f1", metrics.F1), ("roc_auc", metrics.ROCAUC),
+                         ("log_loss", metrics.LogLoss)]:
+        assert ours[name] == evaluate.progressive_val_score(dataset, build_model("logreg"), metric()).get(), name
+
+    published = sorted(read_topic(kafka, f"{topic}-predictions", expected=len(rows)), key=lambda r: r.offset)
+    scores = [json.loads(r.value)["score"] for r in published]
+    river_scores = [step["Prediction"][True] for step in evaluate.iter_progressive_val_score(
+        dataset, build_model("logreg"), metrics.ROCAUC(), step=1, yield_predictions=True)]
+    assert scores == river_scores
+    assert state.next_offset == len(rows) and state.engine.counts["learned"] == len(rows)
+
+
+def test_malformed_messages_go_to_dead_letters_and_change_nothing_else(kafka, new_topic, tmp_path):
+    topic = new_topic(1)
+    good = list(generate(3000, seed=21))
+    bad = [
+        b"", b"\x00\x01\x02garbage", b"{\"event_time\": 1", b"[1,2,3]", b"null", b"\xff\xfe\xfd",
+        encode({**good[0], "event_type": "teleport"}), encode({**good[0], "price": -3}),
+        encode({**good[0], "event_time": "yesterday"}), encode({**good[0], "user_id": None}),
+        b'{"a":' * 5000, encode({**good[0], "brand": "x" * 100_000}),
+        encode({**good[0], "features": {"f": [1, 2]}}), encode({**good[0], "event_time": 1e15}),
+        None,
+    ]
+    messages, n_bad = [], 0
+    for i, record in enumerate(good):
+        messages.append((str(record["user_id"]).encode(), encode(record)))
+        if i % 200 == 100:
+            messages.append((None if n_bad % 2 else b"k", bad[n_bad % len(bad)]))
+            n_bad += 1
+    send(kafka, topic, messages)
+
+    [state] = run_in_process(kafka, topic, tmp_path).values()
+    assert state.dead_lettered == n_bad
+    dead = read_topic(kafka, f"{topic}-dlq", expected=n_bad)
+    assert len(dead) == n_bad
+    for letter in dead:
+        headers = dict(letter.headers)
+        assert headers["shopstream.reason"].startswith(b"invalid event: ")
+        assert headers["shopstream.source.topic"] == topic.encode()
+        source_offset = int(headers["shopstream.source.offset"])
+        original = messages[source_offset][1]
+        # byte for byte; a null value stays null unless the key is null too (Kafka needs one)
+        assert letter.value == (b"" if original is None and letter.key is None else original)
+
+    # The same worker on the good events alone ends in exactly the same state.
+    clean_topic = new_topic(1)
+    send_records(kafka, clean_topic, good)
+    [clean_state] = run_in_process(kafka, clean_topic, tmp_path / "clean").values()
+    probes = [clean_state.engine.features.transform(decode_event(encode(r))) for r in good[-100:]]
+    assert_same_engine(state.engine, clean_state.engine, probes)
+
+
+def _wait_for(predicate, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise TimeoutError(what)
+
+
+def test_second_worker_joining_mid_stream_learns_every_event_exactly_once(kafka, new_topic, tmp_path):
+    topic = new_topic(4)
+    records = list(generate(60_000, seed=31))
+    send_records(kafka, topic, records)
+    checkpoints = tmp_path / "ckpt"
+    common = ["--until-idle", "8", "--metrics-port", "-1", "--checkpoint-every", "2000"]
+    first = subprocess.Popen(worker_command(kafka, topic, checkpoints, *common), env=WORKER_ENV,
+                             stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: any(checkpoints.glob("*.ckpt")), 60, "first checkpoint")
+    second = subprocess.Popen(worker_command(kafka, topic, checkpoints, *common), env=WORKER_ENV,
+                              stderr=subprocess.PIPE, text=True)
+    _, first_log = first.communicate(timeout=300)
+    _, second_log = second.communicate(timeout=300)
+    assert first.returncode == 0 and second.returncode == 0, first_log[-2000:] + second_log[-2000:]
+    assert "revoked" in first_log and "assigned partition" in second_log, "no rebalance happened"
+    assert "origin" not in second_log
+    assert "checkpoint" in second_log  # the joiner resumed partitions from the first worker's checkpoints
+
+    expected = reference_engines(kafka, topic)
+    actual = checkpointed_engines(checkpoints)
+    assert sorted(actual) == sorted(expected) == [0, 1, 2, 3]
+    probes = [expected[0].features.transform(decode_event(encode(r))) for r in records[-200:]]
+    for partition in expected:
+        assert actual[partition].counts["learned"] == expected[partition].counts["resolved"] > 0
+        assert_same_engine(actual[partition], expected[partition], probes)
+
+
+def test_kill_9_and_restart_ends_identical_to_an_uninterrupted_run(kafka, new_topic, tmp_path):
+    topic = new_topic(2)
+    records = list(generate(60_000, seed=41))
+    send_records(kafka, topic, records)
+    checkpoints = tmp_path / "ckpt"
+    common = ["--until-idle", "8", "--metrics-port", "-1", "--checkpoint-every", "1500"]
+    victim = subprocess.Popen(worker_command(kafka, topic, checkpoints, *common), env=WORKER_ENV,
+                              stderr=subprocess.DEVNULL)
+    _wait_for(lambda: len(list(checkpoints.glob("*.ckpt"))) == 2, 120, "checkpoints of both partitions")
+    time.sleep(0.5)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    at_kill = {p: e.counts["consumed"] for p, e in checkpointed_engines(checkpoints).items()}
+    assert 0 < sum(at_kill.values()) < len(records), "the kill did not land mid-stream"
+
+    survivor = subprocess.run(worker_command(kafka, topic, checkpoints, *common), env=WORKER_ENV,
+                              capture_output=True, text=True, timeout=300)
+    assert survivor.returncode == 0, survivor.stderr[-2000:]
+    assert "checkpoint, next offset" in survivor.stderr
+
+    expected = reference_engines(kafka, topic)
+    actual = checkpointed_engines(checkpoints)
+    probes = [expected[0].features.transform(decode_event(encode(r))) for r in records[-200:]]
+    for partition in expected:
+        assert_same_engine(actual[partition], expected[partition], probes)
+
+
+def test_metrics_endpoint_serves_real_values(kafka, new_topic, tmp_path):
+    topic = new_topic(2)
+    send_records(kafka, topic, generate(20_000, seed=51))
+    port = free_port()
+    worker = subprocess.Popen(worker_command(kafka, topic, tmp_path / "ckpt", "--metrics-port", str(port),
+                                             "--checkpoint-seconds", "1"),
+                              env=WORKER_ENV, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def scrape():
+        try:
+            return urllib.request.urlopen(url + "/metrics", timeout=2).read().decode()
+        except OSError:
+            return ""
+
+    def learned_all():
+        text = scrape()
+        total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                    if line.startswith('shopstream_events_total{') and 'outcome="consumed"' in line)
+        return total >= 20_000
+
+    try:
+        _wait_for(learned_all, 120, "worker consumed every event")
+        text = scrape()
+        assert urllib.request.urlopen(url + "/healthz").status == 200
+        assert urllib.request.urlopen(url + "/readyz").status == 200
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, log = worker.communicate(timeout=60)
+    assert worker.returncode == 0, log[-2000:]
+    samples = {(sample.name, frozenset(sample.labels.items())): sample.value
+               for family in text_string_to_metric_families(text) for sample in family.samples}
+
+    def value(name, **labels):
+        return samples[(name, frozenset(labels.items()))]
+
+    for partition in ("0", "1"):
+        labels = {"model": "logreg", "partition": partition}
+        for metric in ("accuracy", "recall", "f1", "precision", "roc_auc", "log_loss"):
+            assert (f"shopstream_rolling_{metric}", frozenset(labels.items())) in samples
+        assert 0.5 < value("shopstream_rolling_accuracy", **labels) < 1.0
+        assert 0.5 < value("shopstream_rolling_roc_auc", **labels) < 1.0
+        assert value("shopstream_events_total", outcome="learned", **labels) > 1000
+        cells = [value("shopstream_confusion_total", cell=c, **labels) for c in ("tp", "fp", "tn", "fn")]
+        assert sum(cells) == value("shopstream_events_total", outcome="resolved", **labels)
+        assert value("shopstream_consumer_lag", partition=partition) == 0
+        assert value("shopstream_checkpoint_age_seconds", partition=partition) < 30
+        assert value("shopstream_model_info", version="fresh", **labels) == 1
+    assert value("shopstream_process_seconds_count") > 0
+    assert value("shopstream_assigned_partitions") == 2
+    assert "signal 15: checkpointing" in log
+    assert len(list((tmp_path / "ckpt").glob("*.ckpt"))) == 2
