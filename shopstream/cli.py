@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bootstrap = commands.add_parser("bootstrap", help="train and evaluate models on a history file")
     option(bootstrap, "--history", "history file: .jsonl, .csv (REES46) or .parquet")
+    option(bootstrap, "--generate-events", "without --history: generate this many events as the history",
+           default=0, type=int)
+    option(bootstrap, "--seed", "generator seed (with --generate-events)", default=7, type=int)
     option(bootstrap, "--out", "artifacts directory", default="artifacts")
     option(bootstrap, "--model", "candidate models", many=True, default=["logreg", "logreg_tuned", "hat"])
     option(bootstrap, "--holdout", "fraction of the history (by time) held out", default=0.2, type=float)
@@ -104,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     option(produce, "--rate", "events per second (0: as fast as possible)", default=0.0, type=float)
     option(produce, "--validate", "drop and count invalid events instead of sending them", switch=True)
     option(produce, "--progress", "show a progress bar", switch=True, default=True)
+
+    topics = commands.add_parser("topics", help="create the events, predictions and dead-letter topics")
+    option(topics, "--bootstrap-servers", "Kafka bootstrap servers", default="127.0.0.1:9092")
+    option(topics, "--topic", "events topic", default="shop-events")
+    option(topics, "--predictions-topic", "predictions topic", default="shop-predictions")
+    option(topics, "--dead-letter-topic", "dead-letter topic", default="shop-events-dlq")
+    option(topics, "--partitions", "partitions of the events and predictions topics", default=4, type=int)
 
     worker = commands.add_parser("worker", help="consume events from Kafka, predict then learn on each")
     option(worker, "--bootstrap-servers", "Kafka bootstrap servers", default="127.0.0.1:9092")
@@ -142,8 +152,15 @@ def _cmd_bootstrap(args) -> int:
     from offline.bootstrap import bootstrap
     from .readers import parse_column_map
 
+    if not args.history and args.generate_events > 0:
+        from .generator import generate, write_jsonl
+
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        args.history = str(Path(args.out) / "generated-history.jsonl")
+        write_jsonl(generate(args.generate_events, seed=args.seed), args.history)
+        print(f"generated {args.generate_events} history events into {args.history}")
     if not args.history:
-        raise SystemExit("shopstream bootstrap: --history (or SHOPSTREAM_HISTORY) is required")
+        raise ValueError("--history (or SHOPSTREAM_HISTORY) is required, or --generate-events N")
     report = bootstrap(args.history, args.out, models=args.model, feature_set=args.features,
                        holdout=args.holdout, window=args.window, lateness=args.lateness,
                        metric_window=args.metric_window, columns=parse_column_map(args.columns),
@@ -173,6 +190,12 @@ def _cmd_produce(args) -> int:
     return produce(args)
 
 
+def _cmd_topics(args) -> int:
+    from stream.topics import topics_command
+
+    return topics_command(args)
+
+
 def _cmd_worker(args) -> int:
     from stream.settings import WorkerSettings
     from stream.worker import run_worker
@@ -181,7 +204,7 @@ def _cmd_worker(args) -> int:
 
 
 COMMANDS = {"generate": _cmd_generate, "bootstrap": _cmd_bootstrap, "demo": _cmd_demo,
-            "produce": _cmd_produce, "worker": _cmd_worker}
+            "produce": _cmd_produce, "topics": _cmd_topics, "worker": _cmd_worker}
 
 
 def main(argv=None) -> int:

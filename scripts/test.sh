@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs what the tests need (Python deps,
+# Debian's prometheus + promtool and docker-compose for the deployment checks, the Kafka
+# jars), starts the real Kafka broker, runs pytest, stops the broker.
+#
+#   bash scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+say() { echo "test.sh: $*" >&2; }
+
+say "installing shopstream and its test dependencies"
+python3 -m pip install --quiet --disable-pip-version-check -e ".[test]"
+
+missing=()
+command -v prometheus >/dev/null || missing+=(prometheus)
+command -v promtool >/dev/null || missing+=(prometheus)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
+if ((${#missing[@]})); then
+  say "installing Debian packages: ${missing[*]}"
+  SUDO=; [[ $(id -u) == 0 ]] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# A broker we start, we stop; one that was already running is left alone.
+started_kafka=0
+if ! bash scripts/kafka.sh status >/dev/null 2>&1; then
+  bash scripts/kafka.sh start
+  started_kafka=1
+fi
+cleanup() { ((started_kafka)) && bash scripts/kafka.sh stop || true; }
+trap cleanup EXIT
+
+python3 -m pytest "$@"

@@ -1,0 +1,50 @@
+"""`shopstream topics`: create the events, predictions and dead-letter topics (idempotent).
+
+Run once before anything produces, so the events topic gets its partition count
+rather than the broker's auto-creation default.
+"""
+
+from __future__ import annotations
+
+import time
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+
+def create_topics(bootstrap_servers: str, topics: dict[str, int], timeout: float = 60.0) -> list[str]:
+    """Create each topic with its partition count unless it exists; return those created.
+    Retries while the broker is still starting (compose starts everything at once)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers.split(","), request_timeout_ms=10_000)
+            break
+        except KafkaError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no Kafka broker answered on {bootstrap_servers} within {timeout:.0f} s") from None
+            time.sleep(1.0)
+    try:
+        existing = set(admin.list_topics())
+        wanted = [NewTopic(name, partitions, 1) for name, partitions in topics.items() if name and name not in existing]
+        created = []
+        for topic in wanted:
+            try:
+                admin.create_topics([topic])
+                created.append(topic.name)
+            except TopicAlreadyExistsError:
+                pass  # another replica of this command won the race
+        return created
+    finally:
+        admin.close()
+
+
+def topics_command(args) -> int:
+    created = create_topics(args.bootstrap_servers, {
+        args.topic: args.partitions,
+        args.predictions_topic: args.partitions,
+        args.dead_letter_topic: 1,
+    })
+    print(f"created topics: {', '.join(created) or 'none (all existed)'}")
+    return 0
