@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
            default=0.0, type=float)
     option(worker, "--seed", "seed for catalog models", default=42, type=int)
     option(worker, "--client-id", "Kafka client id (default: hostname-pid)")
+    option(worker, "--session-timeout-ms", "how long the group waits for a silent worker before moving "
+           "its partitions", default=10_000, type=int)
     _add_engine_options(worker)
     return parser
 

@@ -31,8 +31,8 @@ class WorkerSettings:
     max_events: int = 0
     until_idle: float = 0.0
     client_id: Optional[str] = None
-    # Kafka consumer timing: how soon a dead worker's partitions move (tests lower it).
-    session_timeout_ms: int = int(os.environ.get("SHOPSTREAM_SESSION_TIMEOUT_MS", "10000"))
+    session_timeout_ms: int = 10_000   # how soon a dead worker's partitions move
+
     max_poll_records: int = 1000
 
     @classmethod
