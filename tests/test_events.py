@@ -103,3 +103,15 @@ def test_column_mapping_renames_another_export(tmp_path):
 def test_unknown_fields_are_ignored_not_fatal():
     assert decode_event(encoded(unexpected={"nested": [1, 2]})).event_type == "view"
     assert math.isfinite(decode_event(encoded()).price)
+
+
+def test_parquet_reader(tmp_path):
+    import pyarrow as pa  # optional for users, part of the test extras
+    import pyarrow.parquet as pq
+
+    table = pa.table({"event_time": ["2019-10-01 00:00:00 UTC", "bad"], "event_type": ["view", "view"],
+                      "product_id": [1, 2], "user_id": [3, 4], "user_session": ["s", "t"], "price": [1.5, 2.0]})
+    pq.write_table(table, tmp_path / "h.parquet")
+    parsed = list(read_events(tmp_path / "h.parquet"))
+    assert parsed[0][1].product_id == "1" and parsed[0][1].price == 1.5
+    assert parsed[1][0] == "h.parquet:row 2" and parsed[1][1].field == "event_time"
