@@ -218,14 +218,16 @@ class PredictionRef(msgspec.Struct):
 
 
 _decode_ref = msgspec.json.Decoder(PredictionRef).decode
+_decode_refs = msgspec.json.Decoder(list[PredictionRef]).decode
 
 
 def prediction_refs(records: list[Rec]) -> list[tuple[int, int, int]]:
-    """(source partition, source offset, prediction timestamp ms), in timestamp order."""
+    """(source partition, source offset, prediction timestamp ms), in timestamp order.
+    A record may also hold a JSON array of predictions (benchmarks/worker_variant.py)."""
     refs = []
     for r in records:
-        ref = _decode_ref(r.value)
-        refs.append((ref.partition, ref.offset, r.timestamp))
+        for ref in (_decode_refs(r.value) if r.value[:1] == b"[" else (_decode_ref(r.value),)):
+            refs.append((ref.partition, ref.offset, r.timestamp))
     refs.sort(key=lambda t: (t[2], t[0], t[1]))
     return refs
 

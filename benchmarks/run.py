@@ -45,6 +45,7 @@ FULL = {"events": 200_000, "bootstrap_events": 1_000_000, "open_predictions": 1_
         "repeat": 3}
 QUICK = {"events": 20_000, "bootstrap_events": 50_000, "open_predictions": 50_000, "latency_seconds": 4.0,
          "repeat": 1}
+KEPT_HEADING = "## Analysis"  # from this heading on, BENCHMARKS.md is hand-written and kept by re-runs
 TARGETS = {"worker_vs_ceiling": 0.8, "two_vs_one": 1.6, "p99_ms": 20.0, "bootstrap_vs_ceiling": 0.9}
 
 
@@ -133,7 +134,7 @@ def _children_usage():
 
 
 def run_workers(messages, partitions: int, workers: int, workdir: Path, extra=(), timeout: float = 1800.0,
-                prefix: str = "w") -> dict:
+                prefix: str = "w", python=None, env=None) -> dict:
     """Pre-fill a fresh topic, run `workers` worker subprocesses in one group until idle,
     and measure throughput from the published predictions' timestamps."""
     topics = Topics()
@@ -146,8 +147,8 @@ def run_workers(messages, partitions: int, workers: int, workdir: Path, extra=()
         started = time.time()
         for i in range(workers):
             command = worker_command(topic, f"g-{topic}", workdir / f"{topic}-ckpt", "--until-idle", "5",
-                                     "--client-id", f"bench-{i}", *extra)
-            procs.append(WorkerProcess(command, workdir / f"{topic}-worker{i}.log"))
+                                     "--client-id", f"bench-{i}", *extra, python=python)
+            procs.append(WorkerProcess(command, workdir / f"{topic}-worker{i}.log", env=env))
         codes = [p.wait(timeout) for p in procs]
         wall = time.time() - started
         cpu = _children_usage() - cpu_before
@@ -527,7 +528,13 @@ def write_markdown(path: Path, res: dict, command: str, table: list[str]) -> Non
     notes = res.get("notes")
     if notes:
         lines += ["## Notes", "", *notes, ""]
-    path.write_text("\n".join(lines))
+    kept = ""
+    if path.exists():  # a hand-written analysis at the end of the file survives re-runs
+        old = path.read_text()
+        at = old.find(KEPT_HEADING)
+        if at >= 0:
+            kept = old[at:]
+    path.write_text("\n".join(lines) + ("\n" + kept if kept else ""))
 
 
 # -- main --------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Optional
 
 import river
 
@@ -114,3 +115,18 @@ def load_artifact(path: str | Path) -> Artifact:
               f"this is River {river.__version__}", file=sys.stderr)
     state = pickle.loads(payload)
     return Artifact(state["model"], state["features"], meta, directory)
+
+
+def latest(root: str | Path, model_name: str) -> Optional[Path]:
+    """The newest artifact directory of `model_name` under `root`, if any."""
+    versions = sorted((Path(root) / model_name).glob(f"{model_name}-*/meta.json"))
+    return versions[-1].parent if versions else None
+
+
+def find_version(root: str | Path, version: str) -> Path:
+    """The artifact directory of an exact version id, e.g. for a rollback."""
+    model_name = version.rsplit("-", 2)[0]
+    directory = Path(root) / model_name / version
+    if not (directory / "meta.json").is_file():
+        raise ArtifactError(f"no artifact version {version!r} under {root}")
+    return directory

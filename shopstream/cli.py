@@ -113,7 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
     option(topics, "--topic", "events topic", default="shop-events")
     option(topics, "--predictions-topic", "predictions topic", default="shop-predictions")
     option(topics, "--dead-letter-topic", "dead-letter topic", default="shop-events-dlq")
+    option(topics, "--control-topic", "model lifecycle commands topic", default="shop-control")
     option(topics, "--partitions", "partitions of the events and predictions topics", default=4, type=int)
+
+    models = commands.add_parser("models", help="list models; promote or roll back on running workers")
+    models.add_argument("action", choices=["list", "promote", "rollback"])
+    models.add_argument("target", nargs="?", help="model name (promote) or artifact version (rollback)")
+    option(models, "--bootstrap-servers", "Kafka bootstrap servers", default="127.0.0.1:9092")
+    option(models, "--control-topic", "topic the workers read commands from", default="shop-control")
+    option(models, "--artifacts", "bootstrap output: versions to list or roll back to")
+    option(models, "--checkpoints", "checkpoint directory: what each partition runs")
+    option(models, "--partition", "only this partition (default: all)", type=int)
 
     worker = commands.add_parser("worker", help="consume events from Kafka, predict then learn on each")
     option(worker, "--bootstrap-servers", "Kafka bootstrap servers", default="127.0.0.1:9092")
@@ -135,6 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
            default=0.0, type=float)
     option(worker, "--seed", "seed for catalog models", default=42, type=int)
     option(worker, "--client-id", "Kafka client id (default: hostname-pid)")
+    option(worker, "--challengers", "catalog models to run beside the champion (from their newest artifact "
+           "when there is one)", many=True, default=[])
+    option(worker, "--baseline", "run a frozen copy of the bootstrap model as the baseline", switch=True, default=True)
+    option(worker, "--auto-promote", "promote a challenger that is significantly better", switch=True, default=True)
+    option(worker, "--promotion-margin", "ROC AUC lead a challenger needs for promotion", default=0.01, type=float)
+    option(worker, "--promotion-min-resolved", "paired resolved predictions before a promotion", default=2000,
+           type=int)
+    option(worker, "--drift-reaction", "on drift in the champion's errors: none, challenger (add a fresh one) "
+           "or reset (to the bootstrap model)", default="none", choices=["none", "challenger", "reset"])
+    option(worker, "--control-topic", "topic of `shopstream models` commands", default="shop-control")
     option(worker, "--session-timeout-ms", "how long the group waits for a silent worker before moving "
            "its partitions", default=10_000, type=int)
     _add_engine_options(worker)
@@ -198,6 +218,12 @@ def _cmd_topics(args) -> int:
     return topics_command(args)
 
 
+def _cmd_models(args) -> int:
+    from stream.control import models_command
+
+    return models_command(args)
+
+
 def _cmd_worker(args) -> int:
     from stream.settings import WorkerSettings
     from stream.worker import run_worker
@@ -206,7 +232,7 @@ def _cmd_worker(args) -> int:
 
 
 COMMANDS = {"generate": _cmd_generate, "bootstrap": _cmd_bootstrap, "demo": _cmd_demo,
-            "produce": _cmd_produce, "topics": _cmd_topics, "worker": _cmd_worker}
+            "produce": _cmd_produce, "topics": _cmd_topics, "models": _cmd_models, "worker": _cmd_worker}
 
 
 def main(argv=None) -> int:

@@ -10,8 +10,10 @@ For each event, in order:
 4. fold the event into the feature state (after predicting: no leakage).
 
 Resolving a prediction scores the probability recorded when it was made, then
-learns from the features recorded then. With the ``raw`` features and the
-``logreg`` model, a labelled stream gives exactly river.evaluate's numbers.
+learns from the features recorded then. Every model slot (champion, challengers,
+baseline: see `slots.py`) predicts and is scored on the same events; the champion's
+prediction is the one returned. With the ``raw`` features and the ``logreg``
+model, a labelled stream gives exactly river.evaluate's numbers.
 
 >>> from shopstream.events import Event
 >>> engine = Engine.fresh("logreg", "raw")
@@ -24,51 +26,142 @@ learns from the features recorded then. With the ``raw`` features and the
 from __future__ import annotations
 
 import bisect
+import copy
+import logging
 from typing import Optional
 
 from .events import PREDICTION_POINTS, Event
 from .features import build_features
 from .labels import LabelJoiner, OpenPrediction
-from .models import build_model
-from .scoring import Scoreboard
+from .models import CATALOG, build_model
+from .slots import ModelSlot, PairedLossTest, PromotionPolicy, log_loss
+
+log = logging.getLogger("shopstream.engine")
 
 #: Upper bounds (seconds of event time) of the label-delay histogram buckets.
 LABEL_DELAY_BUCKETS = (0.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
-COUNT_NAMES = ("consumed", "duplicate", "predicted", "unscored", "resolved", "learned")
+COUNT_NAMES = ("consumed", "duplicate", "predicted", "unscored", "resolved", "learned", "promotions")
+DRIFT_REACTIONS = ("none", "challenger", "reset")
+MAX_HISTORY = 200
+MAX_SLOTS = 8  # drift reactions stop adding challengers past this
 
 
 class Engine:
-    """One model's predict-then-learn state over one ordered stream (one partition)."""
+    """Predict-then-learn state over one ordered stream (one partition)."""
 
     def __init__(self, model, features, *, model_name: str = "model", model_version: str = "fresh",
                  window: float = 1800.0, lateness: float = 0.0, max_open: int = 1_000_000,
-                 metric_window: int = 1000, dedupe: int = 100_000, learn: bool = True):
-        self.model = model
+                 metric_window: int = 1000, dedupe: int = 100_000, learn: bool = True,
+                 promotion: Optional[PromotionPolicy] = None, drift_reaction: str = "none"):
+        if drift_reaction not in DRIFT_REACTIONS:
+            raise ValueError(f"drift_reaction must be one of {DRIFT_REACTIONS}, got {drift_reaction!r}")
         self.features = features
-        self.model_name = model_name
-        self.model_version = model_version
+        self.metric_window = metric_window
+        self.slots = [ModelSlot(model_name, model, "champion", model_version, learn, metric_window)]
+        self.champion = 0  # index into slots; slots are only ever appended
         self.joiner = LabelJoiner(window=window, lateness=lateness, max_open=max_open)
-        self.scores = Scoreboard(metric_window)
-        self.learn = learn
         self.counts = dict.fromkeys(COUNT_NAMES, 0)
-        # Cumulative counts per label-delay bucket, the last one is +Inf.
+        # Counts per label-delay bucket, the last one is +Inf.
         self.label_delay_counts = [0] * (len(LABEL_DELAY_BUCKETS) + 1)
         self.label_delay_sum = 0.0
+        self.promotion = promotion
+        self.drift_reaction = drift_reaction
+        self.history: list[dict] = []   # lineage: promotions, rollbacks, drift detections
+        self.control_offset = -1        # last control command applied (see stream/control.py)
         self._dedupe = dedupe
         self._recent_ids: dict = {}
 
     @classmethod
     def fresh(cls, model_name: str, feature_set: str, seed: int = 42, **options) -> "Engine":
         """An untrained model from the catalog with empty feature state."""
-        return cls(build_model(model_name, seed), build_features(feature_set),
-                   model_name=model_name, **options)
+        return cls(build_model(model_name, seed), build_features(feature_set), model_name=model_name, **options)
+
+    # The champion, as the single-model API of the engine.
+    @property
+    def model(self):
+        return self.slots[self.champion].model
+
+    @property
+    def model_name(self) -> str:
+        return self.slots[self.champion].name
+
+    @property
+    def model_version(self) -> str:
+        return self.slots[self.champion].version
+
+    @property
+    def scores(self):
+        return self.slots[self.champion].scores
+
+    @scores.setter
+    def scores(self, scores):
+        self.slots[self.champion].scores = scores
+
+    @property
+    def learn(self) -> bool:
+        return self.slots[self.champion].learn
+
+    @learn.setter
+    def learn(self, value: bool) -> None:
+        for slot in self.slots:
+            slot.learn = value and slot.role != "baseline"
 
     @property
     def open_predictions(self) -> int:
         return len(self.joiner)
 
+    # -- slots ------------------------------------------------------------------------
+
+    def add_slot(self, name: str, model, role: str = "challenger", version: str = "fresh") -> ModelSlot:
+        if any(slot.name == name for slot in self.slots):
+            raise ValueError(f"a model named {name!r} already runs here")
+        slot = ModelSlot(name, model, role, version, metric_window=self.metric_window)
+        if role == "challenger":
+            slot.comparison = PairedLossTest(self.promotion.window if self.promotion else 2000)
+        self.slots.append(slot)
+        return slot
+
+    def slot(self, name: str) -> ModelSlot:
+        for slot in self.slots:
+            if slot.name == name:
+                return slot
+        raise ValueError(f"no model named {name!r} here; running: {[s.name for s in self.slots]}")
+
+    def promote(self, name: str, reason: str = "manual", **details) -> None:
+        """Make challenger `name` the champion; the old champion becomes a challenger."""
+        new = self.slot(name)
+        if new.role == "baseline":
+            raise ValueError(f"{name!r} is the frozen baseline: it cannot be promoted")
+        old = self.slots[self.champion]
+        if new is old:
+            return
+        old.role, new.role = "challenger", "champion"
+        self.champion = self.slots.index(new)
+        for slot in self.slots:  # comparisons were against the old champion
+            slot.comparison = PairedLossTest(self.promotion.window if self.promotion else 2000) \
+                if slot.role == "challenger" else None
+        self.counts["promotions"] += 1
+        self._record("promotion", reason=reason, old=old.name, new=new.name, **details)
+        log.info("promoted %s over %s (%s)", new.name, old.name, reason)
+
+    def rollback(self, model, version: str, reason: str = "manual") -> None:
+        """Replace the champion's model by an earlier version (e.g. a bootstrap artifact)."""
+        champion = self.slots[self.champion]
+        previous = champion.version
+        champion.model, champion.version = model, version
+        champion.drift = type(champion.drift)(delta=champion.drift.delta)
+        self._record("rollback", reason=reason, model=champion.name, old=previous, new=version)
+        log.info("rolled %s back from %s to %s", champion.name, previous, version)
+
+    def _record(self, kind: str, **details) -> None:
+        self.history.append({"kind": kind, "event_time": self.joiner.max_time,
+                             "resolved": self.counts["resolved"], **details})
+        del self.history[:-MAX_HISTORY]
+
+    # -- the event path -----------------------------------------------------------------
+
     def process(self, event: Event, ref: object = None) -> Optional[float]:
-        """Handle one validated event; return P(purchase) if it was predicted, else None.
+        """Handle one validated event; return the champion's P(purchase) if it was predicted.
 
         `ref` is kept with the open prediction (e.g. the Kafka offset) for tracing."""
         counts = self.counts
@@ -105,16 +198,17 @@ class Engine:
 
     def _predict(self, event: Event, ref: object) -> OpenPrediction:
         x = self.features.transform(event)
-        proba = self.model.predict_proba_one(x)
+        outputs = []
+        for slot in self.slots:
+            proba = slot.model.predict_proba_one(x)
+            if proba:
+                # River's predict_one is the argmax of predict_proba_one (ties: first key).
+                outputs.append((proba.get(True, 0.0), max(proba, key=proba.get)))
+            else:
+                outputs.append((0.0, None))
         self.counts["predicted"] += 1
-        if proba:
-            # River's predict_one is the argmax of predict_proba_one (ties: first key).
-            y_pred = max(proba, key=proba.get)
-            p_true = proba.get(True, 0.0)
-        else:
-            y_pred, p_true = None, 0.0
-        return OpenPrediction((event.user_session, event.product_id), event.event_time,
-                              x, p_true, y_pred, ref)
+        return OpenPrediction((event.user_session, event.product_id), event.event_time, x, outputs,
+                              self.champion, ref)
 
     def _resolve(self, prediction: OpenPrediction, y_true: bool, now: float) -> None:
         counts = self.counts
@@ -122,11 +216,65 @@ class Engine:
         delay = now - prediction.event_time
         self.label_delay_counts[bisect.bisect_left(LABEL_DELAY_BUCKETS, delay)] += 1
         self.label_delay_sum += delay
-        if prediction.y_pred is None:
+        x = prediction.x
+        outputs = prediction.outputs
+        slots = self.slots
+        if outputs[prediction.champion][1] is None:
             counts["unscored"] += 1  # river.evaluate skips empty predictions too
-        else:
-            self.scores.update(y_true, prediction.p_true, prediction.y_pred)
-        if self.learn:
-            self.model.learn_one(prediction.x, y_true)
+        for slot, (p_true, y_pred) in zip(slots, outputs):  # slots added later skip older predictions
+            if y_pred is not None:
+                slot.scores.update(y_true, p_true, y_pred)
+                slot.drift.update(0.0 if y_pred == y_true else 1.0)
+                if slot.drift.drift_detected:
+                    self._on_drift(slot)
+            if slot.learn:
+                slot.model.learn_one(x, y_true)
+        if slots[self.champion].learn:
             counts["learned"] += 1
+        if len(slots) > 1:
+            self._compare(outputs, y_true)
         prediction.x = None  # learned: the features are no longer needed
+
+    # -- lifecycle: comparison, promotion, drift ----------------------------------------------
+
+    def _compare(self, outputs, y_true: bool) -> None:
+        champion = self.champion
+        if champion >= len(outputs) or outputs[champion][1] is None:
+            return
+        champion_loss = log_loss(y_true, outputs[champion][0])
+        for slot, (p_true, y_pred) in zip(self.slots, outputs):
+            if slot.comparison is not None and y_pred is not None:
+                slot.comparison.update(champion_loss, log_loss(y_true, p_true))
+        policy = self.promotion
+        if policy is not None and self.counts["resolved"] % policy.check_every == 0:
+            self._maybe_promote(policy)
+
+    def _maybe_promote(self, policy: PromotionPolicy) -> None:
+        champion_auc = self.slots[self.champion].scores.rolling.values()["roc_auc"]
+        best = None
+        for slot in self.slots:
+            test = slot.comparison
+            if test is None or test.n < policy.min_resolved:
+                continue
+            gain = slot.scores.rolling.values()["roc_auc"] - champion_auc
+            z = test.z()
+            if gain >= policy.margin and z >= policy.z_critical and (best is None or z > best[1]):
+                best = (slot, z, gain)
+        if best is not None:
+            slot, z, gain = best
+            self.promote(slot.name, reason="automatic", z=round(z, 2), auc_gain=round(gain, 4))
+
+    def _on_drift(self, slot: ModelSlot) -> None:
+        slot.drift_detections += 1
+        self._record("drift", model=slot.name, role=slot.role)
+        log.info("drift detected in the errors of %s (%s) at event time %.0f after %d resolved",
+                 slot.name, slot.role, self.joiner.max_time, self.counts["resolved"])
+        if slot.role != "champion" or self.drift_reaction == "none":
+            return
+        if self.drift_reaction == "reset":
+            baseline = next((s for s in self.slots if s.role == "baseline"), None)
+            if baseline is not None:
+                self.rollback(copy.deepcopy(baseline.model), baseline.version, reason="drift")
+        elif self.drift_reaction == "challenger" and slot.name in CATALOG and len(self.slots) < MAX_SLOTS:
+            name = f"{slot.name}_since_drift{slot.drift_detections}"
+            self.add_slot(name, build_model(slot.name), "challenger", "fresh")

@@ -23,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from .engine import LABEL_DELAY_BUCKETS, Engine
 from .scoring import METRIC_NAMES
 
-#: (labels, engine, extra outcome counts) triples; labels hold "model" and "partition".
+#: (labels, engine, extra outcome counts) triples; labels hold at least "partition".
 EngineSource = Callable[[], Iterable[tuple[dict, Engine, dict]]]
 
 
@@ -37,37 +37,48 @@ class EngineCollector:
         return []  # values change per scrape; skip the registration-time collect
 
     def collect(self):
-        label_names = ["model", "partition"]
+        engine_labels = ["model", "partition"]          # model: the partition's champion
+        slot_labels = ["model", "role", "partition"]    # every model slot
         rolling = {name: GaugeMetricFamily(f"shopstream_rolling_{name}",
-                                           f"Rolling {name} over the last resolved predictions", labels=label_names)
+                                           f"Rolling {name} over the last resolved predictions", labels=slot_labels)
                    for name in METRIC_NAMES}
         cumulative = {name: GaugeMetricFamily(f"shopstream_cumulative_{name}",
-                                              f"{name} over all resolved predictions", labels=label_names)
+                                              f"{name} over all resolved predictions", labels=slot_labels)
                       for name in METRIC_NAMES}
         confusion = CounterMetricFamily("shopstream_confusion", "Resolved and scored predictions by confusion cell",
-                                        labels=label_names + ["cell"])
+                                        labels=slot_labels + ["cell"])
+        drifts = CounterMetricFamily("shopstream_drift_detections", "ADWIN drift detections on a model's errors",
+                                     labels=slot_labels)
+        info = GaugeMetricFamily("shopstream_model_info", "Model versions serving a partition, by role",
+                                 labels=slot_labels + ["version"])
         events = CounterMetricFamily("shopstream_events", "Events by outcome (consumed, predicted, resolved, learned, ...)",
-                                     labels=label_names + ["outcome"])
+                                     labels=engine_labels + ["outcome"])
+        promotions = CounterMetricFamily("shopstream_promotions", "Champion changes (automatic or manual)",
+                                         labels=engine_labels)
         open_predictions = GaugeMetricFamily("shopstream_open_predictions",
-                                             "Predictions waiting for their label", labels=label_names)
+                                             "Predictions waiting for their label", labels=engine_labels)
         oldest = GaugeMetricFamily("shopstream_oldest_open_prediction_age_seconds",
-                                   "Event-time age of the oldest open prediction", labels=label_names)
+                                   "Event-time age of the oldest open prediction", labels=engine_labels)
         watermark = GaugeMetricFamily("shopstream_event_time_seconds", "Latest event time seen",
-                                      labels=label_names)
+                                      labels=engine_labels)
         delay = HistogramMetricFamily("shopstream_label_delay_seconds",
-                                      "Event time from prediction to label", labels=label_names)
-        info = GaugeMetricFamily("shopstream_model_info", "Model serving a partition",
-                                 labels=label_names + ["version"])
+                                      "Event time from prediction to label", labels=engine_labels)
         for labels, engine, extra in list(self.source()):
-            values = [str(labels["model"]), str(labels["partition"])]
-            for name, value in engine.scores.rolling.values().items():
-                rolling[name].add_metric(values, value)
-            for name, value in engine.scores.cumulative.values().items():
-                cumulative[name].add_metric(values, value)
-            for cell, count in zip(("tp", "fp", "tn", "fn"), engine.scores.cumulative.counts()):
-                confusion.add_metric(values + [cell], count)
+            partition = str(labels["partition"])
+            for slot in list(engine.slots):
+                values = [slot.name, slot.role, partition]
+                for name, value in slot.scores.rolling.values().items():
+                    rolling[name].add_metric(values, value)
+                for name, value in slot.scores.cumulative.values().items():
+                    cumulative[name].add_metric(values, value)
+                for cell, count in zip(("tp", "fp", "tn", "fn"), slot.scores.cumulative.counts()):
+                    confusion.add_metric(values + [cell], count)
+                drifts.add_metric(values, slot.drift_detections)
+                info.add_metric(values + [slot.version], 1.0)
+            values = [engine.model_name, partition]
             for outcome, count in {**engine.counts, **engine.joiner.counts, **extra}.items():
                 events.add_metric(values + [outcome], count)
+            promotions.add_metric(values, engine.counts["promotions"])
             open_predictions.add_metric(values, engine.open_predictions)
             first = engine.joiner.oldest_open_time()
             oldest.add_metric(values, 0.0 if first is None else max(0.0, engine.joiner.max_time - first))
@@ -78,10 +89,9 @@ class EngineCollector:
                 running += count
                 buckets.append((str(bound) if bound != float("inf") else "+Inf", running))
             delay.add_metric(values, buckets, engine.label_delay_sum)
-            info.add_metric(values + [engine.model_version], 1.0)
         yield from rolling.values()
         yield from cumulative.values()
-        yield from (confusion, events, open_predictions, oldest, watermark, delay, info)
+        yield from (confusion, drifts, info, events, promotions, open_predictions, oldest, watermark, delay)
 
 
 class MetricsServer:

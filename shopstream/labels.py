@@ -12,11 +12,11 @@ lateness) passes the window's end, it resolves negative. Decisions made on purpo
 - past `max_open` open predictions, the oldest is *evicted* (dropped, never learned).
 
 >>> joiner = LabelJoiner(window=60.0)
->>> joiner.open(OpenPrediction(("s1", "p1"), 0.0, {}, 0.9, True))
+>>> joiner.open(OpenPrediction(("s1", "p1"), 0.0, {}, [(0.9, True)]))
 True
 >>> [p.key for p in joiner.purchase(("s1", "p1"), 30.0)]
 [('s1', 'p1')]
->>> joiner.open(OpenPrediction(("s1", "p2"), 10.0, {}, 0.1, False))
+>>> joiner.open(OpenPrediction(("s1", "p2"), 10.0, {}, [(0.1, False)]))
 True
 >>> joiner.advance(69.0), [p.key for p in joiner.advance(71.0)]
 ([], [('s1', 'p2')])
@@ -30,21 +30,27 @@ from typing import Hashable, Optional
 
 
 class OpenPrediction:
-    """A prediction recorded before its label is known: what was predicted, on which
-    features, when. `y_pred` is None when the model could not predict yet (River's
-    empty `predict_proba_one`): it is learned but not scored, as in river.evaluate."""
+    """A prediction recorded before its label is known: on which features, when, and what
+    each model slot said: `outputs[i]` is slot i's (P(True), predicted label). A label
+    of None means the model could not predict yet (River's empty `predict_proba_one`):
+    it is learned but not scored, as in river.evaluate. `champion` is the index of the
+    slot whose prediction was published."""
 
-    __slots__ = ("key", "event_time", "x", "p_true", "y_pred", "ref", "seq")
+    __slots__ = ("key", "event_time", "x", "outputs", "champion", "ref", "seq")
 
-    def __init__(self, key: Hashable, event_time: float, x: dict, p_true: float,
-                 y_pred: Optional[bool], ref: object = None):
+    def __init__(self, key: Hashable, event_time: float, x: Optional[dict], outputs: list,
+                 champion: int = 0, ref: object = None):
         self.key = key
         self.event_time = event_time
         self.x = x
-        self.p_true = p_true
-        self.y_pred = y_pred
+        self.outputs = outputs
+        self.champion = champion
         self.ref = ref
         self.seq = 0
+
+    @property
+    def p_true(self) -> float:
+        return self.outputs[self.champion][0]
 
     def __getstate__(self):
         return tuple(getattr(self, name) for name in self.__slots__)

@@ -7,6 +7,8 @@ import socket
 from dataclasses import dataclass, fields
 from typing import Optional
 
+from shopstream.slots import PromotionPolicy
+
 
 @dataclass(frozen=True)
 class WorkerSettings:
@@ -32,13 +34,28 @@ class WorkerSettings:
     until_idle: float = 0.0
     client_id: Optional[str] = None
     session_timeout_ms: int = 10_000   # how soon a dead worker's partitions move
+    challengers: tuple = ()
+    baseline: bool = True
+    auto_promote: bool = True
+    promotion_margin: float = 0.01
+    promotion_min_resolved: int = 2000
+    drift_reaction: str = "none"
+    control_topic: str = "shop-control"
 
     max_poll_records: int = 1000
 
     @classmethod
     def from_args(cls, args) -> "WorkerSettings":
-        given = vars(args)
+        given = dict(vars(args))
+        if given.get("challengers") is not None:
+            given["challengers"] = tuple(given["challengers"])
         return cls(**{f.name: given[f.name] for f in fields(cls) if given.get(f.name) is not None})
+
+    @property
+    def promotion(self) -> Optional[PromotionPolicy]:
+        if not self.auto_promote:
+            return None
+        return PromotionPolicy(margin=self.promotion_margin, min_resolved=self.promotion_min_resolved)
 
     @property
     def engine_options(self) -> dict:

@@ -45,6 +45,7 @@ def topics_command(args) -> int:
         args.topic: args.partitions,
         args.predictions_topic: args.partitions,
         args.dead_letter_topic: 1,
+        args.control_topic: 1,
     })
     print(f"created topics: {', '.join(created) or 'none (all existed)'}")
     return 0

@@ -26,12 +26,12 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from shopstream.artifacts import load_artifact
-from shopstream.engine import Engine
 from shopstream.events import InvalidEvent, decode_event
 from shopstream.exporter import EngineCollector, MetricsServer
+from shopstream.lineup import build_engine
 
 from .checkpoints import DirectoryCheckpointStore, PartitionState
+from .control import ControlChannel
 from .outputs import publish_dead_letter, publish_prediction
 from .settings import WorkerSettings
 from .telemetry import WorkerCollector
@@ -50,7 +50,9 @@ class Worker(ConsumerRebalanceListener):
         self.stopping = False
         self.handled = 0
         self.last_poll = 0.0
-        self._artifact = load_artifact(settings.artifacts) if settings.artifacts else None
+        self.control = ControlChannel(settings.bootstrap_servers, settings.control_topic, settings.artifacts) \
+            if settings.control_topic else None
+        self._last_control_poll = 0.0
         self.consumer = KafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers.split(","),
             group_id=settings.group,
@@ -94,18 +96,14 @@ class Worker(ConsumerRebalanceListener):
 
     def _restore(self, tp: TopicPartition) -> PartitionState:
         state = self.store.load(tp.topic, tp.partition)
-        if state is not None:
-            return state
-        options = self.settings.engine_options
-        if self._artifact is not None:
-            artifact = load_artifact(self._artifact.path)  # a private copy per partition
-            engine = Engine(artifact.model, artifact.features, model_name=artifact.meta["model"],
-                            model_version=artifact.meta["version"], **options)
-            origin = f"artifact:{artifact.meta['version']}"
-        else:
-            engine = Engine.fresh(self.settings.model, self.settings.features, seed=self.settings.seed, **options)
-            origin = "fresh"
-        return PartitionState(tp.topic, tp.partition, engine, next_offset=0, origin=origin)
+        if state is None:
+            s = self.settings
+            engine, origin = build_engine(s.artifacts, s.model, s.features, s.challengers, s.baseline, s.seed,
+                                          s.promotion, s.drift_reaction, **s.engine_options)
+            state = PartitionState(tp.topic, tp.partition, engine, next_offset=0, origin=origin)
+        if self.control is not None:
+            self.control.apply(state.engine, tp.partition)
+        return state
 
     def _engines(self):
         return [({"model": s.engine.model_name, "partition": str(tp.partition)}, s.engine,
@@ -122,6 +120,11 @@ class Worker(ConsumerRebalanceListener):
             self.last_poll = now = time.monotonic()
             if batches:
                 last_data = now
+            if self.control is not None and now - self._last_control_poll >= 1.0:
+                self._last_control_poll = now
+                if self.control.poll():
+                    for tp, state in self.partitions.items():
+                        self.control.apply(state.engine, tp.partition)
             elif settings.until_idle and now - last_data >= settings.until_idle:
                 log.info("idle for %.1f s: stopping", now - last_data)
                 break
@@ -221,6 +224,8 @@ class Worker(ConsumerRebalanceListener):
         self.checkpoint(list(self.partitions))
         self.consumer.close(autocommit=False)
         self.producer.close()
+        if self.control is not None:
+            self.control.close()
 
     def ready(self) -> bool:
         """Owns partitions and its loop polled recently (not stuck, not shutting down)."""

@@ -10,7 +10,7 @@ T0 = 1.7e9
 
 
 def opened(joiner, session, product, t):
-    return joiner.open(OpenPrediction((session, product), t, {"t": t}, 0.5, True, ref=(session, product, t)))
+    return joiner.open(OpenPrediction((session, product), t, {"t": t}, [(0.5, True)], ref=(session, product, t)))
 
 
 def test_purchase_within_window_resolves_all_open_predictions_of_the_pair():

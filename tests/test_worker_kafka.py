@@ -201,16 +201,17 @@ def test_metrics_endpoint_serves_real_values(kafka, new_topic, tmp_path):
 
     for partition in ("0", "1"):
         labels = {"model": "logreg", "partition": partition}
+        slot = {**labels, "role": "champion"}
         for metric in ("accuracy", "recall", "f1", "precision", "roc_auc", "log_loss"):
-            assert (f"shopstream_rolling_{metric}", frozenset(labels.items())) in samples
-        assert 0.5 < value("shopstream_rolling_accuracy", **labels) < 1.0
-        assert 0.5 < value("shopstream_rolling_roc_auc", **labels) < 1.0
+            assert (f"shopstream_rolling_{metric}", frozenset(slot.items())) in samples
+        assert 0.5 < value("shopstream_rolling_accuracy", **slot) < 1.0
+        assert 0.5 < value("shopstream_rolling_roc_auc", **slot) < 1.0
         assert value("shopstream_events_total", outcome="learned", **labels) > 1000
-        cells = [value("shopstream_confusion_total", cell=c, **labels) for c in ("tp", "fp", "tn", "fn")]
+        cells = [value("shopstream_confusion_total", cell=c, **slot) for c in ("tp", "fp", "tn", "fn")]
         assert sum(cells) == value("shopstream_events_total", outcome="resolved", **labels)
         assert value("shopstream_consumer_lag", partition=partition) == 0
         assert value("shopstream_checkpoint_age_seconds", partition=partition) < 30
-        assert value("shopstream_model_info", version="fresh", **labels) == 1
+        assert value("shopstream_model_info", version="fresh", **slot) == 1
     assert value("shopstream_process_seconds_count") > 0
     assert value("shopstream_assigned_partitions") == 2
     assert "signal 15: checkpointing" in log

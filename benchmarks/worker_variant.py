@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Run the real `shopstream worker` with benchmark-local monkeypatches, to measure a
+proposed change before anyone makes it in the package.
+
+    python benchmarks/worker_variant.py [--producer KEY=JSON]... [--consumer KEY=JSON]...
+        [--timing-sample N] [--batch-predictions] -m shopstream.cli worker [worker flags...]
+
+--producer/--consumer override the kafka-python settings `stream.worker.Worker` passes
+(e.g. --producer batch_size=1048576 --consumer max_partition_fetch_bytes=8388608);
+--batch-predictions publishes one JSON array per polled batch instead of one record per
+prediction (a design change: consumers of the topic would read arrays).
+
+Everything after `-m shopstream.cli` is handed to shopstream's own CLI unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _pairs(values):
+    out = {}
+    for text in values:
+        key, _, raw = text.partition("=")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def main(argv: list[str]) -> int:
+    producer_over, consumer_over = [], []
+    timing_sample = None
+    batch = False
+    i = 0
+    while i < len(argv) and argv[i] != "-m":
+        flag = argv[i]
+        if flag == "--producer":
+            producer_over.append(argv[i + 1]); i += 2
+        elif flag == "--consumer":
+            consumer_over.append(argv[i + 1]); i += 2
+        elif flag == "--timing-sample":
+            timing_sample = int(argv[i + 1]); i += 2
+        elif flag == "--batch-predictions":
+            batch = True; i += 1
+        else:
+            raise SystemExit(f"worker_variant: unknown option {flag}")
+    if argv[i:i + 2] != ["-m", "shopstream.cli"]:
+        raise SystemExit("worker_variant: expected -m shopstream.cli worker ...")
+    cli_args = argv[i + 2:]
+
+    import kafka
+
+    import stream.worker as worker_module
+
+    producer_kw, consumer_kw = _pairs(producer_over), _pairs(consumer_over)
+
+    class Producer(kafka.KafkaProducer):
+        def __init__(self, **config):
+            config.update(producer_kw)
+            super().__init__(**config)
+
+    class Consumer(kafka.KafkaConsumer):
+        def __init__(self, *topics, **config):
+            config.update(consumer_kw)
+            super().__init__(*topics, **config)
+
+    worker_module.KafkaProducer = Producer
+    worker_module.KafkaConsumer = Consumer
+    if timing_sample is not None:
+        worker_module.TIMING_SAMPLE = timing_sample
+    if batch:
+        _batch_predictions(worker_module)
+    print(f"worker_variant: producer {producer_kw} consumer {consumer_kw} timing_sample {timing_sample} "
+          f"batch_predictions {batch}", flush=True)
+
+    from shopstream.cli import main as cli_main
+
+    return cli_main(cli_args)
+
+
+def _batch_predictions(worker_module) -> None:
+    """One Kafka record per (polled batch, partition): a JSON array of the same Prediction
+    objects, sent before the batch's checkpoint decision (so checkpoints still follow it)."""
+    from stream import outputs
+
+    pending: list[bytes] = []
+    where: dict = {}
+
+    def publish(producer, topic, record, event, score, model, version):
+        pending.append(outputs._encode(outputs.Prediction(
+            event.event_id, event.user_id, event.user_session, event.product_id, event.event_type,
+            event.event_time, score, model, version, record.partition, record.offset)))
+        where["topic"], where["key"] = topic, str(record.partition).encode()
+
+    original = worker_module.Worker._maybe_checkpoint
+
+    def maybe_checkpoint(self, tp, state):
+        if pending:
+            self.producer.send(where["topic"], key=where["key"], value=b"[" + b",".join(pending) + b"]")
+            pending.clear()
+        original(self, tp, state)
+
+    worker_module.publish_prediction = publish
+    worker_module.Worker._maybe_checkpoint = maybe_checkpoint
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

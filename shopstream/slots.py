@@ -1,0 +1,100 @@
+"""The models an engine runs side by side on the same events, and how one replaces another.
+
+Every slot predicts every event and is scored on every resolved prediction:
+
+- the *champion* learns, and its predictions are the ones published;
+- a *challenger* learns too; it is only measured, until it is promoted;
+- the *baseline* is the bootstrap model frozen as it came out of the offline stage: it
+  predicts and never learns, so champion minus baseline is what online learning gains.
+
+A challenger replaces the champion when, over the same last `window` resolved
+predictions, its ROC AUC is higher by `margin` *and* a one-sided paired z-test on the
+per-prediction log-loss differences says it is better (z above `z_critical`, 3.09 is
+p < 0.001) with at least `min_resolved` pairs: one noisy window is not enough.
+
+>>> test = PairedLossTest(window=500)
+>>> for i in range(500):
+...     test.update(0.7, 0.5 + (i % 2) * 0.1)    # the challenger's loss is lower
+>>> test.n, round(test.z(), 1) > 3
+(500, True)
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+from river import drift
+
+from .scoring import Scoreboard
+
+ROLES = ("champion", "challenger", "baseline")
+
+
+def log_loss(y_true: bool, p_true: float) -> float:
+    p = min(max(p_true, 1e-15), 1 - 1e-15)  # River's clamp
+    return -math.log(p) if y_true else -math.log(1.0 - p)
+
+
+class PairedLossTest:
+    """Paired differences (champion loss - challenger loss) over a sliding window."""
+
+    def __init__(self, window: int = 2000):
+        self.window = window
+        self._diffs: deque = deque()
+        self._sum = 0.0
+        self._sum_sq = 0.0
+
+    @property
+    def n(self) -> int:
+        return len(self._diffs)
+
+    def update(self, champion_loss: float, challenger_loss: float) -> None:
+        d = champion_loss - challenger_loss
+        self._diffs.append(d)
+        self._sum += d
+        self._sum_sq += d * d
+        if len(self._diffs) > self.window:
+            old = self._diffs.popleft()
+            self._sum -= old
+            self._sum_sq -= old * old
+
+    def z(self) -> float:
+        """Mean difference in standard errors: > 0 when the challenger's loss is lower."""
+        n = len(self._diffs)
+        if n < 2:
+            return 0.0
+        mean = self._sum / n
+        variance = max((self._sum_sq - n * mean * mean) / (n - 1), 1e-18)
+        return mean / math.sqrt(variance / n)
+
+
+@dataclass(frozen=True)
+class PromotionPolicy:
+    margin: float = 0.01         # rolling ROC AUC points the challenger must lead by
+    min_resolved: int = 2000     # paired resolved predictions before any decision
+    z_critical: float = 3.09     # one-sided p < 0.001
+    window: int = 2000           # resolved predictions compared
+    check_every: int = 250       # resolved predictions between checks
+
+
+class ModelSlot:
+    """One model the engine runs on every event: its role, scores and drift detector."""
+
+    def __init__(self, name: str, model, role: str = "champion", version: str = "fresh",
+                 learn: bool = True, metric_window: int = 1000, drift_delta: float = 0.002):
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        self.name = name
+        self.model = model
+        self.role = role
+        self.version = version
+        self.learn = learn and role != "baseline"
+        self.scores = Scoreboard(metric_window)
+        self.drift = drift.ADWIN(delta=drift_delta)
+        self.drift_detections = 0
+        self.comparison: PairedLossTest | None = None  # vs the champion, for challengers
+
+    def __repr__(self) -> str:
+        return f"ModelSlot({self.name!r}, role={self.role!r}, version={self.version!r})"
