@@ -139,11 +139,12 @@ class Topics:
         raise TimeoutError(f"topic {name} not ready")
 
     def for_worker(self, prefix: str, partitions: int = 1, predictions_configs: Optional[dict] = None) -> str:
-        """An events topic plus its -predictions and -dlq topics (created up front so the
+        """An events topic plus its -predictions, -dlq and -control topics (created up front so the
         worker's first send does not wait for auto-creation inside the measurement)."""
         topic = self.new(prefix, partitions)
         self.new("", 1, predictions_configs, name=f"{topic}-predictions")
         self.new("", 1, name=f"{topic}-dlq")
+        self.new("", 1, name=f"{topic}-control")
         return topic
 
     def close(self) -> None:
@@ -236,11 +237,12 @@ def prediction_refs(records: list[Rec]) -> list[tuple[int, int, int]]:
 
 def worker_command(topic: str, group: str, checkpoints: Path, *extra: str, bootstrap: str = BOOTSTRAP,
                    python: Optional[list[str]] = None) -> list[str]:
-    """The production command line: `python -m shopstream.cli worker ...`."""
+    """The production command line: `python -m shopstream.cli worker ...`, with the run's own
+    predictions, dead-letter and control topics (the control channel stays on, as deployed)."""
     return [*(python or [sys.executable]), "-m", "shopstream.cli", "worker", "--bootstrap-servers", bootstrap,
             "--topic", topic, "--group", group, "--checkpoints", str(checkpoints),
             "--predictions-topic", f"{topic}-predictions", "--dead-letter-topic", f"{topic}-dlq",
-            "--metrics-port", "-1", *extra]
+            "--control-topic", f"{topic}-control", "--metrics-port", "-1", *extra]
 
 
 def worker_env() -> dict:

@@ -39,6 +39,7 @@ NO_CHECKPOINTS = ["--checkpoint-every", "100000000", "--checkpoint-seconds", "10
 # name -> (python prefix or None for the plain CLI, worker flags, needs crc32c, what it shows)
 WORKER_VARIANTS = {
     "baseline": (None, [], False, "the worker as it is (same as row 3)"),
+    "no-control": (None, ["--control-topic", ""], False, "control channel off (its own consumer, polled each second)"),
     "no-publish": (None, ["--predictions-topic", ""], False, "upper bound of what publishing costs"),
     "no-checkpoints": (None, NO_CHECKPOINTS, False, "upper bound of what periodic checkpoints cost"),
     "crc32c": (None, [], True, "C CRC-32C for kafka-python (pip install crc32c), nothing else"),
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--only", help="comma-separated variant names (default: all); 'engine' for in-process")
     parser.add_argument("--latency", action="store_true",
-                        help="also latency at a fixed rate for baseline vs crc32c+producer (and linger 0/5 ms)")
+                        help="also latency at a fixed rate under a few variants")
     parser.add_argument("--latency-rate", type=float, default=2000.0)
     parser.add_argument("--out", help="write the results table (Markdown) here too")
     args = parser.parse_args(argv)
@@ -152,13 +153,18 @@ def main(argv=None) -> int:
     if args.latency:
         lines += ["", f"Latency at {args.latency_rate:,.0f} events/s, 15 s:", "",
                   "| variant | p50 ms | p99 ms | p99.9 ms | max ms | prediction timestamp |", "|---|---:|---:|---:|---:|---|"]
+        off = ["--control-topic", ""]
+        quick_control = ["--control-consumer", "fetch_max_wait_ms=5"]
         cases = [
             ("baseline", None, [], False, False),
-            ("baseline, LogAppendTime predictions", None, [], False, True),
-            ("crc32c+producer-batch-1MB", VARIANT + BIG_PRODUCER, [], True, False),
-            ("crc32c+producer-batch-1MB+linger 2 ms, LogAppendTime", VARIANT + BIG_PRODUCER + ["--producer", "linger_ms=2"],
-             [], True, True),
-            ("crc32c+producer, no checkpoints", VARIANT + BIG_PRODUCER, NO_CHECKPOINTS, True, False),
+            ("control channel off (--control-topic '')", None, off, False, False),
+            ("control consumer fetch_max_wait_ms=5", VARIANT + quick_control, [], False, False),
+            ("crc32c + producer 1 MB + control fetch 5 ms", VARIANT + quick_control + BIG_PRODUCER, [], True, False),
+            ("  same, no periodic checkpoints", VARIANT + quick_control + BIG_PRODUCER, NO_CHECKPOINTS, True, False),
+            ("  same, prediction timestamp = broker LogAppendTime", VARIANT + quick_control + BIG_PRODUCER, [], True,
+             True),
+            ("  same + producer linger_ms 2, LogAppendTime",
+             VARIANT + quick_control + BIG_PRODUCER + ["--producer", "linger_ms=2"], [], True, True),
         ]
         for label, python, flags, crc, append in cases:
             print(f"[exp] latency {label}", file=sys.stderr, flush=True)

@@ -134,9 +134,25 @@ def _children_usage():
 
 
 def run_workers(messages, partitions: int, workers: int, workdir: Path, extra=(), timeout: float = 1800.0,
-                prefix: str = "w", python=None, env=None) -> dict:
+                prefix: str = "w", python=None, env=None, attempts: int = 2) -> dict:
     """Pre-fill a fresh topic, run `workers` worker subprocesses in one group until idle,
-    and measure throughput from the published predictions' timestamps."""
+    and measure throughput from the published predictions' timestamps. A run in which the
+    workers did not handle every event (e.g. a group join slower than the idle timeout on
+    a busy broker) is retried on a fresh topic."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return _run_workers(messages, partitions, workers, workdir, extra, timeout, prefix, python, env)
+        except IncompleteRun as exc:
+            say(f"attempt {attempt}: {exc}")
+            if attempt == attempts:
+                raise
+
+
+class IncompleteRun(RuntimeError):
+    pass
+
+
+def _run_workers(messages, partitions, workers, workdir, extra, timeout, prefix, python, env) -> dict:
     topics = Topics()
     procs: list[WorkerProcess] = []
     try:
@@ -146,7 +162,7 @@ def run_workers(messages, partitions: int, workers: int, workdir: Path, extra=()
         cpu_before = _children_usage()
         started = time.time()
         for i in range(workers):
-            command = worker_command(topic, f"g-{topic}", workdir / f"{topic}-ckpt", "--until-idle", "5",
+            command = worker_command(topic, f"g-{topic}", workdir / f"{topic}-ckpt", "--until-idle", "8",
                                      "--client-id", f"bench-{i}", *extra, python=python)
             procs.append(WorkerProcess(command, workdir / f"{topic}-worker{i}.log", env=env))
         codes = [p.wait(timeout) for p in procs]
@@ -156,6 +172,8 @@ def run_workers(messages, partitions: int, workers: int, workdir: Path, extra=()
         if any(codes):
             raise RuntimeError(f"worker exit codes {codes}; logs in {workdir}")
         handled = sum(handled_count(text) or 0 for text in logs)
+        if handled < len(messages):
+            raise IncompleteRun(f"workers handled {handled} of {len(messages)} events (logs in {workdir})")
         refs = prediction_refs(read_all(f"{topic}-predictions"))
         result = {"events": len(messages), "handled": handled, "predictions": len(refs), "prefill_s": prefill_s,
                   "process_wall_s": wall, "workers_cpu_s": cpu,

@@ -2,11 +2,12 @@
 """Run the real `shopstream worker` with benchmark-local monkeypatches, to measure a
 proposed change before anyone makes it in the package.
 
-    python benchmarks/worker_variant.py [--producer KEY=JSON]... [--consumer KEY=JSON]...
+    python benchmarks/worker_variant.py [--producer KEY=JSON]... [--consumer KEY=JSON]... [--control-consumer KEY=JSON]...
         [--timing-sample N] [--batch-predictions] -m shopstream.cli worker [worker flags...]
 
 --producer/--consumer override the kafka-python settings `stream.worker.Worker` passes
-(e.g. --producer batch_size=1048576 --consumer max_partition_fetch_bytes=8388608);
+(e.g. --producer batch_size=1048576 --consumer max_partition_fetch_bytes=8388608), and
+--control-consumer those of the control channel's consumer (`stream.control`);
 --batch-predictions publishes one JSON array per polled batch instead of one record per
 prediction (a design change: consumers of the topic would read arrays).
 
@@ -31,7 +32,7 @@ def _pairs(values):
 
 
 def main(argv: list[str]) -> int:
-    producer_over, consumer_over = [], []
+    producer_over, consumer_over, control_over = [], [], []
     timing_sample = None
     batch = False
     i = 0
@@ -41,6 +42,8 @@ def main(argv: list[str]) -> int:
             producer_over.append(argv[i + 1]); i += 2
         elif flag == "--consumer":
             consumer_over.append(argv[i + 1]); i += 2
+        elif flag == "--control-consumer":
+            control_over.append(argv[i + 1]); i += 2
         elif flag == "--timing-sample":
             timing_sample = int(argv[i + 1]); i += 2
         elif flag == "--batch-predictions":
@@ -67,13 +70,25 @@ def main(argv: list[str]) -> int:
             config.update(consumer_kw)
             super().__init__(*topics, **config)
 
+    control_kw = _pairs(control_over)
+
+    class ControlConsumer(kafka.KafkaConsumer):
+        def __init__(self, *topics, **config):
+            config.update(control_kw)
+            super().__init__(*topics, **config)
+
     worker_module.KafkaProducer = Producer
     worker_module.KafkaConsumer = Consumer
+    if control_kw:
+        import stream.control as control_module
+
+        control_module.KafkaConsumer = ControlConsumer
     if timing_sample is not None:
         worker_module.TIMING_SAMPLE = timing_sample
     if batch:
         _batch_predictions(worker_module)
-    print(f"worker_variant: producer {producer_kw} consumer {consumer_kw} timing_sample {timing_sample} "
+    print(f"worker_variant: producer {producer_kw} consumer {consumer_kw} control consumer {control_kw} "
+          f"timing_sample {timing_sample} "
           f"batch_predictions {batch}", flush=True)
 
     from shopstream.cli import main as cli_main

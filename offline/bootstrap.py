@@ -109,7 +109,8 @@ def train_candidate(model_name: str, events: Sequence[Event], split: int, featur
 def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] = ("logreg",),
               feature_set: str = "shop", holdout: float = 0.2, window: float = 1800.0,
               lateness: float = 0.0, metric_window: int = 1000, columns: Optional[dict] = None,
-              seed: int = 42, progress: bool = True) -> dict:
+              seed: int = 42, progress: bool = True, max_open: int = 1_000_000,
+              drift_delta: float = 1e-6) -> dict:
     """Run the whole offline stage; return the report (also written to `out`)."""
     from tqdm import tqdm
 
@@ -123,7 +124,8 @@ def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] =
     if not events:
         raise ValueError(f"{history_path}: no valid events among {history.rows} rows")
     split = int(len(events) * (1.0 - holdout))
-    engine_options = {"window": window, "lateness": lateness, "metric_window": metric_window, "seed": seed}
+    engine_options = {"window": window, "lateness": lateness, "metric_window": metric_window, "seed": seed,
+                      "max_open": max_open, "drift_delta": drift_delta}
     curve_every = max(100, len(events) // 400)
     results = []
     with tqdm(total=len(events) * len(models), unit="ev", disable=not progress, desc="bootstrap") as bar:

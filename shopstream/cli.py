@@ -61,6 +61,8 @@ def _add_engine_options(parser):
     option(parser, "--lateness", "allowed lateness of events in seconds", default=0.0, type=float)
     option(parser, "--metric-window", "resolved predictions in the rolling metrics", default=1000, type=int)
     option(parser, "--max-open", "cap on open predictions per partition", default=1_000_000, type=int)
+    option(parser, "--drift-delta", "ADWIN confidence for drift in a model's errors (smaller: fewer alarms)",
+           default=1e-6, type=float)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     option(demo, "--out", "output directory", default="demo-out")
     option(demo, "--events", "events to generate", default=200_000, type=int)
     option(demo, "--seed", "random seed", default=7, type=int)
-    option(demo, "--drift", "drift scenario", default="checkout_incident@0.55-0.75:android")
+    option(demo, "--drift", "drift scenario", default="checkout_incident@0.5-0.65:web")
     option(demo, "--metrics-host", "metrics endpoint host", default="127.0.0.1")
     option(demo, "--metrics-port", "metrics endpoint port (0: any free port)", default=9108, type=int)
     option(demo, "--progress", "show a progress bar", switch=True, default=True)
@@ -186,7 +188,7 @@ def _cmd_bootstrap(args) -> int:
     report = bootstrap(args.history, args.out, models=args.model, feature_set=args.features,
                        holdout=args.holdout, window=args.window, lateness=args.lateness,
                        metric_window=args.metric_window, columns=parse_column_map(args.columns),
-                       progress=args.progress)
+                       progress=args.progress, max_open=args.max_open, drift_delta=args.drift_delta)
     data = report["data"]
     print(f"events: {data['events']} valid of {data['rows']} rows, {data['malformed']} malformed, "
           f"{data['duplicates']} duplicates")

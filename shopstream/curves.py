@@ -11,11 +11,13 @@ CURVE_METRICS = ("accuracy", "f1", "roc_auc")
 
 
 class LearningCurve:
-    """Samples an engine's rolling metrics every `every` resolved predictions."""
+    """Samples the rolling metrics of an engine's model in `role` (whichever model holds
+    it at the time) every `every` resolved predictions."""
 
-    def __init__(self, label: str, every: int = 1000):
+    def __init__(self, label: str, every: int = 1000, role: str = "champion"):
         self.label = label
         self.every = every
+        self.role = role
         self.points: list[dict] = []
         self._next = every
 
@@ -23,8 +25,9 @@ class LearningCurve:
         resolved = engine.counts["resolved"]
         if resolved >= self._next:
             self._next = resolved + self.every
-            point = {"resolved": resolved, "event_time": engine.joiner.max_time}
-            point.update(engine.scores.rolling.values())
+            slot = next(s for s in engine.slots if s.role == self.role)
+            point = {"resolved": resolved, "event_time": engine.joiner.max_time, "model": slot.name}
+            point.update(slot.scores.rolling.values())
             self.points.append(point)
 
 

@@ -1,28 +1,31 @@
 """`shopstream demo`: the whole pipeline in one process, no Kafka, no setup.
 
-Generate a shop with a drift, bootstrap on its first 30%, then stream the rest
-through the same engine the workers use, next to a frozen copy of the bootstrap
-model (the baseline that never learns), while serving Prometheus metrics.
-Ends with a summary and a plot of both models' rolling metrics, drift marked.
+Generate a shop with a drift, bootstrap on its first 30%, then stream the rest through
+the engine the workers use, with the partition line-up the workers run: the bootstrap's
+best model as champion, the other bootstrap model as challenger, and a frozen copy of
+the champion as the baseline that never learns. Prometheus metrics are served while it
+runs; it ends with a summary (online lift, drift detections, promotions) and a plot of
+champion vs baseline rolling metrics with the drift marked.
 """
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
+from statistics import mean
 
 from prometheus_client import CollectorRegistry
 
-from .artifacts import load_artifact
 from .curves import LearningCurve, plot_curves
-from .engine import Engine
 from .events import decode_event
 from .exporter import EngineCollector, MetricsServer
 from .generator import START, Drift, generate, write_jsonl
+from .lineup import build_engine
+from .slots import PromotionPolicy
 
 BOOTSTRAP_FRACTION = 0.3
 DAYS = 30.0
+CANDIDATES = ["logreg", "logreg_tuned"]
 
 
 def run_demo(args) -> dict:
@@ -39,27 +42,21 @@ def run_demo(args) -> dict:
     history = out / "history.jsonl"
     write_jsonl(events[:split], history)
     print(f"demo: {len(events)} events generated; bootstrapping on the first {split} ...")
-    report = bootstrap(history, out / "artifacts", models=["logreg", "logreg_tuned"], feature_set="shop",
-                       progress=args.progress)
+    report = bootstrap(history, out / "artifacts", models=CANDIDATES, feature_set="shop", progress=args.progress)
 
-    artifact = load_artifact(out / "artifacts")
-    online = Engine(artifact.model, artifact.features, model_name=artifact.meta["model"],
-                    model_version=artifact.meta["version"])
-    baseline = copy.deepcopy(online)
-    baseline.learn = False
-    baseline.model_name = "frozen_baseline"
-
+    engine, _ = build_engine(str(out / "artifacts"), challengers=CANDIDATES, baseline=True,
+                             promotion=PromotionPolicy())
     registry = CollectorRegistry()
-    registry.register(EngineCollector(lambda: [({"model": e.model_name, "partition": "0"}, e, {})
-                                               for e in (online, baseline)]))
+    registry.register(EngineCollector(lambda: [({"partition": "0"}, engine, {})]))
     server = MetricsServer(registry, args.metrics_host, args.metrics_port).start()
     print(f"demo: metrics at http://{args.metrics_host}:{server.port}/metrics")
 
-    marks = {}
     drift_times = {}
     if drift:
-        drift_times = {"drift starts": START + drift.start * DAYS * 86400, "drift ends": START + drift.end * DAYS * 86400}
-    curves = [LearningCurve(f"online ({online.model_name})", 500), LearningCurve("frozen baseline", 500)]
+        drift_times = {"drift starts": START + drift.start * DAYS * 86400,
+                       "drift ends": START + drift.end * DAYS * 86400}
+    marks = {}
+    champion, baseline = LearningCurve("online champion", 500), LearningCurve("frozen baseline", 500, "baseline")
     encoder = msgspec.json.Encoder()
     started = time.perf_counter()
     try:
@@ -67,37 +64,40 @@ def run_demo(args) -> dict:
             event = decode_event(encoder.encode(record))  # the workers' path: bytes -> Event
             for name, at in drift_times.items():
                 if name not in marks and event.event_time >= at:
-                    marks[name] = online.counts["resolved"]
-            online.process(event)
-            baseline.process(event)
-            curves[0].observe(online)
-            curves[1].observe(baseline)
+                    marks[name] = engine.counts["resolved"]
+            engine.process(event)
+            champion.observe(engine)
+            baseline.observe(engine)
     finally:
         server.stop()
     elapsed = time.perf_counter() - started
-    plot = plot_curves(curves, out / "demo_rolling_metrics.png",
-                       title=f"Online learning vs frozen bootstrap model ({args.drift or 'no drift'})", marks=marks)
+    plot = plot_curves([champion, baseline], out / "demo_rolling_metrics.png",
+                       title=f"Online champion vs frozen bootstrap model ({args.drift or 'no drift'})", marks=marks)
 
-    def phase_mean(curve, metric, low, high):
-        values = [p[metric] for p in curve.points if low <= p["resolved"] < high]
-        return sum(values) / len(values) if values else None
+    def phase_auc(curve, low, high):
+        values = [p["roc_auc"] for p in curve.points if low <= p["resolved"] < high]
+        return round(mean(values), 4) if values else None
 
+    streamed = len(events) - split
     summary = {
-        "events_streamed": len(events) - split,
+        "events_streamed": streamed,
         "seconds": round(elapsed, 1),
-        "events_per_second": round((len(events) - split) / elapsed),
+        "events_per_second": round(streamed / elapsed),
         "bootstrap_default": report["default"],
-        "online": {**online.counts, **online.joiner.counts, **online.scores.cumulative.values()},
-        "frozen_baseline": baseline.scores.cumulative.values(),
+        "counts": {**engine.counts, **engine.joiner.counts},
+        "models": {slot.name: {"role": slot.role, "version": slot.version, "drift_detections": slot.drift_detections,
+                               **slot.scores.cumulative.values()} for slot in engine.slots},
+        "promotions": [h for h in engine.history if h["kind"] == "promotion"],
+        "champion_drift_detections_at_resolved": [h["resolved"] for h in engine.history
+                                                  if h["kind"] == "drift" and h["role"] == "champion"],
         "plot": str(plot),
         "report": str(out / "artifacts" / "report.md"),
     }
     if len(marks) == 2:
         start, end = marks["drift starts"], marks["drift ends"]
-        summary["rolling_roc_auc_during_drift"] = {
-            "online": phase_mean(curves[0], "roc_auc", start, end),
-            "frozen_baseline": phase_mean(curves[1], "roc_auc", start, end)}
-        summary["rolling_roc_auc_after_drift"] = {
-            "online": phase_mean(curves[0], "roc_auc", end, float("inf")),
-            "frozen_baseline": phase_mean(curves[1], "roc_auc", end, float("inf"))}
+        summary["drift_at_resolved"] = [start, end]
+        summary["rolling_roc_auc"] = {
+            phase: {"champion": phase_auc(champion, low, high), "frozen_baseline": phase_auc(baseline, low, high)}
+            for phase, low, high in (("before_drift", 0, start), ("during_drift", start, end),
+                                     ("after_drift", end, float("inf")))}
     return summary

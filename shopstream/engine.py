@@ -52,12 +52,14 @@ class Engine:
     def __init__(self, model, features, *, model_name: str = "model", model_version: str = "fresh",
                  window: float = 1800.0, lateness: float = 0.0, max_open: int = 1_000_000,
                  metric_window: int = 1000, dedupe: int = 100_000, learn: bool = True,
-                 promotion: Optional[PromotionPolicy] = None, drift_reaction: str = "none"):
+                 promotion: Optional[PromotionPolicy] = None, drift_reaction: str = "none",
+                 drift_delta: float = 1e-6):
         if drift_reaction not in DRIFT_REACTIONS:
             raise ValueError(f"drift_reaction must be one of {DRIFT_REACTIONS}, got {drift_reaction!r}")
         self.features = features
         self.metric_window = metric_window
-        self.slots = [ModelSlot(model_name, model, "champion", model_version, learn, metric_window)]
+        self.drift_delta = drift_delta
+        self.slots = [ModelSlot(model_name, model, "champion", model_version, learn, metric_window, drift_delta)]
         self.champion = 0  # index into slots; slots are only ever appended
         self.joiner = LabelJoiner(window=window, lateness=lateness, max_open=max_open)
         self.counts = dict.fromkeys(COUNT_NAMES, 0)
@@ -115,7 +117,7 @@ class Engine:
     def add_slot(self, name: str, model, role: str = "challenger", version: str = "fresh") -> ModelSlot:
         if any(slot.name == name for slot in self.slots):
             raise ValueError(f"a model named {name!r} already runs here")
-        slot = ModelSlot(name, model, role, version, metric_window=self.metric_window)
+        slot = ModelSlot(name, model, role, version, metric_window=self.metric_window, drift_delta=self.drift_delta)
         if role == "challenger":
             slot.comparison = PairedLossTest(self.promotion.window if self.promotion else 2000)
         self.slots.append(slot)

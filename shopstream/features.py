@@ -5,16 +5,23 @@ The engine calls `transform(event)` (features as known *before* the event) and t
 a label: a purchase only reaches the features of events that come after it.
 
 - ``raw``: the event's own ``features`` object, unchanged, and nothing else;
-- ``shop``: price and log price, time of day, one-hot categories, and per-session,
-  per-user and per-product aggregates (views, carts, purchases, conversion).
-Scaling belongs to the model pipeline (``StandardScaler``), not here.
+- ``shop``: log price, price against its category, time of day, one-hot platform,
+  channel and top-level category, and per-session, per-user, per-product and per-brand
+  aggregates (views, carts, purchases, conversion).
+
+Scaling belongs to the model pipeline (``StandardScaler``), not here. That is why the
+one-hot columns are *dense*: every value seen so far is emitted, 1.0 or 0.0. River's
+StandardScaler only learns from the keys present in an event, so a sparse one-hot key
+(always 1.0 when present) would have zero variance and be scaled to nothing.
 
 >>> from shopstream.events import Event
 >>> shop = ShopFeatures()
->>> view = Event(1.0e9, "view", "p1", "u1", "s1", price=10.0, brand="acme")
->>> x = shop.transform(view); shop.learn(view)
->>> x["brand=acme"], x["session_views"], shop.transform(view)["session_views"]
-(1.0, 0.0, 1.0)
+>>> web = Event(1.0e9, "view", "p1", "u1", "s1", price=10.0, platform="web")
+>>> x = shop.transform(web); shop.learn(web)
+>>> x["session_views"], shop.transform(web)["session_views"], shop.transform(web)["platform=web"]
+(0.0, 1.0, 1.0)
+>>> shop.transform(Event(1.0e9, "view", "p1", "u2", "s2", platform="ios"))["platform=web"]
+0.0
 """
 
 from __future__ import annotations
@@ -64,12 +71,16 @@ class ShopFeatures:
     name = "shop"
 
     def __init__(self, max_sessions: int = 200_000, max_users: int = 1_000_000,
-                 max_products: int = 1_000_000):
+                 max_products: int = 1_000_000, max_categories: int = 16):
         # session -> [start time, views, carts, set of carted products, {product: views}]
         self.sessions = _Capped(max_sessions)
         self.users = _Capped(max_users)        # user -> [sessions, purchases]
         self.products = _Capped(max_products)  # product -> [views, carts, purchases]
+        self.brands = _Capped(max_products)    # brand -> [views, purchases]
         self.category_price = {}               # top category -> [n, mean price]
+        # One-hot vocabularies, in order of first appearance; past the cap a value is "other" (all 0).
+        self.max_categories = max_categories
+        self.vocabulary = {"platform": [], "channel": [], "category": []}
 
     def transform(self, event: Event) -> dict:
         session = self.sessions.get(event.user_session)
@@ -82,11 +93,14 @@ class ShopFeatures:
             "hour_sin": math.sin(seconds_of_day * _TWO_PI_OVER_DAY),
             "hour_cos": math.cos(seconds_of_day * _TWO_PI_OVER_DAY),
         }
-        top = event.category_code.partition(".")[0] if event.category_code else "unknown"
-        x["category=" + top] = 1.0
-        x["brand=" + (event.brand or "unknown")] = 1.0
-        x["platform=" + (event.platform or "unknown")] = 1.0
-        x["channel=" + (event.channel or "unknown")] = 1.0
+        top = _top_category(event)
+        for field, value in (("platform", event.platform), ("channel", event.channel), ("category", top)):
+            for known in self.vocabulary[field]:
+                x[f"{field}={known}"] = 1.0 if known == value else 0.0
+        brand = self.brands.get(event.brand) if event.brand else None
+        if brand is not None:
+            x["brand_views"] = math.log1p(brand[0])
+            x["brand_conversion"] = (brand[1] + 1.0) / (brand[0] + 50.0)
         price = event.price
         if price is not None:
             x["log_price"] = math.log1p(price)
@@ -131,11 +145,25 @@ class ShopFeatures:
         elif kind == "purchase":
             user[1] += 1
             product[2] += 1
+        top = _top_category(event)
+        for field, value in (("platform", event.platform), ("channel", event.channel), ("category", top)):
+            known = self.vocabulary[field]
+            if value is not None and value not in known and len(known) < self.max_categories:
+                known.append(value)
+        if event.brand:
+            brand = self.brands.slot(event.brand, lambda: [0, 0])
+            if kind == "view":
+                brand[0] += 1
+            elif kind == "purchase":
+                brand[1] += 1
         if event.price is not None and kind == "view":
-            top = event.category_code.partition(".")[0] if event.category_code else "unknown"
             stats = self.category_price.setdefault(top, [0, 0.0])
             stats[0] += 1
             stats[1] += (event.price - stats[1]) / stats[0]
+
+
+def _top_category(event: Event) -> str:
+    return event.category_code.partition(".")[0] if event.category_code else "unknown"
 
 
 FEATURE_SETS = {"raw": RawFeatures, "shop": ShopFeatures}

@@ -83,7 +83,7 @@ class ModelSlot:
     """One model the engine runs on every event: its role, scores and drift detector."""
 
     def __init__(self, name: str, model, role: str = "champion", version: str = "fresh",
-                 learn: bool = True, metric_window: int = 1000, drift_delta: float = 0.002):
+                 learn: bool = True, metric_window: int = 1000, drift_delta: float = 1e-6):
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
         self.name = name
@@ -92,6 +92,7 @@ class ModelSlot:
         self.version = version
         self.learn = learn and role != "baseline"
         self.scores = Scoreboard(metric_window)
+        # A small delta: shops have daily cycles that ADWIN's default (0.002) flags as drift.
         self.drift = drift.ADWIN(delta=drift_delta)
         self.drift_detections = 0
         self.comparison: PairedLossTest | None = None  # vs the champion, for challengers

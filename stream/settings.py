@@ -25,6 +25,7 @@ class WorkerSettings:
     lateness: float = 0.0
     metric_window: int = 1000
     max_open: int = 1_000_000
+    drift_delta: float = 1e-6
     checkpoints: str = "checkpoints"
     checkpoint_every: int = 10_000
     checkpoint_seconds: float = 30.0
@@ -60,7 +61,7 @@ class WorkerSettings:
     @property
     def engine_options(self) -> dict:
         return {"window": self.window, "lateness": self.lateness, "metric_window": self.metric_window,
-                "max_open": self.max_open}
+                "max_open": self.max_open, "drift_delta": self.drift_delta}
 
     @property
     def name(self) -> str:
