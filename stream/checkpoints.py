@@ -39,6 +39,11 @@ class PartitionState:
     checkpointed_at: float = field(default_factory=time.time)
     checkpointed_offset: int = 0
     events_since_checkpoint: int = 0
+    changed: bool = False          # changed by other than events (a control command)
+
+    @property
+    def needs_checkpoint(self) -> bool:
+        return bool(self.events_since_checkpoint) or self.changed or self.origin != "checkpoint"
 
 
 class DirectoryCheckpointStore:
@@ -55,6 +60,7 @@ class DirectoryCheckpointStore:
         state.checkpointed_at = time.time()
         state.checkpointed_offset = state.next_offset
         state.events_since_checkpoint = 0
+        state.changed = False
         body = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
         path = self.path(state.topic, state.partition)
         atomic_write(path, MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body)

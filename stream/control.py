@@ -10,6 +10,7 @@ on a stopped worker, or moves to another worker, when the command was sent.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Optional
 
 import msgspec
@@ -49,12 +50,21 @@ class ControlChannel:
         self.commands: list[tuple[int, Command]] = []
         self._consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers.split(","), group_id=None,
                                        enable_auto_commit=False, auto_offset_reset="earliest")
-        self._consumer.assign([TopicPartition(topic, 0)])
+        self._partition = TopicPartition(topic, 0)
+        self._consumer.assign([self._partition])
+        self.catch_up()
 
-    def poll(self) -> bool:
-        """Fetch new commands without waiting; True if there were any."""
+    def catch_up(self, timeout: float = 15.0) -> None:
+        """Read every command sent so far, so partitions get them before their first event."""
+        end = self._consumer.end_offsets([self._partition])[self._partition]
+        deadline = time.monotonic() + timeout
+        while self._consumer.position(self._partition) < end and time.monotonic() < deadline:
+            self.poll(timeout_ms=200)
+
+    def poll(self, timeout_ms: int = 0) -> bool:
+        """Fetch new commands; True if there were any."""
         fresh = False
-        for records in self._consumer.poll(timeout_ms=0).values():
+        for records in self._consumer.poll(timeout_ms=timeout_ms).values():
             for record in records:
                 try:
                     command = msgspec.json.decode(record.value, type=Command)
@@ -65,12 +75,14 @@ class ControlChannel:
                 fresh = True
         return fresh
 
-    def apply(self, engine: Engine, partition: int) -> None:
-        """Apply, in order, every command this engine has not seen yet."""
+    def apply(self, engine: Engine, partition: int) -> bool:
+        """Apply, in order, every command this engine has not seen yet; True if any."""
+        applied = False
         for offset, command in self.commands:
             if offset <= engine.control_offset:
                 continue
             engine.control_offset = offset
+            applied = True
             if command.partition is not None and command.partition != partition:
                 continue
             try:
@@ -91,6 +103,7 @@ class ControlChannel:
             except (ValueError, ArtifactError) as exc:
                 log.error("partition %d: control command %d (%s %s) not applied: %s",
                           partition, offset, command.action, command.target, exc)
+        return applied
 
     def close(self) -> None:
         self._consumer.close()

@@ -101,8 +101,8 @@ class Worker(ConsumerRebalanceListener):
             engine, origin = build_engine(s.artifacts, s.model, s.features, s.challengers, s.baseline, s.seed,
                                           s.promotion, s.drift_reaction, **s.engine_options)
             state = PartitionState(tp.topic, tp.partition, engine, next_offset=0, origin=origin)
-        if self.control is not None:
-            self.control.apply(state.engine, tp.partition)
+        if self.control is not None and self.control.apply(state.engine, tp.partition):
+            state.changed = True
         return state
 
     def _engines(self):
@@ -124,7 +124,8 @@ class Worker(ConsumerRebalanceListener):
                 self._last_control_poll = now
                 if self.control.poll():
                     for tp, state in self.partitions.items():
-                        self.control.apply(state.engine, tp.partition)
+                        if self.control.apply(state.engine, tp.partition):
+                            state.changed = True
             elif settings.until_idle and now - last_data >= settings.until_idle:
                 log.info("idle for %.1f s: stopping", now - last_data)
                 break
@@ -195,8 +196,7 @@ class Worker(ConsumerRebalanceListener):
         """Flush outputs, write checkpoints durably, then commit their offsets to Kafka.
 
         Partitions with nothing new since their last checkpoint are skipped."""
-        tps = [tp for tp in tps if tp in self.partitions
-               and (self.partitions[tp].events_since_checkpoint or self.partitions[tp].origin != "checkpoint")]
+        tps = [tp for tp in tps if tp in self.partitions and self.partitions[tp].needs_checkpoint]
         if not tps:
             return
         self.producer.flush()  # predictions and dead letters before the state that produced them
