@@ -244,6 +244,8 @@ def test_compose_topology_natively_with_real_prometheus(compose, kafka, tmp_path
             assert values, f"template variable {variable} has no values"
         for alert, expr in alert_rules():
             assert api.query(expr)["status"] == "success", alert
+        for annotation in json.loads(DASHBOARD.read_text())["annotations"]["list"]:
+            assert api.query(annotation["expr"])["status"] == "success", annotation["name"]
         _wait(lambda: all(rule["health"] == "ok" for group in api.get("/api/v1/rules")["data"]["groups"]
                           for rule in group["rules"]) and api.get("/api/v1/rules")["data"]["groups"], 30,
               "alert rules evaluated")
