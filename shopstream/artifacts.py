@@ -7,7 +7,8 @@ Layout under the artifacts directory::
     DEFAULT                       "<model>/<version>" of the best model
 
 Nothing is unpickled before its sha256 matches the metadata, so a truncated or
-tampered file is refused with `ArtifactError` instead of running arbitrary code.
+modified file is refused with `ArtifactError`. With SHOPSTREAM_SIGNING_KEY set, the
+metadata also holds an HMAC of the pickle, and loading requires it (`signing.py`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Optional
 
 import river
+
+from .signing import signing_key, sign, verify
 
 DEFAULT_POINTER = "DEFAULT"
 
@@ -73,6 +76,9 @@ def save_artifact(root: str | Path, model_name: str, model, features, meta: dict
         "size_bytes": len(payload),
         **meta,
     }
+    key = signing_key()
+    if key is not None:
+        full_meta["hmac_sha256"] = sign(payload, key)
     atomic_write(directory / "model.pkl", payload)
     atomic_write(directory / "meta.json", json.dumps(full_meta, indent=2, default=str).encode())
     return directory
@@ -110,6 +116,9 @@ def load_artifact(path: str | Path) -> Artifact:
             f"{model_path}: sha256 {actual[:12]}... does not match metadata {expected[:12]}...; "
             "the file is truncated or was modified, refusing to unpickle it"
         )
+    key = signing_key()
+    if key is not None:
+        verify(payload, meta.get("hmac_sha256"), key, str(model_path))
     if meta.get("river_version") != river.__version__:
         print(f"warning: {directory} was made with River {meta.get('river_version')}, "
               f"this is River {river.__version__}", file=sys.stderr)

@@ -4,7 +4,10 @@ A checkpoint is the only source of truth for where a partition's model stands: t
 worker restores the engine and seeks to `next_offset`, so after a crash the events
 since the checkpoint are replayed onto exactly the state that had not seen them.
 Files are written atomically (temp file, fsync, rename) and carry a sha256 of their
-body, so a torn or corrupted file is detected instead of half-loaded.
+body, so a torn or corrupted file is detected instead of half-loaded; with
+SHOPSTREAM_SIGNING_KEY set they carry an HMAC instead, required on load. Each
+checkpoint records its lineage: its id, its parent's, what the partition started from
+(artifact version or fresh), the offsets, and the shopstream and River versions.
 """
 
 from __future__ import annotations
@@ -16,8 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import river
+
+from shopstream import __version__
 from shopstream.artifacts import atomic_write
 from shopstream.engine import Engine
+from shopstream.signing import SignatureError, sign, signing_key, verify
 
 MAGIC = b"SHOPSTREAM-CKPT-1\n"
 
@@ -40,6 +47,10 @@ class PartitionState:
     checkpointed_offset: int = 0
     events_since_checkpoint: int = 0
     changed: bool = False          # changed by other than events (a control command)
+    started_from: str = "fresh"    # what the partition's first state came from: never changes
+    checkpoint_id: Optional[str] = None
+    parent_checkpoint: Optional[str] = None
+    versions: dict = field(default_factory=dict)
 
     @property
     def needs_checkpoint(self) -> bool:
@@ -61,10 +72,11 @@ class DirectoryCheckpointStore:
         state.checkpointed_offset = state.next_offset
         state.events_since_checkpoint = 0
         state.changed = False
-        body = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-        path = self.path(state.topic, state.partition)
-        atomic_write(path, MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
-        return path
+        state.parent_checkpoint = state.checkpoint_id
+        state.checkpoint_id = f"{state.topic}-{state.partition}@{state.next_offset}-{state.checkpointed_at:.6f}"
+        state.versions = {"shopstream": __version__, "river": river.__version__}
+        atomic_write(self.path(state.topic, state.partition), encode_state(state))
+        return self.path(state.topic, state.partition)
 
     def load_all(self) -> dict[tuple[str, int], PartitionState]:
         """Every checkpoint in the directory, by (topic, partition)."""
@@ -78,12 +90,30 @@ class DirectoryCheckpointStore:
         path = self.path(topic, partition)
         if not path.exists():
             return None
-        data = path.read_bytes()
-        if not data.startswith(MAGIC):
-            raise CheckpointError(f"{path}: not a shopstream checkpoint")
-        digest, _, body = data[len(MAGIC):].partition(b"\n")
-        if hashlib.sha256(body).hexdigest().encode() != digest:
-            raise CheckpointError(f"{path}: checksum mismatch (torn or modified file)")
-        state = pickle.loads(body)
-        state.origin = "checkpoint"
-        return state
+        return decode_state(path.read_bytes(), str(path))
+
+
+def encode_state(state: PartitionState) -> bytes:
+    """MAGIC, then "sha256:<hex>" or "hmac-sha256:<hex>", a newline, the pickle."""
+    body = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+    key = signing_key()
+    check = f"hmac-sha256:{sign(body, key)}" if key else f"sha256:{hashlib.sha256(body).hexdigest()}"
+    return MAGIC + check.encode() + b"\n" + body
+
+
+def decode_state(data: bytes, where: str) -> PartitionState:
+    """Verify, then unpickle, a checkpoint written by `encode_state`."""
+    if not data.startswith(MAGIC):
+        raise CheckpointError(f"{where}: not a shopstream checkpoint")
+    check, _, body = data[len(MAGIC):].partition(b"\n")
+    kind, _, value = check.decode("ascii", "replace").partition(":")
+    key = signing_key()
+    if key is not None:
+        verify(body, value if kind == "hmac-sha256" else None, key, where)
+    elif kind == "hmac-sha256":
+        raise SignatureError(f"{where}: signed checkpoint, but SHOPSTREAM_SIGNING_KEY is not set")
+    elif kind != "sha256" or hashlib.sha256(body).hexdigest() != value:
+        raise CheckpointError(f"{where}: checksum mismatch (torn or modified file)")
+    state = pickle.loads(body)
+    state.origin = "checkpoint"
+    return state

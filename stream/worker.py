@@ -26,11 +26,13 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from shopstream.artifacts import ArtifactError
 from shopstream.events import InvalidEvent, decode_event
 from shopstream.exporter import EngineCollector, MetricsServer
 from shopstream.lineup import build_engine
+from shopstream.signing import SignatureError
 
-from .checkpoints import DirectoryCheckpointStore, PartitionState
+from .checkpoints import CheckpointError, DirectoryCheckpointStore, PartitionState
 from .control import ControlChannel
 from .outputs import publish_dead_letter, publish_prediction
 from .settings import WorkerSettings
@@ -50,6 +52,7 @@ class Worker(ConsumerRebalanceListener):
         self.stopping = False
         self.handled = 0
         self.last_poll = 0.0
+        self.fatal: Optional[str] = None
         self.control = ControlChannel(settings.bootstrap_servers, settings.control_topic, settings.artifacts) \
             if settings.control_topic else None
         self._last_control_poll = 0.0
@@ -89,7 +92,14 @@ class Worker(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned):
         for tp in assigned:
-            state = self._restore(tp)
+            try:
+                state = self._restore(tp)
+            except (CheckpointError, SignatureError, ArtifactError) as exc:
+                # Never guess past an untrusted file: stop, and say which and why.
+                log.error("partition %d: %s", tp.partition, exc)
+                self.fatal = f"partition {tp.partition}: {exc}"
+                self.stopping = True
+                continue
             self.partitions[tp] = state
             self.consumer.seek(tp, state.next_offset)
             log.info("assigned partition %d: %s, next offset %d", tp.partition, state.origin, state.next_offset)
@@ -100,7 +110,8 @@ class Worker(ConsumerRebalanceListener):
             s = self.settings
             engine, origin = build_engine(s.artifacts, s.model, s.features, s.challengers, s.baseline, s.seed,
                                           s.promotion, s.drift_reaction, **s.engine_options)
-            state = PartitionState(tp.topic, tp.partition, engine, next_offset=0, origin=origin)
+            state = PartitionState(tp.topic, tp.partition, engine, next_offset=0, origin=origin,
+                                   started_from=origin)
         if self.control is not None and self.control.apply(state.engine, tp.partition):
             state.changed = True
         return state
@@ -144,7 +155,7 @@ class Worker(ConsumerRebalanceListener):
                 if self.stopping:
                     break
         self.close()
-        return 0
+        return 2 if self.fatal else 0
 
     def handle(self, state: PartitionState, record) -> None:
         """One Kafka record: decode, predict-then-learn, publish. Never raises for bad input."""
