@@ -68,6 +68,18 @@ class DirectoryCheckpointStore:
         return self.root / f"{topic}-{partition}.ckpt"
 
     def save(self, state: PartitionState) -> Path:
+        """Write durably; on failure (OSError) the state's bookkeeping is left as it was."""
+        before = (state.checkpointed_at, state.checkpointed_offset, state.events_since_checkpoint,
+                  state.changed, state.parent_checkpoint, state.checkpoint_id)
+        try:
+            self._save(state)
+        except OSError:
+            (state.checkpointed_at, state.checkpointed_offset, state.events_since_checkpoint,
+             state.changed, state.parent_checkpoint, state.checkpoint_id) = before
+            raise
+        return self.path(state.topic, state.partition)
+
+    def _save(self, state: PartitionState) -> None:
         state.checkpointed_at = time.time()
         state.checkpointed_offset = state.next_offset
         state.events_since_checkpoint = 0
@@ -76,7 +88,6 @@ class DirectoryCheckpointStore:
         state.checkpoint_id = f"{state.topic}-{state.partition}@{state.next_offset}-{state.checkpointed_at:.6f}"
         state.versions = {"shopstream": __version__, "river": river.__version__}
         atomic_write(self.path(state.topic, state.partition), encode_state(state))
-        return self.path(state.topic, state.partition)
 
     def load_all(self) -> dict[tuple[str, int], PartitionState]:
         """Every checkpoint in the directory, by (topic, partition)."""

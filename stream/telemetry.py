@@ -27,6 +27,9 @@ class WorkerCollector:
         age = GaugeMetricFamily("shopstream_checkpoint_age_seconds", "Seconds since the last checkpoint",
                                 labels=["partition"])
         offset = GaugeMetricFamily("shopstream_next_offset", "Next offset to process", labels=["partition"])
+        blocked = GaugeMetricFamily("shopstream_checkpoint_blocked",
+                                    "1 while a partition is paused because its checkpoint cannot be written",
+                                    labels=["partition"])
         now = time.time()
         owned = list(worker.partitions.items())
         for tp, state in owned:
@@ -36,8 +39,9 @@ class WorkerCollector:
                 lag.add_metric(label, max(0, highwater - state.next_offset))
             age.add_metric(label, now - state.checkpointed_at)
             offset.add_metric(label, state.next_offset)
+            blocked.add_metric(label, 1.0 if tp in worker.blocked else 0.0)
         assigned = GaugeMetricFamily("shopstream_assigned_partitions", "Partitions this worker owns")
         assigned.add_metric([], len(owned))
         handled = GaugeMetricFamily("shopstream_worker_handled_events", "Events handled since this process started")
         handled.add_metric([], worker.handled)
-        yield from (lag, age, offset, assigned, handled)
+        yield from (lag, age, offset, blocked, assigned, handled)

@@ -41,6 +41,7 @@ from .telemetry import WorkerCollector
 log = logging.getLogger("shopstream.worker")
 # Latency is timed on one event in this many: timing every event would cost more than it tells.
 TIMING_SAMPLE = 16
+CHECKPOINT_RETRY_SECONDS = 2.0
 
 
 class Worker(ConsumerRebalanceListener):
@@ -53,9 +54,11 @@ class Worker(ConsumerRebalanceListener):
         self.handled = 0
         self.last_poll = 0.0
         self.fatal: Optional[str] = None
+        self.blocked: dict[TopicPartition, str] = {}  # partitions paused by a failing checkpoint store
         self.control = ControlChannel(settings.bootstrap_servers, settings.control_topic, settings.artifacts) \
             if settings.control_topic else None
         self._last_control_poll = 0.0
+        self._last_retry = 0.0
         self.consumer = KafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers.split(","),
             group_id=settings.group,
@@ -88,6 +91,7 @@ class Worker(ConsumerRebalanceListener):
             self.checkpoint(owned, commit_async=True)
         for tp in owned:
             del self.partitions[tp]
+            self.blocked.pop(tp, None)
         log.info("revoked %s", sorted(tp.partition for tp in owned))
 
     def on_partitions_assigned(self, assigned):
@@ -131,13 +135,16 @@ class Worker(ConsumerRebalanceListener):
             self.last_poll = now = time.monotonic()
             if batches:
                 last_data = now
+            if self.blocked and now - self._last_retry >= CHECKPOINT_RETRY_SECONDS:
+                self._last_retry = now
+                self.checkpoint(list(self.blocked))
             if self.control is not None and now - self._last_control_poll >= 1.0:
                 self._last_control_poll = now
                 if self.control.poll():
                     for tp, state in self.partitions.items():
                         if self.control.apply(state.engine, tp.partition):
                             state.changed = True
-            elif settings.until_idle and now - last_data >= settings.until_idle:
+            elif settings.until_idle and not self.blocked and now - last_data >= settings.until_idle:
                 log.info("idle for %.1f s: stopping", now - last_data)
                 break
             for tp, records in batches.items():
@@ -217,10 +224,19 @@ class Worker(ConsumerRebalanceListener):
             try:
                 self.store.save(state)
             except OSError as exc:
+                # Learning further than the last durable checkpoint would risk more than it
+                # gains: pause the partition and retry until the store takes writes again.
                 self.checkpoint_failures.inc()
-                log.error("checkpoint of partition %d failed: %s", tp.partition, exc)
+                if tp not in self.blocked:
+                    log.error("checkpoint of partition %d failed: %s; partition paused until a checkpoint "
+                              "succeeds (the last good checkpoint is untouched)", tp.partition, exc)
+                    self.consumer.pause(tp)
+                self.blocked[tp] = str(exc)
                 continue
             self.checkpoints_written.inc()
+            if self.blocked.pop(tp, None) is not None:
+                self.consumer.resume(tp)
+                log.info("checkpoint of partition %d succeeded again: resumed", tp.partition)
             offsets[tp] = OffsetAndMetadata(state.next_offset, "", -1)
         if offsets:
             try:
@@ -239,8 +255,9 @@ class Worker(ConsumerRebalanceListener):
             self.control.close()
 
     def ready(self) -> bool:
-        """Owns partitions and its loop polled recently (not stuck, not shutting down)."""
-        return bool(self.partitions) and not self.stopping and time.monotonic() - self.last_poll < 15.0
+        """Owns partitions, can checkpoint them, and its loop polled recently."""
+        return (bool(self.partitions) and not self.blocked and not self.stopping
+                and time.monotonic() - self.last_poll < 15.0)
 
 
 _LATENCY_BUCKETS = (0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1)

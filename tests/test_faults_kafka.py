@@ -1,0 +1,103 @@
+"""Faults on the real broker: a checkpoint store that stops taking writes, and a worker
+that refuses a forged checkpoint."""
+
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import msgspec
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import WORKER_ENV, free_port, worker_command
+from helpers import assert_same_engine, checkpointed_engines, reference_engines, send_records
+from shopstream.events import decode_event
+from shopstream.generator import generate
+
+pytestmark = pytest.mark.kafka
+encode = msgspec.json.Encoder().encode
+
+
+def scrape(port):
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return {}
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def readyz(port):
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise TimeoutError(what)
+
+
+def test_unwritable_checkpoint_store_pauses_learning_and_resumes(kafka, new_topic, tmp_path):
+    topic = new_topic(1)
+    records = list(generate(60_000, seed=91))
+    send_records(kafka, topic, records)
+    checkpoints = tmp_path / "ckpt"
+    port = free_port()
+    worker = subprocess.Popen(worker_command(kafka, topic, checkpoints, "--checkpoint-every", "3000",
+                                             "--until-idle", "6", "--metrics-port", str(port)),
+                              env=WORKER_ENV, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: any(checkpoints.glob("*.ckpt")), 60, "first checkpoint")
+    good = checkpoints.with_name("ckpt-good")
+    checkpoints.rename(good)
+    checkpoints.write_text("not a directory: every checkpoint write now fails")  # root ignores chmod
+    try:
+        wait_for(lambda: scrape(port).get(("shopstream_checkpoint_blocked", (("partition", "0"),))) == 1.0,
+                 60, "partition paused")
+        stalled = scrape(port)[("shopstream_next_offset", (("partition", "0"),))]
+        assert readyz(port) == 503
+        time.sleep(3)
+        metrics = scrape(port)
+        assert metrics[("shopstream_next_offset", (("partition", "0"),))] == stalled  # learning stopped
+        assert metrics[("shopstream_checkpoint_failures_total", ())] >= 1
+        assert stalled < len(records)
+        [last_good] = list(good.glob("*.ckpt"))
+        assert last_good.stat().st_size > 1000 and not list(good.glob(".*tmp"))
+    finally:
+        checkpoints.unlink()
+        good.rename(checkpoints)  # space is back
+    _, log = worker.communicate(timeout=180)
+    assert worker.returncode == 0, log[-2000:]
+    assert "partition paused until a checkpoint succeeds" in log and "succeeded again: resumed" in log
+
+    expected = reference_engines(kafka, topic)
+    actual = checkpointed_engines(checkpoints)
+    probes = [expected[0].features.transform(decode_event(encode(r))) for r in records[-100:]]
+    assert_same_engine(actual[0], expected[0], probes)
+
+
+def test_forged_checkpoint_is_refused_with_a_clear_error(kafka, new_topic, tmp_path):
+    topic = new_topic(1)
+    send_records(kafka, topic, generate(2000, seed=92))
+    checkpoints = tmp_path / "ckpt"
+    env = {**WORKER_ENV, "SHOPSTREAM_SIGNING_KEY": "s3cret"}
+    first = subprocess.run(worker_command(kafka, topic, checkpoints, "--until-idle", "3", "--metrics-port", "-1"),
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr[-2000:]
+    [path] = list(checkpoints.glob("*.ckpt"))
+    data = bytearray(path.read_bytes())
+    data[-20] ^= 0x01
+    path.write_bytes(bytes(data))
+    second = subprocess.run(worker_command(kafka, topic, checkpoints, "--until-idle", "3", "--metrics-port", "-1"),
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2
+    assert "HMAC does not match: forged or modified, refusing to load it" in second.stderr
+    assert "s3cret" not in second.stderr + first.stderr
