@@ -5,7 +5,9 @@
 #   scripts/kafka.sh install|start|stop|status|wipe
 #
 # Env: SHOPSTREAM_KAFKA_HOME (jar cache), SHOPSTREAM_KAFKA_DATA (data, log, pid),
-#      KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_HEAP_OPTS, JAVA_HOME.
+#      KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_HEAP_OPTS, JAVA_HOME;
+#      KAFKA_SASL_PORT adds a SASL_PLAINTEXT listener (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)
+#      for user KAFKA_SASL_USER (shopstream) with password KAFKA_SASL_PASSWORD.
 set -euo pipefail
 
 KAFKA_VERSION=4.4.0
@@ -75,19 +77,29 @@ a.list_topics(); a.close()" >/dev/null 2>&1
   fi
 }
 
+SASL_PORT=${KAFKA_SASL_PORT:-}
+SASL_USER=${KAFKA_SASL_USER:-shopstream}
+SASL_PASSWORD=${KAFKA_SASL_PASSWORD:-shopstream-secret}
+
 write_configs() {
   mkdir -p "$DATA/logs"
+  local listeners="PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT"
+  local protocols="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+  if [[ -n $SASL_PORT ]]; then
+    listeners+=",SASL_PLAINTEXT://127.0.0.1:$SASL_PORT"
+    protocols+=",SASL_PLAINTEXT:SASL_PLAINTEXT"
+  fi
   # controller.quorum.bootstrap.servers (not .voters) + `format --standalone` is
   # the 4.x way to bootstrap a one-node dynamic KRaft quorum.
   cat >"$DATA/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$CPORT
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
+listeners=$listeners
+advertised.listeners=$listeners
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=$protocols
 log.dirs=$DATA/logs
 num.partitions=1
 auto.create.topics.enable=true
@@ -98,6 +110,15 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 EOF
+  if [[ -n $SASL_PORT ]]; then
+    # PLAIN users live in the JAAS line; SCRAM credentials are written at format time.
+    cat >>"$DATA/server.properties" <<EOF
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$SASL_USER="$SASL_PASSWORD";
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+EOF
+  fi
   # Kafka 4.x logs via log4j2; without a config it would print only errors.
   # shutdownHook=disable: log4j's own hook would otherwise stop logging while
   # Kafka is still shutting down on SIGTERM, hiding the end of the shutdown.
@@ -125,8 +146,13 @@ format_once() {
   while id=$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '='); [[ $id == -* ]]; do :; done
   say "formatting $DATA/logs (cluster id $id)"
   tool_opts
+  local scram=()
+  if [[ -n $SASL_PORT ]]; then
+    scram=(--add-scram "SCRAM-SHA-256=[name=$SASL_USER,password=$SASL_PASSWORD]"
+           --add-scram "SCRAM-SHA-512=[name=$SASL_USER,password=$SASL_PASSWORD]")
+  fi
   "${TOOL[@]}" kafka.tools.StorageTool format --config "$DATA/server.properties" \
-    --cluster-id "$id" --standalone >>"$LOG" 2>&1 || { tail -n 20 "$LOG" >&2; die "format failed"; }
+    --cluster-id "$id" --standalone "${scram[@]}" >>"$LOG" 2>&1 || { tail -n 20 "$LOG" >&2; die "format failed"; }
 }
 
 start() {

@@ -30,11 +30,11 @@ def _truthy(text: str) -> bool:
 
 
 def option(parser: argparse.ArgumentParser, flag: str, help: str, default=None, type=str,
-           many: bool = False, switch: bool = False, choices=None) -> None:
+           many: bool = False, switch: bool = False, choices=None, secret: bool = False) -> None:
     """Add --flag whose default comes from SHOPSTREAM_FLAG when set.
 
     `many`: several values (space-separated on the command line, comma-separated in env);
-    `switch`: a boolean flag (env: 1/true/yes or 0/false/no)."""
+    `switch`: a boolean flag (env: 1/true/yes or 0/false/no); `secret`: never show the value."""
     env = env_name(flag)
     raw = os.environ.get(env)
     try:
@@ -47,12 +47,26 @@ def option(parser: argparse.ArgumentParser, flag: str, help: str, default=None, 
                 default = type(raw)
     except ValueError as exc:
         parser.error(f"{env}={raw!r}: {exc}")
-    shown = f"{help} [env {env}" + ("" if default in (None, False) else f", default {default}") + "]"
+    hidden = secret or default in (None, False)
+    shown = f"{help} [env {env}" + ("" if hidden else f", default {default}") + "]"
     if switch:
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=bool(default), help=shown)
     else:
         parser.add_argument(flag, type=type, default=default, help=shown, choices=choices,
                             nargs="+" if many else None)
+
+
+def _add_kafka_options(parser):
+    option(parser, "--bootstrap-servers", "Kafka bootstrap servers", default="127.0.0.1:9092")
+    option(parser, "--security-protocol", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL", default="PLAINTEXT",
+           choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"])
+    option(parser, "--sasl-mechanism", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", default="PLAIN",
+           choices=["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+    option(parser, "--sasl-username", "SASL user")
+    option(parser, "--sasl-password", "SASL password (prefer the environment variable)", secret=True)
+    option(parser, "--ssl-cafile", "CA bundle to verify the brokers")
+    option(parser, "--ssl-certfile", "client certificate (mutual TLS)")
+    option(parser, "--ssl-keyfile", "client private key (mutual TLS)")
 
 
 def _add_engine_options(parser):
@@ -100,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     option(demo, "--progress", "show a progress bar", switch=True, default=True)
 
     produce = commands.add_parser("produce", help="feed events from a file or the generator into Kafka")
-    option(produce, "--bootstrap-servers", "Kafka bootstrap servers", default="127.0.0.1:9092")
+    _add_kafka_options(produce)
     option(produce, "--topic", "events topic", default="shop-events")
     option(produce, "--file", "events file (.jsonl, .csv); without it, generate")
     option(produce, "--events", "events to generate when no file is given", default=100_000, type=int)
@@ -111,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     option(produce, "--progress", "show a progress bar", switch=True, default=True)
 
     topics = commands.add_parser("topics", help="create the events, predictions and dead-letter topics")
-    option(topics, "--bootstrap-servers", "Kafka bootstrap servers", default="127.0.0.1:9092")
+    _add_kafka_options(topics)
     option(topics, "--topic", "events topic", default="shop-events")
     option(topics, "--predictions-topic", "predictions topic", default="shop-predictions")
     option(topics, "--dead-letter-topic", "dead-letter topic", default="shop-events-dlq")
@@ -121,14 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list models; promote or roll back on running workers")
     models.add_argument("action", choices=["list", "promote", "rollback"])
     models.add_argument("target", nargs="?", help="model name (promote) or artifact version (rollback)")
-    option(models, "--bootstrap-servers", "Kafka bootstrap servers", default="127.0.0.1:9092")
+    _add_kafka_options(models)
     option(models, "--control-topic", "topic the workers read commands from", default="shop-control")
     option(models, "--artifacts", "bootstrap output: versions to list or roll back to")
     option(models, "--checkpoints", "checkpoint directory: what each partition runs")
     option(models, "--partition", "only this partition (default: all)", type=int)
 
     worker = commands.add_parser("worker", help="consume events from Kafka, predict then learn on each")
-    option(worker, "--bootstrap-servers", "Kafka bootstrap servers", default="127.0.0.1:9092")
+    _add_kafka_options(worker)
     option(worker, "--topic", "events topic", default="shop-events")
     option(worker, "--group", "consumer group", default="shopstream")
     option(worker, "--predictions-topic", "topic for published predictions ('' to disable)",

@@ -19,6 +19,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from shopstream.artifacts import ArtifactError, find_version, load_artifact
 from shopstream.engine import Engine
 
+from .connection import kafka_options
 from .topics import create_topics
 
 log = logging.getLogger("shopstream.control")
@@ -30,10 +31,10 @@ class Command(msgspec.Struct, forbid_unknown_fields=True):
     partition: Optional[int] = None   # None: every partition
 
 
-def send_command(bootstrap_servers: str, topic: str, command: Command) -> int:
-    """Append a command; return its offset."""
-    create_topics(bootstrap_servers, {topic: 1})
-    producer = KafkaProducer(bootstrap_servers=bootstrap_servers.split(","), acks="all")
+def send_command(options: dict, topic: str, command: Command) -> int:
+    """Append a command; return its offset. `options`: see `connection.kafka_options`."""
+    create_topics(options, {topic: 1})
+    producer = KafkaProducer(acks="all", **options)
     try:
         metadata = producer.send(topic, value=msgspec.json.encode(command)).get(timeout=30)
     finally:
@@ -44,12 +45,12 @@ def send_command(bootstrap_servers: str, topic: str, command: Command) -> int:
 class ControlChannel:
     """Reads the control topic from the beginning and remembers every command."""
 
-    def __init__(self, bootstrap_servers: str, topic: str, artifacts: Optional[str]):
-        create_topics(bootstrap_servers, {topic: 1})
+    def __init__(self, options: dict, topic: str, artifacts: Optional[str]):
+        create_topics(options, {topic: 1})
         self.artifacts = artifacts
         self.commands: list[tuple[int, Command]] = []
-        self._consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers.split(","), group_id=None,
-                                       enable_auto_commit=False, auto_offset_reset="earliest")
+        self._consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+                                       **options)
         self._partition = TopicPartition(topic, 0)
         self._consumer.assign([self._partition])
         self.catch_up()
@@ -149,7 +150,7 @@ def models_command(args) -> int:
         raise ValueError(f"models {args.action} needs a target: a model name (promote) or an artifact version (rollback)")
     if args.action == "rollback" and args.artifacts:
         find_version(args.artifacts, args.target)  # fail here, not silently in every worker
-    offset = send_command(args.bootstrap_servers, args.control_topic,
+    offset = send_command(kafka_options(args), args.control_topic,
                           Command(args.action, args.target, args.partition))
     scope = "every partition" if args.partition is None else f"partition {args.partition}"
     print(f"sent {args.action} {args.target} for {scope} (control offset {offset}); running workers apply it "

@@ -7,9 +7,14 @@ replayed.
 
 from __future__ import annotations
 
+import logging
+
 import msgspec
+from kafka.errors import KafkaTimeoutError
 
 from shopstream.events import Event
+
+log = logging.getLogger("shopstream.outputs")
 
 REASON_HEADER = "shopstream.reason"
 _encode = msgspec.json.Encoder().encode
@@ -29,12 +34,23 @@ class Prediction(msgspec.Struct, gc=False):
     offset: int
 
 
+def send(producer, topic: str, **message) -> None:
+    """producer.send that waits out a broker outage instead of dropping or raising:
+    kafka-python gives up after max_block_ms when it cannot buffer or find the topic."""
+    while True:
+        try:
+            producer.send(topic, **message)
+            return
+        except KafkaTimeoutError as exc:
+            log.warning("cannot send to %s yet (%s); retrying", topic, exc)
+
+
 def publish_prediction(producer, topic: str, record, event: Event, score: float, model: str,
                        version: str) -> None:
     value = _encode(Prediction(event.event_id, event.user_id, event.user_session, event.product_id,
                                event.event_type, event.event_time, score, model, version,
                                record.partition, record.offset))
-    producer.send(topic, key=record.key, value=value)
+    send(producer, topic, key=record.key, value=value)
 
 
 def publish_dead_letter(producer, topic: str, record, reason: str) -> None:
@@ -48,4 +64,4 @@ def publish_dead_letter(producer, topic: str, record, reason: str) -> None:
     value = record.value
     if value is None and record.key is None:
         value = b""  # Kafka needs a key or a value; the reason header says "empty message"
-    producer.send(topic, key=record.key, value=value, headers=headers)
+    send(producer, topic, key=record.key, value=value, headers=headers)

@@ -15,6 +15,8 @@ from kafka import KafkaProducer
 
 from shopstream.events import InvalidEvent, encode_event, event_from_record
 
+from .connection import kafka_options
+
 _encode = msgspec.json.Encoder().encode
 
 
@@ -88,8 +90,7 @@ def produce(args) -> int:
         drifts = tuple(Drift.parse(text) for text in args.drift)
         messages = messages_from_generator(generate(args.events, seed=args.seed, drifts=drifts), args.validate, rejected)
         total = args.events
-    producer = KafkaProducer(bootstrap_servers=args.bootstrap_servers.split(","), linger_ms=20,
-                             batch_size=256 * 1024, acks="all")
+    producer = KafkaProducer(linger_ms=20, batch_size=256 * 1024, acks="all", **kafka_options(args))
     try:
         sent = send_all(producer, args.topic, messages, args.rate, args.progress, total)
     finally:

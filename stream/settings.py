@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
 from shopstream.slots import PromotionPolicy
@@ -13,6 +13,13 @@ from shopstream.slots import PromotionPolicy
 @dataclass(frozen=True)
 class WorkerSettings:
     bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: Optional[str] = None
+    sasl_username: Optional[str] = None
+    sasl_password: Optional[str] = field(default=None, repr=False)   # never in a repr or a log
+    ssl_cafile: Optional[str] = None
+    ssl_certfile: Optional[str] = None
+    ssl_keyfile: Optional[str] = None
     topic: str = "shop-events"
     group: str = "shopstream"
     predictions_topic: str = "shop-predictions"

@@ -2,8 +2,8 @@
 
 The per-model metrics (rolling accuracy/recall/F1, confusion counters, outcomes)
 come from `shopstream.exporter.EngineCollector`; this adds what only the Kafka side
-knows. Lag uses the high watermark the consumer already got with its last fetch,
-so scraping never calls the broker.
+knows. Lag uses the high watermark of the consumer's last fetch and the end offsets the worker
+checks every few seconds, so scraping never calls the broker.
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ class WorkerCollector:
         owned = list(worker.partitions.items())
         for tp, state in owned:
             label = [str(tp.partition)]
-            highwater = worker.consumer.highwater(tp)
-            if highwater is not None:
-                lag.add_metric(label, max(0, highwater - state.next_offset))
+            # the later of the last fetch's high watermark and the last end-offset check
+            ends = [end for end in (worker.consumer.highwater(tp), worker.end_offsets.get(tp)) if end is not None]
+            if ends:
+                lag.add_metric(label, max(0, max(ends) - state.next_offset))
             age.add_metric(label, now - state.checkpointed_at)
             offset.add_metric(label, state.next_offset)
             blocked.add_metric(label, 1.0 if tp in worker.blocked else 0.0)

@@ -12,18 +12,21 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from .connection import kafka_options
 
-def create_topics(bootstrap_servers: str, topics: dict[str, int], timeout: float = 60.0) -> list[str]:
+
+def create_topics(options: dict, topics: dict[str, int], timeout: float = 60.0) -> list[str]:
     """Create each topic with its partition count unless it exists; return those created.
     Retries while the broker is still starting (compose starts everything at once)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers.split(","), request_timeout_ms=10_000)
+            admin = KafkaAdminClient(request_timeout_ms=10_000, **options)
             break
         except KafkaError:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"no Kafka broker answered on {bootstrap_servers} within {timeout:.0f} s") from None
+                raise RuntimeError(f"no Kafka broker answered on {options['bootstrap_servers']} "
+                                   f"within {timeout:.0f} s") from None
             time.sleep(1.0)
     try:
         existing = set(admin.list_topics())
@@ -41,7 +44,7 @@ def create_topics(bootstrap_servers: str, topics: dict[str, int], timeout: float
 
 
 def topics_command(args) -> int:
-    created = create_topics(args.bootstrap_servers, {
+    created = create_topics(kafka_options(args), {
         args.topic: args.partitions,
         args.predictions_topic: args.partitions,
         args.dead_letter_topic: 1,

@@ -32,6 +32,7 @@ from shopstream.exporter import EngineCollector, MetricsServer
 from shopstream.lineup import build_engine
 from shopstream.signing import SignatureError
 
+from .connection import kafka_options
 from .checkpoints import CheckpointError, DirectoryCheckpointStore, PartitionState
 from .control import ControlChannel
 from .outputs import publish_dead_letter, publish_prediction
@@ -42,6 +43,7 @@ log = logging.getLogger("shopstream.worker")
 # Latency is timed on one event in this many: timing every event would cost more than it tells.
 TIMING_SAMPLE = 16
 CHECKPOINT_RETRY_SECONDS = 2.0
+BROKER_CHECK_SECONDS = 5.0
 
 
 class Worker(ConsumerRebalanceListener):
@@ -55,12 +57,15 @@ class Worker(ConsumerRebalanceListener):
         self.last_poll = 0.0
         self.fatal: Optional[str] = None
         self.blocked: dict[TopicPartition, str] = {}  # partitions paused by a failing checkpoint store
-        self.control = ControlChannel(settings.bootstrap_servers, settings.control_topic, settings.artifacts) \
+        options = kafka_options(settings)
+        self.control = ControlChannel(options, settings.control_topic, settings.artifacts) \
             if settings.control_topic else None
         self._last_control_poll = 0.0
         self._last_retry = 0.0
+        self._last_broker_check = 0.0
+        self.broker_ok = True
+        self.end_offsets: dict = {}
         self.consumer = KafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers.split(","),
             group_id=settings.group,
             client_id=settings.name,
             enable_auto_commit=False,
@@ -68,9 +73,9 @@ class Worker(ConsumerRebalanceListener):
             max_poll_records=settings.max_poll_records,
             session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=max(500, settings.session_timeout_ms // 5),
+            **options,
         )
-        self.producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers.split(","),
-                                      client_id=settings.name, linger_ms=20, acks="all")
+        self.producer = KafkaProducer(client_id=settings.name, linger_ms=20, acks="all", **options)
         self.decode_seconds = Histogram("shopstream_decode_seconds", "Decode and validate one message (sampled)",
                                         registry=self.registry, buckets=_LATENCY_BUCKETS)
         self.process_seconds = Histogram("shopstream_process_seconds",
@@ -135,18 +140,11 @@ class Worker(ConsumerRebalanceListener):
             self.last_poll = now = time.monotonic()
             if batches:
                 last_data = now
-            if self.blocked and now - self._last_retry >= CHECKPOINT_RETRY_SECONDS:
-                self._last_retry = now
-                self.checkpoint(list(self.blocked))
-            if self.control is not None and now - self._last_control_poll >= 1.0:
-                self._last_control_poll = now
-                if self.control.poll():
-                    for tp, state in self.partitions.items():
-                        if self.control.apply(state.engine, tp.partition):
-                            state.changed = True
-            elif settings.until_idle and not self.blocked and now - last_data >= settings.until_idle:
+            elif (settings.until_idle and not self.blocked and self.broker_ok
+                  and now - last_data >= settings.until_idle):
                 log.info("idle for %.1f s: stopping", now - last_data)
                 break
+            self._housekeeping(now)
             for tp, records in batches.items():
                 state = self.partitions.get(tp)
                 if state is None:
@@ -163,6 +161,35 @@ class Worker(ConsumerRebalanceListener):
                     break
         self.close()
         return 2 if self.fatal else 0
+
+    def _housekeeping(self, now: float) -> None:
+        """Between polls: retry blocked checkpoints, apply control commands, check the broker."""
+        if self.blocked and now - self._last_retry >= CHECKPOINT_RETRY_SECONDS:
+            self._last_retry = now
+            self.checkpoint(list(self.blocked))
+        if self.control is not None and now - self._last_control_poll >= 1.0:
+            self._last_control_poll = now
+            if self.control.poll():
+                for tp, state in self.partitions.items():
+                    if self.control.apply(state.engine, tp.partition):
+                        state.changed = True
+        if now - self._last_broker_check >= BROKER_CHECK_SECONDS and self.partitions:
+            self._last_broker_check = now
+            self._check_broker()
+
+    def _check_broker(self) -> None:
+        """Ask the broker for the owned partitions' end offsets: it answers (ready, exact lag)
+        or it does not (not ready until it does)."""
+        try:
+            self.end_offsets = self.consumer.end_offsets(list(self.partitions), timeout_ms=3000)
+        except Exception as exc:  # KafkaTimeoutError and friends: the broker is away
+            if self.broker_ok:
+                log.warning("broker not answering (%s): not ready until it does", type(exc).__name__)
+            self.broker_ok = False
+            return
+        if not self.broker_ok:
+            log.info("broker answering again")
+        self.broker_ok = True
 
     def handle(self, state: PartitionState, record) -> None:
         """One Kafka record: decode, predict-then-learn, publish. Never raises for bad input."""
@@ -217,7 +244,13 @@ class Worker(ConsumerRebalanceListener):
         tps = [tp for tp in tps if tp in self.partitions and self.partitions[tp].needs_checkpoint]
         if not tps:
             return
-        self.producer.flush()  # predictions and dead letters before the state that produced them
+        try:
+            self.producer.flush(timeout=30)  # predictions and dead letters before the state that made them
+        except Exception as exc:  # the broker is away: no checkpoint may claim unflushed outputs
+            self.checkpoint_failures.inc()
+            log.warning("outputs not flushed (%s): checkpoint of %s postponed", type(exc).__name__,
+                        sorted(tp.partition for tp in tps))
+            return
         offsets = {}
         for tp in tps:
             state = self.partitions[tp]
@@ -256,7 +289,7 @@ class Worker(ConsumerRebalanceListener):
 
     def ready(self) -> bool:
         """Owns partitions, can checkpoint them, and its loop polled recently."""
-        return (bool(self.partitions) and not self.blocked and not self.stopping
+        return (bool(self.partitions) and not self.blocked and not self.stopping and self.broker_ok
                 and time.monotonic() - self.last_poll < 15.0)
 
 
