@@ -277,7 +277,12 @@ def run_latency(messages, rate: float, seconds: float, workdir: Path, extra=(), 
         sent_ms = {r.offset: r.timestamp for r in read_all(topic)}
         refs = prediction_refs(read_all(f"{topic}-predictions"))
         latencies = [ms - sent_ms[o] for _, o, ms in refs]
-        return {"target_rate": rate, "achieved_rate": count / produce_s, "events": count,
+        first = min(sent_ms.values())
+        by_second: dict = {}
+        for _, o, ms in refs:
+            by_second.setdefault((sent_ms[o] - first) // 1000, []).append(ms - sent_ms[o])
+        timeline = [(int(sec), len(v), percentile(v, 50), max(v)) for sec, v in sorted(by_second.items())]
+        return {"timeline_s_count_p50_max": timeline, "target_rate": rate, "achieved_rate": count / produce_s, "events": count,
                 "predictions": len(latencies), "p50_ms": percentile(latencies, 50),
                 "p90_ms": percentile(latencies, 90), "p99_ms": percentile(latencies, 99),
                 "p999_ms": percentile(latencies, 99.9), "max_ms": max(latencies),
@@ -300,9 +305,14 @@ def run_child(kind: str, **params) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
-def child_bootstrap(events: int, workdir: str) -> dict:
+def child_bootstrap(events: int, workdir: str, patch: str = "") -> dict:
     """offline.bootstrap.bootstrap on a generated JSONL history, logreg only, no progress bar;
-    phases timed by wrapping the module's own functions."""
+    phases timed by wrapping the module's own functions. `patch` names a function of
+    benchmarks/patches.py to apply first (experiments only)."""
+    if patch:
+        import patches
+
+        getattr(patches, patch)()
     import offline.bootstrap as ob
     import offline.report as report
 
@@ -335,12 +345,16 @@ def child_bootstrap(events: int, workdir: str) -> dict:
             "history": str(path), "history_mb": path.stat().st_size / 2**20}
 
 
-def child_rss(open_predictions: int, workdir: str) -> dict:
+def child_rss(open_predictions: int, workdir: str, patch: str = "") -> dict:
     """An engine as a worker runs it (logreg, shop features) fed `open_predictions` views of
     distinct sessions with a window so long that none expires, then one checkpoint of it
     written with the worker's own store."""
     import random
 
+    if patch:
+        import patches
+
+        getattr(patches, patch)()
     from shopstream.engine import Engine
     from shopstream.events import Event
     from shopstream.generator import CATEGORIES, CHANNELS, PLATFORMS, START

@@ -85,3 +85,27 @@ def worker_command(bootstrap: str, topic: str, checkpoints: Path, *extra: str) -
 
 
 WORKER_ENV = {**os.environ, "SHOPSTREAM_SESSION_TIMEOUT_MS": "6000", "PYTHONUNBUFFERED": "1"}
+
+
+class PrivateBroker:
+    """A second broker of this test module's own, with a SASL listener: it can be stopped
+    and restarted (outage tests) without disturbing the shared one."""
+
+    def __init__(self, data_dir: Path):
+        self.port, self.controller_port, self.sasl_port = free_port(), free_port(), free_port()
+        self.env = {**os.environ, "SHOPSTREAM_KAFKA_DATA": str(data_dir), "KAFKA_PORT": str(self.port),
+                    "KAFKA_CONTROLLER_PORT": str(self.controller_port), "KAFKA_SASL_PORT": str(self.sasl_port),
+                    "KAFKA_SASL_USER": "shop", "KAFKA_SASL_PASSWORD": "pa55-word"}
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.sasl_bootstrap = f"127.0.0.1:{self.sasl_port}"
+
+    def script(self, command: str) -> None:
+        subprocess.run(["bash", str(ROOT / "scripts" / "kafka.sh"), command], check=True, env=self.env)
+
+
+@pytest.fixture(scope="module")
+def private_kafka(tmp_path_factory):
+    broker = PrivateBroker(tmp_path_factory.mktemp("private-kafka"))
+    broker.script("start")
+    yield broker
+    broker.script("wipe")
