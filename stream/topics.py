@@ -15,7 +15,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from .connection import kafka_options
 
 
-def create_topics(options: dict, topics: dict[str, int], timeout: float = 60.0) -> list[str]:
+def create_topics(options: dict, topics: dict[str, int], timeout: float = 30.0) -> list[str]:
     """Create each topic with its partition count unless it exists; return those created.
     Retries while the broker is still starting (compose starts everything at once)."""
     deadline = time.monotonic() + timeout
