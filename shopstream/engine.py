@@ -28,6 +28,7 @@ from __future__ import annotations
 import bisect
 import copy
 import logging
+from collections import OrderedDict
 from typing import Optional
 
 from .events import PREDICTION_POINTS, Event
@@ -71,7 +72,7 @@ class Engine:
         self.history: list[dict] = []   # lineage: promotions, rollbacks, drift detections
         self.control_offset = -1        # last control command applied (see stream/control.py)
         self._dedupe = dedupe
-        self._recent_ids: dict = {}
+        self._recent_ids: OrderedDict = OrderedDict()  # O(1) eviction of the oldest id
 
     @classmethod
     def fresh(cls, model_name: str, feature_set: str, seed: int = 42, **options) -> "Engine":
@@ -176,7 +177,7 @@ class Engine:
                 return None
             recent[event_id] = None
             if len(recent) > self._dedupe:
-                del recent[next(iter(recent))]
+                recent.popitem(last=False)
 
         t = event.event_time
         joiner = self.joiner

@@ -27,6 +27,7 @@ StandardScaler only learns from the keys present in an event, so a sparse one-ho
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 from .events import Event
 
@@ -43,8 +44,10 @@ class RawFeatures:
         pass
 
 
-class _Capped(dict):
-    """A dict that forgets its oldest keys past `cap`: bounded state for endless streams."""
+class _Capped(OrderedDict):
+    """A dict that forgets its oldest keys past `cap`: bounded state for endless streams.
+    (An OrderedDict: a plain dict's `next(iter(d))` slows down as its head fills with
+    deleted slots, O(cap) per eviction.)"""
 
     def __init__(self, cap: int):
         super().__init__()
@@ -58,7 +61,7 @@ class _Capped(dict):
         if value is None:
             value = self[key] = make()
             if len(self) > self.cap:
-                del self[next(iter(self))]
+                self.popitem(last=False)
         return value
 
 
