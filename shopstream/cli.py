@@ -151,7 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
            default="shop-events-dlq")
     option(worker, "--artifacts", "bootstrap output (its DEFAULT model starts new partitions)")
     option(worker, "--model", "catalog model when no artifact is given", default="logreg")
-    option(worker, "--checkpoints", "checkpoint directory", default="checkpoints")
+    option(worker, "--checkpoint-store", "dir: files under --checkpoints; kafka: a compacted topic, so workers "
+           "on other machines can take partitions over", default="dir", choices=["dir", "kafka"])
+    option(worker, "--checkpoints", "checkpoint directory (with --checkpoint-store dir)", default="checkpoints")
+    option(worker, "--checkpoint-topic", "compacted checkpoint topic (with --checkpoint-store kafka)",
+           default="shopstream-checkpoints")
     option(worker, "--checkpoint-every", "checkpoint after this many events per partition", default=10_000, type=int)
     option(worker, "--checkpoint-seconds", "... or after this many seconds", default=30.0, type=float)
     option(worker, "--metrics-host", "metrics endpoint host (compose sets 0.0.0.0)", default="127.0.0.1")

@@ -57,29 +57,27 @@ class PartitionState:
         return bool(self.events_since_checkpoint) or self.changed or self.origin != "checkpoint"
 
 
-class DirectoryCheckpointStore:
-    """One file per topic-partition under `root`, e.g. ``root/shop-events-3.ckpt``."""
+class CheckpointStore:
+    """Where checkpoints live; subclasses say how one keyed blob is written and read.
+    `save` raises OSError when the store cannot take the write, leaving the state's
+    bookkeeping as it was (the worker then pauses the partition)."""
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+    def _write(self, key: str, data: bytes) -> None:
+        raise NotImplementedError
 
-    def path(self, topic: str, partition: int) -> Path:
-        return self.root / f"{topic}-{partition}.ckpt"
+    def _read(self, key: str) -> Optional[bytes]:
+        raise NotImplementedError
 
-    def save(self, state: PartitionState) -> Path:
-        """Write durably; on failure (OSError) the state's bookkeeping is left as it was."""
+    def _keys(self) -> list[str]:
+        raise NotImplementedError
+
+    @staticmethod
+    def key(topic: str, partition: int) -> str:
+        return f"{topic}-{partition}"
+
+    def save(self, state: PartitionState) -> None:
         before = (state.checkpointed_at, state.checkpointed_offset, state.events_since_checkpoint,
-                  state.changed, state.parent_checkpoint, state.checkpoint_id)
-        try:
-            self._save(state)
-        except OSError:
-            (state.checkpointed_at, state.checkpointed_offset, state.events_since_checkpoint,
-             state.changed, state.parent_checkpoint, state.checkpoint_id) = before
-            raise
-        return self.path(state.topic, state.partition)
-
-    def _save(self, state: PartitionState) -> None:
+                  state.changed, state.parent_checkpoint, state.checkpoint_id, state.versions)
         state.checkpointed_at = time.time()
         state.checkpointed_offset = state.next_offset
         state.events_since_checkpoint = 0
@@ -87,21 +85,46 @@ class DirectoryCheckpointStore:
         state.parent_checkpoint = state.checkpoint_id
         state.checkpoint_id = f"{state.topic}-{state.partition}@{state.next_offset}-{state.checkpointed_at:.6f}"
         state.versions = {"shopstream": __version__, "river": river.__version__}
-        atomic_write(self.path(state.topic, state.partition), encode_state(state))
+        try:
+            self._write(self.key(state.topic, state.partition), encode_state(state))
+        except OSError:
+            (state.checkpointed_at, state.checkpointed_offset, state.events_since_checkpoint, state.changed,
+             state.parent_checkpoint, state.checkpoint_id, state.versions) = before
+            raise
+
+    def load(self, topic: str, partition: int) -> Optional[PartitionState]:
+        key = self.key(topic, partition)
+        data = self._read(key)
+        return None if data is None else decode_state(data, f"checkpoint {key}")
 
     def load_all(self) -> dict[tuple[str, int], PartitionState]:
-        """Every checkpoint in the directory, by (topic, partition)."""
+        """Every checkpoint in the store, by (topic, partition)."""
         states = {}
-        for path in sorted(self.root.glob("*.ckpt")):
-            topic, _, partition = path.stem.rpartition("-")
+        for key in sorted(self._keys()):
+            topic, _, partition = key.rpartition("-")
             states[(topic, int(partition))] = self.load(topic, int(partition))
         return states
 
-    def load(self, topic: str, partition: int) -> Optional[PartitionState]:
-        path = self.path(topic, partition)
-        if not path.exists():
-            return None
-        return decode_state(path.read_bytes(), str(path))
+
+class DirectoryCheckpointStore(CheckpointStore):
+    """One file per topic-partition under `root`, e.g. ``root/shop-events-3.ckpt``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, topic: str, partition: int) -> Path:
+        return self.root / f"{self.key(topic, partition)}.ckpt"
+
+    def _write(self, key: str, data: bytes) -> None:
+        atomic_write(self.root / f"{key}.ckpt", data)
+
+    def _read(self, key: str) -> Optional[bytes]:
+        path = self.root / f"{key}.ckpt"
+        return path.read_bytes() if path.exists() else None
+
+    def _keys(self) -> list[str]:
+        return [path.stem for path in self.root.glob("*.ckpt")]
 
 
 def encode_state(state: PartitionState) -> bytes:

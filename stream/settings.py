@@ -34,6 +34,8 @@ class WorkerSettings:
     max_open: int = 1_000_000
     drift_delta: float = 1e-6
     checkpoints: str = "checkpoints"
+    checkpoint_store: str = "dir"          # "dir" (--checkpoints) or "kafka" (--checkpoint-topic)
+    checkpoint_topic: str = "shopstream-checkpoints"
     checkpoint_every: int = 10_000
     checkpoint_seconds: float = 30.0
     metrics_host: str = "127.0.0.1"

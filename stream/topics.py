@@ -15,9 +15,10 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from .connection import kafka_options
 
 
-def create_topics(options: dict, topics: dict[str, int], timeout: float = 30.0) -> list[str]:
-    """Create each topic with its partition count unless it exists; return those created.
-    Retries while the broker is still starting (compose starts everything at once)."""
+def create_topics(options: dict, topics: dict[str, int], timeout: float = 30.0,
+                  configs: dict[str, dict] | None = None) -> list[str]:
+    """Create each topic with its partition count (and topic configs) unless it exists;
+    return those created. Retries while the broker is still starting."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -30,7 +31,8 @@ def create_topics(options: dict, topics: dict[str, int], timeout: float = 30.0) 
             time.sleep(1.0)
     try:
         existing = set(admin.list_topics())
-        wanted = [NewTopic(name, partitions, 1) for name, partitions in topics.items() if name and name not in existing]
+        wanted = [NewTopic(name, partitions, 1, topic_configs=(configs or {}).get(name, {}))
+                  for name, partitions in topics.items() if name and name not in existing]
         created = []
         for topic in wanted:
             try:

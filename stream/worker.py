@@ -35,6 +35,7 @@ from shopstream.signing import SignatureError
 from .connection import kafka_options
 from .checkpoints import CheckpointError, DirectoryCheckpointStore, PartitionState
 from .control import ControlChannel
+from .kafka_store import KafkaCheckpointStore
 from .outputs import publish_dead_letter, publish_prediction
 from .settings import WorkerSettings
 from .telemetry import WorkerCollector
@@ -50,14 +51,15 @@ class Worker(ConsumerRebalanceListener):
     def __init__(self, settings: WorkerSettings, registry: Optional[CollectorRegistry] = None):
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.store = DirectoryCheckpointStore(settings.checkpoints)
+        options = kafka_options(settings)
+        self.store = KafkaCheckpointStore(options, settings.checkpoint_topic) if settings.checkpoint_store == "kafka" \
+            else DirectoryCheckpointStore(settings.checkpoints)
         self.partitions: dict[TopicPartition, PartitionState] = {}
         self.stopping = False
         self.handled = 0
         self.last_poll = 0.0
         self.fatal: Optional[str] = None
         self.blocked: dict[TopicPartition, str] = {}  # partitions paused by a failing checkpoint store
-        options = kafka_options(settings)
         self.control = ControlChannel(options, settings.control_topic, settings.artifacts) \
             if settings.control_topic else None
         self._last_control_poll = 0.0
@@ -286,6 +288,8 @@ class Worker(ConsumerRebalanceListener):
         self.producer.close()
         if self.control is not None:
             self.control.close()
+        if isinstance(self.store, KafkaCheckpointStore):
+            self.store.close()
 
     def ready(self) -> bool:
         """Owns partitions, can checkpoint them, and its loop polled recently."""

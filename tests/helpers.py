@@ -11,6 +11,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from shopstream.engine import Engine
 from shopstream.events import InvalidEvent, decode_event
 from stream.checkpoints import DirectoryCheckpointStore
+from stream.kafka_store import KafkaCheckpointStore
 
 
 def send(bootstrap: str, topic: str, messages, partition=None) -> int:
@@ -72,8 +73,15 @@ def reference_engines(bootstrap: str, topic: str, model: str = "logreg", feature
     return engines
 
 
-def checkpointed_engines(checkpoints: Path) -> dict[int, Engine]:
-    states = DirectoryCheckpointStore(checkpoints).load_all()
+def checkpointed_engines(checkpoints: Path | None = None, kafka: str | None = None,
+                         checkpoint_topic: str | None = None) -> dict[int, Engine]:
+    """Final engines by partition, from a checkpoint directory or a checkpoint topic."""
+    if checkpoint_topic:
+        store = KafkaCheckpointStore({"bootstrap_servers": [kafka]}, checkpoint_topic)
+        states = store.load_all()
+        store.close()
+    else:
+        states = DirectoryCheckpointStore(checkpoints).load_all()
     return {partition: state.engine for (_, partition), state in states.items()}
 
 

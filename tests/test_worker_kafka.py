@@ -136,19 +136,22 @@ def test_second_worker_joining_mid_stream_learns_every_event_exactly_once(kafka,
         assert_same_engine(actual[partition], expected[partition], probes)
 
 
-def test_kill_9_and_restart_ends_identical_to_an_uninterrupted_run(kafka, new_topic, tmp_path):
+@pytest.mark.parametrize("store", ["dir", "kafka"])
+def test_kill_9_and_restart_ends_identical_to_an_uninterrupted_run(kafka, new_topic, tmp_path, store):
     topic = new_topic(2)
     records = list(generate(60_000, seed=41))
     send_records(kafka, topic, records)
     checkpoints = tmp_path / "ckpt"
-    common = ["--until-idle", "8", "--metrics-port", "-1", "--checkpoint-every", "1500"]
+    where = {"checkpoints": checkpoints} if store == "dir" else {"kafka": kafka, "checkpoint_topic": f"{topic}-ckpt"}
+    common = ["--until-idle", "8", "--metrics-port", "-1", "--checkpoint-every", "1500",
+              "--checkpoint-store", store, "--checkpoint-topic", f"{topic}-ckpt"]
     victim = subprocess.Popen(worker_command(kafka, topic, checkpoints, *common), env=WORKER_ENV,
                               stderr=subprocess.DEVNULL)
-    _wait_for(lambda: len(list(checkpoints.glob("*.ckpt"))) == 2, 120, "checkpoints of both partitions")
+    _wait_for(lambda: len(checkpointed_engines(**where)) == 2, 120, "checkpoints of both partitions")
     time.sleep(0.5)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    at_kill = {p: e.counts["consumed"] for p, e in checkpointed_engines(checkpoints).items()}
+    at_kill = {p: e.counts["consumed"] for p, e in checkpointed_engines(**where).items()}
     assert 0 < sum(at_kill.values()) < len(records), "the kill did not land mid-stream"
 
     survivor = subprocess.run(worker_command(kafka, topic, checkpoints, *common), env=WORKER_ENV,
@@ -157,10 +160,12 @@ def test_kill_9_and_restart_ends_identical_to_an_uninterrupted_run(kafka, new_to
     assert "checkpoint, next offset" in survivor.stderr
 
     expected = reference_engines(kafka, topic)
-    actual = checkpointed_engines(checkpoints)
+    actual = checkpointed_engines(**where)
     probes = [expected[0].features.transform(decode_event(encode(r))) for r in records[-200:]]
     for partition in expected:
         assert_same_engine(actual[partition], expected[partition], probes)
+    if store == "kafka":
+        assert not list(checkpoints.glob("*.ckpt"))
 
 
 def test_metrics_endpoint_serves_real_values(kafka, new_topic, tmp_path):
