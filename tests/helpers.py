@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import msgspec
@@ -96,3 +98,27 @@ def assert_same_engine(actual: Engine, expected: Engine, probes) -> None:
     assert actual.scores.cumulative.counts() == expected.scores.cumulative.counts()
     assert actual.scores.cumulative.values() == expected.scores.cumulative.values()
     assert probe_predictions(actual, probes) == probe_predictions(expected, probes)
+
+
+def wait_for(predicate, timeout: float, what: str) -> float:
+    """Poll `predicate` until true (return the time) or raise TimeoutError naming `what`.
+    A predicate that raises OSError (a server not up yet) counts as false."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if predicate():
+                return time.time()
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(what)
+
+
+def readyz(port: int):
+    """HTTP status of a worker's /readyz, or None when nothing answers."""
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, free_port
+from helpers import wait_for
 from shopstream.cli import build_parser, env_name
 
 pytestmark = pytest.mark.prometheus
@@ -160,16 +161,6 @@ def _native(command: list[str], service_env: dict, replacements: dict, extra_env
     return [sys.executable, "-m", "shopstream.cli", *command[1:]], env
 
 
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if predicate():
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(what)
 
 
 def test_compose_topology_natively_with_real_prometheus(compose, kafka, tmp_path):
@@ -218,7 +209,7 @@ def test_compose_topology_natively_with_real_prometheus(compose, kafka, tmp_path
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     api = Prometheus(f"http://127.0.0.1:{prom_port}")
     try:
-        _wait(lambda: urllib.request.urlopen(f"{api.url}/-/ready", timeout=2).status == 200, 60, "prometheus ready")
+        wait_for(lambda: urllib.request.urlopen(f"{api.url}/-/ready", timeout=2).status == 200, 60, "prometheus ready")
         # feeder: the compose command and env, at a rate that keeps the dashboards moving
         run_once("feeder", SHOPSTREAM_EVENTS="24000", SHOPSTREAM_RATE="3000")
 
@@ -228,7 +219,7 @@ def test_compose_topology_natively_with_real_prometheus(compose, kafka, tmp_path
             dead = api.query('sum(rate(shopstream_events_total{outcome="consumed"}[1m]))')["data"]["result"]
             return (up and float(up[0]["value"][1]) == 2 and learned and float(learned[0]["value"][1]) > 5000
                     and dead and float(dead[0]["value"][1]) > 0)
-        _wait(everything_scraped, 120, "both workers scraped with learned events")
+        wait_for(everything_scraped, 120, "both workers scraped with learned events")
         time.sleep(3)
 
         empty = []
@@ -246,7 +237,7 @@ def test_compose_topology_natively_with_real_prometheus(compose, kafka, tmp_path
             assert api.query(expr)["status"] == "success", alert
         for annotation in json.loads(DASHBOARD.read_text())["annotations"]["list"]:
             assert api.query(annotation["expr"])["status"] == "success", annotation["name"]
-        _wait(lambda: all(rule["health"] == "ok" for group in api.get("/api/v1/rules")["data"]["groups"]
+        wait_for(lambda: all(rule["health"] == "ok" for group in api.get("/api/v1/rules")["data"]["groups"]
                           for rule in group["rules"]) and api.get("/api/v1/rules")["data"]["groups"], 30,
               "alert rules evaluated")
         firing = api.query('ALERTS{alertname="ShopstreamWorkerDown"}')["data"]["result"]

@@ -1,11 +1,8 @@
 """Faults on the real broker: a checkpoint store that stops taking writes, and a worker
 that refuses a forged checkpoint."""
 
-import shutil
-import signal
 import subprocess
 import time
-import urllib.error
 import urllib.request
 
 import msgspec
@@ -13,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import WORKER_ENV, free_port, worker_command
-from helpers import assert_same_engine, checkpointed_engines, reference_engines, send_records
+from helpers import assert_same_engine, checkpointed_engines, readyz, reference_engines, send_records, wait_for
 from shopstream.events import decode_event
 from shopstream.generator import generate
 
@@ -30,20 +27,8 @@ def scrape(port):
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def readyz(port):
-    try:
-        return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status
-    except urllib.error.HTTPError as exc:
-        return exc.code
 
 
-def wait_for(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise TimeoutError(what)
 
 
 def test_unwritable_checkpoint_store_pauses_learning_and_resumes(kafka, new_topic, tmp_path):

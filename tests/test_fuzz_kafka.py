@@ -2,7 +2,6 @@
 survives, dead-letters every bad one with a reason, learns every good one exactly as a
 clean run would, and its memory stays bounded."""
 
-import json
 import random
 import subprocess
 import time

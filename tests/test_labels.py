@@ -1,6 +1,5 @@
 """Label joining: purchases resolve earlier predictions; time closes the rest."""
 
-import pytest
 
 from shopstream.engine import Engine
 from shopstream.events import Event

@@ -1,16 +1,13 @@
 """A broker outage mid-stream, and SASL authentication, on a private broker."""
 
-import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 
 import msgspec
 import pytest
 
 from conftest import WORKER_ENV, free_port, worker_command
-from helpers import assert_same_engine, checkpointed_engines, read_topic, reference_engines, send_records
+from helpers import assert_same_engine, checkpointed_engines, readyz, reference_engines, send_records, wait_for
 from shopstream.events import decode_event
 from shopstream.generator import generate
 
@@ -18,22 +15,8 @@ pytestmark = pytest.mark.kafka
 encode = msgspec.json.Encoder().encode
 
 
-def readyz(port):
-    try:
-        return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
 
 
-def wait_for(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return time.time()
-        time.sleep(0.2)
-    raise TimeoutError(what)
 
 
 def test_broker_outage_of_30_s_recovers_by_itself_nothing_lost_or_twice(private_kafka, tmp_path):

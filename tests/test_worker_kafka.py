@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from river import datasets, evaluate, metrics
 
 from conftest import WORKER_ENV, free_port, worker_command
-from helpers import (assert_same_engine, checkpointed_engines, read_topic, reference_engines, send,
+from helpers import (wait_for, assert_same_engine, checkpointed_engines, read_topic, reference_engines, send,
                      send_records)
 from shopstream.events import decode_event
 from shopstream.generator import generate
@@ -100,13 +100,6 @@ def test_malformed_messages_go_to_dead_letters_and_change_nothing_else(kafka, ne
     assert_same_engine(state.engine, clean_state.engine, probes)
 
 
-def _wait_for(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise TimeoutError(what)
 
 
 def test_second_worker_joining_mid_stream_learns_every_event_exactly_once(kafka, new_topic, tmp_path):
@@ -117,7 +110,7 @@ def test_second_worker_joining_mid_stream_learns_every_event_exactly_once(kafka,
     common = ["--until-idle", "8", "--metrics-port", "-1", "--checkpoint-every", "2000"]
     first = subprocess.Popen(worker_command(kafka, topic, checkpoints, *common), env=WORKER_ENV,
                              stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: any(checkpoints.glob("*.ckpt")), 60, "first checkpoint")
+    wait_for(lambda: any(checkpoints.glob("*.ckpt")), 60, "first checkpoint")
     second = subprocess.Popen(worker_command(kafka, topic, checkpoints, *common), env=WORKER_ENV,
                               stderr=subprocess.PIPE, text=True)
     _, first_log = first.communicate(timeout=300)
@@ -147,7 +140,7 @@ def test_kill_9_and_restart_ends_identical_to_an_uninterrupted_run(kafka, new_to
               "--checkpoint-store", store, "--checkpoint-topic", f"{topic}-ckpt"]
     victim = subprocess.Popen(worker_command(kafka, topic, checkpoints, *common), env=WORKER_ENV,
                               stderr=subprocess.DEVNULL)
-    _wait_for(lambda: len(checkpointed_engines(**where)) == 2, 120, "checkpoints of both partitions")
+    wait_for(lambda: len(checkpointed_engines(**where)) == 2, 120, "checkpoints of both partitions")
     time.sleep(0.5)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
@@ -190,7 +183,7 @@ def test_metrics_endpoint_serves_real_values(kafka, new_topic, tmp_path):
         return total >= 20_000
 
     try:
-        _wait_for(learned_all, 120, "worker consumed every event")
+        wait_for(learned_all, 120, "worker consumed every event")
         text = scrape()
         assert urllib.request.urlopen(url + "/healthz").status == 200
         assert urllib.request.urlopen(url + "/readyz").status == 200
