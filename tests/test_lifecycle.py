@@ -107,3 +107,20 @@ def test_manual_promotion_and_rollback_are_recorded(shop):
     engine.rollback(build_model("logreg_tuned"), "logreg_tuned-old")
     assert engine.model_version == "logreg_tuned-old"
     assert [h["kind"] for h in engine.history if h["kind"] != "drift"] == ["promotion", "rollback"]
+
+
+@pytest.mark.parametrize("reaction", ["challenger", "reset"])
+def test_drift_reactions(shop, reaction):
+    stream, artifacts, drift_start, _ = shop
+    engine, _ = build_engine(str(artifacts), baseline=True, drift_reaction=reaction)
+    points = run(engine, stream[:int(len(stream) * 0.45)])    # through the start of the incident
+    start = resolved_at(points, drift_start)
+    [drift] = [h for h in engine.history if h["kind"] == "drift" and h["role"] == "champion"]
+    assert drift["resolved"] >= start
+    if reaction == "challenger":
+        fresh = engine.slot("logreg_since_drift1")
+        assert fresh.role == "challenger" and fresh.version == "fresh" and len(fresh.scores.cumulative) > 0
+    else:
+        [reset] = [h for h in engine.history if h["kind"] == "rollback"]
+        assert reset["reason"] == "drift" and reset["new"] == engine.slot("logreg_baseline").version
+        assert engine.model is not engine.slot("logreg_baseline").model  # a copy: the baseline stays frozen
