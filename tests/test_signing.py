@@ -14,7 +14,8 @@ def test_checkpoints_signed_verified_and_lineage_recorded(tmp_path, monkeypatch)
     monkeypatch.setenv(KEY_ENV, "s3cret")
     store = DirectoryCheckpointStore(tmp_path)
     state = PartitionState("events", 3, Engine.fresh("logreg", "shop"), next_offset=10, started_from="fresh")
-    path = store.save(state)
+    store.save(state)
+    path = store.path("events", 3)
     first_id = state.checkpoint_id
     state.next_offset = 20
     store.save(state)
