@@ -132,7 +132,8 @@ def engine_costs(messages, repeat: int = 3) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--only", help="comma-separated variant names (default: all); 'engine' for in-process")
+    parser.add_argument("--only", help="comma-separated variant names (default: all; '' for none); "
+                                       "'engine' for the in-process parts")
     parser.add_argument("--latency", action="store_true",
                         help="also latency at a fixed rate under a few variants")
     parser.add_argument("--latency-rate", type=float, default=2000.0)
@@ -141,7 +142,11 @@ def main(argv=None) -> int:
                              "without O(1) eviction")
     parser.add_argument("--out", help="write the results table (Markdown) here too")
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.only.split(",")] if args.only else [*WORKER_VARIANTS, "engine"]
+    names = [n.strip() for n in args.only.split(",") if n.strip()] if args.only is not None \
+        else [*WORKER_VARIANTS, "engine"]
+    unknown = set(names) - set(WORKER_VARIANTS) - {"engine"}
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; choose from {[*WORKER_VARIANTS, 'engine']}")
     messages = make_messages(args.events)
     lines = [f"# Worker experiments: {args.events:,} events, one worker, 1 partition", "",
              "| variant | events/s | vs baseline | worker CPU s | what |", "|---|---:|---:|---:|---|"]

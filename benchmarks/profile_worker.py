@@ -53,7 +53,8 @@ KEY_FUNCTIONS = [
     ("Histogram.observe", "  Prometheus histograms (sampled)"),
     ("Worker._maybe_checkpoint", "periodic checkpoint"),
     ("KafkaProducer.flush", "  producer.flush"),
-    ("DirectoryCheckpointStore.save", "  pickle + sha256 + fsync"),
+    ("CheckpointStore.save", "  save: encode + atomic write + fsync"),
+    ("encode_state", "    pickle + sha256/HMAC"),
     ("KafkaConsumer.commit", "  offset commit"),
 ]
 

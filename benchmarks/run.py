@@ -36,13 +36,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (BOOTSTRAP, ROOT, Topics, WorkerProcess, ensure_kafka, handled_count, history_file,  # noqa: E402
+from common import (ROOT, Topics, WorkerProcess, ensure_kafka, handled_count, history_file,  # noqa: E402
                     log_events, machine, make_messages, prediction_refs, prefill, producer, read_all,
                     record_model_calls, rss_mb, worker_command)
 
 PHASES = ("ceiling", "engine", "worker1", "worker2", "latency", "bootstrap", "rss")
 FULL = {"events": 200_000, "bootstrap_events": 1_000_000, "open_predictions": 1_000_000, "latency_seconds": 20.0,
-        "repeat": 3}
+        "repeat": 5}
 QUICK = {"events": 20_000, "bootstrap_events": 50_000, "open_predictions": 50_000, "latency_seconds": 4.0,
          "repeat": 1}
 KEPT_HEADING = "## Analysis"  # from this heading on, BENCHMARKS.md is hand-written and kept by re-runs
@@ -53,15 +53,20 @@ def say(*parts) -> None:
     print("[bench]", *parts, file=sys.stderr, flush=True)
 
 
-def timed_best(fn, repeat: int) -> dict:
-    """Run fn() `repeat` times (garbage collected between runs): all times and the median."""
-    seconds = []
-    for _ in range(repeat):
-        gc.collect()
-        started = time.perf_counter()
-        fn()
-        seconds.append(time.perf_counter() - started)
-    return {"runs_s": [round(s, 3) for s in seconds], "seconds": statistics.median(seconds)}
+def timed_rounds(fns: dict, repeat: int) -> dict:
+    """Run every fn once per round, `repeat` rounds, round-robin (garbage collected before
+    each run), so that a change of machine load hits all rows alike. The fastest run of
+    each counts (the one least disturbed by other work); the median is kept too."""
+    seconds = {name: [] for name in fns}
+    for round_ in range(1, repeat + 1):
+        say(f"in-process: round {round_}/{repeat}")
+        for name, fn in fns.items():
+            gc.collect()
+            started = time.perf_counter()
+            fn()
+            seconds[name].append(time.perf_counter() - started)
+    return {name: {"runs_s": [round(x, 3) for x in runs], "seconds": min(runs), "median_s": statistics.median(runs)}
+            for name, runs in seconds.items()}
 
 
 # -- rows 1, 1b, 2, 2a: in-process -----------------------------------------------------------
@@ -116,10 +121,9 @@ def bench_in_process(messages, repeat: int) -> dict:
             decode_event(value)
 
     out = {}
-    for name, fn in (("ceiling", ceiling), ("ceiling_replay", replay), ("engine", engine_from_bytes),
-                     ("engine_decoded", engine_decoded), ("decode", decode_only)):
-        say(f"in-process: {name} x{repeat}")
-        r = timed_best(fn, repeat)
+    fns = {"ceiling": ceiling, "ceiling_replay": replay, "engine": engine_from_bytes,
+           "engine_decoded": engine_decoded, "decode": decode_only}
+    for name, r in timed_rounds(fns, repeat).items():
         r.update(events=n, events_per_s=n / r["seconds"], predictions=predicted, learned=learned,
                  predictions_per_s=predicted / r["seconds"])
         out[name] = r
@@ -387,8 +391,9 @@ def child_rss(open_predictions: int, workdir: str, patch: str = "") -> dict:
     store = DirectoryCheckpointStore(Path(workdir) / "rss-ckpt")
     state = PartitionState("bench", 0, engine, next_offset=open_predictions)
     started = time.perf_counter()
-    path = store.save(state)
+    store.save(state)
     checkpoint_s = time.perf_counter() - started
+    path = store.path("bench", 0)
     _, peak = rss_mb()
     size = path.stat().st_size
     path.unlink()
@@ -558,10 +563,12 @@ def write_markdown(path: Path, res: dict, command: str, table: list[str]) -> Non
         "",
     ]
     if ip:
-        lines += ["| in-process row | median s | runs (s) | events/s | predictions/s |", "|---|---:|---|---:|---:|"]
+        lines += ["In-process rows run round-robin (one run of each row per round); the fastest run counts.", "",
+                  "| in-process row | best s | median s | runs (s) | events/s | predictions/s |",
+                  "|---|---:|---:|---|---:|---:|"]
         for name, r in ip.items():
-            lines.append(f"| {name} | {r['seconds']:.2f} | {r['runs_s']} | {r['events_per_s']:,.0f} | "
-                         f"{r['predictions_per_s']:,.0f} |")
+            lines.append(f"| {name} | {r['seconds']:.2f} | {r['median_s']:.2f} | {r['runs_s']} | "
+                         f"{r['events_per_s']:,.0f} | {r['predictions_per_s']:,.0f} |")
         any_row = next(iter(ip.values()))
         lines += ["", f"N = {any_row['events']:,} events, P = {any_row['predictions']:,} predictions, "
                       f"L = {any_row['learned']:,} learned.", ""]
@@ -594,7 +601,8 @@ def main(argv=None) -> int:
     parser.add_argument("--open-predictions", type=int, help="open predictions for row 7 (default 1000000)")
     parser.add_argument("--latency-seconds", type=float, help="how long row 5 produces (default 20)")
     parser.add_argument("--latency-rate", type=float, help="row 5 input rate (default: half of row 3)")
-    parser.add_argument("--repeat", type=int, help="runs of each in-process row; the median counts (default 3)")
+    parser.add_argument("--repeat", type=int, help="round-robin rounds of the in-process rows; the fastest run of "
+                                                   "each counts (default 5)")
     parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}")
     parser.add_argument("--rss-cap-mb", type=float, help="memory cap to compare row 7 with (MiB)")
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="Markdown report ('' for none)")
@@ -634,9 +642,11 @@ def main(argv=None) -> int:
         if "worker1" in phases:
             say("row 3: one worker")
             res["worker1"] = run_workers(messages, 1, 1, workdir)
+            res["worker1"]["load_average_after"] = round(os.getloadavg()[0], 2)
         if "worker2" in phases:
             say("row 4: two workers")
             res["worker2"] = run_workers(messages, 2, 2, workdir)
+            res["worker2"]["load_average_after"] = round(os.getloadavg()[0], 2)
             if not res["worker2"]["valid"]:
                 res["notes"].append(f"row 4: the workers did not each own one partition in the window: "
                                     f"{res['worker2']['owners_in_window']}")
@@ -646,6 +656,7 @@ def main(argv=None) -> int:
                 parser.error("latency needs the worker1 phase or --latency-rate")
             say("row 5: latency")
             res["latency"] = run_latency(messages, rate, sizes["latency_seconds"], workdir)
+            res["latency"]["load_average_after"] = round(os.getloadavg()[0], 2)
         if "bootstrap" in phases:
             say(f"row 6: bootstrap on {sizes['bootstrap_events']} events")
             res["bootstrap"] = run_child("bootstrap", events=sizes["bootstrap_events"], workdir=str(workdir))

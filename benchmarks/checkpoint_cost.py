@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""How long one checkpoint of a partition takes, and how big it is, as the engine's state
+grows: the worker writes one every 10,000 events (or 30 s), in its main loop.
+
+    python benchmarks/checkpoint_cost.py [--events 200000] [--every 20000]
+
+Uses the worker's own `DirectoryCheckpointStore` on a temporary directory; times
+`encode_state` (pickle + sha256) and the whole `save` (plus atomic write and fsync)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import make_messages  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--every", type=int, default=20_000)
+    args = parser.parse_args(argv)
+    from shopstream.engine import Engine
+    from shopstream.events import decode_event
+    from stream.checkpoints import DirectoryCheckpointStore, PartitionState, encode_state
+
+    store = DirectoryCheckpointStore(tempfile.mkdtemp(prefix="shopstream-ckpt-"))
+    engine = Engine.fresh("logreg", "shop")
+    state = PartitionState("bench", 0, engine)
+    print("| events | open predictions | sessions | checkpoint MiB | encode s | save s (incl. fsync) |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for i, (_, value) in enumerate(make_messages(args.events), 1):
+        engine.process(decode_event(value), i)
+        if i % args.every == 0 or i == 10_000:
+            state.next_offset = i
+            t = time.perf_counter()
+            size = len(encode_state(state))
+            encode_s = time.perf_counter() - t
+            t = time.perf_counter()
+            store.save(state)
+            save_s = time.perf_counter() - t
+            print(f"| {i:,} | {engine.open_predictions:,} | {len(engine.features.sessions):,} | "
+                  f"{size / 2**20:.1f} | {encode_s:.3f} | {save_s:.3f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
