@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -207,6 +208,7 @@ def main(argv=None) -> int:
             lines.append(f"| {patch or 'as is'} | {b['events_per_s']:,.0f} | {b['train_events_per_s']:,.0f} | "
                          f"{b['seconds']:.0f} | {r['fill_s']:.0f} | {r['checkpoint_s']:.1f} | {r['peak_mib']:,.0f} |")
             print(lines[-1], flush=True)
+    shutil.rmtree(workdir, ignore_errors=True)
     text = "\n".join(lines)
     print(text)
     if args.out:

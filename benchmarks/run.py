@@ -439,6 +439,8 @@ def fmt_ratio(x, target=None) -> str:
     if x is None:
         return "-"
     text = f"{x:.2f}x"
+    if target is not None and x < target <= round(x, 2):
+        text = f"{x:.3f}x"  # do not print 1.60x next to "below target 1.6x"
     if target is not None:
         text += f" ({'meets' if x >= target else 'below'} target {target}x)"
     return text
@@ -482,7 +484,7 @@ def build_table(res: dict) -> list[str]:
     if rss:
         cap, source = res.get("rss_cap_mib"), res.get("rss_cap_source")
         verdict = ("within" if rss["peak_mib"] <= cap else "ABOVE") + f" cap {cap:,.0f} MiB ({source})" if cap \
-            else f"no cap configured ({source})"
+            else "no cap configured (pass --rss-cap-mb)"
         lines.append(f"| 7 | peak RSS, {rss['open_predictions']:,} open predictions (+1 checkpoint write) | "
                      f"{rss['peak_mib']:,.0f} MiB (steady {rss['rss_mib']:,.0f}) | {verdict} |")
     return lines
