@@ -240,6 +240,8 @@ def _group_rate(refs, logs, partitions: int) -> dict:
         if len(inside) < 2:
             continue
         (o1, t1), (o2, t2) = inside[0], inside[-1]
+        if t2 <= t1:  # a tiny run can publish a partition's predictions within one millisecond
+            continue
         per_partition[p] = {"events": o2 - o1, "span_s": (t2 - t1) / 1000.0,
                             "events_per_s": (o2 - o1) / ((t2 - t1) / 1000.0)}
     first_ms = min(ms for _, _, ms in refs)

@@ -67,6 +67,7 @@ class Worker(ConsumerRebalanceListener):
         self._last_retry = 0.0
         self._last_broker_check = 0.0
         self.broker_ok = True
+        self._broker_seen = time.monotonic()
         self.end_offsets: dict = {}
         self.consumer = KafkaConsumer(
             group_id=settings.group,
@@ -142,8 +143,8 @@ class Worker(ConsumerRebalanceListener):
         while not self.stopping:
             batches = self.consumer.poll(timeout_ms=200)
             self.last_poll = now = time.monotonic()
-            if batches:
-                last_data = now
+            if batches or not self.partitions:
+                last_data = now  # idle means: owning partitions with nothing to read
             elif (settings.until_idle and not self.blocked and self.broker_ok
                   and now - last_data >= settings.until_idle):
                 log.info("idle for %.1f s: stopping", now - last_data)
@@ -194,6 +195,7 @@ class Worker(ConsumerRebalanceListener):
         if not self.broker_ok:
             log.info("broker answering again")
         self.broker_ok = True
+        self._broker_seen = time.monotonic()
 
     def handle(self, state: PartitionState, record) -> None:
         """One Kafka record: decode, predict-then-learn, publish. Never raises for bad input."""
@@ -295,8 +297,9 @@ class Worker(ConsumerRebalanceListener):
 
     def ready(self) -> bool:
         """Owns partitions, can checkpoint them, and its loop polled recently."""
+        now = time.monotonic()
         return (bool(self.partitions) and not self.blocked and not self.stopping and self.broker_ok
-                and time.monotonic() - self.last_poll < 15.0)
+                and now - self._broker_seen < 3 * BROKER_CHECK_SECONDS and now - self.last_poll < 15.0)
 
 
 _LATENCY_BUCKETS = (0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1)

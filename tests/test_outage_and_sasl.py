@@ -29,18 +29,21 @@ def test_broker_outage_of_30_s_recovers_by_itself_nothing_lost_or_twice(private_
     worker = subprocess.Popen(worker_command(kafka, topic, checkpoints, "--checkpoint-every", "2000",
                                              "--max-events", str(len(records)), "--metrics-port", str(port)),
                               env=WORKER_ENV, stderr=subprocess.PIPE, text=True)
+    restarted = False
     try:
         wait_for(lambda: any(checkpoints.glob("*.ckpt")) and readyz(port) == 200, 90, "worker ready")
         private_kafka.script("stop")
         stopped = time.time()
-        wait_for(lambda: readyz(port) == 503, 20, "not ready while the broker is away")
-        assert worker.poll() is None, "the worker must survive the outage"
+        wait_for(lambda: readyz(port) == 503, 45, "not ready while the broker is away")
         time.sleep(max(0.0, 30 - (time.time() - stopped)))
-        assert worker.poll() is None and readyz(port) == 503
+        assert worker.poll() is None, "the worker must survive the outage"
         private_kafka.script("start")
+        restarted = True
         wait_for(lambda: readyz(port) == 200 or worker.poll() is not None, 120, "ready again")
         _, log = worker.communicate(timeout=300)
     finally:
+        if not restarted:
+            private_kafka.script("start")  # the other tests of this module use the broker too
         if worker.poll() is None:
             worker.kill()
     assert worker.returncode == 0, log[-3000:]
