@@ -242,7 +242,7 @@ def worker_command(topic: str, group: str, checkpoints: Path, *extra: str, boots
     return [*(python or [sys.executable]), "-m", "shopstream.cli", "worker", "--bootstrap-servers", bootstrap,
             "--topic", topic, "--group", group, "--checkpoints", str(checkpoints),
             "--predictions-topic", f"{topic}-predictions", "--dead-letter-topic", f"{topic}-dlq",
-            "--control-topic", f"{topic}-control", "--metrics-port", "-1", *extra]
+            "--control-topic", f"{topic}-control", "--metrics-port", "-1", "--rejoin-deadline", "60", *extra]
 
 
 def worker_env() -> dict:

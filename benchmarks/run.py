@@ -612,6 +612,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="Markdown report ('' for none)")
     parser.add_argument("--json", help="also write the raw results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (worker logs)")
+    parser.add_argument("--workdir", help="work directory for worker logs and checkpoints (kept; default: a "
+                                          "fresh temporary one, removed unless --keep)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-params", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -635,7 +637,11 @@ def main(argv=None) -> int:
     res = {"seed": 7, "sizes": sizes, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
            "load_before": os.getloadavg(), "machine": machine(), "notes": []}
     began = time.perf_counter()
-    workdir = Path(tempfile.mkdtemp(prefix="shopstream-bench-"))
+    if args.workdir:
+        workdir = Path(args.workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="shopstream-bench-"))
     say(f"work directory {workdir}; sizes {sizes}")
     try:
         messages = make_messages(sizes["events"])
@@ -669,7 +675,7 @@ def main(argv=None) -> int:
             res["rss"] = run_child("rss", open_predictions=sizes["open_predictions"], workdir=str(workdir))
             res["rss_cap_mib"], res["rss_cap_source"] = configured_cap_mib(args.rss_cap_mb)
     finally:
-        if args.keep:
+        if args.keep or args.workdir:
             say(f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)

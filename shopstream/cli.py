@@ -177,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     option(worker, "--control-topic", "topic of `shopstream models` commands", default="shop-control")
     option(worker, "--session-timeout-ms", "how long the group waits for a silent worker before moving "
            "its partitions", default=10_000, type=int)
+    option(worker, "--rejoin-deadline", "seconds a group join may take before the Kafka consumer is rebuilt "
+           "(0: never; legitimate joins end within the 300 s rebalance timeout)", default=360.0, type=float)
     _add_engine_options(worker)
     return parser
 

@@ -44,6 +44,8 @@ class WorkerSettings:
     until_idle: float = 0.0
     client_id: Optional[str] = None
     session_timeout_ms: int = 10_000   # how soon a dead worker's partitions move
+    # Longer than any legitimate join (bounded by the 300 s rebalance timeout): then rebuild the consumer.
+    rejoin_deadline: float = 360.0
     challengers: tuple = ()
     baseline: bool = True
     auto_promote: bool = True

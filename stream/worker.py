@@ -69,16 +69,9 @@ class Worker(ConsumerRebalanceListener):
         self.broker_ok = True
         self._broker_seen = time.monotonic()
         self.end_offsets: dict = {}
-        self.consumer = KafkaConsumer(
-            group_id=settings.group,
-            client_id=settings.name,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=settings.max_poll_records,
-            session_timeout_ms=settings.session_timeout_ms,
-            heartbeat_interval_ms=max(500, settings.session_timeout_ms // 5),
-            **options,
-        )
+        self._options = options
+        self._joining_since: Optional[float] = None  # a group join started and has not finished
+        self.consumer = self._new_consumer()
         # A short linger: predictions are for acting on now (20 ms added ~25 ms to p50 in BENCHMARKS.md).
         self.producer = KafkaProducer(client_id=settings.name, linger_ms=5, acks="all", **options)
         self.decode_seconds = Histogram("shopstream_decode_seconds", "Decode and validate one message (sampled)",
@@ -89,8 +82,53 @@ class Worker(ConsumerRebalanceListener):
         self.checkpoints_written = Counter("shopstream_checkpoints", "Checkpoints written", registry=self.registry)
         self.checkpoint_failures = Counter("shopstream_checkpoint_failures", "Checkpoints that failed",
                                            registry=self.registry)
+        self.consumer_rebuilds = Counter("shopstream_consumer_rebuilds",
+                                         "Kafka consumers rebuilt after a group join that did not finish",
+                                         registry=self.registry)
         self.registry.register(EngineCollector(self._engines))
         self.registry.register(WorkerCollector(self))
+
+    def _new_consumer(self) -> KafkaConsumer:
+        s = self.settings
+        return KafkaConsumer(
+            group_id=s.group,
+            client_id=s.name,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=s.max_poll_records,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=max(500, s.session_timeout_ms // 5),
+            **self._options,
+        )
+
+    def _subscribe(self) -> None:
+        # Learn the topic's partitions before joining: kafka-python 3.0.12 otherwise assigns
+        # nothing, rejoins at once, and that second join has been seen to hang for good.
+        self.consumer.partitions_for_topic(self.settings.topic)
+        self._joining_since = time.monotonic()
+        self.consumer.subscribe([self.settings.topic], listener=self)
+
+    def _rebuild_consumer(self, waited: float) -> None:
+        """A join that outlived every legitimate rebalance is a stuck client: replace it.
+        Partitions were revoked (and checkpointed) when the join began, so nothing is owned."""
+        log.warning("group join unfinished after %.0f s: rebuilding the Kafka consumer", waited)
+        try:
+            fresh = self._new_consumer()
+        except Exception as exc:  # e.g. NoBrokersAvailable: keep the old one and try again later
+            log.warning("could not build a new consumer (%s: %s): retrying later", type(exc).__name__, exc)
+            self._joining_since = time.monotonic()
+            return
+        self.consumer_rebuilds.inc()
+        if self.partitions:
+            self.checkpoint(list(self.partitions))
+            self.partitions.clear()
+            self.blocked.clear()
+        old, self.consumer = self.consumer, fresh
+        try:
+            old.close(autocommit=False, timeout_ms=5000)
+        except Exception as exc:  # a stuck client may not close cleanly either
+            log.warning("closing the old consumer: %s: %s", type(exc).__name__, exc)
+        self._subscribe()
 
     # -- partition lifecycle (called by kafka-python inside poll) -------------------
 
@@ -102,9 +140,11 @@ class Worker(ConsumerRebalanceListener):
         for tp in owned:
             del self.partitions[tp]
             self.blocked.pop(tp, None)
+        self._joining_since = time.monotonic()  # kafka-python revokes when a join begins
         log.info("revoked %s", sorted(tp.partition for tp in owned))
 
     def on_partitions_assigned(self, assigned):
+        self._joining_since = None
         for tp in assigned:
             try:
                 state = self._restore(tp)
@@ -138,7 +178,7 @@ class Worker(ConsumerRebalanceListener):
 
     def run(self) -> int:
         settings = self.settings
-        self.consumer.subscribe([settings.topic], listener=self)
+        self._subscribe()
         last_data = time.monotonic()
         while not self.stopping:
             batches = self.consumer.poll(timeout_ms=200)
@@ -178,6 +218,10 @@ class Worker(ConsumerRebalanceListener):
                 for tp, state in self.partitions.items():
                     if self.control.apply(state.engine, tp.partition):
                         state.changed = True
+        joining = self._joining_since
+        if (joining is not None and self.settings.rejoin_deadline and self.broker_ok
+                and now - joining >= self.settings.rejoin_deadline):
+            self._rebuild_consumer(now - joining)
         if now - self._last_broker_check >= BROKER_CHECK_SECONDS and self.partitions:
             self._last_broker_check = now
             self._check_broker()

@@ -84,7 +84,9 @@ def worker_command(bootstrap: str, topic: str, checkpoints: Path, *extra: str) -
             "--predictions-topic", f"{topic}-predictions", "--dead-letter-topic", f"{topic}-dlq", *extra]
 
 
-WORKER_ENV = {**os.environ, "SHOPSTREAM_SESSION_TIMEOUT_MS": "6000", "PYTHONUNBUFFERED": "1"}
+# Test groups rebalance within seconds: a join still unfinished after a minute is a stuck client.
+WORKER_ENV = {**os.environ, "SHOPSTREAM_SESSION_TIMEOUT_MS": "6000", "SHOPSTREAM_REJOIN_DEADLINE": "60",
+              "PYTHONUNBUFFERED": "1"}
 
 
 class PrivateBroker:

@@ -12,12 +12,16 @@ from conftest import ROOT
 pytestmark = pytest.mark.kafka
 
 
+@pytest.mark.timeout(900)
 def test_benchmark_harness_smoke(kafka, tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--events", "5000",
-         "--bootstrap-events", "20000", "--open-predictions", "20000", "--latency-seconds", "3",
-         "--repeat", "1", "--out", str(tmp_path / "BENCH.md")],
-        capture_output=True, text=True, timeout=900, cwd=ROOT)
+    command = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--events", "5000",
+               "--bootstrap-events", "20000", "--open-predictions", "20000", "--latency-seconds", "3",
+               "--repeat", "1", "--out", str(tmp_path / "BENCH.md"), "--workdir", str(tmp_path / "work")]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=720, cwd=ROOT)
+    except subprocess.TimeoutExpired as exc:  # say which stage hung, and show the workers' logs
+        logs = "".join(f"\n--- {p.name}\n{p.read_text()[-2000:]}" for p in (tmp_path / "work").glob("*.log"))
+        pytest.fail(f"harness still running after 720 s:\n{(exc.stderr or b'').decode()[-3000:]}{logs}")
     assert result.returncode == 0, result.stderr[-3000:]
     table = (tmp_path / "BENCH.md").read_text()
     for row in ("1", "2", "3", "4", "6"):

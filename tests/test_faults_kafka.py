@@ -1,5 +1,5 @@
-"""Faults on the real broker: a checkpoint store that stops taking writes, and a worker
-that refuses a forged checkpoint."""
+"""Faults on the real broker: a checkpoint store that stops taking writes, a worker
+that refuses a forged checkpoint, and a group join that does not finish."""
 
 import subprocess
 import time
@@ -7,10 +7,12 @@ import urllib.request
 
 import msgspec
 import pytest
+from kafka import KafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import WORKER_ENV, free_port, worker_command
-from helpers import assert_same_engine, checkpointed_engines, readyz, reference_engines, send_records, wait_for
+from helpers import (assert_same_engine, checkpointed_engines, read_topic, readyz, reference_engines, send_records,
+                     wait_for)
 from shopstream.events import decode_event
 from shopstream.generator import generate
 
@@ -86,3 +88,40 @@ def test_forged_checkpoint_is_refused_with_a_clear_error(kafka, new_topic, tmp_p
     assert second.returncode == 2
     assert "HMAC does not match: forged or modified, refusing to load it" in second.stderr
     assert "s3cret" not in second.stderr + first.stderr
+
+
+def test_unfinished_group_join_rebuilds_the_consumer_and_loses_nothing(kafka, new_topic, tmp_path):
+    """A member that stops polling holds every join of its group open until its poll interval
+    runs out. The worker gives up on such a join after --rejoin-deadline, rebuilds its consumer
+    (the remedy for a client stuck in a join) and, once the group settles, learns every event once."""
+    topic = new_topic(2)
+    records = list(generate(4000, seed=93))
+    send_records(kafka, topic, records)
+    blocker = KafkaConsumer(bootstrap_servers=kafka, group_id=f"g-{topic}", enable_auto_commit=False,
+                            session_timeout_ms=10_000, max_poll_interval_ms=25_000)
+    blocker.subscribe([topic])
+    wait_for(lambda: blocker.poll(timeout_ms=200) is not None and blocker.assignment(), 60, "blocker joined")
+    # From here on the blocker never polls: it keeps heartbeating but cannot rejoin.
+    try:
+        started = time.time()
+        worker = subprocess.run(worker_command(kafka, topic, tmp_path / "ckpt", "--until-idle", "5",
+                                               "--metrics-port", "-1", "--rejoin-deadline", "8"),
+                                env=WORKER_ENV, capture_output=True, text=True, timeout=300)
+        took = time.time() - started
+    finally:
+        blocker.close(autocommit=False)
+    assert worker.returncode == 0, worker.stderr[-3000:]
+    rebuilds = worker.stderr.count("rebuilding the Kafka consumer")
+    print(f"worker finished in {took:.0f} s after {rebuilds} consumer rebuild(s)")
+    assert rebuilds >= 1, worker.stderr[-3000:]
+
+    published = [(p["partition"], p["offset"]) for p in map(msgspec.json.decode, (
+        r.value for r in read_topic(kafka, f"{topic}-predictions")))]
+    assert len(published) == len(set(published))  # nothing predicted twice
+    expected = reference_engines(kafka, topic)
+    actual = checkpointed_engines(tmp_path / "ckpt")
+    assert sorted(actual) == sorted(expected) == [0, 1]
+    probes = [expected[0].features.transform(decode_event(encode(r))) for r in records[-50:]]
+    for partition, engine in expected.items():
+        assert_same_engine(actual[partition], engine, probes)
+
