@@ -119,6 +119,10 @@ class Worker(ConsumerRebalanceListener):
             self._joining_since = time.monotonic()
             return
         self.consumer_rebuilds.inc()
+        if self.partitions:
+            self.checkpoint(list(self.partitions))
+            self.partitions.clear()
+            self.blocked.clear()
         old, self.consumer = self.consumer, fresh
         try:
             old.close(autocommit=False, timeout_ms=5000)
