@@ -48,6 +48,37 @@ CHECKPOINT_RETRY_SECONDS = 2.0
 BROKER_CHECK_SECONDS = 5.0
 
 
+class IdleClock:
+    """Seconds spent able to read yet reading nothing: what `--until-idle` compares.
+
+    The clock runs only while the worker owns partitions, the broker answers and no
+    checkpoint failure has paused it. Everything else (an outage, a group join, a
+    fresh assignment) restarts it, so a stop on idleness always means "caught up",
+    never "could not read".
+
+    Examples
+    --------
+    >>> clock = IdleClock(now=0.0)
+    >>> clock.tick(5.0, got_data=False, can_read=True)
+    5.0
+    >>> clock.tick(60.0, got_data=False, can_read=False)  # broker away: not idle
+    0.0
+    >>> clock.tick(61.0, got_data=False, can_read=True)
+    1.0
+    """
+
+    def __init__(self, now: float):
+        self.since = now
+
+    def restart(self, now: float) -> None:
+        self.since = now
+
+    def tick(self, now: float, got_data: bool, can_read: bool) -> float:
+        if got_data or not can_read:
+            self.since = now
+        return now - self.since
+
+
 class Worker(ConsumerRebalanceListener):
     def __init__(self, settings: WorkerSettings, registry: Optional[CollectorRegistry] = None):
         self.settings = settings
@@ -71,6 +102,7 @@ class Worker(ConsumerRebalanceListener):
         self.end_offsets: dict = {}
         self._options = options
         self._joining_since: Optional[float] = None  # a group join started and has not finished
+        self.idle = IdleClock(time.monotonic())
         self.consumer = self._new_consumer()
         # A short linger: predictions are for acting on now (20 ms added ~25 ms to p50 in BENCHMARKS.md).
         self.producer = KafkaProducer(client_id=settings.name, linger_ms=5, acks="all", **options)
@@ -145,6 +177,7 @@ class Worker(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned):
         self._joining_since = None
+        self.idle.restart(time.monotonic())  # the first fetch of a partition takes a moment
         for tp in assigned:
             try:
                 state = self._restore(tp)
@@ -179,15 +212,14 @@ class Worker(ConsumerRebalanceListener):
     def run(self) -> int:
         settings = self.settings
         self._subscribe()
-        last_data = time.monotonic()
+        self.idle.restart(time.monotonic())
         while not self.stopping:
             batches = self.consumer.poll(timeout_ms=200)
             self.last_poll = now = time.monotonic()
-            if batches or not self.partitions:
-                last_data = now  # idle means: owning partitions with nothing to read
-            elif (settings.until_idle and not self.blocked and self.broker_ok
-                  and now - last_data >= settings.until_idle):
-                log.info("idle for %.1f s: stopping", now - last_data)
+            can_read = bool(self.partitions) and self.broker_ok and not self.blocked
+            idle_for = self.idle.tick(now, got_data=bool(batches), can_read=can_read)
+            if settings.until_idle and idle_for >= settings.until_idle:
+                log.info("idle for %.1f s: stopping", idle_for)
                 break
             self._housekeeping(now)
             for tp, records in batches.items():
