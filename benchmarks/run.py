@@ -205,7 +205,7 @@ def _single_rate(refs) -> dict:
 
 def _log_rate(events, handled: int) -> dict:
     """Without predictions: from the worker's 'assigned partition' log line to its 'idle for
-    X s: stopping' line minus X (log timestamps have millisecond resolution; this includes
+    X s, at the end of ...: stopping' line minus X (log timestamps have millisecond resolution; this includes
     the first fetch, so it slightly underestimates the rate)."""
     start = max(t for t, m in events if m.startswith("assigned partition"))
     stop, message = next((t, m) for t, m in events if m.startswith("idle for"))

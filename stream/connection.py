@@ -15,6 +15,10 @@ from __future__ import annotations
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+# kafka-python 3.0.12 backs off up to 30 s (the Java client: 1 s), metadata refreshes
+# included. After a broker restart its fetches carry a stale leader epoch and are
+# fenced until the next metadata refresh: a worker stalled 17-28 s after every outage.
+RECONNECT_BACKOFF_MAX_MS = 1000
 
 
 def kafka_options(config) -> dict:
@@ -22,7 +26,8 @@ def kafka_options(config) -> dict:
     protocol = getattr(config, "security_protocol", None) or "PLAINTEXT"
     if protocol not in SECURITY_PROTOCOLS:
         raise ValueError(f"security protocol {protocol!r}: choose from {SECURITY_PROTOCOLS}")
-    options = {"bootstrap_servers": config.bootstrap_servers.split(","), "security_protocol": protocol}
+    options = {"bootstrap_servers": config.bootstrap_servers.split(","), "security_protocol": protocol,
+               "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS}
     if protocol.startswith("SASL"):
         mechanism = getattr(config, "sasl_mechanism", None) or "PLAIN"
         if mechanism not in SASL_MECHANISMS:

@@ -53,8 +53,9 @@ class IdleClock:
 
     The clock runs only while the worker owns partitions, the broker answers and no
     checkpoint failure has paused it. Everything else (an outage, a group join, a
-    fresh assignment) restarts it, so a stop on idleness always means "caught up",
-    never "could not read".
+    fresh assignment) restarts it. When it reaches `--until-idle`, the worker still
+    asks the broker for the end offsets (`Worker._caught_up`) before it stops, so a
+    stop on idleness means "caught up", never "could not read".
 
     Examples
     --------
@@ -219,8 +220,11 @@ class Worker(ConsumerRebalanceListener):
             can_read = bool(self.partitions) and self.broker_ok and not self.blocked
             idle_for = self.idle.tick(now, got_data=bool(batches), can_read=can_read)
             if settings.until_idle and idle_for >= settings.until_idle:
-                log.info("idle for %.1f s: stopping", idle_for)
-                break
+                if self._caught_up():
+                    log.info("idle for %.1f s, at the end of %d partition(s): stopping", idle_for,
+                             len(self.partitions))
+                    break
+                self.idle.restart(now)  # records left to read, or no answer: not idle
             self._housekeeping(now)
             for tp, records in batches.items():
                 state = self.partitions.get(tp)
@@ -272,6 +276,14 @@ class Worker(ConsumerRebalanceListener):
             log.info("broker answering again")
         self.broker_ok = True
         self._broker_seen = time.monotonic()
+
+    def _caught_up(self) -> bool:
+        """The broker answers and every owned partition has been read to its end offset.
+        A quiet poll alone is no proof: a blocked flush, an outage or a fenced fetch look
+        the same from here."""
+        self._check_broker()
+        return self.broker_ok and all(state.next_offset >= self.end_offsets.get(tp, float("inf"))
+                                      for tp, state in self.partitions.items())
 
     def handle(self, state: PartitionState, record) -> None:
         """One Kafka record: decode, predict-then-learn, publish. Never raises for bad input."""
