@@ -161,8 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     option(worker, "--metrics-host", "metrics endpoint host (compose sets 0.0.0.0)", default="127.0.0.1")
     option(worker, "--metrics-port", "metrics endpoint port (0: any free port, -1: none)", default=9108, type=int)
     option(worker, "--max-events", "stop after this many events (0: never)", default=0, type=int)
-    option(worker, "--until-idle", "stop after reading nothing this many seconds while able to read "
-           "(owning partitions, broker answering; 0: never)",
+    option(worker, "--until-idle", "stop once nothing was read for this many seconds while able to read "
+           "and every owned partition is read to its end (0: never)",
            default=0.0, type=float)
     option(worker, "--seed", "seed for catalog models", default=42, type=int)
     option(worker, "--client-id", "Kafka client id (default: hostname-pid)")

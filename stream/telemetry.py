@@ -45,4 +45,7 @@ class WorkerCollector:
         assigned.add_metric([], len(owned))
         handled = GaugeMetricFamily("shopstream_worker_handled_events", "Events handled since this process started")
         handled.add_metric([], worker.handled)
-        yield from (lag, age, offset, blocked, assigned, handled)
+        broker = GaugeMetricFamily("shopstream_broker_up",
+                                   "1 if the broker answered the worker's last check (every 5 s), else 0")
+        broker.add_metric([], 1.0 if worker.broker_ok else 0.0)
+        yield from (lag, age, offset, blocked, assigned, handled, broker)

@@ -103,6 +103,7 @@ class Worker(ConsumerRebalanceListener):
         self.end_offsets: dict = {}
         self._options = options
         self._joining_since: Optional[float] = None  # a group join started and has not finished
+        self._topic_partitions: list[int] = []
         self.idle = IdleClock(time.monotonic())
         self.consumer = self._new_consumer()
         # A short linger: predictions are for acting on now (20 ms added ~25 ms to p50 in BENCHMARKS.md).
@@ -137,7 +138,7 @@ class Worker(ConsumerRebalanceListener):
     def _subscribe(self) -> None:
         # Learn the topic's partitions before joining: kafka-python 3.0.12 otherwise assigns
         # nothing, rejoins at once, and that second join has been seen to hang for good.
-        self.consumer.partitions_for_topic(self.settings.topic)
+        self._topic_partitions = sorted(self.consumer.partitions_for_topic(self.settings.topic) or ())
         self._joining_since = time.monotonic()
         self.consumer.subscribe([self.settings.topic], listener=self)
 
@@ -258,15 +259,20 @@ class Worker(ConsumerRebalanceListener):
         if (joining is not None and self.settings.rejoin_deadline and self.broker_ok
                 and now - joining >= self.settings.rejoin_deadline):
             self._rebuild_consumer(now - joining)
-        if now - self._last_broker_check >= BROKER_CHECK_SECONDS and self.partitions:
+        if now - self._last_broker_check >= BROKER_CHECK_SECONDS:
             self._last_broker_check = now
             self._check_broker()
 
     def _check_broker(self) -> None:
-        """Ask the broker for the owned partitions' end offsets: it answers (ready, exact lag)
-        or it does not (not ready until it does)."""
+        """Ask the broker for the end offsets of the owned partitions (or, owning none, of
+        the topic's): it answers (ready, exact lag) or it does not (not ready until it does).
+        Checked with or without partitions: a worker that lost its partitions in an outage
+        must still see the broker return, or its rejoin deadline stays disarmed."""
+        probe = list(self.partitions) or [TopicPartition(self.settings.topic, p) for p in self._topic_partitions]
+        if not probe:
+            return
         try:
-            self.end_offsets = self.consumer.end_offsets(list(self.partitions), timeout_ms=3000)
+            self.end_offsets = self.consumer.end_offsets(probe, timeout_ms=3000)
         except Exception as exc:  # KafkaTimeoutError and friends: the broker is away
             if self.broker_ok:
                 log.warning("broker not answering (%s): not ready until it does", type(exc).__name__)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import msgspec
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from shopstream.engine import Engine
 from shopstream.events import InvalidEvent, decode_event
@@ -122,3 +123,13 @@ def readyz(port: int):
         return exc.code
     except OSError:
         return None
+
+
+def scrape(port: int) -> dict:
+    """A worker's /metrics as {(name, sorted labels): value}, or {} when nothing answers."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return {}
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}

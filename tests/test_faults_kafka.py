@@ -3,34 +3,19 @@ that refuses a forged checkpoint, and a group join that does not finish."""
 
 import subprocess
 import time
-import urllib.request
 
 import msgspec
 import pytest
 from kafka import KafkaConsumer
-from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import WORKER_ENV, free_port, worker_command
-from helpers import (assert_same_engine, checkpointed_engines, read_topic, readyz, reference_engines, send_records,
-                     wait_for)
+from helpers import (assert_same_engine, checkpointed_engines, read_topic, readyz, reference_engines, scrape,
+                     send_records, wait_for)
 from shopstream.events import decode_event
 from shopstream.generator import generate
 
 pytestmark = pytest.mark.kafka
 encode = msgspec.json.Encoder().encode
-
-
-def scrape(port):
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-    except OSError:
-        return {}
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-
-
 
 
 def test_unwritable_checkpoint_store_pauses_learning_and_resumes(kafka, new_topic, tmp_path):
