@@ -67,7 +67,7 @@ def test_broker_outage_of_30_s_recovers_by_itself_nothing_lost_or_twice(private_
 def test_a_worker_owning_no_partition_still_sees_the_broker_leave_and_return(private_kafka, tmp_path):
     """A worker checks the broker whether or not it owns partitions. One that lost its
     partitions in an outage otherwise kept "broker away" for good, and with it the rejoin
-    deadline disarmed: in a CI run it stayed not ready 150 s after the broker returned."""
+    deadline disarmed: in a CI run it stayed not ready for the 120 s the outage test waits."""
     kafka = private_kafka.bootstrap
     topic = "idle-member-events"
     send_records(kafka, topic, list(generate(2000, seed=7)))  # one partition: one worker owns nothing
