@@ -144,7 +144,8 @@ class Worker(ConsumerRebalanceListener):
 
     def _rebuild_consumer(self, waited: float) -> None:
         """A join that outlived every legitimate rebalance is a stuck client: replace it.
-        Partitions were revoked (and checkpointed) when the join began, so nothing is owned."""
+        kafka-python revokes (and we checkpoint) when a join begins, so usually nothing is
+        owned here; anything still owned is checkpointed and released first."""
         log.warning("group join unfinished after %.0f s: rebuilding the Kafka consumer", waited)
         try:
             fresh = self._new_consumer()
@@ -214,7 +215,6 @@ class Worker(ConsumerRebalanceListener):
     def run(self) -> int:
         settings = self.settings
         self._subscribe()
-        self.idle.restart(time.monotonic())
         while not self.stopping:
             batches = self.consumer.poll(timeout_ms=200)
             self.last_poll = now = time.monotonic()
