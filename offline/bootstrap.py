@@ -8,6 +8,12 @@ Each candidate runs through the same `Engine` the workers use:
 2. a frozen copy predicts the time-based holdout (the last 20% by default) without
    learning: those are the holdout metrics, and they choose the DEFAULT model;
 3. the original keeps learning through the holdout, so the artifact has seen it all.
+
+Models with a `fit_epochs` method (the seed's network, `mlp`) are trained the seed's way
+instead of step 1: the same engine replays the first part of the history (same feature
+state, same label joins), the labelled examples it resolves are collected, and the model
+is fitted on them in mini-batch epochs with early stopping on a validation split (see
+`shopstream/mlp.py`). Steps 2 and 3 are the same as for every model.
 """
 
 from __future__ import annotations
@@ -69,7 +75,37 @@ class CandidateResult:
     curve: LearningCurve
     train: dict
     holdout: dict
+    split_resolved: int = 0                 # resolved predictions when the holdout starts
+    training: Optional[dict] = None         # epoch training: settings and per-epoch history
     artifact: Optional[Path] = None
+
+
+@dataclass(frozen=True)
+class EpochSettings:
+    """How epoch-trained models (`mlp`) are fitted offline: the seed's 10 epochs of 32.
+    `lr`, when given, replaces the model's learning rate, offline and online after."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    validation_split: float = 0.2
+    patience: int = 3
+    lr: Optional[float] = None
+
+
+class _Collector:
+    """Stands in for the model while the engine replays the training part: it predicts
+    nothing (so nothing is scored) and keeps every (features, label) the engine resolves."""
+
+    def __init__(self):
+        self.xs: list = []
+        self.ys: list = []
+
+    def predict_proba_one(self, x):
+        return {}
+
+    def learn_one(self, x, y):
+        self.xs.append(x)
+        self.ys.append(y)
 
 
 def _summary(scores: Scoreboard, engine: Engine) -> dict:
@@ -84,15 +120,21 @@ def _summary(scores: Scoreboard, engine: Engine) -> dict:
 
 
 def train_candidate(model_name: str, events: Sequence[Event], split: int, feature_set: str,
-                    engine_options: dict, curve_every: int, progress=None) -> CandidateResult:
+                    engine_options: dict, curve_every: int, progress=None,
+                    epochs: Optional[EpochSettings] = None) -> CandidateResult:
     engine = Engine.fresh(model_name, feature_set, **engine_options)
     curve = LearningCurve(model_name, curve_every)
-    for event in events[:split]:
-        engine.process(event)
-        curve.observe(engine)
-        if progress is not None:
-            progress.update()
-    train = _summary(engine.scores, engine)
+    training = None
+    if hasattr(engine.model, "fit_epochs"):
+        train, training = _fit_epochs(engine, events[:split], epochs or EpochSettings(), progress)
+    else:
+        for event in events[:split]:
+            engine.process(event)
+            curve.observe(engine)
+            if progress is not None:
+                progress.update()
+        train = _summary(engine.scores, engine)
+    split_resolved = engine.counts["resolved"]
 
     frozen = copy.deepcopy(engine)
     frozen.learn = False
@@ -103,14 +145,50 @@ def train_candidate(model_name: str, events: Sequence[Event], split: int, featur
         curve.observe(engine)
         if progress is not None:
             progress.update()
-    return CandidateResult(model_name, engine, curve, train, _summary(frozen.scores, frozen))
+    if training is not None:  # its rolling scores start empty at the split: skip the first, empty samples
+        curve.points = [p for p in curve.points if p["resolved"] >= split_resolved + curve.every]
+    return CandidateResult(model_name, engine, curve, train, _summary(frozen.scores, frozen), split_resolved,
+                           training)
+
+
+def _fit_epochs(engine: Engine, events: Sequence[Event], settings: EpochSettings, progress) -> tuple[dict, dict]:
+    """Epoch-train the engine's model on the labels resolved in `events`; return the metrics
+    of the chosen epoch on its validation rows and the training record."""
+    model = engine.model
+    if settings.lr is not None:
+        model.lr = settings.lr
+    collector = _Collector()
+    engine.slots[0].model = collector
+    for event in events:  # features from the shared feature state, labels from the joiner
+        engine.process(event)
+        if progress is not None:
+            progress.update()
+    engine.slots[0].model = model
+    training = model.fit_epochs(collector.xs, collector.ys, epochs=settings.epochs,
+                                batch_size=settings.batch_size, validation_split=settings.validation_split,
+                                patience=settings.patience)
+    # Predictions still open at the split were made while there was no model: give them
+    # the trained model's score on their own features, so that the holdout scores the
+    # same predictions for this model as for the others.
+    for prediction in engine.joiner._by_seq.values():
+        proba = model.predict_proba_one(prediction.x)
+        prediction.outputs[0] = (proba[True], max(proba, key=proba.get))
+    validation = Scoreboard(engine.scores.rolling.window)
+    for x, y in zip(collector.xs[training["fit_rows"]:], collector.ys[training["fit_rows"]:]):
+        proba = model.predict_proba_one(x)
+        validation.update(y, proba[True], max(proba, key=proba.get))
+    engine.scores = Scoreboard(engine.scores.rolling.window)  # the collector scored nothing
+    summary = _summary(validation, engine)
+    summary["resolved"] = engine.counts["resolved"]
+    summary["scored_on"] = f"validation split ({training['validation_rows']} rows, frozen, best epoch)"
+    return summary, training
 
 
 def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] = ("logreg",),
               feature_set: str = "shop", holdout: float = 0.2, window: float = 1800.0,
               lateness: float = 0.0, metric_window: int = 1000, columns: Optional[dict] = None,
               seed: int = 42, progress: bool = True, max_open: int = 1_000_000,
-              drift_delta: float = 1e-6) -> dict:
+              drift_delta: float = 1e-6, epochs: Optional[EpochSettings] = None) -> dict:
     """Run the whole offline stage; return the report (also written to `out`)."""
     from tqdm import tqdm
 
@@ -131,7 +209,8 @@ def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] =
     with tqdm(total=len(events) * len(models), unit="ev", disable=not progress, desc="bootstrap") as bar:
         for name in models:
             bar.set_postfix_str(name)
-            results.append(train_candidate(name, events, split, feature_set, engine_options, curve_every, bar))
+            results.append(train_candidate(name, events, split, feature_set, engine_options, curve_every, bar,
+                                           epochs))
 
     data = {
         "history": str(history_path),
@@ -149,13 +228,16 @@ def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] =
     }
     for result in results:
         engine = result.engine
-        result.artifact = save_artifact(out, result.model, engine.model, engine.features, {
+        meta = {
             "feature_set": feature_set,
             "label_window_seconds": window,
             "lateness_seconds": lateness,
             "data": {k: data[k] for k in ("history", "history_sha256", "events", "time_range", "holdout_from")},
             "metrics": {"progressive": result.train, "holdout": result.holdout},
-        })
+        }
+        if result.training is not None:
+            meta["training"] = result.training
+        result.artifact = save_artifact(out, result.model, engine.model, engine.features, meta)
     best = max(results, key=lambda r: (r.holdout["roc_auc"], -r.holdout["log_loss"]))
     set_default(out, best.artifact)
     report = {
@@ -165,10 +247,11 @@ def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] =
         "default": best.artifact.relative_to(out).as_posix(),
         "candidates": {
             r.model: {"artifact": r.artifact.relative_to(out).as_posix(), "progressive": r.train,
-                      "holdout": r.holdout, "joiner": dict(r.engine.joiner.counts)}
+                      "holdout": r.holdout, "joiner": dict(r.engine.joiner.counts),
+                      **({"training": r.training} if r.training is not None else {})}
             for r in results
         },
     }
     write_report(report, [r.curve for r in results], out, split_resolved={
-        r.model: r.train["resolved"] for r in results})
+        r.model: r.split_resolved for r in results})
     return report

@@ -14,6 +14,34 @@ def _when(seconds) -> str:
     return "-" if seconds is None else datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
+def plot_epochs(name: str, training: dict, path: Path) -> Path:
+    """The seed's figure: training and validation accuracy and loss per epoch, the
+    restored (best validation loss) epoch marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = training["history"]
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for axis, metric in zip(axes, ("accuracy", "loss")):
+        axis.plot(epochs, [h[metric] for h in history], marker="o", label=f"training {metric}")
+        axis.plot(epochs, [h[f"val_{metric}"] for h in history], marker="o", label=f"validation {metric}")
+        axis.axvline(training["best_epoch"], color="grey", linestyle="--", linewidth=1)
+        axis.text(training["best_epoch"], axis.get_ylim()[1], " chosen epoch", va="top", fontsize=8, color="grey")
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(metric)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    fig.suptitle(f"{name}: mini-batches of {training['batch_size']}, {training['validation_rows']} of "
+                 f"{training['fit_rows'] + training['validation_rows']} labelled examples held for validation")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_report(report: dict, curves: list[LearningCurve], out: Path, split_resolved: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
@@ -48,8 +76,30 @@ def write_report(report: dict, curves: list[LearningCurve], out: Path, split_res
               "| model | " + " | ".join(METRIC_NAMES) + " | resolved |",
               "|---" * (len(METRIC_NAMES) + 2) + "|"]
     for name, candidate in report["candidates"].items():
+        if "training" in candidate:
+            continue  # epoch-trained: no progressive validation, see its training below
         p = candidate["progressive"]
         lines.append(f"| {name} | " + " | ".join(f"{p[m]:.4f}" for m in METRIC_NAMES) + f" | {p['resolved']} |")
+    for name, candidate in report["candidates"].items():
+        training = candidate.get("training")
+        if training is None:
+            continue
+        figure = plot_epochs(name, training, out / f"epochs_{name}.png")
+        v = candidate["progressive"]
+        lines += ["", f"## {name}: trained in epochs (the seed's way)", "",
+                  f"Labelled examples resolved before the holdout: {training['fit_rows']} to fit, the last "
+                  f"{training['validation_rows']} to validate. Mini-batches of {training['batch_size']}, Adam "
+                  f"(lr {training['lr']:g}), at most {training['epochs']} epochs, early stopping after "
+                  f"{training['patience']} without a lower validation loss: ran {training['epochs_run']}, "
+                  f"restored epoch **{training['best_epoch']}**. Then frozen on the holdout above; the artifact "
+                  "kept learning online (one Adam step per resolved label) through the holdout.",
+                  "", "| epoch | loss | accuracy | val_loss | val_accuracy |", "|---|---|---|---|---|"]
+        for h in training["history"]:
+            mark = " (chosen)" if h["epoch"] == training["best_epoch"] else ""
+            lines.append(f"| {h['epoch']}{mark} | {h['loss']:.4f} | {h['accuracy']:.4f} | {h['val_loss']:.4f} | "
+                         f"{h['val_accuracy']:.4f} |")
+        lines += ["", f"Chosen epoch on the validation rows: " + ", ".join(f"{m} {v[m]:.4f}" for m in METRIC_NAMES),
+                  "", f"![{name} epochs]({figure.name})"]
     if data["malformed_reasons"]:
         lines += ["", "## Malformed rows", ""]
         lines += [f"- {count} x {reason}" for reason, count in data["malformed_reasons"].items()]

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .events import MAX_FUTURE_SKEW
+from .features import FeatureCaps
 
 ENV_PREFIX = "SHOPSTREAM_"
 
@@ -79,6 +81,21 @@ def _add_engine_options(parser):
            default=1e-6, type=float)
 
 
+def _add_state_caps(parser):
+    caps = FeatureCaps()
+    option(parser, "--max-sessions", "sessions the features remember", default=caps.sessions, type=int)
+    option(parser, "--max-users", "users the features remember", default=caps.users, type=int)
+    option(parser, "--max-products", "products the features remember", default=caps.products, type=int)
+    option(parser, "--max-brands", "brands the features remember", default=caps.brands, type=int)
+    option(parser, "--max-categories", "categories with a price average", default=caps.categories, type=int)
+    option(parser, "--max-session-products", "distinct products one session tracks", default=caps.session_products,
+           type=int)
+    option(parser, "--session-ttl", "seconds of event time a quiet session is remembered", default=caps.session_ttl,
+           type=float)
+    option(parser, "--max-raw-features", "distinct raw feature names a model sees", default=caps.raw_features,
+           type=int)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shopstream", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"shopstream {__version__}")
@@ -102,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     option(bootstrap, "--holdout", "fraction of the history (by time) held out", default=0.2, type=float)
     option(bootstrap, "--columns", "column mapping OURS=THEIRS,... for other exports")
     option(bootstrap, "--progress", "show a progress bar", switch=True, default=True)
+    option(bootstrap, "--epochs", "mlp: most epochs of mini-batch training (early stopping may end sooner)",
+           default=10, type=int)
+    option(bootstrap, "--batch-size", "mlp: examples per mini-batch", default=32, type=int)
+    option(bootstrap, "--patience", "mlp: epochs without a lower validation loss before stopping",
+           default=3, type=int)
+    option(bootstrap, "--learning-rate", "mlp: Adam learning rate, offline and then online (kept in the artifact)",
+           default=1e-3, type=float)
     _add_engine_options(bootstrap)
 
     demo = commands.add_parser("demo", help="the whole pipeline in-process: no Kafka, no setup")
@@ -178,9 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     option(worker, "--control-topic", "topic of `shopstream models` commands", default="shop-control")
     option(worker, "--session-timeout-ms", "how long the group waits for a silent worker before moving "
            "its partitions", default=10_000, type=int)
+    option(worker, "--max-future-skew", "dead-letter events dated more than this many seconds after their "
+           "Kafka record time (a fast client clock would drag event time into the future)",
+           default=MAX_FUTURE_SKEW, type=float)
     option(worker, "--rejoin-deadline", "seconds a group join may take before the Kafka consumer is rebuilt "
            "(0: never; legitimate joins end within the 300 s rebalance timeout)", default=360.0, type=float)
     _add_engine_options(worker)
+    _add_state_caps(worker)
     return parser
 
 
@@ -194,7 +222,7 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_bootstrap(args) -> int:
-    from offline.bootstrap import bootstrap
+    from offline.bootstrap import EpochSettings, bootstrap
     from .readers import parse_column_map
 
     if not args.history and args.generate_events > 0:
@@ -209,7 +237,9 @@ def _cmd_bootstrap(args) -> int:
     report = bootstrap(args.history, args.out, models=args.model, feature_set=args.features,
                        holdout=args.holdout, window=args.window, lateness=args.lateness,
                        metric_window=args.metric_window, columns=parse_column_map(args.columns),
-                       progress=args.progress, max_open=args.max_open, drift_delta=args.drift_delta)
+                       progress=args.progress, max_open=args.max_open, drift_delta=args.drift_delta,
+                       epochs=EpochSettings(epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
+                                            lr=args.learning_rate))
     data = report["data"]
     print(f"events: {data['events']} valid of {data['rows']} rows, {data['malformed']} malformed, "
           f"{data['duplicates']} duplicates")

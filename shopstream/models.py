@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from river import compose, forest, linear_model, optim, preprocessing, tree
 
+from .mlp import MLPClassifier
+
 
 def logreg(seed: int = 42) -> compose.Pipeline:
     """River's defaults, untouched: the reference model."""
@@ -36,7 +38,13 @@ def arf(seed: int = 42) -> forest.ARFClassifier:
     return forest.ARFClassifier(n_models=5, seed=seed)
 
 
-CATALOG = {"logreg": logreg, "logreg_tuned": logreg_tuned, "hat": hat, "arf": arf}
+def mlp(seed: int = 42) -> MLPClassifier:
+    """The seed's network, Dense(64, relu) -> Dense(64, relu) -> Dense(1, sigmoid) with Adam
+    (lr 1e-3): epoch-trained by the bootstrap, then one Adam step per resolved label."""
+    return MLPClassifier(seed=seed)
+
+
+CATALOG = {"logreg": logreg, "logreg_tuned": logreg_tuned, "hat": hat, "arf": arf, "mlp": mlp}
 
 
 def build_model(name: str, seed: int = 42):

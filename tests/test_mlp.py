@@ -1,0 +1,163 @@
+"""The seed's network (`mlp`): River's interface, determinism, exact pickles, finite
+scores under extreme inputs, learning, new feature names, epoch training."""
+
+import math
+import pickle
+import random
+
+import numpy as np
+import pytest
+from river import base
+
+from shopstream.mlp import MLPClassifier
+from shopstream.models import build_model
+
+
+def stream(n, seed=0):
+    """A separable problem with a nuisance feature: y = a + b > 0."""
+    rng = random.Random(seed)
+    for _ in range(n):
+        a, b, noise = rng.gauss(0, 1), rng.gauss(0, 1), rng.gauss(0, 3)
+        yield {"a": a, "b": b, "noise": noise}, a + b > 0
+
+
+def state_bytes(model):
+    return pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def test_river_interface_and_catalog():
+    model = build_model("mlp", seed=5)
+    assert isinstance(model, base.Classifier) and isinstance(model, MLPClassifier)
+    assert model.seed == 5 and model.hidden == (64, 64)
+    proba = model.predict_proba_one({"a": 1.0})
+    assert set(proba) == {False, True} and proba[True] == 0.5  # untrained: knows no input yet
+    for x, y in stream(50):
+        model.learn_one(x, y)
+    assert model.predict_one({"a": 2.0, "b": 2.0}) in (False, True)
+    clone = model.clone()
+    assert isinstance(clone, MLPClassifier) and clone.seed == 5 and clone._t == 0
+    assert state_bytes(clone) == state_bytes(MLPClassifier(seed=5))
+
+
+def test_same_seed_same_bits_other_seed_other_bits():
+    runs = []
+    for seed in (1, 1, 2):
+        model = MLPClassifier(seed=seed)
+        for x, y in stream(300):
+            model.learn_one(x, y)
+        runs.append(model)
+    assert state_bytes(runs[0]) == state_bytes(runs[1])
+    assert state_bytes(runs[0]) != state_bytes(runs[2])
+
+
+def test_pickle_round_trip_is_bit_for_bit_and_keeps_learning_identically():
+    model = MLPClassifier(seed=3)
+    data = list(stream(400, seed=1))
+    for x, y in data[:200]:
+        model.learn_one(x, y)
+    copy = pickle.loads(pickle.dumps(model))
+    assert state_bytes(copy) == state_bytes(model)
+    for x, y in data[200:]:   # the views onto the flat parameters must be rebuilt on load
+        model.learn_one(x, y)
+        copy.learn_one(x, y)
+    assert state_bytes(copy) == state_bytes(model)
+    probe = {"a": 0.3, "b": -0.1, "noise": 2.0}
+    assert copy.predict_proba_one(probe) == model.predict_proba_one(probe)
+
+
+def test_scores_stay_finite_under_extreme_inputs():
+    model = MLPClassifier(seed=4)
+    for x, y in stream(100):
+        model.learn_one(x, y)
+    extremes = [1e308, -1e308, 5e-324, -5e-324, 0.0, math.inf, -math.inf, math.nan, 1e-300, 10**400]
+    rng = random.Random(9)
+    for i in range(300):
+        x = {"a": rng.choice(extremes), "b": rng.choice(extremes), "noise": rng.gauss(0, 1),
+             "text": rng.choice(["x", "y"]), "new": rng.choice(extremes)}
+        p = model.predict_proba_one(x)[True]
+        assert 0.0 < p < 1.0 and math.isfinite(p)
+        model.learn_one(x, i % 2 == 0)
+    assert all(np.isfinite(a).all() for a in (model._theta, model._m, model._v, model._mean, model._var))
+    for x in ({"a": 1e308, "b": -1e308}, {"a": 5e-324}, {}):
+        assert 0.0 < model.predict_proba_one(x)[True] < 1.0
+
+
+def test_learns_a_separable_problem_online():
+    model = MLPClassifier(seed=0)
+    data = list(stream(3000, seed=2))
+    for x, y in data[:2000]:
+        model.learn_one(x, y)
+    correct = sum(model.predict_one(x) == y for x, y in data[2000:])
+    assert correct / 1000 > 0.93
+
+
+def test_new_feature_names_get_zero_rows_once_trained_and_then_learn():
+    model = MLPClassifier(seed=6)
+    for x, y in stream(300):
+        model.learn_one(x, y)
+    probe = {"a": 0.5, "b": -0.2, "noise": 1.0, "brand_new": 3.0, "colour": "red"}
+    before = model.predict_proba_one(probe)
+    n_in = model._n_in
+    grown = pickle.loads(pickle.dumps(model))
+    grown._add_inputs(["brand_new", "colour=red"])
+    assert grown._n_in == n_in + 2 and {"brand_new", "colour=red"} <= set(grown._index)
+    assert not grown._views[0][0][n_in:].any()          # zero rows ...
+    assert grown.predict_proba_one(probe) == before      # ... so the same function as before
+    # Learning adds the names itself (a string value is an indicator input `name=value`),
+    # and once the new inputs vary their rows learn like any other.
+    rng = random.Random(1)
+    for x, y in stream(200, seed=5):
+        model.learn_one({**x, "brand_new": rng.gauss(0, 1), "colour": rng.choice(["red", "blue"])}, y)
+    assert {"brand_new", "colour=red", "colour=blue"} <= set(model._index)
+    rows = [model._index[name] for name in ("brand_new", "colour=red", "colour=blue")]
+    assert np.abs(model._views[0][0][rows]).max() > 0
+
+
+def test_max_inputs_bounds_the_input_layer():
+    model = MLPClassifier(seed=0, max_inputs=3)
+    model.learn_one({f"f{i}": float(i) for i in range(10)}, True)
+    model.learn_one({"other": 1.0, "f1": 2.0}, False)
+    assert model._n_in == 3 and sorted(model._index) == ["f0", "f1", "f2"]
+    assert 0.0 < model.predict_proba_one({"f9": 1.0, "f1": 5.0})[True] < 1.0
+
+
+def test_fit_epochs_early_stopping_restores_the_best_epoch():
+    data = list(stream(2000, seed=3))
+    xs, ys = [x for x, _ in data], [y for _, y in data]
+    model = MLPClassifier(seed=1)
+    training = model.fit_epochs(xs, ys, epochs=30, batch_size=32, validation_split=0.2, patience=2)
+    history = training["history"]
+    best = min(history, key=lambda h: h["val_loss"])
+    assert training["best_epoch"] == best["epoch"]
+    assert training["epochs_run"] == len(history) <= 30
+    if len(history) < 30:  # stopped early: `patience` epochs without improvement
+        assert training["epochs_run"] == training["best_epoch"] + 2
+    assert training["fit_rows"] == 1600 and training["validation_rows"] == 400
+    # The restored weights are the best epoch's: their validation loss is that epoch's.
+    val = list(zip(xs[1600:], ys[1600:]))
+    loss = -sum(math.log(model.predict_proba_one(x)[y]) for x, y in val) / len(val)
+    assert loss == pytest.approx(best["val_loss"], rel=1e-4)
+    assert best["val_accuracy"] > 0.93
+    # Same seed, same data: same epochs and bits.
+    again = MLPClassifier(seed=1)
+    assert again.fit_epochs(xs, ys, epochs=30, batch_size=32, validation_split=0.2, patience=2) == training
+    assert state_bytes(again) == state_bytes(model)
+
+
+def test_predict_then_learn_costs_at_most_a_few_times_logreg():
+    """Not a benchmark (BENCHMARKS.md has one): a guard against an accidental 10x."""
+    import time
+
+    data = [({f"f{i}": v for i, v in enumerate(np.random.default_rng(0).normal(size=30))}, i % 2 == 0)
+            for i in range(1500)]
+
+    def cost(model):
+        started = time.perf_counter()
+        for x, y in data:
+            model.predict_proba_one(x)
+            model.learn_one(x, y)
+        return time.perf_counter() - started
+
+    mlp = min(cost(build_model("mlp")) for _ in range(2))
+    logreg = min(cost(build_model("logreg")) for _ in range(2))
+    assert mlp < 6 * logreg, (mlp, logreg)
