@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .events import MAX_FUTURE_SKEW
+from .features import FeatureCaps
 
 ENV_PREFIX = "SHOPSTREAM_"
 
@@ -77,6 +79,21 @@ def _add_engine_options(parser):
     option(parser, "--max-open", "cap on open predictions per partition", default=1_000_000, type=int)
     option(parser, "--drift-delta", "ADWIN confidence for drift in a model's errors (smaller: fewer alarms)",
            default=1e-6, type=float)
+
+
+def _add_state_caps(parser):
+    caps = FeatureCaps()
+    option(parser, "--max-sessions", "sessions the features remember", default=caps.sessions, type=int)
+    option(parser, "--max-users", "users the features remember", default=caps.users, type=int)
+    option(parser, "--max-products", "products the features remember", default=caps.products, type=int)
+    option(parser, "--max-brands", "brands the features remember", default=caps.brands, type=int)
+    option(parser, "--max-categories", "categories with a price average", default=caps.categories, type=int)
+    option(parser, "--max-session-products", "distinct products one session tracks", default=caps.session_products,
+           type=int)
+    option(parser, "--session-ttl", "seconds of event time a quiet session is remembered", default=caps.session_ttl,
+           type=float)
+    option(parser, "--max-raw-features", "distinct raw feature names a model sees", default=caps.raw_features,
+           type=int)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,9 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     option(worker, "--control-topic", "topic of `shopstream models` commands", default="shop-control")
     option(worker, "--session-timeout-ms", "how long the group waits for a silent worker before moving "
            "its partitions", default=10_000, type=int)
+    option(worker, "--max-future-skew", "dead-letter events dated more than this many seconds after their "
+           "Kafka record time (a fast client clock would drag event time into the future)",
+           default=MAX_FUTURE_SKEW, type=float)
     option(worker, "--rejoin-deadline", "seconds a group join may take before the Kafka consumer is rebuilt "
            "(0: never; legitimate joins end within the 300 s rebalance timeout)", default=360.0, type=float)
     _add_engine_options(worker)
+    _add_state_caps(worker)
     return parser
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import bisect
 import copy
 import logging
+import math
 from collections import OrderedDict
 from typing import Optional
 
@@ -35,13 +36,14 @@ from .events import PREDICTION_POINTS, Event
 from .features import build_features
 from .labels import LabelJoiner, OpenPrediction
 from .models import CATALOG, build_model
-from .slots import ModelSlot, PairedLossTest, PromotionPolicy, log_loss
+from .slots import ModelSlot, PairedLossTest, PromotionPolicy, log_loss, model_is_finite
 
 log = logging.getLogger("shopstream.engine")
 
 #: Upper bounds (seconds of event time) of the label-delay histogram buckets.
 LABEL_DELAY_BUCKETS = (0.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
-COUNT_NAMES = ("consumed", "duplicate", "predicted", "unscored", "resolved", "learned", "promotions")
+COUNT_NAMES = ("consumed", "duplicate", "predicted", "unscored", "resolved", "learned", "learn_errors",
+               "promotions")
 DRIFT_REACTIONS = ("none", "challenger", "reset")
 MAX_HISTORY = 200
 MAX_SLOTS = 8  # drift reactions stop adding challengers past this
@@ -113,6 +115,17 @@ class Engine:
     def open_predictions(self) -> int:
         return len(self.joiner)
 
+    def mark_good(self) -> None:
+        """Before a checkpoint: every slot's model must be finite. A model that is not goes
+        back to its last good state (counted in its resets), and the finite ones become the
+        new last good states, so a NaN model is never checkpointed."""
+        for slot in self.slots:
+            if model_is_finite(slot.model):
+                slot.keep_as_good()
+            else:
+                log.error("%s has non-finite weights: back to its last good state", slot.name)
+                slot.reset("non_finite_weights")
+
     # -- slots ------------------------------------------------------------------------
 
     def add_slot(self, name: str, model, role: str = "challenger", version: str = "fresh") -> ModelSlot:
@@ -152,6 +165,7 @@ class Engine:
         champion = self.slots[self.champion]
         previous = champion.version
         champion.model, champion.version = model, version
+        champion.keep_as_good()
         champion.drift = type(champion.drift)(delta=champion.drift.delta)
         self._record("rollback", reason=reason, model=champion.name, old=previous, new=version)
         log.info("rolled %s back from %s to %s", champion.name, previous, version)
@@ -170,14 +184,9 @@ class Engine:
         counts = self.counts
         counts["consumed"] += 1
         event_id = event.event_id
-        if event_id is not None:
-            recent = self._recent_ids
-            if event_id in recent:
-                counts["duplicate"] += 1
-                return None
-            recent[event_id] = None
-            if len(recent) > self._dedupe:
-                recent.popitem(last=False)
+        if event_id is not None and event_id in self._recent_ids:
+            counts["duplicate"] += 1
+            return None
 
         t = event.event_time
         joiner = self.joiner
@@ -197,6 +206,11 @@ class Engine:
             if joiner.open(prediction):
                 p_true = prediction.p_true
         self.features.learn(event)
+        if event_id is not None:  # only once handled: an event that failed may be sent again
+            recent = self._recent_ids
+            recent[event_id] = None
+            if len(recent) > self._dedupe:
+                recent.popitem(last=False)
         return p_true
 
     def _predict(self, event: Event, ref: object) -> OpenPrediction:
@@ -205,8 +219,16 @@ class Engine:
         for slot in self.slots:
             proba = slot.model.predict_proba_one(x)
             if proba:
+                p_true = proba.get(True, 0.0)
+                if not math.isfinite(p_true):  # a poisoned model: back to its last good state
+                    slot.reset("non_finite_prediction")
+                    proba = slot.model.predict_proba_one(x)
+                    p_true = proba.get(True, 0.0) if proba else math.nan
+                    if not math.isfinite(p_true):
+                        outputs.append((0.0, None))
+                        continue
                 # River's predict_one is the argmax of predict_proba_one (ties: first key).
-                outputs.append((proba.get(True, 0.0), max(proba, key=proba.get)))
+                outputs.append((p_true, max(proba, key=proba.get)))
             else:
                 outputs.append((0.0, None))
         self.counts["predicted"] += 1
@@ -231,7 +253,14 @@ class Engine:
                 if slot.drift.drift_detected:
                     self._on_drift(slot)
             if slot.learn:
-                slot.model.learn_one(x, y_true)
+                try:
+                    slot.model.learn_one(x, y_true)
+                except Exception as exc:
+                    # This prediction is resolved by a later event: its failure must not fail that
+                    # event, nor lose the other predictions resolved with it. Counted and logged.
+                    counts["learn_errors"] += 1
+                    log.warning("%s could not learn a prediction made at %.0f: %s: %s", slot.name,
+                                prediction.event_time, type(exc).__name__, exc)
         if slots[self.champion].learn:
             counts["learned"] += 1
         if len(slots) > 1:

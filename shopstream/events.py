@@ -33,6 +33,12 @@ MIN_EVENT_TIME = datetime(2000, 1, 1, tzinfo=timezone.utc).timestamp()
 MAX_EVENT_TIME = datetime(2100, 1, 1, tzinfo=timezone.utc).timestamp()
 MAX_ID_CHARS = 256
 MAX_FEATURES = 256
+#: Prices above this are unit errors or attacks (a price of 1.7e308 turned a model's weights to NaN).
+MAX_PRICE = 1e9
+#: Raw feature values beyond +-this are dead-lettered: a model's dot products stay finite.
+MAX_FEATURE_ABS = 1e9
+#: Default of --max-future-skew: how far ahead of its record time an event_time may be.
+MAX_FUTURE_SKEW = 300.0
 
 
 class InvalidEvent(ValueError):
@@ -177,13 +183,45 @@ def validate(event: Event) -> Event:
     for name in ("product_id", "user_id", "user_session", "event_id"):
         _check_id(event, name)
     price = event.price
-    if price is not None and not (math.isfinite(price) and price >= 0.0):
-        raise InvalidEvent("price", "must be a finite number >= 0", price)
+    if price is not None and not (math.isfinite(price) and 0.0 <= price <= MAX_PRICE):
+        raise InvalidEvent("price", f"must be a finite number in 0..{MAX_PRICE:g}", price)
     features = event.features
     if features is not None:
         if len(features) > MAX_FEATURES:
             raise InvalidEvent("features", f"more than {MAX_FEATURES} entries", len(features))
         for name, value in features.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                raise InvalidEvent(f"features.{name}", "must be finite", value)
+            if isinstance(value, float) and not (math.isfinite(value) and -MAX_FEATURE_ABS <= value <= MAX_FEATURE_ABS):
+                raise InvalidEvent(f"features.{name}", f"must be a finite number in +-{MAX_FEATURE_ABS:g}", value)
     return event
+
+
+def check_future_skew(event: Event, received_at: float, max_skew: float = MAX_FUTURE_SKEW) -> None:
+    """Refuse an event dated more than `max_skew` seconds after it reached us.
+
+    `received_at` is the Kafka record's timestamp, taken as no later than the worker's
+    own clock (producers set that timestamp too). A client clock running fast would
+    otherwise drag the watermark into the future: every open prediction would expire
+    at once and every honest event after it would arrive "late".
+
+    >>> e = Event(4102358400.0, "view", "p", "u", "s")   # 2099-12-31
+    >>> check_future_skew(e, received_at=1.7e9)
+    Traceback (most recent call last):
+    ...
+    shopstream.events.InvalidEvent: event_time: 2099-12-31T00:00:00Z is 76 years ahead of the record time 2023-11-14T22:13:20Z (more than the allowed 300 s)
+    >>> check_future_skew(Event(1.7e9 + 299, "view", "p", "u", "s"), received_at=1.7e9)
+    """
+    ahead = event.event_time - received_at
+    if ahead > max_skew:
+        raise InvalidEvent("event_time", f"{_iso(event.event_time)} is {_span(ahead)} ahead of the record time "
+                           f"{_iso(received_at)} (more than the allowed {max_skew:g} s)")
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("years", 365.25 * 86400), ("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"

@@ -1,7 +1,9 @@
 """Prometheus metrics of engines, read at scrape time, and the HTTP endpoint.
 
-Nothing here runs per event: `EngineCollector` reads each engine's counters and
-scores when Prometheus scrapes, so metrics cost the hot path nothing. Because the
+Nothing here runs per event: a worker copies each engine's counters and scores into an
+`EngineSnapshot` between polls (at most once a second), and `EngineCollector` formats
+the latest snapshots when Prometheus scrapes, so metrics cost the hot path almost
+nothing and a scrape never touches a live engine. Because the
 counters live in the engine (and so in its checkpoint), they restart from the
 checkpoint after a crash; Prometheus treats the drop as a counter reset.
 
@@ -14,6 +16,7 @@ Confusion-matrix counters let PromQL compute metrics across workers, e.g. recall
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterable
 
@@ -23,12 +26,57 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from .engine import LABEL_DELAY_BUCKETS, Engine
 from .scoring import METRIC_NAMES
 
-#: (labels, engine, extra outcome counts) triples; labels hold at least "partition".
-EngineSource = Callable[[], Iterable[tuple[dict, Engine, dict]]]
+#: (labels, engine or its snapshot, extra outcome counts) triples; labels hold at least "partition".
+EngineSource = Callable[[], Iterable[tuple[dict, "Engine | EngineSnapshot", dict]]]
+
+
+@dataclass(frozen=True)
+class SlotSnapshot:
+    name: str
+    role: str
+    version: str
+    rolling: dict
+    cumulative: dict
+    confusion: tuple
+    drift_detections: int
+    resets: dict
+
+
+@dataclass(frozen=True)
+class EngineSnapshot:
+    """Every number a scrape shows of one engine, copied on the thread that runs it:
+    the HTTP thread reads these and never the live engine."""
+
+    model_name: str
+    slots: tuple
+    counts: dict
+    promotions: int
+    open_predictions: int
+    oldest_open_age: float
+    watermark: float
+    delay_buckets: tuple
+    delay_sum: float
+    evicted: dict
+
+    @classmethod
+    def of(cls, engine: Engine, extra: dict | None = None) -> "EngineSnapshot":
+        slots = tuple(SlotSnapshot(slot.name, slot.role, slot.version, slot.scores.rolling.values(),
+                                   slot.scores.cumulative.values(), tuple(slot.scores.cumulative.counts()),
+                                   slot.drift_detections, dict(slot.resets)) for slot in engine.slots)
+        joiner = engine.joiner
+        first = joiner.oldest_open_time()
+        buckets, running = [], 0
+        for bound, count in zip(list(LABEL_DELAY_BUCKETS) + [float("inf")], engine.label_delay_counts):
+            running += count
+            buckets.append((str(bound) if bound != float("inf") else "+Inf", running))
+        return cls(engine.model_name, slots, {**engine.counts, **joiner.counts, **(extra or {})},
+                   engine.counts["promotions"], engine.open_predictions,
+                   0.0 if first is None else max(0.0, joiner.max_time - first), joiner.max_time,
+                   tuple(buckets), engine.label_delay_sum, dict(getattr(engine.features, "evicted", {})))
 
 
 class EngineCollector:
-    """Exports every engine that `source()` returns when scraped."""
+    """Exports every engine (or engine snapshot) that `source()` returns when scraped."""
 
     def __init__(self, source: EngineSource):
         self.source = source
@@ -49,12 +97,16 @@ class EngineCollector:
                                         labels=slot_labels + ["cell"])
         drifts = CounterMetricFamily("shopstream_drift_detections", "ADWIN drift detections on a model's errors",
                                      labels=slot_labels)
+        resets = CounterMetricFamily("shopstream_model_resets", "Models put back to their last good state "
+                                     "(non-finite prediction or weights)", labels=slot_labels + ["reason"])
         info = GaugeMetricFamily("shopstream_model_info", "Model versions serving a partition, by role",
                                  labels=slot_labels + ["version"])
         events = CounterMetricFamily("shopstream_events", "Events by outcome (consumed, predicted, resolved, learned, ...)",
                                      labels=engine_labels + ["outcome"])
         promotions = CounterMetricFamily("shopstream_promotions", "Champion changes (automatic or manual)",
                                          labels=engine_labels)
+        evictions = CounterMetricFamily("shopstream_state_evictions", "Feature-state entries dropped to stay "
+                                        "within a cap or TTL, by table", labels=engine_labels + ["table"])
         open_predictions = GaugeMetricFamily("shopstream_open_predictions",
                                              "Predictions waiting for their label", labels=engine_labels)
         oldest = GaugeMetricFamily("shopstream_oldest_open_prediction_age_seconds",
@@ -64,34 +116,35 @@ class EngineCollector:
         delay = HistogramMetricFamily("shopstream_label_delay_seconds",
                                       "Event time from prediction to label", labels=engine_labels)
         for labels, engine, extra in list(self.source()):
+            snap = engine if isinstance(engine, EngineSnapshot) else EngineSnapshot.of(engine, extra)
             partition = str(labels["partition"])
-            for slot in list(engine.slots):
+            for slot in snap.slots:
                 values = [slot.name, slot.role, partition]
-                for name, value in slot.scores.rolling.values().items():
+                for name, value in slot.rolling.items():
                     rolling[name].add_metric(values, value)
-                for name, value in slot.scores.cumulative.values().items():
+                for name, value in slot.cumulative.items():
                     cumulative[name].add_metric(values, value)
-                for cell, count in zip(("tp", "fp", "tn", "fn"), slot.scores.cumulative.counts()):
+                for cell, count in zip(("tp", "fp", "tn", "fn"), slot.confusion):
                     confusion.add_metric(values + [cell], count)
                 drifts.add_metric(values, slot.drift_detections)
+                for reason, count in slot.resets.items():
+                    resets.add_metric(values + [reason], count)
                 info.add_metric(values + [slot.version], 1.0)
-            values = [engine.model_name, partition]
-            for outcome, count in {**engine.counts, **engine.joiner.counts, **extra}.items():
+            values = [snap.model_name, partition]
+            for outcome, count in snap.counts.items():
                 events.add_metric(values + [outcome], count)
-            promotions.add_metric(values, engine.counts["promotions"])
-            open_predictions.add_metric(values, engine.open_predictions)
-            first = engine.joiner.oldest_open_time()
-            oldest.add_metric(values, 0.0 if first is None else max(0.0, engine.joiner.max_time - first))
-            if engine.joiner.max_time > 0:
-                watermark.add_metric(values, engine.joiner.max_time)
-            buckets, running = [], 0
-            for bound, count in zip(list(LABEL_DELAY_BUCKETS) + [float("inf")], engine.label_delay_counts):
-                running += count
-                buckets.append((str(bound) if bound != float("inf") else "+Inf", running))
-            delay.add_metric(values, buckets, engine.label_delay_sum)
+            promotions.add_metric(values, snap.promotions)
+            for table, count in snap.evicted.items():
+                evictions.add_metric(values + [table], count)
+            open_predictions.add_metric(values, snap.open_predictions)
+            oldest.add_metric(values, snap.oldest_open_age)
+            if snap.watermark > 0:
+                watermark.add_metric(values, snap.watermark)
+            delay.add_metric(values, list(snap.delay_buckets), snap.delay_sum)
         yield from rolling.values()
         yield from cumulative.values()
-        yield from (confusion, drifts, info, events, promotions, open_predictions, oldest, watermark, delay)
+        yield from (confusion, drifts, resets, info, events, promotions, evictions, open_predictions, oldest,
+                    watermark, delay)
 
 
 class MetricsServer:

@@ -9,6 +9,13 @@ a label: a purchase only reaches the features of events that come after it.
   channel and top-level category, and per-session, per-user, per-product and per-brand
   aggregates (views, carts, purchases, conversion).
 
+Every table keyed by something the shop's clients send (sessions, users, products,
+brands, categories, the products of one session, raw feature names) has a cap in
+`FeatureCaps`, and per-session state also expires after `session_ttl` seconds of
+event time without activity: an endless stream of new keys cannot grow the state.
+Evictions are counted in `evicted` (exported as shopstream_state_evictions_total).
+Values are bounded too: a ratio's denominator has a floor, so no feature is inf.
+
 Scaling belongs to the model pipeline (``StandardScaler``), not here. That is why the
 one-hot columns are *dense*: every value seen so far is emitted, 1.0 or 0.0. River's
 StandardScaler only learns from the keys present in an event, so a sparse one-hot key
@@ -28,17 +35,72 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from dataclasses import dataclass
 
 from .events import Event
 
 
+@dataclass(frozen=True)
+class FeatureCaps:
+    """Bounds on the feature state; each is a worker and bootstrap option (--max-sessions, ...)."""
+
+    sessions: int = 200_000
+    users: int = 1_000_000
+    products: int = 1_000_000
+    brands: int = 100_000
+    categories: int = 10_000        # top categories with a price average
+    one_hot: int = 16               # values per one-hot field (platform, channel, category)
+    session_products: int = 1_000   # distinct products one session tracks (views, carts)
+    session_ttl: float = 86_400.0   # event-time seconds a session stays without activity
+    raw_features: int = 10_000      # distinct raw feature names a model ever sees
+
+    def __post_init__(self):
+        for name, value in vars(self).items():
+            if not value > 0:
+                raise ValueError(f"feature cap {name} must be > 0, got {value!r}")
+
+
 class RawFeatures:
-    """The event's ``features`` object as is: for generic labelled streams."""
+    """The event's ``features`` object as is: for generic labelled streams.
+
+    Names past `caps.raw_features` distinct ones are dropped (counted), so a stream of
+    ever-new names cannot grow a linear model's weights without bound.
+
+    >>> raw = RawFeatures(FeatureCaps(raw_features=2))
+    >>> raw.transform(Event(1e9, "view", "p", "u", "s", features={"a": 1.0, "b": 2.0}))
+    {'a': 1.0, 'b': 2.0}
+    >>> raw.transform(Event(1e9, "view", "p", "u", "s", features={"a": 1.0, "c": 3.0})), raw.evicted
+    ({'a': 1.0}, {'raw_features': 1})
+    """
 
     name = "raw"
 
+    def __init__(self, caps: FeatureCaps = FeatureCaps()):
+        self.caps = caps
+        self.names: set = set()
+        self.evicted = {"raw_features": 0}
+
+    def set_caps(self, caps: FeatureCaps) -> None:
+        self.caps = caps
+
     def transform(self, event: Event) -> dict:
-        return event.features if event.features is not None else {}
+        x = event.features
+        if not x:
+            return {}
+        names = self.names
+        if len(names) + len(x) <= self.caps.raw_features:  # room for every name: River's dict as is
+            names.update(x)
+            return x
+        kept = {}
+        for name, value in x.items():
+            if name in names:
+                kept[name] = value
+            elif len(names) < self.caps.raw_features:
+                names.add(name)
+                kept[name] = value
+            else:
+                self.evicted["raw_features"] += 1
+        return kept
 
     def learn(self, event: Event) -> None:
         pass
@@ -52,20 +114,26 @@ class _Capped(OrderedDict):
     def __init__(self, cap: int):
         super().__init__()
         self.cap = cap
+        self.evicted = 0
 
     def __reduce__(self):
-        return (self.__class__, (self.cap,), None, None, iter(self.items()))
+        return (self.__class__, (self.cap,), {"evicted": self.evicted}, None, iter(self.items()))
 
     def slot(self, key, make):
         value = self.get(key)
         if value is None:
             value = self[key] = make()
-            if len(self) > self.cap:
+            while len(self) > self.cap:
                 self.popitem(last=False)
+                self.evicted += 1
         return value
 
 
 _TWO_PI_OVER_DAY = 2.0 * math.pi / 86400.0
+# A category's mean price below a cent makes "price against its category" meaningless
+# (5e-324 then 1.7e308 gave inf): floor the denominator, cap the ratio.
+_MIN_CATEGORY_PRICE = 0.01
+_MAX_PRICE_RATIO = 1e4
 
 
 class ShopFeatures:
@@ -73,17 +141,33 @@ class ShopFeatures:
 
     name = "shop"
 
-    def __init__(self, max_sessions: int = 200_000, max_users: int = 1_000_000,
-                 max_products: int = 1_000_000, max_categories: int = 16):
-        # session -> [start time, views, carts, set of carted products, {product: views}]
-        self.sessions = _Capped(max_sessions)
-        self.users = _Capped(max_users)        # user -> [sessions, purchases]
-        self.products = _Capped(max_products)  # product -> [views, carts, purchases]
-        self.brands = _Capped(max_products)    # brand -> [views, purchases]
-        self.category_price = {}               # top category -> [n, mean price]
+    def __init__(self, caps: FeatureCaps = FeatureCaps()):
+        self.caps = caps
+        # session -> [start time, views, carts, set of carted products, {product: views}, last seen];
+        # least recently active first, so expired sessions sit at the head.
+        self.sessions = _Capped(caps.sessions)
+        self.users = _Capped(caps.users)        # user -> [sessions, purchases]
+        self.products = _Capped(caps.products)  # product -> [views, carts, purchases]
+        self.brands = _Capped(caps.brands)      # brand -> [views, purchases]
+        self.category_price = _Capped(caps.categories)  # top category -> [n, mean price]
         # One-hot vocabularies, in order of first appearance; past the cap a value is "other" (all 0).
-        self.max_categories = max_categories
         self.vocabulary = {"platform": [], "channel": [], "category": []}
+        self.evicted_session_products = 0
+        self.expired_sessions = 0
+
+    def set_caps(self, caps: FeatureCaps) -> None:
+        """New caps for restored state (an artifact's): tables over a cap shrink as they grow."""
+        self.caps = caps
+        for table, cap in ((self.sessions, caps.sessions), (self.users, caps.users), (self.products, caps.products),
+                           (self.brands, caps.brands), (self.category_price, caps.categories)):
+            table.cap = cap
+
+    @property
+    def evicted(self) -> dict:
+        """Entries dropped from each table to stay within the caps (counters)."""
+        return {"sessions": self.sessions.evicted, "sessions_expired": self.expired_sessions,
+                "users": self.users.evicted, "products": self.products.evicted, "brands": self.brands.evicted,
+                "categories": self.category_price.evicted, "session_products": self.evicted_session_products}
 
     def transform(self, event: Event) -> dict:
         session = self.sessions.get(event.user_session)
@@ -109,7 +193,7 @@ class ShopFeatures:
             x["log_price"] = math.log1p(price)
             stats = self.category_price.get(top)
             if stats is not None and stats[1] > 0:
-                x["price_vs_category"] = price / stats[1]
+                x["price_vs_category"] = min(price / max(stats[1], _MIN_CATEGORY_PRICE), _MAX_PRICE_RATIO)
         if session is not None:
             x["session_views"] = float(session[1])
             x["session_carts"] = float(session[2])
@@ -129,21 +213,40 @@ class ShopFeatures:
         return x
 
     def learn(self, event: Event) -> None:
-        new_session = event.user_session not in self.sessions
-        session = self.sessions.slot(event.user_session, lambda: [event.event_time, 0, 0, set(), {}])
+        t = event.event_time
+        sessions = self.sessions
+        session = sessions.get(event.user_session)
+        new_session = session is None
+        if new_session:
+            session = sessions.slot(event.user_session, lambda: [t, 0, 0, set(), {}, t])
+        else:
+            session[5] = max(session[5], t)
+            sessions.move_to_end(event.user_session)
+        self._expire_sessions(t)
         user = self.users.slot(event.user_id, lambda: [0, 0])
         product = self.products.slot(event.product_id, lambda: [0, 0, 0])
         if new_session:
             user[0] += 1
         kind = event.event_type
+        room = self.caps.session_products
         if kind == "view":
             session[1] += 1
             product[0] += 1
             views = session[4]
-            views[event.product_id] = views.get(event.product_id, 0) + 1
+            count = views.get(event.product_id)
+            if count is not None:
+                views[event.product_id] = count + 1
+            elif len(views) < room:
+                views[event.product_id] = 1
+            else:
+                self.evicted_session_products += 1
         elif kind == "cart":
             session[2] += 1
-            session[3].add(event.product_id)
+            carted = session[3]
+            if len(carted) < room or event.product_id in carted:
+                carted.add(event.product_id)
+            else:
+                self.evicted_session_products += 1
             product[1] += 1
         elif kind == "purchase":
             user[1] += 1
@@ -151,7 +254,7 @@ class ShopFeatures:
         top = _top_category(event)
         for field, value in (("platform", event.platform), ("channel", event.channel), ("category", top)):
             known = self.vocabulary[field]
-            if value is not None and value not in known and len(known) < self.max_categories:
+            if value is not None and value not in known and len(known) < self.caps.one_hot:
                 known.append(value)
         if event.brand:
             brand = self.brands.slot(event.brand, lambda: [0, 0])
@@ -160,9 +263,20 @@ class ShopFeatures:
             elif kind == "purchase":
                 brand[1] += 1
         if event.price is not None and kind == "view":
-            stats = self.category_price.setdefault(top, [0, 0.0])
+            stats = self.category_price.slot(top, lambda: [0, 0.0])
             stats[0] += 1
             stats[1] += (event.price - stats[1]) / stats[0]
+
+    def _expire_sessions(self, now: float) -> None:
+        """Drop sessions idle for longer than the TTL (the head is the least recently active)."""
+        sessions = self.sessions
+        horizon = now - self.caps.session_ttl
+        while sessions:
+            oldest = next(iter(sessions.values()))
+            if oldest[5] >= horizon:
+                return
+            sessions.popitem(last=False)
+            self.expired_sessions += 1
 
 
 def _top_category(event: Event) -> str:
@@ -172,9 +286,9 @@ def _top_category(event: Event) -> str:
 FEATURE_SETS = {"raw": RawFeatures, "shop": ShopFeatures}
 
 
-def build_features(name: str):
+def build_features(name: str, caps: FeatureCaps = FeatureCaps()):
     """A fresh feature set by name (see `FEATURE_SETS`)."""
     try:
-        return FEATURE_SETS[name]()
+        return FEATURE_SETS[name](caps)
     except KeyError:
         raise ValueError(f"unknown feature set {name!r}; choose from {sorted(FEATURE_SETS)}") from None

@@ -84,9 +84,15 @@ class LabelJoiner:
         return self.max_time - self.lateness
 
     def oldest_open_time(self) -> Optional[float]:
-        while self._deadlines and self._deadlines[0][1] not in self._by_seq:
-            heapq.heappop(self._deadlines)
-        return self._deadlines[0][0] - self.window if self._deadlines else None
+        """Event time of the oldest open prediction. A pure read (metrics call it from
+        another thread): the heap's head is kept valid by every removal instead."""
+        deadlines = self._deadlines
+        return deadlines[0][0] - self.window if deadlines else None
+
+    def _drop_stale_head(self) -> None:
+        deadlines, by_seq = self._deadlines, self._by_seq
+        while deadlines and deadlines[0][1] not in by_seq:
+            heapq.heappop(deadlines)
 
     def advance(self, event_time: float) -> list[OpenPrediction]:
         """Move event time forward; return the predictions that expired (label: negative)."""
@@ -129,6 +135,7 @@ class LabelJoiner:
             resolved = [p for p in waiting if p.event_time <= event_time <= p.event_time + window]
             for prediction in resolved:
                 self._remove(prediction)
+            self._drop_stale_head()
         if resolved:
             self.counts["positive"] += len(resolved)
         else:
@@ -149,4 +156,5 @@ class LabelJoiner:
             if prediction is not None:
                 self._remove(prediction)
                 self.counts["evicted"] += 1
-                return
+                break
+        self._drop_stale_head()

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from .artifacts import latest, load_artifact
 from .engine import Engine
-from .features import build_features
+from .features import FeatureCaps, build_features
 from .models import build_model
 from .slots import PromotionPolicy
 
@@ -22,10 +22,11 @@ from .slots import PromotionPolicy
 def build_engine(artifacts: Optional[str] = None, model: str = "logreg", features: str = "shop",
                  challengers: Sequence[str] = (), baseline: bool = True, seed: int = 42,
                  promotion: Optional[PromotionPolicy] = None, drift_reaction: str = "none",
-                 **engine_options) -> tuple[Engine, str]:
+                 caps: FeatureCaps = FeatureCaps(), **engine_options) -> tuple[Engine, str]:
     """A new partition's engine and where its champion came from."""
     if artifacts:
         default = load_artifact(artifacts)
+        default.features.set_caps(caps)
         engine = Engine(default.model, default.features, model_name=default.meta["model"],
                         model_version=default.meta["version"], promotion=promotion,
                         drift_reaction=drift_reaction, **engine_options)
@@ -34,7 +35,7 @@ def build_engine(artifacts: Optional[str] = None, model: str = "logreg", feature
             frozen = load_artifact(default.path)  # its own copy: the champion's will learn
             engine.add_slot(f"{default.meta['model']}_baseline", frozen.model, "baseline", frozen.meta["version"])
     else:
-        engine = Engine(build_model(model, seed), build_features(features), model_name=model,
+        engine = Engine(build_model(model, seed), build_features(features, caps), model_name=model,
                         promotion=promotion, drift_reaction=drift_reaction, **engine_options)
         origin = "fresh"
     for name in challengers:

@@ -22,8 +22,12 @@ p < 0.001) with at least `min_resolved` pairs: one noisy window is not enough.
 from __future__ import annotations
 
 import math
+import pickle
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+import numpy as np
 
 from river import drift
 
@@ -96,6 +100,60 @@ class ModelSlot:
         self.drift = drift.ADWIN(delta=drift_delta)
         self.drift_detections = 0
         self.comparison: PairedLossTest | None = None  # vs the champion, for challengers
+        self.resets: dict[str, int] = {}  # reason -> times the model went back to its last good state
+        self.keep_as_good()
+
+    def keep_as_good(self) -> None:
+        """Remember the model as it is now as the state to return to if it is poisoned."""
+        self._good = pickle.dumps(self.model, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def reset(self, reason: str) -> None:
+        """Back to the last good state (the last checkpoint's, or the start's), counted by reason."""
+        self.model = pickle.loads(self._good)
+        self.resets[reason] = self.resets.get(reason, 0) + 1
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        del state["_good"]  # the checkpoint holds the model once; the restored model is the good one
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.__dict__.setdefault("resets", {})
+        self.keep_as_good()
 
     def __repr__(self) -> str:
         return f"ModelSlot({self.name!r}, role={self.role!r}, version={self.version!r})"
+
+
+def model_is_finite(model, depth: int = 3) -> bool:
+    """False if a number a model keeps (weights, intercepts, scaler statistics) is NaN or
+    infinite. Reads River's linear models, scalers and pipelines, and numpy arrays;
+    models it cannot read (trees) are judged by their predictions instead.
+
+    >>> from river import linear_model
+    >>> model = linear_model.LogisticRegression()
+    >>> model.learn_one({"a": 1.0}, True); model_is_finite(model)
+    True
+    >>> model._weights["a"] = float("nan"); model_is_finite(model)
+    False
+    """
+    if depth < 0:
+        return True
+    for value in vars(model).values() if hasattr(model, "__dict__") else ():
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                return False
+        elif isinstance(value, np.ndarray):
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                return False
+        elif isinstance(value, Mapping) or type(value).__name__ == "VectorDict":
+            for item in value.values():
+                if isinstance(item, float):
+                    if not math.isfinite(item):
+                        return False
+                elif hasattr(item, "__dict__") and not model_is_finite(item, depth - 1):
+                    return False  # a pipeline's steps
+        elif hasattr(value, "_weights") and not model_is_finite(value, depth - 1):
+            return False
+    return True

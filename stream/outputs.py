@@ -1,22 +1,37 @@
 """What a worker writes back to Kafka: predictions for the shop, and dead letters.
 
-A dead letter keeps the original key, value and headers byte for byte, and adds
-headers naming why it failed and where it came from, so it can be inspected and
-replayed.
+A dead letter keeps the original key, value and headers, and adds headers naming why
+it failed and where it came from, so it can be inspected and replayed. Two exceptions,
+both marked in headers: a header whose value was null is sent empty (kafka-python cannot
+send a null header), and a copy too large to publish is cut to `DEAD_LETTER_CUT` bytes
+(``shopstream.truncated`` says so, ``shopstream.original_size`` gives the size).
+
+Every send's outcome is checked (`Outputs.confirm`): kafka-python's flush() only logs
+records that expired or were rejected, so without the check a checkpoint could claim
+outputs that never reached Kafka. What failed is sent again by a fresh producer
+(kafka-python's producer stays broken after the broker rejects one record).
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Callable, Optional
 
 import msgspec
-from kafka.errors import KafkaTimeoutError
+from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
 from shopstream.events import Event
 
 log = logging.getLogger("shopstream.outputs")
 
 REASON_HEADER = "shopstream.reason"
+TRUNCATED_HEADER = "shopstream.truncated"
+ORIGINAL_SIZE_HEADER = "shopstream.original_size"
+#: A dead letter larger than this (key, value and headers) is cut before sending: the
+#: broker's default limit is 1 MiB per record batch, and the original is still in its topic.
+MAX_DEAD_LETTER_BYTES = 900_000
+#: What is kept of the value of a dead letter too large to publish as is.
+DEAD_LETTER_CUT = 16 * 1024
 _encode = msgspec.json.Encoder().encode
 
 
@@ -34,34 +49,139 @@ class Prediction(msgspec.Struct, gc=False):
     offset: int
 
 
-def send(producer, topic: str, **message) -> None:
-    """producer.send that waits out a broker outage instead of dropping or raising:
-    kafka-python gives up after max_block_ms when it cannot buffer or find the topic."""
-    while True:
-        try:
-            producer.send(topic, **message)
-            return
-        except KafkaTimeoutError as exc:
-            log.warning("cannot send to %s yet (%s); retrying", topic, exc)
-
-
-def publish_prediction(producer, topic: str, record, event: Event, score: float, model: str,
-                       version: str) -> None:
-    value = _encode(Prediction(event.event_id, event.user_id, event.user_session, event.product_id,
-                               event.event_type, event.event_time, score, model, version,
-                               record.partition, record.offset))
-    send(producer, topic, key=record.key, value=value)
-
-
-def publish_dead_letter(producer, topic: str, record, reason: str) -> None:
-    headers = list(record.headers or [])
+def dead_letter_headers(record, reason: str) -> list:
+    """The record's own headers (null values sent empty) and ours: why, and from where."""
+    headers = [(key, b"" if value is None else value) for key, value in (record.headers or [])]
     headers += [
         (REASON_HEADER, reason.encode("utf-8", "replace")[:1000]),
         ("shopstream.source.topic", record.topic.encode()),
         ("shopstream.source.partition", str(record.partition).encode()),
         ("shopstream.source.offset", str(record.offset).encode()),
     ]
-    value = record.value
-    if value is None and record.key is None:
-        value = b""  # Kafka needs a key or a value; the reason header says "empty message"
-    send(producer, topic, key=record.key, value=value, headers=headers)
+    return headers
+
+
+def message_size(message: dict) -> int:
+    return (len(message.get("key") or b"") + len(message.get("value") or b"")
+            + sum(len(k) + len(v or b"") for k, v in message.get("headers") or ()))
+
+
+def cut(message: dict, keep: int = DEAD_LETTER_CUT) -> dict:
+    """A bounded copy of a dead letter: the value cut to `keep` bytes, headers saying so.
+
+    >>> m = cut({"key": None, "value": b"x" * 100, "headers": [("a", b"1")]}, keep=10)
+    >>> len(m["value"]), m["headers"][-2:]
+    (10, [('shopstream.truncated', b'1'), ('shopstream.original_size', b'100')])
+    """
+    value = message.get("value") or b""
+    headers = [(k, v) for k, v in message.get("headers") or () if k not in (TRUNCATED_HEADER, ORIGINAL_SIZE_HEADER)]
+    headers = [(k, v[:1000]) for k, v in headers]  # a header may be what made it too large
+    original = next((v for k, v in message.get("headers") or () if k == ORIGINAL_SIZE_HEADER), None)
+    headers += [(TRUNCATED_HEADER, b"1"), (ORIGINAL_SIZE_HEADER, original or str(len(value)).encode())]
+    key = message.get("key")
+    return {"key": key[:1000] if key else key, "value": value[:keep], "headers": headers}
+
+
+class Outputs:
+    """The worker's producer: predictions and dead letters, each send's outcome checked.
+
+    `confirm()` is the gate before a checkpoint: True only once every output sent so
+    far is acknowledged by the broker."""
+
+    def __init__(self, make_producer: Callable[[], object], predictions_topic: Optional[str],
+                 dead_letter_topic: str):
+        self._make_producer = make_producer
+        self.producer = make_producer()
+        self.predictions_topic = predictions_topic
+        self.dead_letter_topic = dead_letter_topic
+        self.failed: list[tuple[str, dict, Exception]] = []  # filled by the producer's IO thread
+        self.counts = {"failed": 0, "resent": 0, "truncated": 0, "producer_rebuilds": 0}
+
+    def prediction(self, record, event: Event, score: float, model: str, version: str) -> None:
+        if not self.predictions_topic:
+            return
+        value = _encode(Prediction(event.event_id, event.user_id, event.user_session, event.product_id,
+                                   event.event_type, event.event_time, score, model, version,
+                                   record.partition, record.offset))
+        self._send(self.predictions_topic, {"key": record.key, "value": value})
+
+    def dead_letter(self, record, reason: str) -> None:
+        value = record.value
+        if value is None and record.key is None:
+            value = b""  # Kafka needs a key or a value; the reason header says "empty message"
+        self._send(self.dead_letter_topic, {"key": record.key, "value": value,
+                                            "headers": dead_letter_headers(record, reason)})
+
+    def dead_letter_range(self, topic: str, partition: int, first: int, last: int, reason: str) -> None:
+        """A dead letter for records that could not even be read (a corrupt batch)."""
+        self._send(self.dead_letter_topic, {"key": None, "value": b"", "headers": [
+            (REASON_HEADER, reason.encode("utf-8", "replace")[:1000]),
+            ("shopstream.source.topic", topic.encode()),
+            ("shopstream.source.partition", str(partition).encode()),
+            ("shopstream.source.offset", str(first).encode()),
+            ("shopstream.source.last_offset", str(last).encode())]})
+
+    def _send(self, topic: str, message: dict) -> None:
+        if topic == self.dead_letter_topic and message_size(message) > MAX_DEAD_LETTER_BYTES:
+            message = cut(message)
+            self.counts["truncated"] += 1
+        while True:
+            try:
+                future = self.producer.send(topic, **message)
+            except KafkaTimeoutError as exc:  # no buffer space or no metadata yet: wait the outage out
+                log.warning("cannot send to %s yet (%s); retrying", topic, exc)
+                continue
+            except Exception as exc:  # refused before sending (e.g. too large): resent by confirm()
+                self._failed(topic, message, exc)
+                return
+            future.add_errback(self._failed, topic, message)
+            return
+
+    def _failed(self, topic: str, message: dict, exc: Exception) -> None:
+        self.failed.append((topic, message, exc))
+        self.counts["failed"] += 1
+
+    def confirm(self, timeout: float = 30.0) -> bool:
+        """Flush, and send again what the broker refused or let expire (by a fresh
+        producer; a dead letter refused as too large is cut). True once everything sent
+        so far is acknowledged; False if something is still unsent (retry later)."""
+        try:
+            self.producer.flush(timeout=timeout)
+        except KafkaTimeoutError:
+            return False
+        if not self.failed:
+            return True
+        failed, self.failed = self.failed, []
+        reasons = sorted({type(exc).__name__ for _, _, exc in failed})
+        log.warning("%d output(s) not acknowledged (%s): sending them again with a new producer",
+                    len(failed), ", ".join(reasons))
+        self.rebuild()
+        for topic, message, exc in failed:
+            if isinstance(exc, MessageSizeTooLargeError) and topic == self.dead_letter_topic:
+                # The broker's limit may be lower than ours: each refusal keeps a quarter as much.
+                message = cut(message, min(DEAD_LETTER_CUT, len(message.get("value") or b"") // 4))
+                self.counts["truncated"] += 1
+            self.counts["resent"] += 1
+            self._send(topic, message)
+        try:
+            self.producer.flush(timeout=timeout)
+        except KafkaTimeoutError:
+            return False
+        return not self.failed
+
+    def rebuild(self) -> None:
+        """Replace the producer: kafka-python's stays broken after one rejected record."""
+        old = self.producer
+        try:
+            self.producer = self._make_producer()
+        except Exception as exc:  # the broker is away: keep the old one, retry at the next confirm
+            log.warning("could not build a new producer (%s: %s)", type(exc).__name__, exc)
+            return
+        self.counts["producer_rebuilds"] += 1
+        try:
+            old.close(timeout=5)
+        except Exception as exc:
+            log.warning("closing the old producer: %s: %s", type(exc).__name__, exc)
+
+    def close(self) -> None:
+        self.producer.close()

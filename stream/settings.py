@@ -7,6 +7,8 @@ import socket
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
+from shopstream.events import MAX_FUTURE_SKEW
+from shopstream.features import FeatureCaps
 from shopstream.slots import PromotionPolicy
 
 
@@ -55,6 +57,15 @@ class WorkerSettings:
     control_topic: str = "shop-control"
 
     max_poll_records: int = 1000
+    max_future_skew: float = MAX_FUTURE_SKEW
+    max_sessions: int = FeatureCaps.sessions
+    max_users: int = FeatureCaps.users
+    max_products: int = FeatureCaps.products
+    max_brands: int = FeatureCaps.brands
+    max_categories: int = FeatureCaps.categories
+    max_session_products: int = FeatureCaps.session_products
+    session_ttl: float = FeatureCaps.session_ttl
+    max_raw_features: int = FeatureCaps.raw_features
 
     @classmethod
     def from_args(cls, args) -> "WorkerSettings":
@@ -70,6 +81,10 @@ class WorkerSettings:
         return PromotionPolicy(margin=self.promotion_margin, min_resolved=self.promotion_min_resolved)
 
     @property
+    def feature_caps(self) -> FeatureCaps:
+        return feature_caps(self)
+
+    @property
     def engine_options(self) -> dict:
         return {"window": self.window, "lateness": self.lateness, "metric_window": self.metric_window,
                 "max_open": self.max_open, "drift_delta": self.drift_delta}
@@ -77,3 +92,11 @@ class WorkerSettings:
     @property
     def name(self) -> str:
         return self.client_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def feature_caps(config) -> FeatureCaps:
+    """`FeatureCaps` from the --max-* options of a command (argparse namespace or settings)."""
+    return FeatureCaps(sessions=config.max_sessions, users=config.max_users, products=config.max_products,
+                       brands=config.max_brands, categories=config.max_categories,
+                       session_products=config.max_session_products, session_ttl=config.session_ttl,
+                       raw_features=config.max_raw_features)

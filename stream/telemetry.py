@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 
 class WorkerCollector:
@@ -31,7 +31,7 @@ class WorkerCollector:
                                     "1 while a partition is paused because its checkpoint cannot be written",
                                     labels=["partition"])
         now = time.time()
-        owned = list(worker.partitions.items())
+        owned = list(worker.partitions.items())  # a copy: the loop may change the dict meanwhile
         for tp, state in owned:
             label = [str(tp.partition)]
             # the later of the last fetch's high watermark and the last end-offset check
@@ -48,4 +48,15 @@ class WorkerCollector:
         broker = GaugeMetricFamily("shopstream_broker_up",
                                    "1 if the broker answered the worker's last check (every 5 s), else 0")
         broker.add_metric([], 1.0 if worker.broker_ok else 0.0)
-        yield from (lag, age, offset, blocked, assigned, handled, broker)
+        outputs = CounterMetricFamily("shopstream_outputs", "Predictions and dead letters that needed more than "
+                                      "one try: failed (not acknowledged), resent, truncated (a dead letter cut "
+                                      "to fit), producer_rebuilds", labels=["outcome"])
+        for outcome, count in dict(worker.outputs.counts).items():
+            outputs.add_metric([outcome], count)
+        corrupt = CounterMetricFamily("shopstream_corrupt_records_skipped",
+                                      "Records in batches the Kafka client could not parse, skipped and dead-lettered")
+        corrupt.add_metric([], worker.skipper.skipped_records)
+        unacked = GaugeMetricFamily("shopstream_outputs_blocked",
+                                    "1 while checkpoints wait for outputs the broker has not acknowledged")
+        unacked.add_metric([], 1.0 if worker.outputs_blocked else 0.0)
+        yield from (lag, age, offset, blocked, assigned, handled, broker, outputs, corrupt, unacked)

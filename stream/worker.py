@@ -2,8 +2,12 @@
 
 The loop, per polled record of an owned partition:
 
-    bytes --decode_event--> Event --engine.process--> score --> predictions topic
+    bytes --decode_event--> Event --check_future_skew--> engine.process --> score --> predictions topic
       \\--InvalidEvent or engine error--> dead-letter topic (the worker carries on)
+
+Every record ends as exactly one of: processed, or dead-lettered with a reason. A
+record batch the client cannot even parse is skipped with one dead letter naming its
+partition and offsets (`CorruptBatchSkipper`).
 
 Each partition has its own `PartitionState` (engine + next offset). It is restored
 from its checkpoint on assignment (else the bootstrap artifact, else a fresh model)
@@ -24,12 +28,13 @@ from typing import Optional
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import CorruptRecordError
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from shopstream.artifacts import ArtifactError
-from shopstream.events import InvalidEvent, decode_event
-from shopstream.exporter import EngineCollector, MetricsServer
+from shopstream.events import InvalidEvent, check_future_skew, decode_event
+from shopstream.exporter import EngineCollector, EngineSnapshot, MetricsServer
 from shopstream.lineup import build_engine
 from shopstream.signing import SignatureError
 
@@ -37,7 +42,8 @@ from .connection import kafka_options
 from .checkpoints import CheckpointError, DirectoryCheckpointStore, PartitionState
 from .control import ControlChannel
 from .kafka_store import KafkaCheckpointStore
-from .outputs import publish_dead_letter, publish_prediction
+from .corrupt import CorruptBatchSkipper
+from .outputs import Outputs
 from .settings import WorkerSettings
 from .telemetry import WorkerCollector
 
@@ -46,6 +52,7 @@ log = logging.getLogger("shopstream.worker")
 TIMING_SAMPLE = 16
 CHECKPOINT_RETRY_SECONDS = 2.0
 BROKER_CHECK_SECONDS = 5.0
+SNAPSHOT_SECONDS = 1.0  # how stale a scrape's numbers may be
 
 
 class IdleClock:
@@ -107,7 +114,12 @@ class Worker(ConsumerRebalanceListener):
         self.idle = IdleClock(time.monotonic())
         self.consumer = self._new_consumer()
         # A short linger: predictions are for acting on now (20 ms added ~25 ms to p50 in BENCHMARKS.md).
-        self.producer = KafkaProducer(client_id=settings.name, linger_ms=5, acks="all", **options)
+        self.outputs = Outputs(lambda: KafkaProducer(client_id=settings.name, linger_ms=5, acks="all", **options),
+                               settings.predictions_topic, settings.dead_letter_topic)
+        self.skipper = CorruptBatchSkipper(options, self.outputs)
+        self.snapshots: list = []   # what a scrape reads: copied from the engines on this thread
+        self._last_snapshot = 0.0
+        self.outputs_blocked = False  # a checkpoint waits for outputs the broker has not acknowledged
         self.decode_seconds = Histogram("shopstream_decode_seconds", "Decode and validate one message (sampled)",
                                         registry=self.registry, buckets=_LATENCY_BUCKETS)
         self.process_seconds = Histogram("shopstream_process_seconds",
@@ -119,7 +131,7 @@ class Worker(ConsumerRebalanceListener):
         self.consumer_rebuilds = Counter("shopstream_consumer_rebuilds",
                                          "Kafka consumers rebuilt after a group join that did not finish",
                                          registry=self.registry)
-        self.registry.register(EngineCollector(self._engines))
+        self.registry.register(EngineCollector(lambda: self.snapshots))
         self.registry.register(WorkerCollector(self))
 
     def _new_consumer(self) -> KafkaConsumer:
@@ -190,6 +202,7 @@ class Worker(ConsumerRebalanceListener):
                 self.fatal = f"partition {tp.partition}: {exc}"
                 self.stopping = True
                 continue
+            state.engine.mark_good()
             self.partitions[tp] = state
             self.consumer.seek(tp, state.next_offset)
             log.info("assigned partition %d: %s, next offset %d", tp.partition, state.origin, state.next_offset)
@@ -199,16 +212,18 @@ class Worker(ConsumerRebalanceListener):
         if state is None:
             s = self.settings
             engine, origin = build_engine(s.artifacts, s.model, s.features, s.challengers, s.baseline, s.seed,
-                                          s.promotion, s.drift_reaction, **s.engine_options)
+                                          s.promotion, s.drift_reaction, s.feature_caps, **s.engine_options)
             state = PartitionState(tp.topic, tp.partition, engine, next_offset=0, origin=origin,
                                    started_from=origin)
         if self.control is not None and self.control.apply(state.engine, tp.partition):
             state.changed = True
         return state
 
-    def _engines(self):
-        return [({"model": s.engine.model_name, "partition": str(tp.partition)}, s.engine,
-                 {"dead_lettered": s.dead_lettered}) for tp, s in list(self.partitions.items())]
+    def take_snapshots(self) -> None:
+        """Copy every owned engine's numbers for the metrics thread (which never reads an engine)."""
+        self.snapshots = [({"partition": str(tp.partition)},
+                           EngineSnapshot.of(s.engine, {"dead_lettered": s.dead_lettered}), None)
+                          for tp, s in self.partitions.items()]
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -216,7 +231,12 @@ class Worker(ConsumerRebalanceListener):
         settings = self.settings
         self._subscribe()
         while not self.stopping:
-            batches = self.consumer.poll(timeout_ms=200)
+            try:
+                batches = self.consumer.poll(timeout_ms=200)
+            except CorruptRecordError as exc:  # a batch kafka-python cannot parse: skip it, never crash
+                self.last_poll = time.monotonic()
+                self.skipper.skip(self.consumer, self.partitions, exc)
+                continue
             self.last_poll = now = time.monotonic()
             can_read = bool(self.partitions) and self.broker_ok and not self.blocked
             idle_for = self.idle.tick(now, got_data=bool(batches), can_read=can_read)
@@ -245,7 +265,11 @@ class Worker(ConsumerRebalanceListener):
         return 2 if self.fatal else 0
 
     def _housekeeping(self, now: float) -> None:
-        """Between polls: retry blocked checkpoints, apply control commands, check the broker."""
+        """Between polls: snapshot metrics, retry blocked checkpoints, apply control commands,
+        check the broker."""
+        if now - self._last_snapshot >= SNAPSHOT_SECONDS:
+            self._last_snapshot = now
+            self.take_snapshots()
         if self.blocked and now - self._last_retry >= CHECKPOINT_RETRY_SECONDS:
             self._last_retry = now
             self.checkpoint(list(self.blocked))
@@ -301,6 +325,9 @@ class Worker(ConsumerRebalanceListener):
         started = time.perf_counter() if timed else 0.0
         try:
             event = decode_event(record.value)
+            # The record's time, but never later than ours: producers set it too.
+            received = record.timestamp / 1000.0 if record.timestamp and record.timestamp > 0 else time.time()
+            check_future_skew(event, min(received, time.time()), settings.max_future_skew)
         except InvalidEvent as exc:
             self._dead_letter(state, record, f"invalid event: {exc}")
             return
@@ -318,14 +345,13 @@ class Worker(ConsumerRebalanceListener):
             return
         if timed:
             self.process_seconds.observe(time.perf_counter() - decoded)
-        if score is not None and settings.predictions_topic:
-            publish_prediction(self.producer, settings.predictions_topic, record, event, score,
-                               engine.model_name, engine.model_version)
+        if score is not None:
+            self.outputs.prediction(record, event, score, engine.model_name, engine.model_version)
 
     def _dead_letter(self, state: PartitionState, record, reason: str) -> None:
         state.dead_lettered += 1
         log.debug("dead letter %s-%d@%d: %s", record.topic, record.partition, record.offset, reason)
-        publish_dead_letter(self.producer, self.settings.dead_letter_topic, record, reason)
+        self.outputs.dead_letter(record, reason)
 
     # -- durability ------------------------------------------------------------------
 
@@ -344,16 +370,31 @@ class Worker(ConsumerRebalanceListener):
         tps = [tp for tp in tps if tp in self.partitions and self.partitions[tp].needs_checkpoint]
         if not tps:
             return
+        # Predictions and dead letters before the state that made them: a checkpoint may
+        # only cover outputs the broker acknowledged. Otherwise pause and retry.
         try:
-            self.producer.flush(timeout=30)  # predictions and dead letters before the state that made them
-        except Exception as exc:  # the broker is away: no checkpoint may claim unflushed outputs
+            confirmed = self.outputs.confirm(timeout=30)
+        except Exception as exc:  # never let an output failure take the worker down
+            log.warning("confirming outputs: %s: %s", type(exc).__name__, exc)
+            confirmed = False
+        if not confirmed:
             self.checkpoint_failures.inc()
-            log.warning("outputs not flushed (%s): checkpoint of %s postponed", type(exc).__name__,
-                        sorted(tp.partition for tp in tps))
+            if not self.outputs_blocked:
+                log.error("outputs not acknowledged by the broker: checkpoint of %s postponed, partitions "
+                          "paused until they are", sorted(tp.partition for tp in tps))
+            self.outputs_blocked = True
+            for tp in tps:
+                if tp not in self.blocked:
+                    self.consumer.pause(tp)
+                self.blocked[tp] = "outputs not acknowledged"
             return
+        if self.outputs_blocked:
+            self.outputs_blocked = False
+            log.info("outputs acknowledged again")
         offsets = {}
         for tp in tps:
             state = self.partitions[tp]
+            state.engine.mark_good()  # a model gone non-finite goes back, never into a checkpoint
             try:
                 self.store.save(state)
             except OSError as exc:
@@ -382,8 +423,10 @@ class Worker(ConsumerRebalanceListener):
 
     def close(self) -> None:
         self.checkpoint(list(self.partitions))
+        self.take_snapshots()
         self.consumer.close(autocommit=False)
-        self.producer.close()
+        self.outputs.close()
+        self.skipper.close()
         if self.control is not None:
             self.control.close()
         if isinstance(self.store, KafkaCheckpointStore):

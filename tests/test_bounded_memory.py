@@ -5,7 +5,7 @@ import gc
 
 from shopstream.engine import Engine
 from shopstream.events import Event
-from shopstream.features import ShopFeatures
+from shopstream.features import FeatureCaps, ShopFeatures
 from shopstream.models import build_model
 
 EVENTS = 1_000_000
@@ -21,7 +21,7 @@ def rss_mb() -> float:
 
 
 def test_a_million_sessions_that_never_buy_stay_within_the_caps():
-    features = ShopFeatures(max_sessions=CAP, max_users=CAP, max_products=CAP)
+    features = ShopFeatures(FeatureCaps(sessions=CAP, users=CAP, products=CAP))
     engine = Engine(build_model("logreg"), features, model_name="logreg", max_open=CAP, window=10**7)
     t0 = 1.7e9
     rss = {}

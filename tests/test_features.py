@@ -1,7 +1,7 @@
 """Features only look backwards: what comes later never changes a prediction's features."""
 
 from shopstream.events import Event
-from shopstream.features import RawFeatures, ShopFeatures, build_features
+from shopstream.features import FeatureCaps, RawFeatures, ShopFeatures, build_features
 from shopstream.generator import generate
 from shopstream.events import event_from_record
 
@@ -49,7 +49,7 @@ def test_raw_features_pass_the_event_features_unchanged():
 
 
 def test_feature_state_is_bounded_and_picklable():
-    shop = ShopFeatures(max_sessions=100, max_users=50, max_products=30)
+    shop = ShopFeatures(FeatureCaps(sessions=100, users=50, products=30))
     for event in stream(2000):
         shop.learn(event)
     assert len(shop.sessions) <= 100 and len(shop.users) <= 50 and len(shop.products) <= 30

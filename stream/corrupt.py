@@ -1,0 +1,90 @@
+"""Skip a record batch that kafka-python cannot parse, instead of crashing on it forever.
+
+kafka-python raises `CorruptRecordError` from poll() for a batch it cannot read (a
+failed CRC, a header key that is not UTF-8, ...), names neither partition nor offset,
+and raises again at every poll, since the position does not move. A worker that let it
+through would crash-loop at that offset. `CorruptBatchSkipper` finds the partition and
+the batch with a consumer of its own (assigned, not in the group): the partition whose
+next offset cannot be read is the one, and the batch ends at the first later offset that
+can be read (a binary search: a fetch from inside a batch parses the batch from its
+start). The worker's consumer then seeks past it, and one dead letter names the
+partition and the offsets skipped; the partition's state counts each as dead-lettered.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from kafka import KafkaConsumer
+from kafka.errors import CorruptRecordError
+
+log = logging.getLogger("shopstream.corrupt")
+
+PROBE_SECONDS = 5.0
+
+
+class CorruptBatchSkipper:
+    def __init__(self, options: dict, outputs):
+        self.options = options
+        self.outputs = outputs
+        self.skipped_batches = 0
+        self.skipped_records = 0
+        self._probe = None
+
+    def _consumer(self) -> KafkaConsumer:
+        if self._probe is None:
+            self._probe = KafkaConsumer(group_id=None, enable_auto_commit=False, max_poll_records=1,
+                                        **self.options)
+        return self._probe
+
+    def readable(self, tp, offset: int) -> bool:
+        """True if a fetch from `offset` parses (or there is nothing left to read)."""
+        probe = self._consumer()
+        probe.assign([tp])
+        probe.seek(tp, offset)
+        deadline = time.monotonic() + PROBE_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                if probe.poll(timeout_ms=200, max_records=1):
+                    return True
+            except CorruptRecordError:
+                return False
+            if probe.position(tp) >= probe.end_offsets([tp])[tp]:
+                return True
+        return True  # nothing came back in time: treat as readable, poll() will say otherwise
+
+    def skip(self, consumer, partitions: dict, exc: Exception) -> None:
+        """`partitions`: TopicPartition -> PartitionState of the worker's owned partitions."""
+        for tp, state in list(partitions.items()):
+            start = state.next_offset
+            if self.readable(tp, start):
+                continue
+            end = self._consumer().end_offsets([tp])[tp]
+            low, high = start, end  # low unreadable, high readable (the end always is)
+            while high - low > 1:
+                middle = (low + high) // 2
+                if self.readable(tp, middle):
+                    high = middle
+                else:
+                    low = middle
+            reason = f"unreadable record batch: {type(exc).__name__}: {exc}"
+            log.error("partition %d: offsets %d..%d cannot be parsed (%s): skipped, one dead letter",
+                      tp.partition, start, high - 1, exc)
+            self.outputs.dead_letter_range(tp.topic, tp.partition, start, high - 1, reason)
+            count = high - start
+            state.dead_lettered += count
+            state.events_since_checkpoint += count
+            state.next_offset = high
+            consumer.seek(tp, high)
+            self.skipped_batches += 1
+            self.skipped_records += count
+            return
+        # No owned partition fails from its next offset: the error came from a batch in
+        # flight for a partition that has since moved. Poll again.
+        log.warning("a corrupt batch could not be located (%s): polling again", exc)
+        time.sleep(0.5)
+
+    def close(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
