@@ -141,33 +141,31 @@ class Outputs:
         self.failed.append((topic, message, exc))
         self.counts["failed"] += 1
 
-    def confirm(self, timeout: float = 30.0) -> bool:
+    def confirm(self, timeout: float = 30.0, rounds: int = 4) -> bool:
         """Flush, and send again what the broker refused or let expire (by a fresh
-        producer; a dead letter refused as too large is cut). True once everything sent
-        so far is acknowledged; False if something is still unsent (retry later)."""
-        try:
-            self.producer.flush(timeout=timeout)
-        except KafkaTimeoutError:
-            return False
-        if not self.failed:
-            return True
-        failed, self.failed = self.failed, []
-        reasons = sorted({type(exc).__name__ for _, _, exc in failed})
-        log.warning("%d output(s) not acknowledged (%s): sending them again with a new producer",
-                    len(failed), ", ".join(reasons))
-        self.rebuild()
-        for topic, message, exc in failed:
-            if isinstance(exc, MessageSizeTooLargeError) and topic == self.dead_letter_topic:
-                # The broker's limit may be lower than ours: each refusal keeps a quarter as much.
-                message = cut(message, min(DEAD_LETTER_CUT, len(message.get("value") or b"") // 4))
-                self.counts["truncated"] += 1
-            self.counts["resent"] += 1
-            self._send(topic, message)
-        try:
-            self.producer.flush(timeout=timeout)
-        except KafkaTimeoutError:
-            return False
-        return not self.failed
+        producer; a dead letter refused as too large is cut further each time). True once
+        everything sent so far is acknowledged; False if something is still unsent after
+        `rounds` tries (the worker retries later, its checkpoint waiting)."""
+        for _ in range(rounds):
+            try:
+                self.producer.flush(timeout=timeout)
+            except KafkaTimeoutError:
+                return False
+            if not self.failed:
+                return True
+            failed, self.failed = self.failed, []
+            reasons = sorted({type(exc).__name__ for _, _, exc in failed})
+            log.warning("%d output(s) not acknowledged (%s): sending them again with a new producer",
+                        len(failed), ", ".join(reasons))
+            self.rebuild()
+            for topic, message, exc in failed:
+                if isinstance(exc, MessageSizeTooLargeError) and topic == self.dead_letter_topic:
+                    # The broker's limit may be lower than ours: each refusal keeps a quarter as much.
+                    message = cut(message, min(DEAD_LETTER_CUT, len(message.get("value") or b"") // 4))
+                    self.counts["truncated"] += 1
+                self.counts["resent"] += 1
+                self._send(topic, message)
+        return False
 
     def rebuild(self) -> None:
         """Replace the producer: kafka-python's stays broken after one rejected record."""

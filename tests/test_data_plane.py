@@ -1,0 +1,297 @@
+"""Data plane, fast: what the worst message, timestamp or value does, without a broker.
+
+Each test breaks one thing the way a real shop's traffic would and checks the answer
+is "a clear reason, counted, and nothing else lost"."""
+
+import math
+import pickle
+import threading
+
+import pytest
+from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+from kafka.future import Future
+
+from shopstream.engine import Engine
+from shopstream.events import Event, InvalidEvent, check_future_skew, decode_event, event_from_record
+from shopstream.exporter import EngineCollector, EngineSnapshot
+from shopstream.features import FeatureCaps, ShopFeatures
+from shopstream.generator import generate
+from shopstream.models import build_model
+from stream.outputs import DEAD_LETTER_CUT, ORIGINAL_SIZE_HEADER, TRUNCATED_HEADER, Outputs
+
+
+# -- outputs: every send's outcome checked ------------------------------------------------
+
+
+class FakeProducer:
+    """A producer whose broker refuses what `refuse(topic, message)` says, after flush."""
+
+    def __init__(self, refuse=lambda topic, message: None, flush_times_out=False):
+        self.refuse = refuse
+        self.flush_times_out = flush_times_out
+        self.pending: list = []
+        self.delivered: list = []
+        self.closed = False
+
+    def send(self, topic, key=None, value=None, headers=None):
+        if headers:
+            sum(len(k) + len(v) for k, v in headers)  # kafka-python's size estimate: TypeError on a None value
+        future = Future()
+        self.pending.append((future, topic, {"key": key, "value": value, "headers": headers}))
+        return future
+
+    def flush(self, timeout=None):
+        if self.flush_times_out:
+            raise KafkaTimeoutError("flush timed out")
+        pending, self.pending = self.pending, []
+        for future, topic, message in pending:
+            error = self.refuse(topic, message)
+            if error is None:
+                self.delivered.append((topic, message))
+                future.success(None)
+            else:
+                future.failure(error)
+
+    def close(self, timeout=None):
+        self.closed = True
+
+
+class Record:
+    def __init__(self, value, headers=None, key=b"k", offset=7):
+        self.topic, self.partition, self.offset = "events", 3, offset
+        self.key, self.value, self.headers = key, value, headers or []
+        self.timestamp = 0
+
+
+def test_a_refused_dead_letter_is_resent_cut_by_a_new_producer_and_nothing_else_is_lost():
+    producers = []
+
+    def make():  # the broker takes at most 5,000 bytes per dead letter
+        producers.append(FakeProducer(lambda topic, m: MessageSizeTooLargeError("too large")
+                                      if topic == "dlq" and len(m["value"]) > 5000 else None))
+        return producers[-1]
+
+    outputs = Outputs(make, "predictions", "dlq")
+    huge = b"{" + b"x" * 100_000
+    outputs.dead_letter(Record(huge, headers=[("trace", None)]), "invalid event: too large")
+    event = Event(1.7e9, "view", "p", "u", "s")
+    outputs.prediction(Record(b"{}", offset=8), event, 0.25, "logreg", "v1")
+    assert outputs.confirm() is True
+    assert len(producers) == 3 and producers[0].closed  # rebuilt after each refusal (16 KiB, then 4 KiB)
+    [(topic, letter)] = [d for p in producers for d in p.delivered if d[0] == "dlq"]
+    headers = dict(letter["headers"])
+    assert len(letter["value"]) <= 5000 and huge.startswith(letter["value"])
+    assert headers[TRUNCATED_HEADER] == b"1" and headers[ORIGINAL_SIZE_HEADER] == b"100001"
+    assert headers["trace"] == b"" and headers["shopstream.reason"] == b"invalid event: too large"
+    assert [t for p in producers for t, _ in p.delivered].count("predictions") == 1
+    assert outputs.counts["failed"] == 2 and outputs.counts["resent"] == 2
+
+
+def test_a_dead_letter_over_the_limit_is_cut_before_sending():
+    producer = FakeProducer()
+    outputs = Outputs(lambda: producer, "predictions", "dlq")
+    outputs.dead_letter(Record(b"x" * 1_048_400), "invalid event: too large")
+    assert outputs.confirm()
+    [(_, letter)] = producer.delivered
+    assert len(letter["value"]) == DEAD_LETTER_CUT and outputs.counts["truncated"] == 1
+
+
+def test_confirm_is_false_while_outputs_are_unacknowledged():
+    refusing = True
+    outputs = Outputs(lambda: FakeProducer(lambda t, m: KafkaTimeoutError("expired") if refusing else None),
+                      "predictions", "dlq")
+    outputs.prediction(Record(b"{}"), Event(1.7e9, "view", "p", "u", "s"), 0.5, "m", "v")
+    assert outputs.confirm() is False          # refused, resent, refused again
+    refusing = False
+    assert outputs.confirm() is True           # the retry gets it through
+    assert [t for t, _ in outputs.producer.delivered] == ["predictions"]
+    assert Outputs(lambda: FakeProducer(flush_times_out=True), "p", "d").confirm() is False
+
+
+# -- event time: a fast client clock cannot drag the watermark ---------------------------------
+
+
+def test_an_event_from_the_future_is_refused_with_how_far_ahead():
+    with pytest.raises(InvalidEvent, match=r"2099-12-31T00:00:00Z is \d+ years ahead of the record time"):
+        check_future_skew(Event(4102358400.0, "view", "p", "u", "s"), received_at=1.79e9)
+    with pytest.raises(InvalidEvent, match="60 minutes ahead"):
+        check_future_skew(Event(1.79e9 + 3600, "view", "p", "u", "s"), received_at=1.79e9)
+    check_future_skew(Event(1.79e9 + 300, "view", "p", "u", "s"), received_at=1.79e9)  # within the skew
+    check_future_skew(Event(1.5e9, "view", "p", "u", "s"), received_at=1.79e9)  # replayed history is fine
+
+
+# -- numbers: nothing a model sees is inf or NaN -----------------------------------------------
+
+
+def test_out_of_range_prices_and_raw_features_are_refused():
+    for price in (1.7e308, 1e10, -1.0):
+        with pytest.raises(InvalidEvent, match="price: must be a finite number in 0..1e"):
+            event_from_record({"event_time": 1.7e9, "event_type": "view", "product_id": 1, "user_id": 1,
+                               "user_session": "s", "price": price})
+    with pytest.raises(InvalidEvent, match=r"features.a: must be a finite number in \+-1e\+09"):
+        decode_event(b'{"event_time":1.7e9,"event_type":"view","product_id":1,"user_id":1,"user_session":"s",'
+                     b'"features":{"a":1e308}}')
+
+
+def test_tiny_and_huge_prices_in_a_new_category_keep_every_feature_and_score_finite():
+    engine = Engine.fresh("logreg", "shop")
+    t = 1.7e9
+    poison = [Event(t, "view", "p1", "u1", "s1", price=5e-324, category_code="new.cat"),
+              Event(t + 1, "view", "p2", "u1", "s1", price=1e9, category_code="new.cat")]
+    clean = [event_from_record(r) for r in generate(3000, seed=5)]
+    for event in poison + clean:
+        x = engine.features.transform(event)
+        assert all(math.isfinite(v) for v in x.values()), x
+        score = engine.process(event)
+        assert score is None or math.isfinite(score)
+    assert engine.features.transform(poison[1])["price_vs_category"] <= 1e4
+
+
+def test_a_model_gone_non_finite_goes_back_to_its_last_good_state_and_is_counted():
+    engine = Engine.fresh("logreg", "shop")
+    events = [event_from_record(r) for r in generate(2000, seed=6)]
+    for event in events[:1000]:
+        engine.process(event)
+    engine.mark_good()  # what a checkpoint does
+    probes = [engine.features.transform(event) for event in events[1000:1050]]
+    good = [engine.model.predict_proba_one(x) for x in probes]
+    lr = engine.model["LogisticRegression"]
+    for name in list(lr._weights):
+        lr._weights[name] = math.nan
+    engine.mark_good()  # the next checkpoint refuses the NaN model
+    assert [engine.model.predict_proba_one(x) for x in probes] == good
+    assert engine.slots[0].resets == {"non_finite_weights": 1}
+    engine.model["LogisticRegression"].intercept = math.nan  # poisoned between checkpoints
+    scores = [engine.process(event) for event in events[1000:]]
+    assert all(s is None or math.isfinite(s) for s in scores)
+    assert engine.slots[0].resets == {"non_finite_weights": 1, "non_finite_prediction": 1}
+    text = b"".join(_exposition(engine)).decode()
+    assert 'shopstream_model_resets_total{model="logreg",partition="0",reason="non_finite_prediction",' \
+           'role="champion"} 1.0' in text
+
+
+def _exposition(engine):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    registry.register(EngineCollector(lambda: [({"partition": "0"}, engine, {})]))
+    yield generate_latest(registry)
+
+
+# -- one event's failure stays with that event --------------------------------------------------
+
+
+class FailsToLearn:
+    """A model whose learn_one fails on feature "bad": a prediction stored earlier then fails."""
+
+    def __init__(self):
+        self.learned = 0
+
+    def predict_proba_one(self, x):
+        return {True: 0.3, False: 0.7}
+
+    def learn_one(self, x, y):
+        if "bad" in x:
+            raise TypeError("cannot learn from 'bad'")
+        self.learned += 1
+
+
+def test_a_prediction_that_cannot_be_learned_does_not_fail_the_event_that_resolves_it():
+    from shopstream.features import RawFeatures
+
+    model = FailsToLearn()
+    engine = Engine(model, RawFeatures(), window=60.0)
+    t = 1.7e9
+    engine.process(Event(t, "view", "p1", "u", "s1", features={"bad": 1.0}))
+    engine.process(Event(t + 1, "view", "p2", "u", "s2", features={"good": 1.0}))
+    engine.process(Event(t + 2, "view", "p3", "u", "s3", features={"good": 2.0}))
+    # This event expires all three: the first fails to learn, the two others are learned,
+    # and the event itself is predicted as usual.
+    assert engine.process(Event(t + 100, "view", "p4", "u", "s4", features={"good": 3.0})) == 0.3
+    assert engine.counts["learn_errors"] == 1 and model.learned == 2
+    assert engine.counts["resolved"] == 3 and engine.open_predictions == 1
+
+
+class FailsToPredict(FailsToLearn):
+    def predict_proba_one(self, x):
+        if "bad" in x:
+            raise TypeError("cannot predict from 'bad'")
+        return super().predict_proba_one(x)
+
+
+def test_a_failed_event_is_not_remembered_as_seen():
+    from shopstream.features import RawFeatures
+
+    engine = Engine(FailsToPredict(), RawFeatures())
+    bad = Event(1.7e9, "view", "p", "u", "s", event_id="e1", features={"bad": 1.0}, label=True)
+    with pytest.raises(TypeError):  # the worker dead-letters it
+        engine.process(bad)
+    fixed = Event(1.7e9, "view", "p", "u", "s", event_id="e1", features={"good": 1.0}, label=True)
+    assert engine.process(fixed) == 0.3  # sent again once fixed: not dropped as a duplicate
+    assert engine.counts["duplicate"] == 0
+
+
+# -- state: endless new keys -------------------------------------------------------------------
+
+
+def test_endless_new_keys_stay_within_every_cap_and_evictions_are_counted():
+    caps = FeatureCaps(sessions=500, users=500, products=500, brands=50, categories=20, session_products=10,
+                       session_ttl=3600.0)
+    shop = ShopFeatures(caps)
+    t = 1.7e9
+    for i in range(20_000):
+        # one session that never ends and views ever-new products, and ever-new everything else
+        shop.learn(Event(t + i, "view", f"p{i}", "u0", "s-endless", price=1.0, brand=f"b{i}",
+                         category_code=f"c{i}.x"))
+        shop.learn(Event(t + i, "cart", f"p{i}", f"u{i}", f"s{i}", price=1.0))
+    assert len(shop.sessions) <= 500 and len(shop.users) <= 500 and len(shop.products) <= 500
+    assert len(shop.brands) <= 50 and len(shop.category_price) <= 20
+    endless = shop.sessions["s-endless"]
+    assert len(endless[4]) == 10 and len(endless[3]) == 0
+    evicted = shop.evicted
+    assert evicted["session_products"] == 20_000 - 10
+    assert evicted["brands"] == 20_000 - 50 and evicted["categories"] == 20_000 - 20
+    # Quiet sessions expire by event time: an hour later only the newest remain.
+    shop.learn(Event(t + 20_000 + 3600, "view", "p", "u", "s-late"))
+    assert "s-late" in shop.sessions and all(s[5] >= t + 20_000 for s in shop.sessions.values())
+    assert shop.evicted["sessions_expired"] > 0
+
+
+def test_raw_feature_names_are_capped():
+    engine = Engine(build_model("logreg"), __import__("shopstream.features", fromlist=["x"]).RawFeatures(
+        FeatureCaps(raw_features=100)), window=60.0)
+    for i in range(1000):
+        engine.process(Event(1.7e9 + i, "view", "p", "u", "s", features={f"f{i}": 1.0}, label=i % 2 == 0))
+    assert len(engine.model["LogisticRegression"]._weights) <= 100
+    assert engine.features.evicted["raw_features"] == 900
+
+
+# -- scrapes read snapshots ----------------------------------------------------------------------
+
+
+def test_scraping_all_the_time_changes_nothing_in_the_engine():
+    events = [event_from_record(r) for r in generate(6000, seed=8)]
+    quiet, scraped = Engine.fresh("logreg", "shop"), Engine.fresh("logreg", "shop")
+    stop = threading.Event()
+    collector = EngineCollector(lambda: [({"partition": "0"}, scraped, {})])
+
+    def scrape_forever():
+        while not stop.is_set():
+            for _ in collector.collect():
+                pass
+
+    scraper = threading.Thread(target=scrape_forever)
+    scraper.start()
+    try:
+        for i, event in enumerate(events):
+            quiet.process(event)
+            scraped.process(event)
+            if i % 50 == 0:
+                EngineSnapshot.of(scraped)
+    finally:
+        stop.set()
+        scraper.join()
+    assert scraped.counts == quiet.counts and scraped.joiner.counts == quiet.joiner.counts
+    assert len(scraped.joiner) == len(quiet.joiner)
+    assert pickle.dumps(scraped.joiner._deadlines) == pickle.dumps(quiet.joiner._deadlines)
+    assert scraped.scores.cumulative.values() == quiet.scores.cumulative.values()
