@@ -188,8 +188,12 @@ def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] =
               feature_set: str = "shop", holdout: float = 0.2, window: float = 1800.0,
               lateness: float = 0.0, metric_window: int = 1000, columns: Optional[dict] = None,
               seed: int = 42, progress: bool = True, max_open: int = 1_000_000,
-              drift_delta: float = 1e-6, epochs: Optional[EpochSettings] = None) -> dict:
-    """Run the whole offline stage; return the report (also written to `out`)."""
+              drift_delta: float = 1e-6, epochs: Optional[EpochSettings] = None,
+              default_from: Optional[Sequence[str]] = None) -> dict:
+    """Run the whole offline stage; return the report (also written to `out`).
+
+    DEFAULT is the best candidate by holdout ROC AUC, among `default_from` when given
+    (the demo keeps the seed's network a challenger that way)."""
     from tqdm import tqdm
 
     from .report import write_report
@@ -238,7 +242,8 @@ def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] =
         if result.training is not None:
             meta["training"] = result.training
         result.artifact = save_artifact(out, result.model, engine.model, engine.features, meta)
-    best = max(results, key=lambda r: (r.holdout["roc_auc"], -r.holdout["log_loss"]))
+    eligible = [r for r in results if default_from is None or r.model in default_from] or results
+    best = max(eligible, key=lambda r: (r.holdout["roc_auc"], -r.holdout["log_loss"]))
     set_default(out, best.artifact)
     report = {
         "data": data,

@@ -2,10 +2,12 @@
 
 Generate a shop with a drift, bootstrap on its first 30%, then stream the rest through
 the engine the workers use, with the partition line-up the workers run: the bootstrap's
-best model as champion, the other bootstrap model as challenger, and a frozen copy of
-the champion as the baseline that never learns. Prometheus metrics are served while it
-runs; it ends with a summary (online lift, drift detections, promotions) and a plot of
-champion vs baseline rolling metrics with the drift marked.
+best logistic regression as champion, the other one and the seed's network (`mlp`,
+trained in epochs by the bootstrap, then one Adam step per resolved label) as
+challengers, and a frozen copy of the champion as the baseline that never learns.
+Prometheus metrics are served while it runs; it ends with a summary (online lift, the
+network against logistic regression, drift detections, promotions) and a plot of
+champion, baseline and network rolling metrics with the drift marked.
 """
 
 from __future__ import annotations
@@ -25,7 +27,24 @@ from .slots import PromotionPolicy
 
 BOOTSTRAP_FRACTION = 0.3
 DAYS = 30.0
-CANDIDATES = ["logreg", "logreg_tuned"]
+CANDIDATES = ["logreg", "logreg_tuned"]   # the champion is the better of these
+NETWORK = "mlp"                           # the seed's network, a challenger
+
+
+class ModelCurve(LearningCurve):
+    """Follows one model by name, whatever its role (a challenger may be promoted)."""
+
+    def __init__(self, label: str, name: str, every: int = 500):
+        super().__init__(label, every)
+        self.name = name
+
+    def observe(self, engine) -> None:
+        resolved = engine.counts["resolved"]
+        if resolved >= self._next:
+            self._next = resolved + self.every
+            slot = engine.slot(self.name)
+            self.points.append({"resolved": resolved, "event_time": engine.joiner.max_time, "model": slot.name,
+                                "role": slot.role, **slot.scores.rolling.values()})
 
 
 def run_demo(args) -> dict:
@@ -42,9 +61,10 @@ def run_demo(args) -> dict:
     history = out / "history.jsonl"
     write_jsonl(events[:split], history)
     print(f"demo: {len(events)} events generated; bootstrapping on the first {split} ...")
-    report = bootstrap(history, out / "artifacts", models=CANDIDATES, feature_set="shop", progress=args.progress)
+    report = bootstrap(history, out / "artifacts", models=CANDIDATES + [NETWORK], feature_set="shop",
+                       progress=args.progress, default_from=CANDIDATES)
 
-    engine, _ = build_engine(str(out / "artifacts"), challengers=CANDIDATES, baseline=True,
+    engine, _ = build_engine(str(out / "artifacts"), challengers=CANDIDATES + [NETWORK], baseline=True,
                              promotion=PromotionPolicy())
     registry = CollectorRegistry()
     registry.register(EngineCollector(lambda: [({"partition": "0"}, engine, {})]))
@@ -57,6 +77,7 @@ def run_demo(args) -> dict:
                        "drift ends": START + drift.end * DAYS * 86400}
     marks = {}
     champion, baseline = LearningCurve("online champion", 500), LearningCurve("frozen baseline", 500, "baseline")
+    network = ModelCurve(f"{NETWORK} (seed's network, online)", NETWORK)
     encoder = msgspec.json.Encoder()
     started = time.perf_counter()
     try:
@@ -68,10 +89,11 @@ def run_demo(args) -> dict:
             engine.process(event)
             champion.observe(engine)
             baseline.observe(engine)
+            network.observe(engine)
     finally:
         server.stop()
     elapsed = time.perf_counter() - started
-    plot = plot_curves([champion, baseline], out / "demo_rolling_metrics.png",
+    plot = plot_curves([champion, baseline, network], out / "demo_rolling_metrics.png",
                        title=f"Online champion vs frozen bootstrap model ({args.drift or 'no drift'})", marks=marks)
 
     def phase_auc(curve, low, high):
@@ -84,6 +106,8 @@ def run_demo(args) -> dict:
         "seconds": round(elapsed, 1),
         "events_per_second": round(streamed / elapsed),
         "bootstrap_default": report["default"],
+        "bootstrap_holdout": {name: {m: round(c["holdout"][m], 4) for m in ("roc_auc", "log_loss")}
+                              for name, c in report["candidates"].items()},
         "counts": {**engine.counts, **engine.joiner.counts},
         "models": {slot.name: {"role": slot.role, "version": slot.version, "drift_detections": slot.drift_detections,
                                **slot.scores.cumulative.values()} for slot in engine.slots},
@@ -97,7 +121,8 @@ def run_demo(args) -> dict:
         start, end = marks["drift starts"], marks["drift ends"]
         summary["drift_at_resolved"] = [start, end]
         summary["rolling_roc_auc"] = {
-            phase: {"champion": phase_auc(champion, low, high), "frozen_baseline": phase_auc(baseline, low, high)}
+            phase: {"champion": phase_auc(champion, low, high), "frozen_baseline": phase_auc(baseline, low, high),
+                    NETWORK: phase_auc(network, low, high)}
             for phase, low, high in (("before_drift", 0, start), ("during_drift", start, end),
                                      ("after_drift", end, float("inf")))}
     return summary
