@@ -1,7 +1,8 @@
 """The model catalog: named, seeded, picklable River classifiers.
 
 `logreg` is River's defaults exactly (StandardScaler | LogisticRegression), so its
-numbers can be compared with `river.evaluate.progressive_val_score`.
+numbers can be compared with `river.evaluate.progressive_val_score`. `mlp` is the seed's
+network in numpy (`mlp.py`), with the same classifier interface.
 
 >>> model = build_model("logreg")
 >>> model.predict_proba_one({"x": 1.0})

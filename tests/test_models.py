@@ -32,3 +32,14 @@ def test_logreg_is_rivers_defaults_exactly():
     assert repr(build_model("logreg")) == repr(preprocessing.StandardScaler() | linear_model.LogisticRegression())
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         build_model("nope")
+
+
+def test_mlp_is_the_seeds_network():
+    from shopstream.mlp import MLPClassifier
+
+    model = build_model("mlp", seed=9)
+    assert isinstance(model, MLPClassifier)
+    assert (model.hidden, model.lr, model.seed) == ((64, 64), 1e-3, 9)
+    model.learn_one({"a": 1.0, "b": 2.0}, True)
+    W1, b1, W2, b2, w3, b3 = model._views[0]
+    assert W1.shape == (2, 64) and W2.shape == (64, 64) and w3.shape == (64,) and b3.shape == (1,)
