@@ -160,9 +160,13 @@ class Outputs:
             self.rebuild()
             for topic, message, exc in failed:
                 if isinstance(exc, MessageSizeTooLargeError) and topic == self.dead_letter_topic:
-                    # The broker's limit may be lower than ours: each refusal keeps a quarter as much.
-                    message = cut(message, min(DEAD_LETTER_CUT, len(message.get("value") or b"") // 4))
-                    self.counts["truncated"] += 1
+                    # The broker's limit may be lower than ours. A small letter was only refused with
+                    # a large one in its batch: as is. A large one is cut, and each refusal halves it.
+                    size = len(message.get("value") or b"")
+                    truncated = any(k == TRUNCATED_HEADER for k, _ in message.get("headers") or ())
+                    if size > DEAD_LETTER_CUT or (truncated and size > 0):
+                        message = cut(message, min(DEAD_LETTER_CUT, size // 2))
+                        self.counts["truncated"] += 1
                 self.counts["resent"] += 1
                 self._send(topic, message)
         return False

@@ -133,3 +133,38 @@ def scrape(port: int) -> dict:
         return {}
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+class Scraper:
+    """Scrapes every registered worker's /metrics without pause (a 1 ms breath) in a
+    thread, the way a too-eager Prometheus would: a scrape must never change a result."""
+
+    def __init__(self):
+        import threading
+
+        self.ports: list[int] = []
+        self.scrapes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "Scraper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def add(self, port: int) -> int:
+        self.ports.append(port)
+        return port
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for port in list(self.ports):
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read()
+                    self.scrapes += 1
+                except OSError:
+                    pass  # not up yet, or killed
+            self._stop.wait(0.001)

@@ -19,8 +19,8 @@ import time
 import msgspec
 import pytest
 
-from conftest import WORKER_ENV, worker_command
-from helpers import assert_same_engine, checkpointed_engines, read_topic, reference_engines, send_records
+from conftest import WORKER_ENV, free_port, worker_command
+from helpers import Scraper, assert_same_engine, checkpointed_engines, read_topic, reference_engines, send_records
 from shopstream.events import decode_event
 from shopstream.generator import generate
 
@@ -37,12 +37,15 @@ def test_chaos_kill_9_and_rebalances(kafka, new_topic, tmp_path, store):
     topic = new_topic(4)
     records = list(generate(EVENTS, seed=121))
     checkpoints = tmp_path / "ckpt"
-    command = worker_command(kafka, topic, checkpoints, "--until-idle", "10", "--metrics-port", "-1",
+    command = worker_command(kafka, topic, checkpoints, "--until-idle", "10",
                              "--checkpoint-every", "1000", "--checkpoint-seconds", "2",
                              "--checkpoint-store", store, "--checkpoint-topic", f"{topic}-ckpt")
+    scraper = Scraper().__enter__()  # every worker's /metrics scraped without pause
 
     def start():
-        return subprocess.Popen(command, env=WORKER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port = scraper.add(free_port())
+        return subprocess.Popen(command + ["--metrics-port", str(port)], env=WORKER_ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     feeder = threading.Thread(target=lambda: send_records(kafka, topic, paced(records, RATE)), daemon=True)
     feeder.start()
@@ -65,8 +68,12 @@ def test_chaos_kill_9_and_rebalances(kafka, new_topic, tmp_path, store):
             extra, rebalances = None, rebalances + 1
     feeder.join()
     chaos_seconds = time.time() - started
-    for worker in workers + ([extra] if extra else []):
-        assert worker.wait(timeout=600) == 0
+    try:
+        for worker in workers + ([extra] if extra else []):
+            assert worker.wait(timeout=600) == 0
+    finally:
+        scraper.__exit__()
+    assert scraper.scrapes > 100
 
     where = {"checkpoints": checkpoints} if store == "dir" else {"kafka": kafka, "checkpoint_topic": f"{topic}-ckpt"}
     actual = checkpointed_engines(**where)
@@ -76,7 +83,7 @@ def test_chaos_kill_9_and_rebalances(kafka, new_topic, tmp_path, store):
     for record in read_topic(kafka, topic):
         sizes[record.partition] = sizes.get(record.partition, 0) + 1
     print(f"\nchaos ({store} store): {EVENTS} events at {RATE:.0f}/s, {kills} kill -9, {rebalances} joins/leaves "
-          f"in {chaos_seconds:.0f} s")
+          f"in {chaos_seconds:.0f} s, {scraper.scrapes} scrapes")
     for partition in sorted(expected):
         engine = actual[partition]
         print(f"  partition {partition}: {sizes[partition]} messages, consumed {engine.counts['consumed']}, "

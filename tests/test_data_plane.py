@@ -77,14 +77,14 @@ def test_a_refused_dead_letter_is_resent_cut_by_a_new_producer_and_nothing_else_
     event = Event(1.7e9, "view", "p", "u", "s")
     outputs.prediction(Record(b"{}", offset=8), event, 0.25, "logreg", "v1")
     assert outputs.confirm() is True
-    assert len(producers) == 3 and producers[0].closed  # rebuilt after each refusal (16 KiB, then 4 KiB)
+    assert len(producers) == 4 and producers[0].closed  # rebuilt after each refusal (16 KiB, then 8 KiB, then 4 KiB)
     [(topic, letter)] = [d for p in producers for d in p.delivered if d[0] == "dlq"]
     headers = dict(letter["headers"])
     assert len(letter["value"]) <= 5000 and huge.startswith(letter["value"])
     assert headers[TRUNCATED_HEADER] == b"1" and headers[ORIGINAL_SIZE_HEADER] == b"100001"
     assert headers["trace"] == b"" and headers["shopstream.reason"] == b"invalid event: too large"
     assert [t for p in producers for t, _ in p.delivered].count("predictions") == 1
-    assert outputs.counts["failed"] == 2 and outputs.counts["resent"] == 2
+    assert outputs.counts["failed"] == 3 and outputs.counts["resent"] == 3
 
 
 def test_a_dead_letter_over_the_limit_is_cut_before_sending():

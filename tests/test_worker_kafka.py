@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from river import datasets, evaluate, metrics
 
 from conftest import WORKER_ENV, free_port, worker_command
-from helpers import (wait_for, assert_same_engine, checkpointed_engines, read_topic, reference_engines, send,
+from helpers import (Scraper, wait_for, assert_same_engine, checkpointed_engines, read_topic, reference_engines, send,
                      send_records)
 from shopstream.events import decode_event
 from shopstream.generator import generate
@@ -136,19 +136,24 @@ def test_kill_9_and_restart_ends_identical_to_an_uninterrupted_run(kafka, new_to
     send_records(kafka, topic, records)
     checkpoints = tmp_path / "ckpt"
     where = {"checkpoints": checkpoints} if store == "dir" else {"kafka": kafka, "checkpoint_topic": f"{topic}-ckpt"}
-    common = ["--until-idle", "8", "--metrics-port", "-1", "--checkpoint-every", "1500",
+    common = ["--until-idle", "8", "--checkpoint-every", "1500",
               "--checkpoint-store", store, "--checkpoint-topic", f"{topic}-ckpt"]
-    victim = subprocess.Popen(worker_command(kafka, topic, checkpoints, *common), env=WORKER_ENV,
-                              stderr=subprocess.DEVNULL)
-    wait_for(lambda: len(checkpointed_engines(**where)) == 2, 120, "checkpoints of both partitions")
-    time.sleep(0.5)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    at_kill = {p: e.counts["consumed"] for p, e in checkpointed_engines(**where).items()}
-    assert 0 < sum(at_kill.values()) < len(records), "the kill did not land mid-stream"
+    with Scraper() as scraper:  # both workers' /metrics scraped without pause: scrapes must change nothing
+        victim = subprocess.Popen(worker_command(kafka, topic, checkpoints, *common, "--metrics-port",
+                                                 str(scraper.add(free_port()))),
+                                  env=WORKER_ENV, stderr=subprocess.DEVNULL)
+        wait_for(lambda: len(checkpointed_engines(**where)) == 2, 120, "checkpoints of both partitions")
+        time.sleep(0.5)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        at_kill = {p: e.counts["consumed"] for p, e in checkpointed_engines(**where).items()}
+        assert 0 < sum(at_kill.values()) < len(records), "the kill did not land mid-stream"
 
-    survivor = subprocess.run(worker_command(kafka, topic, checkpoints, *common), env=WORKER_ENV,
-                              capture_output=True, text=True, timeout=300)
+        survivor = subprocess.run(worker_command(kafka, topic, checkpoints, *common, "--metrics-port",
+                                                 str(scraper.add(free_port()))),
+                                  env=WORKER_ENV, capture_output=True, text=True, timeout=300)
+    print(f"\n{scraper.scrapes} scrapes during the run")
+    assert scraper.scrapes > 100
     assert survivor.returncode == 0, survivor.stderr[-2000:]
     assert "checkpoint, next offset" in survivor.stderr
 
