@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     option(produce, "--drift", "generator drift scenario(s)", many=True, default=[])
     option(produce, "--rate", "events per second (0: as fast as possible)", default=0.0, type=float)
     option(produce, "--validate", "drop and count invalid events instead of sending them", switch=True)
+    option(produce, "--max-bad-rows", "with --validate: stop with an error after more bad rows than this "
+           "(default: no limit, each is reported and skipped)", type=int)
     option(produce, "--progress", "show a progress bar", switch=True, default=True)
 
     topics = commands.add_parser("topics", help="create the events, predictions and dead-letter topics")

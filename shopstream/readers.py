@@ -2,6 +2,9 @@
 
 Every reader yields `(where, Event | InvalidEvent)` so callers count and report bad
 rows instead of stopping at the first one. `where` is "file:line" (or "file:row").
+No row stops a reader: a CSV field over the csv module's limit, invalid UTF-8 or JSON
+nested too deeply is one bad row like any other. `max_bad_rows` makes a reader stop
+with a clear error instead, once more rows than that were bad.
 A column mapping renames an export's columns to ours: ``{"event_time": "ts"}``.
 """
 
@@ -31,19 +34,40 @@ def parse_column_map(text: str | None) -> dict[str, str]:
     return mapping
 
 
-def read_events(path: str | Path, columns: Mapping[str, str] | None = None) -> Iterator[Parsed]:
+def read_events(path: str | Path, columns: Mapping[str, str] | None = None,
+                max_bad_rows: int | None = None) -> Iterator[Parsed]:
     """Dispatch on the file suffix (.jsonl/.json/.ndjson, .csv, .parquet)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"history file {path} does not exist")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson", ".json"):
-        return read_jsonl(path, columns)
-    if suffix == ".csv":
-        return read_csv(path, columns)
-    if suffix == ".parquet":
-        return read_parquet(path, columns)
-    raise ValueError(f"{path}: unknown format {suffix!r} (use .jsonl, .csv or .parquet)")
+        rows = read_jsonl(path, columns)
+    elif suffix == ".csv":
+        rows = read_csv(path, columns)
+    elif suffix == ".parquet":
+        rows = read_parquet(path, columns)
+    else:
+        raise ValueError(f"{path}: unknown format {suffix!r} (use .jsonl, .csv or .parquet)")
+    return rows if max_bad_rows is None else _at_most(rows, max_bad_rows, path)
+
+
+def _at_most(rows: Iterator[Parsed], limit: int, path: Path) -> Iterator[Parsed]:
+    """Stop with a clear error once more than `limit` rows were bad.
+
+    >>> rows = iter([("f:1", InvalidEvent("price", "bad")), ("f:2", InvalidEvent("price", "bad"))])
+    >>> list(_at_most(rows, 1, Path("f")))
+    Traceback (most recent call last):
+    ...
+    ValueError: f: more than 1 bad row(s) (--max-bad-rows); the last, f:2: price: bad
+    """
+    bad = 0
+    for where, parsed in rows:
+        if isinstance(parsed, InvalidEvent):
+            bad += 1
+            if bad > limit:
+                raise ValueError(f"{path}: more than {limit} bad row(s) (--max-bad-rows); the last, {where}: {parsed}")
+        yield where, parsed
 
 
 def _renamer(columns: Mapping[str, str] | None):
@@ -75,20 +99,44 @@ def read_jsonl(path: Path, columns: Mapping[str, str] | None = None) -> Iterator
                 yield where, exc
             except msgspec.DecodeError as exc:
                 yield where, InvalidEvent("payload", str(exc))
+            except RecursionError:
+                yield where, InvalidEvent("payload", "JSON nested too deeply")
+            except (ValueError, TypeError) as exc:  # e.g. unhashable or odd values in a mapped row
+                yield where, InvalidEvent("row", f"{type(exc).__name__}: {exc}")
 
 
 def read_csv(path: Path, columns: Mapping[str, str] | None = None) -> Iterator[Parsed]:
     rename = _renamer(columns)
-    with open(path, newline="", encoding="utf-8", errors="strict") as handle:
-        for number, row in enumerate(csv.DictReader(handle), 2):  # line 1 is the header
-            where = f"{path.name}:{number}"
+    # surrogateescape: a byte that is not UTF-8 marks its row bad instead of ending the read
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        reader = csv.DictReader(handle)
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:  # e.g. a field over the csv module's 128 KB limit: this row only
+                yield f"{path.name}:{reader.line_num + 1}", InvalidEvent("row", f"unreadable CSV: {exc}")
+                continue
+            where = f"{path.name}:{reader.line_num}"
             if None in row:
                 yield where, InvalidEvent("row", "more fields than the header")
+                continue
+            if any(isinstance(v, str) and _has_surrogates(v) for v in row.values()):
+                yield where, InvalidEvent("row", "invalid UTF-8")
                 continue
             try:
                 yield where, event_from_record(rename(row) if rename else row)
             except InvalidEvent as exc:
                 yield where, exc
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def read_parquet(path: Path, columns: Mapping[str, str] | None = None) -> Iterator[Parsed]:

@@ -20,7 +20,8 @@ from .connection import kafka_options
 _encode = msgspec.json.Encoder().encode
 
 
-def messages_from_file(path: str, validate: bool, rejected: list) -> Iterator[tuple[bytes, bytes]]:
+def messages_from_file(path: str, validate: bool, rejected: list,
+                       max_bad_rows: int | None = None) -> Iterator[tuple[bytes, bytes]]:
     """(key, value) pairs; invalid rows are skipped and counted when `validate`, else sent as they are."""
     from shopstream.readers import read_events
 
@@ -31,7 +32,7 @@ def messages_from_file(path: str, validate: bool, rejected: list) -> Iterator[tu
                 if line:
                     yield _key_of(line), line
         return
-    for where, parsed in read_events(path):
+    for where, parsed in read_events(path, max_bad_rows=max_bad_rows):
         if isinstance(parsed, InvalidEvent):
             rejected.append(f"{where}: {parsed}")
             continue
@@ -84,7 +85,7 @@ def produce(args) -> int:
 
     rejected: list[str] = []
     if args.file:
-        messages = messages_from_file(args.file, args.validate, rejected)
+        messages = messages_from_file(args.file, args.validate, rejected, getattr(args, "max_bad_rows", None))
         total = None
     else:
         drifts = tuple(Drift.parse(text) for text in args.drift)

@@ -1,0 +1,50 @@
+"""Readers of history files: a bad row is one bad row, counted with where and why; never
+the end of the read (unless --max-bad-rows says so)."""
+
+import json
+
+import pytest
+
+from shopstream.events import InvalidEvent
+from shopstream.readers import read_events
+
+HEADER = "event_time,event_type,product_id,user_id,user_session,price\n"
+ROW = "2026-01-01 00:00:{:02d} UTC,view,{},7,s1,9.99\n"
+
+
+def test_a_huge_field_and_invalid_utf8_in_a_csv_are_bad_rows_and_the_rest_is_read(tmp_path):
+    path = tmp_path / "history.csv"
+    with open(path, "wb") as out:
+        out.write(HEADER.encode())
+        out.write(ROW.format(1, 1).encode())                                         # line 2
+        out.write(f'2026-01-01 00:00:02 UTC,view,"{"x" * 140_000}",7,s1,1\n'.encode())  # line 3
+        out.write(ROW.format(3, 3).encode())                                         # line 4
+        out.write(b"2026-01-01 00:00:04 UTC,view,\xff\xfe,7,s1,1\n")                 # line 5
+        out.write(ROW.format(5, 5).encode())                                         # line 6
+    rows = list(read_events(path))
+    good = [where for where, parsed in rows if not isinstance(parsed, InvalidEvent)]
+    bad = {where: str(parsed) for where, parsed in rows if isinstance(parsed, InvalidEvent)}
+    assert good == ["history.csv:2", "history.csv:4", "history.csv:6"]
+    assert bad == {"history.csv:3": "row: unreadable CSV: field larger than field limit (131072)",
+                   "history.csv:5": "row: invalid UTF-8"}
+
+
+def test_deeply_nested_json_with_a_column_mapping_is_a_bad_row(tmp_path):
+    path = tmp_path / "history.jsonl"
+    good = {"ts": 1.77e9, "event_type": "view", "product_id": 1, "user_id": 2, "user_session": "s"}
+    with open(path, "w") as out:
+        out.write(json.dumps(good) + "\n")
+        out.write('{"ts": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+        out.write(json.dumps(good) + "\n")
+    rows = list(read_events(path, {"event_time": "ts"}))
+    assert [isinstance(parsed, InvalidEvent) for _, parsed in rows] == [False, True, False]
+    assert rows[1][0] == "history.jsonl:2"
+
+
+def test_max_bad_rows_stops_with_a_clear_error(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text(HEADER + ROW.format(1, 1) + "garbage,view,1,1,s,1\n" * 3 + ROW.format(2, 2))
+    assert len(list(read_events(path, max_bad_rows=3))) == 5
+    with pytest.raises(ValueError, match=r"history.csv: more than 2 bad row\(s\) \(--max-bad-rows\); "
+                                         r"the last, history.csv:5: event_time"):
+        list(read_events(path, max_bad_rows=2))
