@@ -114,21 +114,23 @@ def _batch_predictions(worker_module) -> None:
     pending: list[bytes] = []
     where: dict = {}
 
-    def publish(producer, topic, record, event, score, model, version):
+    def prediction(self, record, event, score, model, version):
+        if not self.predictions_topic:
+            return
         pending.append(outputs._encode(outputs.Prediction(
             event.event_id, event.user_id, event.user_session, event.product_id, event.event_type,
             event.event_time, score, model, version, record.partition, record.offset)))
-        where["topic"], where["key"] = topic, str(record.partition).encode()
+        where["topic"], where["key"] = self.predictions_topic, str(record.partition).encode()
 
     original = worker_module.Worker._maybe_checkpoint
 
     def maybe_checkpoint(self, tp, state):
         if pending:
-            self.producer.send(where["topic"], key=where["key"], value=b"[" + b",".join(pending) + b"]")
+            self.outputs._send(where["topic"], {"key": where["key"], "value": b"[" + b",".join(pending) + b"]"})
             pending.clear()
         original(self, tp, state)
 
-    worker_module.publish_prediction = publish
+    outputs.Outputs.prediction = prediction
     worker_module.Worker._maybe_checkpoint = maybe_checkpoint
 
 
