@@ -133,18 +133,36 @@ def test_out_of_range_prices_and_raw_features_are_refused():
                      b'"features":{"a":1e308}}')
 
 
-def test_tiny_and_huge_prices_in_a_new_category_keep_every_feature_and_score_finite():
-    engine = Engine.fresh("logreg", "shop")
-    t = 1.7e9
-    poison = [Event(t, "view", "p1", "u1", "s1", price=5e-324, category_code="new.cat"),
-              Event(t + 1, "view", "p2", "u1", "s1", price=1e9, category_code="new.cat")]
-    clean = [event_from_record(r) for r in generate(3000, seed=5)]
-    for event in poison + clean:
-        x = engine.features.transform(event)
-        assert all(math.isfinite(v) for v in x.values()), x
-        score = engine.process(event)
-        assert score is None or math.isfinite(score)
-    assert engine.features.transform(poison[1])["price_vs_category"] <= 1e4
+def test_tiny_and_huge_prices_in_a_new_category_keep_every_score_finite_and_auc_unchanged():
+    """Two valid-looking prices (5e-324, then 1.7e308) once turned every weight to NaN. Now the
+    second is refused at decoding, and a ratio over a tiny category mean is capped."""
+    import msgspec
+
+    records = list(generate(20_000, seed=5))
+    t = 1.77e9
+    poison = [{**records[5000], "event_id": f"poison{i}", "product_id": "px", "price": price,
+               "category_code": "new.cat"} for i, price in enumerate((5e-324, 1.7e308, 1e9))]
+    engines = {}
+    for name, stream in (("clean", records), ("poisoned", records[:5000] + poison + records[5000:])):
+        engine = engines[name] = Engine.fresh("logreg", "shop")
+        for record in stream:
+            try:
+                event = decode_event(msgspec.json.encode(record))
+            except InvalidEvent as exc:
+                assert name == "poisoned" and str(exc).startswith("price: must be a finite number in 0..1e+09")
+                continue
+            x = engine.features.transform(event)
+            assert all(math.isfinite(v) for v in x.values()), x
+            score = engine.process(event)
+            assert score is None or math.isfinite(score)
+    assert engines["poisoned"].counts["consumed"] == engines["clean"].counts["consumed"] + 2
+    shop = ShopFeatures()  # the moment that gave inf: a huge price against a tiny category mean
+    shop.learn(Event(t, "view", "p1", "u", "s", price=5e-324, category_code="new.cat"))
+    assert shop.transform(Event(t, "view", "p2", "u", "s", price=1e9, category_code="new.cat"))[
+        "price_vs_category"] == 1e4
+    clean, poisoned = (engines[n].scores.cumulative.values()["roc_auc"] for n in ("clean", "poisoned"))
+    print(f"\nROC AUC clean {clean:.4f}, with the poison prices {poisoned:.4f}")
+    assert abs(clean - poisoned) <= 0.01
 
 
 def test_a_model_gone_non_finite_goes_back_to_its_last_good_state_and_is_counted():
