@@ -326,8 +326,9 @@ class Worker(ConsumerRebalanceListener):
         try:
             event = decode_event(record.value)
             # The record's time, but never later than ours: producers set it too.
-            received = record.timestamp / 1000.0 if record.timestamp and record.timestamp > 0 else time.time()
-            check_future_skew(event, min(received, time.time()), settings.max_future_skew)
+            wall, stamp = time.time(), record.timestamp
+            check_future_skew(event, min(stamp / 1000.0, wall) if stamp and stamp > 0 else wall,
+                              settings.max_future_skew)
         except InvalidEvent as exc:
             self._dead_letter(state, record, f"invalid event: {exc}")
             return
