@@ -13,7 +13,8 @@ Models with a `fit_epochs` method (the seed's network, `mlp`) are trained the se
 instead of step 1: the same engine replays the first part of the history (same feature
 state, same label joins), the labelled examples it resolves are collected, and the model
 is fitted on them in mini-batch epochs with early stopping on a validation split (see
-`shopstream/mlp.py`). Steps 2 and 3 are the same as for every model.
+`shopstream/mlp.py`), then learns the validation rows online so that it has seen the same
+labels as the other models. Steps 2 and 3 are the same as for every model.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class EpochSettings:
     validation_split: float = 0.2
     patience: int = 3
     lr: Optional[float] = None
+    catch_up: bool = True   # then learn the validation rows online (see `_fit_epochs`)
 
 
 class _Collector:
@@ -124,9 +126,9 @@ def train_candidate(model_name: str, events: Sequence[Event], split: int, featur
                     epochs: Optional[EpochSettings] = None) -> CandidateResult:
     engine = Engine.fresh(model_name, feature_set, **engine_options)
     curve = LearningCurve(model_name, curve_every)
-    training = None
+    training = before = None
     if hasattr(engine.model, "fit_epochs"):
-        train, training = _fit_epochs(engine, events[:split], epochs or EpochSettings(), progress)
+        train, training, before = _fit_epochs(engine, events[:split], epochs or EpochSettings(), progress)
     else:
         for event in events[:split]:
             engine.process(event)
@@ -143,17 +145,23 @@ def train_candidate(model_name: str, events: Sequence[Event], split: int, featur
         frozen.process(event)
         engine.process(event)
         curve.observe(engine)
+        if before is not None:
+            before.process(event)
         if progress is not None:
             progress.update()
+    if before is not None:  # what catching up on the validation rows was worth, for the report
+        training["holdout_before_catch_up"] = _summary(before.scores, before)
     if training is not None:  # its rolling scores start empty at the split: skip the first, empty samples
         curve.points = [p for p in curve.points if p["resolved"] >= split_resolved + curve.every]
     return CandidateResult(model_name, engine, curve, train, _summary(frozen.scores, frozen), split_resolved,
                            training)
 
 
-def _fit_epochs(engine: Engine, events: Sequence[Event], settings: EpochSettings, progress) -> tuple[dict, dict]:
-    """Epoch-train the engine's model on the labels resolved in `events`; return the metrics
-    of the chosen epoch on its validation rows and the training record."""
+def _fit_epochs(engine: Engine, events: Sequence[Event], settings: EpochSettings,
+                progress) -> tuple[dict, dict, Optional[Engine]]:
+    """Epoch-train the engine's model on the labels resolved in `events`. Return the
+    metrics of the chosen epoch on its validation rows, the training record and, with
+    `catch_up`, a frozen engine holding the model as it was before catching up."""
     model = engine.model
     if settings.lr is not None:
         model.lr = settings.lr
@@ -167,21 +175,40 @@ def _fit_epochs(engine: Engine, events: Sequence[Event], settings: EpochSettings
     training = model.fit_epochs(collector.xs, collector.ys, epochs=settings.epochs,
                                 batch_size=settings.batch_size, validation_split=settings.validation_split,
                                 patience=settings.patience)
-    # Predictions still open at the split were made while there was no model: give them
-    # the trained model's score on their own features, so that the holdout scores the
-    # same predictions for this model as for the others.
-    for prediction in engine.joiner._by_seq.values():
-        proba = model.predict_proba_one(prediction.x)
-        prediction.outputs[0] = (proba[True], max(proba, key=proba.get))
+    held_out = list(zip(collector.xs[training["fit_rows"]:], collector.ys[training["fit_rows"]:]))
     validation = Scoreboard(engine.scores.rolling.window)
-    for x, y in zip(collector.xs[training["fit_rows"]:], collector.ys[training["fit_rows"]:]):
+    for x, y in held_out:
         proba = model.predict_proba_one(x)
         validation.update(y, proba[True], max(proba, key=proba.get))
     engine.scores = Scoreboard(engine.scores.rolling.window)  # the collector scored nothing
     summary = _summary(validation, engine)
     summary["resolved"] = engine.counts["resolved"]
     summary["scored_on"] = f"validation split ({training['validation_rows']} rows, frozen, best epoch)"
-    return summary, training
+
+    before = None
+    if settings.catch_up:
+        # The validation rows are the newest labels before the holdout. Every other model
+        # has learned them (progressive validation); without them the network would be
+        # that much staler at the split. Once they have chosen the epoch, it learns them
+        # online, in time order, one Adam step each, as a worker will.
+        before = copy.deepcopy(engine)
+        before.learn = False
+        _rescore_open_predictions(before)
+        for x, y in held_out:
+            model.learn_one(x, y)
+        training["caught_up_on"] = len(held_out)
+    _rescore_open_predictions(engine)
+    return summary, training, before
+
+
+def _rescore_open_predictions(engine: Engine) -> None:
+    """Predictions still open at the split were made while there was no model: give them
+    the trained model's score on their own features, so that the holdout scores the same
+    predictions for this model as for the others."""
+    model = engine.model
+    for prediction in engine.joiner._by_seq.values():
+        proba = model.predict_proba_one(prediction.x)
+        prediction.outputs[0] = (proba[True], max(proba, key=proba.get))
 
 
 def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] = ("logreg",),

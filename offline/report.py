@@ -91,13 +91,21 @@ def write_report(report: dict, curves: list[LearningCurve], out: Path, split_res
                   f"{training['validation_rows']} to validate. Mini-batches of {training['batch_size']}, Adam "
                   f"(lr {training['lr']:g}), at most {training['epochs']} epochs, early stopping after "
                   f"{training['patience']} without a lower validation loss: ran {training['epochs_run']}, "
-                  f"restored epoch **{training['best_epoch']}**. Then frozen on the holdout above; the artifact "
-                  "kept learning online (one Adam step per resolved label) through the holdout.",
+                  f"restored epoch **{training['best_epoch']}**. "
+                  + (f"Then it learned the {training['caught_up_on']} validation rows online (one Adam step each, "
+                     "in time order: the newest labels, which every progressively trained model has seen) "
+                     if "caught_up_on" in training else "")
+                  + "and was frozen for the holdout above; the artifact kept learning online (one Adam step per "
+                  "resolved label) through the holdout.",
                   "", "| epoch | loss | accuracy | val_loss | val_accuracy |", "|---|---|---|---|---|"]
         for h in training["history"]:
             mark = " (chosen)" if h["epoch"] == training["best_epoch"] else ""
             lines.append(f"| {h['epoch']}{mark} | {h['loss']:.4f} | {h['accuracy']:.4f} | {h['val_loss']:.4f} | "
                          f"{h['val_accuracy']:.4f} |")
+        stale = training.get("holdout_before_catch_up")
+        if stale:
+            lines += ["", "Holdout without learning the validation rows: "
+                      + ", ".join(f"{m} {stale[m]:.4f}" for m in METRIC_NAMES)]
         lines += ["", f"Chosen epoch on the validation rows: " + ", ".join(f"{m} {v[m]:.4f}" for m in METRIC_NAMES),
                   "", f"![{name} epochs]({figure.name})"]
     if data["malformed_reasons"]:
