@@ -161,3 +161,41 @@ def test_predict_then_learn_costs_at_most_a_few_times_logreg():
     mlp = min(cost(build_model("mlp")) for _ in range(2))
     logreg = min(cost(build_model("logreg")) for _ in range(2))
     assert mlp < 6 * logreg, (mlp, logreg)
+
+
+def test_bootstrap_trains_mlp_in_epochs_and_records_it(tmp_path, monkeypatch):
+    import json
+
+    from offline.bootstrap import EpochSettings, bootstrap
+    from shopstream.artifacts import load_artifact
+    from shopstream.cli import build_parser
+    from shopstream.generator import generate, write_jsonl
+
+    monkeypatch.setenv("SHOPSTREAM_EPOCHS", "2")
+    monkeypatch.setenv("SHOPSTREAM_BATCH_SIZE", "64")
+    args = build_parser().parse_args(["bootstrap", "--history", "h.jsonl", "--patience", "1"])
+    assert (args.epochs, args.batch_size, args.patience, args.learning_rate) == (2, 64, 1, 1e-3)
+
+    history = tmp_path / "history.jsonl"
+    write_jsonl(generate(8000, seed=5), history)
+    out = tmp_path / "out"
+    report = bootstrap(history, out, models=["logreg", "mlp"], progress=False,
+                       epochs=EpochSettings(epochs=2, batch_size=64, lr=2e-3))
+    mlp, logreg = report["candidates"]["mlp"], report["candidates"]["logreg"]
+    training = mlp["training"]
+    assert training["epochs"] == 2 and training["batch_size"] == 64 and training["lr"] == 2e-3
+    assert 1 <= training["best_epoch"] <= training["epochs_run"] == len(training["history"]) <= 2
+    assert training["validation_rows"] == training["caught_up_on"] > 0
+    assert training["fit_rows"] + training["validation_rows"] == logreg["progressive"]["resolved"]
+    # Frozen on the same holdout as every model: the same predictions are scored.
+    assert mlp["holdout"]["resolved"] == logreg["holdout"]["resolved"] > 500
+    assert 0.5 < mlp["holdout"]["roc_auc"] < 1.0
+    assert training["holdout_before_catch_up"]["resolved"] == mlp["holdout"]["resolved"]
+    artifact = load_artifact(out / mlp["artifact"])
+    assert artifact.meta["training"]["batch_size"] == 64 and artifact.model.lr == 2e-3
+    assert isinstance(artifact.model, MLPClassifier) and artifact.model._t > 0
+    text = (out / "report.md").read_text()
+    assert "mlp: trained in epochs" in text and "(chosen)" in text and "epochs_mlp.png" in text
+    assert (out / "epochs_mlp.png").stat().st_size > 10_000
+    assert json.loads((out / "report.json").read_text())["candidates"]["mlp"]["training"] == json.loads(
+        json.dumps(training))
