@@ -43,10 +43,10 @@ from river import base
 
 DTYPE = np.float32  # the network's parameters and activations, as Keras; the scaler is float64
 RAW_BOUND = 1e15   # |raw value| cap: squares stay ~1e30, the running variance finite
-LOGIT_BOUND = 30.0
+LOGIT_BOUND = 30.0  # sigmoid(+-30) is 1e-13 from 0 or 1: log loss stays finite
 # m decays by beta_1 = 0.9 per step: 100 steps take a value from 1e-30 to 2.7e-35, still
 # above float32's smallest normal (1.2e-38).
-FLUSH_EVERY, FLUSH_BELOW = 100, 1e-30  # sigmoid(+-30) is 1e-13 from 0 or 1: log loss stays finite
+FLUSH_EVERY, FLUSH_BELOW = 100, 1e-30
 
 
 class MLPClassifier(base.Classifier):

@@ -113,6 +113,20 @@ def test_new_feature_names_get_zero_rows_once_trained_and_then_learn():
     assert np.abs(model._views[0][0][rows]).max() > 0
 
 
+def test_adam_moments_never_go_subnormal():
+    """Weights without gradient (an input that stopped coming) see their moments decay by
+    0.9 a step: without the flush they turn subnormal within ~800 steps, and subnormal
+    arithmetic makes every later step many times slower."""
+    model = MLPClassifier(seed=2)
+    data = list(stream(1200, seed=4))
+    for i, (x, y) in enumerate(data):
+        model.learn_one({**x, "gone": float(i % 3)} if i < 20 else x, y)
+    tiny = np.finfo(model._m.dtype).tiny
+    for moments in (model._m, model._v):
+        assert np.all((moments == 0) | (np.abs(moments) >= tiny))
+    assert (model._m == 0).any()  # the flush did happen
+
+
 def test_max_inputs_bounds_the_input_layer():
     model = MLPClassifier(seed=0, max_inputs=3)
     model.learn_one({f"f{i}": float(i) for i in range(10)}, True)
