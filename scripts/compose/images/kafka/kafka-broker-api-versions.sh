@@ -1,0 +1,2 @@
+#!/bin/bash
+exec /opt/kafka/bin/kafka-class.sh org.apache.kafka.tools.BrokerApiVersionsCommand "$@"

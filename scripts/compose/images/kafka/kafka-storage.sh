@@ -1,0 +1,2 @@
+#!/bin/bash
+exec /opt/kafka/bin/kafka-class.sh kafka.tools.StorageTool "$@"
