@@ -8,7 +8,8 @@ Layout under the artifacts directory::
 
 Nothing is unpickled before its sha256 matches the metadata, so a truncated or
 modified file is refused with `ArtifactError`. With SHOPSTREAM_SIGNING_KEY set, the
-metadata also holds an HMAC of the pickle, and loading requires it (`signing.py`).
+metadata also holds an HMAC of the pickle and one of the metadata itself, and DEFAULT
+a second line with an HMAC of its first; loading requires all three (`signing.py`).
 """
 
 from __future__ import annotations
@@ -86,22 +87,42 @@ def save_artifact(root: str | Path, model_name: str, model, features, meta: dict
     key = signing_key()
     if key is not None:
         full_meta["hmac_sha256"] = sign(payload, key)
+        full_meta[META_HMAC] = sign(_canonical(full_meta), key)
     atomic_write(directory / "model.pkl", payload)
     atomic_write(directory / "meta.json", json.dumps(full_meta, indent=2, default=str).encode())
     return directory
 
 
+META_HMAC = "meta_hmac_sha256"
+
+
+def _canonical(meta: dict) -> bytes:
+    """The metadata as signed: every field but its own HMAC, in a stable form."""
+    return json.dumps({k: v for k, v in meta.items() if k != META_HMAC}, sort_keys=True, default=str).encode()
+
+
 def set_default(root: str | Path, artifact_dir: Path) -> None:
     root = Path(root)
-    atomic_write(root / DEFAULT_POINTER, str(artifact_dir.relative_to(root)).encode() + b"\n")
+    target = str(artifact_dir.relative_to(root))
+    key = signing_key()
+    signature = f"hmac-sha256:{sign(target.encode(), key)}\n" if key is not None else ""
+    atomic_write(root / DEFAULT_POINTER, f"{target}\n{signature}".encode())
 
 
 def resolve(path: str | Path) -> Path:
-    """An artifact directory, or an artifacts root (then its DEFAULT)."""
+    """An artifact directory, or an artifacts root (then its DEFAULT, verified with a key)."""
     path = Path(path)
     pointer = path / DEFAULT_POINTER
     if pointer.is_file():
-        return path / pointer.read_text().strip()
+        lines = pointer.read_text().splitlines() or [""]
+        target = lines[0].strip()
+        key = signing_key()
+        if key is not None:
+            tag = lines[1].strip().partition("hmac-sha256:")[2] if len(lines) > 1 else None
+            verify(target.encode(), tag, key, str(pointer))
+        if not target or target.startswith("/") or ".." in Path(target).parts:
+            raise ArtifactError(f"{pointer}: {target!r} is not an artifact of this directory")
+        return path / target
     return path
 
 
@@ -125,6 +146,7 @@ def load_artifact(path: str | Path) -> Artifact:
         )
     key = signing_key()
     if key is not None:
+        verify(_canonical(meta), meta.get(META_HMAC), key, str(meta_path))
         verify(payload, meta.get("hmac_sha256"), key, str(model_path))
     if meta.get("river_version") != river.__version__:
         print(f"warning: {directory} was made with River {meta.get('river_version')}, "

@@ -163,9 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("target", nargs="?", help="model name (promote) or artifact version (rollback)")
     _add_kafka_options(models)
     option(models, "--control-topic", "topic the workers read commands from", default="shop-control")
+    option(models, "--topic", "events topic (its partitions are the ones to hear from)", default="shop-events")
     option(models, "--artifacts", "bootstrap output: versions to list or roll back to")
-    option(models, "--checkpoints", "checkpoint directory: what each partition runs")
+    option(models, "--checkpoint-store", "where the workers keep checkpoints (list)", default="dir",
+           choices=["dir", "kafka"])
+    option(models, "--checkpoints", "checkpoint directory (list, with --checkpoint-store dir)")
+    option(models, "--checkpoint-topic", "checkpoint topic (list, with --checkpoint-store kafka)",
+           default="shopstream-checkpoints")
+    option(models, "--group", "the workers' consumer group (list, with --checkpoint-store kafka)", default="shopstream")
     option(models, "--partition", "only this partition (default: all)", type=int)
+    option(models, "--wait", "wait until every partition applied or rejected the command", switch=True, default=True)
+    option(models, "--wait-timeout", "seconds to wait for the partitions' replies", default=30.0, type=float)
 
     worker = commands.add_parser("worker", help="consume events from Kafka, predict then learn on each")
     _add_kafka_options(worker)
@@ -204,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     option(worker, "--control-topic", "topic of `shopstream models` commands", default="shop-control")
     option(worker, "--session-timeout-ms", "how long the group waits for a silent worker before moving "
            "its partitions", default=10_000, type=int)
+    option(worker, "--force-fresh-start", "start a partition over (from its artifact, offset 0) when its "
+           "checkpoint is refused, instead of stopping", switch=True, default=False)
+    option(worker, "--log-level", "DEBUG shows the Kafka client's own INFO lines too", default="INFO",
+           choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     option(worker, "--max-future-skew", "dead-letter events dated more than this many seconds after their "
            "Kafka record time (a fast client clock would drag event time into the future)",
            default=MAX_FUTURE_SKEW, type=float)
@@ -292,11 +304,18 @@ COMMANDS = {"generate": _cmd_generate, "bootstrap": _cmd_bootstrap, "demo": _cmd
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from kafka.errors import KafkaError
+
     try:
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         # Expected user errors: one clear line, no traceback.
         print(f"shopstream {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KafkaError as exc:  # e.g. no broker: say which servers, not a client traceback
+        servers = getattr(args, "bootstrap_servers", None)
+        text = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
+        print(f"shopstream {args.command}: error: Kafka at {servers}: {text} (is the broker up?)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -58,6 +58,8 @@ class WorkerSettings:
 
     max_poll_records: int = 1000
     max_future_skew: float = MAX_FUTURE_SKEW
+    force_fresh_start: bool = False   # start a partition over when its checkpoint is refused
+    log_level: str = "INFO"
     max_sessions: int = FeatureCaps.sessions
     max_users: int = FeatureCaps.users
     max_products: int = FeatureCaps.products

@@ -24,7 +24,8 @@ class WorkerCollector:
         worker = self.worker
         lag = GaugeMetricFamily("shopstream_consumer_lag", "Messages behind the partition's end",
                                 labels=["partition"])
-        age = GaugeMetricFamily("shopstream_checkpoint_age_seconds", "Seconds since the last checkpoint",
+        age = GaugeMetricFamily("shopstream_checkpoint_age_seconds",
+                                "Seconds since the oldest change no checkpoint holds yet (0: nothing unsaved)",
                                 labels=["partition"])
         offset = GaugeMetricFamily("shopstream_next_offset", "Next offset to process", labels=["partition"])
         blocked = GaugeMetricFamily("shopstream_checkpoint_blocked",
@@ -38,7 +39,8 @@ class WorkerCollector:
             ends = [end for end in (worker.consumer.highwater(tp), worker.end_offsets.get(tp)) if end is not None]
             if ends:
                 lag.add_metric(label, max(0, max(ends) - state.next_offset))
-            age.add_metric(label, now - state.checkpointed_at)
+            unsaved = state.unsaved_since
+            age.add_metric(label, 0.0 if unsaved is None else max(0.0, now - unsaved))
             offset.add_metric(label, state.next_offset)
             blocked.add_metric(label, 1.0 if tp in worker.blocked else 0.0)
         assigned = GaugeMetricFamily("shopstream_assigned_partitions", "Partitions this worker owns")
@@ -59,4 +61,9 @@ class WorkerCollector:
         unacked = GaugeMetricFamily("shopstream_outputs_blocked",
                                     "1 while checkpoints wait for outputs the broker has not acknowledged")
         unacked.add_metric([], 1.0 if worker.outputs_blocked else 0.0)
-        yield from (lag, age, offset, blocked, assigned, handled, broker, outputs, corrupt, unacked)
+        commands = CounterMetricFamily("shopstream_control_commands", "Control commands by action and outcome "
+                                       "(applied or rejected), counted per partition", labels=["action", "outcome"])
+        if worker.control is not None:
+            for (action, outcome), count in dict(worker.control.counts).items():
+                commands.add_metric([action, outcome], count)
+        yield from (lag, age, offset, blocked, assigned, handled, broker, outputs, corrupt, unacked, commands)

@@ -24,6 +24,7 @@ import gc
 import logging
 import signal
 import time
+from pathlib import Path
 from typing import Optional
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -36,7 +37,7 @@ from shopstream.artifacts import ArtifactError
 from shopstream.events import InvalidEvent, check_future_skew, decode_event
 from shopstream.exporter import EngineCollector, EngineSnapshot, MetricsServer
 from shopstream.lineup import build_engine
-from shopstream.signing import SignatureError
+from shopstream.signing import SignatureError, signing_key
 
 from .connection import kafka_options
 from .checkpoints import CheckpointError, DirectoryCheckpointStore, PartitionState
@@ -92,15 +93,15 @@ class Worker(ConsumerRebalanceListener):
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
         options = kafka_options(settings)
-        self.store = KafkaCheckpointStore(options, settings.checkpoint_topic) if settings.checkpoint_store == "kafka" \
-            else DirectoryCheckpointStore(settings.checkpoints)
+        self.store = KafkaCheckpointStore(options, settings.checkpoint_topic, group=settings.group) \
+            if settings.checkpoint_store == "kafka" else DirectoryCheckpointStore(settings.checkpoints, settings.group)
         self.partitions: dict[TopicPartition, PartitionState] = {}
         self.stopping = False
         self.handled = 0
         self.last_poll = 0.0
         self.fatal: Optional[str] = None
         self.blocked: dict[TopicPartition, str] = {}  # partitions paused by a failing checkpoint store
-        self.control = ControlChannel(options, settings.control_topic, settings.artifacts) \
+        self.control = ControlChannel(options, settings.control_topic, settings.artifacts, settings.name) \
             if settings.control_topic else None
         self._last_control_poll = 0.0
         self._last_retry = 0.0
@@ -203,12 +204,21 @@ class Worker(ConsumerRebalanceListener):
                 self.stopping = True
                 continue
             state.engine.mark_good()
+            if state.needs_checkpoint and state.unsaved_since is None:
+                state.unsaved_since = time.time()  # new, or changed by a command: not yet durable
             self.partitions[tp] = state
             self.consumer.seek(tp, state.next_offset)
             log.info("assigned partition %d: %s, next offset %d", tp.partition, state.origin, state.next_offset)
 
     def _restore(self, tp: TopicPartition) -> PartitionState:
-        state = self.store.load(tp.topic, tp.partition)
+        try:
+            state = self.store.load(tp.topic, tp.partition)
+            self._check_against_committed(tp, state)
+        except (CheckpointError, SignatureError) as exc:
+            if not self.settings.force_fresh_start:
+                raise
+            log.warning("partition %d: %s; --force-fresh-start: starting it over", tp.partition, exc)
+            state = None
         if state is None:
             s = self.settings
             engine, origin = build_engine(s.artifacts, s.model, s.features, s.challengers, s.baseline, s.seed,
@@ -218,6 +228,30 @@ class Worker(ConsumerRebalanceListener):
         if self.control is not None and self.control.apply(state.engine, tp.partition):
             state.changed = True
         return state
+
+    def _check_against_committed(self, tp: TopicPartition, state: Optional[PartitionState]) -> None:
+        """With a signing key, the group's committed offset witnesses the newest checkpoint
+        (offsets are committed only after a checkpoint is durable, and live in Kafka, not
+        beside the checkpoints): a checkpoint behind it, or none at all while the group has
+        committed, means an old checkpoint was put back or the checkpoint was deleted."""
+        if signing_key() is None:
+            return
+        try:
+            committed = self.consumer.committed(tp)
+        except Exception as exc:  # the broker is slow to answer: the other checks still hold
+            log.warning("partition %d: committed offset unknown (%s): restoring without that check",
+                        tp.partition, type(exc).__name__)
+            return
+        if not committed:
+            return
+        if state is None:
+            raise CheckpointError(f"partition {tp.partition}: no checkpoint, but group {self.settings.group!r} "
+                                  f"committed offset {committed}: refusing to start it over from offset 0 "
+                                  "(--force-fresh-start does that on purpose)")
+        if state.next_offset < committed:
+            raise CheckpointError(f"partition {tp.partition}: checkpoint at offset {state.next_offset} is older "
+                                  f"than the offset {committed} group {self.settings.group!r} committed after a "
+                                  "newer one (an old checkpoint put back?): refusing it")
 
     def take_snapshots(self) -> None:
         """Copy every owned engine's numbers for the metrics thread (which never reads an engine)."""
@@ -279,6 +313,8 @@ class Worker(ConsumerRebalanceListener):
                 for tp, state in self.partitions.items():
                     if self.control.apply(state.engine, tp.partition):
                         state.changed = True
+                        if state.unsaved_since is None:
+                            state.unsaved_since = time.time()
         joining = self._joining_since
         if (joining is not None and self.settings.rejoin_deadline and self.broker_ok
                 and now - joining >= self.settings.rejoin_deadline):
@@ -319,6 +355,8 @@ class Worker(ConsumerRebalanceListener):
         """One Kafka record: decode, predict-then-learn, publish. Never raises for bad input."""
         settings = self.settings
         self.handled += 1
+        if not state.events_since_checkpoint and state.unsaved_since is None:
+            state.unsaved_since = time.time()
         state.events_since_checkpoint += 1
         state.next_offset = record.offset + 1
         timed = self.handled % TIMING_SAMPLE == 0
@@ -443,15 +481,58 @@ class Worker(ConsumerRebalanceListener):
 _LATENCY_BUCKETS = (0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1)
 
 
+def preflight(settings: WorkerSettings) -> None:
+    """Check every setting, path and artifact before contacting the group: a worker that
+    would crash in its rebalance callback would first take partitions from healthy ones.
+    Raises ValueError, FileNotFoundError or an ArtifactError/SignatureError: one line."""
+    s = settings
+    for name, value, ok in (("--checkpoint-every", s.checkpoint_every, s.checkpoint_every >= 1),
+                            ("--checkpoint-seconds", s.checkpoint_seconds, s.checkpoint_seconds > 0),
+                            ("--max-poll-records", s.max_poll_records, s.max_poll_records >= 1),
+                            ("--session-timeout-ms", s.session_timeout_ms, s.session_timeout_ms >= 1000),
+                            ("--max-future-skew", s.max_future_skew, s.max_future_skew >= 0),
+                            ("--rejoin-deadline", s.rejoin_deadline, s.rejoin_deadline >= 0),
+                            ("--until-idle", s.until_idle, s.until_idle >= 0),
+                            ("--metrics-port", s.metrics_port, -1 <= s.metrics_port <= 65535)):
+        if not ok:
+            raise ValueError(f"{name} {value!r} is out of range")
+    if s.artifacts and not Path(s.artifacts).is_dir():
+        raise FileNotFoundError(f"--artifacts {s.artifacts}: no such directory")
+    if s.checkpoint_store == "dir" and Path(s.checkpoints).exists() and not Path(s.checkpoints).is_dir():
+        raise ValueError(f"--checkpoints {s.checkpoints} is not a directory")
+    # What a new partition would start from, built once: the window, lateness, caps, catalog
+    # names and the artifacts (loaded and verified) all checked here.
+    try:
+        build_engine(s.artifacts, s.model, s.features, s.challengers, s.baseline, s.seed, s.promotion,
+                     s.drift_reaction, s.feature_caps, **s.engine_options)
+    except ValueError as exc:
+        raise ValueError(f"invalid engine settings: {exc}") from None
+
+
 def run_worker(settings: WorkerSettings) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=getattr(logging, settings.log_level, logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.log_level != "DEBUG":  # the Kafka client's INFO lines (about 100 per start) drown ours
+        logging.getLogger("kafka").setLevel(logging.WARNING)
+    preflight(settings)
     # Every prediction allocates a feature dict, and full collections walk the whole feature
     # state: collect young objects less often (BENCHMARKS.md measured up to +21% with gc off).
     gc.set_threshold(50_000, 50, 100)
-    worker = Worker(settings)
+    registry = CollectorRegistry()
+    holder: list = []
     server = None
-    if settings.metrics_port >= 0:
-        server = MetricsServer(worker.registry, settings.metrics_host, settings.metrics_port, worker.ready).start()
+    if settings.metrics_port >= 0:  # bound before joining: a port in use stops nobody else
+        try:
+            server = MetricsServer(registry, settings.metrics_host, settings.metrics_port,
+                                   lambda: bool(holder) and holder[0].ready())
+        except OSError as exc:
+            raise ValueError(f"metrics port {settings.metrics_host}:{settings.metrics_port} cannot be used "
+                             f"({exc.strerror}): choose another with --metrics-port (SHOPSTREAM_METRICS_PORT), "
+                             "0 for any free port, -1 for none") from None
+    worker = Worker(settings, registry)
+    holder.append(worker)
+    if server is not None:
+        server.start()
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, server.port)
 
     def stop(signum, _frame):

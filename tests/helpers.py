@@ -77,10 +77,11 @@ def reference_engines(bootstrap: str, topic: str, model: str = "logreg", feature
 
 
 def checkpointed_engines(checkpoints: Path | None = None, kafka: str | None = None,
-                         checkpoint_topic: str | None = None) -> dict[int, Engine]:
-    """Final engines by partition, from a checkpoint directory or a checkpoint topic."""
+                         checkpoint_topic: str | None = None, group: str = "") -> dict[int, Engine]:
+    """Final engines by partition, from a checkpoint directory or a checkpoint topic
+    (whose keys are scoped by the workers' consumer group)."""
     if checkpoint_topic:
-        store = KafkaCheckpointStore({"bootstrap_servers": [kafka]}, checkpoint_topic)
+        store = KafkaCheckpointStore({"bootstrap_servers": [kafka]}, checkpoint_topic, group=group)
         states = store.load_all()
         store.close()
     else:

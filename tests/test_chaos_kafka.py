@@ -75,7 +75,8 @@ def test_chaos_kill_9_and_rebalances(kafka, new_topic, tmp_path, store):
         scraper.__exit__()
     assert scraper.scrapes > 100
 
-    where = {"checkpoints": checkpoints} if store == "dir" else {"kafka": kafka, "checkpoint_topic": f"{topic}-ckpt"}
+    where = {"checkpoints": checkpoints} if store == "dir" else {"kafka": kafka, "checkpoint_topic": f"{topic}-ckpt",
+                                                                   "group": f"g-{topic}"}
     actual = checkpointed_engines(**where)
     expected = reference_engines(kafka, topic)
     probes = [expected[0].features.transform(decode_event(encode(r))) for r in records[-300:]]

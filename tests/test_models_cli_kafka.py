@@ -45,8 +45,9 @@ def test_promote_while_running_then_rollback_on_resume(kafka, new_topic, tmp_pat
     deadline = time.time() + 60
     while not list(checkpoints.glob("*.ckpt")) and time.time() < deadline:
         time.sleep(0.2)
-    out = cli("models", "promote", other, "--bootstrap-servers", kafka, "--control-topic", control)
+    out = cli("models", "promote", other, "--bootstrap-servers", kafka, "--control-topic", control, "--topic", topic)
     assert f"sent promote {other} for every partition" in out
+    assert f"partition 0: applied (champion {other}" in out and f"partition 1: applied (champion {other}" in out
     time.sleep(2)  # applied within a second; what comes next is predicted by the new champion
     send_records(kafka, topic, records[20_000:])
     _, log = worker.communicate(timeout=180)
@@ -67,18 +68,35 @@ def test_promote_while_running_then_rollback_on_resume(kafka, new_topic, tmp_pat
 
     # A stopped worker applies the commands it missed when it resumes.
     out = cli("models", "rollback", default_version, "--bootstrap-servers", kafka, "--control-topic", control,
-              "--artifacts", str(tmp_path / "artifacts"))
+              "--artifacts", str(tmp_path / "artifacts"), "--no-wait")
     assert f"sent rollback {default_version}" in out
     resumed = subprocess.run(command, env=WORKER_ENV, capture_output=True, text=True, timeout=180)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     for state in DirectoryCheckpointStore(checkpoints).load_all().values():
         assert (state.engine.model_name, state.engine.model_version) == (default_model, default_version)
-        assert [h["kind"] for h in state.engine.history if h["kind"] != "drift"][-2:] == ["promotion", "rollback"]
+        lineage = [h["kind"] for h in state.engine.history if h["kind"] != "drift"]
+        assert lineage[-3:] == ["promotion", "rollback", "control"]  # each command's outcome recorded too
+        assert state.engine.history[-1]["outcome"] == "applied"
 
-    listing = cli("models", "list", "--artifacts", str(tmp_path / "artifacts"), "--checkpoints", str(checkpoints))
+    listing = cli("models", "list", "--artifacts", str(tmp_path / "artifacts"), "--checkpoints", str(checkpoints),
+                  "--bootstrap-servers", kafka, "--control-topic", control)
     assert default_version in listing and "DEFAULT" in listing and "champion" in listing
+    # The live line-up: the workers' last replies (the rollback, applied on resume) per partition.
+    assert f"partition 0: champion {default_model} {default_version}" in listing
+    assert f"partition 1: champion {default_model} {default_version}" in listing
 
-    failed = subprocess.run([sys.executable, "-m", "shopstream.cli", "models", "rollback", "logreg-nope-123",
+    missing = "logreg-20260101T000000-0123abcd"
+    failed = subprocess.run([sys.executable, "-m", "shopstream.cli", "models", "rollback", missing,
                              "--artifacts", str(tmp_path / "artifacts"), "--bootstrap-servers", kafka],
                             capture_output=True, text=True, timeout=60)
-    assert failed.returncode == 2 and "no artifact version 'logreg-nope-123'" in failed.stderr
+    assert failed.returncode == 2 and f"no artifact version '{missing}'" in failed.stderr
+    path = subprocess.run([sys.executable, "-m", "shopstream.cli", "models", "rollback", "../../etc",
+                           "--bootstrap-servers", kafka], capture_output=True, text=True, timeout=60)
+    assert path.returncode == 2 and "is not an artifact version" in path.stderr
+
+    # A model the partitions do not run: every partition says so, and the command fails.
+    rejected = subprocess.run([sys.executable, "-m", "shopstream.cli", "models", "promote", "hat",
+                               "--bootstrap-servers", kafka, "--control-topic", control, "--topic", topic,
+                               "--wait-timeout", "5"], capture_output=True, text=True, timeout=60)
+    assert rejected.returncode == 1
+    assert "partition 0: no reply in 5 s" in rejected.stdout  # no worker runs now

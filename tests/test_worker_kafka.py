@@ -135,7 +135,8 @@ def test_kill_9_and_restart_ends_identical_to_an_uninterrupted_run(kafka, new_to
     records = list(generate(60_000, seed=41))
     send_records(kafka, topic, records)
     checkpoints = tmp_path / "ckpt"
-    where = {"checkpoints": checkpoints} if store == "dir" else {"kafka": kafka, "checkpoint_topic": f"{topic}-ckpt"}
+    where = {"checkpoints": checkpoints} if store == "dir" else {"kafka": kafka, "checkpoint_topic": f"{topic}-ckpt",
+                                                                   "group": f"g-{topic}"}
     common = ["--until-idle", "8", "--checkpoint-every", "1500",
               "--checkpoint-store", store, "--checkpoint-topic", f"{topic}-ckpt"]
     with Scraper() as scraper:  # both workers' /metrics scraped without pause: scrapes must change nothing

@@ -1,0 +1,205 @@
+"""Control plane, fast: hostile commands, swapped and replayed checkpoints, signed artifact
+metadata, settings checked before joining, checkpoint age. No broker needed."""
+
+import hashlib
+import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from shopstream.artifacts import ArtifactError, load_artifact, save_artifact, set_default
+from shopstream.engine import Engine
+from shopstream.signing import SignatureError
+from stream.checkpoints import CheckpointError, DirectoryCheckpointStore, PartitionState
+from stream.control import SIGNATURE_HEADER, Command, ControlChannel, check_target
+from stream.settings import WorkerSettings
+from stream.telemetry import WorkerCollector
+from stream.worker import preflight
+
+
+class Evil:
+    """Unpickling this runs code: what a hostile rollback target would load."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def channel(artifacts=None):
+    """A ControlChannel without Kafka: commands are fed by hand, replies collected."""
+    ch = ControlChannel.__new__(ControlChannel)
+    ch.artifacts, ch.worker, ch.replies, ch.commands, ch.counts = artifacts, "w1", "r", [], {}
+    sent = []
+    ch._producer = SimpleNamespace(send=lambda topic, value: sent.append(json.loads(value)), close=lambda **k: None)
+    return ch, sent
+
+
+def record(value: bytes, headers=()):
+    return SimpleNamespace(value=value, headers=list(headers), offset=0)
+
+
+def test_hostile_commands_are_rejected_with_a_reason_and_run_no_code(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    payload = pickle.dumps({"model": Evil(marker), "features": None})
+    (evil / "model.pkl").write_bytes(payload)
+    (evil / "meta.json").write_text(json.dumps({"sha256": hashlib.sha256(payload).hexdigest(), "model": "logreg",
+                                                "version": "logreg-x"}))
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    ch, replies = channel(str(artifacts))
+    hostile = [Command("rollback", str(evil)), Command("rollback", "../evil"), Command("rollback", "x" * 300),
+               Command("promote", "p" * 5000), Command("promote", "hat"), Command("explode", "now"),
+               ControlChannel._parse(record(b"\xff\xfe not json")), ControlChannel._parse(record(b"[" * 2000)),
+               ControlChannel._parse(record(b"{" * 50_000))]
+    ch.commands = list(enumerate(hostile))
+    engine = Engine.fresh("logreg", "shop")
+    assert ch.apply(engine, 0) is True
+    assert not marker.exists()
+    assert [r["outcome"] for r in replies] == ["rejected"] * len(hostile)
+    reasons = [r["reason"] for r in replies]
+    assert "is not an artifact version" in reasons[0] and "is not an artifact version" in reasons[1]
+    assert "is not a model name" in reasons[3] and len(reasons[3]) < 300
+    assert "no model named 'hat' here" in reasons[4] and "unknown action" in reasons[5]
+    assert reasons[6].startswith("not a command") and reasons[7].startswith("not a command")
+    assert reasons[8] == "50000 bytes, more than 4096"
+    assert ch.counts == {("rollback", "rejected"): 3, ("promote", "rejected"): 2, ("invalid", "rejected"): 4}
+    assert engine.model_name == "logreg" and engine.control_offset == len(hostile) - 1
+    lineage = [h for h in engine.history if h["kind"] == "control"]
+    assert len(lineage) == len(hostile) and all(len(h["target"]) <= 80 for h in lineage)
+    assert ch.apply(engine, 0) is False  # each command once
+
+
+def test_with_a_signing_key_unsigned_and_forged_commands_are_refused(monkeypatch):
+    from shopstream.signing import sign
+
+    monkeypatch.setenv("SHOPSTREAM_SIGNING_KEY", "k3y")
+    value = b'{"action": "promote", "target": "logreg"}'
+    assert ControlChannel._parse(record(value)) == "unsigned, but SHOPSTREAM_SIGNING_KEY is set"
+    forged = [(SIGNATURE_HEADER, sign(value, b"other").encode())]
+    assert ControlChannel._parse(record(value, forged)) == "HMAC does not match: forged or modified"
+    signed = [(SIGNATURE_HEADER, sign(value, b"k3y").encode())]
+    assert ControlChannel._parse(record(value, signed)) == Command("promote", "logreg")
+
+
+def test_check_target_takes_names_not_paths():
+    for bad in ("/etc", "../x", "logreg-20260101T000000-0123abcd/..", "logreg/../../x", "", "a" * 65):
+        with pytest.raises(ValueError):
+            check_target("rollback" if bad[:1] != "a" else "promote", bad)
+    with pytest.raises(ValueError, match="names no catalog model"):
+        check_target("rollback", "nosuch-20260101T000000-0123abcd")
+    check_target("promote", "logreg_tuned")
+
+
+def state(partition, offset=10):
+    engine = Engine.fresh("logreg", "raw")
+    return PartitionState("events", partition, engine, next_offset=offset, events_since_checkpoint=1)
+
+
+def test_a_checkpoint_of_another_partition_or_group_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHOPSTREAM_SIGNING_KEY", "k3y")
+    store = DirectoryCheckpointStore(tmp_path, group="g1")
+    store.save(state(3))
+    (tmp_path / "events-2.ckpt").write_bytes((tmp_path / "events-3.ckpt").read_bytes())
+    with pytest.raises(CheckpointError, match="holds the state of events-3, not of events-2"):
+        DirectoryCheckpointStore(tmp_path, group="g1").load("events", 2)
+    with pytest.raises(CheckpointError, match="belongs to consumer group 'g1', not 'g2'"):
+        DirectoryCheckpointStore(tmp_path, group="g2").load("events", 3)
+
+
+def test_an_older_checkpoint_put_back_is_refused_under_a_signing_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHOPSTREAM_SIGNING_KEY", "k3y")
+    store = DirectoryCheckpointStore(tmp_path, group="g")
+    s = state(0)
+    store.save(s)
+    old = (tmp_path / "events-0.ckpt").read_bytes()
+    s.events_since_checkpoint, s.next_offset = 1, 20
+    store.save(s)
+    assert store.load("events", 0).sequence == 2
+    (tmp_path / "events-0.ckpt").write_bytes(old)
+    with pytest.raises(CheckpointError, match="sequence 1 is older than the 2 this worker already saw"):
+        store.load("events", 0)
+
+
+def test_artifact_metadata_and_default_are_signed(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHOPSTREAM_SIGNING_KEY", "k3y")
+    directory = save_artifact(tmp_path, "logreg", {"w": 1}, None, {"metrics": {"holdout": {"roc_auc": 0.7}}})
+    set_default(tmp_path, directory)
+    assert load_artifact(tmp_path).model == {"w": 1}
+    meta = json.loads((directory / "meta.json").read_text())
+    meta["metrics"]["holdout"]["roc_auc"] = 0.99  # a better-looking model, same pickle
+    (directory / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(SignatureError, match="meta.json: HMAC does not match"):
+        load_artifact(directory)
+    other = save_artifact(tmp_path, "logreg", {"w": 2}, None, {})
+    (tmp_path / "DEFAULT").write_text(str(other.relative_to(tmp_path)) + "\n")  # unsigned pointer
+    with pytest.raises(SignatureError, match="DEFAULT: not signed"):
+        load_artifact(tmp_path)
+    monkeypatch.delenv("SHOPSTREAM_SIGNING_KEY")
+    (tmp_path / "DEFAULT").write_text("../../etc\n")
+    with pytest.raises(ArtifactError, match="is not an artifact of this directory"):
+        load_artifact(tmp_path)
+
+
+def test_bad_settings_fail_before_joining_with_one_line(tmp_path):
+    with pytest.raises(ValueError, match="invalid engine settings: window must be > 0"):
+        preflight(WorkerSettings(window=-5))
+    with pytest.raises(FileNotFoundError, match="--artifacts .*nowhere: no such directory"):
+        preflight(WorkerSettings(artifacts=str(tmp_path / "nowhere")))
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        preflight(WorkerSettings(challengers=("nope",)))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "shopstream.cli", "worker", "--bootstrap-servers",
+                                 "127.0.0.1:1", "--metrics-port", str(port), "--checkpoints", str(tmp_path / "c")],
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"metrics port 127.0.0.1:{port} cannot be used (Address already in use): choose another with " \
+           "--metrics-port" in result.stderr
+    assert "Traceback" not in result.stderr
+    window = subprocess.run([sys.executable, "-m", "shopstream.cli", "worker", "--window", "-5",
+                             "--bootstrap-servers", "127.0.0.1:1"], capture_output=True, text=True, timeout=60)
+    assert window.returncode == 2 and window.stderr.strip().splitlines() == [
+        "shopstream worker: error: invalid engine settings: window must be > 0, lateness >= 0 and max_open >= 1"]
+
+
+def test_produce_without_a_broker_is_one_clear_line():
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    result = subprocess.run([sys.executable, "-m", "shopstream.cli", "produce", "--events", "10",
+                             "--bootstrap-servers", f"127.0.0.1:{port}", "--no-progress"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        f"shopstream produce: error: Kafka at 127.0.0.1:{port}: KafkaTimeoutError: Unable to bootstrap from "
+        f"['127.0.0.1:{port}'] (is the broker up?)"]
+    assert "Traceback" not in result.stderr
+
+
+def test_checkpoint_age_is_unsaved_progress_not_time_since_the_last_save(tmp_path):
+    import time
+
+    idle = state(0)
+    idle.checkpointed_at = time.time() - 3600       # saved an hour ago, nothing since
+    busy = state(1)
+    busy.unsaved_since = time.time() - 90           # 90 s of events no checkpoint holds
+    from kafka import TopicPartition
+
+    worker = SimpleNamespace(partitions={TopicPartition("events", 0): idle, TopicPartition("events", 1): busy},
+                             consumer=SimpleNamespace(highwater=lambda tp: None), end_offsets={}, blocked={},
+                             handled=0, broker_ok=True, outputs=SimpleNamespace(counts={}), outputs_blocked=False,
+                             skipper=SimpleNamespace(skipped_records=0), control=None)
+    ages = {s.labels["partition"]: s.value for family in WorkerCollector(worker).collect()
+            if family.name == "shopstream_checkpoint_age_seconds" for s in family.samples}
+    assert ages["0"] == 0.0 and 89 < ages["1"] < 100
