@@ -121,6 +121,7 @@ class Worker(ConsumerRebalanceListener):
         self.snapshots: list = []   # what a scrape reads: copied from the engines on this thread
         self._last_snapshot = 0.0
         self.outputs_blocked = False  # a checkpoint waits for outputs the broker has not acknowledged
+        self._unverified: set = set()  # restored partitions not yet checked against the committed offset
         self.decode_seconds = Histogram("shopstream_decode_seconds", "Decode and validate one message (sampled)",
                                         registry=self.registry, buckets=_LATENCY_BUCKETS)
         self.process_seconds = Histogram("shopstream_process_seconds",
@@ -204,6 +205,8 @@ class Worker(ConsumerRebalanceListener):
                 self.stopping = True
                 continue
             state.engine.mark_good()
+            if signing_key() is not None:
+                self._unverified.add(tp)  # checked against the committed offset after this poll
             if state.needs_checkpoint and state.unsaved_since is None:
                 state.unsaved_since = time.time()  # new, or changed by a command: not yet durable
             self.partitions[tp] = state
@@ -213,7 +216,6 @@ class Worker(ConsumerRebalanceListener):
     def _restore(self, tp: TopicPartition) -> PartitionState:
         try:
             state = self.store.load(tp.topic, tp.partition)
-            self._check_against_committed(tp, state)
         except (CheckpointError, SignatureError) as exc:
             if not self.settings.force_fresh_start:
                 raise
@@ -228,6 +230,33 @@ class Worker(ConsumerRebalanceListener):
         if self.control is not None and self.control.apply(state.engine, tp.partition):
             state.changed = True
         return state
+
+    def _verify_restored(self, batches: dict) -> None:
+        """Check newly restored partitions against the group's committed offsets. Here, not
+        in the rebalance callback: that runs on kafka-python's IO thread, which cannot wait
+        for the coordinator. No record of theirs is handled before this check."""
+        for tp in list(self._unverified):
+            self._unverified.discard(tp)
+            state = self.partitions.get(tp)
+            if state is None:
+                continue
+            try:
+                self._check_against_committed(tp, state if state.origin == "checkpoint" else None)
+            except CheckpointError as exc:
+                batches.pop(tp, None)
+                if not self.settings.force_fresh_start:
+                    log.error("%s", exc)
+                    self.fatal = str(exc)
+                    self.stopping = True
+                    del self.partitions[tp]  # nothing of it may be checkpointed on the way out
+                    continue
+                log.warning("%s; --force-fresh-start: starting it over", exc)
+                s = self.settings
+                engine, origin = build_engine(s.artifacts, s.model, s.features, s.challengers, s.baseline, s.seed,
+                                              s.promotion, s.drift_reaction, s.feature_caps, **s.engine_options)
+                self.partitions[tp] = PartitionState(tp.topic, tp.partition, engine, next_offset=0, origin=origin,
+                                                     started_from=origin, unsaved_since=time.time())
+                self.consumer.seek(tp, 0)
 
     def _check_against_committed(self, tp: TopicPartition, state: Optional[PartitionState]) -> None:
         """With a signing key, the group's committed offset witnesses the newest checkpoint
@@ -272,6 +301,10 @@ class Worker(ConsumerRebalanceListener):
                 self.skipper.skip(self.consumer, self.partitions, exc)
                 continue
             self.last_poll = now = time.monotonic()
+            if self._unverified:
+                self._verify_restored(batches)
+                if self.stopping:
+                    break
             can_read = bool(self.partitions) and self.broker_ok and not self.blocked
             idle_for = self.idle.tick(now, got_data=bool(batches), can_read=can_read)
             if settings.until_idle and idle_for >= settings.until_idle:

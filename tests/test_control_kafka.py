@@ -1,0 +1,172 @@
+"""Control plane on the real broker: hostile commands leave workers ready and running no
+foreign code; swapped, replayed and tombstoned checkpoints are refused under a signing
+key; a misconfigured worker fails before it joins, moving nobody's partitions."""
+
+import hashlib
+import json
+import pickle
+import subprocess
+import time
+
+import pytest
+from kafka import KafkaProducer
+
+from conftest import WORKER_ENV, free_port, worker_command
+from helpers import checkpointed_engines, readyz, scrape, send_records, wait_for
+from shopstream.generator import generate
+
+pytestmark = pytest.mark.kafka
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_hostile_control_commands_leave_the_worker_ready_and_run_no_code(kafka, new_topic, tmp_path):
+    topic = new_topic(2)
+    control = f"{topic}-control"
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    payload = pickle.dumps({"model": Evil(marker), "features": None})
+    (evil / "model.pkl").write_bytes(payload)
+    (evil / "meta.json").write_text(json.dumps({"sha256": hashlib.sha256(payload).hexdigest(),
+                                                "model": "logreg", "version": "logreg-x"}))
+    records = list(generate(20_000, seed=301))
+    send_records(kafka, topic, records[:10_000])
+    port = free_port()
+    worker = subprocess.Popen(worker_command(kafka, topic, tmp_path / "ckpt", "--control-topic", control,
+                                             "--metrics-port", str(port)),
+                              env=WORKER_ENV, stderr=subprocess.PIPE, text=True)
+
+    def consumed():
+        return sum(v for (name, labels), v in scrape(port).items()
+                   if name == "shopstream_events_total" and ("outcome", "consumed") in labels)
+
+    try:
+        wait_for(lambda: readyz(port) == 200, 90, "worker ready")
+        producer = KafkaProducer(bootstrap_servers=kafka, acks="all")
+        for value in (json.dumps({"action": "rollback", "target": str(evil)}).encode(),
+                      json.dumps({"action": "rollback", "target": "../" * 10 + "tmp/evil"}).encode(),
+                      json.dumps({"action": "rollback", "target": "x" * 300}).encode(),
+                      json.dumps({"action": "promote", "target": "p" * 5000}).encode(),
+                      b"\xff\xfe\x00 not a command"):
+            producer.send(control, value=value)
+        producer.flush()
+        producer.close()
+        wait_for(lambda: scrape(port).get(("shopstream_control_commands_total",
+                                           (("action", "invalid"), ("outcome", "rejected")))) == 4.0,
+                 30, "every command rejected on both partitions")
+        metrics = scrape(port)
+        # per partition: 3 rollbacks; the 5,000-character promote is over the 4 KiB a command may
+        # take and the undecodable bytes are no command at all: both "invalid"
+        assert metrics[("shopstream_control_commands_total", (("action", "rollback"), ("outcome", "rejected")))] == 6
+        assert readyz(port) == 200
+        send_records(kafka, topic, records[10_000:])   # and it goes on handling events
+        wait_for(lambda: consumed() == len(records), 120, "every event consumed")
+    finally:
+        worker.terminate()
+        _, log = worker.communicate(timeout=180)
+    assert worker.returncode == 0, log[-3000:]
+    assert not marker.exists()
+    assert log.count("rejected: rollback target") == 6 and "Traceback" not in log
+    engines = checkpointed_engines(tmp_path / "ckpt")
+    assert sum(e.counts["consumed"] for e in engines.values()) == len(records)
+
+
+def run(kafka, topic, checkpoints, env, *extra, timeout=180):
+    return subprocess.run(worker_command(kafka, topic, checkpoints, "--until-idle", "4", "--metrics-port", "-1",
+                                         *extra), env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_swapped_and_replayed_checkpoints_are_refused_under_a_signing_key(kafka, new_topic, tmp_path):
+    topic = new_topic(2)
+    env = {**WORKER_ENV, "SHOPSTREAM_SIGNING_KEY": "k3y-for-tests"}
+    checkpoints = tmp_path / "ckpt"
+    records = list(generate(12_000, seed=302))
+    send_records(kafka, topic, records[:6000])
+    first = run(kafka, topic, checkpoints, env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    old = {p.name: p.read_bytes() for p in checkpoints.glob("*.ckpt")}
+    send_records(kafka, topic, records[6000:])
+    second = run(kafka, topic, checkpoints, env)
+    assert second.returncode == 0, second.stderr[-2000:]
+    current = {p.name: p.read_bytes() for p in checkpoints.glob("*.ckpt")}
+
+    # Swapped: partition 0's (signed, valid) checkpoint in partition 1's place.
+    (checkpoints / f"{topic}-1.ckpt").write_bytes(current[f"{topic}-0.ckpt"])
+    swapped = run(kafka, topic, checkpoints, env)
+    assert swapped.returncode == 2
+    assert f"holds the state of {topic}-0, not of {topic}-1" in swapped.stderr
+    (checkpoints / f"{topic}-1.ckpt").write_bytes(current[f"{topic}-1.ckpt"])
+
+    # Replayed: an older signed checkpoint of the same partition put back.
+    (checkpoints / f"{topic}-0.ckpt").write_bytes(old[f"{topic}-0.ckpt"])
+    replayed = run(kafka, topic, checkpoints, env)
+    assert replayed.returncode == 2, replayed.stderr[-3000:]
+    assert "is older than the offset" in replayed.stderr and "an old checkpoint put back?" in replayed.stderr
+
+    # Deleted: the group committed offsets, so starting over is refused unless asked for.
+    (checkpoints / f"{topic}-0.ckpt").unlink()
+    deleted = run(kafka, topic, checkpoints, env)
+    assert deleted.returncode == 2 and "no checkpoint, but group" in deleted.stderr
+    forced = run(kafka, topic, checkpoints, env, "--force-fresh-start")
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert "--force-fresh-start: starting it over" in forced.stderr
+    assert "k3y-for-tests" not in swapped.stderr + replayed.stderr + deleted.stderr
+
+
+def test_a_tombstone_in_the_checkpoint_topic_is_refused_under_a_signing_key(kafka, new_topic, tmp_path):
+    topic = new_topic(1)
+    env = {**WORKER_ENV, "SHOPSTREAM_SIGNING_KEY": "k3y-for-tests"}
+    ckpt_topic = f"{topic}-ckpt"
+    store = ["--checkpoint-store", "kafka", "--checkpoint-topic", ckpt_topic]
+    send_records(kafka, topic, generate(4000, seed=303))
+    first = run(kafka, topic, tmp_path / "unused", env, *store)
+    assert first.returncode == 0, first.stderr[-2000:]
+    producer = KafkaProducer(bootstrap_servers=kafka, acks="all")
+    producer.send(ckpt_topic, key=f"g-{topic}/{topic}-0".encode(), value=None)
+    producer.send(ckpt_topic, key=b"\xff\xfe not utf-8", value=b"junk")  # skipped with a warning
+    producer.flush()
+    producer.close()
+    again = run(kafka, topic, tmp_path / "unused", env, *store)
+    assert again.returncode == 2
+    assert "a tombstone replaced it" in again.stderr
+    assert "has a key that is not UTF-8: skipped" in again.stderr
+
+
+def test_a_bad_setting_fails_before_joining_and_moves_nobody_s_partitions(kafka, new_topic, tmp_path):
+    topic = new_topic(2)
+    send_records(kafka, topic, generate(3000, seed=304))
+    port = free_port()
+    healthy = subprocess.Popen(worker_command(kafka, topic, tmp_path / "ckpt", "--metrics-port", str(port)),
+                               env=WORKER_ENV, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: scrape(port).get(("shopstream_assigned_partitions", ())) == 2.0, 90, "both partitions")
+        time.sleep(3)  # past the first rebalance a new group goes through
+        started = time.time()
+        bad = subprocess.run(worker_command(kafka, topic, tmp_path / "ckpt2", "--window", "-5",
+                                            "--metrics-port", "-1"),
+                             env=WORKER_ENV, capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2
+        assert bad.stderr.strip().splitlines()[-1] == ("shopstream worker: error: invalid engine settings: "
+                                                       "window must be > 0, lateness >= 0 and max_open >= 1")
+        missing = run(kafka, topic, tmp_path / "ckpt3", WORKER_ENV, "--artifacts", str(tmp_path / "nowhere"))
+        assert missing.returncode == 2 and "no such directory" in missing.stderr
+        time.sleep(max(0.0, 8 - (time.time() - started)))  # a join would have rebalanced by now
+        assert scrape(port).get(("shopstream_assigned_partitions", ())) == 2.0
+        stopped = time.time()
+    finally:
+        healthy.terminate()
+        _, log = healthy.communicate(timeout=60)
+    from datetime import datetime
+
+    moved = [line for line in log.splitlines() if ("revoked" in line or "assigned partition" in line)
+             and started < datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp() < stopped]
+    assert moved == [], log[-2000:]  # no partition moved while the misconfigured workers tried
