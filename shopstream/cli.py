@@ -298,6 +298,30 @@ def _cmd_worker(args) -> int:
     return run_worker(WorkerSettings.from_args(args))
 
 
+#: Settings a command checks before it does anything (the worker checks the rest in its preflight).
+RANGES = {
+    "events": (lambda v: v >= 0, "must be >= 0"),
+    "days": (lambda v: v > 0, "must be > 0"),
+    "rate": (lambda v: v >= 0, "must be >= 0 (0: as fast as possible)"),
+    "partitions": (lambda v: 1 <= v <= 10_000, "must be 1..10000"),
+    "holdout": (lambda v: 0 < v < 1, "must be between 0 and 1"),
+    "window": (lambda v: v > 0, "must be > 0 seconds"),
+    "lateness": (lambda v: v >= 0, "must be >= 0 seconds"),
+    "max_open": (lambda v: v >= 1, "must be >= 1"),
+    "metric_window": (lambda v: v >= 1, "must be >= 1"),
+    "max_bad_rows": (lambda v: v is None or v >= 0, "must be >= 0"),
+    "wait_timeout": (lambda v: v > 0, "must be > 0 seconds"),
+    "generate_events": (lambda v: v >= 0, "must be >= 0"),
+}
+
+
+def check_ranges(args) -> None:
+    """One clear line for a value out of range, before any work or any connection."""
+    for name, (ok, rule) in RANGES.items():
+        if hasattr(args, name) and not ok(getattr(args, name)):
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)!r} {rule}")
+
+
 COMMANDS = {"generate": _cmd_generate, "bootstrap": _cmd_bootstrap, "demo": _cmd_demo,
             "produce": _cmd_produce, "topics": _cmd_topics, "models": _cmd_models, "worker": _cmd_worker}
 
@@ -307,6 +331,7 @@ def main(argv=None) -> int:
     from kafka.errors import KafkaError
 
     try:
+        check_ranges(args)
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         # Expected user errors: one clear line, no traceback.

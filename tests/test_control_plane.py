@@ -170,7 +170,7 @@ def test_bad_settings_fail_before_joining_with_one_line(tmp_path):
     window = subprocess.run([sys.executable, "-m", "shopstream.cli", "worker", "--window", "-5",
                              "--bootstrap-servers", "127.0.0.1:1"], capture_output=True, text=True, timeout=60)
     assert window.returncode == 2 and window.stderr.strip().splitlines() == [
-        "shopstream worker: error: invalid engine settings: window must be > 0, lateness >= 0 and max_open >= 1"]
+        "shopstream worker: error: --window -5.0 must be > 0 seconds"]
 
 
 def test_produce_without_a_broker_is_one_clear_line():
