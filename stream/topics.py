@@ -51,6 +51,7 @@ def topics_command(args) -> int:
         args.predictions_topic: args.partitions,
         args.dead_letter_topic: 1,
         args.control_topic: 1,
+        f"{args.control_topic}-replies": 1,   # the workers' answers to control commands
     })
     print(f"created topics: {', '.join(created) or 'none (all existed)'}")
     return 0
