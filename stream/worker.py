@@ -222,9 +222,7 @@ class Worker(ConsumerRebalanceListener):
             log.warning("partition %d: %s; --force-fresh-start: starting it over", tp.partition, exc)
             state = None
         if state is None:
-            s = self.settings
-            engine, origin = build_engine(s.artifacts, s.model, s.features, s.challengers, s.baseline, s.seed,
-                                          s.promotion, s.drift_reaction, s.feature_caps, **s.engine_options)
+            engine, origin = new_engine(self.settings)
             state = PartitionState(tp.topic, tp.partition, engine, next_offset=0, origin=origin,
                                    started_from=origin)
         if self.control is not None and self.control.apply(state.engine, tp.partition):
@@ -251,11 +249,12 @@ class Worker(ConsumerRebalanceListener):
                     del self.partitions[tp]  # nothing of it may be checkpointed on the way out
                     continue
                 log.warning("%s; --force-fresh-start: starting it over", exc)
-                s = self.settings
-                engine, origin = build_engine(s.artifacts, s.model, s.features, s.challengers, s.baseline, s.seed,
-                                              s.promotion, s.drift_reaction, s.feature_caps, **s.engine_options)
-                self.partitions[tp] = PartitionState(tp.topic, tp.partition, engine, next_offset=0, origin=origin,
-                                                     started_from=origin, unsaved_since=time.time())
+                engine, origin = new_engine(self.settings)
+                fresh = PartitionState(tp.topic, tp.partition, engine, next_offset=0, origin=origin,
+                                       started_from=origin, unsaved_since=time.time())
+                if self.control is not None:
+                    self.control.apply(engine, tp.partition)
+                self.partitions[tp] = fresh
                 self.consumer.seek(tp, 0)
 
     def _check_against_committed(self, tp: TopicPartition, state: Optional[PartitionState]) -> None:
@@ -536,10 +535,15 @@ def preflight(settings: WorkerSettings) -> None:
     # What a new partition would start from, built once: the window, lateness, caps, catalog
     # names and the artifacts (loaded and verified) all checked here.
     try:
-        build_engine(s.artifacts, s.model, s.features, s.challengers, s.baseline, s.seed, s.promotion,
-                     s.drift_reaction, s.feature_caps, **s.engine_options)
+        new_engine(s)
     except ValueError as exc:
         raise ValueError(f"invalid engine settings: {exc}") from None
+
+
+def new_engine(s: WorkerSettings):
+    """A new partition's engine (from the artifacts, else fresh) and where it came from."""
+    return build_engine(s.artifacts, s.model, s.features, s.challengers, s.baseline, s.seed, s.promotion,
+                        s.drift_reaction, s.feature_caps, **s.engine_options)
 
 
 def run_worker(settings: WorkerSettings) -> int:
