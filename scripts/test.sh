@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests need (Python deps,
 # Debian's prometheus + promtool and docker-compose for the deployment checks, the Kafka
-# jars), starts the real Kafka broker, runs pytest, stops the broker.
+# jars, podman and the stand-in images for the compose test), starts the real Kafka broker,
+# runs pytest, stops the broker.
 #
 #   bash scripts/test.sh [pytest args...]
 set -euo pipefail
@@ -22,6 +23,12 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# tests/test_compose.py runs docker-compose.yml under podman: install it and build the stand-in
+# images now (cached; a few minutes on a fresh machine). A failure here does not stop the suite:
+# that test prepares again and fails with the reason.
+say "preparing the container runtime for tests/test_compose.py"
+bash scripts/compose/runtime.sh prepare || say "container runtime NOT prepared: tests/test_compose.py will fail"
 
 # A broker we start, we stop; one that was already running is left alone.
 started_kafka=0

@@ -1,4 +1,5 @@
-"""The compose stack, proved without a Docker engine:
+"""The compose stack, checked without a container runtime (tests/test_compose.py brings it up
+for real under podman):
 
 - a real compose implementation validates docker-compose.yml;
 - its wiring is checked: every command is our CLI, every SHOPSTREAM_* variable is one
@@ -40,7 +41,7 @@ ALERTS_YML = ROOT / "dashboards" / "prometheus" / "alerts.yml"
 def compose() -> dict:
     """docker-compose.yml as a compose implementation resolves it (anchors, defaults)."""
     assert shutil.which("docker-compose"), "docker-compose missing: scripts/test.sh installs it"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SHOPSTREAM_", "GRAFANA_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SHOPSTREAM_", "GRAFANA_", "PROMETHEUS_"))}
     result = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config"],
                             capture_output=True, text=True, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr
@@ -91,6 +92,16 @@ def test_compose_wiring(compose):
     assert worker["depends_on"]["topics"]["condition"] == "service_completed_successfully"
     assert "ports" not in worker  # metrics stay on the compose network
     assert worker["environment"]["SHOPSTREAM_ARTIFACTS"] == services["bootstrap"]["environment"]["SHOPSTREAM_OUT"]
+    # What the real bring-up (tests/test_compose.py) found: the broker's data must live in its
+    # volume; workers and feeder depend on kafka directly, so `down` stops them before the
+    # broker (a worker still checkpointing when the broker went away was killed); podman
+    # splits a ["CMD", ...] healthcheck on spaces.
+    kafka = services["kafka"]
+    kafka_volume = next(v.split(":")[1] for v in kafka["volumes"] if v.startswith("kafka-data:"))
+    assert kafka["environment"]["KAFKA_LOG_DIRS"] == kafka_volume
+    for name in ("worker", "feeder"):
+        assert services[name]["depends_on"]["kafka"]["condition"] == "service_healthy", name
+    assert worker["healthcheck"]["test"][0] == "CMD-SHELL"
 
     kafka_version = re.search(r"KAFKA_VERSION=(\S+)", (ROOT / "scripts" / "kafka.sh").read_text()).group(1)
     assert services["kafka"]["image"] == f"apache/kafka:{kafka_version}"

@@ -92,10 +92,12 @@ EOF
   rm -rf "$rootfs" "$STATE/rootfs.tar"
 }
 
-# build NAME CONTEXT TAG...: build the stand-in unless its context hash is unchanged.
+# build NAME CONTEXT TAG...: build the stand-in unless its context hash (files, base image,
+# the host's CA bundle) is unchanged.
 build() {
   local name=$1 context=$2; shift 2
-  local hash; hash=$(context_hash "$context" "$(podman image inspect --format '{{.Id}}' "$BASE")")
+  local hash; hash=$(context_hash "$context" "$(podman image inspect --format '{{.Id}}' "$BASE")" \
+    "$(sha256sum <"$(host_ca)")")
   local tag
   if [[ $(image_hash "$1") == "$hash" ]]; then
     for tag in "$@"; do podman image exists "$tag" || podman tag "$1" "$tag"; done
