@@ -259,8 +259,10 @@ class Engine:
                     # This prediction is resolved by a later event: its failure must not fail that
                     # event, nor lose the other predictions resolved with it. Counted and logged.
                     counts["learn_errors"] += 1
-                    log.warning("%s could not learn a prediction made at %.0f: %s: %s", slot.name,
-                                prediction.event_time, type(exc).__name__, exc)
+                    n = counts["learn_errors"]
+                    if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a flood of them cannot flood the log
+                        log.warning("%s could not learn a prediction made at %.0f (%d so far): %s: %s", slot.name,
+                                    prediction.event_time, n, type(exc).__name__, exc)
         if slots[self.champion].learn:
             counts["learned"] += 1
         if len(slots) > 1:

@@ -27,6 +27,9 @@ log = logging.getLogger("shopstream.outputs")
 REASON_HEADER = "shopstream.reason"
 TRUNCATED_HEADER = "shopstream.truncated"
 ORIGINAL_SIZE_HEADER = "shopstream.original_size"
+DROPPED_HEADERS_HEADER = "shopstream.dropped_headers"
+SOURCE_HEADERS = frozenset({REASON_HEADER, "shopstream.source.topic", "shopstream.source.partition",
+                            "shopstream.source.offset", "shopstream.source.last_offset"})
 #: A dead letter larger than this (key, value and headers) is cut before sending: the
 #: broker's default limit is 1 MiB per record batch, and the original is still in its topic.
 MAX_DEAD_LETTER_BYTES = 900_000
@@ -67,19 +70,37 @@ def message_size(message: dict) -> int:
 
 
 def cut(message: dict, keep: int = DEAD_LETTER_CUT) -> dict:
-    """A bounded copy of a dead letter: the value cut to `keep` bytes, headers saying so.
+    """A bounded copy of a dead letter: the value cut to `keep` bytes, the original headers
+    kept while they fit in `keep` bytes too (a message can carry a megabyte of headers),
+    and headers saying what was cut.
 
-    >>> m = cut({"key": None, "value": b"x" * 100, "headers": [("a", b"1")]}, keep=10)
-    >>> len(m["value"]), m["headers"][-2:]
-    (10, [('shopstream.truncated', b'1'), ('shopstream.original_size', b'100')])
+    >>> m = cut({"key": None, "value": b"x" * 100, "headers": [("a", b"1"), ("b", b"2" * 50)]}, keep=10)
+    >>> len(m["value"]), m["headers"]
+    (10, [('a', b'1'), ('shopstream.truncated', b'1'), ('shopstream.original_size', b'100'), ('shopstream.dropped_headers', b'1')])
     """
     value = message.get("value") or b""
-    headers = [(k, v) for k, v in message.get("headers") or () if k not in (TRUNCATED_HEADER, ORIGINAL_SIZE_HEADER)]
-    headers = [(k, v[:1000]) for k, v in headers]  # a header may be what made it too large
-    original = next((v for k, v in message.get("headers") or () if k == ORIGINAL_SIZE_HEADER), None)
-    headers += [(TRUNCATED_HEADER, b"1"), (ORIGINAL_SIZE_HEADER, original or str(len(value)).encode())]
+    headers = message.get("headers") or []
+    ours = {TRUNCATED_HEADER, ORIGINAL_SIZE_HEADER, DROPPED_HEADERS_HEADER}
+    original = next((v for k, v in headers if k == ORIGINAL_SIZE_HEADER), None)
+    dropped = int(next((v for k, v in headers if k == DROPPED_HEADERS_HEADER), b"0"))
+    # Our reason and source come last in the list (a sender may use the same names): keep the
+    # last of each, then the sender's headers while they fit.
+    last = {k: i for i, (k, _) in enumerate(headers) if k in SOURCE_HEADERS}
+    kept, room = [], keep
+    for i, (k, v) in enumerate(headers):
+        if k in ours:
+            continue
+        size = len(k) + len(v or b"")
+        if last.get(k) == i or (k not in last and size <= room):
+            kept.append((k, v[:1000] if last.get(k) == i else v))
+            room -= 0 if last.get(k) == i else size
+        else:
+            dropped += 1
+    kept += [(TRUNCATED_HEADER, b"1"), (ORIGINAL_SIZE_HEADER, original or str(len(value)).encode())]
+    if dropped:
+        kept.append((DROPPED_HEADERS_HEADER, str(dropped).encode()))
     key = message.get("key")
-    return {"key": key[:1000] if key else key, "value": value[:keep], "headers": headers}
+    return {"key": key[:1000] if key else key, "value": value[:keep], "headers": kept}
 
 
 class Outputs:

@@ -313,3 +313,29 @@ def test_scraping_all_the_time_changes_nothing_in_the_engine():
     assert len(scraped.joiner) == len(quiet.joiner)
     assert pickle.dumps(scraped.joiner._deadlines) == pickle.dumps(quiet.joiner._deadlines)
     assert scraped.scores.cumulative.values() == quiet.scores.cumulative.values()
+
+
+def test_a_megabyte_of_headers_cannot_block_the_dead_letter_topic():
+    """A message under the broker's limit whose headers alone fill it: its dead letter must
+    still fit, or the partition would wait for it forever."""
+    producers = []
+
+    def make():  # a dead-letter topic that takes at most 20,000 bytes per record
+        producers.append(FakeProducer(lambda topic, m: MessageSizeTooLargeError("too large")
+                                      if topic == "dlq" and _size(m) > 20_000 else None))
+        return producers[-1]
+
+    outputs = Outputs(make, "predictions", "dlq")
+    spoofed = [("shopstream.reason", b"x" * 5000), ("shopstream.note", b"y" * 1500)] * 300
+    outputs.dead_letter(Record(b"{", headers=spoofed), "invalid event: payload")
+    assert outputs.confirm() is True
+    [(_, letter)] = [d for p in producers for d in p.delivered]
+    headers = dict(letter["headers"])
+    assert headers["shopstream.reason"] == b"invalid event: payload"  # ours, not the sender's copy
+    assert int(headers["shopstream.dropped_headers"]) > 500 and _size(letter) <= 20_000
+
+
+def _size(message):
+    from stream.outputs import message_size
+
+    return message_size(message)
