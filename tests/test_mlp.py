@@ -213,3 +213,20 @@ def test_bootstrap_trains_mlp_in_epochs_and_records_it(tmp_path, monkeypatch):
     assert (out / "epochs_mlp.png").stat().st_size > 10_000
     assert json.loads((out / "report.json").read_text())["candidates"]["mlp"]["training"] == json.loads(
         json.dumps(training))
+
+
+def test_demo_runs_mlp_as_a_challenger_beside_logistic_regression(tmp_path):
+    from argparse import Namespace
+
+    from shopstream.demo import run_demo
+
+    args = Namespace(out=str(tmp_path), events=12_000, seed=7, drift="checkout_incident@0.5-0.65:web",
+                     metrics_host="127.0.0.1", metrics_port=0, progress=False)
+    summary = run_demo(args)
+    assert summary["bootstrap_default"].startswith("logreg")   # the champion is a logistic regression
+    mlp = summary["models"]["mlp"]
+    assert mlp["version"].startswith("mlp-") and mlp["role"] in ("challenger", "champion")  # promotion may win
+    assert [p for p in summary["promotions"] if p["new"] == "mlp"] or mlp["role"] == "challenger"
+    assert 0.5 < mlp["roc_auc"] < 1.0 and "mlp" in summary["bootstrap_holdout"]
+    assert all("mlp" in phase for phase in summary["rolling_roc_auc"].values())
+    assert (tmp_path / "artifacts" / "epochs_mlp.png").is_file()
