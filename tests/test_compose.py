@@ -263,7 +263,7 @@ def check_counts(ends: dict[int, int], metrics: dict, label: str):
     assert not any(duplicates.values()), f"{label}: duplicates {duplicates}"
 
 
-def test_compose_stack_for_real(tmp_path):
+def test_compose_stack_for_real():
     t_start = time.time()
     prepare = subprocess.run(["bash", str(RUNTIME), "prepare"], capture_output=True, text=True, timeout=1800)
     if prepare.returncode != 0:
@@ -289,7 +289,7 @@ def test_compose_stack_for_real(tmp_path):
         assert "grafana" not in services and {"kafka", "topics", "bootstrap", "worker", "feeder", "prometheus"} <= set(services)
 
         # 1. bring-up
-        seconds = bring_up(stack, services, "bring-up", build=True)
+        bring_up(stack, services, "bring-up", build=True)
         one_shots = {c["service"]: c for c in stack.containers() if c["service"] in ("topics", "bootstrap", "feeder")}
         assert {name: c["exit_code"] for name, c in one_shots.items()} == {"topics": 0, "bootstrap": 0, "feeder": 0}
         fed(stack.logs(one_shots["feeder"]), FEEDS[0])
