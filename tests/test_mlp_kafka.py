@@ -1,10 +1,13 @@
 """The seed's network on the real broker: a worker whose partitions run `mlp` (as a
 challenger, or as the bootstrap's champion with its frozen baseline) is killed with
-kill -9 mid-stream, restarted, and ends bit for bit where an uninterrupted run ends."""
+kill -9 mid-stream, restarted, and ends bit for bit where an uninterrupted run ends; so
+do partitions that move between workers killed at random while events stream in."""
 
 import pickle
+import random
 import signal
 import subprocess
+import threading
 import time
 
 import msgspec
@@ -105,4 +108,54 @@ def test_bootstrapped_mlp_champion_and_baseline_survive_kill_9(kafka, new_topic,
         frozen = load_artifact(artifacts).model   # the baseline never learns: still the artifact's bits
         assert pickle.dumps(actual[partition].slot("mlp_baseline").model) == pickle.dumps(frozen)
         assert actual[partition].slot("mlp").model._t > frozen._t  # the champion kept learning
+        assert_same_lineup(actual[partition], engine, probes)
+
+
+def test_mlp_partitions_survive_chaos(kafka, new_topic, tmp_path):
+    """Events stream in while workers are killed with kill -9 at random moments and
+    restarted, and a third worker joins and leaves: every partition still ends as one
+    uninterrupted run over its events."""
+    rng = random.Random(15)
+    topic = new_topic(4)
+    records = list(generate(30_000, seed=144))
+    checkpoints = tmp_path / "ckpt"
+    command = worker_command(kafka, topic, checkpoints, "--until-idle", "10", "--metrics-port", "-1",
+                             "--checkpoint-every", "1000", "--checkpoint-seconds", "2",
+                             "--model", "logreg", "--challengers", "mlp")
+
+    def start():
+        return subprocess.Popen(command, env=WORKER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def paced(rate=2000.0):
+        began = time.monotonic()
+        for number, record in enumerate(records):
+            ahead = number / rate - (time.monotonic() - began)
+            if ahead > 0:
+                time.sleep(ahead)
+            yield record
+
+    feeder = threading.Thread(target=lambda: send_records(kafka, topic, paced()), daemon=True)
+    feeder.start()
+    workers, extra = [start(), start()], None
+    for kill in range(4):
+        time.sleep(rng.uniform(1.0, 3.0))
+        victim = rng.randrange(len(workers))
+        workers[victim].send_signal(signal.SIGKILL)
+        workers[victim].wait()
+        workers[victim] = start()
+        if kill == 0:
+            extra = start()
+        elif kill == 2:
+            extra.send_signal(signal.SIGTERM)  # before its handler is installed, this is one more crash
+            extra.wait(timeout=120)
+    feeder.join()
+    for worker in workers:
+        assert worker.wait(timeout=600) == 0
+
+    actual = checkpointed_engines(checkpoints)
+    expected = reference_lineups(kafka, topic, model="logreg", challengers=("mlp",))
+    assert sorted(actual) == sorted(expected) == [0, 1, 2, 3]
+    probes = [expected[0].features.transform(decode_event(encode(r))) for r in records[-200:]]
+    for partition, engine in expected.items():
+        assert actual[partition].counts["learned"] == engine.counts["resolved"] > 0
         assert_same_lineup(actual[partition], engine, probes)
