@@ -54,6 +54,10 @@ TIMING_SAMPLE = 16
 CHECKPOINT_RETRY_SECONDS = 2.0
 BROKER_CHECK_SECONDS = 5.0
 SNAPSHOT_SECONDS = 1.0  # how stale a scrape's numbers may be
+# How long a checkpoint waits for outputs to be acknowledged before it pauses the partitions
+# and retries: long enough for a busy broker, short enough that an outage does not hold the
+# loop (its broker checks, readiness and control commands) for the whole outage.
+CONFIRM_SECONDS = 5.0
 
 
 class IdleClock:
@@ -444,7 +448,7 @@ class Worker(ConsumerRebalanceListener):
         # Predictions and dead letters before the state that made them: a checkpoint may
         # only cover outputs the broker acknowledged. Otherwise pause and retry.
         try:
-            confirmed = self.outputs.confirm(timeout=30)
+            confirmed = self.outputs.confirm(timeout=CONFIRM_SECONDS)
         except Exception as exc:  # never let an output failure take the worker down
             log.warning("confirming outputs: %s: %s", type(exc).__name__, exc)
             confirmed = False
