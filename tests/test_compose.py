@@ -60,6 +60,10 @@ def run(command: list[str], env: dict | None = None, timeout: float = 900, check
     return result
 
 
+class Broken(AssertionError):
+    """Raised by a `wait` predicate when waiting longer cannot help."""
+
+
 def wait(predicate, timeout: float, what: str, every: float = 2.0, describe=None):
     """Poll until `predicate()` is truthy and return it; fail naming `what` (and the last state).
     A predicate that fails (a command inside a container under load, say) counts as false."""
@@ -68,6 +72,8 @@ def wait(predicate, timeout: float, what: str, every: float = 2.0, describe=None
     while True:
         try:
             value, error = predicate(), None
+        except Broken:
+            raise
         except (Exception, pytest.fail.Exception) as exc:
             value, error = None, f"{type(exc).__name__}: {str(exc)[-1500:]}"
         if value:
@@ -237,8 +243,10 @@ def healthy_workers(stack: Stack, count: int, label: str) -> list[dict]:
 
 
 def settled(stack: Stack, workers: list[dict], expected_total: int, label: str):
-    """Wait until the workers own every partition and have consumed up to every end offset;
-    return (end offsets, merged metrics)."""
+    """Wait until the workers own every partition and have consumed up to every end offset (the
+    engine counters are exported from a snapshot taken every few seconds, so they trail
+    next_offset a little); return (end offsets, merged metrics). Fails at once if a partition
+    counts more consumed events than it holds."""
     state = {}
 
     def caught_up():
@@ -247,12 +255,17 @@ def settled(stack: Stack, workers: list[dict], expected_total: int, label: str):
         for worker in workers:
             merged.update(stack.metrics(worker))
         nexts = per_partition(merged, "shopstream_next_offset")
-        state.update(ends=ends, nexts=nexts)
-        if sum(ends.values()) == expected_total and len(ends) == PARTITIONS and nexts == {p: float(o) for p, o in ends.items()}:
+        consumed = per_partition(merged, "shopstream_events_total", outcome="consumed")
+        state.update(ends=ends, next_offsets=nexts, consumed=consumed)
+        over = {p: (consumed[p], ends[p]) for p in ends if consumed.get(p, 0) > ends[p]}
+        if over:
+            raise Broken(f"{label}: consumed events above the partition's end offset (counted twice): {over}")
+        target = {p: float(o) for p, o in ends.items()}
+        if sum(ends.values()) == expected_total and len(ends) == PARTITIONS and nexts == target and consumed == target:
             return ends, merged
         return None
-    return wait(caught_up, 300, f"{label}: workers at the end of every partition ({expected_total} events)",
-                every=3.0, describe=lambda: state)
+    return wait(caught_up, 300, f"{label}: workers at the end of every partition, every event consumed once "
+                f"({expected_total} events)", every=3.0, describe=lambda: state)
 
 
 def check_counts(ends: dict[int, int], metrics: dict, label: str):
@@ -320,6 +333,7 @@ def test_compose_stack_for_real():
         wait(prometheus_total, 120, f"Prometheus: {FEEDS[0]} consumed events summed over the workers",
              describe=lambda: api.query('sum by (instance) (shopstream_events_total{outcome="consumed"})'))
         stack.say(f"Prometheus: targets {worker_ips} up; sum of consumed events = {FEEDS[0]}")
+        history_at = time.time()
 
         def empty_queries():
             empty = [f"{title}: {expr}" for title, expr in dashboard_queries()
@@ -379,7 +393,7 @@ def test_compose_stack_for_real():
         stack.say(f"stop: workers exited 0, kafka {exits[PROJECT + '_kafka_1']}, in {time.time() - t0:.0f} s")
         stack.dc("down", timeout=300)
         volumes = stack.podman("volume", "ls", "--format", "{{.Name}}").stdout.split()
-        assert {f"{PROJECT}_{v}" for v in ("kafka-data", "artifacts", "checkpoints")} <= set(volumes), volumes
+        assert {f"{PROJECT}_{v}" for v in ("kafka-data", "artifacts", "checkpoints", "prometheus-data")} <= set(volumes), volumes
         stack.settings.update(SHOPSTREAM_FEED_EVENTS=str(FEEDS[2]), SHOPSTREAM_FEED_SEED="103")
         bring_up(stack, services, "up again")
         feeder = next(c for c in stack.containers() if c["service"] == "feeder")
@@ -399,9 +413,14 @@ def test_compose_stack_for_real():
                      for (name, k) in metrics if name == "shopstream_model_info"}
         baseline = {k: v for k, v in versions.items() if k[1] == "baseline"}
         assert baseline and all(versions3.get(k) == v for k, v in baseline.items()), (baseline, versions3)
+        wait(lambda: _answers(api), 120, "Prometheus ready again")
+        then = api.get("/api/v1/query", query='sum(shopstream_events_total{outcome="consumed"})', time=history_at)
+        assert [float(r["value"][1]) for r in then["data"]["result"]] == [FEEDS[0]], \
+            f"Prometheus lost its history across down/up: {then}"
         stack.say(f"up again: Kafka kept {sum(ends2.values())} events; partitions resumed from checkpoints at "
                   f"{ {p: min(o for _, o in s) for p, s in sorted(first.items())} }; {FEEDS[2]} new events; "
-                  f"consumed per partition = end offsets {ends3}; baseline versions unchanged")
+                  f"consumed per partition = end offsets {ends3}; baseline versions unchanged; "
+                  f"Prometheus kept its history")
         ok = True
     except BaseException:
         stack.dump_logs(LOGS / "failure.txt")

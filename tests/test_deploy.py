@@ -92,8 +92,8 @@ def test_compose_wiring(compose):
     assert worker["depends_on"]["topics"]["condition"] == "service_completed_successfully"
     assert "ports" not in worker  # metrics stay on the compose network
     assert worker["environment"]["SHOPSTREAM_ARTIFACTS"] == services["bootstrap"]["environment"]["SHOPSTREAM_OUT"]
-    # What the real bring-up (tests/test_compose.py) found: the broker's data must live in its
-    # volume; workers and feeder depend on kafka directly, so `down` stops them before the
+    # What the real bring-up (tests/test_compose.py) found: the broker's and Prometheus's data
+    # must live in their volumes; workers and feeder depend on kafka directly, so `down` stops them before the
     # broker (a worker still checkpointing when the broker went away was killed); podman
     # splits a ["CMD", ...] healthcheck on spaces.
     kafka = services["kafka"]
@@ -102,6 +102,9 @@ def test_compose_wiring(compose):
     for name in ("worker", "feeder"):
         assert services[name]["depends_on"]["kafka"]["condition"] == "service_healthy", name
     assert worker["healthcheck"]["test"][0] == "CMD-SHELL"
+    prometheus = services["prometheus"]
+    tsdb = next(a.split("=", 1)[1] for a in prometheus["command"] if a.startswith("--storage.tsdb.path="))
+    assert f"prometheus-data:{tsdb}" in [":".join(v.split(":")[:2]) for v in prometheus["volumes"]]
 
     kafka_version = re.search(r"KAFKA_VERSION=(\S+)", (ROOT / "scripts" / "kafka.sh").read_text()).group(1)
     assert services["kafka"]["image"] == f"apache/kafka:{kafka_version}"
