@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     option(generate, "--days", "time span in days", default=30.0, type=float)
     option(generate, "--drift", "drift scenario(s), e.g. checkout_incident@0.5-0.7:android price_shock@0.8",
            many=True, default=[])
+    option(generate, "--max-user-share", "cap on one user's share of the sessions (1: uncapped, a skewed shop)",
+           default=0.01, type=float)
 
     bootstrap = commands.add_parser("bootstrap", help="train and evaluate models on a history file")
     option(bootstrap, "--history", "history file: .jsonl, .csv (REES46) or .parquet")
@@ -144,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     option(produce, "--events", "events to generate when no file is given", default=100_000, type=int)
     option(produce, "--seed", "generator seed", default=7, type=int)
     option(produce, "--drift", "generator drift scenario(s)", many=True, default=[])
+    option(produce, "--max-user-share", "generator: cap on one user's share of the sessions (1: uncapped)",
+           default=0.01, type=float)
     option(produce, "--rate", "events per second (0: as fast as possible)", default=0.0, type=float)
     option(produce, "--validate", "drop and count invalid events instead of sending them", switch=True)
     option(produce, "--max-bad-rows", "with --validate: stop with an error after more bad rows than this "
@@ -230,7 +234,8 @@ def _cmd_generate(args) -> int:
     from .generator import Drift, generate, write_jsonl
 
     drifts = tuple(Drift.parse(text) for text in args.drift)
-    count = write_jsonl(generate(args.events, seed=args.seed, days=args.days, drifts=drifts), args.out)
+    count = write_jsonl(generate(args.events, seed=args.seed, days=args.days, drifts=drifts,
+                                 max_user_share=args.max_user_share), args.out)
     print(f"wrote {count} events to {args.out}")
     return 0
 
@@ -312,6 +317,7 @@ RANGES = {
     "max_bad_rows": (lambda v: v is None or v >= 0, "must be >= 0"),
     "wait_timeout": (lambda v: v > 0, "must be > 0 seconds"),
     "generate_events": (lambda v: v >= 0, "must be >= 0"),
+    "max_user_share": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
 }
 
 

@@ -14,6 +14,8 @@ Deterministic for a seed. Drift scenarios change the shop at a point in time:
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import random
 from dataclasses import dataclass
@@ -71,8 +73,34 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+#: Default cap on one user's share of the sessions: real traffic is heavy-tailed, but no
+#: single user is half of it (the Pareto draw this replaced gave one user 55.6% of events,
+#: and so one of two workers 88.6% of the work).
+MAX_USER_SHARE = 0.01
+
+
+def user_weights(n_users: int, max_share: float = MAX_USER_SHARE, exponent: float = 1.1) -> list[float]:
+    """Zipf-like session weights per user (heavy-tailed), each capped at `max_share` of the
+    total (at least 2 / n_users, so a cap is reachable with few users); 1.0: no cap.
+
+    >>> w = user_weights(1000)
+    >>> round(max(w) / sum(w), 3), round(sum(w[:10]) / sum(w), 2)
+    (0.01, 0.1)
+    """
+    weights = [1.0 / (i + 1) ** exponent for i in range(n_users)]
+    cap_share = max(max_share, 2.0 / n_users)
+    for _ in range(100):  # clamp to the cap of the remaining total until nothing moves
+        limit = cap_share * sum(weights)
+        clamped = [min(w, limit) for w in weights]
+        if clamped == weights:
+            break
+        weights = clamped
+    return weights
+
+
 def generate(n_events: int, seed: int = 7, days: float = 30.0, drifts: tuple[Drift, ...] = (),
-             n_users: Optional[int] = None, n_products: Optional[int] = None) -> Iterator[dict]:
+             n_users: Optional[int] = None, n_products: Optional[int] = None,
+             max_user_share: float = MAX_USER_SHARE) -> Iterator[dict]:
     """Yield `n_events` event dicts in event-time order."""
     rng = random.Random(seed)
     n_users = n_users or max(50, n_events // 20)
@@ -93,11 +121,12 @@ def generate(n_events: int, seed: int = 7, days: float = 30.0, drifts: tuple[Dri
         favourite = rng.randrange(len(CATEGORIES))
         users.append((str(500000 + i), segment, platform, favourite))
     by_category = [[p for p in products if p[5] == c] or products for c in range(len(CATEGORIES))]
+    cumulative = list(itertools.accumulate(user_weights(n_users, max_user_share)))
 
     events: list[tuple] = []
     session_number = 0
     while len(events) < n_events:
-        user_id, segment, platform, favourite = users[int(rng.paretovariate(1.2)) % n_users]
+        user_id, segment, platform, favourite = users[bisect.bisect_left(cumulative, rng.random() * cumulative[-1])]
         session_number += 1
         session = f"{seed}-{session_number}"
         channel = rng.choices(CHANNELS, weights=(5, 3, 1, 2))[0]

@@ -89,7 +89,9 @@ def produce(args) -> int:
         total = None
     else:
         drifts = tuple(Drift.parse(text) for text in args.drift)
-        messages = messages_from_generator(generate(args.events, seed=args.seed, drifts=drifts), args.validate, rejected)
+        records = generate(args.events, seed=args.seed, drifts=drifts,
+                           max_user_share=getattr(args, "max_user_share", 0.01))
+        messages = messages_from_generator(records, args.validate, rejected)
         total = args.events
     producer = KafkaProducer(linger_ms=20, batch_size=256 * 1024, acks="all", **kafka_options(args))
     try:

@@ -45,3 +45,21 @@ def test_checkout_incident_collapses_conversion_on_its_platform_only():
     assert purchases("android") < 0.1 * purchases("web")
     with pytest.raises(ValueError, match="START < END"):
         Drift.parse("checkout_incident@0.7-0.2")
+
+
+def test_traffic_per_user_is_heavy_tailed_but_capped_so_partitions_get_comparable_load():
+    from collections import Counter
+
+    from kafka.partitioner.default import murmur2
+
+    records = list(generate(100_000, seed=7))
+    users = Counter(r["user_id"] for r in records)
+    top = users.most_common(1)[0][1] / len(records)
+    top_tenth = sum(n for _, n in users.most_common(len(users) // 10)) / len(records)
+    loads = Counter((murmur2(str(r["user_id"]).encode()) & 0x7FFFFFFF) % 4 for r in records)
+    print(f"\ntop user {top:.2%} of events, top 10% of users {top_tenth:.0%}, partitions {sorted(loads.values())}")
+    assert top < 0.02               # no user near half the traffic (the Pareto draw gave 55.6%)
+    assert top_tenth > 0.4          # still heavy-tailed: a tenth of the users make much of it
+    assert max(loads.values()) < 1.6 * min(loads.values())
+    skewed = Counter(r["user_id"] for r in generate(100_000, seed=7, max_user_share=1.0))
+    assert skewed.most_common(1)[0][1] / 100_000 > 0.1  # the skewed scenario on request
