@@ -44,7 +44,8 @@ class CleanHistory:
     sha256: str = ""
 
 
-def load_history(path: str | Path, columns: Optional[dict] = None, max_examples: int = 20) -> CleanHistory:
+def load_history(path: str | Path, columns: Optional[dict] = None, max_examples: int = 20,
+                 max_bad_rows: Optional[int] = None) -> CleanHistory:
     """Read, validate, de-duplicate by event_id and sort by event time (stable)."""
     digest = hashlib.sha256()
     with open(path, "rb") as raw:
@@ -52,7 +53,7 @@ def load_history(path: str | Path, columns: Optional[dict] = None, max_examples:
             digest.update(block)
     history = CleanHistory(events=[], rows=0, sha256=digest.hexdigest())
     seen_ids: set = set()
-    for where, parsed in read_events(path, columns):
+    for where, parsed in read_events(path, columns, max_bad_rows):
         history.rows += 1
         if isinstance(parsed, InvalidEvent):
             history.malformed[f"{parsed.field}: {parsed.reason}"] += 1
@@ -216,7 +217,7 @@ def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] =
               lateness: float = 0.0, metric_window: int = 1000, columns: Optional[dict] = None,
               seed: int = 42, progress: bool = True, max_open: int = 1_000_000,
               drift_delta: float = 1e-6, epochs: Optional[EpochSettings] = None,
-              default_from: Optional[Sequence[str]] = None) -> dict:
+              default_from: Optional[Sequence[str]] = None, max_bad_rows: Optional[int] = None) -> dict:
     """Run the whole offline stage; return the report (also written to `out`).
 
     DEFAULT is the best candidate by holdout ROC AUC, among `default_from` when given
@@ -228,7 +229,7 @@ def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] =
     if not 0.0 <= holdout < 1.0:
         raise ValueError(f"holdout must be a fraction in [0, 1), got {holdout}")
     out = Path(out)
-    history = load_history(history_path, columns)
+    history = load_history(history_path, columns, max_bad_rows=max_bad_rows)
     events = history.events
     if not events:
         raise ValueError(f"{history_path}: no valid events among {history.rows} rows")

@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     option(bootstrap, "--model", "candidate models", many=True, default=["logreg", "logreg_tuned", "hat"])
     option(bootstrap, "--holdout", "fraction of the history (by time) held out", default=0.2, type=float)
     option(bootstrap, "--columns", "column mapping OURS=THEIRS,... for other exports")
+    option(bootstrap, "--max-bad-rows", "stop with an error after more bad rows than this (default: no limit, "
+           "each is counted and skipped, the first ones listed in the report)", type=int)
     option(bootstrap, "--progress", "show a progress bar", switch=True, default=True)
     option(bootstrap, "--epochs", "mlp: most epochs of mini-batch training (early stopping may end sooner)",
            default=10, type=int)
@@ -258,7 +260,7 @@ def _cmd_bootstrap(args) -> int:
                        metric_window=args.metric_window, columns=parse_column_map(args.columns),
                        progress=args.progress, max_open=args.max_open, drift_delta=args.drift_delta,
                        epochs=EpochSettings(epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
-                                            lr=args.learning_rate))
+                                            lr=args.learning_rate), max_bad_rows=args.max_bad_rows)
     data = report["data"]
     print(f"events: {data['events']} valid of {data['rows']} rows, {data['malformed']} malformed, "
           f"{data['duplicates']} duplicates")
@@ -309,7 +311,7 @@ RANGES = {
     "days": (lambda v: v > 0, "must be > 0"),
     "rate": (lambda v: v >= 0, "must be >= 0 (0: as fast as possible)"),
     "partitions": (lambda v: 1 <= v <= 10_000, "must be 1..10000"),
-    "holdout": (lambda v: 0 < v < 1, "must be between 0 and 1"),
+    "holdout": (lambda v: 0 <= v < 1, "must be a fraction in [0, 1)"),
     "window": (lambda v: v > 0, "must be > 0 seconds"),
     "lateness": (lambda v: v >= 0, "must be >= 0 seconds"),
     "max_open": (lambda v: v >= 1, "must be >= 1"),

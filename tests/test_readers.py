@@ -48,3 +48,24 @@ def test_max_bad_rows_stops_with_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"history.csv: more than 2 bad row\(s\) \(--max-bad-rows\); "
                                          r"the last, history.csv:5: event_time"):
         list(read_events(path, max_bad_rows=2))
+
+
+def test_bootstrap_skips_bad_rows_or_stops_at_max_bad_rows(tmp_path):
+    import subprocess
+    import sys
+
+    from shopstream.generator import generate, write_jsonl
+
+    path = tmp_path / "history.jsonl"
+    write_jsonl(generate(3000, seed=3), path)
+    with open(path, "ab") as out:  # two bad rows at the end: invalid UTF-8, and nesting 100,000 deep
+        out.write(b'{"event_time": "\xff\xfe"}\n' + b"[" * 100_000 + b"]" * 100_000 + b"\n")
+    cli = [sys.executable, "-m", "shopstream.cli", "bootstrap", "--history", str(path), "--no-progress",
+           "--model", "logreg"]
+    ok = subprocess.run(cli + ["--out", str(tmp_path / "a")], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "events: 3000 valid of 3002 rows, 2 malformed" in ok.stdout
+    stop = subprocess.run(cli + ["--out", str(tmp_path / "b"), "--max-bad-rows", "1"], capture_output=True,
+                          text=True, timeout=300)
+    assert stop.returncode == 2 and "more than 1 bad row(s) (--max-bad-rows); the last, history.jsonl:3002" \
+        in stop.stderr
