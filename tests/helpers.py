@@ -61,13 +61,15 @@ def read_topic(bootstrap: str, topic: str, expected: int | None = None, timeout:
 
 
 def reference_engines(bootstrap: str, topic: str, model: str = "logreg", features: str = "shop",
-                      **engine_options) -> dict[int, Engine]:
-    """One uninterrupted engine per partition over that partition's messages, in order."""
+                      make=None, **engine_options) -> dict[int, Engine]:
+    """One uninterrupted engine per partition over that partition's messages, in order;
+    `make()` builds each partition's engine (default: a fresh `model` on `features`)."""
     engines: dict[int, Engine] = {}
     for record in read_topic(bootstrap, topic):
         engine = engines.get(record.partition)
         if engine is None:
-            engine = engines[record.partition] = Engine.fresh(model, features, **engine_options)
+            engine = engines[record.partition] = make() if make else Engine.fresh(model, features,
+                                                                                   **engine_options)
         try:
             event = decode_event(record.value)
         except InvalidEvent:
@@ -169,3 +171,13 @@ class Scraper:
                 except OSError:
                     pass  # not up yet, or killed
             self._stop.wait(0.001)
+
+
+def paced(records, rate: float):
+    """Yield records at `rate` per second (a live stream for chaos tests)."""
+    started = time.monotonic()
+    for number, record in enumerate(records):
+        ahead = number / rate - (time.monotonic() - started)
+        if ahead > 0:
+            time.sleep(ahead)
+        yield record

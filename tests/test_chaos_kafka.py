@@ -20,7 +20,8 @@ import msgspec
 import pytest
 
 from conftest import WORKER_ENV, free_port, worker_command
-from helpers import Scraper, assert_same_engine, checkpointed_engines, read_topic, reference_engines, send_records
+from helpers import (Scraper, assert_same_engine, checkpointed_engines, paced, read_topic, reference_engines,
+                     send_records)
 from shopstream.events import decode_event
 from shopstream.generator import generate
 
@@ -93,12 +94,3 @@ def test_chaos_kill_9_and_rebalances(kafka, new_topic, tmp_path, store):
         assert engine.counts["learned"] == engine.counts["resolved"] == expected[partition].counts["resolved"]
         assert_same_engine(engine, expected[partition], probes)
     assert sorted(actual) == [0, 1, 2, 3] and kills == KILLS
-
-
-def paced(records, rate):
-    started = time.monotonic()
-    for number, record in enumerate(records):
-        ahead = number / rate - (time.monotonic() - started)
-        if ahead > 0:
-            time.sleep(ahead)
-        yield record

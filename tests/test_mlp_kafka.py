@@ -14,10 +14,10 @@ import msgspec
 import pytest
 
 from conftest import WORKER_ENV, worker_command
-from helpers import assert_same_engine, checkpointed_engines, read_topic, send_records, wait_for
+from helpers import assert_same_engine, checkpointed_engines, paced, reference_engines, send_records, wait_for
 from offline.bootstrap import EpochSettings, bootstrap
 from shopstream.artifacts import load_artifact
-from shopstream.events import InvalidEvent, decode_event
+from shopstream.events import decode_event
 from shopstream.generator import generate, write_jsonl
 from shopstream.lineup import build_engine
 from stream.settings import WorkerSettings
@@ -28,19 +28,9 @@ encode = msgspec.json.Encoder().encode
 
 def reference_lineups(kafka, topic, artifacts=None, model="logreg", challengers=()):
     """One uninterrupted engine per partition, started the way a worker starts one."""
-    engines = {}
-    for record in read_topic(kafka, topic):
-        engine = engines.get(record.partition)
-        if engine is None:
-            engine, _ = build_engine(artifacts, model=model, features="shop", challengers=challengers,
-                                     baseline=True, seed=42, promotion=WorkerSettings().promotion)
-            engines[record.partition] = engine
-        try:
-            event = decode_event(record.value)
-        except InvalidEvent:
-            continue
-        engine.process(event, record.offset)
-    return engines
+    return reference_engines(kafka, topic, make=lambda: build_engine(
+        artifacts, model=model, features="shop", challengers=challengers, baseline=True, seed=42,
+        promotion=WorkerSettings().promotion)[0])
 
 
 def kill_mid_stream_and_finish(kafka, topic, checkpoints, records, *options):
@@ -126,15 +116,7 @@ def test_mlp_partitions_survive_chaos(kafka, new_topic, tmp_path):
     def start():
         return subprocess.Popen(command, env=WORKER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def paced(rate=2000.0):
-        began = time.monotonic()
-        for number, record in enumerate(records):
-            ahead = number / rate - (time.monotonic() - began)
-            if ahead > 0:
-                time.sleep(ahead)
-            yield record
-
-    feeder = threading.Thread(target=lambda: send_records(kafka, topic, paced()), daemon=True)
+    feeder = threading.Thread(target=lambda: send_records(kafka, topic, paced(records, 2000.0)), daemon=True)
     feeder.start()
     workers, extra = [start(), start()], None
     for kill in range(4):
