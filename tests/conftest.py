@@ -72,6 +72,12 @@ def new_topic(kafka, request):
     admin.close()
 
 
+def pytest_collection_modifyitems(items):
+    """The compose test last: it is the slowest, and a runtime problem there should not hide
+    what every other test found."""
+    items.sort(key=lambda item: item.get_closest_marker("compose") is not None)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
