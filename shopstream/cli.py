@@ -218,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     option(worker, "--control-topic", "topic of `shopstream models` commands", default="shop-control")
     option(worker, "--session-timeout-ms", "how long the group waits for a silent worker before moving "
            "its partitions", default=10_000, type=int)
+    option(worker, "--mlp-learning-rate", "Adam step of the mlp model in new partitions, per resolved label "
+           "(default: 1e-3 for a fresh one, the bootstrap's --learning-rate for an artifact)", type=float)
     option(worker, "--force-fresh-start", "start a partition over (from its artifact, offset 0) when its "
            "checkpoint is refused, instead of stopping", switch=True, default=False)
     option(worker, "--log-level", "DEBUG shows the Kafka client's own INFO lines too", default="INFO",
@@ -320,6 +322,7 @@ RANGES = {
     "wait_timeout": (lambda v: v > 0, "must be > 0 seconds"),
     "generate_events": (lambda v: v >= 0, "must be >= 0"),
     "max_user_share": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "mlp_learning_rate": (lambda v: v is None or 0 < v < 1, "must be in (0, 1)"),
 }
 
 

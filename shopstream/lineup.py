@@ -22,8 +22,10 @@ from .slots import PromotionPolicy
 def build_engine(artifacts: Optional[str] = None, model: str = "logreg", features: str = "shop",
                  challengers: Sequence[str] = (), baseline: bool = True, seed: int = 42,
                  promotion: Optional[PromotionPolicy] = None, drift_reaction: str = "none",
-                 caps: FeatureCaps = FeatureCaps(), **engine_options) -> tuple[Engine, str]:
-    """A new partition's engine and where its champion came from."""
+                 caps: FeatureCaps = FeatureCaps(), mlp_learning_rate: Optional[float] = None,
+                 **engine_options) -> tuple[Engine, str]:
+    """A new partition's engine and where its champion came from. `mlp_learning_rate`, when
+    given, is the Adam step of every `mlp` slot (fresh or from an artifact)."""
     if artifacts:
         default = load_artifact(artifacts)
         default.features.set_caps(caps)
@@ -47,4 +49,11 @@ def build_engine(artifacts: Optional[str] = None, model: str = "logreg", feature
             engine.add_slot(name, artifact.model, "challenger", artifact.meta["version"])
         else:
             engine.add_slot(name, build_model(name, seed), "challenger", "fresh")
+    if mlp_learning_rate is not None:
+        from .mlp import MLPClassifier
+
+        for slot in engine.slots:
+            if isinstance(slot.model, MLPClassifier):
+                slot.model.lr = mlp_learning_rate
+                slot.keep_as_good()
     return engine, origin

@@ -58,6 +58,7 @@ class WorkerSettings:
 
     max_poll_records: int = 1000
     max_future_skew: float = MAX_FUTURE_SKEW
+    mlp_learning_rate: Optional[float] = None  # Adam step of mlp slots in new partitions (None: as built)
     force_fresh_start: bool = False   # start a partition over when its checkpoint is refused
     log_level: str = "INFO"
     max_sessions: int = FeatureCaps.sessions

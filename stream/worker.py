@@ -547,7 +547,7 @@ def preflight(settings: WorkerSettings) -> None:
 def new_engine(s: WorkerSettings):
     """A new partition's engine (from the artifacts, else fresh) and where it came from."""
     return build_engine(s.artifacts, s.model, s.features, s.challengers, s.baseline, s.seed, s.promotion,
-                        s.drift_reaction, s.feature_caps, **s.engine_options)
+                        s.drift_reaction, s.feature_caps, s.mlp_learning_rate, **s.engine_options)
 
 
 def run_worker(settings: WorkerSettings) -> int:

@@ -230,3 +230,12 @@ def test_demo_runs_mlp_as_a_challenger_beside_logistic_regression(tmp_path):
     assert 0.5 < mlp["roc_auc"] < 1.0 and "mlp" in summary["bootstrap_holdout"]
     assert all("mlp" in phase for phase in summary["rolling_roc_auc"].values())
     assert (tmp_path / "artifacts" / "epochs_mlp.png").is_file()
+
+
+def test_worker_mlp_learning_rate_sets_the_adam_step_of_new_partitions():
+    from stream.settings import WorkerSettings
+    from stream.worker import new_engine
+
+    engine, _ = new_engine(WorkerSettings(model="mlp", challengers=("logreg",), mlp_learning_rate=3e-4))
+    assert engine.model.lr == 3e-4
+    assert new_engine(WorkerSettings(model="mlp"))[0].model.lr == 1e-3
