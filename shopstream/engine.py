@@ -246,6 +246,7 @@ class Engine:
         slots = self.slots
         if outputs[prediction.champion][1] is None:
             counts["unscored"] += 1  # river.evaluate skips empty predictions too
+        champion_failed = False
         for slot, (p_true, y_pred) in zip(slots, outputs):  # slots added later skip older predictions
             if y_pred is not None:
                 slot.scores.update(y_true, p_true, y_pred)
@@ -259,11 +260,12 @@ class Engine:
                     # This prediction is resolved by a later event: its failure must not fail that
                     # event, nor lose the other predictions resolved with it. Counted and logged.
                     counts["learn_errors"] += 1
+                    champion_failed = champion_failed or slot is slots[self.champion]
                     n = counts["learn_errors"]
                     if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a flood of them cannot flood the log
                         log.warning("%s could not learn a prediction made at %.0f (%d so far): %s: %s", slot.name,
                                     prediction.event_time, n, type(exc).__name__, exc)
-        if slots[self.champion].learn:
+        if slots[self.champion].learn and not champion_failed:
             counts["learned"] += 1
         if len(slots) > 1:
             self._compare(outputs, y_true)
