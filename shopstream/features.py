@@ -42,7 +42,8 @@ from .events import Event
 
 @dataclass(frozen=True)
 class FeatureCaps:
-    """Bounds on the feature state; each is a worker and bootstrap option (--max-sessions, ...)."""
+    """Bounds on the feature state; each is a worker option (--max-sessions, ...). The bootstrap
+    uses these defaults, and a worker applies its own to an artifact's state (`set_caps`)."""
 
     sessions: int = 200_000
     users: int = 1_000_000
