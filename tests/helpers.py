@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import time
 import urllib.error
 import urllib.request
@@ -168,8 +169,8 @@ class Scraper:
                 try:
                     urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read()
                     self.scrapes += 1
-                except OSError:
-                    pass  # not up yet, or killed
+                except (OSError, http.client.HTTPException):
+                    pass  # not up yet, or killed mid-answer
             self._stop.wait(0.001)
 
 
