@@ -283,14 +283,14 @@ def models_command(args) -> int:
         from .checkpoints import DirectoryCheckpointStore
 
         store = None
-        if getattr(args, "checkpoint_store", "dir") == "kafka":
+        if args.checkpoint_store == "kafka":
             from .kafka_store import KafkaCheckpointStore
 
             store = KafkaCheckpointStore(options, args.checkpoint_topic, group=args.group)
         elif args.checkpoints:
             store = DirectoryCheckpointStore(args.checkpoints, create=False)
         reported = None
-        if args.bootstrap_servers and not getattr(args, "offline", False):
+        if args.bootstrap_servers:
             try:
                 reported = {r.partition: r for r in read_replies(options, args.control_topic, timeout=10)}
             except Exception as exc:  # no broker: the checkpoints still say something

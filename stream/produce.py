@@ -85,12 +85,12 @@ def produce(args) -> int:
 
     rejected: list[str] = []
     if args.file:
-        messages = messages_from_file(args.file, args.validate, rejected, getattr(args, "max_bad_rows", None))
+        messages = messages_from_file(args.file, args.validate, rejected, args.max_bad_rows)
         total = None
     else:
         drifts = tuple(Drift.parse(text) for text in args.drift)
         records = generate(args.events, seed=args.seed, drifts=drifts,
-                           max_user_share=getattr(args, "max_user_share", 0.01))
+                           max_user_share=args.max_user_share)
         messages = messages_from_generator(records, args.validate, rejected)
         total = args.events
     producer = KafkaProducer(linger_ms=20, batch_size=256 * 1024, acks="all", **kafka_options(args))
