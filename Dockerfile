@@ -11,6 +11,7 @@ COPY pyproject.toml README.md ./
 COPY shopstream shopstream
 COPY stream stream
 COPY offline offline
+COPY cli cli
 RUN pip install -c deploy/constraints.txt --no-deps . \
  && useradd --uid 10001 --create-home shopstream \
  && mkdir -p /artifacts /checkpoints /data \

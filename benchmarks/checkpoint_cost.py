@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from shopstream.engine import Engine
     from shopstream.events import decode_event
-    from stream.checkpoints import DirectoryCheckpointStore, PartitionState, encode_state
+    from shopstream.stream.checkpoints import DirectoryCheckpointStore, PartitionState, encode_state
 
     store = DirectoryCheckpointStore(tempfile.mkdtemp(prefix="shopstream-ckpt-"))
     engine = Engine.fresh("logreg", "shop")

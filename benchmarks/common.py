@@ -166,7 +166,7 @@ def producer(bootstrap: str = BOOTSTRAP, **config):
 
 def prefill(topic: str, messages, bootstrap: str = BOOTSTRAP) -> float:
     """Send all messages (keyed) before any worker starts; return seconds taken."""
-    from stream.produce import send_all
+    from shopstream.stream.produce import send_all
 
     started = time.perf_counter()
     p = producer(bootstrap)

@@ -268,7 +268,7 @@ def run_latency(messages, rate: float, seconds: float, workdir: Path, extra=(), 
                 producer_linger_ms: int = 0) -> dict:
     """Start a worker, feed it at `rate` events/s, then compare each input record's timestamp
     with the timestamp of the prediction made from it (predictions name partition+offset)."""
-    from stream.produce import send_all
+    from shopstream.stream.produce import send_all
 
     count = min(len(messages), max(1, int(rate * seconds)))
     topics = Topics()
@@ -329,8 +329,8 @@ def child_bootstrap(events: int, workdir: str, patch: str = "") -> dict:
         import patches
 
         getattr(patches, patch)()
-    import offline.bootstrap as ob
-    import offline.report as report
+    import shopstream.offline.bootstrap as ob
+    import shopstream.offline.report as report
 
     path = history_file(events)
     phases = {"load_history": 0.0, "train_candidate": 0.0, "save_artifact": 0.0, "write_report": 0.0}
@@ -374,7 +374,7 @@ def child_rss(open_predictions: int, workdir: str, patch: str = "") -> dict:
     from shopstream.engine import Engine
     from shopstream.events import Event
     from shopstream.generator import CATEGORIES, CHANNELS, PLATFORMS, START
-    from stream.checkpoints import DirectoryCheckpointStore, PartitionState
+    from shopstream.stream.checkpoints import DirectoryCheckpointStore, PartitionState
 
     base_rss, _ = rss_mb()
     engine = Engine.fresh("logreg", "shop", window=10 * 365 * 86400.0, max_open=max(1_000_000, open_predictions))

@@ -61,7 +61,7 @@ def main(argv: list[str]) -> int:
 
     import kafka
 
-    import stream.worker as worker_module
+    import shopstream.stream.worker as worker_module
 
     producer_kw, consumer_kw = _pairs(producer_over), _pairs(consumer_over)
 
@@ -85,7 +85,7 @@ def main(argv: list[str]) -> int:
     worker_module.KafkaProducer = Producer
     worker_module.KafkaConsumer = Consumer
     if control_kw:
-        import stream.control as control_module
+        import shopstream.stream.control as control_module
 
         control_module.KafkaConsumer = ControlConsumer
     if timing_sample is not None:
@@ -109,7 +109,7 @@ def main(argv: list[str]) -> int:
 def _batch_predictions(worker_module) -> None:
     """One Kafka record per (polled batch, partition): a JSON array of the same Prediction
     objects, sent before the batch's checkpoint decision (so checkpoints still follow it)."""
-    from stream import outputs
+    from shopstream.stream import outputs
 
     pending: list[bytes] = []
     where: dict = {}

@@ -38,7 +38,7 @@ from .labels import LabelJoiner, OpenPrediction
 from .models import CATALOG, build_model
 from .slots import ModelSlot, PairedLossTest, PromotionPolicy, log_loss, model_is_finite
 
-log = logging.getLogger("shopstream.engine")
+log = logging.getLogger(__name__)
 
 #: Upper bounds (seconds of event time) of the label-delay histogram buckets.
 LABEL_DELAY_BUCKETS = (0.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)

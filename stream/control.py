@@ -36,7 +36,7 @@ from shopstream.signing import sign, signing_key
 from .connection import kafka_options
 from .topics import create_topics
 
-log = logging.getLogger("shopstream.control")
+log = logging.getLogger(__name__)
 
 ACTIONS = ("promote", "rollback")
 SIGNATURE_HEADER = "shopstream.hmac"

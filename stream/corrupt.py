@@ -19,7 +19,7 @@ import time
 from kafka import KafkaConsumer
 from kafka.errors import CorruptRecordError
 
-log = logging.getLogger("shopstream.corrupt")
+log = logging.getLogger(__name__)
 
 PROBE_SECONDS = 5.0
 

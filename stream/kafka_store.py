@@ -30,7 +30,7 @@ from .checkpoints import CheckpointError, CheckpointStore, signed_sequence
 from .topics import create_topics
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-log = logging.getLogger("shopstream.kafka_store")
+log = logging.getLogger(__name__)
 
 
 class KafkaCheckpointStore(CheckpointStore):

@@ -22,7 +22,7 @@ from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
 from shopstream.events import Event
 
-log = logging.getLogger("shopstream.outputs")
+log = logging.getLogger(__name__)
 
 REASON_HEADER = "shopstream.reason"
 TRUNCATED_HEADER = "shopstream.truncated"

@@ -48,7 +48,7 @@ from .outputs import Outputs
 from .settings import WorkerSettings
 from .telemetry import WorkerCollector
 
-log = logging.getLogger("shopstream.worker")
+log = logging.getLogger(__name__)
 # Latency is timed on one event in this many: timing every event would cost more than it tells.
 TIMING_SAMPLE = 16
 CHECKPOINT_RETRY_SECONDS = 2.0

@@ -14,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shopstream.engine import Engine
 from shopstream.events import InvalidEvent, decode_event
-from stream.checkpoints import DirectoryCheckpointStore
-from stream.kafka_store import KafkaCheckpointStore
+from shopstream.stream.checkpoints import DirectoryCheckpointStore
+from shopstream.stream.kafka_store import KafkaCheckpointStore
 
 
 def send(bootstrap: str, topic: str, messages, partition=None) -> int:

@@ -15,11 +15,11 @@ import pytest
 from shopstream.artifacts import ArtifactError, load_artifact, save_artifact, set_default
 from shopstream.engine import Engine
 from shopstream.signing import SignatureError
-from stream.checkpoints import CheckpointError, DirectoryCheckpointStore, PartitionState
-from stream.control import SIGNATURE_HEADER, Command, ControlChannel, check_target
-from stream.settings import WorkerSettings
-from stream.telemetry import WorkerCollector
-from stream.worker import preflight
+from shopstream.stream.checkpoints import CheckpointError, DirectoryCheckpointStore, PartitionState
+from shopstream.stream.control import SIGNATURE_HEADER, Command, ControlChannel, check_target
+from shopstream.stream.settings import WorkerSettings
+from shopstream.stream.telemetry import WorkerCollector
+from shopstream.stream.worker import preflight
 
 
 class Evil:

@@ -10,9 +10,9 @@ import pytest
 
 from conftest import WORKER_ENV, worker_command
 from helpers import read_topic, send_records
-from offline.bootstrap import bootstrap
+from shopstream.offline.bootstrap import bootstrap
 from shopstream.generator import generate, write_jsonl
-from stream.checkpoints import DirectoryCheckpointStore
+from shopstream.stream.checkpoints import DirectoryCheckpointStore
 
 pytestmark = pytest.mark.kafka
 

@@ -18,12 +18,12 @@ from statistics import mean
 
 from prometheus_client import CollectorRegistry
 
-from .curves import LearningCurve, plot_curves
-from .events import decode_event
-from .exporter import EngineCollector, MetricsServer
-from .generator import START, Drift, generate, write_jsonl
-from .lineup import build_engine
-from .slots import PromotionPolicy
+from shopstream.curves import LearningCurve, plot_curves
+from shopstream.events import decode_event
+from shopstream.exporter import EngineCollector, MetricsServer
+from shopstream.generator import START, Drift, generate, write_jsonl
+from shopstream.lineup import build_engine
+from shopstream.slots import PromotionPolicy
 
 BOOTSTRAP_FRACTION = 0.3
 DAYS = 30.0
@@ -51,7 +51,7 @@ def run_demo(args) -> dict:
     import msgspec
     from tqdm import tqdm
 
-    from offline.bootstrap import bootstrap
+    from shopstream.offline.bootstrap import bootstrap
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,9 +11,9 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
-from .events import MAX_FUTURE_SKEW
-from .features import FeatureCaps
+from shopstream import __version__
+from shopstream.events import MAX_FUTURE_SKEW
+from shopstream.features import FeatureCaps
 
 ENV_PREFIX = "SHOPSTREAM_"
 
@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_generate(args) -> int:
-    from .generator import Drift, generate, write_jsonl
+    from shopstream.generator import Drift, generate, write_jsonl
 
     drifts = tuple(Drift.parse(text) for text in args.drift)
     count = write_jsonl(generate(args.events, seed=args.seed, days=args.days, drifts=drifts,
@@ -245,11 +245,11 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_bootstrap(args) -> int:
-    from offline.bootstrap import EpochSettings, bootstrap
-    from .readers import parse_column_map
+    from shopstream.offline.bootstrap import EpochSettings, bootstrap
+    from shopstream.readers import parse_column_map
 
     if not args.history and args.generate_events > 0:
-        from .generator import generate, write_jsonl
+        from shopstream.generator import generate, write_jsonl
 
         Path(args.out).mkdir(parents=True, exist_ok=True)
         args.history = str(Path(args.out) / "generated-history.jsonl")
@@ -283,26 +283,26 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_produce(args) -> int:
-    from stream.produce import produce
+    from shopstream.stream.produce import produce
 
     return produce(args)
 
 
 def _cmd_topics(args) -> int:
-    from stream.topics import topics_command
+    from shopstream.stream.topics import topics_command
 
     return topics_command(args)
 
 
 def _cmd_models(args) -> int:
-    from stream.control import models_command
+    from shopstream.stream.control import models_command
 
     return models_command(args)
 
 
 def _cmd_worker(args) -> int:
-    from stream.settings import WorkerSettings
-    from stream.worker import run_worker
+    from shopstream.stream.settings import WorkerSettings
+    from shopstream.stream.worker import run_worker
 
     return run_worker(WorkerSettings.from_args(args))
 
