@@ -9,11 +9,13 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from shopstream import __version__
-from shopstream.events import MAX_FUTURE_SKEW
+from shopstream.config import ConfigError, EngineConfig
 from shopstream.features import FeatureCaps
+from shopstream.lineup import Lineup
 
 ENV_PREFIX = "SHOPSTREAM_"
 
@@ -58,27 +60,30 @@ def option(parser: argparse.ArgumentParser, flag: str, help: str, default=None, 
                             nargs="+" if many else None)
 
 
+def add_options(parser: argparse.ArgumentParser, config_class, skip: tuple = ()) -> None:
+    """One option per field of a frozen settings class that has ``help`` metadata: its name
+    (or ``flag``), its default, type and choices come from the class, so each is written once."""
+    from shopstream.stream.settings import option_name
+
+    for f in fields(config_class):
+        meta = f.metadata
+        if "help" not in meta or f.name in skip:
+            continue
+        flag = meta.get("flag") or "--" + option_name(config_class, f).replace("_", "-")
+        default = f.default
+        if isinstance(default, bool):
+            option(parser, flag, meta["help"], default=default, switch=True)
+        elif isinstance(default, tuple):
+            option(parser, flag, meta["help"], default=list(default), many=True)
+        else:
+            option(parser, flag, meta["help"], default=default, type=meta.get("type") or type(default),
+                   choices=meta.get("choices"), secret=meta.get("secret", False))
+
+
 def _add_kafka_options(parser):
-    option(parser, "--bootstrap-servers", "Kafka bootstrap servers", default="127.0.0.1:9092")
-    option(parser, "--security-protocol", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL", default="PLAINTEXT",
-           choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"])
-    option(parser, "--sasl-mechanism", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", default="PLAIN",
-           choices=["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
-    option(parser, "--sasl-username", "SASL user")
-    option(parser, "--sasl-password", "SASL password (prefer the environment variable)", secret=True)
-    option(parser, "--ssl-cafile", "CA bundle to verify the brokers")
-    option(parser, "--ssl-certfile", "client certificate (mutual TLS)")
-    option(parser, "--ssl-keyfile", "client private key (mutual TLS)")
+    from shopstream.stream.connection import KafkaConnection
 
-
-def _add_engine_options(parser):
-    option(parser, "--features", "feature set: raw or shop", default="shop", choices=["raw", "shop"])
-    option(parser, "--window", "attribution window in seconds of event time", default=1800.0, type=float)
-    option(parser, "--lateness", "allowed lateness of events in seconds", default=0.0, type=float)
-    option(parser, "--metric-window", "resolved predictions in the rolling metrics", default=1000, type=int)
-    option(parser, "--max-open", "cap on open predictions per partition", default=1_000_000, type=int)
-    option(parser, "--drift-delta", "ADWIN confidence for drift in a model's errors (smaller: fewer alarms)",
-           default=1e-6, type=float)
+    add_options(parser, KafkaConnection)
 
 
 def _add_state_caps(parser):
@@ -130,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
            default=3, type=int)
     option(bootstrap, "--learning-rate", "mlp: Adam learning rate, offline and then online (kept in the artifact)",
            default=1e-3, type=float)
-    _add_engine_options(bootstrap)
+    add_options(bootstrap, EngineConfig, skip=("drift_reaction",))
 
     demo = commands.add_parser("demo", help="the whole pipeline in-process: no Kafka, no setup")
     option(demo, "--out", "output directory", default="demo-out")
@@ -183,53 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="consume events from Kafka, predict then learn on each")
     _add_kafka_options(worker)
-    option(worker, "--topic", "events topic", default="shop-events")
-    option(worker, "--group", "consumer group", default="shopstream")
-    option(worker, "--predictions-topic", "topic for published predictions ('' to disable)",
-           default="shop-predictions")
-    option(worker, "--dead-letter-topic", "topic for messages that fail to decode or validate",
-           default="shop-events-dlq")
-    option(worker, "--artifacts", "bootstrap output (its DEFAULT model starts new partitions)")
-    option(worker, "--model", "catalog model when no artifact is given", default="logreg")
-    option(worker, "--checkpoint-store", "dir: files under --checkpoints; kafka: a compacted topic, so workers "
-           "on other machines can take partitions over", default="dir", choices=["dir", "kafka"])
-    option(worker, "--checkpoints", "checkpoint directory (with --checkpoint-store dir)", default="checkpoints")
-    option(worker, "--checkpoint-topic", "compacted checkpoint topic (with --checkpoint-store kafka)",
-           default="shopstream-checkpoints")
-    option(worker, "--checkpoint-every", "checkpoint after this many events per partition", default=10_000, type=int)
-    option(worker, "--checkpoint-seconds", "... or after this many seconds", default=30.0, type=float)
-    option(worker, "--metrics-host", "metrics endpoint host (compose sets 0.0.0.0)", default="127.0.0.1")
-    option(worker, "--metrics-port", "metrics endpoint port (0: any free port, -1: none)", default=9108, type=int)
-    option(worker, "--max-events", "stop after this many events (0: never)", default=0, type=int)
-    option(worker, "--until-idle", "stop once nothing was read for this many seconds while able to read "
-           "and every owned partition is read to its end (0: never)",
-           default=0.0, type=float)
-    option(worker, "--seed", "seed for catalog models", default=42, type=int)
-    option(worker, "--client-id", "Kafka client id (default: hostname-pid)")
-    option(worker, "--challengers", "catalog models to run beside the champion (from their newest artifact "
-           "when there is one)", many=True, default=[])
-    option(worker, "--baseline", "run a frozen copy of the bootstrap model as the baseline", switch=True, default=True)
-    option(worker, "--auto-promote", "promote a challenger that is significantly better", switch=True, default=True)
-    option(worker, "--promotion-margin", "ROC AUC lead a challenger needs for promotion", default=0.01, type=float)
-    option(worker, "--promotion-min-resolved", "paired resolved predictions before a promotion", default=2000,
-           type=int)
-    option(worker, "--drift-reaction", "on drift in the champion's errors: none, challenger (add a fresh one) "
-           "or reset (to the bootstrap model)", default="none", choices=["none", "challenger", "reset"])
-    option(worker, "--control-topic", "topic of `shopstream models` commands", default="shop-control")
-    option(worker, "--session-timeout-ms", "how long the group waits for a silent worker before moving "
-           "its partitions", default=10_000, type=int)
-    option(worker, "--mlp-learning-rate", "Adam step of the mlp model in new partitions, per resolved label "
-           "(default: 1e-3 for a fresh one, the bootstrap's --learning-rate for an artifact)", type=float)
-    option(worker, "--force-fresh-start", "start a partition over (from its artifact, offset 0) when its "
-           "checkpoint is refused, instead of stopping", switch=True, default=False)
-    option(worker, "--log-level", "DEBUG shows the Kafka client's own INFO lines too", default="INFO",
-           choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    option(worker, "--max-future-skew", "dead-letter events dated more than this many seconds after their "
-           "Kafka record time (a fast client clock would drag event time into the future)",
-           default=MAX_FUTURE_SKEW, type=float)
-    option(worker, "--rejoin-deadline", "seconds a group join may take before the Kafka consumer is rebuilt "
-           "(0: never; legitimate joins end within the 300 s rebalance timeout)", default=360.0, type=float)
-    _add_engine_options(worker)
+    from shopstream.stream.settings import CheckpointSettings, WorkerSettings
+
+    add_options(worker, WorkerSettings)
+    add_options(worker, CheckpointSettings)
+    add_options(worker, Lineup)
+    add_options(worker, EngineConfig)
     _add_state_caps(worker)
     return parser
 
@@ -257,10 +221,9 @@ def _cmd_bootstrap(args) -> int:
         print(f"generated {args.generate_events} history events into {args.history}")
     if not args.history:
         raise ValueError("--history (or SHOPSTREAM_HISTORY) is required, or --generate-events N")
-    report = bootstrap(args.history, args.out, models=args.model, feature_set=args.features,
-                       holdout=args.holdout, window=args.window, lateness=args.lateness,
-                       metric_window=args.metric_window, columns=parse_column_map(args.columns),
-                       progress=args.progress, max_open=args.max_open, drift_delta=args.drift_delta,
+    config = EngineConfig.from_dict(vars(args))
+    report = bootstrap(args.history, args.out, models=args.model, config=config,
+                       holdout=args.holdout, columns=parse_column_map(args.columns), progress=args.progress,
                        epochs=EpochSettings(epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
                                             lr=args.learning_rate), max_bad_rows=args.max_bad_rows)
     data = report["data"]
@@ -314,10 +277,6 @@ RANGES = {
     "rate": (lambda v: v >= 0, "must be >= 0 (0: as fast as possible)"),
     "partitions": (lambda v: 1 <= v <= 10_000, "must be 1..10000"),
     "holdout": (lambda v: 0 <= v < 1, "must be a fraction in [0, 1)"),
-    "window": (lambda v: v > 0, "must be > 0 seconds"),
-    "lateness": (lambda v: v >= 0, "must be >= 0 seconds"),
-    "max_open": (lambda v: v >= 1, "must be >= 1"),
-    "metric_window": (lambda v: v >= 1, "must be >= 1"),
     "max_bad_rows": (lambda v: v is None or v >= 0, "must be >= 0"),
     "wait_timeout": (lambda v: v > 0, "must be > 0 seconds"),
     "generate_events": (lambda v: v >= 0, "must be >= 0"),
@@ -344,6 +303,10 @@ def main(argv=None) -> int:
     try:
         check_ranges(args)
         return COMMANDS[args.command](args)
+    except ConfigError as exc:  # a settings object refused a value: name the option, not the field
+        print(f"shopstream {args.command}: error: --{exc.name.replace('_', '-')} {exc.value!r} {exc.rule}",
+              file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         # Expected user errors: one clear line, no traceback.
         print(f"shopstream {args.command}: error: {exc}", file=sys.stderr)

@@ -22,7 +22,7 @@ from shopstream.curves import LearningCurve, plot_curves
 from shopstream.events import decode_event
 from shopstream.exporter import EngineCollector, MetricsServer
 from shopstream.generator import START, Drift, generate, write_jsonl
-from shopstream.lineup import build_engine
+from shopstream.lineup import Lineup, build_engine
 from shopstream.slots import PromotionPolicy
 
 BOOTSTRAP_FRACTION = 0.3
@@ -61,11 +61,11 @@ def run_demo(args) -> dict:
     history = out / "history.jsonl"
     write_jsonl(events[:split], history)
     print(f"demo: {len(events)} events generated; bootstrapping on the first {split} ...")
-    report = bootstrap(history, out / "artifacts", models=CANDIDATES + [NETWORK], feature_set="shop",
+    report = bootstrap(history, out / "artifacts", models=CANDIDATES + [NETWORK],
                        progress=args.progress, default_from=CANDIDATES)
 
-    engine, _ = build_engine(str(out / "artifacts"), challengers=CANDIDATES + [NETWORK], baseline=True,
-                             promotion=PromotionPolicy())
+    engine, _ = build_engine(str(out / "artifacts"), lineup=Lineup(
+        challengers=tuple(CANDIDATES + [NETWORK]), baseline=True, promotion=PromotionPolicy()))
     registry = CollectorRegistry()
     registry.register(EngineCollector(lambda: [({"partition": "0"}, engine, {})]))
     server = MetricsServer(registry, args.metrics_host, args.metrics_port).start()

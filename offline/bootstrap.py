@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from shopstream.artifacts import save_artifact, set_default
+from shopstream.config import EngineConfig
 from shopstream.curves import LearningCurve
 from shopstream.engine import Engine
 from shopstream.events import Event, InvalidEvent
@@ -122,10 +123,9 @@ def _summary(scores: Scoreboard, engine: Engine) -> dict:
     }
 
 
-def train_candidate(model_name: str, events: Sequence[Event], split: int, feature_set: str,
-                    engine_options: dict, curve_every: int, progress=None,
-                    epochs: Optional[EpochSettings] = None) -> CandidateResult:
-    engine = Engine.fresh(model_name, feature_set, **engine_options)
+def train_candidate(model_name: str, events: Sequence[Event], split: int, config: EngineConfig, seed: int,
+                    curve_every: int, progress=None, epochs: Optional[EpochSettings] = None) -> CandidateResult:
+    engine = Engine.fresh(model_name, config.features, seed, config)
     curve = LearningCurve(model_name, curve_every)
     training = before = None
     if hasattr(engine.model, "fit_epochs"):
@@ -213,10 +213,8 @@ def _rescore_open_predictions(engine: Engine) -> None:
 
 
 def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] = ("logreg",),
-              feature_set: str = "shop", holdout: float = 0.2, window: float = 1800.0,
-              lateness: float = 0.0, metric_window: int = 1000, columns: Optional[dict] = None,
-              seed: int = 42, progress: bool = True, max_open: int = 1_000_000,
-              drift_delta: float = 1e-6, epochs: Optional[EpochSettings] = None,
+              config: EngineConfig = EngineConfig(), holdout: float = 0.2, columns: Optional[dict] = None,
+              seed: int = 42, progress: bool = True, epochs: Optional[EpochSettings] = None,
               default_from: Optional[Sequence[str]] = None, max_bad_rows: Optional[int] = None) -> dict:
     """Run the whole offline stage; return the report (also written to `out`).
 
@@ -234,14 +232,12 @@ def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] =
     if not events:
         raise ValueError(f"{history_path}: no valid events among {history.rows} rows")
     split = int(len(events) * (1.0 - holdout))
-    engine_options = {"window": window, "lateness": lateness, "metric_window": metric_window, "seed": seed,
-                      "max_open": max_open, "drift_delta": drift_delta}
     curve_every = max(100, len(events) // 400)
     results = []
     with tqdm(total=len(events) * len(models), unit="ev", disable=not progress, desc="bootstrap") as bar:
         for name in models:
             bar.set_postfix_str(name)
-            results.append(train_candidate(name, events, split, feature_set, engine_options, curve_every, bar,
+            results.append(train_candidate(name, events, split, config, seed, curve_every, bar,
                                            epochs))
 
     data = {
@@ -261,9 +257,10 @@ def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] =
     for result in results:
         engine = result.engine
         meta = {
-            "feature_set": feature_set,
-            "label_window_seconds": window,
-            "lateness_seconds": lateness,
+            "engine": config.to_dict(),  # the settings a worker must run this model under
+            "feature_set": config.features,
+            "label_window_seconds": config.window,
+            "lateness_seconds": config.lateness,
             "data": {k: data[k] for k in ("history", "history_sha256", "events", "time_range", "holdout_from")},
             "metrics": {"progressive": result.train, "holdout": result.holdout},
         }
@@ -275,8 +272,8 @@ def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] =
     set_default(out, best.artifact)
     report = {
         "data": data,
-        "feature_set": feature_set,
-        "label_window_seconds": window,
+        "feature_set": config.features,
+        "label_window_seconds": config.window,
         "default": best.artifact.relative_to(out).as_posix(),
         "candidates": {
             r.model: {"artifact": r.artifact.relative_to(out).as_posix(), "progressive": r.train,

@@ -30,8 +30,10 @@ import copy
 import logging
 import math
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Optional
 
+from .config import EngineConfig
 from .events import PREDICTION_POINTS, Event
 from .features import build_features
 from .labels import LabelJoiner, OpenPrediction
@@ -44,7 +46,6 @@ log = logging.getLogger(__name__)
 LABEL_DELAY_BUCKETS = (0.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
 COUNT_NAMES = ("consumed", "duplicate", "predicted", "unscored", "resolved", "learned", "learn_errors",
                "promotions")
-DRIFT_REACTIONS = ("none", "challenger", "reset")
 MAX_HISTORY = 200
 MAX_SLOTS = 8  # drift reactions stop adding challengers past this
 
@@ -52,34 +53,53 @@ MAX_SLOTS = 8  # drift reactions stop adding challengers past this
 class Engine:
     """Predict-then-learn state over one ordered stream (one partition)."""
 
-    def __init__(self, model, features, *, model_name: str = "model", model_version: str = "fresh",
-                 window: float = 1800.0, lateness: float = 0.0, max_open: int = 1_000_000,
-                 metric_window: int = 1000, dedupe: int = 100_000, learn: bool = True,
-                 promotion: Optional[PromotionPolicy] = None, drift_reaction: str = "none",
-                 drift_delta: float = 1e-6):
-        if drift_reaction not in DRIFT_REACTIONS:
-            raise ValueError(f"drift_reaction must be one of {DRIFT_REACTIONS}, got {drift_reaction!r}")
+    def __init__(self, model, features, config: EngineConfig = EngineConfig(), *, model_name: str = "model",
+                 model_version: str = "fresh", learn: bool = True, promotion: Optional[PromotionPolicy] = None):
+        self.config = config
         self.features = features
-        self.metric_window = metric_window
-        self.drift_delta = drift_delta
-        self.slots = [ModelSlot(model_name, model, "champion", model_version, learn, metric_window, drift_delta)]
+        self.slots = [ModelSlot(model_name, model, "champion", model_version, learn, config.metric_window,
+                                config.drift_delta)]
         self.champion = 0  # index into slots; slots are only ever appended
-        self.joiner = LabelJoiner(window=window, lateness=lateness, max_open=max_open)
+        self.joiner = LabelJoiner(window=config.window, lateness=config.lateness, max_open=config.max_open)
         self.counts = dict.fromkeys(COUNT_NAMES, 0)
         # Counts per label-delay bucket, the last one is +Inf.
         self.label_delay_counts = [0] * (len(LABEL_DELAY_BUCKETS) + 1)
         self.label_delay_sum = 0.0
         self.promotion = promotion
-        self.drift_reaction = drift_reaction
         self.history: list[dict] = []   # lineage: promotions, rollbacks, drift detections
         self.control_offset = -1        # last control command applied (see stream/control.py)
-        self._dedupe = dedupe
         self._recent_ids: OrderedDict = OrderedDict()  # O(1) eviction of the oldest id
 
     @classmethod
-    def fresh(cls, model_name: str, feature_set: str, seed: int = 42, **options) -> "Engine":
-        """An untrained model from the catalog with empty feature state."""
-        return cls(build_model(model_name, seed), build_features(feature_set), model_name=model_name, **options)
+    def fresh(cls, model_name: str, feature_set: str = EngineConfig.features, seed: int = 42,
+              config: Optional[EngineConfig] = None, **settings) -> "Engine":
+        """An untrained model from the catalog with empty feature state; `settings` override
+        fields of `config` (e.g. ``window=600``)."""
+        config = replace(config or EngineConfig(), features=feature_set, **settings)
+        return cls(build_model(model_name, seed), build_features(config.features), config, model_name=model_name)
+
+    def __setstate__(self, state: dict) -> None:
+        # Checkpoints written before EngineConfig kept its fields as loose attributes.
+        if "config" not in state:
+            joiner = state["joiner"]
+            state["config"] = EngineConfig(
+                features=state["features"].name,
+                window=joiner.window, lateness=joiner.lateness, max_open=joiner.max_open,
+                metric_window=state.pop("metric_window"), drift_delta=state.pop("drift_delta"),
+                drift_reaction=state.pop("drift_reaction"), dedupe=state.pop("_dedupe"))
+        self.__dict__.update(state)
+
+    @property
+    def metric_window(self) -> int:
+        return self.config.metric_window
+
+    @property
+    def drift_delta(self) -> float:
+        return self.config.drift_delta
+
+    @property
+    def drift_reaction(self) -> str:
+        return self.config.drift_reaction
 
     # The champion, as the single-model API of the engine.
     @property
@@ -209,7 +229,7 @@ class Engine:
         if event_id is not None:  # only once handled: an event that failed may be sent again
             recent = self._recent_ids
             recent[event_id] = None
-            if len(recent) > self._dedupe:
+            if len(recent) > self.config.dedupe:
                 recent.popitem(last=False)
         return p_true
 

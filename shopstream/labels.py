@@ -28,6 +28,8 @@ import heapq
 import math
 from typing import Hashable, Optional
 
+from .config import EngineConfig
+
 
 class OpenPrediction:
     """A prediction recorded before its label is known: on which features, when, and what
@@ -63,7 +65,7 @@ class OpenPrediction:
 class LabelJoiner:
     """Open predictions keyed by (session, product), resolved by purchase or expiry."""
 
-    def __init__(self, window: float = 1800.0, lateness: float = 0.0, max_open: int = 1_000_000):
+    def __init__(self, window: float, lateness: float = EngineConfig.lateness, max_open: int = EngineConfig.max_open):
         if window <= 0 or lateness < 0 or max_open < 1:
             raise ValueError("window must be > 0, lateness >= 0 and max_open >= 1")
         self.window = float(window)

@@ -10,35 +10,62 @@ Shared by the workers and the demo so both start partitions the same way:
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import logging
+from dataclasses import dataclass, field
+from typing import Optional
 
 from .artifacts import latest, load_artifact
+from .config import EngineConfig
 from .engine import Engine
 from .features import FeatureCaps, build_features
 from .models import build_model
 from .slots import PromotionPolicy
 
+log = logging.getLogger(__name__)
 
-def build_engine(artifacts: Optional[str] = None, model: str = "logreg", features: str = "shop",
-                 challengers: Sequence[str] = (), baseline: bool = True, seed: int = 42,
-                 promotion: Optional[PromotionPolicy] = None, drift_reaction: str = "none",
-                 caps: FeatureCaps = FeatureCaps(), mlp_learning_rate: Optional[float] = None,
-                 **engine_options) -> tuple[Engine, str]:
-    """A new partition's engine and where its champion came from. `mlp_learning_rate`, when
-    given, is the Adam step of every `mlp` slot (fresh or from an artifact)."""
+
+class ArtifactMismatch(ValueError):
+    """The engine settings contradict those the artifact's model was trained under."""
+
+
+@dataclass(frozen=True)
+class Lineup:
+    """Which models run in a new partition."""
+
+    model: str = field(default="logreg", metadata={"help": "catalog model when no artifact is given"})
+    challengers: tuple = field(default=(), metadata={
+        "help": "catalog models to run beside the champion (from their newest artifact when there is one)"})
+    baseline: bool = field(default=True, metadata={
+        "help": "run a frozen copy of the bootstrap model as the baseline"})
+    seed: int = field(default=42, metadata={"help": "seed for catalog models"})
+    mlp_learning_rate: Optional[float] = field(default=None, metadata={
+        "help": "Adam step of the mlp model in new partitions, per resolved label (default: 1e-3 for a fresh "
+                "one, the bootstrap's --learning-rate for an artifact)"})
+    promotion: Optional[PromotionPolicy] = None
+
+
+def build_engine(artifacts: Optional[str] = None, config: EngineConfig = EngineConfig(), lineup: Lineup = Lineup(),
+                 caps: FeatureCaps = FeatureCaps(), adopt_artifact_settings: bool = False) -> tuple[Engine, str]:
+    """A new partition's engine and where its champion came from.
+
+    With `artifacts`, the DEFAULT artifact's model and feature state start the partition,
+    under the settings it was trained with: a `config` that contradicts them raises
+    `ArtifactMismatch`, unless `adopt_artifact_settings` (then the artifact's are used, and logged)."""
+    challengers = lineup.challengers
+    seed = lineup.seed
     if artifacts:
         default = load_artifact(artifacts)
+        config = _settle(config, default, adopt_artifact_settings)
         default.features.set_caps(caps)
-        engine = Engine(default.model, default.features, model_name=default.meta["model"],
-                        model_version=default.meta["version"], promotion=promotion,
-                        drift_reaction=drift_reaction, **engine_options)
+        engine = Engine(default.model, default.features, config, model_name=default.meta["model"],
+                        model_version=default.meta["version"], promotion=lineup.promotion)
         origin = f"artifact:{default.meta['version']}"
-        if baseline:
+        if lineup.baseline:
             frozen = load_artifact(default.path)  # its own copy: the champion's will learn
             engine.add_slot(f"{default.meta['model']}_baseline", frozen.model, "baseline", frozen.meta["version"])
     else:
-        engine = Engine(build_model(model, seed), build_features(features, caps), model_name=model,
-                        promotion=promotion, drift_reaction=drift_reaction, **engine_options)
+        engine = Engine(build_model(lineup.model, seed), build_features(config.features, caps), config,
+                        model_name=lineup.model, promotion=lineup.promotion)
         origin = "fresh"
     for name in challengers:
         if name == engine.model_name:
@@ -49,11 +76,27 @@ def build_engine(artifacts: Optional[str] = None, model: str = "logreg", feature
             engine.add_slot(name, artifact.model, "challenger", artifact.meta["version"])
         else:
             engine.add_slot(name, build_model(name, seed), "challenger", "fresh")
-    if mlp_learning_rate is not None:
+    if lineup.mlp_learning_rate is not None:
         from .mlp import MLPClassifier
 
         for slot in engine.slots:
             if isinstance(slot.model, MLPClassifier):
-                slot.model.lr = mlp_learning_rate
+                slot.model.lr = lineup.mlp_learning_rate
                 slot.keep_as_good()
     return engine, origin
+
+
+def _settle(config: EngineConfig, artifact, adopt: bool) -> EngineConfig:
+    """The config to run an artifact under: the given one when it agrees with what the model
+    was trained under; the artifact's when told to adopt it; else a clear refusal."""
+    trained = EngineConfig.of_artifact(artifact.meta)
+    differences = config.contradictions(trained)
+    if not differences:
+        return config
+    if not adopt:
+        raise ArtifactMismatch(
+            f"artifact {artifact.meta['version']} was trained under other settings: {', '.join(differences)}; "
+            "run with the artifact's settings, or pass --adopt-artifact-settings to take them")
+    log.warning("adopting the settings artifact %s was trained under: %s", artifact.meta["version"],
+                ", ".join(differences))
+    return config.adopting(trained)

@@ -33,7 +33,7 @@ from shopstream.engine import Engine
 from shopstream.models import CATALOG
 from shopstream.signing import sign, signing_key
 
-from .connection import kafka_options
+from .connection import KafkaConnection, kafka_options
 from .topics import create_topics
 
 log = logging.getLogger(__name__)
@@ -278,7 +278,7 @@ def read_replies(options: dict, control_topic: str, start: int = 0, until=None, 
 
 
 def models_command(args) -> int:
-    options = kafka_options(args)
+    options = kafka_options(KafkaConnection.from_args(args))
     if args.action == "list":
         from .checkpoints import DirectoryCheckpointStore
 

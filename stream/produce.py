@@ -15,7 +15,7 @@ from kafka import KafkaProducer
 
 from shopstream.events import InvalidEvent, encode_event, event_from_record
 
-from .connection import kafka_options
+from .connection import KafkaConnection, kafka_options
 
 _encode = msgspec.json.Encoder().encode
 
@@ -93,7 +93,7 @@ def produce(args) -> int:
                            max_user_share=args.max_user_share)
         messages = messages_from_generator(records, args.validate, rejected)
         total = args.events
-    producer = KafkaProducer(linger_ms=20, batch_size=256 * 1024, acks="all", **kafka_options(args))
+    producer = KafkaProducer(linger_ms=20, batch_size=256 * 1024, acks="all", **kafka_options(KafkaConnection.from_args(args)))
     try:
         sent = send_all(producer, args.topic, messages, args.rate, args.progress, total)
     finally:

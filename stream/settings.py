@@ -1,105 +1,172 @@
-"""One frozen settings object for a worker, built from the CLI (flags or SHOPSTREAM_* env)."""
+"""A worker's settings: frozen objects, each default written once.
+
+`WorkerSettings` holds one object per concern: the Kafka connection, the engine
+(`shopstream.config.EngineConfig`), the models it runs (`shopstream.lineup.Lineup`), the
+checkpoints and the feature caps, plus the loop's own settings. The command line derives
+its options from these fields (name, default, ``help`` metadata; ``flag`` when the option
+is spelled otherwise), and every option falls back to a ``SHOPSTREAM_*`` variable.
+
+>>> settings = WorkerSettings.from_options(window=600, topic="t", checkpoint_every=500)
+>>> settings.engine.window, settings.topic, settings.checkpoints.every
+(600.0, 't', 500)
+>>> WorkerSettings.from_options(sasl_password="hunter2").kafka
+KafkaConnection(bootstrap_servers='127.0.0.1:9092', security_protocol='PLAINTEXT', sasl_mechanism='PLAIN', \
+sasl_username=None, sasl_password=<secret>, ssl_cafile=None, ssl_certfile=None, ssl_keyfile=None)
+"""
 
 from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass, field, fields
-from typing import Optional
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Mapping, Optional
 
+from shopstream.config import ConfigError, EngineConfig, check
 from shopstream.events import MAX_FUTURE_SKEW
 from shopstream.features import FeatureCaps
+from shopstream.lineup import Lineup
 from shopstream.slots import PromotionPolicy
+
+from .connection import KafkaConnection, Secret
+
+
+def _help(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    """Where and how often partition state is saved."""
+
+    store: str = field(default="dir", metadata=_help(
+        "dir: files under --checkpoints; kafka: a compacted topic, so workers on other machines can take "
+        "partitions over", flag="--checkpoint-store", choices=("dir", "kafka")))
+    directory: str = field(default="checkpoints", metadata=_help(
+        "checkpoint directory (with --checkpoint-store dir)", flag="--checkpoints"))
+    topic: str = field(default="shopstream-checkpoints", metadata=_help(
+        "compacted checkpoint topic (with --checkpoint-store kafka)", flag="--checkpoint-topic"))
+    every: int = field(default=10_000, metadata=_help(
+        "checkpoint after this many events per partition", flag="--checkpoint-every"))
+    seconds: float = field(default=30.0, metadata=_help("... or after this many seconds", flag="--checkpoint-seconds"))
+
+    def __post_init__(self) -> None:
+        check(self, (("every", self.every >= 1, "must be >= 1"),
+                     ("seconds", self.seconds > 0, "must be > 0 seconds")))
 
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    bootstrap_servers: str = "127.0.0.1:9092"
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: Optional[str] = None
-    sasl_username: Optional[str] = None
-    sasl_password: Optional[str] = field(default=None, repr=False)   # never in a repr or a log
-    ssl_cafile: Optional[str] = None
-    ssl_certfile: Optional[str] = None
-    ssl_keyfile: Optional[str] = None
-    topic: str = "shop-events"
-    group: str = "shopstream"
-    predictions_topic: str = "shop-predictions"
-    dead_letter_topic: str = "shop-events-dlq"
-    artifacts: Optional[str] = None
-    model: str = "logreg"
-    features: str = "shop"
-    seed: int = 42
-    window: float = 1800.0
-    lateness: float = 0.0
-    metric_window: int = 1000
-    max_open: int = 1_000_000
-    drift_delta: float = 1e-6
-    checkpoints: str = "checkpoints"
-    checkpoint_store: str = "dir"          # "dir" (--checkpoints) or "kafka" (--checkpoint-topic)
-    checkpoint_topic: str = "shopstream-checkpoints"
-    checkpoint_every: int = 10_000
-    checkpoint_seconds: float = 30.0
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = 9108
-    max_events: int = 0
-    until_idle: float = 0.0
-    client_id: Optional[str] = None
-    session_timeout_ms: int = 10_000   # how soon a dead worker's partitions move
-    # Longer than any legitimate join (bounded by the 300 s rebalance timeout): then rebuild the consumer.
-    rejoin_deadline: float = 360.0
-    challengers: tuple = ()
-    baseline: bool = True
-    auto_promote: bool = True
-    promotion_margin: float = 0.01
-    promotion_min_resolved: int = 2000
-    drift_reaction: str = "none"
-    control_topic: str = "shop-control"
+    kafka: KafkaConnection = KafkaConnection()
+    engine: EngineConfig = EngineConfig()
+    lineup: Lineup = Lineup()
+    checkpoints: CheckpointSettings = CheckpointSettings()
+    caps: FeatureCaps = FeatureCaps()
 
+    topic: str = field(default="shop-events", metadata=_help("events topic"))
+    group: str = field(default="shopstream", metadata=_help("consumer group"))
+    predictions_topic: str = field(default="shop-predictions", metadata=_help(
+        "topic for published predictions ('' to disable)"))
+    dead_letter_topic: str = field(default="shop-events-dlq", metadata=_help(
+        "topic for messages that fail to decode or validate"))
+    control_topic: str = field(default="shop-control", metadata=_help("topic of `shopstream models` commands"))
+    artifacts: Optional[str] = field(default=None, metadata=_help(
+        "bootstrap output (its DEFAULT model starts new partitions)", type=str))
+    adopt_artifact_settings: bool = field(default=False, metadata=_help(
+        "run new partitions under the feature set, window and lateness their artifact was trained with, "
+        "instead of refusing to start when these options differ"))
+    auto_promote: bool = field(default=True, metadata=_help("promote a challenger that is significantly better"))
+    promotion_margin: float = field(default=0.01, metadata=_help("ROC AUC lead a challenger needs for promotion"))
+    promotion_min_resolved: int = field(default=2000, metadata=_help(
+        "paired resolved predictions before a promotion"))
+    metrics_host: str = field(default="127.0.0.1", metadata=_help("metrics endpoint host (compose sets 0.0.0.0)"))
+    metrics_port: int = field(default=9108, metadata=_help("metrics endpoint port (0: any free port, -1: none)"))
+    max_events: int = field(default=0, metadata=_help("stop after this many events (0: never)"))
+    until_idle: float = field(default=0.0, metadata=_help(
+        "stop once nothing was read for this many seconds while able to read and every owned partition is "
+        "read to its end (0: never)"))
+    client_id: Optional[str] = field(default=None, metadata=_help("Kafka client id (default: hostname-pid)", type=str))
+    session_timeout_ms: int = field(default=10_000, metadata=_help(
+        "how long the group waits for a silent worker before moving its partitions"))
+    # Longer than any legitimate join (bounded by the 300 s rebalance timeout): then rebuild the consumer.
+    rejoin_deadline: float = field(default=360.0, metadata=_help(
+        "seconds a group join may take before the Kafka consumer is rebuilt (0: never; legitimate joins end "
+        "within the 300 s rebalance timeout)"))
     max_poll_records: int = 1000
-    max_future_skew: float = MAX_FUTURE_SKEW
-    mlp_learning_rate: Optional[float] = None  # Adam step of mlp slots in new partitions (None: as built)
-    force_fresh_start: bool = False   # start a partition over when its checkpoint is refused
-    log_level: str = "INFO"
-    max_sessions: int = FeatureCaps.sessions
-    max_users: int = FeatureCaps.users
-    max_products: int = FeatureCaps.products
-    max_brands: int = FeatureCaps.brands
-    max_categories: int = FeatureCaps.categories
-    max_session_products: int = FeatureCaps.session_products
-    session_ttl: float = FeatureCaps.session_ttl
-    max_raw_features: int = FeatureCaps.raw_features
+    max_future_skew: float = field(default=MAX_FUTURE_SKEW, metadata=_help(
+        "dead-letter events dated more than this many seconds after their Kafka record time (a fast client "
+        "clock would drag event time into the future)"))
+    force_fresh_start: bool = field(default=False, metadata=_help(
+        "start a partition over (from its artifact, offset 0) when its checkpoint is refused, instead of "
+        "stopping"))
+    log_level: str = field(default="INFO", metadata=_help(
+        "DEBUG shows the Kafka client's own INFO lines too", choices=("DEBUG", "INFO", "WARNING", "ERROR")))
+
+    def __post_init__(self) -> None:
+        check(self, (
+            ("max_poll_records", self.max_poll_records >= 1, "must be >= 1"),
+            ("session_timeout_ms", self.session_timeout_ms >= 1000, "must be >= 1000"),
+            ("max_future_skew", self.max_future_skew >= 0, "must be >= 0 seconds"),
+            ("rejoin_deadline", self.rejoin_deadline >= 0, "must be >= 0 seconds"),
+            ("until_idle", self.until_idle >= 0, "must be >= 0 seconds"),
+            ("metrics_port", -1 <= self.metrics_port <= 65535, "must be -1..65535"),
+            ("max_events", self.max_events >= 0, "must be >= 0"),
+        ))
+        if self.auto_promote and self.lineup.promotion is None:
+            # The promotion options are flat on the command line; the line-up carries the policy.
+            policy = PromotionPolicy(margin=self.promotion_margin, min_resolved=self.promotion_min_resolved)
+            object.__setattr__(self, "lineup", replace(self.lineup, promotion=policy))
+
+    @classmethod
+    def from_options(cls, **options: Any) -> "WorkerSettings":
+        """From flat option names (as the command line spells them, ``_`` for ``-``), each
+        routed to the object that owns it; an unknown name is an error."""
+        return cls.from_mapping(options, strict=True)
 
     @classmethod
     def from_args(cls, args) -> "WorkerSettings":
-        given = dict(vars(args))
-        if given.get("challengers") is not None:
-            given["challengers"] = tuple(given["challengers"])
-        return cls(**{f.name: given[f.name] for f in fields(cls) if given.get(f.name) is not None})
+        """From an argparse namespace (names that are not settings, like ``command``, are ignored)."""
+        return cls.from_mapping(vars(args), strict=False)
 
-    @property
-    def promotion(self) -> Optional[PromotionPolicy]:
-        if not self.auto_promote:
-            return None
-        return PromotionPolicy(margin=self.promotion_margin, min_resolved=self.promotion_min_resolved)
-
-    @property
-    def feature_caps(self) -> FeatureCaps:
-        return feature_caps(self)
-
-    @property
-    def engine_options(self) -> dict:
-        return {"window": self.window, "lateness": self.lateness, "metric_window": self.metric_window,
-                "max_open": self.max_open, "drift_delta": self.drift_delta}
+    @classmethod
+    def from_mapping(cls, given: Mapping[str, Any], strict: bool) -> "WorkerSettings":
+        given = {k: v for k, v in given.items() if v is not None}
+        used: set = set()
+        parts = {}
+        for name, part in PARTS.items():
+            values = {f.name: given[key] for f in fields(part) if (key := option_name(part, f)) in given}
+            used |= {option_name(part, f) for f in fields(part)}
+            parts[name] = part(**_tuples(values))
+        own = {f.name: given[f.name] for f in fields(cls) if f.name not in PARTS and f.name in given}
+        used |= set(own)
+        unknown = sorted(set(given) - used)
+        if strict and unknown:
+            raise TypeError(f"unknown worker settings: {unknown}")
+        return cls(**parts, **own)
 
     @property
     def name(self) -> str:
         return self.client_id or f"{socket.gethostname()}-{os.getpid()}"
 
 
-def feature_caps(config) -> FeatureCaps:
-    """`FeatureCaps` from the --max-* options of a command (argparse namespace or settings)."""
-    return FeatureCaps(sessions=config.max_sessions, users=config.max_users, products=config.max_products,
-                       brands=config.max_brands, categories=config.max_categories,
-                       session_products=config.max_session_products, session_ttl=config.session_ttl,
-                       raw_features=config.max_raw_features)
+#: The objects a worker's settings are made of, by attribute name.
+PARTS = {"kafka": KafkaConnection, "engine": EngineConfig, "lineup": Lineup, "checkpoints": CheckpointSettings,
+         "caps": FeatureCaps}
+
+
+def option_name(part, f) -> str:
+    """The flat option name of a field: its ``flag`` metadata (e.g. ``--checkpoint-every``),
+    else ``caps``' fields as ``max_<name>`` (``session_ttl`` as is), else its own name."""
+    flag = f.metadata.get("flag")
+    if flag:
+        return flag.lstrip("-").replace("-", "_")
+    if part is FeatureCaps:
+        return f.name if f.name == "session_ttl" else f"max_{f.name}"
+    return f.name
+
+
+def _tuples(values: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
+__all__ = ["CheckpointSettings", "ConfigError", "KafkaConnection", "PARTS", "Secret", "WorkerSettings",
+           "option_name"]

@@ -12,7 +12,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from .connection import kafka_options
+from .connection import KafkaConnection, kafka_options
 
 
 def create_topics(options: dict, topics: dict[str, int], timeout: float = 30.0,
@@ -46,7 +46,7 @@ def create_topics(options: dict, topics: dict[str, int], timeout: float = 30.0,
 
 
 def topics_command(args) -> int:
-    created = create_topics(kafka_options(args), {
+    created = create_topics(kafka_options(KafkaConnection.from_args(args)), {
         args.topic: args.partitions,
         args.predictions_topic: args.partitions,
         args.dead_letter_topic: 1,

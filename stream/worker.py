@@ -96,9 +96,10 @@ class Worker(ConsumerRebalanceListener):
     def __init__(self, settings: WorkerSettings, registry: Optional[CollectorRegistry] = None):
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
-        options = kafka_options(settings)
-        self.store = KafkaCheckpointStore(options, settings.checkpoint_topic, group=settings.group) \
-            if settings.checkpoint_store == "kafka" else DirectoryCheckpointStore(settings.checkpoints, settings.group)
+        options = kafka_options(settings.kafka)
+        self.store = KafkaCheckpointStore(options, settings.checkpoints.topic, group=settings.group) \
+            if settings.checkpoints.store == "kafka" \
+            else DirectoryCheckpointStore(settings.checkpoints.directory, settings.group)
         self.partitions: dict[TopicPartition, PartitionState] = {}
         self.stopping = False
         self.handled = 0
@@ -433,8 +434,8 @@ class Worker(ConsumerRebalanceListener):
     def _maybe_checkpoint(self, tp: TopicPartition, state: PartitionState) -> None:
         settings = self.settings
         if state.events_since_checkpoint and (
-            state.events_since_checkpoint >= settings.checkpoint_every
-            or time.time() - state.checkpointed_at >= settings.checkpoint_seconds
+            state.events_since_checkpoint >= settings.checkpoints.every
+            or time.time() - state.checkpointed_at >= settings.checkpoints.seconds
         ):
             self.checkpoint([tp])
 
@@ -521,21 +522,12 @@ def preflight(settings: WorkerSettings) -> None:
     """Check every setting, path and artifact before contacting the group: a worker that
     would crash in its rebalance callback would first take partitions from healthy ones.
     Raises ValueError, FileNotFoundError or an ArtifactError/SignatureError: one line."""
-    s = settings
-    for name, value, ok in (("--checkpoint-every", s.checkpoint_every, s.checkpoint_every >= 1),
-                            ("--checkpoint-seconds", s.checkpoint_seconds, s.checkpoint_seconds > 0),
-                            ("--max-poll-records", s.max_poll_records, s.max_poll_records >= 1),
-                            ("--session-timeout-ms", s.session_timeout_ms, s.session_timeout_ms >= 1000),
-                            ("--max-future-skew", s.max_future_skew, s.max_future_skew >= 0),
-                            ("--rejoin-deadline", s.rejoin_deadline, s.rejoin_deadline >= 0),
-                            ("--until-idle", s.until_idle, s.until_idle >= 0),
-                            ("--metrics-port", s.metrics_port, -1 <= s.metrics_port <= 65535)):
-        if not ok:
-            raise ValueError(f"{name} {value!r} is out of range")
+    s = settings  # each settings object checked its own ranges when it was built
     if s.artifacts and not Path(s.artifacts).is_dir():
         raise FileNotFoundError(f"--artifacts {s.artifacts}: no such directory")
-    if s.checkpoint_store == "dir" and Path(s.checkpoints).exists() and not Path(s.checkpoints).is_dir():
-        raise ValueError(f"--checkpoints {s.checkpoints} is not a directory")
+    directory = Path(s.checkpoints.directory)
+    if s.checkpoints.store == "dir" and directory.exists() and not directory.is_dir():
+        raise ValueError(f"--checkpoints {directory} is not a directory")
     # What a new partition would start from, built once: the window, lateness, caps, catalog
     # names and the artifacts (loaded and verified) all checked here.
     try:
@@ -546,8 +538,7 @@ def preflight(settings: WorkerSettings) -> None:
 
 def new_engine(s: WorkerSettings):
     """A new partition's engine (from the artifacts, else fresh) and where it came from."""
-    return build_engine(s.artifacts, s.model, s.features, s.challengers, s.baseline, s.seed, s.promotion,
-                        s.drift_reaction, s.feature_caps, s.mlp_learning_rate, **s.engine_options)
+    return build_engine(s.artifacts, s.engine, s.lineup, s.caps, s.adopt_artifact_settings)
 
 
 def run_worker(settings: WorkerSettings) -> int:

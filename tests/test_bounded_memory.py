@@ -3,6 +3,7 @@ their cap, feature state at its caps, and memory stops growing once the caps are
 
 import gc
 
+from shopstream.config import EngineConfig
 from shopstream.engine import Engine
 from shopstream.events import Event
 from shopstream.features import FeatureCaps, ShopFeatures
@@ -22,7 +23,7 @@ def rss_mb() -> float:
 
 def test_a_million_sessions_that_never_buy_stay_within_the_caps():
     features = ShopFeatures(FeatureCaps(sessions=CAP, users=CAP, products=CAP))
-    engine = Engine(build_model("logreg"), features, model_name="logreg", max_open=CAP, window=10**7)
+    engine = Engine(build_model("logreg"), features, EngineConfig(max_open=CAP, window=10**7), model_name="logreg")
     t0 = 1.7e9
     rss = {}
     for i in range(EVENTS):

@@ -150,12 +150,12 @@ def test_artifact_metadata_and_default_are_signed(tmp_path, monkeypatch):
 
 
 def test_bad_settings_fail_before_joining_with_one_line(tmp_path):
-    with pytest.raises(ValueError, match="invalid engine settings: window must be > 0"):
-        preflight(WorkerSettings(window=-5))
+    with pytest.raises(ValueError, match="window -5.0 must be > 0"):
+        preflight(WorkerSettings.from_options(window=-5))
     with pytest.raises(FileNotFoundError, match="--artifacts .*nowhere: no such directory"):
-        preflight(WorkerSettings(artifacts=str(tmp_path / "nowhere")))
+        preflight(WorkerSettings.from_options(artifacts=str(tmp_path / "nowhere")))
     with pytest.raises(ValueError, match="unknown model 'nope'"):
-        preflight(WorkerSettings(challengers=("nope",)))
+        preflight(WorkerSettings.from_options(challengers=("nope",)))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

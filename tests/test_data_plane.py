@@ -11,6 +11,7 @@ import pytest
 from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from kafka.future import Future
 
+from shopstream.config import EngineConfig
 from shopstream.engine import Engine
 from shopstream.events import Event, InvalidEvent, check_future_skew, decode_event, event_from_record
 from shopstream.exporter import EngineCollector, EngineSnapshot
@@ -218,7 +219,7 @@ def test_a_prediction_that_cannot_be_learned_does_not_fail_the_event_that_resolv
     from shopstream.features import RawFeatures
 
     model = FailsToLearn()
-    engine = Engine(model, RawFeatures(), window=60.0)
+    engine = Engine(model, RawFeatures(), EngineConfig(features="raw", window=60.0))
     t = 1.7e9
     engine.process(Event(t, "view", "p1", "u", "s1", features={"bad": 1.0}))
     engine.process(Event(t + 1, "view", "p2", "u", "s2", features={"good": 1.0}))
@@ -277,7 +278,7 @@ def test_endless_new_keys_stay_within_every_cap_and_evictions_are_counted():
 
 def test_raw_feature_names_are_capped():
     engine = Engine(build_model("logreg"), __import__("shopstream.features", fromlist=["x"]).RawFeatures(
-        FeatureCaps(raw_features=100)), window=60.0)
+        FeatureCaps(raw_features=100)), EngineConfig(features="raw", window=60.0))
     for i in range(1000):
         engine.process(Event(1.7e9 + i, "view", "p", "u", "s", features={f"f{i}": 1.0}, label=i % 2 == 0))
     assert len(engine.model["LogisticRegression"]._weights) <= 100

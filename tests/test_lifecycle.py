@@ -8,11 +8,12 @@ import pytest
 from river import dummy, linear_model, optim
 
 from shopstream.offline.bootstrap import bootstrap
+from shopstream.config import EngineConfig
 from shopstream.engine import Engine
 from shopstream.events import event_from_record
 from shopstream.features import build_features
 from shopstream.generator import START, Drift, generate, write_jsonl
-from shopstream.lineup import build_engine
+from shopstream.lineup import Lineup, build_engine
 from shopstream.models import build_model
 from shopstream.slots import PromotionPolicy
 
@@ -51,7 +52,7 @@ def resolved_at(points, t):
 
 def test_online_champion_beats_frozen_baseline_recovers_and_detects_the_incident(shop):
     stream, artifacts, drift_start, drift_end = shop
-    engine, origin = build_engine(str(artifacts), baseline=True)
+    engine, origin = build_engine(str(artifacts))
     assert origin.startswith("artifact:") and [s.role for s in engine.slots] == ["champion", "baseline"]
     points = run(engine, stream)
     start, end = resolved_at(points, drift_start), resolved_at(points, drift_end)
@@ -96,7 +97,7 @@ def test_a_clearly_better_challenger_is_promoted_a_worse_one_is_not(shop):
 
 def test_manual_promotion_and_rollback_are_recorded(shop):
     stream, artifacts, _, _ = shop
-    engine, _ = build_engine(str(artifacts), challengers=["logreg_tuned"], baseline=True)
+    engine, _ = build_engine(str(artifacts), lineup=Lineup(challengers=("logreg_tuned",)))
     run(engine, stream[:5000])
     engine.promote("logreg_tuned")
     assert engine.model_name == "logreg_tuned" and engine.slot("logreg").role == "challenger"
@@ -112,7 +113,7 @@ def test_manual_promotion_and_rollback_are_recorded(shop):
 @pytest.mark.parametrize("reaction", ["challenger", "reset"])
 def test_drift_reactions(shop, reaction):
     stream, artifacts, drift_start, _ = shop
-    engine, _ = build_engine(str(artifacts), baseline=True, drift_reaction=reaction)
+    engine, _ = build_engine(str(artifacts), EngineConfig(drift_reaction=reaction))
     points = run(engine, stream[:int(len(stream) * 0.45)])    # through the start of the incident
     start = resolved_at(points, drift_start)
     [drift] = [h for h in engine.history if h["kind"] == "drift" and h["role"] == "champion"]

@@ -29,8 +29,7 @@ encode = msgspec.json.Encoder().encode
 def reference_lineups(kafka, topic, artifacts=None, model="logreg", challengers=()):
     """One uninterrupted engine per partition, started the way a worker starts one."""
     return reference_engines(kafka, topic, make=lambda: build_engine(
-        artifacts, model=model, features="shop", challengers=challengers, baseline=True, seed=42,
-        promotion=WorkerSettings().promotion)[0])
+        artifacts, lineup=WorkerSettings.from_options(model=model, challengers=challengers).lineup)[0])
 
 
 def kill_mid_stream_and_finish(kafka, topic, checkpoints, records, *options):

@@ -194,7 +194,7 @@ class RefusingProducer:
 
 def test_unacknowledged_outputs_hold_the_checkpoint_back_until_they_are_resent(kafka, new_topic, tmp_path):
     topic = new_topic(1)
-    settings = WorkerSettings(bootstrap_servers=kafka, topic=topic, group=f"g-{topic}",
+    settings = WorkerSettings.from_options(bootstrap_servers=kafka, topic=topic, group=f"g-{topic}",
                               predictions_topic=f"{topic}-predictions", dead_letter_topic=f"{topic}-dlq",
                               checkpoints=str(tmp_path / "ckpt"), control_topic="", metrics_port=-1)
     worker = Worker(settings)

@@ -29,7 +29,7 @@ encode = msgspec.json.Encoder().encode
 
 def run_in_process(kafka, topic, tmp_path, **options) -> dict:
     """Run a worker until the topic is idle; return its final states by partition."""
-    settings = WorkerSettings(bootstrap_servers=kafka, topic=topic, group=f"g-{topic}",
+    settings = WorkerSettings.from_options(bootstrap_servers=kafka, topic=topic, group=f"g-{topic}",
                               predictions_topic=f"{topic}-predictions", dead_letter_topic=f"{topic}-dlq",
                               checkpoints=str(tmp_path / "ckpt"), until_idle=3.0, metrics_port=-1,
                               session_timeout_ms=6000, **options)

@@ -1,0 +1,109 @@
+"""The engine's settings, each default written once.
+
+`EngineConfig` is what one partition's engine runs under: the feature set, the label
+rules (attribution window, lateness), the caps on its state and the rolling metrics. The
+bootstrap records it in every artifact; a worker whose settings contradict its artifact's
+on what the model was trained and evaluated under (`TRAINED_UNDER`) refuses to start
+unless told to adopt the artifact's. The command line derives its options (and their
+``SHOPSTREAM_*`` variables) from these fields: their defaults and ``help`` metadata.
+
+>>> config = EngineConfig(window=600)
+>>> config.window, config.features
+(600.0, 'shop')
+>>> config.contradictions(EngineConfig())
+['window 600.0 (the artifact: 1800.0)']
+>>> EngineConfig(window=-5)
+Traceback (most recent call last):
+...
+shopstream.config.ConfigError: window -5.0 must be > 0 seconds
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Mapping
+
+from .features import FEATURE_SETS as _FEATURE_BUILDERS
+
+FEATURE_SETS = tuple(_FEATURE_BUILDERS)
+DRIFT_REACTIONS = ("none", "challenger", "reset")
+#: The settings a model was trained and evaluated under: a worker must run with the same.
+TRAINED_UNDER = ("features", "window", "lateness")
+
+
+def _help(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
+class ConfigError(ValueError):
+    """A setting out of its range: which one, its value and the rule."""
+
+    def __init__(self, name: str, value: Any, rule: str):
+        super().__init__(f"{name} {value!r} {rule}")
+        self.name, self.value, self.rule = name, value, rule
+
+
+def check(config, rules) -> None:
+    """Raise `ConfigError` for the first (name, ok, rule) of `rules` that does not hold."""
+    for name, ok, rule in rules:
+        if not ok:
+            raise ConfigError(name, getattr(config, name), rule)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Settings of one partition's predict-then-learn engine (see `engine.py`)."""
+
+    features: str = field(default="shop", metadata=_help("feature set: raw or shop", choices=FEATURE_SETS))
+    window: float = field(default=1800.0, metadata=_help("attribution window in seconds of event time"))
+    lateness: float = field(default=0.0, metadata=_help("allowed lateness of events in seconds"))
+    max_open: int = field(default=1_000_000, metadata=_help("cap on open predictions per partition"))
+    metric_window: int = field(default=1000, metadata=_help("resolved predictions in the rolling metrics"))
+    drift_delta: float = field(default=1e-6, metadata=_help(
+        "ADWIN confidence for drift in a model's errors (smaller: fewer alarms)"))
+    drift_reaction: str = field(default="none", metadata=_help(
+        "on drift in the champion's errors: none, challenger (add a fresh one) or reset (to the bootstrap model)",
+        choices=DRIFT_REACTIONS))
+    dedupe: int = 100_000  # recent event ids remembered to drop redeliveries (no option: rarely worth tuning)
+
+    def __post_init__(self) -> None:
+        # Coerce ints given for floats (JSON, --window 600) so equal settings compare equal.
+        for name in ("window", "lateness", "drift_delta"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        check(self, (
+            ("features", self.features in FEATURE_SETS, f"must be one of {FEATURE_SETS}"),
+            ("window", self.window > 0, "must be > 0 seconds"),
+            ("lateness", self.lateness >= 0, "must be >= 0 seconds"),
+            ("max_open", self.max_open >= 1, "must be >= 1"),
+            ("metric_window", self.metric_window >= 1, "must be >= 1"),
+            ("drift_delta", 0 < self.drift_delta < 1, "must be in (0, 1)"),
+            ("drift_reaction", self.drift_reaction in DRIFT_REACTIONS, f"must be one of {DRIFT_REACTIONS}"),
+            ("dedupe", self.dedupe >= 0, "must be >= 0"),
+        ))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "EngineConfig":
+        """From a recorded dict; names this version does not know are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def of_artifact(cls, meta: Mapping[str, Any]) -> "EngineConfig":
+        """What an artifact was trained under (artifacts from before `engine` was recorded
+        carry the same facts under older keys)."""
+        if "engine" in meta:
+            return cls.from_dict(meta["engine"])
+        return cls(features=meta.get("feature_set", cls.features), window=meta.get("label_window_seconds", cls.window),
+                   lateness=meta.get("lateness_seconds", cls.lateness))
+
+    def contradictions(self, trained: "EngineConfig") -> list[str]:
+        """The `TRAINED_UNDER` settings where this config differs from the artifact's."""
+        return [f"{name} {getattr(self, name)!r} (the artifact: {getattr(trained, name)!r})"
+                for name in TRAINED_UNDER if getattr(self, name) != getattr(trained, name)]
+
+    def adopting(self, trained: "EngineConfig") -> "EngineConfig":
+        """This config with the artifact's `TRAINED_UNDER` settings."""
+        return replace(self, **{name: getattr(trained, name) for name in TRAINED_UNDER})
