@@ -161,6 +161,19 @@ def latest(root: str | Path, model_name: str) -> Optional[Path]:
     return versions[-1].parent if versions else None
 
 
+def list_versions(root: str | Path) -> list[dict]:
+    """Every artifact's metadata under `root`, oldest model name first, each with
+    ``is_default`` (what DEFAULT points at). Unverified: for listing, never for loading."""
+    root = Path(root)
+    pointer = root / DEFAULT_POINTER
+    default = pointer.read_text().splitlines()[0].strip() if pointer.is_file() else ""
+    listed = []
+    for meta_path in sorted(root.glob("*/*/meta.json")):
+        meta = json.loads(meta_path.read_text())
+        listed.append({**meta, "is_default": bool(default) and default.endswith(meta["version"])})
+    return listed
+
+
 def find_version(root: str | Path, version: str) -> Path:
     """The artifact directory of an exact version id, e.g. for a rollback."""
     model_name = version.rsplit("-", 2)[0]

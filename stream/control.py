@@ -28,7 +28,7 @@ from typing import Optional
 import msgspec
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from shopstream.artifacts import find_version, load_artifact
+from shopstream.artifacts import find_version, list_versions, load_artifact
 from shopstream.engine import Engine
 from shopstream.models import CATALOG
 from shopstream.signing import sign, signing_key
@@ -221,18 +221,14 @@ class ControlChannel:
 def list_models(artifacts: Optional[str], store=None, reported: Optional[dict] = None) -> str:
     """A text table of artifact versions, of what each checkpointed partition runs, and of
     what workers last reported per partition (newer than a checkpoint after a command)."""
-    import json
     from pathlib import Path
 
     lines = []
     if artifacts and Path(artifacts).is_dir():
-        pointer = Path(artifacts) / "DEFAULT"
-        default = pointer.read_text().splitlines()[0].strip() if pointer.is_file() else ""
         lines.append("artifact versions (rollback targets):")
-        for meta_path in sorted(Path(artifacts).glob("*/*/meta.json")):
-            meta = json.loads(meta_path.read_text())
+        for meta in list_versions(artifacts):
             holdout = meta.get("metrics", {}).get("holdout", {})
-            mark = " DEFAULT" if default.endswith(meta["version"]) else ""
+            mark = " DEFAULT" if meta["is_default"] else ""
             lines.append(f"  {meta['version']:<45} created {meta['created_at'][:19]}  "
                          f"holdout roc_auc {holdout.get('roc_auc', float('nan')):.4f}{mark}")
     if store is not None:

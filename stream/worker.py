@@ -27,10 +27,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CorruptRecordError
-from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from shopstream.artifacts import ArtifactError
@@ -39,11 +38,11 @@ from shopstream.exporter import EngineCollector, EngineSnapshot, MetricsServer
 from shopstream.lineup import build_engine
 from shopstream.signing import SignatureError, signing_key
 
-from .connection import kafka_options
-from .checkpoints import CheckpointError, DirectoryCheckpointStore, PartitionState
-from .control import ControlChannel
-from .kafka_store import KafkaCheckpointStore
-from .corrupt import CorruptBatchSkipper
+from .broker_watch import BrokerWatch
+from .checkpointer import Checkpointer
+from .checkpoints import CheckpointError, PartitionState
+from .clients import KafkaClients
+from .membership import GroupMembership
 from .outputs import Outputs
 from .settings import WorkerSettings
 from .telemetry import WorkerCollector
@@ -51,13 +50,7 @@ from .telemetry import WorkerCollector
 log = logging.getLogger(__name__)
 # Latency is timed on one event in this many: timing every event would cost more than it tells.
 TIMING_SAMPLE = 16
-CHECKPOINT_RETRY_SECONDS = 2.0
-BROKER_CHECK_SECONDS = 5.0
 SNAPSHOT_SECONDS = 1.0  # how stale a scrape's numbers may be
-# How long a checkpoint waits for outputs to be acknowledged before it pauses the partitions
-# and retries: long enough for a busy broker, short enough that an outage does not hold the
-# loop (its broker checks, readiness and control commands) for the whole outage.
-CONFIRM_SECONDS = 5.0
 
 
 class IdleClock:
@@ -66,7 +59,7 @@ class IdleClock:
     The clock runs only while the worker owns partitions, the broker answers and no
     checkpoint failure has paused it. Everything else (an outage, a group join, a
     fresh assignment) restarts it. When it reaches `--until-idle`, the worker still
-    asks the broker for the end offsets (`Worker._caught_up`) before it stops, so a
+    asks the broker for the end offsets (`BrokerWatch.caught_up`) before it stops, so a
     stop on idleness means "caught up", never "could not read".
 
     Examples
@@ -93,96 +86,72 @@ class IdleClock:
 
 
 class Worker(ConsumerRebalanceListener):
-    def __init__(self, settings: WorkerSettings, registry: Optional[CollectorRegistry] = None):
+    """The poll loop and the partitions it owns; the parts do the rest: `Checkpointer`
+    (durability), `BrokerWatch` (is the broker there), `GroupMembership` (the consumer and
+    its joins), `Outputs` (predictions and dead letters), all from one `KafkaClients`."""
+
+    def __init__(self, settings: WorkerSettings, registry: Optional[CollectorRegistry] = None,
+                 clients: Optional[KafkaClients] = None):
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
-        options = kafka_options(settings.kafka)
-        self.store = KafkaCheckpointStore(options, settings.checkpoints.topic, group=settings.group) \
-            if settings.checkpoints.store == "kafka" \
-            else DirectoryCheckpointStore(settings.checkpoints.directory, settings.group)
+        clients = clients if clients is not None else KafkaClients(settings)
         self.partitions: dict[TopicPartition, PartitionState] = {}
         self.stopping = False
         self.handled = 0
         self.last_poll = 0.0
         self.fatal: Optional[str] = None
-        self.blocked: dict[TopicPartition, str] = {}  # partitions paused by a failing checkpoint store
-        self.control = ControlChannel(options, settings.control_topic, settings.artifacts, settings.name) \
-            if settings.control_topic else None
+        self.control = clients.control()
         self._last_control_poll = 0.0
-        self._last_retry = 0.0
-        self._last_broker_check = 0.0
-        self.broker_ok = True
-        self._broker_seen = time.monotonic()
-        self.end_offsets: dict = {}
-        self._options = options
-        self._joining_since: Optional[float] = None  # a group join started and has not finished
-        self._topic_partitions: list[int] = []
         self.idle = IdleClock(time.monotonic())
-        self.consumer = self._new_consumer()
-        # A short linger: predictions are for acting on now (20 ms added ~25 ms to p50 in BENCHMARKS.md).
-        self.outputs = Outputs(lambda: KafkaProducer(client_id=settings.name, linger_ms=5, acks="all", **options),
-                               settings.predictions_topic, settings.dead_letter_topic)
-        self.skipper = CorruptBatchSkipper(options, self.outputs)
+        self.membership = GroupMembership(clients.consumer, settings.topic, self, settings.rejoin_deadline,
+                                          on_rebuild=self._release_all)
+        self.broker = BrokerWatch(settings.topic)
+        self.outputs = Outputs(clients.producer, settings.predictions_topic, settings.dead_letter_topic)
+        self.store = clients.checkpoint_store()
+        self.checkpointer = Checkpointer(self.store, self.outputs, settings.checkpoints, self.registry)
+        self.skipper = clients.corrupt_skipper(self.outputs)
         self.snapshots: list = []   # what a scrape reads: copied from the engines on this thread
         self._last_snapshot = 0.0
-        self.outputs_blocked = False  # a checkpoint waits for outputs the broker has not acknowledged
         self._unverified: set = set()  # restored partitions not yet checked against the committed offset
         self.decode_seconds = Histogram("shopstream_decode_seconds", "Decode and validate one message (sampled)",
                                         registry=self.registry, buckets=_LATENCY_BUCKETS)
         self.process_seconds = Histogram("shopstream_process_seconds",
                                          "Engine time for one event: predict, resolve, learn (sampled)",
                                          registry=self.registry, buckets=_LATENCY_BUCKETS)
-        self.checkpoints_written = Counter("shopstream_checkpoints", "Checkpoints written", registry=self.registry)
-        self.checkpoint_failures = Counter("shopstream_checkpoint_failures", "Checkpoints that failed",
-                                           registry=self.registry)
         self.consumer_rebuilds = Counter("shopstream_consumer_rebuilds",
                                          "Kafka consumers rebuilt after a group join that did not finish",
                                          registry=self.registry)
         self.registry.register(EngineCollector(lambda: self.snapshots))
         self.registry.register(WorkerCollector(self))
 
-    def _new_consumer(self) -> KafkaConsumer:
-        s = self.settings
-        return KafkaConsumer(
-            group_id=s.group,
-            client_id=s.name,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=s.max_poll_records,
-            session_timeout_ms=s.session_timeout_ms,
-            heartbeat_interval_ms=max(500, s.session_timeout_ms // 5),
-            **self._options,
-        )
+    # What telemetry, readiness and the tests read, kept where it is decided.
+    @property
+    def consumer(self):
+        return self.membership.consumer
 
-    def _subscribe(self) -> None:
-        # Learn the topic's partitions before joining: kafka-python 3.0.12 otherwise assigns
-        # nothing, rejoins at once, and that second join has been seen to hang for good.
-        self._topic_partitions = sorted(self.consumer.partitions_for_topic(self.settings.topic) or ())
-        self._joining_since = time.monotonic()
-        self.consumer.subscribe([self.settings.topic], listener=self)
+    @property
+    def blocked(self) -> dict:
+        return self.checkpointer.blocked
 
-    def _rebuild_consumer(self, waited: float) -> None:
-        """A join that outlived every legitimate rebalance is a stuck client: replace it.
-        kafka-python revokes (and we checkpoint) when a join begins, so usually nothing is
-        owned here; anything still owned is checkpointed and released first."""
-        log.warning("group join unfinished after %.0f s: rebuilding the Kafka consumer", waited)
-        try:
-            fresh = self._new_consumer()
-        except Exception as exc:  # e.g. NoBrokersAvailable: keep the old one and try again later
-            log.warning("could not build a new consumer (%s: %s): retrying later", type(exc).__name__, exc)
-            self._joining_since = time.monotonic()
-            return
+    @property
+    def outputs_blocked(self) -> bool:
+        return self.checkpointer.outputs_blocked
+
+    @property
+    def broker_ok(self) -> bool:
+        return self.broker.ok
+
+    @property
+    def end_offsets(self) -> dict:
+        return self.broker.end_offsets
+
+    def _release_all(self) -> None:
+        """Before the consumer is replaced: checkpoint and let go of everything owned."""
         self.consumer_rebuilds.inc()
         if self.partitions:
             self.checkpoint(list(self.partitions))
             self.partitions.clear()
-            self.blocked.clear()
-        old, self.consumer = self.consumer, fresh
-        try:
-            old.close(autocommit=False, timeout_ms=5000)
-        except Exception as exc:  # a stuck client may not close cleanly either
-            log.warning("closing the old consumer: %s: %s", type(exc).__name__, exc)
-        self._subscribe()
+            self.checkpointer.blocked.clear()
 
     # -- partition lifecycle (called by kafka-python inside poll) -------------------
 
@@ -193,12 +162,12 @@ class Worker(ConsumerRebalanceListener):
             self.checkpoint(owned, commit_async=True)
         for tp in owned:
             del self.partitions[tp]
-            self.blocked.pop(tp, None)
-        self._joining_since = time.monotonic()  # kafka-python revokes when a join begins
+            self.checkpointer.forget(tp)
+        self.membership.join_started()
         log.info("revoked %s", sorted(tp.partition for tp in owned))
 
     def on_partitions_assigned(self, assigned):
-        self._joining_since = None
+        self.membership.join_finished()
         self.idle.restart(time.monotonic())  # the first fetch of a partition takes a moment
         for tp in assigned:
             try:
@@ -296,7 +265,8 @@ class Worker(ConsumerRebalanceListener):
 
     def run(self) -> int:
         settings = self.settings
-        self._subscribe()
+        self.membership.subscribe()
+        self.broker.topic_partitions = self.membership.topic_partitions
         while not self.stopping:
             try:
                 batches = self.consumer.poll(timeout_ms=200)
@@ -312,7 +282,7 @@ class Worker(ConsumerRebalanceListener):
             can_read = bool(self.partitions) and self.broker_ok and not self.blocked
             idle_for = self.idle.tick(now, got_data=bool(batches), can_read=can_read)
             if settings.until_idle and idle_for >= settings.until_idle:
-                if self._caught_up():
+                if self.broker.caught_up(self.consumer, {tp: st.next_offset for tp, st in self.partitions.items()}):
                     log.info("idle for %.1f s, at the end of %d partition(s): stopping", idle_for,
                              len(self.partitions))
                     break
@@ -341,9 +311,7 @@ class Worker(ConsumerRebalanceListener):
         if now - self._last_snapshot >= SNAPSHOT_SECONDS:
             self._last_snapshot = now
             self.take_snapshots()
-        if self.blocked and now - self._last_retry >= CHECKPOINT_RETRY_SECONDS:
-            self._last_retry = now
-            self.checkpoint(list(self.blocked))
+        self.checkpointer.retry(self.consumer, self.partitions, now)
         if self.control is not None and now - self._last_control_poll >= 1.0:
             self._last_control_poll = now
             if self.control.poll():
@@ -352,41 +320,9 @@ class Worker(ConsumerRebalanceListener):
                         state.changed = True
                         if state.unsaved_since is None:
                             state.unsaved_since = time.time()
-        joining = self._joining_since
-        if (joining is not None and self.settings.rejoin_deadline and self.broker_ok
-                and now - joining >= self.settings.rejoin_deadline):
-            self._rebuild_consumer(now - joining)
-        if now - self._last_broker_check >= BROKER_CHECK_SECONDS:
-            self._last_broker_check = now
-            self._check_broker()
-
-    def _check_broker(self) -> None:
-        """Ask the broker for the end offsets of the owned partitions (or, owning none, of
-        the topic's): it answers (ready, exact lag) or it does not (not ready until it does).
-        Checked with or without partitions: a worker that lost its partitions in an outage
-        must still see the broker return, or its rejoin deadline stays disarmed."""
-        probe = list(self.partitions) or [TopicPartition(self.settings.topic, p) for p in self._topic_partitions]
-        if not probe:
-            return
-        try:
-            self.end_offsets = self.consumer.end_offsets(probe, timeout_ms=3000)
-        except Exception as exc:  # KafkaTimeoutError and friends: the broker is away
-            if self.broker_ok:
-                log.warning("broker not answering (%s): not ready until it does", type(exc).__name__)
-            self.broker_ok = False
-            return
-        if not self.broker_ok:
-            log.info("broker answering again")
-        self.broker_ok = True
-        self._broker_seen = time.monotonic()
-
-    def _caught_up(self) -> bool:
-        """The broker answers and every owned partition has been read to its end offset.
-        A quiet poll alone is no proof: a blocked flush, an outage or a fenced fetch look
-        the same from here."""
-        self._check_broker()
-        return self.broker_ok and all(state.next_offset >= self.end_offsets.get(tp, float("inf"))
-                                      for tp, state in self.partitions.items())
+        if self.membership.maybe_rebuild(now, self.broker.ok):
+            self.broker.topic_partitions = self.membership.topic_partitions
+        self.broker.maybe_check(self.consumer, list(self.partitions), now)
 
     def handle(self, state: PartitionState, record) -> None:
         """One Kafka record: decode, predict-then-learn, publish. Never raises for bad input."""
@@ -432,70 +368,13 @@ class Worker(ConsumerRebalanceListener):
     # -- durability ------------------------------------------------------------------
 
     def _maybe_checkpoint(self, tp: TopicPartition, state: PartitionState) -> None:
-        settings = self.settings
-        if state.events_since_checkpoint and (
-            state.events_since_checkpoint >= settings.checkpoints.every
-            or time.time() - state.checkpointed_at >= settings.checkpoints.seconds
-        ):
+        if self.checkpointer.due(state):
             self.checkpoint([tp])
 
     def checkpoint(self, tps, commit_async: bool = False) -> None:
-        """Flush outputs, write checkpoints durably, then commit their offsets to Kafka.
-
-        Partitions with nothing new since their last checkpoint are skipped."""
-        tps = [tp for tp in tps if tp in self.partitions and self.partitions[tp].needs_checkpoint]
-        if not tps:
-            return
-        # Predictions and dead letters before the state that made them: a checkpoint may
-        # only cover outputs the broker acknowledged. Otherwise pause and retry.
-        try:
-            confirmed = self.outputs.confirm(timeout=CONFIRM_SECONDS)
-        except Exception as exc:  # never let an output failure take the worker down
-            log.warning("confirming outputs: %s: %s", type(exc).__name__, exc)
-            confirmed = False
-        if not confirmed:
-            self.checkpoint_failures.inc()
-            if not self.outputs_blocked:
-                log.error("outputs not acknowledged by the broker: checkpoint of %s postponed, partitions "
-                          "paused until they are", sorted(tp.partition for tp in tps))
-            self.outputs_blocked = True
-            for tp in tps:
-                if tp not in self.blocked:
-                    self.consumer.pause(tp)
-                self.blocked[tp] = "outputs not acknowledged"
-            return
-        if self.outputs_blocked:
-            self.outputs_blocked = False
-            log.info("outputs acknowledged again")
-        offsets = {}
-        for tp in tps:
-            state = self.partitions[tp]
-            state.engine.mark_good()  # a model gone non-finite goes back, never into a checkpoint
-            try:
-                self.store.save(state)
-            except OSError as exc:
-                # Learning further than the last durable checkpoint would risk more than it
-                # gains: pause the partition and retry until the store takes writes again.
-                self.checkpoint_failures.inc()
-                if tp not in self.blocked:
-                    log.error("checkpoint of partition %d failed: %s; partition paused until a checkpoint "
-                              "succeeds (the last good checkpoint is untouched)", tp.partition, exc)
-                    self.consumer.pause(tp)
-                self.blocked[tp] = str(exc)
-                continue
-            self.checkpoints_written.inc()
-            if self.blocked.pop(tp, None) is not None:
-                self.consumer.resume(tp)
-                log.info("checkpoint of partition %d succeeded again: resumed", tp.partition)
-            offsets[tp] = OffsetAndMetadata(state.next_offset, "", -1)
-        if offsets:
-            try:
-                if commit_async:
-                    self.consumer.commit_async(offsets)
-                else:
-                    self.consumer.commit(offsets)
-            except Exception as exc:  # committed offsets only serve monitoring: never fatal
-                log.warning("offset commit failed (checkpoints are safe): %s", exc)
+        """Outputs acknowledged, then state saved, then offsets committed (`Checkpointer`);
+        partitions with nothing new since their last checkpoint are skipped."""
+        self.checkpointer.save(self.consumer, self.partitions, tps, commit_async)
 
     def close(self) -> None:
         self.checkpoint(list(self.partitions))
@@ -505,14 +384,15 @@ class Worker(ConsumerRebalanceListener):
         self.skipper.close()
         if self.control is not None:
             self.control.close()
-        if isinstance(self.store, KafkaCheckpointStore):
-            self.store.close()
+        close_store = getattr(self.store, "close", None)
+        if close_store is not None:  # the Kafka store holds a producer and a consumer
+            close_store()
 
     def ready(self) -> bool:
         """Owns partitions, can checkpoint them, and its loop polled recently."""
         now = time.monotonic()
-        return (bool(self.partitions) and not self.blocked and not self.stopping and self.broker_ok
-                and now - self._broker_seen < 3 * BROKER_CHECK_SECONDS and now - self.last_poll < 15.0)
+        return (bool(self.partitions) and not self.blocked and not self.stopping and self.broker.fresh(now)
+                and now - self.last_poll < 15.0)
 
 
 _LATENCY_BUCKETS = (0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1)

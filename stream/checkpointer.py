@@ -1,0 +1,119 @@
+"""Making partitions durable, in the one order that keeps exactly-once.
+
+For the partitions due, `Checkpointer.save`:
+
+1. waits (at most `CONFIRM_SECONDS`) until the broker acknowledged every prediction and
+   dead letter sent so far: a checkpoint may only cover outputs that exist;
+2. saves each partition's state to the store (a model gone non-finite goes back to its
+   last good state first, never into a checkpoint);
+3. commits the saved offsets to the consumer group, after the state is durable, so the
+   group's offsets never run ahead of a model.
+
+A step that fails pauses the partitions it concerns (`blocked`) instead of learning
+further than the last durable state; `retry` tries again every `RETRY_SECONDS`, and a
+success resumes them. Nothing here raises for a broker or a disk that fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from kafka.structs import OffsetAndMetadata
+from prometheus_client import CollectorRegistry, Counter
+
+from .checkpoints import CheckpointStore, PartitionState
+from .settings import CheckpointSettings
+
+log = logging.getLogger(__name__)
+RETRY_SECONDS = 2.0
+# Long enough for a busy broker, short enough that an outage does not hold the loop (its
+# broker checks, readiness and control commands) for the whole outage.
+CONFIRM_SECONDS = 5.0
+
+
+class Checkpointer:
+    def __init__(self, store: CheckpointStore, outputs, settings: CheckpointSettings, registry: CollectorRegistry,
+                 confirm_seconds: float = CONFIRM_SECONDS, retry_seconds: float = RETRY_SECONDS):
+        self.store = store
+        self.outputs = outputs
+        self.settings = settings
+        self.confirm_seconds = confirm_seconds
+        self.retry_seconds = retry_seconds
+        self.blocked: dict = {}        # partition -> why it is paused
+        self.outputs_blocked = False   # the last save waited for outputs the broker did not acknowledge
+        self._last_retry = 0.0
+        self.written = Counter("shopstream_checkpoints", "Checkpoints written", registry=registry)
+        self.failures = Counter("shopstream_checkpoint_failures", "Checkpoints that failed", registry=registry)
+
+    def due(self, state: PartitionState) -> bool:
+        """N events or T seconds since the partition's last checkpoint."""
+        return bool(state.events_since_checkpoint) and (
+            state.events_since_checkpoint >= self.settings.every
+            or time.time() - state.checkpointed_at >= self.settings.seconds)
+
+    def retry(self, consumer, partitions: dict, now: float) -> None:
+        """Try the paused partitions again, at most every `retry_seconds`."""
+        if self.blocked and now - self._last_retry >= self.retry_seconds:
+            self._last_retry = now
+            self.save(consumer, partitions, list(self.blocked))
+
+    def forget(self, tp) -> None:
+        """A partition no longer owned is nobody's to retry."""
+        self.blocked.pop(tp, None)
+
+    def save(self, consumer, partitions: dict, tps, commit_async: bool = False) -> None:
+        """Outputs, then state, then offsets, for the partitions of `tps` with anything unsaved.
+        `commit_async` on kafka-python's IO thread (a rebalance), which must not block."""
+        tps = [tp for tp in tps if tp in partitions and partitions[tp].needs_checkpoint]
+        if not tps or not self._outputs_confirmed(consumer, tps):
+            return
+        offsets = {}
+        for tp in tps:
+            state = partitions[tp]
+            state.engine.mark_good()
+            try:
+                self.store.save(state)
+            except OSError as exc:
+                self.failures.inc()
+                if tp not in self.blocked:
+                    log.error("checkpoint of partition %d failed: %s; partition paused until a checkpoint "
+                              "succeeds (the last good checkpoint is untouched)", tp.partition, exc)
+                    consumer.pause(tp)
+                self.blocked[tp] = str(exc)
+                continue
+            self.written.inc()
+            if self.blocked.pop(tp, None) is not None:
+                consumer.resume(tp)
+                log.info("checkpoint of partition %d succeeded again: resumed", tp.partition)
+            offsets[tp] = OffsetAndMetadata(state.next_offset, "", -1)
+        if offsets:
+            try:
+                if commit_async:
+                    consumer.commit_async(offsets)
+                else:
+                    consumer.commit(offsets)
+            except Exception as exc:  # committed offsets only serve monitoring and the restore witness
+                log.warning("offset commit failed (checkpoints are safe): %s", exc)
+
+    def _outputs_confirmed(self, consumer, tps) -> bool:
+        try:
+            confirmed = self.outputs.confirm(timeout=self.confirm_seconds)
+        except Exception as exc:  # never let an output failure take the worker down
+            log.warning("confirming outputs: %s: %s", type(exc).__name__, exc)
+            confirmed = False
+        if not confirmed:
+            self.failures.inc()
+            if not self.outputs_blocked:
+                log.error("outputs not acknowledged by the broker: checkpoint of %s postponed, partitions "
+                          "paused until they are", sorted(tp.partition for tp in tps))
+            self.outputs_blocked = True
+            for tp in tps:
+                if tp not in self.blocked:
+                    consumer.pause(tp)
+                self.blocked[tp] = "outputs not acknowledged"
+            return False
+        if self.outputs_blocked:
+            self.outputs_blocked = False
+            log.info("outputs acknowledged again")
+        return True

@@ -1,0 +1,56 @@
+"""Every outside party a worker talks to, built in one place.
+
+`KafkaClients` makes the worker's consumer, producer, checkpoint store, control channel
+and corrupt-batch skipper from its settings. The worker only ever asks this factory, so
+a test hands it fakes and runs the whole loop in milliseconds (tests/test_worker_parts.py),
+while the real-broker tests use this one.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from kafka import KafkaConsumer, KafkaProducer
+
+from .checkpoints import CheckpointStore, DirectoryCheckpointStore
+from .connection import kafka_options
+from .control import ControlChannel
+from .corrupt import CorruptBatchSkipper
+from .kafka_store import KafkaCheckpointStore
+from .settings import WorkerSettings
+
+
+class KafkaClients:
+    def __init__(self, settings: WorkerSettings):
+        self.settings = settings
+        self.options = kafka_options(settings.kafka)
+
+    def consumer(self) -> KafkaConsumer:
+        s = self.settings
+        return KafkaConsumer(
+            group_id=s.group,
+            client_id=s.name,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=s.max_poll_records,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=max(500, s.session_timeout_ms // 5),
+            **self.options,
+        )
+
+    def producer(self) -> KafkaProducer:
+        # A short linger: predictions are for acting on now (20 ms added ~25 ms to p50 in BENCHMARKS.md).
+        return KafkaProducer(client_id=self.settings.name, linger_ms=5, acks="all", **self.options)
+
+    def checkpoint_store(self) -> CheckpointStore:
+        s = self.settings
+        if s.checkpoints.store == "kafka":
+            return KafkaCheckpointStore(self.options, s.checkpoints.topic, group=s.group)
+        return DirectoryCheckpointStore(s.checkpoints.directory, s.group)
+
+    def control(self) -> Optional[ControlChannel]:
+        s = self.settings
+        return ControlChannel(self.options, s.control_topic, s.artifacts, s.name) if s.control_topic else None
+
+    def corrupt_skipper(self, outputs) -> CorruptBatchSkipper:
+        return CorruptBatchSkipper(self.options, outputs)

@@ -1,0 +1,196 @@
+"""In-memory stand-ins for the Kafka clients a worker uses, for fast tests of its logic.
+
+`FakeClients` is a `KafkaClients` whose consumer serves records from lists, whose producer
+keeps what it is sent and whose checkpoint store is a real directory store that can be
+told to fail. Every call that matters lands in one shared `calls` list, so a test can
+assert the order of outputs, state and offsets. A record whose value is `ABORT` makes the
+consumer raise `Aborted` when polled: a crash at a chosen offset (Bytewax's abort sentinel).
+The real-broker tests stay the proof that the real clients behave like this.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+from kafka import TopicPartition
+from kafka.errors import KafkaTimeoutError
+
+from shopstream.stream.checkpoints import DirectoryCheckpointStore
+from shopstream.stream.clients import KafkaClients
+
+ABORT = b"__abort__"
+Record = namedtuple("Record", "topic partition offset key value timestamp headers")
+
+
+class Aborted(Exception):
+    """The in-memory source reached an ABORT record: the worker 'crashes' here."""
+
+
+class FakeConsumer:
+    def __init__(self, topic: str, partitions: dict[int, list[bytes]], calls: list, max_poll: int = 100):
+        self.topic = topic
+        self.log = {p: list(values) for p, values in partitions.items()}
+        self.calls = calls
+        self.max_poll = max_poll
+        self.position: dict = {}
+        self.committed_offsets: dict = {}
+        self.paused_tps: set = set()
+        self.listener = None
+        self.pending_assignment = False
+        self.broker_down = False
+        self.closed = False
+
+    def tp(self, partition: int) -> TopicPartition:
+        return TopicPartition(self.topic, partition)
+
+    def append(self, partition: int, *values: bytes) -> None:
+        self.log[partition].extend(values)
+
+    def partitions_for_topic(self, topic):
+        return set(self.log)
+
+    def subscribe(self, topics, listener=None):
+        self.listener = listener
+        self.pending_assignment = True
+
+    def poll(self, timeout_ms=0):
+        if self.pending_assignment:
+            self.pending_assignment = False
+            self.listener.on_partitions_assigned([self.tp(p) for p in sorted(self.log)])
+        batches = {}
+        for partition, values in self.log.items():
+            tp = self.tp(partition)
+            if tp in self.paused_tps or self.broker_down:
+                continue
+            start = self.position.get(tp, 0)
+            chunk = []
+            for offset in range(start, min(len(values), start + self.max_poll)):
+                if values[offset] == ABORT:
+                    raise Aborted(f"{tp.partition}@{offset}")
+                chunk.append(Record(self.topic, partition, offset, b"k", values[offset], 0, []))
+            if chunk:
+                batches[tp] = chunk
+                self.position[tp] = chunk[-1].offset + 1
+        return batches
+
+    def seek(self, tp, offset):
+        self.position[tp] = offset
+
+    def pause(self, *tps):
+        self.paused_tps.update(tps)
+        self.calls.append(("pause", sorted(tp.partition for tp in tps)))
+
+    def resume(self, *tps):
+        self.paused_tps.difference_update(tps)
+        self.calls.append(("resume", sorted(tp.partition for tp in tps)))
+
+    def paused(self):
+        return set(self.paused_tps)
+
+    def commit(self, offsets):
+        self.committed_offsets.update({tp: meta.offset for tp, meta in offsets.items()})
+        self.calls.append(("commit", {tp.partition: meta.offset for tp, meta in offsets.items()}))
+
+    commit_async = commit
+
+    def committed(self, tp):
+        return self.committed_offsets.get(tp)
+
+    def end_offsets(self, tps, timeout_ms=None):
+        self.calls.append(("end_offsets", sorted(tp.partition for tp in tps)))
+        if self.broker_down:
+            raise KafkaTimeoutError("fake broker down")
+        return {tp: len(self.log[tp.partition]) for tp in tps}
+
+    def highwater(self, tp):
+        return len(self.log[tp.partition])
+
+    def close(self, autocommit=False, timeout_ms=None):
+        self.closed = True
+        self.calls.append(("close_consumer",))
+
+
+class FakeFuture:
+    def __init__(self):
+        self.errbacks = []
+
+    def add_errback(self, fn, *args):
+        self.errbacks.append((fn, args))
+        return self
+
+
+class FakeProducer:
+    def __init__(self, calls: list):
+        self.calls = calls
+        self.sent: list = []
+        self.unflushed = 0
+        self.fail_flush = False   # the broker acknowledges nothing
+
+    def send(self, topic, key=None, value=None, headers=None):
+        self.sent.append((topic, key, value))
+        self.unflushed += 1
+        return FakeFuture()
+
+    def flush(self, timeout=None):
+        self.calls.append(("flush", self.unflushed))
+        if self.fail_flush:
+            raise KafkaTimeoutError("fake flush timed out")
+        self.unflushed = 0
+
+    def close(self, timeout=None):
+        pass
+
+
+class FakeStore(DirectoryCheckpointStore):
+    """The real directory store, logging each save, and failing while `broken` is set."""
+
+    def __init__(self, root, group, calls: list):
+        super().__init__(root, group)
+        self.calls = calls
+        self.broken = False
+
+    def save(self, state):
+        if self.broken:
+            self.calls.append(("save_failed", state.partition))
+            raise OSError(28, "No space left on device (fake)")
+        super().save(state)
+        self.calls.append(("save", state.partition, state.next_offset))
+
+
+class FakeClients(KafkaClients):
+    def __init__(self, settings, partitions: dict[int, list[bytes]], checkpoints):
+        self.settings = settings
+        self.calls: list = []
+        self.partitions = partitions
+        self.consumers: list[FakeConsumer] = []
+        self.producers: list[FakeProducer] = []
+        self.store = FakeStore(checkpoints, settings.group, self.calls)
+        self.fail_new_consumer = False
+
+    def consumer(self):
+        if self.fail_new_consumer:
+            raise KafkaTimeoutError("fake: no broker to build a consumer with")
+        consumer = FakeConsumer(self.settings.topic, self.partitions, self.calls)
+        self.consumers.append(consumer)
+        return consumer
+
+    def producer(self):
+        producer = FakeProducer(self.calls)
+        self.producers.append(producer)
+        return producer
+
+    def checkpoint_store(self):
+        return self.store
+
+    def control(self):
+        return None
+
+    def corrupt_skipper(self, outputs):
+        return FakeSkipper()
+
+
+class FakeSkipper:
+    skipped_records = 0
+
+    def close(self):
+        pass

@@ -1,0 +1,60 @@
+"""The layers import downwards only: the core (shopstream/) nothing of the stages, the
+stages (offline/, stream/) nothing of each other or of the command line (cli/)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# folder -> (its installed package, the packages it must never import)
+LAYERS = {
+    "shopstream": ("shopstream", ("shopstream.stream", "shopstream.offline", "shopstream.cli")),
+    "offline": ("shopstream.offline", ("shopstream.stream", "shopstream.cli")),
+    "stream": ("shopstream.stream", ("shopstream.offline", "shopstream.cli")),
+}
+
+
+def imported_modules(path: Path, package: str) -> set[str]:
+    """Absolute names of everything a module imports, relative imports resolved."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            names.add(module)
+            names |= {f"{module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def violations(folder: str) -> list[str]:
+    package, forbidden = LAYERS[folder]
+    found = []
+    for path in sorted((ROOT / folder).glob("*.py")):
+        for name in sorted(imported_modules(path, package)):
+            top = name.split(".")[0]
+            if top in ("stream", "offline", "cli") or any(name == f or name.startswith(f + ".") for f in forbidden):
+                found.append(f"{path.relative_to(ROOT)} imports {name}")
+    return found
+
+
+@pytest.mark.parametrize("folder", sorted(LAYERS))
+def test_no_layer_imports_a_layer_above_it(folder):
+    assert violations(folder) == []
+
+
+def test_the_check_sees_a_relative_import_of_a_stage(tmp_path, monkeypatch):
+    core = tmp_path / "shopstream"
+    core.mkdir()
+    (core / "leak.py").write_text("from .stream.worker import Worker\nimport shopstream.cli\n")
+    monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
+    assert sorted(violations("shopstream")) == ["shopstream/leak.py imports shopstream.cli",
+                                                "shopstream/leak.py imports shopstream.stream.worker",
+                                                "shopstream/leak.py imports shopstream.stream.worker.Worker"]

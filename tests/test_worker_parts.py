@@ -1,0 +1,161 @@
+"""The worker's parts with in-memory clients (tests/fakes.py): milliseconds, no broker.
+
+Checkpoint ordering (outputs, then state, then offsets), pause and resume on a failing
+store or unacknowledged outputs, the broker watch, the consumer rebuild, the idle clock,
+and a crash mid-stream resumed exactly from the checkpoint. tests/test_worker_kafka.py and
+the fault tests show the same on the real broker."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from fakes import ABORT, Aborted, FakeClients, FakeConsumer
+from shopstream.stream.broker_watch import BrokerWatch
+from shopstream.stream.membership import GroupMembership
+from shopstream.stream.settings import WorkerSettings
+from shopstream.stream.worker import Worker
+
+T0 = 1.7e9
+
+
+def events(n: int, partition: int = 0, start: int = 0) -> list[bytes]:
+    """Labelled raw-feature events: each is predicted, scored and learned at once."""
+    return [json.dumps({"event_time": T0 + i, "event_type": "view", "product_id": f"p{i % 7}",
+                        "user_id": "u", "user_session": f"s{partition}", "event_id": f"{partition}-{i}",
+                        "features": {"x": (i % 10) / 10}, "label": i % 3 == 0}).encode()
+            for i in range(start, start + n)]
+
+
+def make_worker(tmp_path, partitions, **options):
+    settings = WorkerSettings.from_options(topic="events", group="g", features="raw", control_topic="",
+                                           metrics_port=-1, until_idle=0.01, checkpoints=str(tmp_path / "ckpt"),
+                                           **options)
+    clients = FakeClients(settings, partitions, tmp_path / "ckpt")
+    return Worker(settings, CollectorRegistry(), clients), clients
+
+
+def test_a_checkpoint_flushes_outputs_then_saves_state_then_commits(tmp_path):
+    worker, clients = make_worker(tmp_path, {0: events(250)}, checkpoint_every=100)
+    assert worker.run() == 0
+    steps = [c for c in clients.calls if c[0] in ("flush", "save", "commit")]
+    # every 100 events (a poll hands 100 at a time), then the rest on close
+    assert steps == [("flush", 100), ("save", 0, 100), ("commit", {0: 100}),
+                     ("flush", 100), ("save", 0, 200), ("commit", {0: 200}),
+                     ("flush", 50), ("save", 0, 250), ("commit", {0: 250})]
+    assert len(clients.producers[0].sent) == 250
+    assert clients.store.load("events", 0).next_offset == 250
+
+
+def test_a_failing_store_pauses_the_partition_until_a_save_succeeds(tmp_path):
+    worker, clients = make_worker(tmp_path, {0: events(300)}, checkpoint_every=100)
+    worker.membership.subscribe()
+    clients.store.broken = True
+    consumer = worker.consumer
+    tp = consumer.tp(0)
+    batches = consumer.poll()
+    for record in batches[tp]:
+        worker.handle(worker.partitions[tp], record)
+    worker.checkpoint([tp])
+    assert tp in worker.blocked and consumer.paused() == {tp} and not worker.ready()
+    assert not [c for c in clients.calls if c[0] == "commit"], "no offset may run ahead of a durable state"
+    assert consumer.poll() == {}, "a paused partition reads nothing further"
+    worker.checkpointer.retry(consumer, worker.partitions, now=1e9)
+    assert tp in worker.blocked and clients.calls[-1] == ("save_failed", 0)
+    clients.store.broken = False
+    worker.checkpointer.retry(consumer, worker.partitions, now=1e9)  # within the retry interval: nothing
+    assert tp in worker.blocked
+    worker.checkpointer.retry(consumer, worker.partitions, now=1e9 + 5)
+    assert not worker.blocked and consumer.paused() == set()
+    assert clients.calls[-3:] == [("save", 0, 100), ("resume", [0]), ("commit", {0: 100})]
+
+
+def test_unacknowledged_outputs_hold_back_state_and_offsets(tmp_path):
+    worker, clients = make_worker(tmp_path, {0: events(100), 1: events(100, 1)})
+    worker.checkpointer.confirm_seconds = 0.01
+    worker.membership.subscribe()
+    consumer = worker.consumer
+    for tp, records in consumer.poll().items():
+        for record in records:
+            worker.handle(worker.partitions[tp], record)
+    clients.producers[0].fail_flush = True
+    worker.checkpoint(list(worker.partitions))
+    assert worker.outputs_blocked and set(worker.blocked) == set(worker.partitions)
+    assert not [c for c in clients.calls if c[0] in ("save", "commit")]
+    clients.producers[0].fail_flush = False
+    worker.checkpoint(list(worker.blocked))
+    assert not worker.outputs_blocked and not worker.blocked and consumer.paused() == set()
+    assert [c[:2] for c in clients.calls if c[0] == "save"] == [("save", 0), ("save", 1)]
+
+
+def test_a_crash_resumes_from_the_checkpoint_and_ends_where_an_uninterrupted_run_does(tmp_path):
+    stream = events(500)
+    crashing, _ = make_worker(tmp_path / "a", {0: stream[:320] + [ABORT] + stream[320:]}, checkpoint_every=100)
+    with pytest.raises(Aborted):
+        crashing.run()  # died at offset 320: the checkpoint at 300 holds, nothing after it
+    resumed, clients = make_worker(tmp_path / "a", {0: stream[:320] + [b"{}"] + stream[320:]}, checkpoint_every=100)
+    assert resumed.run() == 0
+    uninterrupted, _ = make_worker(tmp_path / "b", {0: stream[:320] + [b"{}"] + stream[320:]})
+    assert uninterrupted.run() == 0
+    a = clients.store.load("events", 0)
+    b = uninterrupted.store.load("events", 0)
+    assert a.next_offset == b.next_offset == 501 and a.dead_lettered == b.dead_lettered == 1
+    assert a.engine.counts == b.engine.counts and a.engine.scores.cumulative.values() == b.engine.scores.cumulative.values()
+    first_save = next(c for c in clients.calls if c[0] == "save")
+    assert first_save == ("save", 0, 400), "the resumed worker started from offset 300"
+
+
+def test_the_broker_watch_tracks_answers_and_the_end_of_each_partition():
+    consumer = FakeConsumer("events", {0: [b"a"] * 5, 1: [b"b"] * 3}, calls=[])
+    watch = BrokerWatch("events", topic_partitions=[0, 1], check_seconds=5)
+    watch.maybe_check(consumer, owned=[], now=100.0)
+    assert watch.ok and consumer.calls == [("end_offsets", [0, 1])]
+    watch.maybe_check(consumer, owned=[], now=102.0)   # not due yet
+    assert len(consumer.calls) == 1
+    tp0, tp1 = consumer.tp(0), consumer.tp(1)
+    assert watch.caught_up(consumer, {tp0: 5, tp1: 3}) and not watch.caught_up(consumer, {tp0: 5, tp1: 2})
+    consumer.broker_down = True
+    assert not watch.caught_up(consumer, {tp0: 5, tp1: 3}), "no answer is never 'caught up'"
+    assert not watch.ok and not watch.fresh(now=watch.seen)
+    consumer.broker_down = False
+    watch.maybe_check(consumer, owned=[tp1], now=106.0)
+    assert watch.ok and consumer.calls[-1] == ("end_offsets", [1])
+
+
+def test_a_join_past_the_deadline_rebuilds_the_consumer_only_while_the_broker_answers():
+    consumers = []
+
+    def new_consumer():
+        if fail[0]:
+            raise OSError("no broker")
+        consumers.append(FakeConsumer("events", {0: []}, calls=[]))
+        return consumers[-1]
+
+    fail = [False]
+    released = []
+    membership = GroupMembership(new_consumer, "events", listener=None, rejoin_deadline=60,
+                                 on_rebuild=lambda: released.append(True))
+    membership.subscribe()
+    started = membership.joining_since
+    assert not membership.maybe_rebuild(started + 59, broker_up=True)
+    assert not membership.maybe_rebuild(started + 600, broker_up=False), "an outage explains a slow join"
+    fail[0] = True
+    assert not membership.maybe_rebuild(started + 61, broker_up=True) and len(consumers) == 1
+    fail[0] = False
+    assert not membership.maybe_rebuild(membership.joining_since + 59, broker_up=True), "the clock restarted"
+    assert membership.maybe_rebuild(membership.joining_since + 61, broker_up=True)
+    assert len(consumers) == 2 and consumers[0].closed and membership.consumer is consumers[1]
+    assert released == [True] and membership.rebuilds == 1
+    membership.join_finished()
+    assert not membership.maybe_rebuild(1e12, broker_up=True)
+
+
+def test_until_idle_stops_only_once_every_partition_is_read_to_its_end(tmp_path):
+    worker, clients = make_worker(tmp_path, {0: events(30), 1: events(20, 1)})
+    worker.broker.check_seconds = 0.0
+    assert worker.run() == 0
+    saved = clients.store.load_all()
+    assert {key[1]: state.next_offset for key, state in saved.items()} == {0: 30, 1: 20}
+    assert worker.handled == 50
