@@ -1,70 +1,195 @@
 """Checkpoints kept in Kafka itself, so workers on different machines can take over
-each other's partitions: a compacted topic keyed by "<consumer group>/<events topic>-<partition>"
-(two deployments sharing the topic do not overwrite each other).
+each other's partitions.
 
-Anyone who can write to the topic can put records in it. A record whose key is not
+Two compacted topics. The manifest topic (`topic`, one partition) holds one small record
+per checkpoint, keyed by "<consumer group>/<events topic>-<partition>" (two deployments
+sharing the topic do not overwrite each other): the checkpoint's verified head (format
+CKPT-3, see `checkpoints`), whose header lists where its payload is. The chunk topic
+(`<topic>-chunks`) holds the payload, the pickle streamed in records of at most
+`max_bytes`, keyed "<manifest key>/<sequence>/<index>": a checkpoint of any size fits.
+A save sends the chunks, waits for them to be acknowledged (acks=all), then sends the
+manifest with their offsets and waits for it: the manifest is the commit point, so a
+crash mid-save leaves the previous checkpoint whole. The chunks of the checkpoint it
+replaces are then tombstoned, and compaction removes them.
+
+Reading: the store keeps, per key, only the last manifest (a few hundred bytes); every
+read first catches up on the manifest topic from where it stopped to its current end.
+A partition's payload is fetched by offset from the chunk topic only when that partition
+is loaded: a worker reads the payloads of the partitions it owns and no other.
+
+Anyone who can write to the topics can put records in them. A record whose key is not
 UTF-8 is skipped with a warning. With a signing key, a tombstone (null value) that
-replaced a checkpoint, or a record older (by sequence) than one already read for the
-same key, is refused with a clear error instead of silently restarting the partition.
-
-A write is durable when the broker acknowledges it with acks=all. The store keeps each
-key's last value from what it has read, and every read first catches up from where it
-stopped to the topic's current end: one full scan when a worker starts, then only what
-other workers wrote since. Compaction (quick: short segments, low dirty ratio) keeps the
-first scan near one message per partition. The topic's message size limit, and the
-clients' request and fetch sizes, are raised to `max_bytes` so a model fits.
+replaced a manifest, or a manifest older (by sequence) than one already read for the
+same key, is refused with a clear error instead of silently restarting the partition;
+the payload is checked against the digest in the signed header before it is unpickled.
 """
 
 from __future__ import annotations
 
+import io
+import logging
 from typing import Optional
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-import logging
-
 from kafka.errors import KafkaError
 
 from shopstream.signing import signing_key
 
-from .checkpoints import CheckpointError, CheckpointStore, signed_sequence
+from .checkpoints import (MAGIC, BackgroundCheckpoints, ChunkReader, CheckpointError, CheckpointStore,
+                          PartitionState, PendingSave, _unpickle,
+                          check_line, check_payload, dump_payload, make_header, signed_sequence, split_head,
+                          verify_head)
 from .topics import create_topics
 
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_BYTES = 1024 * 1024     # the broker's default record limit: chunks fit any broker
+_RECORD_OVERHEAD = 4096             # key, headers and batch framing within max_bytes
 log = logging.getLogger(__name__)
 
 
-class KafkaCheckpointStore(CheckpointStore):
+class _ChunksGone(CheckpointError):
+    """A chunk the manifest names is no longer in the chunk topic (a newer checkpoint's
+    tombstones were compacted in between)."""
+
+
+class _ChunkSender:
+    """A file-like sink for the pickle: cuts it into chunk records and sends them."""
+
+    def __init__(self, store: "KafkaCheckpointStore", prefix: str):
+        self.store, self.prefix = store, prefix
+        self.buffer = bytearray()
+        self.futures: list = []
+
+    def write(self, data) -> int:
+        view, size = memoryview(data), self.store.chunk_bytes
+        while len(view):
+            room = size - len(self.buffer)
+            self.buffer += view[:room]
+            view = view[room:]
+            if len(self.buffer) >= size:
+                self._send()
+        return len(data)
+
+    def _send(self) -> None:
+        key = f"{self.prefix}/{len(self.futures)}".encode()
+        self.futures.append(self.store._producer.send(self.store.chunk_topic, key=key, value=bytes(self.buffer),
+                                                      partition=self.store.chunk_partition))
+        self.buffer = bytearray()
+
+    def finish(self, timeout: float) -> list[int]:
+        """Send what is left; wait for every chunk; return their offsets in order."""
+        if self.buffer or not self.futures:
+            self._send()
+        return [future.get(timeout=timeout).offset for future in self.futures]
+
+
+class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
     def __init__(self, options: dict, topic: str = "shopstream-checkpoints", max_bytes: int = DEFAULT_MAX_BYTES,
-                 group: str = ""):
+                 group: str = "", chunk_topic: Optional[str] = None, timeout: float = 60.0):
         self.topic = topic
+        self.chunk_topic = chunk_topic or f"{topic}-chunks"
+        self.chunk_partition = 0
         self.group = group
         self.options = options
         self.max_bytes = max_bytes
-        create_topics(options, {topic: 1}, configs={topic: {
-            "cleanup.policy": "compact", "max.message.bytes": str(max_bytes), "min.compaction.lag.ms": "0",
-            "segment.ms": "60000", "min.cleanable.dirty.ratio": "0.1", "delete.retention.ms": "60000"}})
-        self._producer = KafkaProducer(acks="all", max_request_size=max_bytes, compression_type="gzip",
-                                       **options)
+        self.chunk_bytes = max(1024, max_bytes - _RECORD_OVERHEAD)
+        self.timeout = timeout
+        compacted = {"cleanup.policy": "compact", "max.message.bytes": str(max_bytes), "min.compaction.lag.ms": "0",
+                     "segment.ms": "60000", "min.cleanable.dirty.ratio": "0.1", "delete.retention.ms": "60000"}
+        create_topics(options, {topic: 1, self.chunk_topic: 1},
+                      configs={topic: compacted, self.chunk_topic: compacted})
+        self._producer = KafkaProducer(acks="all", max_request_size=max_bytes, linger_ms=5, **options)
         self._partition = TopicPartition(topic, 0)
         self._consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-                                       max_partition_fetch_bytes=max_bytes, fetch_max_bytes=max_bytes, **options)
+                                       **options)
         self._consumer.assign([self._partition])
         self._consumer.seek_to_beginning(self._partition)
-        self._latest: dict[str, Optional[bytes]] = {}
+        self._chunks_consumer: Optional[KafkaConsumer] = None
+        self._latest: dict[str, Optional[bytes]] = {}   # key -> last manifest (small) or None
         self._best: dict[str, int] = {}   # key -> highest verified sequence read
         self._had_value: set[str] = set()
+        self._live_chunks: dict[str, list[bytes]] = {}  # key -> chunk keys of its last checkpoint
 
     def key(self, topic: str, partition: int) -> str:
         return f"{self.group}/{topic}-{partition}" if self.group else f"{topic}-{partition}"
 
-    def _write(self, key: str, data: bytes) -> None:
+    # -- writing -------------------------------------------------------------------------
+
+    def _write_state(self, key: str, state: PartitionState) -> None:
+        sender = _ChunkSender(self, f"{key}/{state.sequence}")
+        self._send(key, state, sender, lambda: dump_payload(state, sender))
+
+    def _write_in_child(self, key: str, state: PartitionState, spool) -> None:
+        # The child has no Kafka client (its threads stayed in the parent): it pickles into a
+        # spool file; a thread of the parent sends that file's chunks (`_publish_in_background`).
+        with open(spool, "wb", buffering=1 << 20) as out:
+            size, digest = dump_payload(state, out)
+        spool.with_suffix(".meta").write_text(f"{size} {digest}")
+
+    def _publish_in_background(self, pending: PendingSave):
+        import threading
+
+        def publish():
+            try:
+                size, digest = pending.spool.with_suffix(".meta").read_text().split()
+                sender = _ChunkSender(self, f"{pending.key}/{pending.snapshot.sequence}")
+
+                def stream():
+                    with open(pending.spool, "rb") as spool:
+                        for piece in iter(lambda: spool.read(self.chunk_bytes), b""):
+                            sender.write(piece)
+                    return int(size), digest
+
+                self._send(pending.key, pending.snapshot, sender, stream)
+            except BaseException as exc:  # noqa: BLE001 - reported by finish()
+                pending.error = f"{type(exc).__name__}: {exc}"
+
+        thread = threading.Thread(target=publish, name=f"checkpoint-{pending.key}", daemon=True)
+        thread.start()
+        return thread
+
+    def _send(self, key: str, state, sender: "_ChunkSender", write_payload) -> None:
+        """Send the payload's chunks (`write_payload()` feeds `sender`, returns (size, sha256)),
+        wait for them, then the manifest; then tombstone the replaced checkpoint's chunks."""
+        prefix = sender.prefix
         try:
-            self._producer.send(self.topic, key=key.encode(), value=data).get(timeout=60)
+            size, digest = write_payload()
+            offsets = sender.finish(self.timeout)
+            header = make_header(state, size, digest, chunks={
+                "topic": self.chunk_topic, "partition": self.chunk_partition, "offsets": offsets, "key": prefix})
+            manifest = MAGIC + check_line(header) + b"\n" + header + b"\n"
+            self._producer.send(self.topic, key=key.encode(), value=manifest, partition=0).get(timeout=self.timeout)
         except KafkaError as exc:  # the store did not take the write: same contract as a full disk
             raise OSError(f"checkpoint topic {self.topic}: {type(exc).__name__}: {exc}") from exc
+        old = self._live_chunks.get(key) or self._chunk_keys(self._latest.get(key))
+        self._latest[key] = manifest
+        self._had_value.add(key)
+        self._best[key] = max(self._best.get(key, 0), state.sequence)
+        self._live_chunks[key] = [f"{prefix}/{i}".encode() for i in range(len(offsets))]
+        try:  # the replaced checkpoint's chunks: compaction removes them (best effort)
+            for chunk_key in old:
+                self._producer.send(self.chunk_topic, key=chunk_key, value=None, partition=self.chunk_partition)
+        except KafkaError as exc:
+            log.warning("checkpoint topic %s: old chunks of %s not tombstoned: %s", self.chunk_topic, key, exc)
 
-    def _catch_up(self) -> dict[str, bytes]:
-        """Read from where the last read stopped to the topic's current end."""
+    def _chunk_keys(self, manifest: Optional[bytes]) -> list[bytes]:
+        header = self._header(manifest)
+        if header is None:
+            return []
+        chunks = header.get("chunks", {})
+        return [f"{chunks['key']}/{i}".encode() for i in range(len(chunks.get("offsets", ())))]
+
+    @staticmethod
+    def _header(manifest: Optional[bytes]) -> Optional[dict]:
+        try:
+            check, header, _ = split_head(manifest or b"", "checkpoint")
+            return verify_head(check, header, "checkpoint")
+        except Exception:  # only for housekeeping: a bad manifest is refused where it is loaded
+            return None
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _catch_up(self) -> dict[str, Optional[bytes]]:
+        """Read the manifest topic from where the last read stopped to its current end."""
         consumer = self._consumer
         end = consumer.end_offsets([self._partition])[self._partition]
         while consumer.position(self._partition) < end:
@@ -79,6 +204,7 @@ class KafkaCheckpointStore(CheckpointStore):
                                     self.topic, record.offset)
                         continue
                     self._latest[key] = record.value
+                    self._live_chunks.pop(key, None)
                     if record.value is not None:
                         self._had_value.add(key)
                         sequence = signed_sequence(record.value)
@@ -86,7 +212,7 @@ class KafkaCheckpointStore(CheckpointStore):
                             self._best[key] = max(self._best.get(key, 0), sequence)
         return self._latest
 
-    def _read(self, key: str) -> Optional[bytes]:
+    def _manifest(self, key: str) -> Optional[bytes]:
         value = self._catch_up().get(key)
         if signing_key() is None:
             return value
@@ -100,6 +226,76 @@ class KafkaCheckpointStore(CheckpointStore):
                                   f"{self.topic} (an old record put back?): refusing it")
         return value
 
+    def _read_head(self, key: str, where: str):
+        manifest = self._manifest(key)
+        if manifest is None:
+            return None
+        check, header, _ = split_head(manifest, where)
+        fields = verify_head(check, header, where)
+        chunks = fields.get("chunks")
+        if not isinstance(chunks, dict) or not isinstance(chunks.get("offsets"), list):
+            raise CheckpointError(f"{where}: manifest names no chunks: refusing it")
+        return fields, fields
+
+    def _read_payload(self, handle, header: dict, where: str) -> PartitionState:
+        chunks = self._fetch_chunks(header["chunks"], where)
+        check_payload(chunks, header, where)
+        return _unpickle(io.BufferedReader(ChunkReader(chunks), buffer_size=1 << 20), header, where)
+
+    def _fetch_chunks(self, spec: dict, where: str) -> list[bytes]:
+        """The chunk records the manifest names, read by offset (nothing else is kept)."""
+        offsets = [int(o) for o in spec["offsets"]]
+        tp = TopicPartition(spec["topic"], int(spec["partition"]))
+        if self._chunks_consumer is None:
+            self._chunks_consumer = KafkaConsumer(
+                group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+                max_partition_fetch_bytes=max(self.max_bytes, 1 << 20) * 4,
+                fetch_max_bytes=max(self.max_bytes, 1 << 20) * 8, **self.options)
+        consumer = self._chunks_consumer
+        consumer.assign([tp])
+        wanted = {offset: index for index, offset in enumerate(offsets)}
+        found: list[Optional[bytes]] = [None] * len(offsets)
+        missing = len(offsets)
+        position = 0
+        while missing:
+            while found[position] is not None:
+                position += 1
+            target = offsets[position]
+            if consumer.position(tp) != target:
+                consumer.seek(tp, target)
+            got_target = False
+            for _ in range(30):
+                batch = consumer.poll(timeout_ms=1000, max_records=500).get(tp, [])
+                if not batch:
+                    continue
+                for record in batch:
+                    index = wanted.get(record.offset)
+                    if index is None or found[index] is not None:
+                        continue
+                    expected = f"{spec['key']}/{index}".encode()
+                    if record.key != expected or record.value is None:
+                        raise CheckpointError(f"{where}: chunk {index} at offset {record.offset} of "
+                                              f"{spec['topic']} is not the one the manifest names: refusing it")
+                    found[index] = record.value
+                    missing -= 1
+                got_target = found[position] is not None
+                if not got_target and batch[0].offset > target:
+                    raise _ChunksGone(f"{where}: chunk {position} (offset {target} of {spec['topic']}) is gone")
+                break
+            if not got_target:
+                raise _ChunksGone(f"{where}: chunk {position} (offset {target} of {spec['topic']}) not found")
+        return found  # type: ignore[return-value]
+
+    def load(self, topic: str, partition: int) -> Optional[PartitionState]:
+        key = self.key(topic, partition)
+        try:
+            return super().load(topic, partition)
+        except _ChunksGone as exc:
+            before = self._latest.get(key)
+            if self._catch_up().get(key) == before:  # not replaced by a newer checkpoint: it is broken
+                raise CheckpointError(f"{exc}: the checkpoint is incomplete, refusing it") from None
+            return super().load(topic, partition)   # a newer checkpoint was written meanwhile: take it
+
     def _keys(self) -> list[str]:
         prefix = f"{self.group}/" if self.group else ""
         return [key[len(prefix):] for key, value in self._catch_up().items()
@@ -108,3 +304,5 @@ class KafkaCheckpointStore(CheckpointStore):
     def close(self) -> None:
         self._producer.close()
         self._consumer.close()
+        if self._chunks_consumer is not None:
+            self._chunks_consumer.close()

@@ -1,0 +1,122 @@
+"""Checkpoint format CKPT-3 in a directory: streamed (no whole-state copy in memory),
+checked before unpickling, bound to its partition and group, old formats refused."""
+
+import pickle
+
+import pytest
+
+from shopstream.engine import Engine
+from shopstream.events import event_from_record
+from shopstream.generator import generate
+from shopstream.signing import KEY_ENV, SignatureError
+from shopstream.stream.checkpoints import (CheckpointError, DirectoryCheckpointStore, PartitionState, decode_state,
+                                           encode_state)
+
+
+def busy_state(n=3000, partition=0):
+    engine = Engine.fresh("logreg", "shop", window=1e9)   # nothing expires: open predictions pile up
+    for offset, record in enumerate(generate(n, seed=11)):
+        engine.process(event_from_record(record), offset)
+    return PartitionState("events", partition, engine, next_offset=n, events_since_checkpoint=n)
+
+
+def test_a_checkpoint_is_streamed_to_its_file_and_comes_back_the_same(tmp_path, monkeypatch):
+    state = busy_state()
+    probes = [{"f": float(i), "g": 1.0 / (i + 1)} for i in range(5)]
+    probes = [p.x for p in list(state.engine.joiner._by_seq.values())[:20] if p.x is not None] or probes
+    expected = [state.engine.model.predict_proba_one(x) for x in probes]
+    monkeypatch.setattr(pickle, "dumps", lambda *a, **k: pytest.fail("the whole state pickled into memory"))
+    store = DirectoryCheckpointStore(tmp_path, group="g")
+    store.save(state)
+    data = store.path("events", 0).read_bytes()
+    assert data.startswith(b"SHOPSTREAM-CKPT-3\nsha256:")
+    header = data.split(b"\n")[2]
+    assert b'"group":"g"' in header and b'"topic":"events"' in header and b'"sequence":1' in header
+    monkeypatch.undo()
+    loaded = DirectoryCheckpointStore(tmp_path, group="g").load("events", 0)
+    assert loaded.origin == "checkpoint" and loaded.next_offset == 3000 and loaded.sequence == 1
+    assert loaded.engine.open_predictions == state.engine.open_predictions > 100
+    assert [loaded.engine.model.predict_proba_one(x) for x in probes] == expected
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_torn_forged_and_old_format_checkpoints_are_refused(tmp_path, monkeypatch):
+    store = DirectoryCheckpointStore(tmp_path)
+    store.save(busy_state(500))
+    path = store.path("events", 0)
+    good = path.read_bytes()
+    path.write_bytes(good[:-100])
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        store.load("events", 0)
+    path.write_bytes(good[:30])
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        store.load("events", 0)
+    for old in (b"SHOPSTREAM-CKPT-2\nsha256:00\n1\n", b"SHOPSTREAM-CKPT-1\nsha256:00\n"):
+        path.write_bytes(old + pickle.dumps("anything"))
+        with pytest.raises(CheckpointError, match=r"format CKPT-[12] was written by an older shopstream; this "
+                                                  r"version reads only CKPT-3.*--force-fresh-start"):
+            store.load("events", 0)
+    path.write_bytes(b"something else entirely")
+    with pytest.raises(CheckpointError, match="not a shopstream checkpoint"):
+        store.load("events", 0)
+
+    monkeypatch.setenv(KEY_ENV, "k3y")
+    signed = encode_state(busy_state(500))
+    header_at = signed.index(b"{")
+    forged = bytearray(signed)
+    forged[header_at + 20] ^= 1            # in the signed header
+    with pytest.raises(SignatureError, match="HMAC does not match"):
+        decode_state(bytes(forged), "forged header")
+    forged = bytearray(signed)
+    forged[len(signed) // 2] ^= 1          # in the payload: its digest is in the signed header
+    with pytest.raises(SignatureError, match="HMAC does not match"):
+        decode_state(bytes(forged), "forged payload")
+    assert decode_state(signed, "good").next_offset == 500
+
+
+def test_a_full_disk_leaves_the_last_checkpoint_and_the_bookkeeping(tmp_path):
+    store = DirectoryCheckpointStore(tmp_path / "ckpt")
+    state = busy_state(500)
+    store.save(state)
+    (tmp_path / "ckpt").rename(tmp_path / "good")
+    (tmp_path / "ckpt").write_text("not a directory")
+    state.events_since_checkpoint, state.next_offset = 7, 507
+    with pytest.raises(OSError):
+        store.save(state)
+    assert (state.sequence, state.events_since_checkpoint, state.checkpointed_offset) == (1, 7, 500)
+
+
+def more_events(state, n, seed=5):
+    for record in generate(n, seed=seed):
+        state.engine.process(event_from_record(record), state.next_offset)
+        state.next_offset += 1
+        state.events_since_checkpoint += 1
+
+
+def test_a_background_checkpoint_holds_the_state_as_it_was_when_it_began(tmp_path):
+    store = DirectoryCheckpointStore(tmp_path / "ckpt", group="g")
+    state = busy_state(2000)
+    opened = state.engine.open_predictions
+    pending = store.begin_save(state)          # forks; the loop goes on at once
+    assert state.events_since_checkpoint == 0 and state.sequence == 1
+    more_events(state, 500)                    # learned while the child writes
+    offset = pending.finish()
+    assert offset == 2000 and pending.done()
+    assert state.events_since_checkpoint == 500 and state.next_offset == 2500
+    loaded = DirectoryCheckpointStore(tmp_path / "ckpt", group="g").load("events", 0)
+    assert loaded.next_offset == 2000 and loaded.sequence == 1 and loaded.engine.open_predictions == opened
+    assert not list((tmp_path / "ckpt").glob(".*tmp"))
+
+    (tmp_path / "ckpt").rename(tmp_path / "good")
+    (tmp_path / "ckpt").write_text("not a directory: the write fails in the child")
+    pending = store.begin_save(state)
+    more_events(state, 100, seed=6)
+    with pytest.raises(OSError, match="NotADirectoryError|FileExistsError|Errno"):
+        pending.finish()
+    # As if the failed checkpoint had never begun: every event since the last good one counts.
+    assert (state.sequence, state.events_since_checkpoint, state.checkpointed_offset) == (1, 600, 2000)
+    (tmp_path / "ckpt").unlink()
+    (tmp_path / "good").rename(tmp_path / "ckpt")
+    pending = store.begin_save(state)
+    assert pending.finish() == 2600 and state.sequence == 2
+    assert DirectoryCheckpointStore(tmp_path / "ckpt", group="g").load("events", 0).next_offset == 2600
