@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from array import array
 from typing import Hashable, Optional
 
 from .config import EngineConfig
@@ -36,19 +37,51 @@ class OpenPrediction:
     each model slot said: `outputs[i]` is slot i's (P(True), predicted label). A label
     of None means the model could not predict yet (River's empty `predict_proba_one`):
     it is learned but not scored, as in river.evaluate. `champion` is the index of the
-    slot whose prediction was published."""
+    slot whose prediction was published.
 
-    __slots__ = ("key", "event_time", "x", "outputs", "champion", "ref", "seq")
+    While it waits for its label, the joiner keeps `x` compact (`compact`): its names as
+    a tuple shared by every prediction with the same feature names, its values in an
+    ``array('d')`` (8 bytes each, no float objects, no dict). Reading `x` gives back a
+    dict equal to the original, key order and float bits included; a dict with any value
+    that is not a float stays a dict."""
+
+    __slots__ = ("key", "event_time", "_x", "outputs", "champion", "ref", "seq")
 
     def __init__(self, key: Hashable, event_time: float, x: Optional[dict], outputs: list,
                  champion: int = 0, ref: object = None):
         self.key = key
         self.event_time = event_time
-        self.x = x
+        self._x = x
         self.outputs = outputs
         self.champion = champion
         self.ref = ref
         self.seq = 0
+
+    @property
+    def x(self) -> Optional[dict]:
+        x = self._x
+        if x.__class__ is tuple:
+            return dict(zip(x[0], x[1]))
+        return x
+
+    @x.setter
+    def x(self, value: Optional[dict]) -> None:
+        self._x = value
+
+    def compact(self, schemas: dict) -> None:
+        """Keep `x` as (shared names, array of doubles) if every value is a float."""
+        x = self._x
+        if x.__class__ is not dict:
+            return
+        try:
+            values = array("d", x.values())
+        except TypeError:
+            return
+        for value in x.values():
+            if value.__class__ is not float:
+                return
+        names = tuple(x)
+        self._x = (schemas.setdefault(names, names), values)
 
     @property
     def p_true(self) -> float:
@@ -76,7 +109,12 @@ class LabelJoiner:
         self._by_seq: dict[int, OpenPrediction] = {}
         self._deadlines: list[tuple[float, int]] = []  # heap of (deadline, seq); stale entries skipped
         self._next_seq = 0
+        self._schemas: dict[tuple, tuple] = {}  # feature names -> the one tuple open predictions share
         self.counts = {"opened": 0, "late": 0, "expired": 0, "evicted": 0, "orphans": 0, "positive": 0}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_schemas", {})  # pickled before open predictions were compact
 
     def __len__(self) -> int:
         return len(self._by_seq)
@@ -118,6 +156,7 @@ class LabelJoiner:
         if deadline < self.watermark:
             self.counts["late"] += 1
             return False
+        prediction.compact(self._schemas)
         prediction.seq = seq = self._next_seq
         self._next_seq += 1
         self._by_seq[seq] = prediction
