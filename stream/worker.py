@@ -44,6 +44,7 @@ from .checkpoints import CheckpointError, PartitionState
 from .clients import KafkaClients
 from .membership import GroupMembership
 from .outputs import Outputs
+from .restore import PartitionRestorer
 from .settings import WorkerSettings
 from .telemetry import WorkerCollector
 
@@ -109,6 +110,8 @@ class Worker(ConsumerRebalanceListener):
         self.outputs = Outputs(clients.producer, settings.predictions_topic, settings.dead_letter_topic)
         self.store = clients.checkpoint_store()
         self.checkpointer = Checkpointer(self.store, self.outputs, settings.checkpoints, self.registry)
+        self.restorer = PartitionRestorer(self.store, lambda: new_engine(settings), self.control, settings.group,
+                                          settings.force_fresh_start)
         self.skipper = clients.corrupt_skipper(self.outputs)
         self.snapshots: list = []   # what a scrape reads: copied from the engines on this thread
         self._last_snapshot = 0.0
@@ -171,7 +174,7 @@ class Worker(ConsumerRebalanceListener):
         self.idle.restart(time.monotonic())  # the first fetch of a partition takes a moment
         for tp in assigned:
             try:
-                state = self._restore(tp)
+                state = self.restorer.restore(tp)
             except (CheckpointError, SignatureError, ArtifactError) as exc:
                 # Never guess past an untrusted file: stop, and say which and why.
                 log.error("partition %d: %s", tp.partition, exc)
@@ -187,22 +190,6 @@ class Worker(ConsumerRebalanceListener):
             self.consumer.seek(tp, state.next_offset)
             log.info("assigned partition %d: %s, next offset %d", tp.partition, state.origin, state.next_offset)
 
-    def _restore(self, tp: TopicPartition) -> PartitionState:
-        try:
-            state = self.store.load(tp.topic, tp.partition)
-        except (CheckpointError, SignatureError) as exc:
-            if not self.settings.force_fresh_start:
-                raise
-            log.warning("partition %d: %s; --force-fresh-start: starting it over", tp.partition, exc)
-            state = None
-        if state is None:
-            engine, origin = new_engine(self.settings)
-            state = PartitionState(tp.topic, tp.partition, engine, next_offset=0, origin=origin,
-                                   started_from=origin)
-        if self.control is not None and self.control.apply(state.engine, tp.partition):
-            state.changed = True
-        return state
-
     def _verify_restored(self, batches: dict) -> None:
         """Check newly restored partitions against the group's committed offsets. Here, not
         in the rebalance callback: that runs on kafka-python's IO thread, which cannot wait
@@ -213,7 +200,7 @@ class Worker(ConsumerRebalanceListener):
             if state is None:
                 continue
             try:
-                self._check_against_committed(tp, state if state.origin == "checkpoint" else None)
+                self.restorer.witness(self.consumer, tp, state)
             except CheckpointError as exc:
                 batches.pop(tp, None)
                 if not self.settings.force_fresh_start:
@@ -223,37 +210,8 @@ class Worker(ConsumerRebalanceListener):
                     del self.partitions[tp]  # nothing of it may be checkpointed on the way out
                     continue
                 log.warning("%s; --force-fresh-start: starting it over", exc)
-                engine, origin = new_engine(self.settings)
-                fresh = PartitionState(tp.topic, tp.partition, engine, next_offset=0, origin=origin,
-                                       started_from=origin, unsaved_since=time.time())
-                if self.control is not None:
-                    self.control.apply(engine, tp.partition)
-                self.partitions[tp] = fresh
+                self.partitions[tp] = self.restorer.fresh_after_refusal(tp)
                 self.consumer.seek(tp, 0)
-
-    def _check_against_committed(self, tp: TopicPartition, state: Optional[PartitionState]) -> None:
-        """With a signing key, the group's committed offset witnesses the newest checkpoint
-        (offsets are committed only after a checkpoint is durable, and live in Kafka, not
-        beside the checkpoints): a checkpoint behind it, or none at all while the group has
-        committed, means an old checkpoint was put back or the checkpoint was deleted."""
-        if signing_key() is None:
-            return
-        try:
-            committed = self.consumer.committed(tp)
-        except Exception as exc:  # the broker is slow to answer: the other checks still hold
-            log.warning("partition %d: committed offset unknown (%s): restoring without that check",
-                        tp.partition, type(exc).__name__)
-            return
-        if not committed:
-            return
-        if state is None:
-            raise CheckpointError(f"partition {tp.partition}: no checkpoint, but group {self.settings.group!r} "
-                                  f"committed offset {committed}: refusing to start it over from offset 0 "
-                                  "(--force-fresh-start does that on purpose)")
-        if state.next_offset < committed:
-            raise CheckpointError(f"partition {tp.partition}: checkpoint at offset {state.next_offset} is older "
-                                  f"than the offset {committed} group {self.settings.group!r} committed after a "
-                                  "newer one (an old checkpoint put back?): refusing it")
 
     def take_snapshots(self) -> None:
         """Copy every owned engine's numbers for the metrics thread (which never reads an engine)."""

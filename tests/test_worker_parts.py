@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from fakes import ABORT, Aborted, FakeClients, FakeConsumer
 from shopstream.stream.broker_watch import BrokerWatch
+from shopstream.stream.checkpoints import CheckpointError
 from shopstream.stream.membership import GroupMembership
 from shopstream.stream.settings import WorkerSettings
 from shopstream.stream.worker import Worker
@@ -159,3 +160,39 @@ def test_until_idle_stops_only_once_every_partition_is_read_to_its_end(tmp_path)
     saved = clients.store.load_all()
     assert {key[1]: state.next_offset for key, state in saved.items()} == {0: 30, 1: 20}
     assert worker.handled == 50
+
+
+def test_with_a_signing_key_the_committed_offset_witnesses_the_newest_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHOPSTREAM_SIGNING_KEY", "k" * 32)
+    worker, clients = make_worker(tmp_path, {0: events(150)}, checkpoint_every=100)
+    assert worker.run() == 0
+    consumer = FakeConsumer("events", {0: events(150)}, calls=[])
+    tp = consumer.tp(0)
+    restorer = worker.restorer
+    state = restorer.restore(tp)
+    assert (state.origin, state.next_offset) == ("checkpoint", 150)
+    consumer.committed_offsets[tp] = 150
+    restorer.witness(consumer, tp, state)  # agrees: no error
+    consumer.committed_offsets[tp] = 151
+    with pytest.raises(CheckpointError, match="checkpoint at offset 150 is older than the offset 151"):
+        restorer.witness(consumer, tp, state)
+    with pytest.raises(CheckpointError, match="no checkpoint, but group 'g' committed offset 151"):
+        restorer.witness(consumer, tp, restorer.start_over(tp))
+    monkeypatch.delenv("SHOPSTREAM_SIGNING_KEY")
+    restorer.witness(consumer, tp, state)  # without a key, no claim is made
+
+
+def test_a_worker_refuses_to_start_a_partition_whose_checkpoint_was_deleted(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHOPSTREAM_SIGNING_KEY", "k" * 32)
+    worker, clients = make_worker(tmp_path, {0: events(150)}, checkpoint_every=100)
+    original_consumer = clients.consumer
+
+    def consumer_that_remembers_commits():
+        consumer = original_consumer()
+        consumer.committed_offsets[consumer.tp(0)] = 150  # the group committed after a checkpoint
+        return consumer
+
+    clients.consumer = consumer_that_remembers_commits
+    worker = Worker(worker.settings, CollectorRegistry(), clients)  # no checkpoint in the store yet
+    assert worker.run() == 2 and "no checkpoint, but group 'g' committed offset 150" in worker.fatal
+    assert worker.handled == 0 and not [c for c in clients.calls if c[0] == "save"]

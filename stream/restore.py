@@ -1,0 +1,83 @@
+"""Where an assigned partition starts from, and whether that start can be trusted.
+
+`PartitionRestorer.restore` gives a partition its checkpoint, else a new engine (the
+bootstrap artifact, else a fresh model), with the control commands it has not seen yet
+applied. With a signing key, `witness` holds the state against the consumer group's
+committed offset: offsets are committed only after a checkpoint is durable, and live in
+Kafka, not beside the checkpoints, so a checkpoint behind that offset (an old one put
+back), or none at all while the group has committed (one deleted), is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Optional
+
+from shopstream.signing import SignatureError, signing_key
+
+from .checkpoints import CheckpointError, CheckpointStore, PartitionState
+
+log = logging.getLogger(__name__)
+
+
+class PartitionRestorer:
+    def __init__(self, store: CheckpointStore, new_engine: Callable[[], tuple], control, group: str,
+                 force_fresh_start: bool = False):
+        self.store = store
+        self.new_engine = new_engine
+        self.control = control
+        self.group = group
+        self.force_fresh_start = force_fresh_start
+
+    def restore(self, tp) -> PartitionState:
+        """The partition's checkpoint, else a new start. A refused checkpoint raises
+        (CheckpointError, SignatureError) unless `force_fresh_start`."""
+        try:
+            state = self.store.load(tp.topic, tp.partition)
+        except (CheckpointError, SignatureError) as exc:
+            if not self.force_fresh_start:
+                raise
+            log.warning("partition %d: %s; --force-fresh-start: starting it over", tp.partition, exc)
+            state = None
+        if state is None:
+            return self.start_over(tp, unsaved_since=None)
+        self._apply_commands(state, tp)
+        return state
+
+    def start_over(self, tp, unsaved_since: Optional[float] = None) -> PartitionState:
+        engine, origin = self.new_engine()
+        state = PartitionState(tp.topic, tp.partition, engine, next_offset=0, origin=origin, started_from=origin,
+                               unsaved_since=unsaved_since)
+        self._apply_commands(state, tp)
+        return state
+
+    def _apply_commands(self, state: PartitionState, tp) -> None:
+        if self.control is not None and self.control.apply(state.engine, tp.partition):
+            state.changed = True
+
+    def witness(self, consumer, tp, state: PartitionState) -> None:
+        """Raise CheckpointError when the group's committed offset contradicts `state`
+        (only with a signing key: without one, checkpoints are not claimed to be tamper-proof)."""
+        if signing_key() is None:
+            return
+        try:
+            committed = consumer.committed(tp)
+        except Exception as exc:  # the broker is slow to answer: the other checks still hold
+            log.warning("partition %d: committed offset unknown (%s): restoring without that check",
+                        tp.partition, type(exc).__name__)
+            return
+        if not committed:
+            return
+        if state.origin != "checkpoint":
+            raise CheckpointError(f"partition {tp.partition}: no checkpoint, but group {self.group!r} "
+                                  f"committed offset {committed}: refusing to start it over from offset 0 "
+                                  "(--force-fresh-start does that on purpose)")
+        if state.next_offset < committed:
+            raise CheckpointError(f"partition {tp.partition}: checkpoint at offset {state.next_offset} is older "
+                                  f"than the offset {committed} group {self.group!r} committed after a "
+                                  "newer one (an old checkpoint put back?): refusing it")
+
+    def fresh_after_refusal(self, tp) -> PartitionState:
+        """--force-fresh-start after `witness` refused: a new start, unsaved from now."""
+        return self.start_over(tp, unsaved_since=time.time())
