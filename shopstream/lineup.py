@@ -6,11 +6,21 @@ Shared by the workers and the demo so both start partitions the same way:
 - challengers: by catalog name, each from its newest bootstrap artifact when there is
   one, else fresh;
 - baseline: a second, frozen copy of the DEFAULT artifact (never learns).
+
+The challenger name ``tuning`` stands for `TUNING`, the self-tuning line-up: logistic
+regressions that differ only in their step (optimizer and step size). Each learns beside
+the champion and the existing promotion test (`slots.PromotionPolicy`) makes one champion
+when it is better on this partition's own labels, so a partition finds the step its shop
+needs without anyone choosing it (QUALITY.md measures it and its cost).
+
+>>> expand_challengers(["tuning", "mlp", "logreg_adam"])
+['logreg', 'logreg_slow', 'logreg_adagrad', 'logreg_adam', 'logreg_avg', 'mlp']
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -20,6 +30,21 @@ from .engine import Engine
 from .features import FeatureCaps, build_features
 from .models import build_model
 from .slots import PromotionPolicy
+
+#: The self-tuning line-up (challenger name ``tuning``): River's default step and four
+#: ways to step more carefully. The decaying step (`logreg_decay`) is left out on purpose:
+#: a step that only shrinks cannot follow a shop that changes months later.
+TUNING = ("logreg", "logreg_slow", "logreg_adagrad", "logreg_adam", "logreg_avg")
+
+
+def expand_challengers(names: Sequence[str]) -> list[str]:
+    """Challenger names with ``tuning`` replaced by the `TUNING` line-up, each name once, in order."""
+    expanded: list[str] = []
+    for name in names:
+        for item in (TUNING if name == "tuning" else (name,)):
+            if item not in expanded:
+                expanded.append(item)
+    return expanded
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +92,7 @@ def build_engine(artifacts: Optional[str] = None, config: EngineConfig = EngineC
         engine = Engine(build_model(lineup.model, seed), build_features(config.features, caps), config,
                         model_name=lineup.model, promotion=lineup.promotion)
         origin = "fresh"
-    for name in challengers:
+    for name in expand_challengers(challengers):
         if name == engine.model_name:
             continue
         found = latest(artifacts, name) if artifacts else None
