@@ -95,8 +95,17 @@ class OpenPrediction:
             setattr(self, name, value)
 
 
+_SHARDS = 64  # the key index is cut in shards: growing one resizes a 64th of it, not all of it
+
+
 class LabelJoiner:
-    """Open predictions keyed by (session, product), resolved by purchase or expiry."""
+    """Open predictions keyed by (session, product), resolved by purchase or expiry.
+
+    Each open prediction is in two places: the deadline heap, as (deadline, seq,
+    prediction), and the key index (64 dicts, by hash of the key; a key maps to its
+    prediction, or to a list when several are open for it). A removed prediction gets
+    seq -1, and its heap entry is skipped when it comes up. Checkpoints pickle the live
+    heap entries only; the key index is rebuilt on load (hashes differ between processes)."""
 
     def __init__(self, window: float, lateness: float = EngineConfig.lateness, max_open: int = EngineConfig.max_open):
         if window <= 0 or lateness < 0 or max_open < 1:
@@ -105,19 +114,57 @@ class LabelJoiner:
         self.lateness = float(lateness)
         self.max_open = int(max_open)
         self.max_time = -math.inf
-        self._by_key: dict[Hashable, list[OpenPrediction]] = {}
-        self._by_seq: dict[int, OpenPrediction] = {}
-        self._deadlines: list[tuple[float, int]] = []  # heap of (deadline, seq); stale entries skipped
+        self._by_key: list[dict] = [{} for _ in range(_SHARDS)]
+        self._deadlines: list[tuple] = []  # heap of (deadline, seq, prediction); removed ones skipped
+        self._open = 0
         self._next_seq = 0
         self._schemas: dict[tuple, tuple] = {}  # feature names -> the one tuple open predictions share
         self.counts = {"opened": 0, "late": 0, "expired": 0, "evicted": 0, "orphans": 0, "positive": 0}
 
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_by_key"]
+        state["_deadlines"] = [entry for entry in self._deadlines if entry[2].seq == entry[1]]
+        return state
+
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self.__dict__.setdefault("_schemas", {})  # pickled before open predictions were compact
+        self.__dict__.setdefault("_schemas", {})
+        deadlines = self._deadlines
+        heapq.heapify(deadlines)
+        self._by_key = [{} for _ in range(_SHARDS)]
+        for _, _, prediction in sorted(deadlines, key=lambda entry: entry[1]):  # opening order
+            self._index(prediction)
+        self._open = len(deadlines)
 
     def __len__(self) -> int:
-        return len(self._by_seq)
+        return self._open
+
+    def detach(self) -> list:
+        """Take the live heap entries out (the joiner is then empty) and return them, so a
+        checkpoint can pickle them apart, in batches (each with its own small memo), and
+        `attach` them back. The joiner must not be used in between."""
+        entries = [entry for entry in self._deadlines if entry[2].seq == entry[1]]
+        self._deadlines, self._by_key, self._open = [], [{} for _ in range(_SHARDS)], 0
+        return entries
+
+    def attach(self, entries: list) -> None:
+        """Put back entries taken by `detach` (or loaded from a checkpoint's batches)."""
+        self._deadlines.extend(entries)
+        heapq.heapify(self._deadlines)
+        for _, _, prediction in sorted(entries, key=lambda entry: entry[1]):  # opening order
+            self._index(prediction)
+        self._open += len(entries)
+
+    @property
+    def _by_seq(self) -> dict[int, OpenPrediction]:
+        """The open predictions by seq, in opening order (a copy: O(n), for tools)."""
+        live = sorted((entry for entry in self._deadlines if entry[2].seq == entry[1]), key=lambda e: e[1])
+        return {seq: prediction for _, seq, prediction in live}
+
+    def open_predictions(self) -> list[OpenPrediction]:
+        """The open predictions, in opening order (a copy)."""
+        return list(self._by_seq.values())
 
     @property
     def watermark(self) -> float:
@@ -130,8 +177,8 @@ class LabelJoiner:
         return deadlines[0][0] - self.window if deadlines else None
 
     def _drop_stale_head(self) -> None:
-        deadlines, by_seq = self._deadlines, self._by_seq
-        while deadlines and deadlines[0][1] not in by_seq:
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][2].seq < 0:
             heapq.heappop(deadlines)
 
     def advance(self, event_time: float) -> list[OpenPrediction]:
@@ -142,13 +189,23 @@ class LabelJoiner:
         deadlines = self._deadlines
         expired = []
         while deadlines and deadlines[0][0] < watermark:
-            _, seq = heapq.heappop(deadlines)
-            prediction = self._by_seq.get(seq)
-            if prediction is not None:
+            _, seq, prediction = heapq.heappop(deadlines)
+            if prediction.seq == seq:
                 self._remove(prediction)
                 expired.append(prediction)
         self.counts["expired"] += len(expired)
         return expired
+
+    def _index(self, prediction: OpenPrediction) -> None:
+        key = prediction.key
+        shard = self._by_key[hash(key) % _SHARDS]
+        found = shard.get(key)
+        if found is None:
+            shard[key] = prediction
+        elif found.__class__ is list:
+            found.append(prediction)
+        else:
+            shard[key] = [found, prediction]
 
     def open(self, prediction: OpenPrediction) -> bool:
         """Record a prediction; False (and counted as late) if its window already closed."""
@@ -159,20 +216,22 @@ class LabelJoiner:
         prediction.compact(self._schemas)
         prediction.seq = seq = self._next_seq
         self._next_seq += 1
-        self._by_seq[seq] = prediction
-        self._by_key.setdefault(prediction.key, []).append(prediction)
-        heapq.heappush(self._deadlines, (deadline, seq))
+        self._index(prediction)
+        heapq.heappush(self._deadlines, (deadline, seq, prediction))
+        self._open += 1
         self.counts["opened"] += 1
-        if len(self._by_seq) > self.max_open:
+        if self._open > self.max_open:
             self._evict_oldest()
         return True
 
     def purchase(self, key: Hashable, event_time: float) -> list[OpenPrediction]:
         """A purchase of `key` at `event_time`: return the predictions it makes positive."""
-        waiting = self._by_key.get(key)
+        waiting = self._by_key[hash(key) % _SHARDS].get(key)
         resolved = []
-        if waiting:
+        if waiting is not None:
             window = self.window
+            if waiting.__class__ is not list:
+                waiting = [waiting]
             resolved = [p for p in waiting if p.event_time <= event_time <= p.event_time + window]
             for prediction in resolved:
                 self._remove(prediction)
@@ -184,17 +243,23 @@ class LabelJoiner:
         return resolved
 
     def _remove(self, prediction: OpenPrediction) -> None:
-        del self._by_seq[prediction.seq]
-        waiting = self._by_key[prediction.key]
-        waiting.remove(prediction)
-        if not waiting:
-            del self._by_key[prediction.key]
+        key = prediction.key
+        shard = self._by_key[hash(key) % _SHARDS]
+        found = shard[key]
+        if found is prediction:
+            del shard[key]
+        else:
+            found.remove(prediction)
+            if len(found) == 1:
+                shard[key] = found[0]
+        prediction.seq = -1
+        self._open -= 1
 
     def _evict_oldest(self) -> None:
-        while self._deadlines:
-            _, seq = heapq.heappop(self._deadlines)
-            prediction = self._by_seq.get(seq)
-            if prediction is not None:
+        deadlines = self._deadlines
+        while deadlines:
+            _, seq, prediction = heapq.heappop(deadlines)
+            if prediction.seq == seq:
                 self._remove(prediction)
                 self.counts["evicted"] += 1
                 break

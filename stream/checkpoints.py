@@ -106,11 +106,45 @@ class HashingWriter:
         return len(data)
 
 
+_BATCH = 20_000   # open predictions per pickle of the payload's tail
+
+
+def _joiner(state):
+    return getattr(getattr(state, "engine", None), "joiner", None)
+
+
 def dump_payload(state: PartitionState, out) -> tuple[int, str]:
-    """Pickle `state` straight into `out` (anything with write); return (size, sha256 hex)."""
+    """Pickle `state` straight into `out` (anything with write); return (size, sha256 hex).
+
+    The payload is a sequence of pickles: the state without its open predictions, then
+    the open predictions in batches of `_BATCH`, then None. One pickle of everything would
+    hold a memo entry (~100 bytes) for every object until its end: hundreds of MiB at a
+    million open predictions. Batches keep that to one batch's worth."""
     writer = HashingWriter(out)
-    pickle.Pickler(writer, protocol=pickle.HIGHEST_PROTOCOL).dump(state)
+    protocol = pickle.HIGHEST_PROTOCOL
+    joiner = _joiner(state)
+    entries = joiner.detach() if joiner is not None and hasattr(joiner, "detach") else None
+    try:
+        pickle.Pickler(writer, protocol=protocol).dump(state)
+    finally:
+        if entries is not None:
+            joiner.attach(entries)
+    for start in range(0, len(entries or ()), _BATCH):
+        pickle.Pickler(writer, protocol=protocol).dump(entries[start:start + _BATCH])
+    pickle.Pickler(writer, protocol=protocol).dump(None)
     return writer.size, writer.sha.hexdigest()
+
+
+def load_payload(fileobj) -> PartitionState:
+    """Unpickle what `dump_payload` wrote (only after its digest was checked)."""
+    state = pickle.load(fileobj)
+    entries = []
+    while (batch := pickle.load(fileobj)) is not None:
+        entries.extend(batch)
+    joiner = _joiner(state)
+    if entries:
+        joiner.attach(entries)
+    return state
 
 
 def _check_kind() -> str:
@@ -224,7 +258,7 @@ def _bind(header: dict, topic: str, partition: int, group: str, where: str) -> N
 
 
 def _unpickle(fileobj, header: dict, where: str) -> PartitionState:
-    state = pickle.load(fileobj)
+    state = load_payload(fileobj)
     if (state.topic, state.partition, state.sequence) != (header["topic"], header["partition"],
                                                           header["sequence"]):
         raise CheckpointError(f"{where}: the payload does not match its header: refusing it")
@@ -404,12 +438,14 @@ class PendingSave:
         self.error: Optional[str] = None
         self._thread = None
         self._finished = False
+        self.child_maxrss_kib = 0
 
     def _child_done(self, block: bool) -> bool:
         if self.status is None:
-            pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+            pid, status, usage = os.wait4(self.pid, 0 if block else os.WNOHANG)
             if pid == 0:
                 return False
+            self.child_maxrss_kib = usage.ru_maxrss  # the child's peak (shared pages included)
             self.status = os.waitstatus_to_exitcode(status)
             if self.status != 0:
                 error = self.spool.with_suffix(".error")

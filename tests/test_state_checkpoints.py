@@ -120,3 +120,32 @@ def test_a_background_checkpoint_holds_the_state_as_it_was_when_it_began(tmp_pat
     pending = store.begin_save(state)
     assert pending.finish() == 2600 and state.sequence == 2
     assert DirectoryCheckpointStore(tmp_path / "ckpt", group="g").load("events", 0).next_offset == 2600
+
+
+def test_a_restored_engine_goes_on_exactly_like_the_original(tmp_path):
+    """Open predictions go into a checkpoint apart, in batches, and their index is rebuilt
+    on load: the restored engine then resolves and learns exactly what the original does."""
+    import shopstream.stream.checkpoints as checkpoints
+
+    records = list(generate(12_000, seed=21))
+    engine = Engine.fresh("logreg", "shop", window=360_000.0)   # ~1,000 open at the checkpoint
+    for offset, record in enumerate(records[:6000]):
+        engine.process(event_from_record(record), offset)
+    state = PartitionState("events", 0, engine, next_offset=6000, events_since_checkpoint=6000)
+    assert engine.open_predictions > 500
+    checkpoints._BATCH, batch = 37, checkpoints._BATCH   # many batches, one of them short
+    try:
+        DirectoryCheckpointStore(tmp_path).save(state)
+    finally:
+        checkpoints._BATCH = batch
+    restored = DirectoryCheckpointStore(tmp_path).load("events", 0).engine
+    assert restored.open_predictions == engine.open_predictions
+    for offset, record in enumerate(records[6000:], 6000):
+        event = event_from_record(record)
+        assert restored.process(event, offset) == engine.process(event, offset)
+    assert restored.counts == engine.counts and restored.joiner.counts == engine.joiner.counts
+    assert restored.open_predictions == engine.open_predictions
+    probes = [engine.features.transform(event_from_record(r)) for r in records[-50:]]
+    assert [restored.model.predict_proba_one(x) for x in probes] == [engine.model.predict_proba_one(x) for x in probes]
+    assert pickle.dumps(restored.slots[0].scores.cumulative.values()) == \
+        pickle.dumps(engine.slots[0].scores.cumulative.values())
