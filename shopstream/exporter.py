@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterable
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from .engine import LABEL_DELAY_BUCKETS, Engine
 from .scoring import METRIC_NAMES
@@ -69,7 +70,9 @@ class EngineSnapshot:
         for bound, count in zip(list(LABEL_DELAY_BUCKETS) + [float("inf")], engine.label_delay_counts):
             running += count
             buckets.append((str(bound) if bound != float("inf") else "+Inf", running))
-        return cls(engine.model_name, slots, {**engine.counts, **joiner.counts, **(extra or {})},
+        # promotions have their own counter (shopstream_promotions_total), not an event outcome
+        counts = {name: count for name, count in engine.counts.items() if name != "promotions"}
+        return cls(engine.model_name, slots, {**counts, **joiner.counts, **(extra or {})},
                    engine.counts["promotions"], engine.open_predictions,
                    0.0 if first is None else max(0.0, joiner.max_time - first), joiner.max_time,
                    tuple(buckets), engine.label_delay_sum, dict(getattr(engine.features, "evicted", {})))
@@ -99,8 +102,8 @@ class EngineCollector:
                                      labels=slot_labels)
         resets = CounterMetricFamily("shopstream_model_resets", "Models put back to their last good state "
                                      "(non-finite prediction or weights)", labels=slot_labels + ["reason"])
-        info = GaugeMetricFamily("shopstream_model_info", "Model versions serving a partition, by role",
-                                 labels=slot_labels + ["version"])
+        info = InfoMetricFamily("shopstream_model", "Model versions serving a partition, by role",
+                                labels=slot_labels)  # exposed as shopstream_model_info{..., version} 1
         events = CounterMetricFamily("shopstream_events", "Events by outcome (consumed, predicted, resolved, learned, ...)",
                                      labels=engine_labels + ["outcome"])
         promotions = CounterMetricFamily("shopstream_promotions", "Champion changes (automatic or manual)",
@@ -129,7 +132,7 @@ class EngineCollector:
                 drifts.add_metric(values, slot.drift_detections)
                 for reason, count in slot.resets.items():
                     resets.add_metric(values + [reason], count)
-                info.add_metric(values + [slot.version], 1.0)
+                info.add_metric(values, {"version": slot.version})
             values = [snap.model_name, partition]
             for outcome, count in snap.counts.items():
                 events.add_metric(values + [outcome], count)
@@ -147,37 +150,44 @@ class EngineCollector:
                     watermark, delay)
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # scrapes every few seconds would flood the log
+        pass
+
+
+def metrics_app(registry: CollectorRegistry, ready: Callable[[], bool] = lambda: True):
+    """A WSGI app: /metrics is prometheus_client's own (text or OpenMetrics as the scraper
+    asks, gzip when it accepts it), /healthz answers while the process is alive, /readyz 200
+    while `ready()` is true and 503 otherwise; any other path is 404."""
+    metrics = make_wsgi_app(registry)
+
+    def text(start_response, status: str, body: bytes):
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return metrics(environ, start_response)
+        if path == "/healthz":
+            return text(start_response, "200 OK", b"ok\n")
+        if path == "/readyz":
+            return text(start_response, "200 OK", b"ready\n") if ready() else \
+                text(start_response, "503 Service Unavailable", b"not ready\n")
+        return text(start_response, "404 Not Found", b"not found\n")
+
+    return app
+
+
 class MetricsServer:
-    """/metrics from a registry, plus /healthz (alive) and /readyz (`ready()` is true)."""
+    """`metrics_app` served on host:port (127.0.0.1 unless told otherwise) from a daemon thread.
+    The socket is bound here, so a port in use fails at construction; port 0 takes a free one
+    (then read `port`)."""
 
     def __init__(self, registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 9108,
                  ready: Callable[[], bool] = lambda: True):
-        registry_ = registry
-        ready_ = ready
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's name)
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    body, status, kind = generate_latest(registry_), 200, CONTENT_TYPE_LATEST
-                elif path == "/healthz":
-                    body, status, kind = b"ok\n", 200, "text/plain"
-                elif path == "/readyz":
-                    ok = ready_()
-                    body, status, kind = (b"ready\n", 200, "text/plain") if ok else (b"not ready\n", 503, "text/plain")
-                else:
-                    body, status, kind = b"not found\n", 404, "text/plain"
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):  # scrapes every few seconds would flood the log
-                pass
-
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = make_server(host, port, metrics_app(registry, ready), ThreadingWSGIServer,
+                                 handler_class=_QuietHandler)
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)
 
@@ -186,5 +196,6 @@ class MetricsServer:
         return self
 
     def stop(self) -> None:
-        self.httpd.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for serve_forever, which never ran otherwise
+            self.httpd.shutdown()
         self.httpd.server_close()
