@@ -1,6 +1,7 @@
-"""Faults on the real broker: a checkpoint store that stops taking writes, a worker
+"""Faults on the real broker: a full disk under the checkpoint store, a worker
 that refuses a forged checkpoint, and a group join that does not finish."""
 
+import resource
 import subprocess
 import time
 
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.kafka
 encode = msgspec.json.Encoder().encode
 
 
-def test_unwritable_checkpoint_store_pauses_learning_and_resumes(kafka, new_topic, tmp_path):
+def test_full_disk_pauses_learning_keeps_the_last_checkpoint_and_resumes(kafka, new_topic, tmp_path):
     topic = new_topic(1)
     records = list(generate(60_000, seed=91))
     send_records(kafka, topic, records)
@@ -28,24 +29,29 @@ def test_unwritable_checkpoint_store_pauses_learning_and_resumes(kafka, new_topi
                                              "--until-idle", "6", "--metrics-port", str(port)),
                               env=WORKER_ENV, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: any(checkpoints.glob("*.ckpt")), 60, "first checkpoint")
-    good = checkpoints.with_name("ckpt-good")
-    checkpoints.rename(good)
-    checkpoints.write_text("not a directory: every checkpoint write now fails")  # root ignores chmod
+    # The disk fills up: from now on no file the worker writes may grow past 1,000 bytes (a
+    # checkpoint is far larger; root ignores chmod, not this), so each checkpoint write fails
+    # part-way, in the very directory and beside the very file the store keeps its last good one.
+    soft, hard = resource.prlimit(worker.pid, resource.RLIMIT_FSIZE)
+    resource.prlimit(worker.pid, resource.RLIMIT_FSIZE, (1000, hard))
     try:
         wait_for(lambda: scrape(port).get(("shopstream_checkpoint_blocked", (("partition", "0"),))) == 1.0,
                  60, "partition paused")
+        [last_good] = list(checkpoints.glob("*.ckpt"))
+        good_bytes = last_good.read_bytes()
         stalled = scrape(port)[("shopstream_next_offset", (("partition", "0"),))]
+        failures = scrape(port)[("shopstream_checkpoint_failures_total", ())]
         assert readyz(port) == 503
-        time.sleep(3)
+        wait_for(lambda: scrape(port)[("shopstream_checkpoint_failures_total", ())] > failures, 60, "a retry")
         metrics = scrape(port)
         assert metrics[("shopstream_next_offset", (("partition", "0"),))] == stalled  # learning stopped
-        assert metrics[("shopstream_checkpoint_failures_total", ())] >= 1
         assert stalled < len(records)
-        [last_good] = list(good.glob("*.ckpt"))
-        assert last_good.stat().st_size > 1000 and not list(good.glob(".*tmp"))
+        # The failed writes left the last good checkpoint whole and no half-written file beside it.
+        assert len(good_bytes) > 1000 and last_good.read_bytes() == good_bytes
+        assert sorted(path.name for path in checkpoints.iterdir()) == [last_good.name]
+        assert 0 < checkpointed_engines(checkpoints)[0].counts["consumed"] <= stalled
     finally:
-        checkpoints.unlink()
-        good.rename(checkpoints)  # space is back
+        resource.prlimit(worker.pid, resource.RLIMIT_FSIZE, (soft, hard))  # space is back
     _, log = worker.communicate(timeout=180)
     assert worker.returncode == 0, log[-2000:]
     assert "partition paused until a checkpoint succeeds" in log and "succeeded again: resumed" in log

@@ -31,15 +31,20 @@ def test_no_leakage_features_equal_with_or_without_the_future():
 
 def test_a_purchase_reaches_only_later_features():
     shop = ShopFeatures()
+    shop.learn(Event(1.7e9 - 3600, "view", "p", "u", "s0", price=10.0))  # user and product have a history
     view = Event(1.7e9, "view", "p", "u", "s", price=10.0)
     purchase = Event(1.7e9 + 60, "purchase", "p", "u", "s", price=10.0)
     before = shop.transform(view)
+    computed = dict(before)
+    assert before["user_purchases"] == 0.0 and before["product_conversion"] == 1.0 / 51.0  # 1 view, 0 buys
     shop.learn(view)
-    assert "user_purchases" not in before or before["user_purchases"] == 0
+    # The purchase is the label: its own features (computed before it is learned) hold no trace of it.
+    assert shop.transform(purchase)["user_purchases"] == 0.0
     shop.learn(purchase)
+    assert before == computed  # features handed out earlier do not change afterwards
     later = shop.transform(Event(1.7e9 + 120, "view", "p", "u", "s2"))
     assert later["user_purchases"] == 1.0
-    assert later["product_conversion"] > before.get("product_conversion", 0.0)
+    assert later["product_conversion"] > before["product_conversion"]
 
 
 def test_raw_features_pass_the_event_features_unchanged():

@@ -1,7 +1,11 @@
 """The metrics endpoint: prometheus_client's exposition (content negotiation, gzip) with
-/healthz and /readyz beside it."""
+/healthz and /readyz beside it, bound to 127.0.0.1 unless told otherwise."""
 
 import gzip
+import os
+import signal
+import socket
+import subprocess
 import urllib.error
 import urllib.request
 
@@ -10,6 +14,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import WORKER_ENV, free_port, worker_command
+from helpers import readyz, wait_for
 from shopstream.engine import Engine
 from shopstream.events import event_from_record
 from shopstream.exporter import EngineCollector, MetricsServer
@@ -36,6 +42,81 @@ def get(url: str, **headers):
     except urllib.error.HTTPError as error:
         return error.code, dict(error.headers), error.read()
     return answer.status, dict(answer.headers), answer.read()
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses of the sockets listening on `port`, from the kernel's own tables."""
+    found = set()
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        if not os.path.exists(table):
+            continue
+        with open(table) as lines:
+            next(lines)
+            for line in lines:
+                local, state = line.split()[1], line.split()[3]
+                address, hex_port = local.split(":")
+                if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                    packed = bytes.fromhex(address)
+                    # the kernel prints each 32-bit word in host (little-endian) order
+                    packed = b"".join(packed[i:i + 4][::-1] for i in range(0, len(packed), 4))
+                    found.add(socket.inet_ntop(family, packed))
+    return found
+
+
+def answers(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def other_local_address() -> str | None:
+    """This machine's address on its default route (no packet is sent), if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: routing only
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+def assert_loopback_only(port: int) -> None:
+    assert listening_addresses(port) == {"127.0.0.1"}
+    assert answers("127.0.0.1", port)
+    assert not answers("127.0.0.2", port)  # also loopback: a wildcard bind would answer here
+    other = other_local_address()
+    if other is not None:
+        assert not answers(other, port), f"metrics answer on {other}"
+
+
+def test_metrics_server_binds_127_0_0_1_by_default():
+    server = MetricsServer(CollectorRegistry(), port=0).start()
+    try:
+        assert server.httpd.socket.getsockname() == ("127.0.0.1", server.port)
+        assert_loopback_only(server.port)
+    finally:
+        server.stop()
+
+
+@pytest.mark.kafka
+def test_worker_metrics_bind_127_0_0_1_by_default(kafka, new_topic, tmp_path):
+    topic = new_topic(1)
+    port = free_port()
+    env = {name: value for name, value in WORKER_ENV.items() if name != "SHOPSTREAM_METRICS_HOST"}
+    worker = subprocess.Popen(worker_command(kafka, topic, tmp_path / "ckpt", "--metrics-port", str(port)),
+                              env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        # ready: the worker has joined, so its signal handlers are in place
+        wait_for(lambda: readyz(port) == 200 or worker.poll() is not None, 90, "worker ready")
+        assert worker.poll() is None, "worker exited"
+        assert_loopback_only(port)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, log = worker.communicate(timeout=60)
+    assert worker.returncode == 0, log[-2000:]
+    assert f"metrics on http://127.0.0.1:{port}/metrics" in log
 
 
 def test_health_readiness_and_unknown_paths(served):
