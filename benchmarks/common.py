@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Optional
@@ -21,6 +20,8 @@ from typing import Optional
 import msgspec
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))  # kafka_tools, shared with tests/
+import kafka_tools  # noqa: E402
 BOOTSTRAP = os.environ.get("SHOPSTREAM_BENCH_KAFKA", "127.0.0.1:9092")
 SEED = 7
 CACHE = Path(os.environ.get("SHOPSTREAM_BENCH_CACHE", Path.home() / ".cache" / "shopstream-bench"))
@@ -88,30 +89,9 @@ def record_model_calls(events, model: str = "logreg", features: str = "shop", **
 
 # -- Kafka --------------------------------------------------------------------------------
 
-def kafka_answers(bootstrap: str = BOOTSTRAP) -> bool:
-    import socket
-
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
-
-    host, port = bootstrap.rsplit(":", 1)
-    try:
-        socket.create_connection((host, int(port)), timeout=1).close()
-        KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000).close()
-        return True
-    except (OSError, KafkaError):
-        return False
-
-
 def ensure_kafka(bootstrap: str = BOOTSTRAP) -> None:
     """Start the project's broker (scripts/kafka.sh) if nothing answers. Never stops it."""
-    if kafka_answers(bootstrap):
-        return
-    port = bootstrap.rsplit(":", 1)[1]
-    subprocess.run(["bash", str(ROOT / "scripts" / "kafka.sh"), "start"], check=True,
-                   env={**os.environ, "KAFKA_PORT": port})
-    if not kafka_answers(bootstrap):
-        raise RuntimeError(f"no Kafka broker answers on {bootstrap}")
+    kafka_tools.ensure_kafka(bootstrap)
 
 
 class Topics:
@@ -177,38 +157,9 @@ def prefill(topic: str, messages, bootstrap: str = BOOTSTRAP) -> float:
     return time.perf_counter() - started
 
 
-@dataclass
-class Rec:
-    partition: int
-    offset: int
-    timestamp: int  # epoch ms
-    value: bytes
-
-
-def read_all(topic: str, bootstrap: str = BOOTSTRAP, timeout: float = 300.0) -> list[Rec]:
+def read_all(topic: str, bootstrap: str = BOOTSTRAP, timeout: float = 300.0) -> list:
     """Every record of every partition of `topic`, from the beginning to the current end."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                             max_partition_fetch_bytes=16 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
-    try:
-        deadline = time.time() + timeout
-        partitions = None
-        while partitions is None and time.time() < deadline:
-            partitions = consumer.partitions_for_topic(topic)
-            if partitions is None:
-                time.sleep(0.2)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions or [])]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
-        out: list[Rec] = []
-        while time.time() < deadline and any(consumer.position(tp) < ends[tp] for tp in tps):
-            for batch in consumer.poll(timeout_ms=500, max_records=50_000).values():
-                out.extend(Rec(r.partition, r.offset, r.timestamp, r.value) for r in batch)
-        return out
-    finally:
-        consumer.close()
+    return kafka_tools.read_topic(bootstrap, topic, timeout=timeout)
 
 
 class PredictionRef(msgspec.Struct):
@@ -222,7 +173,7 @@ _decode_ref = msgspec.json.Decoder(PredictionRef).decode
 _decode_refs = msgspec.json.Decoder(list[PredictionRef]).decode
 
 
-def prediction_refs(records: list[Rec]) -> list[tuple[int, int, int]]:
+def prediction_refs(records: list) -> list[tuple[int, int, int]]:
     """(source partition, source offset, prediction timestamp ms), in timestamp order.
     A record may also hold a JSON array of predictions (benchmarks/worker_variant.py)."""
     refs = []

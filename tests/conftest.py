@@ -19,28 +19,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOTSTRAP = os.environ.get("SHOPSTREAM_TEST_KAFKA", "127.0.0.1:9092")
+sys.path.insert(0, str(ROOT / "scripts"))  # kafka_tools, shared with benchmarks/
 
-
-def _answers(bootstrap: str) -> bool:
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
-
-    host, port = bootstrap.rsplit(":", 1)
-    try:
-        socket.create_connection((host, int(port)), timeout=1).close()
-        KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000).close()
-        return True
-    except (OSError, KafkaError):
-        return False
+from kafka_tools import ensure_kafka  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def kafka() -> str:
-    if not _answers(BOOTSTRAP):
-        port = BOOTSTRAP.rsplit(":", 1)[1]
-        subprocess.run(["bash", str(ROOT / "scripts" / "kafka.sh"), "start"], check=True,
-                       env={**os.environ, "KAFKA_PORT": port})
-    assert _answers(BOOTSTRAP), f"no Kafka broker answers on {BOOTSTRAP}"
+    ensure_kafka(BOOTSTRAP)
     return BOOTSTRAP
 
 

@@ -9,9 +9,10 @@ import urllib.request
 from pathlib import Path
 
 import msgspec
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
+from kafka_tools import read_topic  # noqa: F401 (the tests import it from here)
 from shopstream.engine import Engine
 from shopstream.events import InvalidEvent, decode_event
 from shopstream.stream.checkpoints import DirectoryCheckpointStore
@@ -33,32 +34,6 @@ def send(bootstrap: str, topic: str, messages, partition=None) -> int:
 def send_records(bootstrap: str, topic: str, records, partition=None) -> int:
     encode = msgspec.json.Encoder().encode
     return send(bootstrap, topic, ((str(r["user_id"]).encode(), encode(r)) for r in records), partition)
-
-
-def read_topic(bootstrap: str, topic: str, expected: int | None = None, timeout: float = 30.0):
-    """All records of all partitions (each partition in offset order)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    partitions = None
-    deadline = time.time() + timeout
-    while partitions is None and time.time() < deadline:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            time.sleep(0.2)
-    tps = [TopicPartition(topic, p) for p in sorted(partitions or [])]
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
-    ends = consumer.end_offsets(tps)
-    records = []
-    while time.time() < deadline:
-        for batch in consumer.poll(timeout_ms=500).values():
-            records.extend(batch)
-        done = all(consumer.position(tp) >= ends[tp] for tp in tps)
-        if done and (expected is None or len(records) >= expected):
-            break
-        if done and expected is not None:
-            ends = consumer.end_offsets(tps)
-    consumer.close()
-    return records
 
 
 def reference_engines(bootstrap: str, topic: str, model: str = "logreg", features: str = "shop",
