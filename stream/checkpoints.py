@@ -492,16 +492,27 @@ class BackgroundCheckpoints:
 
     spool_dir: Optional[Path] = None
 
-    def begin_save(self, state: PartitionState) -> PendingSave:
+    def begin_save(self, state: PartitionState, freeze_gc: bool = True) -> PendingSave:
         """Start a checkpoint of `state` as it is now; return at once (after a fork).
 
         The caller goes on processing events and must call `finish()` on the result (after
         `done()`, or when it must know) before it commits the offset it returns or begins
-        another checkpoint of the same partition. OSError if the fork itself fails."""
+        another checkpoint of the same partition. OSError if the fork itself fails.
+
+        With `freeze_gc` (the default), `gc.freeze()` runs before the fork: everything alive
+        then leaves the collector's generations, as the Python docs advise before a fork.
+        Otherwise the parent's next full collection writes to every object's header while
+        the child still shares its pages, copying the whole heap (measured: a 1.5 s stop at
+        50,000 open predictions). Frozen objects are also out of every later full
+        collection (the long stops of a large state), at the price that reference cycles
+        among them are not reclaimed until `gc.unfreeze()`; the engine's state does not
+        live on such cycles."""
         import gc
         import tempfile
 
         before = self._stage(state)
+        if freeze_gc:
+            gc.freeze()
         spool_dir = Path(self.spool_dir or tempfile.gettempdir())
         key = self.key(state.topic, state.partition).replace("/", "_")
         spool = spool_dir / f".shopstream-ckpt-{key}-{os.getpid()}-{state.sequence}.spool"
