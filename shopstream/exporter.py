@@ -104,7 +104,8 @@ class EngineCollector:
                                      "(non-finite prediction or weights)", labels=slot_labels + ["reason"])
         info = InfoMetricFamily("shopstream_model", "Model versions serving a partition, by role",
                                 labels=slot_labels)  # exposed as shopstream_model_info{..., version} 1
-        events = CounterMetricFamily("shopstream_events", "Events by outcome (consumed, predicted, resolved, learned, ...)",
+        events = CounterMetricFamily("shopstream_events",
+                                     "Events by outcome (consumed, predicted, resolved, learned, ...)",
                                      labels=engine_labels + ["outcome"])
         promotions = CounterMetricFamily("shopstream_promotions", "Champion changes (automatic or manual)",
                                          labels=engine_labels)
