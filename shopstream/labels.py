@@ -32,6 +32,9 @@ from typing import Hashable, Optional
 from .config import EngineConfig
 
 
+_FLOATS = {float}
+
+
 class OpenPrediction:
     """A prediction recorded before its label is known: on which features, when, and what
     each model slot said: `outputs[i]` is slot i's (P(True), predicted label). A label
@@ -71,17 +74,10 @@ class OpenPrediction:
     def compact(self, schemas: dict) -> None:
         """Keep `x` as (shared names, array of doubles) if every value is a float."""
         x = self._x
-        if x.__class__ is not dict:
+        if x.__class__ is not dict or {*map(type, x.values())} != _FLOATS:
             return
-        try:
-            values = array("d", x.values())
-        except TypeError:
-            return
-        for value in x.values():
-            if value.__class__ is not float:
-                return
         names = tuple(x)
-        self._x = (schemas.setdefault(names, names), values)
+        self._x = (schemas.setdefault(names, names), array("d", x.values()))
 
     @property
     def p_true(self) -> float:

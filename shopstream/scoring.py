@@ -14,6 +14,7 @@ Values therefore equal what `river.evaluate.progressive_val_score` reports.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections import deque
 from typing import Optional
@@ -22,6 +23,13 @@ from river import metrics
 from scipy import integrate
 
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss")
+_LOW, _HIGH = 1e-15, 1 - 1e-15   # River's LogLoss clamps probabilities to these
+
+
+def _log_loss(y_true: bool, p_true: float) -> float:
+    """River's `LogLoss._eval` on a float, inline (the same operations, the same bits)."""
+    p_true = max(min(p_true, _HIGH), _LOW)
+    return -math.log(p_true) if y_true else -math.log(1 - p_true)
 
 
 class ThresholdROCAUC:
@@ -70,7 +78,10 @@ class BinaryScores:
     def update(self, y_true: bool, p_true: float, y_pred: bool) -> None:
         self._count(y_true, y_pred, 1)
         self.roc_auc.update(y_true, p_true)
-        self.log_loss.update(y_true, p_true)
+        # River's LogLoss.update (its Mean.update with w=1.0), without four calls per update.
+        mean = self.log_loss._mean
+        mean.n += 1.0
+        mean._mean += (1.0 / mean.n) * (_log_loss(y_true, p_true) - mean._mean)
         recent = self._recent
         if recent is not None:
             recent.append((y_true, p_true, y_pred))
@@ -78,7 +89,13 @@ class BinaryScores:
                 old_y, old_p, old_pred = recent.popleft()
                 self._count(old_y, old_pred, -1)
                 self.roc_auc.update(old_y, old_p, -1)
-                self.log_loss.revert(old_y, old_p)
+                mean.n -= 1.0   # River's LogLoss.revert (its Mean.revert with w=1.0)
+                if mean.n < 0:
+                    raise ValueError("Cannot go below 0")
+                elif mean.n == 0:
+                    mean._mean = 0.0
+                else:
+                    mean._mean -= (1.0 / mean.n) * (_log_loss(old_y, old_p) - mean._mean)
 
     def _count(self, y_true: bool, y_pred: bool, step: int) -> None:
         if y_pred:
