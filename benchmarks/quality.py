@@ -241,7 +241,8 @@ def targets(results: dict) -> list[tuple[str, str, bool]]:
             need = max(batch.values()) + 0.01
             out.append((f"{name}: champion >= best batch + 0.01", f"{t[champion]:.4f} vs {need:.4f}",
                         t[champion] >= need))
-        out.append((f"{name}: champion >= its frozen copy", f"{t[champion]:.4f} vs {frozen:.4f}", t[champion] >= frozen))
+        out.append((f"{name}: champion >= its frozen copy", f"{t[champion]:.4f} vs {frozen:.4f}",
+                    t[champion] >= frozen))
     return out
 
 
