@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (BOOTSTRAP, ROOT, Topics, WorkerProcess, ensure_kafka, handled_count, history_file,  # noqa: E402
+from common import (BOOTSTRAP, ROOT, SEED, Topics, WorkerProcess, ensure_kafka, handled_count, history_file,  # noqa: E402
                     log_events, machine, make_messages, prediction_refs, prefill, producer, read_all,
                     record_model_calls, rss_mb, worker_command)
 

@@ -43,10 +43,10 @@ class OpenPrediction:
     slot whose prediction was published.
 
     While it waits for its label, the joiner keeps `x` compact (`compact`): its names as
-    a tuple shared by every prediction with the same feature names, its values in an
-    ``array('d')`` (8 bytes each, no float objects, no dict). Reading `x` gives back a
-    dict equal to the original, key order and float bits included; a dict with any value
-    that is not a float stays a dict."""
+    a tuple shared by every prediction with the same feature names, its values as the
+    bytes of an ``array('d')`` (8 bytes each, no float objects, no dict), and `outputs`
+    as a tuple. Reading `x` gives back a dict equal to the original, key order and float
+    bits included; a dict with any value that is not a float stays a dict."""
 
     __slots__ = ("key", "event_time", "_x", "outputs", "champion", "ref", "seq")
 
@@ -64,7 +64,7 @@ class OpenPrediction:
     def x(self) -> Optional[dict]:
         x = self._x
         if x.__class__ is tuple:
-            return dict(zip(x[0], x[1]))
+            return dict(zip(x[0], memoryview(x[1]).cast("d")))
         return x
 
     @x.setter
@@ -73,11 +73,14 @@ class OpenPrediction:
 
     def compact(self, schemas: dict) -> None:
         """Keep `x` as (shared names, array of doubles) if every value is a float."""
+        outputs = self.outputs
+        if outputs.__class__ is list:
+            self.outputs = tuple(outputs)   # 48 bytes for one slot, not a list's 88
         x = self._x
         if x.__class__ is not dict or {*map(type, x.values())} != _FLOATS:
             return
         names = tuple(x)
-        self._x = (schemas.setdefault(names, names), array("d", x.values()))
+        self._x = (schemas.setdefault(names, names), array("d", list(x.values())).tobytes())
 
     @property
     def p_true(self) -> float:
