@@ -24,6 +24,7 @@ import argparse
 import gc
 import json
 import os
+import re
 import resource
 import shlex
 import shutil
@@ -37,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (BOOTSTRAP, ROOT, SEED, Topics, WorkerProcess, ensure_kafka, handled_count, history_file,  # noqa: E402
-                    log_events, machine, make_messages, prediction_refs, prefill, producer, read_all,
+                    machine, make_messages, prediction_refs, prefill, producer, read_all,
                     record_model_calls, rss_mb, worker_command)
 
 PHASES = ("ceiling", "engine", "raw", "worker1", "worker2", "latency", "bootstrap", "rss")
@@ -50,6 +51,19 @@ KEPT_HEADING = "## Analysis"  # from this heading on, BENCHMARKS.md is hand-writ
 TARGETS = {"worker_vs_ceiling": 0.5, "engine_vs_ceiling": 0.7, "two_vs_one": 1.6, "p99_ms": 50.0,
            "latency_rate": 2000.0, "latency_state": 300_000, "loop_stop_ms": 50.0, "bytes_per_open": 1000.0,
            "rss_1m_mib": 1536.0, "bootstrap_vs_ceiling": 0.5}
+
+
+# The worker logs as shopstream.stream.worker since stages live under the shopstream namespace;
+# common.log_events still expects shopstream.worker.
+_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ shopstream(?:\.stream)?\.worker: (.*)$", re.M)
+
+
+def log_events(text: str) -> list[tuple[float, str]]:
+    """(epoch seconds, message) of the worker's own log lines (asctime is local time)."""
+    from datetime import datetime
+
+    return [(datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp(), message)
+            for stamp, message in _LOG_LINE.findall(text)]
 
 
 def say(*parts) -> None:
