@@ -182,9 +182,13 @@ class ShopFeatures:
             "hour_cos": math.cos(seconds_of_day * _TWO_PI_OVER_DAY),
         }
         top = _top_category(event)
+        names = _ONE_HOT_NAMES
         for field, value in (("platform", event.platform), ("channel", event.channel), ("category", top)):
             for known in self.vocabulary[field]:
-                x[f"{field}={known}"] = 1.0 if known == value else 0.0
+                name = names.get((field, known))
+                if name is None:
+                    name = names[(field, known)] = f"{field}={known}"
+                x[name] = 1.0 if known == value else 0.0
         brand = self.brands.get(event.brand) if event.brand else None
         if brand is not None:
             x["brand_views"] = math.log1p(brand[0])
@@ -278,6 +282,11 @@ class ShopFeatures:
                 return
             sessions.popitem(last=False)
             self.expired_sessions += 1
+
+
+# "field=value" names of one-hot columns, built once (vocabularies are capped per field, so
+# this holds at most caps.one_hot names per field of every feature state in the process).
+_ONE_HOT_NAMES: dict[tuple[str, str], str] = {}
 
 
 def _top_category(event: Event) -> str:
