@@ -37,16 +37,6 @@ from pathlib import Path
 
 import numpy as np
 
-try:
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.feature_extraction import DictVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import log_loss, roc_auc_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-except ImportError:  # pragma: no cover - a hint, not a feature
-    sys.exit("benchmarks/quality.py needs scikit-learn: pip install -e '.[bench]'")
-
 from shopstream.config import EngineConfig
 from shopstream.engine import Engine
 from shopstream.events import event_from_record
@@ -162,11 +152,20 @@ def batch_daily(X, y, t_pred, t_res, first_day: int, make, max_train: int | None
 
 
 def scores(y, p, mask) -> tuple[float, float]:
+    from sklearn.metrics import log_loss, roc_auc_score
+
     q = np.clip(p[mask], 1e-15, 1 - 1e-15)
     return float(roc_auc_score(y[mask], q)), float(log_loss(y[mask], q, labels=[False, True]))
 
 
 def run_scenario(scenario: Scenario, n_events: int, seed: int, gbt_max_train: int) -> dict:
+    # scikit-learn is imported here, not at the top: the tests import this module without it.
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.feature_extraction import DictVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     cut = START + FROZEN_AT * SPAN
     records = list(generate(n_events, seed=seed, days=DAYS, drifts=scenario.drifts))
     lineup = Lineup(model="logreg", challengers=("tuning",), promotion=PromotionPolicy())
@@ -283,6 +282,10 @@ def main(argv=None) -> int:
     parser.add_argument("--cost-events", type=int, default=50_000, help="events for the line-up's cost (0: skip)")
     parser.add_argument("--out", help="write the Markdown tables here too")
     args = parser.parse_args(argv)
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        parser.error("needs scikit-learn: pip install -e '.[bench]'")
     started = time.perf_counter()
     results = {}
     for name in [n.strip() for n in args.scenarios.split(",") if n.strip()]:

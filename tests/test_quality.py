@@ -1,0 +1,82 @@
+"""The quality benchmark compares fairly: batch models only see labels resolved before they
+predict, the frozen copy never learns, every approach scores the same predictions. Runs
+without scikit-learn (the benchmark's only extra dependency)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import quality  # noqa: E402
+
+from shopstream.generator import START, generate  # noqa: E402
+from shopstream.lineup import TUNING, Lineup  # noqa: E402
+from shopstream.models import build_model  # noqa: E402
+from shopstream.slots import PromotionPolicy  # noqa: E402
+
+DAY = quality.DAY
+
+
+class Spy:
+    """A batch model that records what it was fitted on and predicts its fit's size."""
+
+    fits: list = []
+
+    def fit(self, X, y):
+        self.n = len(X)
+        Spy.fits.append(X[:, 0].copy())
+        return self
+
+    def predict_proba(self, X):
+        return np.column_stack([np.zeros(len(X)), np.full(len(X), float(self.n))])
+
+
+def test_batch_models_learn_only_labels_resolved_before_the_midnight_they_are_refitted_at():
+    # One prediction every 6 hours from day 0; each resolves 10 hours after it is made.
+    t_pred = START + np.arange(0, 4 * DAY, 6 * 3600.0)
+    t_res = t_pred + 10 * 3600.0
+    X = np.arange(len(t_pred), dtype=float)[:, None]  # column 0 = the prediction's index
+    y = np.arange(len(t_pred)) % 2 == 0
+    Spy.fits = []
+    p = quality.batch_daily(X, y, t_pred, t_res, first_day=1, make=Spy)
+    assert np.isnan(p[:4]).all()                       # day 0: before the first refit
+    for day, trained in zip((1, 2, 3), Spy.fits):
+        midnight = START + day * DAY
+        assert (t_res[trained.astype(int)] <= midnight).all()           # nothing from the future
+        assert len(trained) == int((t_res <= midnight).sum())          # and everything resolved by then
+        today = (t_pred >= midnight) & (t_pred < midnight + DAY)
+        assert (p[today] == len(trained)).all()                        # that day's predictions, that model
+    Spy.fits = []
+    quality.batch_daily(X, y, t_pred, t_res, first_day=3, make=Spy, max_train=2)
+    assert sorted(Spy.fits[0].astype(int)) == [9, 10]  # resolved by day 3 (6k + 10 h <= 72 h): k <= 10, newest two
+
+
+def test_engine_run_records_the_published_prediction_and_a_frozen_copy_that_never_learns():
+    records = list(generate(6000, seed=5, days=2.0))
+    cut = START + 0.5 * 2 * DAY
+    lineup = Lineup(model="logreg", challengers=("tuning",), promotion=PromotionPolicy(min_resolved=200, window=200,
+                                                                                      check_every=50, margin=0.0))
+    rec, engine, _ = quality.run_engine(records, cut, lineup)
+    names = [s.name for s in engine.slots]
+    assert names == [*TUNING, "frozen"] and engine.slot("frozen").role == "baseline"
+    frozen_index = names.index("frozen")
+    before = [i for i, t in enumerate(rec.t_pred) if t < cut]
+    after = [i for i, t in enumerate(rec.t_pred) if t >= cut]
+    assert before and after
+    assert all(len(rec.outputs[i]) == frozen_index for i in before)     # the copy joins at the cut
+    assert all(len(rec.outputs[i]) == frozen_index + 1 for i in after)
+    # The frozen copy is the champion as it was at the cut: replaying that champion's model
+    # without learning gives its predictions.
+    assert engine.slot("frozen").model.predict_proba_one(rec.xs[after[-1]])[True] == rec.outputs[after[-1]][-1]
+    # Every recorded prediction is replayable: replaying `logreg` gives the slot's own numbers.
+    replayed = quality.replay(rec, build_model("logreg"))
+    logreg = names.index("logreg")
+    assert replayed.tolist() == pytest.approx([out[logreg] for out in rec.outputs])
+    # Resolved labels come back in the engine's order, each after its prediction.
+    assert sum(op < 0 for op in rec.ops) == sum(y is not None for y in rec.ys)
+    assert all(r is None or r >= t for t, r in zip(rec.t_pred, rec.t_res))
