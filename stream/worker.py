@@ -29,7 +29,7 @@ from typing import Optional
 
 from kafka import TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import CorruptRecordError
+from kafka.errors import CorruptRecordError, KafkaError
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from shopstream.artifacts import ArtifactError
@@ -232,6 +232,13 @@ class Worker(ConsumerRebalanceListener):
                 self.last_poll = time.monotonic()
                 self.skipper.skip(self.consumer, self.partitions, exc)
                 continue
+            except KafkaError as exc:
+                if not exc.retriable:
+                    raise
+                # The broker went away mid-request: the client reconnects; the broker watch tells readiness.
+                log.warning("poll: %s: %s; polling again", type(exc).__name__, exc)
+                time.sleep(0.2)
+                continue
             self.last_poll = now = time.monotonic()
             if self._unverified:
                 self._verify_restored(batches)
@@ -272,7 +279,7 @@ class Worker(ConsumerRebalanceListener):
         self.checkpointer.retry(self.consumer, self.partitions, now)
         if self.control is not None and now - self._last_control_poll >= 1.0:
             self._last_control_poll = now
-            if self.control.poll():
+            if self._poll_control():
                 for tp, state in self.partitions.items():
                     if self.control.apply(state.engine, tp.partition):
                         state.changed = True
@@ -324,6 +331,13 @@ class Worker(ConsumerRebalanceListener):
         self.outputs.dead_letter(record, reason)
 
     # -- durability ------------------------------------------------------------------
+
+    def _poll_control(self) -> bool:
+        try:
+            return self.control.poll()
+        except Exception as exc:  # an outage: the commands wait in their topic, the worker goes on
+            log.warning("control topic: %s: %s; reading it again in a second", type(exc).__name__, exc)
+            return False
 
     def _maybe_checkpoint(self, tp: TopicPartition, state: PartitionState) -> None:
         if self.checkpointer.due(state):

@@ -39,6 +39,7 @@ class FakeConsumer:
         self.pending_assignment = False
         self.broker_down = False
         self.closed = False
+        self.poll_errors: list = []  # raised by the next polls, one each
 
     def tp(self, partition: int) -> TopicPartition:
         return TopicPartition(self.topic, partition)
@@ -54,6 +55,8 @@ class FakeConsumer:
         self.pending_assignment = True
 
     def poll(self, timeout_ms=0):
+        if self.poll_errors:
+            raise self.poll_errors.pop(0)
         if self.pending_assignment:
             self.pending_assignment = False
             self.listener.on_partitions_assigned([self.tp(p) for p in sorted(self.log)])

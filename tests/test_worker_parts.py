@@ -196,3 +196,17 @@ def test_a_worker_refuses_to_start_a_partition_whose_checkpoint_was_deleted(tmp_
     worker = Worker(worker.settings, CollectorRegistry(), clients)  # no checkpoint in the store yet
     assert worker.run() == 2 and "no checkpoint, but group 'g' committed offset 150" in worker.fatal
     assert worker.handled == 0 and not [c for c in clients.calls if c[0] == "save"]
+
+
+def test_a_poll_that_fails_while_the_broker_is_away_is_retried_not_fatal(tmp_path):
+    from kafka.errors import KafkaConnectionError, UnsupportedVersionError
+
+    worker, clients = make_worker(tmp_path, {0: events(40)})
+    worker.membership.subscribe()
+    worker.consumer.poll_errors = [KafkaConnectionError("111 ECONNREFUSED"), KafkaConnectionError("again")]
+    assert worker.run() == 0 and worker.handled == 40
+    worker, clients = make_worker(tmp_path / "other", {0: events(40)})
+    worker.membership.subscribe()
+    worker.consumer.poll_errors = [UnsupportedVersionError("not retriable")]
+    with pytest.raises(UnsupportedVersionError):
+        worker.run()  # a client that cannot work at all stops with its reason (one line from the CLI)
