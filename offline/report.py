@@ -106,7 +106,7 @@ def write_report(report: dict, curves: list[LearningCurve], out: Path, split_res
         if stale:
             lines += ["", "Holdout without learning the validation rows: "
                       + ", ".join(f"{m} {stale[m]:.4f}" for m in METRIC_NAMES)]
-        lines += ["", f"Chosen epoch on the validation rows: " + ", ".join(f"{m} {v[m]:.4f}" for m in METRIC_NAMES),
+        lines += ["", "Chosen epoch on the validation rows: " + ", ".join(f"{m} {v[m]:.4f}" for m in METRIC_NAMES),
                   "", f"![{name} epochs]({figure.name})"]
     if data["malformed_reasons"]:
         lines += ["", "## Malformed rows", ""]

@@ -298,7 +298,8 @@ def models_command(args) -> int:
                 store.close()
         return 0
     if not args.target:
-        raise ValueError(f"models {args.action} needs a target: a model name (promote) or an artifact version (rollback)")
+        raise ValueError(f"models {args.action} needs a target: a model name (promote) or an artifact version "
+                         "(rollback)")
     check_target(args.action, args.target)
     if args.action == "rollback" and args.artifacts:
         find_version(args.artifacts, args.target)  # fail here, not silently in every worker

@@ -76,7 +76,8 @@ def cut(message: dict, keep: int = DEAD_LETTER_CUT) -> dict:
 
     >>> m = cut({"key": None, "value": b"x" * 100, "headers": [("a", b"1"), ("b", b"2" * 50)]}, keep=10)
     >>> len(m["value"]), m["headers"]
-    (10, [('a', b'1'), ('shopstream.truncated', b'1'), ('shopstream.original_size', b'100'), ('shopstream.dropped_headers', b'1')])
+    (10, [('a', b'1'), ('shopstream.truncated', b'1'), ('shopstream.original_size', b'100'),
+          ('shopstream.dropped_headers', b'1')])
     """
     value = message.get("value") or b""
     headers = message.get("headers") or []

@@ -93,7 +93,8 @@ def produce(args) -> int:
                            max_user_share=args.max_user_share)
         messages = messages_from_generator(records, args.validate, rejected)
         total = args.events
-    producer = KafkaProducer(linger_ms=20, batch_size=256 * 1024, acks="all", **kafka_options(KafkaConnection.from_args(args)))
+    options = kafka_options(KafkaConnection.from_args(args))
+    producer = KafkaProducer(linger_ms=20, batch_size=256 * 1024, acks="all", **options)
     try:
         sent = send_all(producer, args.topic, messages, args.rate, args.progress, total)
     finally:

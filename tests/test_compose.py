@@ -231,7 +231,7 @@ def bring_up(stack: Stack, services: list[str], label: str, build: bool = False)
         dns = bool(DNS_FAILURE.search(reason))
         message = f"{label}: bring-up failed ({'container DNS' if dns else 'see reason'}), retrying once:\n{reason}"
         stack.say(message)
-        warnings.warn(message)
+        warnings.warn(message, stacklevel=2)
         stack.dc("down", "--remove-orphans", timeout=300, check=False)
 
 
@@ -299,7 +299,8 @@ def test_compose_stack_for_real():
     ok = False
     try:
         services = stack.services()
-        assert "grafana" not in services and {"kafka", "topics", "bootstrap", "worker", "feeder", "prometheus"} <= set(services)
+        assert "grafana" not in services
+        assert {"kafka", "topics", "bootstrap", "worker", "feeder", "prometheus"} <= set(services)
 
         # 1. bring-up
         bring_up(stack, services, "bring-up", build=True)
@@ -348,11 +349,11 @@ def test_compose_stack_for_real():
         def rules_healthy():
             groups = api.get("/api/v1/rules")["data"]["groups"]
             rules = [rule for group in groups for rule in group["rules"]]
-            return len(rules) == len(alert_rules()) and all(r["health"] == "ok" and r.get("lastEvaluation", "").startswith("2")
-                                                            for r in rules)
+            return len(rules) == len(alert_rules()) and all(
+                r["health"] == "ok" and r.get("lastEvaluation", "").startswith("2") for r in rules)
         wait(rules_healthy, 120, f"all {len(alert_rules())} alert rules evaluated healthy", every=5.0,
-             describe=lambda: [(r["name"], r["health"], r.get("lastError")) for g in api.get("/api/v1/rules")["data"]["groups"]
-                               for r in g["rules"]])
+             describe=lambda: [(r["name"], r["health"], r.get("lastError"))
+                               for g in api.get("/api/v1/rules")["data"]["groups"] for r in g["rules"]])
         assert not api.query('ALERTS{alertname="ShopstreamWorkerDown"}')["data"]["result"]
         stack.say(f"Prometheus: {len(dashboard_queries())} dashboard queries return data; "
                   f"{len(alert_rules())} alert rules healthy")
@@ -373,7 +374,8 @@ def test_compose_stack_for_real():
         fed(feed.stdout + feed.stderr, FEEDS[1])
         ends2, metrics = settled(stack, [survivor], sum(FEEDS[:2]), "failover")
         check_counts(ends2, metrics, "failover")
-        taken = [(p, origin, offset) for p, origin, offset in assignments(stack.logs(survivor)) if p in victim_partitions]
+        taken = [(p, origin, offset) for p, origin, offset in assignments(stack.logs(survivor))
+                 if p in victim_partitions]
         assert taken and all(origin == "checkpoint" for _, origin, _ in taken[-len(victim_partitions):]), taken
         stack.say(f"failover: {FEEDS[1]} more events; survivor took partitions {victim_partitions} from checkpoints "
                   f"{taken[-len(victim_partitions):]}; consumed per partition = end offsets {ends2}")
@@ -393,7 +395,8 @@ def test_compose_stack_for_real():
         stack.say(f"stop: workers exited 0, kafka {exits[PROJECT + '_kafka_1']}, in {time.time() - t0:.0f} s")
         stack.dc("down", timeout=300)
         volumes = stack.podman("volume", "ls", "--format", "{{.Name}}").stdout.split()
-        assert {f"{PROJECT}_{v}" for v in ("kafka-data", "artifacts", "checkpoints", "prometheus-data")} <= set(volumes), volumes
+        named = {f"{PROJECT}_{v}" for v in ("kafka-data", "artifacts", "checkpoints", "prometheus-data")}
+        assert named <= set(volumes), volumes
         stack.settings.update(SHOPSTREAM_FEED_EVENTS=str(FEEDS[2]), SHOPSTREAM_FEED_SEED="103")
         bring_up(stack, services, "up again")
         feeder = next(c for c in stack.containers() if c["service"] == "feeder")
@@ -408,7 +411,8 @@ def test_compose_stack_for_real():
         assert sorted(first) == list(range(PARTITIONS)), first
         for p, seen in first.items():
             assert all(origin == "checkpoint" for origin, _ in seen), f"partition {p} not from its checkpoint: {seen}"
-            assert min(offset for _, offset in seen) == ends2[p], f"partition {p} resumed at {seen}, stopped at {ends2[p]}"
+            assert min(offset for _, offset in seen) == ends2[p], \
+                f"partition {p} resumed at {seen}, stopped at {ends2[p]}"
         versions3 = {(dict(k)["partition"], dict(k)["role"], dict(k)["model"]): dict(k)["version"]
                      for (name, k) in metrics if name == "shopstream_model_info"}
         baseline = {k: v for k, v in versions.items() if k[1] == "baseline"}

@@ -76,4 +76,5 @@ def test_every_option_of_the_worker_comes_from_a_settings_field_with_its_default
 def test_flat_option_names_are_checked():
     with pytest.raises(TypeError, match=r"unknown worker settings: \['windwo'\]"):
         WorkerSettings.from_options(windwo=600)
-    assert WorkerSettings.from_options(model="hat").lineup == Lineup(model="hat", promotion=WorkerSettings().lineup.promotion)
+    default_policy = WorkerSettings().lineup.promotion
+    assert WorkerSettings.from_options(model="hat").lineup == Lineup(model="hat", promotion=default_policy)

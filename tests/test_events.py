@@ -80,8 +80,10 @@ def test_rees46_csv_loads_unchanged(tmp_path):
     path.write_text(
         "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
         "2019-10-01 00:00:00 UTC,view,44600062,2103807459595387724,,shiseido,35.79,541312140,72d76fde-8bb3\n"
-        "2019-10-01 00:00:01 UTC,cart,3900821,2053013552326770905,appliances.environment.water_heater,aqua,33.20,554748717,9333dfbd\n"
-        "2019-10-01 00:00:02 UTC,purchase,17200506,2053013559792632471,furniture.living_room.sofa,,-5,518085591,3bfb58cd\n"
+        "2019-10-01 00:00:01 UTC,cart,3900821,2053013552326770905,appliances.environment.water_heater,aqua,33.20,"
+        "554748717,9333dfbd\n"
+        "2019-10-01 00:00:02 UTC,purchase,17200506,2053013559792632471,furniture.living_room.sofa,,-5,"
+        "518085591,3bfb58cd\n"
         "not a time,view,1,2,,,1.0,3,4\n"
     )
     parsed = list(read_events(path))

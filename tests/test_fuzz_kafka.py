@@ -40,9 +40,11 @@ def malformed(rng: random.Random, good: dict) -> tuple[str, bytes]:
                                    ("features", {"f": {"nested": 1}})])
         return kind, encode({**good, field: value})
     if kind == "nan or infinity":
-        return kind, body.replace(b'"price":', b'"price":' + rng.choice([b"NaN", b"Infinity", b"-Infinity"]) + b",\"x\":")
+        bad = rng.choice([b"NaN", b"Infinity", b"-Infinity"])
+        return kind, body.replace(b'"price":', b'"price":' + bad + b",\"x\":")
     if kind == "bad time":
-        return kind, encode({**good, "event_time": rng.choice(["yesterday", "2026-13-45T99:00:00", 1.7e12, -5, "", "1e999"])})
+        bad = rng.choice(["yesterday", "2026-13-45T99:00:00", 1.7e12, -5, "", "1e999"])
+        return kind, encode({**good, "event_time": bad})
     if kind == "unknown event type":
         return kind, encode({**good, "event_type": rng.choice(["click", "VIEW", "", "purchase "])})
     if kind == "negative price":

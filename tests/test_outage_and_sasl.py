@@ -76,8 +76,8 @@ def test_a_worker_owning_no_partition_still_sees_the_broker_leave_and_return(pri
     workers = []
     for port, log_path in zip(ports, logs):
         with open(log_path, "w") as log_file:
-            workers.append(subprocess.Popen(worker_command(kafka, topic, tmp_path / "ckpt", "--metrics-port", str(port)),
-                                            env=WORKER_ENV, stderr=log_file, text=True))
+            command = worker_command(kafka, topic, tmp_path / "ckpt", "--metrics-port", str(port))
+            workers.append(subprocess.Popen(command, env=WORKER_ENV, stderr=log_file, text=True))
 
     def gauges(name):
         return [scrape(port).get((name, ())) for port in ports]

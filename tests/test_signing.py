@@ -7,7 +7,8 @@ from shopstream.artifacts import load_artifact
 from shopstream.engine import Engine
 from shopstream.generator import generate, write_jsonl
 from shopstream.signing import KEY_ENV, SignatureError
-from shopstream.stream.checkpoints import CheckpointError, DirectoryCheckpointStore, PartitionState, decode_state, encode_state
+from shopstream.stream.checkpoints import (CheckpointError, DirectoryCheckpointStore, PartitionState, decode_state,
+                                           encode_state)
 
 
 def test_checkpoints_signed_verified_and_lineage_recorded(tmp_path, monkeypatch):

@@ -103,7 +103,8 @@ def test_a_crash_resumes_from_the_checkpoint_and_ends_where_an_uninterrupted_run
     a = clients.store.load("events", 0)
     b = uninterrupted.store.load("events", 0)
     assert a.next_offset == b.next_offset == 501 and a.dead_lettered == b.dead_lettered == 1
-    assert a.engine.counts == b.engine.counts and a.engine.scores.cumulative.values() == b.engine.scores.cumulative.values()
+    assert a.engine.counts == b.engine.counts
+    assert a.engine.scores.cumulative.values() == b.engine.scores.cumulative.values()
     first_save = next(c for c in clients.calls if c[0] == "save")
     assert first_save == ("save", 0, 400), "the resumed worker started from offset 300"
 
