@@ -207,9 +207,9 @@ def _rescore_open_predictions(engine: Engine) -> None:
     the trained model's score on their own features, so that the holdout scores the same
     predictions for this model as for the others."""
     model = engine.model
-    for prediction in engine.joiner._by_seq.values():
+    for prediction in engine.joiner.open_predictions():
         proba = model.predict_proba_one(prediction.x)
-        prediction.outputs[0] = (proba[True], max(proba, key=proba.get))
+        prediction.outputs = ((proba[True], max(proba, key=proba.get)), *prediction.outputs[1:])
 
 
 def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] = ("logreg",),

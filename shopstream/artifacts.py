@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import river
 
@@ -38,8 +38,8 @@ class ArtifactError(RuntimeError):
 
 @dataclass
 class Artifact:
-    model: object
-    features: object
+    model: Any       # a catalog classifier
+    features: Any    # its feature set, with the state the bootstrap left
     meta: dict
     path: Path
 

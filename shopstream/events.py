@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
-from typing import Optional, Union
+from typing import Optional, Union, cast
 
 import msgspec
 
@@ -211,9 +211,10 @@ def check_future_skew(event: Event, received_at: float, max_skew: float = MAX_FU
     2023-11-14T22:13:20Z (more than the allowed 300 s)
     >>> check_future_skew(Event(1.7e9 + 299, "view", "p", "u", "s"), received_at=1.7e9)
     """
-    ahead = event.event_time - received_at
+    when = cast(float, event.event_time)  # validated: epoch seconds
+    ahead = when - received_at
     if ahead > max_skew:
-        raise InvalidEvent("event_time", f"{_iso(event.event_time)} is {_span(ahead)} ahead of the record time "
+        raise InvalidEvent("event_time", f"{_iso(when)} is {_span(ahead)} ahead of the record time "
                            f"{_iso(received_at)} (more than the allowed {max_skew:g} s)")
 
 

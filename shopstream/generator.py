@@ -109,11 +109,12 @@ def generate(n_events: int, seed: int = 7, days: float = 30.0, drifts: tuple[Dri
 
     products = []
     for i in range(n_products):
-        category = rng.randrange(len(CATEGORIES))
+        category_index = rng.randrange(len(CATEGORIES))
         brand = f"brand{rng.randrange(40)}"
-        base_price = math.exp(rng.gauss(3.0 + 0.35 * category, 0.6))
+        base_price = math.exp(rng.gauss(3.0 + 0.35 * category_index, 0.6))
         quality = rng.gauss(0.0, 0.8)  # latent appeal: learnable through product conversion
-        products.append((str(100000 + i), CATEGORIES[category], brand, round(base_price, 2), quality, category))
+        products.append((str(100000 + i), CATEGORIES[category_index], brand, round(base_price, 2), quality,
+                         category_index))
     users = []
     for i in range(n_users):
         segment = rng.choices(SEGMENTS, weights=(3, 5, 2))[0]

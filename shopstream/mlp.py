@@ -245,7 +245,7 @@ class MLPClassifier(base.Classifier):
         p = _sigmoid(float(h @ w3) + float(b3[0]))
         return {False: 1.0 - p, True: p}
 
-    def learn_one(self, x: dict, y: bool, **kwargs) -> None:
+    def learn_one(self, x: dict, y: bool | str | int, **kwargs) -> None:
         rows, raw = self._parse(x, grow=True)
         self._update_scaler(rows, raw)
         xd = self._dense(rows, raw)
@@ -371,6 +371,7 @@ class MLPClassifier(base.Classifier):
                 waited += 1
                 if waited >= patience:
                     break
+        assert best is not None, "at least one epoch ran"
         epoch, _, theta, m, v, t = best
         self._set_params(theta, m, v)
         self._t = t
