@@ -80,3 +80,21 @@ def test_engine_run_records_the_published_prediction_and_a_frozen_copy_that_neve
     # Resolved labels come back in the engine's order, each after its prediction.
     assert sum(op < 0 for op in rec.ops) == sum(y is not None for y in rec.ys)
     assert all(r is None or r >= t for t, r in zip(rec.t_pred, rec.t_res))
+
+
+def test_demo_opens_with_online_against_frozen_and_runs_the_tuning_line_up(tmp_path):
+    from argparse import Namespace
+
+    from shopstream.cli.demo import BATCH_HEADLINE, run_demo
+
+    args = Namespace(out=str(tmp_path), events=12_000, seed=7, drift="checkout_incident@0.5-0.65:web",
+                     metrics_host="127.0.0.1", metrics_port=0, progress=False)
+    summary = run_demo(args)
+    assert list(summary)[:2] == ["online_vs_frozen", "online_vs_daily_batch_retraining"]
+    assert summary["online_vs_daily_batch_retraining"] is BATCH_HEADLINE
+    assert set(TUNING) | {"mlp"} <= set(summary["models"]) and set(TUNING) <= set(summary["bootstrap_holdout"])
+    lift = summary["online_vs_frozen"]
+    champion = summary["models"][lift["final_champion"]]
+    assert champion["role"] == "champion" and lift["online_champion"]["roc_auc"] == round(champion["roc_auc"], 4)
+    baseline = next(m for m in summary["models"].values() if m["role"] == "baseline")
+    assert lift["roc_auc_gain"] == round(champion["roc_auc"] - baseline["roc_auc"], 4)
