@@ -59,7 +59,8 @@ class Lineup:
 
     model: str = field(default="logreg", metadata={"help": "catalog model when no artifact is given"})
     challengers: tuple = field(default=(), metadata={
-        "help": "catalog models to run beside the champion (from their newest artifact when there is one)"})
+        "help": "catalog models to run beside the champion (from their newest artifact when there is one); "
+                "'tuning' adds the self-tuning line-up of logistic regressions that differ in their step"})
     baseline: bool = field(default=True, metadata={
         "help": "run a frozen copy of the bootstrap model as the baseline"})
     seed: int = field(default=42, metadata={"help": "seed for catalog models"})
