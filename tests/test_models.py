@@ -118,3 +118,13 @@ def test_tuning_lineup_promotes_a_better_step_over_rivers_default():
     assert engine.model_name in TUNING and engine.model_name != "logreg"
     champion = engine.slot(engine.model_name).scores.cumulative.values()
     assert champion["log_loss"] < engine.slot("logreg").scores.cumulative.values()["log_loss"]
+
+
+def test_a_nan_in_the_averaged_weights_is_caught_like_a_nan_weight():
+    from shopstream.slots import model_is_finite
+
+    model = build_model("logreg_avg")
+    model.learn_one({"a": 1.0, "b": 2.0}, True)
+    assert model_is_finite(model)
+    model["AveragedLogisticRegression"].average["a"] = float("nan")  # what it predicts with
+    assert not model_is_finite(model)
