@@ -400,7 +400,8 @@ def run_latency(messages, rate: float, seconds: float, workdir: Path, extra=(), 
         for _, o, ms in refs:
             by_second.setdefault((sent_ms[o] - first) // 1000, []).append(ms - sent_ms[o])
         timeline = [(int(sec), len(v), percentile(v, 50), max(v)) for sec, v in sorted(by_second.items())]
-        return {"timeline_s_count_p50_max": timeline, "state_events": state_events, "target_rate": rate, "achieved_rate": count / produce_s, "events": count,
+        return {"timeline_s_count_p50_max": timeline, "state_events": state_events, "target_rate": rate,
+                "achieved_rate": count / produce_s, "events": count,
                 "predictions": len(latencies), "p50_ms": percentile(latencies, 50),
                 "p90_ms": percentile(latencies, 90), "p99_ms": percentile(latencies, 99),
                 "p999_ms": percentile(latencies, 99.9), "max_ms": max(latencies),
@@ -565,7 +566,8 @@ def configured_cap_mib(explicit):
             continue
         text = path.read_text()
         at = text.find("worker")
-        found = re.search(r"(?:mem_limit|memory):\s*['\"]?(\d+(?:\.\d+)?)\s*([bkmg]?)i?b?['\"]?", text[max(0, at):], re.I)
+        found = re.search(r"(?:mem_limit|memory):\s*['\"]?(\d+(?:\.\d+)?)\s*([bkmg]?)i?b?['\"]?",
+                          text[max(0, at):], re.I)
         if found:
             return float(found.group(1)) * units[found.group(2).lower()], f"{name} ({found.group(0).strip()})"
     return None, "none configured"
@@ -613,13 +615,14 @@ def build_table(res: dict) -> list[str]:
                          fmt_ratio(ratio(w_raw, ceil_raw), TARGETS["worker_vs_ceiling"]) + " = 3r/1r"))
     rows.append(("1", "ceiling: River predict_proba_one+learn_one+LogLoss on the engine's (x, y)", ceil, "-"))
     if "ceiling_replay" in ip:
-        rows.append(("1b", "  same calls in the engine's order (delayed labels)",
-                     ip["ceiling_replay"]["events_per_s"], fmt_ratio(ratio(ip["ceiling_replay"]["events_per_s"], ceil)) + " of 1"))
+        replay = ip["ceiling_replay"]["events_per_s"]
+        rows.append(("1b", "  same calls in the engine's order (delayed labels)", replay,
+                     fmt_ratio(ratio(replay, ceil)) + " of 1"))
     rows.append(("2", "engine in-process: bytes -> decode_event -> Engine.process", eng,
                  fmt_ratio(ratio(eng, ceil), TARGETS["engine_vs_ceiling"]) + " = 2/1" if eng else "-"))
     if "engine_decoded" in ip:
-        rows.append(("2a", "  engine alone on decoded events",
-                     ip["engine_decoded"]["events_per_s"], fmt_ratio(ratio(ip["engine_decoded"]["events_per_s"], ceil)) + " of 1"))
+        decoded = ip["engine_decoded"]["events_per_s"]
+        rows.append(("2a", "  engine alone on decoded events", decoded, fmt_ratio(ratio(decoded, ceil)) + " of 1"))
     rows.append(("3", "one worker e2e, 1 partition (Kafka in, predictions out)", w1,
                  fmt_ratio(ratio(w1, ceil), TARGETS["worker_vs_ceiling"]) + " = 3/1" if w1 else "-"))
     if w1 and eng:

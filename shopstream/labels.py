@@ -54,8 +54,8 @@ class OpenPrediction:
                  champion: int = 0, ref: object = None):
         self.key = key
         self.event_time = event_time
-        self._x = x
-        self.outputs = outputs
+        self._x: dict | tuple | None = x
+        self.outputs: list | tuple = outputs
         self.champion = champion
         self.ref = ref
         self.seq = 0
@@ -63,7 +63,7 @@ class OpenPrediction:
     @property
     def x(self) -> Optional[dict]:
         x = self._x
-        if x.__class__ is tuple:
+        if isinstance(x, tuple):
             return dict(zip(x[0], memoryview(x[1]).cast("d")))
         return x
 

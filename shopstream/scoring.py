@@ -85,7 +85,7 @@ class BinaryScores:
         recent = self._recent
         if recent is not None:
             recent.append((y_true, p_true, y_pred))
-            if len(recent) > self.window:
+            if len(recent) > (self.window or 0):
                 old_y, old_p, old_pred = recent.popleft()
                 self._count(old_y, old_pred, -1)
                 self.roc_auc.update(old_y, old_p, -1)

@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import MessageSizeTooLargeError
 
 from shopstream.engine import Engine
 from shopstream.events import event_from_record
@@ -57,7 +58,7 @@ def test_a_state_larger_than_a_record_is_chunked_and_taken_over(kafka, ckpt_topi
     chunks = [r for r in records(kafka, f"{ckpt_topic}-chunks") if r.value is not None]
     assert len(chunks) > 3 and sum(len(r.value) for r in chunks) > writer.max_bytes
     assert all(len(r.value) <= writer.max_bytes and r.key.startswith(b"g/events-0/1/") for r in chunks)
-    with pytest.raises(Exception):  # the whole payload would not fit in one record
+    with pytest.raises(MessageSizeTooLargeError):  # the whole payload would not fit in one record
         KafkaProducer(bootstrap_servers=kafka, max_request_size=64 * 1024).send(
             ckpt_topic, key=b"x", value=encode_state(state)).get(timeout=30)
     [manifest] = records(kafka, ckpt_topic)
