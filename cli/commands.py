@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
            default=0, type=int)
     option(bootstrap, "--seed", "generator seed (with --generate-events)", default=7, type=int)
     option(bootstrap, "--out", "artifacts directory", default="artifacts")
-    option(bootstrap, "--model", "candidate models", many=True, default=["logreg", "logreg_tuned", "hat"])
+    option(bootstrap, "--model", "candidate models", many=True, default=["logreg", "logreg_adagrad", "hat"])
     option(bootstrap, "--holdout", "fraction of the history (by time) held out", default=0.2, type=float)
     option(bootstrap, "--columns", "column mapping OURS=THEIRS,... for other exports")
     option(bootstrap, "--max-bad-rows", "stop with an error after more bad rows than this (default: no limit, "

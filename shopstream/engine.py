@@ -37,7 +37,7 @@ from .config import EngineConfig
 from .events import PREDICTION_POINTS, Event
 from .features import build_features
 from .labels import LabelJoiner, OpenPrediction
-from .models import CATALOG, build_model
+from .models import CATALOG, RENAMED, build_model
 from .slots import ModelSlot, PairedLossTest, PromotionPolicy, log_loss, model_is_finite
 
 log = logging.getLogger(__name__)
@@ -331,6 +331,7 @@ class Engine:
             baseline = next((s for s in self.slots if s.role == "baseline"), None)
             if baseline is not None:
                 self.rollback(copy.deepcopy(baseline.model), baseline.version, reason="drift")
-        elif self.drift_reaction == "challenger" and slot.name in CATALOG and len(self.slots) < MAX_SLOTS:
+        elif (self.drift_reaction == "challenger" and (slot.name in CATALOG or slot.name in RENAMED)
+              and len(self.slots) < MAX_SLOTS):
             name = f"{slot.name}_since_drift{slot.drift_detections}"
             self.add_slot(name, build_model(slot.name), "challenger", "fresh")

@@ -30,7 +30,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from shopstream.artifacts import find_version, list_versions, load_artifact
 from shopstream.engine import Engine
-from shopstream.models import CATALOG
+from shopstream.models import CATALOG, RENAMED
 from shopstream.signing import sign, signing_key
 
 from .connection import KafkaConnection, kafka_options
@@ -82,7 +82,7 @@ def check_target(action: str, target: str) -> None:
         match = VERSION.fullmatch(target)
         if not match:
             raise ValueError(f"rollback target {shown!r} is not an artifact version (model-YYYYmmddTHHMMSS-hash8)")
-        if match["model"] not in CATALOG:
+        if match["model"] not in CATALOG and match["model"] not in RENAMED:  # old artifacts keep old names
             raise ValueError(f"rollback target {shown!r} names no catalog model ({sorted(CATALOG)})")
     else:
         raise ValueError(f"unknown action {action[:40]!r}; choose from {ACTIONS}")

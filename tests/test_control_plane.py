@@ -97,6 +97,7 @@ def test_check_target_takes_names_not_paths():
     with pytest.raises(ValueError, match="names no catalog model"):
         check_target("rollback", "nosuch-20260101T000000-0123abcd")
     check_target("promote", "logreg_tuned")
+    check_target("rollback", "logreg_tuned-20260101T000000-0123abcd")  # artifacts made before the rename
 
 
 def state(partition, offset=10):

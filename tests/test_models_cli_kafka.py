@@ -27,9 +27,9 @@ def cli(*args):
 def test_promote_while_running_then_rollback_on_resume(kafka, new_topic, tmp_path):
     history = tmp_path / "history.jsonl"
     write_jsonl(generate(8000, seed=81), history)
-    report = bootstrap(history, tmp_path / "artifacts", models=["logreg", "logreg_tuned"], progress=False)
+    report = bootstrap(history, tmp_path / "artifacts", models=["logreg", "logreg_adagrad"], progress=False)
     default_model = report["default"].split("/")[0]
-    other = "logreg" if default_model == "logreg_tuned" else "logreg_tuned"
+    other = "logreg" if default_model == "logreg_adagrad" else "logreg_adagrad"
     default_version = report["default"].split("/")[1]
 
     topic = new_topic(2)
@@ -38,7 +38,7 @@ def test_promote_while_running_then_rollback_on_resume(kafka, new_topic, tmp_pat
     records = list(generate(40_000, seed=82))
     send_records(kafka, topic, records[:20_000])
     command = worker_command(kafka, topic, checkpoints, "--artifacts", str(tmp_path / "artifacts"),
-                             "--challengers", "logreg", "logreg_tuned", "--no-auto-promote",
+                             "--challengers", "logreg", "logreg_adagrad", "--no-auto-promote",
                              "--control-topic", control, "--until-idle", "6", "--metrics-port", "-1",
                              "--checkpoint-every", "2000")
     worker = subprocess.Popen(command, env=WORKER_ENV, stderr=subprocess.PIPE, text=True)
