@@ -44,15 +44,8 @@ WORKER_VARIANTS = {
     "no-publish": (None, ["--predictions-topic", ""], False, "upper bound of what publishing costs"),
     "no-checkpoints": (None, NO_CHECKPOINTS, False, "upper bound of what periodic checkpoints cost"),
     "crc32c": (None, [], True, "C CRC-32C for kafka-python (pip install crc32c), nothing else"),
-    "ordered-fifo": (VARIANT + ["--ordered-fifo"], [], False,
-                     "O(1) eviction in Engine._recent_ids and features._Capped (benchmarks/patches.py)"),
-    "crc32c+fifo+producer-1MB": (VARIANT + ["--ordered-fifo"] + BIG_PRODUCER, [], True, "the three cheap fixes together"),
-    "crc32c+fifo+producer-1MB+no-control": (VARIANT + ["--ordered-fifo"] + BIG_PRODUCER, ["--control-topic", ""], True,
-                                            "and the control channel off"),
-    "crc32c+fifo+batched": (VARIANT + ["--ordered-fifo", "--batch-predictions"], [], True,
-                            "C CRC, O(1) eviction, one record per polled batch"),
-    "crc32c+fifo+batched+no-checkpoints": (VARIANT + ["--ordered-fifo", "--batch-predictions"], NO_CHECKPOINTS, True,
-                                           "what is left: consume + decode + engine + control poll"),
+    "crc32c+producer-1MB+no-control": (VARIANT + BIG_PRODUCER, ["--control-topic", ""], True,
+                                       "C CRC and 1 MB producer batches, the control channel off"),
     "producer-batch-1MB": (VARIANT + BIG_PRODUCER, [], False, "worker producer batch_size 16 KB -> 1 MB"),
     "crc32c+producer-batch-1MB": (VARIANT + BIG_PRODUCER, [], True, "both"),
     "crc32c+producer+fetch": (VARIANT + BIG_PRODUCER + BIG_FETCH, [], True,
@@ -122,10 +115,6 @@ def engine_costs(messages, repeat: int = 3) -> dict:
         out["engine (pre-decoded), gc disabled"] = timed(lambda: run(True))
     finally:
         gc.enable()
-    from patches import ordered_fifo
-    ordered_fifo()  # last: it stays applied in this process
-    out["engine (decode+process), O(1) eviction"] = timed(lambda: run(False))
-    out["engine (pre-decoded), O(1) eviction"] = timed(lambda: run(True))
     n = len(messages)
     return {name: {"seconds": s, "events_per_s": n / s, "us_per_event": 1e6 * s / n} for name, s in out.items()}
 
@@ -138,9 +127,6 @@ def main(argv=None) -> int:
     parser.add_argument("--latency", action="store_true",
                         help="also latency at a fixed rate under a few variants")
     parser.add_argument("--latency-rate", type=float, default=2000.0)
-    parser.add_argument("--bootstrap", type=int, default=0,
-                        help="also row 6 (bootstrap of N events) and row 7 (N open predictions) with and "
-                             "without O(1) eviction")
     parser.add_argument("--out", help="write the results table (Markdown) here too")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()] if args.only is not None \
@@ -174,7 +160,8 @@ def main(argv=None) -> int:
             print(lines[-1], flush=True)
     if args.latency:
         lines += ["", f"Latency at {args.latency_rate:,.0f} events/s, 15 s:", "",
-                  "| variant | p50 ms | p99 ms | p99.9 ms | max ms | prediction timestamp |", "|---|---:|---:|---:|---:|---|"]
+                  "| variant | p50 ms | p99 ms | p99.9 ms | max ms | prediction timestamp |",
+                  "|---|---:|---:|---:|---:|---|"]
         off = ["--control-topic", ""]
         quick_control = ["--control-consumer", "fetch_max_wait_ms=5"]
         cases = [
@@ -192,21 +179,9 @@ def main(argv=None) -> int:
             print(f"[exp] latency {label}", file=sys.stderr, flush=True)
             extra = flags
             r = _latency(messages, args.latency_rate, workdir, python, extra, env_for(crc), append)
-            lines.append(f"| {label} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['p999_ms']:.0f} | {r['max_ms']:.0f} | "
+            lines.append(f"| {label} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['p999_ms']:.0f} | "
+                         f"{r['max_ms']:.0f} | "
                          f"{r['prediction_timestamp']} |")
-            print(lines[-1], flush=True)
-    if args.bootstrap:
-        from run import run_child
-
-        lines += ["", f"Bootstrap and memory at {args.bootstrap:,} events, O(1) eviction (benchmarks/patches.py):", "",
-                  "| run | events/s | train events/s | seconds | fill s (row 7) | checkpoint s | peak MiB |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
-        for patch in ("", "ordered_fifo"):
-            print(f"[exp] bootstrap/rss patch={patch!r}", file=sys.stderr, flush=True)
-            b = run_child("bootstrap", events=args.bootstrap, workdir=str(workdir), patch=patch)
-            r = run_child("rss", open_predictions=args.bootstrap, workdir=str(workdir), patch=patch)
-            lines.append(f"| {patch or 'as is'} | {b['events_per_s']:,.0f} | {b['train_events_per_s']:,.0f} | "
-                         f"{b['seconds']:.0f} | {r['fill_s']:.0f} | {r['checkpoint_s']:.1f} | {r['peak_mib']:,.0f} |")
             print(lines[-1], flush=True)
     shutil.rmtree(workdir, ignore_errors=True)
     text = "\n".join(lines)

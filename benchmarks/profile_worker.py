@@ -91,7 +91,7 @@ def summarise(path: Path, rate: float, events: int, mode: str) -> str:
     stacks = load_raw(path)
     by_thread = defaultdict(int)
     labels = {}
-    for thread, frames, count in stacks:
+    for thread, _frames, count in stacks:
         labels.setdefault(thread, thread_label(thread))
         by_thread[thread] += count
     total = sum(by_thread.values())
@@ -177,7 +177,8 @@ def main(argv=None) -> int:
             print(f"[profile] {mode}: {' '.join(command)}", file=sys.stderr, flush=True)
             started = time.time()
             with open(out / f"worker-{mode}.log", "wb") as log:
-                code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=worker_env()).returncode
+                code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                      env=worker_env()).returncode
             if code:
                 print(f"[profile] worker under py-spy exited {code}; see {out / f'worker-{mode}.log'}", file=sys.stderr)
                 return 1

@@ -424,14 +424,9 @@ def run_child(kind: str, **params) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
-def child_bootstrap(events: int, workdir: str, patch: str = "") -> dict:
+def child_bootstrap(events: int, workdir: str) -> dict:
     """offline.bootstrap.bootstrap on a generated JSONL history, logreg only, no progress bar;
-    phases timed by wrapping the module's own functions. `patch` names a function of
-    benchmarks/patches.py to apply first (experiments only)."""
-    if patch:
-        import patches
-
-        getattr(patches, patch)()
+    phases timed by wrapping the module's own functions."""
     import shopstream.offline.bootstrap as ob
     import shopstream.offline.report as report
 
@@ -464,7 +459,7 @@ def child_bootstrap(events: int, workdir: str, patch: str = "") -> dict:
             "history": str(path), "history_mb": path.stat().st_size / 2**20}
 
 
-def child_rss(open_predictions: int, workdir: str, patch: str = "", during: int = 20_000) -> dict:
+def child_rss(open_predictions: int, workdir: str, during: int = 20_000) -> dict:
     """An engine as a worker runs it (logreg, shop features) fed `open_predictions` views of
     distinct sessions with a window so long that none expires; then one checkpoint of it
     written with the worker's own store, streamed (`save`, the loop waits), and one written
@@ -472,10 +467,6 @@ def child_rss(open_predictions: int, workdir: str, patch: str = "", during: int 
     processed, timing every event: the longest of those is the longest stop of the loop."""
     import random
 
-    if patch:
-        import patches
-
-        getattr(patches, patch)()
     from shopstream.engine import Engine
     from shopstream.events import Event
     from shopstream.generator import CATEGORIES, CHANNELS, PLATFORMS, START

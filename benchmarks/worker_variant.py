@@ -2,15 +2,16 @@
 """Run the real `shopstream worker` with benchmark-local monkeypatches, to measure a
 proposed change before anyone makes it in the package.
 
-    python benchmarks/worker_variant.py [--producer KEY=JSON]... [--consumer KEY=JSON]... [--control-consumer KEY=JSON]...
-        [--timing-sample N] [--batch-predictions] [--ordered-fifo] -m shopstream.cli worker [worker flags...]
+    python benchmarks/worker_variant.py [--producer KEY=JSON]... [--consumer KEY=JSON]...
+        [--control-consumer KEY=JSON]... [--timing-sample N] [--batch-predictions]
+        -m shopstream.cli worker [worker flags...]
 
---producer/--consumer override the kafka-python settings `stream.worker.Worker` passes
-(e.g. --producer batch_size=1048576 --consumer max_partition_fetch_bytes=8388608), and
---control-consumer those of the control channel's consumer (`stream.control`);
---batch-predictions publishes one JSON array per polled batch instead of one record per
-prediction (a design change: consumers of the topic would read arrays); --ordered-fifo
-applies benchmarks/patches.py (O(1) eviction in the engine's capped dicts).
+--producer/--consumer override the kafka-python settings the worker's clients get
+(`shopstream.stream.clients`; e.g. --producer batch_size=1048576 --consumer
+max_partition_fetch_bytes=8388608), and --control-consumer those of the control channel's
+consumer (`shopstream.stream.control`); --batch-predictions publishes one JSON array per
+polled batch instead of one record per prediction (a design change: consumers of the topic
+would read arrays).
 
 Everything after `-m shopstream.cli` is handed to shopstream's own CLI unchanged.
 """
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 
 def _pairs(values):
@@ -37,22 +37,24 @@ def main(argv: list[str]) -> int:
     producer_over, consumer_over, control_over = [], [], []
     timing_sample = None
     batch = False
-    fifo = False
     i = 0
     while i < len(argv) and argv[i] != "-m":
         flag = argv[i]
         if flag == "--producer":
-            producer_over.append(argv[i + 1]); i += 2
+            producer_over.append(argv[i + 1])
+            i += 2
         elif flag == "--consumer":
-            consumer_over.append(argv[i + 1]); i += 2
+            consumer_over.append(argv[i + 1])
+            i += 2
         elif flag == "--control-consumer":
-            control_over.append(argv[i + 1]); i += 2
+            control_over.append(argv[i + 1])
+            i += 2
         elif flag == "--timing-sample":
-            timing_sample = int(argv[i + 1]); i += 2
+            timing_sample = int(argv[i + 1])
+            i += 2
         elif flag == "--batch-predictions":
-            batch = True; i += 1
-        elif flag == "--ordered-fifo":
-            fifo = True; i += 1
+            batch = True
+            i += 1
         else:
             raise SystemExit(f"worker_variant: unknown option {flag}")
     if argv[i:i + 2] != ["-m", "shopstream.cli"]:
@@ -61,6 +63,7 @@ def main(argv: list[str]) -> int:
 
     import kafka
 
+    import shopstream.stream.clients as clients_module
     import shopstream.stream.worker as worker_module
 
     producer_kw, consumer_kw = _pairs(producer_over), _pairs(consumer_over)
@@ -82,8 +85,8 @@ def main(argv: list[str]) -> int:
             config.update(control_kw)
             super().__init__(*topics, **config)
 
-    worker_module.KafkaProducer = Producer
-    worker_module.KafkaConsumer = Consumer
+    clients_module.KafkaProducer = Producer
+    clients_module.KafkaConsumer = Consumer
     if control_kw:
         import shopstream.stream.control as control_module
 
@@ -92,14 +95,9 @@ def main(argv: list[str]) -> int:
         worker_module.TIMING_SAMPLE = timing_sample
     if batch:
         _batch_predictions(worker_module)
-    if fifo:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from patches import ordered_fifo
-
-        ordered_fifo()
     print(f"worker_variant: producer {producer_kw} consumer {consumer_kw} control consumer {control_kw} "
           f"timing_sample {timing_sample} "
-          f"batch_predictions {batch} ordered_fifo {fifo}", flush=True)
+          f"batch_predictions {batch}", flush=True)
 
     from shopstream.cli import main as cli_main
 

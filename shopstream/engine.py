@@ -31,7 +31,7 @@ import logging
 import math
 from collections import OrderedDict
 from dataclasses import replace
-from typing import Optional
+from typing import Optional, cast
 
 from .config import EngineConfig
 from .events import PREDICTION_POINTS, Event
@@ -208,7 +208,7 @@ class Engine:
             counts["duplicate"] += 1
             return None
 
-        t = event.event_time
+        t = cast(float, event.event_time)  # validated: epoch seconds
         joiner = self.joiner
         for expired in joiner.advance(t):
             self._resolve(expired, False, t)
@@ -252,7 +252,7 @@ class Engine:
             else:
                 outputs.append((0.0, None))
         self.counts["predicted"] += 1
-        return OpenPrediction((event.user_session, event.product_id), event.event_time, x, outputs,
+        return OpenPrediction((event.user_session, event.product_id), cast(float, event.event_time), x, outputs,
                               self.champion, ref)
 
     def _resolve(self, prediction: OpenPrediction, y_true: bool, now: float) -> None:

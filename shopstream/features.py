@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any, cast
 
 from .events import Event
 
@@ -152,7 +153,7 @@ class ShopFeatures:
         self.brands = _Capped(caps.brands)      # brand -> [views, purchases]
         self.category_price = _Capped(caps.categories)  # top category -> [n, mean price]
         # One-hot vocabularies, in order of first appearance; past the cap a value is "other" (all 0).
-        self.vocabulary = {"platform": [], "channel": [], "category": []}
+        self.vocabulary: dict[str, list[str]] = {"platform": [], "channel": [], "category": []}
         self.evicted_session_products = 0
         self.expired_sessions = 0
 
@@ -174,7 +175,7 @@ class ShopFeatures:
         session = self.sessions.get(event.user_session)
         user = self.users.get(event.user_id)
         product = self.products.get(event.product_id)
-        t = event.event_time
+        t = cast(float, event.event_time)  # validated: epoch seconds
         seconds_of_day = t % 86400.0
         x = {
             "is_cart": 1.0 if event.event_type == "cart" else 0.0,
@@ -218,9 +219,9 @@ class ShopFeatures:
         return x
 
     def learn(self, event: Event) -> None:
-        t = event.event_time
+        t = cast(float, event.event_time)
         sessions = self.sessions
-        session = sessions.get(event.user_session)
+        session: Any = sessions.get(event.user_session)  # [start, views, carts, carted, viewed, last seen]
         new_session = session is None
         if new_session:
             session = sessions.slot(event.user_session, lambda: [t, 0, 0, set(), {}, t])
