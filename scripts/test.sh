@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests need (Python deps,
 # Debian's prometheus + promtool and docker-compose for the deployment checks, the Kafka
-# jars, podman and the stand-in images for the compose test), starts the real Kafka broker,
-# runs pytest, stops the broker.
+# jars, podman and the stand-in images for the compose test), runs ruff and mypy, starts
+# the real Kafka broker, runs pytest, stops the broker.
 #
 #   bash scripts/test.sh [pytest args...]
 set -euo pipefail
@@ -12,6 +12,11 @@ say() { echo "test.sh: $*" >&2; }
 
 say "installing shopstream and its test dependencies"
 python3 -m pip install --quiet --disable-pip-version-check -e ".[test]"
+
+# Lint and types first: a minute at most, and a failure here names the line.
+say "ruff (pycodestyle, pyflakes, bugbear) and mypy (the core package)"
+python3 -m ruff check .
+python3 -m mypy
 
 missing=()
 command -v prometheus >/dev/null || missing+=(prometheus)
