@@ -12,6 +12,12 @@ For the partitions due, `Checkpointer.save`:
 A step that fails pauses the partitions it concerns (`blocked`) instead of learning
 further than the last durable state; `retry` tries again every `RETRY_SECONDS`, and a
 success resumes them. Nothing here raises for a broker or a disk that fails.
+
+Periodic checkpoints (`save(..., background=True)`) write the state from a forked copy of
+the process (`CheckpointStore.begin_save`): the loop stops only for the fork and goes on
+learning. Such a checkpoint counts, and its offset is committed, once `poll` sees it
+finished; until then its partition takes no other checkpoint. A revocation or a shutdown
+first waits for it (`settle`), then saves what was learned since, in the loop.
 """
 
 from __future__ import annotations
@@ -41,14 +47,15 @@ class Checkpointer:
         self.confirm_seconds = confirm_seconds
         self.retry_seconds = retry_seconds
         self.blocked: dict = {}        # partition -> why it is paused
+        self.pending: dict = {}        # partition -> PendingSave being written in the background
         self.outputs_blocked = False   # the last save waited for outputs the broker did not acknowledge
         self._last_retry = 0.0
         self.written = Counter("shopstream_checkpoints", "Checkpoints written", registry=registry)
         self.failures = Counter("shopstream_checkpoint_failures", "Checkpoints that failed", registry=registry)
 
-    def due(self, state: PartitionState) -> bool:
-        """N events or T seconds since the partition's last checkpoint."""
-        return bool(state.events_since_checkpoint) and (
+    def due(self, tp, state: PartitionState) -> bool:
+        """N events or T seconds since the partition's last checkpoint, none being written."""
+        return tp not in self.pending and bool(state.events_since_checkpoint) and (
             state.events_since_checkpoint >= self.settings.every
             or time.time() - state.checkpointed_at >= self.settings.seconds)
 
@@ -62,10 +69,13 @@ class Checkpointer:
         """A partition no longer owned is nobody's to retry."""
         self.blocked.pop(tp, None)
 
-    def save(self, consumer, partitions: dict, tps, commit_async: bool = False) -> None:
+    def save(self, consumer, partitions: dict, tps, commit_async: bool = False, background: bool = False) -> None:
         """Outputs, then state, then offsets, for the partitions of `tps` with anything unsaved.
-        `commit_async` on kafka-python's IO thread (a rebalance), which must not block."""
-        tps = [tp for tp in tps if tp in partitions and partitions[tp].needs_checkpoint]
+        `commit_async` on kafka-python's IO thread (a rebalance), which must not block;
+        `background`: begin the writes in forked copies, made durable by a later `poll`."""
+        if not background:
+            self.settle(consumer, tps, commit_async)
+        tps = [tp for tp in tps if tp in partitions and tp not in self.pending and partitions[tp].needs_checkpoint]
         if not tps or not self._outputs_confirmed(consumer, tps):
             return
         offsets = {}
@@ -73,28 +83,67 @@ class Checkpointer:
             state = partitions[tp]
             state.engine.mark_good()
             try:
+                if background:
+                    self.pending[tp] = self.store.begin_save(state)
+                    continue
                 self.store.save(state)
             except OSError as exc:
-                self.failures.inc()
-                if tp not in self.blocked:
-                    log.error("checkpoint of partition %d failed: %s; partition paused until a checkpoint "
-                              "succeeds (the last good checkpoint is untouched)", tp.partition, exc)
-                    consumer.pause(tp)
-                self.blocked[tp] = str(exc)
+                self._failed(consumer, tp, exc)
                 continue
-            self.written.inc()
-            if self.blocked.pop(tp, None) is not None:
-                consumer.resume(tp)
-                log.info("checkpoint of partition %d succeeded again: resumed", tp.partition)
+            self._succeeded(consumer, tp)
             offsets[tp] = OffsetAndMetadata(state.next_offset, "", -1)
-        if offsets:
+        self._commit(consumer, offsets, commit_async)
+
+    def poll(self, consumer) -> None:
+        """Make the background checkpoints that finished count: commit their offsets, or pause
+        their partitions if they failed. Never waits."""
+        finished = [tp for tp, pending in self.pending.items() if pending.done()]
+        self._finish(consumer, finished, commit_async=False)
+
+    def settle(self, consumer, tps, commit_async: bool = False) -> None:
+        """Wait for the background checkpoints of `tps` (before a revocation, a shutdown or a
+        blocking save of the same partitions)."""
+        self._finish(consumer, [tp for tp in tps if tp in self.pending], commit_async)
+
+    def _finish(self, consumer, tps, commit_async: bool) -> None:
+        offsets = {}
+        for tp in tps:
+            pending = self.pending.pop(tp)
             try:
-                if commit_async:
-                    consumer.commit_async(offsets)
-                else:
-                    consumer.commit(offsets)
-            except Exception as exc:  # committed offsets only serve monitoring and the restore witness
-                log.warning("offset commit failed (checkpoints are safe): %s", exc)
+                offset = pending.finish()
+            except OSError as exc:
+                self._failed(consumer, tp, exc)
+                continue
+            self._succeeded(consumer, tp)
+            offsets[tp] = OffsetAndMetadata(offset, "", -1)
+        self._commit(consumer, offsets, commit_async)
+
+    def _failed(self, consumer, tp, exc: OSError) -> None:
+        # Learning further than the last durable checkpoint would risk more than it gains.
+        self.failures.inc()
+        if tp not in self.blocked:
+            log.error("checkpoint of partition %d failed: %s; partition paused until a checkpoint "
+                      "succeeds (the last good checkpoint is untouched)", tp.partition, exc)
+            consumer.pause(tp)
+        self.blocked[tp] = str(exc)
+
+    def _succeeded(self, consumer, tp) -> None:
+        self.written.inc()
+        if self.blocked.pop(tp, None) is not None:
+            consumer.resume(tp)
+            log.info("checkpoint of partition %d succeeded again: resumed", tp.partition)
+
+    @staticmethod
+    def _commit(consumer, offsets: dict, commit_async: bool) -> None:
+        if not offsets:
+            return
+        try:
+            if commit_async:
+                consumer.commit_async(offsets)
+            else:
+                consumer.commit(offsets)
+        except Exception as exc:  # committed offsets only serve monitoring and the restore witness
+            log.warning("offset commit failed (checkpoints are safe): %s", exc)
 
     def _outputs_confirmed(self, consumer, tps) -> bool:
         try:

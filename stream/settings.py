@@ -48,6 +48,9 @@ class CheckpointSettings:
     every: int = field(default=10_000, metadata=_help(
         "checkpoint after this many events per partition", flag="--checkpoint-every"))
     seconds: float = field(default=30.0, metadata=_help("... or after this many seconds", flag="--checkpoint-seconds"))
+    background: bool = field(default=True, metadata=_help(
+        "write periodic checkpoints from a forked copy of the process while the loop goes on (revocation and "
+        "shutdown checkpoints always wait)", flag="--checkpoint-background"))
 
     def __post_init__(self) -> None:
         check(self, (("every", self.every >= 1, "must be >= 1"),

@@ -271,11 +271,12 @@ class Worker(ConsumerRebalanceListener):
         return 2 if self.fatal else 0
 
     def _housekeeping(self, now: float) -> None:
-        """Between polls: snapshot metrics, retry blocked checkpoints, apply control commands,
-        check the broker."""
+        """Between polls: snapshot metrics, finish background checkpoints, retry blocked ones,
+        apply control commands, check the broker."""
         if now - self._last_snapshot >= SNAPSHOT_SECONDS:
             self._last_snapshot = now
             self.take_snapshots()
+        self.checkpointer.poll(self.consumer)   # background checkpoints that finished: commit their offsets
         self.checkpointer.retry(self.consumer, self.partitions, now)
         if self.control is not None and now - self._last_control_poll >= 1.0:
             self._last_control_poll = now
@@ -340,8 +341,9 @@ class Worker(ConsumerRebalanceListener):
             return False
 
     def _maybe_checkpoint(self, tp: TopicPartition, state: PartitionState) -> None:
-        if self.checkpointer.due(state):
-            self.checkpoint([tp])
+        if self.checkpointer.due(tp, state):
+            self.checkpointer.save(self.consumer, self.partitions, [tp],
+                                   background=self.settings.checkpoints.background)
 
     def checkpoint(self, tps, commit_async: bool = False) -> None:
         """Outputs acknowledged, then state saved, then offsets committed (`Checkpointer`);

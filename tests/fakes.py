@@ -159,6 +159,15 @@ class FakeStore(DirectoryCheckpointStore):
         super().save(state)
         self.calls.append(("save", state.partition, state.next_offset))
 
+    def begin_save(self, state, freeze_gc=True):
+        self.calls.append(("begin_save", state.partition, state.next_offset))
+        return super().begin_save(state, freeze_gc)
+
+    def _write_in_child(self, key, state, spool):
+        if self.broken:  # the forked writer finds the disk full
+            raise OSError(28, "No space left on device (fake)")
+        super()._write_in_child(key, state, spool)
+
 
 class FakeClients(KafkaClients):
     def __init__(self, settings, partitions: dict[int, list[bytes]], checkpoints):

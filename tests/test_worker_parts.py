@@ -31,6 +31,8 @@ def events(n: int, partition: int = 0, start: int = 0) -> list[bytes]:
 
 
 def make_worker(tmp_path, partitions, **options):
+    """A worker on in-memory clients; checkpoints in the loop unless `checkpoint_background=True`."""
+    options.setdefault("checkpoint_background", False)
     settings = WorkerSettings.from_options(topic="events", group="g", features="raw", control_topic="",
                                            metrics_port=-1, until_idle=0.01, checkpoints=str(tmp_path / "ckpt"),
                                            **options)
@@ -211,3 +213,57 @@ def test_a_poll_that_fails_while_the_broker_is_away_is_retried_not_fatal(tmp_pat
     worker.consumer.poll_errors = [UnsupportedVersionError("not retriable")]
     with pytest.raises(UnsupportedVersionError):
         worker.run()  # a client that cannot work at all stops with its reason (one line from the CLI)
+
+
+def test_a_background_checkpoint_lets_the_loop_go_on_and_commits_only_once_it_is_durable(tmp_path):
+    worker, clients = make_worker(tmp_path, {0: events(300)}, checkpoint_background=True)
+    worker.membership.subscribe()
+    consumer, checkpointer = worker.consumer, worker.checkpointer
+    tp = consumer.tp(0)
+    for record in consumer.poll()[tp]:
+        worker.handle(worker.partitions[tp], record)
+    checkpointer.save(consumer, worker.partitions, [tp], background=True)
+    assert clients.calls[-2:] == [("flush", 100), ("begin_save", 0, 100)] and tp in checkpointer.pending
+    for record in consumer.poll()[tp]:        # the loop learns on while the copy is written
+        worker.handle(worker.partitions[tp], record)
+    assert not checkpointer.due(tp, worker.partitions[tp]), "one checkpoint of a partition at a time"
+    assert not [c for c in clients.calls if c[0] == "commit"], "nothing committed before the write is durable"
+    checkpointer.settle(consumer, [tp])
+    assert clients.calls[-1] == ("commit", {0: 100}) and not checkpointer.pending
+    assert clients.store.load("events", 0).next_offset == 100, "the checkpoint holds the state as it was forked"
+    assert worker.partitions[tp].events_since_checkpoint == 100 and worker.partitions[tp].next_offset == 200
+
+
+def test_a_background_checkpoint_that_fails_pauses_its_partition_and_loses_nothing(tmp_path):
+    worker, clients = make_worker(tmp_path, {0: events(300)}, checkpoint_background=True)
+    worker.membership.subscribe()
+    consumer, checkpointer = worker.consumer, worker.checkpointer
+    tp = consumer.tp(0)
+    for record in consumer.poll()[tp]:
+        worker.handle(worker.partitions[tp], record)
+    clients.store.broken = True
+    checkpointer.save(consumer, worker.partitions, [tp], background=True)
+    for record in consumer.poll()[tp]:
+        worker.handle(worker.partitions[tp], record)
+    checkpointer.settle(consumer, [tp])
+    state = worker.partitions[tp]
+    assert tp in worker.blocked and consumer.paused() == {tp} and "No space left" in worker.blocked[tp]
+    assert state.events_since_checkpoint == 200, "what the failed checkpoint covered still counts as unsaved"
+    assert clients.store.load("events", 0) is None and not [c for c in clients.calls if c[0] == "commit"]
+    clients.store.broken = False
+    checkpointer.retry(consumer, worker.partitions, now=1e9)
+    assert not worker.blocked and clients.calls[-1] == ("commit", {0: 200})
+    assert clients.store.load("events", 0).next_offset == 200
+
+
+def test_a_worker_with_background_checkpoints_ends_like_one_without(tmp_path):
+    stream = events(2000)
+    background, clients = make_worker(tmp_path / "bg", {0: stream}, checkpoint_every=300,
+                                      checkpoint_background=True)
+    assert background.run() == 0
+    assert [c[0] for c in clients.calls].count("begin_save") >= 3
+    in_loop, _ = make_worker(tmp_path / "loop", {0: stream}, checkpoint_every=300)
+    assert in_loop.run() == 0
+    a, b = clients.store.load("events", 0), in_loop.store.load("events", 0)
+    assert a.next_offset == b.next_offset == 2000 and a.engine.counts == b.engine.counts
+    assert a.engine.scores.cumulative.values() == b.engine.scores.cumulative.values()
