@@ -48,13 +48,16 @@ class CheckpointSettings:
     every: int = field(default=10_000, metadata=_help(
         "checkpoint after this many events per partition", flag="--checkpoint-every"))
     seconds: float = field(default=30.0, metadata=_help("... or after this many seconds", flag="--checkpoint-seconds"))
-    background: bool = field(default=True, metadata=_help(
-        "write periodic checkpoints from a forked copy of the process while the loop goes on (revocation and "
-        "shutdown checkpoints always wait)", flag="--checkpoint-background"))
+    background: str = field(default="auto", metadata=_help(
+        "where periodic checkpoints are written: on, in a forked copy of the process while the loop goes on; "
+        "off, in the loop; auto, forked once one written in the loop took over 0.2 s (a large state: a fork "
+        "costs more than a small checkpoint). Revocation and shutdown checkpoints always wait",
+        flag="--checkpoint-background", choices=("auto", "on", "off")))
 
     def __post_init__(self) -> None:
         check(self, (("every", self.every >= 1, "must be >= 1"),
-                     ("seconds", self.seconds > 0, "must be > 0 seconds")))
+                     ("seconds", self.seconds > 0, "must be > 0 seconds"),
+                     ("background", self.background in ("auto", "on", "off"), "must be auto, on or off")))
 
 
 @dataclass(frozen=True)

@@ -342,8 +342,7 @@ class Worker(ConsumerRebalanceListener):
 
     def _maybe_checkpoint(self, tp: TopicPartition, state: PartitionState) -> None:
         if self.checkpointer.due(tp, state):
-            self.checkpointer.save(self.consumer, self.partitions, [tp],
-                                   background=self.settings.checkpoints.background)
+            self.checkpointer.periodic(self.consumer, self.partitions, tp)
 
     def checkpoint(self, tps, commit_async: bool = False) -> None:
         """Outputs acknowledged, then state saved, then offsets committed (`Checkpointer`);

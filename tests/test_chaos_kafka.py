@@ -40,7 +40,9 @@ def test_chaos_kill_9_and_rebalances(kafka, new_topic, tmp_path, store):
     checkpoints = tmp_path / "ckpt"
     command = worker_command(kafka, topic, checkpoints, "--until-idle", "10",
                              "--checkpoint-every", "1000", "--checkpoint-seconds", "2",
-                             "--checkpoint-store", store, "--checkpoint-topic", f"{topic}-ckpt")
+                             "--checkpoint-store", store, "--checkpoint-topic", f"{topic}-ckpt",
+                             # forked checkpoints with the Kafka store, in the loop with the directory
+                             "--checkpoint-background", "on" if store == "kafka" else "off")
     scraper = Scraper().__enter__()  # every worker's /metrics scraped without pause
 
     def start():

@@ -31,8 +31,8 @@ def events(n: int, partition: int = 0, start: int = 0) -> list[bytes]:
 
 
 def make_worker(tmp_path, partitions, **options):
-    """A worker on in-memory clients; checkpoints in the loop unless `checkpoint_background=True`."""
-    options.setdefault("checkpoint_background", False)
+    """A worker on in-memory clients; checkpoints in the loop unless `checkpoint_background="on"`."""
+    options.setdefault("checkpoint_background", "off")
     settings = WorkerSettings.from_options(topic="events", group="g", features="raw", control_topic="",
                                            metrics_port=-1, until_idle=0.01, checkpoints=str(tmp_path / "ckpt"),
                                            **options)
@@ -216,7 +216,7 @@ def test_a_poll_that_fails_while_the_broker_is_away_is_retried_not_fatal(tmp_pat
 
 
 def test_a_background_checkpoint_lets_the_loop_go_on_and_commits_only_once_it_is_durable(tmp_path):
-    worker, clients = make_worker(tmp_path, {0: events(300)}, checkpoint_background=True)
+    worker, clients = make_worker(tmp_path, {0: events(300)}, checkpoint_background="on")
     worker.membership.subscribe()
     consumer, checkpointer = worker.consumer, worker.checkpointer
     tp = consumer.tp(0)
@@ -235,7 +235,7 @@ def test_a_background_checkpoint_lets_the_loop_go_on_and_commits_only_once_it_is
 
 
 def test_a_background_checkpoint_that_fails_pauses_its_partition_and_loses_nothing(tmp_path):
-    worker, clients = make_worker(tmp_path, {0: events(300)}, checkpoint_background=True)
+    worker, clients = make_worker(tmp_path, {0: events(300)}, checkpoint_background="on")
     worker.membership.subscribe()
     consumer, checkpointer = worker.consumer, worker.checkpointer
     tp = consumer.tp(0)
@@ -259,7 +259,7 @@ def test_a_background_checkpoint_that_fails_pauses_its_partition_and_loses_nothi
 def test_a_worker_with_background_checkpoints_ends_like_one_without(tmp_path):
     stream = events(2000)
     background, clients = make_worker(tmp_path / "bg", {0: stream}, checkpoint_every=300,
-                                      checkpoint_background=True)
+                                      checkpoint_background="on")
     assert background.run() == 0
     assert [c[0] for c in clients.calls].count("begin_save") >= 3
     in_loop, _ = make_worker(tmp_path / "loop", {0: stream}, checkpoint_every=300)
@@ -267,3 +267,25 @@ def test_a_worker_with_background_checkpoints_ends_like_one_without(tmp_path):
     a, b = clients.store.load("events", 0), in_loop.store.load("events", 0)
     assert a.next_offset == b.next_offset == 2000 and a.engine.counts == b.engine.counts
     assert a.engine.scores.cumulative.values() == b.engine.scores.cumulative.values()
+
+
+def test_auto_forks_only_once_a_checkpoint_in_the_loop_was_slow(tmp_path):
+    worker, clients = make_worker(tmp_path, {0: events(400)}, checkpoint_background="auto")
+    worker.membership.subscribe()
+    consumer, checkpointer = worker.consumer, worker.checkpointer
+    tp = consumer.tp(0)
+
+    def learn_and_checkpoint():
+        for record in consumer.poll()[tp]:
+            worker.handle(worker.partitions[tp], record)
+        checkpointer.periodic(consumer, worker.partitions, tp)
+        checkpointer.settle(consumer, [tp])
+
+    learn_and_checkpoint()
+    assert clients.calls[-2][0] == "save", "a small state: in the loop"
+    learn_and_checkpoint()
+    assert clients.calls[-2][0] == "save"
+    checkpointer.fork_above = 0.0   # as if the last one in the loop had been slow
+    learn_and_checkpoint()
+    assert [c[0] for c in clients.calls[-3:]] == ["flush", "begin_save", "commit"]
+    assert clients.store.load("events", 0).next_offset == 300
