@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import platform
 import sys
@@ -27,6 +26,7 @@ from typing import Any, Optional
 
 import river
 
+from .files import write_atomically
 from .signing import signing_key, sign, verify
 
 DEFAULT_POINTER = "DEFAULT"
@@ -45,26 +45,8 @@ class Artifact:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file, fsync and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        try:  # a full disk leaves no half-written temp file behind; `path` is untouched
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    """Write `data` whole or not at all (see `files.write_atomically`)."""
+    write_atomically(path, lambda out: out.write(data))
 
 
 def save_artifact(root: str | Path, model_name: str, model, features, meta: dict) -> Path:

@@ -48,6 +48,7 @@ import river
 
 from shopstream import __version__
 from shopstream.engine import Engine
+from shopstream.files import write_atomically
 from shopstream.signing import SignatureError, signing_key, verify
 
 FORMAT = "CKPT-3"
@@ -559,7 +560,7 @@ class DirectoryCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         return self.root / f"{self.key(topic, partition)}.ckpt"
 
     def _write_state(self, key: str, state: PartitionState) -> None:
-        write_atomically(self.root / f"{key}.ckpt", lambda out: write_file(state, out))
+        write_atomically(self.root / f"{key}.ckpt", lambda out: write_file(state, out), buffering=_READ)
 
     def _read_head(self, key: str, where: str):
         path = self.root / f"{key}.ckpt"
@@ -593,27 +594,3 @@ class DirectoryCheckpointStore(BackgroundCheckpoints, CheckpointStore):
 
     def _write_in_child(self, key: str, state: PartitionState, spool: Path) -> None:
         self._write_state(key, state)   # the whole atomic write happens in the child
-
-
-def write_atomically(path: Path, write) -> None:
-    """Call `write(file)` on a temp file beside `path`, fsync, rename over `path`, fsync
-    the directory: readers never see half a file; on OSError nothing is left behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb", buffering=_READ) as out:
-            write(out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:  # a full disk leaves no half-written temp file behind; `path` is untouched
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

@@ -215,17 +215,20 @@ def test_a_poll_that_fails_while_the_broker_is_away_is_retried_not_fatal(tmp_pat
         worker.run()  # a client that cannot work at all stops with its reason (one line from the CLI)
 
 
+def handle_one_poll(worker, tp) -> None:
+    for record in worker.consumer.poll()[tp]:
+        worker.handle(worker.partitions[tp], record)
+
+
 def test_a_background_checkpoint_lets_the_loop_go_on_and_commits_only_once_it_is_durable(tmp_path):
     worker, clients = make_worker(tmp_path, {0: events(300)}, checkpoint_background="on")
     worker.membership.subscribe()
     consumer, checkpointer = worker.consumer, worker.checkpointer
     tp = consumer.tp(0)
-    for record in consumer.poll()[tp]:
-        worker.handle(worker.partitions[tp], record)
+    handle_one_poll(worker, tp)
     checkpointer.save(consumer, worker.partitions, [tp], background=True)
     assert clients.calls[-2:] == [("flush", 100), ("begin_save", 0, 100)] and tp in checkpointer.pending
-    for record in consumer.poll()[tp]:        # the loop learns on while the copy is written
-        worker.handle(worker.partitions[tp], record)
+    handle_one_poll(worker, tp)        # the loop learns on while the copy is written
     assert not checkpointer.due(tp, worker.partitions[tp]), "one checkpoint of a partition at a time"
     assert not [c for c in clients.calls if c[0] == "commit"], "nothing committed before the write is durable"
     checkpointer.settle(consumer, [tp])
@@ -239,12 +242,10 @@ def test_a_background_checkpoint_that_fails_pauses_its_partition_and_loses_nothi
     worker.membership.subscribe()
     consumer, checkpointer = worker.consumer, worker.checkpointer
     tp = consumer.tp(0)
-    for record in consumer.poll()[tp]:
-        worker.handle(worker.partitions[tp], record)
+    handle_one_poll(worker, tp)
     clients.store.broken = True
     checkpointer.save(consumer, worker.partitions, [tp], background=True)
-    for record in consumer.poll()[tp]:
-        worker.handle(worker.partitions[tp], record)
+    handle_one_poll(worker, tp)
     checkpointer.settle(consumer, [tp])
     state = worker.partitions[tp]
     assert tp in worker.blocked and consumer.paused() == {tp} and "No space left" in worker.blocked[tp]
@@ -276,8 +277,7 @@ def test_auto_forks_only_once_a_checkpoint_in_the_loop_was_slow(tmp_path):
     tp = consumer.tp(0)
 
     def learn_and_checkpoint():
-        for record in consumer.poll()[tp]:
-            worker.handle(worker.partitions[tp], record)
+        handle_one_poll(worker, tp)
         checkpointer.periodic(consumer, worker.partitions, tp)
         checkpointer.settle(consumer, [tp])
 
