@@ -439,6 +439,7 @@ class PendingSave:
         self.error: Optional[str] = None
         self._thread = None
         self._finished = False
+        self.froze_gc = False
         self.child_maxrss_kib = 0
 
     def _child_done(self, block: bool) -> bool:
@@ -469,6 +470,8 @@ class PendingSave:
         self._child_done(block=True)
         if self._thread is not None:
             self._thread.join()
+        if self.froze_gc:
+            _thaw()
         for path in (self.spool, self.spool.with_suffix(".error"), self.spool.with_suffix(".meta")):
             try:
                 path.unlink()
@@ -485,6 +488,34 @@ class PendingSave:
         seen = self.store._seen()
         seen[self.key] = max(seen.get(self.key, 0), self.snapshot.sequence)
         return self.next_offset
+
+
+#: Forks whose child may still share the parent's pages with the collector frozen.
+_FROZEN_FORKS = [0]
+
+
+def _thaw() -> None:
+    """The last child that shared frozen pages is done: give the collector its objects back,
+    so reference cycles made before the fork are reclaimed again."""
+    import gc
+
+    _FROZEN_FORKS[0] -= 1
+    if _FROZEN_FORKS[0] == 0:
+        gc.unfreeze()
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a checkpoint child: ask Linux to kill it when the worker dies (a child outliving a
+    kill -9 would rename its older snapshot over what a restarted worker saved since)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the check below still covers a parent gone already
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 class BackgroundCheckpoints:
@@ -504,16 +535,17 @@ class BackgroundCheckpoints:
         then leaves the collector's generations, as the Python docs advise before a fork.
         Otherwise the parent's next full collection writes to every object's header while
         the child still shares its pages, copying the whole heap (measured: a 1.5 s stop at
-        50,000 open predictions). Frozen objects are also out of every later full
-        collection (the long stops of a large state), at the price that reference cycles
-        among them are not reclaimed until `gc.unfreeze()`; the engine's state does not
-        live on such cycles."""
+        50,000 open predictions). The last `finish()` of the children alive unfreezes them,
+        so cycles made before a fork are reclaimed afterwards. The child dies with the
+        worker (PR_SET_PDEATHSIG on Linux)."""
         import gc
         import tempfile
 
         before = self._stage(state)
         if freeze_gc:
             gc.freeze()
+            _FROZEN_FORKS[0] += 1
+        parent = os.getpid()
         spool_dir = Path(self.spool_dir or tempfile.gettempdir())
         key = self.key(state.topic, state.partition).replace("/", "_")
         spool = spool_dir / f".shopstream-ckpt-{key}-{os.getpid()}-{state.sequence}.spool"
@@ -521,11 +553,14 @@ class BackgroundCheckpoints:
             pid = os.fork()
         except OSError:
             self._unstage(state, before)
+            if freeze_gc:
+                _thaw()
             raise
         if pid == 0:  # the child: write, report, exit; never return into the caller's code
             code = 1
             try:
                 gc.disable()   # a collection would touch (and so copy) every tracked object
+                _die_with_parent(parent)
                 self._write_in_child(self.key(state.topic, state.partition), state, spool)
                 code = 0
             except BaseException as exc:  # noqa: BLE001 - reported to the parent
@@ -535,7 +570,9 @@ class BackgroundCheckpoints:
                     pass
             finally:
                 os._exit(code)
-        return PendingSave(self, state, before, pid, spool)
+        pending = PendingSave(self, state, before, pid, spool)
+        pending.froze_gc = freeze_gc
+        return pending
 
     def _write_in_child(self, key: str, state: PartitionState, spool: Path) -> None:
         raise NotImplementedError

@@ -1,7 +1,9 @@
 """Checkpoint format CKPT-3 in a directory: streamed (no whole-state copy in memory),
 checked before unpickling, bound to its partition and group, old formats refused."""
 
+import os
 import pickle
+import time
 
 import pytest
 
@@ -149,3 +151,52 @@ def test_a_restored_engine_goes_on_exactly_like_the_original(tmp_path):
     assert [restored.model.predict_proba_one(x) for x in probes] == [engine.model.predict_proba_one(x) for x in probes]
     assert pickle.dumps(restored.slots[0].scores.cumulative.values()) == \
         pickle.dumps(engine.slots[0].scores.cumulative.values())
+
+
+def test_a_checkpoint_child_dies_with_its_worker_and_the_collector_is_thawed(tmp_path):
+    """A child outliving a killed worker could rename an old snapshot over a newer checkpoint;
+    and a collector left frozen would never reclaim cycles made before a fork."""
+    import gc
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        from shopstream.engine import Engine
+        from shopstream.stream.checkpoints import DirectoryCheckpointStore, PartitionState
+        store = DirectoryCheckpointStore({str(tmp_path / "ckpt")!r}, "g")
+        store._write_in_child = lambda key, state, spool: time.sleep(60)   # a slow writer
+        pending = store.begin_save(PartitionState("t", 0, Engine.fresh("logreg", "raw"), next_offset=5))
+        print(pending.pid, flush=True)
+        time.sleep(60)
+    """)
+    worker = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(worker.stdout.readline())
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=10)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            with open(f"/proc/{child}/stat") as stat:
+                if stat.read().split()[2] == "Z":
+                    break   # dead, waiting for init to reap it
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the checkpoint child outlived its worker")
+    assert not list((tmp_path / "ckpt").glob("*.ckpt"))
+
+    from shopstream.stream.checkpoints import _FROZEN_FORKS
+
+    store = DirectoryCheckpointStore(tmp_path / "thaw", "g")
+    forks_before = _FROZEN_FORKS[0]
+    pending = store.begin_save(PartitionState("t", 1, Engine.fresh("logreg", "raw"), next_offset=3))
+    assert gc.get_freeze_count() > 0 and _FROZEN_FORKS[0] == forks_before + 1
+    assert pending.finish() == 3
+    assert _FROZEN_FORKS[0] == forks_before
+    if forks_before == 0:   # no other child alive: the collector has its objects back
+        assert gc.get_freeze_count() == 0
