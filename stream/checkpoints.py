@@ -37,6 +37,7 @@ import hashlib
 import hmac
 import io
 import json
+import logging
 import os
 import pickle
 import time
@@ -48,9 +49,10 @@ import river
 
 from shopstream import __version__
 from shopstream.engine import Engine
-from shopstream.files import write_atomically
+from shopstream.files import remove_leftovers, write_atomically
 from shopstream.signing import SignatureError, signing_key, verify
 
+log = logging.getLogger(__name__)
 FORMAT = "CKPT-3"
 MAGIC = b"SHOPSTREAM-CKPT-3\n"   # then the check line, the header line and the payload
 MAGIC_PREFIX = b"SHOPSTREAM-CKPT-"
@@ -490,6 +492,11 @@ class PendingSave:
         return self.next_offset
 
 
+def _spool_pid(name: str) -> int:
+    """The worker pid in a spool's name: .shopstream-ckpt-<key>-<pid>-<sequence>.spool (.error, .meta)."""
+    return int(name[1:].rsplit(".", 1)[0].rsplit("-", 2)[-2])
+
+
 #: Forks whose child may still share the parent's pages with the collector frozen.
 _FROZEN_FORKS = [0]
 
@@ -547,6 +554,9 @@ class BackgroundCheckpoints:
             _FROZEN_FORKS[0] += 1
         parent = os.getpid()
         spool_dir = Path(self.spool_dir or tempfile.gettempdir())
+        if not getattr(self, "_swept", False):  # spools of a killed worker, once per store
+            self._swept = True
+            remove_leftovers(spool_dir, ".shopstream-ckpt-*", _spool_pid)
         key = self.key(state.topic, state.partition).replace("/", "_")
         spool = spool_dir / f".shopstream-ckpt-{key}-{os.getpid()}-{state.sequence}.spool"
         try:
@@ -592,6 +602,10 @@ class DirectoryCheckpointStore(BackgroundCheckpoints, CheckpointStore):
             self.root.mkdir(parents=True, exist_ok=True)
         elif not self.root.is_dir():
             raise FileNotFoundError(f"checkpoint directory {self.root} does not exist")
+        # A writer killed mid-checkpoint (kill -9, or its worker's death) leaves a temp file as
+        # large as the state: the worker that comes next removes it.
+        for path in remove_leftovers(self.root, ".*.ckpt.*.tmp", lambda name: int(name.split(".")[-2])):
+            log.info("removed %s, left by a checkpoint writer that was killed", path)
 
     def path(self, topic: str, partition: int) -> Path:
         return self.root / f"{self.key(topic, partition)}.ckpt"

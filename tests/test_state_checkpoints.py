@@ -200,3 +200,26 @@ def test_a_checkpoint_child_dies_with_its_worker_and_the_collector_is_thawed(tmp
     assert _FROZEN_FORKS[0] == forks_before
     if forks_before == 0:   # no other child alive: the collector has its objects back
         assert gc.get_freeze_count() == 0
+
+
+def test_the_next_store_removes_what_a_killed_writer_left(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()   # a pid that has exited
+    root = tmp_path / "ckpt"
+    root.mkdir()
+    left = root / f".t-0.ckpt.{dead}.tmp"
+    live = root / f".t-1.ckpt.{os.getpid()}.tmp"   # a writer still at work: not touched
+    for path in (left, live):
+        path.write_bytes(b"half a checkpoint")
+    spools = tmp_path / "spool"
+    spools.mkdir()
+    spool = spools / f".shopstream-ckpt-g_t-0-{dead}-3.spool"
+    spool.write_bytes(b"half a spool")
+    store = DirectoryCheckpointStore(root, "g")
+    assert not left.exists() and live.exists()
+    store.spool_dir = spools
+    store.begin_save(PartitionState("t", 0, Engine.fresh("logreg", "raw"), next_offset=2)).finish()
+    assert not spool.exists() and store.load("t", 0).next_offset == 2
