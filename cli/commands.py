@@ -281,7 +281,6 @@ RANGES = {
     "wait_timeout": (lambda v: v > 0, "must be > 0 seconds"),
     "generate_events": (lambda v: v >= 0, "must be >= 0"),
     "max_user_share": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
-    "mlp_learning_rate": (lambda v: v is None or 0 < v < 1, "must be in (0, 1)"),
 }
 
 

@@ -78,17 +78,6 @@ class Engine:
         config = replace(config or EngineConfig(), features=feature_set, **settings)
         return cls(build_model(model_name, seed), build_features(config.features), config, model_name=model_name)
 
-    def __setstate__(self, state: dict) -> None:
-        # Checkpoints written before EngineConfig kept its fields as loose attributes.
-        if "config" not in state:
-            joiner = state["joiner"]
-            state["config"] = EngineConfig(
-                features=state["features"].name,
-                window=joiner.window, lateness=joiner.lateness, max_open=joiner.max_open,
-                metric_window=state.pop("metric_window"), drift_delta=state.pop("drift_delta"),
-                drift_reaction=state.pop("drift_reaction"), dedupe=state.pop("_dedupe"))
-        self.__dict__.update(state)
-
     @property
     def metric_window(self) -> int:
         return self.config.metric_window

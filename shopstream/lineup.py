@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .artifacts import latest, load_artifact
-from .config import EngineConfig
+from .config import EngineConfig, check
 from .engine import Engine
 from .features import FeatureCaps, build_features
 from .models import build_model
@@ -66,8 +66,12 @@ class Lineup:
     seed: int = field(default=42, metadata={"help": "seed for catalog models"})
     mlp_learning_rate: Optional[float] = field(default=None, metadata={
         "help": "Adam step of the mlp model in new partitions, per resolved label (default: 1e-3 for a fresh "
-                "one, the bootstrap's --learning-rate for an artifact)"})
+                "one, the bootstrap's --learning-rate for an artifact)", "type": float})
     promotion: Optional[PromotionPolicy] = None
+
+    def __post_init__(self) -> None:
+        rate = self.mlp_learning_rate
+        check(self, (("mlp_learning_rate", rate is None or 0 < rate < 1, "must be in (0, 1)"),))
 
 
 def build_engine(artifacts: Optional[str] = None, config: EngineConfig = EngineConfig(), lineup: Lineup = Lineup(),

@@ -65,9 +65,14 @@ def test_every_option_of_the_worker_comes_from_a_settings_field_with_its_default
         for f in fields(part):
             if "help" in f.metadata:
                 assert hasattr(args, option_name(part, f)), f"{part.__name__}.{f.name} has no worker option"
+    for f in (f for part in (*PARTS.values(), WorkerSettings) for f in fields(part)):
+        if "help" in f.metadata and f.default is None:  # no default to take a type from: the metadata says
+            assert f.metadata.get("type") is not None, f"{f.name} has no type for its option"
     changed = WorkerSettings.from_args(build_parser().parse_args(
         ["worker", "--window", "600", "--checkpoint-every", "7", "--challengers", "hat", "--no-auto-promote",
-         "--max-sessions", "9", "--sasl-password", "hunter2"]))
+         "--max-sessions", "9", "--sasl-password", "hunter2", "--mlp-learning-rate", "0.0003",
+         "--client-id", "w1", "--artifacts", "a"]))
+    assert (changed.lineup.mlp_learning_rate, changed.client_id, changed.artifacts) == (0.0003, "w1", "a")
     assert (changed.engine.window, changed.checkpoints.every, changed.lineup.challengers) == (600.0, 7, ("hat",))
     assert changed.lineup.promotion is None and changed.caps.sessions == 9
     assert "hunter2" not in repr(changed) and changed.kafka.sasl_password.reveal() == "hunter2"
