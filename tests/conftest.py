@@ -58,9 +58,16 @@ def new_topic(kafka, request):
     admin.close()
 
 
+# A test that needs none of these is in-process and quick: the fast lane (`pytest -m fast`).
+NOT_FAST = ("kafka", "prometheus", "compose", "slow")
+
+
 def pytest_collection_modifyitems(items):
-    """The compose test last: it is the slowest, and a runtime problem there should not hide
-    what every other test found."""
+    """Mark the fast lane, and run the compose test last: it is the slowest, and a runtime
+    problem there should not hide what every other test found."""
+    for item in items:
+        if not any(item.get_closest_marker(name) for name in NOT_FAST):
+            item.add_marker(pytest.mark.fast)
     items.sort(key=lambda item: item.get_closest_marker("compose") is not None)
 
 

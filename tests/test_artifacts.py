@@ -8,6 +8,8 @@ from shopstream.offline.bootstrap import bootstrap
 from shopstream.artifacts import ArtifactError, load_artifact
 from shopstream.generator import generate, write_jsonl
 
+pytestmark = pytest.mark.slow  # every test here shares a module fixture of 10+ s
+
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):

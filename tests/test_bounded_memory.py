@@ -3,11 +3,15 @@ their cap, feature state at its caps, and memory stops growing once the caps are
 
 import gc
 
+import pytest
+
 from shopstream.config import EngineConfig
 from shopstream.engine import Engine
 from shopstream.events import Event
 from shopstream.features import FeatureCaps, ShopFeatures
 from shopstream.models import build_model
+
+pytestmark = pytest.mark.slow  # a million events
 
 EVENTS = 1_000_000
 CAP = 50_000

@@ -150,6 +150,7 @@ def test_artifact_metadata_and_default_are_signed(tmp_path, monkeypatch):
         load_artifact(tmp_path)
 
 
+@pytest.mark.slow
 def test_bad_settings_fail_before_joining_with_one_line(tmp_path):
     with pytest.raises(ValueError, match="window -5.0 must be > 0"):
         preflight(WorkerSettings.from_options(window=-5))
@@ -174,6 +175,7 @@ def test_bad_settings_fail_before_joining_with_one_line(tmp_path):
         "shopstream worker: error: --window -5.0 must be > 0 seconds"]
 
 
+@pytest.mark.slow
 def test_produce_without_a_broker_is_one_clear_line():
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))

@@ -134,6 +134,7 @@ def test_out_of_range_prices_and_raw_features_are_refused():
                      b'"features":{"a":1e308}}')
 
 
+@pytest.mark.slow
 def test_tiny_and_huge_prices_in_a_new_category_keep_every_score_finite_and_auc_unchanged():
     """Two valid-looking prices (5e-324, then 1.7e308) once turned every weight to NaN. Now the
     second is refused at decoding, and a ratio over a tiny category mean is capped."""

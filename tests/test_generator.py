@@ -20,6 +20,7 @@ def test_events_are_valid_and_in_time_order():
     assert kinds == {"view", "cart", "remove_from_cart", "purchase"}
 
 
+@pytest.mark.slow
 def test_learnable_a_model_clearly_beats_the_base_rate():
     engine = Engine.fresh("logreg", "shop")
     for record in generate(40_000, seed=9):
@@ -47,6 +48,7 @@ def test_checkout_incident_collapses_conversion_on_its_platform_only():
         Drift.parse("checkout_incident@0.7-0.2")
 
 
+@pytest.mark.slow
 def test_traffic_per_user_is_heavy_tailed_but_capped_so_partitions_get_comparable_load():
     from collections import Counter
 

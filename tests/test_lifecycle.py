@@ -17,6 +17,8 @@ from shopstream.lineup import Lineup, build_engine
 from shopstream.models import build_model
 from shopstream.slots import PromotionPolicy
 
+pytestmark = pytest.mark.slow  # every test here shares a module fixture of 10+ s
+
 EVENTS = 150_000
 DRIFT = Drift.parse("checkout_incident@0.5-0.65:web")
 DAYS = 30.0

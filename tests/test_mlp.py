@@ -177,6 +177,7 @@ def test_predict_then_learn_costs_at_most_a_few_times_logreg():
     assert mlp < 6 * logreg, (mlp, logreg)
 
 
+@pytest.mark.slow
 def test_bootstrap_trains_mlp_in_epochs_and_records_it(tmp_path, monkeypatch):
     import json
 
@@ -215,6 +216,7 @@ def test_bootstrap_trains_mlp_in_epochs_and_records_it(tmp_path, monkeypatch):
         json.dumps(training))
 
 
+@pytest.mark.slow
 def test_demo_runs_mlp_as_a_challenger_beside_logistic_regression(tmp_path):
     from argparse import Namespace
 

@@ -10,7 +10,12 @@ from shopstream.generator import generate
 from shopstream.models import CATALOG, build_model
 
 
-@pytest.mark.parametrize("name", sorted(CATALOG))
+# Trees and the network take seconds each: the fast lane runs the linear models.
+SLOW_MODELS = {"arf", "hat", "mlp"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_MODELS else name
+                                  for name in sorted(CATALOG)])
 def test_catalog_model_learns_pickles_and_is_deterministic(name):
     events = [event_from_record(r) for r in generate(4000, seed=71)]
     runs = []
@@ -101,6 +106,7 @@ def test_tuning_lineup_expands_once_and_every_member_is_a_catalog_logreg():
     assert "logreg_decay" not in TUNING  # a step that only shrinks cannot follow a later change
 
 
+@pytest.mark.slow
 def test_tuning_lineup_promotes_a_better_step_over_rivers_default():
     """On a generated shop River's default SGD step (0.01) is noisier than the careful
     steps: the existing paired test promotes one of them, by itself, after its minimum pairs."""

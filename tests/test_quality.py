@@ -56,6 +56,7 @@ def test_batch_models_learn_only_labels_resolved_before_the_midnight_they_are_re
     assert sorted(Spy.fits[0].astype(int)) == [9, 10]  # resolved by day 3 (6k + 10 h <= 72 h): k <= 10, newest two
 
 
+@pytest.mark.slow
 def test_engine_run_records_the_published_prediction_and_a_frozen_copy_that_never_learns():
     records = list(generate(6000, seed=5, days=2.0))
     cut = START + 0.5 * 2 * DAY
@@ -82,6 +83,7 @@ def test_engine_run_records_the_published_prediction_and_a_frozen_copy_that_neve
     assert all(r is None or r >= t for t, r in zip(rec.t_pred, rec.t_res))
 
 
+@pytest.mark.slow
 def test_demo_opens_with_online_against_frozen_and_runs_the_tuning_line_up(tmp_path):
     from argparse import Namespace
 

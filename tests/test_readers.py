@@ -50,6 +50,7 @@ def test_max_bad_rows_stops_with_a_clear_error(tmp_path):
         list(read_events(path, max_bad_rows=2))
 
 
+@pytest.mark.slow
 def test_bootstrap_skips_bad_rows_or_stops_at_max_bad_rows(tmp_path):
     import subprocess
     import sys

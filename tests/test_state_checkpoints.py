@@ -124,6 +124,7 @@ def test_a_background_checkpoint_holds_the_state_as_it_was_when_it_began(tmp_pat
     assert DirectoryCheckpointStore(tmp_path / "ckpt", group="g").load("events", 0).next_offset == 2600
 
 
+@pytest.mark.slow
 def test_a_restored_engine_goes_on_exactly_like_the_original(tmp_path):
     """Open predictions go into a checkpoint apart, in batches, and their index is rebuilt
     on load: the restored engine then resolves and learns exactly what the original does."""
@@ -153,6 +154,7 @@ def test_a_restored_engine_goes_on_exactly_like_the_original(tmp_path):
         pickle.dumps(engine.slots[0].scores.cumulative.values())
 
 
+@pytest.mark.slow
 def test_a_checkpoint_child_dies_with_its_worker_and_the_collector_is_thawed(tmp_path):
     """A child outliving a killed worker could rename an old snapshot over a newer checkpoint;
     and a collector left frozen would never reclaim cycles made before a fork."""
