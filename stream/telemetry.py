@@ -1,27 +1,83 @@
-"""Worker-level metrics read at scrape time: consumer lag, checkpoint age, assignment.
+"""Worker-level metrics: consumer lag, checkpoint age, assignment, outputs, control commands.
 
 The per-model metrics (rolling accuracy/recall/F1, confusion counters, outcomes)
 come from `shopstream.exporter.EngineCollector`; this adds what only the Kafka side
-knows. Lag uses the high watermark of the consumer's last fetch and the end offsets the worker
-checks every few seconds, so scraping never calls the broker.
+knows. Both follow one threading rule: the poll loop copies its numbers into a frozen
+snapshot (`WorkerSnapshot.of`, once a second and on close), and a scrape reads only that
+snapshot, never the worker's live collaborators. Lag uses the high watermark of the
+consumer's last fetch and the end offsets the worker checks every few seconds, so
+neither the snapshot nor a scrape calls the broker.
+
+>>> snapshot = WorkerSnapshot((PartitionGauges(0, lag=3, unsaved_since=None, next_offset=7, blocked=False),),
+...                           handled=7, broker_ok=True, outputs={}, corrupt_skipped=0, outputs_blocked=False,
+...                           control_commands={})
+>>> families = {f.name: f for f in WorkerCollector(lambda: snapshot).collect()}
+>>> families["shopstream_consumer_lag"].samples[0].value, families["shopstream_next_offset"].samples[0].value
+(3, 7)
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 
+@dataclass(frozen=True)
+class PartitionGauges:
+    """One owned partition's numbers at snapshot time."""
+
+    partition: int
+    lag: Optional[int]              # None: no high watermark or end offset known yet
+    unsaved_since: Optional[float]  # wall time of the oldest change no checkpoint holds; None: all saved
+    next_offset: int
+    blocked: bool                   # paused because its checkpoint cannot be written
+
+
+@dataclass(frozen=True)
+class WorkerSnapshot:
+    """Every worker-level number a scrape shows, copied on the loop's thread."""
+
+    partitions: tuple[PartitionGauges, ...]
+    handled: int
+    broker_ok: bool
+    outputs: dict
+    corrupt_skipped: int
+    outputs_blocked: bool
+    control_commands: dict
+
+    @classmethod
+    def empty(cls) -> "WorkerSnapshot":
+        return cls((), 0, False, {}, 0, False, {})
+
+    @classmethod
+    def of(cls, worker) -> "WorkerSnapshot":
+        """Read `worker` (a `Worker`, or anything with its attributes): call on its loop's thread."""
+        gauges = []
+        for tp, state in worker.partitions.items():
+            # the later of the last fetch's high watermark and the last end-offset check
+            ends = [end for end in (worker.consumer.highwater(tp), worker.end_offsets.get(tp)) if end is not None]
+            gauges.append(PartitionGauges(tp.partition, max(0, max(ends) - state.next_offset) if ends else None,
+                                          state.unsaved_since, state.next_offset, tp in worker.blocked))
+        control = worker.control
+        return cls(tuple(gauges), worker.handled, worker.broker_ok, dict(worker.outputs.counts),
+                   worker.skipper.skipped_records, worker.outputs_blocked,
+                   dict(control.counts) if control is not None else {})
+
+
 class WorkerCollector:
-    def __init__(self, worker):
-        self.worker = worker
+    """Exports the `WorkerSnapshot` that `source()` returns when scraped."""
+
+    def __init__(self, source: Callable[[], WorkerSnapshot]):
+        self.source = source
 
     def describe(self):
         return []
 
     def collect(self):
-        worker = self.worker
+        snapshot = self.source()
         lag = GaugeMetricFamily("shopstream_consumer_lag", "Messages behind the partition's end",
                                 labels=["partition"])
         age = GaugeMetricFamily("shopstream_checkpoint_age_seconds",
@@ -31,39 +87,35 @@ class WorkerCollector:
         blocked = GaugeMetricFamily("shopstream_checkpoint_blocked",
                                     "1 while a partition is paused because its checkpoint cannot be written",
                                     labels=["partition"])
-        now = time.time()
-        owned = list(worker.partitions.items())  # a copy: the loop may change the dict meanwhile
-        for tp, state in owned:
-            label = [str(tp.partition)]
-            # the later of the last fetch's high watermark and the last end-offset check
-            ends = [end for end in (worker.consumer.highwater(tp), worker.end_offsets.get(tp)) if end is not None]
-            if ends:
-                lag.add_metric(label, max(0, max(ends) - state.next_offset))
-            unsaved = state.unsaved_since
+        now = time.time()  # the age grows between snapshots, as the unsaved progress does
+        for gauges in snapshot.partitions:
+            label = [str(gauges.partition)]
+            if gauges.lag is not None:
+                lag.add_metric(label, gauges.lag)
+            unsaved = gauges.unsaved_since
             age.add_metric(label, 0.0 if unsaved is None else max(0.0, now - unsaved))
-            offset.add_metric(label, state.next_offset)
-            blocked.add_metric(label, 1.0 if tp in worker.blocked else 0.0)
+            offset.add_metric(label, gauges.next_offset)
+            blocked.add_metric(label, 1.0 if gauges.blocked else 0.0)
         assigned = GaugeMetricFamily("shopstream_assigned_partitions", "Partitions this worker owns")
-        assigned.add_metric([], len(owned))
+        assigned.add_metric([], len(snapshot.partitions))
         handled = GaugeMetricFamily("shopstream_worker_handled_events", "Events handled since this process started")
-        handled.add_metric([], worker.handled)
+        handled.add_metric([], snapshot.handled)
         broker = GaugeMetricFamily("shopstream_broker_up",
                                    "1 if the broker answered the worker's last check (every 5 s), else 0")
-        broker.add_metric([], 1.0 if worker.broker_ok else 0.0)
+        broker.add_metric([], 1.0 if snapshot.broker_ok else 0.0)
         outputs = CounterMetricFamily("shopstream_outputs", "Predictions and dead letters that needed more than "
                                       "one try: failed (not acknowledged), resent, truncated (a dead letter cut "
                                       "to fit), producer_rebuilds", labels=["outcome"])
-        for outcome, count in dict(worker.outputs.counts).items():
+        for outcome, count in snapshot.outputs.items():
             outputs.add_metric([outcome], count)
         corrupt = CounterMetricFamily("shopstream_corrupt_records_skipped",
                                       "Records in batches the Kafka client could not parse, skipped and dead-lettered")
-        corrupt.add_metric([], worker.skipper.skipped_records)
+        corrupt.add_metric([], snapshot.corrupt_skipped)
         unacked = GaugeMetricFamily("shopstream_outputs_blocked",
                                     "1 while checkpoints wait for outputs the broker has not acknowledged")
-        unacked.add_metric([], 1.0 if worker.outputs_blocked else 0.0)
+        unacked.add_metric([], 1.0 if snapshot.outputs_blocked else 0.0)
         commands = CounterMetricFamily("shopstream_control_commands", "Control commands by action and outcome "
                                        "(applied or rejected), counted per partition", labels=["action", "outcome"])
-        if worker.control is not None:
-            for (action, outcome), count in dict(worker.control.counts).items():
-                commands.add_metric([action, outcome], count)
+        for (action, outcome), count in snapshot.control_commands.items():
+            commands.add_metric([action, outcome], count)
         yield from (lag, age, offset, blocked, assigned, handled, broker, outputs, corrupt, unacked, commands)

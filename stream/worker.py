@@ -46,7 +46,7 @@ from .membership import GroupMembership
 from .outputs import Outputs
 from .restore import PartitionRestorer
 from .settings import WorkerSettings
-from .telemetry import WorkerCollector
+from .telemetry import WorkerCollector, WorkerSnapshot
 
 log = logging.getLogger(__name__)
 # Latency is timed on one event in this many: timing every event would cost more than it tells.
@@ -114,6 +114,7 @@ class Worker(ConsumerRebalanceListener):
                                           settings.force_fresh_start)
         self.skipper = clients.corrupt_skipper(self.outputs)
         self.snapshots: list = []   # what a scrape reads: copied from the engines on this thread
+        self.worker_snapshot = WorkerSnapshot.empty()  # and from the worker's own parts
         self._last_snapshot = 0.0
         self._unverified: set = set()  # restored partitions not yet checked against the committed offset
         self.decode_seconds = Histogram("shopstream_decode_seconds", "Decode and validate one message (sampled)",
@@ -125,7 +126,7 @@ class Worker(ConsumerRebalanceListener):
                                          "Kafka consumers rebuilt after a group join that did not finish",
                                          registry=self.registry)
         self.registry.register(EngineCollector(lambda: self.snapshots))
-        self.registry.register(WorkerCollector(self))
+        self.registry.register(WorkerCollector(lambda: self.worker_snapshot))
 
     # What telemetry, readiness and the tests read, kept where it is decided.
     @property
@@ -214,7 +215,9 @@ class Worker(ConsumerRebalanceListener):
                 self.consumer.seek(tp, 0)
 
     def take_snapshots(self) -> None:
-        """Copy every owned engine's numbers for the metrics thread (which never reads an engine)."""
+        """Copy every owned engine's numbers, and the worker's, for the metrics thread (which never
+        reads an engine or a Kafka client)."""
+        self.worker_snapshot = WorkerSnapshot.of(self)
         self.snapshots = [({"partition": str(tp.partition)},
                            EngineSnapshot.of(s.engine, {"dead_lettered": s.dead_lettered}), None)
                           for tp, s in self.partitions.items()]

@@ -18,7 +18,7 @@ from shopstream.signing import SignatureError
 from shopstream.stream.checkpoints import CheckpointError, DirectoryCheckpointStore, PartitionState
 from shopstream.stream.control import SIGNATURE_HEADER, Command, ControlChannel, check_target
 from shopstream.stream.settings import WorkerSettings
-from shopstream.stream.telemetry import WorkerCollector
+from shopstream.stream.telemetry import WorkerCollector, WorkerSnapshot
 from shopstream.stream.worker import preflight
 
 
@@ -203,6 +203,6 @@ def test_checkpoint_age_is_unsaved_progress_not_time_since_the_last_save(tmp_pat
                              consumer=SimpleNamespace(highwater=lambda tp: None), end_offsets={}, blocked={},
                              handled=0, broker_ok=True, outputs=SimpleNamespace(counts={}), outputs_blocked=False,
                              skipper=SimpleNamespace(skipped_records=0), control=None)
-    ages = {s.labels["partition"]: s.value for family in WorkerCollector(worker).collect()
+    ages = {s.labels["partition"]: s.value for family in WorkerCollector(lambda: WorkerSnapshot.of(worker)).collect()
             if family.name == "shopstream_checkpoint_age_seconds" for s in family.samples}
     assert ages["0"] == 0.0 and 89 < ages["1"] < 100
