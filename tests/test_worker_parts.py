@@ -293,3 +293,24 @@ def test_auto_forks_only_once_a_checkpoint_in_the_loop_was_slow(tmp_path):
     learn_and_checkpoint()
     assert [c[0] for c in clients.calls[-3:]] == ["flush", "begin_save", "commit"]
     assert clients.store.load("events", 0).next_offset == 300
+
+
+def test_a_partition_that_cannot_be_restored_stops_the_worker_cleanly(tmp_path):
+    """Not a checkpoint error (those stop with their own message) but, say, an unreadable path or
+    a store that times out: it used to escape the rebalance callback and kill the worker inside
+    poll, with no checkpoint of its other partitions, no close and the group left waiting."""
+    worker, clients = make_worker(tmp_path, {0: events(150), 1: events(150, 1)}, checkpoint_every=100)
+    load = clients.store.load
+
+    def load_failing_for_1(topic, partition):
+        if partition == 1:
+            raise PermissionError(13, "Permission denied", str(tmp_path / "ckpt" / "events-1.ckpt"))
+        return load(topic, partition)
+
+    clients.store.load = load_failing_for_1
+    assert worker.run() == 2
+    assert worker.fatal.startswith("partition 1: restoring failed: PermissionError") and "events-1.ckpt" in worker.fatal
+    assert not [c for c in clients.calls if c[0] == "save" and c[1] == 1], "nothing of partition 1 is saved"
+    saved = [c for c in clients.calls if c[0] == "save"]
+    assert saved and saved[-1][1] == 0 and load("events", 0).next_offset == saved[-1][2], "the other one is"
+    assert clients.consumers[0].closed, "the group is left, not made to wait for a session timeout"
