@@ -31,6 +31,7 @@ import time
 
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .checkpoints import CheckpointStore, PartitionState
 from .settings import CheckpointSettings
@@ -59,6 +60,7 @@ class Checkpointer:
         self._last_retry = 0.0
         self.written = Counter("shopstream_checkpoints", "Checkpoints written", registry=registry)
         self.failures = Counter("shopstream_checkpoint_failures", "Checkpoints that failed", registry=registry)
+        registry.register(_StoreCollector(store))
 
     def due(self, tp, state: PartitionState) -> bool:
         """N events or T seconds since the partition's last checkpoint, none being written."""
@@ -181,3 +183,19 @@ class Checkpointer:
             self.outputs_blocked = False
             log.info("outputs acknowledged again")
         return True
+
+
+class _StoreCollector:
+    """What a store holds that no checkpoint counts yet: the Kafka store's unacknowledged
+    chunk bytes (bounded during an outage) and the writes it abandoned to keep them so."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def collect(self):
+        yield GaugeMetricFamily("shopstream_checkpoint_store_unacked_bytes",
+                                "Checkpoint bytes sent to the store and not yet acknowledged",
+                                value=getattr(self.store, "unacked_bytes", 0))
+        yield CounterMetricFamily("shopstream_checkpoint_store_abandoned_writes",
+                                  "Checkpoint writes whose unacknowledged records were dropped (the store did "
+                                  "not acknowledge them in time)", value=getattr(self.store, "abandoned_writes", 0))
