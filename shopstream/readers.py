@@ -147,7 +147,7 @@ def read_csv(path: Path, columns: Mapping[str, str] | None = None) -> Iterator[P
             if len(fields) > len(header):
                 yield where, InvalidEvent("row", "more fields than the header")
                 continue
-            row = dict(zip(header, fields))
+            row: dict[str, str | None] = dict(zip(header, fields))
             if len(fields) < len(header):
                 row.update(dict.fromkeys(header[len(fields):]))
             if any(isinstance(v, str) and _has_surrogates(v) for v in row.values()):

@@ -42,6 +42,9 @@ FORK_ABOVE_SECONDS = 0.2  # auto: a checkpoint in the loop this slow is worth a 
 # Long enough for a busy broker, short enough that an outage does not hold the loop (its
 # broker checks, readiness and control commands) for the whole outage.
 CONFIRM_SECONDS = 5.0
+# A revocation or a stop waits this long for a background checkpoint before it kills the writer
+# and saves in the loop (within compose's 60 s stop grace and the group's rebalance timeout).
+SETTLE_SECONDS = 20.0
 
 
 class Checkpointer:
@@ -55,6 +58,7 @@ class Checkpointer:
         self.blocked: dict = {}        # partition -> why it is paused
         self.pending: dict = {}        # partition -> PendingSave being written in the background
         self.fork_above = FORK_ABOVE_SECONDS
+        self.settle_seconds = SETTLE_SECONDS
         self._in_loop_seconds: dict = {}  # partition -> how long its last checkpoint in the loop took
         self.outputs_blocked = False   # the last save waited for outputs the broker did not acknowledge
         self._last_retry = 0.0
@@ -113,21 +117,26 @@ class Checkpointer:
 
     def poll(self, consumer) -> None:
         """Make the background checkpoints that finished count: commit their offsets, or pause
-        their partitions if they failed. Never waits."""
-        finished = [tp for tp, pending in self.pending.items() if pending.done()]
+        their partitions if they failed (a writer past `settings.timeout` is killed: failed).
+        Never waits."""
+        now = time.monotonic()
+        finished = [tp for tp, pending in self.pending.items()
+                    if pending.done() or now - pending.started >= self.settings.timeout]
         self._finish(consumer, finished, commit_async=False)
 
     def settle(self, consumer, tps, commit_async: bool = False) -> None:
         """Wait for the background checkpoints of `tps` (before a revocation, a shutdown or a
-        blocking save of the same partitions)."""
-        self._finish(consumer, [tp for tp in tps if tp in self.pending], commit_async)
+        blocking save of the same partitions), at most `settle_seconds`: the blocking save that
+        follows writes everything the writer had, so a stalled writer never holds up a stop."""
+        self._finish(consumer, [tp for tp in tps if tp in self.pending], commit_async, self.settle_seconds)
 
-    def _finish(self, consumer, tps, commit_async: bool) -> None:
+    def _finish(self, consumer, tps, commit_async: bool, wait_at_most: float = float("inf")) -> None:
         offsets = {}
         for tp in tps:
             pending = self.pending.pop(tp)
+            left = self.settings.timeout - (time.monotonic() - pending.started)
             try:
-                offset = pending.finish()
+                offset = pending.finish(timeout=max(0.0, min(left, wait_at_most)))
             except OSError as exc:
                 self._failed(consumer, tp, exc)
                 continue

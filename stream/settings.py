@@ -55,9 +55,14 @@ class CheckpointSettings:
         "costs more than a small checkpoint). Revocation and shutdown checkpoints always wait",
         flag="--checkpoint-background", choices=("auto", "on", "off")))
 
+    timeout: float = field(default=120.0, metadata=_help(
+        "seconds a checkpoint written in the background may take: then its writer is killed and the "
+        "checkpoint counts as failed (partition paused, retried)", flag="--checkpoint-timeout"))
+
     def __post_init__(self) -> None:
         check(self, (("every", self.every >= 1, "must be >= 1"),
                      ("seconds", self.seconds > 0, "must be > 0 seconds"),
+                     ("timeout", self.timeout > 0, "must be > 0 seconds"),
                      ("background", self.background in ("auto", "on", "off"), "must be auto, on or off")))
 
 
@@ -196,6 +201,8 @@ def _check_topics(settings: "WorkerSettings") -> None:
         named += [("control_topic", settings.control_topic),
                   ("control_topic", f"{settings.control_topic}-replies")]
     if settings.checkpoints.store == "kafka":
+        if not settings.checkpoints.topic:
+            raise ConfigError("checkpoint_topic", "", "must be a topic name (with --checkpoint-store kafka)")
         named += [("checkpoint_topic", settings.checkpoints.topic),
                   ("checkpoint_topic", f"{settings.checkpoints.topic}-chunks")]
     seen: dict = {}

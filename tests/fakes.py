@@ -151,6 +151,7 @@ class FakeStore(DirectoryCheckpointStore):
         super().__init__(root, group)
         self.calls = calls
         self.broken = False
+        self.stalled = False
         # A forked writer's speed is the machine's: set, each background checkpoint is over by the
         # time the loop next looks (`done()` waits for it), so how many begin is the same everywhere.
         self.writers_finish_at_once = False
@@ -174,6 +175,9 @@ class FakeStore(DirectoryCheckpointStore):
     def _write_in_child(self, key, state, spool):
         if self.broken:  # the forked writer finds the disk full
             raise OSError(28, "No space left on device (fake)")
+        if self.stalled:  # the forked writer hangs (a dead NFS server, a stopped process)
+            import time
+            time.sleep(3600)
         super()._write_in_child(key, state, spool)
 
 

@@ -8,7 +8,7 @@ import math
 from dataclasses import fields
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, example, given, settings as hsettings, strategies as st
 
 from shopstream.cli.commands import build_parser, main
 from shopstream.config import ConfigError
@@ -31,6 +31,7 @@ REFUSED = [
     (["--checkpoint-store", "kafka", "--checkpoint-topic", "shop-events"],
      "--checkpoint-topic 'shop-events' must differ from --topic"),
     (["--dead-letter-topic", ""], "--dead-letter-topic '' must be a topic name"),
+    (["--checkpoint-store", "kafka", "--checkpoint-topic", ""], "--checkpoint-topic '' must be a topic name"),
     (["--topic", ""], "--topic '' must be a topic name"),
     (["--promotion-margin", "nan"], "--promotion-margin nan must be a finite number"),
     (["--promotion-margin", "-0.5"], "--promotion-margin -0.5 must be >= 0"),
@@ -79,6 +80,8 @@ NAMES = st.sampled_from(["shop-events", "shop-events-dlq", "shop-predictions", "
        topics=st.fixed_dictionaries({"topic": NAMES, "dead_letter_topic": NAMES, "predictions_topic": NAMES,
                                      "control_topic": NAMES, "checkpoint_topic": NAMES}),
        store=st.sampled_from(["dir", "kafka"]))
+@example(values={}, topics={"topic": "a", "dead_letter_topic": "b", "predictions_topic": "", "control_topic": "",
+                            "checkpoint_topic": ""}, store="kafka")   # found by this test: was accepted
 def test_settings_either_work_or_are_refused_naming_an_option(values, topics, store):
     """Whatever the values: accepted settings hold only finite numbers and topics that are all
     different; refused ones raise ConfigError naming an option the command line has."""

@@ -314,3 +314,43 @@ def test_a_partition_that_cannot_be_restored_stops_the_worker_cleanly(tmp_path):
     saved = [c for c in clients.calls if c[0] == "save"]
     assert saved and saved[-1][1] == 0 and load("events", 0).next_offset == saved[-1][2], "the other one is"
     assert clients.consumers[0].closed, "the group is left, not made to wait for a session timeout"
+
+
+def test_a_stalled_background_writer_is_killed_counted_and_never_holds_up_a_stop(tmp_path):
+    """A forked writer that hangs used to leave no checkpoint, no failure counted, the worker
+    ready, and a stop waiting for it. Past --checkpoint-timeout it is killed: a failed checkpoint."""
+    import os
+
+    worker, clients = make_worker(tmp_path, {0: events(300)}, checkpoint_background="on", checkpoint_timeout=60)
+    worker.membership.subscribe()
+    consumer, checkpointer = worker.consumer, worker.checkpointer
+    tp = consumer.tp(0)
+    handle_one_poll(worker, tp)
+    worker.last_poll = __import__("time").monotonic()
+    worker.broker.ok, worker.broker.seen = True, worker.last_poll
+    assert worker.ready()
+    clients.store.stalled = True
+    checkpointer.save(consumer, worker.partitions, [tp], background=True)
+    pending = checkpointer.pending[tp]
+    checkpointer.poll(consumer)
+    assert tp in checkpointer.pending, "within its timeout a writer is waited for"
+    pending.started -= 60   # as if it had hung for a minute
+    checkpointer.poll(consumer)
+    assert not checkpointer.pending and "stalled" in worker.blocked[tp] and not worker.ready()
+    assert checkpointer.failures._value.get() == 1 and consumer.paused() == {tp}
+    with pytest.raises(ProcessLookupError):
+        os.kill(pending.pid, 0)   # killed and reaped
+    assert worker.partitions[tp].events_since_checkpoint == 100, "nothing counted as saved"
+
+    clients.store.stalled = False
+    checkpointer.retry(consumer, worker.partitions, now=1e9)
+    assert not worker.blocked and clients.store.load("events", 0).next_offset == 100
+    handle_one_poll(worker, tp)
+    clients.store.stalled = True
+    checkpointer.save(consumer, worker.partitions, [tp], background=True)
+    stalled = checkpointer.pending[tp]
+    checkpointer.settle_seconds = 0.0   # a stop does not wait for a writer that hangs ...
+    worker.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(stalled.pid, 0)
+    assert clients.store.load("events", 0).next_offset == 200, "... and saves everything in the loop"
