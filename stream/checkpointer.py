@@ -59,6 +59,7 @@ class Checkpointer:
         self.pending: dict = {}        # partition -> PendingSave being written in the background
         self.fork_above = FORK_ABOVE_SECONDS
         self.settle_seconds = SETTLE_SECONDS
+        self._checkpoint_seen: dict = {}  # partition -> (its checkpointed_at, monotonic time it counts from)
         self._in_loop_seconds: dict = {}  # partition -> how long its last checkpoint in the loop took
         self.outputs_blocked = False   # the last save waited for outputs the broker did not acknowledge
         self._last_retry = 0.0
@@ -70,7 +71,19 @@ class Checkpointer:
         """N events or T seconds since the partition's last checkpoint, none being written."""
         return tp not in self.pending and bool(state.events_since_checkpoint) and (
             state.events_since_checkpoint >= self.settings.every
-            or time.time() - state.checkpointed_at >= self.settings.seconds)
+            or self._age(tp, state) >= self.settings.seconds)
+
+    def _age(self, tp, state: PartitionState) -> float:
+        """Seconds since the partition's last checkpoint, on this worker's monotonic clock, from
+        when it first saw that checkpoint: `checkpointed_at` may come from a previous owner whose
+        clock ran ahead (an hour ahead postponed every time-based checkpoint by an hour)."""
+        now = time.monotonic()
+        seen = self._checkpoint_seen.get(tp)
+        if seen is None or seen[0] != state.checkpointed_at:
+            # A checkpoint new to this worker: its wall-clock age, if that is believable.
+            age = min(max(time.time() - state.checkpointed_at, 0.0), self.settings.seconds)
+            seen = self._checkpoint_seen[tp] = (state.checkpointed_at, now - age)
+        return now - seen[1]
 
     def periodic(self, consumer, partitions: dict, tp) -> None:
         """A checkpoint because one is `due`: forked or in the loop, as `settings.background` says."""
@@ -87,6 +100,7 @@ class Checkpointer:
     def forget(self, tp) -> None:
         """A partition no longer owned is nobody's to retry."""
         self.blocked.pop(tp, None)
+        self._checkpoint_seen.pop(tp, None)
 
     def save(self, consumer, partitions: dict, tps, commit_async: bool = False, background: bool = False) -> None:
         """Outputs, then state, then offsets, for the partitions of `tps` with anything unsaved.

@@ -141,7 +141,7 @@ class FakeProducer:
         self.unflushed = 0
 
     def close(self, timeout=None):
-        pass
+        self.calls.append(("close_producer", timeout))
 
 
 class FakeStore(DirectoryCheckpointStore):

@@ -354,3 +354,31 @@ def test_a_stalled_background_writer_is_killed_counted_and_never_holds_up_a_stop
     with pytest.raises(ProcessLookupError):
         os.kill(stalled.pid, 0)
     assert clients.store.load("events", 0).next_offset == 200, "... and saves everything in the loop"
+
+
+def test_a_stop_waits_a_bounded_time_for_unacknowledged_outputs(tmp_path):
+    """kafka-python's close() without a timeout waits for the delivery timeout (120 s) during an
+    outage: past compose's 60 s grace, so the worker was killed instead of stopping."""
+    worker, clients = make_worker(tmp_path, {0: events(50)})
+    assert worker.run() == 0
+    [(_, timeout)] = [c for c in clients.calls if c[0] == "close_producer"]
+    assert timeout is not None and timeout <= 10
+
+
+def test_a_previous_owner_s_fast_clock_does_not_postpone_time_based_checkpoints(tmp_path, monkeypatch):
+    """checkpointed_at is wall time on the worker that wrote it; from one an hour fast, due()
+    read -3,540 s and no time-based checkpoint came for an hour. Now the age is counted on this
+    worker's own clock from when it first saw that checkpoint."""
+    import time
+
+    worker, clients = make_worker(tmp_path, {0: events(10)}, checkpoint_seconds=30)
+    checkpointer, tp = worker.checkpointer, clients.consumer().tp(0)
+    state = worker.restorer.start_over(tp)
+    state.checkpointed_at, state.events_since_checkpoint = time.time() + 3600, 1
+    assert not checkpointer.due(tp, state)
+    now = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: now + 31)   # 31 s later on this worker
+    assert checkpointer.due(tp, state)
+    honest = worker.restorer.start_over(tp)   # an honest clock's checkpoint 40 s old: due at once
+    honest.checkpointed_at, honest.events_since_checkpoint = time.time() - 40, 1
+    assert checkpointer.due(tp, honest)
