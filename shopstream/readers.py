@@ -181,7 +181,7 @@ def _csv_records(lines) -> Iterator[tuple[int, str | None]]:
         yield start, "".join(parts) if size <= MAX_CSV_RECORD_CHARS else None
 
 
-_FIELD = r'(?:"(?:[^"]|"")*"[^,\r\n]*|[^",\r\n][^,\r\n]*|)'
+_FIELD = r'(?:"(?:[^"]|"")*"(?:[^",\r\n][^,\r\n]*)?|[^",\r\n][^,\r\n]*|)'
 #: A line that is one whole record, quoted fields closed (the common case, checked in C).
 _WHOLE_RECORD = re.compile(_FIELD + "(?:," + _FIELD + r")*\r?\n?")
 
