@@ -59,7 +59,41 @@ pid() { [[ -f $PIDFILE ]] && cat "$PIDFILE"; }
 # cmdline is empty, so it counts as gone).
 alive() { grep -qa 'kafka.Kafka' "/proc/$1/cmdline" 2>/dev/null; }
 
-running() { local p; p=$(pid) && [[ -n $p ]] && alive "$p"; }
+# The JVM of this data directory, found by its command line: the pid file can name a pid that
+# setsid/nohup have not exec'd into the JVM yet, or that is gone while the broker runs.
+broker_of_data() {
+  local f p
+  for f in /proc/[0-9]*/cmdline; do
+    p=${f#/proc/}; p=${p%/cmdline}
+    [[ $p == "$$" ]] && continue
+    if tr '\0' ' ' <"$f" 2>/dev/null | grep -qF "kafka.Kafka $DATA/server.properties"; then
+      echo "$p"; return 0
+    fi
+  done
+  return 1
+}
+
+running() {
+  local p
+  p=$(pid) && [[ -n $p ]] && alive "$p" && return 0
+  p=$(broker_of_data) || return 1
+  echo "$p" >"$PIDFILE"
+}
+
+# Gone for good: no /proc entry, or a zombie (every thread has exited, every file is closed).
+# A JVM's cmdline reads empty as soon as its main thread exits, while its other threads still
+# hold its ports and the data directory's lock: a broker started then fails to start.
+gone() { [[ ! -e /proc/$1 ]] || [[ $(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1) == Z ]]; }
+
+# Wait (at most $1 s) for the broker and controller ports to be free.
+ports_free() {
+  local i
+  for ((i = 0; i < $1; i++)); do
+    port_open "$PORT" || port_open "$CPORT" || return 0
+    sleep 1
+  done
+  ! port_open "$PORT" && ! port_open "$CPORT"
+}
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -161,7 +195,8 @@ start() {
     say "pid $(pid) is up but not answering yet; waiting"
   else
     install
-    port_open "$PORT" && die "port $PORT is taken by another process"
+    # A broker that just stopped may hold its ports a moment longer.
+    ports_free 15 || die "port $PORT or $CPORT is taken by another process"
     write_configs
     format_once
     say "starting broker (log: $LOG)"
@@ -177,7 +212,8 @@ start() {
   local t0=$SECONDS
   while ((SECONDS - t0 < 60)); do
     # Twice, a second apart: while setsid and nohup exec into the JVM, /proc/<pid>/cmdline can
-    # read empty for an instant (a CI run reported a live broker as "exited during startup").
+    # read empty for an instant (a CI run reported a live broker as "exited during startup");
+    # `running` also finds the JVM by its command line.
     running || { sleep 1; running; } || { tail -n 40 "$LOG" >&2; rm -f "$PIDFILE"; die "broker exited during startup"; }
     answering && { say "started on $BOOTSTRAP (pid $(pid))"; return 0; }
     sleep 1
@@ -196,9 +232,11 @@ stop() {
   if alive "$p"; then
     say "no exit after 30 s, SIGKILL"
     kill -KILL "$p" 2>/dev/null || true
-    # The JVM takes a moment to die and free its ports after SIGKILL.
-    for ((i = 0; i < 10; i++)); do alive "$p" || port_open "$PORT" || break; sleep 1; done
   fi
+  # Stopped means gone: every thread exited, so its ports and the data directory's lock are free
+  # for the next start (a start right after a stop failed to lock the data directory).
+  for ((i = 0; i < 20; i++)); do gone "$p" && break; sleep 0.5; done
+  ports_free 10 || say "port $PORT or $CPORT still taken after the broker stopped"
   rm -f "$PIDFILE"
   say "stopped"
 }

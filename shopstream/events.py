@@ -99,7 +99,35 @@ def decode_event(data: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Event:
         raise InvalidEvent("payload", f"invalid UTF-8 at byte {exc.start}") from None
     except RecursionError:
         raise InvalidEvent("payload", "JSON nested too deeply") from None
+    _refuse_duplicate_keys(data, event)
     return validate(event)
+
+
+def _refuse_duplicate_keys(data: bytes, event: Event) -> None:
+    """InvalidEvent for an object with a key twice: decoders keep the last silently, so
+    `{"price": 1, "price": 1e9}` would read as what a reviewer of the first half did not see.
+    Fast path (C-level counts): as many `":` as keys the event holds, and no space before a
+    colon, means no key repeats; anything else (nulls, unknown fields, `":` inside a string,
+    spaced JSON) gets the exact check."""
+    values = msgspec.structs.astuple(event)
+    keys = len(values) - values.count(None) + (len(event.features) if event.features else 0)
+    if data.count(b'":') == keys and not (b" :" in data or b"\t:" in data or b"\n:" in data or b"\r:" in data):
+        return   # (whitespace before a colon is valid JSON, and hides a key from the count)
+    import json
+
+    def pairs(items):
+        seen = set()
+        for key, _ in items:
+            if key in seen:
+                raise InvalidEvent(key[:80], "duplicate key in a JSON object")
+            seen.add(key)
+        return {}
+
+    try:
+        json.loads(data, object_pairs_hook=pairs)
+    except (ValueError, RecursionError) as exc:
+        if isinstance(exc, InvalidEvent):
+            raise
 
 
 def encode_event(event: Event) -> bytes:

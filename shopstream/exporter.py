@@ -152,8 +152,41 @@ class EngineCollector:
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 10.0   # an idle or trickling connection is closed, and its thread ends, after this
+
     def log_message(self, format, *args):  # scrapes every few seconds would flood the log
         pass
+
+
+class _BoundedServer(ThreadingWSGIServer):
+    """A thread per connection, at most `max_connections` at once: a flood of idle connections
+    held a thread each, for ever. A connection past the bound is closed at once (counted in
+    `refused`); each one's socket times out after `_QuietHandler.timeout`."""
+
+    request_queue_size = 128   # the listen backlog (socketserver's 5: connects timed out under a burst)
+    max_connections = 32
+
+    def __init__(self, *args, **kwargs):
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+        self.refused = 0
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 def metrics_app(registry: CollectorRegistry, ready: Callable[[], bool] = lambda: True):
@@ -187,7 +220,7 @@ class MetricsServer:
 
     def __init__(self, registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 9108,
                  ready: Callable[[], bool] = lambda: True):
-        self.httpd = make_server(host, port, metrics_app(registry, ready), ThreadingWSGIServer,
+        self.httpd = make_server(host, port, metrics_app(registry, ready), _BoundedServer,
                                  handler_class=_QuietHandler)
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import secrets
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -19,13 +21,14 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object], buffering:
     (b'whole', ['a.bin'])
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # pid and a random part: process ids repeat across containers sharing a volume
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
-        with open(tmp, "wb", buffering=buffering) as out:
+        with open_locked(tmp, buffering) as out:
             write(out)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)   # still locked: a sweeper never takes it for a leftover
     except BaseException:
         try:  # a full disk leaves no half-written temp file behind
             os.unlink(tmp)
@@ -39,41 +42,47 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object], buffering:
         os.close(directory)
 
 
-def remove_leftovers(directory: Path, pattern: str, pid_of: Callable[[str], int]) -> list[Path]:
-    """Delete the files of `directory` matching `pattern` whose writer (the pid `pid_of`
-    reads from the name) is gone: the half-written temp files of a killed process. A file
-    of a live process, or one whose name holds no pid, is left alone.
+def open_locked(path: Path, buffering: int = -1) -> BinaryIO:
+    """Create `path` for writing, holding an exclusive lock on it for as long as it is open:
+    the mark of a live writer that `remove_leftovers` respects (the kernel drops the lock when
+    its process dies, kill -9 included, in whichever container it ran)."""
+    while True:
+        out = open(path, "wb", buffering=buffering)
+        fcntl.flock(out.fileno(), fcntl.LOCK_EX)
+        if os.fstat(out.fileno()).st_nlink:
+            return out
+        out.close()   # a sweeper removed it between our create and our lock: create it again
+
+
+def remove_leftovers(directory: Path, pattern: str) -> list[Path]:
+    """Delete the files of `directory` matching `pattern` that no live writer holds (see
+    `open_locked`): the half-written temp files of a killed process. Decided by the lock,
+    not by a process id: ids are not unique across containers that share a volume.
 
     >>> import tempfile
     >>> folder = Path(tempfile.mkdtemp())
-    >>> for name in (".a.ckpt.999999999.tmp", f".b.ckpt.{os.getpid()}.tmp", ".c.ckpt.x.tmp"):
-    ...     _ = (folder / name).write_bytes(b"half")
-    >>> [p.name for p in remove_leftovers(folder, ".*.tmp", lambda name: int(name.split(".")[-2]))]
-    ['.a.ckpt.999999999.tmp']
+    >>> _ = (folder / ".a.ckpt.1-dead.tmp").write_bytes(b"half")
+    >>> live = open_locked(folder / ".b.ckpt.1-live.tmp")
+    >>> [p.name for p in remove_leftovers(folder, ".*.tmp")], sorted(p.name for p in folder.iterdir())
+    (['.a.ckpt.1-dead.tmp'], ['.b.ckpt.1-live.tmp'])
+    >>> live.close()
     """
     removed = []
     for path in sorted(directory.glob(pattern)):
         try:
-            pid = pid_of(path.name)
-        except (ValueError, IndexError):
+            handle = os.open(path, os.O_RDONLY)
+        except OSError:
             continue
-        if pid == os.getpid() or _alive(pid):
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:   # held: a writer is at work
+            os.close(handle)
             continue
         try:
             path.unlink()
+            removed.append(path)
         except OSError:
-            continue
-        removed.append(path)
+            pass
+        finally:
+            os.close(handle)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OverflowError:   # no such pid can exist
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True

@@ -31,6 +31,7 @@ import time
 
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .checkpoints import CheckpointStore, PartitionState
 from .settings import CheckpointSettings
@@ -41,6 +42,9 @@ FORK_ABOVE_SECONDS = 0.2  # auto: a checkpoint in the loop this slow is worth a 
 # Long enough for a busy broker, short enough that an outage does not hold the loop (its
 # broker checks, readiness and control commands) for the whole outage.
 CONFIRM_SECONDS = 5.0
+# A revocation or a stop waits this long for a background checkpoint before it kills the writer
+# and saves in the loop (within compose's 60 s stop grace and the group's rebalance timeout).
+SETTLE_SECONDS = 20.0
 
 
 class Checkpointer:
@@ -54,17 +58,32 @@ class Checkpointer:
         self.blocked: dict = {}        # partition -> why it is paused
         self.pending: dict = {}        # partition -> PendingSave being written in the background
         self.fork_above = FORK_ABOVE_SECONDS
+        self.settle_seconds = SETTLE_SECONDS
+        self._checkpoint_seen: dict = {}  # partition -> (its checkpointed_at, monotonic time it counts from)
         self._in_loop_seconds: dict = {}  # partition -> how long its last checkpoint in the loop took
         self.outputs_blocked = False   # the last save waited for outputs the broker did not acknowledge
         self._last_retry = 0.0
         self.written = Counter("shopstream_checkpoints", "Checkpoints written", registry=registry)
         self.failures = Counter("shopstream_checkpoint_failures", "Checkpoints that failed", registry=registry)
+        registry.register(_StoreCollector(store))
 
     def due(self, tp, state: PartitionState) -> bool:
         """N events or T seconds since the partition's last checkpoint, none being written."""
         return tp not in self.pending and bool(state.events_since_checkpoint) and (
             state.events_since_checkpoint >= self.settings.every
-            or time.time() - state.checkpointed_at >= self.settings.seconds)
+            or self._age(tp, state) >= self.settings.seconds)
+
+    def _age(self, tp, state: PartitionState) -> float:
+        """Seconds since the partition's last checkpoint, on this worker's monotonic clock, from
+        when it first saw that checkpoint: `checkpointed_at` may come from a previous owner whose
+        clock ran ahead (an hour ahead postponed every time-based checkpoint by an hour)."""
+        now = time.monotonic()
+        seen = self._checkpoint_seen.get(tp)
+        if seen is None or seen[0] != state.checkpointed_at:
+            # A checkpoint new to this worker: its wall-clock age, if that is believable.
+            age = min(max(time.time() - state.checkpointed_at, 0.0), self.settings.seconds)
+            seen = self._checkpoint_seen[tp] = (state.checkpointed_at, now - age)
+        return now - seen[1]
 
     def periodic(self, consumer, partitions: dict, tp) -> None:
         """A checkpoint because one is `due`: forked or in the loop, as `settings.background` says."""
@@ -81,6 +100,7 @@ class Checkpointer:
     def forget(self, tp) -> None:
         """A partition no longer owned is nobody's to retry."""
         self.blocked.pop(tp, None)
+        self._checkpoint_seen.pop(tp, None)
 
     def save(self, consumer, partitions: dict, tps, commit_async: bool = False, background: bool = False) -> None:
         """Outputs, then state, then offsets, for the partitions of `tps` with anything unsaved.
@@ -111,21 +131,26 @@ class Checkpointer:
 
     def poll(self, consumer) -> None:
         """Make the background checkpoints that finished count: commit their offsets, or pause
-        their partitions if they failed. Never waits."""
-        finished = [tp for tp, pending in self.pending.items() if pending.done()]
+        their partitions if they failed (a writer past `settings.timeout` is killed: failed).
+        Never waits."""
+        now = time.monotonic()
+        finished = [tp for tp, pending in self.pending.items()
+                    if pending.done() or now - pending.started >= self.settings.timeout]
         self._finish(consumer, finished, commit_async=False)
 
     def settle(self, consumer, tps, commit_async: bool = False) -> None:
         """Wait for the background checkpoints of `tps` (before a revocation, a shutdown or a
-        blocking save of the same partitions)."""
-        self._finish(consumer, [tp for tp in tps if tp in self.pending], commit_async)
+        blocking save of the same partitions), at most `settle_seconds`: the blocking save that
+        follows writes everything the writer had, so a stalled writer never holds up a stop."""
+        self._finish(consumer, [tp for tp in tps if tp in self.pending], commit_async, self.settle_seconds)
 
-    def _finish(self, consumer, tps, commit_async: bool) -> None:
+    def _finish(self, consumer, tps, commit_async: bool, wait_at_most: float = float("inf")) -> None:
         offsets = {}
         for tp in tps:
             pending = self.pending.pop(tp)
+            left = self.settings.timeout - (time.monotonic() - pending.started)
             try:
-                offset = pending.finish()
+                offset = pending.finish(timeout=max(0.0, min(left, wait_at_most)))
             except OSError as exc:
                 self._failed(consumer, tp, exc)
                 continue
@@ -181,3 +206,19 @@ class Checkpointer:
             self.outputs_blocked = False
             log.info("outputs acknowledged again")
         return True
+
+
+class _StoreCollector:
+    """What a store holds that no checkpoint counts yet: the Kafka store's unacknowledged
+    chunk bytes (bounded during an outage) and the writes it abandoned to keep them so."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def collect(self):
+        yield GaugeMetricFamily("shopstream_checkpoint_store_unacked_bytes",
+                                "Checkpoint bytes sent to the store and not yet acknowledged",
+                                value=getattr(self.store, "unacked_bytes", 0))
+        yield CounterMetricFamily("shopstream_checkpoint_store_abandoned_writes",
+                                  "Checkpoint writes whose unacknowledged records were dropped (the store did "
+                                  "not acknowledge them in time)", value=getattr(self.store, "abandoned_writes", 0))

@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import pickle
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,7 @@ import river
 
 from shopstream import __version__
 from shopstream.engine import Engine
-from shopstream.files import remove_leftovers, write_atomically
+from shopstream.files import open_locked, remove_leftovers, write_atomically
 from shopstream.signing import SignatureError, signing_key, verify
 
 log = logging.getLogger(__name__)
@@ -443,6 +444,8 @@ class PendingSave:
         self._finished = False
         self.froze_gc = False
         self.child_maxrss_kib = 0
+        self.started = time.monotonic()
+        self.spool_lock = None   # this process's lock on the spool (see `files.open_locked`)
 
     def _child_done(self, block: bool) -> bool:
         if self.status is None:
@@ -458,22 +461,40 @@ class PendingSave:
                 self._thread = self.store._publish_in_background(self)
         return True
 
+    def _wait_child(self, timeout: Optional[float]) -> bool:
+        """Wait for the child to exit (at most `timeout` seconds); False if it has not."""
+        if timeout is None:
+            return self._child_done(block=True)
+        deadline = time.monotonic() + timeout
+        while not self._child_done(block=False):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
     def done(self) -> bool:
         """True once the checkpoint is durable or has failed; never waits."""
         if not self._child_done(block=False):
             return False
         return self._thread is None or not self._thread.is_alive()
 
-    def finish(self) -> int:
-        """Wait for the checkpoint; the offset it holds, or OSError (bookkeeping restored)."""
+    def finish(self, timeout: Optional[float] = None) -> int:
+        """Wait for the checkpoint; the offset it holds, or OSError (bookkeeping restored).
+        A writer with no result within `timeout` seconds is killed: a failed checkpoint."""
         if self._finished:
             raise RuntimeError("finish() called twice")
         self._finished = True
-        self._child_done(block=True)
+        if not self._wait_child(timeout):
+            os.kill(self.pid, 9)   # a killed writer renames nothing later: its failure is final
+            self._child_done(block=True)
+            self.error = (f"checkpoint writer stalled: no result {time.monotonic() - self.started:.0f} s after it "
+                          "began; killed")
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join()   # bounded by the store's own timeouts; it may still publish, so it is awaited
         if self.froze_gc:
             _thaw()
+        if self.spool_lock is not None:
+            self.spool_lock.close()
         for path in (self.spool, self.spool.with_suffix(".error"), self.spool.with_suffix(".meta")):
             try:
                 path.unlink()
@@ -490,11 +511,6 @@ class PendingSave:
         seen = self.store._seen()
         seen[self.key] = max(seen.get(self.key, 0), self.snapshot.sequence)
         return self.next_offset
-
-
-def _spool_pid(name: str) -> int:
-    """The worker pid in a spool's name: .shopstream-ckpt-<key>-<pid>-<sequence>.spool (.error, .meta)."""
-    return int(name[1:].rsplit(".", 1)[0].rsplit("-", 2)[-2])
 
 
 #: Forks whose child may still share the parent's pages with the collector frozen.
@@ -556,10 +572,14 @@ class BackgroundCheckpoints:
         spool_dir = Path(self.spool_dir or tempfile.gettempdir())
         if not getattr(self, "_swept", False):  # spools of a killed worker, once per store
             self._swept = True
-            remove_leftovers(spool_dir, ".shopstream-ckpt-*", _spool_pid)
+            for spool in remove_leftovers(spool_dir, ".shopstream-ckpt-*.spool"):
+                for sibling in (spool.with_suffix(".error"), spool.with_suffix(".meta")):
+                    sibling.unlink(missing_ok=True)
         key = self.key(state.topic, state.partition).replace("/", "_")
-        spool = spool_dir / f".shopstream-ckpt-{key}-{os.getpid()}-{state.sequence}.spool"
+        spool = spool_dir / f".shopstream-ckpt-{key}-{os.getpid()}-{secrets.token_hex(4)}-{state.sequence}.spool"
         try:
+            # Locked by this process until `finish`: the child writes it, a thread may read it after.
+            spool_lock = open_locked(spool)
             pid = os.fork()
         except OSError:
             self._unstage(state, before)
@@ -582,6 +602,7 @@ class BackgroundCheckpoints:
                 os._exit(code)
         pending = PendingSave(self, state, before, pid, spool)
         pending.froze_gc = freeze_gc
+        pending.spool_lock = spool_lock
         return pending
 
     def _write_in_child(self, key: str, state: PartitionState, spool: Path) -> None:
@@ -604,7 +625,7 @@ class DirectoryCheckpointStore(BackgroundCheckpoints, CheckpointStore):
             raise FileNotFoundError(f"checkpoint directory {self.root} does not exist")
         # A writer killed mid-checkpoint (kill -9, or its worker's death) leaves a temp file as
         # large as the state: the worker that comes next removes it.
-        for path in remove_leftovers(self.root, ".*.ckpt.*.tmp", lambda name: int(name.split(".")[-2])):
+        for path in remove_leftovers(self.root, ".*.ckpt.*.tmp"):
             log.info("removed %s, left by a checkpoint writer that was killed", path)
 
     def path(self, topic: str, partition: int) -> Path:

@@ -23,6 +23,7 @@ import logging
 import re
 import sys
 import time
+from collections import deque
 from typing import Optional
 
 import msgspec
@@ -102,18 +103,31 @@ def send_command(options: dict, topic: str, command: Command) -> int:
     return metadata.offset
 
 
+#: Valid commands kept for partitions that have not seen them yet (the newest; older ones are
+#: skipped, counted and logged for a partition that missed them).
+MAX_KEPT_COMMANDS = 1000
+#: Messages that are no command, logged one by one; after these, one line every 1,000.
+_LOGGED_INVALID = 20
+
+
 class ControlChannel:
-    """Reads the control topic from the beginning and remembers every command (or why a
-    message is not one); applies them to partition engines; acknowledges on the reply topic."""
+    """Reads the control topic from the beginning and keeps the newest `MAX_KEPT_COMMANDS`
+    valid commands (signed, with a signing key); applies them to partition engines;
+    acknowledges on the reply topic. A message that is no command is rejected once, when it
+    is read (counted, logged, one reply for partition -1), never replayed into partitions.
+    A recreated control topic (its offsets start again below what a partition already saw) is
+    detected, reported and its commands applied from its start."""
 
     def __init__(self, options: dict, topic: str, artifacts: Optional[str], worker: str = ""):
         create_topics(options, {topic: 1, replies_topic(topic): 1})
         self.artifacts = artifacts
         self.worker = worker
         self.replies = replies_topic(topic)
-        # offset -> the command, or the reason it is none (undecodable, unsigned, ...)
-        self.commands: list[tuple[int, Command | str]] = []
+        self.commands: deque = deque()     # (offset, Command), offsets increasing
         self.counts: dict[tuple[str, str], int] = {}   # (action, outcome) -> partitions
+        self.read_up_to = 0                # the next offset of the control topic to read
+        self.dropped_through = -1          # the newest command dropped for the bound
+        self.invalid = 0                   # messages that were no command
         self._options = options
         self._producer: Optional[KafkaProducer] = None
         self._consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
@@ -123,20 +137,55 @@ class ControlChannel:
         self.catch_up()
 
     def catch_up(self, timeout: float = 15.0) -> None:
-        """Read every command sent so far, so partitions get them before their first event."""
-        end = self._consumer.end_offsets([self._partition])[self._partition]
+        """Read every command sent so far, so partitions get them before their first event.
+        Messages already there are no one's to answer again (a restart would reply to all)."""
+        end = self._end_offset()
         deadline = time.monotonic() + timeout
         while self._consumer.position(self._partition) < end and time.monotonic() < deadline:
-            self.poll(timeout_ms=200)
+            self.poll(timeout_ms=200, live=False)
 
-    def poll(self, timeout_ms: int = 0) -> bool:
+    def _end_offset(self) -> int:
+        return self._consumer.end_offsets([self._partition])[self._partition]
+
+    def poll(self, timeout_ms: int = 0, live: bool = True) -> bool:
         """Fetch new commands; True if there were any."""
+        records = [r for batch in self._consumer.poll(timeout_ms=timeout_ms).values() for r in batch]
+        return self.receive(records, live)
+
+    def receive(self, records, live: bool = True) -> bool:
+        """Take read records: keep the commands, reject (once) what is none; True if any was kept.
+        `live`: answer rejected messages on the reply topic (not when catching up at start)."""
         fresh = False
-        for records in self._consumer.poll(timeout_ms=timeout_ms).values():
-            for record in records:
-                self.commands.append((record.offset, self._parse(record)))
-                fresh = True
+        for record in records:
+            if record.offset < self.read_up_to:
+                self._recreated(f"offsets went back from {self.read_up_to - 1} to {record.offset}")
+            self.read_up_to = record.offset + 1
+            parsed = self._parse(record)
+            if isinstance(parsed, str):
+                self._reject_invalid(record.offset, parsed, live)
+                continue
+            self.commands.append((record.offset, parsed))
+            if len(self.commands) > MAX_KEPT_COMMANDS:
+                self.dropped_through = self.commands.popleft()[0]
+            fresh = True
         return fresh
+
+    def _recreated(self, how: str) -> None:
+        """The topic was deleted and created again: what was kept belongs to the old one."""
+        log.error("control topic %s was recreated (%s): its commands are applied from its start",
+                  self._partition.topic, how)
+        self.counts[("topic", "recreated")] = self.counts.get(("topic", "recreated"), 0) + 1
+        self.commands.clear()
+        self.read_up_to = 0
+        self.dropped_through = -1
+
+    def _reject_invalid(self, offset: int, reason: str, live: bool) -> None:
+        self.invalid += 1
+        self.counts[("invalid", "rejected")] = self.counts.get(("invalid", "rejected"), 0) + 1
+        if self.invalid <= _LOGGED_INVALID or self.invalid % 1000 == 0:
+            log.error("control message %d rejected (%d so far): %s", offset, self.invalid, reason[:300])
+        if live:
+            self._reply(Reply(offset, -1, "rejected", reason[:300], worker=self.worker))
 
     @staticmethod
     def _parse(record) -> Command | str:
@@ -158,19 +207,17 @@ class ControlChannel:
     def apply(self, engine: Engine, partition: int) -> bool:
         """Apply, in order, every command this engine has not seen yet; True if any.
         Never raises: a command that cannot be applied is rejected with its reason."""
-        applied = False
+        applied = self._catch_up_engine(engine, partition)
         for offset, command in self.commands:
             if offset <= engine.control_offset:
                 continue
             engine.control_offset = offset
             applied = True
-            if isinstance(command, Command) and command.partition is not None and command.partition != partition:
+            if command.partition is not None and command.partition != partition:
                 continue
-            action = command.action if isinstance(command, Command) and command.action in ACTIONS else "invalid"
-            target = command.target[:80] if isinstance(command, Command) else ""
+            action = command.action if command.action in ACTIONS else "invalid"
+            target = command.target[:80]
             try:
-                if not isinstance(command, Command):
-                    raise ValueError(command)
                 self._apply(engine, command)
             except Exception as exc:  # a command must never stop a worker: rejected, with the reason
                 reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
@@ -186,6 +233,30 @@ class ControlChannel:
             self._reply(Reply(offset, partition, outcome, reason[:300], engine.model_name, engine.model_version,
                               self.worker))
         return applied
+
+    def _catch_up_engine(self, engine: Engine, partition: int) -> bool:
+        """Before applying: an engine that saw an offset this topic does not have (recreated:
+        its commands would be skipped silently), or that missed commands dropped for the bound.
+        True if the engine's control offset changed."""
+        if engine.control_offset >= self.read_up_to:
+            end = self._end_offset()
+            if engine.control_offset < end:   # only behind: read on (another worker read further)
+                self.catch_up()
+            if engine.control_offset >= max(end, self.read_up_to):
+                log.error("partition %d: saw control command %d, but control topic %s ends at %d: it was "
+                          "recreated; applying its commands from its start", partition, engine.control_offset,
+                          self._partition.topic, end)
+                self.counts[("topic", "recreated")] = self.counts.get(("topic", "recreated"), 0) + 1
+                engine.control_offset = -1
+                return True
+        if engine.control_offset < self.dropped_through:
+            log.warning("partition %d: the commands at control offsets %d..%d were beyond the newest %d kept: "
+                        "skipped", partition, engine.control_offset + 1, self.dropped_through, MAX_KEPT_COMMANDS)
+            # once per partition that missed some (how many were commands, the bound no longer knows)
+            self.counts[("older", "skipped")] = self.counts.get(("older", "skipped"), 0) + 1
+            engine.control_offset = self.dropped_through
+            return True
+        return False
 
     def _apply(self, engine: Engine, command: Command) -> None:
         check_target(command.action, command.target)

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
+from collections import deque
 from typing import Optional
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -42,6 +44,7 @@ from .checkpoints import (MAGIC, BackgroundCheckpoints, ChunkReader, CheckpointE
 from .topics import create_topics
 
 DEFAULT_MAX_BYTES = 1024 * 1024     # the broker's default record limit: chunks fit any broker
+DEFAULT_WINDOW = 8                  # chunks unacknowledged at once per write (8 MiB with 1 MiB chunks)
 _RECORD_OVERHEAD = 4096             # key, headers and batch framing within max_bytes
 log = logging.getLogger(__name__)
 
@@ -52,12 +55,16 @@ class _ChunksGone(CheckpointError):
 
 
 class _ChunkSender:
-    """A file-like sink for the pickle: cuts it into chunk records and sends them."""
+    """A file-like sink for the pickle: cuts it into chunk records and sends them, with at
+    most `store.window` of them unacknowledged: during an outage an attempt fails after one
+    window instead of queueing a whole copy of the state in the producer."""
 
-    def __init__(self, store: "KafkaCheckpointStore", prefix: str):
-        self.store, self.prefix = store, prefix
+    def __init__(self, store: "KafkaCheckpointStore", producer, prefix: str, timeout: float):
+        self.store, self.producer, self.prefix, self.timeout = store, producer, prefix, timeout
         self.buffer = bytearray()
-        self.futures: list = []
+        self.sent = 0
+        self.unacked: deque = deque()   # (future, size) in the order sent
+        self.offsets: list[int] = []
 
     def write(self, data) -> int:
         view, size = memoryview(data), self.store.chunk_bytes
@@ -70,16 +77,35 @@ class _ChunkSender:
         return len(data)
 
     def _send(self) -> None:
-        key = f"{self.prefix}/{len(self.futures)}".encode()
-        self.futures.append(self.store._producer.send(self.store.chunk_topic, key=key, value=bytes(self.buffer),
-                                                      partition=self.store.chunk_partition))
+        while len(self.unacked) >= self.store.window:
+            self._wait_oldest()
+        key = f"{self.prefix}/{self.sent}".encode()
+        future = self.producer.send(self.store.chunk_topic, key=key, value=bytes(self.buffer),
+                                    partition=self.store.chunk_partition)
+        self.unacked.append((future, len(self.buffer)))
+        self.store.unacked_bytes += len(self.buffer)
+        self.sent += 1
         self.buffer = bytearray()
 
-    def finish(self, timeout: float) -> list[int]:
+    def _wait_oldest(self) -> None:
+        future, size = self.unacked[0]
+        offset = future.get(timeout=self.timeout).offset   # raises (KafkaError) if not acknowledged
+        self.unacked.popleft()
+        self.store.unacked_bytes -= size
+        self.offsets.append(offset)
+
+    def finish(self) -> list[int]:
         """Send what is left; wait for every chunk; return their offsets in order."""
-        if self.buffer or not self.futures:
+        if self.buffer or not self.sent:
             self._send()
-        return [future.get(timeout=timeout).offset for future in self.futures]
+        while self.unacked:
+            self._wait_oldest()
+        return self.offsets
+
+    def abandon(self) -> None:
+        """The attempt failed: what it left in the producer is dropped with it."""
+        self.store.unacked_bytes -= sum(size for _, size in self.unacked)
+        self.unacked.clear()
 
 
 class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
@@ -97,7 +123,11 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
                      "segment.ms": "60000", "min.cleanable.dirty.ratio": "0.1", "delete.retention.ms": "60000"}
         create_topics(options, {topic: 1, self.chunk_topic: 1},
                       configs={topic: compacted, self.chunk_topic: compacted})
-        self._producer = KafkaProducer(acks="all", max_request_size=max_bytes, linger_ms=5, **options)
+        self.window = DEFAULT_WINDOW
+        self.unacked_bytes = 0          # chunk bytes sent and not yet acknowledged (a metric)
+        self.abandoned_writes = 0       # attempts whose unacknowledged records were dropped (a metric)
+        self._producer_lock = threading.Lock()
+        self._producer: Optional[KafkaProducer] = None
         self._partition = TopicPartition(topic, 0)
         self._consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
                                        **options)
@@ -114,8 +144,30 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
 
     # -- writing -------------------------------------------------------------------------
 
+    def _new_producer(self):
+        return KafkaProducer(acks="all", max_request_size=self.max_bytes, linger_ms=5, **self.options)
+
+    def _current_producer(self):
+        with self._producer_lock:
+            if self._producer is None:
+                self._producer = self._new_producer()
+            return self._producer
+
+    def _abandon(self, producer) -> None:
+        """Drop a failed attempt's records: kafka-python keeps unacknowledged records until
+        their delivery timeout without a memory bound, so each retry during an outage would add
+        another copy. Closing the producer at once aborts them; the next attempt gets a new one."""
+        with self._producer_lock:
+            if self._producer is producer:
+                self._producer = None
+        self.abandoned_writes += 1
+        try:
+            producer.close(timeout=0)
+        except Exception as exc:  # noqa: BLE001 - it is being thrown away
+            log.debug("closing an abandoned checkpoint producer: %s", exc)
+
     def _write_state(self, key: str, state: PartitionState) -> None:
-        sender = _ChunkSender(self, f"{key}/{state.sequence}")
+        sender = _ChunkSender(self, self._current_producer(), f"{key}/{state.sequence}", self.timeout)
         self._send(key, state, sender, lambda: dump_payload(state, sender))
 
     def _write_in_child(self, key: str, state: PartitionState, spool) -> None:
@@ -126,12 +178,11 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         spool.with_suffix(".meta").write_text(f"{size} {digest}")
 
     def _publish_in_background(self, pending: PendingSave):
-        import threading
-
         def publish():
             try:
                 size, digest = pending.spool.with_suffix(".meta").read_text().split()
-                sender = _ChunkSender(self, f"{pending.key}/{pending.snapshot.sequence}")
+                sender = _ChunkSender(self, self._current_producer(), f"{pending.key}/{pending.snapshot.sequence}",
+                                      self.timeout)
 
                 def stream():
                     with open(pending.spool, "rb") as spool:
@@ -150,16 +201,19 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
     def _send(self, key: str, state, sender: "_ChunkSender", write_payload) -> None:
         """Send the payload's chunks (`write_payload()` feeds `sender`, returns (size, sha256)),
         wait for them, then the manifest; then tombstone the replaced checkpoint's chunks."""
-        prefix = sender.prefix
+        prefix, producer = sender.prefix, sender.producer
         try:
             size, digest = write_payload()
-            offsets = sender.finish(self.timeout)
+            offsets = sender.finish()
             header = make_header(state, size, digest, chunks={
                 "topic": self.chunk_topic, "partition": self.chunk_partition, "offsets": offsets, "key": prefix})
             manifest = MAGIC + check_line(header) + b"\n" + header + b"\n"
-            self._producer.send(self.topic, key=key.encode(), value=manifest, partition=0).get(timeout=self.timeout)
+            producer.send(self.topic, key=key.encode(), value=manifest, partition=0).get(timeout=self.timeout)
         except KafkaError as exc:  # the store did not take the write: same contract as a full disk
-            raise OSError(f"checkpoint topic {self.topic}: {type(exc).__name__}: {exc}") from exc
+            sender.abandon()
+            self._abandon(producer)
+            raise OSError(f"checkpoint topic {self.topic}: {type(exc).__name__}: {exc} (its unacknowledged "
+                          "records dropped)") from exc
         old = self._live_chunks.get(key) or self._chunk_keys(self._latest.get(key))
         self._latest[key] = manifest
         self._had_value.add(key)
@@ -167,7 +221,7 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         self._live_chunks[key] = [f"{prefix}/{i}".encode() for i in range(len(offsets))]
         try:  # the replaced checkpoint's chunks: compaction removes them (best effort)
             for chunk_key in old:
-                self._producer.send(self.chunk_topic, key=chunk_key, value=None, partition=self.chunk_partition)
+                producer.send(self.chunk_topic, key=chunk_key, value=None, partition=self.chunk_partition)
         except KafkaError as exc:
             log.warning("checkpoint topic %s: old chunks of %s not tombstoned: %s", self.chunk_topic, key, exc)
 
@@ -302,7 +356,8 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
                 if value is not None and key.startswith(prefix) and (prefix or "/" not in key)]
 
     def close(self) -> None:
-        self._producer.close()
+        if self._producer is not None:
+            self._producer.close()
         self._consumer.close()
         if self._chunks_consumer is not None:
             self._chunks_consumer.close()

@@ -104,6 +104,9 @@ def cut(message: dict, keep: int = DEAD_LETTER_CUT) -> dict:
     return {"key": key[:1000] if key else key, "value": value[:keep], "headers": kept}
 
 
+CLOSE_SECONDS = 10.0   # what a stop waits for unacknowledged outputs
+
+
 class Outputs:
     """The worker's producer: predictions and dead letters, each send's outcome checked.
 
@@ -207,5 +210,8 @@ class Outputs:
         except Exception as exc:
             log.warning("closing the old producer: %s: %s", type(exc).__name__, exc)
 
-    def close(self) -> None:
-        self.producer.close()
+    def close(self, timeout: float = CLOSE_SECONDS) -> None:
+        """Flush and close, waiting at most `timeout`: a stop during an outage otherwise waited for
+        the producer's 120 s delivery timeout, past compose's 60 s grace. Outputs left unacknowledged
+        are covered by no checkpoint: their events are replayed, and published, after a restart."""
+        self.producer.close(timeout=timeout)

@@ -16,6 +16,7 @@ sasl_username=None, sasl_password=<secret>, ssl_cafile=None, ssl_certfile=None, 
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from dataclasses import dataclass, field, fields, replace
@@ -54,9 +55,14 @@ class CheckpointSettings:
         "costs more than a small checkpoint). Revocation and shutdown checkpoints always wait",
         flag="--checkpoint-background", choices=("auto", "on", "off")))
 
+    timeout: float = field(default=120.0, metadata=_help(
+        "seconds a checkpoint written in the background may take: then its writer is killed and the "
+        "checkpoint counts as failed (partition paused, retried)", flag="--checkpoint-timeout"))
+
     def __post_init__(self) -> None:
         check(self, (("every", self.every >= 1, "must be >= 1"),
                      ("seconds", self.seconds > 0, "must be > 0 seconds"),
+                     ("timeout", self.timeout > 0, "must be > 0 seconds"),
                      ("background", self.background in ("auto", "on", "off"), "must be auto, on or off")))
 
 
@@ -74,7 +80,8 @@ class WorkerSettings:
         "topic for published predictions ('' to disable)"))
     dead_letter_topic: str = field(default="shop-events-dlq", metadata=_help(
         "topic for messages that fail to decode or validate"))
-    control_topic: str = field(default="shop-control", metadata=_help("topic of `shopstream models` commands"))
+    control_topic: str = field(default="shop-control", metadata=_help(
+        "topic of `shopstream models` commands ('' to disable)"))
     artifacts: Optional[str] = field(default=None, metadata=_help(
         "bootstrap output (its DEFAULT model starts new partitions)", type=str))
     adopt_artifact_settings: bool = field(default=False, metadata=_help(
@@ -108,7 +115,12 @@ class WorkerSettings:
         "DEBUG shows the Kafka client's own INFO lines too", choices=("DEBUG", "INFO", "WARNING", "ERROR")))
 
     def __post_init__(self) -> None:
+        _check_finite(self)
         check(self, (
+            ("topic", bool(self.topic), "must be a topic name"),
+            ("group", bool(self.group), "must be a consumer group name"),
+            ("promotion_margin", self.promotion_margin >= 0, "must be >= 0 (ROC AUC points)"),
+            ("promotion_min_resolved", self.promotion_min_resolved >= 1, "must be >= 1"),
             ("max_poll_records", self.max_poll_records >= 1, "must be >= 1"),
             ("session_timeout_ms", self.session_timeout_ms >= 1000, "must be >= 1000"),
             ("max_future_skew", self.max_future_skew >= 0, "must be >= 0 seconds"),
@@ -117,6 +129,7 @@ class WorkerSettings:
             ("metrics_port", -1 <= self.metrics_port <= 65535, "must be -1..65535"),
             ("max_events", self.max_events >= 0, "must be >= 0"),
         ))
+        _check_topics(self)
         if self.auto_promote and self.lineup.promotion is None:
             # The promotion options are flat on the command line; the line-up carries the policy.
             policy = PromotionPolicy(margin=self.promotion_margin, min_resolved=self.promotion_min_resolved)
@@ -141,7 +154,15 @@ class WorkerSettings:
         for name, part in PARTS.items():
             values = {f.name: given[key] for f in fields(part) if (key := option_name(part, f)) in given}
             used |= {option_name(part, f) for f in fields(part)}
-            parts[name] = part(**_tuples(values))
+            if part is FeatureCaps:  # its own check (a ValueError) names the field, not the option
+                for f in fields(part):
+                    if not values.get(f.name, f.default) > 0:
+                        raise ConfigError(option_name(part, f), values[f.name], "must be > 0")
+            try:
+                parts[name] = part(**_tuples(values))
+            except ConfigError as exc:  # named as the command line spells it (--checkpoint-seconds)
+                flat = {f.name: option_name(part, f) for f in fields(part)}
+                raise ConfigError(flat.get(exc.name, exc.name), exc.value, exc.rule) from None
         own = {f.name: given[f.name] for f in fields(cls) if f.name not in PARTS and f.name in given}
         used |= set(own)
         unknown = sorted(set(given) - used)
@@ -152,6 +173,47 @@ class WorkerSettings:
     @property
     def name(self) -> str:
         return self.client_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _check_finite(settings: "WorkerSettings") -> None:
+    """NaN or infinity in any number setting is a mistake (a NaN compares false with every bound;
+    an infinite window or lateness holds every prediction open forever): refused, by option name."""
+    parts = [(part, getattr(settings, name)) for name, part in PARTS.items()] + [(WorkerSettings, settings)]
+    for part, obj in parts:
+        for f in fields(part):
+            value = getattr(obj, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(option_name(part, f), value, "must be a finite number")
+
+
+def _check_topics(settings: "WorkerSettings") -> None:
+    """Every topic a worker reads or writes is its own: a dead-letter, predictions or control
+    topic equal to the events topic (or to each other) makes the worker read what it writes, one
+    bad message becoming dead letters without end. Checked in the order a reader would look."""
+    named = [("topic", settings.topic)]
+    if not settings.dead_letter_topic:
+        raise ConfigError("dead_letter_topic", settings.dead_letter_topic, "must be a topic name (messages that "
+                          "fail to decode go there)")
+    named.append(("dead_letter_topic", settings.dead_letter_topic))
+    if settings.predictions_topic:
+        named.append(("predictions_topic", settings.predictions_topic))
+    if settings.control_topic:
+        named += [("control_topic", settings.control_topic),
+                  ("control_topic", f"{settings.control_topic}-replies")]
+    if settings.checkpoints.store == "kafka":
+        if not settings.checkpoints.topic:
+            raise ConfigError("checkpoint_topic", "", "must be a topic name (with --checkpoint-store kafka)")
+        named += [("checkpoint_topic", settings.checkpoints.topic),
+                  ("checkpoint_topic", f"{settings.checkpoints.topic}-chunks")]
+    seen: dict = {}
+    for name, topic in named:
+        if topic in seen and seen[topic] != name:
+            other = seen[topic]
+            value = getattr(settings, name, None) if name != "checkpoint_topic" else settings.checkpoints.topic
+            both = f" ({topic!r} would be both)" if topic != value else ""
+            raise ConfigError(name, value, f"must differ from --{other.replace('_', '-')}{both}: the worker would "
+                              "read what it writes")
+        seen.setdefault(topic, name)
 
 
 #: The objects a worker's settings are made of, by attribute name.

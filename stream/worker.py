@@ -182,6 +182,14 @@ class Worker(ConsumerRebalanceListener):
                 self.fatal = f"partition {tp.partition}: {exc}"
                 self.stopping = True
                 continue
+            except Exception as exc:  # noqa: BLE001 - unreadable path, store timeout: same clean stop
+                # Raised out of this callback, it would kill the worker inside poll: no checkpoint of
+                # the other partitions, no close, the group waiting a session timeout for it.
+                log.error("partition %d: restoring failed: %s: %s; stopping (its other partitions are "
+                          "checkpointed, the group is left)", tp.partition, type(exc).__name__, exc)
+                self.fatal = f"partition {tp.partition}: restoring failed: {type(exc).__name__}: {exc}"
+                self.stopping = True
+                continue
             state.engine.mark_good()
             if signing_key() is not None:
                 self._unverified.add(tp)  # checked against the committed offset after this poll

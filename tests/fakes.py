@@ -141,7 +141,7 @@ class FakeProducer:
         self.unflushed = 0
 
     def close(self, timeout=None):
-        pass
+        self.calls.append(("close_producer", timeout))
 
 
 class FakeStore(DirectoryCheckpointStore):
@@ -151,6 +151,10 @@ class FakeStore(DirectoryCheckpointStore):
         super().__init__(root, group)
         self.calls = calls
         self.broken = False
+        self.stalled = False
+        # A forked writer's speed is the machine's: set, each background checkpoint is over by the
+        # time the loop next looks (`done()` waits for it), so how many begin is the same everywhere.
+        self.writers_finish_at_once = False
 
     def save(self, state):
         if self.broken:
@@ -161,11 +165,19 @@ class FakeStore(DirectoryCheckpointStore):
 
     def begin_save(self, state, freeze_gc=True):
         self.calls.append(("begin_save", state.partition, state.next_offset))
-        return super().begin_save(state, freeze_gc)
+        pending = super().begin_save(state, freeze_gc)
+        if self.writers_finish_at_once:
+            pending._child_done(block=True)
+            if pending._thread is not None:
+                pending._thread.join()
+        return pending
 
     def _write_in_child(self, key, state, spool):
         if self.broken:  # the forked writer finds the disk full
             raise OSError(28, "No space left on device (fake)")
+        if self.stalled:  # the forked writer hangs (a dead NFS server, a stopped process)
+            import time
+            time.sleep(3600)
         super()._write_in_child(key, state, spool)
 
 

@@ -8,15 +8,17 @@ import pickle
 import socket
 import subprocess
 import sys
+from collections import deque
 from types import SimpleNamespace
 
+import msgspec
 import pytest
 
 from shopstream.artifacts import ArtifactError, load_artifact, save_artifact, set_default
 from shopstream.engine import Engine
 from shopstream.signing import SignatureError
 from shopstream.stream.checkpoints import CheckpointError, DirectoryCheckpointStore, PartitionState
-from shopstream.stream.control import SIGNATURE_HEADER, Command, ControlChannel, check_target
+from shopstream.stream.control import MAX_KEPT_COMMANDS, SIGNATURE_HEADER, Command, ControlChannel, check_target
 from shopstream.stream.settings import WorkerSettings
 from shopstream.stream.telemetry import WorkerCollector, WorkerSnapshot
 from shopstream.stream.worker import preflight
@@ -32,17 +34,27 @@ class Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
-def channel(artifacts=None):
-    """A ControlChannel without Kafka: commands are fed by hand, replies collected."""
+def channel(artifacts=None, end=None):
+    """A ControlChannel without Kafka: records are fed by hand (`receive`), replies collected;
+    `end` is the topic's end offset as the broker would tell it (default: what was fed)."""
     ch = ControlChannel.__new__(ControlChannel)
-    ch.artifacts, ch.worker, ch.replies, ch.commands, ch.counts = artifacts, "w1", "r", [], {}
+    ch.artifacts, ch.worker, ch.replies, ch.commands, ch.counts = artifacts, "w1", "r", deque(), {}
+    ch.read_up_to, ch.dropped_through, ch.invalid = 0, -1, 0
+    ch._partition = SimpleNamespace(topic="control")
+    ch._end_offset = lambda: ch.read_up_to if end is None else end
+    ch.catch_up = lambda: None
     sent = []
     ch._producer = SimpleNamespace(send=lambda topic, value: sent.append(json.loads(value)), close=lambda **k: None)
     return ch, sent
 
 
-def record(value: bytes, headers=()):
-    return SimpleNamespace(value=value, headers=list(headers), offset=0)
+def record(value: bytes, headers=(), offset=0):
+    return SimpleNamespace(value=value, headers=list(headers), offset=offset)
+
+
+def records(values, start=0):
+    return [record(v if isinstance(v, bytes) else msgspec.json.encode(v), offset=start + i)
+            for i, v in enumerate(values)]
 
 
 def test_hostile_commands_are_rejected_with_a_reason_and_run_no_code(tmp_path):
@@ -57,25 +69,66 @@ def test_hostile_commands_are_rejected_with_a_reason_and_run_no_code(tmp_path):
     artifacts.mkdir()
     ch, replies = channel(str(artifacts))
     hostile = [Command("rollback", str(evil)), Command("rollback", "../evil"), Command("rollback", "x" * 300),
-               Command("promote", "p" * 5000), Command("promote", "hat"), Command("explode", "now"),
-               ControlChannel._parse(record(b"\xff\xfe not json")), ControlChannel._parse(record(b"[" * 2000)),
-               ControlChannel._parse(record(b"{" * 50_000))]
-    ch.commands = list(enumerate(hostile))
+               Command("promote", "p" * 500), Command("promote", "hat"), Command("explode", "now"),
+               b"\xff\xfe not json", b"[" * 2000, b"{" * 50_000]
+    assert ch.receive(records(hostile)) is True
+    # No command at all: rejected once, when read (one reply, for no partition), never kept
+    assert [(r["command"], r["partition"]) for r in replies] == [(6, -1), (7, -1), (8, -1)]
+    assert replies[0]["reason"].startswith("not a command") and replies[1]["reason"].startswith("not a command")
+    assert replies[2]["reason"] == "50000 bytes, more than 4096"
+    assert [offset for offset, _ in ch.commands] == [0, 1, 2, 3, 4, 5]
+    replies.clear()
     engine = Engine.fresh("logreg", "shop")
     assert ch.apply(engine, 0) is True
     assert not marker.exists()
-    assert [r["outcome"] for r in replies] == ["rejected"] * len(hostile)
+    assert [r["outcome"] for r in replies] == ["rejected"] * 6
     reasons = [r["reason"] for r in replies]
     assert "is not an artifact version" in reasons[0] and "is not an artifact version" in reasons[1]
     assert "is not a model name" in reasons[3] and len(reasons[3]) < 300
     assert "no model named 'hat' here" in reasons[4] and "unknown action" in reasons[5]
-    assert reasons[6].startswith("not a command") and reasons[7].startswith("not a command")
-    assert reasons[8] == "50000 bytes, more than 4096"
     assert ch.counts == {("rollback", "rejected"): 3, ("promote", "rejected"): 2, ("invalid", "rejected"): 4}
-    assert engine.model_name == "logreg" and engine.control_offset == len(hostile) - 1
+    assert engine.model_name == "logreg" and engine.control_offset == 5
     lineage = [h for h in engine.history if h["kind"] == "control"]
-    assert len(lineage) == len(hostile) and all(len(h["target"]) <= 80 for h in lineage)
+    assert len(lineage) == 6 and all(len(h["target"]) <= 80 for h in lineage)
     assert ch.apply(engine, 0) is False  # each command once
+
+
+def test_junk_on_the_control_topic_is_not_kept_nor_replayed_into_new_partitions(monkeypatch):
+    """50,000 junk messages used to be kept (+204 MB) and replayed into every new partition (50,000
+    errors and replies each). Now junk is rejected once when read; valid commands are bounded."""
+    monkeypatch.setenv("SHOPSTREAM_SIGNING_KEY", "k3y")
+    ch, replies = channel()
+    junk = [b'{"action": "promote", "target": "logreg"}'] * 5000 + [b"\x00junk"] * 5000
+    ch.receive(records(junk), live=False)
+    assert len(ch.commands) == 0 and ch.invalid == 10_000 and replies == [], "unsigned: none kept"
+    engine = Engine.fresh("logreg", "shop")
+    assert ch.apply(engine, 0) is False and engine.history == [] and replies == []
+    monkeypatch.delenv("SHOPSTREAM_SIGNING_KEY")
+    ch.receive(records([Command("promote", "nope")] * (MAX_KEPT_COMMANDS + 500), start=10_000))
+    assert len(ch.commands) == MAX_KEPT_COMMANDS and ch.dropped_through == 10_499
+    assert ch.apply(engine, 3) is True
+    assert len(replies) == MAX_KEPT_COMMANDS and engine.control_offset == 10_000 + MAX_KEPT_COMMANDS + 499
+    assert ch.counts[("older", "skipped")] == 1, "the dropped ones are skipped for this partition: counted"
+
+
+def test_a_recreated_control_topic_is_detected_and_its_commands_applied():
+    """A partition checkpointed after command 40 of a control topic that was then deleted and
+    created again: the new topic's commands (offsets 0, 1) were skipped silently as 'seen'."""
+    ch, replies = channel(end=2)
+    ch.receive(records([Command("promote", "logreg"), Command("promote", "nope")]))
+    engine = Engine.fresh("logreg", "shop")
+    engine.control_offset = 40      # from a checkpoint taken while the old topic had 41 commands
+    assert ch.apply(engine, 0) is True
+    assert engine.control_offset == 1 and [r["command"] for r in replies] == [0, 1]
+    assert ch.counts[("topic", "recreated")] == 1
+    # while a worker runs: the offsets it reads go back
+    ch.receive(records([Command("promote", "logreg")], start=0))
+    assert ch.counts[("topic", "recreated")] == 2 and [o for o, _ in ch.commands] == [0]
+    behind, _ = channel(end=45)     # not recreated: this worker only read less far than another
+    behind.receive(records([Command("promote", "logreg")]))
+    engine.control_offset = 40
+    assert behind.apply(engine, 0) is False and engine.control_offset == 40
+    assert ("topic", "recreated") not in behind.counts
 
 
 def test_with_a_signing_key_unsigned_and_forged_commands_are_refused(monkeypatch):

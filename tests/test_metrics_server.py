@@ -156,3 +156,37 @@ def test_metrics_negotiate_openmetrics_and_gzip(served):
     [sample] = info.samples
     assert sample.name == "shopstream_model_info" and sample.value == 1
     assert sample.labels == {"model": "logreg", "role": "champion", "partition": "0", "version": "fresh"}
+
+
+def test_a_flood_of_idle_connections_holds_a_bounded_number_of_threads(monkeypatch):
+    """200 idle connections used to hold 200 threads for ever (and a listen backlog of 5 made
+    connects time out). Now at most 32 are served at once and the rest are closed at once."""
+    import threading
+
+    from shopstream import exporter
+
+    monkeypatch.setattr(exporter._QuietHandler, "timeout", 300.0)   # none times out during the test
+    server = MetricsServer(CollectorRegistry(), port=0).start()
+    before = threading.active_count()
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(200)]
+    try:
+        wait_for(lambda: server.httpd.refused == 200 - 32, 60, "every connection past the bound refused")
+        assert threading.active_count() - before == 32
+    finally:
+        for conn in idle:
+            conn.close()
+    wait_for(lambda: threading.active_count() == before, 60, "the threads of closed connections ended")
+    assert get(f"http://127.0.0.1:{server.port}/healthz")[0] == 200
+    assert server.httpd.request_queue_size >= 128   # the listen backlog
+    server.stop()
+
+
+def test_an_idle_connection_is_closed_by_the_server(monkeypatch):
+    from shopstream import exporter
+
+    assert exporter._QuietHandler.timeout is not None and exporter._QuietHandler.timeout <= 30
+    monkeypatch.setattr(exporter._QuietHandler, "timeout", 0.5)
+    server = MetricsServer(CollectorRegistry(), port=0).start()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as conn:
+        assert conn.recv(1) == b"", "closed by the server, its thread ended"
+    server.stop()

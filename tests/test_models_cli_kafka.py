@@ -4,17 +4,21 @@ stopped worker when it resumes; recorded in the checkpoint lineage."""
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import WORKER_ENV, worker_command
-from helpers import read_topic, send_records
+from conftest import WORKER_ENV, free_port, worker_command
+from helpers import read_topic, scrape, send_records, wait_for
 from shopstream.offline.bootstrap import bootstrap
 from shopstream.generator import generate, write_jsonl
 from shopstream.stream.checkpoints import DirectoryCheckpointStore
 
 pytestmark = pytest.mark.kafka
+
+
+def consumed(port: int) -> float:
+    return sum(v for (name, labels), v in scrape(port).items()
+               if name == "shopstream_events_total" and ("outcome", "consumed") in labels)
 
 
 def cli(*args):
@@ -41,16 +45,24 @@ def test_promote_while_running_then_rollback_on_resume(kafka, new_topic, tmp_pat
                              "--challengers", "logreg", "logreg_adagrad", "--no-auto-promote",
                              "--control-topic", control, "--until-idle", "6", "--metrics-port", "-1",
                              "--checkpoint-every", "2000")
-    worker = subprocess.Popen(command, env=WORKER_ENV, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not list(checkpoints.glob("*.ckpt")) and time.time() < deadline:
-        time.sleep(0.2)
-    out = cli("models", "promote", other, "--bootstrap-servers", kafka, "--control-topic", control, "--topic", topic)
-    assert f"sent promote {other} for every partition" in out
-    assert f"partition 0: applied (champion {other}" in out and f"partition 1: applied (champion {other}" in out
-    time.sleep(2)  # applied within a second; what comes next is predicted by the new champion
-    send_records(kafka, topic, records[20_000:])
-    _, log = worker.communicate(timeout=180)
+    # This run stops when it has consumed everything, not after an idle spell: on a loaded machine
+    # the promote command took longer than the idle spell, and the worker was gone before it.
+    port = free_port()
+    first = [*command[:command.index("--until-idle")], "--until-idle", "0", "--metrics-port", str(port),
+             "--checkpoint-every", "2000"]
+    worker = subprocess.Popen(first, env=WORKER_ENV, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: list(checkpoints.glob("*.ckpt")), 120, "a first checkpoint")
+        out = cli("models", "promote", other, "--bootstrap-servers", kafka, "--control-topic", control,
+                  "--topic", topic)
+        assert f"sent promote {other} for every partition" in out
+        # "applied" is answered once the engines run the new champion: what comes next is its
+        assert f"partition 0: applied (champion {other}" in out and f"partition 1: applied (champion {other}" in out
+        send_records(kafka, topic, records[20_000:])
+        wait_for(lambda: consumed(port) == len(records), 180, "every event consumed")
+    finally:
+        worker.terminate()
+        _, log = worker.communicate(timeout=180)
     assert worker.returncode == 0, log[-2000:]
 
     states = DirectoryCheckpointStore(checkpoints).load_all()

@@ -1,7 +1,9 @@
 """A broker outage mid-stream, and SASL authentication, on a private broker."""
 
+import socket
 import subprocess
 import time
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -137,3 +139,41 @@ def test_sasl_credentials_pass_through_and_are_never_logged(private_kafka, tmp_p
         assert wrong.returncode == 2 and "no Kafka broker answered" in wrong.stderr, wrong.stderr[-2000:]
         assert "Wr0ng-pa55" not in wrong.stderr + wrong.stdout
         assert not list((tmp_path / "ckpt2").glob("*.ckpt")), "no access with a wrong password"
+
+
+def _jvms_of(data_dir: str) -> list[int]:
+    """The processes running the broker of `data_dir`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if f"kafka.Kafka {data_dir}/server.properties".encode() in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def test_kafka_sh_finds_its_broker_by_data_directory_and_a_stop_frees_everything(private_kafka):
+    """`kafka.sh start` reported a live broker as "exited during startup" (its pid file named a pid
+    that was not the JVM), and a start right after a stop found the old JVM still holding the data
+    directory. Now a broker is found by its command line, and `stop` returns once it is gone."""
+    data = private_kafka.env["SHOPSTREAM_KAFKA_DATA"]
+    pidfile = Path(data) / "kafka.pid"
+    [jvm] = _jvms_of(data)
+    pidfile.write_text("999999999\n")   # a pid that is not the JVM (setsid forked, or not exec'd yet)
+    status = subprocess.run(["bash", "scripts/kafka.sh", "status"], env=private_kafka.env, capture_output=True,
+                            text=True, cwd=Path(__file__).parent.parent)
+    assert status.returncode == 0 and f"pid {jvm}" in status.stdout, status.stdout + status.stderr
+    assert pidfile.read_text().strip() == str(jvm)
+    private_kafka.script("stop")
+    assert _jvms_of(data) == []
+    if Path(f"/proc/{jvm}").exists():   # at most a zombie: every thread gone, every file closed
+        assert Path(f"/proc/{jvm}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    for port in (private_kafka.port, private_kafka.controller_port):
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open after stop"
+    private_kafka.script("start")   # at once: nothing of the old broker stands in its way
+    wait_for(lambda: _jvms_of(data) != [], 30, "the new broker")

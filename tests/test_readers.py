@@ -70,3 +70,43 @@ def test_bootstrap_skips_bad_rows_or_stops_at_max_bad_rows(tmp_path):
                           text=True, timeout=300)
     assert stop.returncode == 2 and "more than 1 bad row(s) (--max-bad-rows); the last, history.jsonl:3002" \
         in stop.stderr
+
+
+def test_a_quoted_field_over_the_limit_hides_no_rows_and_loses_none(tmp_path):
+    """The csv module gives up on an oversized field mid-field; read on from there, the rows
+    written inside the quotes became events and the next real row was lost."""
+    path = tmp_path / "history.csv"
+    inside = "".join(f"2026-01-01 00:01:{i:02d} UTC,purchase,666,7,s1,1\n" for i in range(5))
+    with open(path, "w") as out:
+        out.write(HEADER + ROW.format(1, 1))                                          # line 2
+        out.write(f'2026-01-01 00:00:02 UTC,view,"{"x" * 140_000}\n{inside}",7,s1,1\n')  # lines 3-9
+        out.write(ROW.format(3, 3))                                                   # line 10
+    rows = list(read_events(path))
+    assert [(where, type(parsed).__name__) for where, parsed in rows] == [
+        ("history.csv:2", "Event"), ("history.csv:3", "InvalidEvent"), ("history.csv:10", "Event")]
+    assert [parsed.event_type for _, parsed in rows if not isinstance(parsed, InvalidEvent)] == ["view", "view"]
+
+
+def test_a_csv_record_past_a_mebibyte_is_skipped_without_being_held(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text(HEADER + '2026-01-01 00:00:02 UTC,view,"' + "y\n" * 600_000 + '",7,s1,1\n' + ROW.format(3, 3))
+    rows = list(read_events(path))
+    assert [where for where, _ in rows] == ["history.csv:2", "history.csv:600003"]
+    assert str(rows[0][1]) == "row: unreadable CSV: a record over 1048576 characters"
+
+
+@pytest.mark.parametrize("unit, zone", [("s", None), ("ms", "UTC"), ("us", None), ("ns", "Europe/Paris")])
+def test_a_parquet_time_column_typed_as_a_timestamp_is_read(tmp_path, unit, zone):
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    when = dt.datetime(2026, 1, 1, 12, 30, 15, tzinfo=dt.timezone.utc)
+    times = pa.array([when if zone else when.replace(tzinfo=None)] * 2, type=pa.timestamp(unit, tz=zone))
+    table = pa.table({"event_time": times, "event_type": ["view", "cart"], "product_id": [1, 2],
+                      "user_id": [7, 7], "user_session": ["s", "s"]})
+    pq.write_table(table, tmp_path / "history.parquet")
+    rows = list(read_events(tmp_path / "history.parquet"))
+    assert [type(parsed).__name__ for _, parsed in rows] == ["Event", "Event"], rows
+    assert {parsed.event_time for _, parsed in rows} == {when.timestamp()}

@@ -213,9 +213,12 @@ def test_the_next_store_removes_what_a_killed_writer_left(tmp_path):
     root = tmp_path / "ckpt"
     root.mkdir()
     left = root / f".t-0.ckpt.{dead}.tmp"
+    left.write_bytes(b"half a checkpoint")
     live = root / f".t-1.ckpt.{os.getpid()}.tmp"   # a writer still at work: not touched
-    for path in (left, live):
-        path.write_bytes(b"half a checkpoint")
+    from shopstream.files import open_locked
+
+    live_writer = open_locked(live)
+    live_writer.write(b"half a checkpoint")
     spools = tmp_path / "spool"
     spools.mkdir()
     spool = spools / f".shopstream-ckpt-g_t-0-{dead}-3.spool"
@@ -225,3 +228,30 @@ def test_the_next_store_removes_what_a_killed_writer_left(tmp_path):
     store.spool_dir = spools
     store.begin_save(PartitionState("t", 0, Engine.fresh("logreg", "raw"), next_offset=2)).finish()
     assert not spool.exists() and store.load("t", 0).next_offset == 2
+    live_writer.close()
+
+
+def test_a_live_writer_in_another_container_keeps_its_temp_file_whatever_its_pid(tmp_path):
+    """Two containers share the checkpoint volume; process ids repeat across them, so a
+    writer's pid can be one that is dead (or another process) here. Its temp file was
+    removed as a killed writer's leftover, and its checkpoint failed. Its lock now says it lives."""
+    import subprocess
+    import sys
+
+    dead_here = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                               text=True).stdout.strip()
+    root = tmp_path / "shared"
+    root.mkdir()
+    theirs = root / f".t-0.ckpt.{dead_here}.tmp"   # what the other container's writer named it
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys\n"   # a writer holds a lock on what it writes (shopstream.files.open_locked)
+        f"out = open({str(theirs)!r}, 'wb'); fcntl.flock(out, fcntl.LOCK_EX); out.write(b'half'); out.flush()\n"
+        "print('writing', flush=True); sys.stdin.read()\n")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        DirectoryCheckpointStore(root, "g")   # a worker starting in this container
+        assert theirs.exists(), "a live writer's file is left alone"
+    finally:
+        writer.communicate("")
+    DirectoryCheckpointStore(root, "g")   # once that writer is gone, its file is a leftover
+    assert not theirs.exists()

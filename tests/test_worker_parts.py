@@ -261,8 +261,12 @@ def test_a_worker_with_background_checkpoints_ends_like_one_without(tmp_path):
     stream = events(2000)
     background, clients = make_worker(tmp_path / "bg", {0: stream}, checkpoint_every=300,
                                       checkpoint_background="on")
+    clients.store.writers_finish_at_once = True  # as many forks on a slow machine as on a fast one
     assert background.run() == 0
-    assert [c[0] for c in clients.calls].count("begin_save") >= 3
+    begun = [c[2] for c in clients.calls if c[0] == "begin_save"]
+    assert begun == [300, 600, 900, 1200, 1500, 1800], "one forked checkpoint every 300 events"
+    ends = [c for c in clients.calls if c[0] in ("save", "commit")][-2:]
+    assert ends == [("save", 0, 2000), ("commit", {0: 2000})], "the last one, on close, in the loop"
     in_loop, _ = make_worker(tmp_path / "loop", {0: stream}, checkpoint_every=300)
     assert in_loop.run() == 0
     a, b = clients.store.load("events", 0), in_loop.store.load("events", 0)
@@ -289,3 +293,92 @@ def test_auto_forks_only_once_a_checkpoint_in_the_loop_was_slow(tmp_path):
     learn_and_checkpoint()
     assert [c[0] for c in clients.calls[-3:]] == ["flush", "begin_save", "commit"]
     assert clients.store.load("events", 0).next_offset == 300
+
+
+def test_a_partition_that_cannot_be_restored_stops_the_worker_cleanly(tmp_path):
+    """Not a checkpoint error (those stop with their own message) but, say, an unreadable path or
+    a store that times out: it used to escape the rebalance callback and kill the worker inside
+    poll, with no checkpoint of its other partitions, no close and the group left waiting."""
+    worker, clients = make_worker(tmp_path, {0: events(150), 1: events(150, 1)}, checkpoint_every=100)
+    load = clients.store.load
+
+    def load_failing_for_1(topic, partition):
+        if partition == 1:
+            raise PermissionError(13, "Permission denied", str(tmp_path / "ckpt" / "events-1.ckpt"))
+        return load(topic, partition)
+
+    clients.store.load = load_failing_for_1
+    assert worker.run() == 2
+    assert worker.fatal.startswith("partition 1: restoring failed: PermissionError") and "events-1.ckpt" in worker.fatal
+    assert not [c for c in clients.calls if c[0] == "save" and c[1] == 1], "nothing of partition 1 is saved"
+    saved = [c for c in clients.calls if c[0] == "save"]
+    assert saved and saved[-1][1] == 0 and load("events", 0).next_offset == saved[-1][2], "the other one is"
+    assert clients.consumers[0].closed, "the group is left, not made to wait for a session timeout"
+
+
+def test_a_stalled_background_writer_is_killed_counted_and_never_holds_up_a_stop(tmp_path):
+    """A forked writer that hangs used to leave no checkpoint, no failure counted, the worker
+    ready, and a stop waiting for it. Past --checkpoint-timeout it is killed: a failed checkpoint."""
+    import os
+
+    worker, clients = make_worker(tmp_path, {0: events(300)}, checkpoint_background="on", checkpoint_timeout=60)
+    worker.membership.subscribe()
+    consumer, checkpointer = worker.consumer, worker.checkpointer
+    tp = consumer.tp(0)
+    handle_one_poll(worker, tp)
+    worker.last_poll = __import__("time").monotonic()
+    worker.broker.ok, worker.broker.seen = True, worker.last_poll
+    assert worker.ready()
+    clients.store.stalled = True
+    checkpointer.save(consumer, worker.partitions, [tp], background=True)
+    pending = checkpointer.pending[tp]
+    checkpointer.poll(consumer)
+    assert tp in checkpointer.pending, "within its timeout a writer is waited for"
+    pending.started -= 60   # as if it had hung for a minute
+    checkpointer.poll(consumer)
+    assert not checkpointer.pending and "stalled" in worker.blocked[tp] and not worker.ready()
+    assert checkpointer.failures._value.get() == 1 and consumer.paused() == {tp}
+    with pytest.raises(ProcessLookupError):
+        os.kill(pending.pid, 0)   # killed and reaped
+    assert worker.partitions[tp].events_since_checkpoint == 100, "nothing counted as saved"
+
+    clients.store.stalled = False
+    checkpointer.retry(consumer, worker.partitions, now=1e9)
+    assert not worker.blocked and clients.store.load("events", 0).next_offset == 100
+    handle_one_poll(worker, tp)
+    clients.store.stalled = True
+    checkpointer.save(consumer, worker.partitions, [tp], background=True)
+    stalled = checkpointer.pending[tp]
+    checkpointer.settle_seconds = 0.0   # a stop does not wait for a writer that hangs ...
+    worker.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(stalled.pid, 0)
+    assert clients.store.load("events", 0).next_offset == 200, "... and saves everything in the loop"
+
+
+def test_a_stop_waits_a_bounded_time_for_unacknowledged_outputs(tmp_path):
+    """kafka-python's close() without a timeout waits for the delivery timeout (120 s) during an
+    outage: past compose's 60 s grace, so the worker was killed instead of stopping."""
+    worker, clients = make_worker(tmp_path, {0: events(50)})
+    assert worker.run() == 0
+    [(_, timeout)] = [c for c in clients.calls if c[0] == "close_producer"]
+    assert timeout is not None and timeout <= 10
+
+
+def test_a_previous_owner_s_fast_clock_does_not_postpone_time_based_checkpoints(tmp_path, monkeypatch):
+    """checkpointed_at is wall time on the worker that wrote it; from one an hour fast, due()
+    read -3,540 s and no time-based checkpoint came for an hour. Now the age is counted on this
+    worker's own clock from when it first saw that checkpoint."""
+    import time
+
+    worker, clients = make_worker(tmp_path, {0: events(10)}, checkpoint_seconds=30)
+    checkpointer, tp = worker.checkpointer, clients.consumer().tp(0)
+    state = worker.restorer.start_over(tp)
+    state.checkpointed_at, state.events_since_checkpoint = time.time() + 3600, 1
+    assert not checkpointer.due(tp, state)
+    now = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: now + 31)   # 31 s later on this worker
+    assert checkpointer.due(tp, state)
+    honest = worker.restorer.start_over(tp)   # an honest clock's checkpoint 40 s old: due at once
+    honest.checkpointed_at, honest.events_since_checkpoint = time.time() - 40, 1
+    assert checkpointer.due(tp, honest)

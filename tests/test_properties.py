@@ -1,0 +1,103 @@
+"""Property tests of the input edges: the event decoder and the history readers. Bounded and
+reproducible (derandomized, no per-example deadline), so they decide the same on any machine."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import msgspec
+from hypothesis import HealthCheck, example, given, settings as hsettings, strategies as st
+
+from shopstream.events import Event, InvalidEvent, decode_event
+from shopstream.readers import read_events
+
+BOUNDED = hsettings(max_examples=200, derandomize=True, deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+GOOD = {"event_time": 1.77e9, "event_type": "view", "product_id": "p1", "user_id": "u1", "user_session": "s1",
+        "price": 9.5, "features": {"x": 0.5}}
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers()
+                           | st.text(max_size=20), lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=12)
+
+
+@BOUNDED
+@given(st.binary(max_size=300) | st.builds(lambda d: json.dumps(d).encode(),
+                                           st.dictionaries(st.sampled_from(sorted(GOOD) + ["x", "label"]),
+                                                           JSON_VALUES, max_size=8)))
+def test_the_decoder_returns_an_event_or_raises_invalid_event_and_nothing_else(data):
+    try:
+        event = decode_event(data)
+    except InvalidEvent as exc:
+        assert exc.args and str(exc)
+        return
+    assert isinstance(event, Event) and isinstance(event.event_time, float)
+
+
+@BOUNDED
+@given(key=st.sampled_from(sorted(GOOD)), spacing=st.sampled_from(["", " ", "\t", "\n", "  "]),
+       other=st.sampled_from(["1e9", '"x"', "null", "{}", '"2026-01-01 00:00:00 UTC"']))
+@example(key="price", spacing=" ", other="1e9")
+def test_a_key_given_twice_is_refused_however_the_json_is_spaced(key, spacing, other):
+    """Decoders keep the last of two equal keys silently: `{"price": 1, "price": 1e9}` read as 1e9."""
+    body = ",".join(f'"{k}"{spacing}:{spacing}{json.dumps(v)}' for k, v in GOOD.items())
+    data = f'{{{body}, "{key}"{spacing}:{other}}}'.encode()
+    try:
+        decode_event(data)
+    except InvalidEvent as exc:
+        assert "duplicate key" in str(exc) or "Expected" in str(exc) or exc.field in (key, "event", "price"), exc
+        return
+    raise AssertionError(f"accepted a duplicate {key!r}: {data!r}")
+
+
+def test_nested_duplicates_and_honest_look_alikes():
+    dup_feature = json.dumps({**GOOD, "features": {"a": 1}}).replace('{"a": 1}', '{"a": 1, "a": 2}').encode()
+    try:
+        decode_event(dup_feature)
+        raise AssertionError("accepted a duplicate feature name")
+    except InvalidEvent as exc:
+        assert str(exc) == "a: duplicate key in a JSON object"
+    tricky = {**GOOD, "user_session": '"price": 1, "price":', "brand": None, "unknown": {"price": 1}}
+    assert decode_event(json.dumps(tricky).encode()).user_session == '"price": 1, "price":'
+    assert decode_event(msgspec.json.encode(GOOD)).price == 9.5
+
+
+CSV_FIELDS = ["event_time", "event_type", "product_id", "user_id", "user_session", "price"]
+CELL = st.text(alphabet=st.sampled_from('ab,"\n\r 1.:'), max_size=12)
+
+
+@BOUNDED
+@given(rows=st.lists(st.one_of(
+    st.builds(lambda i: ["2026-01-01 00:00:00 UTC", "view", f"p{i}", "u", "s", "1.5"], st.integers(0, 99)),
+    st.lists(CELL, min_size=6, max_size=6)), max_size=12))
+def test_a_csv_reads_back_as_exactly_the_rows_written(rows, tmp_path_factory):
+    """Whatever the fields hold (quotes, commas, newlines), a file written by a CSV writer reads
+    back as one result per row written, at the line the row starts: nothing injected, nothing lost."""
+    out = io.StringIO(newline="")
+    writer = csv.writer(out)   # \r\n: a field holding \r or \n alone is quoted too
+    writer.writerow(CSV_FIELDS)
+    starts, line = [], 2
+    for row in rows:
+        before = out.tell()
+        writer.writerow(row)
+        starts.append(line)
+        line += len(io.StringIO(out.getvalue()[before:], newline="").readlines())  # a lone \r ends a line too
+    path = tmp_path_factory.mktemp("csv") / "history.csv"
+    path.write_text(out.getvalue(), newline="")
+    expected = [f"history.csv:{n}" for n in starts]
+    read = list(read_events(path))
+    assert all(isinstance(parsed, (Event, InvalidEvent)) for _, parsed in read)
+    assert [where for where, _ in read] == expected
+
+
+@BOUNDED
+@given(lines=st.lists(st.binary(max_size=80), max_size=10))
+def test_any_bytes_as_a_jsonl_file_give_one_result_per_line(lines, tmp_path_factory):
+    path = tmp_path_factory.mktemp("jsonl") / "history.jsonl"
+    clean = [line.replace(b"\n", b" ").replace(b"\r", b" ") for line in lines]
+    path.write_bytes(b"\n".join(clean) + b"\n")
+    read = list(read_events(path))
+    assert len(read) == sum(1 for line in clean if line.strip())
+    assert all(isinstance(parsed, (Event, InvalidEvent)) for _, parsed in read)
