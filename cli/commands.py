@@ -188,10 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="consume events from Kafka, predict then learn on each")
     _add_kafka_options(worker)
-    from shopstream.stream.settings import CheckpointSettings, WorkerSettings
+    from shopstream.stream.settings import CheckpointSettings, ServeSettings, WorkerSettings
 
     add_options(worker, WorkerSettings)
     add_options(worker, CheckpointSettings)
+    add_options(worker, ServeSettings)
     add_options(worker, Lineup)
     add_options(worker, EngineConfig)
     _add_state_caps(worker)
