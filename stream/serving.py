@@ -58,7 +58,7 @@ class ServeMetrics:
     def __init__(self, registry: CollectorRegistry):
         self.requests = Counter("shopstream_score_requests", "Scoring API requests answered, by mode and HTTP status",
                                 ["mode", "code"], registry=registry)
-        self.seconds = Histogram("shopstream_score_seconds", "Scoring API latency: request read to answer written",
+        self.seconds = Histogram("shopstream_score_seconds", "Scoring API latency: request read to answer ready",
                                  ["mode"], registry=registry, buckets=LATENCY_BUCKETS)
         self.errors = Counter("shopstream_score_errors", "Scoring API requests refused, by reason", ["reason"],
                               registry=registry)
@@ -333,10 +333,10 @@ class ScoreServer:
                     status, payload = error.status, error_body(error)
                     self.metrics.errors.labels(error.reason).inc()
                 keep = headers.get("connection", "").lower() != "close" and status < 500 and status != 413
-                await self._reply(writer, status, payload, keep, None, extra_headers)
-                if mode != "other":
+                if mode != "other":  # counted before the answer leaves: whoever reads it sees it counted
                     self.metrics.requests.labels(mode, str(status)).inc()
                     self.metrics.seconds.labels(mode).observe(time.perf_counter() - started)
+                await self._reply(writer, status, payload, keep, None, extra_headers)
                 served += 1
                 if not keep:
                     return

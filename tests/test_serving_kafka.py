@@ -1,0 +1,123 @@
+"""The scoring API on the real broker: a worker answers POST /score with the engine's
+prediction for the request's event, the predictions topic holds that same number for that
+event id, the open prediction that the label join will score holds it too, and one event
+id is one prediction however often it is sent (API retries, the shop's own tracking)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+
+import msgspec
+import pytest
+from prometheus_client import CollectorRegistry
+
+from conftest import free_port
+from helpers import read_topic, send_records, wait_for
+from shopstream.generator import generate
+from shopstream.stream.checkpoints import DirectoryCheckpointStore
+from shopstream.stream.clients import KafkaClients
+from shopstream.stream.serving import ScoreDesk, ScoreServer
+from shopstream.stream.settings import WorkerSettings
+from shopstream.stream.worker import Worker
+
+pytestmark = pytest.mark.kafka
+
+
+def post(port, path, payload):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("POST", path, body=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    answer = connection.getresponse()
+    body = json.loads(answer.read())
+    connection.close()
+    return answer.status, body
+
+
+class ServingWorker:
+    """A worker with its scoring API, in this process (the loop on a thread, as run_worker wires it)."""
+
+    def __init__(self, kafka, topic, tmp_path, events):
+        self.settings = WorkerSettings.from_options(
+            bootstrap_servers=kafka, topic=topic, group=f"g-{topic}", predictions_topic=f"{topic}-predictions",
+            dead_letter_topic=f"{topic}-dlq", control_topic="", checkpoints=str(tmp_path / "ckpt"), metrics_port=-1,
+            session_timeout_ms=6000, serve_port=free_port(), client_id=f"serving-{topic}")
+        self.registry = CollectorRegistry()
+        self.api = ScoreServer(self.settings.serve)
+        self.desk = ScoreDesk(topic, self.api.address, self.settings.name)
+        self.worker = Worker(self.settings, self.registry, desk=self.desk)
+        self.api.start(self.desk, KafkaClients(self.settings).score_producer(), self.registry)
+        self.thread = threading.Thread(target=self.worker.run, daemon=True)
+        self.thread.start()
+        wait_for(lambda: self.worker.handled >= events and len(self.desk.owned) == 2, 120, "worker caught up")
+
+    @property
+    def port(self) -> int:
+        return self.api.port
+
+    def stop(self):
+        self.worker.stopping = True
+        self.thread.join(60)
+        self.api.stop()
+
+
+def test_a_served_score_is_the_streams_prediction_exactly_once(kafka, new_topic, tmp_path):
+    topic = new_topic(2)
+    records = list(generate(3000, seed=61))
+    send_records(kafka, topic, records)
+    served = ServingWorker(kafka, topic, tmp_path, len(records))
+    last = records[-1]
+    request = {"user_id": str(last["user_id"]), "user_session": str(last["user_session"]), "product_id": "p-api",
+               "event_type": "view", "price": 19.99, "category_code": "electronics.phone", "event_id": "api-view-1"}
+    try:
+        status, first = post(served.port, "/score", request)
+        assert status == 200, first
+        assert first["recorded"] is True and first["duplicate"] is False and 0 < first["score"] < 1
+        assert first["event_id"] == first["prediction_id"] == "api-view-1" and first["model"] == "logreg"
+        # the same request again (a client retry): the same prediction, not a second one
+        status, again = post(served.port, "/score", request)
+        assert status == 200 and again["duplicate"] is True and again["score"] == first["score"], again
+        # the shop's tracking sends the same event too: the engine drops it as a duplicate
+        tracked = {**request, "event_time": served.desk.clock[first["partition"]]}
+        send_records(kafka, topic, [tracked])
+        # the other order: tracking first, then the API asked about the same event id
+        shop_event = {**request, "event_id": "track-1", "product_id": "p-tracked",
+                      "event_time": served.desk.clock[first["partition"]]}
+        send_records(kafka, topic, [shop_event])
+        wait_for(lambda: served.worker.handled >= len(records) + 3, 60, "tracked events processed")
+        status, asked = post(served.port, "/score", {k: v for k, v in shop_event.items() if k != "event_time"})
+        assert status == 200 and asked["duplicate"] is True, asked
+        # a what-if records nothing
+        handled = served.worker.handled
+        status, whatif = post(served.port, "/score/whatif", {**request, "event_id": "whatif-1"})
+        assert status == 200 and whatif["recorded"] is False, whatif
+        time.sleep(1.0)
+        assert served.worker.handled == handled
+    finally:
+        served.stop()
+
+    predictions = [msgspec.json.decode(r.value) for r in read_topic(kafka, f"{topic}-predictions")]
+    by_id: dict = {}
+    for prediction in predictions:
+        by_id.setdefault(prediction["event_id"], []).append(prediction)
+    [api_prediction] = by_id["api-view-1"]              # one prediction for the event, sent three times
+    assert api_prediction["score"] == first["score"]   # the same number, bit for bit
+    assert (api_prediction["partition"], api_prediction["offset"]) == (first["partition"], first["offset"])
+    [tracked_prediction] = by_id["track-1"]
+    assert tracked_prediction["score"] == asked["score"]
+    assert "whatif-1" not in by_id
+
+    # the request is an event on the events topic, keyed by user like the shop's own
+    [event_record] = [r for r in read_topic(kafka, topic) if r.partition == first["partition"]
+                      and r.offset == first["offset"]]
+    assert event_record.key == request["user_id"].encode()
+    assert json.loads(event_record.value)["event_id"] == "api-view-1"
+    # and the open prediction the label join will score holds the served number
+    states = DirectoryCheckpointStore(served.settings.checkpoints.directory, served.settings.group).load_all()
+    engine = next(state.engine for (_, partition), state in states.items() if partition == first["partition"])
+    [opened] = [p for p in engine.joiner.open_predictions() if p.ref == first["offset"]]
+    assert opened.outputs[opened.champion][0] == first["score"]
+    assert engine.recorded("api-view-1") == (True, first["score"])
+    requests = served.registry.get_sample_value("shopstream_score_requests_total", {"mode": "record", "code": "200"})
+    assert requests == 3
