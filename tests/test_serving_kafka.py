@@ -121,3 +121,74 @@ def test_a_served_score_is_the_streams_prediction_exactly_once(kafka, new_topic,
     assert engine.recorded("api-view-1") == (True, first["score"])
     requests = served.registry.get_sample_value("shopstream_score_requests_total", {"mode": "record", "code": "200"})
     assert requests == 3
+
+
+def test_served_scores_survive_kill_9_exactly_once(kafka, new_topic, tmp_path):
+    """Served, then kill -9 before any checkpoint holds the served events: the next worker
+    replays them from Kafka to the same numbers, learns each once, and answers a retry of the
+    same request with the score served before the crash."""
+    import signal
+    import subprocess
+
+    from conftest import WORKER_ENV, worker_command
+    from helpers import assert_same_engine, checkpointed_engines, reference_engines, scrape
+    from shopstream.events import decode_event
+
+    topic = new_topic(2)
+    records = list(generate(6000, seed=71))
+    send_records(kafka, topic, records)
+    checkpoints = tmp_path / "ckpt"
+
+    def start():
+        api, metrics = free_port(), free_port()
+        command = worker_command(kafka, topic, checkpoints, "--metrics-port", str(metrics), "--serve-port", str(api),
+                                 "--checkpoint-every", "100000", "--checkpoint-seconds", "600")
+        return subprocess.Popen(command, env=WORKER_ENV, stderr=subprocess.PIPE, text=True), api, metrics
+
+    def consumed(metrics) -> float:
+        return sum(v for (name, labels), v in scrape(metrics).items()
+                   if name == "shopstream_events_total" and ("outcome", "consumed") in labels)
+
+    requests = [{"user_id": str(r["user_id"]), "user_session": str(r["user_session"]), "product_id": f"p-k{i}",
+                 "event_type": "cart" if i % 2 else "view", "price": 5.0 + i, "event_id": f"kill-{i}"}
+                for i, r in enumerate(records[-400::50])]
+    victim, api, metrics = start()
+    try:
+        wait_for(lambda: consumed(metrics) >= len(records), 120, "first worker caught up")
+        served = {}
+        for request in requests:
+            status, answer = post(api, "/score", request)
+            assert status == 200 and not answer["duplicate"], answer
+            served[request["event_id"]] = answer["score"]
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+    before_crash = {p: e.counts["consumed"] for p, e in checkpointed_engines(checkpoints).items()}
+    assert sum(before_crash.values()) <= len(records)  # no checkpoint holds a served event: all replayed
+
+    survivor, api, metrics = start()
+    total = len(records) + len(requests)
+    try:
+        wait_for(lambda: consumed(metrics) >= total, 120, "second worker replayed the served events")
+        for request in requests:  # a client retrying after the crash gets the score it was served
+            status, answer = post(api, "/score", request)
+            assert status == 200 and answer["duplicate"] is True, answer
+            assert answer["score"] == served[request["event_id"]]
+    finally:
+        survivor.send_signal(signal.SIGTERM)
+        _, log = survivor.communicate(timeout=60)
+    assert survivor.returncode == 0, log[-2000:]
+
+    published: dict = {}
+    for record in read_topic(kafka, f"{topic}-predictions"):
+        prediction = msgspec.json.decode(record.value)
+        published.setdefault(prediction["event_id"], set()).add(prediction["score"])
+    for event_id, score in served.items():
+        assert published[event_id] == {score}  # published again by the replay, never another number
+    expected = reference_engines(kafka, topic)   # one uninterrupted run over every event, the served included
+    actual = checkpointed_engines(checkpoints)
+    probes = [expected[0].features.transform(decode_event(msgspec.json.encode(r))) for r in records[-100:]]
+    for partition in expected:
+        assert_same_engine(actual[partition], expected[partition], probes)
+    for event_id, score in served.items():
+        assert any(engine.recorded(event_id) == (True, score) for engine in actual.values())
