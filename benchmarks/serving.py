@@ -119,6 +119,7 @@ def main() -> int:
     parser.add_argument("--backlog", type=int, default=40_000)
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--vegeta", default=shutil.which("vegeta") or str(Path.home() / "go" / "bin" / "vegeta"))
+    parser.add_argument("--feed-fraction", type=float, default=0.5, help="feed rate as a fraction of the capacity")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
     if not os.path.exists(args.vegeta):
@@ -179,7 +180,8 @@ def main() -> int:
             proc.wait()
         results["capacity"] = {"no_api": round(c0), "with_200_whatif_per_s": round(c1), "ratio": round(c1 / c0, 3)}
 
-        feed_rate = round(c0 / 2)
+        # the lower of the two capacities: the machine is shared, and the feed must leave headroom
+        feed_rate = round(min(c0, c1) * args.feed_fraction)
         feed = PacedFeed(topic, stream, feed_rate)
         feed.start()
         time.sleep(5)

@@ -16,8 +16,8 @@ b'10.0.0.5:8080'
 >>> owners.update(encode_map("events", 3, {0: "a:1", 2: "b:2"}))
 >>> owners.address(0), owners.address(1), owners.partitions
 ('a:1', None, 3)
->>> partition_for("541312140", 4)  # as Kafka's producers place key "541312140"
-1
+>>> partition_for("541312140", 4)  # where Kafka's default partitioner (Java's, kafka-python's) puts this key
+2
 """
 
 from __future__ import annotations

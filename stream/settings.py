@@ -77,7 +77,7 @@ class ServeSettings:
     timeout: float = field(default=5.0, metadata=_help(
         "seconds a client may take to send a request, and a request may wait for its answer",
         flag="--serve-timeout"))
-    max_connections: int = field(default=256, metadata=_help(
+    max_connections: int = field(default=1024, metadata=_help(
         "open API connections; more are answered 429 and closed", flag="--serve-max-connections"))
     max_body: int = 16 * 1024  # bytes: a scoring request is a few hundred
     max_pending: int = 4096    # requests waiting for the poll loop; more are answered 429

@@ -23,6 +23,7 @@ from __future__ import annotations
 import gc
 import logging
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -269,6 +270,8 @@ class Worker(ConsumerRebalanceListener):
                     if record.offset < state.next_offset:
                         continue  # already in the restored state
                     self.handle(state, record)
+                    if self.desk is not None and not self.handled % 64:
+                        self.desk.drain(self.partitions)  # a what-if waits 64 events at most, not a whole batch
                     if settings.max_events and self.handled >= settings.max_events:
                         self.stopping = True
                         break
@@ -440,6 +443,10 @@ def run_worker(settings: WorkerSettings) -> int:
         server.start()
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, server.port)
     if api is not None and desk is not None:
+        # A request crosses threads four times (HTTP front, producer, consumer, loop) while the loop
+        # holds the GIL for whole batches; Python's default 5 ms switch interval would add up to 5 ms
+        # per crossing. 1 ms: BENCHMARKS.md, "Scoring API".
+        sys.setswitchinterval(0.001)
         api.start(desk, KafkaClients(settings).score_producer(), registry)
         log.info("scoring API on http://%s:%d/score (others forward to %s)", settings.serve.host, api.port,
                  api.address)
