@@ -51,6 +51,9 @@ class ServingWorker:
         self.thread = threading.Thread(target=self.worker.run, daemon=True)
         self.thread.start()
         wait_for(lambda: self.worker.handled >= events and len(self.desk.owned) == 2, 120, "worker caught up")
+        # and the loop polled since: requests are dated at each partition's clock as the loop last published it
+        wait_for(lambda: all(self.desk.clock.get(tp.partition) == state.engine.joiner.max_time
+                             for tp, state in list(self.worker.partitions.items())), 30, "clocks published")
 
     @property
     def port(self) -> int:
