@@ -10,6 +10,7 @@ API on loopback) on a 1-partition topic pre-filled with `--state` events. Then, 
    requests at 200/s and then 10,000 at 1,000/s, first `POST /score` (recorded: each request
    its own event id, written to the events topic and answered once the worker processed it),
    then `POST /score/whatif`. vegeta reports p50/p99/max and every non-200 answer.
+   `--feed-fraction` sets the feed (0.5 by default; 0: no feed, the API alone).
 
     python benchmarks/serving.py [--state 50000] [--backlog 40000] [--requests 10000]
 
@@ -183,8 +184,9 @@ def main() -> int:
         # the lower of the two capacities: the machine is shared, and the feed must leave headroom
         feed_rate = round(min(c0, c1) * args.feed_fraction)
         feed = PacedFeed(topic, stream, feed_rate)
-        feed.start()
-        time.sleep(5)
+        if feed_rate:  # --feed-fraction 0: the API alone, on an idle stream
+            feed.start()
+            time.sleep(5)
         results["feed_rate"] = feed_rate
         runs = []
         for route, mode in (("/score", "record"), ("/score/whatif", "whatif")):
@@ -199,7 +201,8 @@ def main() -> int:
                 print(json.dumps(outcome), flush=True)
                 time.sleep(3)
         feed.stop.set()
-        feed.join(30)
+        if feed_rate:
+            feed.join(30)
         results["runs"] = runs
         results["feed_sent"] = feed.sent
         metrics = scrape(metrics_port)
