@@ -450,6 +450,8 @@ class ScoreServer:
         ticket = Ticket(event, partition, whatif, deadline, settle)
         # Queued before the event is written: the loop takes it in at its next poll, before the
         # records that poll returned, so it cannot miss its own event.
+        if self.desk.stopped:
+            raise RequestError(503, "stopping", "the worker is stopping: send the request again")
         if not self.desk.submit(ticket):
             raise RequestError(429, "busy", f"{self.desk.max_pending} requests already wait for the worker: retry "
                                "in a moment")

@@ -22,7 +22,7 @@ from shopstream.events import event_from_record
 from shopstream.generator import generate
 from shopstream.stream.owners import encode_map
 from shopstream.stream.score_codec import decode_request, date_event
-from shopstream.stream.serving import ScoreDesk, ScoreServer
+from shopstream.stream.serving import ScoreDesk, ScoreServer, Ticket
 from shopstream.stream.settings import ServeSettings
 
 TOPIC = "events"
@@ -233,3 +233,25 @@ def test_the_api_listens_on_loopback_by_default():
         assert server.address == f"127.0.0.1:{server.port}"
     finally:
         server.stop()
+
+
+def test_the_desk_lets_go_of_waiting_requests_when_their_partition_leaves_or_the_worker_stops(engine):
+    desk = ScoreDesk(TOPIC, "127.0.0.1:1", "me")
+    answers = []
+
+    def ticket(event_id, partition=0):
+        event, _ = decode_request(json.dumps(request_for(engine, event_id=event_id)).encode(), time.time())
+        return Ticket(event, partition, False, time.monotonic() + 60,
+                      lambda status, body: answers.append((status, body)))
+
+    owned = {TopicPartition(TOPIC, 0): SimpleNamespace(engine=engine)}
+    assert desk.submit(ticket("a")) and desk.submit(ticket("b"))
+    desk.drain(owned)
+    assert set(desk.awaited) == {"a", "b"} and desk.pending == 2 and not answers  # waiting for their events
+    desk.drain({})  # a rebalance took partition 0 away
+    assert [(status, body["reason"]) for status, body in answers] == [(503, "partition_moved")] * 2
+    assert not desk.awaited and desk.pending == 0
+    assert desk.submit(ticket("c"))
+    desk.close()  # the worker stops: nothing will process what waits
+    assert answers[-1][0] == 503 and answers[-1][1]["reason"] == "stopping"
+    assert not desk.submit(ticket("d")) and desk.pending == 0
