@@ -88,7 +88,8 @@ def test_a_served_score_is_the_streams_prediction_exactly_once(kafka, new_topic,
         shop_event = {**request, "event_id": "track-1", "product_id": "p-tracked",
                       "event_time": served.desk.clock[first["partition"]]}
         send_records(kafka, topic, [shop_event])
-        wait_for(lambda: served.worker.handled >= len(records) + 3, 60, "tracked events processed")
+        # processed: the request and its retry (two events), the tracked copy, the shop's event
+        wait_for(lambda: served.worker.handled >= len(records) + 4, 60, "tracked events processed")
         status, asked = post(served.port, "/score", {k: v for k, v in shop_event.items() if k != "event_time"})
         assert status == 200 and asked["duplicate"] is True, asked
         # a what-if records nothing
