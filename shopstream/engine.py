@@ -217,10 +217,29 @@ class Engine:
         self.features.learn(event)
         if event_id is not None:  # only once handled: an event that failed may be sent again
             recent = self._recent_ids
-            recent[event_id] = None
+            recent[event_id] = p_true  # what a repeated request for this event is answered (`recorded`)
             if len(recent) > self.config.dedupe:
                 recent.popitem(last=False)
         return p_true
+
+    def recorded(self, event_id: str) -> tuple[bool, Optional[float]]:
+        """(seen, the champion's recorded P(purchase) or None) for an event id among the
+        last `config.dedupe` handled: a scoring request repeated after its event went through."""
+        recent = self._recent_ids
+        return (event_id in recent), recent.get(event_id)
+
+    def what_if(self, event: Event) -> list[tuple[str, str, str, Optional[float]]]:
+        """(model, role, version, P(purchase) or None) of every slot for `event` on the live
+        feature state, changing nothing: no prediction recorded, no feature state folded in,
+        no model reset (a non-finite score is None)."""
+        x = getattr(self.features, "peek", self.features.transform)(event)
+        answers = []
+        for slot in self.slots:
+            proba = slot.model.predict_proba_one(x)
+            p_true = proba.get(True, 0.0) if proba else None
+            answers.append((slot.name, slot.role, slot.version,
+                            p_true if p_true is not None and math.isfinite(p_true) else None))
+        return answers
 
     def _predict(self, event: Event, ref: object) -> OpenPrediction:
         x = self.features.transform(event)

@@ -104,6 +104,21 @@ class RawFeatures:
                 self.evicted["raw_features"] += 1
         return kept
 
+    def peek(self, event: Event) -> dict:
+        """What `transform` would give, without remembering new names (a what-if score)."""
+        x = event.features
+        if not x:
+            return {}
+        names, room = self.names, self.caps.raw_features - len(self.names)
+        kept = {}
+        for name, value in x.items():
+            if name in names:
+                kept[name] = value
+            elif room > 0:
+                room -= 1
+                kept[name] = value
+        return kept
+
     def learn(self, event: Event) -> None:
         pass
 

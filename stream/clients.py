@@ -17,6 +17,7 @@ from .connection import kafka_options
 from .control import ControlChannel
 from .corrupt import CorruptBatchSkipper
 from .kafka_store import KafkaCheckpointStore
+from .owners import Owners, OwnersAssignor
 from .settings import WorkerSettings
 
 
@@ -24,6 +25,8 @@ class KafkaClients:
     def __init__(self, settings: WorkerSettings):
         self.settings = settings
         self.options = kafka_options(settings.kafka)
+        # Kafka's range assignment, carrying where each member serves the scoring API (owners.py)
+        self.assignor = OwnersAssignor("", Owners())
 
     def consumer(self) -> KafkaConsumer:
         s = self.settings
@@ -35,12 +38,17 @@ class KafkaClients:
             max_poll_records=s.max_poll_records,
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=max(500, s.session_timeout_ms // 5),
+            partition_assignment_strategy=[self.assignor],
             **self.options,
         )
 
     def producer(self) -> KafkaProducer:
         # A short linger: predictions are for acting on now (20 ms added ~25 ms to p50 in BENCHMARKS.md).
         return KafkaProducer(client_id=self.settings.name, linger_ms=5, acks="all", **self.options)
+
+    def score_producer(self) -> KafkaProducer:
+        # The scoring API writes its requests to the events topic; each waits on its send: no linger.
+        return KafkaProducer(client_id=f"{self.settings.name}-api", linger_ms=0, acks="all", **self.options)
 
     def checkpoint_store(self) -> CheckpointStore:
         s = self.settings

@@ -67,12 +67,47 @@ class CheckpointSettings:
 
 
 @dataclass(frozen=True)
+class ServeSettings:
+    """The scoring API (`stream/serving.py`): off unless --serve-port is given."""
+
+    port: int = field(default=-1, metadata=_help(
+        "scoring API port, POST /score (-1: no API, 0: any free port)", flag="--serve-port"))
+    host: str = field(default="127.0.0.1", metadata=_help(
+        "scoring API host (loopback unless exposed on purpose: see README)", flag="--serve-host"))
+    advertise: Optional[str] = field(default=None, metadata=_help(
+        "HOST:PORT other workers forward requests for this worker's partitions to (default: the host, or this "
+        "machine's name when the host is 0.0.0.0, and the port)", flag="--serve-advertise", type=str))
+    token: Optional[Secret] = field(default=None, metadata=_help(
+        "shared token a request must send as 'Authorization: Bearer TOKEN' (prefer the environment variable)",
+        flag="--serve-token", type=str, secret=True))
+    timeout: float = field(default=5.0, metadata=_help(
+        "seconds a client may take to send a request, and a request may wait for its answer",
+        flag="--serve-timeout"))
+    max_connections: int = field(default=1024, metadata=_help(
+        "open API connections; more are answered 429 and closed", flag="--serve-max-connections"))
+    max_body: int = 16 * 1024  # bytes: a scoring request is a few hundred
+    max_pending: int = 4096    # requests waiting for the poll loop; more are answered 429
+
+    def __post_init__(self) -> None:
+        if isinstance(self.token, str):
+            object.__setattr__(self, "token", Secret(self.token) if self.token else None)
+        check(self, (("port", -1 <= self.port <= 65535, "must be -1..65535"),
+                     ("timeout", self.timeout > 0, "must be > 0 seconds"),
+                     ("max_connections", self.max_connections >= 1, "must be >= 1")))
+
+    @property
+    def enabled(self) -> bool:
+        return self.port >= 0
+
+
+@dataclass(frozen=True)
 class WorkerSettings:
     kafka: KafkaConnection = KafkaConnection()
     engine: EngineConfig = EngineConfig()
     lineup: Lineup = Lineup()
     checkpoints: CheckpointSettings = CheckpointSettings()
     caps: FeatureCaps = FeatureCaps()
+    serve: ServeSettings = ServeSettings()
 
     topic: str = field(default="shop-events", metadata=_help("events topic"))
     group: str = field(default="shopstream", metadata=_help("consumer group"))
@@ -218,7 +253,7 @@ def _check_topics(settings: "WorkerSettings") -> None:
 
 #: The objects a worker's settings are made of, by attribute name.
 PARTS = {"kafka": KafkaConnection, "engine": EngineConfig, "lineup": Lineup, "checkpoints": CheckpointSettings,
-         "caps": FeatureCaps}
+         "caps": FeatureCaps, "serve": ServeSettings}
 
 
 def option_name(part, f) -> str:
@@ -236,5 +271,5 @@ def _tuples(values: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
-__all__ = ["CheckpointSettings", "ConfigError", "KafkaConnection", "PARTS", "Secret", "WorkerSettings",
+__all__ = ["CheckpointSettings", "ConfigError", "KafkaConnection", "PARTS", "Secret", "ServeSettings", "WorkerSettings",
            "option_name"]

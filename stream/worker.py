@@ -23,6 +23,7 @@ from __future__ import annotations
 import gc
 import logging
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -45,6 +46,7 @@ from .clients import KafkaClients
 from .membership import GroupMembership
 from .outputs import Outputs
 from .restore import PartitionRestorer
+from .serving import ScoreDesk, ScoreServer
 from .settings import WorkerSettings
 from .telemetry import WorkerCollector, WorkerSnapshot
 
@@ -92,10 +94,15 @@ class Worker(ConsumerRebalanceListener):
     its joins), `Outputs` (predictions and dead letters), all from one `KafkaClients`."""
 
     def __init__(self, settings: WorkerSettings, registry: Optional[CollectorRegistry] = None,
-                 clients: Optional[KafkaClients] = None):
+                 clients: Optional[KafkaClients] = None, desk: Optional[ScoreDesk] = None):
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
         clients = clients if clients is not None else KafkaClients(settings)
+        # The scoring API's requests (stream/serving.py): taken in after each poll, answered by the loop.
+        self.desk = desk
+        self.awaited = desk.awaited if desk is not None else {}
+        if desk is not None:
+            clients.assignor = desk.assignor  # tells the group where this worker serves
         self.partitions: dict[TopicPartition, PartitionState] = {}
         self.stopping = False
         self.handled = 0
@@ -255,6 +262,8 @@ class Worker(ConsumerRebalanceListener):
                 self._verify_restored(batches)
                 if self.stopping:
                     break
+            if self.desk is not None:
+                self.desk.drain(self.partitions)
             can_read = bool(self.partitions) and self.broker_ok and not self.blocked
             idle_for = self.idle.tick(now, got_data=bool(batches), can_read=can_read)
             if settings.until_idle and idle_for >= settings.until_idle:
@@ -272,6 +281,8 @@ class Worker(ConsumerRebalanceListener):
                     if record.offset < state.next_offset:
                         continue  # already in the restored state
                     self.handle(state, record)
+                    if self.desk is not None and not self.handled % 64:
+                        self.desk.drain(self.partitions)  # a what-if waits 64 events at most, not a whole batch
                     if settings.max_events and self.handled >= settings.max_events:
                         self.stopping = True
                         break
@@ -336,6 +347,8 @@ class Worker(ConsumerRebalanceListener):
             self.process_seconds.observe(time.perf_counter() - decoded)
         if score is not None:
             self.outputs.prediction(record, event, score, engine.model_name, engine.model_version)
+        if self.awaited:  # scoring requests wait for their event
+            self.desk.processed(state, record, event, score)  # type: ignore[union-attr]
 
     def _dead_letter(self, state: PartitionState, record, reason: str) -> None:
         state.dead_lettered += 1
@@ -361,6 +374,8 @@ class Worker(ConsumerRebalanceListener):
         self.checkpointer.save(self.consumer, self.partitions, tps, commit_async)
 
     def close(self) -> None:
+        if self.desk is not None:
+            self.desk.close()
         self.checkpoint(list(self.partitions))
         self.take_snapshots()
         self.consumer.close(autocommit=False)
@@ -425,11 +440,27 @@ def run_worker(settings: WorkerSettings) -> int:
             raise ValueError(f"metrics port {settings.metrics_host}:{settings.metrics_port} cannot be used "
                              f"({exc.strerror}): choose another with --metrics-port (SHOPSTREAM_METRICS_PORT), "
                              "0 for any free port, -1 for none") from None
-    worker = Worker(settings, registry)
+    api = desk = None
+    if settings.serve.enabled:
+        try:
+            api = ScoreServer(settings.serve)
+        except OSError as exc:
+            raise ValueError(f"scoring API port {settings.serve.host}:{settings.serve.port} cannot be used "
+                             f"({exc.strerror}): choose another with --serve-port (SHOPSTREAM_SERVE_PORT)") from None
+        desk = ScoreDesk(settings.topic, api.address, settings.name, settings.serve.max_pending)
+    worker = Worker(settings, registry, desk=desk)
     holder.append(worker)
     if server is not None:
         server.start()
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, server.port)
+    if api is not None and desk is not None:
+        # A request crosses threads four times (HTTP front, producer, consumer, loop) while the loop
+        # holds the GIL for whole batches; Python's default 5 ms switch interval would add up to 5 ms
+        # per crossing. 1 ms: BENCHMARKS.md, "Scoring API".
+        sys.setswitchinterval(0.001)
+        api.start(desk, KafkaClients(settings).score_producer(), registry)
+        log.info("scoring API on http://%s:%d/score (others forward to %s)", settings.serve.host, api.port,
+                 api.address)
 
     def stop(signum, _frame):
         log.info("signal %d: checkpointing and stopping", signum)
@@ -442,4 +473,6 @@ def run_worker(settings: WorkerSettings) -> int:
     finally:
         if server is not None:
             server.stop()
+        if api is not None:
+            api.stop()
         log.info("handled %d events", worker.handled)

@@ -83,3 +83,15 @@ def test_flat_option_names_are_checked():
         WorkerSettings.from_options(windwo=600)
     default_policy = WorkerSettings().lineup.promotion
     assert WorkerSettings.from_options(model="hat").lineup == Lineup(model="hat", promotion=default_policy)
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--checkpoint-every", "0"], "error: --checkpoint-every 0 must be >= 1"),
+    (["--serve-port", "70000"], "error: --serve-port 70000 must be -1..65535"),
+    (["--serve-timeout", "0"], "error: --serve-timeout 0.0 must be > 0 seconds"),
+])
+def test_a_refused_value_names_the_option_as_typed(argv, line, capsys):
+    from shopstream.cli.commands import main
+
+    assert main(["worker", *argv]) == 2
+    assert capsys.readouterr().err.strip() == f"shopstream worker: {line}"

@@ -30,6 +30,7 @@ import yaml
 from conftest import ROOT, free_port
 from helpers import wait_for
 from shopstream.cli import build_parser, env_name
+from shopstream.stream.owners import partition_for
 
 pytestmark = pytest.mark.prometheus
 DASHBOARD = ROOT / "dashboards" / "shopstream.json"
@@ -90,7 +91,14 @@ def test_compose_wiring(compose):
     assert worker["deploy"]["replicas"] >= 2
     assert worker["depends_on"]["bootstrap"]["condition"] == "service_completed_successfully"
     assert worker["depends_on"]["topics"]["condition"] == "service_completed_successfully"
-    assert "ports" not in worker  # metrics stay on the compose network
+    # metrics stay on the compose network; only the scoring API is published, on the host's loopback,
+    # on a host port the engine picks for each replica (two replicas cannot share one)
+    [published] = worker["ports"]  # compose 1.29 keeps the short syntax "127.0.0.1::8080/tcp"
+    host_ip, host_port, target = published.split(":") if isinstance(published, str) else \
+        (published["host_ip"], published.get("published") or "", str(published["target"]))
+    assert (host_ip, host_port, target.split("/")[0]) == \
+        ("127.0.0.1", "", str(worker["environment"]["SHOPSTREAM_SERVE_PORT"])), published
+    assert worker["environment"]["SHOPSTREAM_SERVE_HOST"] == "0.0.0.0"  # inside the container, for the publish
     assert worker["environment"]["SHOPSTREAM_ARTIFACTS"] == services["bootstrap"]["environment"]["SHOPSTREAM_OUT"]
     # What the real bring-up (tests/test_compose.py) found: the broker's and Prometheus's data
     # must live in their volumes; workers and feeder depend on kafka directly, so `down` stops them before the
@@ -194,10 +202,12 @@ def test_compose_topology_natively_with_real_prometheus(compose, kafka, tmp_path
     run_once("topics")
     assert "artifacts" in run_once("bootstrap", SHOPSTREAM_GENERATE_EVENTS="8000")
     ports = [free_port(), free_port()]
+    api_ports = [free_port(), free_port()]
     workers = []
     for number, port in enumerate(ports):
         command, env = _native(services["worker"]["command"], services["worker"]["environment"], replacements,
                                {"SHOPSTREAM_METRICS_HOST": "127.0.0.1", "SHOPSTREAM_METRICS_PORT": str(port),
+                                "SHOPSTREAM_SERVE_HOST": "127.0.0.1", "SHOPSTREAM_SERVE_PORT": str(api_ports[number]),
                                 "SHOPSTREAM_GROUP": f"deploy-{suffix}", "SHOPSTREAM_SESSION_TIMEOUT_MS": "6000",
                                 "SHOPSTREAM_CLIENT_ID": f"worker-{number}"})
         workers.append(subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True))
@@ -235,7 +245,27 @@ def test_compose_topology_natively_with_real_prometheus(compose, kafka, tmp_path
             return (up and float(up[0]["value"][1]) == 2 and learned and float(learned[0]["value"][1]) > 5000
                     and dead and float(dead[0]["value"][1]) > 0)
         wait_for(everything_scraped, 120, "both workers scraped with learned events")
+        # The scoring API as compose configures it: one worker answers for users of every partition,
+        # forwarding those of the other worker's partitions to it. A recorded score is answered when its
+        # partition's worker reaches the event: first let the workers catch up with the feed.
+        def caught_up():
+            lag = api.query("sum(shopstream_consumer_lag)")["data"]["result"]
+            return lag and float(lag[0]["value"][1]) == 0
+        wait_for(caught_up, 120, "workers caught up with the feed")
+        users, covered = [], set()
+        for number in range(1000):
+            partition = partition_for(f"deploy-user-{number}", 4)  # SHOPSTREAM_PARTITIONS' default
+            if partition not in covered:
+                covered.add(partition)
+                users.append(f"deploy-user-{number}")
+        for user in users:
+            request = urllib.request.Request(f"http://127.0.0.1:{api_ports[0]}/score", method="POST", data=json.dumps(
+                {"user_id": user, "user_session": f"{user}-s", "product_id": "p1", "event_type": "view"}).encode())
+            answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
+            assert answer["recorded"] and 0 <= answer["score"] <= 1, answer
         time.sleep(3)
+        forwarded = api.query('sum(shopstream_score_forwarded_total{outcome="answered"})')["data"]["result"]
+        assert forwarded and float(forwarded[0]["value"][1]) > 0, "no request was forwarded to the other worker"
 
         empty = []
         for title, expr in dashboard_queries():

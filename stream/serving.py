@@ -1,0 +1,525 @@
+"""The scoring API: ``POST /score`` (recorded) and ``POST /score/whatif`` (never recorded),
+served by the worker that owns the user's partition, from the engine that learns.
+
+Recorded scores, exactly once. A request becomes an event: the owner writes it to the
+events topic (keyed by user id, like the shop's own events, with the request's event id)
+and answers once its poll loop has processed that event. The served number is then the
+engine's prediction for that event, the one on the predictions topic and the one scored
+in the metrics when its label resolves. After kill -9 the event is replayed from Kafka
+onto the last checkpoint and scored again to the same number (replays are exact); a
+request repeated with the same event id, or the same event sent by the shop's tracking,
+is one prediction: the engine drops the second as a duplicate and the API answers with
+the first one's score (``"duplicate": true``).
+
+What-if scores read the partition's live feature state and every model, on the poll
+loop's thread between two batches, and record, learn and fold in nothing.
+
+Threads. The HTTP front is one asyncio loop on its own thread: slow or idle connections
+cost no thread, every read has a deadline, connections are capped. It never touches an
+engine: it hands each request to the poll loop through `ScoreDesk` (a queue, drained by
+`Worker.run` after each poll) and the loop answers it. A request for a partition this
+worker does not own is forwarded once to the owner (`owners.py` knows where), or answered
+503 with the partition and the owner's address to ask.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import queue
+import socket
+import threading
+import time
+from typing import Callable, Optional
+from urllib.parse import urlsplit
+
+from kafka import TopicPartition
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from shopstream.events import Event, encode_event
+
+from .owners import Owners, OwnersAssignor, partition_for
+from .score_codec import REASONS, RequestError, date_event, decode_request, encode, error_body
+from .settings import ServeSettings
+
+log = logging.getLogger(__name__)
+MAX_HEADERS = 8 * 1024
+#: Seconds a kept-alive connection may sit idle between requests. Long, because closing a connection a
+#: client is about to reuse resets its request (POSTs are not retried); shorter than Go's and most
+#: clients' 90 s, so the client usually closes first. Idle connections cost no thread, only a slot.
+KEEPALIVE_IDLE = 75.0
+FORWARDED = "x-shopstream-forwarded"
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0)
+STATUS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
+          408: "Request Timeout", 409: "Conflict", 411: "Length Required", 413: "Content Too Large",
+          429: "Too Many Requests", 431: "Request Header Fields Too Large", 503: "Service Unavailable",
+          504: "Gateway Timeout"}
+PATHS = {"/score": "record", "/score/whatif": "whatif"}
+
+
+class ServeMetrics:
+    def __init__(self, registry: CollectorRegistry):
+        self.requests = Counter("shopstream_score_requests", "Scoring API requests answered, by mode and HTTP status",
+                                ["mode", "code"], registry=registry)
+        self.seconds = Histogram("shopstream_score_seconds", "Scoring API latency: request read to answer ready",
+                                 ["mode"], registry=registry, buckets=LATENCY_BUCKETS)
+        self.errors = Counter("shopstream_score_errors", "Scoring API requests refused, by reason", ["reason"],
+                              registry=registry)
+        self.forwarded = Counter("shopstream_score_forwarded", "Scoring API requests forwarded to the partition's "
+                                 "owner, by outcome", ["outcome"], registry=registry)
+        # Every series exists from the start: dashboards and alerts see 0, not "no data".
+        for mode in ("record", "whatif"):
+            self.seconds.labels(mode)
+            self.requests.labels(mode, "200")
+        for reason in REASONS:
+            self.errors.labels(reason)
+        for outcome in ("answered", "failed"):
+            self.forwarded.labels(outcome)
+
+
+class Ticket:
+    """One request handed to the poll loop; `settle` (any thread) answers it once."""
+
+    __slots__ = ("event", "partition", "whatif", "deadline", "_settle")
+
+    def __init__(self, event: Event, partition: int, whatif: bool, deadline: float,
+                 settle: Callable[[int, dict], None]):
+        self.event = event
+        self.partition = partition
+        self.whatif = whatif
+        self.deadline = deadline
+        self._settle = settle
+
+    def answer(self, status: int, body: dict) -> None:
+        self._settle(status, body)
+
+
+class ScoreDesk:
+    """Where the HTTP front and the poll loop meet. The front calls `submit` and reads
+    `owned` and `clock`; the loop calls `drain` after each poll and `processed` for each
+    record while requests wait (`awaited` is non-empty). Only the loop reads engines."""
+
+    def __init__(self, topic: str, address: str, name: str, max_pending: int = 4096):
+        self.topic = topic
+        self.address = address  # where other workers forward this worker's partitions' requests
+        self.name = name
+        self.owners = Owners()
+        self.assignor = OwnersAssignor(address, self.owners)
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.max_pending = max_pending
+        self.submitted = 0                    # written by the front only
+        self.answered = 0                     # written by the loop only (so neither count loses an update)
+        self.awaited: dict[str, list] = {}    # event id -> tickets waiting for it (loop thread only)
+        self.owned: frozenset = frozenset()   # the loop's partitions, for the front
+        self.clock: dict[int, float] = {}     # partition -> its latest event time, for the front
+        self.metrics: Optional[ServeMetrics] = None
+        self.stopped = False
+        self._last_sweep = 0.0
+
+    # -- the front's side ------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        return self.submitted - self.answered
+
+    def submit(self, ticket: Ticket) -> bool:
+        if self.pending >= self.max_pending or self.stopped:
+            return False
+        self.submitted += 1
+        self.inbox.put(ticket)
+        return True
+
+    # -- the loop's side -------------------------------------------------------------------
+
+    def drain(self, partitions: dict) -> None:
+        """After a poll, before its records: take the new requests (recorded ones wait for
+        their event; what-ifs are answered now) and let go of requests whose partition left."""
+        owned = frozenset(tp.partition for tp in partitions)
+        if owned != self.owned:
+            self.owned = owned
+            self._release(lambda ticket: ticket.partition not in owned, 503, "partition_moved",
+                          "the partition moved to another worker while this request waited: send it again with "
+                          "the same event_id (it is scored once)")
+        self.clock = {tp.partition: state.engine.joiner.max_time for tp, state in partitions.items()}
+        while True:
+            try:
+                ticket = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            state = partitions.get(TopicPartition(self.topic, ticket.partition))
+            if state is None:
+                self._refuse(ticket, 503, "partition_moved", f"partition {ticket.partition} is not served here any "
+                             "more: send the request again", partition=ticket.partition)
+            elif ticket.whatif:
+                self._what_if(ticket, state)
+            else:
+                self.awaited.setdefault(ticket.event.event_id, []).append(ticket)
+        now = time.monotonic()
+        if self.awaited and now - self._last_sweep >= 0.5:  # the front answered these 504 already
+            self._last_sweep = now
+            self._release(lambda ticket: ticket.deadline < now, 504, None, "")
+
+    def processed(self, state, record, event: Event, score: Optional[float]) -> None:
+        """The loop handled `event` (a shop's or a request's): answer who waited for its id."""
+        tickets = self.awaited.pop(event.event_id, None) if event.event_id is not None else None
+        if tickets is None:
+            return
+        engine = state.engine
+        answer = {"event_id": event.event_id, "prediction_id": event.event_id, "partition": record.partition,
+                  "offset": record.offset, "recorded": True, "duplicate": False, "served_by": self.name}
+        if score is not None:
+            answer.update(score=score, model=engine.model_name, version=engine.model_version)
+            status = 200
+        else:
+            _, earlier = engine.recorded(event.event_id)
+            if earlier is not None:  # scored before (a retry, or the shop's tracking sent it first)
+                answer.update(score=earlier, model=None, version=None, duplicate=True, offset=None)
+                status = 200
+            else:
+                status, answer = 409, {"error": f"not scored: event_time {event.event_time} is behind partition "
+                                       f"{record.partition}'s watermark (a late event opens no prediction)",
+                                       "reason": "late_event", "partition": record.partition}
+        for ticket in tickets:
+            if status != 200 and self.metrics is not None:
+                self.metrics.errors.labels(answer["reason"]).inc()
+            self.answered += 1
+            ticket.answer(status, answer)
+
+    def close(self) -> None:
+        """The worker stops: nobody will process what waits."""
+        self.stopped = True
+        self._release(lambda ticket: True, 503, "stopping", "the worker is stopping: send the request again")
+        while True:
+            try:
+                ticket = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            self._refuse(ticket, 503, "stopping", "the worker is stopping: send the request again")
+
+    def _what_if(self, ticket: Ticket, state) -> None:
+        engine = state.engine
+        event = ticket.event
+        sessions = getattr(engine.features, "sessions", None)
+        if sessions is not None and event.user_session not in sessions:
+            self._refuse(ticket, 404, "unknown_session", f"user_session {event.user_session!r}: no live state on "
+                         f"partition {ticket.partition} (never seen, or forgotten): nothing to score it with",
+                         partition=ticket.partition)
+            return
+        try:
+            models = engine.what_if(event)
+        except Exception as exc:  # a model that cannot take these features: the request fails, not the loop
+            self._refuse(ticket, 400, "invalid_value", f"the models cannot score this request: "
+                         f"{type(exc).__name__}: {exc}")
+            return
+        champion = models[engine.champion]
+        self.answered += 1
+        ticket.answer(200, {"score": champion[3], "model": champion[0], "version": champion[2],
+                            "partition": ticket.partition, "recorded": False, "event_time": event.event_time,
+                            "served_by": self.name,
+                            "models": [{"model": m, "role": r, "version": v, "score": p} for m, r, v, p in models]})
+
+    def _refuse(self, ticket: Ticket, status: int, reason: str, message: str, **extra) -> None:
+        if self.metrics is not None:
+            self.metrics.errors.labels(reason).inc()
+        self.answered += 1
+        ticket.answer(status, {"error": message, "reason": reason, **extra})
+
+    def _release(self, which: Callable[[Ticket], bool], status: int, reason: Optional[str], message: str) -> None:
+        for event_id in list(self.awaited):
+            tickets = self.awaited[event_id]
+            keep = [t for t in tickets if not which(t)]
+            for ticket in tickets:
+                if not which(ticket):
+                    continue
+                if reason is None:  # timed out: the front already answered and counted it
+                    self.answered += 1
+                else:
+                    self._refuse(ticket, status, reason, message, partition=ticket.partition)
+            if keep:
+                self.awaited[event_id] = keep
+            else:
+                del self.awaited[event_id]
+
+
+def advertised_address(settings: ServeSettings, port: int) -> str:
+    """HOST:PORT other workers reach this one at: --serve-advertise, else the bound host, else
+    (bound to every interface) this machine's address as its own name resolves."""
+    if settings.advertise:
+        return settings.advertise
+    host = settings.host
+    if host in ("0.0.0.0", "::", ""):
+        try:
+            host = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            host = socket.gethostname()
+    return f"{host}:{port}"
+
+
+class ScoreServer:
+    """The HTTP front on its own thread. Bound at construction (a port in use fails before
+    the worker joins its group); `start(desk, producer, registry)` serves."""
+
+    def __init__(self, settings: ServeSettings):
+        self.settings = settings
+        self.socket = socket.create_server((settings.host, settings.port), backlog=1024)
+        self.port = self.socket.getsockname()[1]
+        self.address = advertised_address(settings, self.port)
+        self.open_connections = 0
+        self._writers: set = set()
+        self._token = settings.token.reveal().encode() if settings.token is not None else None
+        self._thread = threading.Thread(target=self._run, name="score-api", daemon=True)
+        self._ready = threading.Event()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._stop: Optional[asyncio.Event] = None
+
+    def start(self, desk: ScoreDesk, producer, registry: CollectorRegistry) -> "ScoreServer":
+        self.desk = desk
+        self.producer = producer
+        self.metrics = desk.metrics = ServeMetrics(registry)
+        producer.partitions_for(desk.topic)  # metadata now: a send on the front's loop must never wait for it
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(10)
+        self.socket.close()
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        server = await asyncio.start_server(self._connection, sock=self.socket, limit=MAX_HEADERS)
+        self._ready.set()
+        async with server:
+            await self._stop.wait()
+            for writer in list(self._writers):  # idle keep-alive connections: no need to wait for them
+                writer.close()
+
+    # -- one connection: requests in order, keep-alive, every read with a deadline ---------------
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        timeout = self.settings.timeout
+        if self.open_connections >= self.settings.max_connections:
+            error = RequestError(429, "too_many_connections", f"more than {self.settings.max_connections} open "
+                                 "connections: close idle ones, or retry in a moment")
+            await self._reply(writer, error.status, error_body(error), False, error.reason)
+            writer.close()
+            return
+        self.open_connections += 1
+        self._writers.add(writer)
+        served = 0
+        try:
+            while True:
+                try:
+                    first = await asyncio.wait_for(reader.readexactly(1), KEEPALIVE_IDLE if served else timeout)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                except TimeoutError:
+                    if not served:  # connected and said nothing: a slow client
+                        await self._fail(writer, RequestError(408, "slow_client", f"no request within {timeout:g} s"))
+                    return  # an idle keep-alive connection: closed quietly
+                started = time.perf_counter()
+                try:
+                    request = await self._read_request(reader, first, timeout)
+                except RequestError as error:
+                    await self._fail(writer, error)
+                    return
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                method, path, query, headers, body = request
+                mode = PATHS.get(path, "other")
+                try:
+                    status, payload, extra_headers = await self._route(method, path, query, headers, body)
+                except RequestError as error:
+                    extra_headers = _retry_after(error)
+                    status, payload = error.status, error_body(error)
+                    self.metrics.errors.labels(error.reason).inc()
+                keep = headers.get("connection", "").lower() != "close" and status < 500 and status != 413
+                if mode != "other":  # counted before the answer leaves: whoever reads it sees it counted
+                    self.metrics.requests.labels(mode, str(status)).inc()
+                    self.metrics.seconds.labels(mode).observe(time.perf_counter() - started)
+                await self._reply(writer, status, payload, keep, None, extra_headers)
+                served += 1
+                if not keep:
+                    return
+        finally:
+            self.open_connections -= 1
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _read_request(self, reader: asyncio.StreamReader, first: bytes, timeout: float):
+        try:
+            head = first + await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+        except TimeoutError:
+            raise RequestError(408, "slow_client", f"request headers not received within {timeout:g} s") from None
+        except asyncio.LimitOverrunError:
+            raise RequestError(431, "headers_too_large", f"request headers exceed {MAX_HEADERS} bytes") from None
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            raise RequestError(400, "bad_request_line", f"not an HTTP/1.x request line: {lines[0][:100]!r}")
+        method, target, _ = parts
+        headers = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        split = urlsplit(target)
+        body = b""
+        if method == "POST":
+            length_text = headers.get("content-length")
+            if length_text is None:
+                raise RequestError(411, "length_required", "a Content-Length header is required "
+                                   "(chunked bodies are not accepted)")
+            if not length_text.isdigit():
+                raise RequestError(400, "bad_request_line", f"Content-Length {length_text[:40]!r} is not a number")
+            length = int(length_text)
+            if length > self.settings.max_body:
+                raise RequestError(413, "body_too_large", f"body of {length} bytes exceeds the "
+                                   f"{self.settings.max_body}-byte limit")
+            try:
+                body = await asyncio.wait_for(reader.readexactly(length), timeout)
+            except TimeoutError:
+                raise RequestError(408, "slow_client", f"body of {length} bytes not received within "
+                                   f"{timeout:g} s") from None
+        return method, split.path, split.query, headers, body
+
+    async def _fail(self, writer: asyncio.StreamWriter, error: RequestError) -> None:
+        self.metrics.errors.labels(error.reason).inc()
+        await self._reply(writer, error.status, error_body(error), False, None)
+
+    async def _reply(self, writer: asyncio.StreamWriter, status: int, payload: bytes, keep: bool,
+                     count_reason: Optional[str], extra_headers: Optional[list] = None) -> None:
+        if count_reason is not None:
+            self.metrics.errors.labels(count_reason).inc()
+        head = [f"HTTP/1.1 {status} {STATUS.get(status, 'Error')}", "Content-Type: application/json",
+                f"Content-Length: {len(payload)}", "Connection: " + ("keep-alive" if keep else "close")]
+        head += [f"{name}: {value}" for name, value in extra_headers or ()]
+        try:
+            writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
+            await asyncio.wait_for(writer.drain(), self.settings.timeout)
+        except (ConnectionError, TimeoutError):
+            pass  # the client left: nothing to tell it
+
+    # -- routing -----------------------------------------------------------------------------
+
+    async def _route(self, method: str, path: str, query: str, headers: dict, body: bytes):
+        mode = PATHS.get(path)
+        if mode is None:
+            raise RequestError(404, "not_found", f"no {path[:100]!r} here: POST /score (recorded) or "
+                               "POST /score/whatif (never recorded)")
+        if method != "POST":
+            raise RequestError(405, "method_not_allowed", f"{method[:20]} {path}: only POST", allow="POST")
+        if query:
+            raise RequestError(400, "unknown_field", f"query {query[:100]!r}: {path} takes no parameters (a score "
+                               "that is never recorded is POST /score/whatif)")
+        if self._token is not None:
+            given = headers.get("authorization", "").encode("latin-1")
+            if not hmac.compare_digest(given, b"Bearer " + self._token):
+                raise RequestError(401, "unauthorized", "missing or wrong 'Authorization: Bearer <token>'")
+        event, timed = decode_request(body, time.time(), self.settings.max_body)
+        partitions = self.desk.owners.partitions or self._topic_partitions()
+        partition = partition_for(event.user_id, partitions)
+        if partition not in self.desk.owned:
+            return await self._forward(partition, path, headers, body)
+        date_event(event, timed, self.desk.clock.get(partition))
+        status, answer = await self._hand_over(event, partition, mode == "whatif")
+        return status, encode(answer), []
+
+    def _topic_partitions(self) -> int:
+        found = self.producer.partitions_for(self.desk.topic)
+        if not found:
+            raise RequestError(503, "kafka_unavailable", f"the partitions of {self.desk.topic} are not known yet")
+        return len(found)
+
+    async def _hand_over(self, event: Event, partition: int, whatif: bool) -> tuple[int, dict]:
+        """To the poll loop (and, for a recorded score, to the events topic first); wait for its answer."""
+        loop = asyncio.get_running_loop()
+        answered: asyncio.Future = loop.create_future()
+
+        def settle(status: int, body: dict) -> None:  # called on the poll loop's thread
+            loop.call_soon_threadsafe(_settle, answered, (status, body))
+
+        deadline = time.monotonic() + self.settings.timeout
+        ticket = Ticket(event, partition, whatif, deadline, settle)
+        # Queued before the event is written: the loop takes it in at its next poll, before the
+        # records that poll returned, so it cannot miss its own event.
+        if self.desk.stopped:
+            raise RequestError(503, "stopping", "the worker is stopping: send the request again")
+        if not self.desk.submit(ticket):
+            raise RequestError(429, "busy", f"{self.desk.max_pending} requests already wait for the worker: retry "
+                               "in a moment")
+        if not whatif:
+            self._write_event(event, partition, answered, loop)
+        try:
+            return await asyncio.wait_for(asyncio.shield(answered), self.settings.timeout)
+        except TimeoutError:
+            raise RequestError(504, "timeout", f"not answered within {self.settings.timeout:g} s; a recorded "
+                               f"request may still be scored: send it again with event_id "
+                               f"{event.event_id!r} to get its score once") from None
+
+    def _write_event(self, event: Event, partition: int, answered: asyncio.Future,
+                     loop: asyncio.AbstractEventLoop) -> None:
+        def failed(exc) -> None:  # on the producer's thread; the ticket is let go when its deadline passes
+            loop.call_soon_threadsafe(_settle, answered, (503, {
+                "error": f"the event could not be written to {self.desk.topic}: {type(exc).__name__}: {exc}",
+                "reason": "kafka_unavailable"}))
+            self.metrics.errors.labels("kafka_unavailable").inc()
+
+        try:
+            future = self.producer.send(self.desk.topic, key=str(event.user_id).encode(), value=encode_event(event),
+                                        partition=partition, headers=[("shopstream.origin", b"score-api")])
+        except Exception as exc:  # no buffer space, no metadata: refused before sending
+            failed(exc)
+            return
+        future.add_errback(failed)
+
+    async def _forward(self, partition: int, path: str, headers: dict, body: bytes):
+        """Another worker's partition: ask its owner once, or say where to ask."""
+        owner = self.desk.owners.address(partition)
+        if headers.get(FORWARDED) or not owner or owner == self.desk.address:
+            why = "it is moving between workers" if owner else "its owner is not known here yet"
+            raise RequestError(503, "not_owner", f"partition {partition} is not served here ({why}): retry in a "
+                               "moment", partition=partition, owner=owner or None)
+        host, _, port = owner.rpartition(":")
+        extra = [f"{FORWARDED}: {self.desk.name}"]
+        if "authorization" in headers:
+            extra.append(f"Authorization: {headers['authorization']}")
+        request = "\r\n".join([f"POST {path} HTTP/1.1", f"Host: {owner}", "Content-Type: application/json",
+                               f"Content-Length: {len(body)}", "Connection: close", *extra]) + "\r\n\r\n"
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), self.settings.timeout)
+            try:
+                writer.write(request.encode("latin-1") + body)
+                raw = await asyncio.wait_for(reader.read(), self.settings.timeout + 1.0)  # to EOF: Connection: close
+            finally:
+                writer.close()
+            head, _, payload = raw.partition(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+        except (OSError, TimeoutError, ValueError, IndexError) as exc:
+            self.metrics.forwarded.labels("failed").inc()
+            raise RequestError(503, "owner_unreachable", f"partition {partition}'s owner {owner} did not answer "
+                               f"({type(exc).__name__}): ask it directly, or retry", partition=partition,
+                               owner=owner) from None
+        self.metrics.forwarded.labels("answered").inc()
+        return status, payload, [("X-Shopstream-Forwarded-To", owner)]
+
+
+def _settle(future: asyncio.Future, value) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _retry_after(error: RequestError) -> list:
+    headers = []
+    if error.status in (429, 503):
+        headers.append(("Retry-After", "1"))
+    if "allow" in error.extra:
+        headers.append(("Allow", error.extra.pop("allow")))
+    return headers

@@ -1,0 +1,257 @@
+"""The scoring API's HTTP front and its hand-over to the poll loop, without Kafka: a real
+server on loopback, a thread standing in for the poll loop (it drains the desk as
+`Worker.run` does), real engines. Bad requests, slow and excess connections never reach an
+engine; a what-if reads the live state and changes nothing."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import pickle
+import socket
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+from kafka import TopicPartition
+from prometheus_client import CollectorRegistry
+
+from shopstream.engine import Engine
+from shopstream.events import event_from_record
+from shopstream.generator import generate
+from shopstream.stream.owners import encode_map
+from shopstream.stream.score_codec import decode_request, date_event
+from shopstream.stream.serving import ScoreDesk, ScoreServer, Ticket
+from shopstream.stream.settings import ServeSettings
+
+TOPIC = "events"
+
+
+class OnePartitionProducer:
+    """Every user on partition 0; a recorded request's send fails (no Kafka here)."""
+
+    def partitions_for(self, topic):
+        return {0}
+
+    def send(self, *args, **kwargs):
+        raise RuntimeError("no broker in this test")
+
+
+class Loop:
+    """Stands in for the worker's poll loop: drains the desk every few milliseconds."""
+
+    def __init__(self, desk: ScoreDesk, partitions: dict):
+        self.desk, self.partitions = desk, partitions
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while not self.stop.is_set():
+            self.desk.drain(self.partitions)
+            self.stop.wait(0.002)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    engine = Engine.fresh("logreg", "shop")
+    records = list(generate(4000, seed=3))
+    for record in records:
+        engine.process(event_from_record(record))
+    engine.last_record = records[-1]
+    return engine
+
+
+def serve(engine, owned=True, registry=None, **settings):
+    registry = registry or CollectorRegistry()
+    server = ScoreServer(ServeSettings(port=0, **{"timeout": 1.0, **settings}))
+    desk = ScoreDesk(TOPIC, server.address, f"w-{server.port}")
+    partitions = {TopicPartition(TOPIC, 0): SimpleNamespace(engine=engine)} if owned else {}
+    loop = Loop(desk, partitions)
+    loop.thread.start()
+    server.start(desk, OnePartitionProducer(), registry)
+    return SimpleNamespace(server=server, desk=desk, loop=loop, registry=registry, port=server.port)
+
+
+def stop(served):
+    served.loop.stop.set()
+    served.loop.thread.join()
+    served.server.stop()
+
+
+@pytest.fixture
+def api(engine):
+    served = serve(engine)
+    yield served
+    stop(served)
+
+
+def post(port, path, payload, headers=None, raw=None):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    data = raw if raw is not None else json.dumps(payload).encode()
+    connection.request("POST", path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+    answer = connection.getresponse()
+    text = answer.read()
+    connection.close()
+    return answer.status, json.loads(text), dict(answer.getheaders())
+
+
+def errors(registry, reason):
+    return registry.get_sample_value("shopstream_score_errors_total", {"reason": reason}) or 0
+
+
+def request_for(engine, **changes):
+    record = engine.last_record
+    return {"user_id": str(record["user_id"]), "user_session": str(record["user_session"]),
+            "product_id": "p-new", "event_type": "cart", "price": 12.5, **changes}
+
+
+def test_what_if_scores_the_live_state_and_changes_nothing(api, engine):
+    before = pickle.dumps(engine)
+    payload = request_for(engine)
+    status, answer, _ = post(api.port, "/score/whatif", payload)
+    assert status == 200, answer
+    event, timed = decode_request(json.dumps(payload).encode(), time.time())
+    expected = engine.what_if(date_event(event, timed, engine.joiner.max_time))
+    assert answer["score"] == expected[engine.champion][3] and 0 < answer["score"] < 1
+    assert answer["recorded"] is False and answer["model"] == "logreg" and answer["partition"] == 0
+    assert [m["score"] for m in answer["models"]] == [p for _, _, _, p in expected]
+    # the session's live state matters: a view with nothing carted scores differently
+    assert post(api.port, "/score/whatif", request_for(engine, event_type="view"))[1]["score"] != answer["score"]
+    assert pickle.dumps(engine) == before  # nothing recorded, learned or folded in
+    assert api.registry.get_sample_value("shopstream_score_requests_total", {"mode": "whatif", "code": "200"}) == 2
+
+
+def test_bad_requests_get_a_4xx_with_one_line_and_are_counted(api, engine):
+    before = pickle.dumps(engine)
+    cases = [
+        ("/score", {"user_id": "u"}, None, 400, "missing_field"),
+        ("/score", {**request_for(engine), "pirce": 3}, None, 400, "unknown_field"),
+        ("/score", request_for(engine, price=-1), None, 400, "invalid_value"),
+        ("/score", None, b"{not json", 400, "malformed_json"),
+        ("/score?record=false", request_for(engine), None, 400, "unknown_field"),
+        ("/score/whatif", request_for(engine, user_session="never-seen"), None, 404, "unknown_session"),
+        ("/scores", request_for(engine), None, 404, "not_found"),
+        ("/score", request_for(engine), None, 503, "kafka_unavailable"),  # this test has no broker
+    ]
+    for path, payload, raw, status, reason in cases:
+        counted = errors(api.registry, reason)
+        got, answer, _ = post(api.port, path, payload, raw=raw)
+        assert (got, answer["reason"]) == (status, reason), (path, answer)
+        assert answer["error"] and "\n" not in answer["error"]
+        assert errors(api.registry, reason) == counted + 1, reason
+    assert pickle.dumps(engine) == before
+
+
+def raw_exchange(port, data: bytes, wait: float = 5.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        sock.sendall(data)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+def test_oversized_bodies_and_slow_clients_are_cut_off(api):
+    answer = raw_exchange(api.port, b"POST /score HTTP/1.1\r\nContent-Length: 10000000\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 413 ") and b"exceeds the 16384-byte limit" in answer
+    answer = raw_exchange(api.port, b"POST /score HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 411 ")
+    answer = raw_exchange(api.port, b"POST /score HTTP/1.1\r\nContent-Le")           # stops mid-header
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"slow_client" in answer
+    answer = raw_exchange(api.port, b"POST /score HTTP/1.1\r\nContent-Length: 50\r\n\r\n{")  # body never ends
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"not received within 1 s" in answer
+    answer = raw_exchange(api.port, b"")                                                # says nothing at all
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    answer = raw_exchange(api.port, b"POST /score HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 10_000 + b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    assert errors(api.registry, "slow_client") == 3 and errors(api.registry, "body_too_large") == 1
+
+
+def test_a_flood_of_idle_connections_is_capped_and_then_drained(engine):
+    served = serve(engine, max_connections=3, timeout=1.0)
+    try:
+        flood = [socket.create_connection(("127.0.0.1", served.port)) for _ in range(3)]
+        time.sleep(0.2)
+        refused = raw_exchange(served.port, b"")
+        assert refused.startswith(b"HTTP/1.1 429 ") and b"too_many_connections" in refused
+        for sock in flood:  # each slow connection is answered 408 and closed at its deadline
+            assert sock.recv(1000).startswith(b"HTTP/1.1 408 ")
+            sock.close()
+        status, answer, _ = post(served.port, "/score/whatif", request_for(engine))
+        assert status == 200, answer
+        assert errors(served.registry, "too_many_connections") == 1
+    finally:
+        stop(served)
+
+
+def test_a_shared_token_is_required_when_set(engine):
+    served = serve(engine, token="s3cret-token")
+    try:
+        assert post(served.port, "/score/whatif", request_for(engine))[:2][0] == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert post(served.port, "/score/whatif", request_for(engine), wrong)[1]["reason"] == "unauthorized"
+        right = {"Authorization": "Bearer s3cret-token"}
+        assert post(served.port, "/score/whatif", request_for(engine), right)[0] == 200
+        assert errors(served.registry, "unauthorized") == 2
+    finally:
+        stop(served)
+
+
+def test_a_worker_that_does_not_own_the_partition_forwards_to_its_owner(engine):
+    owner = serve(engine)
+    other = serve(engine, owned=False)
+    try:
+        # no map yet: where to ask is unknown, said so
+        status, answer, headers = post(other.port, "/score/whatif", request_for(engine))
+        assert (status, answer["reason"], answer["partition"]) == (503, "not_owner", 0)
+        assert headers["Retry-After"] == "1"
+        # the group's assignment tells every member who owns partition 0
+        other.desk.owners.update(encode_map(TOPIC, 1, {0: owner.server.address}))
+        status, answer, headers = post(other.port, "/score/whatif", request_for(engine))
+        assert status == 200 and answer["served_by"] == owner.desk.name, answer
+        assert headers["X-Shopstream-Forwarded-To"] == owner.server.address
+        assert other.registry.get_sample_value("shopstream_score_forwarded_total", {"outcome": "answered"}) == 1
+        # a forwarded request is never forwarded again: it says where to ask instead
+        status, answer, _ = post(other.port, "/score/whatif", request_for(engine), {"X-Shopstream-Forwarded": "x"})
+        assert (status, answer["owner"]) == (503, owner.server.address)
+        # an owner that does not answer: 503 naming it
+        other.desk.owners.update(encode_map(TOPIC, 1, {0: "127.0.0.1:9"}))
+        status, answer, _ = post(other.port, "/score/whatif", request_for(engine))
+        assert (status, answer["reason"], answer["owner"]) == (503, "owner_unreachable", "127.0.0.1:9")
+    finally:
+        stop(owner)
+        stop(other)
+
+
+def test_the_api_listens_on_loopback_by_default():
+    server = ScoreServer(ServeSettings(port=0))
+    try:
+        assert server.socket.getsockname() == ("127.0.0.1", server.port)
+        assert server.address == f"127.0.0.1:{server.port}"
+    finally:
+        server.stop()
+
+
+def test_the_desk_lets_go_of_waiting_requests_when_their_partition_leaves_or_the_worker_stops(engine):
+    desk = ScoreDesk(TOPIC, "127.0.0.1:1", "me")
+    answers = []
+
+    def ticket(event_id, partition=0):
+        event, _ = decode_request(json.dumps(request_for(engine, event_id=event_id)).encode(), time.time())
+        return Ticket(event, partition, False, time.monotonic() + 60,
+                      lambda status, body: answers.append((status, body)))
+
+    owned = {TopicPartition(TOPIC, 0): SimpleNamespace(engine=engine)}
+    assert desk.submit(ticket("a")) and desk.submit(ticket("b"))
+    desk.drain(owned)
+    assert set(desk.awaited) == {"a", "b"} and desk.pending == 2 and not answers  # waiting for their events
+    desk.drain({})  # a rebalance took partition 0 away
+    assert [(status, body["reason"]) for status, body in answers] == [(503, "partition_moved")] * 2
+    assert not desk.awaited and desk.pending == 0
+    assert desk.submit(ticket("c"))
+    desk.close()  # the worker stops: nothing will process what waits
+    assert answers[-1][0] == 503 and answers[-1][1]["reason"] == "stopping"
+    assert not desk.submit(ticket("d")) and desk.pending == 0

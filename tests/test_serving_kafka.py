@@ -1,0 +1,198 @@
+"""The scoring API on the real broker: a worker answers POST /score with the engine's
+prediction for the request's event, the predictions topic holds that same number for that
+event id, the open prediction that the label join will score holds it too, and one event
+id is one prediction however often it is sent (API retries, the shop's own tracking)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+
+import msgspec
+import pytest
+from prometheus_client import CollectorRegistry
+
+from conftest import free_port
+from helpers import read_topic, send_records, wait_for
+from shopstream.generator import generate
+from shopstream.stream.checkpoints import DirectoryCheckpointStore
+from shopstream.stream.clients import KafkaClients
+from shopstream.stream.serving import ScoreDesk, ScoreServer
+from shopstream.stream.settings import WorkerSettings
+from shopstream.stream.worker import Worker
+
+pytestmark = pytest.mark.kafka
+
+
+def post(port, path, payload):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("POST", path, body=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    answer = connection.getresponse()
+    body = json.loads(answer.read())
+    connection.close()
+    return answer.status, body
+
+
+class ServingWorker:
+    """A worker with its scoring API, in this process (the loop on a thread, as run_worker wires it)."""
+
+    def __init__(self, kafka, topic, tmp_path, events):
+        self.settings = WorkerSettings.from_options(
+            bootstrap_servers=kafka, topic=topic, group=f"g-{topic}", predictions_topic=f"{topic}-predictions",
+            dead_letter_topic=f"{topic}-dlq", control_topic="", checkpoints=str(tmp_path / "ckpt"), metrics_port=-1,
+            session_timeout_ms=6000, serve_port=free_port(), client_id=f"serving-{topic}")
+        self.registry = CollectorRegistry()
+        self.api = ScoreServer(self.settings.serve)
+        self.desk = ScoreDesk(topic, self.api.address, self.settings.name)
+        self.worker = Worker(self.settings, self.registry, desk=self.desk)
+        self.api.start(self.desk, KafkaClients(self.settings).score_producer(), self.registry)
+        self.thread = threading.Thread(target=self.worker.run, daemon=True)
+        self.thread.start()
+        wait_for(lambda: self.worker.handled >= events and len(self.desk.owned) == 2, 120, "worker caught up")
+        # and the loop polled since: requests are dated at each partition's clock as the loop last published it
+        wait_for(lambda: all(self.desk.clock.get(tp.partition) == state.engine.joiner.max_time
+                             for tp, state in list(self.worker.partitions.items())), 30, "clocks published")
+
+    @property
+    def port(self) -> int:
+        return self.api.port
+
+    def stop(self):
+        self.worker.stopping = True
+        self.thread.join(60)
+        self.api.stop()
+
+
+def test_a_served_score_is_the_streams_prediction_exactly_once(kafka, new_topic, tmp_path):
+    topic = new_topic(2)
+    records = list(generate(3000, seed=61))
+    send_records(kafka, topic, records)
+    served = ServingWorker(kafka, topic, tmp_path, len(records))
+    last = records[-1]
+    request = {"user_id": str(last["user_id"]), "user_session": str(last["user_session"]), "product_id": "p-api",
+               "event_type": "view", "price": 19.99, "category_code": "electronics.phone", "event_id": "api-view-1"}
+    try:
+        status, first = post(served.port, "/score", request)
+        assert status == 200, first
+        assert first["recorded"] is True and first["duplicate"] is False and 0 < first["score"] < 1
+        assert first["event_id"] == first["prediction_id"] == "api-view-1" and first["model"] == "logreg"
+        # the same request again (a client retry): the same prediction, not a second one
+        status, again = post(served.port, "/score", request)
+        assert status == 200 and again["duplicate"] is True and again["score"] == first["score"], again
+        # the shop's tracking sends the same event too: the engine drops it as a duplicate
+        tracked = {**request, "event_time": served.desk.clock[first["partition"]]}
+        send_records(kafka, topic, [tracked])
+        # the other order: tracking first, then the API asked about the same event id
+        shop_event = {**request, "event_id": "track-1", "product_id": "p-tracked",
+                      "event_time": served.desk.clock[first["partition"]]}
+        send_records(kafka, topic, [shop_event])
+        # processed: the request and its retry (two events), the tracked copy, the shop's event
+        wait_for(lambda: served.worker.handled >= len(records) + 4, 60, "tracked events processed")
+        status, asked = post(served.port, "/score", {k: v for k, v in shop_event.items() if k != "event_time"})
+        assert status == 200 and asked["duplicate"] is True, asked
+        # a what-if records nothing
+        handled = served.worker.handled
+        status, whatif = post(served.port, "/score/whatif", {**request, "event_id": "whatif-1"})
+        assert status == 200 and whatif["recorded"] is False, whatif
+        time.sleep(1.0)
+        assert served.worker.handled == handled
+    finally:
+        served.stop()
+
+    predictions = [msgspec.json.decode(r.value) for r in read_topic(kafka, f"{topic}-predictions")]
+    by_id: dict = {}
+    for prediction in predictions:
+        by_id.setdefault(prediction["event_id"], []).append(prediction)
+    [api_prediction] = by_id["api-view-1"]              # one prediction for the event, sent three times
+    assert api_prediction["score"] == first["score"]   # the same number, bit for bit
+    assert (api_prediction["partition"], api_prediction["offset"]) == (first["partition"], first["offset"])
+    [tracked_prediction] = by_id["track-1"]
+    assert tracked_prediction["score"] == asked["score"]
+    assert "whatif-1" not in by_id
+
+    # the request is an event on the events topic, keyed by user like the shop's own
+    [event_record] = [r for r in read_topic(kafka, topic) if r.partition == first["partition"]
+                      and r.offset == first["offset"]]
+    assert event_record.key == request["user_id"].encode()
+    assert json.loads(event_record.value)["event_id"] == "api-view-1"
+    # and the open prediction the label join will score holds the served number
+    states = DirectoryCheckpointStore(served.settings.checkpoints.directory, served.settings.group).load_all()
+    engine = next(state.engine for (_, partition), state in states.items() if partition == first["partition"])
+    [opened] = [p for p in engine.joiner.open_predictions() if p.ref == first["offset"]]
+    assert opened.outputs[opened.champion][0] == first["score"]
+    assert engine.recorded("api-view-1") == (True, first["score"])
+    requests = served.registry.get_sample_value("shopstream_score_requests_total", {"mode": "record", "code": "200"})
+    assert requests == 3
+
+
+def test_served_scores_survive_kill_9_exactly_once(kafka, new_topic, tmp_path):
+    """Served, then kill -9 before any checkpoint holds the served events: the next worker
+    replays them from Kafka to the same numbers, learns each once, and answers a retry of the
+    same request with the score served before the crash."""
+    import signal
+    import subprocess
+
+    from conftest import WORKER_ENV, worker_command
+    from helpers import assert_same_engine, checkpointed_engines, reference_engines, scrape
+    from shopstream.events import decode_event
+
+    topic = new_topic(2)
+    records = list(generate(6000, seed=71))
+    send_records(kafka, topic, records)
+    checkpoints = tmp_path / "ckpt"
+
+    def start():
+        api, metrics = free_port(), free_port()
+        command = worker_command(kafka, topic, checkpoints, "--metrics-port", str(metrics), "--serve-port", str(api),
+                                 "--checkpoint-every", "100000", "--checkpoint-seconds", "600")
+        return subprocess.Popen(command, env=WORKER_ENV, stderr=subprocess.PIPE, text=True), api, metrics
+
+    def consumed(metrics) -> float:
+        return sum(v for (name, labels), v in scrape(metrics).items()
+                   if name == "shopstream_events_total" and ("outcome", "consumed") in labels)
+
+    requests = [{"user_id": str(r["user_id"]), "user_session": str(r["user_session"]), "product_id": f"p-k{i}",
+                 "event_type": "cart" if i % 2 else "view", "price": 5.0 + i, "event_id": f"kill-{i}"}
+                for i, r in enumerate(records[-400::50])]
+    victim, api, metrics = start()
+    try:
+        wait_for(lambda: consumed(metrics) >= len(records), 120, "first worker caught up")
+        served = {}
+        for request in requests:
+            status, answer = post(api, "/score", request)
+            assert status == 200 and not answer["duplicate"], answer
+            served[request["event_id"]] = answer["score"]
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+    before_crash = {p: e.counts["consumed"] for p, e in checkpointed_engines(checkpoints).items()}
+    assert sum(before_crash.values()) <= len(records)  # no checkpoint holds a served event: all replayed
+
+    survivor, api, metrics = start()
+    total = len(records) + len(requests)
+    try:
+        wait_for(lambda: consumed(metrics) >= total, 120, "second worker replayed the served events")
+        for request in requests:  # a client retrying after the crash gets the score it was served
+            status, answer = post(api, "/score", request)
+            assert status == 200 and answer["duplicate"] is True, answer
+            assert answer["score"] == served[request["event_id"]]
+    finally:
+        survivor.send_signal(signal.SIGTERM)
+        _, log = survivor.communicate(timeout=60)
+    assert survivor.returncode == 0, log[-2000:]
+
+    published: dict = {}
+    for record in read_topic(kafka, f"{topic}-predictions"):
+        prediction = msgspec.json.decode(record.value)
+        published.setdefault(prediction["event_id"], set()).add(prediction["score"])
+    for event_id, score in served.items():
+        assert published[event_id] == {score}  # published again by the replay, never another number
+    expected = reference_engines(kafka, topic)   # one uninterrupted run over every event, the served included
+    actual = checkpointed_engines(checkpoints)
+    probes = [expected[0].features.transform(decode_event(msgspec.json.encode(r))) for r in records[-100:]]
+    for partition in expected:
+        assert_same_engine(actual[partition], expected[partition], probes)
+    for event_id, score in served.items():
+        assert any(engine.recorded(event_id) == (True, score) for engine in actual.values())
