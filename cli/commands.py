@@ -292,21 +292,6 @@ def check_ranges(args) -> None:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)!r} {rule}")
 
 
-def flag_of(name: str) -> str:
-    """The option of a settings field: its ``flag`` (``every`` is ``--checkpoint-every``), else its name.
-
-    >>> flag_of("every"), flag_of("port"), flag_of("window")
-    ('--checkpoint-every', '--serve-port', '--window')
-    """
-    from shopstream.stream.settings import PARTS
-
-    for part in PARTS.values():
-        for f in fields(part):
-            if f.name == name and f.metadata.get("flag"):
-                return f.metadata["flag"]
-    return "--" + name.replace("_", "-")
-
-
 COMMANDS = {"generate": _cmd_generate, "bootstrap": _cmd_bootstrap, "demo": _cmd_demo,
             "produce": _cmd_produce, "topics": _cmd_topics, "models": _cmd_models, "worker": _cmd_worker}
 
@@ -319,7 +304,8 @@ def main(argv=None) -> int:
         check_ranges(args)
         return COMMANDS[args.command](args)
     except ConfigError as exc:  # a settings object refused a value: name the option, not the field
-        print(f"shopstream {args.command}: error: {flag_of(exc.name)} {exc.value!r} {exc.rule}", file=sys.stderr)
+        print(f"shopstream {args.command}: error: --{exc.name.replace('_', '-')} {exc.value!r} {exc.rule}",
+              file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         # Expected user errors: one clear line, no traceback.
