@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -358,7 +359,7 @@ def _wait_until_settled(topic: str, timeout: float = 1800.0, quiet_s: float = 4.
 
 
 def run_latency(messages, rate: float, seconds: float, workdir: Path, extra=(), append_time: bool = False,
-                producer_linger_ms: int = 0, state_events: int = 0) -> dict:
+                producer_linger_ms: int = 0, state_events: int = 0, python: Optional[list[str]] = None) -> dict:
     """Start a worker, feed it at `rate` events/s, then compare each input record's timestamp
     with the timestamp of the prediction made from it (predictions name partition+offset).
     With `state_events`, the topic is first pre-filled with that many events, the worker
@@ -375,7 +376,8 @@ def run_latency(messages, rate: float, seconds: float, workdir: Path, extra=(), 
         if state_events:
             say(f"{topic}: pre-filling {state_events} events of state")
             prefill(topic, messages[:state_events])
-        command = worker_command(topic, f"g-{topic}", workdir / f"{topic}-ckpt", "--until-idle", "8", *extra)
+        command = worker_command(topic, f"g-{topic}", workdir / f"{topic}-ckpt", "--until-idle", "8", *extra,
+                                 python=python)
         proc = WorkerProcess(command, workdir / f"{topic}-worker.log")
         if not proc.wait_for(r"assigned partition", 60):
             raise RuntimeError(f"latency worker never got its partition:\n{proc.log()}")

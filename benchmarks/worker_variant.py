@@ -4,14 +4,16 @@ proposed change before anyone makes it in the package.
 
     python benchmarks/worker_variant.py [--producer KEY=JSON]... [--consumer KEY=JSON]...
         [--control-consumer KEY=JSON]... [--timing-sample N] [--batch-predictions]
-        -m shopstream.cli worker [worker flags...]
+        [--snapshot-seconds S] [--gc-off] -m shopstream.cli worker [worker flags...]
 
 --producer/--consumer override the kafka-python settings the worker's clients get
 (`shopstream.stream.clients`; e.g. --producer batch_size=1048576 --consumer
 max_partition_fetch_bytes=8388608), and --control-consumer those of the control channel's
 consumer (`shopstream.stream.control`); --batch-predictions publishes one JSON array per
 polled batch instead of one record per prediction (a design change: consumers of the topic
-would read arrays).
+would read arrays); --snapshot-seconds spaces the metrics snapshots of the engines (1e9: none
+after the first), --gc-off disables the cyclic garbage collector once the CLI has set it up
+(an upper bound of what collections cost).
 
 Everything after `-m shopstream.cli` is handed to shopstream's own CLI unchanged.
 """
@@ -37,6 +39,8 @@ def main(argv: list[str]) -> int:
     producer_over, consumer_over, control_over = [], [], []
     timing_sample = None
     batch = False
+    snapshot_seconds = None
+    gc_off = False
     i = 0
     while i < len(argv) and argv[i] != "-m":
         flag = argv[i]
@@ -52,6 +56,12 @@ def main(argv: list[str]) -> int:
         elif flag == "--timing-sample":
             timing_sample = int(argv[i + 1])
             i += 2
+        elif flag == "--snapshot-seconds":
+            snapshot_seconds = float(argv[i + 1])
+            i += 2
+        elif flag == "--gc-off":
+            gc_off = True
+            i += 1
         elif flag == "--batch-predictions":
             batch = True
             i += 1
@@ -95,9 +105,18 @@ def main(argv: list[str]) -> int:
         worker_module.TIMING_SAMPLE = timing_sample
     if batch:
         _batch_predictions(worker_module)
+    if snapshot_seconds is not None:
+        worker_module.SNAPSHOT_SECONDS = snapshot_seconds
+    if gc_off:
+        import gc
+
+        def set_threshold(*_args):  # run_worker sets its thresholds: switch the collector off instead
+            gc.disable()
+
+        worker_module.gc = type("gc_off", (), {"set_threshold": staticmethod(set_threshold)})
     print(f"worker_variant: producer {producer_kw} consumer {consumer_kw} control consumer {control_kw} "
           f"timing_sample {timing_sample} "
-          f"batch_predictions {batch}", flush=True)
+          f"batch_predictions {batch} snapshot_seconds {snapshot_seconds} gc_off {gc_off}", flush=True)
 
     from shopstream.cli import main as cli_main
 
