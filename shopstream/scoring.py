@@ -184,7 +184,7 @@ class BinaryScores:
                 elif n == 0:
                     m = 0.0
                 else:
-                    m -= (1.0 / n) * (_log_loss(cells_all[j] & 2, p_all[j]) - m)
+                    m -= (1.0 / n) * (_log_loss(bool(cells_all[j] & 2), p_all[j]) - m)
                 j += 1
                 old -= 1
         mean.n, mean._mean = n, m
