@@ -1,7 +1,6 @@
 """`shopstream models promote|rollback|list` on workers: applied while running, and by a
 stopped worker when it resumes; recorded in the checkpoint lineage."""
 
-import json
 import subprocess
 import sys
 import time
@@ -9,7 +8,7 @@ import time
 import pytest
 
 from conftest import WORKER_ENV, worker_command
-from helpers import read_topic, send_records
+from helpers import read_predictions, send_records
 from shopstream.offline.bootstrap import bootstrap
 from shopstream.generator import generate, write_jsonl
 from shopstream.stream.checkpoints import DirectoryCheckpointStore
@@ -62,8 +61,7 @@ def test_promote_while_running_then_rollback_on_resume(kafka, new_topic, tmp_pat
         assert roles == {default_model: "challenger", f"{default_model}_baseline": "baseline", other: "champion"}
         [promotion] = [h for h in engine.history if h["kind"] == "promotion"]
         assert promotion["reason"] == "manual" and promotion["old"] == default_model
-    published = read_topic(kafka, f"{topic}-predictions")
-    models = [json.loads(r.value)["model"] for r in sorted(published, key=lambda r: (r.partition, r.offset))]
+    models = [p["model"] for p in read_predictions(kafka, f"{topic}-predictions")]
     assert models[0] == default_model and other in models
 
     # A stopped worker applies the commands it missed when it resumes.
