@@ -153,14 +153,16 @@ class BinaryScores:
             with _FOLD_LOCK:
                 self.extend(*_take(self._p, self._cells))
 
-    def extend(self, p_new: array, cells_new: bytearray) -> None:
-        """Apply many updates, in order (what `Scoreboard` hands both of its boards)."""
+    def extend(self, p_new: array, cells_new: bytearray, losses: Optional[list[float]] = None) -> None:
+        """Apply many updates, in order (what `Scoreboard` hands both of its boards, with their
+        log losses computed once)."""
         if not p_new:
             return
         mean = self.log_loss._mean
         n, m = mean.n, mean._mean
         recent = self._recent
-        losses = _losses(p_new, cells_new)
+        if losses is None:
+            losses = _losses(p_new, cells_new)
         if recent is None:
             for loss in losses:   # River's Mean.update with w=1.0, in order
                 n += 1.0
@@ -171,6 +173,7 @@ class BinaryScores:
         window = self.window or 0
         p_all, cells_all = recent[0] + p_new, recent[1] + cells_new
         leaving = max(0, len(cells_all) - window)   # the oldest, reverted as the new arrive
+        left = _losses(p_all[:leaving], cells_all[:leaving])
         old = len(recent[1])
         j = 0
         for loss in losses:
@@ -184,7 +187,7 @@ class BinaryScores:
                 elif n == 0:
                     m = 0.0
                 else:
-                    m -= (1.0 / n) * (_log_loss(bool(cells_all[j] & 2), p_all[j]) - m)
+                    m -= (1.0 / n) * (left[j] - m)
                 j += 1
                 old -= 1
         mean.n, mean._mean = n, m
@@ -261,8 +264,9 @@ class Scoreboard:
         if self._p:
             with _FOLD_LOCK:
                 p, cells = _take(self._p, self._cells)
-                self._cumulative.extend(p, cells)
-                self._rolling.extend(p, cells)
+                losses = _losses(p, cells)
+                self._cumulative.extend(p, cells, losses)
+                self._rolling.extend(p, cells, losses)
 
     @property
     def cumulative(self) -> BinaryScores:
