@@ -54,18 +54,12 @@ def _new_lock() -> None:   # a forked checkpoint writer must not inherit a lock 
 os.register_at_fork(after_in_child=_new_lock)
 
 
-def _log_loss(y_true: bool, p_true: float) -> float:
-    """River's `LogLoss._eval` on a float, inline (the same operations, the same bits)."""
-    p_true = max(min(p_true, _HIGH), _LOW)
-    return -math.log(p_true) if y_true else -math.log(1 - p_true)
-
-
 def _cell(y_true, y_pred) -> int:
     return (2 if y_true else 0) + (1 if y_pred else 0)
 
 
 def _losses(p: array, cells: bytearray) -> list[float]:
-    """`_log_loss` of many, inline: River's clamp (min, then max) and formula, the same bits."""
+    """River's `LogLoss._eval` of many, inline: its clamp (min, then max) and formula, the same bits."""
     log, out = math.log, []
     for q, c in zip(p, cells):
         q = _HIGH if q > _HIGH else q
