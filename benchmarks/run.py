@@ -753,6 +753,18 @@ def write_markdown(path: Path, res: dict, command: str, table: list[str]) -> Non
         "snapshot) while the parent goes on processing events, each one timed: the longest loop stop is the "
         "larger of the fork and the slowest event while the child wrote.",
         "",
+        "E. **Engine overhead** (`benchmarks/overhead.py`, issue 21: <= 10 us per event with raw features, "
+        "<= 20 with shop features; an extra slot no more than its model's calls): CPU time of this process "
+        "(`time.process_time`, best of the rounds), per input event: River's calls alone in the engine's "
+        "order, the engine on decoded events with `logreg`, and with a second `logreg` slot. Overhead = "
+        "engine - model calls; the extra slot's cost = engine(2 slots) - engine(1).",
+        "",
+        "Peers (`benchmarks/peers.py`, issue 21): the same River job (`logreg`, predict_proba_one, Accuracy + "
+        "Recall + F1, learn_one; 12 raw features, labelled) by each system from one pre-filled 1-partition "
+        "topic, each publishing every prediction; events/s from the output records' CreateTime and the "
+        "source offsets they cover, from the record that covers 5% of the offsets to the last. River's loop "
+        "is in process, without Kafka (best of 3 passes). The peers' packages are in the `bench` extra.",
+        "",
         "## Details",
         "",
     ]
