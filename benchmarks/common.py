@@ -162,24 +162,12 @@ def read_all(topic: str, bootstrap: str = BOOTSTRAP, timeout: float = 300.0) -> 
     return kafka_tools.read_topic(bootstrap, topic, timeout=timeout)
 
 
-class PredictionRef(msgspec.Struct):
-    """The two fields of a published prediction that point back at its input event."""
-
-    partition: int
-    offset: int
-
-
-_decode_ref = msgspec.json.Decoder(PredictionRef).decode
-_decode_refs = msgspec.json.Decoder(list[PredictionRef]).decode
-
-
 def prediction_refs(records: list) -> list[tuple[int, int, int]]:
-    """(source partition, source offset, prediction timestamp ms), in timestamp order.
-    A record may also hold a JSON array of predictions (benchmarks/worker_variant.py)."""
-    refs = []
-    for r in records:
-        for ref in (_decode_refs(r.value) if r.value[:1] == b"[" else (_decode_ref(r.value),)):
-            refs.append((ref.partition, ref.offset, r.timestamp))
+    """(source partition, source offset, prediction timestamp ms), in timestamp order, from
+    records of either prediction format (`shopstream.stream.outputs.decode_predictions`)."""
+    from shopstream.stream.outputs import decode_predictions
+
+    refs = [(p.partition, p.offset, r.timestamp) for r in records for p in decode_predictions(r)]
     refs.sort(key=lambda t: (t[2], t[0], t[1]))
     return refs
 

@@ -50,11 +50,11 @@ WORKER_VARIANTS = {
     "crc32c+producer-batch-1MB": (VARIANT + BIG_PRODUCER, [], True, "both"),
     "crc32c+producer+fetch": (VARIANT + BIG_PRODUCER + BIG_FETCH, [], True,
                               "and max_partition_fetch_bytes 8 MB, max_poll_records 5000"),
-    "crc32c+batched-predictions": (VARIANT + ["--batch-predictions"], [], True,
-                                   "one JSON-array record per polled batch instead of one per prediction"),
+    "crc32c+per-event-predictions": (None, ["--prediction-format", "event"], True,
+                                     "one record per prediction instead of one per polled batch (the default)"),
     "crc32c+producer+no-checkpoints": (VARIANT + BIG_PRODUCER, NO_CHECKPOINTS, True,
                                        "C CRC, 1 MB batches, checkpoints out of the way"),
-    "crc32c+batched+no-checkpoints": (VARIANT + ["--batch-predictions"], NO_CHECKPOINTS, True,
+    "crc32c+batched+no-checkpoints": (None, NO_CHECKPOINTS, True,
                                       "what is left: consume + decode + engine"),
 }
 

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -41,11 +42,12 @@ from common import (BOOTSTRAP, ROOT, SEED, Topics, WorkerProcess, ensure_kafka, 
                     machine, make_messages, prediction_refs, prefill, producer, read_all,
                     record_model_calls, rss_mb, worker_command)
 
-PHASES = ("ceiling", "engine", "raw", "worker1", "worker2", "latency", "bootstrap", "rss")
+PHASES = ("ceiling", "engine", "raw", "worker1", "worker2", "latency", "bootstrap", "rss", "overhead", "peers")
+QUICK_SKIPS = ("overhead", "peers")   # --quick (the CI smoke) runs these only when named in --phases
 FULL = {"events": 200_000, "bootstrap_events": 1_000_000, "open_predictions": 1_000_000, "latency_seconds": 20.0,
-        "repeat": 5, "latency_state": 300_000}
+        "repeat": 5, "latency_state": 300_000, "peers_events": 100_000}
 QUICK = {"events": 20_000, "bootstrap_events": 50_000, "open_predictions": 50_000, "latency_seconds": 4.0,
-         "repeat": 1, "latency_state": 5_000}
+         "repeat": 1, "latency_state": 5_000, "peers_events": 5_000}
 KEPT_HEADING = "## Analysis"  # from this heading on, BENCHMARKS.md is hand-written and kept by re-runs
 # Issue 12's targets (the row that measures each is named in build_table).
 TARGETS = {"worker_vs_ceiling": 0.5, "engine_vs_ceiling": 0.7, "two_vs_one": 1.6, "p99_ms": 50.0,
@@ -358,7 +360,7 @@ def _wait_until_settled(topic: str, timeout: float = 1800.0, quiet_s: float = 4.
 
 
 def run_latency(messages, rate: float, seconds: float, workdir: Path, extra=(), append_time: bool = False,
-                producer_linger_ms: int = 0, state_events: int = 0) -> dict:
+                producer_linger_ms: int = 0, state_events: int = 0, python: Optional[list[str]] = None) -> dict:
     """Start a worker, feed it at `rate` events/s, then compare each input record's timestamp
     with the timestamp of the prediction made from it (predictions name partition+offset).
     With `state_events`, the topic is first pre-filled with that many events, the worker
@@ -375,7 +377,8 @@ def run_latency(messages, rate: float, seconds: float, workdir: Path, extra=(), 
         if state_events:
             say(f"{topic}: pre-filling {state_events} events of state")
             prefill(topic, messages[:state_events])
-        command = worker_command(topic, f"g-{topic}", workdir / f"{topic}-ckpt", "--until-idle", "8", *extra)
+        command = worker_command(topic, f"g-{topic}", workdir / f"{topic}-ckpt", "--until-idle", "8", *extra,
+                                 python=python)
         proc = WorkerProcess(command, workdir / f"{topic}-worker.log")
         if not proc.wait_for(r"assigned partition", 60):
             raise RuntimeError(f"latency worker never got its partition:\n{proc.log()}")
@@ -655,6 +658,19 @@ def build_table(res: dict) -> list[str]:
     return lines
 
 
+def overhead_rows(res: dict) -> list[str]:
+    rows = []
+    for features, target in (("raw", 10.0), ("shop", 20.0)):
+        r = res.get("overhead", {}).get(features)
+        if r:
+            slot = "meets" if r["extra_slot_us"] <= r["model_us"] else "above"
+            rows.append(f"| E{features[0]} | engine overhead over its model's calls, {features} features "
+                        f"(CPU us per event; model calls {r['model_us']:.1f}) | {r['overhead_us']:.1f} us | "
+                        f"{'meets' if r['overhead_us'] <= target else 'above'} target <= {target:.0f} us; an extra "
+                        f"slot {r['extra_slot_us']:.1f} us ({slot} its model's {r['model_us']:.1f}) |")
+    return rows
+
+
 def write_markdown(path: Path, res: dict, command: str, table: list[str]) -> None:
     m = res["machine"]
     ip = res.get("in_process", {})
@@ -737,6 +753,18 @@ def write_markdown(path: Path, res: dict, command: str, table: list[str]) -> Non
         "snapshot) while the parent goes on processing events, each one timed: the longest loop stop is the "
         "larger of the fork and the slowest event while the child wrote.",
         "",
+        "E. **Engine overhead** (`benchmarks/overhead.py`, issue 21: <= 10 us per event with raw features, "
+        "<= 20 with shop features; an extra slot no more than its model's calls): CPU time of this process "
+        "(`time.process_time`, best of the rounds), per input event: River's calls alone in the engine's "
+        "order, the engine on decoded events with `logreg`, and with a second `logreg` slot. Overhead = "
+        "engine - model calls; the extra slot's cost = engine(2 slots) - engine(1).",
+        "",
+        "Peers (`benchmarks/peers.py`, issue 21): the same River job (`logreg`, predict_proba_one, Accuracy + "
+        "Recall + F1, learn_one; 12 raw features, labelled) by each system from one pre-filled 1-partition "
+        "topic, each publishing every prediction; events/s from the output records' CreateTime and the "
+        "source offsets they cover, from the record that covers 5% of the offsets to the last. River's loop "
+        "is in process, without Kafka (best of 3 passes). The peers' packages are in the `bench` extra.",
+        "",
         "## Details",
         "",
     ]
@@ -782,7 +810,8 @@ def main(argv=None) -> int:
     parser.add_argument("--latency-state", type=int, help="events worked off before row 5 measures (default 300000)")
     parser.add_argument("--repeat", type=int, help="round-robin rounds of the in-process rows; the fastest run of "
                                                    "each counts (default 5)")
-    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}")
+    parser.add_argument("--phases", default=None, help=f"comma-separated subset of {','.join(PHASES)} (default: all; "
+                        f"with --quick all but {','.join(QUICK_SKIPS)})")
     parser.add_argument("--rss-cap-mb", type=float, help="memory cap to compare row 7 with (MiB)")
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="Markdown report ('' for none)")
     parser.add_argument("--json", help="also write the raw results as JSON here")
@@ -803,7 +832,8 @@ def main(argv=None) -> int:
     for key in ("events", "bootstrap_events", "open_predictions", "latency_seconds", "repeat", "latency_state"):
         if getattr(args, key) is not None:
             sizes[key] = getattr(args, key)
-    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    default_phases = [p for p in PHASES if not (args.quick and p in QUICK_SKIPS)]
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()] if args.phases else default_phases
     unknown = set(phases) - set(PHASES)
     if unknown:
         parser.error(f"unknown phases {sorted(unknown)}")
@@ -856,6 +886,16 @@ def main(argv=None) -> int:
             say(f"row 7: memory with {sizes['open_predictions']} open predictions")
             res["rss"] = run_child("rss", open_predictions=sizes["open_predictions"], workdir=str(workdir))
             res["rss_cap_mib"], res["rss_cap_source"] = configured_cap_mib(args.rss_cap_mb)
+        if "overhead" in phases:
+            import overhead
+
+            say("row E: the engine's overhead over its model's calls")
+            res["overhead"] = overhead.measure(min(sizes["events"], 50_000), max(1, min(sizes["repeat"], 3)))
+        if "peers" in phases:
+            import peers
+
+            say(f"peers: the same River job by each system, {sizes['peers_events']} events")
+            res["peers"] = peers.run_peers(sizes["peers_events"], workdir=workdir / "peers")
     finally:
         if args.keep or args.workdir:
             say(f"kept {workdir}")
@@ -865,7 +905,13 @@ def main(argv=None) -> int:
     res["load_after"] = os.getloadavg()
     res["load_before"] = " ".join(f"{x:.2f}" for x in res["load_before"])
     res["load_after"] = " ".join(f"{x:.2f}" for x in res["load_after"])
-    table = build_table(res)
+    table = build_table(res) + overhead_rows(res)
+    if "peers" in res:
+        import peers
+
+        table += ["", f"Peers (`benchmarks/peers.py`, {res['peers']['events']:,} events, 12 raw features, load "
+                  f"{res['peers']['load_before']} before, {res['peers']['load_after']} after):", "",
+                  *peers.table(res["peers"])]
     print("\n".join(table))
     if args.out:
         write_markdown(Path(args.out), res, command, table)

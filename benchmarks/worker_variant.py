@@ -3,15 +3,16 @@
 proposed change before anyone makes it in the package.
 
     python benchmarks/worker_variant.py [--producer KEY=JSON]... [--consumer KEY=JSON]...
-        [--control-consumer KEY=JSON]... [--timing-sample N] [--batch-predictions]
-        -m shopstream.cli worker [worker flags...]
+        [--control-consumer KEY=JSON]... [--timing-sample N]
+        [--snapshot-seconds S] [--gc-off] -m shopstream.cli worker [worker flags...]
 
 --producer/--consumer override the kafka-python settings the worker's clients get
 (`shopstream.stream.clients`; e.g. --producer batch_size=1048576 --consumer
 max_partition_fetch_bytes=8388608), and --control-consumer those of the control channel's
-consumer (`shopstream.stream.control`); --batch-predictions publishes one JSON array per
-polled batch instead of one record per prediction (a design change: consumers of the topic
-would read arrays).
+consumer (`shopstream.stream.control`) (one record per polled batch of predictions is now the
+worker's own default, `--prediction-format`); --snapshot-seconds spaces the metrics snapshots of the engines (1e9: none
+after the first), --gc-off disables the cyclic garbage collector once the CLI has set it up
+(an upper bound of what collections cost).
 
 Everything after `-m shopstream.cli` is handed to shopstream's own CLI unchanged.
 """
@@ -36,7 +37,8 @@ def _pairs(values):
 def main(argv: list[str]) -> int:
     producer_over, consumer_over, control_over = [], [], []
     timing_sample = None
-    batch = False
+    snapshot_seconds = None
+    gc_off = False
     i = 0
     while i < len(argv) and argv[i] != "-m":
         flag = argv[i]
@@ -52,8 +54,11 @@ def main(argv: list[str]) -> int:
         elif flag == "--timing-sample":
             timing_sample = int(argv[i + 1])
             i += 2
-        elif flag == "--batch-predictions":
-            batch = True
+        elif flag == "--snapshot-seconds":
+            snapshot_seconds = float(argv[i + 1])
+            i += 2
+        elif flag == "--gc-off":
+            gc_off = True
             i += 1
         else:
             raise SystemExit(f"worker_variant: unknown option {flag}")
@@ -93,43 +98,22 @@ def main(argv: list[str]) -> int:
         control_module.KafkaConsumer = ControlConsumer
     if timing_sample is not None:
         worker_module.TIMING_SAMPLE = timing_sample
-    if batch:
-        _batch_predictions(worker_module)
+    if snapshot_seconds is not None:
+        worker_module.SNAPSHOT_SECONDS = snapshot_seconds
+    if gc_off:
+        import gc
+
+        def set_threshold(*_args):  # run_worker sets its thresholds: switch the collector off instead
+            gc.disable()
+
+        worker_module.gc = type("gc_off", (), {"set_threshold": staticmethod(set_threshold)})
     print(f"worker_variant: producer {producer_kw} consumer {consumer_kw} control consumer {control_kw} "
           f"timing_sample {timing_sample} "
-          f"batch_predictions {batch}", flush=True)
+          f"snapshot_seconds {snapshot_seconds} gc_off {gc_off}", flush=True)
 
     from shopstream.cli import main as cli_main
 
     return cli_main(cli_args)
-
-
-def _batch_predictions(worker_module) -> None:
-    """One Kafka record per (polled batch, partition): a JSON array of the same Prediction
-    objects, sent before the batch's checkpoint decision (so checkpoints still follow it)."""
-    from shopstream.stream import outputs
-
-    pending: list[bytes] = []
-    where: dict = {}
-
-    def prediction(self, record, event, score, model, version):
-        if not self.predictions_topic:
-            return
-        pending.append(outputs._encode(outputs.Prediction(
-            event.event_id, event.user_id, event.user_session, event.product_id, event.event_type,
-            event.event_time, score, model, version, record.partition, record.offset)))
-        where["topic"], where["key"] = self.predictions_topic, str(record.partition).encode()
-
-    original = worker_module.Worker._maybe_checkpoint
-
-    def maybe_checkpoint(self, tp, state):
-        if pending:
-            self.outputs._send(where["topic"], {"key": where["key"], "value": b"[" + b",".join(pending) + b"]"})
-            pending.clear()
-        original(self, tp, state)
-
-    outputs.Outputs.prediction = prediction
-    worker_module.Worker._maybe_checkpoint = maybe_checkpoint
 
 
 if __name__ == "__main__":

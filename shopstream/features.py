@@ -171,6 +171,7 @@ class ShopFeatures:
         self.vocabulary: dict[str, list[str]] = {"platform": [], "channel": [], "category": []}
         self.evicted_session_products = 0
         self.expired_sessions = 0
+        self._one_hot_columns: tuple[dict, dict] | None = None   # see _one_hot
 
     def set_caps(self, caps: FeatureCaps) -> None:
         """New caps for restored state (an artifact's): tables over a cap shrink as they grow."""
@@ -198,13 +199,12 @@ class ShopFeatures:
             "hour_cos": math.cos(seconds_of_day * _TWO_PI_OVER_DAY),
         }
         top = _top_category(event)
-        names = _ONE_HOT_NAMES
+        zeros, names = self._one_hot()
+        x.update(zeros)   # every known value's column, in vocabulary order; then the event's own is 1
         for field, value in (("platform", event.platform), ("channel", event.channel), ("category", top)):
-            for known in self.vocabulary[field]:
-                name = names.get((field, known))
-                if name is None:
-                    name = names[(field, known)] = f"{field}={known}"
-                x[name] = 1.0 if known == value else 0.0
+            name = names[field].get(value)
+            if name is not None:
+                x[name] = 1.0
         brand = self.brands.get(event.brand) if event.brand else None
         if brand is not None:
             x["brand_views"] = math.log1p(brand[0])
@@ -232,6 +232,22 @@ class ShopFeatures:
             x["product_cart_rate"] = (carts + 1.0) / (views + 20.0)
             x["product_conversion"] = (purchases + 1.0) / (views + 50.0)
         return x
+
+    def _one_hot(self) -> tuple[dict, dict]:
+        """The one-hot columns at 0 ("field=value" -> 0.0, fields and values in order) and each
+        field's value -> column name: built when a vocabulary grows, not per event."""
+        cached = self.__dict__.get("_one_hot_columns")   # state restored from before it lacks it
+        if cached is None:
+            zeros: dict[str, float] = {}
+            names: dict[str, dict] = {}
+            for field in ("platform", "channel", "category"):
+                names[field] = {}
+                for known in self.vocabulary[field]:
+                    name = _ONE_HOT_NAMES.setdefault((field, known), f"{field}={known}")
+                    zeros[name] = 0.0
+                    names[field][known] = name
+            cached = self._one_hot_columns = (zeros, names)
+        return cached
 
     def learn(self, event: Event) -> None:
         t = cast(float, event.event_time)
@@ -277,6 +293,7 @@ class ShopFeatures:
             known = self.vocabulary[field]
             if value is not None and value not in known and len(known) < self.caps.one_hot:
                 known.append(value)
+                self._one_hot_columns = None
         if event.brand:
             brand = self.brands.slot(event.brand, lambda: [0, 0])
             if kind == "view":

@@ -113,6 +113,9 @@ class WorkerSettings:
     group: str = field(default="shopstream", metadata=_help("consumer group"))
     predictions_topic: str = field(default="shop-predictions", metadata=_help(
         "topic for published predictions ('' to disable)"))
+    prediction_format: str = field(default="batch", metadata=_help(
+        "batch: one record per polled batch of a partition (a JSON array, header shopstream.format: "
+        "predictions-batch/1); event: one record per prediction", choices=("batch", "event")))
     dead_letter_topic: str = field(default="shop-events-dlq", metadata=_help(
         "topic for messages that fail to decode or validate"))
     control_topic: str = field(default="shop-control", metadata=_help(

@@ -114,7 +114,8 @@ class Worker(ConsumerRebalanceListener):
         self.membership = GroupMembership(clients.consumer, settings.topic, self, settings.rejoin_deadline,
                                           on_rebuild=self._release_all)
         self.broker = BrokerWatch(settings.topic)
-        self.outputs = Outputs(clients.producer, settings.predictions_topic, settings.dead_letter_topic)
+        self.outputs = Outputs(clients.producer, settings.predictions_topic, settings.dead_letter_topic,
+                               settings.prediction_format)
         self.store = clients.checkpoint_store()
         self.checkpointer = Checkpointer(self.store, self.outputs, settings.checkpoints, self.registry)
         self.restorer = PartitionRestorer(self.store, lambda: new_engine(settings), self.control, settings.group,
@@ -286,6 +287,7 @@ class Worker(ConsumerRebalanceListener):
                     if settings.max_events and self.handled >= settings.max_events:
                         self.stopping = True
                         break
+                self.outputs.end_batch()   # one predictions record per polled batch (batch format)
                 self._maybe_checkpoint(tp, state)
                 if self.stopping:
                     break

@@ -11,12 +11,16 @@ The real-broker tests stay the proof that the real clients behave like this.
 from __future__ import annotations
 
 from collections import namedtuple
+from types import SimpleNamespace
+
+import msgspec
 
 from kafka import TopicPartition
 from kafka.errors import KafkaTimeoutError
 
 from shopstream.stream.checkpoints import DirectoryCheckpointStore
 from shopstream.stream.clients import KafkaClients
+from shopstream.stream.outputs import FORMAT_HEADER, decode_predictions
 
 ABORT = b"__abort__"
 Record = namedtuple("Record", "topic partition offset key value timestamp headers")
@@ -130,6 +134,12 @@ class FakeProducer:
         self.fail_flush = False   # the broker acknowledges nothing
 
     def send(self, topic, key=None, value=None, headers=None):
+        if any(k == FORMAT_HEADER for k, _ in headers or ()):
+            # A batch of predictions: counted as the predictions it holds (read with the helper).
+            predictions = decode_predictions(SimpleNamespace(value=value, headers=headers))
+            self.sent.extend((topic, key, msgspec.json.encode(p)) for p in predictions)
+            self.unflushed += len(predictions)
+            return FakeFuture()
         self.sent.append((topic, key, value))
         self.unflushed += 1
         return FakeFuture()

@@ -17,6 +17,7 @@ from shopstream.engine import Engine
 from shopstream.events import InvalidEvent, decode_event
 from shopstream.stream.checkpoints import DirectoryCheckpointStore
 from shopstream.stream.kafka_store import KafkaCheckpointStore
+from shopstream.stream.outputs import decode_predictions
 
 
 def send(bootstrap: str, topic: str, messages, partition=None) -> int:
@@ -157,3 +158,15 @@ def paced(records, rate: float):
         if ahead > 0:
             time.sleep(ahead)
         yield record
+
+
+def read_predictions(bootstrap: str, topic: str, expected: int | None = None, timeout: float = 30.0) -> list[dict]:
+    """Every prediction published to `topic`, in either format (`decode_predictions`), as
+    dicts in (source partition, offset) order; waits until `expected` predictions arrived."""
+    deadline = time.time() + timeout
+    while True:
+        records = read_topic(bootstrap, topic, timeout=max(1.0, deadline - time.time()))
+        found = [msgspec.structs.asdict(p) for r in records for p in decode_predictions(r)]
+        if expected is None or len(found) >= expected or time.time() >= deadline:
+            return sorted(found, key=lambda p: (p["partition"], p["offset"]))
+        time.sleep(0.2)

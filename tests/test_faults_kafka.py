@@ -10,7 +10,7 @@ import pytest
 from kafka import KafkaConsumer
 
 from conftest import WORKER_ENV, free_port, worker_command
-from helpers import (assert_same_engine, checkpointed_engines, read_topic, readyz, reference_engines, scrape,
+from helpers import (assert_same_engine, checkpointed_engines, read_predictions, readyz, reference_engines, scrape,
                      send_records, wait_for)
 from shopstream.events import decode_event
 from shopstream.generator import generate
@@ -119,8 +119,7 @@ def test_unfinished_group_join_rebuilds_the_consumer_and_loses_nothing(kafka, ne
     print(f"worker finished in {took:.0f} s after {rebuilds} consumer rebuild(s)")
     assert rebuilds >= 1, log[-3000:]
 
-    published = [(p["partition"], p["offset"]) for p in map(msgspec.json.decode, (
-        r.value for r in read_topic(kafka, f"{topic}-predictions")))]
+    published = [(p["partition"], p["offset"]) for p in read_predictions(kafka, f"{topic}-predictions")]
     assert len(published) == len(set(published))  # nothing predicted twice
     expected = reference_engines(kafka, topic)
     actual = checkpointed_engines(tmp_path / "ckpt")

@@ -65,3 +65,23 @@ def test_feature_state_is_bounded_and_picklable():
 def test_unknown_feature_set_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown feature set 'bogus'"):
         build_features("bogus")
+
+
+def test_one_hot_columns_follow_the_vocabulary_in_order_also_after_a_restore():
+    """The one-hot columns are built once per vocabulary change, not per event: each event
+    still gets every known value's column, fields and values in order of first appearance,
+    1.0 for its own; state pickled before the cached columns existed reads the same."""
+    features = ShopFeatures()
+    for i, record in enumerate(generate(3000, seed=3)):
+        event = event_from_record(record)
+        x = features.transform(event)
+        top = event.category_code.partition(".")[0] if event.category_code else "unknown"
+        own = {"platform": event.platform, "channel": event.channel, "category": top}
+        expected = [(f"{field}={known}", 1.0 if known == own[field] else 0.0)
+                    for field in ("platform", "channel", "category") for known in features.vocabulary[field]]
+        assert [(k, v) for k, v in x.items() if "=" in k] == expected
+        features.learn(event)
+        if i == 1500:
+            features = pickle.loads(pickle.dumps(features))
+            del features.__dict__["_one_hot_columns"]   # as restored from a checkpoint before the cache
+    assert all(features.vocabulary.values())

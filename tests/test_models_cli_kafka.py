@@ -1,14 +1,13 @@
 """`shopstream models promote|rollback|list` on workers: applied while running, and by a
 stopped worker when it resumes; recorded in the checkpoint lineage."""
 
-import json
 import subprocess
 import sys
 
 import pytest
 
 from conftest import WORKER_ENV, free_port, worker_command
-from helpers import read_topic, scrape, send_records, wait_for
+from helpers import read_predictions, scrape, send_records, wait_for
 from shopstream.offline.bootstrap import bootstrap
 from shopstream.generator import generate, write_jsonl
 from shopstream.stream.checkpoints import DirectoryCheckpointStore
@@ -74,8 +73,7 @@ def test_promote_while_running_then_rollback_on_resume(kafka, new_topic, tmp_pat
         assert roles == {default_model: "challenger", f"{default_model}_baseline": "baseline", other: "champion"}
         [promotion] = [h for h in engine.history if h["kind"] == "promotion"]
         assert promotion["reason"] == "manual" and promotion["old"] == default_model
-    published = read_topic(kafka, f"{topic}-predictions")
-    models = [json.loads(r.value)["model"] for r in sorted(published, key=lambda r: (r.partition, r.offset))]
+    models = [p["model"] for p in read_predictions(kafka, f"{topic}-predictions")]
     assert models[0] == default_model and other in models
 
     # A stopped worker applies the commands it missed when it resumes.

@@ -12,7 +12,7 @@ from kafka import KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from conftest import WORKER_ENV, free_port, worker_command
-from helpers import assert_same_engine, read_topic
+from helpers import assert_same_engine, read_predictions, read_topic
 from shopstream.engine import Engine
 from shopstream.events import decode_event, event_from_record
 from shopstream.generator import generate
@@ -221,8 +221,8 @@ def test_unacknowledged_outputs_hold_the_checkpoint_back_until_they_are_resent(k
     reference = Engine.fresh("logreg", "shop")
     scored = {offset for offset, event in enumerate(events)
               if reference.process(event_from_record(msgspec.to_builtins(event))) is not None}
-    published = read_topic(kafka, f"{topic}-predictions", expected=len(scored))
+    published = read_predictions(kafka, f"{topic}-predictions", expected=len(scored))
     assert len(published) == len(scored) > 10
-    assert {msgspec.json.decode(r.value)["offset"] for r in published} == scored
+    assert {p["offset"] for p in published} == scored
     worker.consumer.close()
     worker.outputs.close()

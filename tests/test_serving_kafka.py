@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from conftest import free_port
-from helpers import read_topic, send_records, wait_for
+from helpers import read_predictions, read_topic, send_records, wait_for
 from shopstream.generator import generate
 from shopstream.stream.checkpoints import DirectoryCheckpointStore
 from shopstream.stream.clients import KafkaClients
@@ -101,7 +101,7 @@ def test_a_served_score_is_the_streams_prediction_exactly_once(kafka, new_topic,
     finally:
         served.stop()
 
-    predictions = [msgspec.json.decode(r.value) for r in read_topic(kafka, f"{topic}-predictions")]
+    predictions = read_predictions(kafka, f"{topic}-predictions")
     by_id: dict = {}
     for prediction in predictions:
         by_id.setdefault(prediction["event_id"], []).append(prediction)
@@ -184,8 +184,7 @@ def test_served_scores_survive_kill_9_exactly_once(kafka, new_topic, tmp_path):
     assert survivor.returncode == 0, log[-2000:]
 
     published: dict = {}
-    for record in read_topic(kafka, f"{topic}-predictions"):
-        prediction = msgspec.json.decode(record.value)
+    for prediction in read_predictions(kafka, f"{topic}-predictions"):
         published.setdefault(prediction["event_id"], set()).add(prediction["score"])
     for event_id, score in served.items():
         assert published[event_id] == {score}  # published again by the replay, never another number

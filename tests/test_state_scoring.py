@@ -1,11 +1,13 @@
 """The scoreboard's inline log loss equals River's LogLoss bit for bit, cumulative and
 rolling (update and revert), clamped probabilities included."""
 
+import pickle
 import random
+from pathlib import Path
 
 from river import metrics
 
-from shopstream.scoring import BinaryScores
+from shopstream.scoring import BinaryScores, Scoreboard
 
 
 def test_inline_log_loss_equals_river_bit_for_bit():
@@ -24,3 +26,61 @@ def test_inline_log_loss_equals_river_bit_for_bit():
             ref_rolling.revert(*recent.pop(0))
         assert rolling.values()["log_loss"] == ref_rolling.get()
         assert cumulative.values()["log_loss"] == ref_cumulative.get()
+
+
+def _updates(seed, n):
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        y = rng.random() < 0.4
+        p = rng.random()
+        out.append((y, p, p > 0.5))
+    return out
+
+
+def test_reads_far_apart_fold_exactly_what_every_update_would_have_given():
+    """Updates are buffered and folded when read: a read after 1 or after 700 updates (more
+    than the window) gives River's numbers, log loss bit for bit."""
+    rng = random.Random(11)
+    board = Scoreboard(window=50)
+    ref_cumulative, ref_rolling, recent = metrics.LogLoss(), metrics.LogLoss(), []
+    next_read = 1
+    for i, (y, p, y_pred) in enumerate(_updates(4, 6000), start=1):
+        board.update(y, p, y_pred)
+        ref_cumulative.update(y, p)
+        ref_rolling.update(y, p)
+        recent.append((y, p, y_pred))
+        if len(recent) > 50:
+            ref_rolling.revert(*recent.pop(0)[:2])
+        if i == next_read:
+            next_read += rng.choice([1, 3, 49, 50, 51, 700])
+            assert board.cumulative.values()["log_loss"] == ref_cumulative.get()
+            assert board.rolling.values()["log_loss"] == ref_rolling.get()
+            tp = sum(1 for y_, _, pred in recent if y_ and pred)
+            fp = sum(1 for y_, _, pred in recent if not y_ and pred)
+            fn = sum(1 for y_, _, pred in recent if y_ and not pred)
+            assert board.rolling.counts() == (tp, fp, len(recent) - tp - fp - fn, fn)
+            roc = metrics.ROCAUC()
+            for y_, p_, _ in recent:
+                roc.update(y_, {True: p_, False: 1 - p_})
+            assert board.rolling.values()["roc_auc"] == roc.get()
+    assert len(board.cumulative) == 6000
+
+
+def test_a_scoreboard_checkpointed_before_compact_buffers_reads_and_goes_on_the_same():
+    """tests/data/scoreboard_ckpt3.pickle: a Scoreboard(window=30) after 100 updates, pickled by
+    the code of CKPT-3 checkpoints before this format (rolling window as a deque of tuples)."""
+    old = pickle.loads((Path(__file__).parent / "data" / "scoreboard_ckpt3.pickle").read_bytes())
+    updates = _updates(5, 160)
+    new = Scoreboard(window=30)
+    for u in updates[:100]:
+        new.update(*u)
+    assert old.cumulative.values() == new.cumulative.values()
+    assert old.rolling.values() == new.rolling.values()
+    for u in updates[100:]:
+        old.update(*u)
+        new.update(*u)
+    assert (old.cumulative.values(), old.rolling.values()) == (new.cumulative.values(), new.rolling.values())
+    assert old.rolling.counts() == new.rolling.counts() and len(old.cumulative) == 160
+    again = pickle.loads(pickle.dumps(old))   # pending updates are folded into the checkpoint
+    assert again.rolling.values() == new.rolling.values() and not again._p

@@ -1,7 +1,6 @@
 """Workers on the real Kafka broker: equality with River, exactly-once learning across
 rebalances and kill -9, dead letters, and the metrics endpoint."""
 
-import json
 import re
 import signal
 import subprocess
@@ -15,8 +14,8 @@ from prometheus_client import CollectorRegistry
 from river import datasets, evaluate, metrics
 
 from conftest import WORKER_ENV, free_port, worker_command
-from helpers import (Scraper, wait_for, assert_same_engine, checkpointed_engines, read_topic, reference_engines, send,
-                     send_records)
+from helpers import (Scraper, wait_for, assert_same_engine, checkpointed_engines, read_predictions, read_topic,
+                     reference_engines, send, send_records)
 from shopstream.events import decode_event
 from shopstream.generator import generate
 from shopstream.models import build_model
@@ -53,8 +52,8 @@ def test_labelled_stream_equals_river_progressive_val_score(kafka, new_topic, tm
                          ("log_loss", metrics.LogLoss)]:
         assert ours[name] == evaluate.progressive_val_score(dataset, build_model("logreg"), metric()).get(), name
 
-    published = sorted(read_topic(kafka, f"{topic}-predictions", expected=len(rows)), key=lambda r: r.offset)
-    scores = [json.loads(r.value)["score"] for r in published]
+    published = read_predictions(kafka, f"{topic}-predictions", expected=len(rows))
+    scores = [p["score"] for p in published]
     river_scores = [step["Prediction"][True] for step in evaluate.iter_progressive_val_score(
         dataset, build_model("logreg"), metrics.ROCAUC(), step=1, yield_predictions=True)]
     assert scores == river_scores

@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""What makes prediction latency worse: the latency row (a paced producer feeds one worker,
+latency = the prediction record's CreateTime minus its input record's) for variants of the
+same worker, round-robin in one run, so that the machine's load hits every variant alike.
+
+    python benchmarks/latency_ab.py [--state 100000] [--seconds 20] [--rate 2000] [--rounds 2]
+        [--only as_is,no_checkpoints,...]
+
+Variants: the worker as deployed (`as_is`); without periodic checkpoints (`no_checkpoints`:
+neither the wait for acknowledged outputs nor the save); without the per-second metrics
+snapshot of the engines (`no_snapshots`); with the cyclic garbage collector off (`gc_off`,
+an upper bound of what collections cost); and checkpoints written in the loop, never forked
+(`ckpt_in_loop`). Each variant is `benchmarks/worker_variant.py` around the real command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import make_messages  # noqa: E402
+from run import run_latency, say  # noqa: E402
+
+VARIANT = str(Path(__file__).resolve().parent / "worker_variant.py")
+NO_CHECKPOINTS = ("--checkpoint-every", "1000000000", "--checkpoint-seconds", "1000000000")
+VARIANTS = {
+    "as_is": ((), ()),
+    "no_checkpoints": ((), NO_CHECKPOINTS),
+    "no_snapshots": (("--snapshot-seconds", "1e9"), ()),
+    "gc_off": (("--gc-off",), ()),
+    "ckpt_in_loop": ((), ("--checkpoint-background", "off")),
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--state", type=int, default=100_000, help="events worked off before measuring")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--rate", type=float, default=2000.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--only", default=",".join(VARIANTS))
+    parser.add_argument("--extra", default="", help="worker flags for every variant, e.g. '--features raw'")
+    parser.add_argument("--json", default="")
+    args = parser.parse_args(argv)
+    names = [n for n in args.only.split(",") if n]
+    messages = make_messages(args.state + int(args.rate * args.seconds) + 1)
+    workdir = Path(tempfile.mkdtemp(prefix="latency-ab-"))
+    results: dict = {name: [] for name in names}
+    for round_ in range(1, args.rounds + 1):
+        for name in names:
+            wrapper, flags = VARIANTS[name]
+            say(f"latency A/B round {round_}: {name}")
+            r = run_latency(messages, args.rate, args.seconds, workdir, extra=(*flags, *args.extra.split()),
+                            state_events=args.state, python=[sys.executable, VARIANT, *wrapper])
+            row = {k: r[k] for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms", "achieved_rate")}
+            row["load"] = round(os.getloadavg()[0], 2)
+            results[name].append(row)
+            print(f"{name:>15} round {round_}: p50 {row['p50_ms']:.0f} ms  p90 {row['p90_ms']:.0f}  "
+                  f"p99 {row['p99_ms']:.0f}  max {row['max_ms']:.0f}  (load {row['load']})", flush=True)
+    print(f"at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, state {args.state}, "
+          f"{args.rate:.0f} events/s for {args.seconds:.0f} s, extra {args.extra!r}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
