@@ -85,13 +85,15 @@ def test_engine_run_records_the_published_prediction_and_a_frozen_copy_that_neve
 def test_demo_opens_with_online_against_frozen_and_runs_the_tuning_line_up(tmp_path):
     from argparse import Namespace
 
-    from shopstream.cli.demo import BATCH_HEADLINE, run_demo
+    from shopstream.cli.demo import run_demo
 
     args = Namespace(out=str(tmp_path), events=12_000, seed=7, drift="checkout_incident@0.5-0.65:web",
                      metrics_host="127.0.0.1", metrics_port=0, progress=False)
     summary = run_demo(args)
     assert list(summary)[:2] == ["online_vs_frozen", "online_vs_daily_batch_retraining"]
-    assert summary["online_vs_daily_batch_retraining"] is BATCH_HEADLINE
+    batch = summary["online_vs_daily_batch_retraining"]   # measured in this run (tests/test_evaluation.py)
+    assert batch["scored_predictions"] > 1000 and set(batch["online_minus_batch_95"]) == {
+        "roc_auc", "roc_auc_within_block", "log_loss_reduction"}
     assert set(TUNING) | {"mlp"} <= set(summary["models"]) and set(TUNING) <= set(summary["bootstrap_holdout"])
     lift = summary["online_vs_frozen"]
     champion = summary["models"][lift["final_champion"]]
