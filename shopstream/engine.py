@@ -38,7 +38,7 @@ from .events import PREDICTION_POINTS, Event
 from .features import build_features
 from .labels import LabelJoiner, OpenPrediction
 from .models import CATALOG, RENAMED, build_model
-from .slots import ModelSlot, PairedLossTest, PromotionPolicy, log_loss, model_is_finite
+from .slots import ModelSlot, PairedLossTest, PromotionPolicy, model_is_finite
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,7 @@ class Engine:
             slot.comparison = PairedLossTest(self.promotion.window if self.promotion else 2000) \
                 if slot.role == "challenger" else None
         self.counts["promotions"] += 1
+        self.last_promotion_resolved = self.counts["resolved"]  # the cooldown counts from here
         self._record("promotion", reason=reason, old=old.name, new=new.name, **details)
         log.info("promoted %s over %s (%s)", new.name, old.name, reason)
 
@@ -286,28 +287,22 @@ class Engine:
         champion = self.champion
         if champion >= len(outputs) or outputs[champion][1] is None:
             return
-        champion_loss = log_loss(y_true, outputs[champion][0])
+        p_champion = outputs[champion][0]
         for slot, (p_true, y_pred) in zip(self.slots, outputs):
             if slot.comparison is not None and y_pred is not None:
-                slot.comparison.update(champion_loss, log_loss(y_true, p_true))
+                slot.comparison.update(y_true, p_champion, p_true)
         policy = self.promotion
         if policy is not None and self.counts["resolved"] % policy.check_every == 0:
             self._maybe_promote(policy)
 
     def _maybe_promote(self, policy: PromotionPolicy) -> None:
-        champion_auc = self.slots[self.champion].scores.rolling.values()["roc_auc"]
-        best = None
-        for slot in self.slots:
-            test = slot.comparison
-            if test is None or test.n < policy.min_resolved:
-                continue
-            gain = slot.scores.rolling.values()["roc_auc"] - champion_auc
-            z = test.z()
-            if gain >= policy.margin and z >= policy.z_critical and (best is None or z > best[1]):
-                best = (slot, z, gain)
-        if best is not None:
-            slot, z, gain = best
-            self.promote(slot.name, reason="automatic", z=round(z, 2), auc_gain=round(gain, 4))
+        last = getattr(self, "last_promotion_resolved", None)  # absent in checkpoints from before cooldowns
+        if last is not None and self.counts["resolved"] - last < policy.cooldown:
+            return
+        chosen = policy.choose((slot.name, slot.comparison) for slot in self.slots if slot.comparison is not None)
+        if chosen is not None:
+            name, details = chosen
+            self.promote(name, reason="automatic", **details)
 
     def _on_drift(self, slot: ModelSlot) -> None:
         slot.drift_detections += 1
