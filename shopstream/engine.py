@@ -34,6 +34,7 @@ from dataclasses import replace
 from typing import Optional, cast
 
 from .config import EngineConfig
+from .delayed import FakeNegativeWeighted
 from .events import PREDICTION_POINTS, Event
 from .features import build_features
 from .labels import LabelJoiner, OpenPrediction
@@ -242,6 +243,7 @@ class Engine:
             else:
                 outputs.append((0.0, None))
         self.counts["predicted"] += 1
+        self._learn_provisional(x)
         return OpenPrediction((event.user_session, event.product_id), cast(float, event.event_time), x, outputs,
                               self.champion, ref)
 
@@ -280,6 +282,18 @@ class Engine:
         if len(slots) > 1:
             self._compare(outputs, y_true)
         prediction.x = None  # learned: the features are no longer needed
+
+    def _learn_provisional(self, x) -> None:
+        """Delayed-feedback models (`delayed.py`) learn each new prediction at once as a
+        provisional negative; their `learn_one` at resolution then only corrects purchases."""
+        for slot in self.slots:
+            if slot.learn and isinstance(slot.model, FakeNegativeWeighted):
+                try:
+                    slot.model.learn_provisional(x)
+                except Exception as exc:  # counted and logged like a failed learn: never fails the event
+                    self.counts["learn_errors"] += 1
+                    log.warning("%s could not learn a provisional negative: %s: %s", slot.name,
+                                type(exc).__name__, exc)
 
     # -- lifecycle: comparison, promotion, drift ----------------------------------------------
 

@@ -130,7 +130,8 @@ class BatchLogisticRegression:
         self.c = c
         self.max_iter = max_iter
 
-    def fit(self, X, y) -> "BatchLogisticRegression":
+    def fit(self, X, y, start: Optional["BatchLogisticRegression"] = None) -> "BatchLogisticRegression":
+        """Fit on `X`, `y`; from `start`'s solution (yesterday's fit: far fewer steps) if given."""
         X = np.asarray(X, float)
         t = np.asarray(y, float)
         self.mean = X.mean(axis=0)
@@ -146,7 +147,12 @@ class BatchLogisticRegression:
             residual = special.expit(logit) - t
             return value, np.append(Z.T @ residual + w / self.c, residual.sum())
 
-        result = optimize.minimize(loss, np.zeros(n_features + 1), jac=True, method="L-BFGS-B",
+        theta = np.zeros(n_features + 1)
+        if start is not None and len(start.coef) == n_features:
+            # the same function of the raw features, in today's standardisation
+            theta[:-1] = start.coef * self.scale / start.scale
+            theta[-1] = start.intercept + float(np.sum(start.coef * (self.mean - start.mean) / start.scale))
+        result = optimize.minimize(loss, theta, jac=True, method="L-BFGS-B",
                                    options={"maxiter": self.max_iter})
         self.coef, self.intercept = result.x[:-1], float(result.x[-1])
         return self
@@ -168,6 +174,7 @@ def nightly_batch(X, y, t_pred, t_res, first_midnight: float, make: Callable = B
     p = np.full(len(y), np.nan)
     if not len(y):
         return p
+    previous = None
     midnight = first_midnight
     while midnight <= t_pred.max():
         today = (t_pred >= midnight) & (t_pred < midnight + DAY)
@@ -179,7 +186,13 @@ def nightly_batch(X, y, t_pred, t_res, first_midnight: float, make: Callable = B
             if max_train is not None:
                 train = train[np.argsort(t_res[train], kind="stable")[-max_train:]]  # the newest labels
             if len(train) and y[train].any() and not y[train].all():
-                p[today] = make().fit(X[train], y[train]).predict_proba(X[today])[:, 1]
+                model = make()
+                if isinstance(model, BatchLogisticRegression):
+                    model.fit(X[train], y[train], start=previous)
+                    previous = model
+                else:
+                    model.fit(X[train], y[train])
+                p[today] = model.predict_proba(X[today])[:, 1]
         midnight += DAY
     return p
 

@@ -268,4 +268,6 @@ def model_is_finite(model, depth: int = 3) -> bool:
                     return False  # a pipeline's steps
         elif hasattr(value, "_weights") and not model_is_finite(value, depth - 1):
             return False
+        elif hasattr(value, "learn_one") and hasattr(value, "__dict__") and not model_is_finite(value, depth - 1):
+            return False  # a wrapped model (delayed.FakeNegativeWeighted's pipeline)
     return True
