@@ -129,6 +129,10 @@ class BatchLogisticRegression:
     def __init__(self, c: float = 1.0, max_iter: int = 1000):
         self.c = c
         self.max_iter = max_iter
+        self.coef: np.ndarray = np.zeros(0)
+        self.intercept = 0.0
+        self.mean: np.ndarray = np.zeros(0)
+        self.scale: np.ndarray = np.zeros(0)
 
     def fit(self, X, y, start: Optional["BatchLogisticRegression"] = None) -> "BatchLogisticRegression":
         """Fit on `X`, `y`; from `start`'s solution (yesterday's fit: far fewer steps) if given."""
