@@ -10,9 +10,9 @@ ties counted half.
 >>> import numpy as np
 >>> y = np.array([0, 0, 1, 1, 0, 1], bool); p = np.array([.1, .4, .35, .8, .2, .9])
 >>> round(roc_auc(y, p), 4), round(log_loss(y, p), 4)
-(0.8889, 0.3697)
->>> round(roc_auc(y, p, blocks=np.array([0, 0, 0, 1, 1, 1])), 4)   # only pairs of the same block
-1.0
+(0.8889, 0.3696)
+>>> round(roc_auc(y, p, blocks=np.array([0, 0, 0, 1, 1, 1])), 4)   # 3 of the 4 same-block pairs
+0.75
 """
 
 from __future__ import annotations

@@ -95,6 +95,9 @@ def test_nightly_batch_learns_only_labels_resolved_by_each_midnight_and_a_window
     Spy.fits = []
     nightly_batch(X, y, t_pred, t_res, start + 3 * DAY, make=Spy, window_days=1.0)
     assert sorted(Spy.fits[0].astype(int)) == [8, 9, 10]   # made from 48 h (the last day), resolved by 72 h
+    Spy.fits = []
+    nightly_batch(X, y, t_pred, t_res, start + 3 * DAY, make=Spy, max_train=2)
+    assert sorted(Spy.fits[0].astype(int)) == [9, 10]      # resolved by 72 h (6k + 10 <= 72: k <= 10), newest two
 
 
 def test_the_demos_batch_comparison_is_measured_on_the_run_not_quoted(tmp_path):

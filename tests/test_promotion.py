@@ -127,3 +127,17 @@ def test_cooldown_holds_the_next_promotion_and_equal_challengers_are_not_promote
     gap = promotions[1]["resolved"] - promotions[0]["resolved"]
     assert gap >= cooldown and (cooldown or gap < 3000)   # without a cooldown it comes sooner
     assert all(p["z"] >= p["z_critical"] == round(policy.z_critical(3), 2) for p in promotions)
+
+
+def test_the_promotion_benchmark_runs_and_prints_its_table(capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import promotion
+
+    assert promotion.main(["--events", "3000", "--runs", "2", "--cap", "2000", "--null-labels", "2000",
+                           "--rates", "0.12", "--angles", "15", "--tests", "before,auc"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| 15 degrees")]
+    assert [row.split(" | ")[2] for row in rows] == ["before", "auc"] and "false promotions per 100k" in out
