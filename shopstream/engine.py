@@ -34,11 +34,12 @@ from dataclasses import replace
 from typing import Optional, cast
 
 from .config import EngineConfig
+from .delayed import FakeNegativeWeighted
 from .events import PREDICTION_POINTS, Event
 from .features import build_features
 from .labels import LabelJoiner, OpenPrediction
 from .models import CATALOG, RENAMED, build_model
-from .slots import ModelSlot, PairedLossTest, PromotionPolicy, log_loss, model_is_finite
+from .slots import ModelSlot, PairedLossTest, PromotionPolicy, model_is_finite
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,7 @@ class Engine:
             slot.comparison = PairedLossTest(self.promotion.window if self.promotion else 2000) \
                 if slot.role == "challenger" else None
         self.counts["promotions"] += 1
+        self.last_promotion_resolved = self.counts["resolved"]  # the cooldown counts from here
         self._record("promotion", reason=reason, old=old.name, new=new.name, **details)
         log.info("promoted %s over %s (%s)", new.name, old.name, reason)
 
@@ -260,6 +262,7 @@ class Engine:
             else:
                 outputs.append((0.0, None))
         self.counts["predicted"] += 1
+        self._learn_provisional(x)
         return OpenPrediction((event.user_session, event.product_id), cast(float, event.event_time), x, outputs,
                               self.champion, ref)
 
@@ -299,34 +302,40 @@ class Engine:
             self._compare(outputs, y_true)
         prediction.x = None  # learned: the features are no longer needed
 
+    def _learn_provisional(self, x) -> None:
+        """Delayed-feedback models (`delayed.py`) learn each new prediction at once as a
+        provisional negative; their `learn_one` at resolution then only corrects purchases."""
+        for slot in self.slots:
+            if slot.learn and isinstance(slot.model, FakeNegativeWeighted):
+                try:
+                    slot.model.learn_provisional(x)
+                except Exception as exc:  # counted and logged like a failed learn: never fails the event
+                    self.counts["learn_errors"] += 1
+                    log.warning("%s could not learn a provisional negative: %s: %s", slot.name,
+                                type(exc).__name__, exc)
+
     # -- lifecycle: comparison, promotion, drift ----------------------------------------------
 
     def _compare(self, outputs, y_true: bool) -> None:
         champion = self.champion
         if champion >= len(outputs) or outputs[champion][1] is None:
             return
-        champion_loss = log_loss(y_true, outputs[champion][0])
+        p_champion = outputs[champion][0]
         for slot, (p_true, y_pred) in zip(self.slots, outputs):
             if slot.comparison is not None and y_pred is not None:
-                slot.comparison.update(champion_loss, log_loss(y_true, p_true))
+                slot.comparison.update(y_true, p_champion, p_true)
         policy = self.promotion
         if policy is not None and self.counts["resolved"] % policy.check_every == 0:
             self._maybe_promote(policy)
 
     def _maybe_promote(self, policy: PromotionPolicy) -> None:
-        champion_auc = self.slots[self.champion].scores.rolling.values()["roc_auc"]
-        best = None
-        for slot in self.slots:
-            test = slot.comparison
-            if test is None or test.n < policy.min_resolved:
-                continue
-            gain = slot.scores.rolling.values()["roc_auc"] - champion_auc
-            z = test.z()
-            if gain >= policy.margin and z >= policy.z_critical and (best is None or z > best[1]):
-                best = (slot, z, gain)
-        if best is not None:
-            slot, z, gain = best
-            self.promote(slot.name, reason="automatic", z=round(z, 2), auc_gain=round(gain, 4))
+        last = getattr(self, "last_promotion_resolved", None)  # absent in checkpoints from before cooldowns
+        if last is not None and self.counts["resolved"] - last < policy.cooldown:
+            return
+        chosen = policy.choose((slot.name, slot.comparison) for slot in self.slots if slot.comparison is not None)
+        if chosen is not None:
+            name, details = chosen
+            self.promote(name, reason="automatic", **details)
 
     def _on_drift(self, slot: ModelSlot) -> None:
         slot.drift_detections += 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 from river import compose, forest, linear_model, optim, preprocessing, tree
 
 from .averaged import AveragedLogisticRegression
+from .delayed import FakeNegativeWeighted
 from .mlp import MLPClassifier
 
 
@@ -50,6 +51,13 @@ def logreg_avg(seed: int = 42) -> compose.Pipeline:
     """River's default SGD step (0.01), predicting with the average of its last ~10,000
     iterates (`AveragedLogisticRegression`): the default's adaptation without its noise."""
     return preprocessing.StandardScaler() | AveragedLogisticRegression(optim.SGD(0.01), horizon=10_000)
+
+
+def logreg_adagrad_fnw(seed: int = 42) -> FakeNegativeWeighted:
+    """`logreg_adagrad` that learns each prediction at once as a provisional negative and
+    corrects it when the purchase arrives (fake-negative weighting, `delayed.py`), instead
+    of waiting for the attribution window to close."""
+    return FakeNegativeWeighted(logreg_adagrad(seed))
 
 
 def logreg_decay(seed: int = 42) -> compose.Pipeline:
@@ -84,7 +92,8 @@ def mlp(seed: int = 42) -> MLPClassifier:
 
 
 CATALOG = {"logreg": logreg, "logreg_slow": logreg_slow, "logreg_adagrad": logreg_adagrad,
-           "logreg_adam": logreg_adam, "logreg_avg": logreg_avg, "logreg_decay": logreg_decay,
+           "logreg_adam": logreg_adam, "logreg_avg": logreg_avg, "logreg_adagrad_fnw": logreg_adagrad_fnw,
+           "logreg_decay": logreg_decay,
            "logreg_adam_fast": logreg_adam_fast, "hat": hat, "arf": arf, "mlp": mlp}
 
 #: Old names still accepted by `build_model`, so configurations and commands that name

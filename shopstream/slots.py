@@ -7,29 +7,41 @@ Every slot predicts every event and is scored on every resolved prediction:
 - the *baseline* is the bootstrap model frozen as it came out of the offline stage: it
   predicts and never learns, so champion minus baseline is what online learning gains.
 
-A challenger replaces the champion when, over the same last `window` resolved
-predictions, its ROC AUC is higher by `margin` *and* a one-sided paired z-test on the
-per-prediction log-loss differences says it is better (z above `z_critical`, 3.09 is
-p < 0.001) with at least `min_resolved` pairs: one noisy window is not enough.
+A challenger replaces the champion when `PromotionPolicy.choose` says so: on the same
+last `window` resolved predictions (`PairedLossTest` keeps each challenger's pairs), a
+one-sided paired test says the challenger is better, at a level shared by all the
+challengers (Bonferroni: `alpha` / number of challengers), checked every `check_every`
+resolved predictions, after at least `min_resolved` pairs, and not within `cooldown`
+resolved predictions of the last promotion. The test is on the *exact* ROC AUC of the
+window (DeLong's paired z, not River's 10-threshold approximation, which at a 12% base
+rate puts most scores in its first buckets), on log loss (paired z of the per-prediction
+loss differences), or both; `benchmarks/promotion.py` measures how many labels each
+needs and how often it promotes a challenger that is not better (QUALITY.md).
 
->>> test = PairedLossTest(window=500)
->>> for i in range(500):
-...     test.update(0.7, 0.5 + (i % 2) * 0.1)    # the challenger's loss is lower
->>> test.n, round(test.z(), 1) > 3
-(500, True)
+>>> import random
+>>> rng = random.Random(1); test = PairedLossTest(window=2000)
+>>> for _ in range(2000):
+...     y = rng.random() < 0.2
+...     truth = (1.0 if y else 0.0) + rng.gauss(0, 1)
+...     test.update(y, truth + rng.gauss(0, 1.5), truth)   # champion, challenger (sharper)
+>>> test.n, test.auc()[1] > 3, PromotionPolicy().choose([("sharp", test)])[0]
+(2000, True, 'sharp')
 """
 
 from __future__ import annotations
 
 import math
 import pickle
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import numpy as np
+from typing import Optional
 
+import numpy as np
 from river import drift
+from scipy import stats
+
+from .config import check
 
 from .scoring import Scoreboard
 
@@ -41,46 +53,146 @@ def log_loss(y_true: bool, p_true: float) -> float:
     return -math.log(p) if y_true else -math.log(1.0 - p)
 
 
+def delong(y, a, b) -> tuple[float, float]:
+    """Exact ROC AUC of scores `b` minus that of `a` on the same labels `y` (ties half), and
+    DeLong's z for it (the paired variance from each prediction's placement value)."""
+    y = np.asarray(y, bool)
+    m, n = int(y.sum()), int((~y).sum())
+    if m < 2 or n < 2:
+        return 0.0, 0.0
+    placements = []
+    for scores in (np.asarray(a, float), np.asarray(b, float)):
+        pos, neg = scores[y], scores[~y]
+        sorted_pos, sorted_neg = np.sort(pos), np.sort(neg)
+        # each positive: the share of negatives below it; each negative: of positives above it
+        below = np.searchsorted(sorted_neg, pos, "left") + np.searchsorted(sorted_neg, pos, "right")
+        above = np.searchsorted(sorted_pos, neg, "left") + np.searchsorted(sorted_pos, neg, "right")
+        placements.append((below / (2 * n), 1.0 - above / (2 * m)))
+    (v10a, v01a), (v10b, v01b) = placements
+    diff = float(v10b.mean() - v10a.mean())
+    variance = float(np.var(v10b - v10a, ddof=1) / m + np.var(v01b - v01a, ddof=1) / n)
+    return diff, diff / math.sqrt(variance) if variance > 0 else 0.0
+
+
+def paired_loss(y, a, b) -> tuple[float, float]:
+    """Mean log loss of `a` minus that of `b` (> 0: `b` is better) and its paired z."""
+    y = np.asarray(y, bool)
+    qa = np.clip(np.asarray(a, float), 1e-15, 1 - 1e-15)
+    qb = np.clip(np.asarray(b, float), 1e-15, 1 - 1e-15)
+    d = np.where(y, np.log(qb) - np.log(qa), np.log1p(-qb) - np.log1p(-qa))
+    if len(d) < 2:
+        return 0.0, 0.0
+    mean = float(d.mean())
+    sd = float(d.std(ddof=1))
+    return mean, mean / (sd / math.sqrt(len(d))) if sd > 0 else 0.0
+
+
 class PairedLossTest:
-    """Paired differences (champion loss - challenger loss) over a sliding window."""
+    """A challenger's last `window` resolved predictions paired with the champion's on the
+    same events (label, champion's P(True), challenger's P(True)), in ring buffers: an
+    update is three stores, the tests run only when the policy checks."""
 
     def __init__(self, window: int = 2000):
         self.window = window
-        self._diffs: deque = deque()
-        self._sum = 0.0
-        self._sum_sq = 0.0
+        self._y = np.zeros(window, bool)
+        self._champion = np.zeros(window)
+        self._challenger = np.zeros(window)
+        self._next = 0
+        self._n = 0
 
     @property
     def n(self) -> int:
-        return len(self._diffs)
+        return self._n
 
-    def update(self, champion_loss: float, challenger_loss: float) -> None:
-        d = champion_loss - challenger_loss
-        self._diffs.append(d)
-        self._sum += d
-        self._sum_sq += d * d
-        if len(self._diffs) > self.window:
-            old = self._diffs.popleft()
-            self._sum -= old
-            self._sum_sq -= old * old
+    @property
+    def positives(self) -> int:
+        return int(self._y[:self._n].sum())
+
+    def update(self, y_true: bool, p_champion: float, p_challenger: float) -> None:
+        i = self._next
+        self._y[i], self._champion[i], self._challenger[i] = y_true, p_champion, p_challenger
+        self._next = (i + 1) % self.window
+        if self._n < self.window:
+            self._n += 1
+
+    def extend(self, y, p_champion, p_challenger) -> None:
+        """`update` for each pair in order, at once (what a benchmark streams between checks)."""
+        y, a, b = np.asarray(y, bool)[-self.window:], np.asarray(p_champion, float)[-self.window:], \
+            np.asarray(p_challenger, float)[-self.window:]
+        at = (self._next + np.arange(len(y))) % self.window
+        self._y[at], self._champion[at], self._challenger[at] = y, a, b
+        self._next = (self._next + len(y)) % self.window
+        self._n = min(self.window, self._n + len(y))
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = self._n
+        return self._y[:n], self._champion[:n], self._challenger[:n]
 
     def z(self) -> float:
-        """Mean difference in standard errors: > 0 when the challenger's loss is lower."""
-        n = len(self._diffs)
-        if n < 2:
-            return 0.0
-        mean = self._sum / n
-        variance = max((self._sum_sq - n * mean * mean) / (n - 1), 1e-18)
-        return mean / math.sqrt(variance / n)
+        """Paired z of the log-loss differences: > 0 when the challenger's loss is lower."""
+        return paired_loss(*self.pairs())[1]
+
+    def auc(self) -> tuple[float, float]:
+        """The challenger's exact ROC AUC minus the champion's on the window, and DeLong's z."""
+        return delong(*self.pairs())
+
+    def __setstate__(self, state):
+        if "_diffs" in state:  # a checkpoint from before the pairs were kept: start the window over
+            self.__init__(state["window"])
+        else:
+            self.__dict__.update(state)
+
+
+TESTS = ("auc", "log_loss", "auc_and_log_loss")
 
 
 @dataclass(frozen=True)
 class PromotionPolicy:
-    margin: float = 0.01         # rolling ROC AUC points the challenger must lead by
-    min_resolved: int = 2000     # paired resolved predictions before any decision
-    z_critical: float = 3.09     # one-sided p < 0.001
-    window: int = 2000           # resolved predictions compared
-    check_every: int = 250       # resolved predictions between checks
+    """When a challenger replaces the champion automatically (see the module's docstring)."""
+
+    test: str = "auc"              # auc: exact windowed ROC AUC (DeLong); log_loss; auc_and_log_loss: both
+    alpha: float = 0.001           # one-sided false-promotion probability per check, split over the challengers
+    margin: float = 0.0            # exact ROC AUC lead the challenger must also show on the window
+    min_resolved: int = 1000       # paired resolved predictions before any decision
+    min_positives: int = 30        # ... of which purchases (DeLong's variance needs some of each)
+    window: int = 5000             # resolved predictions compared (the newest)
+    check_every: int = 250         # resolved predictions between checks
+    cooldown: int = 5000           # resolved predictions after a promotion before the next automatic one
+
+    def __post_init__(self) -> None:
+        check(self, (
+            ("test", self.test in TESTS, f"must be one of {TESTS}"),
+            ("alpha", 0 < self.alpha < 0.5, "must be in (0, 0.5): a one-sided false-promotion probability"),
+            ("margin", 0 <= self.margin < 0.5, "must be in [0, 0.5): ROC AUC points"),
+            ("window", self.window >= 10, "must be >= 10 resolved predictions"),
+            ("min_resolved", 2 <= self.min_resolved <= self.window, "must be in [2, window]"),
+            ("min_positives", self.min_positives >= 2, "must be >= 2"),
+            ("check_every", self.check_every >= 1, "must be >= 1"),
+            ("cooldown", self.cooldown >= 0, "must be >= 0 resolved predictions"),
+        ))
+
+    def z_critical(self, n_challengers: int) -> float:
+        """One-sided critical z at `alpha` shared by `n_challengers` (Bonferroni)."""
+        return float(stats.norm.isf(self.alpha / max(1, n_challengers)))
+
+    def choose(self, comparisons) -> Optional[tuple[str, dict]]:
+        """The challenger to promote, with the figures that decided it, or None.
+        `comparisons`: (name, PairedLossTest) for every challenger."""
+        comparisons = list(comparisons)
+        critical = self.z_critical(len(comparisons))
+        best = None
+        for name, test in comparisons:
+            if test.n < self.min_resolved or test.positives < self.min_positives:
+                continue
+            z_loss = test.z()
+            if self.test == "auc_and_log_loss" and z_loss < critical:
+                continue  # the cheap test first
+            gain, z_auc = test.auc()
+            z = {"auc": z_auc, "log_loss": z_loss}.get(self.test, min(z_auc, z_loss))
+            if gain >= self.margin and z >= critical and (best is None or z > best[1]["z"]):
+                best = (name, {"z": round(z, 2), "auc_gain": round(gain, 4), "z_auc": round(z_auc, 2),
+                               "z_log_loss": round(z_loss, 2), "z_critical": round(critical, 2), "pairs": test.n})
+        return best
 
 
 class ModelSlot:
@@ -156,4 +268,6 @@ def model_is_finite(model, depth: int = 3) -> bool:
                     return False  # a pipeline's steps
         elif hasattr(value, "_weights") and not model_is_finite(value, depth - 1):
             return False
+        elif hasattr(value, "learn_one") and hasattr(value, "__dict__") and not model_is_finite(value, depth - 1):
+            return False  # a wrapped model (delayed.FakeNegativeWeighted's pipeline)
     return True

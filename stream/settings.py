@@ -126,8 +126,9 @@ class WorkerSettings:
         "run new partitions under the feature set, window and lateness their artifact was trained with, "
         "instead of refusing to start when these options differ"))
     auto_promote: bool = field(default=True, metadata=_help("promote a challenger that is significantly better"))
-    promotion_margin: float = field(default=0.01, metadata=_help("ROC AUC lead a challenger needs for promotion"))
-    promotion_min_resolved: int = field(default=2000, metadata=_help(
+    promotion_margin: float = field(default=PromotionPolicy.margin, metadata=_help(
+        "exact ROC AUC lead a challenger must also show on the window to be promoted (the test is significance)"))
+    promotion_min_resolved: int = field(default=PromotionPolicy.min_resolved, metadata=_help(
         "paired resolved predictions before a promotion"))
     metrics_host: str = field(default="127.0.0.1", metadata=_help("metrics endpoint host (compose sets 0.0.0.0)"))
     metrics_port: int = field(default=9108, metadata=_help("metrics endpoint port (0: any free port, -1: none)"))
