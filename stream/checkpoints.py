@@ -50,6 +50,7 @@ import river
 from shopstream import __version__
 from shopstream.engine import Engine
 from shopstream.files import remove_leftovers, write_atomically
+from shopstream.shared_learning import LogReplica
 from shopstream.signing import SignatureError, signing_key, verify
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,8 @@ class PartitionState:
     group: str = ""                # the consumer group it belongs to
     sequence: int = 0              # grows by one with every save
     unsaved_since: Optional[float] = None  # wall time of the oldest change no checkpoint holds yet
+    # --learning shared: where the models stand in the learn log (None in a checkpoint without it)
+    learn_log: Optional[LogReplica] = None
 
     @property
     def needs_checkpoint(self) -> bool:
