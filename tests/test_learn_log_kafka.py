@@ -41,6 +41,7 @@ def resolved_labels(kafka: str, topic: str) -> dict:
 def test_shared_learning_4_partitions_2_workers_kill_9(kafka, new_topic, tmp_path):
     topic, learn_topic = new_topic(4), new_topic(1, "-learn")
     group = f"g-{topic}"
+    schema = schema_of(EngineConfig(features="shop"))
     records = list(generate(40_000, seed=131))
     send_records(kafka, topic, records)
     checkpoints = tmp_path / "ckpt"
@@ -53,20 +54,25 @@ def test_shared_learning_4_partitions_2_workers_kill_9(kafka, new_topic, tmp_pat
     other_log = tmp_path / "other.log"
     other = subprocess.Popen(command, env=WORKER_ENV, stderr=other_log.open("w"))
 
-    def victim_ahead_of_its_checkpoint() -> bool:
-        """The victim handled 300+ events of a partition past its checkpoint: their examples are
-        published, and a restart must publish them again."""
+    def victim_published_past_its_checkpoint() -> bool:
+        """The victim published 100+ examples of a partition it owns past that partition's checkpoint:
+        a restart must publish them again."""
         assert victim.poll() is None, f"the victim exited: {victim_log.read_text()[-2000:]}"
         metrics = scrape(port)
         if ("shopstream_learn_log_published_total", ()) not in metrics:
             return False  # not our worker's metrics (yet)
-        handled = {int(dict(labels)["partition"]): value for (name, labels), value in metrics.items()
-                   if name == "shopstream_next_offset"}
-        saved = {p: s.next_offset for (_, p), s in DirectoryCheckpointStore(checkpoints).load_all().items()}
-        return any(offset - saved.get(p, 0) >= 300 for p, offset in handled.items())
+        owned = {int(dict(labels)["partition"]) for (name, labels) in metrics if name == "shopstream_next_offset"}
+        saved = {p: s.engine.learn_sink.seq for (_, p), s in DirectoryCheckpointStore(checkpoints).load_all().items()
+                 if s.engine.learn_sink is not None}
+        newest: dict = {}
+        for record in read_topic(kafka, learn_topic, timeout=10):
+            example = decode(record.value, group, topic, schema)
+            if isinstance(example, Example):
+                newest[example.source] = max(newest.get(example.source, 0), example.seq)
+        return any(newest.get(p, 0) - saved.get(p, 0) >= 100 for p in owned)
 
     try:
-        wait_for(victim_ahead_of_its_checkpoint, 300, "the victim 300 events past a checkpoint")
+        wait_for(victim_published_past_its_checkpoint, 300, "the victim publishing past a checkpoint")
     except TimeoutError:
         victim.kill(), other.kill()
         raise
@@ -82,7 +88,6 @@ def test_shared_learning_4_partitions_2_workers_kill_9(kafka, new_topic, tmp_pat
     # The learn log: every example the partitions resolve, each at least once, under one number
     # with one label. (Its features may differ between copies: a replay sees shop-wide tables
     # that took in more of the other partitions' events meanwhile. A model learns the first copy.)
-    schema = schema_of(EngineConfig(features="shop"))
     log = [(r.offset, decode(r.value, group, topic, schema)) for r in read_topic(kafka, learn_topic)]
     examples = [e for _, e in log if isinstance(e, Example)]
     expected = resolved_labels(kafka, topic)
