@@ -140,12 +140,13 @@ def main(argv=None) -> int:
     parser.add_argument("--events", type=int, default=40_000)
     parser.add_argument("--rate", type=float, default=400.0)
     parser.add_argument("--paced-seconds", type=float, default=40.0)
+    parser.add_argument("--paced-only", action="store_true", help="only the paced run (the learn delay)")
     args = parser.parse_args(argv)
     ensure_kafka()
     messages = make_messages(args.events)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for mode in ("partition", "shared"):
+        for mode in () if args.paced_only else ("partition", "shared"):
             for n in (1, 2):
                 r = run(mode, n, messages, Path(tmp))
                 rows.append((mode, n, r))
