@@ -15,7 +15,11 @@ events handled in their event-time order. Learning designs, side by side:
   hop, or a partition that lags);
 - ``learner:V``: one learner trains on the log and publishes a model version every V
   seconds of event time; partitions predict with the newest published version (what a
-  compacted model topic and hot-swapping workers would do).
+  compacted model topic and hot-swapping workers would do);
+- a ``+catalog`` suffix (``log+catalog:5``, what `--learning shared` runs): every partition
+  also folds the other partitions' events into its shop-wide feature tables (products,
+  brands, category prices, vocabularies: `ShopFeatures.learn_catalog`), through the same log
+  with the same delay.
 
 All partitions' predictions are pooled and scored on the labels they resolved to: exact
 ROC AUC (rank statistic, ties averaged) and log loss. Every shared replica applying the
