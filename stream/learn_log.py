@@ -225,6 +225,12 @@ class LearnLog:
             behind = [s for s in states if s.learn_log.next_offset <= record.offset]
             if not behind:
                 continue
+            missed = record.offset - min(s.learn_log.next_offset for s in behind)
+            if missed > 0:  # offsets are contiguous: records deleted by retention before being applied
+                self.refused["truncated"] = self.refused.get("truncated", 0) + missed
+                log.error("learn topic %s: %d record(s) before offset %d were deleted (retention) before every "
+                          "owned partition applied them: those partitions' models miss them", self.topic, missed,
+                          record.offset)
             try:
                 example = decode(record.value, self.group, self.events_topic, self.schema, key)
             except RefusedRecord as exc:

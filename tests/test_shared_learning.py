@@ -212,3 +212,16 @@ def test_shop_wide_tables_fold_other_partitions_events_once_and_never_their_own(
     assert dict(engine.features.brands) == dict(whole.features.brands)
     assert dict(engine.features.users) != dict(whole.features.users)  # users stay the partition's own
     assert engine.counts["learned"] == 0  # catalog events teach the features, never the models
+
+
+def test_records_deleted_before_a_partition_applied_them_are_counted():
+    example = Example(1, 1, {"a": 1.0}, True, 0.0, 1.0)
+    consumer = FakeLearnConsumer([encode(example, "g", "events", SCHEMA, "")] * 5)
+    consumer.records = consumer.records[3:]          # retention removed offsets 0-2
+    learn_log = LearnLog({}, "learn", "g", "events", EngineConfig(features="shop"), outputs=None,
+                         registry=CollectorRegistry(), consumer=consumer)
+    state = PartitionState("events", 0, Engine.fresh("logreg", "shop"))
+    learn_log.attach(state)
+    learn_log.apply({TopicPartition("events", 0): state})
+    assert learn_log.refused == {"truncated": 3}
+    assert (state.learn_log.next_offset, state.learn_log.learned, state.learn_log.duplicates) == (5, 1, 1)
