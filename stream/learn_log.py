@@ -213,6 +213,9 @@ class LearnLog:
         self.partitions = partitions
         if not partitions:
             return 0
+        for state in partitions.values():
+            if state.learn_log is None:  # started over by --force-fresh-start after the assignment
+                self.attach(state)
         batches = self.consumer.poll(timeout_ms=0, max_records=MAX_RECORDS_PER_LOOP)
         records = batches.get(self.tp, [])
         if not records:

@@ -225,3 +225,11 @@ def test_records_deleted_before_a_partition_applied_them_are_counted():
     learn_log.apply({TopicPartition("events", 0): state})
     assert learn_log.refused == {"truncated": 3}
     assert (state.learn_log.next_offset, state.learn_log.learned, state.learn_log.duplicates) == (5, 1, 1)
+
+
+def test_a_partition_started_over_after_its_assignment_joins_the_log_before_anything_is_handled():
+    learn_log = LearnLog({}, "learn", "g", "events", EngineConfig(features="shop"), outputs=None,
+                         registry=CollectorRegistry(), consumer=FakeLearnConsumer([]))
+    state = PartitionState("events", 2, Engine.fresh("logreg", "shop"))   # never attached
+    learn_log.apply({TopicPartition("events", 2): state})
+    assert state.learn_log.own == 2 and isinstance(state.engine.learn_sink, LearnOutbox)
