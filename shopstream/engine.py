@@ -54,6 +54,10 @@ MAX_SLOTS = 8  # drift reactions stop adding challengers past this
 class Engine:
     """Predict-then-learn state over one ordered stream (one partition)."""
 
+    #: Shared learning (`shopstream/shared_learning.py`): when set, a resolved example is handed to
+    #: it instead of being learned here; the learn log teaches every partition's models.
+    learn_sink = None
+
     def __init__(self, model, features, config: EngineConfig = EngineConfig(), *, model_name: str = "model",
                  model_version: str = "fresh", learn: bool = True, promotion: Optional[PromotionPolicy] = None):
         self.config = config
@@ -277,14 +281,17 @@ class Engine:
         slots = self.slots
         if outputs[prediction.champion][1] is None:
             counts["unscored"] += 1  # river.evaluate skips empty predictions too
-        champion_failed = False
+        sink = self.learn_sink
+        if sink is not None:
+            sink(x, y_true, prediction, now)
+        champion_failed = sink is not None  # shared learning: nothing is learned here
         for slot, (p_true, y_pred) in zip(slots, outputs):  # slots added later skip older predictions
             if y_pred is not None:
                 slot.scores.update(y_true, p_true, y_pred)
                 slot.drift.update(0.0 if y_pred == y_true else 1.0)
                 if slot.drift.drift_detected:
                     self._on_drift(slot)
-            if slot.learn:
+            if slot.learn and sink is None:
                 try:
                     slot.model.learn_one(x, y_true)
                 except Exception as exc:

@@ -261,14 +261,12 @@ class ShopFeatures:
             sessions.move_to_end(event.user_session)
         self._expire_sessions(t)
         user = self.users.slot(event.user_id, lambda: [0, 0])
-        product = self.products.slot(event.product_id, lambda: [0, 0, 0])
         if new_session:
             user[0] += 1
         kind = event.event_type
         room = self.caps.session_products
         if kind == "view":
             session[1] += 1
-            product[0] += 1
             views = session[4]
             count = views.get(event.product_id)
             if count is not None:
@@ -284,9 +282,21 @@ class ShopFeatures:
                 carted.add(event.product_id)
             else:
                 self.evicted_session_products += 1
-            product[1] += 1
         elif kind == "purchase":
             user[1] += 1
+        self.learn_catalog(event)
+
+    def learn_catalog(self, event: Event) -> None:
+        """The shop-wide part of `learn`: products, brands, category prices, vocabularies (the
+        session and user tables are the partition's own; shared learning folds other
+        partitions' events in through this)."""
+        kind = event.event_type
+        product = self.products.slot(event.product_id, lambda: [0, 0, 0])
+        if kind == "view":
+            product[0] += 1
+        elif kind == "cart":
+            product[1] += 1
+        elif kind == "purchase":
             product[2] += 1
         top = _top_category(event)
         for field, value in (("platform", event.platform), ("channel", event.channel), ("category", top)):

@@ -51,6 +51,7 @@ import river
 from shopstream import __version__
 from shopstream.engine import Engine
 from shopstream.files import open_locked, remove_leftovers, write_atomically
+from shopstream.shared_learning import LogReplica
 from shopstream.signing import SignatureError, signing_key, verify
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,8 @@ class PartitionState:
     group: str = ""                # the consumer group it belongs to
     sequence: int = 0              # grows by one with every save
     unsaved_since: Optional[float] = None  # wall time of the oldest change no checkpoint holds yet
+    # --learning shared: where the models stand in the learn log (None in a checkpoint without it)
+    learn_log: Optional[LogReplica] = None
 
     @property
     def needs_checkpoint(self) -> bool:

@@ -26,6 +26,7 @@ from shopstream.config import ConfigError, EngineConfig, check
 from shopstream.events import MAX_FUTURE_SKEW
 from shopstream.features import FeatureCaps
 from shopstream.lineup import Lineup
+from shopstream.shared_learning import MODES as LEARNING_MODES
 from shopstream.slots import PromotionPolicy
 
 from .connection import KafkaConnection, Secret
@@ -150,6 +151,12 @@ class WorkerSettings:
     force_fresh_start: bool = field(default=False, metadata=_help(
         "start a partition over (from its artifact, offset 0) when its checkpoint is refused, instead of "
         "stopping"))
+    learning: str = field(default="partition", metadata=_help(
+        "partition: each partition's models learn its own labels; shared: every partition's models learn the "
+        "labels of all partitions, through the learn topic (QUALITY.md: scaling out no longer costs quality)",
+        choices=LEARNING_MODES))
+    learn_topic: str = field(default="shop-learn", metadata=_help(
+        "the learn log with --learning shared (one partition; created if missing)"))
     log_level: str = field(default="INFO", metadata=_help(
         "DEBUG shows the Kafka client's own INFO lines too", choices=("DEBUG", "INFO", "WARNING", "ERROR")))
 
@@ -167,6 +174,10 @@ class WorkerSettings:
             ("until_idle", self.until_idle >= 0, "must be >= 0 seconds"),
             ("metrics_port", -1 <= self.metrics_port <= 65535, "must be -1..65535"),
             ("max_events", self.max_events >= 0, "must be >= 0"),
+            ("learning", self.learning in LEARNING_MODES, f"must be one of {LEARNING_MODES}"),
+            # A reset would put one partition's champion back alone, off the model every partition shares.
+            ("learning", self.learning != "shared" or self.engine.drift_reaction != "reset",
+             "shared cannot be used with --drift-reaction reset (one partition would leave the shared model)"),
         ))
         _check_topics(self)
         if self.auto_promote and self.lineup.promotion is None:

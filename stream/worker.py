@@ -121,6 +121,7 @@ class Worker(ConsumerRebalanceListener):
         self.restorer = PartitionRestorer(self.store, lambda: new_engine(settings), self.control, settings.group,
                                           settings.force_fresh_start)
         self.skipper = clients.corrupt_skipper(self.outputs)
+        self.learn_log = learn_log_for(settings, self.outputs, self.registry)  # --learning shared, else None
         self.snapshots: list = []   # what a scrape reads: copied from the engines on this thread
         self.worker_snapshot = WorkerSnapshot.empty()  # and from the worker's own parts
         self._last_snapshot = 0.0
@@ -199,6 +200,8 @@ class Worker(ConsumerRebalanceListener):
                 self.stopping = True
                 continue
             state.engine.mark_good()
+            if self.learn_log is not None:
+                self.learn_log.attach(state)
             if signing_key() is not None:
                 self._unverified.add(tp)  # checked against the committed offset after this poll
             if state.needs_checkpoint and state.unsaved_since is None:
@@ -274,6 +277,8 @@ class Worker(ConsumerRebalanceListener):
                     break
                 self.idle.restart(now)  # records left to read, or no answer: not idle
             self._housekeeping(now)
+            if self.learn_log is not None:
+                self.learn_log.apply(self.partitions)
             for tp, records in batches.items():
                 state = self.partitions.get(tp)
                 if state is None:
@@ -288,6 +293,8 @@ class Worker(ConsumerRebalanceListener):
                         self.stopping = True
                         break
                 self.outputs.end_batch()   # one predictions record per polled batch (batch format)
+                if self.learn_log is not None:
+                    self.learn_log.publish(state)
                 self._maybe_checkpoint(tp, state)
                 if self.stopping:
                     break
@@ -347,6 +354,8 @@ class Worker(ConsumerRebalanceListener):
             return
         if timed:
             self.process_seconds.observe(time.perf_counter() - decoded)
+        if self.learn_log is not None:
+            self.learn_log.observe(state, record.offset, event)
         if score is not None:
             self.outputs.prediction(record, event, score, engine.model_name, engine.model_version)
         if self.awaited:  # scoring requests wait for their event
@@ -385,6 +394,8 @@ class Worker(ConsumerRebalanceListener):
         self.skipper.close()
         if self.control is not None:
             self.control.close()
+        if self.learn_log is not None:
+            self.learn_log.close()
         close_store = getattr(self.store, "close", None)
         if close_store is not None:  # the Kafka store holds a producer and a consumer
             close_store()
@@ -415,6 +426,16 @@ def preflight(settings: WorkerSettings) -> None:
         new_engine(s)
     except ValueError as exc:
         raise ValueError(f"invalid engine settings: {exc}") from None
+
+
+def learn_log_for(s: WorkerSettings, outputs, registry):
+    """The learn log of `--learning shared` (stream/learn_log.py), else None."""
+    if s.learning != "shared":
+        return None
+    from .connection import kafka_options
+    from .learn_log import LearnLog
+
+    return LearnLog(kafka_options(s.kafka), s.learn_topic, s.group, s.topic, s.engine, outputs, registry)
 
 
 def new_engine(s: WorkerSettings):

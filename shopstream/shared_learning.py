@@ -1,0 +1,204 @@
+"""Shared learning: every partition's models learn the resolved labels of all partitions.
+
+With one engine per partition, each model sees only its partition's labels: scaling out
+to N partitions leaves each model 1/N of the data (QUALITY.md measures what that costs).
+In the shared mode a partition learns nothing by itself. Its engine hands every resolved
+example (the features recorded at prediction time and the label) to a `LearnOutbox`;
+the worker publishes the outbox to the *learn log* (one Kafka partition, so one order),
+and every partition's replica applies that log in its offset order (`LogReplica`). Every
+replica that has applied the same prefix of the log holds the same models, bit for bit.
+
+Exactly once. An example is named by the partition that resolved it and its sequence
+number there (1, 2, ...), both kept in the engine's checkpoint. After a crash the
+partition replays its events from its checkpoint and publishes the same examples again,
+under the same numbers; a replica skips an example whose number it has already applied
+from that source (`applied`), so nothing is learned twice, and since a checkpoint is
+written only after the outbox was acknowledged by Kafka, nothing is lost either. The
+replica's position in the log (`next_offset`) and `applied` are checkpointed with its
+models, so a restored partition resumes the log exactly where its models stand.
+
+>>> from shopstream.engine import Engine
+>>> from shopstream.events import Event
+>>> a, b = Engine.fresh("logreg", "raw"), Engine.fresh("logreg", "raw")
+>>> a.learn_sink = LearnOutbox(source=0)
+>>> _ = a.process(Event(1.6e9, "view", "p", "u", "s", features={"f": 1.0}, label=True))
+>>> a.counts["learned"], [e.seq for e in a.learn_sink.pending]
+(0, [1])
+>>> log = a.learn_sink.drain()
+>>> ra, rb = LogReplica(), LogReplica()
+>>> [ra.apply(a, 0, log[0]), rb.apply(b, 0, log[0]), rb.apply(b, 1, log[0])]
+['learned', 'learned', 'duplicate']
+>>> a.model["LogisticRegression"].weights == b.model["LogisticRegression"].weights
+True
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+from .events import Event
+
+log = logging.getLogger(__name__)
+
+MODES = ("partition", "shared")
+
+
+@dataclass
+class Example:
+    """One resolved example as it travels the learn log."""
+
+    source: int            # the partition that made the prediction and resolved its label
+    seq: int               # its number among that partition's resolved examples: 1, 2, ...
+    x: dict                # the features the models saw when they predicted
+    y: bool
+    predicted_at: float    # event time of the prediction
+    resolved_at: float     # event time at which the label resolved
+
+
+#: What of an event the shop-wide feature tables learn (`ShopFeatures.learn_catalog`).
+CATALOG_FIELDS = ("event_type", "product_id", "category_code", "brand", "price", "platform", "channel")
+
+
+@dataclass
+class CatalogEvents:
+    """A partition's events as the shop-wide feature tables see them: (offset, fields) pairs.
+
+    Without them each partition's product, brand and category statistics come from 1/N of
+    the shop's traffic, and that, more than the labels, is what scaling out cost
+    (QUALITY.md): every partition folds every other partition's events into its tables."""
+
+    source: int
+    events: list            # [[offset, *CATALOG_FIELDS values], ...] in offset order
+
+    @classmethod
+    def of(cls, source: int, batch: list) -> "CatalogEvents":
+        """From (offset, Event) pairs."""
+        return cls(source, [[offset, *(getattr(event, f) for f in CATALOG_FIELDS)] for offset, event in batch])
+
+
+class LearnOutbox:
+    """The engine's `learn_sink` in the shared mode: resolved examples waiting to be published.
+
+    Pickled with the engine, so `seq` resumes from the checkpoint and a replay numbers the
+    same examples the same way. The worker drains it after every event."""
+
+    def __init__(self, source: int):
+        self.source = source
+        self.seq = 0
+        self.pending: list[Example] = []
+        self.events: list = []   # (offset, Event) handled since the last publication: for CatalogEvents
+
+    def __call__(self, x: Optional[dict], y_true: bool, prediction, now: float) -> None:
+        self.seq += 1
+        self.pending.append(Example(self.source, self.seq, dict(x or {}), bool(y_true),
+                                    float(prediction.event_time), float(now)))
+
+    def drain(self) -> list[Example]:
+        out, self.pending = self.pending, []
+        return out
+
+    def drain_events(self) -> Optional[CatalogEvents]:
+        if not self.events:
+            return None
+        batch, self.events = CatalogEvents.of(self.source, self.events), []
+        return batch
+
+
+class LogReplica:
+    """Where one partition's models stand in the learn log.
+
+    `next_offset` is the next log offset to apply. `applied[source]` says which sequence
+    numbers of that source partition were learned: all up to a number, plus the few above
+    it that arrived early (a record the producer had to send again lands after its
+    successors). Both are checkpointed with the engine.
+
+    >>> r = LogReplica()
+    >>> [r.first_time(0, s) for s in (1, 3, 2, 3, 1, 4)]
+    [True, True, True, False, False, True]
+    >>> r.applied
+    {0: [4, set()]}
+    """
+
+    def __init__(self, own: int = -1) -> None:
+        self.own = own          # this partition: its own events are already in its feature tables
+        self.next_offset = 0
+        self.applied: dict[int, list] = {}   # source -> [every seq up to this learned, set of seqs above it learned]
+        self.folded: dict[int, int] = {}     # source -> the last event offset folded into the feature tables
+        self.learned = 0        # examples learned from the log
+        self.duplicates = 0     # examples skipped: already learned (a source replayed after a crash)
+
+    @property
+    def waiting(self) -> int:
+        """Examples learned ahead of a missing one (non-zero only while a resent record is on its way)."""
+        return sum(len(above) for _, above in self.applied.values())
+
+    def first_time(self, source: int, seq: int) -> bool:
+        """Mark `seq` of `source` learned; False if it already was."""
+        entry = self.applied.setdefault(source, [0, set()])
+        done, above = entry
+        if seq <= done or seq in above:
+            return False
+        above.add(seq)
+        while done + 1 in above:
+            done += 1
+            above.remove(done)
+        entry[0] = done
+        return True
+
+    def apply(self, engine, offset: int, example) -> str:
+        """Learn `example`, the log's record at `offset`, with every learning slot of `engine`
+        (`CatalogEvents`: fold them into its shop-wide feature tables). Returns "behind"
+        (offset already applied), "duplicate", "learned" or "folded"."""
+        if offset < self.next_offset:
+            return "behind"
+        self.next_offset = offset + 1
+        if isinstance(example, CatalogEvents):
+            return self._fold(engine, example)
+        if not self.first_time(example.source, example.seq):
+            self.duplicates += 1
+            return "duplicate"
+        self.learned += 1
+        learn_slots(engine, example.x, example.y)
+        return "learned"
+
+    def _fold(self, engine, batch: CatalogEvents) -> str:
+        learn_catalog = getattr(engine.features, "learn_catalog", None)
+        if batch.source == self.own or learn_catalog is None:
+            return "folded"
+        last = self.folded.get(batch.source, -1)
+        for offset, *values in batch.events:
+            if offset > last:   # a replayed batch's events were folded already
+                learn_catalog(Event(0.0, user_id="", user_session="", **dict(zip(CATALOG_FIELDS, values))))
+                last = offset
+        self.folded[batch.source] = last
+        return "folded"
+
+    def skip(self, offset: int) -> None:
+        """A refused record at `offset`: passed over, never learned."""
+        if offset >= self.next_offset:
+            self.next_offset = offset + 1
+
+
+def learn_slots(engine, x: dict, y: bool) -> None:
+    """What `Engine._resolve` does for learning, for an example from the log: every slot that
+    learns (champion and challengers, never the frozen baseline) learns it; a failure is
+    counted and logged, never raised."""
+    counts = engine.counts
+    champion = engine.slots[engine.champion]
+    champion_failed = False
+    for slot in engine.slots:
+        if not slot.learn:
+            continue
+        try:
+            slot.model.learn_one(x, y)
+        except Exception as exc:
+            counts["learn_errors"] += 1
+            champion_failed = champion_failed or slot is champion
+            n = counts["learn_errors"]
+            if n & (n - 1) == 0:
+                log.warning("%s could not learn an example of the learn log (%d so far): %s: %s", slot.name, n,
+                            type(exc).__name__, exc)
+    if champion.learn and not champion_failed:
+        counts["learned"] += 1

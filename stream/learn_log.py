@@ -1,0 +1,294 @@
+"""The learn log on Kafka: `--learning shared`, every partition learns every partition's labels.
+
+The in-process half is `shopstream/shared_learning.py` (the engine's outbox, a replica's
+position). This module is the Kafka half, one `LearnLog` per worker:
+
+- `publish`: after each batch of a partition, the examples its engine resolved go to the
+  learn topic (one partition: one order for the whole group) through the worker's own
+  producer, so the checkpoint's "outputs acknowledged first" covers them too;
+- `apply`: every loop, the learn topic is read from the lowest position of the partitions
+  this worker owns, and each record is applied to every owned partition whose position it
+  is at (`LogReplica.apply`): every replica applies the same records in the same order;
+- a record that is corrupt, unsigned while a signing key is set, forged, from another group
+  or events topic, or made under another feature schema or label window is refused with
+  its reason (logged, counted in ``shopstream_learn_log_refused_total{reason}``): every
+  replica passes over it and nothing of it is learned.
+
+A record's value: one check line (``sha256:<hex>``, or ``hmac-sha256:<hex>`` with
+SHOPSTREAM_SIGNING_KEY), then the example as JSON (floats written so they read back to the
+same bits). The check covers the JSON bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+import time
+from typing import Optional
+
+import msgspec
+from kafka import KafkaConsumer, TopicPartition
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from shopstream.events import EVENT_TYPES
+from shopstream.shared_learning import CATALOG_FIELDS, CatalogEvents, Example, LearnOutbox, LogReplica
+from shopstream.signing import KEY_ENV, signing_key
+
+from .topics import create_topics
+
+log = logging.getLogger(__name__)
+
+FORMAT = "LEARN-1"
+MAX_RECORDS_PER_LOOP = 5_000   # learn records applied per loop turn: events are never starved for long
+DELAY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
+
+
+class RefusedRecord(ValueError):
+    """A learn-topic record that must not be learned; `kind` is the metric's reason label."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def schema_of(config) -> str:
+    """What makes examples interchangeable: the feature set and the label's definition."""
+    return f"features={config.features};window={config.window:g}"
+
+
+def encode(example: Example | CatalogEvents, group: str, topic: str, schema: str, lineup: str,
+           key: Optional[bytes] = None) -> bytes:
+    head = {"format": FORMAT, "group": group, "topic": topic, "schema": schema, "lineup": lineup}
+    if isinstance(example, CatalogEvents):
+        body = _encode({**head, "kind": "events", "source": example.source, "events": example.events})
+    else:
+        body = _encode({**head, "kind": "example", "source": example.source, "seq": example.seq, "y": example.y,
+                        "predicted_at": example.predicted_at, "resolved_at": example.resolved_at,
+                        "x": example.x})
+    check = f"hmac-sha256:{hmac.new(key, body, hashlib.sha256).hexdigest()}" if key else \
+        f"sha256:{hashlib.sha256(body).hexdigest()}"
+    return check.encode() + b"\n" + body
+
+
+def decode(value: Optional[bytes], group: str, topic: str, schema: str,
+           key: Optional[bytes] = None) -> Example | CatalogEvents:
+    """The example in a learn record, or `RefusedRecord` saying why it cannot be learned."""
+    if not value:
+        raise RefusedRecord("corrupt", "empty record")
+    check, newline, body = bytes(value).partition(b"\n")
+    if not newline:
+        raise RefusedRecord("corrupt", "no check line")
+    kind, _, digest = check.decode("ascii", "replace").partition(":")
+    if key is not None:
+        if kind != "hmac-sha256":
+            raise RefusedRecord("unsigned", f"not signed ({kind or 'no check'}), but {KEY_ENV} is set")
+        if not hmac.compare_digest(hmac.new(key, body, hashlib.sha256).hexdigest(), digest):
+            raise RefusedRecord("forged", "HMAC does not match: forged or modified")
+    elif kind == "sha256":
+        if not hmac.compare_digest(hashlib.sha256(body).hexdigest(), digest):
+            raise RefusedRecord("corrupt", "sha256 does not match: corrupted")
+    elif kind == "hmac-sha256":
+        raise RefusedRecord("unsigned", f"signed, but this worker has no {KEY_ENV} to check it")
+    else:
+        raise RefusedRecord("corrupt", f"unknown check {kind[:40]!r}")
+    try:
+        doc = _decode(body)
+    except msgspec.DecodeError as exc:
+        raise RefusedRecord("corrupt", f"not JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise RefusedRecord("corrupt", f"format {doc.get('format') if isinstance(doc, dict) else None!r}, "
+                                       f"not {FORMAT}")
+    if doc.get("group") != group:
+        raise RefusedRecord("group", f"from consumer group {doc.get('group')!r}, not {group!r}")
+    if doc.get("topic") != topic:
+        raise RefusedRecord("group", f"for events topic {doc.get('topic')!r}, not {topic!r}")
+    if doc.get("schema") != schema:
+        raise RefusedRecord("schema", f"made under {doc.get('schema')!r}; this worker's models learn {schema!r}")
+    return _catalog(doc) if doc.get("kind") == "events" else _example(doc)
+
+
+def _catalog(doc: dict) -> CatalogEvents:
+    source, events = doc.get("source"), doc.get("events")
+    if type(source) is not int or source < 0 or not isinstance(events, list):
+        raise RefusedRecord("invalid", f"source {source!r}: must be an integer >= 0, with a list of events")
+    for row in events:
+        if not (isinstance(row, list) and len(row) == 1 + len(CATALOG_FIELDS) and type(row[0]) is int
+                and row[1] in EVENT_TYPES and isinstance(row[2], (str, int))
+                and all(v is None or isinstance(v, str) for v in (row[3], row[4], row[6], row[7]))
+                and (row[5] is None or (type(row[5]) in (int, float) and math.isfinite(row[5])))):
+            raise RefusedRecord("invalid", f"event {str(row)[:120]}: not [offset, {', '.join(CATALOG_FIELDS)}]")
+    return CatalogEvents(source, events)
+
+
+def _example(doc: dict) -> Example:
+    source, seq, y, x = doc.get("source"), doc.get("seq"), doc.get("y"), doc.get("x")
+    times = (doc.get("predicted_at"), doc.get("resolved_at"))
+    if type(source) is not int or source < 0 or type(seq) is not int or seq < 1:
+        raise RefusedRecord("invalid", f"source {source!r} / seq {seq!r}: must be integers >= 0 / >= 1")
+    if type(y) is not bool:
+        raise RefusedRecord("invalid", f"label {y!r}: must be true or false")
+    if not all(isinstance(t, (int, float)) and math.isfinite(t) for t in times):
+        raise RefusedRecord("invalid", f"times {times!r}: must be finite numbers")
+    if not isinstance(x, dict):
+        raise RefusedRecord("invalid", "features: must be an object")
+    for name, v in x.items():
+        if not (isinstance(v, str) or (type(v) in (int, float) and math.isfinite(v))):
+            raise RefusedRecord("invalid", f"feature {name[:80]!r}: {str(v)[:40]} is not a finite number or a string")
+    return Example(source, seq, x, y, float(times[0]), float(times[1]))
+
+
+class LearnLog:
+    """A worker's side of the learn log (see the module's docstring)."""
+
+    def __init__(self, options: dict, topic: str, group: str, events_topic: str, engine_config, outputs,
+                 registry: CollectorRegistry, consumer: Optional[KafkaConsumer] = None):
+        self.topic = topic
+        self.group = group
+        self.events_topic = events_topic
+        self.schema = schema_of(engine_config)
+        self.outputs = outputs
+        self.tp = TopicPartition(topic, 0)
+        if consumer is None:
+            create_topics(options, {topic: 1})   # one partition: one order for every replica
+            consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+                                     **options)
+        self.consumer = consumer
+        self.consumer.assign([self.tp])
+        self.position = 0          # the next offset the consumer returns
+        self.end = 0               # the learn topic's end offset, as last seen
+        self.published = 0
+        self.refused: dict[str, int] = {}
+        self.partitions: dict = {}  # the worker's owned partitions, for metrics
+        self.delay = Histogram("shopstream_learn_delay_seconds",
+                               "From a learn record's publication to its being applied by a partition",
+                               registry=registry, buckets=DELAY_BUCKETS)
+        registry.register(_LearnLogCollector(self))
+
+    # -- partitions --------------------------------------------------------------------
+
+    def attach(self, state) -> None:
+        """Give a restored or new partition its outbox and log position (kept in its checkpoint)."""
+        engine = state.engine
+        if not isinstance(engine.learn_sink, LearnOutbox):
+            engine.learn_sink = LearnOutbox(source=state.partition)
+        if state.learn_log is None:
+            state.learn_log = LogReplica(own=state.partition)
+            if state.origin == "checkpoint":
+                log.warning("partition %d: its checkpoint learned alone (--learning partition); it now applies "
+                            "the learn log from its start, and its models will not equal the other partitions'",
+                            state.partition)
+        replica = state.learn_log
+        if replica.next_offset < self.position:
+            self.consumer.seek(self.tp, replica.next_offset)
+            self.position = replica.next_offset
+
+    def observe(self, state, offset: int, event) -> None:
+        """An event the partition handled: its catalog part goes out with the next publication."""
+        state.engine.learn_sink.events.append((offset, event))
+
+    def publish(self, state) -> None:
+        """Send what the partition's engine resolved, and the events it handled, since the last call."""
+        outbox = state.engine.learn_sink
+        batch = outbox.drain_events()
+        if not outbox.pending and batch is None:
+            return
+        key = signing_key()
+        lineup = ",".join(f"{s.name}@{s.version}" for s in state.engine.slots if s.learn)
+        for example in [*outbox.drain(), *([batch] if batch is not None else [])]:
+            value = encode(example, self.group, self.events_topic, self.schema, lineup, key)
+            # The worker's producer: a checkpoint waits until these are acknowledged like any output.
+            self.outputs._send(self.topic, {"key": str(example.source).encode(), "value": value})
+            self.published += isinstance(example, Example)
+
+    # -- applying ----------------------------------------------------------------------
+
+    def apply(self, partitions: dict) -> int:
+        """Apply what the learn topic holds past the owned partitions' positions; return how many
+        records were read."""
+        self.partitions = partitions
+        if not partitions:
+            return 0
+        for state in partitions.values():
+            if state.learn_log is None:  # started over by --force-fresh-start after the assignment
+                self.attach(state)
+        batches = self.consumer.poll(timeout_ms=0, max_records=MAX_RECORDS_PER_LOOP)
+        records = batches.get(self.tp, [])
+        if not records:
+            return 0
+        key = signing_key()
+        states = list(partitions.values())
+        now = time.time()
+        for record in records:
+            self.position = record.offset + 1
+            behind = [s for s in states if s.learn_log.next_offset <= record.offset]
+            if not behind:
+                continue
+            missed = record.offset - min(s.learn_log.next_offset for s in behind)
+            if missed > 0:  # offsets are contiguous: records deleted by retention before being applied
+                self.refused["truncated"] = self.refused.get("truncated", 0) + missed
+                log.error("learn topic %s: %d record(s) before offset %d were deleted (retention) before every "
+                          "owned partition applied them: those partitions' models miss them", self.topic, missed,
+                          record.offset)
+            try:
+                example = decode(record.value, self.group, self.events_topic, self.schema, key)
+            except RefusedRecord as exc:
+                n = self.refused[exc.kind] = self.refused.get(exc.kind, 0) + 1
+                if n & (n - 1) == 0:  # the 1st, 2nd, 4th... of each reason: a flood cannot flood the log
+                    log.warning("learn topic %s@%d refused, not learned (%s #%d): %s", self.topic, record.offset,
+                                exc.kind, n, exc)
+                for state in behind:
+                    state.learn_log.skip(record.offset)
+                continue
+            for state in behind:
+                outcome = state.learn_log.apply(state.engine, record.offset, example)
+                if outcome == "learned" or outcome == "folded":
+                    if outcome == "learned" and record.timestamp and record.timestamp > 0:
+                        self.delay.observe(max(0.0, now - record.timestamp / 1000.0))
+                    state.changed = True
+                    if state.unsaved_since is None:
+                        state.unsaved_since = now
+        self.end = max(self.end, self.position, self.consumer.highwater(self.tp) or 0)
+        return len(records)
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)
+
+
+class _LearnLogCollector:
+    def __init__(self, learn_log: LearnLog):
+        self.learn_log = learn_log
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        ll = self.learn_log
+        position = GaugeMetricFamily("shopstream_learn_log_position",
+                                     "Next learn-log offset each partition's models apply", labels=["partition"])
+        lag = GaugeMetricFamily("shopstream_learn_log_lag",
+                                "Learn-log records not yet applied by the partition (behind the group's newest)",
+                                labels=["partition"])
+        learned = CounterMetricFamily("shopstream_learn_log_examples",
+                                      "Learn-log records applied per partition: learned, or skipped as duplicate",
+                                      labels=["partition", "outcome"])
+        for tp, state in list(ll.partitions.items()):
+            replica = state.learn_log
+            if replica is None:
+                continue
+            label = str(tp.partition)
+            position.add_metric([label], replica.next_offset)
+            lag.add_metric([label], max(0, ll.end - replica.next_offset))
+            learned.add_metric([label, "learned"], replica.learned)
+            learned.add_metric([label, "duplicate"], replica.duplicates)
+        refused = CounterMetricFamily("shopstream_learn_log_refused", "Learn-topic records refused, never learned",
+                                      labels=["reason"])
+        for kind, count in dict(ll.refused).items():
+            refused.add_metric([kind], count)
+        published = CounterMetricFamily("shopstream_learn_log_published", "Resolved examples this worker published")
+        published.add_metric([], ll.published)
+        yield from (position, lag, learned, refused, published)

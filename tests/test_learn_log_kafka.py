@@ -1,0 +1,130 @@
+"""`--learning shared` on the real broker: 4 partitions, 2 workers, one of them killed -9
+mid-stream and started again. Every partition's models end identical to a model that
+applied the learn log without interruption, and the learn log holds every example the
+partitions resolve exactly once (replays publish copies, which no model learns)."""
+
+import signal
+import subprocess
+
+import msgspec
+import pytest
+
+from conftest import WORKER_ENV, free_port, worker_command
+from helpers import checkpointed_engines, read_topic, scrape, send_records, wait_for
+from shopstream.config import EngineConfig
+from shopstream.engine import Engine
+from shopstream.events import decode_event
+from shopstream.generator import generate
+from shopstream.shared_learning import CatalogEvents, Example, LearnOutbox, LogReplica
+from shopstream.stream.checkpoints import DirectoryCheckpointStore
+from shopstream.stream.learn_log import decode, schema_of
+
+pytestmark = pytest.mark.kafka
+encode = msgspec.json.Encoder().encode
+
+
+def resolved_labels(kafka: str, topic: str) -> dict:
+    """What an uninterrupted run resolves: {(partition, seq): label}, one engine per partition."""
+    engines: dict = {}
+    out = {}
+    for record in read_topic(kafka, topic):
+        engine = engines.get(record.partition)
+        if engine is None:
+            engine = engines[record.partition] = Engine.fresh("logreg", "shop")
+            engine.learn_sink = LearnOutbox(record.partition)
+        engine.process(decode_event(record.value), record.offset)
+        for example in engine.learn_sink.drain():
+            out[(example.source, example.seq)] = example.y
+    return out
+
+
+def test_shared_learning_4_partitions_2_workers_kill_9(kafka, new_topic, tmp_path):
+    topic, learn_topic = new_topic(4), new_topic(1, "-learn")
+    group = f"g-{topic}"
+    schema = schema_of(EngineConfig(features="shop"))
+    records = list(generate(40_000, seed=131))
+    send_records(kafka, topic, records)
+    checkpoints = tmp_path / "ckpt"
+    command = worker_command(kafka, topic, checkpoints, "--learning", "shared", "--learn-topic", learn_topic,
+                             "--until-idle", "8", "--checkpoint-every", "4000", "--checkpoint-seconds", "20",
+                             "--metrics-port", "-1")
+    port = free_port()
+    victim_log = tmp_path / "victim.log"
+    victim = subprocess.Popen(command[:-1] + [str(port)], env=WORKER_ENV, stderr=victim_log.open("w"))
+    other_log = tmp_path / "other.log"
+    other = subprocess.Popen(command, env=WORKER_ENV, stderr=other_log.open("w"))
+
+    def victim_published_past_its_checkpoint() -> bool:
+        """The victim published 100+ examples of a partition it owns past that partition's checkpoint:
+        a restart must publish them again."""
+        assert victim.poll() is None, f"the victim exited: {victim_log.read_text()[-2000:]}"
+        metrics = scrape(port)
+        if ("shopstream_learn_log_published_total", ()) not in metrics:
+            return False  # not our worker's metrics (yet)
+        owned = {int(dict(labels)["partition"]) for (name, labels) in metrics if name == "shopstream_next_offset"}
+        saved = {p: s.engine.learn_sink.seq for (_, p), s in DirectoryCheckpointStore(checkpoints).load_all().items()
+                 if s.engine.learn_sink is not None}
+        newest: dict = {}
+        for record in read_topic(kafka, learn_topic, timeout=10):
+            example = decode(record.value, group, topic, schema)
+            if isinstance(example, Example):
+                newest[example.source] = max(newest.get(example.source, 0), example.seq)
+        return any(newest.get(p, 0) - saved.get(p, 0) >= 100 for p in owned)
+
+    try:
+        wait_for(victim_published_past_its_checkpoint, 300, "the victim publishing past a checkpoint")
+    except TimeoutError:
+        victim.kill(), other.kill()
+        raise
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    at_kill = {p: e.counts["consumed"] for p, e in checkpointed_engines(checkpoints).items()}
+    assert sum(at_kill.values()) < len(records), "the kill did not land mid-stream"
+    print(f"\nevents consumed by the checkpoints at the kill: {at_kill}")
+    restarted = subprocess.run(command, env=WORKER_ENV, capture_output=True, text=True, timeout=600)
+    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    assert other.wait(timeout=600) == 0, other_log.read_text()[-2000:]
+
+    # The learn log: every example the partitions resolve, each at least once, under one number
+    # with one label. (Its features may differ between copies: a replay sees shop-wide tables
+    # that took in more of the other partitions' events meanwhile. A model learns the first copy.)
+    log = [(r.offset, decode(r.value, group, topic, schema)) for r in read_topic(kafka, learn_topic)]
+    examples = [e for _, e in log if isinstance(e, Example)]
+    expected = resolved_labels(kafka, topic)
+    published: dict = {}
+    for example in examples:
+        label = published.setdefault((example.source, example.seq), example.y)
+        assert label == example.y, "a replay published another label under the same number"
+    assert published == expected, "an example lost, or one that an uninterrupted run does not resolve"
+    copies = len(examples) - len(published)
+    assert copies > 0, "the killed worker had published nothing past its checkpoints: no replay was tested"
+    assert any(isinstance(e, CatalogEvents) for _, e in log)
+
+    # The uninterrupted model: a fresh replica applying the whole log in its order.
+    reference, reference_replica = Engine.fresh("logreg", "shop"), LogReplica()
+    for offset, example in log:
+        reference_replica.apply(reference, offset, example)
+    assert reference_replica.learned == len(expected) and reference_replica.duplicates == copies
+
+    states = DirectoryCheckpointStore(checkpoints).load_all()
+    probes = [reference.features.transform(decode_event(encode(r))) for r in records[-300:]]
+    sizes: dict = {}
+    for record in read_topic(kafka, topic):
+        sizes[record.partition] = sizes.get(record.partition, 0) + 1
+    print(f"\nshared learning: {len(records)} events, {len(expected)} examples, {copies} copies republished "
+          f"after the kill, learn log {len(log)} records ({len(log) - len(examples)} of catalog events)")
+    assert sorted(p for _, p in states) == [0, 1, 2, 3]
+    for (_, partition), state in sorted(states.items()):
+        engine, replica = state.engine, state.learn_log
+        assert engine.counts["consumed"] == sizes[partition], "an event skipped or consumed twice"
+        behind = replica.next_offset
+        for offset, example in log[behind:]:  # a worker stops on idle events, maybe before the log's last records
+            replica.apply(engine, offset, example)
+        print(f"  partition {partition}: consumed {engine.counts['consumed']}, resolved {engine.counts['resolved']}, "
+              f"log position at its checkpoint {behind}/{len(log)}, learned {replica.learned}, "
+              f"duplicates skipped {replica.duplicates}")
+        assert replica.learned == len(expected), "an example learned twice or never"
+        assert replica.duplicates == copies
+        assert engine.model["LogisticRegression"].weights == reference.model["LogisticRegression"].weights
+        assert [engine.model.predict_proba_one(x) for x in probes] == \
+            [reference.model.predict_proba_one(x) for x in probes]
