@@ -289,3 +289,29 @@ def rss_mb() -> tuple[float, float]:
     rss = int(re.search(r"VmRSS:\s*(\d+) kB", status).group(1))
     hwm = int(re.search(r"VmHWM:\s*(\d+) kB", status).group(1))
     return rss / 1024, hwm / 1024
+
+
+def say(*parts) -> None:
+    print("[bench]", *parts, file=sys.stderr, flush=True)
+
+
+def make_raw_messages(n: int, seed: int = SEED, width: int = 8) -> list[tuple[bytes, bytes]]:
+    """Labelled events with raw features (`--features raw`, a generic labelled stream):
+    `width` floats and a label drawn from a fixed logistic model; each event is predicted
+    and learned at once, as in river.evaluate.progressive_val_score."""
+    import math
+    import random
+
+    import msgspec
+
+    rng = random.Random(seed)
+    weights = [rng.uniform(-2, 2) for _ in range(width)]
+    out = []
+    for i in range(n):
+        x = {f"f{j}": rng.gauss(0.0, 1.0) for j in range(width)}
+        z = sum(w * v for w, v in zip(weights, x.values()))
+        y = rng.random() < 1 / (1 + math.exp(-z))
+        row = {"event_id": f"r{i}", "event_time": 1.7e9 + i * 0.01, "event_type": "view", "product_id": str(i % 1000),
+               "user_id": f"u{i % 5000}", "user_session": f"s{i % 20000}", "features": x, "label": y}
+        out.append((row["user_id"].encode(), msgspec.json.encode(row)))
+    return out

@@ -26,7 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import make_messages  # noqa: E402
-from run import run_latency, say  # noqa: E402
+from common import say  # noqa: E402
+from run import run_latency  # noqa: E402
 
 VARIANT = str(Path(__file__).resolve().parent / "worker_variant.py")
 NO_CHECKPOINTS = ("--checkpoint-every", "1000000000", "--checkpoint-seconds", "1000000000")

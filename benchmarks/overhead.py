@@ -3,7 +3,7 @@
 
     python benchmarks/overhead.py [--events 50000] [--repeat 3]
 
-For raw features (labelled events, `run.make_raw_messages`) and shop features
+For raw features (labelled events, `common.make_raw_messages`) and shop features
 (`common.make_messages`): the engine is run once with a recorder to get its model calls
 (`common.record_model_calls`); then, best of `repeat` round-robin passes, in CPU seconds of
 this process (`time.process_time`, less disturbed by other work on a shared machine than
@@ -28,7 +28,7 @@ from common import make_messages, record_model_calls  # noqa: E402
 
 
 def measure(events: int, repeat: int) -> dict:
-    from run import make_raw_messages
+    from common import make_raw_messages
 
     from shopstream.engine import Engine
     from shopstream.events import decode_event

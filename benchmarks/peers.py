@@ -4,7 +4,7 @@ choosing a stack would try, in one run.
 
     python benchmarks/peers.py [--events 100000] [--only river,shopstream,...] [--json out.json]
 
-The job: 100,000 labelled events with 12 raw numeric features (`run.make_raw_messages`) in
+The job: 100,000 labelled events with 12 raw numeric features (`common.make_raw_messages`) in
 one 1-partition topic on the local broker; per event, River's `StandardScaler |
 LogisticRegression` (the catalog's `logreg`) `predict_proba_one`, Accuracy + Recall + F1
 updated, `learn_one`, and the prediction published to a fresh output topic.
@@ -231,7 +231,7 @@ def run_system(name: str, topic: str, topics: Topics, events: int, workdir: Path
 
 
 def run_peers(events: int, systems=SYSTEMS, workdir: Path | None = None) -> dict:
-    from run import make_raw_messages, say
+    from common import make_raw_messages, say
 
     workdir = workdir or Path(f"/tmp/peers-{uuid.uuid4().hex[:8]}")
     workdir.mkdir(parents=True, exist_ok=True)

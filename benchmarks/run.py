@@ -38,9 +38,9 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (BOOTSTRAP, ROOT, SEED, Topics, WorkerProcess, ensure_kafka, handled_count, history_file,  # noqa: E402
-                    machine, make_messages, prediction_refs, prefill, producer, read_all,
-                    record_model_calls, rss_mb, worker_command)
+from common import (BOOTSTRAP, ROOT, Topics, WorkerProcess, ensure_kafka, handled_count, history_file,  # noqa: E402
+                    machine, make_messages, make_raw_messages, prediction_refs, prefill, producer,
+                    read_all, record_model_calls, rss_mb, say, worker_command)
 
 PHASES = ("ceiling", "engine", "raw", "worker1", "worker2", "latency", "bootstrap", "rss", "overhead", "peers")
 QUICK_SKIPS = ("overhead", "peers")   # --quick (the CI smoke) runs these only when named in --phases
@@ -66,10 +66,6 @@ def log_events(text: str) -> list[tuple[float, str]]:
 
     return [(datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp(), message)
             for stamp, message in _LOG_LINE.findall(text)]
-
-
-def say(*parts) -> None:
-    print("[bench]", *parts, file=sys.stderr, flush=True)
 
 
 def timed_rounds(fns: dict, repeat: int) -> dict:
@@ -146,28 +142,6 @@ def bench_in_process(messages, repeat: int) -> dict:
         r.update(events=n, events_per_s=n / r["seconds"], predictions=predicted, learned=learned,
                  predictions_per_s=predicted / r["seconds"])
         out[name] = r
-    return out
-
-
-def make_raw_messages(n: int, seed: int = SEED, width: int = 8) -> list[tuple[bytes, bytes]]:
-    """Labelled events with raw features (`--features raw`, a generic labelled stream):
-    `width` floats and a label drawn from a fixed logistic model; each event is predicted
-    and learned at once, as in river.evaluate.progressive_val_score."""
-    import math
-    import random
-
-    import msgspec
-
-    rng = random.Random(seed)
-    weights = [rng.uniform(-2, 2) for _ in range(width)]
-    out = []
-    for i in range(n):
-        x = {f"f{j}": rng.gauss(0.0, 1.0) for j in range(width)}
-        z = sum(w * v for w, v in zip(weights, x.values()))
-        y = rng.random() < 1 / (1 + math.exp(-z))
-        row = {"event_id": f"r{i}", "event_time": 1.7e9 + i * 0.01, "event_type": "view", "product_id": str(i % 1000),
-               "user_id": f"u{i % 5000}", "user_session": f"s{i % 20000}", "features": x, "label": y}
-        out.append((row["user_id"].encode(), msgspec.json.encode(row)))
     return out
 
 
