@@ -58,6 +58,10 @@ class EngineConfig:
     window: float = field(default=1800.0, metadata=_help("attribution window in seconds of event time"))
     lateness: float = field(default=0.0, metadata=_help("allowed lateness of events in seconds"))
     max_open: int = field(default=1_000_000, metadata=_help("cap on open predictions per partition"))
+    max_time_jump: float = field(default=10_800.0, metadata=_help(
+        "an event more than this many seconds ahead of its partition's event time moves the watermark only once "
+        "such events of 8 distinct users outnumber the others (a minority whose clock runs fast is outvoted); "
+        "0: no guard"))
     metric_window: int = field(default=1000, metadata=_help("resolved predictions in the rolling metrics"))
     drift_delta: float = field(default=1e-6, metadata=_help(
         "ADWIN confidence for drift in a model's errors (smaller: fewer alarms)"))
@@ -68,13 +72,14 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         # Coerce ints given for floats (JSON, --window 600) so equal settings compare equal.
-        for name in ("window", "lateness", "drift_delta"):
+        for name in ("window", "lateness", "max_time_jump", "drift_delta"):
             object.__setattr__(self, name, float(getattr(self, name)))
         check(self, (
             ("features", self.features in FEATURE_SETS, f"must be one of {FEATURE_SETS}"),
             ("window", self.window > 0, "must be > 0 seconds"),
             ("lateness", self.lateness >= 0, "must be >= 0 seconds"),
             ("max_open", self.max_open >= 1, "must be >= 1"),
+            ("max_time_jump", self.max_time_jump >= 0, "must be >= 0 seconds (0: no guard)"),
             ("metric_window", self.metric_window >= 1, "must be >= 1"),
             ("drift_delta", 0 < self.drift_delta < 1, "must be in (0, 1)"),
             ("drift_reaction", self.drift_reaction in DRIFT_REACTIONS, f"must be one of {DRIFT_REACTIONS}"),

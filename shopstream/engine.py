@@ -65,7 +65,8 @@ class Engine:
         self.slots = [ModelSlot(model_name, model, "champion", model_version, learn, config.metric_window,
                                 config.drift_delta)]
         self.champion = 0  # index into slots; slots are only ever appended
-        self.joiner = LabelJoiner(window=config.window, lateness=config.lateness, max_open=config.max_open)
+        self.joiner = LabelJoiner(window=config.window, lateness=config.lateness, max_open=config.max_open,
+                                  max_jump=config.max_time_jump)
         self.counts = dict.fromkeys(COUNT_NAMES, 0)
         # Counts per label-delay bucket, the last one is +Inf.
         self.label_delay_counts = [0] * (len(LABEL_DELAY_BUCKETS) + 1)
@@ -205,7 +206,7 @@ class Engine:
 
         t = cast(float, event.event_time)  # validated: epoch seconds
         joiner = self.joiner
-        for expired in joiner.advance(t):
+        for expired in joiner.advance(t, event.user_id):
             self._resolve(expired, False, t)
 
         p_true = None

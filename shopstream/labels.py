@@ -9,7 +9,12 @@ lateness) passes the window's end, it resolves negative. Decisions made on purpo
 - a prediction point already past the watermark when it arrives is *late*: it opens
   nothing (its label would be decided before anything could be learned from it);
 - a purchase that resolves nothing is an *orphan*; a duplicate purchase is one too;
-- past `max_open` open predictions, the oldest is *evicted* (dropped, never learned).
+- past `max_open` open predictions, the oldest is *evicted* (dropped, never learned);
+- an event more than `max_jump` seconds ahead of the latest event time is *ahead*: it is
+  handled, but moves the watermark only once ahead events of distinct sources (users) have
+  outnumbered the others by `JUMP_QUORUM` (then to the median of their latest times). A
+  minority of sources whose clock runs hours fast so never makes honest events late; a real
+  gap in the stream (a quiet night) delays expiry until `JUMP_QUORUM` users are seen after it.
 
 >>> joiner = LabelJoiner(window=60.0)
 >>> joiner.open(OpenPrediction(("s1", "p1"), 0.0, {}, [(0.9, True)]))
@@ -33,6 +38,8 @@ from .config import EngineConfig
 
 
 _FLOATS = {float}
+#: How many more ahead events than others move the watermark across a jump (`advance`).
+JUMP_QUORUM = 8
 
 
 class OpenPrediction:
@@ -106,9 +113,17 @@ class LabelJoiner:
     seq -1, and its heap entry is skipped when it comes up. Checkpoints pickle the live
     heap entries only; the key index is rebuilt on load (hashes differ between processes)."""
 
-    def __init__(self, window: float, lateness: float = EngineConfig.lateness, max_open: int = EngineConfig.max_open):
-        if window <= 0 or lateness < 0 or max_open < 1:
-            raise ValueError("window must be > 0, lateness >= 0 and max_open >= 1")
+    #: The jump guard (`advance`); class defaults for joiners restored from older checkpoints.
+    max_jump = 0.0
+    _ahead = 0                  # ahead events minus others since the streak began (never < 0)
+    _ahead_min = math.inf       # the earliest ahead event time of the streak
+    _ahead_sources: dict = {}   # source -> its latest ahead event time, in the streak (replaced, never mutated)
+
+    def __init__(self, window: float, lateness: float = EngineConfig.lateness, max_open: int = EngineConfig.max_open,
+                 max_jump: float = EngineConfig.max_time_jump):
+        if window <= 0 or lateness < 0 or max_open < 1 or not max_jump >= 0:
+            raise ValueError("window must be > 0, lateness >= 0, max_open >= 1 and max_jump >= 0")
+        self.max_jump = float(max_jump)
         self.window = float(window)
         self.lateness = float(lateness)
         self.max_open = int(max_open)
@@ -118,7 +133,7 @@ class LabelJoiner:
         self._open = 0
         self._next_seq = 0
         self._schemas: dict[tuple, tuple] = {}  # feature names -> the one tuple open predictions share
-        self.counts = {"opened": 0, "late": 0, "expired": 0, "evicted": 0, "orphans": 0, "positive": 0}
+        self.counts = {"opened": 0, "late": 0, "expired": 0, "evicted": 0, "orphans": 0, "positive": 0, "ahead": 0}
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -180,10 +195,24 @@ class LabelJoiner:
         while deadlines and deadlines[0][2].seq < 0:
             heapq.heappop(deadlines)
 
-    def advance(self, event_time: float) -> list[OpenPrediction]:
-        """Move event time forward; return the predictions that expired (label: negative)."""
+    def advance(self, event_time: float, source: Hashable = None) -> list[OpenPrediction]:
+        """Move event time forward; return the predictions that expired (label: negative).
+        `source` (the engine passes the user) is whose clock dated the event: ahead events
+        count once per source towards a jump, so one fast clock cannot carry it alone."""
         if event_time > self.max_time:
+            if event_time - self.max_time > self.max_jump > 0 and self.max_time > -math.inf:
+                if self._jump_ahead(event_time, source):
+                    return []
+                # Corroborated: to the median of the sources' latest times (a fast one among them
+                # does not carry it), or the earliest ahead time when sources are unknown.
+                times = sorted(self._ahead_sources.values())
+                event_time = times[(len(times) - 1) // 2] if times else self._ahead_min
+                self._ahead, self._ahead_min, self._ahead_sources = 0, math.inf, {}
+            elif self._ahead:
+                self._not_ahead()
             self.max_time = event_time
+        elif self._ahead:
+            self._not_ahead()
         watermark = self.max_time - self.lateness
         deadlines = self._deadlines
         expired = []
@@ -194,6 +223,25 @@ class LabelJoiner:
                 expired.append(prediction)
         self.counts["expired"] += len(expired)
         return expired
+
+    def _jump_ahead(self, event_time: float, source: Hashable) -> bool:
+        """Count an ahead event; True while the jump is not corroborated (the watermark stays)."""
+        self.counts["ahead"] = self.counts.get("ahead", 0) + 1
+        if not self._ahead:
+            self._ahead_sources = {}
+        sources = self._ahead_sources
+        if source is None or source not in sources:
+            self._ahead += 1
+        if source is not None:
+            sources[source] = max(event_time, sources.get(source, event_time))
+        if event_time < self._ahead_min:
+            self._ahead_min = event_time
+        return self._ahead < JUMP_QUORUM
+
+    def _not_ahead(self) -> None:
+        self._ahead -= 1
+        if not self._ahead:
+            self._ahead_min, self._ahead_sources = math.inf, {}
 
     def _index(self, prediction: OpenPrediction) -> None:
         key = prediction.key

@@ -44,7 +44,10 @@ class KafkaClients:
 
     def producer(self) -> KafkaProducer:
         # A short linger: predictions are for acting on now (20 ms added ~25 ms to p50 in BENCHMARKS.md).
-        return KafkaProducer(client_id=self.settings.name, linger_ms=5, acks="all", **self.options)
+        # max_block_ms: a send waits at most 10 s for a topic's metadata (outputs.SEND_TRIES tries),
+        # not 60 s, so a topic that never appears holds a checkpoint well inside max_poll_interval_ms.
+        return KafkaProducer(client_id=self.settings.name, linger_ms=5, acks="all", max_block_ms=10_000,
+                             **self.options)
 
     def score_producer(self) -> KafkaProducer:
         # The scoring API writes its requests to the events topic; each waits on its send: no linger.

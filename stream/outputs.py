@@ -143,6 +143,10 @@ def cut(message: dict, keep: int = DEAD_LETTER_CUT) -> dict:
 
 
 CLOSE_SECONDS = 10.0   # what a stop waits for unacknowledged outputs
+#: Sends to one topic that time out (each after the producer's max_block_ms) before its outputs
+#: are parked as unsent: a topic whose metadata never arrives (deleted, never created, not
+#: authorised) retried for ever and held the worker inside send().
+SEND_TRIES = 3
 
 
 class Outputs:
@@ -163,7 +167,10 @@ class Outputs:
         self.predictions_topic = predictions_topic
         self.dead_letter_topic = dead_letter_topic
         self.failed: list[tuple[str, dict, Exception]] = []  # filled by the producer's IO thread
-        self.counts = {"failed": 0, "resent": 0, "truncated": 0, "producer_rebuilds": 0}
+        # topic -> why its sends timed out: later sends to it are parked at once (no wait) until
+        # the next confirm() tries it again, so one dead topic costs SEND_TRIES waits per confirm.
+        self.stalled: dict[str, str] = {}
+        self.counts = {"failed": 0, "resent": 0, "truncated": 0, "producer_rebuilds": 0, "send_timeouts": 0}
 
     def prediction(self, record, event: Event, score: float, model: str, version: str) -> None:
         if not self.predictions_topic:
@@ -218,17 +225,28 @@ class Outputs:
         if topic == self.dead_letter_topic and message_size(message) > MAX_DEAD_LETTER_BYTES:
             message = cut(message)
             self.counts["truncated"] += 1
-        while True:
+        if topic in self.stalled:   # parked: unacknowledged, so no checkpoint covers it; confirm() retries
+            self._failed(topic, message, KafkaTimeoutError(self.stalled[topic]))
+            return
+        for attempt in range(1, SEND_TRIES + 1):
             try:
                 future = self.producer.send(topic, **message)
-            except KafkaTimeoutError as exc:  # no buffer space or no metadata yet: wait the outage out
-                log.warning("cannot send to %s yet (%s); retrying", topic, exc)
+            except KafkaTimeoutError as exc:  # no metadata for the topic (or no buffer space) in time
+                log.warning("cannot send to %s yet (%s); try %d of %d", topic, exc, attempt, SEND_TRIES)
+                last = exc
                 continue
             except Exception as exc:  # refused before sending (e.g. too large): resent by confirm()
                 self._failed(topic, message, exc)
                 return
             future.add_errback(self._failed, topic, message)
             return
+        reason = (f"topic {topic!r}: send timed out {SEND_TRIES} times ({last}): the topic does not exist, "
+                  "is not authorised or the broker is away")
+        log.error("%s; its outputs are held unsent (no checkpoint covers them) and retried at each checkpoint",
+                  reason)
+        self.counts["send_timeouts"] += 1
+        self.stalled[topic] = reason
+        self._failed(topic, message, KafkaTimeoutError(reason))
 
     def _failed(self, topic: str, message: dict, exc: Exception) -> None:
         self.failed.append((topic, message, exc))
@@ -238,7 +256,9 @@ class Outputs:
         """Flush, and send again what the broker refused or let expire (by a fresh
         producer; a dead letter refused as too large is cut further each time). True once
         everything sent so far is acknowledged; False if something is still unsent after
-        `rounds` tries (the worker retries later, its checkpoint waiting)."""
+        `rounds` tries (the worker retries later, its checkpoint waiting). A topic whose
+        sends timed out is tried again once per call (SEND_TRIES sends at most)."""
+        self.stalled.clear()
         self.end_batch()
         for _ in range(rounds):
             try:
@@ -247,6 +267,8 @@ class Outputs:
                 return False
             if not self.failed:
                 return True
+            if all(topic in self.stalled for topic, _, _ in self.failed):
+                return False   # tried once in this call already: a new producer would not help
             failed, self.failed = self.failed, []
             reasons = sorted({type(exc).__name__ for _, _, exc in failed})
             log.warning("%d output(s) not acknowledged (%s): sending them again with a new producer",

@@ -105,7 +105,8 @@ class WorkerCollector:
         broker.add_metric([], 1.0 if snapshot.broker_ok else 0.0)
         outputs = CounterMetricFamily("shopstream_outputs", "Predictions and dead letters that needed more than "
                                       "one try: failed (not acknowledged), resent, truncated (a dead letter cut "
-                                      "to fit), producer_rebuilds", labels=["outcome"])
+                                      "to fit), producer_rebuilds, send_timeouts (a topic without metadata: "
+                                      "its outputs held unsent)", labels=["outcome"])
         for outcome, count in snapshot.outputs.items():
             outputs.add_metric([outcome], count)
         corrupt = CounterMetricFamily("shopstream_corrupt_records_skipped",

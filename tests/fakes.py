@@ -26,6 +26,10 @@ ABORT = b"__abort__"
 Record = namedtuple("Record", "topic partition offset key value timestamp headers")
 
 
+class RetriedForever(BaseException):
+    """A producer was asked 50 times in a row for a topic without metadata: a loop without end."""
+
+
 class Aborted(Exception):
     """The in-memory source reached an ABORT record: the worker 'crashes' here."""
 
@@ -132,8 +136,14 @@ class FakeProducer:
         self.sent: list = []
         self.unflushed = 0
         self.fail_flush = False   # the broker acknowledges nothing
+        self.missing_topics: set = set()   # topics whose metadata never arrives: send() times out
 
     def send(self, topic, key=None, value=None, headers=None):
+        if topic in self.missing_topics:
+            self.calls.append(("send_timeout", topic))
+            if self.calls[-50:] == [("send_timeout", topic)] * 50:
+                raise RetriedForever(topic)
+            raise KafkaTimeoutError("Failed to update metadata after 10.0 secs. (fake)")
         if any(k == FORMAT_HEADER for k, _ in headers or ()):
             # A batch of predictions: counted as the predictions it holds (read with the helper).
             predictions = decode_predictions(SimpleNamespace(value=value, headers=headers))
@@ -200,6 +210,7 @@ class FakeClients(KafkaClients):
         self.producers: list[FakeProducer] = []
         self.store = FakeStore(checkpoints, settings.group, self.calls)
         self.fail_new_consumer = False
+        self.missing_topics: set = set()   # shared by every producer: no metadata for these topics
 
     def consumer(self):
         if self.fail_new_consumer:
@@ -210,6 +221,7 @@ class FakeClients(KafkaClients):
 
     def producer(self):
         producer = FakeProducer(self.calls)
+        producer.missing_topics = self.missing_topics
         self.producers.append(producer)
         return producer
 

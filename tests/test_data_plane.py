@@ -88,6 +88,41 @@ def test_a_refused_dead_letter_is_resent_cut_by_a_new_producer_and_nothing_else_
     assert outputs.counts["failed"] == 3 and outputs.counts["resent"] == 3
 
 
+class RetriedForever(BaseException):
+    """Raised by the stand-in producer past 50 sends to a missing topic: the old loop never ended."""
+
+
+def test_a_topic_whose_metadata_never_arrives_is_tried_a_bounded_number_of_times_and_nothing_is_lost():
+    missing = {"dlq"}
+    tries: list = []
+
+    class NoMetadata(FakeProducer):
+        def send(self, topic, **message):
+            if topic in missing:
+                tries.append(topic)
+                if len(tries) > 50:
+                    raise RetriedForever(topic)
+                raise KafkaTimeoutError("Failed to update metadata after 10.0 secs.")
+            return super().send(topic, **message)
+
+    producers: list = []
+    outputs = Outputs(lambda: producers.append(NoMetadata()) or producers[-1], "predictions", "dlq",
+                      prediction_format="event")
+    event = Event(1.7e9, "view", "p", "u", "s")
+    outputs.dead_letter(Record(b"{"), "invalid event: not JSON")
+    outputs.prediction(Record(b"{}", offset=8), event, 0.25, "logreg", "v1")
+    outputs.dead_letter(Record(b"}", offset=9), "invalid event: not JSON")   # parked: no wait
+    assert len(tries) == 3 and outputs.counts["send_timeouts"] == 1
+    assert "'dlq'" in outputs.stalled["dlq"] and "metadata" in outputs.stalled["dlq"]
+    assert outputs.confirm() is False           # a checkpoint may not cover the two letters
+    assert len(tries) == 6                      # tried again once per confirm, not per round
+    assert [t for p in producers for t, _ in p.delivered] == ["predictions"]   # the other output went out
+    missing.clear()                              # the topic is created
+    assert outputs.confirm() is True
+    letters = [m["value"] for p in producers for t, m in p.delivered if t == "dlq"]
+    assert letters == [b"{", b"}"]
+
+
 def test_a_dead_letter_over_the_limit_is_cut_before_sending():
     producer = FakeProducer()
     outputs = Outputs(lambda: producer, "predictions", "dlq")

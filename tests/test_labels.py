@@ -99,6 +99,80 @@ def test_engine_learns_each_resolution_once_with_the_right_label():
     engine.process(Event(T0 + 10, "view", "q", "u", "s"))
     engine.process(Event(T0 + 100, "purchase", "p", "u", "s"))
     assert learned == [True, True]
-    engine.process(Event(T0 + 10_000, "view", "r", "u", "s2"))  # time passes: q expires
+    engine.process(Event(T0 + 3_000, "view", "r", "u", "s2"))  # time passes (under --max-time-jump): q expires
     assert learned == [True, True, False]
     assert engine.counts["resolved"] == engine.counts["learned"] == 3
+
+
+# -- a clock running fast: the watermark jumps only when many sources agree ----------------
+
+
+def backfill(n: int, fast_share: float, seed: int = 7):
+    """A generated history replayed in order, the events of `fast_share` of the users dated
+    six hours ahead (their device's clock ran fast), as a backfill would deliver it."""
+    import random
+
+    from shopstream.events import event_from_record
+    from shopstream.generator import generate
+
+    events = [event_from_record(r) for r in generate(n, seed=seed)]
+    rng = random.Random(1)
+    fast = {u for u in sorted({e.user_id for e in events}) if rng.random() < fast_share}
+    shifted = [Event(e.event_time + 6 * 3600 if e.user_id in fast else e.event_time, e.event_type,
+                     e.product_id, e.user_id, e.user_session, **{f: getattr(e, f) for f in Event.__struct_fields__[5:]})
+               for e in events]
+    return events, shifted
+
+
+def joined(stream, **config):
+    engine = Engine.fresh("logreg", "shop", **config)
+    for event in stream:
+        engine.process(event)
+    return engine.joiner.counts
+
+
+def test_a_fast_clock_of_a_tenth_of_the_users_makes_no_honest_event_late():
+    """A backfill with 10% of the users' events dated 6 h fast: each fast event pushed the
+    watermark 6 h ahead, and honest events became late (14,860 late, 642 positives instead of
+    4,498 without the guard). Fast events now move it only once ahead events of distinct users
+    outnumber the rest by 8: a minority never does."""
+    honest, shifted = backfill(20_000, 0.1)
+    truth = joined(honest)
+    guarded = joined(shifted)
+    assert truth["late"] == 0 and guarded["late"] == 0
+    assert guarded["positive"] == truth["positive"] and guarded["opened"] == truth["opened"]
+    assert guarded["ahead"] > 1000                       # counted (a metric), handled all the same
+    unguarded = joined(shifted, max_time_jump=0)         # the old behaviour, still there on request
+    assert unguarded["late"] > 1000 and unguarded["positive"] < truth["positive"] * 0.7
+
+
+def test_an_honest_stream_is_joined_exactly_as_without_the_guard():
+    honest, _ = backfill(20_000, 0.0)
+    assert joined(honest) == joined(honest, max_time_jump=0) and joined(honest)["ahead"] == 0
+
+
+def test_a_real_gap_moves_the_watermark_once_enough_users_agree():
+    """The shop was closed for five hours: after the gap every event is ahead, from many users,
+    so the watermark jumps (to the median of their latest times) after 8 users, and what was
+    open expires."""
+    joiner = LabelJoiner(window=600, max_jump=3 * 3600)
+    opened(joiner, "s", "p", T0)
+    joiner.advance(T0, "u0")
+    after = T0 + 5 * 3600
+    for i in range(7):
+        assert joiner.advance(after + i, f"u{i}") == []   # 7 users: not yet corroborated
+        joiner.advance(after + i + 0.5, f"u{i}")          # the same user again counts once
+    assert joiner.max_time == T0 and joiner.counts["ahead"] == 14
+    [expired] = joiner.advance(after + 7, "u7")
+    assert expired.key == ("s", "p") and joiner.max_time == after + 3.5
+    assert opened(joiner, "s2", "p", after - 700) is False   # late by the new watermark
+
+
+def test_one_fast_user_alone_never_moves_the_watermark():
+    joiner = LabelJoiner(window=600, max_jump=3600)
+    joiner.advance(T0, "honest")
+    opened(joiner, "s", "p", T0)
+    for i in range(1000):
+        assert joiner.advance(T0 + 6 * 3600 + i, "fast") == []
+    assert joiner.max_time == T0 and len(joiner) == 1
+    assert opened(joiner, "s", "q", T0 - 10) is True       # an honest event is not late

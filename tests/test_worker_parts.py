@@ -382,3 +382,25 @@ def test_a_previous_owner_s_fast_clock_does_not_postpone_time_based_checkpoints(
     honest = worker.restorer.start_over(tp)   # an honest clock's checkpoint 40 s old: due at once
     honest.checkpointed_at, honest.events_since_checkpoint = time.time() - 40, 1
     assert checkpointer.due(tp, honest)
+
+
+def test_a_dead_letter_topic_that_never_appears_holds_the_checkpoint_not_the_worker(tmp_path):
+    """A send to a topic without metadata retried for ever inside send(): the worker hung. Now
+    the letter is held unsent, the partition's checkpoint waits for it, the rest goes on."""
+    worker, clients = make_worker(tmp_path, {0: events(3) + [b"not json"] + events(6, start=3)},
+                                  checkpoint_every=100, dead_letter_topic="dlq")
+    worker.checkpointer.confirm_seconds = 0.01
+    worker.membership.subscribe()
+    consumer, tp = worker.consumer, worker.consumer.tp(0)
+    clients.missing_topics.add("dlq")
+    for record in consumer.poll()[tp]:
+        worker.handle(worker.partitions[tp], record)
+    worker.checkpoint([tp])
+    assert [c for c in clients.calls if c[0] == "send_timeout"] == [("send_timeout", "dlq")] * 6
+    assert worker.outputs.counts["send_timeouts"] == 2 and worker.outputs_blocked and tp in worker.blocked
+    assert not [c for c in clients.calls if c[0] in ("save", "commit")], "no checkpoint past the letter"
+    assert len(clients.producers[0].sent) == 9   # every prediction went out
+    clients.missing_topics.clear()               # the topic is created
+    worker.checkpointer.retry(consumer, worker.partitions, now=1e12)
+    assert not worker.blocked and ("save", 0, 10) in clients.calls
+    assert [v for p in clients.producers for t, _, v in p.sent if t == "dlq"] == [b"not json"]
