@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from shopstream.engine import Engine
     from shopstream.events import decode_event
-    from shopstream.stream.checkpoints import DirectoryCheckpointStore, PartitionState
+    from stream.checkpoints import DirectoryCheckpointStore, PartitionState
 
     store = DirectoryCheckpointStore(tempfile.mkdtemp(prefix="shopstream-ckpt-"))
     engine = Engine.fresh("logreg", "shop")

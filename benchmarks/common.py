@@ -146,7 +146,7 @@ def producer(bootstrap: str = BOOTSTRAP, **config):
 
 def prefill(topic: str, messages, bootstrap: str = BOOTSTRAP) -> float:
     """Send all messages (keyed) before any worker starts; return seconds taken."""
-    from shopstream.stream.produce import send_all
+    from stream.produce import send_all
 
     started = time.perf_counter()
     p = producer(bootstrap)
@@ -164,8 +164,8 @@ def read_all(topic: str, bootstrap: str = BOOTSTRAP, timeout: float = 300.0) -> 
 
 def prediction_refs(records: list) -> list[tuple[int, int, int]]:
     """(source partition, source offset, prediction timestamp ms), in timestamp order, from
-    records of either prediction format (`shopstream.stream.outputs.decode_predictions`)."""
-    from shopstream.stream.outputs import decode_predictions
+    records of either prediction format (`stream.outputs.decode_predictions`)."""
+    from stream.outputs import decode_predictions
 
     refs = [(p.partition, p.offset, r.timestamp) for r in records for p in decode_predictions(r)]
     refs.sort(key=lambda t: (t[2], t[0], t[1]))
@@ -176,9 +176,9 @@ def prediction_refs(records: list) -> list[tuple[int, int, int]]:
 
 def worker_command(topic: str, group: str, checkpoints: Path, *extra: str, bootstrap: str = BOOTSTRAP,
                    python: Optional[list[str]] = None) -> list[str]:
-    """The production command line: `python -m shopstream.cli worker ...`, with the run's own
+    """The production command line: `python -m cli worker ...`, with the run's own
     predictions, dead-letter and control topics (the control channel stays on, as deployed)."""
-    return [*(python or [sys.executable]), "-m", "shopstream.cli", "worker", "--bootstrap-servers", bootstrap,
+    return [*(python or [sys.executable]), "-m", "cli", "worker", "--bootstrap-servers", bootstrap,
             "--topic", topic, "--group", group, "--checkpoints", str(checkpoints),
             "--predictions-topic", f"{topic}-predictions", "--dead-letter-topic", f"{topic}-dlq",
             "--control-topic", f"{topic}-control", "--metrics-port", "-1", "--rejoin-deadline", "60", *extra]

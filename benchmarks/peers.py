@@ -160,7 +160,7 @@ CHILDREN = {"kafka_python": child_kafka_python, "confluent_kafka": child_conflue
 
 def last_offsets(records) -> list[tuple[int, int]]:
     """(CreateTime ms, last source offset covered) of each output record, in time order."""
-    from shopstream.stream.outputs import FORMAT_HEADER, decode_predictions
+    from stream.outputs import FORMAT_HEADER, decode_predictions
 
     out = []
     for r in records:

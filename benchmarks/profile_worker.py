@@ -5,7 +5,7 @@ time goes per event.
     pip install py-spy        # a profiling tool, not a project dependency
     python benchmarks/profile_worker.py [--events 200000] [--mode gil,idle] [-- extra worker flags]
 
-A fresh 1-partition topic is pre-filled, then the real `python -m shopstream.cli worker`
+A fresh 1-partition topic is pre-filled, then the real `python -m cli worker`
 runs under `py-spy record --threads`:
 
 - mode `gil`: only samples that hold the GIL. A worker is one Python process, so the GIL

@@ -55,7 +55,7 @@ TARGETS = {"worker_vs_ceiling": 0.5, "engine_vs_ceiling": 0.7, "two_vs_one": 1.6
            "rss_1m_mib": 1536.0, "bootstrap_vs_ceiling": 0.5}
 
 
-# The worker logs as shopstream.stream.worker since stages live under the shopstream namespace;
+# The worker logs as stream.worker since stages live under the shopstream namespace;
 # common.log_events still expects shopstream.worker.
 _LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ shopstream(?:\.stream)?\.worker: (.*)$", re.M)
 
@@ -340,7 +340,7 @@ def run_latency(messages, rate: float, seconds: float, workdir: Path, extra=(), 
     With `state_events`, the topic is first pre-filled with that many events, the worker
     works them off (its state grows, checkpoints as configured), and only the events
     produced afterwards, at `rate`, are measured."""
-    from shopstream.stream.produce import send_all
+    from stream.produce import send_all
 
     count = min(len(messages) - state_events, max(1, int(rate * seconds)))
     topics = Topics()
@@ -404,8 +404,8 @@ def run_child(kind: str, **params) -> dict:
 def child_bootstrap(events: int, workdir: str) -> dict:
     """offline.bootstrap.bootstrap on a generated JSONL history, logreg only, no progress bar;
     phases timed by wrapping the module's own functions."""
-    import shopstream.offline.bootstrap as ob
-    import shopstream.offline.report as report
+    import offline.bootstrap as ob
+    import offline.report as report
 
     path = history_file(events)
     phases = {"load_history": 0.0, "train_candidate": 0.0, "save_artifact": 0.0, "write_report": 0.0}
@@ -447,7 +447,7 @@ def child_rss(open_predictions: int, workdir: str, during: int = 20_000) -> dict
     from shopstream.engine import Engine
     from shopstream.events import Event
     from shopstream.generator import CATEGORIES, CHANNELS, PLATFORMS, START
-    from shopstream.stream.checkpoints import DirectoryCheckpointStore, PartitionState
+    from stream.checkpoints import DirectoryCheckpointStore, PartitionState
 
     base_rss, _ = rss_mb()
     engine = Engine.fresh("logreg", "shop", window=10 * 365 * 86400.0, max_open=max(1_000_000, open_predictions))

@@ -4,17 +4,17 @@ proposed change before anyone makes it in the package.
 
     python benchmarks/worker_variant.py [--producer KEY=JSON]... [--consumer KEY=JSON]...
         [--control-consumer KEY=JSON]... [--timing-sample N]
-        [--snapshot-seconds S] [--gc-off] -m shopstream.cli worker [worker flags...]
+        [--snapshot-seconds S] [--gc-off] -m cli worker [worker flags...]
 
 --producer/--consumer override the kafka-python settings the worker's clients get
-(`shopstream.stream.clients`; e.g. --producer batch_size=1048576 --consumer
+(`stream.clients`; e.g. --producer batch_size=1048576 --consumer
 max_partition_fetch_bytes=8388608), and --control-consumer those of the control channel's
-consumer (`shopstream.stream.control`) (one record per polled batch of predictions is now the
+consumer (`stream.control`) (one record per polled batch of predictions is now the
 worker's own default, `--prediction-format`); --snapshot-seconds spaces the metrics snapshots of the engines (1e9: none
 after the first), --gc-off disables the cyclic garbage collector once the CLI has set it up
 (an upper bound of what collections cost).
 
-Everything after `-m shopstream.cli` is handed to shopstream's own CLI unchanged.
+Everything after `-m cli` is handed to shopstream's own CLI unchanged.
 """
 
 from __future__ import annotations
@@ -62,14 +62,14 @@ def main(argv: list[str]) -> int:
             i += 1
         else:
             raise SystemExit(f"worker_variant: unknown option {flag}")
-    if argv[i:i + 2] != ["-m", "shopstream.cli"]:
-        raise SystemExit("worker_variant: expected -m shopstream.cli worker ...")
+    if argv[i:i + 2] != ["-m", "cli"]:
+        raise SystemExit("worker_variant: expected -m cli worker ...")
     cli_args = argv[i + 2:]
 
     import kafka
 
-    import shopstream.stream.clients as clients_module
-    import shopstream.stream.worker as worker_module
+    import stream.clients as clients_module
+    import stream.worker as worker_module
 
     producer_kw, consumer_kw = _pairs(producer_over), _pairs(consumer_over)
 
@@ -93,7 +93,7 @@ def main(argv: list[str]) -> int:
     clients_module.KafkaProducer = Producer
     clients_module.KafkaConsumer = Consumer
     if control_kw:
-        import shopstream.stream.control as control_module
+        import stream.control as control_module
 
         control_module.KafkaConsumer = ControlConsumer
     if timing_sample is not None:
@@ -111,7 +111,7 @@ def main(argv: list[str]) -> int:
           f"timing_sample {timing_sample} "
           f"snapshot_seconds {snapshot_seconds} gc_off {gc_off}", flush=True)
 
-    from shopstream.cli import main as cli_main
+    from cli import main as cli_main
 
     return cli_main(cli_args)
 

@@ -1,4 +1,4 @@
-"""`python -m shopstream.cli ...` is the `shopstream` command."""
+"""`python -m cli ...` is the `shopstream` command."""
 
 from .commands import main
 

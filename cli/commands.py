@@ -63,7 +63,7 @@ def option(parser: argparse.ArgumentParser, flag: str, help: str, default=None, 
 def add_options(parser: argparse.ArgumentParser, config_class, skip: tuple = ()) -> None:
     """One option per field of a frozen settings class that has ``help`` metadata: its name
     (or ``flag``), its default, type and choices come from the class, so each is written once."""
-    from shopstream.stream.settings import option_name
+    from stream.settings import option_name
 
     for f in fields(config_class):
         meta = f.metadata
@@ -81,7 +81,7 @@ def add_options(parser: argparse.ArgumentParser, config_class, skip: tuple = ())
 
 
 def _add_kafka_options(parser):
-    from shopstream.stream.connection import KafkaConnection
+    from stream.connection import KafkaConnection
 
     add_options(parser, KafkaConnection)
 
@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="consume events from Kafka, predict then learn on each")
     _add_kafka_options(worker)
-    from shopstream.stream.settings import CheckpointSettings, ServeSettings, WorkerSettings
+    from stream.settings import CheckpointSettings, ServeSettings, WorkerSettings
 
     add_options(worker, WorkerSettings)
     add_options(worker, CheckpointSettings)
@@ -210,7 +210,7 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_bootstrap(args) -> int:
-    from shopstream.offline.bootstrap import EpochSettings, bootstrap
+    from offline.bootstrap import EpochSettings, bootstrap
     from shopstream.readers import parse_column_map
 
     if not args.history and args.generate_events > 0:
@@ -247,26 +247,26 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_produce(args) -> int:
-    from shopstream.stream.produce import produce
+    from stream.produce import produce
 
     return produce(args)
 
 
 def _cmd_topics(args) -> int:
-    from shopstream.stream.topics import topics_command
+    from stream.topics import topics_command
 
     return topics_command(args)
 
 
 def _cmd_models(args) -> int:
-    from shopstream.stream.control import models_command
+    from stream.control import models_command
 
     return models_command(args)
 
 
 def _cmd_worker(args) -> int:
-    from shopstream.stream.settings import WorkerSettings
-    from shopstream.stream.worker import run_worker
+    from stream.settings import WorkerSettings
+    from stream.worker import run_worker
 
     return run_worker(WorkerSettings.from_args(args))
 

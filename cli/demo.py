@@ -71,7 +71,7 @@ def run_demo(args) -> dict:
     import msgspec
     from tqdm import tqdm
 
-    from shopstream.offline.bootstrap import bootstrap
+    from offline.bootstrap import bootstrap
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

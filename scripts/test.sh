@@ -14,7 +14,7 @@ say "installing shopstream and its test dependencies"
 python3 -m pip install --quiet --disable-pip-version-check -e ".[test]"
 
 # Lint and types first: a minute at most, and a failure here names the line.
-say "ruff (pycodestyle, pyflakes, bugbear) and mypy (the core package)"
+say "ruff (pycodestyle, pyflakes, bugbear) and mypy (every package)"
 python3 -m ruff check .
 python3 -m mypy
 

@@ -14,7 +14,7 @@ what the API accepts, a worker accepts from the events topic.
 ...                now=1.7e9)
 Traceback (most recent call last):
 ...
-shopstream.stream.score_codec.RequestError: 400 unknown_field: pirce: not a request field (fields: brand, \
+stream.score_codec.RequestError: 400 unknown_field: pirce: not a request field (fields: brand, \
 category_code, channel, event_id, event_time, event_type, features, platform, price, product_id, user_id, \
 user_session)
 """

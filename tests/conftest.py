@@ -78,7 +78,7 @@ def free_port() -> int:
 
 
 def worker_command(bootstrap: str, topic: str, checkpoints: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "shopstream.cli", "worker", "--bootstrap-servers", bootstrap,
+    return [sys.executable, "-m", "cli", "worker", "--bootstrap-servers", bootstrap,
             "--topic", topic, "--group", f"g-{topic}", "--checkpoints", str(checkpoints),
             "--predictions-topic", f"{topic}-predictions", "--dead-letter-topic", f"{topic}-dlq", *extra]
 

@@ -18,9 +18,9 @@ import msgspec
 from kafka import TopicPartition
 from kafka.errors import KafkaTimeoutError
 
-from shopstream.stream.checkpoints import DirectoryCheckpointStore
-from shopstream.stream.clients import KafkaClients
-from shopstream.stream.outputs import FORMAT_HEADER, decode_predictions
+from stream.checkpoints import DirectoryCheckpointStore
+from stream.clients import KafkaClients
+from stream.outputs import FORMAT_HEADER, decode_predictions
 
 ABORT = b"__abort__"
 Record = namedtuple("Record", "topic partition offset key value timestamp headers")

@@ -15,9 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from kafka_tools import read_topic  # noqa: F401 (the tests import it from here)
 from shopstream.engine import Engine
 from shopstream.events import InvalidEvent, decode_event
-from shopstream.stream.checkpoints import DirectoryCheckpointStore
-from shopstream.stream.kafka_store import KafkaCheckpointStore
-from shopstream.stream.outputs import decode_predictions
+from stream.checkpoints import DirectoryCheckpointStore
+from stream.kafka_store import KafkaCheckpointStore
+from stream.outputs import decode_predictions
 
 
 def send(bootstrap: str, topic: str, messages, partition=None) -> int:

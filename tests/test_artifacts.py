@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from shopstream.offline.bootstrap import bootstrap
+from offline.bootstrap import bootstrap
 from shopstream.artifacts import ArtifactError, load_artifact
 from shopstream.generator import generate, write_jsonl
 

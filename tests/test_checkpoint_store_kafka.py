@@ -13,8 +13,8 @@ from shopstream.engine import Engine
 from shopstream.events import event_from_record
 from shopstream.generator import generate
 from shopstream.signing import KEY_ENV, SignatureError
-from shopstream.stream.checkpoints import CheckpointError, PartitionState, encode_state
-from shopstream.stream.kafka_store import KafkaCheckpointStore
+from stream.checkpoints import CheckpointError, PartitionState, encode_state
+from stream.kafka_store import KafkaCheckpointStore
 
 pytestmark = pytest.mark.kafka
 

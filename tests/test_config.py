@@ -10,13 +10,13 @@ from dataclasses import fields
 
 import pytest
 
-from shopstream.cli import build_parser
+from cli import build_parser
 from shopstream.config import EngineConfig
 from shopstream.generator import generate, write_jsonl
 from shopstream.lineup import ArtifactMismatch, Lineup, build_engine
-from shopstream.offline.bootstrap import bootstrap
-from shopstream.stream.connection import KafkaConnection
-from shopstream.stream.settings import PARTS, CheckpointSettings, WorkerSettings, option_name
+from offline.bootstrap import bootstrap
+from stream.connection import KafkaConnection
+from stream.settings import PARTS, CheckpointSettings, WorkerSettings, option_name
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_adopting_the_artifact_settings_is_logged(artifacts_600, caplog):
 
 
 def test_the_worker_command_stops_with_one_line_before_contacting_kafka(artifacts_600, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "shopstream.cli", "worker", "--artifacts", artifacts_600,
+    result = subprocess.run([sys.executable, "-m", "cli", "worker", "--artifacts", artifacts_600,
                              "--bootstrap-servers", "127.0.0.1:1", "--checkpoints", str(tmp_path / "c"),
                              "--metrics-port", "-1"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
@@ -91,7 +91,7 @@ def test_flat_option_names_are_checked():
     (["--serve-timeout", "0"], "error: --serve-timeout 0.0 must be > 0 seconds"),
 ])
 def test_a_refused_value_names_the_option_as_typed(argv, line, capsys):
-    from shopstream.cli.commands import main
+    from cli.commands import main
 
     assert main(["worker", *argv]) == 2
     assert capsys.readouterr().err.strip() == f"shopstream worker: {line}"

@@ -17,11 +17,11 @@ import pytest
 from shopstream.artifacts import ArtifactError, load_artifact, save_artifact, set_default
 from shopstream.engine import Engine
 from shopstream.signing import SignatureError
-from shopstream.stream.checkpoints import CheckpointError, DirectoryCheckpointStore, PartitionState
-from shopstream.stream.control import MAX_KEPT_COMMANDS, SIGNATURE_HEADER, Command, ControlChannel, check_target
-from shopstream.stream.settings import WorkerSettings
-from shopstream.stream.telemetry import WorkerCollector, WorkerSnapshot
-from shopstream.stream.worker import preflight
+from stream.checkpoints import CheckpointError, DirectoryCheckpointStore, PartitionState
+from stream.control import MAX_KEPT_COMMANDS, SIGNATURE_HEADER, Command, ControlChannel, check_target
+from stream.settings import WorkerSettings
+from stream.telemetry import WorkerCollector, WorkerSnapshot
+from stream.worker import preflight
 
 
 class Evil:
@@ -215,14 +215,14 @@ def test_bad_settings_fail_before_joining_with_one_line(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "shopstream.cli", "worker", "--bootstrap-servers",
+        result = subprocess.run([sys.executable, "-m", "cli", "worker", "--bootstrap-servers",
                                  "127.0.0.1:1", "--metrics-port", str(port), "--checkpoints", str(tmp_path / "c")],
                                 capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert f"metrics port 127.0.0.1:{port} cannot be used (Address already in use): choose another with " \
            "--metrics-port" in result.stderr
     assert "Traceback" not in result.stderr
-    window = subprocess.run([sys.executable, "-m", "shopstream.cli", "worker", "--window", "-5",
+    window = subprocess.run([sys.executable, "-m", "cli", "worker", "--window", "-5",
                              "--bootstrap-servers", "127.0.0.1:1"], capture_output=True, text=True, timeout=60)
     assert window.returncode == 2 and window.stderr.strip().splitlines() == [
         "shopstream worker: error: --window -5.0 must be > 0 seconds"]
@@ -233,7 +233,7 @@ def test_produce_without_a_broker_is_one_clear_line():
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    result = subprocess.run([sys.executable, "-m", "shopstream.cli", "produce", "--events", "10",
+    result = subprocess.run([sys.executable, "-m", "cli", "produce", "--events", "10",
                              "--bootstrap-servers", f"127.0.0.1:{port}", "--no-progress"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]

@@ -18,7 +18,7 @@ from shopstream.exporter import EngineCollector, EngineSnapshot
 from shopstream.features import FeatureCaps, ShopFeatures
 from shopstream.generator import generate
 from shopstream.models import build_model
-from shopstream.stream.outputs import DEAD_LETTER_CUT, ORIGINAL_SIZE_HEADER, TRUNCATED_HEADER, Outputs
+from stream.outputs import DEAD_LETTER_CUT, ORIGINAL_SIZE_HEADER, TRUNCATED_HEADER, Outputs
 
 
 # -- outputs: every send's outcome checked ------------------------------------------------
@@ -373,6 +373,6 @@ def test_a_megabyte_of_headers_cannot_block_the_dead_letter_topic():
 
 
 def _size(message):
-    from shopstream.stream.outputs import message_size
+    from stream.outputs import message_size
 
     return message_size(message)

@@ -29,8 +29,8 @@ import yaml
 
 from conftest import ROOT, free_port
 from helpers import wait_for
-from shopstream.cli import build_parser, env_name
-from shopstream.stream.owners import partition_for
+from cli import build_parser, env_name
+from stream.owners import partition_for
 
 pytestmark = pytest.mark.prometheus
 DASHBOARD = ROOT / "dashboards" / "shopstream.json"
@@ -180,7 +180,7 @@ def _native(command: list[str], service_env: dict, replacements: dict, extra_env
         env[key] = value
     env.update(extra_env)
     assert command[0] == "shopstream"
-    return [sys.executable, "-m", "shopstream.cli", *command[1:]], env
+    return [sys.executable, "-m", "cli", *command[1:]], env
 
 
 

@@ -1,17 +1,18 @@
-"""Every docstring example runs, imported by its installed name (shopstream.stream.worker,
-never a second copy as a top-level `stream.worker`)."""
+"""Every docstring example runs, imported by its installed name, which is its path."""
 
 from __future__ import annotations
 
 import doctest
 import importlib
+import json
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-PACKAGES = ("shopstream", "shopstream.stream", "shopstream.offline", "shopstream.cli")
+PACKAGES = ("shopstream", "stream", "offline", "cli")
 
 
 def module_names() -> list[str]:
@@ -22,14 +23,19 @@ def module_names() -> list[str]:
     return sorted(names)
 
 
-def test_every_stage_installs_under_the_shopstream_namespace(tmp_path):
-    """Outside the checkout (no folder on sys.path), only shopstream.* is importable."""
-    script = ("import importlib.util as u, shopstream.stream.worker, shopstream.offline.bootstrap, shopstream.cli;"
-              "print([name for name in ('stream', 'offline', 'cli') if u.find_spec(name)])")
-    found = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
+def test_the_import_tree_is_the_source_tree(tmp_path):
+    """Outside the checkout (no folder on sys.path), every package imports from its install, and
+    each module's name is its file's path: stream.worker is stream/worker.py."""
+    script = ("import importlib, json, sys; names = json.loads(sys.argv[1]);"
+              "print(json.dumps({n: importlib.import_module(n).__file__ for n in names}))")
+    names = module_names()
+    found = subprocess.run([sys.executable, "-c", script, json.dumps(names)], cwd=tmp_path,
+                           capture_output=True, text=True)
     assert found.returncode == 0, found.stderr
-    assert found.stdout.strip() == "[]"
-    assert "shopstream.stream.settings" in module_names()
+    files = json.loads(found.stdout)
+    assert "stream.settings" in files and "cli.commands" in files and "offline.bootstrap" in files
+    assert {name: Path(*Path(path).parts[-2:]).as_posix() for name, path in files.items()} == \
+        {name: name.replace(".", "/") + ".py" for name in names}
 
 
 @pytest.mark.parametrize("name", module_names())

@@ -110,7 +110,7 @@ def test_the_demos_batch_comparison_is_measured_on_the_run_not_quoted(tmp_path):
     from shopstream.models import build_model
     from shopstream.recording import record
 
-    from shopstream.cli.demo import against_nightly_batch
+    from cli.demo import against_nightly_batch
 
     figures = []
     for seed in (3, 4):

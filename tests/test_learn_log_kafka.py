@@ -16,8 +16,8 @@ from shopstream.engine import Engine
 from shopstream.events import decode_event
 from shopstream.generator import generate
 from shopstream.shared_learning import CatalogEvents, Example, LearnOutbox, LogReplica
-from shopstream.stream.checkpoints import DirectoryCheckpointStore
-from shopstream.stream.learn_log import decode, schema_of
+from stream.checkpoints import DirectoryCheckpointStore
+from stream.learn_log import decode, schema_of
 
 pytestmark = pytest.mark.kafka
 encode = msgspec.json.Encoder().encode

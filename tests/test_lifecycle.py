@@ -7,7 +7,7 @@ from statistics import mean
 import pytest
 from river import dummy, linear_model, optim
 
-from shopstream.offline.bootstrap import bootstrap
+from offline.bootstrap import bootstrap
 from shopstream.config import EngineConfig
 from shopstream.engine import Engine
 from shopstream.events import event_from_record

@@ -181,9 +181,9 @@ def test_predict_then_learn_costs_at_most_a_few_times_logreg():
 def test_bootstrap_trains_mlp_in_epochs_and_records_it(tmp_path, monkeypatch):
     import json
 
-    from shopstream.offline.bootstrap import EpochSettings, bootstrap
+    from offline.bootstrap import EpochSettings, bootstrap
     from shopstream.artifacts import load_artifact
-    from shopstream.cli import build_parser
+    from cli import build_parser
     from shopstream.generator import generate, write_jsonl
 
     monkeypatch.setenv("SHOPSTREAM_EPOCHS", "2")
@@ -220,7 +220,7 @@ def test_bootstrap_trains_mlp_in_epochs_and_records_it(tmp_path, monkeypatch):
 def test_demo_runs_mlp_as_a_challenger_beside_logistic_regression(tmp_path):
     from argparse import Namespace
 
-    from shopstream.cli.demo import run_demo
+    from cli.demo import run_demo
 
     args = Namespace(out=str(tmp_path), events=12_000, seed=7, drift="checkout_incident@0.5-0.65:web",
                      metrics_host="127.0.0.1", metrics_port=0, progress=False)
@@ -235,8 +235,8 @@ def test_demo_runs_mlp_as_a_challenger_beside_logistic_regression(tmp_path):
 
 
 def test_worker_mlp_learning_rate_sets_the_adam_step_of_new_partitions():
-    from shopstream.stream.settings import WorkerSettings
-    from shopstream.stream.worker import new_engine
+    from stream.settings import WorkerSettings
+    from stream.worker import new_engine
 
     engine, _ = new_engine(WorkerSettings.from_options(model="mlp", challengers=("logreg",), mlp_learning_rate=3e-4))
     assert engine.model.lr == 3e-4

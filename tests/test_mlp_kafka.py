@@ -15,12 +15,12 @@ import pytest
 
 from conftest import WORKER_ENV, worker_command
 from helpers import assert_same_engine, checkpointed_engines, paced, reference_engines, send_records, wait_for
-from shopstream.offline.bootstrap import EpochSettings, bootstrap
+from offline.bootstrap import EpochSettings, bootstrap
 from shopstream.artifacts import load_artifact
 from shopstream.events import decode_event
 from shopstream.generator import generate, write_jsonl
 from shopstream.lineup import build_engine
-from shopstream.stream.settings import WorkerSettings
+from stream.settings import WorkerSettings
 
 pytestmark = pytest.mark.kafka
 encode = msgspec.json.Encoder().encode

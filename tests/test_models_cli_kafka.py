@@ -8,9 +8,9 @@ import pytest
 
 from conftest import WORKER_ENV, free_port, worker_command
 from helpers import read_predictions, scrape, send_records, wait_for
-from shopstream.offline.bootstrap import bootstrap
+from offline.bootstrap import bootstrap
 from shopstream.generator import generate, write_jsonl
-from shopstream.stream.checkpoints import DirectoryCheckpointStore
+from stream.checkpoints import DirectoryCheckpointStore
 
 pytestmark = pytest.mark.kafka
 
@@ -21,7 +21,7 @@ def consumed(port: int) -> float:
 
 
 def cli(*args):
-    result = subprocess.run([sys.executable, "-m", "shopstream.cli", *args], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True,
                             timeout=120, env=WORKER_ENV)
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -96,16 +96,16 @@ def test_promote_while_running_then_rollback_on_resume(kafka, new_topic, tmp_pat
     assert f"partition 1: champion {default_model} {default_version}" in listing
 
     missing = "logreg-20260101T000000-0123abcd"
-    failed = subprocess.run([sys.executable, "-m", "shopstream.cli", "models", "rollback", missing,
+    failed = subprocess.run([sys.executable, "-m", "cli", "models", "rollback", missing,
                              "--artifacts", str(tmp_path / "artifacts"), "--bootstrap-servers", kafka],
                             capture_output=True, text=True, timeout=60)
     assert failed.returncode == 2 and f"no artifact version '{missing}'" in failed.stderr
-    path = subprocess.run([sys.executable, "-m", "shopstream.cli", "models", "rollback", "../../etc",
+    path = subprocess.run([sys.executable, "-m", "cli", "models", "rollback", "../../etc",
                            "--bootstrap-servers", kafka], capture_output=True, text=True, timeout=60)
     assert path.returncode == 2 and "is not an artifact version" in path.stderr
 
     # A model the partitions do not run: every partition says so, and the command fails.
-    rejected = subprocess.run([sys.executable, "-m", "shopstream.cli", "models", "promote", "hat",
+    rejected = subprocess.run([sys.executable, "-m", "cli", "models", "promote", "hat",
                                "--bootstrap-servers", kafka, "--control-topic", control, "--topic", topic,
                                "--wait-timeout", "5"], capture_output=True, text=True, timeout=60)
     assert rejected.returncode == 1

@@ -119,7 +119,7 @@ def test_sasl_credentials_pass_through_and_are_never_logged(private_kafka, tmp_p
     env = {**WORKER_ENV, "SHOPSTREAM_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "SHOPSTREAM_SASL_MECHANISM": mechanism,
            "SHOPSTREAM_SASL_USERNAME": "shop", "SHOPSTREAM_SASL_PASSWORD": password}
     sasl = private_kafka.sasl_bootstrap
-    produced = subprocess.run(["python", "-m", "shopstream.cli", "produce", "--bootstrap-servers", sasl,
+    produced = subprocess.run(["python", "-m", "cli", "produce", "--bootstrap-servers", sasl,
                                "--topic", topic, "--events", "2000", "--no-progress"],
                               env=env, capture_output=True, text=True, timeout=120)
     assert produced.returncode == 0, produced.stderr[-2000:]

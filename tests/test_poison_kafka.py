@@ -16,10 +16,10 @@ from helpers import assert_same_engine, read_predictions, read_topic
 from shopstream.engine import Engine
 from shopstream.events import decode_event, event_from_record
 from shopstream.generator import generate
-from shopstream.stream.checkpoints import DirectoryCheckpointStore, PartitionState
-from shopstream.stream.outputs import ORIGINAL_SIZE_HEADER, REASON_HEADER, TRUNCATED_HEADER
-from shopstream.stream.settings import WorkerSettings
-from shopstream.stream.worker import Worker
+from stream.checkpoints import DirectoryCheckpointStore, PartitionState
+from stream.outputs import ORIGINAL_SIZE_HEADER, REASON_HEADER, TRUNCATED_HEADER
+from stream.settings import WorkerSettings
+from stream.worker import Worker
 
 pytestmark = pytest.mark.kafka
 encode = msgspec.json.Encoder().encode

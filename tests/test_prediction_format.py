@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 
 from shopstream.events import Event
-from shopstream.stream import outputs as outputs_module
-from shopstream.stream.outputs import BATCH_FORMAT, FORMAT_HEADER, Outputs, decode_predictions
+from stream import outputs as outputs_module
+from stream.outputs import BATCH_FORMAT, FORMAT_HEADER, Outputs, decode_predictions
 from test_data_plane import FakeProducer
 
 

@@ -21,7 +21,7 @@ def test_produce_file_validated_keyed_by_user(kafka, new_topic, tmp_path):
         out.write('{"event_type": "view"}\n')
         out.write('{"event_time": "2026-01-01T00:00:00Z", "event_type": "view", "product_id": "p", '
                   '"user_id": "u", "user_session": "s", "price": -1}\n')
-    result = subprocess.run([sys.executable, "-m", "shopstream.cli", "produce", "--bootstrap-servers", kafka,
+    result = subprocess.run([sys.executable, "-m", "cli", "produce", "--bootstrap-servers", kafka,
                              "--topic", topic, "--file", str(path), "--validate", "--no-progress"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -41,7 +41,7 @@ def test_produce_file_validated_keyed_by_user(kafka, new_topic, tmp_path):
 
 def test_produce_from_generator_at_a_rate(kafka, new_topic):
     topic = new_topic(1)
-    result = subprocess.run([sys.executable, "-m", "shopstream.cli", "produce", "--bootstrap-servers", kafka,
+    result = subprocess.run([sys.executable, "-m", "cli", "produce", "--bootstrap-servers", kafka,
                              "--topic", topic, "--events", "600", "--rate", "1000", "--no-progress"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

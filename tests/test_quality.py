@@ -89,7 +89,7 @@ def test_recovery_is_the_first_hour_the_trailing_log_loss_is_near_the_settled_le
 def test_demo_opens_with_online_against_frozen_and_runs_the_tuning_line_up(tmp_path):
     from argparse import Namespace
 
-    from shopstream.cli.demo import run_demo
+    from cli.demo import run_demo
 
     args = Namespace(out=str(tmp_path), events=12_000, seed=7, drift="checkout_incident@0.5-0.65:web",
                      metrics_host="127.0.0.1", metrics_port=0, progress=False)

@@ -61,7 +61,7 @@ def test_bootstrap_skips_bad_rows_or_stops_at_max_bad_rows(tmp_path):
     write_jsonl(generate(3000, seed=3), path)
     with open(path, "ab") as out:  # two bad rows at the end: invalid UTF-8, and nesting 100,000 deep
         out.write(b'{"event_time": "\xff\xfe"}\n' + b"[" * 100_000 + b"]" * 100_000 + b"\n")
-    cli = [sys.executable, "-m", "shopstream.cli", "bootstrap", "--history", str(path), "--no-progress",
+    cli = [sys.executable, "-m", "cli", "bootstrap", "--history", str(path), "--no-progress",
            "--model", "logreg"]
     ok = subprocess.run(cli + ["--out", str(tmp_path / "a")], capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr[-2000:]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from shopstream.stream.score_codec import RequestError, date_event, decode_request, error_body
+from stream.score_codec import RequestError, date_event, decode_request, error_body
 
 NOW = 1.7e9
 GOOD = {"user_id": 541312140, "user_session": "s-1", "product_id": 44600062, "event_type": "view", "price": 35.79,

@@ -20,10 +20,10 @@ from prometheus_client import CollectorRegistry
 from shopstream.engine import Engine
 from shopstream.events import event_from_record
 from shopstream.generator import generate
-from shopstream.stream.owners import encode_map
-from shopstream.stream.score_codec import decode_request, date_event
-from shopstream.stream.serving import ScoreDesk, ScoreServer, Ticket
-from shopstream.stream.settings import ServeSettings
+from stream.owners import encode_map
+from stream.score_codec import decode_request, date_event
+from stream.serving import ScoreDesk, ScoreServer, Ticket
+from stream.settings import ServeSettings
 
 TOPIC = "events"
 

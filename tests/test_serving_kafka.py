@@ -17,11 +17,11 @@ from prometheus_client import CollectorRegistry
 from conftest import free_port
 from helpers import read_predictions, read_topic, send_records, wait_for
 from shopstream.generator import generate
-from shopstream.stream.checkpoints import DirectoryCheckpointStore
-from shopstream.stream.clients import KafkaClients
-from shopstream.stream.serving import ScoreDesk, ScoreServer
-from shopstream.stream.settings import WorkerSettings
-from shopstream.stream.worker import Worker
+from stream.checkpoints import DirectoryCheckpointStore
+from stream.clients import KafkaClients
+from stream.serving import ScoreDesk, ScoreServer
+from stream.settings import WorkerSettings
+from stream.worker import Worker
 
 pytestmark = pytest.mark.kafka
 

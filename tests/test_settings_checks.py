@@ -10,9 +10,9 @@ from dataclasses import fields
 import pytest
 from hypothesis import HealthCheck, example, given, settings as hsettings, strategies as st
 
-from shopstream.cli.commands import build_parser, main
+from cli.commands import build_parser, main
 from shopstream.config import ConfigError
-from shopstream.stream.settings import PARTS, WorkerSettings, option_name
+from stream.settings import PARTS, WorkerSettings, option_name
 
 #: Bounded and reproducible: the same examples on every machine, no per-example deadline.
 BOUNDED = hsettings(max_examples=150, derandomize=True, deadline=None, database=None,

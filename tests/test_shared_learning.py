@@ -17,9 +17,9 @@ from shopstream.engine import Engine
 from shopstream.events import event_from_record
 from shopstream.generator import generate
 from shopstream.shared_learning import CatalogEvents, Example, LearnOutbox, LogReplica
-from shopstream.stream.checkpoints import PartitionState
-from shopstream.stream.learn_log import LearnLog, RefusedRecord, decode, encode, schema_of
-from shopstream.stream.settings import WorkerSettings
+from stream.checkpoints import PartitionState
+from stream.learn_log import LearnLog, RefusedRecord, decode, encode, schema_of
+from stream.settings import WorkerSettings
 
 SCHEMA = schema_of(EngineConfig(features="shop"))
 Record = namedtuple("Record", "offset value timestamp")

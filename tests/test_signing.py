@@ -2,12 +2,12 @@
 
 import pytest
 
-from shopstream.offline.bootstrap import bootstrap
+from offline.bootstrap import bootstrap
 from shopstream.artifacts import load_artifact
 from shopstream.engine import Engine
 from shopstream.generator import generate, write_jsonl
 from shopstream.signing import KEY_ENV, SignatureError
-from shopstream.stream.checkpoints import (CheckpointError, DirectoryCheckpointStore, PartitionState, decode_state,
+from stream.checkpoints import (CheckpointError, DirectoryCheckpointStore, PartitionState, decode_state,
                                            encode_state)
 
 

@@ -14,10 +14,10 @@ from kafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 
 from shopstream.engine import Engine
-from shopstream.stream.checkpointer import Checkpointer
-from shopstream.stream.checkpoints import PartitionState
-from shopstream.stream.kafka_store import KafkaCheckpointStore
-from shopstream.stream.settings import CheckpointSettings
+from stream.checkpointer import Checkpointer
+from stream.checkpoints import PartitionState
+from stream.kafka_store import KafkaCheckpointStore
+from stream.settings import CheckpointSettings
 
 
 class Outage:

@@ -19,9 +19,9 @@ from helpers import (Scraper, wait_for, assert_same_engine, checkpointed_engines
 from shopstream.events import decode_event
 from shopstream.generator import generate
 from shopstream.models import build_model
-from shopstream.stream.checkpoints import DirectoryCheckpointStore
-from shopstream.stream.settings import WorkerSettings
-from shopstream.stream.worker import Worker
+from stream.checkpoints import DirectoryCheckpointStore
+from stream.settings import WorkerSettings
+from stream.worker import Worker
 
 pytestmark = pytest.mark.kafka
 encode = msgspec.json.Encoder().encode

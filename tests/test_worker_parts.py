@@ -13,11 +13,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from fakes import ABORT, Aborted, FakeClients, FakeConsumer
-from shopstream.stream.broker_watch import BrokerWatch
-from shopstream.stream.checkpoints import CheckpointError
-from shopstream.stream.membership import GroupMembership
-from shopstream.stream.settings import WorkerSettings
-from shopstream.stream.worker import Worker
+from stream.broker_watch import BrokerWatch
+from stream.checkpoints import CheckpointError
+from stream.membership import GroupMembership
+from stream.settings import WorkerSettings
+from stream.worker import Worker
 
 T0 = 1.7e9
 
