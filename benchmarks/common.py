@@ -224,11 +224,15 @@ class WorkerProcess:
         return False
 
 
-_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ shopstream\.worker: (.*)$", re.M)
+_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ stream\.worker: (.*)$", re.M)  # its logger
 
 
 def log_events(text: str) -> list[tuple[float, str]]:
-    """(epoch seconds, message) of the worker's own log lines (asctime is local time)."""
+    """(epoch seconds, message) of the worker's own log lines (asctime is local time).
+
+    >>> log_events("2026-12-03 10:00:00,250 INFO stream.worker: handled 5 events")[0][1]
+    'handled 5 events'
+    """
     out = []
     for stamp, message in _LOG_LINE.findall(text):
         moment = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f")

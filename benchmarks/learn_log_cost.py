@@ -24,20 +24,9 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from common import Topics, WorkerProcess, ensure_kafka, make_messages, prefill, producer, worker_command
+from common import Topics, WorkerProcess, ensure_kafka, log_events, make_messages, prefill, producer, worker_command
 
 IDLE = 5.0
-_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ shopstream\.stream\.worker: (.*)$", re.M)
-
-
-def log_events(text: str) -> list[tuple[float, str]]:
-    """(epoch seconds, message) of the worker's own log lines."""
-    from datetime import datetime
-
-    return [(datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp(), message)
-            for stamp, message in _LINE.findall(text)]
-
-
 def peak_rss_mb(pid: int) -> float:
     try:
         status = Path(f"/proc/{pid}/status").read_text()

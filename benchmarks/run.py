@@ -39,7 +39,7 @@ from typing import Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (BOOTSTRAP, ROOT, Topics, WorkerProcess, ensure_kafka, handled_count, history_file,  # noqa: E402
-                    machine, make_messages, make_raw_messages, prediction_refs, prefill, producer,
+                    log_events, machine, make_messages, make_raw_messages, prediction_refs, prefill, producer,
                     read_all, record_model_calls, rss_mb, say, worker_command)
 
 PHASES = ("ceiling", "engine", "raw", "worker1", "worker2", "latency", "bootstrap", "rss", "overhead", "peers")
@@ -53,19 +53,6 @@ KEPT_HEADING = "## Analysis"  # from this heading on, BENCHMARKS.md is hand-writ
 TARGETS = {"worker_vs_ceiling": 0.5, "engine_vs_ceiling": 0.7, "two_vs_one": 1.6, "p99_ms": 50.0,
            "latency_rate": 2000.0, "latency_state": 300_000, "loop_stop_ms": 50.0, "bytes_per_open": 1000.0,
            "rss_1m_mib": 1536.0, "bootstrap_vs_ceiling": 0.5}
-
-
-# The worker logs as stream.worker since stages live under the shopstream namespace;
-# common.log_events still expects shopstream.worker.
-_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ shopstream(?:\.stream)?\.worker: (.*)$", re.M)
-
-
-def log_events(text: str) -> list[tuple[float, str]]:
-    """(epoch seconds, message) of the worker's own log lines (asctime is local time)."""
-    from datetime import datetime
-
-    return [(datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp(), message)
-            for stamp, message in _LOG_LINE.findall(text)]
 
 
 def timed_rounds(fns: dict, repeat: int) -> dict:
@@ -525,8 +512,6 @@ def configured_cap_mib(explicit):
         return float(explicit), "--rss-cap-mb"
     if os.environ.get("SHOPSTREAM_WORKER_MEMORY_MB"):
         return float(os.environ["SHOPSTREAM_WORKER_MEMORY_MB"]), "SHOPSTREAM_WORKER_MEMORY_MB"
-    import re
-
     units = {"": 1 / 2**20, "b": 1 / 2**20, "k": 1 / 1024, "m": 1.0, "g": 1024.0}
     for name in ("docker-compose.yml", "docker-compose.yaml", "compose.yml", "compose.yaml"):
         path = ROOT / name
