@@ -116,7 +116,30 @@ class ThresholdROCAUC:
         return float(-integrate.trapezoid(x=fprs, y=tprs))
 
 
-class BinaryScores:
+class _Buffered:
+    """Updates appended to two compact buffers (`_p`, `_cells`) and applied in bulk by
+    `_apply` when read or when `FOLD_EVERY` are pending: one append per update on the hot path."""
+
+    _p: array
+    _cells: bytearray
+
+    def update(self, y_true: bool, p_true: float, y_pred: bool) -> None:
+        self._cells.append((2 if y_true else 0) + (1 if y_pred else 0))   # the cell first: see _take
+        self._p.append(p_true)
+        if len(self._p) >= FOLD_EVERY:
+            self.fold()
+
+    def fold(self) -> None:
+        """Apply the pending updates, exactly as that many `update`s one by one would have."""
+        if self._p:
+            with _FOLD_LOCK:
+                self._apply(*_take(self._p, self._cells))
+
+    def _apply(self, p: array, cells: bytearray) -> None:
+        raise NotImplementedError
+
+
+class BinaryScores(_Buffered):
     """Metrics over all resolved predictions, or over the last `window` of them.
 
     The state is River's (confusion counts, the ROC histograms, a `LogLoss`); `_recent`
@@ -135,17 +158,8 @@ class BinaryScores:
         self.fold()
         return self.tp + self.fp + self.tn + self.fn
 
-    def update(self, y_true: bool, p_true: float, y_pred: bool) -> None:
-        self._cells.append(_cell(y_true, y_pred))
-        self._p.append(p_true)
-        if len(self._p) >= FOLD_EVERY:
-            self.fold()
-
-    def fold(self) -> None:
-        """Apply the pending updates, exactly as that many `update`s one by one would have."""
-        if self._p:
-            with _FOLD_LOCK:
-                self.extend(*_take(self._p, self._cells))
+    def _apply(self, p: array, cells: bytearray) -> None:
+        self.extend(p, cells)
 
     def extend(self, p_new: array, cells_new: bytearray, losses: Optional[list[float]] = None) -> None:
         """Apply many updates, in order (what `Scoreboard` hands both of its boards, with their
@@ -238,7 +252,7 @@ class BinaryScores:
         self.__dict__.update(state)
 
 
-class Scoreboard:
+class Scoreboard(_Buffered):
     """Cumulative and rolling scores of one model's resolved predictions: one append per
     resolved prediction, both boards folded from the same buffers when read."""
 
@@ -248,19 +262,10 @@ class Scoreboard:
         self._p = array("d")
         self._cells = bytearray()
 
-    def update(self, y_true: bool, p_true: float, y_pred: bool) -> None:
-        self._cells.append((2 if y_true else 0) + (1 if y_pred else 0))   # the cell first: see _take
-        self._p.append(p_true)
-        if len(self._p) >= FOLD_EVERY:
-            self.fold()
-
-    def fold(self) -> None:
-        if self._p:
-            with _FOLD_LOCK:
-                p, cells = _take(self._p, self._cells)
-                losses = _losses(p, cells)
-                self._cumulative.extend(p, cells, losses)
-                self._rolling.extend(p, cells, losses)
+    def _apply(self, p: array, cells: bytearray) -> None:
+        losses = _losses(p, cells)   # computed once for both boards
+        self._cumulative.extend(p, cells, losses)
+        self._rolling.extend(p, cells, losses)
 
     @property
     def cumulative(self) -> BinaryScores:
