@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import make_messages  # noqa: E402
 from common import say  # noqa: E402
-from run import run_latency  # noqa: E402
+from run import percentile, run_latency  # noqa: E402
 
 VARIANT = str(Path(__file__).resolve().parent / "worker_variant.py")
 NO_CHECKPOINTS = ("--checkpoint-every", "1000000000", "--checkpoint-seconds", "1000000000")
@@ -40,6 +40,26 @@ VARIANTS = {
 }
 
 
+def trace_summary(trace: dict, first_offset: int) -> dict:
+    """p50/p99/max of each part of the measured events' latency (offsets from `first_offset`),
+    and of the loop's housekeeping stops and poll sizes while they were handled."""
+    def summary(values) -> dict:
+        values = sorted(values)
+        if not values:
+            return {}
+        return {"n": len(values), "p50": percentile(values, 50), "p99": percentile(values, 99), "max": values[-1]}
+
+    rows = [row for row in trace["events"] if row[0] >= first_offset and row[4] is not None]
+    began = min((row[5] for row in rows), default=float("inf"))   # the first measured event's handling
+    parts = {name: summary(row[i] * 1e3 for row in rows)
+             for i, name in ((1, "fetch"), (2, "queued"), (3, "handle"), (4, "publish"))}
+    parts["housekeeping"] = summary(s * 1e3 for start, s in trace["housekeeping"] if start >= began)
+    for label, spent in trace.get("stops", {}).items():
+        parts[label] = summary(s * 1e3 for start, s in spent if start >= began)
+    parts["records_per_poll"] = summary(n for at, n in trace["polls"] if at >= began)
+    return parts
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--state", type=int, default=100_000, help="events worked off before measuring")
@@ -49,6 +69,9 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default=",".join(VARIANTS))
     parser.add_argument("--extra", default="", help="worker flags for every variant, e.g. '--features raw'")
     parser.add_argument("--json", default="")
+    parser.add_argument("--trace", action="store_true",
+                        help="also split each variant's latency into fetch / queued / handle / publish "
+                             "(worker_variant.py --trace-loop) and print it")
     args = parser.parse_args(argv)
     names = [n for n in args.only.split(",") if n]
     messages = make_messages(args.state + int(args.rate * args.seconds) + 1)
@@ -58,13 +81,21 @@ def main(argv=None) -> int:
         for name in names:
             wrapper, flags = VARIANTS[name]
             say(f"latency A/B round {round_}: {name}")
+            trace = workdir / f"trace-{name}-{round_}.json"
+            tracing = ("--trace-loop", str(trace)) if args.trace else ()
             r = run_latency(messages, args.rate, args.seconds, workdir, extra=(*flags, *args.extra.split()),
-                            state_events=args.state, python=[sys.executable, VARIANT, *wrapper])
+                            state_events=args.state, python=[sys.executable, VARIANT, *wrapper, *tracing])
             row = {k: r[k] for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms", "achieved_rate")}
             row["load"] = round(os.getloadavg()[0], 2)
             results[name].append(row)
             print(f"{name:>15} round {round_}: p50 {row['p50_ms']:.0f} ms  p90 {row['p90_ms']:.0f}  "
                   f"p99 {row['p99_ms']:.0f}  max {row['max_ms']:.0f}  (load {row['load']})", flush=True)
+            if args.trace and trace.exists():
+                row["trace"] = parts = trace_summary(json.loads(trace.read_text()), args.state)
+                for part, s in parts.items():
+                    if s:
+                        print(f"{'':>15}   {part:>32}: p50 {s['p50']:.2f}  p99 {s['p99']:.2f}  max {s['max']:.1f}"
+                              f"  (n {s['n']}{'' if part == 'records_per_poll' else ', ms'})", flush=True)
     print(f"at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, state {args.state}, "
           f"{args.rate:.0f} events/s for {args.seconds:.0f} s, extra {args.extra!r}")
     if args.json:

@@ -4,7 +4,7 @@ proposed change before anyone makes it in the package.
 
     python benchmarks/worker_variant.py [--producer KEY=JSON]... [--consumer KEY=JSON]...
         [--control-consumer KEY=JSON]... [--timing-sample N]
-        [--snapshot-seconds S] [--gc-off] -m cli worker [worker flags...]
+        [--snapshot-seconds S] [--gc-off] [--trace-loop FILE] -m cli worker [worker flags...]
 
 --producer/--consumer override the kafka-python settings the worker's clients get
 (`stream.clients`; e.g. --producer batch_size=1048576 --consumer
@@ -12,7 +12,11 @@ max_partition_fetch_bytes=8388608), and --control-consumer those of the control 
 consumer (`stream.control`) (one record per polled batch of predictions is now the
 worker's own default, `--prediction-format`); --snapshot-seconds spaces the metrics snapshots of the engines (1e9: none
 after the first), --gc-off disables the cyclic garbage collector once the CLI has set it up
-(an upper bound of what collections cost).
+(an upper bound of what collections cost). --trace-loop writes, at exit, where each event's
+latency went (JSON): from its record's timestamp to the poll that returned it (`fetch`), from
+that poll to its handling (`queued`: behind the batch's earlier records and the loop's other
+work), its own handling (`handle`), and from then to the send of its predictions record
+(`publish`: the rest of its batch); and the loop's other stops (`housekeeping`).
 
 Everything after `-m cli` is handed to shopstream's own CLI unchanged.
 """
@@ -34,11 +38,100 @@ def _pairs(values):
     return out
 
 
+def trace_loop(worker_module, consumer_class, path: str) -> None:
+    """Time each event's way through the loop (see the module's docstring); written at exit."""
+    import atexit
+    import time
+
+    import stream.outputs as outputs_module
+
+    wall = time.time
+    polls: list = []         # (poll returned, number of records)
+    events: list = []        # [offset, fetch, queued, handle, publish, handled at]: publish filled at the send
+    unsent: list = []        # events of the batch being handled, waiting for end_batch
+    housekeeping: list = []
+    last_poll = [0.0]
+    original_poll = consumer_class.poll
+
+    def poll(self, *args, **kwargs):
+        batches = original_poll(self, *args, **kwargs)
+        last_poll[0] = wall()
+        if batches:
+            polls.append((last_poll[0], sum(len(r) for r in batches.values())))
+        return batches
+
+    consumer_class.poll = poll
+    original_handle = worker_module.Worker.handle
+
+    def handle(self, state, record):
+        start = wall()
+        original_handle(self, state, record)
+        end = wall()
+        row = [record.offset, last_poll[0] - record.timestamp / 1000.0, start - last_poll[0], end - start, None, start]
+        events.append(row)
+        unsent.append((row, end))
+
+    worker_module.Worker.handle = handle
+    original_end_batch = outputs_module.Outputs.end_batch
+
+    def end_batch(self):
+        original_end_batch(self)
+        sent = wall()
+        for row, end in unsent:
+            row[4] = sent - end
+        unsent.clear()
+
+    outputs_module.Outputs.end_batch = end_batch
+    original_housekeeping = worker_module.Worker._housekeeping
+
+    def timed_housekeeping(self, now):
+        start = wall()
+        original_housekeeping(self, now)
+        housekeeping.append((start, wall() - start))
+
+    worker_module.Worker._housekeeping = timed_housekeeping
+
+    # The loop's other stops, one by one (housekeeping's parts, and the per-batch checkpoint check).
+    import stream.broker_watch as broker_module
+    import stream.checkpointer as checkpointer_module
+
+    stops: dict = {}
+
+    def timed(owner, name: str, label: str) -> None:
+        original = getattr(owner, name)
+        spent = stops.setdefault(label, [])
+
+        def wrapper(*args, **kwargs):
+            start = wall()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                spent.append((start, wall() - start))
+
+        setattr(owner, name, wrapper)
+
+    for owner, name, label in ((worker_module.Worker, "take_snapshots", "metrics snapshot"),
+                               (worker_module.Worker, "_poll_control", "control poll"),
+                               (worker_module.Worker, "_maybe_checkpoint", "checkpoint check (per batch)"),
+                               (checkpointer_module.Checkpointer, "poll", "background checkpoints finished"),
+                               (checkpointer_module.Checkpointer, "retry", "blocked checkpoints retried"),
+                               (broker_module.BrokerWatch, "maybe_check", "broker check (end offsets)")):
+        if hasattr(owner, name):
+            timed(owner, name, label)
+
+    def write():   # raw: the reader keeps the measured events (latency_ab.py: offsets past the state)
+        with open(path, "w") as out:
+            json.dump({"events": events, "polls": polls, "housekeeping": housekeeping, "stops": stops}, out)
+
+    atexit.register(write)
+
+
 def main(argv: list[str]) -> int:
     producer_over, consumer_over, control_over = [], [], []
     timing_sample = None
     snapshot_seconds = None
     gc_off = False
+    trace_file = None
     i = 0
     while i < len(argv) and argv[i] != "-m":
         flag = argv[i]
@@ -56,6 +149,9 @@ def main(argv: list[str]) -> int:
             i += 2
         elif flag == "--snapshot-seconds":
             snapshot_seconds = float(argv[i + 1])
+            i += 2
+        elif flag == "--trace-loop":
+            trace_file = argv[i + 1]
             i += 2
         elif flag == "--gc-off":
             gc_off = True
@@ -107,6 +203,8 @@ def main(argv: list[str]) -> int:
             gc.disable()
 
         worker_module.gc = type("gc_off", (), {"set_threshold": staticmethod(set_threshold)})
+    if trace_file:
+        trace_loop(worker_module, Consumer, trace_file)
     print(f"worker_variant: producer {producer_kw} consumer {consumer_kw} control consumer {control_kw} "
           f"timing_sample {timing_sample} "
           f"snapshot_seconds {snapshot_seconds} gc_off {gc_off}", flush=True)

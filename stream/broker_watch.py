@@ -5,6 +5,11 @@ partitions (owning none, of the topic's): it answers (up, and the exact lag is k
 it does not (down until it answers). A quiet poll alone proves nothing: a blocked flush,
 an outage and a fenced fetch all look the same from the loop.
 
+It asks on a connection of its own (`probe`, opened at the first check): on the consumer's,
+the request queues behind any fetch the broker is holding open for new records, up to the
+consumer's `fetch_max_wait_ms` (500 ms by default), and the loop waits with it (measured
+about 450 ms per check on a quiet partition; BENCHMARKS.md, "Latency: what stops the loop").
+
 >>> class Down:
 ...     def end_offsets(self, partitions, timeout_ms):
 ...         raise TimeoutError("no broker")
@@ -19,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from kafka import TopicPartition
 
@@ -28,8 +33,11 @@ CHECK_SECONDS = 5.0
 
 
 class BrokerWatch:
-    def __init__(self, topic: str, topic_partitions: Sequence[int] = (), check_seconds: float = CHECK_SECONDS):
+    def __init__(self, topic: str, topic_partitions: Sequence[int] = (), check_seconds: float = CHECK_SECONDS,
+                 probe: Optional[Callable[[], Any]] = None):
         self.topic = topic
+        self._open_probe = probe   # makes the client that asks; None: ask on the consumer handed in
+        self._probe: Any = None
         self.topic_partitions = list(topic_partitions)  # learned when the worker subscribes
         self.check_seconds = check_seconds
         self.ok = True
@@ -49,7 +57,10 @@ class BrokerWatch:
         if not probe:
             return self.ok
         try:
-            self.end_offsets = consumer.end_offsets(probe, timeout_ms=3000)
+            if self._open_probe is not None and self._probe is None:
+                self._probe = self._open_probe()   # here, not in __init__: no I/O when built
+            asker = self._probe if self._probe is not None else consumer
+            self.end_offsets = asker.end_offsets(probe, timeout_ms=3000)
         except Exception as exc:  # KafkaTimeoutError and friends: the broker is away
             if self.ok:
                 log.warning("broker not answering (%s): not ready until it does", type(exc).__name__)
@@ -69,3 +80,8 @@ class BrokerWatch:
     def fresh(self, now: float) -> bool:
         """Up, and heard from within three checks."""
         return self.ok and now - self.seen < 3 * self.check_seconds
+
+    def close(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None

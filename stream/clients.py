@@ -42,6 +42,10 @@ class KafkaClients:
             **self.options,
         )
 
+    def broker_probe(self) -> KafkaConsumer:
+        """The broker watch's own connection (broker_watch.py says why): no group, no fetches."""
+        return KafkaConsumer(client_id=f"{self.settings.name}-probe", enable_auto_commit=False, **self.options)
+
     def producer(self) -> KafkaProducer:
         # A short linger: predictions are for acting on now (20 ms added ~25 ms to p50 in BENCHMARKS.md).
         # max_block_ms: a send waits at most 10 s for a topic's metadata (outputs.SEND_TRIES tries),

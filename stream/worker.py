@@ -113,7 +113,7 @@ class Worker(ConsumerRebalanceListener):
         self.idle = IdleClock(time.monotonic())
         self.membership = GroupMembership(clients.consumer, settings.topic, self, settings.rejoin_deadline,
                                           on_rebuild=self._release_all)
-        self.broker = BrokerWatch(settings.topic)
+        self.broker = BrokerWatch(settings.topic, probe=clients.broker_probe)
         self.outputs = Outputs(clients.producer, settings.predictions_topic, settings.dead_letter_topic,
                                settings.prediction_format)
         self.store = clients.checkpoint_store()
@@ -390,6 +390,7 @@ class Worker(ConsumerRebalanceListener):
         self.checkpoint(list(self.partitions))
         self.take_snapshots()
         self.consumer.close(autocommit=False)
+        self.broker.close()
         self.outputs.close()
         self.skipper.close()
         if self.control is not None:

@@ -228,11 +228,29 @@ class FakeClients(KafkaClients):
     def checkpoint_store(self):
         return self.store
 
+    def broker_probe(self):
+        return _NewestConsumer(self)
+
     def control(self):
         return None
 
     def corrupt_skipper(self, outputs):
         return FakeSkipper()
+
+
+class _NewestConsumer:
+    """The broker watch's own client, in fakes: answers as the worker's newest consumer would
+    (so a test's broker_down on it holds for both)."""
+
+    def __init__(self, clients):
+        self.clients = clients
+        self.closed = False
+
+    def end_offsets(self, partitions, timeout_ms):
+        return self.clients.consumers[-1].end_offsets(partitions, timeout_ms)
+
+    def close(self):
+        self.closed = True
 
 
 class FakeSkipper:

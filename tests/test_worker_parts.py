@@ -12,6 +12,7 @@ import json
 import pytest
 from prometheus_client import CollectorRegistry
 
+from kafka.errors import KafkaTimeoutError
 from fakes import ABORT, Aborted, FakeClients, FakeConsumer
 from stream.broker_watch import BrokerWatch
 from stream.checkpoints import CheckpointError
@@ -109,6 +110,39 @@ def test_a_crash_resumes_from_the_checkpoint_and_ends_where_an_uninterrupted_run
     assert a.engine.scores.cumulative.values() == b.engine.scores.cumulative.values()
     first_save = next(c for c in clients.calls if c[0] == "save")
     assert first_save == ("save", 0, 400), "the resumed worker started from offset 300"
+
+
+def test_the_broker_watch_asks_on_its_own_connection_opened_at_the_first_check():
+    """On the consumer's connection, end_offsets waits behind a fetch the broker holds open
+    (about 450 ms on a quiet partition): the watch opens its own client, lazily, and closes it."""
+    consumer = FakeConsumer("events", {0: [b"a"] * 5}, calls=[])
+    asked, opened = [], []
+
+    class Probe:
+        closed = False
+
+        def end_offsets(self, partitions, timeout_ms):
+            asked.append(sorted(tp.partition for tp in partitions))
+            return {tp: 7 for tp in partitions}
+
+        def close(self):
+            self.closed = True
+
+    def open_probe():
+        if len(opened) == 0:
+            opened.append("refused")
+            raise KafkaTimeoutError("no broker yet")
+        opened.append(Probe())
+        return opened[-1]
+
+    watch = BrokerWatch("events", topic_partitions=[0], check_seconds=5, probe=open_probe)
+    assert opened == [], "no I/O when built"
+    assert not watch.check(consumer, owned=[]), "a probe that cannot open is a broker that does not answer"
+    assert watch.check(consumer, owned=[]) and asked == [[0]] and watch.end_offsets[consumer.tp(0)] == 7
+    assert watch.check(consumer, owned=[]) and len(opened) == 2, "opened once, then reused"
+    assert consumer.calls == [], "the consumer's connection is never asked"
+    watch.close()
+    assert opened[1].closed
 
 
 def test_the_broker_watch_tracks_answers_and_the_end_of_each_partition():
