@@ -54,6 +54,10 @@ BATCH_FORMAT = b"predictions-batch/1"
 PREDICTION_FORMATS = ("batch", "event")
 #: A batch record is cut after this many bytes of predictions (the broker's default limit is 1 MiB).
 MAX_BATCH_BYTES = 512 * 1024
+#: ... or after this many predictions: a polled batch of hundreds of events otherwise held its
+#: first prediction until the last was handled (BENCHMARKS.md, "Latency: what stops the loop").
+#: 64 bounds that wait to 64 events' handling and still spreads a record's cost over 64.
+MAX_BATCH_PREDICTIONS = 64
 
 
 class Prediction(msgspec.Struct, gc=False):
@@ -188,7 +192,7 @@ class Outputs:
             self._batch_bytes[partition] = 0
         batch.append(value)
         self._batch_bytes[partition] += len(value) + 1
-        if self._batch_bytes[partition] >= MAX_BATCH_BYTES:
+        if self._batch_bytes[partition] >= MAX_BATCH_BYTES or len(batch) >= MAX_BATCH_PREDICTIONS:
             self._send_batch(partition)
 
     def end_batch(self) -> None:

@@ -65,6 +65,19 @@ def test_a_large_batch_is_cut_into_records_under_the_limit(monkeypatch):
     assert [p.offset for m in sent for p in decode_predictions(as_record(m))] == list(range(30))
 
 
+def test_a_batch_is_cut_every_max_batch_predictions_so_the_first_waits_for_no_more():
+    producer = FakeProducer()
+    outputs = Outputs(lambda: producer, "predictions", "dlq")
+    n = outputs_module.MAX_BATCH_PREDICTIONS
+    for offset in range(2 * n + 1):   # one polled batch
+        outputs.prediction(record(0, offset), EVENT, 0.5, "logreg", "v1")
+    assert [len(decode_predictions(as_record(m))) for _, _, m in producer.pending] == [n, n], \
+        "sent as soon as full, before the polled batch ends"
+    outputs.end_batch()
+    assert outputs.confirm()
+    assert [p.offset for _, m in producer.delivered for p in decode_predictions(as_record(m))] == list(range(2 * n + 1))
+
+
 def test_an_unknown_format_version_is_refused_by_name():
     future = SimpleNamespace(value=b"[]", headers=[(FORMAT_HEADER, b"predictions-batch/2")])
     with pytest.raises(ValueError, match=r"shopstream.format b'predictions-batch/2'.*reads only predictions-batch/1"):
