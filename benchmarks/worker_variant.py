@@ -4,7 +4,8 @@ proposed change before anyone makes it in the package.
 
     python benchmarks/worker_variant.py [--producer KEY=JSON]... [--consumer KEY=JSON]...
         [--control-consumer KEY=JSON]... [--timing-sample N]
-        [--snapshot-seconds S] [--gc-off] [--trace-loop FILE] -m cli worker [worker flags...]
+        [--snapshot-seconds S] [--gc-off] [--trace-loop FILE] [--broker-check-on-consumer]
+        [--batch-predictions N] -m cli worker [worker flags...]
 
 --producer/--consumer override the kafka-python settings the worker's clients get
 (`stream.clients`; e.g. --producer batch_size=1048576 --consumer
@@ -12,7 +13,10 @@ max_partition_fetch_bytes=8388608), and --control-consumer those of the control 
 consumer (`stream.control`) (one record per polled batch of predictions is now the
 worker's own default, `--prediction-format`); --snapshot-seconds spaces the metrics snapshots of the engines (1e9: none
 after the first), --gc-off disables the cyclic garbage collector once the CLI has set it up
-(an upper bound of what collections cost). --trace-loop writes, at exit, where each event's
+(an upper bound of what collections cost). --broker-check-on-consumer asks the broker watch's
+end offsets on the consumer's own connection (as before 2026-12-03), --batch-predictions sets
+how many predictions a batch record holds at most (1e9: one record per polled batch, as before).
+--trace-loop writes, at exit, where each event's
 latency went (JSON): from its record's timestamp to the poll that returned it (`fetch`), from
 that poll to its handling (`queued`: behind the batch's earlier records and the loop's other
 work), its own handling (`handle`), and from then to the send of its predictions record
@@ -72,16 +76,16 @@ def trace_loop(worker_module, consumer_class, path: str) -> None:
         unsent.append((row, end))
 
     worker_module.Worker.handle = handle
-    original_end_batch = outputs_module.Outputs.end_batch
+    original_send_batch = outputs_module.Outputs._send_batch
 
-    def end_batch(self):
-        original_end_batch(self)
+    def send_batch(self, partition):   # at a polled batch's end, or when a batch record is full
+        original_send_batch(self, partition)
         sent = wall()
-        for row, end in unsent:
+        for row, end in unsent:   # the benchmark's topic has one partition
             row[4] = sent - end
         unsent.clear()
 
-    outputs_module.Outputs.end_batch = end_batch
+    outputs_module.Outputs._send_batch = send_batch
     original_housekeeping = worker_module.Worker._housekeeping
 
     def timed_housekeeping(self, now):
@@ -132,6 +136,8 @@ def main(argv: list[str]) -> int:
     snapshot_seconds = None
     gc_off = False
     trace_file = None
+    probe_on_consumer = False
+    batch_predictions = None
     i = 0
     while i < len(argv) and argv[i] != "-m":
         flag = argv[i]
@@ -149,6 +155,12 @@ def main(argv: list[str]) -> int:
             i += 2
         elif flag == "--snapshot-seconds":
             snapshot_seconds = float(argv[i + 1])
+            i += 2
+        elif flag == "--broker-check-on-consumer":
+            probe_on_consumer = True
+            i += 1
+        elif flag == "--batch-predictions":
+            batch_predictions = int(float(argv[i + 1]))
             i += 2
         elif flag == "--trace-loop":
             trace_file = argv[i + 1]
@@ -205,9 +217,16 @@ def main(argv: list[str]) -> int:
         worker_module.gc = type("gc_off", (), {"set_threshold": staticmethod(set_threshold)})
     if trace_file:
         trace_loop(worker_module, Consumer, trace_file)
+    if probe_on_consumer:
+        clients_module.KafkaClients.broker_probe = None   # BrokerWatch(probe=None): ask on the consumer
+    if batch_predictions is not None:
+        import stream.outputs as outputs_module
+
+        outputs_module.MAX_BATCH_PREDICTIONS = batch_predictions
     print(f"worker_variant: producer {producer_kw} consumer {consumer_kw} control consumer {control_kw} "
           f"timing_sample {timing_sample} "
-          f"snapshot_seconds {snapshot_seconds} gc_off {gc_off}", flush=True)
+          f"snapshot_seconds {snapshot_seconds} gc_off {gc_off} probe_on_consumer {probe_on_consumer} "
+          f"batch_predictions {batch_predictions}", flush=True)
 
     from cli import main as cli_main
 
