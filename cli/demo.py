@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
-from typing import Optional
+from typing import Optional, cast
 
 from prometheus_client import CollectorRegistry
 
@@ -130,7 +130,7 @@ def run_demo(settings: DemoSettings) -> dict:
         for record in tqdm(events[split:], unit="ev", desc="stream", disable=not settings.progress):
             event = decode_event(encoder.encode(record))  # the workers' path: bytes -> Event
             for name, at in drift_times.items():
-                if name not in marks and event.event_time >= at:
+                if name not in marks and cast(float, event.event_time) >= at:  # validated: epoch seconds
                     marks[name] = engine.counts["resolved"]
             engine.process(event)
             champion.observe(engine)

@@ -244,6 +244,7 @@ def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] =
         "train_events": split,
         "holdout_events": len(events) - split,
     }
+    saved: dict[str, Path] = {}
     for result in results:
         engine = result.engine
         meta = {
@@ -256,17 +257,18 @@ def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] =
         }
         if result.training is not None:
             meta["training"] = result.training
-        result.artifact = save_artifact(out, result.model, engine.model, engine.features, meta, signing_key)
+        saved[result.model] = result.artifact = save_artifact(out, result.model, engine.model, engine.features,
+                                                              meta, signing_key)
     eligible = [r for r in results if default_from is None or r.model in default_from] or results
     best = max(eligible, key=lambda r: (r.holdout["roc_auc"], -r.holdout["log_loss"]))
-    set_default(out, best.artifact, signing_key)
+    set_default(out, saved[best.model], signing_key)
     report = {
         "data": data,
         "feature_set": config.features,
         "label_window_seconds": config.window,
-        "default": best.artifact.relative_to(out).as_posix(),
+        "default": saved[best.model].relative_to(out).as_posix(),
         "candidates": {
-            r.model: {"artifact": r.artifact.relative_to(out).as_posix(), "progressive": r.train,
+            r.model: {"artifact": saved[r.model].relative_to(out).as_posix(), "progressive": r.train,
                       "holdout": r.holdout, "joiner": dict(r.engine.joiner.counts),
                       **({"training": r.training} if r.training is not None else {})}
             for r in results

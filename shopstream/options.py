@@ -157,13 +157,13 @@ def _secrets(cls, given: Mapping[str, Any]) -> dict:
             continue
         key = option_name(part, f)
         variable, path = env_name(key), given.get(f"{key}_file")
-        value = environ(variable) or None
+        text = environ(variable) or None
         if path:
-            if value is not None:
+            if text is not None:
                 raise ConfigError(f"{key}_file", path, f"and {variable} are both set: give the key one way")
-            value = read_secret_file(f"{key}_file", path)
-        if value is not None:
-            found[key] = value.encode() if isinstance(value, str) else value
+            found[key] = read_secret_file(f"{key}_file", path)
+        elif text is not None:
+            found[key] = text.encode()
     return found
 
 
@@ -245,6 +245,9 @@ def add_options(parser, settings_class, skip: tuple = ()) -> None:
         if meta.get("env_only"):  # the secret itself is never an option: a file holding it is
             option(parser, f"{flag}-file", f"file holding the {meta['about']} (or set {env_name(flag)}; "
                                             "never on the command line, where ps shows it)")
+            # Refused by name, its value never echoed (else argparse takes it for --<name>-file, abbreviated).
+            parser.add_argument(flag, action=_Refused, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+                                metavar="(refused)")
             continue
         default = f.default
         if isinstance(default, bool):
@@ -254,6 +257,15 @@ def add_options(parser, settings_class, skip: tuple = ()) -> None:
         else:
             option(parser, flag, meta["help"], default=default, type=meta.get("type") or type(default),
                    choices=meta.get("choices"), secret=meta.get("secret", False))
+
+
+class _Refused(argparse.Action):
+    """A secret typed on the command line: refused without repeating it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        variable = env_name(self.option_strings[0])
+        parser.error(f"{option_string} is not an option (a command line shows in ps): set {variable}, "
+                     f"or name a file with {option_string}-file")
 
 
 def same_as(settings_class, name: str, **meta) -> Any:
