@@ -39,7 +39,8 @@ def subparser(command: str):
 
 
 #: what a command needs beyond its defaults, as arguments and as fields
-GIVEN = {"models": (["models", "list"], {}), "bootstrap": (["bootstrap", "--history", "h.jsonl"], {"history": "h.jsonl"})}
+GIVEN = {"models": (["models", "list"], {}),
+         "bootstrap": (["bootstrap", "--history", "h.jsonl"], {"history": "h.jsonl"})}
 
 
 @pytest.mark.parametrize("command", sorted(COMMAND_SETTINGS))
