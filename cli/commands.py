@@ -1,6 +1,9 @@
 """The `shopstream` command. Every option falls back to an environment variable
 SHOPSTREAM_<OPTION> (e.g. --bootstrap-servers <- SHOPSTREAM_BOOTSTRAP_SERVERS), since
 docker compose configures services by environment; a flag on the command line wins.
+
+Each command's options are derived from its settings class (`COMMAND_SETTINGS`, see
+`shopstream.options`), and each command is handed the object built from them.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 from offline.settings import BootstrapSettings
 from shopstream import __version__
@@ -48,7 +52,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
     return COMMAND_SETTINGS[args.command][0].from_args(args)
 
 
-def _cmd_generate(s) -> int:
+def _cmd_generate(s: GenerateSettings) -> int:
     from shopstream.generator import write_jsonl
 
     count = write_jsonl(s.generator.generate(), s.out)
@@ -56,7 +60,7 @@ def _cmd_generate(s) -> int:
     return 0
 
 
-def _cmd_bootstrap(s) -> int:
+def _cmd_bootstrap(s: BootstrapSettings) -> int:
     from offline.bootstrap import bootstrap
     from shopstream.generator import generate, write_jsonl
     from shopstream.readers import parse_column_map
@@ -81,7 +85,7 @@ def _cmd_bootstrap(s) -> int:
     return 0
 
 
-def _cmd_demo(s) -> int:
+def _cmd_demo(s: DemoSettings) -> int:
     from .demo import run_demo
 
     summary = run_demo(s)
@@ -89,25 +93,25 @@ def _cmd_demo(s) -> int:
     return 0
 
 
-def _cmd_produce(s) -> int:
+def _cmd_produce(s: ProduceSettings) -> int:
     from stream.produce import produce
 
     return produce(s)
 
 
-def _cmd_topics(s) -> int:
+def _cmd_topics(s: TopicsSettings) -> int:
     from stream.topics import topics_command
 
     return topics_command(s)
 
 
-def _cmd_models(s) -> int:
+def _cmd_models(s: ModelsSettings) -> int:
     from stream.models_command import models_command
 
     return models_command(s)
 
 
-def _cmd_worker(s) -> int:
+def _cmd_worker(s: WorkerSettings) -> int:
     from shopstream.signing import using
     from stream.worker import run_worker
 
@@ -117,7 +121,7 @@ def _cmd_worker(s) -> int:
         return run_worker(s)
 
 
-COMMANDS = {"generate": _cmd_generate, "bootstrap": _cmd_bootstrap, "demo": _cmd_demo,
+COMMANDS: dict[str, Callable[[Any], int]] = {"generate": _cmd_generate, "bootstrap": _cmd_bootstrap, "demo": _cmd_demo,
             "produce": _cmd_produce, "topics": _cmd_topics, "models": _cmd_models, "worker": _cmd_worker}
 
 

@@ -2,9 +2,11 @@
 
 `WorkerSettings` holds one object per concern: the Kafka connection, the engine
 (`shopstream.config.EngineConfig`), the models it runs (`shopstream.lineup.Lineup`), the
-checkpoints and the feature caps, plus the loop's own settings. The command line derives
-its options from these fields (name, default, ``help`` metadata; ``flag`` when the option
-is spelled otherwise), and every option falls back to a ``SHOPSTREAM_*`` variable.
+checkpoints and the feature caps, plus the loop's own settings and its signing key.
+`ProduceSettings`, `TopicsSettings` and `ModelsSettings` are the other stream commands'. The
+command line derives their options from these fields (name, default, ``help`` metadata; ``flag``
+when the option is spelled otherwise; see `shopstream.options`), and every option falls back to
+a ``SHOPSTREAM_*`` variable.
 
 >>> settings = WorkerSettings.from_options(window=600, topic="t", checkpoint_every=500)
 >>> settings.engine.window, settings.topic, settings.checkpoints.every
