@@ -118,8 +118,7 @@ def build(cls: type[T], given: Mapping[str, Any], strict: bool, environment: boo
     None means "not given". `strict`: an unknown name is an error. `environment`: the
     ``env_only`` secrets are read from their variables, or from ``--<name>-file``."""
     given = {k: v for k, v in given.items() if v is not None}
-    if environment:
-        given = {**_secrets(cls, given), **given}
+    given = {**_secrets(cls, given, environment), **given}
     used: set = set()
     obj = _build(cls, given, used)
     unknown = sorted(set(given) - used)
@@ -148,16 +147,16 @@ def _build(cls, given: Mapping[str, Any], used: set):
         raise ConfigError(flat.get(exc.name, exc.name), exc.value, exc.rule) from None
 
 
-def _secrets(cls, given: Mapping[str, Any]) -> dict:
-    """The ``env_only`` fields' values: from ``--<name>-file`` or from their variable (not both:
-    two sources of one key is a mistake to point out, not to settle)."""
+def _secrets(cls, given: Mapping[str, Any], environment: bool) -> dict:
+    """The ``env_only`` fields' values: from ``--<name>-file`` or (with `environment`) from their
+    variable; not both: two sources of one key is a mistake to point out, not to settle."""
     found = {}
     for part, f in leaves(cls):
         if not f.metadata.get("env_only"):
             continue
         key = option_name(part, f)
         variable, path = env_name(key), given.get(f"{key}_file")
-        text = environ(variable) or None
+        text = (environ(variable) or None) if environment else None
         if path:
             if text is not None:
                 raise ConfigError(f"{key}_file", path, f"and {variable} are both set: give the key one way")

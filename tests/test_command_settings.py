@@ -157,6 +157,7 @@ def test_a_key_from_a_file_or_from_the_environment_gives_the_same_settings(argv,
     assert from_file == from_env and from_env.signing_key == KEY.encode()
     monkeypatch.delenv(KEY_ENV)
     assert settings_of(build_parser().parse_args(argv)).signing_key is None
+    assert WorkerSettings.from_options(signing_key_file=key_file).signing_key == KEY.encode()  # not only by CLI
 
 
 def test_a_key_given_twice_or_unreadable_is_refused_naming_the_file_option(key_file, tmp_path, monkeypatch, capsys):
