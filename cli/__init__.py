@@ -4,6 +4,8 @@
 (``offline``, ``stream``); ``cli.demo`` is the one-command demo.
 """
 
-from .commands import build_parser, env_name, main
+from shopstream.options import env_name
+
+from .commands import build_parser, main
 
 __all__ = ["build_parser", "env_name", "main"]

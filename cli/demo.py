@@ -17,11 +17,14 @@ plot of champion, baseline and network rolling metrics with the drift marked.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
+from typing import Optional, cast
 
 from prometheus_client import CollectorRegistry
 
+from shopstream.config import GeneratorSettings
 from shopstream.curves import LearningCurve, plot_curves
 from shopstream.engine import Engine
 from shopstream.evaluation import versus_nightly_batch
@@ -31,13 +34,35 @@ from shopstream.generator import START, Drift, generate, write_jsonl
 from shopstream.features import build_features
 from shopstream.lineup import TUNING, Lineup, build_engine
 from shopstream.models import build_model
+from shopstream.options import Settings, check, option_meta, progress_bar, same_as
 from shopstream.recording import record as record_calls
 from shopstream.slots import PromotionPolicy
+from stream.settings import WorkerSettings
 
 BOOTSTRAP_FRACTION = 0.3
-DAYS = 30.0
+DAYS = GeneratorSettings.days
 CANDIDATES = list(TUNING)   # the champion is the best of these on the holdout; the others challenge it
 NETWORK = "mlp"             # the seed's network, a challenger
+
+
+@dataclass(frozen=True)
+class DemoSettings(Settings):
+    """``shopstream demo``'s settings (the demo signs with SHOPSTREAM_SIGNING_KEY when it is set)."""
+
+    out: str = field(default="demo-out", metadata=option_meta("output directory"))
+    events: int = field(default=200_000, metadata=option_meta("events to generate"))
+    seed: int = field(default=GeneratorSettings.seed, metadata=option_meta("random seed"))
+    drift: Optional[str] = field(default="checkout_incident@0.5-0.65:web", metadata=option_meta(
+        "drift scenario ('' for none)", type=str))
+    metrics_host: str = same_as(WorkerSettings, "metrics_host", help="metrics endpoint host")
+    metrics_port: int = same_as(WorkerSettings, "metrics_port", help="metrics endpoint port (0: any free port)")
+    progress: bool = progress_bar()
+
+    def __post_init__(self) -> None:
+        check(self, (("events", self.events >= 0, "must be >= 0"),
+                     ("metrics_port", 0 <= self.metrics_port <= 65535, "must be 0..65535")))
+        if self.drift:
+            GeneratorSettings(drift=(self.drift,))  # refused here, naming --drift, if it is no scenario
 
 
 class ModelCurve(LearningCurve):
@@ -67,45 +92,45 @@ def against_nightly_batch(history_events, config, streamed_calls) -> dict:
     return versus_nightly_batch(history_calls, streamed_calls)
 
 
-def run_demo(args) -> dict:
+def run_demo(settings: DemoSettings) -> dict:
     import msgspec
     from tqdm import tqdm
 
     from offline.bootstrap import bootstrap
 
-    out = Path(args.out)
+    out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
-    drift = Drift.parse(args.drift) if args.drift else None
-    events = list(generate(args.events, seed=args.seed, days=DAYS, drifts=(drift,) if drift else ()))
+    drift = Drift.parse(settings.drift) if settings.drift else None
+    events = list(generate(settings.events, seed=settings.seed, days=DAYS, drifts=(drift,) if drift else ()))
     split = int(len(events) * BOOTSTRAP_FRACTION)
     history = out / "history.jsonl"
     write_jsonl(events[:split], history)
     print(f"demo: {len(events)} events generated; bootstrapping on the first {split} ...")
     report = bootstrap(history, out / "artifacts", models=CANDIDATES + [NETWORK],
-                       progress=args.progress, default_from=CANDIDATES)
+                       progress=settings.progress, default_from=CANDIDATES)
 
     engine, _ = build_engine(str(out / "artifacts"), lineup=Lineup(
         challengers=("tuning", NETWORK), baseline=True, promotion=PromotionPolicy()))
     streamed_calls = record_calls(engine)   # the published predictions and labels, for the batch comparison
     registry = CollectorRegistry()
     registry.register(EngineCollector(lambda: [({"partition": "0"}, engine, {})]))
-    server = MetricsServer(registry, args.metrics_host, args.metrics_port).start()
-    print(f"demo: metrics at http://{args.metrics_host}:{server.port}/metrics")
+    server = MetricsServer(registry, settings.metrics_host, settings.metrics_port).start()
+    print(f"demo: metrics at http://{settings.metrics_host}:{server.port}/metrics")
 
-    drift_times = {}
+    drift_times: dict[str, float] = {}
     if drift:
         drift_times = {"drift starts": START + drift.start * DAYS * 86400,
                        "drift ends": START + drift.end * DAYS * 86400}
-    marks = {}
+    marks: dict[str, float] = {}
     champion, baseline = LearningCurve("online champion", 500), LearningCurve("frozen baseline", 500, "baseline")
     network = ModelCurve(f"{NETWORK} (seed's network, online)", NETWORK)
     encoder = msgspec.json.Encoder()
     started = time.perf_counter()
     try:
-        for record in tqdm(events[split:], unit="ev", desc="stream", disable=not args.progress):
+        for record in tqdm(events[split:], unit="ev", desc="stream", disable=not settings.progress):
             event = decode_event(encoder.encode(record))  # the workers' path: bytes -> Event
             for name, at in drift_times.items():
-                if name not in marks and event.event_time >= at:
+                if name not in marks and cast(float, event.event_time) >= at:  # validated: epoch seconds
                     marks[name] = engine.counts["resolved"]
             engine.process(event)
             champion.observe(engine)
@@ -116,7 +141,7 @@ def run_demo(args) -> dict:
     elapsed = time.perf_counter() - started
     batch = against_nightly_batch(events[:split], engine.config, streamed_calls)
     plot = plot_curves([champion, baseline, network], out / "demo_rolling_metrics.png",
-                       title=f"Online champion vs frozen bootstrap model ({args.drift or 'no drift'})", marks=marks)
+                       title=f"Online champion vs frozen bootstrap model ({settings.drift or 'no drift'})", marks=marks)
 
     def phase_auc(curve, low, high):
         values = [p["roc_auc"] for p in curve.points if low <= p["resolved"] < high]

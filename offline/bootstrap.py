@@ -33,6 +33,9 @@ from shopstream.engine import Engine
 from shopstream.events import Event, InvalidEvent
 from shopstream.readers import read_events
 from shopstream.scoring import Scoreboard
+from shopstream.signing import FROM_ENVIRONMENT, Key
+
+from .settings import BootstrapSettings, EpochSettings
 
 
 @dataclass
@@ -81,19 +84,6 @@ class CandidateResult:
     split_resolved: int = 0                 # resolved predictions when the holdout starts
     training: Optional[dict] = None         # epoch training: settings and per-epoch history
     artifact: Optional[Path] = None
-
-
-@dataclass(frozen=True)
-class EpochSettings:
-    """How epoch-trained models (`mlp`) are fitted offline: the seed's 10 epochs of 32.
-    `lr`, when given, replaces the model's learning rate, offline and online after."""
-
-    epochs: int = 10
-    batch_size: int = 32
-    validation_split: float = 0.2
-    patience: int = 3
-    lr: Optional[float] = None
-    catch_up: bool = True   # then learn the validation rows online (see `_fit_epochs`)
 
 
 class _Collector:
@@ -213,19 +203,19 @@ def _rescore_open_predictions(engine: Engine) -> None:
 
 
 def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] = ("logreg",),
-              config: EngineConfig = EngineConfig(), holdout: float = 0.2, columns: Optional[dict] = None,
-              seed: int = 42, progress: bool = True, epochs: Optional[EpochSettings] = None,
-              default_from: Optional[Sequence[str]] = None, max_bad_rows: Optional[int] = None) -> dict:
+              config: EngineConfig = EngineConfig(), holdout: float = BootstrapSettings.holdout,
+              columns: Optional[dict] = None, seed: int = 42, progress: bool = True,
+              epochs: Optional[EpochSettings] = None, default_from: Optional[Sequence[str]] = None,
+              max_bad_rows: Optional[int] = None, signing_key: Key = FROM_ENVIRONMENT) -> dict:
     """Run the whole offline stage; return the report (also written to `out`).
 
     DEFAULT is the best candidate by holdout ROC AUC, among `default_from` when given
-    (the demo keeps the seed's network a challenger that way)."""
+    (the demo keeps the seed's network a challenger that way). Artifacts are signed with
+    `signing_key` when there is one (`BootstrapSettings` checked the other values)."""
     from tqdm import tqdm
 
     from .report import write_report
 
-    if not 0.0 <= holdout < 1.0:
-        raise ValueError(f"holdout must be a fraction in [0, 1), got {holdout}")
     out = Path(out)
     history = load_history(history_path, columns, max_bad_rows=max_bad_rows)
     events = history.events
@@ -254,6 +244,7 @@ def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] =
         "train_events": split,
         "holdout_events": len(events) - split,
     }
+    saved: dict[str, Path] = {}
     for result in results:
         engine = result.engine
         meta = {
@@ -266,17 +257,18 @@ def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] =
         }
         if result.training is not None:
             meta["training"] = result.training
-        result.artifact = save_artifact(out, result.model, engine.model, engine.features, meta)
+        saved[result.model] = result.artifact = save_artifact(out, result.model, engine.model, engine.features,
+                                                              meta, signing_key)
     eligible = [r for r in results if default_from is None or r.model in default_from] or results
     best = max(eligible, key=lambda r: (r.holdout["roc_auc"], -r.holdout["log_loss"]))
-    set_default(out, best.artifact)
+    set_default(out, saved[best.model], signing_key)
     report = {
         "data": data,
         "feature_set": config.features,
         "label_window_seconds": config.window,
-        "default": best.artifact.relative_to(out).as_posix(),
+        "default": saved[best.model].relative_to(out).as_posix(),
         "candidates": {
-            r.model: {"artifact": r.artifact.relative_to(out).as_posix(), "progressive": r.train,
+            r.model: {"artifact": saved[r.model].relative_to(out).as_posix(), "progressive": r.train,
                       "holdout": r.holdout, "joiner": dict(r.engine.joiner.counts),
                       **({"training": r.training} if r.training is not None else {})}
             for r in results

@@ -7,9 +7,10 @@ Layout under the artifacts directory::
     DEFAULT                       "<model>/<version>" of the best model
 
 Nothing is unpickled before its sha256 matches the metadata, so a truncated or
-modified file is refused with `ArtifactError`. With SHOPSTREAM_SIGNING_KEY set, the
-metadata also holds an HMAC of the pickle and one of the metadata itself, and DEFAULT
-a second line with an HMAC of its first; loading requires all three (`signing.py`).
+modified file is refused with `ArtifactError`. With a signing key (the commands' setting
+`signing_key`, given to each function here as `key`), the metadata also holds an HMAC of the
+pickle and one of the metadata itself, and DEFAULT a second line with an HMAC of its first;
+loading requires all three (`signing.py`). A function not given its key uses `signing_key()`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any, Optional
 import river
 
 from .files import write_atomically
-from .signing import signing_key, sign, verify
+from .signing import FROM_ENVIRONMENT, Key, key_of, sign, verify
 
 DEFAULT_POINTER = "DEFAULT"
 
@@ -49,7 +50,8 @@ def atomic_write(path: Path, data: bytes) -> None:
     write_atomically(path, lambda out: out.write(data))
 
 
-def save_artifact(root: str | Path, model_name: str, model, features, meta: dict) -> Path:
+def save_artifact(root: str | Path, model_name: str, model, features, meta: dict,
+                  key: Key = FROM_ENVIRONMENT) -> Path:
     """Write one versioned artifact; return its directory."""
     payload = pickle.dumps({"model": model, "features": features}, protocol=pickle.HIGHEST_PROTOCOL)
     digest = hashlib.sha256(payload).hexdigest()
@@ -66,10 +68,10 @@ def save_artifact(root: str | Path, model_name: str, model, features, meta: dict
         "size_bytes": len(payload),
         **meta,
     }
-    key = signing_key()
-    if key is not None:
-        full_meta["hmac_sha256"] = sign(payload, key)
-        full_meta[META_HMAC] = sign(_canonical(full_meta), key)
+    secret = key_of(key)
+    if secret is not None:
+        full_meta["hmac_sha256"] = sign(payload, secret)
+        full_meta[META_HMAC] = sign(_canonical(full_meta), secret)
     atomic_write(directory / "model.pkl", payload)
     atomic_write(directory / "meta.json", json.dumps(full_meta, indent=2, default=str).encode())
     return directory
@@ -83,34 +85,35 @@ def _canonical(meta: dict) -> bytes:
     return json.dumps({k: v for k, v in meta.items() if k != META_HMAC}, sort_keys=True, default=str).encode()
 
 
-def set_default(root: str | Path, artifact_dir: Path) -> None:
+def set_default(root: str | Path, artifact_dir: Path, key: Key = FROM_ENVIRONMENT) -> None:
     root = Path(root)
     target = str(artifact_dir.relative_to(root))
-    key = signing_key()
-    signature = f"hmac-sha256:{sign(target.encode(), key)}\n" if key is not None else ""
+    secret = key_of(key)
+    signature = f"hmac-sha256:{sign(target.encode(), secret)}\n" if secret is not None else ""
     atomic_write(root / DEFAULT_POINTER, f"{target}\n{signature}".encode())
 
 
-def resolve(path: str | Path) -> Path:
+def resolve(path: str | Path, key: Key = FROM_ENVIRONMENT) -> Path:
     """An artifact directory, or an artifacts root (then its DEFAULT, verified with a key)."""
     path = Path(path)
     pointer = path / DEFAULT_POINTER
     if pointer.is_file():
         lines = pointer.read_text().splitlines() or [""]
         target = lines[0].strip()
-        key = signing_key()
-        if key is not None:
+        secret = key_of(key)
+        if secret is not None:
             tag = lines[1].strip().partition("hmac-sha256:")[2] if len(lines) > 1 else None
-            verify(target.encode(), tag, key, str(pointer))
+            verify(target.encode(), tag, secret, str(pointer))
         if not target or target.startswith("/") or ".." in Path(target).parts:
             raise ArtifactError(f"{pointer}: {target!r} is not an artifact of this directory")
         return path / target
     return path
 
 
-def load_artifact(path: str | Path) -> Artifact:
+def load_artifact(path: str | Path, key: Key = FROM_ENVIRONMENT) -> Artifact:
     """Load and verify an artifact (directory or artifacts root)."""
-    directory = resolve(path)
+    secret = key_of(key)
+    directory = resolve(path, secret)
     meta_path, model_path = directory / "meta.json", directory / "model.pkl"
     if not meta_path.is_file() or not model_path.is_file():
         raise ArtifactError(f"{directory}: not an artifact (needs meta.json and model.pkl)")
@@ -126,10 +129,9 @@ def load_artifact(path: str | Path) -> Artifact:
             f"{model_path}: sha256 {actual[:12]}... does not match metadata {expected[:12]}...; "
             "the file is truncated or was modified, refusing to unpickle it"
         )
-    key = signing_key()
-    if key is not None:
-        verify(_canonical(meta), meta.get(META_HMAC), key, str(meta_path))
-        verify(payload, meta.get("hmac_sha256"), key, str(model_path))
+    if secret is not None:
+        verify(_canonical(meta), meta.get(META_HMAC), secret, str(meta_path))
+        verify(payload, meta.get("hmac_sha256"), secret, str(model_path))
     if meta.get("river_version") != river.__version__:
         print(f"warning: {directory} was made with River {meta.get('river_version')}, "
               f"this is River {river.__version__}", file=sys.stderr)

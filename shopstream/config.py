@@ -1,4 +1,4 @@
-"""The engine's settings, each default written once.
+"""The core's settings, each default written once: the engine's and the generator's.
 
 `EngineConfig` is what one partition's engine runs under: the feature set, the label
 rules (attribution window, lateness), the caps on its state and the rolling metrics. The
@@ -15,15 +15,17 @@ unless told to adopt the artifact's. The command line derives its options (and t
 >>> EngineConfig(window=-5)
 Traceback (most recent call last):
 ...
-shopstream.config.ConfigError: window -5.0 must be > 0 seconds
+shopstream.options.ConfigError: window -5.0 must be > 0 seconds
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from .features import FEATURE_SETS as _FEATURE_BUILDERS
+from .generator import MAX_USER_SHARE, Drift, generate
+from .options import ConfigError, Settings, check, option_meta as _help
 
 FEATURE_SETS = tuple(_FEATURE_BUILDERS)
 DRIFT_REACTIONS = ("none", "challenger", "reset")
@@ -31,27 +33,8 @@ DRIFT_REACTIONS = ("none", "challenger", "reset")
 TRAINED_UNDER = ("features", "window", "lateness")
 
 
-def _help(text: str, **extra) -> dict:
-    return {"help": text, **extra}
-
-
-class ConfigError(ValueError):
-    """A setting out of its range: which one, its value and the rule."""
-
-    def __init__(self, name: str, value: Any, rule: str):
-        super().__init__(f"{name} {value!r} {rule}")
-        self.name, self.value, self.rule = name, value, rule
-
-
-def check(config, rules) -> None:
-    """Raise `ConfigError` for the first (name, ok, rule) of `rules` that does not hold."""
-    for name, ok, rule in rules:
-        if not ok:
-            raise ConfigError(name, getattr(config, name), rule)
-
-
 @dataclass(frozen=True)
-class EngineConfig:
+class EngineConfig(Settings):
     """Settings of one partition's predict-then-learn engine (see `engine.py`)."""
 
     features: str = field(default="shop", metadata=_help("feature set: raw or shop", choices=FEATURE_SETS))
@@ -112,3 +95,42 @@ class EngineConfig:
     def adopting(self, trained: "EngineConfig") -> "EngineConfig":
         """This config with the artifact's `TRAINED_UNDER` settings."""
         return replace(self, **{name: getattr(trained, name) for name in TRAINED_UNDER})
+
+
+@dataclass(frozen=True)
+class GeneratorSettings(Settings):
+    """The synthetic shop of `generator.generate` (``shopstream generate``, and ``produce`` without
+    a file)."""
+
+    events: int = field(default=100_000, metadata=_help("number of events to generate"))
+    seed: int = field(default=7, metadata=_help("random seed (same seed, same events)"))
+    days: float = field(default=30.0, metadata=_help("time span in days"))
+    drift: tuple[str, ...] = field(default=(), metadata=_help(
+        "drift scenario(s), e.g. checkout_incident@0.5-0.7:android price_shock@0.8"))
+    max_user_share: float = field(default=MAX_USER_SHARE, metadata=_help(
+        "cap on one user's share of the sessions (1: uncapped, a skewed shop)"))
+
+    def __post_init__(self) -> None:
+        check(self, (("events", self.events >= 0, "must be >= 0"),
+                     ("days", self.days > 0, "must be > 0"),
+                     ("max_user_share", 0 < self.max_user_share <= 1, "must be in (0, 1]")))
+        self.drifts()
+
+    def drifts(self) -> tuple[Drift, ...]:
+        try:
+            return tuple(Drift.parse(text) for text in self.drift)
+        except ValueError as exc:
+            raise ConfigError("drift", list(self.drift), f"is not a drift scenario: {exc}") from None
+
+    def generate(self) -> Iterator[dict]:
+        """The events, as `generator.generate` yields them."""
+        return generate(self.events, seed=self.seed, days=self.days, drifts=self.drifts(),
+                        max_user_share=self.max_user_share)
+
+
+@dataclass(frozen=True)
+class GenerateSettings(Settings):
+    """``shopstream generate``: the generator's settings and where the events go."""
+
+    generator: GeneratorSettings = GeneratorSettings()
+    out: str = field(default="events.jsonl", metadata=_help("output .jsonl file"))

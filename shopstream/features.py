@@ -35,31 +35,37 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from dataclasses import field as setting
 from typing import Any, cast
 
 from .events import Event
+from .options import check, option_meta as _help
 
 
 @dataclass(frozen=True)
 class FeatureCaps:
-    """Bounds on the feature state; each is a worker option (--max-sessions, ...). The bootstrap
-    uses these defaults, and a worker applies its own to an artifact's state (`set_caps`)."""
+    """Bounds on the feature state; each with ``help`` is a worker option (--max-sessions, ...).
+    The bootstrap uses these defaults, and a worker applies its own to an artifact's state
+    (`set_caps`)."""
 
-    sessions: int = 200_000
-    users: int = 1_000_000
-    products: int = 1_000_000
-    brands: int = 100_000
-    categories: int = 10_000        # top categories with a price average
+    sessions: int = setting(default=200_000, metadata=_help("sessions the features remember", flag="--max-sessions"))
+    users: int = setting(default=1_000_000, metadata=_help("users the features remember", flag="--max-users"))
+    products: int = setting(default=1_000_000, metadata=_help("products the features remember",
+                                                            flag="--max-products"))
+    brands: int = setting(default=100_000, metadata=_help("brands the features remember", flag="--max-brands"))
+    categories: int = setting(default=10_000, metadata=_help("categories with a price average",
+                                                           flag="--max-categories"))
     one_hot: int = 16               # values per one-hot field (platform, channel, category)
-    session_products: int = 1_000   # distinct products one session tracks (views, carts)
-    session_ttl: float = 86_400.0   # event-time seconds a session stays without activity
-    raw_features: int = 10_000      # distinct raw feature names a model ever sees
+    session_products: int = setting(default=1_000, metadata=_help("distinct products one session tracks",
+                                                                flag="--max-session-products"))
+    session_ttl: float = setting(default=86_400.0, metadata=_help(
+        "seconds of event time a quiet session is remembered"))
+    raw_features: int = setting(default=10_000, metadata=_help("distinct raw feature names a model sees",
+                                                             flag="--max-raw-features"))
 
     def __post_init__(self):
-        for name, value in vars(self).items():
-            if not value > 0:
-                raise ValueError(f"feature cap {name} must be > 0, got {value!r}")
+        check(self, [(f.name, getattr(self, f.name) > 0, "must be > 0") for f in fields(self)])
 
 
 class RawFeatures:

@@ -1,9 +1,11 @@
-"""Authenticate pickles before loading them: HMAC-SHA256 with a key from the environment.
+"""Authenticate pickles before loading them: HMAC-SHA256 with the command's signing key.
 
 Unpickling runs code, so a file that could have been written by someone else must be
-proved ours first. With SHOPSTREAM_SIGNING_KEY set, artifacts and checkpoints are
-written with an HMAC of their bytes and refused on load unless the HMAC matches; a
-plain sha256 only catches accidents (truncation, torn writes), not forgery.
+proved ours first. With a signing key (the setting `signing_key`: SHOPSTREAM_SIGNING_KEY,
+or the file --signing-key-file names), artifacts and checkpoints are written with an HMAC
+of their bytes and refused on load unless the HMAC matches; a plain sha256 only catches
+accidents (truncation, torn writes), not forgery. The key is never an option on the
+command line (``ps`` shows those), never in a repr, a log line or ``--help``.
 
 >>> tag = sign(b"model bytes", b"k")
 >>> verify(b"model bytes", tag, b"k", "x")
@@ -17,8 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-from typing import Optional
+from contextlib import contextmanager
+from dataclasses import field
+from typing import Any, Iterator, Optional, Union
+
+from .options import environ
 
 KEY_ENV = "SHOPSTREAM_SIGNING_KEY"
 
@@ -27,9 +32,51 @@ class SignatureError(RuntimeError):
     """A pickle whose origin cannot be proved."""
 
 
+def key_setting() -> Any:
+    """The `signing_key` field of every command that signs or verifies: never an option (only
+    its variable, SHOPSTREAM_SIGNING_KEY, or --signing-key-file), never in a repr."""
+    return field(default=None, repr=False, metadata={"env_only": True, "about": (
+        "key that signs and verifies artifacts, checkpoints, control commands and learn records (HMAC-SHA256; "
+        "without one they carry a sha256 only)")})
+
+
+class _FromEnvironment:
+    """The default `key` of functions not yet given theirs by every caller: `signing_key()`."""
+
+    def __repr__(self) -> str:
+        return "FROM_ENVIRONMENT"
+
+
+FROM_ENVIRONMENT = _FromEnvironment()
+Key = Union[bytes, None, _FromEnvironment]
+
+# The key a command's settings gave, for the modules that still call `signing_key()` (stream's
+# checkpoints, restore, control, kafka_store, worker) until they take it as a parameter.
+_given: list[Optional[bytes]] = []
+
+
 def signing_key() -> Optional[bytes]:
-    key = os.environ.get(KEY_ENV)
+    """The key of callers that are not given one: the running command's (`using`), else the
+    environment's (the settings read it the same way)."""
+    if _given:
+        return _given[-1]
+    key = environ(KEY_ENV)
     return key.encode() if key else None
+
+
+def key_of(key: Key) -> Optional[bytes]:
+    """`key` itself, or `signing_key()` for `FROM_ENVIRONMENT`."""
+    return signing_key() if isinstance(key, _FromEnvironment) else key
+
+
+@contextmanager
+def using(key: Optional[bytes]) -> Iterator[None]:
+    """While a command runs, `signing_key()` answers its settings' key (None included)."""
+    _given.append(key)
+    try:
+        yield
+    finally:
+        _given.pop()
 
 
 def sign(payload: bytes, key: bytes) -> str:

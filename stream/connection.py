@@ -18,16 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
+from shopstream.options import option_meta as _help
+
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 # kafka-python 3.0.12 backs off up to 30 s (the Java client: 1 s), metadata refreshes
 # included. After a broker restart its fetches carry a stale leader epoch and are
 # fenced until the next metadata refresh: a worker stalled 17-28 s after every outage.
 RECONNECT_BACKOFF_MAX_MS = 1000
-
-
-def _help(text: str, **extra) -> dict:
-    return {"help": text, **extra}
 
 
 class Secret:

@@ -14,8 +14,8 @@ position). This module is the Kafka half, one `LearnLog` per worker:
   its reason (logged, counted in ``shopstream_learn_log_refused_total{reason}``): every
   replica passes over it and nothing of it is learned.
 
-A record's value: one check line (``sha256:<hex>``, or ``hmac-sha256:<hex>`` with
-SHOPSTREAM_SIGNING_KEY), then the example as JSON (floats written so they read back to the
+A record's value: one check line (``sha256:<hex>``, or ``hmac-sha256:<hex>`` with the
+worker's signing key, its setting `signing_key`), then the example as JSON (floats written so they read back to the
 same bits). The check covers the JSON bytes.
 """
 
@@ -35,7 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from shopstream.events import EVENT_TYPES
 from shopstream.shared_learning import CATALOG_FIELDS, CatalogEvents, Example, LearnOutbox, LogReplica
-from shopstream.signing import KEY_ENV, signing_key
+from shopstream.signing import FROM_ENVIRONMENT, KEY_ENV, Key, key_of
 
 from .topics import create_topics
 
@@ -146,8 +146,10 @@ class LearnLog:
     """A worker's side of the learn log (see the module's docstring)."""
 
     def __init__(self, options: dict, topic: str, group: str, events_topic: str, engine_config, outputs,
-                 registry: CollectorRegistry, consumer: Optional[KafkaConsumer] = None):
+                 registry: CollectorRegistry, consumer: Optional[KafkaConsumer] = None,
+                 signing_key: Key = FROM_ENVIRONMENT):
         self.topic = topic
+        self.key = key_of(signing_key)   # signs what this worker publishes, checks what it applies
         self.group = group
         self.events_topic = events_topic
         self.schema = schema_of(engine_config)
@@ -197,10 +199,9 @@ class LearnLog:
         batch = outbox.drain_events()
         if not outbox.pending and batch is None:
             return
-        key = signing_key()
         lineup = ",".join(f"{s.name}@{s.version}" for s in state.engine.slots if s.learn)
         for example in [*outbox.drain(), *([batch] if batch is not None else [])]:
-            value = encode(example, self.group, self.events_topic, self.schema, lineup, key)
+            value = encode(example, self.group, self.events_topic, self.schema, lineup, self.key)
             # The worker's producer: a checkpoint waits until these are acknowledged like any output.
             self.outputs._send(self.topic, {"key": str(example.source).encode(), "value": value})
             self.published += isinstance(example, Example)
@@ -220,7 +221,6 @@ class LearnLog:
         records = batches.get(self.tp, [])
         if not records:
             return 0
-        key = signing_key()
         states = list(partitions.values())
         now = time.time()
         for record in records:
@@ -235,7 +235,7 @@ class LearnLog:
                           "owned partition applied them: those partitions' models miss them", self.topic, missed,
                           record.offset)
             try:
-                example = decode(record.value, self.group, self.events_topic, self.schema, key)
+                example = decode(record.value, self.group, self.events_topic, self.schema, self.key)
             except RefusedRecord as exc:
                 n = self.refused[exc.kind] = self.refused.get(exc.kind, 0) + 1
                 if n & (n - 1) == 0:  # the 1st, 2nd, 4th... of each reason: a flood cannot flood the log

@@ -15,7 +15,8 @@ from kafka import KafkaProducer
 
 from shopstream.events import InvalidEvent, encode_event, event_from_record
 
-from .connection import KafkaConnection, kafka_options
+from .connection import kafka_options
+from .settings import ProduceSettings
 
 _encode = msgspec.json.Encoder().encode
 
@@ -80,26 +81,20 @@ def send_all(producer, topic: str, messages, rate: float = 0.0, progress: bool =
     return sent
 
 
-def produce(args) -> int:
-    from shopstream.generator import Drift, generate
-
+def produce(settings: ProduceSettings) -> int:
     rejected: list[str] = []
-    if args.file:
-        messages = messages_from_file(args.file, args.validate, rejected, args.max_bad_rows)
+    if settings.file:
+        messages = messages_from_file(settings.file, settings.validate, rejected, settings.max_bad_rows)
         total = None
     else:
-        drifts = tuple(Drift.parse(text) for text in args.drift)
-        records = generate(args.events, seed=args.seed, drifts=drifts,
-                           max_user_share=args.max_user_share)
-        messages = messages_from_generator(records, args.validate, rejected)
-        total = args.events
-    options = kafka_options(KafkaConnection.from_args(args))
-    producer = KafkaProducer(linger_ms=20, batch_size=256 * 1024, acks="all", **options)
+        messages = messages_from_generator(settings.generator.generate(), settings.validate, rejected)
+        total = settings.generator.events
+    producer = KafkaProducer(linger_ms=20, batch_size=256 * 1024, acks="all", **kafka_options(settings.kafka))
     try:
-        sent = send_all(producer, args.topic, messages, args.rate, args.progress, total)
+        sent = send_all(producer, settings.topic, messages, settings.rate, settings.progress, total)
     finally:
         producer.close()
-    print(f"sent {sent} events to {args.topic}; rejected {len(rejected)}")
+    print(f"sent {sent} events to {settings.topic}; rejected {len(rejected)}")
     for line in rejected[:10]:
         print(f"  rejected {line}", file=sys.stderr)
     return 0

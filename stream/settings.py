@@ -1,10 +1,12 @@
-"""A worker's settings: frozen objects, each default written once.
+"""The stream commands' settings: frozen objects, each default written once.
 
 `WorkerSettings` holds one object per concern: the Kafka connection, the engine
 (`shopstream.config.EngineConfig`), the models it runs (`shopstream.lineup.Lineup`), the
-checkpoints and the feature caps, plus the loop's own settings. The command line derives
-its options from these fields (name, default, ``help`` metadata; ``flag`` when the option
-is spelled otherwise), and every option falls back to a ``SHOPSTREAM_*`` variable.
+checkpoints and the feature caps, plus the loop's own settings and its signing key.
+`ProduceSettings`, `TopicsSettings` and `ModelsSettings` are the other stream commands'. The
+command line derives their options from these fields (name, default, ``help`` metadata; ``flag``
+when the option is spelled otherwise; see `shopstream.options`), and every option falls back to
+a ``SHOPSTREAM_*`` variable.
 
 >>> settings = WorkerSettings.from_options(window=600, topic="t", checkpoint_every=500)
 >>> settings.engine.window, settings.topic, settings.checkpoints.every
@@ -20,20 +22,18 @@ import math
 import os
 import socket
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Mapping, Optional
+from typing import Optional
 
-from shopstream.config import ConfigError, EngineConfig, check
+from shopstream.config import ConfigError, EngineConfig, GeneratorSettings, check
 from shopstream.events import MAX_FUTURE_SKEW
 from shopstream.features import FeatureCaps
 from shopstream.lineup import Lineup
+from shopstream.options import Settings, option_meta as _help, option_name, progress_bar, same_as
 from shopstream.shared_learning import MODES as LEARNING_MODES
+from shopstream.signing import key_setting
 from shopstream.slots import PromotionPolicy
 
 from .connection import KafkaConnection, Secret
-
-
-def _help(text: str, **extra) -> dict:
-    return {"help": text, **extra}
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ class ServeSettings:
 
 
 @dataclass(frozen=True)
-class WorkerSettings:
+class WorkerSettings(Settings):
     kafka: KafkaConnection = KafkaConnection()
     engine: EngineConfig = EngineConfig()
     lineup: Lineup = Lineup()
@@ -159,6 +159,7 @@ class WorkerSettings:
         "the learn log with --learning shared (one partition; created if missing)"))
     log_level: str = field(default="INFO", metadata=_help(
         "DEBUG shows the Kafka client's own INFO lines too", choices=("DEBUG", "INFO", "WARNING", "ERROR")))
+    signing_key: Optional[bytes] = key_setting()
 
     def __post_init__(self) -> None:
         _check_finite(self)
@@ -184,41 +185,6 @@ class WorkerSettings:
             # The promotion options are flat on the command line; the line-up carries the policy.
             policy = PromotionPolicy(margin=self.promotion_margin, min_resolved=self.promotion_min_resolved)
             object.__setattr__(self, "lineup", replace(self.lineup, promotion=policy))
-
-    @classmethod
-    def from_options(cls, **options: Any) -> "WorkerSettings":
-        """From flat option names (as the command line spells them, ``_`` for ``-``), each
-        routed to the object that owns it; an unknown name is an error."""
-        return cls.from_mapping(options, strict=True)
-
-    @classmethod
-    def from_args(cls, args) -> "WorkerSettings":
-        """From an argparse namespace (names that are not settings, like ``command``, are ignored)."""
-        return cls.from_mapping(vars(args), strict=False)
-
-    @classmethod
-    def from_mapping(cls, given: Mapping[str, Any], strict: bool) -> "WorkerSettings":
-        given = {k: v for k, v in given.items() if v is not None}
-        used: set = set()
-        parts = {}
-        for name, part in PARTS.items():
-            values = {f.name: given[key] for f in fields(part) if (key := option_name(part, f)) in given}
-            used |= {option_name(part, f) for f in fields(part)}
-            if part is FeatureCaps:  # its own check (a ValueError) names the field, not the option
-                for f in fields(part):
-                    if not values.get(f.name, f.default) > 0:
-                        raise ConfigError(option_name(part, f), values[f.name], "must be > 0")
-            try:
-                parts[name] = part(**_tuples(values))
-            except ConfigError as exc:  # named as the command line spells it (--checkpoint-seconds)
-                flat = {f.name: option_name(part, f) for f in fields(part)}
-                raise ConfigError(flat.get(exc.name, exc.name), exc.value, exc.rule) from None
-        own = {f.name: given[f.name] for f in fields(cls) if f.name not in PARTS and f.name in given}
-        used |= set(own)
-        unknown = sorted(set(given) - used)
-        if strict and unknown:
-            raise TypeError(f"unknown worker settings: {unknown}")
-        return cls(**parts, **own)
 
     @property
     def name(self) -> str:
@@ -271,20 +237,78 @@ PARTS = {"kafka": KafkaConnection, "engine": EngineConfig, "lineup": Lineup, "ch
          "caps": FeatureCaps, "serve": ServeSettings}
 
 
-def option_name(part, f) -> str:
-    """The flat option name of a field: its ``flag`` metadata (e.g. ``--checkpoint-every``),
-    else ``caps``' fields as ``max_<name>`` (``session_ttl`` as is), else its own name."""
-    flag = f.metadata.get("flag")
-    if flag:
-        return flag.lstrip("-").replace("-", "_")
-    if part is FeatureCaps:
-        return f.name if f.name == "session_ttl" else f"max_{f.name}"
-    return f.name
+@dataclass(frozen=True)
+class ProduceSettings(Settings):
+    """``shopstream produce``: events from a file, or from the generator, into the events topic."""
+
+    kafka: KafkaConnection = KafkaConnection()
+    generator: GeneratorSettings = GeneratorSettings()  # without --file
+    topic: str = same_as(WorkerSettings, "topic")
+    file: Optional[str] = field(default=None, metadata=_help("events file (.jsonl, .csv); without it, generate",
+                                                             type=str))
+    rate: float = field(default=0.0, metadata=_help("events per second (0: as fast as possible)"))
+    validate: bool = field(default=False, metadata=_help("drop and count invalid events instead of sending them"))
+    max_bad_rows: Optional[int] = field(default=None, metadata=_help(
+        "with --validate: stop with an error after more bad rows than this (default: no limit, each is reported "
+        "and skipped)", type=int))
+    progress: bool = progress_bar()
+
+    def __post_init__(self) -> None:
+        check(self, (("topic", bool(self.topic), "must be a topic name"),
+                     ("rate", math.isfinite(self.rate) and self.rate >= 0, "must be >= 0 (0: as fast as possible)"),
+                     ("max_bad_rows", self.max_bad_rows is None or self.max_bad_rows >= 0, "must be >= 0")))
 
 
-def _tuples(values: dict) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+@dataclass(frozen=True)
+class TopicsSettings(Settings):
+    """``shopstream topics``: the topics a worker reads and writes, created before anything produces."""
+
+    kafka: KafkaConnection = KafkaConnection()
+    topic: str = same_as(WorkerSettings, "topic")
+    predictions_topic: str = same_as(WorkerSettings, "predictions_topic")
+    dead_letter_topic: str = same_as(WorkerSettings, "dead_letter_topic")
+    control_topic: str = same_as(WorkerSettings, "control_topic")
+    partitions: int = field(default=4, metadata=_help("partitions of the events and predictions topics"))
+
+    def __post_init__(self) -> None:
+        check(self, (("topic", bool(self.topic), "must be a topic name"),
+                     ("partitions", 1 <= self.partitions <= 10_000, "must be 1..10000")))
 
 
-__all__ = ["CheckpointSettings", "ConfigError", "KafkaConnection", "PARTS", "Secret", "ServeSettings", "WorkerSettings",
-           "option_name"]
+MODEL_ACTIONS = ("list", "promote", "rollback")
+
+
+@dataclass(frozen=True)
+class ModelsSettings(Settings):
+    """``shopstream models ACTION [TARGET]``: list the models, or promote / roll back on running workers."""
+
+    action: str = "list"                # positional: list, promote or rollback
+    target: Optional[str] = None        # positional: a model name (promote) or an artifact version (rollback)
+    kafka: KafkaConnection = KafkaConnection()
+    control_topic: str = same_as(WorkerSettings, "control_topic", help="topic the workers read commands from")
+    topic: str = same_as(WorkerSettings, "topic", help="events topic (its partitions are the ones to hear from)")
+    artifacts: Optional[str] = field(default=None, metadata=_help(
+        "bootstrap output: versions to list or roll back to", type=str))
+    checkpoint_store: str = same_as(CheckpointSettings, "store", help="where the workers keep checkpoints (list)")
+    checkpoints: Optional[str] = field(default=None, metadata=_help(
+        "checkpoint directory (list, with --checkpoint-store dir)", type=str))
+    checkpoint_topic: str = same_as(CheckpointSettings, "topic", help=(
+        "checkpoint topic (list, with --checkpoint-store kafka)"))
+    group: str = same_as(WorkerSettings, "group", help="the workers' consumer group (list, with --checkpoint-store "
+                                                       "kafka)")
+    partition: Optional[int] = field(default=None, metadata=_help("only this partition (default: all)", type=int))
+    wait: bool = field(default=True, metadata=_help("wait until every partition applied or rejected the command"))
+    wait_timeout: float = field(default=30.0, metadata=_help("seconds to wait for the partitions' replies"))
+    signing_key: Optional[bytes] = key_setting()
+
+    def __post_init__(self) -> None:
+        check(self, (("action", self.action in MODEL_ACTIONS, f"must be one of {MODEL_ACTIONS}"),
+                     ("target", self.action == "list" or bool(self.target), f"is required by {self.action}: a model "
+                      "name (promote) or an artifact version (rollback)"),
+                     ("wait_timeout", math.isfinite(self.wait_timeout) and self.wait_timeout > 0,
+                      "must be > 0 seconds"),
+                     ("checkpoint_store", self.checkpoint_store in ("dir", "kafka"), "must be dir or kafka")))
+
+
+__all__ = ["CheckpointSettings", "ConfigError", "KafkaConnection", "ModelsSettings", "PARTS", "ProduceSettings",
+           "Secret", "ServeSettings", "TopicsSettings", "WorkerSettings", "option_name"]

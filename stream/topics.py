@@ -12,7 +12,8 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from .connection import KafkaConnection, kafka_options
+from .connection import kafka_options
+from .settings import TopicsSettings
 
 
 def create_topics(options: dict, topics: dict[str, int], timeout: float = 30.0,
@@ -45,13 +46,13 @@ def create_topics(options: dict, topics: dict[str, int], timeout: float = 30.0,
         admin.close()
 
 
-def topics_command(args) -> int:
-    created = create_topics(kafka_options(KafkaConnection.from_args(args)), {
-        args.topic: args.partitions,
-        args.predictions_topic: args.partitions,
-        args.dead_letter_topic: 1,
-        args.control_topic: 1,
-        f"{args.control_topic}-replies": 1,   # the workers' answers to control commands
+def topics_command(settings: TopicsSettings) -> int:
+    created = create_topics(kafka_options(settings.kafka), {
+        settings.topic: settings.partitions,
+        settings.predictions_topic: settings.partitions,
+        settings.dead_letter_topic: 1,
+        settings.control_topic: 1,
+        f"{settings.control_topic}-replies": 1,   # the workers' answers to control commands
     })
     print(f"created topics: {', '.join(created) or 'none (all existed)'}")
     return 0

@@ -1,0 +1,222 @@
+"""Every command's options come from its frozen settings class (each default written once), every
+refusal is a `ConfigError` from the settings object, printed as one line naming the option (exit
+2), and the signing key is a setting: from SHOPSTREAM_SIGNING_KEY or --signing-key-file, never an
+option, never in a repr, --help or log line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from cli.commands import COMMAND_SETTINGS, build_parser, main, settings_of
+from offline.settings import BootstrapSettings
+from shopstream.artifacts import load_artifact
+from shopstream.config import ConfigError, EngineConfig
+from shopstream.features import FeatureCaps
+from shopstream.options import leaves, option_name
+from shopstream.signing import KEY_ENV, SignatureError, signing_key, using
+from stream.settings import ModelsSettings, ProduceSettings, TopicsSettings, WorkerSettings
+
+KEY = "k3y-only-in-this-test"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def no_shopstream_env(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("SHOPSTREAM_"):
+            monkeypatch.delenv(name)
+
+
+def subparser(command: str):
+    [action] = [a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction"]
+    return action.choices[command]
+
+
+#: what a command needs beyond its defaults, as arguments and as fields
+GIVEN = {"models": (["models", "list"], {}),
+         "bootstrap": (["bootstrap", "--history", "h.jsonl"], {"history": "h.jsonl"})}
+
+
+@pytest.mark.parametrize("command", sorted(COMMAND_SETTINGS))
+def test_each_command_s_defaults_are_its_settings_class_defaults(command):
+    settings_class = COMMAND_SETTINGS[command][0]
+    argv, given = GIVEN.get(command, ([command], {}))
+    assert settings_of(build_parser().parse_args(argv)) == settings_class(**given), \
+        "the parser's defaults are the settings' defaults"
+    # every option is a field (or the file of a secret field): none is written by hand
+    derived = set()
+    for part, f in leaves(settings_class):
+        name = option_name(part, f)
+        derived.add(f"{name}_file" if f.metadata.get("env_only") else name)
+    options = {a.dest for a in subparser(command)._actions
+               if a.option_strings and a.dest != "help" and a.help != argparse.SUPPRESS}
+    assert options == derived
+
+
+def test_no_default_is_written_in_the_command_line_module():
+    import ast
+
+    calls = [n for n in ast.walk(ast.parse((ROOT / "cli" / "commands.py").read_text())) if isinstance(n, ast.Call)]
+    named = [getattr(c.func, "attr", getattr(c.func, "id", "")) for c in calls]
+    assert "option" not in named and named.count("add_argument") == 3   # --version and the models positionals
+    assert not [c for c in calls if getattr(c.func, "attr", "") == "add_argument" and
+                any(k.arg == "default" for k in c.keywords)]
+    packages = ("shopstream", "stream", "offline", "cli")
+    helpers = [p for folder in packages for p in (ROOT / folder).glob("*.py") if "def _help(" in p.read_text()]
+    assert helpers == []   # option_meta, in shopstream/options.py, is the one
+
+
+def test_shared_options_are_written_once_and_follow_the_worker_s():
+    topics, worker = TopicsSettings(), WorkerSettings()
+    assert (topics.topic, topics.predictions_topic, topics.dead_letter_topic, topics.control_topic) == \
+        (worker.topic, worker.predictions_topic, worker.dead_letter_topic, worker.control_topic)
+    models = ModelsSettings()
+    assert (models.checkpoint_topic, models.group, ProduceSettings().topic) == \
+        (worker.checkpoints.topic, worker.group, worker.topic)
+
+
+def test_feature_caps_options_come_from_its_fields():
+    worker = {a.dest: a for a in subparser("worker")._actions}
+    for f in fields(FeatureCaps):
+        if "help" in f.metadata:
+            name = option_name(FeatureCaps, f)
+            assert worker[name].default == f.default and f.metadata["help"] in worker[name].help
+    assert {"max_sessions", "max_raw_features", "session_ttl"} <= set(worker)
+    assert "one_hot" not in worker and "max_one_hot" not in worker   # no help: not an option
+    with pytest.raises(ConfigError) as refused:   # the caps check themselves, like every settings object
+        FeatureCaps(sessions=0)
+    assert (refused.value.name, refused.value.value) == ("sessions", 0)
+    with pytest.raises(ConfigError, match="max_session_products 0 must be > 0"):
+        WorkerSettings.from_options(max_session_products=0)
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["generate", "--days", "0"], "--days 0.0 must be > 0"),
+    (["generate", "--max-user-share", "2"], "--max-user-share 2.0 must be in (0, 1]"),
+    (["generate", "--drift", "meteor@0.5"], "--drift ['meteor@0.5'] is not a drift scenario"),
+    (["bootstrap"], "--history is required (or SHOPSTREAM_HISTORY), or --generate-events N"),
+    (["bootstrap", "--history", "h.jsonl", "--holdout", "1"], "--holdout 1.0 must be a fraction in [0, 1)"),
+    (["bootstrap", "--history", "h.jsonl", "--epochs", "0"], "--epochs 0 must be >= 1"),
+    (["bootstrap", "--history", "h.jsonl", "--learning-rate", "2"], "--learning-rate 2.0 must be in (0, 1)"),
+    (["bootstrap", "--history", "h.jsonl", "--max-sessions", "0"], None),  # not a bootstrap option
+    (["demo", "--events", "-1"], "--events -1 must be >= 0"),
+    (["produce", "--rate", "-1"], "--rate -1.0 must be >= 0 (0: as fast as possible)"),
+    (["produce", "--events", "-5"], "--events -5 must be >= 0"),
+    (["topics", "--partitions", "0"], "--partitions 0 must be 1..10000"),
+    (["models", "promote"], "--target is required by promote"),
+    (["models", "list", "--wait-timeout", "0"], "--wait-timeout 0.0 must be > 0 seconds"),
+    (["worker", "--max-sessions", "0"], "--max-sessions 0 must be > 0"),
+])
+def test_every_command_refuses_a_value_with_one_line_naming_the_option(argv, line, capsys):
+    argv = [*argv, "--bootstrap-servers", "127.0.0.1:1"] if argv[0] in ("produce", "topics", "models") else argv
+    if line is None:
+        with pytest.raises(SystemExit):   # argparse: an option of another command
+            main(argv)
+        return
+    assert main(argv) == 2
+    [printed] = capsys.readouterr().err.strip().splitlines()
+    assert printed.startswith(f"shopstream {argv[0]}: error: {line}"), printed
+
+
+def test_the_settings_objects_refuse_by_themselves():
+    with pytest.raises(ConfigError, match="rate"):
+        ProduceSettings.from_options(rate=float("nan"))
+    with pytest.raises(ConfigError, match="partitions"):
+        TopicsSettings(partitions=20_000)
+    with pytest.raises(ConfigError, match="batch_size"):
+        BootstrapSettings.from_options(history="h", batch_size=0)
+    with pytest.raises(TypeError, match=r"unknown produce settings: \['speed'\]"):
+        ProduceSettings.from_options(speed=3)
+    produce = ProduceSettings.from_options(events=10, seed=3, topic="t", bootstrap_servers="b:1")
+    assert (produce.generator.events, produce.generator.seed, produce.kafka.bootstrap_servers) == (10, 3, "b:1")
+    bootstrap = BootstrapSettings.from_options(history="h", window=600, epochs=2, learning_rate=0.01)
+    assert bootstrap.engine == EngineConfig(window=600) and (bootstrap.epochs.epochs, bootstrap.epochs.lr) == (2, 0.01)
+
+
+# -- the signing key -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def key_file(tmp_path):
+    path = tmp_path / "signing.key"
+    path.write_text(KEY + "\n")   # as `echo` writes it: the line end is not part of the key
+    return str(path)
+
+
+@pytest.mark.parametrize("argv", [["worker"], ["bootstrap", "--generate-events", "10"], ["models", "list"]])
+def test_a_key_from_a_file_or_from_the_environment_gives_the_same_settings(argv, key_file, monkeypatch):
+    from_file = settings_of(build_parser().parse_args([*argv, "--signing-key-file", key_file]))
+    monkeypatch.setenv(KEY_ENV, KEY)
+    from_env = settings_of(build_parser().parse_args(argv))
+    assert from_file == from_env and from_env.signing_key == KEY.encode()
+    monkeypatch.delenv(KEY_ENV)
+    assert settings_of(build_parser().parse_args(argv)).signing_key is None
+    assert WorkerSettings.from_options(signing_key_file=key_file).signing_key == KEY.encode()  # not only by CLI
+
+
+def test_a_key_given_twice_or_unreadable_is_refused_naming_the_file_option(key_file, tmp_path, monkeypatch, capsys):
+    empty = tmp_path / "empty.key"
+    empty.write_text("\n")
+    assert main(["worker", "--signing-key-file", str(empty)]) == 2
+    assert capsys.readouterr().err.strip() == f"shopstream worker: error: --signing-key-file {str(empty)!r} is empty"
+    assert main(["bootstrap", "--generate-events", "10", "--signing-key-file", str(tmp_path / "missing")]) == 2
+    assert "--signing-key-file" in capsys.readouterr().err and "cannot be read: No such file" in \
+        str(ConfigError("signing_key_file", "x", "cannot be read: No such file or directory"))
+    monkeypatch.setenv(KEY_ENV, "another")
+    assert main(["worker", "--signing-key-file", key_file]) == 2
+    err = capsys.readouterr().err
+    assert f"--signing-key-file {key_file!r} and SHOPSTREAM_SIGNING_KEY are both set" in err and "another" not in err
+
+
+def test_the_key_is_never_an_option_nor_shown(key_file, monkeypatch, capsys, caplog, tmp_path):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    for command in COMMAND_SETTINGS:
+        text = subparser(command).format_help()
+        assert KEY not in text and "--signing-key " not in text and "--signing-key\n" not in text
+    for argv in (["worker"], ["bootstrap", "--generate-events", "10"], ["models", "list"]):
+        settings = settings_of(build_parser().parse_args(argv))
+        assert settings.signing_key == KEY.encode()
+        assert KEY not in repr(settings) and KEY not in str(settings)
+    with pytest.raises(SystemExit):   # not an option (ps would show it), refused without repeating it
+        build_parser().parse_args(["worker", "--signing-key", KEY])
+    refused = capsys.readouterr().err
+    assert "--signing-key is not an option" in refused and "SHOPSTREAM_SIGNING_KEY" in refused and KEY not in refused
+    # A worker that stops on its settings: nothing it printed or logged holds the key.
+    with caplog.at_level(logging.DEBUG):
+        assert main(["worker", "--bootstrap-servers", "127.0.0.1:1", "--metrics-port", "-1",
+                     "--checkpoints", str(tmp_path / "c"), "--window", "-1"]) == 2
+    out = capsys.readouterr()
+    assert "--window" in out.err and KEY not in out.out + out.err + caplog.text
+
+
+def test_an_artifact_signed_with_the_setting_verifies_and_is_refused_under_another_key(key_file, tmp_path):
+    out = tmp_path / "artifacts"
+    assert main(["bootstrap", "--generate-events", "3000", "--model", "logreg", "--no-progress",
+                 "--out", str(out), "--signing-key-file", key_file]) == 0
+    assert KEY_ENV not in os.environ   # the file alone gave the key
+    signed = load_artifact(out, KEY.encode())
+    assert signed.meta["hmac_sha256"] and (out / "DEFAULT").read_text().count("hmac-sha256:") == 1
+    with pytest.raises(SignatureError, match="HMAC does not match"):
+        load_artifact(out, b"another key")
+    with pytest.raises(SignatureError, match="HMAC does not match"):
+        load_artifact(signed.path, b"another key")
+    plain = tmp_path / "plain"
+    assert main(["bootstrap", "--generate-events", "3000", "--model", "logreg", "--no-progress",
+                 "--out", str(plain)]) == 0
+    with pytest.raises(SignatureError, match="not signed"):
+        load_artifact(plain, KEY.encode())
+
+
+def test_a_command_s_key_is_the_one_the_modules_not_yet_given_theirs_read(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "from-env")
+    with using(b"from-settings"):
+        assert signing_key() == b"from-settings"
+        with using(None):   # a command without a key: none, whatever the environment says
+            assert signing_key() is None
+    assert signing_key() == b"from-env"
