@@ -27,7 +27,7 @@ from shopstream.events import MAX_FUTURE_SKEW
 from shopstream.features import FeatureCaps
 from shopstream.lineup import Lineup
 from shopstream.shared_learning import MODES as LEARNING_MODES
-from shopstream.slots import PromotionPolicy
+from shopstream.lineup import PromotionPolicy
 
 from .connection import KafkaConnection, Secret
 

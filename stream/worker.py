@@ -357,7 +357,8 @@ class Worker(ConsumerRebalanceListener):
         if self.learn_log is not None:
             self.learn_log.observe(state, record.offset, event)
         if score is not None:
-            self.outputs.prediction(record, event, score, engine.model_name, engine.model_version)
+            champion = engine.champion_slot
+            self.outputs.prediction(record, event, score, champion.name, champion.version)
         if self.awaited:  # scoring requests wait for their event
             self.desk.processed(state, record, event, score)  # type: ignore[union-attr]
 

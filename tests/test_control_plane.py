@@ -87,7 +87,7 @@ def test_hostile_commands_are_rejected_with_a_reason_and_run_no_code(tmp_path):
     assert "is not a model name" in reasons[3] and len(reasons[3]) < 300
     assert "no model named 'hat' here" in reasons[4] and "unknown action" in reasons[5]
     assert ch.counts == {("rollback", "rejected"): 3, ("promote", "rejected"): 2, ("invalid", "rejected"): 4}
-    assert engine.model_name == "logreg" and engine.control_offset == 5
+    assert engine.champion_slot.name == "logreg" and engine.control_offset == 5
     lineage = [h for h in engine.history if h["kind"] == "control"]
     assert len(lineage) == 6 and all(len(h["target"]) <= 80 for h in lineage)
     assert ch.apply(engine, 0) is False  # each command once
