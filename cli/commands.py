@@ -259,9 +259,10 @@ def _cmd_topics(args) -> int:
 
 
 def _cmd_models(args) -> int:
-    from stream.control import models_command
+    from shopstream.signing import signing_key
+    from stream.control_operator import models_command
 
-    return models_command(args)
+    return models_command(args, signing_key())
 
 
 def _cmd_worker(args) -> int:

@@ -100,7 +100,7 @@ class _Collector:
     """Stands in for the model while the engine replays the training part: it predicts
     nothing (so nothing is scored) and keeps every (features, label) the engine resolves."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.xs: list = []
         self.ys: list = []
 
@@ -150,7 +150,7 @@ def train_candidate(model_name: str, events: Sequence[Event], split: int, config
             before.process(event)
         if progress is not None:
             progress.update()
-    if before is not None:  # what catching up on the validation rows was worth, for the report
+    if before is not None and training is not None:  # what catching up on the validation rows was worth
         training["holdout_before_catch_up"] = _summary(before.champion_slot.scores, before)
     if training is not None:  # its rolling scores start empty at the split: skip the first, empty samples
         curve.points = [p for p in curve.points if p["resolved"] >= split_resolved + curve.every]
@@ -178,7 +178,7 @@ def _fit_epochs(engine: Engine, events: Sequence[Event], settings: EpochSettings
                                 batch_size=settings.batch_size, validation_split=settings.validation_split,
                                 patience=settings.patience)
     held_out = list(zip(collector.xs[training["fit_rows"]:], collector.ys[training["fit_rows"]:]))
-    validation = Scoreboard(champion.scores.rolling.window)
+    validation = Scoreboard(engine.config.metric_window)
     for x, y in held_out:
         proba = model.predict_proba_one(x)
         validation.update(y, proba[True], max(proba, key=proba.get))
@@ -211,6 +211,13 @@ def _rescore_open_predictions(engine: Engine) -> None:
     for prediction in engine.joiner.open_predictions():
         proba = model.predict_proba_one(prediction.x)
         prediction.outputs = ((proba[True], max(proba, key=proba.get)), *prediction.outputs[1:])
+
+
+def _saved(result: CandidateResult) -> Path:
+    """Where a candidate's artifact was saved (every candidate's is, before the report)."""
+    if result.artifact is None:
+        raise RuntimeError(f"candidate {result.model}: no artifact saved")
+    return result.artifact
 
 
 def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] = ("logreg",),
@@ -270,14 +277,14 @@ def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] =
         result.artifact = save_artifact(out, result.model, engine.champion_slot.model, engine.features, meta)
     eligible = [r for r in results if default_from is None or r.model in default_from] or results
     best = max(eligible, key=lambda r: (r.holdout["roc_auc"], -r.holdout["log_loss"]))
-    set_default(out, best.artifact)
+    set_default(out, _saved(best))
     report = {
         "data": data,
         "feature_set": config.features,
         "label_window_seconds": config.window,
-        "default": best.artifact.relative_to(out).as_posix(),
+        "default": _saved(best).relative_to(out).as_posix(),
         "candidates": {
-            r.model: {"artifact": r.artifact.relative_to(out).as_posix(), "progressive": r.train,
+            r.model: {"artifact": _saved(r).relative_to(out).as_posix(), "progressive": r.train,
                       "holdout": r.holdout, "joiner": dict(r.engine.joiner.counts),
                       **({"training": r.training} if r.training is not None else {})}
             for r in results

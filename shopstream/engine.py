@@ -87,7 +87,7 @@ class Engine:
         self.promotion = promotion
         self.replacements = replacements
         self.history: list[dict] = []   # lineage: promotions, rollbacks, drift detections, control commands
-        self.control_offset = -1        # last control command applied (see stream/control/)
+        self.control_offset = -1        # last control command applied (see stream/control_worker.py)
         self._recent_ids: OrderedDict = OrderedDict()  # O(1) eviction of the oldest id
 
     @classmethod

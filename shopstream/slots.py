@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import pickle
 from collections.abc import Mapping
+from typing import cast
 
 import numpy as np
 from river import drift
@@ -153,7 +154,7 @@ class ModelSlot:
 
     def clear_scores(self) -> None:
         """Start the slot's scores over (same rolling window): what it scores from now on."""
-        self.scores = Scoreboard(self.scores.rolling.window)
+        self.scores = Scoreboard(cast(int, self.scores.rolling.window))
 
     def keep_as_good(self) -> None:
         """Remember the model as it is now as the state to return to if it is poisoned."""

@@ -109,13 +109,15 @@ class Worker(ConsumerRebalanceListener):
         self.last_poll = 0.0
         self.fatal: Optional[str] = None
         self.control = clients.control()
+        if self.control is not None:
+            self.control.open()  # reads the commands sent so far: partitions get them before any event
         self._last_control_poll = 0.0
         self.idle = IdleClock(time.monotonic())
         self.membership = GroupMembership(clients.consumer, settings.topic, self, settings.rejoin_deadline,
-                                          on_rebuild=self._release_all)
+                                          on_rebuild=self._release_all).open()
         self.broker = BrokerWatch(settings.topic)
         self.outputs = Outputs(clients.producer, settings.predictions_topic, settings.dead_letter_topic,
-                               settings.prediction_format)
+                               settings.prediction_format).open()
         self.store = clients.checkpoint_store()
         self.checkpointer = Checkpointer(self.store, self.outputs, settings.checkpoints, self.registry)
         self.restorer = PartitionRestorer(self.store, lambda: new_engine(settings), self.control, settings.group,
@@ -370,6 +372,8 @@ class Worker(ConsumerRebalanceListener):
     # -- durability ------------------------------------------------------------------
 
     def _poll_control(self) -> bool:
+        if self.control is None:
+            return False
         try:
             return self.control.poll()
         except Exception as exc:  # an outage: the commands wait in their topic, the worker goes on
