@@ -25,7 +25,7 @@ Bonferroni share is alpha / 4.
 
 Tests: ``before``, the engine's rule until now (River's 10-threshold rolling ROC AUC over the
 last 1,000 predictions ahead by 0.01 and a paired log-loss z >= 3.09 over the last 2,000, no
-cooldown, no correction for several challengers), and `slots.PromotionPolicy` with each
+cooldown, no correction for several challengers), and `lineup.PromotionPolicy` with each
 `test` (exact windowed ROC AUC with DeLong's z, log loss, both), defaults otherwise.
 """
 
@@ -48,7 +48,8 @@ from shopstream.events import event_from_record
 from shopstream.generator import generate
 from shopstream.recording import record
 from shopstream.scoring import ThresholdROCAUC
-from shopstream.slots import PairedLossTest, PromotionPolicy, paired_loss
+from shopstream.lineup import PromotionPolicy
+from shopstream.slots import PairedLossTest, paired_loss
 
 RATES = (0.03, 0.12, 0.30)
 N_CHALLENGERS = 4

@@ -52,10 +52,9 @@ from shopstream.evaluation import (DAY, BatchLogisticRegression, nightly_batch, 
                                    vectorize)
 from shopstream.events import event_from_record
 from shopstream.generator import START, Drift, generate
-from shopstream.lineup import TUNING, Lineup, build_engine
+from shopstream.lineup import TUNING, Lineup, PromotionPolicy, build_engine
 from shopstream.models import build_model
 from shopstream.recording import Recording, record
-from shopstream.slots import PromotionPolicy
 
 DAYS = 30.0
 SPAN = DAYS * DAY
@@ -96,8 +95,8 @@ def run_engine(records, frozen_after: int, lineup: Lineup) -> tuple[Recording, o
     def freeze(engine, event):
         if frozen_after and engine.counts["resolved"] >= frozen_after and \
                 not any(s.role == "baseline" for s in engine.slots):
-            engine.add_slot("frozen", copy.deepcopy(engine.model), "baseline",
-                            f"{engine.model_name}@{frozen_after}")
+            engine.add_slot("frozen", copy.deepcopy(engine.champion_slot.model), "baseline",
+                            f"{engine.champion_slot.name}@{frozen_after}")
             engine.frozen_at = event.event_time
 
     rec = record(engine, before_predict=freeze)
@@ -226,7 +225,7 @@ def run_scenario(scenario: Scenario, args) -> dict:
     return {"scenario": scenario, "table": table, "diffs": diffs, "delayed": delayed, "recovery": recovery,
             "blocks": {b: int(m.sum()) for b, m in blocks.items()}, "positives": int(y[scored].sum()),
             "promotions": promotions, "engine_s": engine_s, "predictions": len(rec.xs),
-            "final_champion": engine.model_name, "first_day": first_day}
+            "final_champion": engine.champion_slot.name, "first_day": first_day}
 
 
 def line_up_cost(n_events: int, seed: int) -> dict:

@@ -10,7 +10,7 @@ proposed change before anyone makes it in the package.
 --producer/--consumer override the kafka-python settings the worker's clients get
 (`stream.clients`; e.g. --producer batch_size=1048576 --consumer
 max_partition_fetch_bytes=8388608), and --control-consumer those of the control channel's
-consumer (`stream.control`) (one record per polled batch of predictions is now the
+consumer (`stream.control_worker`) (one record per polled batch of predictions is now the
 worker's own default, `--prediction-format`); --snapshot-seconds spaces the metrics snapshots of the engines (1e9: none
 after the first), --gc-off disables the cyclic garbage collector once the CLI has set it up
 (an upper bound of what collections cost). --broker-check-on-consumer asks the broker watch's
@@ -201,7 +201,7 @@ def main(argv: list[str]) -> int:
     clients_module.KafkaProducer = Producer
     clients_module.KafkaConsumer = Consumer
     if control_kw:
-        import stream.control as control_module
+        import stream.control_worker as control_module
 
         control_module.KafkaConsumer = ControlConsumer
     if timing_sample is not None:

@@ -106,7 +106,7 @@ def _cmd_topics(s: TopicsSettings) -> int:
 
 
 def _cmd_models(s: ModelsSettings) -> int:
-    from stream.models_command import models_command
+    from stream.control_operator import models_command
 
     return models_command(s)
 

@@ -32,11 +32,10 @@ from shopstream.events import decode_event, event_from_record
 from shopstream.exporter import EngineCollector, MetricsServer
 from shopstream.generator import START, Drift, generate, write_jsonl
 from shopstream.features import build_features
-from shopstream.lineup import TUNING, Lineup, build_engine
+from shopstream.lineup import TUNING, Lineup, PromotionPolicy, build_engine
 from shopstream.models import build_model
 from shopstream.options import Settings, check, option_meta, progress_bar, same_as
 from shopstream.recording import record as record_calls
-from shopstream.slots import PromotionPolicy
 from stream.settings import WorkerSettings
 
 BOOTSTRAP_FRACTION = 0.3
@@ -148,12 +147,12 @@ def run_demo(settings: DemoSettings) -> dict:
         return round(mean(values), 4) if values else None
 
     streamed = len(events) - split
-    champion_scores = engine.scores.cumulative.values()
+    champion_scores = engine.champion_slot.scores.cumulative.values()
     baseline_scores = next(s for s in engine.slots if s.role == "baseline").scores.cumulative.values()
     summary = {
         # First what a user decides on: is learning online worth it here?
         "online_vs_frozen": {
-            "final_champion": engine.model_name,   # scored on its own predictions over the whole stream
+            "final_champion": engine.champion_slot.name,   # scored on its own predictions over the whole stream
             "online_champion": {m: round(champion_scores[m], 4) for m in ("roc_auc", "log_loss")},
             "frozen_bootstrap_model": {m: round(baseline_scores[m], 4) for m in ("roc_auc", "log_loss")},
             "roc_auc_gain": round(champion_scores["roc_auc"] - baseline_scores["roc_auc"], 4),
@@ -176,7 +175,8 @@ def run_demo(settings: DemoSettings) -> dict:
         "report": str(out / "artifacts" / "report.md"),
     }
     lift = summary["online_vs_frozen"]
-    print(f"demo: online champion ({engine.model_name}) ROC AUC {lift['online_champion']['roc_auc']:.4f} against "
+    final = engine.champion_slot.name
+    print(f"demo: online champion ({final}) ROC AUC {lift['online_champion']['roc_auc']:.4f} against "
           f"{lift['frozen_bootstrap_model']['roc_auc']:.4f} for the frozen bootstrap model "
           f"({lift['roc_auc_gain']:+.4f})")
     ours, theirs = batch["online_champion"], batch["nightly_batch_logistic_regression"]

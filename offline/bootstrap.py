@@ -90,7 +90,7 @@ class _Collector:
     """Stands in for the model while the engine replays the training part: it predicts
     nothing (so nothing is scored) and keeps every (features, label) the engine resolves."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.xs: list = []
         self.ys: list = []
 
@@ -118,7 +118,7 @@ def train_candidate(model_name: str, events: Sequence[Event], split: int, config
     engine = Engine.fresh(model_name, config.features, seed, config)
     curve = LearningCurve(model_name, curve_every)
     training = before = None
-    if hasattr(engine.model, "fit_epochs"):
+    if hasattr(engine.champion_slot.model, "fit_epochs"):
         train, training, before = _fit_epochs(engine, events[:split], epochs or EpochSettings(), progress)
     else:
         for event in events[:split]:
@@ -126,12 +126,12 @@ def train_candidate(model_name: str, events: Sequence[Event], split: int, config
             curve.observe(engine)
             if progress is not None:
                 progress.update()
-        train = _summary(engine.scores, engine)
+        train = _summary(engine.champion_slot.scores, engine)
     split_resolved = engine.counts["resolved"]
 
     frozen = copy.deepcopy(engine)
-    frozen.learn = False
-    frozen.scores = Scoreboard(engine.scores.rolling.window)
+    frozen.freeze()
+    frozen.champion_slot.clear_scores()
     for event in events[split:]:
         frozen.process(event)
         engine.process(event)
@@ -140,12 +140,12 @@ def train_candidate(model_name: str, events: Sequence[Event], split: int, config
             before.process(event)
         if progress is not None:
             progress.update()
-    if before is not None:  # what catching up on the validation rows was worth, for the report
-        training["holdout_before_catch_up"] = _summary(before.scores, before)
+    if before is not None and training is not None:  # what catching up on the validation rows was worth
+        training["holdout_before_catch_up"] = _summary(before.champion_slot.scores, before)
     if training is not None:  # its rolling scores start empty at the split: skip the first, empty samples
         curve.points = [p for p in curve.points if p["resolved"] >= split_resolved + curve.every]
-    return CandidateResult(model_name, engine, curve, train, _summary(frozen.scores, frozen), split_resolved,
-                           training)
+    holdout = _summary(frozen.champion_slot.scores, frozen)
+    return CandidateResult(model_name, engine, curve, train, holdout, split_resolved, training)
 
 
 def _fit_epochs(engine: Engine, events: Sequence[Event], settings: EpochSettings,
@@ -153,25 +153,26 @@ def _fit_epochs(engine: Engine, events: Sequence[Event], settings: EpochSettings
     """Epoch-train the engine's model on the labels resolved in `events`. Return the
     metrics of the chosen epoch on its validation rows, the training record and, with
     `catch_up`, a frozen engine holding the model as it was before catching up."""
-    model = engine.model
+    champion = engine.champion_slot
+    model = champion.model
     if settings.lr is not None:
         model.lr = settings.lr
     collector = _Collector()
-    engine.slots[0].model = collector
+    champion.model = collector
     for event in events:  # features from the shared feature state, labels from the joiner
         engine.process(event)
         if progress is not None:
             progress.update()
-    engine.slots[0].model = model
+    champion.model = model
     training = model.fit_epochs(collector.xs, collector.ys, epochs=settings.epochs,
                                 batch_size=settings.batch_size, validation_split=settings.validation_split,
                                 patience=settings.patience)
     held_out = list(zip(collector.xs[training["fit_rows"]:], collector.ys[training["fit_rows"]:]))
-    validation = Scoreboard(engine.scores.rolling.window)
+    validation = Scoreboard(engine.config.metric_window)
     for x, y in held_out:
         proba = model.predict_proba_one(x)
         validation.update(y, proba[True], max(proba, key=proba.get))
-    engine.scores = Scoreboard(engine.scores.rolling.window)  # the collector scored nothing
+    champion.clear_scores()  # the collector scored nothing
     summary = _summary(validation, engine)
     summary["resolved"] = engine.counts["resolved"]
     summary["scored_on"] = f"validation split ({training['validation_rows']} rows, frozen, best epoch)"
@@ -183,7 +184,7 @@ def _fit_epochs(engine: Engine, events: Sequence[Event], settings: EpochSettings
         # that much staler at the split. Once they have chosen the epoch, it learns them
         # online, in time order, one Adam step each, as a worker will.
         before = copy.deepcopy(engine)
-        before.learn = False
+        before.freeze()
         _rescore_open_predictions(before)
         for x, y in held_out:
             model.learn_one(x, y)
@@ -196,7 +197,7 @@ def _rescore_open_predictions(engine: Engine) -> None:
     """Predictions still open at the split were made while there was no model: give them
     the trained model's score on their own features, so that the holdout scores the same
     predictions for this model as for the others."""
-    model = engine.model
+    model = engine.champion_slot.model
     for prediction in engine.joiner.open_predictions():
         proba = model.predict_proba_one(prediction.x)
         prediction.outputs = ((proba[True], max(proba, key=proba.get)), *prediction.outputs[1:])
@@ -257,8 +258,8 @@ def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] =
         }
         if result.training is not None:
             meta["training"] = result.training
-        saved[result.model] = result.artifact = save_artifact(out, result.model, engine.model, engine.features,
-                                                              meta, signing_key)
+        saved[result.model] = result.artifact = save_artifact(out, result.model, engine.champion_slot.model,
+                                                              engine.features, meta, signing_key)
     eligible = [r for r in results if default_from is None or r.model in default_from] or results
     best = max(eligible, key=lambda r: (r.holdout["roc_auc"], -r.holdout["log_loss"]))
     set_default(out, saved[best.model], signing_key)

@@ -15,11 +15,16 @@ baseline: see `slots.py`) predicts and is scored on the same events; the champio
 prediction is the one returned. With the ``raw`` features and the ``logreg``
 model, a labelled stream gives exactly river.evaluate's numbers.
 
+The engine has one API, the line-up's: `slots`, `slot(name)`, `champion_slot`,
+`add_slot`, `promote`, `rollback`, `freeze`, `record`. Which models run and what
+replaces a drifting champion is decided in `lineup.py` and handed in (`promotion`,
+`replacements`); what makes a label is `labels.py`'s.
+
 >>> from shopstream.events import Event
 >>> engine = Engine.fresh("logreg", "raw")
 >>> engine.process(Event(1.6e9, "view", "p", "u", "s", features={"a": 1.0}, label=True))
 0.5
->>> engine.counts["learned"], len(engine.scores.cumulative)
+>>> engine.counts["learned"], len(engine.champion_slot.scores.cumulative)
 (1, 1)
 """
 
@@ -30,16 +35,20 @@ import copy
 import logging
 import math
 from collections import OrderedDict
-from dataclasses import replace
-from typing import Optional, cast
+from typing import TYPE_CHECKING, Callable, Optional, cast
 
 from .config import EngineConfig
 from .delayed import FakeNegativeWeighted
-from .events import PREDICTION_POINTS, Event
-from .features import build_features
-from .labels import LabelJoiner, OpenPrediction
-from .models import CATALOG, RENAMED, build_model
-from .slots import ModelSlot, PairedLossTest, PromotionPolicy, model_is_finite
+from .events import Event
+from .labels import LABELLED, PREDICTION_POINT, PURCHASE, LabelJoiner, OpenPrediction, label_role, prediction_key
+from .slots import ModelSlot, PairedLossTest, model_is_finite
+
+if TYPE_CHECKING:  # the policy lives above the engine (lineup.py builds engines)
+    from .lineup import PromotionPolicy
+
+#: The drift reaction's choice of a replacement for a drifting champion (`lineup.CatalogReplacements`):
+#: (the champion's slot, how many slots run) -> (name, fresh model) of a new challenger, or None.
+Replacements = Callable[[ModelSlot, int], Optional[tuple]]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +57,6 @@ LABEL_DELAY_BUCKETS = (0.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.
 COUNT_NAMES = ("consumed", "duplicate", "predicted", "unscored", "resolved", "learned", "learn_errors",
                "promotions")
 MAX_HISTORY = 200
-MAX_SLOTS = 8  # drift reactions stop adding challengers past this
 
 
 class Engine:
@@ -58,11 +66,16 @@ class Engine:
     #: it instead of being learned here; the learn log teaches every partition's models.
     learn_sink = None
 
+    #: What the drift reaction ``challenger`` adds (None: nothing; engines from older checkpoints).
+    replacements: Optional[Replacements] = None
+
     def __init__(self, model, features, config: EngineConfig = EngineConfig(), *, model_name: str = "model",
-                 model_version: str = "fresh", learn: bool = True, promotion: Optional[PromotionPolicy] = None):
+                 model_version: str = "fresh", promotion: Optional[PromotionPolicy] = None,
+                 replacements: Optional[Replacements] = None):
+        """An engine whose line-up starts with `model` as its champion; `add_slot` adds the others."""
         self.config = config
         self.features = features
-        self.slots = [ModelSlot(model_name, model, "champion", model_version, learn, config.metric_window,
+        self.slots = [ModelSlot(model_name, model, "champion", model_version, True, config.metric_window,
                                 config.drift_delta)]
         self.champion = 0  # index into slots; slots are only ever appended
         self.joiner = LabelJoiner(window=config.window, lateness=config.lateness, max_open=config.max_open,
@@ -72,59 +85,31 @@ class Engine:
         self.label_delay_counts = [0] * (len(LABEL_DELAY_BUCKETS) + 1)
         self.label_delay_sum = 0.0
         self.promotion = promotion
-        self.history: list[dict] = []   # lineage: promotions, rollbacks, drift detections
-        self.control_offset = -1        # last control command applied (see stream/control.py)
+        self.replacements = replacements
+        self.history: list[dict] = []   # lineage: promotions, rollbacks, drift detections, control commands
+        self.control_offset = -1        # last control command applied (see stream/control_worker.py)
         self._recent_ids: OrderedDict = OrderedDict()  # O(1) eviction of the oldest id
 
     @classmethod
     def fresh(cls, model_name: str, feature_set: str = EngineConfig.features, seed: int = 42,
               config: Optional[EngineConfig] = None, **settings) -> "Engine":
-        """An untrained model from the catalog with empty feature state; `settings` override
-        fields of `config` (e.g. ``window=600``)."""
-        config = replace(config or EngineConfig(), features=feature_set, **settings)
-        return cls(build_model(model_name, seed), build_features(config.features), config, model_name=model_name)
+        """An untrained catalog model with empty feature state; `settings` override fields of
+        `config` (e.g. ``window=600``). The line-up builds it: `lineup.fresh_engine`."""
+        from .lineup import fresh_engine  # lineup.py imports this module: the call goes up at run time
+
+        return fresh_engine(model_name, feature_set, seed, config, **settings)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if "replacements" not in state:  # a checkpoint from before the line-up chose them: the catalog's
+            from .lineup import CatalogReplacements
+
+            self.replacements = CatalogReplacements()
 
     @property
-    def metric_window(self) -> int:
-        return self.config.metric_window
-
-    @property
-    def drift_delta(self) -> float:
-        return self.config.drift_delta
-
-    @property
-    def drift_reaction(self) -> str:
-        return self.config.drift_reaction
-
-    # The champion, as the single-model API of the engine.
-    @property
-    def model(self):
-        return self.slots[self.champion].model
-
-    @property
-    def model_name(self) -> str:
-        return self.slots[self.champion].name
-
-    @property
-    def model_version(self) -> str:
-        return self.slots[self.champion].version
-
-    @property
-    def scores(self):
-        return self.slots[self.champion].scores
-
-    @scores.setter
-    def scores(self, scores):
-        self.slots[self.champion].scores = scores
-
-    @property
-    def learn(self) -> bool:
-        return self.slots[self.champion].learn
-
-    @learn.setter
-    def learn(self, value: bool) -> None:
-        for slot in self.slots:
-            slot.learn = value and slot.role != "baseline"
+    def champion_slot(self) -> ModelSlot:
+        """The slot whose predictions are published (and returned by `process`)."""
+        return self.slots[self.champion]
 
     @property
     def open_predictions(self) -> int:
@@ -146,7 +131,8 @@ class Engine:
     def add_slot(self, name: str, model, role: str = "challenger", version: str = "fresh") -> ModelSlot:
         if any(slot.name == name for slot in self.slots):
             raise ValueError(f"a model named {name!r} already runs here")
-        slot = ModelSlot(name, model, role, version, metric_window=self.metric_window, drift_delta=self.drift_delta)
+        slot = ModelSlot(name, model, role, version, metric_window=self.config.metric_window,
+                         drift_delta=self.config.drift_delta)
         if role == "challenger":
             slot.comparison = PairedLossTest(self.promotion.window if self.promotion else 2000)
         self.slots.append(slot)
@@ -173,7 +159,7 @@ class Engine:
                 if slot.role == "challenger" else None
         self.counts["promotions"] += 1
         self.last_promotion_resolved = self.counts["resolved"]  # the cooldown counts from here
-        self._record("promotion", reason=reason, old=old.name, new=new.name, **details)
+        self.record("promotion", reason=reason, old=old.name, new=new.name, **details)
         log.info("promoted %s over %s (%s)", new.name, old.name, reason)
 
     def rollback(self, model, version: str, reason: str = "manual") -> None:
@@ -183,10 +169,17 @@ class Engine:
         champion.model, champion.version = model, version
         champion.keep_as_good()
         champion.drift = type(champion.drift)(delta=champion.drift.delta)
-        self._record("rollback", reason=reason, model=champion.name, old=previous, new=version)
+        self.record("rollback", reason=reason, model=champion.name, old=previous, new=version)
         log.info("rolled %s back from %s to %s", champion.name, previous, version)
 
-    def _record(self, kind: str, **details) -> None:
+    def freeze(self) -> None:
+        """No slot learns from now on: a copy that only predicts (the bootstrap's holdout)."""
+        for slot in self.slots:
+            slot.learn = False
+
+    def record(self, kind: str, **details) -> None:
+        """Add an entry to the lineage (`history`, the newest `MAX_HISTORY`): what happened, at
+        which event time and after how many resolved predictions (e.g. a control command)."""
         self.history.append({"kind": kind, "event_time": self.joiner.max_time,
                              "resolved": self.counts["resolved"], **details})
         del self.history[:-MAX_HISTORY]
@@ -210,14 +203,15 @@ class Engine:
             self._resolve(expired, False, t)
 
         p_true = None
-        if event.label is not None:
+        role = label_role(event)  # what the label rule makes of it (labels.py)
+        if role == LABELLED:
             prediction = self._predict(event, ref)
             p_true = prediction.p_true
-            self._resolve(prediction, event.label, t)
-        elif event.event_type == "purchase":
-            for bought in joiner.purchase((event.user_session, event.product_id), t):
+            self._resolve(prediction, cast(bool, event.label), t)
+        elif role == PURCHASE:
+            for bought in joiner.purchase(prediction_key(event), t):
                 self._resolve(bought, True, t)
-        elif event.event_type in PREDICTION_POINTS:
+        elif role == PREDICTION_POINT:
             prediction = self._predict(event, ref)
             if joiner.open(prediction):
                 p_true = prediction.p_true
@@ -268,8 +262,7 @@ class Engine:
                 outputs.append((0.0, None))
         self.counts["predicted"] += 1
         self._learn_provisional(x)
-        return OpenPrediction((event.user_session, event.product_id), cast(float, event.event_time), x, outputs,
-                              self.champion, ref)
+        return OpenPrediction(prediction_key(event), cast(float, event.event_time), x, outputs, self.champion, ref)
 
     def _resolve(self, prediction: OpenPrediction, y_true: bool, now: float) -> None:
         counts = self.counts
@@ -347,16 +340,18 @@ class Engine:
 
     def _on_drift(self, slot: ModelSlot) -> None:
         slot.drift_detections += 1
-        self._record("drift", model=slot.name, role=slot.role)
+        self.record("drift", model=slot.name, role=slot.role)
         log.info("drift detected in the errors of %s (%s) at event time %.0f after %d resolved",
                  slot.name, slot.role, self.joiner.max_time, self.counts["resolved"])
-        if slot.role != "champion" or self.drift_reaction == "none":
+        reaction = self.config.drift_reaction
+        if slot.role != "champion" or reaction == "none":
             return
-        if self.drift_reaction == "reset":
+        if reaction == "reset":
             baseline = next((s for s in self.slots if s.role == "baseline"), None)
             if baseline is not None:
                 self.rollback(copy.deepcopy(baseline.model), baseline.version, reason="drift")
-        elif (self.drift_reaction == "challenger" and (slot.name in CATALOG or slot.name in RENAMED)
-              and len(self.slots) < MAX_SLOTS):
-            name = f"{slot.name}_since_drift{slot.drift_detections}"
-            self.add_slot(name, build_model(slot.name), "challenger", "fresh")
+        elif reaction == "challenger" and self.replacements is not None:
+            chosen = self.replacements(slot, len(self.slots))  # the line-up's choice (lineup.py)
+            if chosen is not None:
+                name, model = chosen
+                self.add_slot(name, model, "challenger", "fresh")

@@ -25,8 +25,7 @@ from typing import Optional, Union, cast
 import msgspec
 
 EVENT_TYPES = frozenset({"view", "cart", "remove_from_cart", "purchase"})
-#: Event types that open a prediction: "will this session buy this product?"
-PREDICTION_POINTS = frozenset({"view", "cart"})
+# Which of them open a prediction, and what makes a label: the label rule, `labels.py`.
 MAX_EVENT_BYTES = 64 * 1024
 # Times outside this range are typos or unit errors (e.g. milliseconds), not shop events.
 MIN_EVENT_TIME = datetime(2000, 1, 1, tzinfo=timezone.utc).timestamp()

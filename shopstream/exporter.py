@@ -72,7 +72,7 @@ class EngineSnapshot:
             buckets.append((str(bound) if bound != float("inf") else "+Inf", running))
         # promotions have their own counter (shopstream_promotions_total), not an event outcome
         counts = {name: count for name, count in engine.counts.items() if name != "promotions"}
-        return cls(engine.model_name, slots, {**counts, **joiner.counts, **(extra or {})},
+        return cls(engine.champion_slot.name, slots, {**counts, **joiner.counts, **(extra or {})},
                    engine.counts["promotions"], engine.open_predictions,
                    0.0 if first is None else max(0.0, joiner.max_time - first), joiner.max_time,
                    tuple(buckets), engine.label_delay_sum, dict(getattr(engine.features, "evicted", {})))

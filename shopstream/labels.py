@@ -1,9 +1,15 @@
-"""Delayed labels: join purchases to the predictions made on earlier views and carts.
+"""The label rule, in one place: what makes a label, and the joiner that applies it.
 
-A view or cart of product P in session S opens a prediction "will S buy P within the
-attribution window?". A purchase of (S, P) inside [event time, event time + window]
-resolves it positive. Once the watermark (max event time seen minus the allowed
-lateness) passes the window's end, it resolves negative. Decisions made on purpose:
+What an event is to the rule (`label_role`, which the engine asks for every event):
+
+- an event carrying an explicit ``label`` is predicted and resolved with it at once;
+- a view or cart (`PREDICTION_POINTS`) of product P in session S opens a prediction "will S
+  buy P within the attribution window?" (keyed by `prediction_key`);
+- a purchase of (S, P) inside [event time, event time + window] resolves it positive;
+- anything else only feeds the features.
+
+Once the watermark (max event time seen minus the allowed lateness) passes the window's
+end, an open prediction expires: it resolves negative. Decisions made on purpose:
 
 - a purchase that precedes the view in event time (out of order) does not resolve it;
 - a prediction point already past the watermark when it arrives is *late*: it opens
@@ -35,6 +41,32 @@ from array import array
 from typing import Hashable, Optional
 
 from .config import EngineConfig
+from .events import Event
+
+#: Event types that open a prediction: "will this session buy this product?"
+PREDICTION_POINTS = frozenset({"view", "cart"})
+#: What an event is to the label rule (`label_role`).
+LABELLED, PURCHASE, PREDICTION_POINT, OTHER = "labelled", "purchase", "prediction_point", "other"
+
+
+def label_role(event: Event) -> str:
+    """`LABELLED` (it carries its label), `PURCHASE` (it resolves open predictions positive),
+    `PREDICTION_POINT` (it opens one) or `OTHER` (features only).
+
+    >>> label_role(Event(0.0, "purchase", "p", "u", "s", label=False)), label_role(Event(0.0, "cart", "p", "u", "s"))
+    ('labelled', 'prediction_point')
+    """
+    if event.label is not None:
+        return LABELLED
+    kind = event.event_type
+    if kind == "purchase":
+        return PURCHASE
+    return PREDICTION_POINT if kind in PREDICTION_POINTS else OTHER
+
+
+def prediction_key(event: Event) -> tuple:
+    """What a prediction is about and a purchase resolves: (session, product)."""
+    return (event.user_session, event.product_id)
 
 
 _FLOATS = {float}

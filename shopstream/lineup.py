@@ -1,35 +1,64 @@
-"""The line-up of models for one partition: champion, challengers, frozen baseline.
+"""The line-up policy, in one place: which models run in a partition, when a challenger
+replaces the champion, and what the drift reaction adds. The engine runs what it is
+given (`engine.py`); the slots' mechanics are `slots.py`'s.
 
-Shared by the workers and the demo so both start partitions the same way:
+Which models: shared by the workers, the demo and the bootstrap so all start the same way
+(`build_engine`, `fresh_engine`):
 
 - champion: the bootstrap's DEFAULT artifact, else a fresh catalog model;
 - challengers: by catalog name, each from its newest bootstrap artifact when there is
   one, else fresh;
 - baseline: a second, frozen copy of the DEFAULT artifact (never learns).
 
+Promotion (`PromotionPolicy`): a challenger replaces the champion when, on the same last
+`window` resolved predictions (`slots.PairedLossTest` keeps each challenger's pairs), a
+one-sided paired test says the challenger is better, at a level shared by all the
+challengers (Bonferroni: `alpha` / number of challengers), checked every `check_every`
+resolved predictions, after at least `min_resolved` pairs, and not within `cooldown`
+resolved predictions of the last promotion. The test is on the *exact* ROC AUC of the
+window (DeLong's paired z, not River's 10-threshold approximation, which at a 12% base
+rate puts most scores in its first buckets), on log loss (paired z of the per-prediction
+loss differences), or both; `benchmarks/promotion.py` measures how many labels each
+needs and how often it promotes a challenger that is not better (QUALITY.md).
+
+Drift (`CatalogReplacements`): with ``--drift-reaction challenger``, a champion whose
+errors drift gets a fresh catalog model of its own kind as a new challenger, up to
+`MAX_SLOTS` models.
+
 The challenger name ``tuning`` stands for `TUNING`, the self-tuning line-up: logistic
 regressions that differ only in their step (optimizer and step size). Each learns beside
-the champion and the existing promotion test (`slots.PromotionPolicy`) makes one champion
+the champion and the promotion test (`PromotionPolicy`) makes one champion
 when it is better on this partition's own labels, so a partition finds the step its shop
 needs without anyone choosing it (QUALITY.md measures it and its cost).
 
 >>> expand_challengers(["tuning", "mlp", "logreg_adam"])
 ['logreg', 'logreg_slow', 'logreg_adagrad', 'logreg_adam', 'logreg_avg', 'mlp']
+>>> import random
+>>> from shopstream.slots import PairedLossTest
+>>> rng = random.Random(1); test = PairedLossTest(window=2000)
+>>> for _ in range(2000):
+...     y = rng.random() < 0.2
+...     truth = (1.0 if y else 0.0) + rng.gauss(0, 1)
+...     test.update(y, truth + rng.gauss(0, 1.5), truth)   # champion, challenger (sharper)
+>>> PromotionPolicy().choose([("sharp", test)])[0]
+'sharp'
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
+
+from scipy import stats
 
 from .artifacts import latest, load_artifact
 from .config import EngineConfig, check
 from .engine import Engine
 from .features import FeatureCaps, build_features
-from .models import build_model
-from .slots import PromotionPolicy
+from .models import CATALOG, RENAMED, build_model
+from .slots import ModelSlot
 
 #: The self-tuning line-up (challenger name ``tuning``): River's default step and four
 #: ways to step more carefully. The decaying step (`logreg_decay`) is left out on purpose:
@@ -47,6 +76,79 @@ def expand_challengers(names: Sequence[str]) -> list[str]:
     return expanded
 
 log = logging.getLogger(__name__)
+
+#: Drift reactions stop adding challengers once this many models run.
+MAX_SLOTS = 8
+
+
+TESTS = ("auc", "log_loss", "auc_and_log_loss")
+
+
+@dataclass(frozen=True)
+class PromotionPolicy:
+    """When a challenger replaces the champion automatically (see the module's docstring)."""
+
+    test: str = "auc"              # auc: exact windowed ROC AUC (DeLong); log_loss; auc_and_log_loss: both
+    alpha: float = 0.001           # one-sided false-promotion probability per check, split over the challengers
+    margin: float = 0.0            # exact ROC AUC lead the challenger must also show on the window
+    min_resolved: int = 1000       # paired resolved predictions before any decision
+    min_positives: int = 30        # ... of which purchases (DeLong's variance needs some of each)
+    window: int = 5000             # resolved predictions compared (the newest)
+    check_every: int = 250         # resolved predictions between checks
+    cooldown: int = 5000           # resolved predictions after a promotion before the next automatic one
+
+    def __post_init__(self) -> None:
+        check(self, (
+            ("test", self.test in TESTS, f"must be one of {TESTS}"),
+            ("alpha", 0 < self.alpha < 0.5, "must be in (0, 0.5): a one-sided false-promotion probability"),
+            ("margin", 0 <= self.margin < 0.5, "must be in [0, 0.5): ROC AUC points"),
+            ("window", self.window >= 10, "must be >= 10 resolved predictions"),
+            ("min_resolved", 2 <= self.min_resolved <= self.window, "must be in [2, window]"),
+            ("min_positives", self.min_positives >= 2, "must be >= 2"),
+            ("check_every", self.check_every >= 1, "must be >= 1"),
+            ("cooldown", self.cooldown >= 0, "must be >= 0 resolved predictions"),
+        ))
+
+    def z_critical(self, n_challengers: int) -> float:
+        """One-sided critical z at `alpha` shared by `n_challengers` (Bonferroni)."""
+        return float(stats.norm.isf(self.alpha / max(1, n_challengers)))
+
+    def choose(self, comparisons) -> Optional[tuple[str, dict]]:
+        """The challenger to promote, with the figures that decided it, or None.
+        `comparisons`: (name, PairedLossTest) for every challenger."""
+        comparisons = list(comparisons)
+        critical = self.z_critical(len(comparisons))
+        best = None
+        for name, test in comparisons:
+            if test.n < self.min_resolved or test.positives < self.min_positives:
+                continue
+            z_loss = test.z()
+            if self.test == "auc_and_log_loss" and z_loss < critical:
+                continue  # the cheap test first
+            gain, z_auc = test.auc()
+            z = {"auc": z_auc, "log_loss": z_loss}.get(self.test, min(z_auc, z_loss))
+            if gain >= self.margin and z >= critical and (best is None or z > best[1]["z"]):
+                best = (name, {"z": round(z, 2), "auc_gain": round(gain, 4), "z_auc": round(z_auc, 2),
+                               "z_log_loss": round(z_loss, 2), "z_critical": round(critical, 2), "pairs": test.n})
+        return best
+
+
+@dataclass(frozen=True)
+class CatalogReplacements:
+    """The drift reaction's choice (``--drift-reaction challenger``): for a drifting champion
+    that is a catalog model, a fresh one of the same kind, named ``<name>_since_drift<n>``,
+    while fewer than `MAX_SLOTS` models run; else nothing. Kept in the engine's checkpoint.
+
+    >>> CatalogReplacements()(ModelSlot("logreg", None), 2)[0], CatalogReplacements()(ModelSlot("mine", None), 2)
+    ('logreg_since_drift0', None)
+    """
+
+    seed: int = 42
+
+    def __call__(self, champion: ModelSlot, running: int) -> Optional[tuple[str, object]]:
+        if running >= MAX_SLOTS or (champion.name not in CATALOG and champion.name not in RENAMED):
+            return None
+        return f"{champion.name}_since_drift{champion.drift_detections}", build_model(champion.name, self.seed)
 
 
 class ArtifactMismatch(ValueError):
@@ -88,17 +190,18 @@ def build_engine(artifacts: Optional[str] = None, config: EngineConfig = EngineC
         config = _settle(config, default, adopt_artifact_settings)
         default.features.set_caps(caps)
         engine = Engine(default.model, default.features, config, model_name=default.meta["model"],
-                        model_version=default.meta["version"], promotion=lineup.promotion)
+                        model_version=default.meta["version"], promotion=lineup.promotion,
+                        replacements=CatalogReplacements())
         origin = f"artifact:{default.meta['version']}"
         if lineup.baseline:
             frozen = load_artifact(default.path)  # its own copy: the champion's will learn
             engine.add_slot(f"{default.meta['model']}_baseline", frozen.model, "baseline", frozen.meta["version"])
     else:
         engine = Engine(build_model(lineup.model, seed), build_features(config.features, caps), config,
-                        model_name=lineup.model, promotion=lineup.promotion)
+                        model_name=lineup.model, promotion=lineup.promotion, replacements=CatalogReplacements())
         origin = "fresh"
     for name in expand_challengers(challengers):
-        if name == engine.model_name:
+        if name == engine.champion_slot.name:
             continue
         found = latest(artifacts, name) if artifacts else None
         if found is not None:
@@ -114,6 +217,15 @@ def build_engine(artifacts: Optional[str] = None, config: EngineConfig = EngineC
                 slot.model.lr = lineup.mlp_learning_rate
                 slot.keep_as_good()
     return engine, origin
+
+
+def fresh_engine(model_name: str, feature_set: str = EngineConfig.features, seed: int = 42,
+                 config: Optional[EngineConfig] = None, **settings) -> Engine:
+    """One untrained catalog model as the champion, empty feature state, nothing else
+    (`Engine.fresh`); `settings` override fields of `config` (e.g. ``window=600``)."""
+    config = replace(config or EngineConfig(), features=feature_set, **settings)
+    return Engine(build_model(model_name, seed), build_features(config.features), config, model_name=model_name,
+                  replacements=CatalogReplacements())
 
 
 def _settle(config: EngineConfig, artifact, adopt: bool) -> EngineConfig:

@@ -28,7 +28,7 @@ models, so a restored partition resumes the log exactly where its models stand.
 >>> ra, rb = LogReplica(), LogReplica()
 >>> [ra.apply(a, 0, log[0]), rb.apply(b, 0, log[0]), rb.apply(b, 1, log[0])]
 ['learned', 'learned', 'duplicate']
->>> a.model["LogisticRegression"].weights == b.model["LogisticRegression"].weights
+>>> a.champion_slot.model["LogisticRegression"].weights == b.champion_slot.model["LogisticRegression"].weights
 True
 """
 

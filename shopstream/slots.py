@@ -1,4 +1,4 @@
-"""The models an engine runs side by side on the same events, and how one replaces another.
+"""The mechanics of the models an engine runs side by side on the same events.
 
 Every slot predicts every event and is scored on every resolved prediction:
 
@@ -7,16 +7,10 @@ Every slot predicts every event and is scored on every resolved prediction:
 - the *baseline* is the bootstrap model frozen as it came out of the offline stage: it
   predicts and never learns, so champion minus baseline is what online learning gains.
 
-A challenger replaces the champion when `PromotionPolicy.choose` says so: on the same
-last `window` resolved predictions (`PairedLossTest` keeps each challenger's pairs), a
-one-sided paired test says the challenger is better, at a level shared by all the
-challengers (Bonferroni: `alpha` / number of challengers), checked every `check_every`
-resolved predictions, after at least `min_resolved` pairs, and not within `cooldown`
-resolved predictions of the last promotion. The test is on the *exact* ROC AUC of the
-window (DeLong's paired z, not River's 10-threshold approximation, which at a 12% base
-rate puts most scores in its first buckets), on log loss (paired z of the per-prediction
-loss differences), or both; `benchmarks/promotion.py` measures how many labels each
-needs and how often it promotes a challenger that is not better (QUALITY.md).
+Here: a slot (`ModelSlot`: model, role, scores, drift detector, last good state), a
+challenger's pairs with the champion (`PairedLossTest`) and the paired statistics
+(`delong`, `paired_loss`). When a challenger replaces the champion, and which models run,
+is the line-up's policy (`lineup.py`).
 
 >>> import random
 >>> rng = random.Random(1); test = PairedLossTest(window=2000)
@@ -24,8 +18,8 @@ needs and how often it promotes a challenger that is not better (QUALITY.md).
 ...     y = rng.random() < 0.2
 ...     truth = (1.0 if y else 0.0) + rng.gauss(0, 1)
 ...     test.update(y, truth + rng.gauss(0, 1.5), truth)   # champion, challenger (sharper)
->>> test.n, test.auc()[1] > 3, PromotionPolicy().choose([("sharp", test)])[0]
-(2000, True, 'sharp')
+>>> test.n, test.auc()[1] > 3
+(2000, True)
 """
 
 from __future__ import annotations
@@ -33,15 +27,10 @@ from __future__ import annotations
 import math
 import pickle
 from collections.abc import Mapping
-from dataclasses import dataclass
-
-from typing import Optional
+from typing import cast
 
 import numpy as np
 from river import drift
-from scipy import stats
-
-from .config import check
 
 from .scoring import Scoreboard
 
@@ -143,58 +132,6 @@ class PairedLossTest:
             self.__dict__.update(state)
 
 
-TESTS = ("auc", "log_loss", "auc_and_log_loss")
-
-
-@dataclass(frozen=True)
-class PromotionPolicy:
-    """When a challenger replaces the champion automatically (see the module's docstring)."""
-
-    test: str = "auc"              # auc: exact windowed ROC AUC (DeLong); log_loss; auc_and_log_loss: both
-    alpha: float = 0.001           # one-sided false-promotion probability per check, split over the challengers
-    margin: float = 0.0            # exact ROC AUC lead the challenger must also show on the window
-    min_resolved: int = 1000       # paired resolved predictions before any decision
-    min_positives: int = 30        # ... of which purchases (DeLong's variance needs some of each)
-    window: int = 5000             # resolved predictions compared (the newest)
-    check_every: int = 250         # resolved predictions between checks
-    cooldown: int = 5000           # resolved predictions after a promotion before the next automatic one
-
-    def __post_init__(self) -> None:
-        check(self, (
-            ("test", self.test in TESTS, f"must be one of {TESTS}"),
-            ("alpha", 0 < self.alpha < 0.5, "must be in (0, 0.5): a one-sided false-promotion probability"),
-            ("margin", 0 <= self.margin < 0.5, "must be in [0, 0.5): ROC AUC points"),
-            ("window", self.window >= 10, "must be >= 10 resolved predictions"),
-            ("min_resolved", 2 <= self.min_resolved <= self.window, "must be in [2, window]"),
-            ("min_positives", self.min_positives >= 2, "must be >= 2"),
-            ("check_every", self.check_every >= 1, "must be >= 1"),
-            ("cooldown", self.cooldown >= 0, "must be >= 0 resolved predictions"),
-        ))
-
-    def z_critical(self, n_challengers: int) -> float:
-        """One-sided critical z at `alpha` shared by `n_challengers` (Bonferroni)."""
-        return float(stats.norm.isf(self.alpha / max(1, n_challengers)))
-
-    def choose(self, comparisons) -> Optional[tuple[str, dict]]:
-        """The challenger to promote, with the figures that decided it, or None.
-        `comparisons`: (name, PairedLossTest) for every challenger."""
-        comparisons = list(comparisons)
-        critical = self.z_critical(len(comparisons))
-        best = None
-        for name, test in comparisons:
-            if test.n < self.min_resolved or test.positives < self.min_positives:
-                continue
-            z_loss = test.z()
-            if self.test == "auc_and_log_loss" and z_loss < critical:
-                continue  # the cheap test first
-            gain, z_auc = test.auc()
-            z = {"auc": z_auc, "log_loss": z_loss}.get(self.test, min(z_auc, z_loss))
-            if gain >= self.margin and z >= critical and (best is None or z > best[1]["z"]):
-                best = (name, {"z": round(z, 2), "auc_gain": round(gain, 4), "z_auc": round(z_auc, 2),
-                               "z_log_loss": round(z_loss, 2), "z_critical": round(critical, 2), "pairs": test.n})
-        return best
-
-
 class ModelSlot:
     """One model the engine runs on every event: its role, scores and drift detector."""
 
@@ -214,6 +151,10 @@ class ModelSlot:
         self.comparison: PairedLossTest | None = None  # vs the champion, for challengers
         self.resets: dict[str, int] = {}  # reason -> times the model went back to its last good state
         self.keep_as_good()
+
+    def clear_scores(self) -> None:
+        """Start the slot's scores over (same rolling window): what it scores from now on."""
+        self.scores = Scoreboard(cast(int, self.scores.rolling.window))
 
     def keep_as_good(self) -> None:
         """Remember the model as it is now as the state to return to if it is poisoned."""

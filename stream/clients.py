@@ -12,9 +12,11 @@ from typing import Optional
 
 from kafka import KafkaConsumer, KafkaProducer
 
+from shopstream.signing import signing_key
+
 from .checkpoints import CheckpointStore, DirectoryCheckpointStore
 from .connection import kafka_options
-from .control import ControlChannel
+from .control_worker import ControlChannel
 from .corrupt import CorruptBatchSkipper
 from .kafka_store import KafkaCheckpointStore
 from .owners import Owners, OwnersAssignor
@@ -65,7 +67,9 @@ class KafkaClients:
 
     def control(self) -> Optional[ControlChannel]:
         s = self.settings
-        return ControlChannel(self.options, s.control_topic, s.artifacts, s.name) if s.control_topic else None
+        if not s.control_topic:
+            return None
+        return ControlChannel(self.options, s.control_topic, s.artifacts, s.name, signing_key())  # not opened yet
 
     def corrupt_skipper(self, outputs) -> CorruptBatchSkipper:
         return CorruptBatchSkipper(self.options, outputs)

@@ -71,11 +71,6 @@ class KafkaConnection:
         if isinstance(self.sasl_password, str):
             object.__setattr__(self, "sasl_password", Secret(self.sasl_password))
 
-    @classmethod
-    def from_args(cls, args) -> "KafkaConnection":
-        """From a command's parsed options (each named as its field)."""
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None})
-
 
 def kafka_options(config: KafkaConnection) -> dict:
     """kafka-python keyword arguments for a consumer, producer or admin client."""

@@ -4,29 +4,54 @@ kafka-python 3.0.12 has been seen to start a group join that never finishes. A j
 outlives every legitimate rebalance (bounded by the 300 s rebalance timeout) is a stuck
 client: `GroupMembership.maybe_rebuild` replaces the consumer with a new one from the
 factory, after the worker released whatever it still owned.
+
+The constructor only keeps the settings: `open()` builds the first consumer (the worker
+calls it; the first use opens it otherwise).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol, cast
 
 log = logging.getLogger(__name__)
 
 
+class Consumer(Protocol):
+    """What the membership needs of a consumer (kafka-python's, or a test's stand-in)."""
+
+    def partitions_for_topic(self, topic: str): ...
+
+    def subscribe(self, topics, listener=None): ...
+
+    def close(self, autocommit: bool = True, timeout_ms: Optional[int] = None): ...
+
+
 class GroupMembership:
-    def __init__(self, new_consumer: Callable[[], object], topic: str, listener, rejoin_deadline: float,
+    def __init__(self, new_consumer: Callable[[], Consumer], topic: str, listener, rejoin_deadline: float,
                  on_rebuild: Callable[[], None] = lambda: None):
         self.new_consumer = new_consumer
         self.topic = topic
         self.listener = listener
         self.rejoin_deadline = rejoin_deadline
         self.on_rebuild = on_rebuild
-        self.consumer = new_consumer()
+        self._consumer: Optional[Consumer] = None
         self.joining_since: Optional[float] = None  # a join started and has not finished
         self.topic_partitions: list[int] = []
         self.rebuilds = 0
+
+    def open(self) -> "GroupMembership":
+        """Build the consumer (kafka-python's connects to the broker here)."""
+        if self._consumer is None:
+            self._consumer = self.new_consumer()
+        return self
+
+    @property
+    def consumer(self) -> Consumer:
+        if self._consumer is None:
+            self.open()
+        return cast(Consumer, self._consumer)
 
     def subscribe(self) -> None:
         # Learn the topic's partitions before joining: kafka-python 3.0.12 otherwise assigns
@@ -56,7 +81,7 @@ class GroupMembership:
             return False
         self.rebuilds += 1
         self.on_rebuild()  # the worker checkpoints and releases what it still owns
-        old, self.consumer = self.consumer, fresh
+        old, self._consumer = self.consumer, fresh
         try:
             old.close(autocommit=False, timeout_ms=5000)
         except Exception as exc:  # a stuck client may not close cleanly either

@@ -28,7 +28,7 @@ either format (and refuses a version it does not know, naming it).
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol, cast
 
 import msgspec
 from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
@@ -153,13 +153,24 @@ CLOSE_SECONDS = 10.0   # what a stop waits for unacknowledged outputs
 SEND_TRIES = 3
 
 
+class Producer(Protocol):
+    """What Outputs needs of a producer (kafka-python's, or a test's stand-in)."""
+
+    def send(self, topic: str, **message): ...
+
+    def flush(self, timeout: Optional[float] = None): ...
+
+    def close(self, timeout: Optional[float] = None): ...
+
+
 class Outputs:
     """The worker's producer: predictions and dead letters, each send's outcome checked.
 
     `confirm()` is the gate before a checkpoint: True only once every output sent so
-    far is acknowledged by the broker."""
+    far is acknowledged by the broker. The constructor only keeps the settings: `open()`
+    builds the producer (the worker calls it; the first output opens it otherwise)."""
 
-    def __init__(self, make_producer: Callable[[], object], predictions_topic: Optional[str],
+    def __init__(self, make_producer: Callable[[], Producer], predictions_topic: Optional[str],
                  dead_letter_topic: str, prediction_format: str = "batch"):
         if prediction_format not in PREDICTION_FORMATS:
             raise ValueError(f"prediction format must be one of {PREDICTION_FORMATS}, got {prediction_format!r}")
@@ -167,7 +178,7 @@ class Outputs:
         self._batch: dict[int, list[bytes]] = {}   # source partition -> encoded predictions not yet sent
         self._batch_bytes: dict[int, int] = {}
         self._make_producer = make_producer
-        self.producer = make_producer()
+        self._producer: Optional[Producer] = None
         self.predictions_topic = predictions_topic
         self.dead_letter_topic = dead_letter_topic
         self.failed: list[tuple[str, dict, Exception]] = []  # filled by the producer's IO thread
@@ -176,12 +187,25 @@ class Outputs:
         self.stalled: dict[str, str] = {}
         self.counts = {"failed": 0, "resent": 0, "truncated": 0, "producer_rebuilds": 0, "send_timeouts": 0}
 
+    def open(self) -> "Outputs":
+        """Build the producer (kafka-python's connects to the broker here)."""
+        if self._producer is None:
+            self._producer = self._make_producer()
+        return self
+
+    @property
+    def producer(self) -> Producer:
+        if self._producer is None:
+            self.open()
+        return cast(Producer, self._producer)
+
     def prediction(self, record, event: Event, score: float, model: str, version: str) -> None:
         if not self.predictions_topic:
             return
-        value = _encode(Prediction(event.event_id, event.user_id, event.user_session, event.product_id,
-                                   event.event_type, event.event_time, score, model, version,
-                                   record.partition, record.offset))
+        # a validated event: ids are strings, the time is epoch seconds (events.validate)
+        value = _encode(Prediction(event.event_id, cast(str, event.user_id), cast(str, event.user_session),
+                                   cast(str, event.product_id), event.event_type, cast(float, event.event_time),
+                                   score, model, version, record.partition, record.offset))
         if not self.batched:
             self._send(self.predictions_topic, {"key": record.key, "value": value})
             return
@@ -293,13 +317,15 @@ class Outputs:
 
     def rebuild(self) -> None:
         """Replace the producer: kafka-python's stays broken after one rejected record."""
-        old = self.producer
+        old = self._producer
         try:
-            self.producer = self._make_producer()
+            self._producer = self._make_producer()
         except Exception as exc:  # the broker is away: keep the old one, retry at the next confirm
             log.warning("could not build a new producer (%s: %s)", type(exc).__name__, exc)
             return
         self.counts["producer_rebuilds"] += 1
+        if old is None:
+            return
         try:
             old.close(timeout=5)
         except Exception as exc:
@@ -310,4 +336,5 @@ class Outputs:
         the producer's 120 s delivery timeout, past compose's 60 s grace. Outputs left unacknowledged
         are covered by no checkpoint: their events are replayed, and published, after a restart."""
         self.end_batch()
-        self.producer.close(timeout=timeout)
+        if self._producer is not None:
+            self._producer.close(timeout=timeout)

@@ -169,7 +169,7 @@ class ScoreDesk:
         answer = {"event_id": event.event_id, "prediction_id": event.event_id, "partition": record.partition,
                   "offset": record.offset, "recorded": True, "duplicate": False, "served_by": self.name}
         if score is not None:
-            answer.update(score=score, model=engine.model_name, version=engine.model_version)
+            answer.update(score=score, model=engine.champion_slot.name, version=engine.champion_slot.version)
             status = 200
         else:
             _, earlier = engine.recorded(event.event_id)

@@ -27,11 +27,10 @@ from typing import Optional
 from shopstream.config import ConfigError, EngineConfig, GeneratorSettings, check
 from shopstream.events import MAX_FUTURE_SKEW
 from shopstream.features import FeatureCaps
-from shopstream.lineup import Lineup
+from shopstream.lineup import Lineup, PromotionPolicy
 from shopstream.options import Settings, option_meta as _help, option_name, progress_bar, same_as
 from shopstream.shared_learning import MODES as LEARNING_MODES
 from shopstream.signing import key_setting
-from shopstream.slots import PromotionPolicy
 
 from .connection import KafkaConnection, Secret
 

@@ -109,13 +109,15 @@ class Worker(ConsumerRebalanceListener):
         self.last_poll = 0.0
         self.fatal: Optional[str] = None
         self.control = clients.control()
+        if self.control is not None:
+            self.control.open()  # reads the commands sent so far: partitions get them before any event
         self._last_control_poll = 0.0
         self.idle = IdleClock(time.monotonic())
         self.membership = GroupMembership(clients.consumer, settings.topic, self, settings.rejoin_deadline,
-                                          on_rebuild=self._release_all)
+                                          on_rebuild=self._release_all).open()
         self.broker = BrokerWatch(settings.topic, probe=clients.broker_probe)
         self.outputs = Outputs(clients.producer, settings.predictions_topic, settings.dead_letter_topic,
-                               settings.prediction_format)
+                               settings.prediction_format).open()
         self.store = clients.checkpoint_store()
         self.checkpointer = Checkpointer(self.store, self.outputs, settings.checkpoints, self.registry)
         self.restorer = PartitionRestorer(self.store, lambda: new_engine(settings), self.control, settings.group,
@@ -357,7 +359,8 @@ class Worker(ConsumerRebalanceListener):
         if self.learn_log is not None:
             self.learn_log.observe(state, record.offset, event)
         if score is not None:
-            self.outputs.prediction(record, event, score, engine.model_name, engine.model_version)
+            champion = engine.champion_slot
+            self.outputs.prediction(record, event, score, champion.name, champion.version)
         if self.awaited:  # scoring requests wait for their event
             self.desk.processed(state, record, event, score)  # type: ignore[union-attr]
 
@@ -369,6 +372,8 @@ class Worker(ConsumerRebalanceListener):
     # -- durability ------------------------------------------------------------------
 
     def _poll_control(self) -> bool:
+        if self.control is None:
+            return False
         try:
             return self.control.poll()
         except Exception as exc:  # an outage: the commands wait in their topic, the worker goes on

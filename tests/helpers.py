@@ -69,15 +69,15 @@ def checkpointed_engines(checkpoints: Path | None = None, kafka: str | None = No
 
 
 def probe_predictions(engine: Engine, probes) -> list:
-    return [engine.model.predict_proba_one(x) for x in probes]
+    return [engine.champion_slot.model.predict_proba_one(x) for x in probes]
 
 
 def assert_same_engine(actual: Engine, expected: Engine, probes) -> None:
     """Same events learned once each: equal counts, equal scores, equal predictions."""
     assert actual.counts == expected.counts
     assert actual.joiner.counts == expected.joiner.counts
-    assert actual.scores.cumulative.counts() == expected.scores.cumulative.counts()
-    assert actual.scores.cumulative.values() == expected.scores.cumulative.values()
+    assert actual.champion_slot.scores.cumulative.counts() == expected.champion_slot.scores.cumulative.counts()
+    assert actual.champion_slot.scores.cumulative.values() == expected.champion_slot.scores.cumulative.values()
     assert probe_predictions(actual, probes) == probe_predictions(expected, probes)
 
 

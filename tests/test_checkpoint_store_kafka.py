@@ -32,7 +32,8 @@ def probes(state):
 
 def same(a, b):
     xs = probes(a)
-    return ([a.engine.model.predict_proba_one(x) for x in xs] == [b.engine.model.predict_proba_one(x) for x in xs]
+    return ([a.engine.champion_slot.model.predict_proba_one(x) for x in xs]
+            == [b.engine.champion_slot.model.predict_proba_one(x) for x in xs]
             and a.engine.open_predictions == b.engine.open_predictions and a.next_offset == b.next_offset)
 
 

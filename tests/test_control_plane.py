@@ -18,7 +18,8 @@ from shopstream.artifacts import ArtifactError, load_artifact, save_artifact, se
 from shopstream.engine import Engine
 from shopstream.signing import SignatureError
 from stream.checkpoints import CheckpointError, DirectoryCheckpointStore, PartitionState
-from stream.control import MAX_KEPT_COMMANDS, SIGNATURE_HEADER, Command, ControlChannel, check_target
+from stream.control_protocol import SIGNATURE_HEADER, Command, check_target, parse_command
+from stream.control_worker import MAX_KEPT_COMMANDS, ControlChannel
 from stream.settings import WorkerSettings
 from stream.telemetry import WorkerCollector, WorkerSnapshot
 from stream.worker import preflight
@@ -87,23 +88,23 @@ def test_hostile_commands_are_rejected_with_a_reason_and_run_no_code(tmp_path):
     assert "is not a model name" in reasons[3] and len(reasons[3]) < 300
     assert "no model named 'hat' here" in reasons[4] and "unknown action" in reasons[5]
     assert ch.counts == {("rollback", "rejected"): 3, ("promote", "rejected"): 2, ("invalid", "rejected"): 4}
-    assert engine.model_name == "logreg" and engine.control_offset == 5
+    assert engine.champion_slot.name == "logreg" and engine.control_offset == 5
     lineage = [h for h in engine.history if h["kind"] == "control"]
     assert len(lineage) == 6 and all(len(h["target"]) <= 80 for h in lineage)
     assert ch.apply(engine, 0) is False  # each command once
 
 
-def test_junk_on_the_control_topic_is_not_kept_nor_replayed_into_new_partitions(monkeypatch):
+def test_junk_on_the_control_topic_is_not_kept_nor_replayed_into_new_partitions():
     """50,000 junk messages used to be kept (+204 MB) and replayed into every new partition (50,000
     errors and replies each). Now junk is rejected once when read; valid commands are bounded."""
-    monkeypatch.setenv("SHOPSTREAM_SIGNING_KEY", "k3y")
     ch, replies = channel()
+    ch.signing_key = b"k3y"   # handed in by the worker (from its settings)
     junk = [b'{"action": "promote", "target": "logreg"}'] * 5000 + [b"\x00junk"] * 5000
     ch.receive(records(junk), live=False)
     assert len(ch.commands) == 0 and ch.invalid == 10_000 and replies == [], "unsigned: none kept"
     engine = Engine.fresh("logreg", "shop")
     assert ch.apply(engine, 0) is False and engine.history == [] and replies == []
-    monkeypatch.delenv("SHOPSTREAM_SIGNING_KEY")
+    ch.signing_key = None
     ch.receive(records([Command("promote", "nope")] * (MAX_KEPT_COMMANDS + 500), start=10_000))
     assert len(ch.commands) == MAX_KEPT_COMMANDS and ch.dropped_through == 10_499
     assert ch.apply(engine, 3) is True
@@ -131,16 +132,23 @@ def test_a_recreated_control_topic_is_detected_and_its_commands_applied():
     assert ("topic", "recreated") not in behind.counts
 
 
-def test_with_a_signing_key_unsigned_and_forged_commands_are_refused(monkeypatch):
+def test_with_a_signing_key_unsigned_and_forged_commands_are_refused():
     from shopstream.signing import sign
 
-    monkeypatch.setenv("SHOPSTREAM_SIGNING_KEY", "k3y")
+    key = b"k3y"   # the key is handed in (the worker passes its settings' key), not read here
     value = b'{"action": "promote", "target": "logreg"}'
-    assert ControlChannel._parse(record(value)) == "unsigned, but SHOPSTREAM_SIGNING_KEY is set"
+    assert parse_command(value, [], key) == "unsigned, but SHOPSTREAM_SIGNING_KEY is set"
     forged = [(SIGNATURE_HEADER, sign(value, b"other").encode())]
-    assert ControlChannel._parse(record(value, forged)) == "HMAC does not match: forged or modified"
-    signed = [(SIGNATURE_HEADER, sign(value, b"k3y").encode())]
-    assert ControlChannel._parse(record(value, signed)) == Command("promote", "logreg")
+    assert parse_command(value, forged, key) == "HMAC does not match: forged or modified"
+    signed = [(SIGNATURE_HEADER, sign(value, key).encode())]
+    assert parse_command(value, signed, key) == Command("promote", "logreg")
+    assert parse_command(value, [], None) == Command("promote", "logreg")   # no key: nothing to verify
+    ch, replies = channel()
+    ch.signing_key = key
+    ch.receive([record(value, offset=0), record(value, forged, offset=1), record(value, signed, offset=2)])
+    assert [offset for offset, _ in ch.commands] == [2]
+    assert [r["reason"] for r in replies] == ["unsigned, but SHOPSTREAM_SIGNING_KEY is set",
+                                              "HMAC does not match: forged or modified"]
 
 
 def test_check_target_takes_names_not_paths():

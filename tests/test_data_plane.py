@@ -197,7 +197,7 @@ def test_tiny_and_huge_prices_in_a_new_category_keep_every_score_finite_and_auc_
     shop.learn(Event(t, "view", "p1", "u", "s", price=5e-324, category_code="new.cat"))
     assert shop.transform(Event(t, "view", "p2", "u", "s", price=1e9, category_code="new.cat"))[
         "price_vs_category"] == 1e4
-    clean, poisoned = (engines[n].scores.cumulative.values()["roc_auc"] for n in ("clean", "poisoned"))
+    clean, poisoned = (engines[n].champion_slot.scores.cumulative.values()["roc_auc"] for n in ("clean", "poisoned"))
     print(f"\nROC AUC clean {clean:.4f}, with the poison prices {poisoned:.4f}")
     assert abs(clean - poisoned) <= 0.01
 
@@ -209,14 +209,14 @@ def test_a_model_gone_non_finite_goes_back_to_its_last_good_state_and_is_counted
         engine.process(event)
     engine.mark_good()  # what a checkpoint does
     probes = [engine.features.transform(event) for event in events[1000:1050]]
-    good = [engine.model.predict_proba_one(x) for x in probes]
-    lr = engine.model["LogisticRegression"]
+    good = [engine.champion_slot.model.predict_proba_one(x) for x in probes]
+    lr = engine.champion_slot.model["LogisticRegression"]
     for name in list(lr._weights):
         lr._weights[name] = math.nan
     engine.mark_good()  # the next checkpoint refuses the NaN model
-    assert [engine.model.predict_proba_one(x) for x in probes] == good
+    assert [engine.champion_slot.model.predict_proba_one(x) for x in probes] == good
     assert engine.slots[0].resets == {"non_finite_weights": 1}
-    engine.model["LogisticRegression"].intercept = math.nan  # poisoned between checkpoints
+    engine.champion_slot.model["LogisticRegression"].intercept = math.nan  # poisoned between checkpoints
     scores = [engine.process(event) for event in events[1000:]]
     assert all(s is None or math.isfinite(s) for s in scores)
     assert engine.slots[0].resets == {"non_finite_weights": 1, "non_finite_prediction": 1}
@@ -317,7 +317,7 @@ def test_raw_feature_names_are_capped():
         FeatureCaps(raw_features=100)), EngineConfig(features="raw", window=60.0))
     for i in range(1000):
         engine.process(Event(1.7e9 + i, "view", "p", "u", "s", features={f"f{i}": 1.0}, label=i % 2 == 0))
-    assert len(engine.model["LogisticRegression"]._weights) <= 100
+    assert len(engine.champion_slot.model["LogisticRegression"]._weights) <= 100
     assert engine.features.evicted["raw_features"] == 900
 
 
@@ -349,7 +349,7 @@ def test_scraping_all_the_time_changes_nothing_in_the_engine():
     assert scraped.counts == quiet.counts and scraped.joiner.counts == quiet.joiner.counts
     assert len(scraped.joiner) == len(quiet.joiner)
     assert pickle.dumps(scraped.joiner._deadlines) == pickle.dumps(quiet.joiner._deadlines)
-    assert scraped.scores.cumulative.values() == quiet.scores.cumulative.values()
+    assert scraped.champion_slot.scores.cumulative.values() == quiet.champion_slot.scores.cumulative.values()
 
 
 def test_a_megabyte_of_headers_cannot_block_the_dead_letter_topic():

@@ -31,17 +31,17 @@ def test_weights_undo_the_duplicated_positives():
 
 def test_the_engine_learns_provisional_negatives_for_learning_slots_only_and_scores_final_labels():
     engine = Engine.fresh("logreg_adagrad_fnw", "shop")
-    engine.add_slot("frozen", copy.deepcopy(engine.model), "baseline")
+    engine.add_slot("frozen", copy.deepcopy(engine.champion_slot.model), "baseline")
     engine.add_slot("waiting", build_model("logreg_adagrad"), "challenger")
     frozen_before = engine.slot("frozen").model.predict_proba_one({"price": 1.0})
     for record in generate(4000, seed=3, days=1.0):
         engine.process(event_from_record(record))
-    champion = engine.model
+    champion = engine.champion_slot.model
     assert champion.n_provisional == engine.counts["predicted"]           # every prediction, at once
     assert champion.n_corrected == engine.joiner.counts["positive"]       # every purchase, when it came
     assert engine.slot("frozen").model.n_provisional == 0                 # the baseline never learns
     assert engine.slot("frozen").model.predict_proba_one({"price": 1.0}) == frozen_before
-    scored = engine.scores.cumulative
+    scored = engine.champion_slot.scores.cumulative
     assert len(scored) == engine.counts["resolved"] - engine.counts["unscored"]  # scored on final labels only
     # the waiting model and the FNW model differ: they learned from different streams
     assert engine.slot("waiting").scores.cumulative.values() != scored.values()

@@ -36,7 +36,7 @@ def test_engine_matches_progressive_val_score(dataset):
     ]
     assert predictions == river_predictions  # bit for bit, every row
 
-    ours = engine.scores.cumulative.values()
+    ours = engine.champion_slot.scores.cumulative.values()
     for name, metric in RIVER_METRICS.items():
         theirs = evaluate.progressive_val_score(dataset, build_model("logreg"), metric())
         assert ours[name] == theirs.get(), name
@@ -53,7 +53,7 @@ def test_rolling_scores_match_river_rolling_metrics():
     engine = Engine.fresh("logreg", "raw", metric_window=50)
     for event in labelled_events(dataset):
         engine.process(event)
-    rolling = engine.scores.rolling.values()
+    rolling = engine.champion_slot.scores.rolling.values()
     for name, metric in RIVER_METRICS.items():
         from river import utils
 

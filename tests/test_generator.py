@@ -25,7 +25,7 @@ def test_learnable_a_model_clearly_beats_the_base_rate():
     engine = Engine.fresh("logreg", "shop")
     for record in generate(40_000, seed=9):
         engine.process(event_from_record(record))
-    scores = engine.scores.cumulative
+    scores = engine.champion_slot.scores.cumulative
     tp, fp, tn, fn = scores.counts()
     base_rate = (tp + fn) / len(scores)
     values = scores.values()

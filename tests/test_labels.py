@@ -93,7 +93,7 @@ def test_engine_drops_duplicate_event_ids():
 def test_engine_learns_each_resolution_once_with_the_right_label():
     engine = Engine.fresh("logreg", "shop", window=600)
     learned = []
-    engine.model.learn_one = lambda x, y: learned.append(y)   # observe, do not replace, what is learned
+    engine.champion_slot.model.learn_one = lambda x, y: learned.append(y)   # observe, do not replace, what is learned
     engine.process(Event(T0, "view", "p", "u", "s"))
     engine.process(Event(T0 + 5, "cart", "p", "u", "s"))
     engine.process(Event(T0 + 10, "view", "q", "u", "s"))

@@ -125,6 +125,7 @@ def test_shared_learning_4_partitions_2_workers_kill_9(kafka, new_topic, tmp_pat
               f"duplicates skipped {replica.duplicates}")
         assert replica.learned == len(expected), "an example learned twice or never"
         assert replica.duplicates == copies
-        assert engine.model["LogisticRegression"].weights == reference.model["LogisticRegression"].weights
-        assert [engine.model.predict_proba_one(x) for x in probes] == \
-            [reference.model.predict_proba_one(x) for x in probes]
+        assert engine.champion_slot.model["LogisticRegression"].weights == \
+            reference.champion_slot.model["LogisticRegression"].weights
+        assert [engine.champion_slot.model.predict_proba_one(x) for x in probes] == \
+            [reference.champion_slot.model.predict_proba_one(x) for x in probes]

@@ -13,9 +13,8 @@ from shopstream.engine import Engine
 from shopstream.events import event_from_record
 from shopstream.features import build_features
 from shopstream.generator import START, Drift, generate, write_jsonl
-from shopstream.lineup import Lineup, build_engine
+from shopstream.lineup import Lineup, PromotionPolicy, build_engine
 from shopstream.models import build_model
-from shopstream.slots import PromotionPolicy
 
 pytestmark = pytest.mark.slow  # every test here shares a module fixture of 10+ s
 
@@ -94,7 +93,7 @@ def test_a_clearly_better_challenger_is_promoted_a_worse_one_is_not(shop):
     policy = engine.promotion
     assert promotions[0]["reason"] == "automatic" and promotions[0]["z"] >= policy.z_critical(2)  # two challengers
     assert promotions[0]["resolved"] >= policy.min_resolved  # not on a handful of labels
-    assert engine.model_name == "logreg" and engine.slot("prior").role == "challenger"
+    assert engine.champion_slot.name == "logreg" and engine.slot("prior").role == "challenger"
     assert engine.slot("weak").role == "challenger" and engine.counts["promotions"] == 1
 
 
@@ -103,13 +102,13 @@ def test_manual_promotion_and_rollback_are_recorded(shop):
     engine, _ = build_engine(str(artifacts), lineup=Lineup(challengers=("logreg_tuned",)))
     run(engine, stream[:5000])
     engine.promote("logreg_tuned")
-    assert engine.model_name == "logreg_tuned" and engine.slot("logreg").role == "challenger"
+    assert engine.champion_slot.name == "logreg_tuned" and engine.slot("logreg").role == "challenger"
     with pytest.raises(ValueError, match="frozen baseline"):
         engine.promote("logreg_baseline")
     with pytest.raises(ValueError, match="no model named 'nope'"):
         engine.promote("nope")
     engine.rollback(build_model("logreg_tuned"), "logreg_tuned-old")
-    assert engine.model_version == "logreg_tuned-old"
+    assert engine.champion_slot.version == "logreg_tuned-old"
     assert [h["kind"] for h in engine.history if h["kind"] != "drift"] == ["promotion", "rollback"]
 
 
@@ -127,4 +126,5 @@ def test_drift_reactions(shop, reaction):
     else:
         [reset] = [h for h in engine.history if h["kind"] == "rollback"]
         assert reset["reason"] == "drift" and reset["new"] == engine.slot("logreg_baseline").version
-        assert engine.model is not engine.slot("logreg_baseline").model  # a copy: the baseline stays frozen
+        # a copy: the baseline stays frozen
+        assert engine.champion_slot.model is not engine.slot("logreg_baseline").model

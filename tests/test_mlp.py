@@ -239,5 +239,5 @@ def test_worker_mlp_learning_rate_sets_the_adam_step_of_new_partitions():
     from stream.worker import new_engine
 
     engine, _ = new_engine(WorkerSettings.from_options(model="mlp", challengers=("logreg",), mlp_learning_rate=3e-4))
-    assert engine.model.lr == 3e-4
-    assert new_engine(WorkerSettings.from_options(model="mlp"))[0].model.lr == 1e-3
+    assert engine.champion_slot.model.lr == 3e-4
+    assert new_engine(WorkerSettings.from_options(model="mlp"))[0].champion_slot.model.lr == 1e-3

@@ -25,10 +25,10 @@ def test_catalog_model_learns_pickles_and_is_deterministic(name):
             engine.process(event)
         runs.append(engine)
     assert runs[0].counts["learned"] > 1000
-    assert runs[0].scores.cumulative.values() == runs[1].scores.cumulative.values()
+    assert runs[0].champion_slot.scores.cumulative.values() == runs[1].champion_slot.scores.cumulative.values()
     clone = pickle.loads(pickle.dumps(runs[0]))
     probe = runs[0].features.transform(events[-1])
-    assert clone.model.predict_proba_one(probe) == runs[0].model.predict_proba_one(probe)
+    assert clone.champion_slot.model.predict_proba_one(probe) == runs[0].champion_slot.model.predict_proba_one(probe)
 
 
 def test_logreg_is_rivers_defaults_exactly():
@@ -112,7 +112,7 @@ def test_tuning_lineup_promotes_a_better_step_over_rivers_default():
     steps: the existing paired test promotes one of them, by itself, after its minimum pairs."""
     from shopstream.config import EngineConfig
     from shopstream.lineup import TUNING, Lineup, build_engine
-    from shopstream.slots import PromotionPolicy
+    from shopstream.lineup import PromotionPolicy
 
     engine, origin = build_engine(config=EngineConfig(features="shop"),
                                   lineup=Lineup(model="logreg", challengers=("tuning",), promotion=PromotionPolicy()))
@@ -121,8 +121,8 @@ def test_tuning_lineup_promotes_a_better_step_over_rivers_default():
         engine.process(event_from_record(record))
     promotions = [h for h in engine.history if h["kind"] == "promotion"]
     assert promotions and promotions[0]["old"] == "logreg" and promotions[0]["reason"] == "automatic"
-    assert engine.model_name in TUNING and engine.model_name != "logreg"
-    champion = engine.slot(engine.model_name).scores.cumulative.values()
+    assert engine.champion_slot.name in TUNING and engine.champion_slot.name != "logreg"
+    champion = engine.slot(engine.champion_slot.name).scores.cumulative.values()
     assert champion["log_loss"] < engine.slot("logreg").scores.cumulative.values()["log_loss"]
 
 

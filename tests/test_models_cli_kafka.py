@@ -68,7 +68,7 @@ def test_promote_while_running_then_rollback_on_resume(kafka, new_topic, tmp_pat
     assert len(states) == 2
     for state in states.values():
         engine = state.engine
-        assert engine.model_name == other
+        assert engine.champion_slot.name == other
         roles = {s.name: s.role for s in engine.slots}
         assert roles == {default_model: "challenger", f"{default_model}_baseline": "baseline", other: "champion"}
         [promotion] = [h for h in engine.history if h["kind"] == "promotion"]
@@ -83,7 +83,7 @@ def test_promote_while_running_then_rollback_on_resume(kafka, new_topic, tmp_pat
     resumed = subprocess.run(command, env=WORKER_ENV, capture_output=True, text=True, timeout=180)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     for state in DirectoryCheckpointStore(checkpoints).load_all().values():
-        assert (state.engine.model_name, state.engine.model_version) == (default_model, default_version)
+        assert (state.engine.champion_slot.name, state.engine.champion_slot.version) == (default_model, default_version)
         lineage = [h["kind"] for h in state.engine.history if h["kind"] != "drift"]
         assert lineage[-3:] == ["promotion", "rollback", "control"]  # each command's outcome recorded too
         assert state.engine.history[-1]["outcome"] == "applied"

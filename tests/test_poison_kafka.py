@@ -155,10 +155,11 @@ def test_future_event_times_cannot_drag_the_watermark(kafka, new_topic, tmp_path
     for record, _ in skewed:
         unguarded.process(event_from_record(record))
     got, want = state.engine.counts["resolved"], reference.counts["resolved"]
-    auc, want_auc = (e.scores.cumulative.values()["roc_auc"] for e in (state.engine, reference))
+    auc, want_auc = (e.champion_slot.scores.cumulative.values()["roc_auc"] for e in (state.engine, reference))
     print(f"\nresolved: guarded {got}, clean {want}, unguarded {unguarded.counts['resolved']}; "
           f"ROC AUC guarded {auc:.4f}, clean {want_auc:.4f}, "
-          f"unguarded {unguarded.scores.cumulative.values()['roc_auc']:.4f}; dead-lettered {state.dead_lettered}")
+          f"unguarded {unguarded.champion_slot.scores.cumulative.values()['roc_auc']:.4f}; "
+          f"dead-lettered {state.dead_lettered}")
     assert state.dead_lettered == len(skewed) - len(clean) == 31
     assert abs(got - want) <= 0.01 * want
     assert abs(auc - want_auc) <= 0.01

@@ -16,7 +16,8 @@ from shopstream.engine import Engine
 from shopstream.evaluation import roc_auc
 from shopstream.events import Event
 from shopstream.features import build_features
-from shopstream.slots import PairedLossTest, PromotionPolicy, delong
+from shopstream.lineup import PromotionPolicy
+from shopstream.slots import PairedLossTest, delong
 
 
 def test_delong_difference_is_the_exact_auc_difference_ties_included():

@@ -16,9 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import quality  # noqa: E402
 
 from shopstream.generator import generate  # noqa: E402
-from shopstream.lineup import TUNING, Lineup  # noqa: E402
+from shopstream.lineup import TUNING, Lineup, PromotionPolicy  # noqa: E402
 from shopstream.models import build_model  # noqa: E402
-from shopstream.slots import PromotionPolicy  # noqa: E402
 
 DAY = quality.DAY
 

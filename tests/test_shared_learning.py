@@ -26,7 +26,7 @@ Record = namedtuple("Record", "offset value timestamp")
 
 
 def weights(engine: Engine) -> dict:
-    return dict(engine.model["LogisticRegression"].weights)
+    return dict(engine.champion_slot.model["LogisticRegression"].weights)
 
 
 def run(engine: Engine, records) -> list[Example]:
@@ -173,9 +173,9 @@ def test_the_worker_learns_good_records_and_passes_over_bad_ones_counting_each()
     assert (replica.next_offset, replica.learned, replica.duplicates) == (7, 3, 1)
     expected = Engine.fresh("logreg", "shop")
     for e in examples:
-        expected.model.learn_one(e.x, e.y)
+        expected.champion_slot.model.learn_one(e.x, e.y)
     assert weights(state.engine) == weights(expected)
-    assert state.changed and state.engine.model.predict_proba_one({"a": 1.0})  # still predicting
+    assert state.changed and state.engine.champion_slot.model.predict_proba_one({"a": 1.0})  # still predicting
 
 
 def test_settings_choose_the_mode_and_refuse_a_reset_that_would_leave_the_shared_model(monkeypatch):

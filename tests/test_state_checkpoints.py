@@ -26,7 +26,7 @@ def test_a_checkpoint_is_streamed_to_its_file_and_comes_back_the_same(tmp_path, 
     state = busy_state()
     probes = [{"f": float(i), "g": 1.0 / (i + 1)} for i in range(5)]
     probes = [p.x for p in list(state.engine.joiner._by_seq.values())[:20] if p.x is not None] or probes
-    expected = [state.engine.model.predict_proba_one(x) for x in probes]
+    expected = [state.engine.champion_slot.model.predict_proba_one(x) for x in probes]
     monkeypatch.setattr(pickle, "dumps", lambda *a, **k: pytest.fail("the whole state pickled into memory"))
     store = DirectoryCheckpointStore(tmp_path, group="g")
     store.save(state)
@@ -38,7 +38,7 @@ def test_a_checkpoint_is_streamed_to_its_file_and_comes_back_the_same(tmp_path, 
     loaded = DirectoryCheckpointStore(tmp_path, group="g").load("events", 0)
     assert loaded.origin == "checkpoint" and loaded.next_offset == 3000 and loaded.sequence == 1
     assert loaded.engine.open_predictions == state.engine.open_predictions > 100
-    assert [loaded.engine.model.predict_proba_one(x) for x in probes] == expected
+    assert [loaded.engine.champion_slot.model.predict_proba_one(x) for x in probes] == expected
     assert not list(tmp_path.glob(".*tmp"))
 
 
@@ -149,7 +149,8 @@ def test_a_restored_engine_goes_on_exactly_like_the_original(tmp_path):
     assert restored.counts == engine.counts and restored.joiner.counts == engine.joiner.counts
     assert restored.open_predictions == engine.open_predictions
     probes = [engine.features.transform(event_from_record(r)) for r in records[-50:]]
-    assert [restored.model.predict_proba_one(x) for x in probes] == [engine.model.predict_proba_one(x) for x in probes]
+    assert [restored.champion_slot.model.predict_proba_one(x) for x in probes] == \
+        [engine.champion_slot.model.predict_proba_one(x) for x in probes]
     assert pickle.dumps(restored.slots[0].scores.cumulative.values()) == \
         pickle.dumps(engine.slots[0].scores.cumulative.values())
 

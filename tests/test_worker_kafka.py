@@ -46,7 +46,7 @@ def test_labelled_stream_equals_river_progressive_val_score(kafka, new_topic, tm
     send(kafka, topic, ((b"u", encode(row)) for row in rows))
 
     [state] = run_in_process(kafka, topic, tmp_path, features="raw", model="logreg", metric_window=100).values()
-    ours = state.engine.scores.cumulative.values()
+    ours = state.engine.champion_slot.scores.cumulative.values()
     for name, metric in [("accuracy", metrics.Accuracy), ("precision", metrics.Precision),
                          ("recall", metrics.Recall), ("f1", metrics.F1), ("roc_auc", metrics.ROCAUC),
                          ("log_loss", metrics.LogLoss)]:

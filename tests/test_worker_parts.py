@@ -107,7 +107,7 @@ def test_a_crash_resumes_from_the_checkpoint_and_ends_where_an_uninterrupted_run
     b = uninterrupted.store.load("events", 0)
     assert a.next_offset == b.next_offset == 501 and a.dead_lettered == b.dead_lettered == 1
     assert a.engine.counts == b.engine.counts
-    assert a.engine.scores.cumulative.values() == b.engine.scores.cumulative.values()
+    assert a.engine.champion_slot.scores.cumulative.values() == b.engine.champion_slot.scores.cumulative.values()
     first_save = next(c for c in clients.calls if c[0] == "save")
     assert first_save == ("save", 0, 400), "the resumed worker started from offset 300"
 
@@ -305,7 +305,7 @@ def test_a_worker_with_background_checkpoints_ends_like_one_without(tmp_path):
     assert in_loop.run() == 0
     a, b = clients.store.load("events", 0), in_loop.store.load("events", 0)
     assert a.next_offset == b.next_offset == 2000 and a.engine.counts == b.engine.counts
-    assert a.engine.scores.cumulative.values() == b.engine.scores.cumulative.values()
+    assert a.engine.champion_slot.scores.cumulative.values() == b.engine.champion_slot.scores.cumulative.values()
 
 
 def test_auto_forks_only_once_a_checkpoint_in_the_loop_was_slow(tmp_path):

@@ -1,0 +1,187 @@
+"""The operator's end of the control protocol (`control_protocol.py`): `shopstream models` sends a
+command, waits for the workers' replies, and lists what runs.
+
+`ControlClient` only keeps its settings when built; `connect()` creates the topics if
+missing and opens the producer that sends commands (signed with `signing_key` when given).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from shopstream.artifacts import find_version, list_versions
+
+from .checkpoints import DirectoryCheckpointStore
+from .connection import kafka_options
+from .kafka_store import KafkaCheckpointStore
+from .settings import ModelsSettings
+from .topics import create_topics
+from .control_protocol import Command, Reply, check_target, decode_reply, encode_command, replies_topic
+
+
+class ControlClient:
+    """Sends commands to the control topic and reads the workers' replies."""
+
+    def __init__(self, options: dict, control_topic: str, signing_key: Optional[bytes] = None):
+        self.options = options
+        self.control_topic = control_topic
+        self.replies = replies_topic(control_topic)
+        self.signing_key = signing_key
+        self._producer: Optional[KafkaProducer] = None
+
+    def connect(self) -> "ControlClient":
+        """Create the control and reply topics if missing; open the producer."""
+        create_topics(self.options, {self.control_topic: 1, self.replies: 1})
+        self._producer = KafkaProducer(acks="all", **self.options)
+        return self
+
+    def send(self, command: Command) -> int:
+        """Append a command (signed when there is a key); return its offset."""
+        if self._producer is None:
+            raise RuntimeError("the control client is not connected: call connect() first")
+        value, headers = encode_command(command, self.signing_key)
+        return self._producer.send(self.control_topic, value=value, headers=headers).get(timeout=30).offset
+
+    def replies_end(self) -> int:
+        """The reply topic's end offset: where the replies to a command sent now start."""
+        consumer = KafkaConsumer(group_id=None, **self.options)
+        try:
+            tp = TopicPartition(self.replies, 0)
+            return consumer.end_offsets([tp])[tp]
+        finally:
+            consumer.close()
+
+    def read_replies(self, start: int = 0, until: Optional[Callable[[list[Reply]], bool]] = None,
+                     timeout: float = 0.0) -> list[Reply]:
+        """Replies from offset `start`; keep reading until `until(replies)` is true or `timeout`."""
+        topic = TopicPartition(self.replies, 0)
+        consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, **self.options)
+        replies: list[Reply] = []
+        try:
+            consumer.assign([topic])
+            consumer.seek(topic, start)
+            deadline = time.monotonic() + timeout
+            while True:
+                for records in consumer.poll(timeout_ms=200).values():
+                    replies.extend(r for r in map(decode_reply, (record.value for record in records)) if r)
+                caught_up = consumer.position(topic) >= consumer.end_offsets([topic])[topic]
+                if ((until is not None and until(replies)) or (until is None and caught_up)
+                        or time.monotonic() > deadline):
+                    return replies
+        finally:
+            consumer.close()
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close()
+
+
+def partitions_of(options: dict, topic: str) -> set[int]:
+    consumer = KafkaConsumer(group_id=None, **options)
+    try:
+        found = consumer.partitions_for_topic(topic)
+        if not found:
+            raise ValueError(f"topic {topic!r} has no partitions (wrong --topic?)")
+        return set(found)
+    finally:
+        consumer.close()
+
+
+def list_models(artifacts: Optional[str], store=None, reported: Optional[dict] = None) -> str:
+    """A text table of artifact versions, of what each checkpointed partition runs, and of
+    what workers last reported per partition (newer than a checkpoint after a command)."""
+    lines = []
+    if artifacts and Path(artifacts).is_dir():
+        lines.append("artifact versions (rollback targets):")
+        for meta in list_versions(artifacts):
+            holdout = meta.get("metrics", {}).get("holdout", {})
+            mark = " DEFAULT" if meta["is_default"] else ""
+            lines.append(f"  {meta['version']:<45} created {meta['created_at'][:19]}  "
+                         f"holdout roc_auc {holdout.get('roc_auc', float('nan')):.4f}{mark}")
+    if store is not None:
+        lines.append("partitions (from checkpoints):")
+        for (topic, partition), state in sorted(store.load_all().items()):
+            for slot in state.engine.slots:
+                rolling = slot.scores.rolling.values()
+                lines.append(f"  {topic}[{partition}] {slot.role:<10} {slot.name:<24} {slot.version:<45} "
+                             f"rolling roc_auc {rolling['roc_auc']:.4f}  resolved {len(slot.scores.cumulative)}"
+                             f"  drifts {slot.drift_detections}")
+            for entry in state.engine.history[-5:]:
+                if entry["kind"] != "drift":
+                    lines.append(f"    {entry}")
+    if reported:
+        lines.append("live (last reply of a worker per partition):")
+        for partition, reply in sorted(reported.items()):
+            lines.append(f"  partition {partition}: champion {reply.model} {reply.version}  (command {reply.command} "
+                         f"{reply.outcome}{': ' + reply.reason if reply.reason else ''}; worker {reply.worker})")
+    return "\n".join(lines) or "nothing found (give --artifacts and/or --checkpoints)"
+
+
+def models_command(s: ModelsSettings) -> int:
+    """`shopstream models list|promote|rollback`: list, or send a command (signed with the
+    settings' key when there is one; with --wait, print each partition's reply; exit 1 unless
+    every wanted partition applied it)."""
+    options = kafka_options(s.kafka)
+    client = ControlClient(options, s.control_topic, s.signing_key)
+    if s.action == "list":
+        return _list(s, options, client)
+    assert s.target is not None  # ModelsSettings requires it for promote and rollback
+    check_target(s.action, s.target)
+    if s.action == "rollback" and s.artifacts:
+        find_version(s.artifacts, s.target)  # fail here, not silently in every worker
+    client.connect()
+    try:
+        replies_end = client.replies_end()
+        offset = client.send(Command(s.action, s.target, s.partition))
+    finally:
+        client.close()
+    scope = "every partition" if s.partition is None else f"partition {s.partition}"
+    print(f"sent {s.action} {s.target} for {scope} (control offset {offset})")
+    if not s.wait:
+        print("running workers apply it within a second, stopped ones when they resume")
+        return 0
+    wanted = partitions_of(options, s.topic) if s.partition is None else {s.partition}
+    answered: dict[int, Reply] = {}
+
+    def complete(replies):
+        for reply in replies:
+            if reply.command == offset:
+                answered.setdefault(reply.partition, reply)
+        return wanted <= set(answered)
+
+    client.read_replies(replies_end, until=complete, timeout=s.wait_timeout)
+    for partition in sorted(wanted | set(answered)):
+        reply = answered.get(partition)
+        if reply is None:
+            print(f"  partition {partition}: no reply in {s.wait_timeout:g} s (no worker running it?)")
+        else:
+            detail = f": {reply.reason}" if reply.reason else f" (champion {reply.model} {reply.version})"
+            print(f"  partition {partition}: {reply.outcome}{detail}")
+    ok = wanted <= set(answered) and all(r.outcome == "applied" for r in answered.values())
+    return 0 if ok else 1
+
+
+def _list(s: ModelsSettings, options: dict, client: ControlClient) -> int:
+    store: Union[KafkaCheckpointStore, DirectoryCheckpointStore, None] = None
+    if s.checkpoint_store == "kafka":
+        store = KafkaCheckpointStore(options, s.checkpoint_topic, group=s.group)
+    elif s.checkpoints:
+        store = DirectoryCheckpointStore(s.checkpoints, create=False)
+    reported = None
+    if s.kafka.bootstrap_servers:
+        try:
+            reported = {r.partition: r for r in client.read_replies(timeout=10)}
+        except Exception as exc:  # no broker: the checkpoints still say something
+            print(f"(no live replies: {type(exc).__name__}: {exc})", file=sys.stderr)
+    try:
+        print(list_models(s.artifacts, store, reported))
+    finally:
+        close = getattr(store, "close", None)   # only the Kafka store holds clients
+        if close is not None:
+            close()
+    return 0

@@ -1,0 +1,212 @@
+"""The worker's end of the control protocol (`control_protocol.py`): read the commands, apply them
+to the partitions' engines, reply.
+
+Whatever happens, the worker goes on: every command ends, per partition, as ``applied`` or
+``rejected`` with a reason, logged once, counted (shopstream_control_commands_total),
+recorded in the partition's lineage and acknowledged on the reply topic, which
+`shopstream models ... --wait` reads (`control_operator.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Optional
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from shopstream.artifacts import find_version, load_artifact
+from shopstream.engine import Engine
+
+from .topics import create_topics
+from .control_protocol import ACTIONS, Command, Reply, check_target, encode_reply, parse_command, replies_topic
+
+log = logging.getLogger(__name__)
+
+#: Valid commands kept for partitions that have not seen them yet (the newest; older ones are
+#: skipped, counted and logged for a partition that missed them).
+MAX_KEPT_COMMANDS = 1000
+#: Messages that are no command, logged one by one; after these, one line every 1,000.
+_LOGGED_INVALID = 20
+
+
+class ControlChannel:
+    """Reads the control topic from the beginning and keeps the newest `MAX_KEPT_COMMANDS`
+    valid commands (signed, with a signing key); applies them to partition engines;
+    acknowledges on the reply topic. A message that is no command is rejected once, when it
+    is read (counted, logged, one reply for partition -1), never replayed into partitions.
+    A recreated control topic (its offsets start again below what a partition already saw) is
+    detected, reported and its commands applied from its start.
+
+    The constructor only keeps the settings; `open()` connects and reads what was sent so far.
+    With `signing_key`, only commands signed with it are taken."""
+
+    signing_key: Optional[bytes] = None
+
+    def __init__(self, options: dict, topic: str, artifacts: Optional[str], worker: str = "",
+                 signing_key: Optional[bytes] = None):
+        self.artifacts = artifacts
+        self.worker = worker
+        self.signing_key = signing_key
+        self.replies = replies_topic(topic)
+        self.commands: deque = deque()     # (offset, Command), offsets increasing
+        self.counts: dict[tuple[str, str], int] = {}   # (action, outcome) -> partitions
+        self.read_up_to = 0                # the next offset of the control topic to read
+        self.dropped_through = -1          # the newest command dropped for the bound
+        self.invalid = 0                   # messages that were no command
+        self._options = options
+        self._producer: Optional[KafkaProducer] = None
+        self._consumer: Optional[KafkaConsumer] = None
+        self._partition = TopicPartition(topic, 0)
+
+    def open(self) -> "ControlChannel":
+        """Create the topics if missing, connect, and read every command sent so far."""
+        create_topics(self._options, {self._partition.topic: 1, self.replies: 1})
+        self._consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+                                       **self._options)
+        self._consumer.assign([self._partition])
+        self.catch_up()
+        return self
+
+    @property
+    def consumer(self) -> KafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError("the control channel is not open: call open() first")
+        return self._consumer
+
+    def catch_up(self, timeout: float = 15.0) -> None:
+        """Read every command sent so far, so partitions get them before their first event.
+        Messages already there are no one's to answer again (a restart would reply to all)."""
+        end = self._end_offset()
+        deadline = time.monotonic() + timeout
+        while self.consumer.position(self._partition) < end and time.monotonic() < deadline:
+            self.poll(timeout_ms=200, live=False)
+
+    def _end_offset(self) -> int:
+        return self.consumer.end_offsets([self._partition])[self._partition]
+
+    def poll(self, timeout_ms: int = 0, live: bool = True) -> bool:
+        """Fetch new commands; True if there were any."""
+        records = [r for batch in self.consumer.poll(timeout_ms=timeout_ms).values() for r in batch]
+        return self.receive(records, live)
+
+    def receive(self, records, live: bool = True) -> bool:
+        """Take read records: keep the commands, reject (once) what is none; True if any was kept.
+        `live`: answer rejected messages on the reply topic (not when catching up at start)."""
+        fresh = False
+        for record in records:
+            if record.offset < self.read_up_to:
+                self._recreated(f"offsets went back from {self.read_up_to - 1} to {record.offset}")
+            self.read_up_to = record.offset + 1
+            parsed = parse_command(record.value, record.headers, self.signing_key)
+            if isinstance(parsed, str):
+                self._reject_invalid(record.offset, parsed, live)
+                continue
+            self.commands.append((record.offset, parsed))
+            if len(self.commands) > MAX_KEPT_COMMANDS:
+                self.dropped_through = self.commands.popleft()[0]
+            fresh = True
+        return fresh
+
+    def _recreated(self, how: str) -> None:
+        """The topic was deleted and created again: what was kept belongs to the old one."""
+        log.error("control topic %s was recreated (%s): its commands are applied from its start",
+                  self._partition.topic, how)
+        self.counts[("topic", "recreated")] = self.counts.get(("topic", "recreated"), 0) + 1
+        self.commands.clear()
+        self.read_up_to = 0
+        self.dropped_through = -1
+
+    def _reject_invalid(self, offset: int, reason: str, live: bool) -> None:
+        self.invalid += 1
+        self.counts[("invalid", "rejected")] = self.counts.get(("invalid", "rejected"), 0) + 1
+        if self.invalid <= _LOGGED_INVALID or self.invalid % 1000 == 0:
+            log.error("control message %d rejected (%d so far): %s", offset, self.invalid, reason[:300])
+        if live:
+            self._reply(Reply(offset, -1, "rejected", reason[:300], worker=self.worker))
+
+    def apply(self, engine: Engine, partition: int) -> bool:
+        """Apply, in order, every command this engine has not seen yet; True if any.
+        Never raises: a command that cannot be applied is rejected with its reason."""
+        applied = self._catch_up_engine(engine, partition)
+        for offset, command in self.commands:
+            if offset <= engine.control_offset:
+                continue
+            engine.control_offset = offset
+            applied = True
+            if command.partition is not None and command.partition != partition:
+                continue
+            action = command.action if command.action in ACTIONS else "invalid"
+            target = command.target[:80]
+            try:
+                self._apply(engine, command)
+            except Exception as exc:  # a command must never stop a worker: rejected, with the reason
+                reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
+                outcome = "rejected"
+                log.error("partition %d: control command %d (%s %s) rejected: %s", partition, offset, action,
+                          target, reason[:300])
+            else:
+                reason, outcome = "", "applied"
+                log.info("partition %d: control command %d (%s %s) applied", partition, offset, action, target)
+            self.counts[(action, outcome)] = self.counts.get((action, outcome), 0) + 1
+            engine.record("control", command=offset, action=action, target=target, outcome=outcome,
+                           reason=reason[:300])
+            champion = engine.champion_slot
+            self._reply(Reply(offset, partition, outcome, reason[:300], champion.name, champion.version, self.worker))
+        return applied
+
+    def _catch_up_engine(self, engine: Engine, partition: int) -> bool:
+        """Before applying: an engine that saw an offset this topic does not have (recreated:
+        its commands would be skipped silently), or that missed commands dropped for the bound.
+        True if the engine's control offset changed."""
+        if engine.control_offset >= self.read_up_to:
+            end = self._end_offset()
+            if engine.control_offset < end:   # only behind: read on (another worker read further)
+                self.catch_up()
+            if engine.control_offset >= max(end, self.read_up_to):
+                log.error("partition %d: saw control command %d, but control topic %s ends at %d: it was "
+                          "recreated; applying its commands from its start", partition, engine.control_offset,
+                          self._partition.topic, end)
+                self.counts[("topic", "recreated")] = self.counts.get(("topic", "recreated"), 0) + 1
+                engine.control_offset = -1
+                return True
+        if engine.control_offset < self.dropped_through:
+            log.warning("partition %d: the commands at control offsets %d..%d were beyond the newest %d kept: "
+                        "skipped", partition, engine.control_offset + 1, self.dropped_through, MAX_KEPT_COMMANDS)
+            # once per partition that missed some (how many were commands, the bound no longer knows)
+            self.counts[("older", "skipped")] = self.counts.get(("older", "skipped"), 0) + 1
+            engine.control_offset = self.dropped_through
+            return True
+        return False
+
+    def _apply(self, engine: Engine, command: Command) -> None:
+        check_target(command.action, command.target)
+        if command.action == "promote":
+            engine.promote(command.target, reason="manual")
+            return
+        if not self.artifacts:
+            raise ValueError("rollback needs the worker's --artifacts")
+        artifact = load_artifact(find_version(self.artifacts, command.target))
+        name, version = artifact.meta["model"], artifact.meta["version"]
+        if version != command.target:
+            raise ValueError(f"artifact {command.target} says it is version {version!r}")
+        if name != engine.champion_slot.name:
+            if name not in [slot.name for slot in engine.slots]:
+                engine.add_slot(name, artifact.model, "challenger", version)
+            engine.promote(name, reason=f"rollback to {version}")
+        engine.rollback(artifact.model, version)
+
+    def _reply(self, reply: Reply) -> None:
+        try:
+            if self._producer is None:
+                self._producer = KafkaProducer(acks=1, linger_ms=0, **self._options)
+            self._producer.send(self.replies, value=encode_reply(reply))
+        except Exception as exc:  # replies inform the operator; a lost one must not stop the worker
+            log.warning("control reply not sent: %s: %s", type(exc).__name__, exc)
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+        if self._producer is not None:
+            self._producer.close(timeout=5)

@@ -1,0 +1,102 @@
+"""The engine's one API (the line-up's), the line-up policy handed to it, the label rule in
+one place, and constructors that only keep their settings (no network until opened)."""
+
+import pickle
+
+import pytest
+
+from shopstream.config import EngineConfig
+from shopstream.engine import Engine
+from shopstream.events import Event
+from shopstream.labels import LABELLED, OTHER, PREDICTION_POINT, PURCHASE, label_role, prediction_key
+from shopstream.lineup import MAX_SLOTS, CatalogReplacements, fresh_engine
+from shopstream.models import build_model
+from shopstream.slots import ModelSlot
+from stream.control_operator import ControlClient
+from stream.control_worker import ControlChannel
+from stream.membership import GroupMembership
+from stream.outputs import Outputs
+
+T = 1.7e9
+NOWHERE = {"bootstrap_servers": "127.0.0.1:1"}   # nothing listens there: any connection would fail
+
+
+def test_the_engine_has_one_api_the_line_ups():
+    engine = Engine.fresh("logreg", "raw")
+    for facade in ("model", "model_name", "model_version", "scores", "learn", "_record"):
+        assert not hasattr(engine, facade), f"the single-model facade's {facade!r} is gone"
+    assert engine.champion_slot is engine.slots[engine.champion] is engine.slot("logreg")
+    engine.record("control", command=3)
+    assert engine.history == [{"kind": "control", "event_time": engine.joiner.max_time, "resolved": 0, "command": 3}]
+    engine.add_slot("other", build_model("logreg_slow"))
+    engine.freeze()
+    assert [slot.learn for slot in engine.slots] == [False, False]
+    engine.process(Event(T, "view", "p", "u", "s", features={"a": 1.0}, label=True))
+    assert engine.counts["learned"] == 0 and len(engine.champion_slot.scores.cumulative) == 1
+    engine.champion_slot.clear_scores()
+    assert len(engine.champion_slot.scores.cumulative) == 0
+
+
+def test_the_drift_reaction_adds_what_the_line_up_chooses():
+    chosen = []
+
+    def replacements(champion: ModelSlot, running: int):
+        chosen.append((champion.name, running))
+        return "picked", build_model("logreg_slow")
+
+    engine = Engine(build_model("logreg"), fresh_engine("logreg", "raw").features,
+                    EngineConfig(features="raw", drift_reaction="challenger"), model_name="logreg",
+                    replacements=replacements)
+    engine._on_drift(engine.champion_slot)
+    assert chosen == [("logreg", 1)] and engine.slot("picked").role == "challenger"
+    alone = Engine(build_model("logreg"), engine.features, engine.config, model_name="logreg")  # no policy
+    alone._on_drift(alone.champion_slot)
+    assert len(alone.slots) == 1 and alone.history[-1]["kind"] == "drift"
+
+
+def test_the_catalog_replacement_is_a_fresh_model_of_the_champions_kind_up_to_max_slots():
+    champion = ModelSlot("logreg_tuned", build_model("logreg_tuned"))
+    champion.drift_detections = 2
+    name, model = CatalogReplacements()(champion, 3)
+    assert name == "logreg_tuned_since_drift2" and repr(model) == repr(build_model("logreg_tuned"))
+    assert CatalogReplacements()(champion, MAX_SLOTS) is None
+    assert CatalogReplacements()(ModelSlot("hand_made", build_model("logreg")), 1) is None
+
+
+def test_fresh_engines_carry_the_catalog_replacements_and_older_checkpoints_get_them():
+    engine = Engine.fresh("logreg", "raw")
+    assert engine.replacements == CatalogReplacements()
+    assert pickle.loads(pickle.dumps(engine)).replacements == CatalogReplacements()
+    state = pickle.loads(pickle.dumps(engine)).__dict__
+    del state["replacements"]                      # as an engine pickled before the line-up chose them
+    older = Engine.__new__(Engine)
+    older.__setstate__(state)
+    assert older.replacements == CatalogReplacements()
+
+
+def test_the_label_rule_says_what_each_event_is():
+    def event(kind, **fields):
+        return Event(T, kind, "p", "u", "s", **fields)
+
+    assert [label_role(event(kind)) for kind in ("view", "cart", "purchase", "remove_from_cart")] == \
+        [PREDICTION_POINT, PREDICTION_POINT, PURCHASE, OTHER]
+    assert label_role(event("purchase", label=False)) == label_role(event("remove_from_cart", label=True)) == LABELLED
+    assert prediction_key(event("view")) == ("s", "p")
+
+
+def test_constructors_only_keep_settings_the_network_waits_for_open():
+    made = []
+    outputs = Outputs(lambda: made.append("producer") or object(), "predictions", "dlq")
+    assert made == []
+    assert outputs.open() is outputs and made == ["producer"]
+    membership = GroupMembership(lambda: made.append("consumer") or object(), "events", None, 60)
+    assert made == ["producer"]
+    assert membership.open() is membership and made == ["producer", "consumer"]
+    # A connection to NOWHERE raises (NoBrokersAvailable): built, not connected.
+    channel = ControlChannel(NOWHERE, "control", None, "w1", signing_key=b"k")
+    client = ControlClient(NOWHERE, "control", b"k")
+    assert (channel.signing_key, channel.replies, client.replies) == (b"k", "control-replies", "control-replies")
+    with pytest.raises(RuntimeError, match="not open"):
+        channel.poll()
+    with pytest.raises(RuntimeError, match="not connected"):
+        client.send(None)
