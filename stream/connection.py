@@ -15,7 +15,7 @@ else: it is not in a repr, a log line or `--help`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Optional
 
 from shopstream.options import option_meta as _help
