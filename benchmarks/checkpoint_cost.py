@@ -29,7 +29,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from shopstream.engine import Engine
     from shopstream.events import decode_event
-    from stream.checkpoints import DirectoryCheckpointStore, PartitionState
+    from stream.checkpointing.stores import DirectoryCheckpointStore
+    from stream.partition import Partition as PartitionState
 
     store = DirectoryCheckpointStore(tempfile.mkdtemp(prefix="shopstream-ckpt-"))
     engine = Engine.fresh("logreg", "shop")

@@ -447,7 +447,8 @@ def child_rss(open_predictions: int, workdir: str, during: int = 20_000) -> dict
     from shopstream.engine import Engine
     from shopstream.events import Event
     from shopstream.generator import CATEGORIES, CHANNELS, PLATFORMS, START
-    from stream.checkpoints import DirectoryCheckpointStore, PartitionState
+    from stream.checkpointing.stores import DirectoryCheckpointStore
+    from stream.partition import Partition as PartitionState
 
     base_rss, _ = rss_mb()
     engine = Engine.fresh("logreg", "shop", window=10 * 365 * 86400.0, max_open=max(1_000_000, open_predictions))

@@ -347,11 +347,11 @@ def read_replies(options: dict, control_topic: str, start: int = 0, until=None, 
 def models_command(args) -> int:
     options = kafka_options(KafkaConnection.from_args(args))
     if args.action == "list":
-        from .checkpoints import DirectoryCheckpointStore
+        from .checkpointing.stores import DirectoryCheckpointStore
 
         store = None
         if args.checkpoint_store == "kafka":
-            from .kafka_store import KafkaCheckpointStore
+            from .checkpointing.kafka_store import KafkaCheckpointStore
 
             store = KafkaCheckpointStore(options, args.checkpoint_topic, group=args.group)
         elif args.checkpoints:

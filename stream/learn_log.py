@@ -249,9 +249,7 @@ class LearnLog:
                 if outcome == "learned" or outcome == "folded":
                     if outcome == "learned" and record.timestamp and record.timestamp > 0:
                         self.delay.observe(max(0.0, now - record.timestamp / 1000.0))
-                    state.changed = True
-                    if state.unsaved_since is None:
-                        state.unsaved_since = now
+                    state.mark_changed()
         self.end = max(self.end, self.position, self.consumer.highwater(self.tp) or 0)
         return len(records)
 

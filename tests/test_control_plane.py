@@ -17,7 +17,9 @@ import pytest
 from shopstream.artifacts import ArtifactError, load_artifact, save_artifact, set_default
 from shopstream.engine import Engine
 from shopstream.signing import SignatureError
-from stream.checkpoints import CheckpointError, DirectoryCheckpointStore, PartitionState
+from stream.checkpointing.format import CheckpointError
+from stream.checkpointing.stores import DirectoryCheckpointStore
+from stream.partition import Partition as PartitionState
 from stream.control import MAX_KEPT_COMMANDS, SIGNATURE_HEADER, Command, ControlChannel, check_target
 from stream.settings import WorkerSettings
 from stream.telemetry import WorkerCollector, WorkerSnapshot
