@@ -285,26 +285,3 @@ def decode_state(data: bytes, where: str, signing_key: KeySource = FROM_ENVIRONM
     view = memoryview(data)[start:]
     check_payload([view], fields, where, key)
     return unpickle_state(io.BytesIO(view), fields, where)
-
-
-class ChunkReader(io.RawIOBase):
-    """A readable file over a list of byte strings, without joining them."""
-
-    def __init__(self, chunks: list):
-        self._chunks = [memoryview(c) for c in chunks]
-        self._i = 0
-        self._at = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        while self._i < len(self._chunks):
-            chunk = self._chunks[self._i]
-            if self._at < len(chunk):
-                n = min(len(buffer), len(chunk) - self._at)
-                buffer[:n] = chunk[self._at:self._at + n]
-                self._at += n
-                return n
-            self._i, self._at = self._i + 1, 0
-        return 0
