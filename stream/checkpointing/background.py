@@ -5,7 +5,7 @@
 thread of the parent then sends) and exits; the loop goes on learning. `PendingSave` is
 the loop's handle on it. What a store must offer for this is `BackgroundStore`.
 
-Around the fork: `gc.freeze()` before it (`GC_FREEZE` counts the children that may still
+Around the fork: `gc.freeze()` before it (`_FROZEN_FORKS` counts the children that may still
 share frozen pages; the last one done unfreezes), PR_SET_PDEATHSIG in the child (it dies
 with the worker), and spool files named per process, locked by it, and swept once per
 store when a killed worker left them.
