@@ -29,11 +29,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from shopstream.engine import Engine
     from shopstream.events import decode_event
-    from stream.checkpoints import DirectoryCheckpointStore, PartitionState
+    from stream.checkpointing.stores import DirectoryCheckpointStore
+    from stream.partition import Partition
 
     store = DirectoryCheckpointStore(tempfile.mkdtemp(prefix="shopstream-ckpt-"))
     engine = Engine.fresh("logreg", "shop")
-    state = PartitionState("bench", 0, engine)
+    state = Partition("bench", 0, engine)
     print("| events | open predictions | sessions | checkpoint MiB | save s (streamed, incl. fsync) | "
           "begin_save (fork) ms | background write s |")
     print("|---:|---:|---:|---:|---:|---:|---:|")

@@ -434,7 +434,8 @@ def child_rss(open_predictions: int, workdir: str, during: int = 20_000) -> dict
     from shopstream.engine import Engine
     from shopstream.events import Event
     from shopstream.generator import CATEGORIES, CHANNELS, PLATFORMS, START
-    from stream.checkpoints import DirectoryCheckpointStore, PartitionState
+    from stream.checkpointing.stores import DirectoryCheckpointStore
+    from stream.partition import Partition
 
     base_rss, _ = rss_mb()
     engine = Engine.fresh("logreg", "shop", window=10 * 365 * 86400.0, max_open=max(1_000_000, open_predictions))
@@ -455,7 +456,7 @@ def child_rss(open_predictions: int, workdir: str, during: int = 20_000) -> dict
     gc.collect()
     filled_rss, filled_hwm = rss_mb()
     store = DirectoryCheckpointStore(Path(workdir) / "rss-ckpt")
-    state = PartitionState("bench", 0, engine, next_offset=open_predictions)
+    state = Partition("bench", 0, engine, next_offset=open_predictions)
     started = time.perf_counter()
     store.save(state)
     checkpoint_s = time.perf_counter() - started

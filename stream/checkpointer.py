@@ -14,7 +14,7 @@ further than the last durable state; `retry` tries again every `RETRY_SECONDS`, 
 success resumes them. Nothing here raises for a broker or a disk that fails.
 
 Periodic checkpoints (`periodic`) of a large state are written from a forked copy of the
-process (`CheckpointStore.begin_save`): the loop stops only for the fork and goes on
+process (`BackgroundCheckpoints.begin_save`): the loop stops only for the fork and goes on
 learning. A fork is not free either (page tables, then copy-on-write faults while the copy
 writes): measured at 300k events of state, forked checkpoints raised p99 latency from 46-48
 ms to 100-220 ms, while at 1M open predictions one written in the loop stops it 7.6 s
@@ -28,12 +28,15 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any, Callable, Optional
 
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .checkpoints import CheckpointStore, PartitionState
+from .checkpointing.background import PendingSave
+from .checkpointing.stores import CheckpointStore
+from .partition import Partition
 from .settings import CheckpointSettings
 
 log = logging.getLogger(__name__)
@@ -48,18 +51,23 @@ SETTLE_SECONDS = 20.0
 
 
 class Checkpointer:
+    """Checkpoints the partitions of `partitions` (the worker's map, TopicPartition ->
+    `Partition`), pausing and resuming them on `consumer()` (the consumer of the moment: a
+    rebuilt group membership replaces it)."""
+
     def __init__(self, store: CheckpointStore, outputs, settings: CheckpointSettings, registry: CollectorRegistry,
+                 partitions: Optional[dict[Any, Partition]] = None, consumer: Optional[Callable[[], Any]] = None,
                  confirm_seconds: float = CONFIRM_SECONDS, retry_seconds: float = RETRY_SECONDS):
         self.store = store
         self.outputs = outputs
         self.settings = settings
+        self.partitions: dict[Any, Partition] = partitions if partitions is not None else {}
+        self._consumer = consumer
         self.confirm_seconds = confirm_seconds
         self.retry_seconds = retry_seconds
-        self.blocked: dict = {}        # partition -> why it is paused
-        self.pending: dict = {}        # partition -> PendingSave being written in the background
+        self.pending: dict[Any, PendingSave] = {}  # partition -> its checkpoint being written in the background
         self.fork_above = FORK_ABOVE_SECONDS
         self.settle_seconds = SETTLE_SECONDS
-        self._checkpoint_seen: dict = {}  # partition -> (its checkpointed_at, monotonic time it counts from)
         self._in_loop_seconds: dict = {}  # partition -> how long its last checkpoint in the loop took
         self.outputs_blocked = False   # the last save waited for outputs the broker did not acknowledge
         self._last_retry = 0.0
@@ -67,84 +75,87 @@ class Checkpointer:
         self.failures = Counter("shopstream_checkpoint_failures", "Checkpoints that failed", registry=registry)
         registry.register(_StoreCollector(store))
 
-    def due(self, tp, state: PartitionState) -> bool:
+    @property
+    def consumer(self):
+        if self._consumer is None:
+            raise RuntimeError("this Checkpointer was built without a consumer: it can save only through the store")
+        return self._consumer()
+
+    @property
+    def blocked(self) -> dict:
+        """Partition -> why it is paused, for the partitions paused because they cannot be checkpointed."""
+        return {tp: p.paused_because for tp, p in self.partitions.items() if p.paused_because is not None}
+
+    def due(self, tp) -> bool:
         """N events or T seconds since the partition's last checkpoint, none being written."""
-        return tp not in self.pending and bool(state.events_since_checkpoint) and (
-            state.events_since_checkpoint >= self.settings.every
-            or self._age(tp, state) >= self.settings.seconds)
+        partition = self.partitions.get(tp)
+        return partition is not None and tp not in self.pending and bool(partition.events_since_checkpoint) and (
+            partition.events_since_checkpoint >= self.settings.every
+            or partition.checkpoint_age(at_most=self.settings.seconds) >= self.settings.seconds)
 
-    def _age(self, tp, state: PartitionState) -> float:
-        """Seconds since the partition's last checkpoint, on this worker's monotonic clock, from
-        when it first saw that checkpoint: `checkpointed_at` may come from a previous owner whose
-        clock ran ahead (an hour ahead postponed every time-based checkpoint by an hour)."""
-        now = time.monotonic()
-        seen = self._checkpoint_seen.get(tp)
-        if seen is None or seen[0] != state.checkpointed_at:
-            # A checkpoint new to this worker: its wall-clock age, if that is believable.
-            age = min(max(time.time() - state.checkpointed_at, 0.0), self.settings.seconds)
-            seen = self._checkpoint_seen[tp] = (state.checkpointed_at, now - age)
-        return now - seen[1]
-
-    def periodic(self, consumer, partitions: dict, tp) -> None:
+    def periodic(self, tp) -> None:
         """A checkpoint because one is `due`: forked or in the loop, as `settings.background` says."""
         mode = self.settings.background
         forked = mode == "on" or (mode == "auto" and self._in_loop_seconds.get(tp, 0.0) > self.fork_above)
-        self.save(consumer, partitions, [tp], background=forked)
+        self.save([tp], background=forked)
 
-    def retry(self, consumer, partitions: dict, now: float) -> None:
+    def retry(self, now: float) -> None:
         """Try the paused partitions again, at most every `retry_seconds`."""
-        if self.blocked and now - self._last_retry >= self.retry_seconds:
+        blocked = self.blocked
+        if blocked and now - self._last_retry >= self.retry_seconds:
             self._last_retry = now
-            self.save(consumer, partitions, list(self.blocked))
+            self.save(list(blocked))
 
-    def forget(self, tp) -> None:
-        """A partition no longer owned is nobody's to retry."""
-        self.blocked.pop(tp, None)
-        self._checkpoint_seen.pop(tp, None)
+    def release(self, tps, commit_async: bool = False) -> None:
+        """Checkpoint the partitions of `tps`, then let go of them (revoked, or the consumer replaced)."""
+        self.save(tps, commit_async)
+        for tp in tps:
+            self.partitions.pop(tp, None)
 
-    def save(self, consumer, partitions: dict, tps, commit_async: bool = False, background: bool = False) -> None:
+    def save(self, tps, commit_async: bool = False, background: bool = False) -> None:
         """Outputs, then state, then offsets, for the partitions of `tps` with anything unsaved.
         `commit_async` on kafka-python's IO thread (a rebalance), which must not block;
         `background`: begin the writes in forked copies, made durable by a later `poll`."""
         if not background:
-            self.settle(consumer, tps, commit_async)
+            self.settle(tps, commit_async)
+        partitions = self.partitions
         tps = [tp for tp in tps if tp in partitions and tp not in self.pending and partitions[tp].needs_checkpoint]
-        if not tps or not self._outputs_confirmed(consumer, tps):
+        if not tps or not self._outputs_confirmed(tps):
             return
         offsets = {}
         for tp in tps:
-            state = partitions[tp]
-            state.engine.mark_good()
+            partition = partitions[tp]
+            partition.engine.mark_good()
             try:
                 if background:
-                    self.pending[tp] = self.store.begin_save(state)
+                    self.pending[tp] = self.store.begin_save(partition)
                     continue
                 started = time.perf_counter()
-                self.store.save(state)
+                self.store.save(partition)
                 self._in_loop_seconds[tp] = time.perf_counter() - started
             except OSError as exc:
-                self._failed(consumer, tp, exc)
+                self._failed(tp, exc)
                 continue
-            self._succeeded(consumer, tp)
-            offsets[tp] = OffsetAndMetadata(state.next_offset, "", -1)
-        self._commit(consumer, offsets, commit_async)
+            self._succeeded(tp)
+            offsets[tp] = OffsetAndMetadata(partition.next_offset, "", -1)
+        self._commit(offsets, commit_async)
 
-    def poll(self, consumer) -> None:
+    def poll(self) -> None:
         """Make the background checkpoints that finished count: commit their offsets, or pause
         their partitions if they failed (a writer past `settings.timeout` is killed: failed).
         Never waits."""
         now = time.monotonic()
         finished = [tp for tp, pending in self.pending.items()
                     if pending.done() or now - pending.started >= self.settings.timeout]
-        self._finish(consumer, finished, commit_async=False)
+        self._finish(finished, commit_async=False)
 
-    def settle(self, consumer, tps, commit_async: bool = False) -> None:
+    def settle(self, tps, commit_async: bool = False) -> None:
         """Wait for the background checkpoints of `tps` (before a revocation, a shutdown or a
         blocking save of the same partitions), at most `settle_seconds`: the blocking save that
         follows writes everything the writer had, so a stalled writer never holds up a stop."""
-        self._finish(consumer, [tp for tp in tps if tp in self.pending], commit_async, self.settle_seconds)
+        self._finish([tp for tp in tps if tp in self.pending], commit_async, self.settle_seconds)
 
-    def _finish(self, consumer, tps, commit_async: bool, wait_at_most: float = float("inf")) -> None:
+    def _finish(self, tps, commit_async: bool, wait_at_most: float = float("inf")) -> None:
         offsets = {}
         for tp in tps:
             pending = self.pending.pop(tp)
@@ -152,40 +163,49 @@ class Checkpointer:
             try:
                 offset = pending.finish(timeout=max(0.0, min(left, wait_at_most)))
             except OSError as exc:
-                self._failed(consumer, tp, exc)
+                self._failed(tp, exc)
                 continue
-            self._succeeded(consumer, tp)
+            self._succeeded(tp)
             offsets[tp] = OffsetAndMetadata(offset, "", -1)
-        self._commit(consumer, offsets, commit_async)
+        self._commit(offsets, commit_async)
 
-    def _failed(self, consumer, tp, exc: OSError) -> None:
+    def _pause(self, tp, reason: str) -> None:
+        partition = self.partitions.get(tp)
+        if partition is None:  # revoked while its checkpoint was being written
+            return
+        if partition.paused_because is None:
+            self.consumer.pause(tp)
+        partition.paused_because = reason
+
+    def _failed(self, tp, exc: OSError) -> None:
         # Learning further than the last durable checkpoint would risk more than it gains.
         self.failures.inc()
-        if tp not in self.blocked:
+        partition = self.partitions.get(tp)
+        if partition is not None and partition.paused_because is None:
             log.error("checkpoint of partition %d failed: %s; partition paused until a checkpoint "
                       "succeeds (the last good checkpoint is untouched)", tp.partition, exc)
-            consumer.pause(tp)
-        self.blocked[tp] = str(exc)
+        self._pause(tp, str(exc))
 
-    def _succeeded(self, consumer, tp) -> None:
+    def _succeeded(self, tp) -> None:
         self.written.inc()
-        if self.blocked.pop(tp, None) is not None:
-            consumer.resume(tp)
+        partition = self.partitions.get(tp)
+        if partition is not None and partition.paused_because is not None:
+            partition.paused_because = None
+            self.consumer.resume(tp)
             log.info("checkpoint of partition %d succeeded again: resumed", tp.partition)
 
-    @staticmethod
-    def _commit(consumer, offsets: dict, commit_async: bool) -> None:
+    def _commit(self, offsets: dict, commit_async: bool) -> None:
         if not offsets:
             return
         try:
             if commit_async:
-                consumer.commit_async(offsets)
+                self.consumer.commit_async(offsets)
             else:
-                consumer.commit(offsets)
+                self.consumer.commit(offsets)
         except Exception as exc:  # committed offsets only serve monitoring and the restore witness
             log.warning("offset commit failed (checkpoints are safe): %s", exc)
 
-    def _outputs_confirmed(self, consumer, tps) -> bool:
+    def _outputs_confirmed(self, tps) -> bool:
         try:
             confirmed = self.outputs.confirm(timeout=self.confirm_seconds)
         except Exception as exc:  # never let an output failure take the worker down
@@ -198,9 +218,7 @@ class Checkpointer:
                           "paused until they are", sorted(tp.partition for tp in tps))
             self.outputs_blocked = True
             for tp in tps:
-                if tp not in self.blocked:
-                    consumer.pause(tp)
-                self.blocked[tp] = "outputs not acknowledged"
+                self._pause(tp, "outputs not acknowledged")
             return False
         if self.outputs_blocked:
             self.outputs_blocked = False

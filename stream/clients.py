@@ -14,11 +14,11 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from shopstream.signing import signing_key
 
-from .checkpoints import CheckpointStore, DirectoryCheckpointStore
+from .checkpointing.kafka_store import KafkaCheckpointStore
+from .checkpointing.stores import CheckpointStore, DirectoryCheckpointStore
 from .connection import kafka_options
 from .control_worker import ControlChannel
 from .corrupt import CorruptBatchSkipper
-from .kafka_store import KafkaCheckpointStore
 from .owners import Owners, OwnersAssignor
 from .settings import WorkerSettings
 
@@ -61,9 +61,11 @@ class KafkaClients:
 
     def checkpoint_store(self) -> CheckpointStore:
         s = self.settings
+        # The worker's key, read once: the settings' `signing_key` once settings carry it.
+        key = signing_key()
         if s.checkpoints.store == "kafka":
-            return KafkaCheckpointStore(self.options, s.checkpoints.topic, group=s.group)
-        return DirectoryCheckpointStore(s.checkpoints.directory, s.group)
+            return KafkaCheckpointStore(self.options, s.checkpoints.topic, group=s.group, signing_key=key)
+        return DirectoryCheckpointStore(s.checkpoints.directory, s.group, signing_key=key)
 
     def control(self) -> Optional[ControlChannel]:
         s = self.settings

@@ -16,9 +16,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from shopstream.artifacts import find_version, list_versions
 
-from .checkpoints import DirectoryCheckpointStore
+from .checkpointing.stores import DirectoryCheckpointStore
 from .connection import kafka_options
-from .kafka_store import KafkaCheckpointStore
+from .checkpointing.kafka_store import KafkaCheckpointStore
 from .settings import ModelsSettings
 from .topics import create_topics
 from .control_protocol import Command, Reply, check_target, decode_reply, encode_command, replies_topic

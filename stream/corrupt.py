@@ -55,7 +55,7 @@ class CorruptBatchSkipper:
         return True  # nothing came back in time: treat as readable, poll() will say otherwise
 
     def skip(self, consumer, partitions: dict, exc: Exception) -> None:
-        """`partitions`: TopicPartition -> PartitionState of the worker's owned partitions."""
+        """`partitions`: TopicPartition -> `Partition` of the worker's owned partitions."""
         for tp, state in list(partitions.items()):
             start = state.next_offset
             if self.readable(tp, start):
@@ -73,9 +73,7 @@ class CorruptBatchSkipper:
                       tp.partition, start, high - 1, exc)
             self.outputs.dead_letter_range(tp.topic, tp.partition, start, high - 1, reason)
             count = high - start
-            state.dead_lettered += count
-            state.events_since_checkpoint += count
-            state.next_offset = high
+            state.skipped(count, high)
             consumer.seek(tp, high)
             self.skipped_batches += 1
             self.skipped_records += count

@@ -127,19 +127,21 @@ def _catalog(doc: dict) -> CatalogEvents:
 
 def _example(doc: dict) -> Example:
     source, seq, y, x = doc.get("source"), doc.get("seq"), doc.get("y"), doc.get("x")
-    times = (doc.get("predicted_at"), doc.get("resolved_at"))
+    predicted_at, resolved_at = doc.get("predicted_at"), doc.get("resolved_at")
+    times = (predicted_at, resolved_at)
     if type(source) is not int or source < 0 or type(seq) is not int or seq < 1:
         raise RefusedRecord("invalid", f"source {source!r} / seq {seq!r}: must be integers >= 0 / >= 1")
     if type(y) is not bool:
         raise RefusedRecord("invalid", f"label {y!r}: must be true or false")
-    if not all(isinstance(t, (int, float)) and math.isfinite(t) for t in times):
+    if not (isinstance(predicted_at, (int, float)) and isinstance(resolved_at, (int, float))
+            and math.isfinite(predicted_at) and math.isfinite(resolved_at)):
         raise RefusedRecord("invalid", f"times {times!r}: must be finite numbers")
     if not isinstance(x, dict):
         raise RefusedRecord("invalid", "features: must be an object")
     for name, v in x.items():
         if not (isinstance(v, str) or (type(v) in (int, float) and math.isfinite(v))):
             raise RefusedRecord("invalid", f"feature {name[:80]!r}: {str(v)[:40]} is not a finite number or a string")
-    return Example(source, seq, x, y, float(times[0]), float(times[1]))
+    return Example(source, seq, x, y, float(predicted_at), float(resolved_at))
 
 
 class LearnLog:
@@ -249,9 +251,7 @@ class LearnLog:
                 if outcome == "learned" or outcome == "folded":
                     if outcome == "learned" and record.timestamp and record.timestamp > 0:
                         self.delay.observe(max(0.0, now - record.timestamp / 1000.0))
-                    state.changed = True
-                    if state.unsaved_since is None:
-                        state.unsaved_since = now
+                    state.mark_changed()
         self.end = max(self.end, self.position, self.consumer.highwater(self.tp) or 0)
         return len(records)
 

@@ -11,12 +11,13 @@ back), or none at all while the group has committed (one deleted), is refused.
 from __future__ import annotations
 
 import logging
-import time
-from typing import Callable, Optional
+from typing import Callable
 
 from shopstream.signing import SignatureError, signing_key
 
-from .checkpoints import CheckpointError, CheckpointStore, PartitionState
+from .checkpointing.format import CheckpointError
+from .checkpointing.stores import CheckpointStore
+from .partition import Partition
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,10 @@ class PartitionRestorer:
         self.group = group
         self.force_fresh_start = force_fresh_start
 
-    def restore(self, tp) -> PartitionState:
+    def restore(self, tp) -> Partition:
         """The partition's checkpoint, else a new start. A refused checkpoint raises
-        (CheckpointError, SignatureError) unless `force_fresh_start`."""
+        (CheckpointError, SignatureError) unless `force_fresh_start`. What no checkpoint
+        holds (a new start, commands applied since) counts as unsaved from now."""
         try:
             state = self.store.load(tp.topic, tp.partition)
         except (CheckpointError, SignatureError) as exc:
@@ -41,22 +43,24 @@ class PartitionRestorer:
             log.warning("partition %d: %s; --force-fresh-start: starting it over", tp.partition, exc)
             state = None
         if state is None:
-            return self.start_over(tp, unsaved_since=None)
+            return self.start_over(tp)
         self._apply_commands(state, tp)
+        state.note_unsaved()
         return state
 
-    def start_over(self, tp, unsaved_since: Optional[float] = None) -> PartitionState:
+    def start_over(self, tp) -> Partition:
+        """A new engine at offset 0 (the bootstrap artifact, else a fresh model): unsaved from now."""
         engine, origin = self.new_engine()
-        state = PartitionState(tp.topic, tp.partition, engine, next_offset=0, origin=origin, started_from=origin,
-                               unsaved_since=unsaved_since)
+        state = Partition(tp.topic, tp.partition, engine, next_offset=0, origin=origin, started_from=origin)
         self._apply_commands(state, tp)
+        state.note_unsaved()
         return state
 
-    def _apply_commands(self, state: PartitionState, tp) -> None:
+    def _apply_commands(self, state: Partition, tp) -> None:
         if self.control is not None and self.control.apply(state.engine, tp.partition):
-            state.changed = True
+            state.mark_changed()
 
-    def witness(self, consumer, tp, state: PartitionState) -> None:
+    def witness(self, consumer, tp, state: Partition) -> None:
         """Raise CheckpointError when the group's committed offset contradicts `state`
         (only with a signing key: without one, checkpoints are not claimed to be tamper-proof)."""
         if signing_key() is None:
@@ -78,6 +82,6 @@ class PartitionRestorer:
                                   f"than the offset {committed} group {self.group!r} committed after a "
                                   "newer one (an old checkpoint put back?): refusing it")
 
-    def fresh_after_refusal(self, tp) -> PartitionState:
+    def fresh_after_refusal(self, tp) -> Partition:
         """--force-fresh-start after `witness` refused: a new start, unsaved from now."""
-        return self.start_over(tp, unsaved_since=time.time())
+        return self.start_over(tp)

@@ -9,7 +9,8 @@ Every record ends as exactly one of: processed, or dead-lettered with a reason. 
 record batch the client cannot even parse is skipped with one dead letter naming its
 partition and offsets (`CorruptBatchSkipper`).
 
-Each partition has its own `PartitionState` (engine + next offset). It is restored
+Each partition is a `Partition` (stream/partition.py: engine, next offset and its
+bookkeeping; everything asks it). It is restored
 from its checkpoint on assignment (else the bootstrap artifact, else a fresh model)
 and the consumer seeks to its next offset. Checkpoints are written every N events
 or T seconds, on revocation and on SIGTERM/SIGINT; outputs are flushed first and
@@ -41,10 +42,11 @@ from shopstream.signing import SignatureError, signing_key
 
 from .broker_watch import BrokerWatch
 from .checkpointer import Checkpointer
-from .checkpoints import CheckpointError, PartitionState
+from .checkpointing.format import CheckpointError
 from .clients import KafkaClients
 from .membership import GroupMembership
 from .outputs import Outputs
+from .partition import Partition
 from .restore import PartitionRestorer
 from .serving import ScoreDesk, ScoreServer
 from .settings import WorkerSettings
@@ -103,7 +105,7 @@ class Worker(ConsumerRebalanceListener):
         self.awaited = desk.awaited if desk is not None else {}
         if desk is not None:
             clients.assignor = desk.assignor  # tells the group where this worker serves
-        self.partitions: dict[TopicPartition, PartitionState] = {}
+        self.partitions: dict[TopicPartition, Partition] = {}   # the checkpointer saves, pauses and releases them
         self.stopping = False
         self.handled = 0
         self.last_poll = 0.0
@@ -119,7 +121,8 @@ class Worker(ConsumerRebalanceListener):
         self.outputs = Outputs(clients.producer, settings.predictions_topic, settings.dead_letter_topic,
                                settings.prediction_format).open()
         self.store = clients.checkpoint_store()
-        self.checkpointer = Checkpointer(self.store, self.outputs, settings.checkpoints, self.registry)
+        self.checkpointer = Checkpointer(self.store, self.outputs, settings.checkpoints, self.registry,
+                                         self.partitions, lambda: self.membership.consumer)
         self.restorer = PartitionRestorer(self.store, lambda: new_engine(settings), self.control, settings.group,
                                           settings.force_fresh_start)
         self.skipper = clients.corrupt_skipper(self.outputs)
@@ -163,21 +166,14 @@ class Worker(ConsumerRebalanceListener):
     def _release_all(self) -> None:
         """Before the consumer is replaced: checkpoint and let go of everything owned."""
         self.consumer_rebuilds.inc()
-        if self.partitions:
-            self.checkpoint(list(self.partitions))
-            self.partitions.clear()
-            self.checkpointer.blocked.clear()
+        self.checkpointer.release(list(self.partitions))
 
     # -- partition lifecycle (called by kafka-python inside poll) -------------------
 
     def on_partitions_revoked(self, revoked):
         owned = [tp for tp in revoked if tp in self.partitions]
-        if owned:
-            # This runs on kafka-python's IO thread: the offset commit must not block it.
-            self.checkpoint(owned, commit_async=True)
-        for tp in owned:
-            del self.partitions[tp]
-            self.checkpointer.forget(tp)
+        # This runs on kafka-python's IO thread: the offset commit must not block it.
+        self.checkpointer.release(owned, commit_async=True)
         self.membership.join_started()
         log.info("revoked %s", sorted(tp.partition for tp in owned))
 
@@ -206,8 +202,6 @@ class Worker(ConsumerRebalanceListener):
                 self.learn_log.attach(state)
             if signing_key() is not None:
                 self._unverified.add(tp)  # checked against the committed offset after this poll
-            if state.needs_checkpoint and state.unsaved_since is None:
-                state.unsaved_since = time.time()  # new, or changed by a command: not yet durable
             self.partitions[tp] = state
             self.consumer.seek(tp, state.next_offset)
             log.info("assigned partition %d: %s, next offset %d", tp.partition, state.origin, state.next_offset)
@@ -297,7 +291,7 @@ class Worker(ConsumerRebalanceListener):
                 self.outputs.end_batch()   # one predictions record per polled batch (batch format)
                 if self.learn_log is not None:
                     self.learn_log.publish(state)
-                self._maybe_checkpoint(tp, state)
+                self._maybe_checkpoint(tp)
                 if self.stopping:
                     break
         self.close()
@@ -309,28 +303,23 @@ class Worker(ConsumerRebalanceListener):
         if now - self._last_snapshot >= SNAPSHOT_SECONDS:
             self._last_snapshot = now
             self.take_snapshots()
-        self.checkpointer.poll(self.consumer)   # background checkpoints that finished: commit their offsets
-        self.checkpointer.retry(self.consumer, self.partitions, now)
+        self.checkpointer.poll()   # background checkpoints that finished: commit their offsets
+        self.checkpointer.retry(now)
         if self.control is not None and now - self._last_control_poll >= 1.0:
             self._last_control_poll = now
             if self._poll_control():
                 for tp, state in self.partitions.items():
                     if self.control.apply(state.engine, tp.partition):
-                        state.changed = True
-                        if state.unsaved_since is None:
-                            state.unsaved_since = time.time()
+                        state.mark_changed()
         if self.membership.maybe_rebuild(now, self.broker.ok):
             self.broker.topic_partitions = self.membership.topic_partitions
         self.broker.maybe_check(self.consumer, list(self.partitions), now)
 
-    def handle(self, state: PartitionState, record) -> None:
+    def handle(self, state: Partition, record) -> None:
         """One Kafka record: decode, predict-then-learn, publish. Never raises for bad input."""
         settings = self.settings
         self.handled += 1
-        if not state.events_since_checkpoint and state.unsaved_since is None:
-            state.unsaved_since = time.time()
-        state.events_since_checkpoint += 1
-        state.next_offset = record.offset + 1
+        state.handled(record.offset)
         timed = self.handled % TIMING_SAMPLE == 0
         started = time.perf_counter() if timed else 0.0
         try:
@@ -364,7 +353,7 @@ class Worker(ConsumerRebalanceListener):
         if self.awaited:  # scoring requests wait for their event
             self.desk.processed(state, record, event, score)  # type: ignore[union-attr]
 
-    def _dead_letter(self, state: PartitionState, record, reason: str) -> None:
+    def _dead_letter(self, state: Partition, record, reason: str) -> None:
         state.dead_lettered += 1
         log.debug("dead letter %s-%d@%d: %s", record.topic, record.partition, record.offset, reason)
         self.outputs.dead_letter(record, reason)
@@ -380,14 +369,14 @@ class Worker(ConsumerRebalanceListener):
             log.warning("control topic: %s: %s; reading it again in a second", type(exc).__name__, exc)
             return False
 
-    def _maybe_checkpoint(self, tp: TopicPartition, state: PartitionState) -> None:
-        if self.checkpointer.due(tp, state):
-            self.checkpointer.periodic(self.consumer, self.partitions, tp)
+    def _maybe_checkpoint(self, tp: TopicPartition) -> None:
+        if self.checkpointer.due(tp):
+            self.checkpointer.periodic(tp)
 
     def checkpoint(self, tps, commit_async: bool = False) -> None:
         """Outputs acknowledged, then state saved, then offsets committed (`Checkpointer`);
         partitions with nothing new since their last checkpoint are skipped."""
-        self.checkpointer.save(self.consumer, self.partitions, tps, commit_async)
+        self.checkpointer.save(tps, commit_async)
 
     def close(self) -> None:
         if self.desk is not None:
@@ -402,9 +391,7 @@ class Worker(ConsumerRebalanceListener):
             self.control.close()
         if self.learn_log is not None:
             self.learn_log.close()
-        close_store = getattr(self.store, "close", None)
-        if close_store is not None:  # the Kafka store holds a producer and a consumer
-            close_store()
+        self.store.close()   # the Kafka store holds a producer and a consumer
 
     def ready(self) -> bool:
         """Owns partitions, can checkpoint them, and its loop polled recently."""

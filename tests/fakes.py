@@ -18,7 +18,7 @@ import msgspec
 from kafka import TopicPartition
 from kafka.errors import KafkaTimeoutError
 
-from stream.checkpoints import DirectoryCheckpointStore
+from stream.checkpointing.stores import DirectoryCheckpointStore
 from stream.clients import KafkaClients
 from stream.outputs import FORMAT_HEADER, decode_predictions
 

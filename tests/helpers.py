@@ -15,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from kafka_tools import read_topic  # noqa: F401 (the tests import it from here)
 from shopstream.engine import Engine
 from shopstream.events import InvalidEvent, decode_event
-from stream.checkpoints import DirectoryCheckpointStore
-from stream.kafka_store import KafkaCheckpointStore
+from stream.checkpointing.stores import DirectoryCheckpointStore
+from stream.checkpointing.kafka_store import KafkaCheckpointStore
 from stream.outputs import decode_predictions
 
 

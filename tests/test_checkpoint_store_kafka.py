@@ -13,8 +13,9 @@ from shopstream.engine import Engine
 from shopstream.events import event_from_record
 from shopstream.generator import generate
 from shopstream.signing import KEY_ENV, SignatureError
-from stream.checkpoints import CheckpointError, PartitionState, encode_state
-from stream.kafka_store import KafkaCheckpointStore
+from stream.checkpointing.format import CheckpointError, encode_state
+from stream.partition import Partition as PartitionState
+from stream.checkpointing.kafka_store import KafkaCheckpointStore
 
 pytestmark = pytest.mark.kafka
 

@@ -17,9 +17,11 @@ import pytest
 from shopstream.artifacts import ArtifactError, load_artifact, save_artifact, set_default
 from shopstream.engine import Engine
 from shopstream.signing import SignatureError
-from stream.checkpoints import CheckpointError, DirectoryCheckpointStore, PartitionState
+from stream.checkpointing.format import CheckpointError
+from stream.checkpointing.stores import DirectoryCheckpointStore
 from stream.control_protocol import SIGNATURE_HEADER, Command, check_target, parse_command
 from stream.control_worker import MAX_KEPT_COMMANDS, ControlChannel
+from stream.partition import Partition as PartitionState
 from stream.settings import WorkerSettings
 from stream.telemetry import WorkerCollector, WorkerSnapshot
 from stream.worker import preflight

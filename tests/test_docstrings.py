@@ -13,14 +13,22 @@ from pathlib import Path
 import pytest
 
 PACKAGES = ("shopstream", "stream", "offline", "cli")
+ROOT = Path(__file__).parents[1]
 
 
 def module_names() -> list[str]:
     names = []
     for package in PACKAGES:
         path = importlib.import_module(package).__path__
-        names += [f"{package}.{info.name}" for info in pkgutil.iter_modules(path) if info.name != "__main__"]
+        names += [info.name for info in pkgutil.walk_packages(path, prefix=f"{package}.")
+                  if not info.name.endswith(".__main__")]
     return sorted(names)
+
+
+def file_of(name: str) -> str:
+    """Where module `name` lives: a package is its folder's __init__.py."""
+    path = name.replace(".", "/")
+    return f"{path}/__init__.py" if (ROOT / path).is_dir() else f"{path}.py"
 
 
 def test_the_import_tree_is_the_source_tree(tmp_path):
@@ -34,8 +42,8 @@ def test_the_import_tree_is_the_source_tree(tmp_path):
     assert found.returncode == 0, found.stderr
     files = json.loads(found.stdout)
     assert "stream.settings" in files and "cli.commands" in files and "offline.bootstrap" in files
-    assert {name: Path(*Path(path).parts[-2:]).as_posix() for name, path in files.items()} == \
-        {name: name.replace(".", "/") + ".py" for name in names}
+    assert {name: Path(*Path(path).parts[-len(Path(file_of(name)).parts):]).as_posix()
+            for name, path in files.items()} == {name: file_of(name) for name in names}
 
 
 @pytest.mark.parametrize("name", module_names())

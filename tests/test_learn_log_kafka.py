@@ -16,7 +16,7 @@ from shopstream.engine import Engine
 from shopstream.events import decode_event
 from shopstream.generator import generate
 from shopstream.shared_learning import CatalogEvents, Example, LearnOutbox, LogReplica
-from stream.checkpoints import DirectoryCheckpointStore
+from stream.checkpointing.stores import DirectoryCheckpointStore
 from stream.learn_log import decode, schema_of
 
 pytestmark = pytest.mark.kafka

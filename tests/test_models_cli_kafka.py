@@ -10,7 +10,7 @@ from conftest import WORKER_ENV, free_port, worker_command
 from helpers import read_predictions, scrape, send_records, wait_for
 from offline.bootstrap import bootstrap
 from shopstream.generator import generate, write_jsonl
-from stream.checkpoints import DirectoryCheckpointStore
+from stream.checkpointing.stores import DirectoryCheckpointStore
 
 pytestmark = pytest.mark.kafka
 

@@ -16,7 +16,8 @@ from helpers import assert_same_engine, read_predictions, read_topic
 from shopstream.engine import Engine
 from shopstream.events import decode_event, event_from_record
 from shopstream.generator import generate
-from stream.checkpoints import DirectoryCheckpointStore, PartitionState
+from stream.checkpointing.stores import DirectoryCheckpointStore
+from stream.partition import Partition as PartitionState
 from stream.outputs import ORIGINAL_SIZE_HEADER, REASON_HEADER, TRUNCATED_HEADER
 from stream.settings import WorkerSettings
 from stream.worker import Worker

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from conftest import free_port
 from helpers import read_predictions, read_topic, send_records, wait_for
 from shopstream.generator import generate
-from stream.checkpoints import DirectoryCheckpointStore
+from stream.checkpointing.stores import DirectoryCheckpointStore
 from stream.clients import KafkaClients
 from stream.serving import ScoreDesk, ScoreServer
 from stream.settings import WorkerSettings

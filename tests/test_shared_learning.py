@@ -17,7 +17,7 @@ from shopstream.engine import Engine
 from shopstream.events import event_from_record
 from shopstream.generator import generate
 from shopstream.shared_learning import CatalogEvents, Example, LearnOutbox, LogReplica
-from stream.checkpoints import PartitionState
+from stream.partition import Partition as PartitionState
 from stream.learn_log import LearnLog, RefusedRecord, decode, encode, schema_of
 from stream.settings import WorkerSettings
 

@@ -7,8 +7,9 @@ from shopstream.artifacts import load_artifact
 from shopstream.engine import Engine
 from shopstream.generator import generate, write_jsonl
 from shopstream.signing import KEY_ENV, SignatureError
-from stream.checkpoints import (CheckpointError, DirectoryCheckpointStore, PartitionState, decode_state,
-                                           encode_state)
+from stream.checkpointing.format import CheckpointError, decode_state, encode_state
+from stream.checkpointing.stores import DirectoryCheckpointStore
+from stream.partition import Partition as PartitionState
 
 
 def test_checkpoints_signed_verified_and_lineage_recorded(tmp_path, monkeypatch):

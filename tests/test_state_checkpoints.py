@@ -11,8 +11,9 @@ from shopstream.engine import Engine
 from shopstream.events import event_from_record
 from shopstream.generator import generate
 from shopstream.signing import KEY_ENV, SignatureError
-from stream.checkpoints import (CheckpointError, DirectoryCheckpointStore, PartitionState, decode_state,
-                                           encode_state)
+from stream.checkpointing.format import CheckpointError, decode_state, encode_state
+from stream.checkpointing.stores import DirectoryCheckpointStore
+from stream.partition import Partition as PartitionState
 
 
 def busy_state(n=3000, partition=0):
@@ -128,7 +129,7 @@ def test_a_background_checkpoint_holds_the_state_as_it_was_when_it_began(tmp_pat
 def test_a_restored_engine_goes_on_exactly_like_the_original(tmp_path):
     """Open predictions go into a checkpoint apart, in batches, and their index is rebuilt
     on load: the restored engine then resolves and learns exactly what the original does."""
-    import stream.checkpoints as checkpoints
+    import stream.checkpointing.format as checkpoints
 
     records = list(generate(12_000, seed=21))
     engine = Engine.fresh("logreg", "shop", window=360_000.0)   # ~1,000 open at the checkpoint
@@ -168,7 +169,8 @@ def test_a_checkpoint_child_dies_with_its_worker_and_the_collector_is_thawed(tmp
     script = textwrap.dedent(f"""
         import os, sys, time
         from shopstream.engine import Engine
-        from stream.checkpoints import DirectoryCheckpointStore, PartitionState
+        from stream.checkpointing.stores import DirectoryCheckpointStore
+        from stream.partition import Partition as PartitionState
         store = DirectoryCheckpointStore({str(tmp_path / "ckpt")!r}, "g")
         store._write_in_child = lambda key, state, spool: time.sleep(60)   # a slow writer
         pending = store.begin_save(PartitionState("t", 0, Engine.fresh("logreg", "raw"), next_offset=5))
@@ -193,7 +195,7 @@ def test_a_checkpoint_child_dies_with_its_worker_and_the_collector_is_thawed(tmp
         raise AssertionError("the checkpoint child outlived its worker")
     assert not list((tmp_path / "ckpt").glob("*.ckpt"))
 
-    from stream.checkpoints import _FROZEN_FORKS
+    from stream.checkpointing.background import _FROZEN_FORKS
 
     store = DirectoryCheckpointStore(tmp_path / "thaw", "g")
     forks_before = _FROZEN_FORKS[0]

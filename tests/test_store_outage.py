@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry
 
 from shopstream.engine import Engine
 from stream.checkpointer import Checkpointer
-from stream.checkpoints import PartitionState
-from stream.kafka_store import KafkaCheckpointStore
+from stream.partition import Partition as PartitionState
+from stream.checkpointing.kafka_store import KafkaCheckpointStore
 from stream.settings import CheckpointSettings
 
 

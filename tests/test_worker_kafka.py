@@ -19,7 +19,7 @@ from helpers import (Scraper, wait_for, assert_same_engine, checkpointed_engines
 from shopstream.events import decode_event
 from shopstream.generator import generate
 from shopstream.models import build_model
-from stream.checkpoints import DirectoryCheckpointStore
+from stream.checkpointing.stores import DirectoryCheckpointStore
 from stream.settings import WorkerSettings
 from stream.worker import Worker
 

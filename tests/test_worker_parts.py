@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from kafka.errors import KafkaTimeoutError
 from fakes import ABORT, Aborted, FakeClients, FakeConsumer
 from stream.broker_watch import BrokerWatch
-from stream.checkpoints import CheckpointError
+from stream.checkpointing.format import CheckpointError
 from stream.membership import GroupMembership
 from stream.settings import WorkerSettings
 from stream.worker import Worker
@@ -66,12 +66,12 @@ def test_a_failing_store_pauses_the_partition_until_a_save_succeeds(tmp_path):
     assert tp in worker.blocked and consumer.paused() == {tp} and not worker.ready()
     assert not [c for c in clients.calls if c[0] == "commit"], "no offset may run ahead of a durable state"
     assert consumer.poll() == {}, "a paused partition reads nothing further"
-    worker.checkpointer.retry(consumer, worker.partitions, now=1e9)
+    worker.checkpointer.retry(now=1e9)
     assert tp in worker.blocked and clients.calls[-1] == ("save_failed", 0)
     clients.store.broken = False
-    worker.checkpointer.retry(consumer, worker.partitions, now=1e9)  # within the retry interval: nothing
+    worker.checkpointer.retry(now=1e9)  # within the retry interval: nothing
     assert tp in worker.blocked
-    worker.checkpointer.retry(consumer, worker.partitions, now=1e9 + 5)
+    worker.checkpointer.retry(now=1e9 + 5)
     assert not worker.blocked and consumer.paused() == set()
     assert clients.calls[-3:] == [("save", 0, 100), ("resume", [0]), ("commit", {0: 100})]
 
@@ -260,12 +260,12 @@ def test_a_background_checkpoint_lets_the_loop_go_on_and_commits_only_once_it_is
     consumer, checkpointer = worker.consumer, worker.checkpointer
     tp = consumer.tp(0)
     handle_one_poll(worker, tp)
-    checkpointer.save(consumer, worker.partitions, [tp], background=True)
+    checkpointer.save([tp], background=True)
     assert clients.calls[-2:] == [("flush", 100), ("begin_save", 0, 100)] and tp in checkpointer.pending
     handle_one_poll(worker, tp)        # the loop learns on while the copy is written
-    assert not checkpointer.due(tp, worker.partitions[tp]), "one checkpoint of a partition at a time"
+    assert not checkpointer.due(tp), "one checkpoint of a partition at a time"
     assert not [c for c in clients.calls if c[0] == "commit"], "nothing committed before the write is durable"
-    checkpointer.settle(consumer, [tp])
+    checkpointer.settle([tp])
     assert clients.calls[-1] == ("commit", {0: 100}) and not checkpointer.pending
     assert clients.store.load("events", 0).next_offset == 100, "the checkpoint holds the state as it was forked"
     assert worker.partitions[tp].events_since_checkpoint == 100 and worker.partitions[tp].next_offset == 200
@@ -278,15 +278,15 @@ def test_a_background_checkpoint_that_fails_pauses_its_partition_and_loses_nothi
     tp = consumer.tp(0)
     handle_one_poll(worker, tp)
     clients.store.broken = True
-    checkpointer.save(consumer, worker.partitions, [tp], background=True)
+    checkpointer.save([tp], background=True)
     handle_one_poll(worker, tp)
-    checkpointer.settle(consumer, [tp])
+    checkpointer.settle([tp])
     state = worker.partitions[tp]
     assert tp in worker.blocked and consumer.paused() == {tp} and "No space left" in worker.blocked[tp]
     assert state.events_since_checkpoint == 200, "what the failed checkpoint covered still counts as unsaved"
     assert clients.store.load("events", 0) is None and not [c for c in clients.calls if c[0] == "commit"]
     clients.store.broken = False
-    checkpointer.retry(consumer, worker.partitions, now=1e9)
+    checkpointer.retry(now=1e9)
     assert not worker.blocked and clients.calls[-1] == ("commit", {0: 200})
     assert clients.store.load("events", 0).next_offset == 200
 
@@ -316,8 +316,8 @@ def test_auto_forks_only_once_a_checkpoint_in_the_loop_was_slow(tmp_path):
 
     def learn_and_checkpoint():
         handle_one_poll(worker, tp)
-        checkpointer.periodic(consumer, worker.partitions, tp)
-        checkpointer.settle(consumer, [tp])
+        checkpointer.periodic(tp)
+        checkpointer.settle([tp])
 
     learn_and_checkpoint()
     assert clients.calls[-2][0] == "save", "a small state: in the loop"
@@ -364,12 +364,12 @@ def test_a_stalled_background_writer_is_killed_counted_and_never_holds_up_a_stop
     worker.broker.ok, worker.broker.seen = True, worker.last_poll
     assert worker.ready()
     clients.store.stalled = True
-    checkpointer.save(consumer, worker.partitions, [tp], background=True)
+    checkpointer.save([tp], background=True)
     pending = checkpointer.pending[tp]
-    checkpointer.poll(consumer)
+    checkpointer.poll()
     assert tp in checkpointer.pending, "within its timeout a writer is waited for"
     pending.started -= 60   # as if it had hung for a minute
-    checkpointer.poll(consumer)
+    checkpointer.poll()
     assert not checkpointer.pending and "stalled" in worker.blocked[tp] and not worker.ready()
     assert checkpointer.failures._value.get() == 1 and consumer.paused() == {tp}
     with pytest.raises(ProcessLookupError):
@@ -377,11 +377,11 @@ def test_a_stalled_background_writer_is_killed_counted_and_never_holds_up_a_stop
     assert worker.partitions[tp].events_since_checkpoint == 100, "nothing counted as saved"
 
     clients.store.stalled = False
-    checkpointer.retry(consumer, worker.partitions, now=1e9)
+    checkpointer.retry(now=1e9)
     assert not worker.blocked and clients.store.load("events", 0).next_offset == 100
     handle_one_poll(worker, tp)
     clients.store.stalled = True
-    checkpointer.save(consumer, worker.partitions, [tp], background=True)
+    checkpointer.save([tp], background=True)
     stalled = checkpointer.pending[tp]
     checkpointer.settle_seconds = 0.0   # a stop does not wait for a writer that hangs ...
     worker.close()
@@ -409,13 +409,15 @@ def test_a_previous_owner_s_fast_clock_does_not_postpone_time_based_checkpoints(
     checkpointer, tp = worker.checkpointer, clients.consumer().tp(0)
     state = worker.restorer.start_over(tp)
     state.checkpointed_at, state.events_since_checkpoint = time.time() + 3600, 1
-    assert not checkpointer.due(tp, state)
+    worker.partitions[tp] = state   # the partitions the checkpointer checkpoints
+    assert not checkpointer.due(tp)
     now = time.monotonic()
     monkeypatch.setattr(time, "monotonic", lambda: now + 31)   # 31 s later on this worker
-    assert checkpointer.due(tp, state)
+    assert checkpointer.due(tp)
     honest = worker.restorer.start_over(tp)   # an honest clock's checkpoint 40 s old: due at once
     honest.checkpointed_at, honest.events_since_checkpoint = time.time() - 40, 1
-    assert checkpointer.due(tp, honest)
+    worker.partitions[tp] = honest
+    assert checkpointer.due(tp)
 
 
 def test_a_dead_letter_topic_that_never_appears_holds_the_checkpoint_not_the_worker(tmp_path):
@@ -435,6 +437,6 @@ def test_a_dead_letter_topic_that_never_appears_holds_the_checkpoint_not_the_wor
     assert not [c for c in clients.calls if c[0] in ("save", "commit")], "no checkpoint past the letter"
     assert len(clients.producers[0].sent) == 9   # every prediction went out
     clients.missing_topics.clear()               # the topic is created
-    worker.checkpointer.retry(consumer, worker.partitions, now=1e12)
+    worker.checkpointer.retry(now=1e12)
     assert not worker.blocked and ("save", 0, 10) in clients.calls
     assert [v for p in clients.producers for t, _, v in p.sent if t == "dlq"] == [b"not json"]

@@ -4,7 +4,7 @@ each other's partitions.
 Two compacted topics. The manifest topic (`topic`, one partition) holds one small record
 per checkpoint, keyed by "<consumer group>/<events topic>-<partition>" (two deployments
 sharing the topic do not overwrite each other): the checkpoint's verified head (format
-CKPT-3, see `checkpoints`), whose header lists where its payload is. The chunk topic
+CKPT-3, see `format`), whose header lists where its payload is. The chunk topic
 (`<topic>-chunks`) holds the payload, the pickle streamed in records of at most
 `max_bytes`, keyed "<manifest key>/<sequence>/<index>": a checkpoint of any size fits.
 A save sends the chunks, waits for them to be acknowledged (acks=all), then sends the
@@ -30,18 +30,18 @@ import io
 import logging
 import threading
 from collections import deque
-from typing import Optional
+from typing import Any, Optional
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
-from shopstream.signing import signing_key
+from stream.partition import Partition
+from stream.topics import create_topics
 
-from .checkpoints import (MAGIC, BackgroundCheckpoints, ChunkReader, CheckpointError, CheckpointStore,
-                          PartitionState, PendingSave, _unpickle,
-                          check_line, check_payload, dump_payload, make_header, signed_sequence, split_head,
-                          verify_head)
-from .topics import create_topics
+from .background import BackgroundCheckpoints, PendingSave
+from .format import (FROM_ENVIRONMENT, CheckpointError, HeaderFields, KeySource, check_payload,
+                     decode_head, dump_payload, encode_head, make_header, signed_sequence, unpickle_state)
+from .stores import CheckpointStore
 
 DEFAULT_MAX_BYTES = 1024 * 1024     # the broker's default record limit: chunks fit any broker
 DEFAULT_WINDOW = 8                  # chunks unacknowledged at once per write (8 MiB with 1 MiB chunks)
@@ -108,13 +108,38 @@ class _ChunkSender:
         self.unacked.clear()
 
 
+class ChunkReader(io.RawIOBase):
+    """A readable file over a list of byte strings, without joining them."""
+
+    def __init__(self, chunks: list):
+        self._chunks = [memoryview(c) for c in chunks]
+        self._i = 0
+        self._at = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self._i < len(self._chunks):
+            chunk = self._chunks[self._i]
+            if self._at < len(chunk):
+                n = min(len(buffer), len(chunk) - self._at)
+                buffer[:n] = chunk[self._at:self._at + n]
+                self._at += n
+                return n
+            self._i, self._at = self._i + 1, 0
+        return 0
+
+
 class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
     def __init__(self, options: dict, topic: str = "shopstream-checkpoints", max_bytes: int = DEFAULT_MAX_BYTES,
-                 group: str = "", chunk_topic: Optional[str] = None, timeout: float = 60.0):
+                 group: str = "", chunk_topic: Optional[str] = None, timeout: float = 60.0,
+                 signing_key: KeySource = FROM_ENVIRONMENT):
+        CheckpointStore.__init__(self, group, signing_key)
+        BackgroundCheckpoints.__init__(self)
         self.topic = topic
         self.chunk_topic = chunk_topic or f"{topic}-chunks"
         self.chunk_partition = 0
-        self.group = group
         self.options = options
         self.max_bytes = max_bytes
         self.chunk_bytes = max(1024, max_bytes - _RECORD_OVERHEAD)
@@ -166,18 +191,18 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         except Exception as exc:  # noqa: BLE001 - it is being thrown away
             log.debug("closing an abandoned checkpoint producer: %s", exc)
 
-    def _write_state(self, key: str, state: PartitionState) -> None:
+    def _write_state(self, key: str, state: Partition) -> None:
         sender = _ChunkSender(self, self._current_producer(), f"{key}/{state.sequence}", self.timeout)
         self._send(key, state, sender, lambda: dump_payload(state, sender))
 
-    def _write_in_child(self, key: str, state: PartitionState, spool) -> None:
+    def _write_in_child(self, key: str, state: Partition, spool) -> None:
         # The child has no Kafka client (its threads stayed in the parent): it pickles into a
-        # spool file; a thread of the parent sends that file's chunks (`_publish_in_background`).
+        # spool file; a thread of the parent sends that file's chunks (`publish_spool`).
         with open(spool, "wb", buffering=1 << 20) as out:
             size, digest = dump_payload(state, out)
         spool.with_suffix(".meta").write_text(f"{size} {digest}")
 
-    def _publish_in_background(self, pending: PendingSave):
+    def publish_spool(self, pending: PendingSave) -> Optional[threading.Thread]:
         def publish():
             try:
                 size, digest = pending.spool.with_suffix(".meta").read_text().split()
@@ -198,7 +223,7 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         thread.start()
         return thread
 
-    def _send(self, key: str, state, sender: "_ChunkSender", write_payload) -> None:
+    def _send(self, key: str, state: Partition | HeaderFields, sender: "_ChunkSender", write_payload) -> None:
         """Send the payload's chunks (`write_payload()` feeds `sender`, returns (size, sha256)),
         wait for them, then the manifest; then tombstone the replaced checkpoint's chunks."""
         prefix, producer = sender.prefix, sender.producer
@@ -207,7 +232,7 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
             offsets = sender.finish()
             header = make_header(state, size, digest, chunks={
                 "topic": self.chunk_topic, "partition": self.chunk_partition, "offsets": offsets, "key": prefix})
-            manifest = MAGIC + check_line(header) + b"\n" + header + b"\n"
+            manifest = encode_head(header, self.signing_key)
             producer.send(self.topic, key=key.encode(), value=manifest, partition=0).get(timeout=self.timeout)
         except KafkaError as exc:  # the store did not take the write: same contract as a full disk
             sender.abandon()
@@ -232,11 +257,9 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         chunks = header.get("chunks", {})
         return [f"{chunks['key']}/{i}".encode() for i in range(len(chunks.get("offsets", ())))]
 
-    @staticmethod
-    def _header(manifest: Optional[bytes]) -> Optional[dict]:
+    def _header(self, manifest: Optional[bytes]) -> Optional[dict]:
         try:
-            check, header, _ = split_head(manifest or b"", "checkpoint")
-            return verify_head(check, header, "checkpoint")
+            return decode_head(manifest or b"", "checkpoint", self.signing_key)
         except Exception:  # only for housekeeping: a bad manifest is refused where it is loaded
             return None
 
@@ -261,40 +284,39 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
                     self._live_chunks.pop(key, None)
                     if record.value is not None:
                         self._had_value.add(key)
-                        sequence = signed_sequence(record.value)
+                        sequence = signed_sequence(record.value, self.signing_key)
                         if sequence is not None:
                             self._best[key] = max(self._best.get(key, 0), sequence)
         return self._latest
 
     def _manifest(self, key: str) -> Optional[bytes]:
         value = self._catch_up().get(key)
-        if signing_key() is None:
+        if self.signing_key is None:
             return value
         if value is None and key in self._had_value:
             raise CheckpointError(f"checkpoint {key}: a tombstone replaced it in {self.topic}; refusing to start "
                                   "the partition over from offset 0 (--force-fresh-start does that on purpose)")
         best = self._best.get(key, 0)
-        sequence = signed_sequence(value) if value is not None else None
+        sequence = signed_sequence(value, self.signing_key) if value is not None else None
         if sequence is not None and sequence < best:
             raise CheckpointError(f"checkpoint {key}: sequence {sequence} is older than the {best} already in "
                                   f"{self.topic} (an old record put back?): refusing it")
         return value
 
-    def _read_head(self, key: str, where: str):
+    def _read_head(self, key: str, where: str) -> Optional[tuple[dict, Any]]:
         manifest = self._manifest(key)
         if manifest is None:
             return None
-        check, header, _ = split_head(manifest, where)
-        fields = verify_head(check, header, where)
+        fields = decode_head(manifest, where, self.signing_key)
         chunks = fields.get("chunks")
         if not isinstance(chunks, dict) or not isinstance(chunks.get("offsets"), list):
             raise CheckpointError(f"{where}: manifest names no chunks: refusing it")
         return fields, fields
 
-    def _read_payload(self, handle, header: dict, where: str) -> PartitionState:
+    def _read_payload(self, handle, header: dict, where: str) -> Partition:
         chunks = self._fetch_chunks(header["chunks"], where)
-        check_payload(chunks, header, where)
-        return _unpickle(io.BufferedReader(ChunkReader(chunks), buffer_size=1 << 20), header, where)
+        check_payload(chunks, header, where, self.signing_key)
+        return unpickle_state(io.BufferedReader(ChunkReader(chunks), buffer_size=1 << 20), header, where)
 
     def _fetch_chunks(self, spec: dict, where: str) -> list[bytes]:
         """The chunk records the manifest names, read by offset (nothing else is kept)."""
@@ -340,7 +362,7 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
                 raise _ChunksGone(f"{where}: chunk {position} (offset {target} of {spec['topic']}) not found")
         return found  # type: ignore[return-value]
 
-    def load(self, topic: str, partition: int) -> Optional[PartitionState]:
+    def load(self, topic: str, partition: int) -> Optional[Partition]:
         key = self.key(topic, partition)
         try:
             return super().load(topic, partition)

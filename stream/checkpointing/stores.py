@@ -1,0 +1,203 @@
+"""Where checkpoints live: the store interface, and one file per partition in a directory.
+
+A checkpoint is the only source of truth for where a partition's model stands: the
+worker restores the engine and seeks to `next_offset`, so after a crash the events
+since the checkpoint are replayed onto exactly the state that had not seen them.
+
+A checkpoint binds to what it is for: its topic, partition and consumer group, and a
+sequence number that grows with every save, are inside the checked header (readable
+without unpickling). A checkpoint for another partition or group is refused; so, with a
+signing key, is one older than a checkpoint this store already saw (an old file or
+record put back). Each checkpoint records its lineage: its id, its parent's, what the
+partition started from (artifact version or fresh), the offsets, and the shopstream and
+River versions.
+
+The directory store writes files atomically (temp file, fsync, rename), the pickle
+streamed straight into the temporary file while it is hashed: no copy of the whole state
+is ever held in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping, Optional
+
+from shopstream.files import remove_leftovers, write_atomically
+from stream.partition import CheckpointMarks, Partition
+
+from .background import BackgroundCheckpoints, PendingSave
+from .format import (FROM_ENVIRONMENT, HEADER_LIMIT, MAGIC, READ_SIZE, CheckpointError, KeySource, bind,
+                     check_payload, resolve_key, split_head, unpickle_state, verify_head, write_file)
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointStore:
+    """Where checkpoints live; subclasses say how one keyed checkpoint is written and read
+    (`_write_state`, `_read_head`, `_read_payload`, `_keys`). `save` raises OSError when the
+    store cannot take the write, leaving the partition's bookkeeping as it was (the worker
+    then pauses the partition).
+
+    `signing_key`: the key that signs and verifies (None: sha256 only); the default reads
+    SHOPSTREAM_SIGNING_KEY whenever one is needed (tests and tools)."""
+
+    # Immutable class defaults, replaced (never mutated) per instance.
+    group: str = ""
+    _key_source: Any = FROM_ENVIRONMENT
+    _sequences: Mapping[str, int] = MappingProxyType({})  # key -> highest sequence this store saved or loaded
+
+    def __init__(self, group: str = "", signing_key: KeySource = FROM_ENVIRONMENT):
+        self.group = group
+        self._key_source = signing_key
+        self._sequences = {}
+
+    @property
+    def signing_key(self) -> Optional[bytes]:
+        return resolve_key(self._key_source)
+
+    def key(self, topic: str, partition: int) -> str:
+        """What the store files the checkpoint of a topic's partition under."""
+        return f"{topic}-{partition}"
+
+    # -- what a subclass provides --------------------------------------------------------
+
+    def _write_state(self, key: str, state: Partition) -> None:
+        """Write the checkpoint of `state` durably under `key` (OSError if not)."""
+        raise NotImplementedError
+
+    def _read_head(self, key: str, where: str) -> Optional[tuple[dict, Any]]:
+        """None, or (verified header dict, handle) for `_read_payload`."""
+        raise NotImplementedError
+
+    def _read_payload(self, handle, header: dict, where: str) -> Partition:
+        """Check the payload against the header, then unpickle it."""
+        raise NotImplementedError
+
+    def _keys(self) -> list[str]:
+        raise NotImplementedError
+
+    # -- sequences ----------------------------------------------------------------------
+
+    def seen_sequence(self, key: str) -> int:
+        """The highest sequence this store saved or loaded under `key` (0: none)."""
+        return self._sequences.get(key, 0)
+
+    def saw_sequence(self, key: str, sequence: int) -> None:
+        """A checkpoint of `sequence` under `key` was saved or loaded."""
+        if sequence > self.seen_sequence(key):
+            self._sequences = {**self._sequences, key: sequence}
+
+    # -- saving and loading --------------------------------------------------------------
+
+    def stage(self, state: Partition) -> CheckpointMarks:
+        """Set the marks a new checkpoint of `state` records; return what to put back if it fails."""
+        key = self.key(state.topic, state.partition)
+        return state.begin_checkpoint(self.group, max(state.sequence, self.seen_sequence(key)) + 1)
+
+    def save(self, state: Partition) -> None:
+        before = self.stage(state)
+        key = self.key(state.topic, state.partition)
+        try:
+            self._write_state(key, state)
+        except OSError:
+            state.undo_checkpoint(before)
+            raise
+        self.saw_sequence(key, state.sequence)
+
+    def begin_save(self, state: Partition, freeze_gc: bool = True) -> PendingSave:
+        """Begin a checkpoint of `state` written in the background (`background.BackgroundCheckpoints`)."""
+        raise NotImplementedError(f"{type(self).__name__} writes no checkpoint in the background")
+
+    def load(self, topic: str, partition: int) -> Optional[Partition]:
+        """The partition's checkpoint, verified and bound to this topic, partition and
+        group; None if there is none. CheckpointError (or SignatureError) if it cannot be
+        trusted. Everything but the payload is checked before the payload is read."""
+        key = self.key(topic, partition)
+        where = f"checkpoint {key}"
+        found = self._read_head(key, where)
+        if found is None:
+            return None
+        header, handle = found
+        bind(header, topic, partition, self.group, where)
+        sequence = int(header.get("sequence", 0))
+        seen = self.seen_sequence(key)
+        if sequence < seen and self.signing_key is not None:
+            raise CheckpointError(f"{where}: sequence {sequence} is older than the {seen} this worker already "
+                                  "saw (an old checkpoint put back?): refusing it")
+        state = self._read_payload(handle, header, where)
+        self.saw_sequence(key, sequence)
+        return state
+
+    def load_all(self) -> dict[tuple[str, int], Partition]:
+        """Every checkpoint in the store, by (topic, partition)."""
+        states = {}
+        for key in sorted(self._keys()):
+            topic, _, partition = key.rpartition("-")
+            state = self.load(topic, int(partition))
+            if state is not None:
+                states[(topic, int(partition))] = state
+        return states
+
+    def close(self) -> None:
+        """Let go of what the store holds open (nothing, here)."""
+
+
+class DirectoryCheckpointStore(BackgroundCheckpoints, CheckpointStore):
+    """One file per topic-partition under `root`, e.g. ``root/shop-events-3.ckpt``."""
+
+    def __init__(self, root: str | Path, group: str = "", create: bool = True,
+                 signing_key: KeySource = FROM_ENVIRONMENT):
+        CheckpointStore.__init__(self, group, signing_key)
+        BackgroundCheckpoints.__init__(self)
+        self.root = Path(root)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+        elif not self.root.is_dir():
+            raise FileNotFoundError(f"checkpoint directory {self.root} does not exist")
+        # A writer killed mid-checkpoint (kill -9, or its worker's death) leaves a temp file as
+        # large as the state: the worker that comes next removes it.
+        for path in remove_leftovers(self.root, ".*.ckpt.*.tmp"):
+            log.info("removed %s, left by a checkpoint writer that was killed", path)
+
+    def path(self, topic: str, partition: int) -> Path:
+        return self.root / f"{self.key(topic, partition)}.ckpt"
+
+    def _write_state(self, key: str, state: Partition) -> None:
+        signing_key = self.signing_key
+        write_atomically(self.root / f"{key}.ckpt", lambda out: write_file(state, out, signing_key),
+                         buffering=READ_SIZE)
+
+    def _read_head(self, key: str, where: str) -> Optional[tuple[dict, Any]]:
+        path = self.root / f"{key}.ckpt"
+        try:
+            handle = open(path, "rb", buffering=READ_SIZE)
+        except FileNotFoundError:
+            return None
+        try:
+            head = handle.read(len(MAGIC))
+            if head != MAGIC:
+                split_head(head + handle.read(64), where)  # raises: which format it is, or none
+            check = handle.readline(HEADER_LIMIT)
+            header = handle.readline(HEADER_LIMIT)
+            if not (check.endswith(b"\n") and header.endswith(b"\n")):
+                raise CheckpointError(f"{where}: checksum mismatch (torn or modified file)")
+            fields = verify_head(check[:-1], header[:-1], where, self.signing_key)
+        except BaseException:
+            handle.close()
+            raise
+        return fields, handle
+
+    def _read_payload(self, handle, header: dict, where: str) -> Partition:
+        with handle:
+            start = handle.tell()
+            check_payload(iter(lambda: handle.read(READ_SIZE), b""), header, where, self.signing_key)
+            handle.seek(start)
+            return unpickle_state(handle, header, where)
+
+    def _keys(self) -> list[str]:
+        return [path.stem for path in self.root.glob("*.ckpt")]
+
+    def _write_in_child(self, key: str, state: Partition, spool: Path) -> None:
+        self._write_state(key, state)   # the whole atomic write happens in the child
