@@ -112,13 +112,9 @@ def _cmd_models(s: ModelsSettings) -> int:
 
 
 def _cmd_worker(s: WorkerSettings) -> int:
-    from shopstream.signing import using
     from stream.worker import run_worker
 
-    # The checkpoints, restore and control still read their key through `signing_key()`:
-    # the settings' key (from SHOPSTREAM_SIGNING_KEY or --signing-key-file) is the one they get.
-    with using(s.signing_key):
-        return run_worker(s)
+    return run_worker(s)
 
 
 COMMANDS: dict[str, Callable[[Any], int]] = {"generate": _cmd_generate, "bootstrap": _cmd_bootstrap, "demo": _cmd_demo,

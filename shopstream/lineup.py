@@ -59,6 +59,7 @@ from .engine import Engine
 from .features import FeatureCaps, build_features
 from .models import CATALOG, RENAMED, build_model
 from .slots import ModelSlot
+from .signing import FROM_ENVIRONMENT, Key
 
 #: The self-tuning line-up (challenger name ``tuning``): River's default step and four
 #: ways to step more carefully. The decaying step (`logreg_decay`) is left out on purpose:
@@ -177,16 +178,18 @@ class Lineup:
 
 
 def build_engine(artifacts: Optional[str] = None, config: EngineConfig = EngineConfig(), lineup: Lineup = Lineup(),
-                 caps: FeatureCaps = FeatureCaps(), adopt_artifact_settings: bool = False) -> tuple[Engine, str]:
+                 caps: FeatureCaps = FeatureCaps(), adopt_artifact_settings: bool = False,
+                 signing_key: Key = FROM_ENVIRONMENT) -> tuple[Engine, str]:
     """A new partition's engine and where its champion came from.
 
     With `artifacts`, the DEFAULT artifact's model and feature state start the partition,
     under the settings it was trained with: a `config` that contradicts them raises
-    `ArtifactMismatch`, unless `adopt_artifact_settings` (then the artifact's are used, and logged)."""
+    `ArtifactMismatch`, unless `adopt_artifact_settings` (then the artifact's are used, and logged).
+    Artifacts are verified with `signing_key` (`shopstream.signing`)."""
     challengers = lineup.challengers
     seed = lineup.seed
     if artifacts:
-        default = load_artifact(artifacts)
+        default = load_artifact(artifacts, signing_key)
         config = _settle(config, default, adopt_artifact_settings)
         default.features.set_caps(caps)
         engine = Engine(default.model, default.features, config, model_name=default.meta["model"],
@@ -194,7 +197,7 @@ def build_engine(artifacts: Optional[str] = None, config: EngineConfig = EngineC
                         replacements=CatalogReplacements())
         origin = f"artifact:{default.meta['version']}"
         if lineup.baseline:
-            frozen = load_artifact(default.path)  # its own copy: the champion's will learn
+            frozen = load_artifact(default.path, signing_key)  # its own copy: the champion's will learn
             engine.add_slot(f"{default.meta['model']}_baseline", frozen.model, "baseline", frozen.meta["version"])
     else:
         engine = Engine(build_model(lineup.model, seed), build_features(config.features, caps), config,
@@ -205,7 +208,7 @@ def build_engine(artifacts: Optional[str] = None, config: EngineConfig = EngineC
             continue
         found = latest(artifacts, name) if artifacts else None
         if found is not None:
-            artifact = load_artifact(found)
+            artifact = load_artifact(found, signing_key)
             engine.add_slot(name, artifact.model, "challenger", artifact.meta["version"])
         else:
             engine.add_slot(name, build_model(name, seed), "challenger", "fresh")

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from contextlib import contextmanager
 from dataclasses import field
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Optional, Union
 
 from .options import environ
 
@@ -41,7 +40,8 @@ def key_setting() -> Any:
 
 
 class _FromEnvironment:
-    """The default `key` of functions not yet given theirs by every caller: `signing_key()`."""
+    """The default `key` of library functions (tests, tools, the demo): `signing_key()`. Every
+    command hands its settings' key down explicitly."""
 
     def __repr__(self) -> str:
         return "FROM_ENVIRONMENT"
@@ -50,16 +50,8 @@ class _FromEnvironment:
 FROM_ENVIRONMENT = _FromEnvironment()
 Key = Union[bytes, None, _FromEnvironment]
 
-# The key a command's settings gave, for the modules that still call `signing_key()` (stream's
-# checkpoints, restore, control, kafka_store, worker) until they take it as a parameter.
-_given: list[Optional[bytes]] = []
-
-
 def signing_key() -> Optional[bytes]:
-    """The key of callers that are not given one: the running command's (`using`), else the
-    environment's (the settings read it the same way)."""
-    if _given:
-        return _given[-1]
+    """The environment's key, for library callers not handed one (the settings read it the same way)."""
     key = environ(KEY_ENV)
     return key.encode() if key else None
 
@@ -67,16 +59,6 @@ def signing_key() -> Optional[bytes]:
 def key_of(key: Key) -> Optional[bytes]:
     """`key` itself, or `signing_key()` for `FROM_ENVIRONMENT`."""
     return signing_key() if isinstance(key, _FromEnvironment) else key
-
-
-@contextmanager
-def using(key: Optional[bytes]) -> Iterator[None]:
-    """While a command runs, `signing_key()` answers its settings' key (None included)."""
-    _given.append(key)
-    try:
-        yield
-    finally:
-        _given.pop()
 
 
 def sign(payload: bytes, key: bytes) -> str:

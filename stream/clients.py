@@ -12,8 +12,6 @@ from typing import Optional
 
 from kafka import KafkaConsumer, KafkaProducer
 
-from shopstream.signing import signing_key
-
 from .checkpointing.kafka_store import KafkaCheckpointStore
 from .checkpointing.stores import CheckpointStore, DirectoryCheckpointStore
 from .connection import kafka_options
@@ -61,8 +59,7 @@ class KafkaClients:
 
     def checkpoint_store(self) -> CheckpointStore:
         s = self.settings
-        # The worker's key, read once: the settings' `signing_key` once settings carry it.
-        key = signing_key()
+        key = s.signing_key   # signs and verifies checkpoints (None: a sha256 only)
         if s.checkpoints.store == "kafka":
             return KafkaCheckpointStore(self.options, s.checkpoints.topic, group=s.group, signing_key=key)
         return DirectoryCheckpointStore(s.checkpoints.directory, s.group, signing_key=key)
@@ -71,7 +68,7 @@ class KafkaClients:
         s = self.settings
         if not s.control_topic:
             return None
-        return ControlChannel(self.options, s.control_topic, s.artifacts, s.name, signing_key())  # not opened yet
+        return ControlChannel(self.options, s.control_topic, s.artifacts, s.name, s.signing_key)  # not opened yet
 
     def corrupt_skipper(self, outputs) -> CorruptBatchSkipper:
         return CorruptBatchSkipper(self.options, outputs)

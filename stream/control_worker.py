@@ -187,7 +187,7 @@ class ControlChannel:
             return
         if not self.artifacts:
             raise ValueError("rollback needs the worker's --artifacts")
-        artifact = load_artifact(find_version(self.artifacts, command.target))
+        artifact = load_artifact(find_version(self.artifacts, command.target), self.signing_key)
         name, version = artifact.meta["model"], artifact.meta["version"]
         if version != command.target:
             raise ValueError(f"artifact {command.target} says it is version {version!r}")

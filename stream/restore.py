@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from shopstream.signing import SignatureError, signing_key
+from shopstream.signing import SignatureError
 
 from .checkpointing.format import CheckpointError
 from .checkpointing.stores import CheckpointStore
@@ -63,7 +63,7 @@ class PartitionRestorer:
     def witness(self, consumer, tp, state: Partition) -> None:
         """Raise CheckpointError when the group's committed offset contradicts `state`
         (only with a signing key: without one, checkpoints are not claimed to be tamper-proof)."""
-        if signing_key() is None:
+        if self.store.signing_key is None:
             return
         try:
             committed = consumer.committed(tp)

@@ -38,7 +38,7 @@ from shopstream.artifacts import ArtifactError
 from shopstream.events import InvalidEvent, check_future_skew, decode_event
 from shopstream.exporter import EngineCollector, EngineSnapshot, MetricsServer
 from shopstream.lineup import build_engine
-from shopstream.signing import SignatureError, signing_key
+from shopstream.signing import SignatureError
 
 from .broker_watch import BrokerWatch
 from .checkpointer import Checkpointer
@@ -200,7 +200,7 @@ class Worker(ConsumerRebalanceListener):
             state.engine.mark_good()
             if self.learn_log is not None:
                 self.learn_log.attach(state)
-            if signing_key() is not None:
+            if self.settings.signing_key is not None:
                 self._unverified.add(tp)  # checked against the committed offset after this poll
             self.partitions[tp] = state
             self.consumer.seek(tp, state.next_offset)
@@ -428,12 +428,13 @@ def learn_log_for(s: WorkerSettings, outputs, registry):
     from .connection import kafka_options
     from .learn_log import LearnLog
 
-    return LearnLog(kafka_options(s.kafka), s.learn_topic, s.group, s.topic, s.engine, outputs, registry)
+    return LearnLog(kafka_options(s.kafka), s.learn_topic, s.group, s.topic, s.engine, outputs, registry,
+                    signing_key=s.signing_key)
 
 
 def new_engine(s: WorkerSettings):
     """A new partition's engine (from the artifacts, else fresh) and where it came from."""
-    return build_engine(s.artifacts, s.engine, s.lineup, s.caps, s.adopt_artifact_settings)
+    return build_engine(s.artifacts, s.engine, s.lineup, s.caps, s.adopt_artifact_settings, s.signing_key)
 
 
 def run_worker(settings: WorkerSettings) -> int:

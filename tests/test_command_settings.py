@@ -19,7 +19,7 @@ from shopstream.artifacts import load_artifact
 from shopstream.config import ConfigError, EngineConfig
 from shopstream.features import FeatureCaps
 from shopstream.options import leaves, option_name
-from shopstream.signing import KEY_ENV, SignatureError, signing_key, using
+from shopstream.signing import KEY_ENV, SignatureError
 from stream.settings import ModelsSettings, ProduceSettings, TopicsSettings, WorkerSettings
 
 KEY = "k3y-only-in-this-test"
@@ -211,12 +211,3 @@ def test_an_artifact_signed_with_the_setting_verifies_and_is_refused_under_anoth
                  "--out", str(plain)]) == 0
     with pytest.raises(SignatureError, match="not signed"):
         load_artifact(plain, KEY.encode())
-
-
-def test_a_command_s_key_is_the_one_the_modules_not_yet_given_theirs_read(monkeypatch):
-    monkeypatch.setenv(KEY_ENV, "from-env")
-    with using(b"from-settings"):
-        assert signing_key() == b"from-settings"
-        with using(None):   # a command without a key: none, whatever the environment says
-            assert signing_key() is None
-    assert signing_key() == b"from-env"

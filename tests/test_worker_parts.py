@@ -8,6 +8,7 @@ the fault tests show the same on the real broker."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -230,7 +231,8 @@ def test_a_worker_refuses_to_start_a_partition_whose_checkpoint_was_deleted(tmp_
         return consumer
 
     clients.consumer = consumer_that_remembers_commits
-    worker = Worker(worker.settings, CollectorRegistry(), clients)  # no checkpoint in the store yet
+    keyed = replace(worker.settings, signing_key=b"k" * 32)   # the key is a setting (the store's: the env's)
+    worker = Worker(keyed, CollectorRegistry(), clients)  # no checkpoint in the store yet
     assert worker.run() == 2 and "no checkpoint, but group 'g' committed offset 150" in worker.fatal
     assert worker.handled == 0 and not [c for c in clients.calls if c[0] == "save"]
 

@@ -29,9 +29,9 @@ import hmac
 import io
 import json
 import pickle
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
+from typing import TYPE_CHECKING, Iterable, Optional
 
-from shopstream.signing import SignatureError, signing_key, verify
+from shopstream.signing import FROM_ENVIRONMENT, Key, SignatureError, key_of, verify
 
 from .migration import PAYLOAD_VERSION, CheckpointUnpickler
 
@@ -48,21 +48,6 @@ _BATCH = 20_000                  # open predictions per pickle of the payload's 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be trusted or read."""
-
-
-class _FromEnvironment:
-    def __repr__(self) -> str:
-        return "FROM_ENVIRONMENT"
-
-
-#: A signing key read from SHOPSTREAM_SIGNING_KEY each time it is needed (tests and tools).
-FROM_ENVIRONMENT: Any = _FromEnvironment()
-KeySource = Union[Optional[bytes], _FromEnvironment]
-
-
-def resolve_key(key: KeySource) -> Optional[bytes]:
-    """The signing key `key` stands for."""
-    return signing_key() if isinstance(key, _FromEnvironment) else key
 
 
 class HeaderFields:
@@ -270,16 +255,16 @@ def write_file(state: "Partition", out, key: Optional[bytes]) -> None:
     out.seek(end)
 
 
-def encode_state(state: "Partition", signing_key: KeySource = FROM_ENVIRONMENT) -> bytes:
+def encode_state(state: "Partition", signing_key: Key = FROM_ENVIRONMENT) -> bytes:
     """The bytes of a checkpoint file (for tests and tools; stores stream instead)."""
     out = io.BytesIO()
-    write_file(state, out, resolve_key(signing_key))
+    write_file(state, out, key_of(signing_key))
     return out.getvalue()
 
 
-def decode_state(data: bytes, where: str, signing_key: KeySource = FROM_ENVIRONMENT) -> "Partition":
+def decode_state(data: bytes, where: str, signing_key: Key = FROM_ENVIRONMENT) -> "Partition":
     """Verify, then unpickle, checkpoint bytes written by `encode_state`."""
-    key = resolve_key(signing_key)
+    key = key_of(signing_key)
     check, header, start = split_head(data, where)
     fields = verify_head(check, header, where, key)
     view = memoryview(data)[start:]

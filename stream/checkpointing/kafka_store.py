@@ -39,7 +39,7 @@ from stream.partition import Partition
 from stream.topics import create_topics
 
 from .background import BackgroundCheckpoints, PendingSave
-from .format import (FROM_ENVIRONMENT, CheckpointError, HeaderFields, KeySource, check_payload,
+from .format import (FROM_ENVIRONMENT, CheckpointError, HeaderFields, Key, check_payload,
                      decode_head, dump_payload, encode_head, make_header, signed_sequence, unpickle_state)
 from .stores import CheckpointStore
 
@@ -134,7 +134,7 @@ class ChunkReader(io.RawIOBase):
 class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
     def __init__(self, options: dict, topic: str = "shopstream-checkpoints", max_bytes: int = DEFAULT_MAX_BYTES,
                  group: str = "", chunk_topic: Optional[str] = None, timeout: float = 60.0,
-                 signing_key: KeySource = FROM_ENVIRONMENT):
+                 signing_key: Key = FROM_ENVIRONMENT):
         CheckpointStore.__init__(self, group, signing_key)
         BackgroundCheckpoints.__init__(self)
         self.topic = topic

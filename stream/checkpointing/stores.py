@@ -28,8 +28,8 @@ from shopstream.files import remove_leftovers, write_atomically
 from stream.partition import CheckpointMarks, Partition
 
 from .background import BackgroundCheckpoints, PendingSave
-from .format import (FROM_ENVIRONMENT, HEADER_LIMIT, MAGIC, READ_SIZE, CheckpointError, KeySource, bind,
-                     check_payload, resolve_key, split_head, unpickle_state, verify_head, write_file)
+from .format import (FROM_ENVIRONMENT, HEADER_LIMIT, MAGIC, READ_SIZE, CheckpointError, Key, bind,
+                     check_payload, key_of, split_head, unpickle_state, verify_head, write_file)
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +48,14 @@ class CheckpointStore:
     _key_source: Any = FROM_ENVIRONMENT
     _sequences: Mapping[str, int] = MappingProxyType({})  # key -> highest sequence this store saved or loaded
 
-    def __init__(self, group: str = "", signing_key: KeySource = FROM_ENVIRONMENT):
+    def __init__(self, group: str = "", signing_key: Key = FROM_ENVIRONMENT):
         self.group = group
         self._key_source = signing_key
         self._sequences = {}
 
     @property
     def signing_key(self) -> Optional[bytes]:
-        return resolve_key(self._key_source)
+        return key_of(self._key_source)
 
     def key(self, topic: str, partition: int) -> str:
         """What the store files the checkpoint of a topic's partition under."""
@@ -148,7 +148,7 @@ class DirectoryCheckpointStore(BackgroundCheckpoints, CheckpointStore):
     """One file per topic-partition under `root`, e.g. ``root/shop-events-3.ckpt``."""
 
     def __init__(self, root: str | Path, group: str = "", create: bool = True,
-                 signing_key: KeySource = FROM_ENVIRONMENT):
+                 signing_key: Key = FROM_ENVIRONMENT):
         CheckpointStore.__init__(self, group, signing_key)
         BackgroundCheckpoints.__init__(self)
         self.root = Path(root)
