@@ -181,7 +181,6 @@ def _list(s: ModelsSettings, options: dict, client: ControlClient) -> int:
     try:
         print(list_models(s.artifacts, store, reported))
     finally:
-        close = getattr(store, "close", None)   # only the Kafka store holds clients
-        if close is not None:
-            close()
+        if store is not None:
+            store.close()
     return 0

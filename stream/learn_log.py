@@ -157,12 +157,9 @@ class LearnLog:
         self.schema = schema_of(engine_config)
         self.outputs = outputs
         self.tp = TopicPartition(topic, 0)
-        if consumer is None:
-            create_topics(options, {topic: 1})   # one partition: one order for every replica
-            consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-                                     **options)
-        self.consumer = consumer
-        self.consumer.assign([self.tp])
+        self.options = options
+        self._consumer = consumer   # built by open() when not given
+        self._assigned = False
         self.position = 0          # the next offset the consumer returns
         self.end = 0               # the learn topic's end offset, as last seen
         self.published = 0
@@ -172,6 +169,25 @@ class LearnLog:
                                "From a learn record's publication to its being applied by a partition",
                                registry=registry, buckets=DELAY_BUCKETS)
         registry.register(_LearnLogCollector(self))
+
+    def open(self) -> "LearnLog":
+        """Create the learn topic if missing and start reading it (the broker is first asked
+        here, never when the log is built); called again, nothing."""
+        if self._consumer is None:
+            create_topics(self.options, {self.topic: 1})   # one partition: one order for every replica
+            self._consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+                                           **self.options)
+        if not self._assigned:
+            self._consumer.assign([self.tp])
+            self._assigned = True
+        return self
+
+    @property
+    def consumer(self) -> KafkaConsumer:
+        if not self._assigned:
+            self.open()
+        assert self._consumer is not None
+        return self._consumer
 
     # -- partitions --------------------------------------------------------------------
 

@@ -120,7 +120,7 @@ class Worker(ConsumerRebalanceListener):
         self.broker = BrokerWatch(settings.topic, probe=clients.broker_probe)
         self.outputs = Outputs(clients.producer, settings.predictions_topic, settings.dead_letter_topic,
                                settings.prediction_format).open()
-        self.store = clients.checkpoint_store()
+        self.store = clients.checkpoint_store().open()
         self.checkpointer = Checkpointer(self.store, self.outputs, settings.checkpoints, self.registry,
                                          self.partitions, lambda: self.membership.consumer)
         self.restorer = PartitionRestorer(self.store, lambda: new_engine(settings), self.control, settings.group,
@@ -429,7 +429,7 @@ def learn_log_for(s: WorkerSettings, outputs, registry):
     from .learn_log import LearnLog
 
     return LearnLog(kafka_options(s.kafka), s.learn_topic, s.group, s.topic, s.engine, outputs, registry,
-                    signing_key=s.signing_key)
+                    signing_key=s.signing_key).open()
 
 
 def new_engine(s: WorkerSettings):

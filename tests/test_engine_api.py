@@ -100,3 +100,30 @@ def test_constructors_only_keep_settings_the_network_waits_for_open():
         channel.poll()
     with pytest.raises(RuntimeError, match="not connected"):
         client.send(None)
+
+
+def test_the_kafka_checkpoint_store_and_the_learn_log_are_built_without_the_broker(monkeypatch):
+    """Both asked the broker in their constructors (topics created, a consumer built): now in open()."""
+    from prometheus_client import CollectorRegistry
+
+    import stream.checkpointing.kafka_store as kafka_store
+    import stream.learn_log as learn_log_module
+
+    asked = []
+
+    def create_topics(options, topics, configs=None):
+        asked.append(sorted(topics))
+        raise RuntimeError("no broker (fake)")
+
+    monkeypatch.setattr(kafka_store, "create_topics", create_topics)
+    monkeypatch.setattr(learn_log_module, "create_topics", create_topics)
+    store = kafka_store.KafkaCheckpointStore(NOWHERE, "ckpt", group="g", signing_key=None)
+    learn_log = learn_log_module.LearnLog(NOWHERE, "learn", "g", "events", EngineConfig(features="raw"),
+                                          outputs=None, registry=CollectorRegistry(), signing_key=None)
+    assert asked == [] and (store.chunk_topic, learn_log.topic) == ("ckpt-chunks", "learn")
+    with pytest.raises(RuntimeError, match="no broker"):
+        store.open()
+    with pytest.raises(RuntimeError, match="no broker"):
+        learn_log.open()
+    assert asked == [["ckpt", "ckpt-chunks"], ["learn"]]
+    store.close()

@@ -144,25 +144,34 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         self.max_bytes = max_bytes
         self.chunk_bytes = max(1024, max_bytes - _RECORD_OVERHEAD)
         self.timeout = timeout
-        compacted = {"cleanup.policy": "compact", "max.message.bytes": str(max_bytes), "min.compaction.lag.ms": "0",
-                     "segment.ms": "60000", "min.cleanable.dirty.ratio": "0.1", "delete.retention.ms": "60000"}
-        create_topics(options, {topic: 1, self.chunk_topic: 1},
-                      configs={topic: compacted, self.chunk_topic: compacted})
         self.window = DEFAULT_WINDOW
         self.unacked_bytes = 0          # chunk bytes sent and not yet acknowledged (a metric)
         self.abandoned_writes = 0       # attempts whose unacknowledged records were dropped (a metric)
         self._producer_lock = threading.Lock()
         self._producer: Optional[KafkaProducer] = None
         self._partition = TopicPartition(topic, 0)
-        self._consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-                                       **options)
-        self._consumer.assign([self._partition])
-        self._consumer.seek_to_beginning(self._partition)
+        self._consumer: Optional[KafkaConsumer] = None   # the manifest topic's reader, from open()
         self._chunks_consumer: Optional[KafkaConsumer] = None
         self._latest: dict[str, Optional[bytes]] = {}   # key -> last manifest (small) or None
         self._best: dict[str, int] = {}   # key -> highest verified sequence read
         self._had_value: set[str] = set()
         self._live_chunks: dict[str, list[bytes]] = {}  # key -> chunk keys of its last checkpoint
+
+    def open(self) -> "KafkaCheckpointStore":
+        """Create the two compacted topics if missing and start reading the manifests (the
+        broker is first asked here, never when the store is built); called again, nothing."""
+        if self._consumer is None:
+            compacted = {"cleanup.policy": "compact", "max.message.bytes": str(self.max_bytes),
+                         "min.compaction.lag.ms": "0", "segment.ms": "60000", "min.cleanable.dirty.ratio": "0.1",
+                         "delete.retention.ms": "60000"}
+            create_topics(self.options, {self.topic: 1, self.chunk_topic: 1},
+                          configs={self.topic: compacted, self.chunk_topic: compacted})
+            consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+                                     **self.options)
+            consumer.assign([self._partition])
+            consumer.seek_to_beginning(self._partition)
+            self._consumer = consumer
+        return self
 
     def key(self, topic: str, partition: int) -> str:
         return f"{self.group}/{topic}-{partition}" if self.group else f"{topic}-{partition}"
@@ -170,6 +179,7 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
     # -- writing -------------------------------------------------------------------------
 
     def _new_producer(self):
+        self.open()   # the topics exist before the first write
         return KafkaProducer(acks="all", max_request_size=self.max_bytes, linger_ms=5, **self.options)
 
     def _current_producer(self):
@@ -267,7 +277,8 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
 
     def _catch_up(self) -> dict[str, Optional[bytes]]:
         """Read the manifest topic from where the last read stopped to its current end."""
-        consumer = self._consumer
+        consumer = self.open()._consumer
+        assert consumer is not None
         end = consumer.end_offsets([self._partition])[self._partition]
         while consumer.position(self._partition) < end:
             for records in consumer.poll(timeout_ms=1000).values():
@@ -380,6 +391,7 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
     def close(self) -> None:
         if self._producer is not None:
             self._producer.close()
-        self._consumer.close()
+        if self._consumer is not None:
+            self._consumer.close()
         if self._chunks_consumer is not None:
             self._chunks_consumer.close()

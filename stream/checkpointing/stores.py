@@ -140,6 +140,10 @@ class CheckpointStore:
                 states[(topic, int(partition))] = state
         return states
 
+    def open(self) -> "CheckpointStore":
+        """Connect to what holds the checkpoints (nothing to do, here); built stores never have."""
+        return self
+
     def close(self) -> None:
         """Let go of what the store holds open (nothing, here)."""
 
