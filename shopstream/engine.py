@@ -35,16 +35,18 @@ import copy
 import logging
 import math
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Callable, Optional, cast
+from dataclasses import replace
+from typing import Callable, Optional, cast
 
 from .config import EngineConfig
 from .delayed import FakeNegativeWeighted
 from .events import Event
 from .labels import LABELLED, PREDICTION_POINT, PURCHASE, LabelJoiner, OpenPrediction, label_role, prediction_key
+from .features import build_features
+from .models import build_model
+from .policies import CatalogReplacements, PromotionPolicy
 from .slots import ModelSlot, PairedLossTest, model_is_finite
 
-if TYPE_CHECKING:  # the policy lives above the engine (lineup.py builds engines)
-    from .lineup import PromotionPolicy
 
 #: The drift reaction's choice of a replacement for a drifting champion (`lineup.CatalogReplacements`):
 #: (the champion's slot, how many slots run) -> (name, fresh model) of a new challenger, or None.
@@ -93,17 +95,15 @@ class Engine:
     @classmethod
     def fresh(cls, model_name: str, feature_set: str = EngineConfig.features, seed: int = 42,
               config: Optional[EngineConfig] = None, **settings) -> "Engine":
-        """An untrained catalog model with empty feature state; `settings` override fields of
-        `config` (e.g. ``window=600``). The line-up builds it: `lineup.fresh_engine`."""
-        from .lineup import fresh_engine  # lineup.py imports this module: the call goes up at run time
-
-        return fresh_engine(model_name, feature_set, seed, config, **settings)
+        """One untrained catalog model as the champion, empty feature state, nothing else;
+        `settings` override fields of `config` (e.g. ``window=600``)."""
+        config = replace(config or EngineConfig(), features=feature_set, **settings)
+        return cls(build_model(model_name, seed), build_features(config.features), config, model_name=model_name,
+                   replacements=CatalogReplacements())
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         if "replacements" not in state:  # a checkpoint from before the line-up chose them: the catalog's
-            from .lineup import CatalogReplacements
-
             self.replacements = CatalogReplacements()
 
     @property

@@ -9,7 +9,7 @@ from shopstream.config import EngineConfig
 from shopstream.engine import Engine
 from shopstream.events import Event
 from shopstream.labels import LABELLED, OTHER, PREDICTION_POINT, PURCHASE, label_role, prediction_key
-from shopstream.lineup import MAX_SLOTS, CatalogReplacements, fresh_engine
+from shopstream.policies import MAX_SLOTS, CatalogReplacements
 from shopstream.models import build_model
 from shopstream.slots import ModelSlot
 from stream.control_operator import ControlClient
@@ -44,7 +44,7 @@ def test_the_drift_reaction_adds_what_the_line_up_chooses():
         chosen.append((champion.name, running))
         return "picked", build_model("logreg_slow")
 
-    engine = Engine(build_model("logreg"), fresh_engine("logreg", "raw").features,
+    engine = Engine(build_model("logreg"), Engine.fresh("logreg", "raw").features,
                     EngineConfig(features="raw", drift_reaction="challenger"), model_name="logreg",
                     replacements=replacements)
     engine._on_drift(engine.champion_slot)

@@ -18,6 +18,8 @@ what proves a checkpoint was written by us.
 
 >>> resolve("shopstream.stream.checkpoints", "PartitionState")
 ('stream.partition', 'Partition')
+>>> resolve("shopstream.lineup", "CatalogReplacements")   # moved to policies.py on 2026-12-03
+('shopstream.policies', 'CatalogReplacements')
 >>> resolve("shopstream.offline.bootstrap", "Anything")
 ('offline.bootstrap', 'Anything')
 >>> resolve("river.linear_model.log_reg", "LogisticRegression")
@@ -45,6 +47,7 @@ RENAMED_PACKAGES = {
 #: Classes that moved (after `RENAMED_PACKAGES` is applied): (module, name) -> (module, name).
 MOVED = {
     ("stream.checkpoints", "PartitionState"): ("stream.partition", "Partition"),
+    ("shopstream.lineup", "CatalogReplacements"): ("shopstream.policies", "CatalogReplacements"),
 }
 
 #: The top-level packages a partition's state is made of.
