@@ -35,9 +35,10 @@ def imported_modules(path: Path, package: str) -> set[str]:
 
 
 def violations(folder: str) -> list[str]:
-    package, forbidden = LAYERS[folder]
+    _, forbidden = LAYERS[folder]
     found = []
-    for path in sorted((ROOT / folder).glob("*.py")):
+    for path in sorted((ROOT / folder).rglob("*.py")):   # subpackages too (stream/checkpointing/)
+        package = ".".join(path.relative_to(ROOT).parent.parts)
         for name in sorted(imported_modules(path, package)):
             if any(name == f or name.startswith(f + ".") for f in forbidden):
                 found.append(f"{path.relative_to(ROOT)} imports {name}")
@@ -57,3 +58,12 @@ def test_the_check_sees_a_relative_import_of_a_stage(tmp_path, monkeypatch):
     assert sorted(violations("shopstream")) == ["shopstream/leak.py imports cli",
                                                 "shopstream/leak.py imports stream.worker",
                                                 "shopstream/leak.py imports stream.worker.Worker"]
+
+
+def test_the_check_reads_subpackages_and_resolves_their_relative_imports(tmp_path, monkeypatch):
+    sub = tmp_path / "stream" / "deep"
+    sub.mkdir(parents=True)
+    (sub / "leak.py").write_text("from ...offline import bootstrap\nfrom . import sibling\n")
+    monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
+    assert violations("stream") == ["stream/deep/leak.py imports offline",
+                                    "stream/deep/leak.py imports offline.bootstrap"]
