@@ -11,15 +11,21 @@ request repeated with the same event id, or the same event sent by the shop's tr
 is one prediction: the engine drops the second as a duplicate and the API answers with
 the first one's score (``"duplicate": true``).
 
-What-if scores read the partition's live feature state and every model, on the poll
-loop's thread between two batches, and record, learn and fold in nothing.
+What-if scores read the partition's live feature state and every model, and record, learn
+and fold in nothing.
 
 Threads. The HTTP front is one asyncio loop on its own thread: slow or idle connections
 cost no thread, every read has a deadline, connections are capped. It never touches an
-engine: it hands each request to the poll loop through `ScoreDesk` (a queue, drained by
-`Worker.run` after each poll) and the loop answers it. A request for a partition this
-worker does not own is forwarded once to the owner (`owners.py` knows where), or answered
-503 with the partition and the owner's address to ask.
+engine: it hands each request to `ScoreDesk` (a queue) and waits for its answer. The
+engines are not thread-safe, so one `EngineGate` (a lock) says who may read them: the poll
+loop holds it, except while it waits in ``consumer.poll``. A request never waits for that
+poll's timeout (200 ms on an idle stream): the desk's clerk thread, rung by each request,
+takes the gate the moment the loop waits in poll and answers what-ifs (and books recorded
+requests) there; while the loop works, it drains the desk itself between two events. A
+recorded score's event comes back through the loop's fetch, which the broker answers as
+soon as the event is written. A request for a partition this worker does not own is
+forwarded once to the owner (`owners.py` knows where), or answered 503 with the partition
+and the owner's address to ask.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ import queue
 import socket
 import threading
 import time
-from typing import Callable, Optional
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional, Union
 from urllib.parse import urlsplit
 
 from kafka import TopicPartition
@@ -95,10 +102,52 @@ class Ticket:
         self._settle(status, body)
 
 
+class EngineGate:
+    """Who may read the engines and the desk's waiting requests: the poll loop, which holds
+    the gate, except while it waits in ``consumer.poll`` (`opened`); then the desk's clerk may
+    take it to answer requests at once instead of after the poll's timeout.
+
+    kafka-python runs the rebalance callbacks on its IO thread while the loop is blocked in
+    a consumer call: in ``poll`` (the gate is open: they take it, so never beside a clerk)
+    or in ``close`` (the loop holds the gate and waits for them: they must not take it).
+    `callback` does the right one."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.open = False  # the loop waits in poll and holds nothing
+
+    def hold(self) -> None:
+        """The loop starts: from now on it holds the gate except in `opened`."""
+        self.lock.acquire()
+
+    def release(self) -> None:
+        """The loop ended (after its consumer closed)."""
+        self.lock.release()
+
+    @contextmanager
+    def opened(self) -> Iterator[None]:
+        self.open = True
+        self.lock.release()
+        try:
+            yield
+        finally:
+            self.lock.acquire()  # waits for a clerk's answer in progress, a few hundred microseconds
+            self.open = False
+
+    @contextmanager
+    def callback(self) -> Iterator[None]:
+        if self.open:
+            with self.lock:
+                yield
+        else:
+            yield
+
+
 class ScoreDesk:
     """Where the HTTP front and the poll loop meet. The front calls `submit` and reads
-    `owned` and `clock`; the loop calls `drain` after each poll and `processed` for each
-    record while requests wait (`awaited` is non-empty). Only the loop reads engines."""
+    `owned` and `clock`; whoever holds the `gate` calls `drain` (the loop after each poll and
+    between events when `has_mail`; the clerk while the loop waits in poll); the loop calls
+    `processed` for each record while requests wait (`awaited` is non-empty)."""
 
     def __init__(self, topic: str, address: str, name: str, max_pending: int = 4096):
         self.topic = topic
@@ -109,12 +158,16 @@ class ScoreDesk:
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.max_pending = max_pending
         self.submitted = 0                    # written by the front only
-        self.answered = 0                     # written by the loop only (so neither count loses an update)
-        self.awaited: dict[str, list] = {}    # event id -> tickets waiting for it (loop thread only)
+        self.answered = 0                     # written under the gate only (so neither count loses an update)
+        self.awaited: dict[Union[int, str], list] = {}  # event id -> tickets waiting for it (under the gate)
         self.owned: frozenset = frozenset()   # the loop's partitions, for the front
         self.clock: dict[int, float] = {}     # partition -> its latest event time, for the front
         self.metrics: Optional[ServeMetrics] = None
         self.stopped = False
+        self.gate = EngineGate()
+        self.clerk_drains = 0                 # drains done by the clerk while the loop waited in poll
+        self._doorbell = threading.Event()
+        self._clerk: Optional[threading.Thread] = None
         self._last_sweep = 0.0
 
     # -- the front's side ------------------------------------------------------------------
@@ -128,13 +181,39 @@ class ScoreDesk:
             return False
         self.submitted += 1
         self.inbox.put(ticket)
+        self._doorbell.set()  # the clerk answers it if the loop waits in poll
         return True
 
-    # -- the loop's side -------------------------------------------------------------------
+    # -- the clerk: answers while the loop waits in poll ---------------------------------------
+
+    def start_clerk(self, partitions: Callable[[], dict]) -> None:
+        """Called by the loop once it holds the gate; `partitions` gives its owned partitions."""
+        if self._clerk is None:
+            self._clerk = threading.Thread(target=self._clerk_run, args=(partitions,), name="score-clerk",
+                                           daemon=True)
+            self._clerk.start()
+
+    def _clerk_run(self, partitions: Callable[[], dict]) -> None:
+        while not self.stopped:
+            self._doorbell.wait()
+            self._doorbell.clear()  # before the drain: a request arriving during it rings again
+            with self.gate.lock:    # free only while the loop waits in poll
+                if self.stopped:
+                    return
+                if not self.inbox.empty():
+                    self.clerk_drains += 1
+                    self.drain(partitions())
+
+    # -- under the gate (the loop, or the clerk) ----------------------------------------------
+
+    def has_mail(self) -> bool:
+        """A request waits to be taken in (cheap: the loop asks between two events)."""
+        return not self.inbox.empty()
 
     def drain(self, partitions: dict) -> None:
-        """After a poll, before its records: take the new requests (recorded ones wait for
-        their event; what-ifs are answered now) and let go of requests whose partition left."""
+        """Under the gate (after a poll, before its records; between two events; or by the
+        clerk while the loop waits in poll): take the new requests (recorded ones wait for their
+        event; what-ifs are answered now) and let go of requests whose partition left."""
         owned = frozenset(tp.partition for tp in partitions)
         if owned != self.owned:
             self.owned = owned
@@ -187,8 +266,9 @@ class ScoreDesk:
             ticket.answer(status, answer)
 
     def close(self) -> None:
-        """The worker stops: nobody will process what waits."""
+        """The worker stops: nobody will process what waits. Called by the loop, holding the gate."""
         self.stopped = True
+        self._doorbell.set()  # the clerk wakes, sees `stopped` and ends
         self._release(lambda ticket: True, 503, "stopping", "the worker is stopping: send the request again")
         while True:
             try:
@@ -425,7 +505,7 @@ class ScoreServer:
                 raise RequestError(401, "unauthorized", "missing or wrong 'Authorization: Bearer <token>'")
         event, timed = decode_request(body, time.time(), self.settings.max_body)
         partitions = self.desk.owners.partitions or self._topic_partitions()
-        partition = partition_for(event.user_id, partitions)
+        partition = partition_for(str(event.user_id), partitions)
         if partition not in self.desk.owned:
             return await self._forward(partition, path, headers, body)
         date_event(event, timed, self.desk.clock.get(partition))

@@ -195,3 +195,41 @@ def test_served_scores_survive_kill_9_exactly_once(kafka, new_topic, tmp_path):
         assert_same_engine(actual[partition], expected[partition], probes)
     for event_id, score in served.items():
         assert any(engine.recorded(event_id) == (True, score) for engine in actual.values())
+
+
+def test_requests_are_answered_while_the_loop_waits_in_a_long_poll(kafka, new_topic, tmp_path):
+    """On an idle stream the loop sits in consumer.poll until its timeout (made 30 s here): a
+    what-if is answered by the desk's clerk inside that wait, and a recorded request's own event
+    ends the wait (the broker answers the fetch as soon as it is written)."""
+    topic = new_topic(2)
+    records = list(generate(1000, seed=67))
+    send_records(kafka, topic, records)
+    served = ServingWorker(kafka, topic, tmp_path, len(records))
+    consumer = served.worker.consumer
+    real_poll = consumer.poll
+    waiting, returned = threading.Event(), []
+
+    def long_poll(timeout_ms):
+        waiting.set()
+        try:
+            return real_poll(timeout_ms=30_000)
+        finally:
+            returned.append(time.monotonic())
+
+    last = records[-1]
+    request = {"user_id": str(last["user_id"]), "user_session": str(last["user_session"]), "product_id": "p-long",
+               "event_type": "cart", "price": 9.5}
+    try:
+        consumer.poll = long_poll
+        assert waiting.wait(10)  # the loop is in the long poll; `returned` counts only long polls
+        for i in range(3):
+            status, answer = post(served.port, "/score/whatif", {**request, "event_id": f"long-whatif-{i}"})
+            assert status == 200 and answer["recorded"] is False, answer
+        assert not returned and served.desk.clerk_drains >= 3  # all answered inside the one poll
+        status, answer = post(served.port, "/score", {**request, "event_id": "long-record"})
+        assert status == 200 and answer["recorded"] is True and not answer["duplicate"], answer
+        assert returned  # the poll returned with the request's event, which was then scored
+    finally:
+        consumer.poll = real_poll
+        send_records(kafka, topic, [{**records[-1], "event_id": "wake-up"}])  # ends a poll still waiting
+        served.stop()
