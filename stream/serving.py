@@ -114,7 +114,9 @@ class EngineGate:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.open = False  # the loop waits in poll and holds nothing
+        self.open = False    # the loop waits in poll and holds nothing
+        self.wanted = False  # the loop's poll returned: a clerk holding the gate hands it back soon
+        self.on_open: Optional[Callable[[], None]] = None  # the desk: ring the clerk if requests wait
 
     def hold(self) -> None:
         """The loop starts: from now on it holds the gate except in `opened`."""
@@ -128,11 +130,14 @@ class EngineGate:
     def opened(self) -> Iterator[None]:
         self.open = True
         self.lock.release()
+        if self.on_open is not None:
+            self.on_open()
         try:
             yield
         finally:
-            self.lock.acquire()  # waits for a clerk's answer in progress, a few hundred microseconds
-            self.open = False
+            self.wanted = True
+            self.lock.acquire()  # waits for the clerk's answer in progress, a few hundred microseconds
+            self.wanted = self.open = False
 
     @contextmanager
     def callback(self) -> Iterator[None]:
@@ -165,6 +170,7 @@ class ScoreDesk:
         self.metrics: Optional[ServeMetrics] = None
         self.stopped = False
         self.gate = EngineGate()
+        self.gate.on_open = self._ring_if_mail
         self.clerk_drains = 0                 # drains done by the clerk while the loop waited in poll
         self._doorbell = threading.Event()
         self._clerk: Optional[threading.Thread] = None
@@ -181,7 +187,11 @@ class ScoreDesk:
             return False
         self.submitted += 1
         self.inbox.put(ticket)
-        self._doorbell.set()  # the clerk answers it if the loop waits in poll
+        # The clerk answers it if the loop waits in poll; a loop at work drains it between two events
+        # itself (ringing then would only make the clerk compete with it for the interpreter). The
+        # gate rings when it opens with requests waiting, so one put just before is not left behind.
+        if self.gate.open:
+            self._doorbell.set()
         return True
 
     # -- the clerk: answers while the loop waits in poll ---------------------------------------
@@ -197,12 +207,20 @@ class ScoreDesk:
         while not self.stopped:
             self._doorbell.wait()
             self._doorbell.clear()  # before the drain: a request arriving during it rings again
-            with self.gate.lock:    # free only while the loop waits in poll
-                if self.stopped:
-                    return
-                if not self.inbox.empty():
+            # Never wait for the gate: if the loop holds it, the loop drains the desk itself (after its
+            # poll, between two events, or by ringing again when it opens the gate with requests waiting).
+            if not self.gate.lock.acquire(blocking=False):
+                continue
+            try:
+                if not self.stopped and not self.inbox.empty():
                     self.clerk_drains += 1
-                    self.drain(partitions())
+                    self.drain(partitions(), clerk=True)
+            finally:
+                self.gate.lock.release()
+
+    def _ring_if_mail(self) -> None:
+        if not self.inbox.empty():
+            self._doorbell.set()
 
     # -- under the gate (the loop, or the clerk) ----------------------------------------------
 
@@ -210,10 +228,11 @@ class ScoreDesk:
         """A request waits to be taken in (cheap: the loop asks between two events)."""
         return not self.inbox.empty()
 
-    def drain(self, partitions: dict) -> None:
+    def drain(self, partitions: dict, clerk: bool = False) -> None:
         """Under the gate (after a poll, before its records; between two events; or by the
         clerk while the loop waits in poll): take the new requests (recorded ones wait for their
-        event; what-ifs are answered now) and let go of requests whose partition left."""
+        event; what-ifs are answered now) and let go of requests whose partition left. The
+        clerk stops as soon as the loop's poll returned: the loop takes the rest."""
         owned = frozenset(tp.partition for tp in partitions)
         if owned != self.owned:
             self.owned = owned
@@ -221,7 +240,7 @@ class ScoreDesk:
                           "the partition moved to another worker while this request waited: send it again with "
                           "the same event_id (it is scored once)")
         self.clock = {tp.partition: state.engine.joiner.max_time for tp, state in partitions.items()}
-        while True:
+        while not (clerk and self.gate.wanted):
             try:
                 ticket = self.inbox.get_nowait()
             except queue.Empty:
