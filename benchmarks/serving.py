@@ -2,10 +2,11 @@
 before a change and after it in one run, in alternating order.
 
 Per worker run (one worker: the production command line, shop features, default checkpoints,
-the scoring API on loopback, on a 1-partition topic pre-filled with `--state` events):
+the scoring API on loopback, on a 1-partition topic pre-filled with `--state` events and two
+backlogs of `--backlog` events each, all in Kafka before the worker starts):
 
-1. capacity: a backlog of `--backlog` events is worked off with no API load: C events/s;
-2. the same while vegeta sends `POST /score/whatif` at 200 requests/s: what the API costs the
+1. capacity: the first backlog is worked off with no API load: C events/s;
+2. the second while vegeta sends `POST /score/whatif` at 200 requests/s: what the API costs the
    stream's throughput (C1 / C);
 3. the shop's stream is fed at `--feed-fraction` x the first run's capacity (the same feed for
    every run: a paced producer, keyed by user) and vegeta sends `--requests` requests at 200/s
@@ -183,34 +184,35 @@ def one_run(label: str, source: Path, data: dict, args, work: Path, feed_rate: l
     feed = None
     try:
         topic = topics.for_worker("serve")
-        prefill(topic, data["state"])
+        # The state and both backlogs are in Kafka before the worker starts, so it is busy from the first
+        # backlog event to the last: capacity = events / time between the consumed counts crossing
+        # each backlog's bounds (read from /metrics, refreshed every second: +-1 s on about 15 s).
+        prefill(topic, data["state"] + data["backlog1"] + data["backlog2"])
         command = worker_command(topic, f"g-{topic}", run_dir / "ckpt", "--metrics-port", str(metrics_port),
                                  "--serve-port", str(api_port))
         with open(run_dir / "worker.log", "wb") as log:
             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=source, env=env)
-        wait_consumed(metrics_port, len(data["state"]), proc)
-        say(label, f"state of {len(data['state'])} events worked off")
-
-        def capacity(events, what):
-            load = load1()
-            start_count = consumed(metrics_port)
-            prefill(topic, events)
-            started, at_start = time.time(), consumed(metrics_port)
-            ended = wait_consumed(metrics_port, start_count + len(events), proc)
-            rate = (start_count + len(events) - at_start) / (ended - started)
-            say(label, f"{what}: {rate:,.0f} events/s [load {load} -> {load1()}]")
-            return round(rate), load
-
-        c0, l0 = capacity(data["backlog1"], "capacity, no API load")
+        bounds = [len(data["state"]), len(data["state"]) + len(data["backlog1"]),
+                  len(data["state"]) + len(data["backlog1"]) + len(data["backlog2"])]
+        t_state = wait_consumed(metrics_port, bounds[0], proc)
+        l0 = load1()
+        say(label, f"state of {bounds[0]} events worked off")
+        t_first = wait_consumed(metrics_port, bounds[1], proc)
+        c0 = round((bounds[1] - bounds[0]) / (t_first - t_state))
+        say(label, f"capacity, no API load: {c0:,} events/s [load {l0} -> {load1()}]")
         whatif_targets = targets_file(run_dir / "whatif-cap.json", api_port, "/score/whatif", data["sessions"], 2000,
                                       "cap")
+        l1 = load1()
         vegeta = subprocess.Popen([args.vegeta, "attack", "-format=json", f"-targets={whatif_targets}", "-rate=200",
                                    "-duration=3600s", "-timeout=10s"], stdout=subprocess.DEVNULL)
         try:
-            c1, l1 = capacity(data["backlog2"], "capacity while serving 200 what-ifs/s")
+            t_vegeta, at_vegeta = time.time(), consumed(metrics_port)
+            t_second = wait_consumed(metrics_port, bounds[2], proc)
         finally:
             vegeta.terminate()
             vegeta.wait()
+        c1 = round((bounds[2] - at_vegeta) / (t_second - t_vegeta))
+        say(label, f"capacity while serving 200 what-ifs/s: {c1:,} events/s [load {l1} -> {load1()}]")
         result["capacity"] = {"no_api": c0, "no_api_load": l0, "with_200_whatif_per_s": c1, "with_load": l1,
                               "ratio": round(c1 / c0, 3)}
         if not feed_rate:  # the first run's capacity sets the feed of every run (the lower of its two)

@@ -562,8 +562,8 @@ class ScoreServer:
 
         deadline = time.monotonic() + self.settings.timeout
         ticket = Ticket(event, partition, whatif, deadline, settle)
-        # Queued before the event is written: the loop takes it in at its next poll, before the
-        # records that poll returned, so it cannot miss its own event.
+        # Queued before the event is written: it is taken in (by the loop or the clerk, under the gate)
+        # before the loop handles the records of its next poll, so it cannot miss its own event.
         if self.desk.stopped:
             raise RequestError(503, "stopping", "the worker is stopping: send the request again")
         if not self.desk.submit(ticket):

@@ -98,7 +98,8 @@ class Worker(ConsumerRebalanceListener):
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
         clients = clients if clients is not None else KafkaClients(settings)
-        # The scoring API's requests (stream/serving.py): taken in after each poll, answered by the loop.
+        # The scoring API's requests (stream/serving.py): taken in after each poll and between events,
+        # or by the desk's clerk while the loop waits in poll.
         self.desk = desk
         self.awaited = desk.awaited if desk is not None else {}
         # Held by the loop except while it waits in poll, when the desk's clerk answers requests.
