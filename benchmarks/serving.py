@@ -232,7 +232,7 @@ def one_run(label: str, source: Path, data: dict, args, work: Path, feed_rate: l
                 outcome = attack(args.vegeta, targets, rate, args.requests, run_dir / f"{mode}-{rate}.bin")
                 events_rate = (consumed(metrics_port) - before) / (time.time() - t0)
                 outcome.update(code=label, mode=mode, target_rate=rate, worker_events_per_s=round(events_rate),
-                               load_start=load, load_end=load1())
+                               feed_running=feed is not None and feed.is_alive(), load_start=load, load_end=load1())
                 runs.append(outcome)
                 say(label, json.dumps(outcome))
                 time.sleep(3)
@@ -270,13 +270,15 @@ def say(label: str, text: str) -> None:
 
 def summary(results: list) -> str:
     lines = ["| # | code | mode | rate | p50 ms | p90 ms | p99 ms | max ms | 200 of sent | failed (codes) "
-             "| worker events/s | load 1 min start/end |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|"]
+             "| worker events/s (feed on) | load 1 min start/end |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|"]
     for i, result in enumerate(results, 1):
         for r in result.get("runs", []):
             codes = ", ".join(f"{n} {c}" for c, n in sorted(r["status_codes"].items()) if c != "200") or "0"
             lines.append(f"| {i} | {result['code']} | {r['mode']} | {r['target_rate']} | {r['p50_ms']} | "
                          f"{r['p90_ms']} | {r['p99_ms']} | {r['max_ms']} | {r['ok']:,} of {r['requests']:,} | "
-                         f"{codes} | {r['worker_events_per_s']:,} | {r['load_start']} / {r['load_end']} |")
+                         f"{codes} | {r['worker_events_per_s']:,} ({'yes' if r['feed_running'] else 'NO'}) | "
+                         f"{r['load_start']} / {r['load_end']} |")
     lines += ["", "| # | code | capacity, no API (load) | with 200 what-ifs/s (load) | ratio | feed events/s |",
               "|---|---|---:|---:|---:|---:|"]
     for i, result in enumerate(results, 1):
@@ -293,6 +295,9 @@ def main() -> int:
     parser.add_argument("--state", type=int, default=50_000)
     parser.add_argument("--backlog", type=int, default=40_000)
     parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--stream", type=int, default=600_000,
+                        help="events the paced feed can send (it must outlast the attacks: about 140 s at "
+                             "10,000 requests; each row says whether the feed still ran at its end)")
     parser.add_argument("--rounds", type=int, default=2, help="pairs of (before, after) runs, alternating order")
     parser.add_argument("--before", default=None, help="git revision to compare against; 'none': this checkout only")
     parser.add_argument("--vegeta", default=shutil.which("vegeta") or str(Path.home() / "go" / "bin" / "vegeta"))
@@ -319,7 +324,7 @@ def main() -> int:
     # processed (and every session expired). Every run gets the same events.
     from shopstream.generator import generate
 
-    total = args.state + 2 * args.backlog + 200_000
+    total = args.state + 2 * args.backlog + args.stream
     messages = [(str(r["user_id"]).encode(), json.dumps(r).encode())
                 for r in generate(total, seed=7, days=total / 1500 / 86400)]
     state = messages[:args.state]
