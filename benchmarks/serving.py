@@ -189,7 +189,7 @@ def one_run(label: str, source: Path, data: dict, args, work: Path, feed_rate: l
         # each backlog's bounds (read from /metrics, refreshed every second: +-1 s on about 15 s).
         prefill(topic, data["state"] + data["backlog1"] + data["backlog2"])
         command = worker_command(topic, f"g-{topic}", run_dir / "ckpt", "--metrics-port", str(metrics_port),
-                                 "--serve-port", str(api_port))
+                                 "--serve-port", str(api_port), *args.worker_arg)
         with open(run_dir / "worker.log", "wb") as log:
             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=source, env=env)
         bounds = [len(data["state"]), len(data["state"]) + len(data["backlog1"]),
@@ -302,6 +302,9 @@ def main() -> int:
     parser.add_argument("--before", default=None, help="git revision to compare against; 'none': this checkout only")
     parser.add_argument("--vegeta", default=shutil.which("vegeta") or str(Path.home() / "go" / "bin" / "vegeta"))
     parser.add_argument("--feed-fraction", type=float, default=0.5, help="feed rate as a fraction of the capacity")
+    parser.add_argument("--worker-arg", action="append", default=[],
+                        help="an extra worker option, for every run (repeat: --worker-arg=--checkpoint-seconds "
+                             "--worker-arg=600)")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
     if not os.path.exists(args.vegeta):
