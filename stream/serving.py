@@ -19,8 +19,9 @@ cost no thread, every read has a deadline, connections are capped. It never touc
 engine: it hands each request to `ScoreDesk` (a queue) and waits for its answer. The
 engines are not thread-safe, so one `EngineGate` (a lock) says who may read them: the poll
 loop holds it, except while it waits in ``consumer.poll``. A request never waits for that
-poll's timeout (200 ms on an idle stream): the desk's clerk thread, rung by each request,
-takes the gate the moment the loop waits in poll and answers what-ifs (and books recorded
+poll's timeout (200 ms on an idle stream): the desk's clerk thread, rung by a request while
+the loop waits in poll, takes the gate (once the loop has waited `CLERK_GRACE`, so a poll that
+returns buffered records is never kept waiting) and answers what-ifs (and books recorded
 requests) there; while the loop works, it drains the desk itself between two events. A
 recorded score's event comes back through the loop's fetch, which the broker answers as
 soon as the event is written. A request for a partition this worker does not own is
