@@ -335,7 +335,9 @@ class Worker(ConsumerRebalanceListener):
                             state.unsaved_since = time.time()
         if self.membership.maybe_rebuild(now, self.broker.ok):
             self.broker.topic_partitions = self.membership.topic_partitions
-        self.broker.maybe_check(self.consumer, list(self.partitions), now)
+        owned = list(self.partitions)
+        with self.gate.opened():  # a Kafka round trip that waits behind the fetch in flight (up to its max wait)
+            self.broker.maybe_check(self.consumer, owned, now)
 
     def handle(self, state: PartitionState, record) -> None:
         """One Kafka record: decode, predict-then-learn, publish. Never raises for bad input."""
