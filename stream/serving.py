@@ -18,7 +18,8 @@ Threads. The HTTP front is one asyncio loop on its own thread: slow or idle conn
 cost no thread, every read has a deadline, connections are capped. It never touches an
 engine: it hands each request to `ScoreDesk` (a queue) and waits for its answer. The
 engines are not thread-safe, so one `EngineGate` (a lock) says who may read them: the poll
-loop holds it, except while it waits in ``consumer.poll``. A request never waits for that
+loop holds it, except while it waits in ``consumer.poll`` (or for the broker's end offsets,
+which queue behind the fetch in flight). A request never waits for that
 poll's timeout (200 ms on an idle stream): the desk's clerk thread, rung by a request while
 the loop waits in poll, takes the gate (once the loop has waited `CLERK_GRACE`, so a poll that
 returns buffered records is never kept waiting) and answers what-ifs (and books recorded
