@@ -1,21 +1,30 @@
-"""Latency and load of the scoring API (issue 23), with a real HTTP load generator.
+"""Latency and load of the scoring API (issue 23), with a real HTTP load generator, the code
+before a change and after it in one run, in alternating order.
 
-One worker (the production command line, shop features, default checkpoints, the scoring
-API on loopback) on a 1-partition topic pre-filled with `--state` events. Then, in one run:
+Per worker run (one worker: the production command line, shop features, default checkpoints,
+the scoring API on loopback, on a 1-partition topic pre-filled with `--state` events and two
+backlogs of `--backlog` events each, all in Kafka before the worker starts):
 
-1. capacity: a backlog of `--backlog` more events is worked off with no API load: C events/s;
-2. the same, while vegeta sends `POST /score/whatif` at 200 requests/s: how much the API costs
-   the stream's throughput;
-3. the shop's stream is fed at C/2 events/s (paced producer) and vegeta sends 10,000
-   requests at 200/s and then 10,000 at 1,000/s, first `POST /score` (recorded: each request
-   its own event id, written to the events topic and answered once the worker processed it),
-   then `POST /score/whatif`. vegeta reports p50/p99/max and every non-200 answer.
-   `--feed-fraction` sets the feed (0.5 by default; 0: no feed, the API alone).
+1. capacity: the first backlog is worked off with no API load: C events/s;
+2. the second while vegeta sends `POST /score/whatif` at 200 requests/s: what the API costs the
+   stream's throughput (C1 / C);
+3. the shop's stream is fed at `--feed-fraction` x the first run's capacity (the same feed for
+   every run: a paced producer, keyed by user) and vegeta sends `--requests` requests at 200/s
+   and then at 1,000/s, first `POST /score` (recorded: each request its own event id, written to
+   the events topic and answered once the worker processed it), then `POST /score/whatif`.
+   vegeta reports p50/p90/p99/max and every non-200 answer.
 
-    python benchmarks/serving.py [--state 50000] [--backlog 40000] [--requests 10000]
+Runs: `--rounds` pairs of (before, after), the order alternating (before, after, after, before,
+...), so a machine whose load drifts during the run favours neither. "after" is this checkout;
+"before" is `--before REV` (default: the commit before the scoring API's clerk, found in git),
+extracted with `git archive` and run from its own directory. `--before none`: this checkout only.
+Every figure is printed with the machine's 1-minute load average at its start and end, and the
+summary table at the end holds everything BENCHMARKS.md quotes.
 
-Needs vegeta (`go install github.com/tsenart/vegeta/v12@v12.12.0`; `--vegeta PATH`) and the
-broker scripts/kafka.sh runs. Tests never depend on it.
+    python benchmarks/serving.py [--rounds 2] [--state 50000] [--backlog 40000] [--requests 10000]
+
+Needs vegeta (`go install github.com/tsenart/vegeta/v12@v12.12.0`; `--vegeta PATH`), git, and
+the broker scripts/kafka.sh runs. Tests never depend on it.
 """
 
 from __future__ import annotations
@@ -34,7 +43,13 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Topics, WorkerProcess, ensure_kafka, machine, prefill, producer, worker_command  # noqa: E402
+from common import ROOT, Topics, ensure_kafka, machine, prefill, producer, worker_command, worker_env  # noqa: E402
+
+RATES = (200, 1000)
+
+
+def load1() -> float:
+    return round(os.getloadavg()[0], 2)
 
 
 def scrape(port: int) -> dict:
@@ -50,9 +65,11 @@ def consumed(port: int) -> float:
                if name == "shopstream_events_total" and ("outcome", "consumed") in labels)
 
 
-def wait_consumed(port: int, target: float, timeout: float = 900.0) -> float:
+def wait_consumed(port: int, target: float, proc: subprocess.Popen, timeout: float = 900.0) -> float:
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the worker exited ({proc.returncode}): see its log")
         try:
             if consumed(port) >= target:
                 return time.time()
@@ -109,9 +126,168 @@ def attack(vegeta: str, targets: Path, rate: int, count: int, out: Path) -> dict
     report = subprocess.run([vegeta, "report", "-type=json", str(out)], capture_output=True, check=True)
     data = json.loads(report.stdout)
     lat = data["latencies"]
-    return {"requests": data["requests"], "rate": round(data["rate"], 1), "success": data["success"],
-            "p50_ms": lat["50th"] / 1e6, "p90_ms": lat["90th"] / 1e6, "p99_ms": lat["99th"] / 1e6,
-            "max_ms": lat["max"] / 1e6, "status_codes": data["status_codes"], "errors": data["errors"][:5]}
+    codes = data["status_codes"] or {}
+    return {"requests": data["requests"], "rate": round(data["rate"], 1), "ok": codes.get("200", 0),
+            "failed": data["requests"] - codes.get("200", 0), "p50_ms": round(lat["50th"] / 1e6, 2),
+            "p90_ms": round(lat["90th"] / 1e6, 2), "p99_ms": round(lat["99th"] / 1e6, 2),
+            "max_ms": round(lat["max"] / 1e6, 2), "status_codes": codes, "errors": data["errors"][:5]}
+
+
+# -- the code under test -------------------------------------------------------------------
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def default_before() -> str:
+    """The commit before the one that brought the clerk (EngineGate) into stream/serving.py."""
+    introduced = git("log", "--format=%H", "--reverse", "-S", "class EngineGate", "--", "stream/serving.py")
+    if not introduced:
+        raise SystemExit("--before: no commit introduced EngineGate in this history; pass --before REV")
+    return git("rev-parse", "--short", introduced.splitlines()[0] + "^")
+
+
+def code_versions(before: str, work: Path) -> dict:
+    """label -> (source directory, description). "after" is this checkout, as it is."""
+    dirty = " + uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else ""
+    versions = {"after": (ROOT, f"{git('rev-parse', '--short', 'HEAD')}{dirty} (this checkout)")}
+    if before != "none":
+        rev = git("rev-parse", "--short", before)
+        source = work / f"src-{rev}"
+        source.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+        versions["before"] = (source, f"{rev} (git archive)")
+    return versions
+
+
+def order(rounds: int, labels: list) -> list:
+    """(before, after), (after, before), ...: alternating, so drift favours neither."""
+    if len(labels) == 1:
+        return labels * rounds
+    runs = []
+    for i in range(rounds):
+        runs += ["before", "after"] if i % 2 == 0 else ["after", "before"]
+    return runs
+
+
+# -- one worker run ------------------------------------------------------------------------
+
+def one_run(label: str, source: Path, data: dict, args, work: Path, feed_rate: list) -> dict:
+    topics = Topics()
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=work))
+    api_port, metrics_port = free_port(), free_port()
+    env = worker_env()
+    env["PYTHONPATH"] = str(source)  # the version's own packages (its directory is also the cwd)
+    result: dict = {"code": label, "load_start": load1()}
+    proc = None
+    feed = None
+    try:
+        topic = topics.for_worker("serve")
+        # The state and both backlogs are in Kafka before the worker starts, so it is busy from the first
+        # backlog event to the last: capacity = events / time between the consumed counts crossing
+        # each backlog's bounds (read from /metrics, refreshed every second: +-1 s on about 15 s).
+        prefill(topic, data["state"] + data["backlog1"] + data["backlog2"])
+        command = worker_command(topic, f"g-{topic}", run_dir / "ckpt", "--metrics-port", str(metrics_port),
+                                 "--serve-port", str(api_port), *args.worker_arg)
+        with open(run_dir / "worker.log", "wb") as log:
+            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=source, env=env)
+        bounds = [len(data["state"]), len(data["state"]) + len(data["backlog1"]),
+                  len(data["state"]) + len(data["backlog1"]) + len(data["backlog2"])]
+        t_state = wait_consumed(metrics_port, bounds[0], proc)
+        l0 = load1()
+        say(label, f"state of {bounds[0]} events worked off")
+        t_first = wait_consumed(metrics_port, bounds[1], proc)
+        c0 = round((bounds[1] - bounds[0]) / (t_first - t_state))
+        say(label, f"capacity, no API load: {c0:,} events/s [load {l0} -> {load1()}]")
+        whatif_targets = targets_file(run_dir / "whatif-cap.json", api_port, "/score/whatif", data["sessions"], 2000,
+                                      "cap")
+        l1 = load1()
+        vegeta = subprocess.Popen([args.vegeta, "attack", "-format=json", f"-targets={whatif_targets}", "-rate=200",
+                                   "-duration=3600s", "-timeout=10s"], stdout=subprocess.DEVNULL)
+        try:
+            t_vegeta, at_vegeta = time.time(), consumed(metrics_port)
+            t_second = wait_consumed(metrics_port, bounds[2], proc)
+        finally:
+            vegeta.terminate()
+            vegeta.wait()
+        c1 = round((bounds[2] - at_vegeta) / (t_second - t_vegeta))
+        say(label, f"capacity while serving 200 what-ifs/s: {c1:,} events/s [load {l1} -> {load1()}]")
+        result["capacity"] = {"no_api": c0, "no_api_load": l0, "with_200_whatif_per_s": c1, "with_load": l1,
+                              "ratio": round(c1 / c0, 3)}
+        if not feed_rate:  # the first run's capacity sets the feed of every run (the lower of its two)
+            feed_rate.append(round(min(c0, c1) * args.feed_fraction))
+        result["feed_rate"] = feed_rate[0]
+        if feed_rate[0]:  # --feed-fraction 0: the API alone, on an idle stream
+            feed = PacedFeed(topic, data["stream"], feed_rate[0])
+            feed.start()
+            time.sleep(5)
+        runs = []
+        for route, mode in (("/score", "record"), ("/score/whatif", "whatif")):
+            for rate in RATES:
+                targets = targets_file(run_dir / f"{mode}-{rate}.json", api_port, route, data["sessions"],
+                                       args.requests, f"{label}-{mode}{rate}")
+                load = load1()
+                before, t0 = consumed(metrics_port), time.time()
+                outcome = attack(args.vegeta, targets, rate, args.requests, run_dir / f"{mode}-{rate}.bin")
+                events_rate = (consumed(metrics_port) - before) / (time.time() - t0)
+                outcome.update(code=label, mode=mode, target_rate=rate, worker_events_per_s=round(events_rate),
+                               feed_running=feed is not None and feed.is_alive(), load_start=load, load_end=load1())
+                runs.append(outcome)
+                say(label, json.dumps(outcome))
+                time.sleep(3)
+        result["runs"] = runs
+        metrics = scrape(metrics_port)
+        result["worker_errors_by_reason"] = {dict(labels)["reason"]: v for (name, labels), v in metrics.items()
+                                             if name == "shopstream_score_errors_total" and v}
+    finally:
+        if feed is not None:
+            feed.stop.set()
+            feed.join(30)
+            result["feed_sent"] = feed.sent
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        topics.close()
+    result["load_end"] = load1()
+    return result
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def say(label: str, text: str) -> None:
+    print(f"{time.strftime('%H:%M:%S', time.gmtime())} [{label}] {text}", flush=True)
+
+
+def summary(results: list) -> str:
+    lines = ["| # | code | mode | rate | p50 ms | p90 ms | p99 ms | max ms | 200 of sent | failed (codes) "
+             "| worker events/s (feed on) | load 1 min start/end |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|"]
+    for i, result in enumerate(results, 1):
+        for r in result.get("runs", []):
+            codes = ", ".join(f"{n} {c}" for c, n in sorted(r["status_codes"].items()) if c != "200") or "0"
+            lines.append(f"| {i} | {result['code']} | {r['mode']} | {r['target_rate']} | {r['p50_ms']} | "
+                         f"{r['p90_ms']} | {r['p99_ms']} | {r['max_ms']} | {r['ok']:,} of {r['requests']:,} | "
+                         f"{codes} | {r['worker_events_per_s']:,} ({'yes' if r['feed_running'] else 'NO'}) | "
+                         f"{r['load_start']} / {r['load_end']} |")
+    lines += ["", "| # | code | capacity, no API (load) | with 200 what-ifs/s (load) | ratio | feed events/s |",
+              "|---|---|---:|---:|---:|---:|"]
+    for i, result in enumerate(results, 1):
+        c = result.get("capacity")
+        if c:
+            lines.append(f"| {i} | {result['code']} | {c['no_api']:,} ({c['no_api_load']}) | "
+                         f"{c['with_200_whatif_per_s']:,} ({c['with_load']}) | {c['ratio']} | "
+                         f"{result['feed_rate']:,} |")
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -119,8 +295,16 @@ def main() -> int:
     parser.add_argument("--state", type=int, default=50_000)
     parser.add_argument("--backlog", type=int, default=40_000)
     parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--stream", type=int, default=600_000,
+                        help="events the paced feed can send (it must outlast the attacks: about 140 s at "
+                             "10,000 requests; each row says whether the feed still ran at its end)")
+    parser.add_argument("--rounds", type=int, default=2, help="pairs of (before, after) runs, alternating order")
+    parser.add_argument("--before", default=None, help="git revision to compare against; 'none': this checkout only")
     parser.add_argument("--vegeta", default=shutil.which("vegeta") or str(Path.home() / "go" / "bin" / "vegeta"))
     parser.add_argument("--feed-fraction", type=float, default=0.5, help="feed rate as a fraction of the capacity")
+    parser.add_argument("--worker-arg", action="append", default=[],
+                        help="an extra worker option, for every run (repeat: --worker-arg=--checkpoint-seconds "
+                             "--worker-arg=600)")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
     if not os.path.exists(args.vegeta):
@@ -129,93 +313,41 @@ def main() -> int:
     ensure_kafka()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="serve-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    total = args.state + 2 * args.backlog + 200_000
+    versions = code_versions(args.before or default_before(), work)
+    plan = order(args.rounds, sorted(versions))
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    header = {"command": " ".join([os.path.basename(sys.executable), *sys.argv]), "started": started,
+              "machine": machine(), "code": {k: v[1] for k, v in versions.items()}, "plan": plan,
+              "sizes": {k: v for k, v in vars(args).items() if k not in ("vegeta", "workdir")}, "load": os.getloadavg()}
+    print(json.dumps(header, indent=2), flush=True)
+
     # Event time advancing about as fast as wall time at the feed's rate (1,500 events per second of
     # event time), as in a live shop: a 30-day history replayed in minutes would move each
     # partition's clock hours per second, and a request dated "now" would be late by the time it is
-    # processed (and every session expired).
+    # processed (and every session expired). Every run gets the same events.
     from shopstream.generator import generate
 
+    total = args.state + 2 * args.backlog + args.stream
     messages = [(str(r["user_id"]).encode(), json.dumps(r).encode())
                 for r in generate(total, seed=7, days=total / 1500 / 86400)]
-    state, backlog1 = messages[:args.state], messages[args.state:args.state + args.backlog]
-    backlog2 = messages[args.state + args.backlog:args.state + 2 * args.backlog]
-    stream = messages[args.state + 2 * args.backlog:]
-    sessions = []
-    for _, value in state[-5000:]:
-        record = json.loads(value)
-        sessions.append((str(record["user_id"]), str(record["user_session"])))
-    sessions = list(dict.fromkeys(sessions))
-
-    load = os.getloadavg()
-    topics = Topics()
-    results: dict = {"machine": machine(), "load_before": load, "sizes": vars(args).copy()}
-    api_port, metrics_port = 18600 + os.getpid() % 1000, 19600 + os.getpid() % 1000
-    worker = None
-    try:
-        topic = topics.for_worker("serve")
-        prefill(topic, state)
-        worker = WorkerProcess(worker_command(topic, f"g-{topic}", work / "ckpt", "--metrics-port", str(metrics_port),
-                                              "--serve-port", str(api_port)), work / "worker.log")
-        wait_consumed(metrics_port, len(state))
-        print(f"state of {len(state)} events worked off", flush=True)
-
-        def capacity(events, label):
-            # timed from the moment the whole backlog is in Kafka: the worker is busy throughout
-            start_count = consumed(metrics_port)
-            prefill(topic, events)
-            started, at_start = time.time(), consumed(metrics_port)
-            ended = wait_consumed(metrics_port, start_count + len(events))
-            rate = (start_count + len(events) - at_start) / (ended - started)
-            print(f"{label}: {rate:,.0f} events/s", flush=True)
-            return rate
-
-        c0 = capacity(backlog1, "capacity, no API load")
-        whatif_targets = targets_file(work / "whatif-cap.json", api_port, "/score/whatif", sessions, 2000, "cap")
-        proc = subprocess.Popen([args.vegeta, "attack", "-format=json", f"-targets={whatif_targets}", "-rate=200",
-                                 "-duration=3600s", "-timeout=10s"], stdout=subprocess.DEVNULL)
-        try:
-            c1 = capacity(backlog2, "capacity while serving 200 what-ifs/s")
-        finally:
-            proc.terminate()
-            proc.wait()
-        results["capacity"] = {"no_api": round(c0), "with_200_whatif_per_s": round(c1), "ratio": round(c1 / c0, 3)}
-
-        # the lower of the two capacities: the machine is shared, and the feed must leave headroom
-        feed_rate = round(min(c0, c1) * args.feed_fraction)
-        feed = PacedFeed(topic, stream, feed_rate)
-        if feed_rate:  # --feed-fraction 0: the API alone, on an idle stream
-            feed.start()
-            time.sleep(5)
-        results["feed_rate"] = feed_rate
-        runs = []
-        for route, mode in (("/score", "record"), ("/score/whatif", "whatif")):
-            for rate in (200, 1000):
-                targets = targets_file(work / f"{mode}-{rate}.json", api_port, route, sessions, args.requests,
-                                       f"{mode}{rate}")
-                before, t0 = consumed(metrics_port), time.time()
-                outcome = attack(args.vegeta, targets, rate, args.requests, work / f"{mode}-{rate}.bin")
-                events_rate = (consumed(metrics_port) - before) / (time.time() - t0)
-                outcome.update(mode=mode, target_rate=rate, worker_events_per_s=round(events_rate))
-                runs.append(outcome)
-                print(json.dumps(outcome), flush=True)
-                time.sleep(3)
-        feed.stop.set()
-        if feed_rate:
-            feed.join(30)
-        results["runs"] = runs
-        results["feed_sent"] = feed.sent
-        metrics = scrape(metrics_port)
-        results["worker_errors_by_reason"] = {dict(labels)["reason"]: v for (name, labels), v in metrics.items()
-                                              if name == "shopstream_score_errors_total" and v}
-    finally:
-        if worker is not None:
-            worker.proc.terminate()
-            worker.wait(60)
-        topics.close()
-    results["load_after"] = os.getloadavg()
-    print(json.dumps(results, indent=2))
-    (work / "serving.json").write_text(json.dumps(results, indent=2))
+    state = messages[:args.state]
+    sessions = list(dict.fromkeys((str(r["user_id"]), str(r["user_session"]))
+                                  for r in (json.loads(v) for _, v in state[-5000:])))
+    data = {"state": state, "backlog1": messages[args.state:args.state + args.backlog],
+            "backlog2": messages[args.state + args.backlog:args.state + 2 * args.backlog],
+            "stream": messages[args.state + 2 * args.backlog:], "sessions": sessions}
+    feed_rate: list = []
+    results = []
+    for label in plan:
+        source, _ = versions[label]
+        say(label, f"worker run {len(results) + 1} of {len(plan)}: {versions[label][1]} [load {load1()}]")
+        results.append(one_run(label, source, data, args, work, feed_rate))
+        (work / "serving.json").write_text(json.dumps({**header, "results": results}, indent=2))
+    print()
+    print(f"{started} -> {time.strftime('%H:%M UTC', time.gmtime())}; code: "
+          + "; ".join(f"{k} = {v[1]}" for k, v in versions.items()))
+    print(summary(results))
+    print(f"\nall figures: {work / 'serving.json'}")
     return 0
 
 

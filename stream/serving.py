@@ -11,15 +11,23 @@ request repeated with the same event id, or the same event sent by the shop's tr
 is one prediction: the engine drops the second as a duplicate and the API answers with
 the first one's score (``"duplicate": true``).
 
-What-if scores read the partition's live feature state and every model, on the poll
-loop's thread between two batches, and record, learn and fold in nothing.
+What-if scores read the partition's live feature state and every model, and record, learn
+and fold in nothing.
 
 Threads. The HTTP front is one asyncio loop on its own thread: slow or idle connections
 cost no thread, every read has a deadline, connections are capped. It never touches an
-engine: it hands each request to the poll loop through `ScoreDesk` (a queue, drained by
-`Worker.run` after each poll) and the loop answers it. A request for a partition this
-worker does not own is forwarded once to the owner (`owners.py` knows where), or answered
-503 with the partition and the owner's address to ask.
+engine: it hands each request to `ScoreDesk` (a queue) and waits for its answer. The
+engines are not thread-safe, so one `EngineGate` (a lock) says who may read them: the poll
+loop holds it, except while it waits in ``consumer.poll`` (or for the broker's end offsets,
+which queue behind the fetch in flight). A request never waits for that
+poll's timeout (200 ms on an idle stream): the desk's clerk thread, rung by a request while
+the loop waits in poll, takes the gate (once the loop has waited `CLERK_GRACE`, so a poll that
+returns buffered records is never kept waiting) and answers what-ifs (and books recorded
+requests) there; while the loop works, it drains the desk itself between two events. A
+recorded score's event comes back through the loop's fetch, which the broker answers as
+soon as the event is written. A request for a partition this worker does not own is
+forwarded once to the owner (`owners.py` knows where), or answered 503 with the partition
+and the owner's address to ask.
 """
 
 from __future__ import annotations
@@ -31,7 +39,8 @@ import queue
 import socket
 import threading
 import time
-from typing import Callable, Optional
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional, Union
 from urllib.parse import urlsplit
 
 from kafka import TopicPartition
@@ -50,6 +59,9 @@ MAX_HEADERS = 8 * 1024
 #: clients' 90 s, so the client usually closes first. Idle connections cost no thread, only a slot.
 KEEPALIVE_IDLE = 75.0
 FORWARDED = "x-shopstream-forwarded"
+#: Seconds the loop must have waited in its poll before the clerk answers in its place: longer than a
+#: poll that returns buffered records takes, short beside the p99 <= 20 ms the API aims at.
+CLERK_GRACE = 0.003
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0)
 STATUS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
           408: "Request Timeout", 409: "Conflict", 411: "Length Required", 413: "Content Too Large",
@@ -95,10 +107,61 @@ class Ticket:
         self._settle(status, body)
 
 
+class EngineGate:
+    """Who may read the engines and the desk's waiting requests: the poll loop, which holds
+    the gate, except while it waits in ``consumer.poll`` (`opened`); then the desk's clerk may
+    take it to answer requests at once instead of after the poll's timeout.
+
+    kafka-python runs the rebalance callbacks on its IO thread while the loop is blocked in
+    a consumer call: in ``poll`` (the gate is open: they take it, so never beside a clerk)
+    or in ``close`` (the loop holds the gate and waits for them: they must not take it).
+    `callback` does the right one."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.open = False    # the loop waits in poll and holds nothing
+        self.wanted = False  # the loop's poll returned: a clerk holding the gate hands it back soon
+        self.openings = 0    # polls so far, and when the latest began: the clerk waits out a short one
+        self.opened_at = 0.0
+        self.on_open: Optional[Callable[[], None]] = None  # the desk: ring the clerk if requests wait
+
+    def hold(self) -> None:
+        """The loop starts: from now on it holds the gate except in `opened`."""
+        self.lock.acquire()
+
+    def release(self) -> None:
+        """The loop ended (after its consumer closed)."""
+        self.lock.release()
+
+    @contextmanager
+    def opened(self) -> Iterator[None]:
+        self.openings += 1
+        self.opened_at = time.monotonic()
+        self.open = True
+        self.lock.release()
+        if self.on_open is not None:
+            self.on_open()
+        try:
+            yield
+        finally:
+            self.wanted = True
+            self.lock.acquire()  # waits for the clerk's answer in progress, a few hundred microseconds
+            self.wanted = self.open = False
+
+    @contextmanager
+    def callback(self) -> Iterator[None]:
+        if self.open:
+            with self.lock:
+                yield
+        else:
+            yield
+
+
 class ScoreDesk:
     """Where the HTTP front and the poll loop meet. The front calls `submit` and reads
-    `owned` and `clock`; the loop calls `drain` after each poll and `processed` for each
-    record while requests wait (`awaited` is non-empty). Only the loop reads engines."""
+    `owned` and `clock`; whoever holds the `gate` calls `drain` (the loop after each poll and
+    between events when `has_mail`; the clerk while the loop waits in poll); the loop calls
+    `processed` for each record while requests wait (`awaited` is non-empty)."""
 
     def __init__(self, topic: str, address: str, name: str, max_pending: int = 4096):
         self.topic = topic
@@ -109,12 +172,17 @@ class ScoreDesk:
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.max_pending = max_pending
         self.submitted = 0                    # written by the front only
-        self.answered = 0                     # written by the loop only (so neither count loses an update)
-        self.awaited: dict[str, list] = {}    # event id -> tickets waiting for it (loop thread only)
+        self.answered = 0                     # written under the gate only (so neither count loses an update)
+        self.awaited: dict[Union[int, str], list] = {}  # event id -> tickets waiting for it (under the gate)
         self.owned: frozenset = frozenset()   # the loop's partitions, for the front
         self.clock: dict[int, float] = {}     # partition -> its latest event time, for the front
         self.metrics: Optional[ServeMetrics] = None
         self.stopped = False
+        self.gate = EngineGate()
+        self.gate.on_open = self._ring_if_mail
+        self.clerk_drains = 0                 # drains done by the clerk while the loop waited in poll
+        self._doorbell = threading.Event()
+        self._clerk: Optional[threading.Thread] = None
         self._last_sweep = 0.0
 
     # -- the front's side ------------------------------------------------------------------
@@ -128,13 +196,60 @@ class ScoreDesk:
             return False
         self.submitted += 1
         self.inbox.put(ticket)
+        # The clerk answers it if the loop waits in poll; a loop at work drains it between two events
+        # itself (ringing then would only make the clerk compete with it for the interpreter). The
+        # gate rings when it opens with requests waiting, so one put just before is not left behind.
+        if self.gate.open:
+            self._doorbell.set()
         return True
 
-    # -- the loop's side -------------------------------------------------------------------
+    # -- the clerk: answers while the loop waits in poll ---------------------------------------
 
-    def drain(self, partitions: dict) -> None:
-        """After a poll, before its records: take the new requests (recorded ones wait for
-        their event; what-ifs are answered now) and let go of requests whose partition left."""
+    def start_clerk(self, partitions: Callable[[], dict]) -> None:
+        """Called by the loop once it holds the gate; `partitions` gives its owned partitions."""
+        if self._clerk is None:
+            self._clerk = threading.Thread(target=self._clerk_run, args=(partitions,), name="score-clerk",
+                                           daemon=True)
+            self._clerk.start()
+
+    def _clerk_run(self, partitions: Callable[[], dict]) -> None:
+        while not self.stopped:
+            self._doorbell.wait()
+            self._doorbell.clear()  # before the drain: a request arriving during it rings again
+            gate = self.gate
+            opening, waited = gate.openings, time.monotonic() - gate.opened_at
+            if gate.open and waited < CLERK_GRACE:
+                # A busy loop's poll returns at once with buffered records: leave those requests to the
+                # loop rather than make it wait for the clerk (on a crowded machine, for the scheduler).
+                time.sleep(CLERK_GRACE - waited)
+                if gate.openings != opening:
+                    continue  # the loop came back (it drains), or polls again (and rang if requests wait)
+            # Never wait for the gate: if the loop holds it, the loop drains the desk itself (after its
+            # poll, between two events, or by ringing again when it opens the gate with requests waiting).
+            if not gate.open or not gate.lock.acquire(blocking=False):
+                continue
+            try:
+                if not self.stopped and not self.inbox.empty():
+                    self.clerk_drains += 1
+                    self.drain(partitions(), clerk=True)
+            finally:
+                self.gate.lock.release()
+
+    def _ring_if_mail(self) -> None:
+        if not self.inbox.empty():
+            self._doorbell.set()
+
+    # -- under the gate (the loop, or the clerk) ----------------------------------------------
+
+    def has_mail(self) -> bool:
+        """A request waits to be taken in (cheap: the loop asks between two events)."""
+        return not self.inbox.empty()
+
+    def drain(self, partitions: dict, clerk: bool = False) -> None:
+        """Under the gate (after a poll, before its records; between two events; or by the
+        clerk while the loop waits in poll): take the new requests (recorded ones wait for their
+        event; what-ifs are answered now) and let go of requests whose partition left. The
+        clerk stops as soon as the loop's poll returned: the loop takes the rest."""
         owned = frozenset(tp.partition for tp in partitions)
         if owned != self.owned:
             self.owned = owned
@@ -142,7 +257,7 @@ class ScoreDesk:
                           "the partition moved to another worker while this request waited: send it again with "
                           "the same event_id (it is scored once)")
         self.clock = {tp.partition: state.engine.joiner.max_time for tp, state in partitions.items()}
-        while True:
+        while not (clerk and self.gate.wanted):
             try:
                 ticket = self.inbox.get_nowait()
             except queue.Empty:
@@ -187,8 +302,9 @@ class ScoreDesk:
             ticket.answer(status, answer)
 
     def close(self) -> None:
-        """The worker stops: nobody will process what waits."""
+        """The worker stops: nobody will process what waits. Called by the loop, holding the gate."""
         self.stopped = True
+        self._doorbell.set()  # the clerk wakes, sees `stopped` and ends
         self._release(lambda ticket: True, 503, "stopping", "the worker is stopping: send the request again")
         while True:
             try:
@@ -425,7 +541,7 @@ class ScoreServer:
                 raise RequestError(401, "unauthorized", "missing or wrong 'Authorization: Bearer <token>'")
         event, timed = decode_request(body, time.time(), self.settings.max_body)
         partitions = self.desk.owners.partitions or self._topic_partitions()
-        partition = partition_for(event.user_id, partitions)
+        partition = partition_for(str(event.user_id), partitions)
         if partition not in self.desk.owned:
             return await self._forward(partition, path, headers, body)
         date_event(event, timed, self.desk.clock.get(partition))
@@ -448,8 +564,8 @@ class ScoreServer:
 
         deadline = time.monotonic() + self.settings.timeout
         ticket = Ticket(event, partition, whatif, deadline, settle)
-        # Queued before the event is written: the loop takes it in at its next poll, before the
-        # records that poll returned, so it cannot miss its own event.
+        # Queued before the event is written: it is taken in (by the loop or the clerk, under the gate)
+        # before the loop handles the records of its next poll, so it cannot miss its own event.
         if self.desk.stopped:
             raise RequestError(503, "stopping", "the worker is stopping: send the request again")
         if not self.desk.submit(ticket):

@@ -48,7 +48,7 @@ from .membership import GroupMembership
 from .outputs import Outputs
 from .partition import Partition
 from .restore import PartitionRestorer
-from .serving import ScoreDesk, ScoreServer
+from .serving import EngineGate, ScoreDesk, ScoreServer
 from .settings import WorkerSettings
 from .telemetry import WorkerCollector, WorkerSnapshot
 
@@ -100,9 +100,12 @@ class Worker(ConsumerRebalanceListener):
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
         clients = clients if clients is not None else KafkaClients(settings)
-        # The scoring API's requests (stream/serving.py): taken in after each poll, answered by the loop.
+        # The scoring API's requests (stream/serving.py): taken in after each poll and between events,
+        # or by the desk's clerk while the loop waits in poll.
         self.desk = desk
         self.awaited = desk.awaited if desk is not None else {}
+        # Held by the loop except while it waits in poll, when the desk's clerk answers requests.
+        self.gate = desk.gate if desk is not None else EngineGate()
         if desk is not None:
             clients.assignor = desk.assignor  # tells the group where this worker serves
         self.partitions: dict[TopicPartition, Partition] = {}   # the checkpointer saves, pauses and releases them
@@ -171,6 +174,10 @@ class Worker(ConsumerRebalanceListener):
     # -- partition lifecycle (called by kafka-python inside poll) -------------------
 
     def on_partitions_revoked(self, revoked):
+        with self.gate.callback():  # never beside the scoring API's clerk
+            self._partitions_revoked(revoked)
+
+    def _partitions_revoked(self, revoked):
         owned = [tp for tp in revoked if tp in self.partitions]
         # This runs on kafka-python's IO thread: the offset commit must not block it.
         self.checkpointer.release(owned, commit_async=True)
@@ -178,6 +185,10 @@ class Worker(ConsumerRebalanceListener):
         log.info("revoked %s", sorted(tp.partition for tp in owned))
 
     def on_partitions_assigned(self, assigned):
+        with self.gate.callback():
+            self._partitions_assigned(assigned)
+
+    def _partitions_assigned(self, assigned):
         self.membership.join_finished()
         self.idle.restart(time.monotonic())  # the first fetch of a partition takes a moment
         for tp in assigned:
@@ -243,9 +254,13 @@ class Worker(ConsumerRebalanceListener):
         settings = self.settings
         self.membership.subscribe()
         self.broker.topic_partitions = self.membership.topic_partitions
+        self.gate.hold()  # the engines are the loop's, but for the poll's wait (EngineGate)
+        if self.desk is not None:
+            self.desk.start_clerk(lambda: self.partitions)
         while not self.stopping:
             try:
-                batches = self.consumer.poll(timeout_ms=200)
+                with self.gate.opened():  # a scoring request arriving now is answered now, not after the poll
+                    batches = self.consumer.poll(timeout_ms=200)
             except CorruptRecordError as exc:  # a batch kafka-python cannot parse: skip it, never crash
                 self.last_poll = time.monotonic()
                 self.skipper.skip(self.consumer, self.partitions, exc)
@@ -283,8 +298,8 @@ class Worker(ConsumerRebalanceListener):
                     if record.offset < state.next_offset:
                         continue  # already in the restored state
                     self.handle(state, record)
-                    if self.desk is not None and not self.handled % 64:
-                        self.desk.drain(self.partitions)  # a what-if waits 64 events at most, not a whole batch
+                    if self.desk is not None and self.desk.has_mail():
+                        self.desk.drain(self.partitions)  # a what-if waits one event, not a whole batch
                     if settings.max_events and self.handled >= settings.max_events:
                         self.stopping = True
                         break
@@ -295,6 +310,7 @@ class Worker(ConsumerRebalanceListener):
                 if self.stopping:
                     break
         self.close()
+        self.gate.release()
         return 2 if self.fatal else 0
 
     def _housekeeping(self, now: float) -> None:
@@ -313,7 +329,9 @@ class Worker(ConsumerRebalanceListener):
                         state.mark_changed()
         if self.membership.maybe_rebuild(now, self.broker.ok):
             self.broker.topic_partitions = self.membership.topic_partitions
-        self.broker.maybe_check(self.consumer, list(self.partitions), now)
+        owned = list(self.partitions)
+        with self.gate.opened():  # a Kafka round trip that waits behind the fetch in flight (up to its max wait)
+            self.broker.maybe_check(self.consumer, owned, now)
 
     def handle(self, state: Partition, record) -> None:
         """One Kafka record: decode, predict-then-learn, publish. Never raises for bad input."""

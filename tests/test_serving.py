@@ -255,3 +255,83 @@ def test_the_desk_lets_go_of_waiting_requests_when_their_partition_leaves_or_the
     desk.close()  # the worker stops: nothing will process what waits
     assert answers[-1][0] == 503 and answers[-1][1]["reason"] == "stopping"
     assert not desk.submit(ticket("d")) and desk.pending == 0
+
+
+class PollingLoop:
+    """Stands in for `Worker.run` as it waits: holds the gate, starts the clerk, then sits in one
+    "poll" (the gate open) until the test ends it, as an idle stream's poll sits out its timeout."""
+
+    def __init__(self, desk: ScoreDesk, partitions: dict):
+        self.desk, self.partitions = desk, partitions
+        self.poll_may_return = threading.Event()
+        self.in_poll = threading.Event()
+        self.polls_returned = 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        self.desk.gate.hold()
+        self.desk.start_clerk(lambda: self.partitions)
+        self.desk.drain(self.partitions)
+        with self.desk.gate.opened():
+            self.in_poll.set()
+            self.poll_may_return.wait()
+        self.polls_returned += 1
+        self.desk.close()
+        self.desk.gate.release()
+
+
+def test_a_what_if_is_answered_while_the_loop_waits_in_poll(engine):
+    """The clerk answers at once: without it the request waits for the poll to return, which
+    here it never does before the answer (the front would answer 504 after its 1 s timeout)."""
+    registry = CollectorRegistry()
+    server = ScoreServer(ServeSettings(port=0, timeout=1.0))
+    desk = ScoreDesk(TOPIC, server.address, "w")
+    loop = PollingLoop(desk, {TopicPartition(TOPIC, 0): SimpleNamespace(engine=engine)})
+    loop.thread.start()
+    server.start(desk, OnePartitionProducer(), registry)
+    try:
+        assert loop.in_poll.wait(10)
+        before = pickle.dumps(engine)
+        for _ in range(3):
+            status, answer, _ = post(server.port, "/score/whatif", request_for(engine))
+            assert status == 200, answer
+        assert loop.polls_returned == 0 and desk.clerk_drains >= 1  # answered while the loop sat in its poll
+        status, answer, _ = post(server.port, "/score/whatif", request_for(engine, user_session="never-seen"))
+        assert (status, answer["reason"]) == (404, "unknown_session")
+        assert pickle.dumps(engine) == before
+    finally:
+        loop.poll_may_return.set()
+        loop.thread.join(10)
+        server.stop()
+    assert not loop.thread.is_alive() and desk.stopped
+
+
+def test_rebalance_callbacks_take_the_gate_only_while_the_loop_waits_in_poll():
+    """kafka-python calls them on its IO thread while the loop is blocked in poll (the gate is
+    open: they must exclude the clerk) or in close (the loop holds the gate and waits for them:
+    taking it would deadlock)."""
+    from stream.serving import EngineGate
+
+    gate = EngineGate()
+    gate.hold()
+    ran = []
+
+    def callback():
+        with gate.callback():
+            ran.append(gate.lock.locked())
+
+    during_close = threading.Thread(target=callback)
+    during_close.start()
+    during_close.join(10)
+    assert ran == [True] and not during_close.is_alive()  # ran beside the loop's hold, no deadlock
+    with gate.opened():
+        gate.lock.acquire()  # a clerk answering a request
+        during_poll = threading.Thread(target=callback)
+        during_poll.start()
+        during_poll.join(0.2)
+        assert during_poll.is_alive() and len(ran) == 1  # waits for the clerk, never beside it
+        gate.lock.release()
+        during_poll.join(10)
+        assert ran == [True, True]
+    assert gate.lock.locked() and not gate.open  # the loop holds it again
+    gate.release()

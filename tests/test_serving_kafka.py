@@ -38,7 +38,7 @@ def post(port, path, payload):
 class ServingWorker:
     """A worker with its scoring API, in this process (the loop on a thread, as run_worker wires it)."""
 
-    def __init__(self, kafka, topic, tmp_path, events):
+    def __init__(self, kafka, topic, tmp_path, events, partitions=2):
         self.settings = WorkerSettings.from_options(
             bootstrap_servers=kafka, topic=topic, group=f"g-{topic}", predictions_topic=f"{topic}-predictions",
             dead_letter_topic=f"{topic}-dlq", control_topic="", checkpoints=str(tmp_path / "ckpt"), metrics_port=-1,
@@ -50,7 +50,8 @@ class ServingWorker:
         self.api.start(self.desk, KafkaClients(self.settings).score_producer(), self.registry)
         self.thread = threading.Thread(target=self.worker.run, daemon=True)
         self.thread.start()
-        wait_for(lambda: self.worker.handled >= events and len(self.desk.owned) == 2, 120, "worker caught up")
+        wait_for(lambda: self.worker.handled >= events and len(self.desk.owned) == partitions, 120,
+                 "worker caught up")
         # and the loop polled since: requests are dated at each partition's clock as the loop last published it
         wait_for(lambda: all(self.desk.clock.get(tp.partition) == state.engine.joiner.max_time
                              for tp, state in list(self.worker.partitions.items())), 30, "clocks published")
@@ -195,3 +196,72 @@ def test_served_scores_survive_kill_9_exactly_once(kafka, new_topic, tmp_path):
         assert_same_engine(actual[partition], expected[partition], probes)
     for event_id, score in served.items():
         assert any(engine.recorded(event_id) == (True, score) for engine in actual.values())
+
+
+def test_requests_are_answered_while_the_loop_waits_in_a_long_poll(kafka, new_topic, tmp_path):
+    """On an idle stream the loop sits in consumer.poll until its timeout (made 30 s here): a
+    what-if is answered by the desk's clerk inside that wait, and a recorded request's own event
+    ends the wait (the broker answers the fetch as soon as it is written)."""
+    topic = new_topic(2)
+    records = list(generate(1000, seed=67))
+    send_records(kafka, topic, records)
+    served = ServingWorker(kafka, topic, tmp_path, len(records))
+    consumer = served.worker.consumer
+    real_poll = consumer.poll
+    waiting, returned = threading.Event(), []
+
+    def long_poll(timeout_ms):
+        waiting.set()
+        try:
+            return real_poll(timeout_ms=30_000)
+        finally:
+            returned.append(time.monotonic())
+
+    last = records[-1]
+    request = {"user_id": str(last["user_id"]), "user_session": str(last["user_session"]), "product_id": "p-long",
+               "event_type": "cart", "price": 9.5}
+    try:
+        consumer.poll = long_poll
+        assert waiting.wait(10)  # the loop is in the long poll; `returned` counts only long polls
+        for i in range(3):
+            status, answer = post(served.port, "/score/whatif", {**request, "event_id": f"long-whatif-{i}"})
+            assert status == 200 and answer["recorded"] is False, answer
+        assert not returned and served.desk.clerk_drains >= 3  # all answered inside the one poll
+        status, answer = post(served.port, "/score", {**request, "event_id": "long-record"})
+        assert status == 200 and answer["recorded"] is True and not answer["duplicate"], answer
+        assert returned  # the poll returned with the request's event, which was then scored
+    finally:
+        consumer.poll = real_poll
+        send_records(kafka, topic, [{**records[-1], "event_id": "wake-up"}])  # ends a poll still waiting
+        served.stop()
+
+
+def test_a_what_if_is_answered_while_the_loop_asks_the_broker_for_end_offsets(kafka, new_topic, tmp_path):
+    """The broker check between polls (end offsets) queues behind the fetch in flight, so it can
+    take up to the fetch's max wait: the loop opens the gate for it, and the clerk answers."""
+    topic = new_topic(1)
+    records = list(generate(500, seed=69))
+    send_records(kafka, topic, records)
+    served = ServingWorker(kafka, topic, tmp_path, len(records), partitions=1)
+    broker = served.worker.broker
+    real_check = broker.maybe_check
+    inside, may_return = threading.Event(), threading.Event()
+
+    def slow_check(consumer, owned, now):
+        inside.set()
+        may_return.wait(30)
+        return real_check(consumer, owned, now)
+
+    last = records[-1]
+    request = {"user_id": str(last["user_id"]), "user_session": str(last["user_session"]), "product_id": "p-check",
+               "event_type": "view", "price": 3.0}
+    try:
+        broker.maybe_check = slow_check
+        assert inside.wait(10)
+        status, answer = post(served.port, "/score/whatif", request)
+        assert status == 200 and answer["recorded"] is False, answer
+        assert not may_return.is_set()  # answered while the loop still waited for the broker
+    finally:
+        may_return.set()
+        broker.maybe_check = real_check
+        served.stop()
