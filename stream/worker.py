@@ -330,7 +330,7 @@ class Worker(ConsumerRebalanceListener):
         if self.membership.maybe_rebuild(now, self.broker.ok):
             self.broker.topic_partitions = self.membership.topic_partitions
         owned = list(self.partitions)
-        with self.gate.opened():  # a Kafka round trip that waits behind the fetch in flight (up to its max wait)
+        with self.gate.opened():  # a Kafka round trip (on the watch's own connection; up to 3 s if the broker is away)
             self.broker.maybe_check(self.consumer, owned, now)
 
     def handle(self, state: Partition, record) -> None:
