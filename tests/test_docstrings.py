@@ -51,3 +51,18 @@ def test_docstring_examples(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0, f"{name}: {result.failed} of {result.attempted} examples failed"
+
+
+def test_a_built_package_holds_every_package_of_the_tree():
+    """The image installs a wheel, not the checkout: what pyproject's package search finds
+    must be every folder with an __init__.py (a missing subpackage fails only in the image)."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    root = Path(__file__).resolve().parents[1]
+    include = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    found = set(find_packages(where=str(root), include=include))
+    tree = {".".join(init.parent.relative_to(root).parts) for package in PACKAGES
+            for init in (root / package).rglob("__init__.py")}
+    assert "stream.checkpointing" in tree and found == tree
