@@ -10,7 +10,7 @@ Variants: the worker as deployed (`as_is`); without periodic checkpoints (`no_ch
 neither the wait for acknowledged outputs nor the save); without the per-second metrics
 snapshot of the engines (`no_snapshots`); with the cyclic garbage collector off (`gc_off`,
 an upper bound of what collections cost); and checkpoints written in the loop, never forked
-(`ckpt_in_loop`); the broker watch asking on the consumer's connection (`probe_on_consumer`),
+(`ckpt_in_loop`), or always forked (`ckpt_forked`); the broker watch asking on the consumer's connection (`probe_on_consumer`),
 one predictions record per polled batch (`batch_per_poll`), and both (`before_1203`: the worker
 before the 2026-12-03 changes). Each variant is `benchmarks/worker_variant.py` around the real command.
 """
@@ -39,6 +39,7 @@ VARIANTS = {
     "no_snapshots": (("--snapshot-seconds", "1e9"), ()),
     "gc_off": (("--gc-off",), ()),
     "ckpt_in_loop": ((), ("--checkpoint-background", "off")),
+    "ckpt_forked": ((), ("--checkpoint-background", "on")),
     "probe_on_consumer": (("--broker-check-on-consumer",), ()),
     "batch_per_poll": (("--batch-predictions", "1e9"), ()),
     "before_1203": (("--broker-check-on-consumer", "--batch-predictions", "1e9"), ()),
