@@ -9,10 +9,13 @@ same worker, round-robin in one run, so that the machine's load hits every varia
 Variants: the worker as deployed (`as_is`); without periodic checkpoints (`no_checkpoints`:
 neither the wait for acknowledged outputs nor the save); without the per-second metrics
 snapshot of the engines (`no_snapshots`); with the cyclic garbage collector off (`gc_off`,
-an upper bound of what collections cost); and checkpoints written in the loop, never forked
-(`ckpt_in_loop`), or always forked (`ckpt_forked`); the broker watch asking on the consumer's connection (`probe_on_consumer`),
-one predictions record per polled batch (`batch_per_poll`), and both (`before_1203`: the worker
-before the 2026-12-03 changes). Each variant is `benchmarks/worker_variant.py` around the real command.
+an upper bound of what collections cost); checkpoints written in the loop, never forked
+(`ckpt_in_loop`), or always forked (`ckpt_forked`); the broker watch asking on the
+consumer's connection (`probe_on_consumer`); one predictions record per polled batch
+(`batch_per_poll`); and both of the last two (`before_1203`: the worker before the
+2026-12-03 changes). Each variant is `benchmarks/worker_variant.py` around the real command.
+
+--trace splits each event's latency into where it went, and times the loop's stops by cause.
 """
 
 from __future__ import annotations
