@@ -34,7 +34,6 @@ import bisect
 import copy
 import logging
 import math
-from collections import OrderedDict
 from dataclasses import replace
 from typing import Callable, Optional, cast
 
@@ -45,6 +44,7 @@ from .labels import LABELLED, PREDICTION_POINT, PURCHASE, LabelJoiner, OpenPredi
 from .features import build_features
 from .models import build_model
 from .policies import CatalogReplacements, PromotionPolicy
+from .recent_ids import RecentIds
 from .slots import ModelSlot, PairedLossTest, model_is_finite
 
 
@@ -90,7 +90,7 @@ class Engine:
         self.replacements = replacements
         self.history: list[dict] = []   # lineage: promotions, rollbacks, drift detections, control commands
         self.control_offset = -1        # last control command applied (see stream/control_worker.py)
-        self._recent_ids: OrderedDict = OrderedDict()  # O(1) eviction of the oldest id
+        self._recent_ids = RecentIds()  # the dedupe window (recent_ids.py)
 
     @classmethod
     def fresh(cls, model_name: str, feature_set: str = EngineConfig.features, seed: int = 42,
@@ -105,6 +105,8 @@ class Engine:
         self.__dict__.update(state)
         if "replacements" not in state:  # a checkpoint from before the line-up chose them: the catalog's
             self.replacements = CatalogReplacements()
+        if type(self._recent_ids) is not RecentIds:  # a checkpoint from before it was packed: an OrderedDict
+            self._recent_ids = RecentIds(self._recent_ids.items())
 
     @property
     def champion_slot(self) -> ModelSlot:
@@ -217,10 +219,8 @@ class Engine:
                 p_true = prediction.p_true
         self.features.learn(event)
         if event_id is not None:  # only once handled: an event that failed may be sent again
-            recent = self._recent_ids
-            recent[event_id] = p_true  # what a repeated request for this event is answered (`recorded`)
-            if len(recent) > self.config.dedupe:
-                recent.popitem(last=False)
+            # p_true: what a repeated request for this event is answered (`recorded`)
+            self._recent_ids.add(event_id, p_true, self.config.dedupe)
         return p_true
 
     def recorded(self, event_id: str) -> tuple[bool, Optional[float]]:
