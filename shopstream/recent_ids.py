@@ -3,11 +3,11 @@ champion's P(purchase) that was recorded for it (None if the event was not predi
 
 A dict keeps the ids in the order they were handled (an id is added only when it is
 not there) and a deque finds the oldest in O(1) (a dict's own first key slows down as
-its head fills with deleted slots). It is pickled packed: the ids as one string plus an
-array of their lengths, the values as one list. As an `OrderedDict` pickled item by
-item, 100,000 ids took 65 ms of an 80 ms checkpoint, which the worker's loop waits for
-(BENCHMARKS.md, "The dedupe window in a checkpoint"). Ids that are not all strings
-(an event id may be an int) are pickled as pairs.
+its head fills with deleted slots). It is pickled packed: the ids as one string (split on
+NUL, or cut by their lengths if an id holds a NUL), the values as one list. As an
+`OrderedDict` pickled item by item, 100,000 ids took 65 ms of an 80 ms checkpoint, which
+the worker's loop waits for (BENCHMARKS.md, "The dedupe window in a checkpoint"). Ids
+that are not all strings (an event id may be an int) are pickled as pairs.
 
 >>> import pickle
 >>> ids = RecentIds()
@@ -49,13 +49,22 @@ class RecentIds(dict):
     def __reduce__(self):
         ids = list(self)
         try:
-            text = "".join(ids)
+            text = _SEPARATOR.join(ids)
         except TypeError:  # not all strings
             return (self.__class__, (list(self.items()),))
-        return (_unpack, (text, array("I", map(len, ids)), list(self.values())))
+        # Split on the separator when no id holds it (a scan in C); else cut by the ids' lengths.
+        lengths = None if text.count(_SEPARATOR) == len(ids) - 1 else array("I", map(len, ids))
+        return (_unpack, (text, lengths, list(self.values())))
 
 
-def _unpack(text: str, lengths: array, values: list) -> RecentIds:
-    ends = list(accumulate(lengths))
-    ids = map(text.__getitem__, map(slice, chain((0,), ends), ends))
-    return RecentIds(zip(ids, values))
+_SEPARATOR = "\x00"
+
+
+def _unpack(text: str, lengths: Optional[array], values: list) -> RecentIds:
+    if not values:
+        return RecentIds()
+    if lengths is None:
+        return RecentIds(zip(text.split(_SEPARATOR), values))
+    ends = list(accumulate(length + 1 for length in lengths))   # each id and the separator after it
+    starts = chain((0,), ends)
+    return RecentIds(zip(map(text.__getitem__, map(slice, starts, (end - 1 for end in ends))), values))

@@ -33,7 +33,17 @@ def test_a_pickled_window_is_the_same_window_and_keeps_evicting_the_oldest():
 def test_string_ids_are_pickled_as_one_string_not_one_pickle_item_each():
     # Item by item, pickle memoizes every id: 65 of an 80 ms checkpoint at 100k ids (BENCHMARKS.md).
     ids = _window(50, cap=50)
-    assert "".join(ids).encode() in pickle.dumps(ids)
+    assert "\x00".join(ids).encode() in pickle.dumps(ids)
+
+
+def test_ids_holding_the_separator_or_empty_round_trip_exactly():
+    ids = RecentIds()
+    for event_id in ("a\x00b", "", "\x00", "c", "\x00\x00d"):
+        ids.add(event_id, 0.25, cap=10)
+    assert list(pickle.loads(pickle.dumps(ids)).items()) == list(ids.items())
+    one_empty = RecentIds([("", None)])
+    assert list(pickle.loads(pickle.dumps(one_empty)).items()) == [("", None)]
+    assert len(pickle.loads(pickle.dumps(RecentIds()))) == 0
 
 
 def test_ids_that_are_not_all_strings_round_trip_as_pairs():
