@@ -17,7 +17,7 @@ model, a labelled stream gives exactly river.evaluate's numbers.
 
 The engine has one API, the line-up's: `slots`, `slot(name)`, `champion_slot`,
 `add_slot`, `promote`, `rollback`, `freeze`, `record`. Which models run and what
-replaces a drifting champion is decided in `lineup.py` and handed in (`promotion`,
+replaces a drifting champion is decided by the line-up (`lineup.py`, `policies.py`) and handed in (`promotion`,
 `replacements`); what makes a label is `labels.py`'s.
 
 >>> from shopstream.events import Event
@@ -48,7 +48,7 @@ from .recent_ids import RecentIds
 from .slots import ModelSlot, PairedLossTest, model_is_finite
 
 
-#: The drift reaction's choice of a replacement for a drifting champion (`lineup.CatalogReplacements`):
+#: The drift reaction's choice of a replacement for a drifting champion (`policies.CatalogReplacements`):
 #: (the champion's slot, how many slots run) -> (name, fresh model) of a new challenger, or None.
 Replacements = Callable[[ModelSlot, int], Optional[tuple]]
 
@@ -351,7 +351,7 @@ class Engine:
             if baseline is not None:
                 self.rollback(copy.deepcopy(baseline.model), baseline.version, reason="drift")
         elif reaction == "challenger" and self.replacements is not None:
-            chosen = self.replacements(slot, len(self.slots))  # the line-up's choice (lineup.py)
+            chosen = self.replacements(slot, len(self.slots))  # the line-up's choice (policies.py)
             if chosen is not None:
                 name, model = chosen
                 self.add_slot(name, model, "challenger", "fresh")

@@ -25,6 +25,8 @@ from typing import Any, Optional, Union
 from .options import environ
 
 KEY_ENV = "SHOPSTREAM_SIGNING_KEY"
+#: How a refusal names the key, which may have come from either place.
+KEY_IS_SET = f"a signing key is set ({KEY_ENV} or --signing-key-file)"
 
 
 class SignatureError(RuntimeError):
@@ -67,6 +69,6 @@ def sign(payload: bytes, key: bytes) -> str:
 
 def verify(payload: bytes, tag: Optional[str], key: bytes, what: str) -> None:
     if not tag:
-        raise SignatureError(f"{what}: not signed, but {KEY_ENV} is set: refusing to load it")
+        raise SignatureError(f"{what}: not signed, but {KEY_IS_SET}: refusing to load it")
     if not hmac.compare_digest(sign(payload, key), tag):
         raise SignatureError(f"{what}: HMAC does not match: forged or modified, refusing to load it")

@@ -15,8 +15,10 @@ target must be a model the partition runs. With a signing key, a command must ca
 HMAC of its bytes (header ``shopstream.hmac``). A reply is JSON on `<control topic>-replies`.
 
 >>> value, headers = encode_command(Command("promote", "logreg"), b"k3y")
->>> parse_command(value, headers, b"k3y"), parse_command(value, [], b"k3y")
-(Command(action='promote', target='logreg', partition=None), 'unsigned, but SHOPSTREAM_SIGNING_KEY is set')
+>>> parse_command(value, headers, b"k3y")
+Command(action='promote', target='logreg', partition=None)
+>>> parse_command(value, [], b"k3y")
+'unsigned, but a signing key is set (SHOPSTREAM_SIGNING_KEY or --signing-key-file)'
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Optional
 import msgspec
 
 from shopstream.models import CATALOG, RENAMED
-from shopstream.signing import sign
+from shopstream.signing import KEY_IS_SET, sign
 
 ACTIONS = ("promote", "rollback")
 SIGNATURE_HEADER = "shopstream.hmac"
@@ -94,7 +96,7 @@ def parse_command(value: Optional[bytes], headers, signing_key: Optional[bytes])
     if signing_key is not None:
         tag = dict((k, v) for k, v in headers or [] if isinstance(k, str)).get(SIGNATURE_HEADER)
         if tag is None:
-            return "unsigned, but SHOPSTREAM_SIGNING_KEY is set"
+            return f"unsigned, but {KEY_IS_SET}"
         if tag != sign(value, signing_key).encode():
             return "HMAC does not match: forged or modified"
     try:

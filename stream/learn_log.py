@@ -35,7 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from shopstream.events import EVENT_TYPES
 from shopstream.shared_learning import CATALOG_FIELDS, CatalogEvents, Example, LearnOutbox, LogReplica
-from shopstream.signing import FROM_ENVIRONMENT, KEY_ENV, Key, key_of
+from shopstream.signing import FROM_ENVIRONMENT, KEY_IS_SET, Key, key_of
 
 from .topics import create_topics
 
@@ -86,14 +86,14 @@ def decode(value: Optional[bytes], group: str, topic: str, schema: str,
     kind, _, digest = check.decode("ascii", "replace").partition(":")
     if key is not None:
         if kind != "hmac-sha256":
-            raise RefusedRecord("unsigned", f"not signed ({kind or 'no check'}), but {KEY_ENV} is set")
+            raise RefusedRecord("unsigned", f"not signed ({kind or 'no check'}), but {KEY_IS_SET}")
         if not hmac.compare_digest(hmac.new(key, body, hashlib.sha256).hexdigest(), digest):
             raise RefusedRecord("forged", "HMAC does not match: forged or modified")
     elif kind == "sha256":
         if not hmac.compare_digest(hashlib.sha256(body).hexdigest(), digest):
             raise RefusedRecord("corrupt", "sha256 does not match: corrupted")
     elif kind == "hmac-sha256":
-        raise RefusedRecord("unsigned", f"signed, but this worker has no {KEY_ENV} to check it")
+        raise RefusedRecord("unsigned", "signed, but this worker has no signing key to check it")
     else:
         raise RefusedRecord("corrupt", f"unknown check {kind[:40]!r}")
     try:

@@ -16,7 +16,7 @@ import pytest
 
 from shopstream.artifacts import ArtifactError, load_artifact, save_artifact, set_default
 from shopstream.engine import Engine
-from shopstream.signing import SignatureError
+from shopstream.signing import KEY_IS_SET, SignatureError
 from stream.checkpointing.format import CheckpointError
 from stream.checkpointing.stores import DirectoryCheckpointStore
 from stream.control_protocol import SIGNATURE_HEADER, Command, check_target, parse_command
@@ -139,7 +139,7 @@ def test_with_a_signing_key_unsigned_and_forged_commands_are_refused():
 
     key = b"k3y"   # the key is handed in (the worker passes its settings' key), not read here
     value = b'{"action": "promote", "target": "logreg"}'
-    assert parse_command(value, [], key) == "unsigned, but SHOPSTREAM_SIGNING_KEY is set"
+    assert parse_command(value, [], key) == f"unsigned, but {KEY_IS_SET}"
     forged = [(SIGNATURE_HEADER, sign(value, b"other").encode())]
     assert parse_command(value, forged, key) == "HMAC does not match: forged or modified"
     signed = [(SIGNATURE_HEADER, sign(value, key).encode())]
@@ -149,7 +149,7 @@ def test_with_a_signing_key_unsigned_and_forged_commands_are_refused():
     ch.signing_key = key
     ch.receive([record(value, offset=0), record(value, forged, offset=1), record(value, signed, offset=2)])
     assert [offset for offset, _ in ch.commands] == [2]
-    assert [r["reason"] for r in replies] == ["unsigned, but SHOPSTREAM_SIGNING_KEY is set",
+    assert [r["reason"] for r in replies] == [f"unsigned, but {KEY_IS_SET}",
                                               "HMAC does not match: forged or modified"]
 
 

@@ -126,7 +126,7 @@ def test_bad_learn_records_are_refused_with_their_reason():
     assert refusal(good, schema="features=raw;window=1800").startswith(
         "schema: made under 'features=shop;window=1800'")
     assert refusal(good, key=b"k").startswith("unsigned: not signed (sha256)")
-    assert refusal(signed).startswith("unsigned: signed, but this worker has no SHOPSTREAM_SIGNING_KEY")
+    assert refusal(signed).startswith("unsigned: signed, but this worker has no signing key")
     assert refusal(signed, key=b"other") == "forged: HMAC does not match: forged or modified"
     assert decode(signed, "g", "t", SCHEMA, b"k") == example
     listed = resealed(good.replace(b'"a":1.0', b'"a":[1.0]'))  # a correct check on a bad body
