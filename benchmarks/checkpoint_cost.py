@@ -2,12 +2,13 @@
 """How long one checkpoint of a partition takes, and how big it is, as the engine's state
 grows: the worker writes one every 10,000 events (or 30 s), in its main loop.
 
-    python benchmarks/checkpoint_cost.py [--events 200000] [--every 20000]
+    python benchmarks/checkpoint_cost.py [--events 200000] [--every 20000] [--saves 1]
 
 Uses the worker's own `DirectoryCheckpointStore` on a temporary directory; times the
 whole `save` (pickle streamed into the temporary file while hashed, fsync, rename: the
 loop waits for all of it) and `begin_save` (what the loop waits for when a forked child
-writes the checkpoint: the fork), then the child's whole write."""
+writes the checkpoint: the fork), then the child's whole write. With `--saves N`, each row
+saves N times and shows the median save (and the slowest)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--every", type=int, default=20_000)
+    parser.add_argument("--saves", type=int, default=1, help="saves per row: the median is shown, then the max")
     args = parser.parse_args(argv)
     from shopstream.engine import Engine
     from shopstream.events import decode_event
@@ -42,9 +44,13 @@ def main(argv=None) -> int:
         engine.process(decode_event(value), i)
         if i % args.every == 0 or i == 10_000:
             state.next_offset = i
-            t = time.perf_counter()
-            store.save(state)
-            save_s = time.perf_counter() - t
+            times = []
+            for _ in range(args.saves):
+                t = time.perf_counter()
+                store.save(state)
+                times.append(time.perf_counter() - t)
+            times.sort()
+            save = f"{times[len(times) // 2]:.3f}" + (f" (max {times[-1]:.3f})" if args.saves > 1 else "")
             size = store.path("bench", 0).stat().st_size
             t = time.perf_counter()
             pending = store.begin_save(state)
@@ -52,7 +58,7 @@ def main(argv=None) -> int:
             pending.finish()
             background_s = time.perf_counter() - t
             print(f"| {i:,} | {engine.open_predictions:,} | {len(engine.features.sessions):,} | "
-                  f"{size / 2**20:.1f} | {save_s:.3f} | {fork_ms:.1f} | {background_s:.3f} |", flush=True)
+                  f"{size / 2**20:.1f} | {save} | {fork_ms:.1f} | {background_s:.3f} |", flush=True)
     return 0
 
 
