@@ -275,33 +275,46 @@ class Engine:
         slots = self.slots
         if outputs[prediction.champion][1] is None:
             counts["unscored"] += 1  # river.evaluate skips empty predictions too
-        sink = self.learn_sink
-        if sink is not None:
-            sink(x, y_true, prediction, now)
-        champion_failed = sink is not None  # shared learning: nothing is learned here
-        for slot, (p_true, y_pred) in zip(slots, outputs):  # slots added later skip older predictions
+        predicted_by = slots if len(slots) == len(outputs) else slots[:len(outputs)]  # later slots skip it
+        for slot, (p_true, y_pred) in zip(predicted_by, outputs):
             if y_pred is not None:
                 slot.scores.update(y_true, p_true, y_pred)
                 slot.drift.update(0.0 if y_pred == y_true else 1.0)
                 if slot.drift.drift_detected:
                     self._on_drift(slot)
-            if slot.learn and sink is None:
-                try:
-                    slot.model.learn_one(x, y_true)
-                except Exception as exc:
-                    # This prediction is resolved by a later event: its failure must not fail that
-                    # event, nor lose the other predictions resolved with it. Counted and logged.
-                    counts["learn_errors"] += 1
-                    champion_failed = champion_failed or slot is slots[self.champion]
-                    n = counts["learn_errors"]
-                    if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a flood of them cannot flood the log
-                        log.warning("%s could not learn a prediction made at %.0f (%d so far): %s: %s", slot.name,
-                                    prediction.event_time, n, type(exc).__name__, exc)
-        if slots[self.champion].learn and not champion_failed:
-            counts["learned"] += 1
+        sink = self.learn_sink
+        if sink is not None:
+            sink(x, y_true, prediction, now)  # shared learning: learned when the learn log brings it back
+        else:
+            self.learn_example(cast(dict, x), y_true, predicted_by, prediction.event_time)  # x: read back while open
         if len(slots) > 1:
             self._compare(outputs, y_true)
         prediction.x = None  # learned: the features are no longer needed
+
+    def learn_example(self, x: dict, y_true: bool, slots: Optional[list] = None,
+                      made_at: Optional[float] = None) -> None:
+        """Every slot that learns (all but a frozen baseline; `slots`: those of them that
+        predicted it) learns one labelled example: a resolved prediction (made at event time
+        `made_at`), or one from the learn log (shared learning). A failure is counted and
+        logged, never raised: the example is resolved by a later event, which must not fail
+        with it, nor lose the other predictions resolved with it."""
+        counts = self.counts
+        champion = self.slots[self.champion]
+        champion_failed = False
+        for slot in self.slots if slots is None else slots:
+            if slot.learn:
+                try:
+                    slot.model.learn_one(x, y_true)
+                except Exception as exc:
+                    counts["learn_errors"] += 1
+                    champion_failed = champion_failed or slot is champion
+                    n = counts["learn_errors"]
+                    if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a flood of them cannot flood the log
+                        what = f"a prediction made at {made_at:.0f}" if made_at is not None else "a learn log example"
+                        log.warning("%s could not learn %s (%d so far): %s: %s", slot.name, what, n,
+                                    type(exc).__name__, exc)
+        if champion.learn and not champion_failed:
+            counts["learned"] += 1
 
     def _learn_provisional(self, x) -> None:
         """Delayed-feedback models (`delayed.py`) learn each new prediction at once as a

@@ -34,13 +34,10 @@ True
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Optional
 
 from .events import Event
-
-log = logging.getLogger(__name__)
 
 MODES = ("partition", "shared")
 
@@ -160,7 +157,7 @@ class LogReplica:
             self.duplicates += 1
             return "duplicate"
         self.learned += 1
-        learn_slots(engine, example.x, example.y)
+        engine.learn_example(example.x, example.y)   # every learning slot, as a resolved prediction is
         return "learned"
 
     def _fold(self, engine, batch: CatalogEvents) -> str:
@@ -179,26 +176,3 @@ class LogReplica:
         """A refused record at `offset`: passed over, never learned."""
         if offset >= self.next_offset:
             self.next_offset = offset + 1
-
-
-def learn_slots(engine, x: dict, y: bool) -> None:
-    """What `Engine._resolve` does for learning, for an example from the log: every slot that
-    learns (champion and challengers, never the frozen baseline) learns it; a failure is
-    counted and logged, never raised."""
-    counts = engine.counts
-    champion = engine.slots[engine.champion]
-    champion_failed = False
-    for slot in engine.slots:
-        if not slot.learn:
-            continue
-        try:
-            slot.model.learn_one(x, y)
-        except Exception as exc:
-            counts["learn_errors"] += 1
-            champion_failed = champion_failed or slot is champion
-            n = counts["learn_errors"]
-            if n & (n - 1) == 0:
-                log.warning("%s could not learn an example of the learn log (%d so far): %s: %s", slot.name, n,
-                            type(exc).__name__, exc)
-    if champion.learn and not champion_failed:
-        counts["learned"] += 1

@@ -221,7 +221,7 @@ class LearnLog:
         for example in [*outbox.drain(), *([batch] if batch is not None else [])]:
             value = encode(example, self.group, self.events_topic, self.schema, lineup, self.key)
             # The worker's producer: a checkpoint waits until these are acknowledged like any output.
-            self.outputs._send(self.topic, {"key": str(example.source).encode(), "value": value})
+            self.outputs.send(self.topic, str(example.source).encode(), value)
             self.published += isinstance(example, Example)
 
     # -- applying ----------------------------------------------------------------------

@@ -249,6 +249,11 @@ class Outputs:
             ("shopstream.source.offset", str(first).encode()),
             ("shopstream.source.last_offset", str(last).encode())]})
 
+    def send(self, topic: str, key: Optional[bytes], value: bytes) -> None:
+        """Another record on the worker's producer (the learn log's): checked and resent like a
+        prediction, so no checkpoint covers it before the broker acknowledged it."""
+        self._send(topic, {"key": key, "value": value})
+
     def _send(self, topic: str, message: dict) -> None:
         if topic == self.dead_letter_topic and message_size(message) > MAX_DEAD_LETTER_BYTES:
             message = cut(message)
