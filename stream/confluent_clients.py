@@ -33,6 +33,7 @@ What differs from kafka-python, and how it is bridged:
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from typing import Any, Callable, Optional
 
@@ -50,7 +51,11 @@ log = logging.getLogger(__name__)
 LIBRDKAFKA_LOG = logging.getLogger("kafka.librdkafka")
 #: librdkafka errors that mean "this message cannot be read"; every other error is the client's
 #: (a broker away, a timeout) and librdkafka retries it by itself.
-UNREADABLE = frozenset({ConfluentError._BAD_MSG, ConfluentError._BAD_COMPRESSION, ConfluentError.CORRUPT_MESSAGE})
+UNREADABLE = frozenset({ConfluentError._BAD_MSG, ConfluentError._BAD_COMPRESSION, ConfluentError.INVALID_MSG})
+#: Message.headers() called through PyObject_Call, which checks the result: on a header key that is not
+#: UTF-8 the binding returns a broken list with the UnicodeDecodeError left set, and Python 3.11's
+#: specialised method call does not check (the error surfaced later, in an unrelated call).
+_headers_of = operator.methodcaller("headers")
 SEND_WAIT_SECONDS = 10.0   # kafka-python's max_block_ms: how long a send may wait for room in the queue
 _CLIENT_ERROR_LOG_SECONDS = 10.0
 
@@ -145,6 +150,7 @@ class ConfluentConsumer:
         self.listener: Any = None
         self._assigning: Optional[dict] = None   # inside on_partitions_assigned: tp -> offset sought
         self._held: list = []              # consumed, not yet returned (after an unreadable record)
+        self._unread: Optional[UnreadableRecord] = None   # raised by the next poll
         self._paused: set = set()
         self._resume_at: dict = {}         # paused tp -> first offset held back from the worker
         self._seek_later: dict = {}        # tp -> offset librdkafka could not seek to yet
@@ -204,6 +210,9 @@ class ConfluentConsumer:
         """{TopicPartition: [records]}, at most `max_records`; returns as soon as any record is there."""
         if self._seek_later:
             self._retry_seeks()
+        if self._unread is not None:
+            error, self._unread = self._unread, None
+            raise error
         limit = max_records or self.max_poll_records
         if self._held:
             messages, self._held = self._held, []
@@ -235,7 +244,7 @@ class ConfluentConsumer:
             if skip and self._hold_back(tp, offset):
                 continue
             try:
-                headers = message.headers() or []
+                headers = _headers_of(message) or []
             except Exception as exc:  # e.g. a header key that is not UTF-8 (SystemError from the binding)
                 cause = exc.__cause__ or exc.__context__ or exc
                 self._unreadable(batches, messages, index, tp, offset,
@@ -250,13 +259,13 @@ class ConfluentConsumer:
 
     def _unreadable(self, batches: dict, messages: list, index: int, tp: TopicPartition, offset: int,
                     reason: str) -> None:
-        """Return what came before the unreadable record now; raise for it at the next poll (or now)."""
-        later = [m for m in messages[index + 1:] if m.error() is None]
-        if batches:
-            self._held = [messages[index]] + later
-            return
-        self._held = later
-        raise UnreadableRecord(tp, offset, reason)
+        """Return what came before the unreadable record now, and raise for it at the next poll (or now).
+        The message itself is never read again: the binding's second headers() call returns a broken list."""
+        self._held = [m for m in messages[index + 1:] if m.error() is None]
+        error = UnreadableRecord(tp, offset, reason)
+        if not batches:
+            raise error
+        self._unread = error
 
     def _hold_back(self, tp: TopicPartition, offset: int) -> bool:
         if tp in self._seek_later:
@@ -314,7 +323,7 @@ class ConfluentConsumer:
 
     @staticmethod
     def _offsets(offsets: dict) -> list:
-        return [ConfluentTopicPartition(tp.topic, tp.partition, meta.offset, meta.metadata or None)
+        return [ConfluentTopicPartition(tp.topic, tp.partition, meta.offset, meta.metadata or "")
                 for tp, meta in offsets.items()]
 
     def _committed(self, error, partitions) -> None:

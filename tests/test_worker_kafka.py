@@ -38,14 +38,16 @@ def run_in_process(kafka, topic, tmp_path, **options) -> dict:
     return DirectoryCheckpointStore(settings.checkpoints.directory).load_all()
 
 
-def test_labelled_stream_equals_river_progressive_val_score(kafka, new_topic, tmp_path):
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_labelled_stream_equals_river_progressive_val_score(kafka, new_topic, tmp_path, client):
     topic = new_topic(1)
     dataset = datasets.Phishing()
     rows = [{"event_id": str(i), "event_time": 1.7e9 + i, "event_type": "view", "product_id": str(i),
              "user_id": "u", "user_session": "s", "features": x, "label": y} for i, (x, y) in enumerate(dataset)]
     send(kafka, topic, ((b"u", encode(row)) for row in rows))
 
-    [state] = run_in_process(kafka, topic, tmp_path, features="raw", model="logreg", metric_window=100).values()
+    [state] = run_in_process(kafka, topic, tmp_path, features="raw", model="logreg", metric_window=100,
+                             kafka_client=client).values()
     ours = state.engine.champion_slot.scores.cumulative.values()
     for name, metric in [("accuracy", metrics.Accuracy), ("precision", metrics.Precision),
                          ("recall", metrics.Recall), ("f1", metrics.F1), ("roc_auc", metrics.ROCAUC),
