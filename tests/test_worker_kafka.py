@@ -133,8 +133,8 @@ def test_second_worker_joining_mid_stream_learns_every_event_exactly_once(kafka,
         assert_same_engine(actual[partition], expected[partition], probes)
 
 
-@pytest.mark.parametrize("store", ["dir", "kafka"])
-def test_kill_9_and_restart_ends_identical_to_an_uninterrupted_run(kafka, new_topic, tmp_path, store):
+@pytest.mark.parametrize("store,client", [("dir", "kafka-python"), ("kafka", "kafka-python"), ("dir", "confluent")])
+def test_kill_9_and_restart_ends_identical_to_an_uninterrupted_run(kafka, new_topic, tmp_path, store, client):
     topic = new_topic(2)
     records = list(generate(60_000, seed=41))
     send_records(kafka, topic, records)
@@ -145,7 +145,7 @@ def test_kill_9_and_restart_ends_identical_to_an_uninterrupted_run(kafka, new_to
     # store's in the loop (auto, on a state this small): kill -9 may hit either mid-write.
     common = ["--until-idle", "8", "--checkpoint-every", "1500",
               "--checkpoint-store", store, "--checkpoint-topic", f"{topic}-ckpt",
-              "--checkpoint-background", "on" if store == "kafka" else "auto"]
+              "--checkpoint-background", "on" if store == "kafka" else "auto", "--kafka-client", client]
     with Scraper() as scraper:  # both workers' /metrics scraped without pause: scrapes must change nothing
         victim = subprocess.Popen(worker_command(kafka, topic, checkpoints, *common, "--metrics-port",
                                                  str(scraper.add(free_port()))),
