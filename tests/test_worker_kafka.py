@@ -104,12 +104,13 @@ def test_malformed_messages_go_to_dead_letters_and_change_nothing_else(kafka, ne
 
 
 
-def test_second_worker_joining_mid_stream_learns_every_event_exactly_once(kafka, new_topic, tmp_path):
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_second_worker_joining_mid_stream_learns_every_event_exactly_once(kafka, new_topic, tmp_path, client):
     topic = new_topic(4)
     records = list(generate(60_000, seed=31))
     send_records(kafka, topic, records)
     checkpoints = tmp_path / "ckpt"
-    common = ["--until-idle", "8", "--metrics-port", "-1", "--checkpoint-every", "2000"]
+    common = ["--until-idle", "8", "--metrics-port", "-1", "--checkpoint-every", "2000", "--kafka-client", client]
     first = subprocess.Popen(worker_command(kafka, topic, checkpoints, *common), env=WORKER_ENV,
                              stderr=subprocess.PIPE, text=True)
     wait_for(lambda: any(checkpoints.glob("*.ckpt")), 60, "first checkpoint")
