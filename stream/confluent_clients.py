@@ -230,10 +230,11 @@ class ConfluentConsumer:
         for index, message in enumerate(messages):
             error = message.error()
             topic, partition = message.topic(), message.partition()
-            tp = tps.get((topic, partition)) if topic is not None else None
+            tp = tps.get((topic, partition))
             if error is not None:
-                if tp is not None and error.code() in UNREADABLE:
-                    self._unreadable(batches, messages, index, tp, message.offset(), error.str())
+                if error.code() in UNREADABLE and topic is not None and partition is not None and partition >= 0:
+                    self._unreadable(batches, messages, index, self._tp(topic, partition), message.offset(),
+                                     error.str())
                     break
                 if error.code() != ConfluentError._PARTITION_EOF:
                     self._client_error(error)
