@@ -35,11 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BOOTSTRAP, ROOT, Topics, prefill, read_all, worker_command, worker_env  # noqa: E402
 
-SYSTEMS = ("river", "shopstream", "shopstream_event", "kafka_python", "confluent_kafka", "quix_alo", "quix_eos",
-           "bytewax")
+SYSTEMS = ("river", "shopstream", "shopstream_confluent", "shopstream_event", "kafka_python", "confluent_kafka",
+           "quix_alo", "quix_eos", "bytewax")
 DESCRIPTIONS = {
     "river": "River's loop in process (the ceiling): the model and metric calls on decoded (x, y)",
     "shopstream": "shopstream worker `--model logreg --features raw`, predictions batched (default)",
+    "shopstream_confluent": "shopstream worker `--kafka-client confluent` (librdkafka data path), batched",
     "shopstream_event": "shopstream worker, `--prediction-format event` (one record per prediction)",
     "kafka_python": "a plain kafka-python loop (poll -> River -> send)",
     "confluent_kafka": "a plain confluent-kafka loop (consume -> River -> produce)",
@@ -214,6 +215,8 @@ def run_system(name: str, topic: str, topics: Topics, events: int, workdir: Path
                  "--until-idle", "5", "--client-id", f"peers-{name}"]
         if name == "shopstream_event":
             extra += ["--prediction-format", "event"]
+        if name == "shopstream_confluent":
+            extra += ["--kafka-client", "confluent"]
         group = f"g-{out}"
         command = worker_command(topic, group, workdir / f"{out}-ckpt", *extra)
         env = worker_env()
