@@ -224,13 +224,24 @@ def run_system(name: str, topic: str, topics: Topics, events: int, workdir: Path
         command = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--topic", topic, "--out", out,
                    "--events", str(events)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cpu_before = _children_cpu()
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     if done.returncode:
         raise RuntimeError(f"{name} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     records = read_all(out)
     result = rate(records)
     result["wall_s"] = round(time.perf_counter() - started, 1)
+    # CPU seconds of the whole process (every thread; start-up, join and the idle wait included): on a shared
+    # machine it moves far less with the load than events/s does.
+    result["cpu_s"] = round(_children_cpu() - cpu_before, 2)
     return result
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_peers(events: int, systems=SYSTEMS, workdir: Path | None = None) -> dict:
@@ -290,6 +301,8 @@ def main(argv=None) -> int:
     results = run_peers(args.events, [s for s in args.only.split(",") if s])
     print("\n".join(table(results)))
     print(f"load average {results['load_before']} before, {results['load_after']} after")
+    print("CPU seconds per process (all threads, start-up included): " + ", ".join(
+        f"{name} {r['cpu_s']}" for name, r in results.items() if isinstance(r, dict) and "cpu_s" in r))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0

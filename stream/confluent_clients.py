@@ -103,6 +103,7 @@ def consumer_config(settings, options: dict) -> dict:
             "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 5),
             "partition.assignment.strategy": "range",   # eager, like kafka-python's (range) assignor
             "check.crcs": True,                          # kafka-python checks them too
+            "isolation.level": "read_uncommitted",       # kafka-python's default (librdkafka's: read_committed)
             "logger": LIBRDKAFKA_LOG}
 
 
