@@ -35,11 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BOOTSTRAP, ROOT, Topics, prefill, read_all, worker_command, worker_env  # noqa: E402
 
-SYSTEMS = ("river", "shopstream", "shopstream_event", "kafka_python", "confluent_kafka", "quix_alo", "quix_eos",
-           "bytewax")
+SYSTEMS = ("river", "shopstream", "shopstream_confluent", "shopstream_event", "kafka_python", "confluent_kafka",
+           "quix_alo", "quix_eos", "bytewax")
 DESCRIPTIONS = {
     "river": "River's loop in process (the ceiling): the model and metric calls on decoded (x, y)",
     "shopstream": "shopstream worker `--model logreg --features raw`, predictions batched (default)",
+    "shopstream_confluent": "shopstream worker `--kafka-client confluent` (librdkafka data path), batched",
     "shopstream_event": "shopstream worker, `--prediction-format event` (one record per prediction)",
     "kafka_python": "a plain kafka-python loop (poll -> River -> send)",
     "confluent_kafka": "a plain confluent-kafka loop (consume -> River -> produce)",
@@ -214,6 +215,8 @@ def run_system(name: str, topic: str, topics: Topics, events: int, workdir: Path
                  "--until-idle", "5", "--client-id", f"peers-{name}"]
         if name == "shopstream_event":
             extra += ["--prediction-format", "event"]
+        if name == "shopstream_confluent":
+            extra += ["--kafka-client", "confluent"]
         group = f"g-{out}"
         command = worker_command(topic, group, workdir / f"{out}-ckpt", *extra)
         env = worker_env()
@@ -221,13 +224,24 @@ def run_system(name: str, topic: str, topics: Topics, events: int, workdir: Path
         command = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--topic", topic, "--out", out,
                    "--events", str(events)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cpu_before = _children_cpu()
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     if done.returncode:
         raise RuntimeError(f"{name} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     records = read_all(out)
     result = rate(records)
     result["wall_s"] = round(time.perf_counter() - started, 1)
+    # CPU seconds of the whole process (every thread; start-up, join and the idle wait included): on a shared
+    # machine it moves far less with the load than events/s does.
+    result["cpu_s"] = round(_children_cpu() - cpu_before, 2)
     return result
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_peers(events: int, systems=SYSTEMS, workdir: Path | None = None) -> dict:
@@ -287,6 +301,8 @@ def main(argv=None) -> int:
     results = run_peers(args.events, [s for s in args.only.split(",") if s])
     print("\n".join(table(results)))
     print(f"load average {results['load_before']} before, {results['load_after']} after")
+    print("CPU seconds per process (all threads, start-up included): " + ", ".join(
+        f"{name} {r['cpu_s']}" for name, r in results.items() if isinstance(r, dict) and "cpu_s" in r))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0

@@ -30,6 +30,9 @@ class KafkaClients:
 
     def consumer(self) -> KafkaConsumer:
         s = self.settings
+        if s.kafka_client == "confluent":   # --kafka-client confluent: the data path on librdkafka
+            from .confluent_clients import ConfluentConsumer, consumer_config
+            return ConfluentConsumer(consumer_config(s, self.options), s.max_poll_records)
         return KafkaConsumer(
             group_id=s.group,
             client_id=s.name,
@@ -50,6 +53,9 @@ class KafkaClients:
         # A short linger: predictions are for acting on now (20 ms added ~25 ms to p50 in BENCHMARKS.md).
         # max_block_ms: a send waits at most 10 s for a topic's metadata (outputs.SEND_TRIES tries),
         # not 60 s, so a topic that never appears holds a checkpoint well inside max_poll_interval_ms.
+        if self.settings.kafka_client == "confluent":
+            from .confluent_clients import ConfluentProducer, producer_config
+            return ConfluentProducer(producer_config(self.settings, self.options))
         return KafkaProducer(client_id=self.settings.name, linger_ms=5, acks="all", max_block_ms=10_000,
                              **self.options)
 
@@ -71,4 +77,7 @@ class KafkaClients:
         return ControlChannel(self.options, s.control_topic, s.artifacts, s.name, s.signing_key)  # not opened yet
 
     def corrupt_skipper(self, outputs) -> CorruptBatchSkipper:
+        if self.settings.kafka_client == "confluent":   # its errors name the unreadable record's offset
+            from .confluent_clients import ConfluentCorruptSkipper
+            return ConfluentCorruptSkipper(self.options, outputs)
         return CorruptBatchSkipper(self.options, outputs)

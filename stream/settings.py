@@ -18,6 +18,7 @@ sasl_username=None, sasl_password=<secret>, ssl_cafile=None, ssl_certfile=None, 
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import socket
@@ -33,6 +34,10 @@ from shopstream.shared_learning import MODES as LEARNING_MODES
 from shopstream.signing import key_setting
 
 from .connection import KafkaConnection, Secret
+
+
+#: The Kafka clients a worker's data path can run on (`--kafka-client`).
+KAFKA_CLIENTS = ("kafka-python", "confluent")
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,10 @@ class WorkerSettings(Settings):
         "the learn log with --learning shared (one partition; created if missing)"))
     log_level: str = field(default="INFO", metadata=_help(
         "DEBUG shows the Kafka client's own INFO lines too", choices=("DEBUG", "INFO", "WARNING", "ERROR")))
+    kafka_client: str = field(default="kafka-python", metadata=_help(
+        "client of the data path (events in; predictions and dead letters out): kafka-python (the default, fully "
+        "tested) or confluent (librdkafka, faster; pip install 'shopstream[confluent]'; not with --serve-port)",
+        choices=KAFKA_CLIENTS))
     signing_key: Optional[bytes] = key_setting()
 
     def __post_init__(self) -> None:
@@ -180,6 +189,7 @@ class WorkerSettings(Settings):
              "shared cannot be used with --drift-reaction reset (one partition would leave the shared model)"),
         ))
         _check_topics(self)
+        _check_kafka_client(self)
         if self.auto_promote and self.lineup.promotion is None:
             # The promotion options are flat on the command line; the line-up carries the policy.
             policy = PromotionPolicy(margin=self.promotion_margin, min_resolved=self.promotion_min_resolved)
@@ -199,6 +209,24 @@ def _check_finite(settings: "WorkerSettings") -> None:
             value = getattr(obj, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(option_name(part, f), value, "must be a finite number")
+
+
+def _check_kafka_client(settings: "WorkerSettings") -> None:
+    """`confluent` (stream/confluent_clients.py) needs its package, and cannot host the scoring API."""
+    client = settings.kafka_client
+    if client not in KAFKA_CLIENTS:
+        raise ConfigError("kafka_client", client, f"must be one of {KAFKA_CLIENTS}")
+    if client != "confluent":
+        return
+    if importlib.util.find_spec("confluent_kafka") is None:
+        raise ConfigError("kafka_client", client, "needs the confluent-kafka package, not installed here: "
+                          "pip install 'shopstream[confluent]'")
+    if settings.serve.enabled:
+        # The group learns where each member serves through kafka-python's partition assignor
+        # (stream/owners.py); librdkafka cannot run an assignor written in Python.
+        raise ConfigError("kafka_client", client, "cannot serve the scoring API (--serve-port): the API tells the "
+                          "group where each worker serves through kafka-python's partition assignor, which "
+                          "librdkafka cannot run; use --kafka-client kafka-python")
 
 
 def _check_topics(settings: "WorkerSettings") -> None:

@@ -38,14 +38,16 @@ def run_in_process(kafka, topic, tmp_path, **options) -> dict:
     return DirectoryCheckpointStore(settings.checkpoints.directory).load_all()
 
 
-def test_labelled_stream_equals_river_progressive_val_score(kafka, new_topic, tmp_path):
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_labelled_stream_equals_river_progressive_val_score(kafka, new_topic, tmp_path, client):
     topic = new_topic(1)
     dataset = datasets.Phishing()
     rows = [{"event_id": str(i), "event_time": 1.7e9 + i, "event_type": "view", "product_id": str(i),
              "user_id": "u", "user_session": "s", "features": x, "label": y} for i, (x, y) in enumerate(dataset)]
     send(kafka, topic, ((b"u", encode(row)) for row in rows))
 
-    [state] = run_in_process(kafka, topic, tmp_path, features="raw", model="logreg", metric_window=100).values()
+    [state] = run_in_process(kafka, topic, tmp_path, features="raw", model="logreg", metric_window=100,
+                             kafka_client=client).values()
     ours = state.engine.champion_slot.scores.cumulative.values()
     for name, metric in [("accuracy", metrics.Accuracy), ("precision", metrics.Precision),
                          ("recall", metrics.Recall), ("f1", metrics.F1), ("roc_auc", metrics.ROCAUC),
@@ -102,12 +104,13 @@ def test_malformed_messages_go_to_dead_letters_and_change_nothing_else(kafka, ne
 
 
 
-def test_second_worker_joining_mid_stream_learns_every_event_exactly_once(kafka, new_topic, tmp_path):
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_second_worker_joining_mid_stream_learns_every_event_exactly_once(kafka, new_topic, tmp_path, client):
     topic = new_topic(4)
     records = list(generate(60_000, seed=31))
     send_records(kafka, topic, records)
     checkpoints = tmp_path / "ckpt"
-    common = ["--until-idle", "8", "--metrics-port", "-1", "--checkpoint-every", "2000"]
+    common = ["--until-idle", "8", "--metrics-port", "-1", "--checkpoint-every", "2000", "--kafka-client", client]
     first = subprocess.Popen(worker_command(kafka, topic, checkpoints, *common), env=WORKER_ENV,
                              stderr=subprocess.PIPE, text=True)
     wait_for(lambda: any(checkpoints.glob("*.ckpt")), 60, "first checkpoint")
@@ -131,8 +134,8 @@ def test_second_worker_joining_mid_stream_learns_every_event_exactly_once(kafka,
         assert_same_engine(actual[partition], expected[partition], probes)
 
 
-@pytest.mark.parametrize("store", ["dir", "kafka"])
-def test_kill_9_and_restart_ends_identical_to_an_uninterrupted_run(kafka, new_topic, tmp_path, store):
+@pytest.mark.parametrize("store,client", [("dir", "kafka-python"), ("kafka", "kafka-python"), ("dir", "confluent")])
+def test_kill_9_and_restart_ends_identical_to_an_uninterrupted_run(kafka, new_topic, tmp_path, store, client):
     topic = new_topic(2)
     records = list(generate(60_000, seed=41))
     send_records(kafka, topic, records)
@@ -143,7 +146,7 @@ def test_kill_9_and_restart_ends_identical_to_an_uninterrupted_run(kafka, new_to
     # store's in the loop (auto, on a state this small): kill -9 may hit either mid-write.
     common = ["--until-idle", "8", "--checkpoint-every", "1500",
               "--checkpoint-store", store, "--checkpoint-topic", f"{topic}-ckpt",
-              "--checkpoint-background", "on" if store == "kafka" else "auto"]
+              "--checkpoint-background", "on" if store == "kafka" else "auto", "--kafka-client", client]
     with Scraper() as scraper:  # both workers' /metrics scraped without pause: scrapes must change nothing
         victim = subprocess.Popen(worker_command(kafka, topic, checkpoints, *common, "--metrics-port",
                                                  str(scraper.add(free_port()))),
