@@ -207,14 +207,29 @@ def _check_id(event: Event, name: str) -> None:
     setattr(event, name, text)
 
 
+_ID_FIELDS = ("product_id", "user_id", "user_session", "event_id")
+
+
+def _numbers_in_range(values) -> bool:
+    """True if every value is a finite float within +-MAX_FEATURE_ABS, in three passes in C (a
+    NaN or inf makes the sum non-finite; 256 values of at most 1e9 cannot overflow it); False
+    means "look at each" (a string value, or one out of range)."""
+    try:
+        return math.isfinite(sum(values)) and -MAX_FEATURE_ABS <= min(values) and max(values) <= MAX_FEATURE_ABS
+    except (TypeError, ValueError):  # a string among them; or no values at all
+        return not values
+
+
 def validate(event: Event) -> Event:
     """Normalise a decoded event in place (time to epoch seconds, ids to str) and check
     what types alone cannot: known event_type, finite non-negative price, sane time."""
     if event.event_type not in EVENT_TYPES:
         raise InvalidEvent("event_type", f"must be one of {sorted(EVENT_TYPES)}", event.event_type)
     event.event_time = parse_event_time(event.event_time)
-    for name in ("product_id", "user_id", "user_session", "event_id"):
-        _check_id(event, name)
+    for name in _ID_FIELDS:
+        value = getattr(event, name)
+        if value.__class__ is not str or not 0 < len(value) <= MAX_ID_CHARS:  # (the common case: nothing to do)
+            _check_id(event, name)
     price = event.price
     if price is not None and not (math.isfinite(price) and 0.0 <= price <= MAX_PRICE):
         raise InvalidEvent("price", f"must be a finite number in 0..{MAX_PRICE:g}", price)
@@ -222,9 +237,12 @@ def validate(event: Event) -> Event:
     if features is not None:
         if len(features) > MAX_FEATURES:
             raise InvalidEvent("features", f"more than {MAX_FEATURES} entries", len(features))
-        for name, value in features.items():
-            if isinstance(value, float) and not (math.isfinite(value) and -MAX_FEATURE_ABS <= value <= MAX_FEATURE_ABS):
-                raise InvalidEvent(f"features.{name}", f"must be a finite number in +-{MAX_FEATURE_ABS:g}", value)
+        if not _numbers_in_range(features.values()):
+            for name, value in features.items():
+                if isinstance(value, float) and not (math.isfinite(value) and
+                                                     -MAX_FEATURE_ABS <= value <= MAX_FEATURE_ABS):
+                    raise InvalidEvent(f"features.{name}", f"must be a finite number in +-{MAX_FEATURE_ABS:g}",
+                                       value)
     return event
 
 

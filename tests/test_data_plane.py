@@ -169,6 +169,35 @@ def test_out_of_range_prices_and_raw_features_are_refused():
                      b'"features":{"a":1e308}}')
 
 
+@pytest.mark.parametrize("features, refused", [
+    ('{"a":1.0,"b":-1e9,"c":1e9}', None),
+    ('{"a":"red","b":2.0}', None),                     # a string feature: every value checked one by one
+    ('{}', None),
+    ('{"a":1.0,"b":1e308,"c":-1e308}', "features.b"),  # in range alone, the sum would hide nothing
+    ('{"a":1.0,"b":-2e9}', "features.b"),
+    ('{"a":"red","b":1e10}', "features.b"),
+    ('{"a":1.0,"b":1.0e9,"c":1.0000001e9}', "features.c"),
+])
+def test_every_raw_feature_value_is_checked_whatever_its_neighbours(features, refused):
+    """The check runs in C over all values first (sum, min, max); the message still names the first bad one."""
+    data = (b'{"event_time":1.7e9,"event_type":"view","product_id":1,"user_id":1,"user_session":"s",'
+            b'"features":' + features.encode() + b'}')
+    if refused is None:
+        assert decode_event(data).features is not None
+        return
+    with pytest.raises(InvalidEvent, match=rf"^{refused}: must be a finite number"):
+        decode_event(data)
+
+
+def test_ids_become_strings_and_long_ones_are_refused():
+    event = decode_event(b'{"event_time":1.7e9,"event_type":"view","product_id":1,"user_id":2,"user_session":3,'
+                         b'"event_id":4}')
+    assert (event.product_id, event.user_id, event.user_session, event.event_id) == ("1", "2", "3", "4")
+    with pytest.raises(InvalidEvent, match="^user_session: must be 1..256 characters"):
+        decode_event(b'{"event_time":1.7e9,"event_type":"view","product_id":1,"user_id":2,"user_session":"'
+                     + b"s" * 257 + b'"}')
+
+
 @pytest.mark.slow
 def test_tiny_and_huge_prices_in_a_new_category_keep_every_score_finite_and_auc_unchanged():
     """Two valid-looking prices (5e-324, then 1.7e308) once turned every weight to NaN. Now the
