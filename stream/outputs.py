@@ -15,8 +15,8 @@ Predictions are published in one of two formats (`--prediction-format`):
 
 - ``batch`` (the default): one record per polled batch of a source partition, keyed by
   the partition's number, with the header ``shopstream.format: predictions-batch/1`` and
-  as value a JSON array of prediction objects in offset order (records are split past
-  `MAX_BATCH_BYTES`). A kafka-python record costs about 33 us to send, as much as River's
+  as value a JSON array of prediction objects in offset order (a record over
+  `MAX_BATCH_BYTES` is cut in halves). A kafka-python record costs about 33 us to send, as much as River's
   predict and learn together: one per batch instead of one per prediction;
 - ``event``: one record per prediction, keyed like its input event, the value one
   prediction object (no format header).
@@ -52,7 +52,7 @@ _encode = msgspec.json.Encoder().encode
 FORMAT_HEADER = "shopstream.format"
 BATCH_FORMAT = b"predictions-batch/1"
 PREDICTION_FORMATS = ("batch", "event")
-#: A batch record is cut after this many bytes of predictions (the broker's default limit is 1 MiB).
+#: A batch record over this many bytes is cut in halves (the broker's default limit is 1 MiB).
 MAX_BATCH_BYTES = 512 * 1024
 #: ... or after this many predictions: a polled batch of hundreds of events otherwise held its
 #: first prediction until the last was handled (BENCHMARKS.md, "Latency: what stops the loop").
@@ -175,8 +175,7 @@ class Outputs:
         if prediction_format not in PREDICTION_FORMATS:
             raise ValueError(f"prediction format must be one of {PREDICTION_FORMATS}, got {prediction_format!r}")
         self.batched = prediction_format == "batch"
-        self._batch: dict[int, list[bytes]] = {}   # source partition -> encoded predictions not yet sent
-        self._batch_bytes: dict[int, int] = {}
+        self._batch: dict[int, list] = {}   # source partition -> predictions not yet sent
         self._make_producer = make_producer
         self._producer: Optional[Producer] = None
         self.predictions_topic = predictions_topic
@@ -203,20 +202,18 @@ class Outputs:
         if not self.predictions_topic:
             return
         # a validated event: ids are strings, the time is epoch seconds (events.validate)
-        value = _encode(Prediction(event.event_id, cast(str, event.user_id), cast(str, event.user_session),
-                                   cast(str, event.product_id), event.event_type, cast(float, event.event_time),
-                                   score, model, version, record.partition, record.offset))
+        prediction = Prediction(event.event_id, cast(str, event.user_id), cast(str, event.user_session),
+                                cast(str, event.product_id), event.event_type, cast(float, event.event_time),
+                                score, model, version, record.partition, record.offset)
         if not self.batched:
-            self._send(self.predictions_topic, {"key": record.key, "value": value})
+            self._send(self.predictions_topic, {"key": record.key, "value": _encode(prediction)})
             return
         partition = record.partition
         batch = self._batch.get(partition)
         if batch is None:
             batch = self._batch[partition] = []
-            self._batch_bytes[partition] = 0
-        batch.append(value)
-        self._batch_bytes[partition] += len(value) + 1
-        if self._batch_bytes[partition] >= MAX_BATCH_BYTES or len(batch) >= MAX_BATCH_PREDICTIONS:
+        batch.append(prediction)   # encoded with the others in one call when the record is cut
+        if len(batch) >= MAX_BATCH_PREDICTIONS:
             self._send_batch(partition)
 
     def end_batch(self) -> None:
@@ -226,12 +223,19 @@ class Outputs:
             self._send_batch(partition)
 
     def _send_batch(self, partition: int) -> None:
-        values = self._batch.pop(partition)
-        del self._batch_bytes[partition]
-        if values and self.predictions_topic:
-            self._send(self.predictions_topic, {"key": str(partition).encode(),
-                                                "value": b"[" + b",".join(values) + b"]",
-                                                "headers": [(FORMAT_HEADER, BATCH_FORMAT)]})
+        predictions = self._batch.pop(partition)
+        if predictions and self.predictions_topic:
+            self._send_predictions(partition, predictions)
+
+    def _send_predictions(self, partition: int, predictions: list) -> None:
+        value = _encode(predictions)   # a JSON array of prediction objects
+        if len(value) > MAX_BATCH_BYTES and len(predictions) > 1:   # only with very long ids and names
+            half = len(predictions) // 2
+            self._send_predictions(partition, predictions[:half])
+            self._send_predictions(partition, predictions[half:])
+            return
+        self._send(cast(str, self.predictions_topic), {"key": str(partition).encode(), "value": value,
+                                                       "headers": [(FORMAT_HEADER, BATCH_FORMAT)]})
 
     def dead_letter(self, record, reason: str) -> None:
         value = record.value
