@@ -242,7 +242,15 @@ def one_run(label: str, source: Path, data: dict, args, work: Path, feed_rate: l
         if feed_rate[0]:  # --feed-fraction 0: the API alone, on an idle stream
             feed = PacedFeed(topic, data["stream"], feed_rate[0])
             feed.start()
-            time.sleep(5)
+            time.sleep(3)
+            # The feed alone for 10 s: the worker's CPU for the stream, to tell the API's share in each row.
+            before, t0, cpu0 = consumed(metrics_port), time.time(), cpu_seconds(proc.pid)
+            time.sleep(10)
+            seconds = time.time() - t0
+            result["feed_only"] = {"events_per_s": round((consumed(metrics_port) - before) / seconds),
+                                   "cores": round((cpu_seconds(proc.pid) - cpu0) / seconds, 3)}
+            say(label, f"feed alone: {result['feed_only']['events_per_s']:,} events/s handled, "
+                       f"{result['feed_only']['cores']} worker cores [load {load1()}]")
         runs = []
         for route, mode in (("/score", "record"), ("/score/whatif", "whatif")):
             if mode not in args.modes:
@@ -255,11 +263,14 @@ def one_run(label: str, source: Path, data: dict, args, work: Path, feed_rate: l
                 outcome = attack(args.vegeta, targets, rate, args.requests, run_dir / f"{mode}-{rate}.bin")
                 cpu = cpu_seconds(proc.pid) - cpu0
                 events = consumed(metrics_port) - before
-                events_rate = events / (time.time() - t0)
+                seconds = time.time() - t0
+                events_rate = events / seconds
+                # the API's share: the worker's CPU beyond what the feed alone cost over as long
+                api_cpu = cpu - result.get("feed_only", {}).get("cores", 0.0) * seconds
                 outcome.update(code=label, mode=mode, target_rate=rate, worker_events_per_s=round(events_rate),
                                feed_running=feed is not None and feed.is_alive(), load_start=load, load_end=load1(),
                                window=(t0, time.time()), worker_cpu_s=round(cpu, 2),
-                               worker_cpu_ms_per_request=round(cpu * 1e3 / args.requests, 3),
+                               worker_cpu_ms_per_request=round(api_cpu * 1e3 / args.requests, 3),
                                worker_cpu_us_per_event=round(cpu * 1e6 / events, 1) if events else None)
                 runs.append(outcome)
                 say(label, json.dumps(outcome))
@@ -309,7 +320,7 @@ def say(label: str, text: str) -> None:
 
 def summary(results: list) -> str:
     lines = ["| # | code | mode | rate | p50 ms | p90 ms | p99 ms | max ms | 200 of sent | failed (codes) "
-             "| worker events/s (feed on) | worker CPU ms per request | load 1 min start/end |",
+             "| worker events/s (feed on) | worker CPU ms per request (beyond the feed) | load 1 min start/end |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|"]
     for i, result in enumerate(results, 1):
         for r in result.get("runs", []):
