@@ -22,6 +22,13 @@ Every figure is printed with the machine's 1-minute load average at its start an
 summary table at the end holds everything BENCHMARKS.md quotes.
 
     python benchmarks/serving.py [--rounds 2] [--state 50000] [--backlog 40000] [--requests 10000]
+        [--modes record,whatif] [--rates 200,1000] [--trace]
+
+Each row also gives the worker's CPU per request (all its threads, from /proc, beyond what the
+feed alone cost in a 10 s feed-only window before the attacks), and each capacity the cores the
+worker used. `--trace` runs the workers through `request_trace.py` and prints, per recorded
+attack, where a request's time went (produce, fetch, queue in the batch, handle, answer).
+Every topic a run makes is deleted at its end, the control channel's replies topic included.
 
 Needs vegeta (`go install github.com/tsenart/vegeta/v12@v12.12.0`; `--vegeta PATH`), git, and
 the broker scripts/kafka.sh runs. Tests never depend on it.
