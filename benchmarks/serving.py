@@ -50,7 +50,8 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, Topics, ensure_kafka, machine, prefill, producer, worker_command, worker_env  # noqa: E402
+from common import (BOOTSTRAP, ROOT, Topics, ensure_kafka, machine, prefill, producer, worker_command,  # noqa: E402
+                    worker_env)
 
 RATES = (200, 1000)
 
@@ -297,7 +298,9 @@ def one_run(label: str, source: Path, data: dict, args, work: Path, feed_rate: l
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        created = list(topics.created)
         topics.close()
+        result["topics_left"] = delete_topics(created)  # Topics.close swallows a failed delete: check
     result["load_end"] = load1()
     if args.trace and trace.exists():
         from request_trace import summarise
@@ -311,6 +314,44 @@ def one_run(label: str, source: Path, data: dict, args, work: Path, feed_rate: l
                     print(f"    {name:45s} n {p['n']:>6}  p50 {p['p50']:>9}  p90 {p['p90']:>9}  p99 {p['p99']:>9}  "
                           f"max {p['max']:>9}", flush=True)
     return result
+
+
+def delete_topics(names: list, tries: int = 3) -> list:
+    """Delete `names` from the broker and check they are gone; returns those still there."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    try:
+        left = [n for n in names if n in set(admin.list_topics())]
+        for _ in range(tries):
+            if not left:
+                break
+            for name in left:  # one by one: a name already gone must not fail the others
+                try:
+                    admin.delete_topics([name], timeout_ms=30_000)
+                except Exception:  # noqa: BLE001 - gone already, or slow: checked below
+                    pass
+            time.sleep(1)
+            present = set(admin.list_topics())
+            left = [n for n in left if n in present]
+        return left
+    finally:
+        admin.close()
+
+
+def orphaned_replies() -> list:
+    """Control-reply topics of serving runs whose events topic is gone (left by runs before
+    2026-12-03 15:00, which never deleted them)."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    try:
+        present = set(admin.list_topics())
+    finally:
+        admin.close()
+    suffix = "-control-replies"
+    return sorted(n for n in present if n.startswith("bench-serve-") and n.endswith(suffix)
+                  and n[:-len(suffix)] not in present)
 
 
 def free_port() -> int:
@@ -414,6 +455,11 @@ def main() -> int:
     print(f"{started} -> {time.strftime('%H:%M UTC', time.gmtime())}; code: "
           + "; ".join(f"{k} = {v[1]}" for k, v in versions.items()))
     print(summary(results))
+    left = [n for result in results for n in result.get("topics_left", [])]
+    orphans = orphaned_replies()
+    left += delete_topics(orphans)
+    earlier = f", and {len(orphans)} orphaned replies topics of earlier runs" if orphans else ""
+    print(f"topics deleted: every run's{earlier}" + (f"; STILL ON THE BROKER: {left}" if left else ""))
     print(f"\nall figures: {work / 'serving.json'}")
     return 0
 
