@@ -22,6 +22,13 @@ Every figure is printed with the machine's 1-minute load average at its start an
 summary table at the end holds everything BENCHMARKS.md quotes.
 
     python benchmarks/serving.py [--rounds 2] [--state 50000] [--backlog 40000] [--requests 10000]
+        [--modes record,whatif] [--rates 200,1000] [--trace]
+
+Each row also gives the worker's CPU per request (all its threads, from /proc, beyond what the
+feed alone cost in a 10 s feed-only window before the attacks), and each capacity the cores the
+worker used. `--trace` runs the workers through `request_trace.py` and prints, per recorded
+attack, where a request's time went (produce, fetch, queue in the batch, handle, answer).
+Every topic a run makes is deleted at its end, the control channel's replies topic included.
 
 Needs vegeta (`go install github.com/tsenart/vegeta/v12@v12.12.0`; `--vegeta PATH`), git, and
 the broker scripts/kafka.sh runs. Tests never depend on it.
@@ -43,7 +50,8 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, Topics, ensure_kafka, machine, prefill, producer, worker_command, worker_env  # noqa: E402
+from common import (BOOTSTRAP, ROOT, Topics, ensure_kafka, machine, prefill, producer, worker_command,  # noqa: E402
+                    worker_env)
 
 RATES = (200, 1000)
 
@@ -58,6 +66,13 @@ def scrape(port: int) -> dict:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far: what serving costs the worker,
+    a figure a shared machine's load disturbs far less than latency."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def consumed(port: int) -> float:
@@ -184,20 +199,28 @@ def one_run(label: str, source: Path, data: dict, args, work: Path, feed_rate: l
     feed = None
     try:
         topic = topics.for_worker("serve")
+        # The worker's control channel creates its replies topic; made here, Topics.close deletes it too
+        # (it was left behind on the broker by every run before).
+        topics.new("", 1, name=f"{topic}-control-replies")
         # The state and both backlogs are in Kafka before the worker starts, so it is busy from the first
         # backlog event to the last: capacity = events / time between the consumed counts crossing
         # each backlog's bounds (read from /metrics, refreshed every second: +-1 s on about 15 s).
         prefill(topic, data["state"] + data["backlog1"] + data["backlog2"])
+        trace = run_dir / "trace.json"
+        python = [sys.executable, str(Path(__file__).resolve().parent / "request_trace.py"), str(trace)] \
+            if args.trace else None
         command = worker_command(topic, f"g-{topic}", run_dir / "ckpt", "--metrics-port", str(metrics_port),
-                                 "--serve-port", str(api_port), *args.worker_arg)
+                                 "--serve-port", str(api_port), *args.worker_arg, python=python)
         with open(run_dir / "worker.log", "wb") as log:
             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=source, env=env)
         bounds = [len(data["state"]), len(data["state"]) + len(data["backlog1"]),
                   len(data["state"]) + len(data["backlog1"]) + len(data["backlog2"])]
         t_state = wait_consumed(metrics_port, bounds[0], proc)
+        cpu_state = cpu_seconds(proc.pid)
         l0 = load1()
         say(label, f"state of {bounds[0]} events worked off")
         t_first = wait_consumed(metrics_port, bounds[1], proc)
+        cpu_first = cpu_seconds(proc.pid)
         c0 = round((bounds[1] - bounds[0]) / (t_first - t_state))
         say(label, f"capacity, no API load: {c0:,} events/s [load {l0} -> {load1()}]")
         whatif_targets = targets_file(run_dir / "whatif-cap.json", api_port, "/score/whatif", data["sessions"], 2000,
@@ -206,33 +229,57 @@ def one_run(label: str, source: Path, data: dict, args, work: Path, feed_rate: l
         vegeta = subprocess.Popen([args.vegeta, "attack", "-format=json", f"-targets={whatif_targets}", "-rate=200",
                                    "-duration=3600s", "-timeout=10s"], stdout=subprocess.DEVNULL)
         try:
-            t_vegeta, at_vegeta = time.time(), consumed(metrics_port)
+            t_vegeta, at_vegeta, cpu_vegeta = time.time(), consumed(metrics_port), cpu_seconds(proc.pid)
             t_second = wait_consumed(metrics_port, bounds[2], proc)
+            cpu_second = cpu_seconds(proc.pid)
         finally:
             vegeta.terminate()
             vegeta.wait()
         c1 = round((bounds[2] - at_vegeta) / (t_second - t_vegeta))
         say(label, f"capacity while serving 200 what-ifs/s: {c1:,} events/s [load {l1} -> {load1()}]")
         result["capacity"] = {"no_api": c0, "no_api_load": l0, "with_200_whatif_per_s": c1, "with_load": l1,
-                              "ratio": round(c1 / c0, 3)}
+                              "ratio": round(c1 / c0, 3),
+                              # cores the worker used: about 1 when the loop runs flat out alone
+                              "no_api_cores": round((cpu_first - cpu_state) / (t_first - t_state), 2),
+                              "with_cores": round((cpu_second - cpu_vegeta) / (t_second - t_vegeta), 2)}
+        say(label, f"worker CPU cores used: {result['capacity']['no_api_cores']} with no API load, "
+                   f"{result['capacity']['with_cores']} while serving 200 what-ifs/s")
         if not feed_rate:  # the first run's capacity sets the feed of every run (the lower of its two)
             feed_rate.append(round(min(c0, c1) * args.feed_fraction))
         result["feed_rate"] = feed_rate[0]
         if feed_rate[0]:  # --feed-fraction 0: the API alone, on an idle stream
             feed = PacedFeed(topic, data["stream"], feed_rate[0])
             feed.start()
-            time.sleep(5)
+            time.sleep(3)
+            # The feed alone for 10 s: the worker's CPU for the stream, to tell the API's share in each row.
+            before, t0, cpu0 = consumed(metrics_port), time.time(), cpu_seconds(proc.pid)
+            time.sleep(10)
+            seconds = time.time() - t0
+            result["feed_only"] = {"events_per_s": round((consumed(metrics_port) - before) / seconds),
+                                   "cores": round((cpu_seconds(proc.pid) - cpu0) / seconds, 3)}
+            say(label, f"feed alone: {result['feed_only']['events_per_s']:,} events/s handled, "
+                       f"{result['feed_only']['cores']} worker cores [load {load1()}]")
         runs = []
         for route, mode in (("/score", "record"), ("/score/whatif", "whatif")):
-            for rate in RATES:
+            if mode not in args.modes:
+                continue
+            for rate in args.rates:
                 targets = targets_file(run_dir / f"{mode}-{rate}.json", api_port, route, data["sessions"],
                                        args.requests, f"{label}-{mode}{rate}")
                 load = load1()
-                before, t0 = consumed(metrics_port), time.time()
+                before, t0, cpu0 = consumed(metrics_port), time.time(), cpu_seconds(proc.pid)
                 outcome = attack(args.vegeta, targets, rate, args.requests, run_dir / f"{mode}-{rate}.bin")
-                events_rate = (consumed(metrics_port) - before) / (time.time() - t0)
+                cpu = cpu_seconds(proc.pid) - cpu0
+                events = consumed(metrics_port) - before
+                seconds = time.time() - t0
+                events_rate = events / seconds
+                # the API's share: the worker's CPU beyond what the feed alone cost over as long
+                api_cpu = cpu - result.get("feed_only", {}).get("cores", 0.0) * seconds
                 outcome.update(code=label, mode=mode, target_rate=rate, worker_events_per_s=round(events_rate),
-                               feed_running=feed is not None and feed.is_alive(), load_start=load, load_end=load1())
+                               feed_running=feed is not None and feed.is_alive(), load_start=load, load_end=load1(),
+                               window=(t0, time.time()), worker_cpu_s=round(cpu, 2),
+                               worker_cpu_ms_per_request=round(api_cpu * 1e3 / args.requests, 3),
+                               worker_cpu_us_per_event=round(cpu * 1e6 / events, 1) if events else None)
                 runs.append(outcome)
                 say(label, json.dumps(outcome))
                 time.sleep(3)
@@ -251,9 +298,60 @@ def one_run(label: str, source: Path, data: dict, args, work: Path, feed_rate: l
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        created = list(topics.created)
         topics.close()
+        result["topics_left"] = delete_topics(created)  # Topics.close swallows a failed delete: check
     result["load_end"] = load1()
+    if args.trace and trace.exists():
+        from request_trace import summarise
+
+        data = json.loads(trace.read_text())
+        for r in result.get("runs", []):
+            if r["mode"] == "record":
+                r["trace"] = parts = summarise(data, *r["window"])
+                say(label, f"where recorded scores at {r['target_rate']}/s went (ms):")
+                for name, p in parts.items():
+                    print(f"    {name:45s} n {p['n']:>6}  p50 {p['p50']:>9}  p90 {p['p90']:>9}  p99 {p['p99']:>9}  "
+                          f"max {p['max']:>9}", flush=True)
     return result
+
+
+def delete_topics(names: list, tries: int = 3) -> list:
+    """Delete `names` from the broker and check they are gone; returns those still there."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    try:
+        left = [n for n in names if n in set(admin.list_topics())]
+        for _ in range(tries):
+            if not left:
+                break
+            for name in left:  # one by one: a name already gone must not fail the others
+                try:
+                    admin.delete_topics([name], timeout_ms=30_000)
+                except Exception:  # noqa: BLE001 - gone already, or slow: checked below
+                    pass
+            time.sleep(1)
+            present = set(admin.list_topics())
+            left = [n for n in left if n in present]
+        return left
+    finally:
+        admin.close()
+
+
+def orphaned_replies() -> list:
+    """Control-reply topics of serving runs whose events topic is gone (left by runs before
+    2026-12-03 15:00, which never deleted them)."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    try:
+        present = set(admin.list_topics())
+    finally:
+        admin.close()
+    suffix = "-control-replies"
+    return sorted(n for n in present if n.startswith("bench-serve-") and n.endswith(suffix)
+                  and n[:-len(suffix)] not in present)
 
 
 def free_port() -> int:
@@ -270,22 +368,25 @@ def say(label: str, text: str) -> None:
 
 def summary(results: list) -> str:
     lines = ["| # | code | mode | rate | p50 ms | p90 ms | p99 ms | max ms | 200 of sent | failed (codes) "
-             "| worker events/s (feed on) | load 1 min start/end |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|"]
+             "| worker events/s (feed on) | worker CPU ms per request (beyond the feed) | load 1 min start/end |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|"]
     for i, result in enumerate(results, 1):
         for r in result.get("runs", []):
             codes = ", ".join(f"{n} {c}" for c, n in sorted(r["status_codes"].items()) if c != "200") or "0"
             lines.append(f"| {i} | {result['code']} | {r['mode']} | {r['target_rate']} | {r['p50_ms']} | "
                          f"{r['p90_ms']} | {r['p99_ms']} | {r['max_ms']} | {r['ok']:,} of {r['requests']:,} | "
                          f"{codes} | {r['worker_events_per_s']:,} ({'yes' if r['feed_running'] else 'NO'}) | "
+                         f"{r['worker_cpu_ms_per_request']} | "
                          f"{r['load_start']} / {r['load_end']} |")
-    lines += ["", "| # | code | capacity, no API (load) | with 200 what-ifs/s (load) | ratio | feed events/s |",
-              "|---|---|---:|---:|---:|---:|"]
+    lines += ["", "| # | code | capacity, no API (load) | with 200 what-ifs/s (load) | ratio | worker cores used "
+              "(no API / with) | feed events/s |",
+              "|---|---|---:|---:|---:|---|---:|"]
     for i, result in enumerate(results, 1):
         c = result.get("capacity")
         if c:
             lines.append(f"| {i} | {result['code']} | {c['no_api']:,} ({c['no_api_load']}) | "
                          f"{c['with_200_whatif_per_s']:,} ({c['with_load']}) | {c['ratio']} | "
+                         f"{c.get('no_api_cores')} / {c.get('with_cores')} | "
                          f"{result['feed_rate']:,} |")
     return "\n".join(lines)
 
@@ -305,6 +406,13 @@ def main() -> int:
     parser.add_argument("--worker-arg", action="append", default=[],
                         help="an extra worker option, for every run (repeat: --worker-arg=--checkpoint-seconds "
                              "--worker-arg=600)")
+    parser.add_argument("--modes", default="record,whatif", type=lambda text: text.split(","),
+                        help="which attacks: record, whatif or both (comma-separated)")
+    parser.add_argument("--rates", default=",".join(map(str, RATES)),
+                        type=lambda text: [int(r) for r in text.split(",")], help="request rates, comma-separated")
+    parser.add_argument("--trace", action="store_true",
+                        help="run the workers through request_trace.py and print where recorded scores' time went "
+                             "(the 'records' rows are counts, not ms)")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
     if not os.path.exists(args.vegeta):
@@ -347,6 +455,11 @@ def main() -> int:
     print(f"{started} -> {time.strftime('%H:%M UTC', time.gmtime())}; code: "
           + "; ".join(f"{k} = {v[1]}" for k, v in versions.items()))
     print(summary(results))
+    left = [n for result in results for n in result.get("topics_left", [])]
+    orphans = orphaned_replies()
+    left += delete_topics(orphans)
+    earlier = f", and {len(orphans)} orphaned replies topics of earlier runs" if orphans else ""
+    print(f"topics deleted: every run's{earlier}" + (f"; STILL ON THE BROKER: {left}" if left else ""))
     print(f"\nall figures: {work / 'serving.json'}")
     return 0
 

@@ -33,6 +33,7 @@ and the owner's address to ask.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hmac
 import logging
 import queue
@@ -105,6 +106,37 @@ class Ticket:
 
     def answer(self, status: int, body: dict) -> None:
         self._settle(status, body)
+
+
+class Replies:
+    """Answers crossing from the poll loop's thread (or the clerk's, or the producer's) to the
+    front's asyncio loop. Each crossing wakes that loop through its self-pipe: a write that lets
+    go of the interpreter, which the poll loop must then wait to get back. Answers given before
+    the front's loop ran share one wake-up (the batch of events that answers several recorded
+    requests at once, the drain that answers several what-ifs)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._waiting: collections.deque = collections.deque()  # (future, (status, body)); deque: thread-safe
+        self._woken = False
+        self.wakeups = 0
+
+    def put(self, future: asyncio.Future, value: tuple) -> None:
+        """Any thread. Two threads racing may both wake the loop: harmless, never none."""
+        self._waiting.append((future, value))
+        if not self._woken:
+            self._woken = True
+            self.wakeups += 1
+            self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        """On the front's loop. Cleared before the queue is emptied: an answer put after the last
+        pop finds `_woken` false and wakes the loop again."""
+        self._woken = False
+        waiting = self._waiting
+        while waiting:
+            future, value = waiting.popleft()
+            _settle(future, value)
 
 
 class EngineGate:
@@ -181,6 +213,10 @@ class ScoreDesk:
         self.gate = EngineGate()
         self.gate.on_open = self._ring_if_mail
         self.clerk_drains = 0                 # drains done by the clerk while the loop waited in poll
+        # What-ifs handed in (by the front) and taken (under the gate): only they ring the clerk. A
+        # recorded request needs no clerk: the loop books it after its poll, before that poll's records.
+        self.whatifs_submitted = 0
+        self.whatifs_taken = 0
         self._doorbell = threading.Event()
         self._clerk: Optional[threading.Thread] = None
         self._last_sweep = 0.0
@@ -196,11 +232,16 @@ class ScoreDesk:
             return False
         self.submitted += 1
         self.inbox.put(ticket)
-        # The clerk answers it if the loop waits in poll; a loop at work drains it between two events
-        # itself (ringing then would only make the clerk compete with it for the interpreter). The
-        # gate rings when it opens with requests waiting, so one put just before is not left behind.
-        if self.gate.open:
-            self._doorbell.set()
+        # A what-if: the clerk answers it if the loop waits in poll; a loop at work drains it between two
+        # events itself (ringing then would only make the clerk compete with it for the interpreter). The
+        # gate rings when it opens with what-ifs waiting, so one put just before is not left behind.
+        # A recorded request never rings: it cannot be answered before its event comes back through the
+        # loop's poll, and the loop books it when that poll returns (a clerk woken for it would only take
+        # the interpreter from the loop and the front: +8 ms at p50 on an idle stream, BENCHMARKS.md).
+        if ticket.whatif:
+            self.whatifs_submitted += 1
+            if self.gate.open:
+                self._doorbell.set()
         return True
 
     # -- the clerk: answers while the loop waits in poll ---------------------------------------
@@ -236,7 +277,7 @@ class ScoreDesk:
                 self.gate.lock.release()
 
     def _ring_if_mail(self) -> None:
-        if not self.inbox.empty():
+        if self.whatifs_submitted != self.whatifs_taken:
             self._doorbell.set()
 
     # -- under the gate (the loop, or the clerk) ----------------------------------------------
@@ -262,6 +303,8 @@ class ScoreDesk:
                 ticket = self.inbox.get_nowait()
             except queue.Empty:
                 break
+            if ticket.whatif:
+                self.whatifs_taken += 1
             state = partitions.get(TopicPartition(self.topic, ticket.partition))
             if state is None:
                 self._refuse(ticket, 503, "partition_moved", f"partition {ticket.partition} is not served here any "
@@ -388,6 +431,7 @@ class ScoreServer:
         self._ready = threading.Event()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._stop: Optional[asyncio.Event] = None
+        self.replies: Optional[Replies] = None
 
     def start(self, desk: ScoreDesk, producer, registry: CollectorRegistry) -> "ScoreServer":
         self.desk = desk
@@ -410,6 +454,7 @@ class ScoreServer:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        self.replies = Replies(self._loop)
         server = await asyncio.start_server(self._connection, sock=self.socket, limit=MAX_HEADERS)
         self._ready.set()
         async with server:
@@ -558,9 +603,11 @@ class ScoreServer:
         """To the poll loop (and, for a recorded score, to the events topic first); wait for its answer."""
         loop = asyncio.get_running_loop()
         answered: asyncio.Future = loop.create_future()
+        replies = self.replies
+        assert replies is not None  # made with the loop that runs this
 
         def settle(status: int, body: dict) -> None:  # called on the poll loop's thread
-            loop.call_soon_threadsafe(_settle, answered, (status, body))
+            replies.put(answered, (status, body))
 
         deadline = time.monotonic() + self.settings.timeout
         ticket = Ticket(event, partition, whatif, deadline, settle)
@@ -573,12 +620,17 @@ class ScoreServer:
                                "in a moment")
         if not whatif:
             self._write_event(event, partition, answered, loop)
+        # One timer on the future itself (wait_for and shield would add a task and a future per request).
+        timer = loop.call_later(self.settings.timeout, _settle, answered, None)
         try:
-            return await asyncio.wait_for(asyncio.shield(answered), self.settings.timeout)
-        except TimeoutError:
+            answer = await answered
+        finally:
+            timer.cancel()
+        if answer is None:
             raise RequestError(504, "timeout", f"not answered within {self.settings.timeout:g} s; a recorded "
                                f"request may still be scored: send it again with event_id "
-                               f"{event.event_id!r} to get its score once") from None
+                               f"{event.event_id!r} to get its score once")
+        return answer
 
     def _write_event(self, event: Event, partition: int, answered: asyncio.Future,
                      loop: asyncio.AbstractEventLoop) -> None:

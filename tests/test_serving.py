@@ -335,3 +335,85 @@ def test_rebalance_callbacks_take_the_gate_only_while_the_loop_waits_in_poll():
         assert ran == [True, True]
     assert gate.lock.locked() and not gate.open  # the loop holds it again
     gate.release()
+
+
+def test_a_recorded_request_never_rings_the_clerk(engine):
+    """Only a what-if can be answered inside the loop's poll; a recorded request waits for its
+    event, which the loop books after its poll returns. Ringing the clerk for it only woke a
+    thread to compete with the loop and the front for the interpreter."""
+    desk = ScoreDesk(TOPIC, "127.0.0.1:1", "me")
+    answers = []
+
+    def ticket(whatif, event_id):
+        event, _ = decode_request(json.dumps(request_for(engine, event_id=event_id)).encode(), time.time())
+        return Ticket(event, 0, whatif, time.monotonic() + 60, lambda status, body: answers.append((status, body)))
+
+    doorbell = desk._doorbell  # what wakes the clerk (no clerk thread here: the bell is the behaviour)
+    desk.gate.hold()
+    assert desk.submit(ticket(False, "r1"))
+    with desk.gate.opened():  # the loop begins a poll with only a recorded request waiting: no ring
+        assert not doorbell.is_set()
+        assert desk.submit(ticket(False, "r2"))  # one arriving during the poll: no ring either
+        assert not doorbell.is_set()
+        assert desk.submit(ticket(True, "w1"))   # a what-if rings
+        assert doorbell.is_set()
+    doorbell.clear()
+    owned = {TopicPartition(TOPIC, 0): SimpleNamespace(engine=engine)}
+    desk.drain(owned)  # the loop, after its poll: books the recorded ones, answers the what-if
+    assert set(desk.awaited) == {"r1", "r2"} and [status for status, _ in answers] == [200]
+    with desk.gate.opened():  # nothing but recorded requests waiting: the next poll rings nobody
+        assert not doorbell.is_set()
+    assert desk.submit(ticket(True, "w2"))
+    with desk.gate.opened():  # a what-if queued just before the poll began: rung as the gate opens
+        assert doorbell.is_set()
+    desk.gate.release()
+
+
+def test_answers_given_before_the_front_runs_share_one_wake_up():
+    """The loop answering several requests in a row (one batch of events, one drain) wakes the
+    front's asyncio loop once, not once per answer: each wake-up is a write that lets go of the
+    interpreter, which the poll loop must then wait to get back."""
+    import asyncio
+
+    from stream.serving import Replies
+
+    loop = asyncio.new_event_loop()
+    try:
+        replies = Replies(loop)
+        futures = [loop.create_future() for _ in range(3)]
+        answering = threading.Thread(target=lambda: [replies.put(f, (200, {"n": i})) for i, f in enumerate(futures)])
+        answering.start()
+        answering.join()
+        assert replies.wakeups == 1
+        assert loop.run_until_complete(asyncio.gather(*futures)) == [(200, {"n": 0}), (200, {"n": 1}), (200, {"n": 2})]
+        later = loop.create_future()
+        replies.put(later, (200, {}))  # after the delivery: a new wake-up, never none
+        assert replies.wakeups == 2 and loop.run_until_complete(later) == (200, {})
+    finally:
+        loop.close()
+
+
+class SilentProducer(OnePartitionProducer):
+    """Takes the send and never completes it: the request's event never comes back."""
+
+    def send(self, *args, **kwargs):
+        return SimpleNamespace(add_errback=lambda callback: None)
+
+
+def test_a_recorded_request_whose_event_never_comes_back_is_answered_504_at_its_deadline(engine):
+    registry = CollectorRegistry()
+    server = ScoreServer(ServeSettings(port=0, timeout=0.5))
+    desk = ScoreDesk(TOPIC, server.address, "w")
+    loop = Loop(desk, {TopicPartition(TOPIC, 0): SimpleNamespace(engine=engine)})
+    loop.thread.start()
+    server.start(desk, SilentProducer(), registry)
+    try:
+        status, answer, _ = post(server.port, "/score", request_for(engine, event_id="lost-1"))
+        assert (status, answer["reason"]) == (504, "timeout") and "'lost-1'" in answer["error"]
+        assert errors(registry, "timeout") == 1
+        status, answer, _ = post(server.port, "/score/whatif", request_for(engine))  # the front goes on
+        assert status == 200, answer
+    finally:
+        loop.stop.set()
+        loop.thread.join()
+        server.stop()
