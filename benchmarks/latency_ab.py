@@ -46,6 +46,7 @@ VARIANTS = {
     "probe_on_consumer": (("--broker-check-on-consumer",), ()),
     "batch_per_poll": (("--batch-predictions", "1e9"), ()),
     "before_1203": (("--broker-check-on-consumer", "--batch-predictions", "1e9"), ()),
+    "save_holds_gil": (("--save-switch-interval", "0.1"), ()),
 }
 
 

@@ -97,7 +97,9 @@ def trace_loop(worker_module, consumer_class, path: str) -> None:
 
     # The loop's other stops, one by one (housekeeping's parts, and the per-batch checkpoint check).
     import stream.broker_watch as broker_module
+    import shopstream.engine as engine_module
     import stream.checkpointer as checkpointer_module
+    import stream.checkpointing.stores as stores_module
 
     stops: dict = {}
 
@@ -119,7 +121,31 @@ def trace_loop(worker_module, consumer_class, path: str) -> None:
                                (worker_module.Worker, "_maybe_checkpoint", "checkpoint check (per batch)"),
                                (checkpointer_module.Checkpointer, "poll", "background checkpoints finished"),
                                (checkpointer_module.Checkpointer, "retry", "blocked checkpoints retried"),
-                               (broker_module.BrokerWatch, "maybe_check", "broker check (end offsets)")):
+                               (broker_module.BrokerWatch, "maybe_check", "broker check (end offsets)"),
+                               # a checkpoint's parts, in their order
+                               (checkpointer_module.Checkpointer, "_outputs_confirmed", "checkpoint: outputs acked"),
+                               (engine_module.Engine, "mark_good", "checkpoint: models marked good"),
+                               (stores_module.DirectoryCheckpointStore, "save", "checkpoint: state written"),
+                               (checkpointer_module.Checkpointer, "_commit", "checkpoint: offsets committed")):
+        if hasattr(owner, name):
+            timed(owner, name, label)
+    import os
+    timed(os, "fsync", "checkpoint: each fsync (file, then directory)")
+    cpu_spent = stops.setdefault("checkpoint: state written, CPU of the loop's thread", [])
+    timed_save = stores_module.DirectoryCheckpointStore.save
+
+    def save_cpu(*args, **kwargs):   # wall time against the thread's own CPU: waiting, or working?
+        start, cpu = wall(), time.thread_time()
+        try:
+            return timed_save(*args, **kwargs)
+        finally:
+            cpu_spent.append((start, time.thread_time() - cpu))
+
+    stores_module.DirectoryCheckpointStore.save = save_cpu
+    import shopstream.features as features_module
+    import shopstream.recent_ids as recent_ids_module
+    for owner, name, label in ((recent_ids_module.RecentIds, "__reduce__", "checkpoint: the dedupe window packed"),
+                               (features_module._Capped, "__reduce__", "checkpoint: a feature table reduced")):
         if hasattr(owner, name):
             timed(owner, name, label)
 
@@ -136,6 +162,7 @@ def main(argv: list[str]) -> int:
     snapshot_seconds = None
     gc_off = False
     trace_file = None
+    save_switch_interval = None
     probe_on_consumer = False
     batch_predictions = None
     i = 0
@@ -168,6 +195,9 @@ def main(argv: list[str]) -> int:
         elif flag == "--gc-off":
             gc_off = True
             i += 1
+        elif flag == "--save-switch-interval":
+            save_switch_interval = float(argv[i + 1])
+            i += 2
         else:
             raise SystemExit(f"worker_variant: unknown option {flag}")
     if argv[i:i + 2] != ["-m", "cli"]:
@@ -175,6 +205,21 @@ def main(argv: list[str]) -> int:
     cli_args = argv[i + 2:]
 
     import kafka
+
+    if save_switch_interval is not None:   # the interpreter's switch interval while a checkpoint is written
+        import stream.checkpointing.stores as stores_module
+
+        original_save = stores_module.DirectoryCheckpointStore.save
+
+        def save(self, state):
+            before = sys.getswitchinterval()
+            sys.setswitchinterval(save_switch_interval)
+            try:
+                return original_save(self, state)
+            finally:
+                sys.setswitchinterval(before)
+
+        stores_module.DirectoryCheckpointStore.save = save
 
     import stream.clients as clients_module
     import stream.worker as worker_module

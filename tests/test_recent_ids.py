@@ -1,11 +1,14 @@
 """The dedupe window (shopstream/recent_ids.py): what it remembers, and how a checkpoint holds it."""
 
 import pickle
+from array import array
 from collections import OrderedDict
+
+import pytest
 
 from shopstream.engine import Engine
 from shopstream.events import Event
-from shopstream.recent_ids import RecentIds
+from shopstream.recent_ids import CHUNK, RecentIds, _unpack
 
 
 def _window(n: int, cap: int) -> RecentIds:
@@ -28,6 +31,33 @@ def test_a_pickled_window_is_the_same_window_and_keeps_evicting_the_oldest():
     for window in (ids, copy):
         window.add("new", 0.5, cap=300)
     assert list(copy.items()) == list(ids.items()) and "event-700" not in copy
+
+
+@pytest.mark.parametrize("cap", [1, 3, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 5])
+@pytest.mark.parametrize("extra", [0, 1, CHUNK - 1, CHUNK, 3 * CHUNK + 17])
+def test_the_window_packed_in_chunks_is_the_window_an_ordered_dict_keeps(cap, extra):
+    """Every id packed as it arrives, chunks dropped as the oldest ids leave: the pickle is the same
+    window as a plain OrderedDict evicting its oldest, at every chunk boundary."""
+    ids, expected = RecentIds(), OrderedDict()
+    for i in range(cap + extra):
+        score = None if i % 5 == 0 else i / 3
+        ids.add(f"id-{i}", score, cap)
+        expected[f"id-{i}"] = score
+        while len(expected) > cap:
+            expected.popitem(last=False)
+    copy = pickle.loads(pickle.dumps(ids))
+    assert list(ids.items()) == list(copy.items()) == list(expected.items())
+    for window in (ids, copy):
+        window.add("next", 0.5, cap)
+    assert list(pickle.loads(pickle.dumps(copy)).items()) == list(ids.items())
+
+
+def test_a_window_written_before_it_was_packed_in_chunks_still_loads():
+    # 2026-12-03 morning: ids joined at checkpoint time, cut by their lengths, scores as a list
+    lengths = array("I", [2, 0, 3])
+    assert list(_unpack("e1\x00\x00a\x00b", lengths, [0.5, None, 0.25]).items()) == \
+        [("e1", 0.5), ("", None), ("a\x00b", 0.25)]
+    assert list(_unpack("e1\x00e2", None, [0.5, None]).items()) == [("e1", 0.5), ("e2", None)]
 
 
 def test_string_ids_are_pickled_as_one_string_not_one_pickle_item_each():
