@@ -82,6 +82,7 @@ class RawFeatures:
     """
 
     name = "raw"
+    floats_only = False   # the client's values: any JSON type
 
     def __init__(self, caps: FeatureCaps = FeatureCaps()):
         self.caps = caps
@@ -168,6 +169,8 @@ class ShopFeatures:
     """Clickstream features for "will this session buy this product?"."""
 
     name = "shop"
+    #: Every value `transform` gives is a float: open predictions pack them without checking (labels.py).
+    floats_only = True
     _one_hot_columns: tuple[dict, dict, dict, dict] | None = None   # see _one_hot; state from before lacks it
 
     def __init__(self, caps: FeatureCaps = FeatureCaps()):
@@ -236,7 +239,7 @@ class ShopFeatures:
         if session is not None:
             x["session_views"] = float(session[1])
             x["session_carts"] = float(session[2])
-            x["session_seconds"] = t - session[0]
+            x["session_seconds"] = float(t - session[0])   # float even for an unvalidated int time
             x["carted_before"] = 1.0 if event.product_id in session[3] else 0.0
             x["product_views_in_session"] = float(session[4].get(event.product_id, 0))
         else:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from array import array
+import struct
 from typing import Hashable, Optional
 
 from .config import EngineConfig
@@ -70,6 +70,13 @@ def prediction_key(event: Event) -> tuple:
 
 
 _FLOATS = {float}
+#: n -> a Struct packing n native doubles, as array("d") lays them out.
+_PACKERS: dict[int, struct.Struct] = {}
+
+
+def _packer(n: int) -> struct.Struct:
+    packer = _PACKERS[n] = struct.Struct(f"{n}d")
+    return packer
 #: How many more ahead events than others move the watermark across a jump (`advance`).
 JUMP_QUORUM = 8
 
@@ -110,16 +117,19 @@ class OpenPrediction:
     def x(self, value: Optional[dict]) -> None:
         self._x = value
 
-    def compact(self, schemas: dict) -> None:
-        """Keep `x` as (shared names, array of doubles) if every value is a float."""
+    def compact(self, schemas: dict, floats_only: bool = False) -> None:
+        """Keep `x` as (shared names, array of doubles) if every value is a float
+        (`floats_only`: the feature set guarantees it, so it is not checked)."""
         outputs = self.outputs
         if outputs.__class__ is list:
             self.outputs = tuple(outputs)   # 48 bytes for one slot, not a list's 88
         x = self._x
-        if x.__class__ is not dict or {*map(type, x.values())} != _FLOATS:
+        if x.__class__ is not dict or not x or not (floats_only or {*map(type, x.values())} == _FLOATS):
             return
         names = tuple(x)
-        self._x = (schemas.setdefault(names, names), array("d", list(x.values())).tobytes())
+        n = len(names)
+        packer = _PACKERS.get(n) or _packer(n)   # the bytes of array("d", values), without the list
+        self._x = (schemas.setdefault(names, names), packer.pack(*x.values()))
 
     @property
     def p_true(self) -> float:
@@ -286,13 +296,14 @@ class LabelJoiner:
         else:
             shard[key] = [found, prediction]
 
-    def open(self, prediction: OpenPrediction) -> bool:
-        """Record a prediction; False (and counted as late) if its window already closed."""
+    def open(self, prediction: OpenPrediction, floats_only: bool = False) -> bool:
+        """Record a prediction; False (and counted as late) if its window already closed.
+        `floats_only`: its features are floats for sure (the feature set's word), see `compact`."""
         deadline = prediction.event_time + self.window
-        if deadline < self.watermark:
+        if deadline < self.max_time - self.lateness:   # the watermark
             self.counts["late"] += 1
             return False
-        prediction.compact(self._schemas)
+        prediction.compact(self._schemas, floats_only)
         prediction.seq = seq = self._next_seq
         self._next_seq += 1
         self._index(prediction)

@@ -176,3 +176,21 @@ def test_one_fast_user_alone_never_moves_the_watermark():
         assert joiner.advance(T0 + 6 * 3600 + i, "fast") == []
     assert joiner.max_time == T0 and len(joiner) == 1
     assert opened(joiner, "s", "q", T0 - 10) is True       # an honest event is not late
+
+
+def test_compact_features_read_back_the_same_with_or_without_the_float_check():
+    """An open prediction keeps float features as the bytes of an array('d') under a shared
+    names tuple; a feature set that guarantees floats skips the check; anything else stays a dict."""
+    from array import array
+
+    x = {"b": 1.5, "a": -0.0, "c": float("inf"), "d": 5e-324}
+    for floats_only in (False, True):
+        schemas: dict = {}
+        prediction = OpenPrediction(("s", "p"), 0.0, dict(x), [(0.5, True)])
+        prediction.compact(schemas, floats_only)
+        names, packed = prediction._x
+        assert names is schemas[("b", "a", "c", "d")] and packed == array("d", x.values()).tobytes()
+        assert list(prediction.x.items()) == list(x.items()) and str(prediction.x["a"]) == "-0.0"
+    mixed = OpenPrediction(("s", "p"), 0.0, {"a": 1.0, "n": 2}, [(0.5, True)])
+    mixed.compact({})
+    assert mixed.x == {"a": 1.0, "n": 2} and type(mixed.x["n"]) is int
