@@ -38,6 +38,7 @@ from __future__ import annotations
 import heapq
 import math
 import struct
+from collections import deque
 from typing import Hashable, Optional
 
 from .config import EngineConfig
@@ -88,7 +89,7 @@ class OpenPrediction:
     it is learned but not scored, as in river.evaluate. `champion` is the index of the
     slot whose prediction was published.
 
-    While it waits for its label, the joiner keeps `x` compact (`compact`): its names as
+    While it waits for its label (from `PACK_AFTER` opens on), the joiner keeps `x` compact (`compact`): its names as
     a tuple shared by every prediction with the same feature names, its values as the
     bytes of an ``array('d')`` (8 bytes each, no float objects, no dict), and `outputs`
     as a tuple. Reading `x` gives back a dict equal to the original, key order and float
@@ -144,6 +145,10 @@ class OpenPrediction:
 
 
 _SHARDS = 64  # the key index is cut in shards: growing one resizes a 64th of it, not all of it
+#: An open prediction's features are packed (`OpenPrediction.compact`) once this many later
+#: predictions were opened: one resolved sooner (a purchase, a short window, a quiet partition)
+#: never pays the packing nor the reading back. Costs at most this many unpacked dicts (~2 KB each).
+PACK_AFTER = 1024
 
 
 class LabelJoiner:
@@ -175,17 +180,21 @@ class LabelJoiner:
         self._open = 0
         self._next_seq = 0
         self._schemas: dict[tuple, tuple] = {}  # feature names -> the one tuple open predictions share
+        self._unpacked: deque = deque()  # (prediction, floats_only) opened last, features not packed yet
         self.counts = {"opened": 0, "late": 0, "expired": 0, "evicted": 0, "orphans": 0, "positive": 0, "ahead": 0}
 
     def __getstate__(self) -> dict:
+        self._pack_all()   # a checkpoint holds every open prediction packed, as it always did
         state = self.__dict__.copy()
         del state["_by_key"]
+        del state["_unpacked"]
         state["_deadlines"] = [entry for entry in self._deadlines if entry[2].seq == entry[1]]
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_schemas", {})
+        self._unpacked = deque()
         deadlines = self._deadlines
         heapq.heapify(deadlines)
         self._by_key = [{} for _ in range(_SHARDS)]
@@ -200,6 +209,7 @@ class LabelJoiner:
         """Take the live heap entries out (the joiner is then empty) and return them, so a
         checkpoint can pickle them apart, in batches (each with its own small memo), and
         `attach` them back. The joiner must not be used in between."""
+        self._pack_all()
         entries = [entry for entry in self._deadlines if entry[2].seq == entry[1]]
         self._deadlines, self._by_key, self._open = [], [{} for _ in range(_SHARDS)], 0
         return entries
@@ -303,16 +313,29 @@ class LabelJoiner:
         if deadline < self.max_time - self.lateness:   # the watermark
             self.counts["late"] += 1
             return False
-        prediction.compact(self._schemas, floats_only)
         prediction.seq = seq = self._next_seq
         self._next_seq += 1
         self._index(prediction)
         heapq.heappush(self._deadlines, (deadline, seq, prediction))
+        unpacked = self._unpacked
+        unpacked.append((prediction, floats_only))
+        if len(unpacked) > PACK_AFTER:
+            waiting, floats = unpacked.popleft()
+            if waiting.seq >= 0:   # still open
+                waiting.compact(self._schemas, floats)
         self._open += 1
         self.counts["opened"] += 1
         if self._open > self.max_open:
             self._evict_oldest()
         return True
+
+    def _pack_all(self) -> None:
+        """Pack the features of every open prediction not packed yet (see `PACK_AFTER`)."""
+        unpacked, schemas = self._unpacked, self._schemas
+        while unpacked:
+            prediction, floats_only = unpacked.popleft()
+            if prediction.seq >= 0:
+                prediction.compact(schemas, floats_only)
 
     def purchase(self, key: Hashable, event_time: float) -> list[OpenPrediction]:
         """A purchase of `key` at `event_time`: return the predictions it makes positive."""

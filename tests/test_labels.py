@@ -5,6 +5,8 @@ from shopstream.engine import Engine
 from shopstream.events import Event
 from shopstream.labels import LabelJoiner, OpenPrediction
 
+import pickle
+
 T0 = 1.7e9
 
 
@@ -194,3 +196,23 @@ def test_compact_features_read_back_the_same_with_or_without_the_float_check():
     mixed = OpenPrediction(("s", "p"), 0.0, {"a": 1.0, "n": 2}, [(0.5, True)])
     mixed.compact({})
     assert mixed.x == {"a": 1.0, "n": 2} and type(mixed.x["n"]) is int
+
+
+def test_features_are_packed_only_once_a_prediction_waited_pack_after_opens_and_in_checkpoints():
+    """A prediction resolved within `PACK_AFTER` later opens keeps its dict (never packed nor
+    read back); an older one is packed; a pickled joiner holds every open one packed."""
+    from shopstream.labels import PACK_AFTER
+
+    joiner = LabelJoiner(window=1e9)
+    made = [OpenPrediction(("s", i), float(i), {"a": float(i), "b": -0.0}, [(0.5, True)])
+            for i in range(PACK_AFTER + 10)]
+    for prediction in made:
+        assert joiner.open(prediction, floats_only=True)
+    assert all(p._x.__class__ is tuple for p in made[:10]) and all(p._x.__class__ is dict for p in made[10:])
+    [bought] = joiner.purchase(("s", PACK_AFTER), float(PACK_AFTER))
+    assert bought.x == {"a": float(PACK_AFTER), "b": -0.0}   # the dict it was opened with
+    copy = pickle.loads(pickle.dumps(joiner))
+    restored = copy.open_predictions()
+    assert len(restored) == len(made) - 1 and all(p._x.__class__ is tuple for p in restored)
+    assert [list(p.x.items()) for p in restored] == [list(p.x.items()) for p in joiner.open_predictions()]
+    assert str(restored[-1].x["b"]) == "-0.0"
