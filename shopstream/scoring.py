@@ -59,11 +59,13 @@ def _cell(y_true, y_pred) -> int:
 
 
 def _losses(p: array, cells: bytearray) -> list[float]:
-    """River's `LogLoss._eval` of many, inline: its clamp (min, then max) and formula, the same bits.
-    (`_HIGH` > `_LOW`: a value clamped to `_HIGH` is never below `_LOW`, so one test of each suffices.)"""
-    log = math.log
-    return [-log(_HIGH if q > _HIGH else _LOW if q < _LOW else q) if c & 2
-            else -log(1 - (_HIGH if q > _HIGH else _LOW if q < _LOW else q)) for q, c in zip(p, cells)]
+    """River's `LogLoss._eval` of many, inline: its clamp (min, then max) and formula, the same bits."""
+    log, out = math.log, []
+    for q, c in zip(p, cells):
+        q = _HIGH if q > _HIGH else q
+        q = _LOW if q < _LOW else q
+        out.append(-log(q) if c & 2 else -log(1 - q))
+    return out
 
 
 def _take(p: array, cells: bytearray) -> tuple[array, bytearray]:
@@ -146,7 +148,6 @@ class BinaryScores(_Buffered):
     def __init__(self, window: Optional[int] = None):
         self.window = window
         self._recent: Optional[tuple[array, bytearray]] = (array("d"), bytearray()) if window else None
-        self._recent_losses = array("d")   # the window's log losses, reverted as they leave (not pickled)
         self.tp = self.fp = self.tn = self.fn = 0
         self.roc_auc = ThresholdROCAUC()
         self.log_loss = metrics.LogLoss()
@@ -180,24 +181,25 @@ class BinaryScores(_Buffered):
         window = self.window or 0
         p_all, cells_all = recent[0] + p_new, recent[1] + cells_new
         leaving = max(0, len(cells_all) - window)   # the oldest, reverted as the new arrive
-        losses_all = self._recent_losses + array("d", losses)
-        filling = len(losses) - leaving   # the first new ones fill the window: nothing leaves yet
-        for loss in losses[:filling]:
+        left = _losses(p_all[:leaving], cells_all[:leaving])
+        old = len(recent[1])
+        j = 0
+        for loss in losses:
             n += 1.0
             m += (1.0 / n) * (loss - m)
-        for loss, left in zip(losses[filling:], losses_all[:leaving]):
-            n += 1.0
-            m += (1.0 / n) * (loss - m)
-            n -= 1.0   # River's LogLoss.revert of the oldest (its Mean.revert with w=1.0)
-            if n < 0:
-                raise ValueError("Cannot go below 0")
-            elif n == 0:
-                m = 0.0
-            else:
-                m -= (1.0 / n) * (left - m)
+            old += 1
+            if old > window:   # River's LogLoss.revert (its Mean.revert with w=1.0)
+                n -= 1.0
+                if n < 0:
+                    raise ValueError("Cannot go below 0")
+                elif n == 0:
+                    m = 0.0
+                else:
+                    m -= (1.0 / n) * (left[j] - m)
+                j += 1
+                old -= 1
         mean.n, mean._mean = n, m
         self._recent = (p_all[leaving:], cells_all[leaving:])
-        self._recent_losses = losses_all[leaving:]
         self._reset_counts()
         kept_p, kept_cells = self._recent
         self._count(np.frombuffer(kept_p, dtype=np.float64), np.frombuffer(kept_cells, dtype=np.uint8), 1)
@@ -238,18 +240,15 @@ class BinaryScores(_Buffered):
 
     def __getstate__(self):
         self.fold()   # a checkpoint holds folded numbers only
-        state = dict(self.__dict__)
-        state.pop("_recent_losses", None)   # recomputed from `_recent` on load
-        return state
+        return dict(self.__dict__)
 
     def __setstate__(self, state):
         recent = state.get("_recent")
         if isinstance(recent, deque):   # checkpoints before compact buffers: (y, p, y_pred) tuples
-            recent = state["_recent"] = (array("d", (p for _, p, _ in recent)),
-                                         bytearray(_cell(y, pred) for y, _, pred in recent))
+            state["_recent"] = (array("d", (p for _, p, _ in recent)),
+                                bytearray(_cell(y, pred) for y, _, pred in recent))
         state.setdefault("_p", array("d"))
         state.setdefault("_cells", bytearray())
-        state["_recent_losses"] = array("d", _losses(*recent) if recent else ())
         self.__dict__.update(state)
 
 
