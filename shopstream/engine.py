@@ -212,7 +212,7 @@ class Engine:
             counts["duplicate"] += 1
             return None
 
-        t = cast(float, event.event_time)  # validated: epoch seconds
+        t: float = event.event_time  # type: ignore[assignment]  # validated: epoch seconds
         joiner = self.joiner
         for expired in joiner.advance(t, event.user_id):
             self._resolve(expired, False, t)
@@ -222,7 +222,7 @@ class Engine:
         if role == LABELLED:
             prediction = self._predict(event, ref)
             p_true = prediction.p_true
-            self._resolve(prediction, cast(bool, event.label), t)
+            self._resolve(prediction, event.label, t)  # type: ignore[arg-type]  # LABELLED: a bool
         elif role == PURCHASE:
             for bought in joiner.purchase(prediction_key(event), t):
                 self._resolve(bought, True, t)

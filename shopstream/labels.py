@@ -267,6 +267,8 @@ class LabelJoiner:
             self._not_ahead()
         watermark = self.max_time - self.lateness
         deadlines = self._deadlines
+        if not deadlines or deadlines[0][0] >= watermark:   # the usual case: nothing expires
+            return []
         expired = []
         while deadlines and deadlines[0][0] < watermark:
             _, seq, prediction = heapq.heappop(deadlines)
