@@ -180,21 +180,22 @@ class LabelJoiner:
         self._open = 0
         self._next_seq = 0
         self._schemas: dict[tuple, tuple] = {}  # feature names -> the one tuple open predictions share
-        self._unpacked: deque = deque()  # (prediction, floats_only) opened last, features not packed yet
+        self._unpacked: deque = deque()  # the predictions opened last, features not packed yet ...
+        self._unpacked_floats = False    # ... and whether their feature set said floats_only
         self.counts = {"opened": 0, "late": 0, "expired": 0, "evicted": 0, "orphans": 0, "positive": 0, "ahead": 0}
 
     def __getstate__(self) -> dict:
         self._pack_all()   # a checkpoint holds every open prediction packed, as it always did
         state = self.__dict__.copy()
         del state["_by_key"]
-        del state["_unpacked"]
+        del state["_unpacked"], state["_unpacked_floats"]   # the state is main's: packed, nothing pending
         state["_deadlines"] = [entry for entry in self._deadlines if entry[2].seq == entry[1]]
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_schemas", {})
-        self._unpacked = deque()
+        self._unpacked, self._unpacked_floats = deque(), False
         deadlines = self._deadlines
         heapq.heapify(deadlines)
         self._by_key = [{} for _ in range(_SHARDS)]
@@ -319,12 +320,17 @@ class LabelJoiner:
         self._next_seq += 1
         self._index(prediction)
         heapq.heappush(self._deadlines, (deadline, seq, prediction))
+        if prediction.outputs.__class__ is list:
+            prediction.outputs = tuple(prediction.outputs)   # 48 bytes for one slot, not a list's 88
+        if floats_only != self._unpacked_floats:   # (never in practice: one feature set per engine)
+            self._pack_all()
+            self._unpacked_floats = floats_only
         unpacked = self._unpacked
-        unpacked.append((prediction, floats_only))
+        unpacked.append(prediction)   # no tuple per open: it would live on into the older GC generations
         if len(unpacked) > PACK_AFTER:
-            waiting, floats = unpacked.popleft()
+            waiting = unpacked.popleft()
             if waiting.seq >= 0:   # still open
-                waiting.compact(self._schemas, floats)
+                waiting.compact(self._schemas, floats_only)
         self._open += 1
         self.counts["opened"] += 1
         if self._open > self.max_open:
@@ -333,9 +339,9 @@ class LabelJoiner:
 
     def _pack_all(self) -> None:
         """Pack the features of every open prediction not packed yet (see `PACK_AFTER`)."""
-        unpacked, schemas = self._unpacked, self._schemas
+        unpacked, schemas, floats_only = self._unpacked, self._schemas, self._unpacked_floats
         while unpacked:
-            prediction, floats_only = unpacked.popleft()
+            prediction = unpacked.popleft()
             if prediction.seq >= 0:
                 prediction.compact(schemas, floats_only)
 
