@@ -61,7 +61,7 @@ COUNT_NAMES = ("consumed", "duplicate", "predicted", "unscored", "resolved", "le
 MAX_HISTORY = 200
 
 
-isfinite = math.isfinite
+_isfinite = math.isfinite
 _UNSCORED = (0.0, None)   # a slot that could not predict (River's empty predict_proba_one)
 
 
@@ -263,13 +263,13 @@ class Engine:
             output = _UNSCORED
             if proba:
                 p_true = proba.get(True, 0.0)
-                if isfinite(p_true):
+                if _isfinite(p_true):
                     output = (p_true, _argmax(proba))
                 else:  # a poisoned model: back to its last good state
                     slot.reset("non_finite_prediction")
                     proba = slot.model.predict_proba_one(x)
                     p_true = proba.get(True, 0.0) if proba else math.nan
-                    if isfinite(p_true):
+                    if _isfinite(p_true):
                         output = (p_true, _argmax(proba))
             outputs.append(output)
             # Provisional negatives learned as each slot predicts: each model sees only its own calls.

@@ -143,12 +143,6 @@ class _Capped(OrderedDict):
     def __reduce__(self):
         return (self.__class__, (self.cap,), {"evicted": self.evicted}, None, iter(self.items()))
 
-    def slot(self, key, make):
-        value = self.get(key)
-        if value is None:
-            value = self.put(key, make())
-        return value
-
     def put(self, key, value):
         """Add `key` (known absent) and forget the oldest keys past the cap; return `value`."""
         self[key] = value
