@@ -30,10 +30,10 @@ replaces a drifting champion is decided by the line-up (`lineup.py`, `policies.p
 
 from __future__ import annotations
 
-import bisect
 import copy
 import logging
 import math
+from bisect import bisect_left
 from dataclasses import replace
 from typing import Callable, Optional, cast
 
@@ -59,6 +59,19 @@ LABEL_DELAY_BUCKETS = (0.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.
 COUNT_NAMES = ("consumed", "duplicate", "predicted", "unscored", "resolved", "learned", "learn_errors",
                "promotions")
 MAX_HISTORY = 200
+
+
+_isfinite = math.isfinite
+_UNSCORED = (0.0, None)   # a slot that could not predict (River's empty predict_proba_one)
+
+
+def _argmax(proba: dict):
+    """River's predict_one: the argmax of predict_proba_one, ties to the first key (`max`'s
+    rule), without `max`'s key calls for the usual two classes."""
+    if len(proba) == 2:
+        first, second = proba
+        return second if proba[second] > proba[first] else first
+    return max(proba, key=proba.__getitem__)
 
 
 class Engine:
@@ -199,7 +212,7 @@ class Engine:
             counts["duplicate"] += 1
             return None
 
-        t = cast(float, event.event_time)  # validated: epoch seconds
+        t: float = event.event_time  # type: ignore[assignment]  # validated: epoch seconds
         joiner = self.joiner
         for expired in joiner.advance(t, event.user_id):
             self._resolve(expired, False, t)
@@ -209,13 +222,13 @@ class Engine:
         if role == LABELLED:
             prediction = self._predict(event, ref)
             p_true = prediction.p_true
-            self._resolve(prediction, cast(bool, event.label), t)
+            self._resolve(prediction, event.label, t)  # type: ignore[arg-type]  # LABELLED: a bool
         elif role == PURCHASE:
             for bought in joiner.purchase(prediction_key(event), t):
                 self._resolve(bought, True, t)
         elif role == PREDICTION_POINT:
             prediction = self._predict(event, ref)
-            if joiner.open(prediction):
+            if joiner.open(prediction, getattr(self.features, "floats_only", False)):
                 p_true = prediction.p_true
         self.features.learn(event)
         if event_id is not None:  # only once handled: an event that failed may be sent again
@@ -247,28 +260,30 @@ class Engine:
         outputs = []
         for slot in self.slots:
             proba = slot.model.predict_proba_one(x)
+            output = _UNSCORED
             if proba:
                 p_true = proba.get(True, 0.0)
-                if not math.isfinite(p_true):  # a poisoned model: back to its last good state
+                if _isfinite(p_true):
+                    output = (p_true, _argmax(proba))
+                else:  # a poisoned model: back to its last good state
                     slot.reset("non_finite_prediction")
                     proba = slot.model.predict_proba_one(x)
                     p_true = proba.get(True, 0.0) if proba else math.nan
-                    if not math.isfinite(p_true):
-                        outputs.append((0.0, None))
-                        continue
-                # River's predict_one is the argmax of predict_proba_one (ties: first key).
-                outputs.append((p_true, max(proba, key=proba.get)))
-            else:
-                outputs.append((0.0, None))
+                    if _isfinite(p_true):
+                        output = (p_true, _argmax(proba))
+            outputs.append(output)
+            # Provisional negatives learned as each slot predicts: each model sees only its own calls.
+            if slot.learn and isinstance(slot.model, FakeNegativeWeighted):
+                self._learn_provisional(slot, x)
         self.counts["predicted"] += 1
-        self._learn_provisional(x)
-        return OpenPrediction(prediction_key(event), cast(float, event.event_time), x, outputs, self.champion, ref)
+        t: float = event.event_time  # type: ignore[assignment]  # validated: epoch seconds
+        return OpenPrediction(prediction_key(event), t, x, outputs, self.champion, ref)
 
     def _resolve(self, prediction: OpenPrediction, y_true: bool, now: float) -> None:
         counts = self.counts
         counts["resolved"] += 1
         delay = now - prediction.event_time
-        self.label_delay_counts[bisect.bisect_left(LABEL_DELAY_BUCKETS, delay)] += 1
+        self.label_delay_counts[0 if delay <= 0.0 else bisect_left(LABEL_DELAY_BUCKETS, delay)] += 1
         self.label_delay_sum += delay
         x = prediction.x
         outputs = prediction.outputs
@@ -316,17 +331,15 @@ class Engine:
         if champion.learn and not champion_failed:
             counts["learned"] += 1
 
-    def _learn_provisional(self, x) -> None:
+    def _learn_provisional(self, slot: ModelSlot, x: dict) -> None:
         """Delayed-feedback models (`delayed.py`) learn each new prediction at once as a
         provisional negative; their `learn_one` at resolution then only corrects purchases."""
-        for slot in self.slots:
-            if slot.learn and isinstance(slot.model, FakeNegativeWeighted):
-                try:
-                    slot.model.learn_provisional(x)
-                except Exception as exc:  # counted and logged like a failed learn: never fails the event
-                    self.counts["learn_errors"] += 1
-                    log.warning("%s could not learn a provisional negative: %s: %s", slot.name,
-                                type(exc).__name__, exc)
+        try:
+            cast(FakeNegativeWeighted, slot.model).learn_provisional(x)
+        except Exception as exc:  # counted and logged like a failed learn: never fails the event
+            self.counts["learn_errors"] += 1
+            log.warning("%s could not learn a provisional negative: %s: %s", slot.name,
+                        type(exc).__name__, exc)
 
     # -- lifecycle: comparison, promotion, drift ----------------------------------------------
 

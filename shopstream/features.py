@@ -82,6 +82,7 @@ class RawFeatures:
     """
 
     name = "raw"
+    floats_only = False   # the client's values: any JSON type
 
     def __init__(self, caps: FeatureCaps = FeatureCaps()):
         self.caps = caps
@@ -142,13 +143,12 @@ class _Capped(OrderedDict):
     def __reduce__(self):
         return (self.__class__, (self.cap,), {"evicted": self.evicted}, None, iter(self.items()))
 
-    def slot(self, key, make):
-        value = self.get(key)
-        if value is None:
-            value = self[key] = make()
-            while len(self) > self.cap:
-                self.popitem(last=False)
-                self.evicted += 1
+    def put(self, key, value):
+        """Add `key` (known absent) and forget the oldest keys past the cap; return `value`."""
+        self[key] = value
+        while len(self) > self.cap:
+            self.popitem(last=False)
+            self.evicted += 1
         return value
 
 
@@ -163,6 +163,9 @@ class ShopFeatures:
     """Clickstream features for "will this session buy this product?"."""
 
     name = "shop"
+    #: Every value `transform` gives is a float: open predictions pack them without checking (labels.py).
+    floats_only = True
+    _one_hot_columns: tuple[dict, dict, dict, dict] | None = None   # see _one_hot; state from before lacks it
 
     def __init__(self, caps: FeatureCaps = FeatureCaps()):
         self.caps = caps
@@ -177,7 +180,7 @@ class ShopFeatures:
         self.vocabulary: dict[str, list[str]] = {"platform": [], "channel": [], "category": []}
         self.evicted_session_products = 0
         self.expired_sessions = 0
-        self._one_hot_columns: tuple[dict, dict] | None = None   # see _one_hot
+        self._one_hot_columns = None
 
     def set_caps(self, caps: FeatureCaps) -> None:
         """New caps for restored state (an artifact's): tables over a cap shrink as they grow."""
@@ -199,18 +202,24 @@ class ShopFeatures:
         product = self.products.get(event.product_id)
         t = cast(float, event.event_time)  # validated: epoch seconds
         seconds_of_day = t % 86400.0
-        x = {
-            "is_cart": 1.0 if event.event_type == "cart" else 0.0,
-            "hour_sin": math.sin(seconds_of_day * _TWO_PI_OVER_DAY),
-            "hour_cos": math.cos(seconds_of_day * _TWO_PI_OVER_DAY),
-        }
-        top = _top_category(event)
-        zeros, names = self._one_hot()
-        x.update(zeros)   # every known value's column, in vocabulary order; then the event's own is 1
-        for field, value in (("platform", event.platform), ("channel", event.channel), ("category", top)):
-            name = names[field].get(value)
-            if name is not None:
-                x[name] = 1.0
+        code = event.category_code
+        top = _TOPS.get(code) or _top_category(event)
+        template, platforms, channels, categories = self._one_hot_columns or self._one_hot()
+        # One dict copy gives every key in its place: the first three, then every known one-hot
+        # column at 0.0 (fields and values in order); assignments below keep that order.
+        x = template.copy()
+        x["is_cart"] = 1.0 if event.event_type == "cart" else 0.0
+        x["hour_sin"] = math.sin(seconds_of_day * _TWO_PI_OVER_DAY)
+        x["hour_cos"] = math.cos(seconds_of_day * _TWO_PI_OVER_DAY)
+        name = platforms.get(event.platform)   # the event's own values are 1.0
+        if name is not None:
+            x[name] = 1.0
+        name = channels.get(event.channel)
+        if name is not None:
+            x[name] = 1.0
+        name = categories.get(top)
+        if name is not None:
+            x[name] = 1.0
         brand = self.brands.get(event.brand) if event.brand else None
         if brand is not None:
             x["brand_views"] = math.log1p(brand[0])
@@ -224,7 +233,7 @@ class ShopFeatures:
         if session is not None:
             x["session_views"] = float(session[1])
             x["session_carts"] = float(session[2])
-            x["session_seconds"] = t - session[0]
+            x["session_seconds"] = float(t - session[0])   # float even for an unvalidated int time
             x["carted_before"] = 1.0 if event.product_id in session[3] else 0.0
             x["product_views_in_session"] = float(session[4].get(event.product_id, 0))
         else:
@@ -239,52 +248,65 @@ class ShopFeatures:
             x["product_conversion"] = (purchases + 1.0) / (views + 50.0)
         return x
 
-    def _one_hot(self) -> tuple[dict, dict]:
-        """The one-hot columns at 0 ("field=value" -> 0.0, fields and values in order) and each
-        field's value -> column name: built when a vocabulary grows, not per event."""
-        cached = self.__dict__.get("_one_hot_columns")   # state restored from before it lacks it
-        if cached is None:
-            zeros: dict[str, float] = {}
-            names: dict[str, dict] = {}
-            for field in ("platform", "channel", "category"):
-                names[field] = {}
-                for known in self.vocabulary[field]:
-                    name = _ONE_HOT_NAMES.setdefault((field, known), f"{field}={known}")
-                    zeros[name] = 0.0
-                    names[field][known] = name
-            cached = self._one_hot_columns = (zeros, names)
+    def _one_hot(self) -> tuple[dict, dict, dict, dict]:
+        """The columns every event starts from ("is_cart", "hour_sin", "hour_cos", then each one-hot
+        "field=value" at 0.0, fields and values in order) and, per field, value -> column name:
+        built when a vocabulary grows (`_one_hot_columns` is then None), not per event."""
+        template: dict[str, float] = {"is_cart": 0.0, "hour_sin": 0.0, "hour_cos": 0.0}
+        names: list[dict] = []
+        for field in ("platform", "channel", "category"):
+            names.append({})
+            for known in self.vocabulary[field]:
+                name = _ONE_HOT_NAMES.setdefault((field, known), f"{field}={known}")
+                template[name] = 0.0
+                names[-1][known] = name
+        cached = self._one_hot_columns = (template, names[0], names[1], names[2])
         return cached
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if len(state.get("_one_hot_columns") or ()) != 4:   # absent, or (zeros, names) from before templates
+            self._one_hot_columns = None
 
     def learn(self, event: Event) -> None:
         t = cast(float, event.event_time)
+        key = event.user_session
         sessions = self.sessions
-        session: Any = sessions.get(event.user_session)  # [start, views, carts, carted, viewed, last seen]
+        session: Any = sessions.get(key)  # [start, views, carts, carted, viewed, last seen]
         new_session = session is None
         if new_session:
-            session = sessions.slot(event.user_session, lambda: [t, 0, 0, set(), {}, t])
+            session = sessions.put(key, [t, 0, 0, set(), {}, t])
         else:
-            session[5] = max(session[5], t)
-            sessions.move_to_end(event.user_session)
-        self._expire_sessions(t)
-        user = self.users.slot(event.user_id, lambda: [0, 0])
+            if t > session[5]:
+                session[5] = t
+            sessions.move_to_end(key)
+        # Expire sessions idle past the TTL (the head is the least recently active); usually none.
+        horizon = t - self.caps.session_ttl
+        while sessions and next(iter(sessions.values()))[5] < horizon:
+            sessions.popitem(last=False)
+            self.expired_sessions += 1
+        users = self.users
+        user = users.get(event.user_id)
+        if user is None:
+            user = users.put(event.user_id, [0, 0])
         if new_session:
             user[0] += 1
         kind = event.event_type
-        room = self.caps.session_products
         if kind == "view":
             session[1] += 1
             views = session[4]
-            count = views.get(event.product_id)
+            product_id = event.product_id
+            count = views.get(product_id)
             if count is not None:
-                views[event.product_id] = count + 1
-            elif len(views) < room:
-                views[event.product_id] = 1
+                views[product_id] = count + 1
+            elif len(views) < self.caps.session_products:
+                views[product_id] = 1
             else:
                 self.evicted_session_products += 1
         elif kind == "cart":
             session[2] += 1
             carted = session[3]
-            if len(carted) < room or event.product_id in carted:
+            if len(carted) < self.caps.session_products or event.product_id in carted:
                 carted.add(event.product_id)
             else:
                 self.evicted_session_products += 1
@@ -297,40 +319,51 @@ class ShopFeatures:
         session and user tables are the partition's own; shared learning folds other
         partitions' events in through this)."""
         kind = event.event_type
-        product = self.products.slot(event.product_id, lambda: [0, 0, 0])
+        products = self.products
+        product = products.get(event.product_id)
+        if product is None:
+            product = products.put(event.product_id, [0, 0, 0])
         if kind == "view":
             product[0] += 1
         elif kind == "cart":
             product[1] += 1
         elif kind == "purchase":
             product[2] += 1
-        top = _top_category(event)
-        for field, value in (("platform", event.platform), ("channel", event.channel), ("category", top)):
-            known = self.vocabulary[field]
-            if value is not None and value not in known and len(known) < self.caps.one_hot:
-                known.append(value)
-                self._one_hot_columns = None
-        if event.brand:
-            brand = self.brands.slot(event.brand, lambda: [0, 0])
+        code = event.category_code
+        top = _TOPS.get(code) or _top_category(event)
+        # A value not yet in its vocabulary (the column names know every one) may grow it.
+        _, platforms, channels, categories = self._one_hot_columns or self._one_hot()
+        platform, channel = event.platform, event.channel
+        if platform not in platforms and platform is not None:
+            self._grow("platform", platform)
+        if channel not in channels and channel is not None:
+            self._grow("channel", channel)
+        if top not in categories:
+            self._grow("category", top)
+        brand_name = event.brand
+        if brand_name:
+            brands = self.brands
+            brand = brands.get(brand_name)
+            if brand is None:
+                brand = brands.put(brand_name, [0, 0])
             if kind == "view":
                 brand[0] += 1
             elif kind == "purchase":
                 brand[1] += 1
-        if event.price is not None and kind == "view":
-            stats = self.category_price.slot(top, lambda: [0, 0.0])
+        price = event.price
+        if price is not None and kind == "view":
+            stats = self.category_price.get(top)
+            if stats is None:
+                stats = self.category_price.put(top, [0, 0.0])
             stats[0] += 1
-            stats[1] += (event.price - stats[1]) / stats[0]
+            stats[1] += (price - stats[1]) / stats[0]
 
-    def _expire_sessions(self, now: float) -> None:
-        """Drop sessions idle for longer than the TTL (the head is the least recently active)."""
-        sessions = self.sessions
-        horizon = now - self.caps.session_ttl
-        while sessions:
-            oldest = next(iter(sessions.values()))
-            if oldest[5] >= horizon:
-                return
-            sessions.popitem(last=False)
-            self.expired_sessions += 1
+    def _grow(self, field: str, value: str) -> None:
+        """Add `value` to `field`'s one-hot vocabulary unless it is full (then it is "other")."""
+        known = self.vocabulary[field]
+        if value not in known and len(known) < self.caps.one_hot:
+            known.append(value)
+            self._one_hot_columns = None
 
 
 # "field=value" names of one-hot columns, built once (vocabularies are capped per field, so
@@ -339,7 +372,18 @@ _ONE_HOT_NAMES: dict[tuple[str, str], str] = {}
 
 
 def _top_category(event: Event) -> str:
-    return event.category_code.partition(".")[0] if event.category_code else "unknown"
+    """The top level of the category code ("unknown" if none), remembered for the next events."""
+    code = event.category_code
+    top = code.partition(".")[0] if code else "unknown"
+    if len(_TOPS) >= _MAX_TOPS:   # codes are the clients': bound the memo
+        _TOPS.clear()
+    _TOPS[code] = top
+    return top
+
+
+# category_code -> its top level: computed once per code, not twice per event.
+_TOPS: dict = {}
+_MAX_TOPS = 10_000
 
 
 FEATURE_SETS = {"raw": RawFeatures, "shop": ShopFeatures}

@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import heapq
 import math
-from array import array
+import struct
+from collections import deque
 from typing import Hashable, Optional
 
 from .config import EngineConfig
@@ -70,6 +71,13 @@ def prediction_key(event: Event) -> tuple:
 
 
 _FLOATS = {float}
+#: n -> a Struct packing n native doubles, as array("d") lays them out.
+_PACKERS: dict[int, struct.Struct] = {}
+
+
+def _packer(n: int) -> struct.Struct:
+    packer = _PACKERS[n] = struct.Struct(f"{n}d")
+    return packer
 #: How many more ahead events than others move the watermark across a jump (`advance`).
 JUMP_QUORUM = 8
 
@@ -81,7 +89,7 @@ class OpenPrediction:
     it is learned but not scored, as in river.evaluate. `champion` is the index of the
     slot whose prediction was published.
 
-    While it waits for its label, the joiner keeps `x` compact (`compact`): its names as
+    While it waits for its label (from `PACK_AFTER` opens on), the joiner keeps `x` compact (`compact`): its names as
     a tuple shared by every prediction with the same feature names, its values as the
     bytes of an ``array('d')`` (8 bytes each, no float objects, no dict), and `outputs`
     as a tuple. Reading `x` gives back a dict equal to the original, key order and float
@@ -110,16 +118,19 @@ class OpenPrediction:
     def x(self, value: Optional[dict]) -> None:
         self._x = value
 
-    def compact(self, schemas: dict) -> None:
-        """Keep `x` as (shared names, array of doubles) if every value is a float."""
+    def compact(self, schemas: dict, floats_only: bool = False) -> None:
+        """Keep `x` as (shared names, array of doubles) if every value is a float
+        (`floats_only`: the feature set guarantees it, so it is not checked)."""
         outputs = self.outputs
         if outputs.__class__ is list:
             self.outputs = tuple(outputs)   # 48 bytes for one slot, not a list's 88
         x = self._x
-        if x.__class__ is not dict or {*map(type, x.values())} != _FLOATS:
+        if x.__class__ is not dict or not x or not (floats_only or {*map(type, x.values())} == _FLOATS):
             return
         names = tuple(x)
-        self._x = (schemas.setdefault(names, names), array("d", list(x.values())).tobytes())
+        n = len(names)
+        packer = _PACKERS.get(n) or _packer(n)   # the bytes of array("d", values), without the list
+        self._x = (schemas.setdefault(names, names), packer.pack(*x.values()))
 
     @property
     def p_true(self) -> float:
@@ -134,6 +145,10 @@ class OpenPrediction:
 
 
 _SHARDS = 64  # the key index is cut in shards: growing one resizes a 64th of it, not all of it
+#: An open prediction's features are packed (`OpenPrediction.compact`) once this many later
+#: predictions were opened: one resolved sooner (a purchase, a short window, a quiet partition)
+#: never pays the packing nor the reading back. Costs at most this many unpacked dicts (~2 KB each).
+PACK_AFTER = 1024
 
 
 class LabelJoiner:
@@ -165,17 +180,22 @@ class LabelJoiner:
         self._open = 0
         self._next_seq = 0
         self._schemas: dict[tuple, tuple] = {}  # feature names -> the one tuple open predictions share
+        self._unpacked: deque = deque()  # the predictions opened last, features not packed yet ...
+        self._unpacked_floats = False    # ... and whether their feature set said floats_only
         self.counts = {"opened": 0, "late": 0, "expired": 0, "evicted": 0, "orphans": 0, "positive": 0, "ahead": 0}
 
     def __getstate__(self) -> dict:
+        self._pack_all()   # a checkpoint holds every open prediction packed, as it always did
         state = self.__dict__.copy()
         del state["_by_key"]
+        del state["_unpacked"], state["_unpacked_floats"]   # the state is main's: packed, nothing pending
         state["_deadlines"] = [entry for entry in self._deadlines if entry[2].seq == entry[1]]
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_schemas", {})
+        self._unpacked, self._unpacked_floats = deque(), False
         deadlines = self._deadlines
         heapq.heapify(deadlines)
         self._by_key = [{} for _ in range(_SHARDS)]
@@ -190,6 +210,7 @@ class LabelJoiner:
         """Take the live heap entries out (the joiner is then empty) and return them, so a
         checkpoint can pickle them apart, in batches (each with its own small memo), and
         `attach` them back. The joiner must not be used in between."""
+        self._pack_all()
         entries = [entry for entry in self._deadlines if entry[2].seq == entry[1]]
         self._deadlines, self._by_key, self._open = [], [{} for _ in range(_SHARDS)], 0
         return entries
@@ -247,6 +268,8 @@ class LabelJoiner:
             self._not_ahead()
         watermark = self.max_time - self.lateness
         deadlines = self._deadlines
+        if not deadlines or deadlines[0][0] >= watermark:   # the usual case: nothing expires
+            return []
         expired = []
         while deadlines and deadlines[0][0] < watermark:
             _, seq, prediction = heapq.heappop(deadlines)
@@ -286,22 +309,41 @@ class LabelJoiner:
         else:
             shard[key] = [found, prediction]
 
-    def open(self, prediction: OpenPrediction) -> bool:
-        """Record a prediction; False (and counted as late) if its window already closed."""
+    def open(self, prediction: OpenPrediction, floats_only: bool = False) -> bool:
+        """Record a prediction; False (and counted as late) if its window already closed.
+        `floats_only`: its features are floats for sure (the feature set's word), see `compact`."""
         deadline = prediction.event_time + self.window
-        if deadline < self.watermark:
+        if deadline < self.max_time - self.lateness:   # the watermark
             self.counts["late"] += 1
             return False
-        prediction.compact(self._schemas)
         prediction.seq = seq = self._next_seq
         self._next_seq += 1
         self._index(prediction)
         heapq.heappush(self._deadlines, (deadline, seq, prediction))
+        if prediction.outputs.__class__ is list:
+            prediction.outputs = tuple(prediction.outputs)   # 48 bytes for one slot, not a list's 88
+        if floats_only != self._unpacked_floats:   # (never in practice: one feature set per engine)
+            self._pack_all()
+            self._unpacked_floats = floats_only
+        unpacked = self._unpacked
+        unpacked.append(prediction)   # no tuple per open: it would live on into the older GC generations
+        if len(unpacked) > PACK_AFTER:
+            waiting = unpacked.popleft()
+            if waiting.seq >= 0:   # still open
+                waiting.compact(self._schemas, floats_only)
         self._open += 1
         self.counts["opened"] += 1
         if self._open > self.max_open:
             self._evict_oldest()
         return True
+
+    def _pack_all(self) -> None:
+        """Pack the features of every open prediction not packed yet (see `PACK_AFTER`)."""
+        unpacked, schemas, floats_only = self._unpacked, self._schemas, self._unpacked_floats
+        while unpacked:
+            prediction = unpacked.popleft()
+            if prediction.seq >= 0:
+                prediction.compact(schemas, floats_only)
 
     def purchase(self, key: Hashable, event_time: float) -> list[OpenPrediction]:
         """A purchase of `key` at `event_time`: return the predictions it makes positive."""

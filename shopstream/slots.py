@@ -78,8 +78,9 @@ def paired_loss(y, a, b) -> tuple[float, float]:
 
 class PairedLossTest:
     """A challenger's last `window` resolved predictions paired with the champion's on the
-    same events (label, champion's P(True), challenger's P(True)), in ring buffers: an
-    update is three stores, the tests run only when the policy checks."""
+    same events (label, champion's P(True), challenger's P(True)), in ring buffers. An
+    update appends to a pending list, stored in the rings at the next read (or once a window
+    is pending): the same rings as storing each at once. The tests run only when the policy checks."""
 
     def __init__(self, window: int = 2000):
         self.window = window
@@ -88,24 +89,36 @@ class PairedLossTest:
         self._challenger = np.zeros(window)
         self._next = 0
         self._n = 0
+        self._pending: list[tuple] = []   # (y, champion, challenger) not yet in the rings
 
     @property
     def n(self) -> int:
+        self._store_pending()
         return self._n
 
     @property
     def positives(self) -> int:
+        self._store_pending()
         return int(self._y[:self._n].sum())
 
     def update(self, y_true: bool, p_champion: float, p_challenger: float) -> None:
-        i = self._next
-        self._y[i], self._champion[i], self._challenger[i] = y_true, p_champion, p_challenger
-        self._next = (i + 1) % self.window
-        if self._n < self.window:
-            self._n += 1
+        pending = self._pending
+        pending.append((y_true, p_champion, p_challenger))
+        if len(pending) >= self.window:
+            self._store_pending()
+
+    def _store_pending(self) -> None:
+        pending = self._pending
+        if pending:
+            self._pending = []
+            self._store(*zip(*pending))   # at most a window: each lands where `update` put it one by one
 
     def extend(self, y, p_champion, p_challenger) -> None:
         """`update` for each pair in order, at once (what a benchmark streams between checks)."""
+        self._store_pending()
+        self._store(y, p_champion, p_challenger)
+
+    def _store(self, y, p_champion, p_challenger) -> None:
         y, a, b = np.asarray(y, bool)[-self.window:], np.asarray(p_champion, float)[-self.window:], \
             np.asarray(p_challenger, float)[-self.window:]
         at = (self._next + np.arange(len(y))) % self.window
@@ -114,6 +127,7 @@ class PairedLossTest:
         self._n = min(self.window, self._n + len(y))
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self._store_pending()
         n = self._n
         return self._y[:n], self._champion[:n], self._challenger[:n]
 
@@ -125,11 +139,18 @@ class PairedLossTest:
         """The challenger's exact ROC AUC minus the champion's on the window, and DeLong's z."""
         return delong(*self.pairs())
 
+    def __getstate__(self):
+        self._store_pending()   # checkpoints hold the rings as they always did
+        state = dict(self.__dict__)
+        del state["_pending"]
+        return state
+
     def __setstate__(self, state):
         if "_diffs" in state:  # a checkpoint from before the pairs were kept: start the window over
             self.__init__(state["window"])
         else:
             self.__dict__.update(state)
+            self._pending = []
 
 
 class ModelSlot:

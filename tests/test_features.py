@@ -85,3 +85,36 @@ def test_one_hot_columns_follow_the_vocabulary_in_order_also_after_a_restore():
             features = pickle.loads(pickle.dumps(features))
             del features.__dict__["_one_hot_columns"]   # as restored from a checkpoint before the cache
     assert all(features.vocabulary.values())
+
+
+def test_shop_features_are_floats_only_as_they_declare_even_for_an_int_event_time():
+    """Open predictions pack shop features as doubles without checking them (`floats_only`):
+    every value must be a float, also when an unvalidated event carries an int time."""
+    assert ShopFeatures.floats_only and not RawFeatures.floats_only
+    shop = ShopFeatures()
+    events = stream(2000) + [Event(1_600_000_000 + i, "view", "p1", "u1", "s-int", price=3, platform="web")
+                             for i in range(3)]
+    for event in events:
+        x = shop.transform(event)
+        assert {type(v) for v in x.values()} == {float}, x
+        shop.learn(event)
+    assert x["session_seconds"] == 2.0
+
+
+def test_state_pickled_with_the_previous_one_hot_cache_transforms_the_same():
+    """Feature state pickled by the previous code holds `_one_hot_columns` as (zeros, names):
+    restored, it is rebuilt in the current layout and gives the same dicts, key order included."""
+    events = stream(1500)
+    shop = ShopFeatures()
+    for event in events[:1000]:
+        shop.transform(event)
+        shop.learn(event)
+    state = pickle.loads(pickle.dumps(shop)).__dict__
+    state["_one_hot_columns"] = ({"platform=web": 0.0}, {"platform": {"web": "platform=web"}})   # the old layout
+    restored = ShopFeatures.__new__(ShopFeatures)
+    restored.__setstate__(state)
+    for event in events[1000:]:
+        expected, got = shop.transform(event), restored.transform(event)
+        assert list(got.items()) == list(expected.items())
+        shop.learn(event)
+        restored.learn(event)

@@ -5,6 +5,8 @@ from shopstream.engine import Engine
 from shopstream.events import Event
 from shopstream.labels import LabelJoiner, OpenPrediction
 
+import pickle
+
 T0 = 1.7e9
 
 
@@ -176,3 +178,41 @@ def test_one_fast_user_alone_never_moves_the_watermark():
         assert joiner.advance(T0 + 6 * 3600 + i, "fast") == []
     assert joiner.max_time == T0 and len(joiner) == 1
     assert opened(joiner, "s", "q", T0 - 10) is True       # an honest event is not late
+
+
+def test_compact_features_read_back_the_same_with_or_without_the_float_check():
+    """An open prediction keeps float features as the bytes of an array('d') under a shared
+    names tuple; a feature set that guarantees floats skips the check; anything else stays a dict."""
+    from array import array
+
+    x = {"b": 1.5, "a": -0.0, "c": float("inf"), "d": 5e-324}
+    for floats_only in (False, True):
+        schemas: dict = {}
+        prediction = OpenPrediction(("s", "p"), 0.0, dict(x), [(0.5, True)])
+        prediction.compact(schemas, floats_only)
+        names, packed = prediction._x
+        assert names is schemas[("b", "a", "c", "d")] and packed == array("d", x.values()).tobytes()
+        assert list(prediction.x.items()) == list(x.items()) and str(prediction.x["a"]) == "-0.0"
+    mixed = OpenPrediction(("s", "p"), 0.0, {"a": 1.0, "n": 2}, [(0.5, True)])
+    mixed.compact({})
+    assert mixed.x == {"a": 1.0, "n": 2} and type(mixed.x["n"]) is int
+
+
+def test_features_are_packed_only_once_a_prediction_waited_pack_after_opens_and_in_checkpoints():
+    """A prediction resolved within `PACK_AFTER` later opens keeps its dict (never packed nor
+    read back); an older one is packed; a pickled joiner holds every open one packed."""
+    from shopstream.labels import PACK_AFTER
+
+    joiner = LabelJoiner(window=1e9)
+    made = [OpenPrediction(("s", i), float(i), {"a": float(i), "b": -0.0}, [(0.5, True)])
+            for i in range(PACK_AFTER + 10)]
+    for prediction in made:
+        assert joiner.open(prediction, floats_only=True)
+    assert all(p._x.__class__ is tuple for p in made[:10]) and all(p._x.__class__ is dict for p in made[10:])
+    [bought] = joiner.purchase(("s", PACK_AFTER), float(PACK_AFTER))
+    assert bought.x == {"a": float(PACK_AFTER), "b": -0.0}   # the dict it was opened with
+    copy = pickle.loads(pickle.dumps(joiner))
+    restored = copy.open_predictions()
+    assert len(restored) == len(made) - 1 and all(p._x.__class__ is tuple for p in restored)
+    assert [list(p.x.items()) for p in restored] == [list(p.x.items()) for p in joiner.open_predictions()]
+    assert str(restored[-1].x["b"]) == "-0.0"

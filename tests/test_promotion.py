@@ -142,3 +142,23 @@ def test_the_promotion_benchmark_runs_and_prints_its_table(capsys):
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| 15 degrees")]
     assert [row.split(" | ")[2] for row in rows] == ["before", "auc"] and "false promotions per 100k" in out
+
+
+def test_pending_pairs_land_in_the_rings_exactly_where_one_by_one_stores_put_them():
+    """`update` only appends; the pairs reach the rings at a read, a pickle or once a window is
+    pending. The rings (order included) are those of storing each pair at once."""
+    import random
+
+    rng = random.Random(5)
+    window = 100
+    test = PairedLossTest(window=window)
+    ring = [[False] * window, [0.0] * window, [0.0] * window]
+    for i in range(2345):
+        y, a, b = rng.random() < 0.2, rng.random(), rng.random()
+        test.update(y, a, b)
+        ring[0][i % window], ring[1][i % window], ring[2][i % window] = y, a, b
+        if rng.random() < 0.01:
+            test = pickle.loads(pickle.dumps(test))
+        if rng.random() < 0.01 or i == 2344:
+            assert test.n == min(i + 1, window)
+            assert [r.tolist() for r in test.pairs()] == [r[:test.n] for r in ring]
