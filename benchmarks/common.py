@@ -31,6 +31,21 @@ _encode = msgspec.json.Encoder().encode
 
 # -- the event stream ------------------------------------------------------------------
 
+def time_calls(owner, name: str, spent: list, clock=time.time) -> None:
+    """Wrap `owner.name` so that each call appends (start, seconds) to `spent` (the traces of
+    worker_variant.py and request_trace.py time the worker's own methods this way)."""
+    original = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        start = clock()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spent.append((start, clock() - start))
+
+    setattr(owner, name, wrapper)
+
+
 def make_messages(n: int, seed: int = SEED) -> list[tuple[bytes, bytes]]:
     """(key, value) pairs exactly as `shopstream produce` sends them: key = user_id,
     value = the generator's event as JSON."""

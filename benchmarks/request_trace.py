@@ -115,18 +115,10 @@ def install(path: str) -> None:
 
     serving.ScoreServer._write_event = write_event
 
+    from common import time_calls
+
     def timed(owner, name: str, label: str) -> None:
-        original = getattr(owner, name)
-        spent = stops.setdefault(label, [])
-
-        def wrapper(*args, **kwargs):
-            start = wall()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                spent.append((start, wall() - start))
-
-        setattr(owner, name, wrapper)
+        time_calls(owner, name, stops.setdefault(label, []), wall)
 
     for owner, name, label in ((worker_module.Worker, "take_snapshots", "metrics snapshot"),
                                (worker_module.Worker, "_maybe_checkpoint", "checkpoint check (per batch)"),

@@ -103,18 +103,10 @@ def trace_loop(worker_module, consumer_class, path: str) -> None:
 
     stops: dict = {}
 
+    from common import time_calls
+
     def timed(owner, name: str, label: str) -> None:
-        original = getattr(owner, name)
-        spent = stops.setdefault(label, [])
-
-        def wrapper(*args, **kwargs):
-            start = wall()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                spent.append((start, wall() - start))
-
-        setattr(owner, name, wrapper)
+        time_calls(owner, name, stops.setdefault(label, []), wall)
 
     for owner, name, label in ((worker_module.Worker, "take_snapshots", "metrics snapshot"),
                                (worker_module.Worker, "_poll_control", "control poll"),
