@@ -39,7 +39,7 @@ import heapq
 import math
 import struct
 from collections import deque
-from typing import Hashable, Optional
+from typing import Hashable, Optional, cast
 
 from .config import EngineConfig
 from .events import Event
@@ -71,13 +71,55 @@ def prediction_key(event: Event) -> tuple:
 
 
 _FLOATS = {float}
-#: n -> a Struct packing n native doubles, as array("d") lays them out.
-_PACKERS: dict[int, struct.Struct] = {}
+_LABEL_CODES = {None: 0, False: 1, True: 2}
+_LABELS = (None, False, True)
 
 
-def _packer(n: int) -> struct.Struct:
-    packer = _PACKERS[n] = struct.Struct(f"{n}d")
-    return packer
+class PackedLayout:
+    """How the bytes of a packed open prediction read back (`OpenPrediction.compact`): its
+    feature names, shared by every prediction with the same names, and how many slots'
+    outputs follow the features. The bytes: the n feature values and the k slots' P(True)
+    as native doubles (array("d")'s layout: every float bit kept), then one label code per
+    slot (0: None, 1: False, 2: True).
+
+    >>> layout = PackedLayout(("a", "b"), 1)
+    >>> packed = layout.pack((1.5, -0.0), ((0.25, True),))
+    >>> len(packed), layout.features(packed), layout.outputs(packed)
+    (25, {'a': 1.5, 'b': -0.0}, ((0.25, True),))
+    """
+
+    __slots__ = ("names", "slots", "_whole", "_features", "_outputs")
+
+    def __init__(self, names: tuple, slots: int):
+        self.names = names
+        self.slots = slots
+        n = len(names)
+        self._whole = struct.Struct(f"{n + slots}d{slots}B")
+        self._features = struct.Struct(f"{n}d")
+        self._outputs = struct.Struct(f"{8 * n}x{slots}d{slots}B")   # skips the features
+
+    def pack(self, values, outputs) -> bytes:
+        """`values`: the feature values (floats), `outputs`: each slot's (float P(True), label)."""
+        return self._whole.pack(*values, *[p for p, _ in outputs], *[_LABEL_CODES[y] for _, y in outputs])
+
+    def features(self, packed: bytes) -> dict:
+        return dict(zip(self.names, self._features.unpack_from(packed)))
+
+    def outputs(self, packed: bytes) -> tuple:
+        k = self.slots
+        numbers = self._outputs.unpack_from(packed)
+        return tuple(zip(numbers[:k], [_LABELS[code] for code in numbers[k:]]))
+
+    def __reduce__(self):
+        return PackedLayout, (self.names, self.slots)
+
+
+def _packable(outputs) -> bool:
+    """Every (P(True), label) is a float and None, False or True: the bytes hold them exactly."""
+    for p_true, y_pred in outputs:
+        if p_true.__class__ is not float or not (y_pred is None or y_pred is True or y_pred is False):
+            return False
+    return True
 #: How many more ahead events than others move the watermark across a jump (`advance`).
 JUMP_QUORUM = 8
 
@@ -89,20 +131,22 @@ class OpenPrediction:
     it is learned but not scored, as in river.evaluate. `champion` is the index of the
     slot whose prediction was published.
 
-    While it waits for its label (from `PACK_AFTER` opens on), the joiner keeps `x` compact (`compact`): its names as
-    a tuple shared by every prediction with the same feature names, its values as the
-    bytes of an ``array('d')`` (8 bytes each, no float objects, no dict), and `outputs`
-    as a tuple. Reading `x` gives back a dict equal to the original, key order and float
-    bits included; a dict with any value that is not a float stays a dict."""
+    While it waits for its label (from `PACK_AFTER` opens on), the joiner packs it (`compact`):
+    `_x` becomes one bytes object holding the feature values and every slot's output (8 bytes a
+    number, no float objects, no dict, no tuples), and `_outputs` the `PackedLayout` that reads
+    them back, shared by every prediction with the same feature names and slot count. Reading `x`
+    and `outputs` gives back values equal to the originals, key order and float bits included. A
+    prediction with any feature value that is not a float, or an output that is not (float, None,
+    False or True), stays unpacked: a dict and a tuple."""
 
-    __slots__ = ("key", "event_time", "_x", "outputs", "champion", "ref", "seq")
+    __slots__ = ("key", "event_time", "_x", "_outputs", "champion", "ref", "seq")
 
     def __init__(self, key: Hashable, event_time: float, x: Optional[dict], outputs: list,
                  champion: int = 0, ref: object = None):
         self.key = key
         self.event_time = event_time
-        self._x: dict | tuple | None = x
-        self.outputs: list | tuple = outputs
+        self._x: dict | bytes | None = x
+        self._outputs: list | tuple | PackedLayout = outputs
         self.champion = champion
         self.ref = ref
         self.seq = 0
@@ -110,27 +154,49 @@ class OpenPrediction:
     @property
     def x(self) -> Optional[dict]:
         x = self._x
-        if isinstance(x, tuple):
-            return dict(zip(x[0], memoryview(x[1]).cast("d")))
-        return x
+        if x.__class__ is bytes:
+            return cast(PackedLayout, self._outputs).features(cast(bytes, x))
+        return cast(Optional[dict], x)
 
     @x.setter
     def x(self, value: Optional[dict]) -> None:
+        if self._outputs.__class__ is PackedLayout:
+            self._outputs = self.outputs   # the bytes that held them are going
         self._x = value
 
-    def compact(self, schemas: dict, floats_only: bool = False) -> None:
-        """Keep `x` as (shared names, array of doubles) if every value is a float
-        (`floats_only`: the feature set guarantees it, so it is not checked)."""
-        outputs = self.outputs
-        if outputs.__class__ is list:
-            self.outputs = tuple(outputs)   # 48 bytes for one slot, not a list's 88
+    @property
+    def outputs(self) -> list | tuple:
+        outputs = self._outputs
+        if outputs.__class__ is PackedLayout:
+            return cast(PackedLayout, outputs).outputs(cast(bytes, self._x))
+        return cast(tuple, outputs)
+
+    @outputs.setter
+    def outputs(self, value: list | tuple) -> None:
+        if self._outputs.__class__ is PackedLayout:
+            self._x = self.x
+        self._outputs = value
+
+    def compact(self, layouts: dict, floats_only: bool = False) -> None:
+        """Pack `x` and the outputs into one bytes object read through a layout shared from
+        `layouts` (see the class docstring); `floats_only`: the feature set guarantees float
+        features, so they are not checked."""
+        outputs = self._outputs
         x = self._x
-        if x.__class__ is not dict or not x or not (floats_only or {*map(type, x.values())} == _FLOATS):
+        if outputs.__class__ is PackedLayout:
             return
-        names = tuple(x)
-        n = len(names)
-        packer = _PACKERS.get(n) or _packer(n)   # the bytes of array("d", values), without the list
-        self._x = (schemas.setdefault(names, names), packer.pack(*x.values()))
+        if x.__class__ is not dict or not x or not (floats_only or {*map(type, x.values())} == _FLOATS) \
+                or not _packable(outputs):
+            if outputs.__class__ is list:
+                self._outputs = tuple(outputs)   # 48 bytes for one slot, not a list's 88
+            return
+        names = tuple(cast(dict, x))
+        key = (names, len(outputs))
+        layout = layouts.get(key)
+        if layout is None:
+            layout = layouts[key] = PackedLayout(names, len(outputs))
+        self._x = layout.pack(cast(dict, x).values(), outputs)
+        self._outputs = layout
 
     @property
     def p_true(self) -> float:
@@ -142,6 +208,10 @@ class OpenPrediction:
     def __setstate__(self, state):
         for name, value in zip(self.__slots__, state):
             setattr(self, name, value)
+        x = self._x
+        if x.__class__ is tuple:   # packed before PackedLayout: (names, array("d") bytes of the values)
+            names, packed = cast(tuple, x)
+            self._x = dict(zip(names, memoryview(packed).cast("d")))
 
 
 _SHARDS = 64  # the key index is cut in shards: growing one resizes a 64th of it, not all of it
@@ -179,7 +249,7 @@ class LabelJoiner:
         self._deadlines: list[tuple] = []  # heap of (deadline, seq, prediction); removed ones skipped
         self._open = 0
         self._next_seq = 0
-        self._schemas: dict[tuple, tuple] = {}  # feature names -> the one tuple open predictions share
+        self._schemas: dict[tuple, PackedLayout] = {}  # (feature names, slots) -> the layout predictions share
         self._unpacked: deque = deque()  # the predictions opened last, features not packed yet ...
         self._unpacked_floats = False    # ... and whether their feature set said floats_only
         self.counts = {"opened": 0, "late": 0, "expired": 0, "evicted": 0, "orphans": 0, "positive": 0, "ahead": 0}
@@ -194,13 +264,16 @@ class LabelJoiner:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self.__dict__.setdefault("_schemas", {})
+        schemas = self.__dict__.setdefault("_schemas", {})
+        if not all(layout.__class__ is PackedLayout for layout in schemas.values()):
+            self._schemas = {}   # an older checkpoint's names -> names tuples: its predictions are repacked
         self._unpacked, self._unpacked_floats = deque(), False
         deadlines = self._deadlines
         heapq.heapify(deadlines)
         self._by_key = [{} for _ in range(_SHARDS)]
         for _, _, prediction in sorted(deadlines, key=lambda entry: entry[1]):  # opening order
             self._index(prediction)
+            self._adopt(prediction)
         self._open = len(deadlines)
 
     def __len__(self) -> int:
@@ -216,12 +289,25 @@ class LabelJoiner:
         return entries
 
     def attach(self, entries: list) -> None:
-        """Put back entries taken by `detach` (or loaded from a checkpoint's batches)."""
+        """Put back entries taken by `detach` (or loaded from a checkpoint's batches): each
+        packed one reads through this joiner's layout of its shape (a checkpoint's batches
+        each bring their own copy), and one from an older checkpoint is packed now."""
         self._deadlines.extend(entries)
         heapq.heapify(self._deadlines)
         for _, _, prediction in sorted(entries, key=lambda entry: entry[1]):  # opening order
             self._index(prediction)
+            self._adopt(prediction)
         self._open += len(entries)
+
+    def _adopt(self, prediction: OpenPrediction) -> None:
+        """A restored prediction reads through this joiner's layout of its shape (each pickle
+        brings its own copy); one from a checkpoint older than `PackedLayout` is packed now."""
+        layout = prediction._outputs
+        if layout.__class__ is PackedLayout:
+            shape = (layout.names, layout.slots)   # type: ignore[union-attr]
+            prediction._outputs = self._schemas.setdefault(shape, layout)
+        else:
+            prediction.compact(self._schemas)
 
     @property
     def _by_seq(self) -> dict[int, OpenPrediction]:
@@ -320,8 +406,8 @@ class LabelJoiner:
         self._next_seq += 1
         self._index(prediction)
         heapq.heappush(self._deadlines, (deadline, seq, prediction))
-        if prediction.outputs.__class__ is list:
-            prediction.outputs = tuple(prediction.outputs)   # 48 bytes for one slot, not a list's 88
+        if prediction._outputs.__class__ is list:
+            prediction._outputs = tuple(prediction._outputs)   # 48 bytes for one slot, not a list's 88
         if floats_only != self._unpacked_floats:   # (never in practice: one feature set per engine)
             self._pack_all()
             self._unpacked_floats = floats_only

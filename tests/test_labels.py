@@ -180,22 +180,64 @@ def test_one_fast_user_alone_never_moves_the_watermark():
     assert opened(joiner, "s", "q", T0 - 10) is True       # an honest event is not late
 
 
-def test_compact_features_read_back_the_same_with_or_without_the_float_check():
-    """An open prediction keeps float features as the bytes of an array('d') under a shared
-    names tuple; a feature set that guarantees floats skips the check; anything else stays a dict."""
+def test_compact_features_and_outputs_read_back_the_same_with_or_without_the_float_check():
+    """An open prediction keeps float features and its slots' outputs as one bytes object read
+    through a layout shared by every prediction of that shape; a feature set that guarantees
+    floats skips the check; anything else stays a dict and a tuple."""
     from array import array
 
+    from shopstream.labels import PackedLayout
+
     x = {"b": 1.5, "a": -0.0, "c": float("inf"), "d": 5e-324}
+    outputs = [(0.5, True), (0.0, None), (float.fromhex("0x1.5555555555555p-2"), False)]
     for floats_only in (False, True):
-        schemas: dict = {}
-        prediction = OpenPrediction(("s", "p"), 0.0, dict(x), [(0.5, True)])
-        prediction.compact(schemas, floats_only)
-        names, packed = prediction._x
-        assert names is schemas[("b", "a", "c", "d")] and packed == array("d", x.values()).tobytes()
+        layouts: dict = {}
+        prediction = OpenPrediction(("s", "p"), 0.0, dict(x), list(outputs))
+        prediction.compact(layouts, floats_only)
+        layout = prediction._outputs
+        assert layout is layouts[(("b", "a", "c", "d"), 3)] and isinstance(layout, PackedLayout)
+        assert prediction._x == array("d", [*x.values(), *(p for p, _ in outputs)]).tobytes() + bytes([2, 0, 1])
         assert list(prediction.x.items()) == list(x.items()) and str(prediction.x["a"]) == "-0.0"
+        assert prediction.outputs == tuple(outputs) and prediction.p_true == 0.5
+        twin = OpenPrediction(("s", "q"), 0.0, dict(x), list(outputs))
+        twin.compact(layouts, floats_only)
+        assert twin._outputs is layout                          # one layout per shape
+        prediction.x = None                                     # learned: the features go, the outputs stay
+        assert prediction.x is None and prediction.outputs == tuple(outputs)
     mixed = OpenPrediction(("s", "p"), 0.0, {"a": 1.0, "n": 2}, [(0.5, True)])
     mixed.compact({})
-    assert mixed.x == {"a": 1.0, "n": 2} and type(mixed.x["n"]) is int
+    assert mixed.x == {"a": 1.0, "n": 2} and type(mixed.x["n"]) is int and mixed.outputs == ((0.5, True),)
+    odd_label = OpenPrediction(("s", "p"), 0.0, {"a": 1.0}, [(0.5, "yes")])   # a label the bytes cannot hold
+    odd_label.compact({}, floats_only=True)
+    assert odd_label.x == {"a": 1.0} and odd_label.outputs == ((0.5, "yes"),)
+
+
+def test_a_prediction_packed_by_an_older_checkpoint_loads_and_is_packed_again():
+    """Checkpoints written before `PackedLayout` hold (names, array('d') bytes) as `_x` and a tuple
+    of outputs: they load, read back the same, and are packed the new way."""
+    from array import array
+
+    from shopstream.labels import PackedLayout
+
+    joiner = LabelJoiner(window=1e9)
+    assert joiner.open(OpenPrediction(("s", 1), 1.0, {"a": 2.5, "b": -0.0}, [(0.25, False)]), floats_only=True)
+    state = joiner.__getstate__()
+    [(_, _, prediction)] = state["_deadlines"]
+    names = ("a", "b")
+    old = (prediction.key, prediction.event_time, (names, array("d", [2.5, -0.0]).tobytes()), ((0.25, False),),
+           0, None, prediction.seq)
+    restored_prediction = OpenPrediction.__new__(OpenPrediction)
+    restored_prediction.__setstate__(old)
+    state["_deadlines"] = [(1.0 + 1e9, prediction.seq, restored_prediction)]
+    state["_schemas"] = {names: names}
+    restored = LabelJoiner.__new__(LabelJoiner)
+    restored.__setstate__(state)
+    [again] = restored.open_predictions()
+    assert isinstance(again._outputs, PackedLayout) and again._x.__class__ is bytes
+    assert list(again.x.items()) == [("a", 2.5), ("b", -0.0)] and str(again.x["b"]) == "-0.0"
+    assert again.outputs == ((0.25, False),)
+    [bought] = restored.purchase(("s", 1), 2.0)
+    assert bought is again
 
 
 def test_features_are_packed_only_once_a_prediction_waited_pack_after_opens_and_in_checkpoints():
@@ -208,11 +250,11 @@ def test_features_are_packed_only_once_a_prediction_waited_pack_after_opens_and_
             for i in range(PACK_AFTER + 10)]
     for prediction in made:
         assert joiner.open(prediction, floats_only=True)
-    assert all(p._x.__class__ is tuple for p in made[:10]) and all(p._x.__class__ is dict for p in made[10:])
+    assert all(p._x.__class__ is bytes for p in made[:10]) and all(p._x.__class__ is dict for p in made[10:])
     [bought] = joiner.purchase(("s", PACK_AFTER), float(PACK_AFTER))
     assert bought.x == {"a": float(PACK_AFTER), "b": -0.0}   # the dict it was opened with
     copy = pickle.loads(pickle.dumps(joiner))
     restored = copy.open_predictions()
-    assert len(restored) == len(made) - 1 and all(p._x.__class__ is tuple for p in restored)
+    assert len(restored) == len(made) - 1 and all(p._x.__class__ is bytes for p in restored)
     assert [list(p.x.items()) for p in restored] == [list(p.x.items()) for p in joiner.open_predictions()]
     assert str(restored[-1].x["b"]) == "-0.0"
