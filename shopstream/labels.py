@@ -155,7 +155,7 @@ class OpenPrediction:
     def x(self) -> Optional[dict]:
         x = self._x
         if x.__class__ is bytes:
-            return cast(PackedLayout, self._outputs).features(cast(bytes, x))
+            return cast(PackedLayout, self._outputs).features(x)
         return cast(Optional[dict], x)
 
     @x.setter
@@ -168,7 +168,7 @@ class OpenPrediction:
     def outputs(self) -> list | tuple:
         outputs = self._outputs
         if outputs.__class__ is PackedLayout:
-            return cast(PackedLayout, outputs).outputs(cast(bytes, self._x))
+            return outputs.outputs(cast(bytes, self._x))
         return cast(tuple, outputs)
 
     @outputs.setter
@@ -190,12 +190,11 @@ class OpenPrediction:
             if outputs.__class__ is list:
                 self._outputs = tuple(outputs)   # 48 bytes for one slot, not a list's 88
             return
-        names = tuple(cast(dict, x))
-        key = (names, len(outputs))
-        layout = layouts.get(key)
+        names, slots = tuple(x), len(cast(tuple, outputs))
+        layout = layouts.get((names, slots))
         if layout is None:
-            layout = layouts[key] = PackedLayout(names, len(outputs))
-        self._x = layout.pack(cast(dict, x).values(), outputs)
+            layout = layouts[names, slots] = PackedLayout(names, slots)
+        self._x = layout.pack(x.values(), outputs)
         self._outputs = layout
 
     @property
@@ -304,7 +303,7 @@ class LabelJoiner:
         brings its own copy); one from a checkpoint older than `PackedLayout` is packed now."""
         layout = prediction._outputs
         if layout.__class__ is PackedLayout:
-            shape = (layout.names, layout.slots)   # type: ignore[union-attr]
+            shape = (layout.names, layout.slots)
             prediction._outputs = self._schemas.setdefault(shape, layout)
         else:
             prediction.compact(self._schemas)
