@@ -8,6 +8,7 @@ uniquely named topic per call, so tests never see each other's messages.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -77,6 +78,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def reusable_port() -> int:
+    """A free port below the kernel's ephemeral range, for a server that is stopped and started
+    again on it: while it is down, no outgoing connection can be given the port as its own
+    (a free_port() was, once: a private broker's restart failed with "Address already in use")."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10_000, max(10_001, low))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port between 10000 and {low}")
+
+
 def worker_command(bootstrap: str, topic: str, checkpoints: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "cli", "worker", "--bootstrap-servers", bootstrap,
             "--topic", topic, "--group", f"g-{topic}", "--checkpoints", str(checkpoints),
@@ -93,7 +114,11 @@ class PrivateBroker:
     and restarted (outage tests) without disturbing the shared one."""
 
     def __init__(self, data_dir: Path):
-        self.port, self.controller_port, self.sasl_port = free_port(), free_port(), free_port()
+        ports: list[int] = []
+        while len(ports) < 3:   # three distinct ones: none is held until the broker binds it
+            port = reusable_port()
+            ports += [port] if port not in ports else []
+        self.port, self.controller_port, self.sasl_port = ports
         self.env = {**os.environ, "SHOPSTREAM_KAFKA_DATA": str(data_dir), "KAFKA_PORT": str(self.port),
                     "KAFKA_CONTROLLER_PORT": str(self.controller_port), "KAFKA_SASL_PORT": str(self.sasl_port),
                     "KAFKA_SASL_USER": "shop", "KAFKA_SASL_PASSWORD": "pa55-word"}

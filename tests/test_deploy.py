@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -253,8 +254,9 @@ def test_compose_topology_natively_with_real_prometheus(compose, kafka, tmp_path
         try:
             wait_for(everything_scraped, 120, "both workers scraped with learned events")
         except TimeoutError as error:
-            raise TimeoutError(f"{error}; last seen {seen}; workers alive: "
-                               f"{[w.poll() is None for w in workers]}") from None
+            dead = [w.stderr.read()[-3000:] for w in workers if w.poll() is not None and w.stderr]
+            raise TimeoutError(f"{error}; last seen {seen}; workers alive: {[w.poll() is None for w in workers]}"
+                               + "".join(f"\na stopped worker's last words:\n{log}" for log in dead)) from None
         # The scoring API as compose configures it: one worker answers for users of every partition,
         # forwarding those of the other worker's partitions to it. A recorded score is answered when its
         # partition's worker reaches the event: first let the workers catch up with the feed.
@@ -268,10 +270,25 @@ def test_compose_topology_natively_with_real_prometheus(compose, kafka, tmp_path
             if partition not in covered:
                 covered.add(partition)
                 users.append(f"deploy-user-{number}")
+
+        def score(user: str) -> dict:
+            """POST /score as a client should: with an event id of its own, so that after a 503 (a
+            partition moving, its owner not known yet) or a 504 (not answered in time) the same
+            request is sent again, for up to 60 s, and scored once; each refusal's reason is kept."""
+            body = json.dumps({"user_id": user, "user_session": f"{user}-s", "product_id": "p1",
+                               "event_type": "view", "event_id": f"deploy-{suffix}-{user}"}).encode()
+            deadline, refusals = time.time() + 60, []
+            while True:
+                request = urllib.request.Request(f"http://127.0.0.1:{api_ports[0]}/score", method="POST", data=body)
+                try:
+                    return json.loads(urllib.request.urlopen(request, timeout=30).read())
+                except urllib.error.HTTPError as error:
+                    refusals.append(error.read().decode(errors="replace").strip())
+                    if error.code not in (503, 504) or time.time() > deadline:
+                        raise AssertionError(f"/score for {user}: {error.code}; answers: {refusals[-3:]}") from None
+                    time.sleep(0.5)
         for user in users:
-            request = urllib.request.Request(f"http://127.0.0.1:{api_ports[0]}/score", method="POST", data=json.dumps(
-                {"user_id": user, "user_session": f"{user}-s", "product_id": "p1", "event_type": "view"}).encode())
-            answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
+            answer = score(user)
             assert answer["recorded"] and 0 <= answer["score"] <= 1, answer
         time.sleep(3)
         forwarded = api.query('sum(shopstream_score_forwarded_total{outcome="answered"})')["data"]["result"]
