@@ -84,6 +84,10 @@ class Engine:
     #: What the drift reaction ``challenger`` adds (None: nothing; engines from older checkpoints).
     replacements: Optional[Replacements] = None
 
+    #: Set by `mark_good`: the checkpoint that follows pickles every slot's model, which slows
+    #: its attribute loads on CPython 3.11-3.12 (`model_state.py`); the next event refreshes them.
+    _refresh_due = False
+
     def __init__(self, model, features, config: EngineConfig = EngineConfig(), *, model_name: str = "model",
                  model_version: str = "fresh", promotion: Optional[PromotionPolicy] = None,
                  replacements: Optional[Replacements] = None):
@@ -140,6 +144,7 @@ class Engine:
             else:
                 log.error("%s has non-finite weights: back to its last good state", slot.name)
                 slot.reset("non_finite_weights")
+        self._refresh_due = True
 
     # -- slots ------------------------------------------------------------------------
 
@@ -205,6 +210,10 @@ class Engine:
         """Handle one validated event; return the champion's P(purchase) if it was predicted.
 
         `ref` is kept with the open prediction (e.g. the Kafka offset) for tracing."""
+        if self._refresh_due:  # the first event after a checkpoint (see `mark_good`)
+            self._refresh_due = False
+            for slot in self.slots:
+                slot.refresh()
         counts = self.counts
         counts["consumed"] += 1
         event_id = event.event_id
