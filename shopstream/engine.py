@@ -37,6 +37,8 @@ from bisect import bisect_left
 from dataclasses import replace
 from typing import Callable, Optional, cast
 
+from river.drift import ADWIN
+
 from .config import EngineConfig
 from .delayed import FakeNegativeWeighted
 from .events import Event
@@ -303,8 +305,15 @@ class Engine:
         for slot, (p_true, y_pred) in zip(predicted_by, outputs):
             if y_pred is not None:
                 slot.scores.update(y_true, p_true, y_pred)
-                slot.drift.update(0.0 if y_pred == y_true else 1.0)
-                if slot.drift.drift_detected:
+                drift = slot.drift
+                if drift.__class__ is ADWIN:  # ADWIN.update's two lines, without its method and property calls
+                    if drift._drift_detected:
+                        drift._reset()
+                    detected = drift._drift_detected = drift._helper.update(0.0 if y_pred == y_true else 1.0)
+                else:
+                    drift.update(0.0 if y_pred == y_true else 1.0)
+                    detected = drift.drift_detected
+                if detected:
                     self._on_drift(slot)
         sink = self.learn_sink
         if sink is not None:

@@ -34,7 +34,7 @@ _MANAGED_DICT = 1 << 4   # Py_TPFLAGS_MANAGED_DICT: attributes kept in the compa
 
 
 @lru_cache(maxsize=None)
-def _kind(cls: type) -> str:
+def _kind(cls: Any) -> str:
     """How `dumps` writes an instance of `cls`: "setattr" (restored attribute by attribute),
     "setstate" (its own __setstate__ on a scratch object, then copied attribute by
     attribute), or "" (pickle's own way: a class that chose its own state, or redirects
@@ -47,18 +47,18 @@ def _kind(cls: type) -> str:
 
 
 @lru_cache(maxsize=None)
-def _descriptors(cls: type) -> frozenset:
+def _descriptors(cls: Any) -> frozenset:
     """Names that a ``setattr`` would hand to a class's data descriptor instead of the object."""
     return frozenset(name for klass in cls.__mro__ for name, value in vars(klass).items()
                      if hasattr(type(value), "__set__"))
 
 
-def _storable(cls: type, state: Any) -> bool:
+def _storable(cls: Any, state: Any) -> bool:
     return type(state) is dict and bool(state) and all(type(name) is str for name in state) \
         and _descriptors(cls).isdisjoint(state)
 
 
-def _restored(cls: type, state: dict) -> Any:
+def _restored(cls: Any, state: dict) -> Any:
     """An instance of `cls` given `state` by its own __setstate__, then moved attribute by
     attribute to an object whose ``__dict__`` was never asked for."""
     scratch = cls.__new__(cls)
