@@ -74,7 +74,7 @@ def _restored(cls: Any, state: dict) -> Any:
 
 class _Pickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
-        cls = type(obj)
+        cls: Any = type(obj)
         kind = _kind(cls)
         if not kind:
             return NotImplemented
