@@ -11,6 +11,12 @@ wall time): River's calls alone in the engine's order (`predict_proba_one`, `lea
 the engine on decoded events with one slot (`logreg`), and with two (`logreg` and a
 challenger `logreg`). Overhead = engine - model calls; an extra slot costs engine(2) -
 engine(1), against its model's calls.
+
+The ceiling's model is built fresh and never pickled, and so are the engine's: a slot runs a
+copy made by `shopstream.model_state` (CPython 3.11-3.12 slow every attribute load of an object
+whose ``__dict__`` was asked for, which pickling does). "pickled model calls" times the same
+calls on a model after one plain pickle round trip, what every slot ran before that copy: the
+difference is what the fast path is worth.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -34,8 +41,10 @@ def measure(events: int, repeat: int) -> dict:
     from shopstream.events import decode_event
     from shopstream.models import build_model
 
-    def model_calls(xs, ys, ops):
+    def model_calls(xs, ys, ops, pickled=False):
         model = build_model("logreg")
+        if pickled:   # a plain round trip, as a checkpoint or a kept last good state used to leave it
+            model = pickle.loads(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
         started = time.process_time()
         for op in ops:
             if op >= 0:
@@ -57,7 +66,8 @@ def measure(events: int, repeat: int) -> dict:
     for features, messages in (("raw", make_raw_messages(events, width=12)), ("shop", make_messages(events))):
         decoded = [decode_event(v) for _, v in messages]
         xs, ys, ops, _ = record_model_calls(decoded, features=features)
-        runs = {"model": (model_calls, (xs, ys, ops)), "engine_1": (engine, (decoded, features, 1)),
+        runs = {"model": (model_calls, (xs, ys, ops)), "model_pickled": (model_calls, (xs, ys, ops, True)),
+                "engine_1": (engine, (decoded, features, 1)),
                 "engine_2": (engine, (decoded, features, 2))}
         best: dict = {}
         for _ in range(repeat):
@@ -68,7 +78,7 @@ def measure(events: int, repeat: int) -> dict:
         us = {name: seconds / events * 1e6 for name, seconds in best.items()}
         out[features] = {"events": events, "predictions": len(xs), "model_us": us["model"],
                          "engine_us": us["engine_1"], "overhead_us": us["engine_1"] - us["model"],
-                         "extra_slot_us": us["engine_2"] - us["engine_1"]}
+                         "extra_slot_us": us["engine_2"] - us["engine_1"], "model_pickled_us": us["model_pickled"]}
     return out
 
 
@@ -81,7 +91,7 @@ def main(argv=None) -> int:
     for features, r in result.items():
         print(f"{features:>4}: model calls {r['model_us']:.1f} us/event, engine {r['engine_us']:.1f}, overhead "
               f"{r['overhead_us']:.1f}; an extra logreg slot {r['extra_slot_us']:.1f} (its model's calls "
-              f"{r['model_us']:.1f})")
+              f"{r['model_us']:.1f}); pickled model calls {r['model_pickled_us']:.1f}")
     print(json.dumps(result))
     return 0
 

@@ -37,6 +37,8 @@ from bisect import bisect_left
 from dataclasses import replace
 from typing import Callable, Optional, cast
 
+from river.drift import ADWIN
+
 from .config import EngineConfig
 from .delayed import FakeNegativeWeighted
 from .events import Event
@@ -83,6 +85,10 @@ class Engine:
 
     #: What the drift reaction ``challenger`` adds (None: nothing; engines from older checkpoints).
     replacements: Optional[Replacements] = None
+
+    #: Set by `mark_good`: the checkpoint that follows pickles every slot's model, which slows
+    #: its attribute loads on CPython 3.11-3.12 (`model_state.py`); the next event refreshes them.
+    _refresh_due = False
 
     def __init__(self, model, features, config: EngineConfig = EngineConfig(), *, model_name: str = "model",
                  model_version: str = "fresh", promotion: Optional[PromotionPolicy] = None,
@@ -140,6 +146,7 @@ class Engine:
             else:
                 log.error("%s has non-finite weights: back to its last good state", slot.name)
                 slot.reset("non_finite_weights")
+        self._refresh_due = True
 
     # -- slots ------------------------------------------------------------------------
 
@@ -205,6 +212,10 @@ class Engine:
         """Handle one validated event; return the champion's P(purchase) if it was predicted.
 
         `ref` is kept with the open prediction (e.g. the Kafka offset) for tracing."""
+        if self._refresh_due:  # the first event after a checkpoint (see `mark_good`)
+            self._refresh_due = False
+            for slot in self.slots:
+                slot.refresh()
         counts = self.counts
         counts["consumed"] += 1
         event_id = event.event_id
@@ -294,8 +305,15 @@ class Engine:
         for slot, (p_true, y_pred) in zip(predicted_by, outputs):
             if y_pred is not None:
                 slot.scores.update(y_true, p_true, y_pred)
-                slot.drift.update(0.0 if y_pred == y_true else 1.0)
-                if slot.drift.drift_detected:
+                drift = slot.drift
+                if drift.__class__ is ADWIN:  # ADWIN.update's two lines, without its method and property calls
+                    if drift._drift_detected:
+                        drift._reset()
+                    detected = drift._drift_detected = drift._helper.update(0.0 if y_pred == y_true else 1.0)
+                else:
+                    drift.update(0.0 if y_pred == y_true else 1.0)
+                    detected = drift.drift_detected
+                if detected:
                     self._on_drift(slot)
         sink = self.learn_sink
         if sink is not None:

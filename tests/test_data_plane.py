@@ -292,6 +292,7 @@ def test_a_prediction_that_cannot_be_learned_does_not_fail_the_event_that_resolv
     # This event expires all three: the first fails to learn, the two others are learned,
     # and the event itself is predicted as usual.
     assert engine.process(Event(t + 100, "view", "p4", "u", "s4", features={"good": 3.0})) == 0.3
+    model = engine.champion_slot.model  # the slot runs its own copy of the model handed to it
     assert engine.counts["learn_errors"] == 1 and model.learned == 2 == engine.counts["learned"]
     assert engine.counts["resolved"] == 3 and engine.open_predictions == 1
 

@@ -7,7 +7,8 @@ import pytest
 
 from shopstream.config import EngineConfig
 from shopstream.engine import Engine
-from shopstream.events import Event
+from shopstream.events import Event, event_from_record
+from shopstream.generator import generate
 from shopstream.labels import LABELLED, OTHER, PREDICTION_POINT, PURCHASE, label_role, prediction_key
 from shopstream.policies import MAX_SLOTS, CatalogReplacements
 from shopstream.models import build_model
@@ -127,3 +128,26 @@ def test_the_kafka_checkpoint_store_and_the_learn_log_are_built_without_the_brok
         learn_log.open()
     assert asked == [["ckpt", "ckpt-chunks"], ["learn"]]
     store.close()
+
+
+def test_the_inlined_adwin_update_detects_exactly_what_adwin_update_does():
+    from river import drift
+
+    class PlainADWIN(drift.ADWIN):   # not ADWIN itself: the engine calls its update() and drift_detected
+        pass
+
+    events = [event_from_record(r) for r in generate(20_000, seed=13)]
+    engines = []
+    for detector in (drift.ADWIN, PlainADWIN):
+        engine = Engine.fresh("logreg", "shop", drift_delta=0.002)
+        engine.add_slot("adagrad", build_model("logreg_adagrad"))
+        for slot in engine.slots:
+            slot.drift = detector(delta=0.002)
+        for event in events:
+            engine.process(event)
+        engines.append(engine)
+    inlined, plain = engines
+    assert [s.drift_detections for s in inlined.slots] == [s.drift_detections for s in plain.slots]
+    assert sum(s.drift_detections for s in inlined.slots) >= 1
+    assert inlined.history == plain.history
+    assert [s.drift.width for s in inlined.slots] == [s.drift.width for s in plain.slots]
