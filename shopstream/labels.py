@@ -270,9 +270,10 @@ class LabelJoiner:
         deadlines = self._deadlines
         heapq.heapify(deadlines)
         self._by_key = [{} for _ in range(_SHARDS)]
+        adopted: dict = {}
         for _, _, prediction in sorted(deadlines, key=lambda entry: entry[1]):  # opening order
             self._index(prediction)
-            self._adopt(prediction)
+            self._adopt(prediction, adopted)
         self._open = len(deadlines)
 
     def __len__(self) -> int:
@@ -293,18 +294,22 @@ class LabelJoiner:
         each bring their own copy), and one from an older checkpoint is packed now."""
         self._deadlines.extend(entries)
         heapq.heapify(self._deadlines)
+        adopted: dict = {}
         for _, _, prediction in sorted(entries, key=lambda entry: entry[1]):  # opening order
             self._index(prediction)
-            self._adopt(prediction)
+            self._adopt(prediction, adopted)
         self._open += len(entries)
 
-    def _adopt(self, prediction: OpenPrediction) -> None:
+    def _adopt(self, prediction: OpenPrediction, adopted: dict) -> None:
         """A restored prediction reads through this joiner's layout of its shape (each pickle
-        brings its own copy); one from a checkpoint older than `PackedLayout` is packed now."""
+        brings its own copy; `adopted` maps the copies met so far to it); one from a checkpoint
+        older than `PackedLayout` is packed now."""
         layout = prediction._outputs
         if layout.__class__ is PackedLayout:
-            shape = (layout.names, layout.slots)
-            prediction._outputs = self._schemas.setdefault(shape, layout)
+            own = adopted.get(layout)
+            if own is None:
+                own = adopted[layout] = self._schemas.setdefault((layout.names, layout.slots), layout)
+            prediction._outputs = own
         else:
             prediction.compact(self._schemas)
 
