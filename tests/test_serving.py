@@ -417,3 +417,39 @@ def test_a_recorded_request_whose_event_never_comes_back_is_answered_504_at_its_
         loop.stop.set()
         loop.thread.join()
         server.stop()
+
+
+def test_the_thread_that_answers_writes_to_the_client_and_wakes_no_front(api, engine):
+    """On a kept-alive connection the loop (here its stand-in) writes a handed-over request's answer
+    to the client's socket itself: the front's asyncio loop is not woken per answer (each wake-up
+    handed it the interpreter, which the poll loop then waited to get back)."""
+    connection = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
+    try:
+        scores = []
+        for i in range(5):
+            connection.request("POST", "/score/whatif", body=json.dumps(request_for(engine, price=10.0 + i)),
+                               headers={"Content-Type": "application/json"})
+            answer = connection.getresponse()
+            assert answer.status == 200 and answer.getheader("Connection") == "keep-alive"
+            scores.append(json.loads(answer.read())["score"])
+        assert len(set(scores)) == 5  # five answers, each to its own request
+        assert api.server.replies.wakeups == 0
+        assert api.registry.get_sample_value("shopstream_score_requests_total", {"mode": "whatif", "code": "200"}) == 5
+        assert api.registry.get_sample_value("shopstream_score_seconds_count", {"mode": "whatif"}) == 5
+    finally:
+        connection.close()
+
+
+def test_pipelined_requests_are_answered_in_order(api, engine):
+    """A client that sends its next request before reading the answer to the last gets the answers
+    in the order of its requests: the front waits for the earlier answer to be written first."""
+    requests = b""
+    for i, path in enumerate(["/score/whatif", "/score/whatif", "/nowhere", "/score/whatif"]):
+        body = json.dumps(request_for(engine, price=20.0 + i)).encode()
+        requests += (f"POST {path} HTTP/1.1\r\nContent-Length: {len(body)}\r\n"
+                     + ("Connection: close\r\n" if i == 3 else "") + "\r\n").encode() + body
+    answers = raw_exchange(api.port, requests).split(b"HTTP/1.1 ")[1:]
+    assert [a[:3] for a in answers] == [b"200", b"200", b"404", b"200"]
+    prices = [json.loads(a.split(b"\r\n\r\n", 1)[1])["score"] for a in answers if a.startswith(b"200")]
+    expected = [post(api.port, "/score/whatif", request_for(engine, price=20.0 + i))[1]["score"] for i in (0, 1, 3)]
+    assert prices == expected
