@@ -120,7 +120,7 @@ def install(path: str) -> None:
 
     original_write = serving.ScoreServer._write_event
 
-    def write_event(self, event, partition, answered, loop):
+    def write_event(self, event, partition, *rest):  # (answered, loop) before 2026-12-03 18:00; (settle) since
         send = self.producer.send
         stamps = requests.get(event.event_id)
 
@@ -132,7 +132,7 @@ def install(path: str) -> None:
 
         self.producer.send = timed_send
         try:
-            original_write(self, event, partition, answered, loop)
+            original_write(self, event, partition, *rest)
         finally:
             del self.producer.send   # back to the class's method
 
