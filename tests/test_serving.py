@@ -453,3 +453,58 @@ def test_pipelined_requests_are_answered_in_order(api, engine):
     prices = [json.loads(a.split(b"\r\n\r\n", 1)[1])["score"] for a in answers if a.startswith(b"200")]
     expected = [post(api.port, "/score/whatif", request_for(engine, price=20.0 + i))[1]["score"] for i in (0, 1, 3)]
     assert prices == expected
+
+
+def test_an_answer_for_a_client_that_left_is_dropped_and_its_socket_copy_closed(engine):
+    """The answering thread writes to its own duplicate of the client's socket: once the client
+    has gone the front closes that copy (no descriptor left open) and a late answer writes nothing."""
+    import os
+
+    registry = CollectorRegistry()
+    server = ScoreServer(ServeSettings(port=0, timeout=5.0))
+    desk = ScoreDesk(TOPIC, server.address, "w")  # no loop: requests wait in the desk
+    desk.owned = frozenset({0})
+    server.start(desk, SilentProducer(), registry)
+    try:
+        open_fds = len(os.listdir("/proc/self/fd"))
+        body = json.dumps(request_for(engine, event_id="gone-1")).encode()
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(b"POST /score HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            deadline = time.monotonic() + 5
+            while desk.inbox.empty() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            ticket = desk.inbox.get_nowait()
+        deadline = time.monotonic() + 5  # the front sees the connection end and closes its copy
+        while len(os.listdir("/proc/self/fd")) > open_fds and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(os.listdir("/proc/self/fd")) <= open_fds
+        ticket.answer(200, {"score": 0.5})  # late: dropped, nothing raised
+        assert server.replies.wakeups == 0
+    finally:
+        server.stop()
+
+
+def test_a_5xx_given_by_the_loop_closes_the_connection(engine):
+    """A recorded request whose partition moves is answered 503 by the loop; a 5xx closes the
+    connection, so the front writes it (woken once) and closes."""
+    registry = CollectorRegistry()
+    server = ScoreServer(ServeSettings(port=0, timeout=5.0))
+    desk = ScoreDesk(TOPIC, server.address, "w")
+    desk.owned = frozenset({0})
+    server.start(desk, SilentProducer(), registry)
+    body = json.dumps(request_for(engine, event_id="moved-1")).encode()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(b"POST /score HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            deadline = time.monotonic() + 5
+            while desk.inbox.empty() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            desk.drain({})  # the loop, after a rebalance took partition 0 away
+            answer = b""
+            while chunk := sock.recv(65536):  # to EOF: the connection is closed after the answer
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"Connection: close" in answer
+        assert b'"partition_moved"' in answer and server.replies.wakeups == 1
+        assert errors(registry, "partition_moved") == 1
+    finally:
+        server.stop()
