@@ -165,7 +165,10 @@ class ClientSocket:
         self.writer = writer
         self.lock = threading.Lock()
         sock = writer.get_extra_info("socket")
-        self.fd = os.dup(sock.fileno()) if sock is not None else -1
+        try:
+            self.fd = os.dup(sock.fileno()) if sock is not None else -1
+        except OSError:  # out of descriptors: this connection's answers go through the front, as before
+            self.fd = -1
         self.closed = self.fd < 0
         self.outstanding: Optional[DirectAnswer] = None  # the front's: the answer its client waits for
 

@@ -508,3 +508,21 @@ def test_a_5xx_given_by_the_loop_closes_the_connection(engine):
         assert errors(registry, "partition_moved") == 1
     finally:
         server.stop()
+
+
+def test_without_a_spare_descriptor_the_front_writes_the_answers(engine, monkeypatch):
+    """The socket's copy for the answering thread needs a descriptor; out of them (a connection
+    flood near the process's limit), the connection is served as before: the front writes."""
+    import stream.serving as serving
+
+    def no_descriptor(fd):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(serving.os, "dup", no_descriptor)
+    served = serve(engine)
+    try:
+        status, answer, _ = post(served.port, "/score/whatif", request_for(engine))
+        assert status == 200 and answer["recorded"] is False
+        assert served.server.replies.wakeups == 1
+    finally:
+        stop(served)
