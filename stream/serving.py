@@ -16,7 +16,9 @@ and fold in nothing.
 
 Threads. The HTTP front is one asyncio loop on its own thread: slow or idle connections
 cost no thread, every read has a deadline, connections are capped. It never touches an
-engine: it hands each request to `ScoreDesk` (a queue) and waits for its answer. The
+engine: it hands each request to `ScoreDesk` (a queue), and the thread that answers it (the loop
+or the clerk) writes the answer to the client's socket itself (`DirectAnswer`); the front is woken
+only for what it must do (a 5xx closes the connection, a pipelined request waits its turn). The
 engines are not thread-safe, so one `EngineGate` (a lock) says who may read them: the poll
 loop holds it, except while it waits in ``consumer.poll`` (or for the broker's end offsets,
 which queue behind the fetch in flight). A request never waits for that
@@ -187,10 +189,11 @@ class ClientSocket:
 class DirectAnswer:
     """One handed-over request's answer, written to the client's socket by the thread that gives it:
     a non-blocking send that wakes no other thread (the front woke for every answer: a self-pipe
-    write that handed the interpreter to it, then the loop waited to get it back; 10.7% of the fed
-    loop's time, BENCHMARKS.md). The front steps in only when it must, and is then woken through
-    `Replies`: an answer that closes the connection (5xx), a socket that took less than the whole
-    answer, the client gone, or its next request already read (pipelined: answers keep their order).
+    write that handed it the interpreter, which the loop then waited to get back; a what-if now costs
+    the worker about 0.67x the CPU, a recorded score's cost is kafka-python's: BENCHMARKS.md). The
+    front steps in only when it must, and is then woken through `Replies`: an answer that closes the
+    connection (5xx), a socket that took less than the whole answer, or the client's next request
+    already read (pipelined: answers keep their order).
     The deadline is the front's sweep (`ScoreServer._sweep`): one timer for all, not one each."""
 
     __slots__ = ("server", "client", "mode", "started", "deadline", "event_id", "done", "written", "waiter")
@@ -245,6 +248,7 @@ class DirectAnswer:
         self.written = True
         if self.waiter is not None:
             _settle(self.waiter, True)
+
 
 class EngineGate:
     """Who may read the engines and the desk's waiting requests: the poll loop, which holds
