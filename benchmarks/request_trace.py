@@ -13,7 +13,8 @@ request (keyed by its event id), wall-clock seconds:
 - ``poll_start`` / ``poll_end``: the loop's poll that returned the record; ``at``: its index in
   that poll's records and ``of`` how many there were;
 - ``handle``: the loop began to handle the record; ``done``: the desk answered it; ``out``:
-  the front had the answer (its asyncio loop woke).
+  the answer was written to the client's socket by the thread that gave it (the code before
+  2026-12-03 18:00: the front had the answer, its asyncio loop woke).
 
 And the loop's stops, as `worker_variant.py --trace-loop` names them (checkpoints, snapshots,
 the broker check), and every poll (start, end, records). Patches by name only: the code
@@ -95,9 +96,31 @@ def install(path: str) -> None:
 
     serving.ScoreServer._hand_over = hand_over
 
+    # Answers written by the thread that gives them (stream/serving.py's DirectAnswer, since
+    # 2026-12-03 18:00): handed over without waiting; ``out`` is when the answering thread wrote it
+    # (or gave it to the front: a 5xx, a partial write).
+    if hasattr(serving.ScoreServer, "_hand_over_direct"):
+        original_direct = serving.ScoreServer._hand_over_direct
+
+        def hand_over_direct(self, event, partition, mode, client, started):
+            if mode != "whatif":
+                requests[event.event_id] = {"in": wall()}
+            return original_direct(self, event, partition, mode, client, started)
+
+        serving.ScoreServer._hand_over_direct = hand_over_direct
+        original_settle = serving.DirectAnswer.settle
+
+        def settle(self, status, body, reason=None):
+            original_settle(self, status, body, reason)
+            stamps = requests.get(self.event_id) if self.mode != "whatif" else None
+            if stamps is not None and "out" not in stamps:
+                stamps["out"] = wall()
+
+        serving.DirectAnswer.settle = settle
+
     original_write = serving.ScoreServer._write_event
 
-    def write_event(self, event, partition, answered, loop):
+    def write_event(self, event, partition, *rest):  # (answered, loop) before 2026-12-03 18:00; (settle) since
         send = self.producer.send
         stamps = requests.get(event.event_id)
 
@@ -109,7 +132,7 @@ def install(path: str) -> None:
 
         self.producer.send = timed_send
         try:
-            original_write(self, event, partition, answered, loop)
+            original_write(self, event, partition, *rest)
         finally:
             del self.producer.send   # back to the class's method
 
@@ -145,7 +168,8 @@ def summarise(trace: dict, start: float, end: float) -> dict:
                                          if r["poll_end"]],
         "queued in the batch (poll end -> handle)": [r["handle"] - r["poll_end"] for r in rows if r["poll_end"]],
         "handle (handle -> answered)": [r["done"] - r["handle"] for r in rows],
-        "answer to the front (answered -> out)": [r["out"] - r["done"] for r in rows],
+        # <= 0 when the answering thread writes the answer itself (inside the desk's answer): shown as 0
+        "answer out (answered -> written, or front woke)": [max(0.0, r["out"] - r["done"]) for r in rows],
         "records before it in its poll": [r["at"] * 1e-3 for r in rows],
         "records in its poll": [r["of"] * 1e-3 for r in rows],
     }

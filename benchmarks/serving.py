@@ -8,10 +8,12 @@ backlogs of `--backlog` events each, all in Kafka before the worker starts):
 1. capacity: the first backlog is worked off with no API load: C events/s;
 2. the second while vegeta sends `POST /score/whatif` at 200 requests/s: what the API costs the
    stream's throughput (C1 / C);
-3. the shop's stream is fed at `--feed-fraction` x the first run's capacity (the same feed for
-   every run: a paced producer, keyed by user) and vegeta sends `--requests` requests at 200/s
-   and then at 1,000/s, first `POST /score` (recorded: each request its own event id, written to
-   the events topic and answered once the worker processed it), then `POST /score/whatif`.
+3. the shop's stream is fed at `--feed-fraction` (0.5) x the first run's capacity C, as issue 23
+   asks ("while the same worker consumes the event stream at half its capacity"; the same feed for
+   every run: a paced producer, keyed by user; the run prints C and how it was measured), and
+   vegeta sends `--requests` requests at 200/s and then at 1,000/s, first `POST /score`
+   (recorded: each request its own event id, written to the events topic and answered once the
+   worker processed it), then `POST /score/whatif`.
    vegeta reports p50/p90/p99/max and every non-200 answer.
 
 Runs: `--rounds` pairs of (before, after), the order alternating (before, after, after, before,
@@ -188,7 +190,8 @@ def order(rounds: int, labels: list) -> list:
 
 # -- one worker run ------------------------------------------------------------------------
 
-def one_run(label: str, source: Path, data: dict, args, work: Path, feed_rate: list) -> dict:
+def one_run(label: str, source: Path, data: dict, args, work: Path, feed_rate: list, feed_basis: dict,
+            run_number: int, source_name: str) -> dict:
     topics = Topics()
     run_dir = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=work))
     api_port, metrics_port = free_port(), free_port()
@@ -244,9 +247,20 @@ def one_run(label: str, source: Path, data: dict, args, work: Path, feed_rate: l
                               "with_cores": round((cpu_second - cpu_vegeta) / (t_second - t_vegeta), 2)}
         say(label, f"worker CPU cores used: {result['capacity']['no_api_cores']} with no API load, "
                    f"{result['capacity']['with_cores']} while serving 200 what-ifs/s")
-        if not feed_rate:  # the first run's capacity sets the feed of every run (the lower of its two)
-            feed_rate.append(round(min(c0, c1) * args.feed_fraction))
+        if not feed_rate:
+            # Issue 23: "while the same worker consumes the event stream at half its capacity". Its capacity
+            # is C, what it consumes with no API load; the first run's C sets the feed of every run (the same
+            # offered load for each version). Before 2026-12-03 18:00 the feed was half of min(C, C1), C1
+            # the capacity while serving what-ifs: not the issue's, and lower than it by up to half.
+            feed_rate.append(round(c0 * args.feed_fraction))
+            feed_basis.update(capacity=c0, measured_by=(
+                f"run {run_number} ({label}: {source_name}): the worker worked off a backlog of "
+                f"{bounds[1] - bounds[0]:,} events already in Kafka, with no API load, in "
+                f"{t_first - t_state:.1f} s (load {l0})"), fraction=args.feed_fraction)
         result["feed_rate"] = feed_rate[0]
+        result["feed_basis"] = dict(feed_basis)
+        say(label, f"feed: {feed_rate[0]:,} events/s = {feed_basis['fraction']} x the worker's capacity C = "
+                   f"{feed_basis['capacity']:,} events/s, measured by {feed_basis['measured_by']}")
         if feed_rate[0]:  # --feed-fraction 0: the API alone, on an idle stream
             feed = PacedFeed(topic, data["stream"], feed_rate[0])
             feed.start()
@@ -445,16 +459,21 @@ def main() -> int:
             "backlog2": messages[args.state + args.backlog:args.state + 2 * args.backlog],
             "stream": messages[args.state + 2 * args.backlog:], "sessions": sessions}
     feed_rate: list = []
+    feed_basis: dict = {}
     results = []
     for label in plan:
         source, _ = versions[label]
         say(label, f"worker run {len(results) + 1} of {len(plan)}: {versions[label][1]} [load {load1()}]")
-        results.append(one_run(label, source, data, args, work, feed_rate))
+        results.append(one_run(label, source, data, args, work, feed_rate, feed_basis, len(results) + 1,
+                               versions[label][1]))
         (work / "serving.json").write_text(json.dumps({**header, "results": results}, indent=2))
     print()
     print(f"{started} -> {time.strftime('%H:%M UTC', time.gmtime())}; code: "
           + "; ".join(f"{k} = {v[1]}" for k, v in versions.items()))
     print(summary(results))
+    if feed_basis:
+        print(f"feed: {feed_rate[0]:,} events/s = {feed_basis['fraction']} x the worker's capacity C = "
+              f"{feed_basis['capacity']:,} events/s, measured by {feed_basis['measured_by']}")
     left = [n for result in results for n in result.get("topics_left", [])]
     orphans = orphaned_replies()
     left += delete_topics(orphans)

@@ -16,7 +16,9 @@ and fold in nothing.
 
 Threads. The HTTP front is one asyncio loop on its own thread: slow or idle connections
 cost no thread, every read has a deadline, connections are capped. It never touches an
-engine: it hands each request to `ScoreDesk` (a queue) and waits for its answer. The
+engine: it hands each request to `ScoreDesk` (a queue), and the thread that answers it (the loop
+or the clerk) writes the answer to the client's socket itself (`DirectAnswer`); the front is woken
+only for what it must do (a 5xx closes the connection, a pipelined request waits its turn). The
 engines are not thread-safe, so one `EngineGate` (a lock) says who may read them: the poll
 loop holds it, except while it waits in ``consumer.poll`` (or for the broker's end offsets,
 which queue behind the fetch in flight). A request never waits for that
@@ -36,6 +38,7 @@ import asyncio
 import collections
 import hmac
 import logging
+import os
 import queue
 import socket
 import threading
@@ -63,6 +66,8 @@ FORWARDED = "x-shopstream-forwarded"
 #: Seconds the loop must have waited in its poll before the clerk answers in its place: longer than a
 #: poll that returns buffered records takes, short beside the p99 <= 20 ms the API aims at.
 CLERK_GRACE = 0.003
+#: How often the front answers 504 the handed-over requests past their deadline (`--serve-timeout`).
+SWEEP_SECONDS = 0.1
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0)
 STATUS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
           408: "Request Timeout", 409: "Conflict", 411: "Length Required", 413: "Content Too Large",
@@ -123,7 +128,11 @@ class Replies:
 
     def put(self, future: asyncio.Future, value: tuple) -> None:
         """Any thread. Two threads racing may both wake the loop: harmless, never none."""
-        self._waiting.append((future, value))
+        self.call(_settle, future, value)
+
+    def call(self, function: Callable, *args) -> None:
+        """Any thread: `function(*args)` on the front's loop, sharing a wake-up with the others."""
+        self._waiting.append((function, args))
         if not self._woken:
             self._woken = True
             self.wakeups += 1
@@ -135,8 +144,110 @@ class Replies:
         self._woken = False
         waiting = self._waiting
         while waiting:
-            future, value = waiting.popleft()
-            _settle(future, value)
+            function, args = waiting.popleft()
+            function(*args)
+
+
+def http_response(status: int, payload: bytes, keep: bool, extra_headers: Optional[list] = None) -> bytes:
+    head = [f"HTTP/1.1 {status} {STATUS.get(status, 'Error')}", "Content-Type: application/json",
+            f"Content-Length: {len(payload)}", "Connection: " + ("keep-alive" if keep else "close")]
+    head += [f"{name}: {value}" for name, value in extra_headers or ()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
+
+
+class ClientSocket:
+    """A kept-alive connection's socket, as the thread that answers a request (the poll loop, the
+    clerk) writes to it. Its own duplicate of the descriptor: asyncio may close its own at any moment
+    (a reset), and a number reused by another socket must never receive an answer. Written only under
+    `lock`, never once `closed` (set by the front, which then closes the duplicate)."""
+
+    __slots__ = ("writer", "lock", "fd", "closed", "outstanding")
+
+    def __init__(self, writer: asyncio.StreamWriter):
+        self.writer = writer
+        self.lock = threading.Lock()
+        sock = writer.get_extra_info("socket")
+        try:
+            self.fd = os.dup(sock.fileno()) if sock is not None else -1
+        except OSError:  # out of descriptors: this connection's answers go through the front, as before
+            self.fd = -1
+        self.closed = self.fd < 0
+        self.outstanding: Optional[DirectAnswer] = None  # the front's: the answer its client waits for
+
+    def writable(self) -> bool:
+        """The front, before handing a request over: nothing of an earlier answer still in asyncio's
+        buffer (bytes written past it would overtake it)."""
+        return not self.closed and self.writer.transport.get_write_buffer_size() == 0
+
+    def close(self) -> None:
+        with self.lock:
+            if not self.closed:
+                self.closed = True
+                os.close(self.fd)
+
+
+class DirectAnswer:
+    """One handed-over request's answer, written to the client's socket by the thread that gives it:
+    a non-blocking send that wakes no other thread (the front woke for every answer: a self-pipe
+    write that handed it the interpreter, which the loop then waited to get back; a what-if now costs
+    the worker about 0.67x the CPU, a recorded score's cost is kafka-python's: BENCHMARKS.md). The
+    front steps in only when it must, and is then woken through `Replies`: an answer that closes the
+    connection (5xx), a socket that took less than the whole answer, or the client's next request
+    already read (pipelined: answers keep their order).
+    The deadline is the front's sweep (`ScoreServer._sweep`): one timer for all, not one each."""
+
+    __slots__ = ("server", "client", "mode", "started", "deadline", "event_id", "done", "written", "waiter")
+
+    def __init__(self, server: "ScoreServer", client: ClientSocket, mode: str, started: float, deadline: float,
+                 event_id):
+        self.server, self.client, self.mode, self.started = server, client, mode, started
+        self.deadline, self.event_id = deadline, event_id
+        self.done = False     # answered (under the client's lock): a second answer is dropped
+        self.written = False  # its bytes are on the socket, or in asyncio's buffer before any later ones
+        self.waiter: Optional[asyncio.Future] = None  # the front waits for `written` (a pipelined request)
+
+    def settle(self, status: int, body: dict, reason: Optional[str] = None) -> None:
+        """Any thread, once per request (a later call is dropped): count it (and `reason`, an error
+        the desk did not count), then write it."""
+        keep = status < 500 and status != 413
+        data = http_response(status, encode(body), keep)
+        client = self.client
+        with client.lock:
+            if self.done:
+                return
+            self.done = True
+            if reason is not None:
+                self.server.metrics.errors.labels(reason).inc()
+            self.server.count(self.mode, status, self.started)  # before it leaves: whoever reads it sees it counted
+            if client.closed:
+                self.written = True  # the client left: nothing to tell it
+                return
+            if keep and self.waiter is None:
+                try:
+                    sent = os.write(client.fd, data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:  # the client left (reset, broken pipe): the front sees its connection end
+                    self.written = True
+                    return
+                if sent == len(data):
+                    self.written = True
+                    return
+                data = data[sent:]
+        replies = self.server.replies
+        assert replies is not None
+        replies.call(self._write_on_front, data, keep)
+
+    def _write_on_front(self, data: bytes, keep: bool) -> None:
+        """On the front's loop: the rest of the answer through asyncio, which waits for the socket."""
+        writer = self.client.writer
+        if not writer.is_closing():
+            writer.write(data)
+            if not keep:
+                writer.close()
+        self.written = True
+        if self.waiter is not None:
+            _settle(self.waiter, True)
 
 
 class EngineGate:
@@ -432,6 +543,7 @@ class ScoreServer:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._stop: Optional[asyncio.Event] = None
         self.replies: Optional[Replies] = None
+        self._direct: set = set()  # answers written by the loop's thread, not yet given: the sweep's
 
     def start(self, desk: ScoreDesk, producer, registry: CollectorRegistry) -> "ScoreServer":
         self.desk = desk
@@ -456,11 +568,32 @@ class ScoreServer:
         self._stop = asyncio.Event()
         self.replies = Replies(self._loop)
         server = await asyncio.start_server(self._connection, sock=self.socket, limit=MAX_HEADERS)
+        sweep = asyncio.create_task(self._sweep())
         self._ready.set()
         async with server:
             await self._stop.wait()
+            sweep.cancel()
             for writer in list(self._writers):  # idle keep-alive connections: no need to wait for them
                 writer.close()
+
+    def count(self, mode: str, status: int, started: float) -> None:
+        """Any thread: one answered request, counted before it leaves."""
+        self.metrics.requests.labels(mode, str(status)).inc()
+        self.metrics.seconds.labels(mode).observe(time.perf_counter() - started)
+
+    async def _sweep(self) -> None:
+        """Answers 504 the handed-over requests whose deadline passed: one timer for all of them (a
+        timer each, set on the front and never cancelled by the thread that answers, woke the front
+        once per request)."""
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            now = time.monotonic()
+            for answer in list(self._direct):
+                if answer.done:
+                    self._direct.discard(answer)
+                elif answer.deadline <= now:
+                    self._direct.discard(answer)
+                    answer.settle(504, _timed_out(answer.event_id, self.settings.timeout), "timeout")
 
     # -- one connection: requests in order, keep-alive, every read with a deadline ---------------
 
@@ -474,6 +607,7 @@ class ScoreServer:
             return
         self.open_connections += 1
         self._writers.add(writer)
+        client = ClientSocket(writer)
         served = 0
         try:
             while True:
@@ -486,6 +620,7 @@ class ScoreServer:
                         await self._fail(writer, RequestError(408, "slow_client", f"no request within {timeout:g} s"))
                     return  # an idle keep-alive connection: closed quietly
                 started = time.perf_counter()
+                await self._previous_written(client)  # a pipelined request: its answer after the one before
                 try:
                     request = await self._read_request(reader, first, timeout)
                 except RequestError as error:
@@ -495,16 +630,21 @@ class ScoreServer:
                     return
                 method, path, query, headers, body = request
                 mode = PATHS.get(path, "other")
+                keep_asked = headers.get("connection", "").lower() != "close"
+                direct = (client, started) if keep_asked and client.writable() else None
                 try:
-                    status, payload, extra_headers = await self._route(method, path, query, headers, body)
+                    routed = await self._route(method, path, query, headers, body, direct)
+                    if routed is None:  # handed over: the answer goes out from the thread that gives it
+                        served += 1
+                        continue
+                    status, payload, extra_headers = routed
                 except RequestError as error:
                     extra_headers = _retry_after(error)
                     status, payload = error.status, error_body(error)
                     self.metrics.errors.labels(error.reason).inc()
-                keep = headers.get("connection", "").lower() != "close" and status < 500 and status != 413
+                keep = keep_asked and status < 500 and status != 413
                 if mode != "other":  # counted before the answer leaves: whoever reads it sees it counted
-                    self.metrics.requests.labels(mode, str(status)).inc()
-                    self.metrics.seconds.labels(mode).observe(time.perf_counter() - started)
+                    self.count(mode, status, started)
                 await self._reply(writer, status, payload, keep, None, extra_headers)
                 served += 1
                 if not keep:
@@ -512,7 +652,21 @@ class ScoreServer:
         finally:
             self.open_connections -= 1
             self._writers.discard(writer)
+            client.close()
             writer.close()
+
+    async def _previous_written(self, client: ClientSocket) -> None:
+        """Wait until the connection's handed-over answer is written (at once, unless the client
+        sent its next request before reading the answer to the last)."""
+        answer = client.outstanding
+        if answer is None:
+            return
+        with client.lock:
+            if not answer.written and answer.waiter is None:
+                answer.waiter = asyncio.get_running_loop().create_future()
+        if not answer.written and answer.waiter is not None:
+            await answer.waiter
+        client.outstanding = None
 
     async def _read_request(self, reader: asyncio.StreamReader, first: bytes, timeout: float):
         try:
@@ -559,18 +713,18 @@ class ScoreServer:
                      count_reason: Optional[str], extra_headers: Optional[list] = None) -> None:
         if count_reason is not None:
             self.metrics.errors.labels(count_reason).inc()
-        head = [f"HTTP/1.1 {status} {STATUS.get(status, 'Error')}", "Content-Type: application/json",
-                f"Content-Length: {len(payload)}", "Connection: " + ("keep-alive" if keep else "close")]
-        head += [f"{name}: {value}" for name, value in extra_headers or ()]
         try:
-            writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
+            writer.write(http_response(status, payload, keep, extra_headers))
             await asyncio.wait_for(writer.drain(), self.settings.timeout)
         except (ConnectionError, TimeoutError):
             pass  # the client left: nothing to tell it
 
     # -- routing -----------------------------------------------------------------------------
 
-    async def _route(self, method: str, path: str, query: str, headers: dict, body: bytes):
+    async def _route(self, method: str, path: str, query: str, headers: dict, body: bytes,
+                     direct: Optional[tuple[ClientSocket, float]] = None):
+        """(status, body, extra headers), or None: handed over with `direct` (the client's socket and
+        when its request began), answered by whoever gives the answer (`DirectAnswer`)."""
         mode = PATHS.get(path)
         if mode is None:
             raise RequestError(404, "not_found", f"no {path[:100]!r} here: POST /score (recorded) or "
@@ -590,6 +744,9 @@ class ScoreServer:
         if partition not in self.desk.owned:
             return await self._forward(partition, path, headers, body)
         date_event(event, timed, self.desk.clock.get(partition))
+        if direct is not None:
+            self._hand_over_direct(event, partition, mode, *direct)
+            return None
         status, answer = await self._hand_over(event, partition, mode == "whatif")
         return status, encode(answer), []
 
@@ -599,8 +756,30 @@ class ScoreServer:
             raise RequestError(503, "kafka_unavailable", f"the partitions of {self.desk.topic} are not known yet")
         return len(found)
 
+    def _submit(self, ticket: Ticket) -> None:
+        # Queued before the event is written: it is taken in (by the loop or the clerk, under the gate)
+        # before the loop handles the records of its next poll, so it cannot miss its own event.
+        if self.desk.stopped:
+            raise RequestError(503, "stopping", "the worker is stopping: send the request again")
+        if not self.desk.submit(ticket):
+            raise RequestError(429, "busy", f"{self.desk.max_pending} requests already wait for the worker: retry "
+                               "in a moment")
+
+    def _hand_over_direct(self, event: Event, partition: int, mode: str, client: ClientSocket,
+                          started: float) -> None:
+        """To the poll loop (and, for a recorded score, to the events topic first); the answer goes
+        from the thread that gives it straight to the client's socket (`DirectAnswer`)."""
+        deadline = time.monotonic() + self.settings.timeout
+        answer = DirectAnswer(self, client, mode, started, deadline, event.event_id)
+        self._submit(Ticket(event, partition, mode == "whatif", deadline, answer.settle))
+        client.outstanding = answer
+        self._direct.add(answer)
+        if mode != "whatif":
+            self._write_event(event, partition, answer.settle)
+
     async def _hand_over(self, event: Event, partition: int, whatif: bool) -> tuple[int, dict]:
-        """To the poll loop (and, for a recorded score, to the events topic first); wait for its answer."""
+        """To the poll loop (and, for a recorded score, to the events topic first); wait for its answer
+        here (a request that closes its connection: the front writes the answer, then closes)."""
         loop = asyncio.get_running_loop()
         answered: asyncio.Future = loop.create_future()
         replies = self.replies
@@ -610,16 +789,9 @@ class ScoreServer:
             replies.put(answered, (status, body))
 
         deadline = time.monotonic() + self.settings.timeout
-        ticket = Ticket(event, partition, whatif, deadline, settle)
-        # Queued before the event is written: it is taken in (by the loop or the clerk, under the gate)
-        # before the loop handles the records of its next poll, so it cannot miss its own event.
-        if self.desk.stopped:
-            raise RequestError(503, "stopping", "the worker is stopping: send the request again")
-        if not self.desk.submit(ticket):
-            raise RequestError(429, "busy", f"{self.desk.max_pending} requests already wait for the worker: retry "
-                               "in a moment")
+        self._submit(Ticket(event, partition, whatif, deadline, settle))
         if not whatif:
-            self._write_event(event, partition, answered, loop)
+            self._write_event(event, partition, settle)
         # One timer on the future itself (wait_for and shield would add a task and a future per request).
         timer = loop.call_later(self.settings.timeout, _settle, answered, None)
         try:
@@ -627,18 +799,15 @@ class ScoreServer:
         finally:
             timer.cancel()
         if answer is None:
-            raise RequestError(504, "timeout", f"not answered within {self.settings.timeout:g} s; a recorded "
-                               f"request may still be scored: send it again with event_id "
-                               f"{event.event_id!r} to get its score once")
+            error = _timed_out(event.event_id, self.settings.timeout)
+            raise RequestError(504, "timeout", error["error"])
         return answer
 
-    def _write_event(self, event: Event, partition: int, answered: asyncio.Future,
-                     loop: asyncio.AbstractEventLoop) -> None:
+    def _write_event(self, event: Event, partition: int, settle: Callable[[int, dict], None]) -> None:
         def failed(exc) -> None:  # on the producer's thread; the ticket is let go when its deadline passes
-            loop.call_soon_threadsafe(_settle, answered, (503, {
-                "error": f"the event could not be written to {self.desk.topic}: {type(exc).__name__}: {exc}",
-                "reason": "kafka_unavailable"}))
             self.metrics.errors.labels("kafka_unavailable").inc()
+            settle(503, {"error": f"the event could not be written to {self.desk.topic}: {type(exc).__name__}: "
+                                  f"{exc}", "reason": "kafka_unavailable"})
 
         try:
             future = self.producer.send(self.desk.topic, key=str(event.user_id).encode(), value=encode_event(event),
@@ -677,6 +846,11 @@ class ScoreServer:
                                owner=owner) from None
         self.metrics.forwarded.labels("answered").inc()
         return status, payload, [("X-Shopstream-Forwarded-To", owner)]
+
+
+def _timed_out(event_id, timeout: float) -> dict:
+    return {"error": f"not answered within {timeout:g} s; a recorded request may still be scored: send it again "
+                     f"with event_id {event_id!r} to get its score once", "reason": "timeout"}
 
 
 def _settle(future: asyncio.Future, value) -> None:

@@ -417,3 +417,112 @@ def test_a_recorded_request_whose_event_never_comes_back_is_answered_504_at_its_
         loop.stop.set()
         loop.thread.join()
         server.stop()
+
+
+def test_the_thread_that_answers_writes_to_the_client_and_wakes_no_front(api, engine):
+    """On a kept-alive connection the loop (here its stand-in) writes a handed-over request's answer
+    to the client's socket itself: the front's asyncio loop is not woken per answer (each wake-up
+    handed it the interpreter, which the poll loop then waited to get back)."""
+    connection = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
+    try:
+        scores = []
+        for i in range(5):
+            connection.request("POST", "/score/whatif", body=json.dumps(request_for(engine, price=10.0 + i)),
+                               headers={"Content-Type": "application/json"})
+            answer = connection.getresponse()
+            assert answer.status == 200 and answer.getheader("Connection") == "keep-alive"
+            scores.append(json.loads(answer.read())["score"])
+        assert len(set(scores)) == 5  # five answers, each to its own request
+        assert api.server.replies.wakeups == 0
+        assert api.registry.get_sample_value("shopstream_score_requests_total", {"mode": "whatif", "code": "200"}) == 5
+        assert api.registry.get_sample_value("shopstream_score_seconds_count", {"mode": "whatif"}) == 5
+    finally:
+        connection.close()
+
+
+def test_pipelined_requests_are_answered_in_order(api, engine):
+    """A client that sends its next request before reading the answer to the last gets the answers
+    in the order of its requests: the front waits for the earlier answer to be written first."""
+    requests = b""
+    for i, path in enumerate(["/score/whatif", "/score/whatif", "/nowhere", "/score/whatif"]):
+        body = json.dumps(request_for(engine, price=20.0 + i)).encode()
+        requests += (f"POST {path} HTTP/1.1\r\nContent-Length: {len(body)}\r\n"
+                     + ("Connection: close\r\n" if i == 3 else "") + "\r\n").encode() + body
+    answers = raw_exchange(api.port, requests).split(b"HTTP/1.1 ")[1:]
+    assert [a[:3] for a in answers] == [b"200", b"200", b"404", b"200"]
+    prices = [json.loads(a.split(b"\r\n\r\n", 1)[1])["score"] for a in answers if a.startswith(b"200")]
+    expected = [post(api.port, "/score/whatif", request_for(engine, price=20.0 + i))[1]["score"] for i in (0, 1, 3)]
+    assert prices == expected
+
+
+def test_an_answer_for_a_client_that_left_is_dropped_and_its_socket_copy_closed(engine):
+    """The answering thread writes to its own duplicate of the client's socket: once the client
+    has gone the front closes that copy (no descriptor left open) and a late answer writes nothing."""
+    import os
+
+    registry = CollectorRegistry()
+    server = ScoreServer(ServeSettings(port=0, timeout=5.0))
+    desk = ScoreDesk(TOPIC, server.address, "w")  # no loop: requests wait in the desk
+    desk.owned = frozenset({0})
+    server.start(desk, SilentProducer(), registry)
+    try:
+        open_fds = len(os.listdir("/proc/self/fd"))
+        body = json.dumps(request_for(engine, event_id="gone-1")).encode()
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(b"POST /score HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            deadline = time.monotonic() + 5
+            while desk.inbox.empty() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            ticket = desk.inbox.get_nowait()
+        deadline = time.monotonic() + 5  # the front sees the connection end and closes its copy
+        while len(os.listdir("/proc/self/fd")) > open_fds and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(os.listdir("/proc/self/fd")) <= open_fds
+        ticket.answer(200, {"score": 0.5})  # late: dropped, nothing raised
+        assert server.replies.wakeups == 0
+    finally:
+        server.stop()
+
+
+def test_a_5xx_given_by_the_loop_closes_the_connection(engine):
+    """A recorded request whose partition moves is answered 503 by the loop; a 5xx closes the
+    connection, so the front writes it (woken once) and closes."""
+    registry = CollectorRegistry()
+    server = ScoreServer(ServeSettings(port=0, timeout=5.0))
+    desk = ScoreDesk(TOPIC, server.address, "w")
+    desk.owned = frozenset({0})
+    server.start(desk, SilentProducer(), registry)
+    body = json.dumps(request_for(engine, event_id="moved-1")).encode()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(b"POST /score HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            deadline = time.monotonic() + 5
+            while desk.inbox.empty() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            desk.drain({})  # the loop, after a rebalance took partition 0 away
+            answer = b""
+            while chunk := sock.recv(65536):  # to EOF: the connection is closed after the answer
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"Connection: close" in answer
+        assert b'"partition_moved"' in answer and server.replies.wakeups == 1
+        assert errors(registry, "partition_moved") == 1
+    finally:
+        server.stop()
+
+
+def test_without_a_spare_descriptor_the_front_writes_the_answers(engine, monkeypatch):
+    """The socket's copy for the answering thread needs a descriptor; out of them (a connection
+    flood near the process's limit), the connection is served as before: the front writes."""
+    import stream.serving as serving
+
+    def no_descriptor(fd):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(serving.os, "dup", no_descriptor)
+    served = serve(engine)
+    try:
+        status, answer, _ = post(served.port, "/score/whatif", request_for(engine))
+        assert status == 200 and answer["recorded"] is False
+        assert served.server.replies.wakeups == 1
+    finally:
+        stop(served)
