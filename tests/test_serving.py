@@ -62,14 +62,16 @@ def engine():
     return engine
 
 
-def serve(engine, owned=True, registry=None, **settings):
+def serve(engine, owned=True, registry=None, loop_class=None, producer=None, **settings):
+    """A score server on a free port, with a desk and a stand-in poll loop (`Loop` unless given) owning
+    partition 0 of TOPIC (unless not `owned`), writing events through `producer`."""
     registry = registry or CollectorRegistry()
     server = ScoreServer(ServeSettings(port=0, **{"timeout": 1.0, **settings}))
     desk = ScoreDesk(TOPIC, server.address, f"w-{server.port}")
     partitions = {TopicPartition(TOPIC, 0): SimpleNamespace(engine=engine)} if owned else {}
-    loop = Loop(desk, partitions)
+    loop = (loop_class or Loop)(desk, partitions)
     loop.thread.start()
-    server.start(desk, OnePartitionProducer(), registry)
+    server.start(desk, producer or OnePartitionProducer(), registry)
     return SimpleNamespace(server=server, desk=desk, loop=loop, registry=registry, port=server.port)
 
 
@@ -283,12 +285,8 @@ class PollingLoop:
 def test_a_what_if_is_answered_while_the_loop_waits_in_poll(engine):
     """The clerk answers at once: without it the request waits for the poll to return, which
     here it never does before the answer (the front would answer 504 after its 1 s timeout)."""
-    registry = CollectorRegistry()
-    server = ScoreServer(ServeSettings(port=0, timeout=1.0))
-    desk = ScoreDesk(TOPIC, server.address, "w")
-    loop = PollingLoop(desk, {TopicPartition(TOPIC, 0): SimpleNamespace(engine=engine)})
-    loop.thread.start()
-    server.start(desk, OnePartitionProducer(), registry)
+    served = serve(engine, loop_class=PollingLoop)
+    server, desk, loop = served.server, served.desk, served.loop
     try:
         assert loop.in_poll.wait(10)
         before = pickle.dumps(engine)
@@ -401,22 +399,15 @@ class SilentProducer(OnePartitionProducer):
 
 
 def test_a_recorded_request_whose_event_never_comes_back_is_answered_504_at_its_deadline(engine):
-    registry = CollectorRegistry()
-    server = ScoreServer(ServeSettings(port=0, timeout=0.5))
-    desk = ScoreDesk(TOPIC, server.address, "w")
-    loop = Loop(desk, {TopicPartition(TOPIC, 0): SimpleNamespace(engine=engine)})
-    loop.thread.start()
-    server.start(desk, SilentProducer(), registry)
+    served = serve(engine, producer=SilentProducer(), timeout=0.5)
     try:
-        status, answer, _ = post(server.port, "/score", request_for(engine, event_id="lost-1"))
+        status, answer, _ = post(served.port, "/score", request_for(engine, event_id="lost-1"))
         assert (status, answer["reason"]) == (504, "timeout") and "'lost-1'" in answer["error"]
-        assert errors(registry, "timeout") == 1
-        status, answer, _ = post(server.port, "/score/whatif", request_for(engine))  # the front goes on
+        assert errors(served.registry, "timeout") == 1
+        status, answer, _ = post(served.port, "/score/whatif", request_for(engine))  # the front goes on
         assert status == 200, answer
     finally:
-        loop.stop.set()
-        loop.thread.join()
-        server.stop()
+        stop(served)
 
 
 def test_the_thread_that_answers_writes_to_the_client_and_wakes_no_front(api, engine):
