@@ -45,7 +45,11 @@ def new_topic(kafka, request):
         admin.create_topics([NewTopic(name, partitions, 1)])
         deadline = time.time() + 20
         while time.time() < deadline:
-            if name in admin.list_topics():
+            # Ready = every partition has a leader: a producer that starts earlier waits, and on a
+            # loaded machine its first batches can expire.
+            [described] = admin.describe_topics([name])
+            ready = described["partitions"] if described["error_code"] == 0 else []
+            if len(ready) == partitions and all(p["leader_id"] >= 0 for p in ready):
                 created.append(name)
                 return name
             time.sleep(0.1)

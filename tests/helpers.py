@@ -21,15 +21,22 @@ from stream.outputs import decode_predictions
 
 
 def send(bootstrap: str, topic: str, messages, partition=None) -> int:
-    """messages: (key bytes | None, value bytes | None) pairs, sent in order."""
+    """messages: (key, value) or (key, value, timestamp_ms) tuples, sent in order.
+
+    Every send is checked: a batch the broker never took (expired under a loaded CI
+    machine, say) fails the test here, naming why, not later as a puzzling count."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    count = 0
-    for key, value in messages:
-        producer.send(topic, key=key, value=value, partition=partition)
-        count += 1
+    futures = []
+    for key, value, *timestamp in messages:
+        futures.append(producer.send(topic, key=key, value=value, partition=partition,
+                                     timestamp_ms=timestamp[0] if timestamp else None))
     producer.flush()
     producer.close()
-    return count
+    failed = [f.exception for f in futures if f.failed()]
+    if failed:
+        raise AssertionError(f"{len(failed)} of {len(futures)} records were not delivered to {topic}: "
+                             f"first error {type(failed[0]).__name__}: {failed[0]}")
+    return len(futures)
 
 
 def send_records(bootstrap: str, topic: str, records, partition=None) -> int:

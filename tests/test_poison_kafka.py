@@ -12,7 +12,7 @@ from kafka import KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from conftest import WORKER_ENV, free_port, worker_command
-from helpers import assert_same_engine, read_predictions, read_topic
+from helpers import assert_same_engine, read_predictions, read_topic, send
 from shopstream.engine import Engine
 from shopstream.events import decode_event, event_from_record
 from shopstream.generator import generate
@@ -125,11 +125,8 @@ def live(records, now):
 
 
 def send_timed(bootstrap, topic, timed):
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    for record, timestamp_ms in timed:
-        producer.send(topic, key=str(record["user_id"]).encode(), value=encode(record), timestamp_ms=timestamp_ms)
-    producer.flush()
-    producer.close()
+    send(bootstrap, topic, ((str(record["user_id"]).encode(), encode(record), timestamp_ms)
+                            for record, timestamp_ms in timed))
 
 
 def test_future_event_times_cannot_drag_the_watermark(kafka, new_topic, tmp_path):
@@ -149,6 +146,7 @@ def test_future_event_times_cannot_drag_the_watermark(kafka, new_topic, tmp_path
                             env=WORKER_ENV, capture_output=True, text=True, timeout=300)
     assert worker.returncode == 0, worker.stderr[-3000:]
     [state] = DirectoryCheckpointStore(tmp_path / "ckpt").load_all().values()
+    assert state.next_offset == len(skewed), "the worker stopped before the end of the topic"
 
     reference = Engine.fresh("logreg", "shop")
     for record, _ in clean:
