@@ -25,7 +25,10 @@ def send(bootstrap: str, topic: str, messages, partition=None) -> int:
 
     Every send is checked: a batch the broker never took (expired under a loaded CI
     machine, say) fails the test here, naming why, not later as a puzzling count."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    # One request in flight: a retried batch can never land behind a later one (order is what
+    # most tests compare), and pipelined idempotent batches cannot fail out of sequence.
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, batch_size=262_144,
+                             max_in_flight_requests_per_connection=1)
     futures = []
     for key, value, *timestamp in messages:
         futures.append(producer.send(topic, key=key, value=value, partition=partition,
