@@ -6,7 +6,8 @@ Each candidate runs through the same `Engine` the workers use:
 1. progressive validation over the first part of the history (predict, then learn
    when the label resolves), sampled into a learning curve;
 2. a frozen copy predicts the time-based holdout (the last 20% by default) without
-   learning: those are the holdout metrics, and they choose the DEFAULT model;
+   learning: those are the holdout metrics, and they choose the DEFAULT model (the copy
+   runs as a slot of the learner's engine that never learns: one pass over the holdout);
 3. the original keeps learning through the holdout, so the artifact has seen it all.
 
 Models with a `fit_epochs` method (the seed's network, `mlp`) are trained the seed's way
