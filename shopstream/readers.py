@@ -82,12 +82,13 @@ def read_jsonl(path: Path, columns: Mapping[str, str] | None = None) -> Iterator
     import msgspec
 
     rename = _renamer(columns)
+    name = path.name   # (a property of the path: not looked up again for every line)
     with open(path, "rb") as lines:
         for number, line in enumerate(lines, 1):
             line = line.strip()
             if not line:
                 continue
-            where = f"{path.name}:{number}"
+            where = f"{name}:{number}"
             try:
                 if rename is None:
                     yield where, decode_event(line)
