@@ -170,31 +170,63 @@ def _is_utf8(data: bytes) -> bool:
     return True
 
 
+#: The last event_time string parsed and its seconds: a stream's neighbours often share a second.
+_last_time: tuple[str, float] = ("", 0.0)
+
+
 def parse_event_time(value: Union[float, int, str]) -> float:
     """ISO-8601 (REES46's "2019-10-01 00:00:00 UTC" too) or epoch seconds -> epoch seconds.
 
     >>> parse_event_time("2019-10-01T00:00:00Z"), parse_event_time(1569888000)
     (1569888000.0, 1569888000.0)
     """
+    global _last_time
     if isinstance(value, str):
+        last = _last_time   # one read: another thread may replace it, never half of it
+        if value == last[0]:
+            return last[1]   # checked when it was parsed
         text = value.strip()
-        try:
-            seconds = float(text)
-        except ValueError:
-            if text.endswith(" UTC"):
-                text = text[:-4] + "+00:00"
-            try:
-                moment = datetime.fromisoformat(text)
-            except ValueError:
-                raise InvalidEvent("event_time", "not ISO-8601 or epoch seconds", value) from None
-            if moment.tzinfo is None:  # naive times are UTC, as in REES46
-                moment = moment.replace(tzinfo=timezone.utc)
-            seconds = moment.timestamp()
+        # A date has a "-" past its first character and no epoch number that float() reads has one
+        # that a date parser takes: trying the likely parser first gives the same answer, sooner.
+        if "-" in text[1:]:
+            found = _iso_seconds(text)
+            if found is None:
+                found = _epoch_seconds(text)
+        else:
+            found = _epoch_seconds(text)
+            if found is None:
+                found = _iso_seconds(text)
+        if found is None:
+            raise InvalidEvent("event_time", "not ISO-8601 or epoch seconds", value)
+        seconds = found
     else:
         seconds = float(value)
     if not math.isfinite(seconds) or not MIN_EVENT_TIME <= seconds < MAX_EVENT_TIME:
         raise InvalidEvent("event_time", "outside 2000-01-01..2100-01-01 (milliseconds?)", value)
+    if isinstance(value, str):
+        _last_time = (value, seconds)
     return seconds
+
+
+def _epoch_seconds(text: str) -> Optional[float]:
+    """float(text), or None if it is not a number."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _iso_seconds(text: str) -> Optional[float]:
+    """Epoch seconds of an ISO-8601 (or REES46 "... UTC") time, naive = UTC; None if not one."""
+    if text.endswith(" UTC"):
+        text = text[:-4] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:  # naive times are UTC, as in REES46
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
 
 
 def _check_id(event: Event, name: str) -> None:

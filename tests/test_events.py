@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from shopstream.events import MAX_EVENT_BYTES, InvalidEvent, decode_event, event_from_record
+from shopstream.events import (MAX_EVENT_BYTES, MAX_EVENT_TIME, MIN_EVENT_TIME, InvalidEvent, decode_event,
+                               event_from_record)
 from shopstream.readers import parse_column_map, read_events
 
 GOOD = {"event_time": "2019-10-01 00:00:05 UTC", "event_type": "view", "product_id": 44600062,
@@ -117,3 +118,47 @@ def test_parquet_reader(tmp_path):
     parsed = list(read_events(tmp_path / "h.parquet"))
     assert parsed[0][1].product_id == "1" and parsed[0][1].price == 1.5
     assert parsed[1][0] == "h.parquet:row 2" and parsed[1][1].field == "event_time"
+
+
+def _reference_event_time(value):
+    """parse_event_time as it was written first (float, then ISO): the fast path must agree."""
+    from datetime import datetime, timezone
+
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            if text.endswith(" UTC"):
+                text = text[:-4] + "+00:00"
+            try:
+                moment = datetime.fromisoformat(text)
+            except ValueError:
+                return "not ISO-8601"
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=timezone.utc)
+            seconds = moment.timestamp()
+    else:
+        seconds = float(value)
+    if not math.isfinite(seconds) or not MIN_EVENT_TIME <= seconds < MAX_EVENT_TIME:
+        return "outside"
+    return seconds
+
+
+@pytest.mark.parametrize("value", [
+    "2019-10-01 00:00:05 UTC", "2019-10-01T00:00:05Z", "2019-10-01T00:00:05+02:00", " 2019-10-01T00:00:05 ",
+    "2019-10-01", "20191001", "20191001T000005Z", "1569888005", "1569888005.25", " 1569888005 ", "1.569888005e9",
+    "1e-5", "-1569888005", "1_569_888_005", "inf", "nan", "-inf", "2019-13-01T00:00:00Z", "2019-10-01 00:00:05 CET",
+    "yesterday", "", "-", "1-2", "1850-01-01T00:00:00", "2099-12-31T23:59:59Z", "2100-01-01T00:00:00Z",
+    1569888005, 1569888005.5, 0, float("nan"),
+])
+def test_event_times_parse_as_the_plain_float_then_iso_order_would(value):
+    from shopstream.events import parse_event_time
+
+    want = _reference_event_time(value)
+    for _ in range(2):  # the second time through the one-entry cache
+        if isinstance(want, str):
+            with pytest.raises(InvalidEvent, match=want):
+                parse_event_time(value)
+        else:
+            assert parse_event_time(value) == want
