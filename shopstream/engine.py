@@ -276,7 +276,11 @@ class Engine:
             if proba:
                 p_true = proba.get(True, 0.0)
                 if _isfinite(p_true):
-                    output = (p_true, _argmax(proba))
+                    if len(proba) == 2:   # _argmax, inline for the usual two classes
+                        first, second = proba
+                        output = (p_true, second if proba[second] > proba[first] else first)
+                    else:
+                        output = (p_true, _argmax(proba))
                 else:  # a poisoned model: back to its last good state
                     slot.reset("non_finite_prediction")
                     proba = slot.model.predict_proba_one(x)
