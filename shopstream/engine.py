@@ -35,14 +35,15 @@ import logging
 import math
 from bisect import bisect_left
 from dataclasses import replace
-from typing import Callable, Optional, cast
+from typing import Any, Callable, Optional, cast
 
 from river.drift import ADWIN
 
 from .config import EngineConfig
 from .delayed import FakeNegativeWeighted
 from .events import Event
-from .labels import LABELLED, PREDICTION_POINT, PURCHASE, LabelJoiner, OpenPrediction, label_role, prediction_key
+from .labels import (LABELLED, PREDICTION_POINT, PURCHASE, LabelJoiner, OpenPrediction, PackedLayout, label_role,
+                     prediction_key)
 from .features import build_features
 from .models import build_model
 from .policies import CatalogReplacements, PromotionPolicy
@@ -275,7 +276,11 @@ class Engine:
             if proba:
                 p_true = proba.get(True, 0.0)
                 if _isfinite(p_true):
-                    output = (p_true, _argmax(proba))
+                    if len(proba) == 2:   # _argmax, inline for the usual two classes
+                        first, second = proba
+                        output = (p_true, second if proba[second] > proba[first] else first)
+                    else:
+                        output = (p_true, _argmax(proba))
                 else:  # a poisoned model: back to its last good state
                     slot.reset("non_finite_prediction")
                     proba = slot.model.predict_proba_one(x)
@@ -296,8 +301,11 @@ class Engine:
         delay = now - prediction.event_time
         self.label_delay_counts[0 if delay <= 0.0 else bisect_left(LABEL_DELAY_BUCKETS, delay)] += 1
         self.label_delay_sum += delay
-        x = prediction.x
-        outputs = prediction.outputs
+        # prediction.x and .outputs, read at once (one unpack when packed, no property calls)
+        x: Any = prediction._x
+        outputs: Any = prediction._outputs
+        if outputs.__class__ is PackedLayout:
+            x, outputs = outputs.unpack(x)
         slots = self.slots
         if outputs[prediction.champion][1] is None:
             counts["unscored"] += 1  # river.evaluate skips empty predictions too
@@ -319,10 +327,12 @@ class Engine:
         if sink is not None:
             sink(x, y_true, prediction, now)  # shared learning: learned when the learn log brings it back
         else:
-            self.learn_example(cast(dict, x), y_true, predicted_by, prediction.event_time)  # x: read back while open
+            self.learn_example(x, y_true, predicted_by, prediction.event_time)  # x: a dict
         if len(slots) > 1:
             self._compare(outputs, y_true)
-        prediction.x = None  # learned: the features are no longer needed
+        # learned: the features are no longer needed (`prediction.x = None`: the outputs stay, unpacked)
+        prediction._outputs = outputs
+        prediction._x = None
 
     def learn_example(self, x: dict, y_true: bool, slots: Optional[list] = None,
                       made_at: Optional[float] = None) -> None:

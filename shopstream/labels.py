@@ -86,6 +86,8 @@ class PackedLayout:
     >>> packed = layout.pack((1.5, -0.0), ((0.25, True),))
     >>> len(packed), layout.features(packed), layout.outputs(packed)
     (25, {'a': 1.5, 'b': -0.0}, ((0.25, True),))
+    >>> layout.unpack(packed) == (layout.features(packed), layout.outputs(packed))
+    True
     """
 
     __slots__ = ("names", "slots", "_whole", "_features", "_outputs")
@@ -104,6 +106,13 @@ class PackedLayout:
 
     def features(self, packed: bytes) -> dict:
         return dict(zip(self.names, self._features.unpack_from(packed)))
+
+    def unpack(self, packed: bytes) -> tuple[dict, tuple]:
+        """(`features`, `outputs`) at once: one unpack of the bytes."""
+        numbers = self._whole.unpack(packed)
+        n = len(self.names)
+        k = n + self.slots
+        return dict(zip(self.names, numbers)), tuple(zip(numbers[n:k], [_LABELS[code] for code in numbers[k:]]))
 
     def outputs(self, packed: bytes) -> tuple:
         k = self.slots
@@ -151,12 +160,13 @@ class OpenPrediction:
         self.ref = ref
         self.seq = 0
 
+    # (no typing.cast on these paths: a function call per read, and Optional[...] built each time)
     @property
     def x(self) -> Optional[dict]:
         x = self._x
         if x.__class__ is bytes:
-            return cast(PackedLayout, self._outputs).features(x)
-        return cast(Optional[dict], x)
+            return self._outputs.features(x)   # type: ignore[union-attr]  # packed: a PackedLayout
+        return x   # type: ignore[return-value]  # unpacked: a dict or None
 
     @x.setter
     def x(self, value: Optional[dict]) -> None:
@@ -168,8 +178,8 @@ class OpenPrediction:
     def outputs(self) -> list | tuple:
         outputs = self._outputs
         if outputs.__class__ is PackedLayout:
-            return outputs.outputs(cast(bytes, self._x))
-        return cast(tuple, outputs)
+            return outputs.outputs(self._x)   # type: ignore[arg-type]  # packed: bytes
+        return outputs   # type: ignore[return-value]  # unpacked: a list or tuple
 
     @outputs.setter
     def outputs(self, value: list | tuple) -> None:
@@ -199,7 +209,10 @@ class OpenPrediction:
 
     @property
     def p_true(self) -> float:
-        return self.outputs[self.champion][0]
+        outputs = self._outputs
+        if outputs.__class__ is PackedLayout:
+            outputs = outputs.outputs(self._x)   # type: ignore[arg-type]  # packed: bytes
+        return outputs[self.champion][0]   # type: ignore[index]
 
     def __getstate__(self):
         return tuple(getattr(self, name) for name in self.__slots__)

@@ -60,12 +60,10 @@ def _cell(y_true, y_pred) -> int:
 
 def _losses(p: array, cells: bytearray) -> list[float]:
     """River's `LogLoss._eval` of many, inline: its clamp (min, then max) and formula, the same bits."""
-    log, out = math.log, []
-    for q, c in zip(p, cells):
-        q = _HIGH if q > _HIGH else q
-        q = _LOW if q < _LOW else q
-        out.append(-log(q) if c & 2 else -log(1 - q))
-    return out
+    log = math.log
+    # min then max, as one expression: a NaN stays NaN (both comparisons false), as in River's
+    return [-log(_HIGH if q > _HIGH else _LOW if q < _LOW else q) if c & 2
+            else -log(1 - (_HIGH if q > _HIGH else _LOW if q < _LOW else q)) for q, c in zip(p, cells)]
 
 
 def _take(p: array, cells: bytearray) -> tuple[array, bytearray]:
@@ -179,25 +177,27 @@ class BinaryScores(_Buffered):
             self._count(np.frombuffer(p_new, dtype=np.float64), np.frombuffer(cells_new, dtype=np.uint8), 1)
             return
         window = self.window or 0
+        old = len(recent[1])
         p_all, cells_all = recent[0] + p_new, recent[1] + cells_new
         leaving = max(0, len(cells_all) - window)   # the oldest, reverted as the new arrive
-        left = _losses(p_all[:leaving], cells_all[:leaving])
-        old = len(recent[1])
-        j = 0
-        for loss in losses:
+        # Their losses: the window's oldest computed here, the new ones' already are (same values)
+        from_old = min(leaving, old)
+        left = _losses(recent[0][:from_old], recent[1][:from_old]) + losses[:leaving - from_old]
+        # The first `filling` new ones fill the window; each later one makes the oldest leave
+        filling = max(0, min(len(losses), window - old))
+        for loss in losses[:filling]:
             n += 1.0
             m += (1.0 / n) * (loss - m)
-            old += 1
-            if old > window:   # River's LogLoss.revert (its Mean.revert with w=1.0)
-                n -= 1.0
-                if n < 0:
-                    raise ValueError("Cannot go below 0")
-                elif n == 0:
-                    m = 0.0
-                else:
-                    m -= (1.0 / n) * (left[j] - m)
-                j += 1
-                old -= 1
+        for loss, gone in zip(losses[filling:], left):
+            n += 1.0
+            m += (1.0 / n) * (loss - m)
+            n -= 1.0   # River's LogLoss.revert (its Mean.revert with w=1.0)
+            if n > 0:
+                m -= (1.0 / n) * (gone - m)
+            elif n == 0:
+                m = 0.0
+            else:
+                raise ValueError("Cannot go below 0")
         mean.n, mean._mean = n, m
         self._recent = (p_all[leaving:], cells_all[leaving:])
         self._reset_counts()
