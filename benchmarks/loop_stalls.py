@@ -64,6 +64,7 @@ def main(argv=None) -> int:
 
     from dataclasses import replace
 
+    from shopstream.engine import GC_THRESHOLDS
     from shopstream.events import decode_event
     from shopstream.exporter import EngineSnapshot
     from stream.settings import WorkerSettings
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
     settings = WorkerSettings()
     settings = replace(settings, engine=replace(settings.engine, features=args.features))
     engine, _origin = new_engine(settings)
-    gc.set_threshold(50_000, 50, 100)   # the worker's own (stream/worker.py run_worker)
+    gc.set_threshold(*GC_THRESHOLDS)   # the worker's own (stream/worker.py run_worker)
     say(f"generating {args.state + args.events:,} events")
     messages = make_messages(args.state + args.events)
     started = time.perf_counter()

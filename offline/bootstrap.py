@@ -33,7 +33,7 @@ from typing import Iterator, Optional, Sequence
 from shopstream.artifacts import save_artifact, set_default
 from shopstream.config import EngineConfig
 from shopstream.curves import LearningCurve
-from shopstream.engine import Engine
+from shopstream.engine import GC_THRESHOLDS, Engine
 from shopstream.events import Event, InvalidEvent
 from shopstream.readers import read_events
 from shopstream.scoring import Scoreboard
@@ -260,11 +260,11 @@ def _rescore_open_predictions(engine: Engine) -> None:
 
 @contextmanager
 def _fewer_collections() -> Iterator[None]:
-    """The worker's garbage-collector thresholds (stream/worker.py) while the history loads and
-    the candidates train: the young generation is collected every 50,000 allocations, not 700
-    (on a 1M-event history, 0.6 s of collections become 0.1 s). The caller's are restored."""
+    """The worker's garbage-collector thresholds (`GC_THRESHOLDS`) while the history loads and
+    the candidates train (on a 1M-event history, 0.6 s of collections become 0.1 s). The
+    caller's are restored."""
     thresholds = gc.get_threshold()
-    gc.set_threshold(50_000, 50, 100)
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         yield
     finally:

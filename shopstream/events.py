@@ -188,14 +188,10 @@ def parse_event_time(value: Union[float, int, str]) -> float:
         text = value.strip()
         # A date has a "-" past its first character and no epoch number that float() reads has one
         # that a date parser takes: trying the likely parser first gives the same answer, sooner.
-        if "-" in text[1:]:
-            found = _iso_seconds(text)
-            if found is None:
-                found = _epoch_seconds(text)
-        else:
-            found = _epoch_seconds(text)
-            if found is None:
-                found = _iso_seconds(text)
+        first, second = (_iso_seconds, _epoch_seconds) if "-" in text[1:] else (_epoch_seconds, _iso_seconds)
+        found = first(text)
+        if found is None:
+            found = second(text)
         if found is None:
             raise InvalidEvent("event_time", "not ISO-8601 or epoch seconds", value)
         seconds = found

@@ -62,8 +62,8 @@ def _losses(p: array, cells: bytearray) -> list[float]:
     """River's `LogLoss._eval` of many, inline: its clamp (min, then max) and formula, the same bits."""
     log = math.log
     # min then max, as one expression: a NaN stays NaN (both comparisons false), as in River's
-    return [-log(_HIGH if q > _HIGH else _LOW if q < _LOW else q) if c & 2
-            else -log(1 - (_HIGH if q > _HIGH else _LOW if q < _LOW else q)) for q, c in zip(p, cells)]
+    clamped = (_HIGH if q > _HIGH else _LOW if q < _LOW else q for q in p)
+    return [-log(q) if c & 2 else -log(1 - q) for q, c in zip(clamped, cells)]
 
 
 def _take(p: array, cells: bytearray) -> tuple[array, bytearray]:

@@ -35,6 +35,7 @@ from kafka.errors import CorruptRecordError, KafkaError
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from shopstream.artifacts import ArtifactError
+from shopstream.engine import GC_THRESHOLDS
 from shopstream.events import InvalidEvent, check_future_skew, decode_event
 from shopstream.exporter import EngineCollector, EngineSnapshot, MetricsServer
 from shopstream.lineup import build_engine
@@ -461,9 +462,7 @@ def run_worker(settings: WorkerSettings) -> int:
     if settings.log_level != "DEBUG":  # the Kafka client's INFO lines (about 100 per start) drown ours
         logging.getLogger("kafka").setLevel(logging.WARNING)
     preflight(settings)
-    # Every prediction allocates a feature dict, and full collections walk the whole feature
-    # state: collect young objects less often (BENCHMARKS.md measured up to +21% with gc off).
-    gc.set_threshold(50_000, 50, 100)
+    gc.set_threshold(*GC_THRESHOLDS)
     registry = CollectorRegistry()
     holder: list = []
     server = None
