@@ -118,22 +118,30 @@ def trace_loop(worker_module, consumer_class, path: str) -> None:
                                (checkpointer_module.Checkpointer, "_outputs_confirmed", "checkpoint: outputs acked"),
                                (engine_module.Engine, "mark_good", "checkpoint: models marked good"),
                                (stores_module.DirectoryCheckpointStore, "save", "checkpoint: state written"),
+                               (stores_module.DirectoryCheckpointStore, "begin_synced_save",
+                                "checkpoint: state pickled (fsync in a thread)"),
                                (checkpointer_module.Checkpointer, "_commit", "checkpoint: offsets committed")):
         if hasattr(owner, name):
             timed(owner, name, label)
     import os
-    timed(os, "fsync", "checkpoint: each fsync (file, then directory)")
-    cpu_spent = stops.setdefault("checkpoint: state written, CPU of the loop's thread", [])
-    timed_save = stores_module.DirectoryCheckpointStore.save
+    timed(os, "fsync", "checkpoint: each fsync (file, then directory; on a thread with auto)")
+    def cpu_of(name: str, label: str) -> None:   # wall time against the thread's own CPU: waiting, or working?
+        cpu_spent = stops.setdefault(label, [])
+        timed_save = getattr(stores_module.DirectoryCheckpointStore, name, None)
+        if timed_save is None:
+            return
 
-    def save_cpu(*args, **kwargs):   # wall time against the thread's own CPU: waiting, or working?
-        start, cpu = wall(), time.thread_time()
-        try:
-            return timed_save(*args, **kwargs)
-        finally:
-            cpu_spent.append((start, time.thread_time() - cpu))
+        def save_cpu(*args, **kwargs):
+            start, cpu = wall(), time.thread_time()
+            try:
+                return timed_save(*args, **kwargs)
+            finally:
+                cpu_spent.append((start, time.thread_time() - cpu))
 
-    stores_module.DirectoryCheckpointStore.save = save_cpu
+        setattr(stores_module.DirectoryCheckpointStore, name, save_cpu)
+
+    cpu_of("save", "checkpoint: state written, CPU of the loop's thread")
+    cpu_of("begin_synced_save", "checkpoint: state pickled, CPU of the loop's thread")
     import shopstream.features as features_module
     import shopstream.recent_ids as recent_ids_module
     for owner, name, label in ((recent_ids_module.RecentIds, "__reduce__", "checkpoint: the dedupe window packed"),

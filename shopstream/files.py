@@ -20,26 +20,56 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object], buffering:
     >>> target.read_bytes(), sorted(p.name for p in target.parent.iterdir())
     (b'whole', ['a.bin'])
     """
+    out, tmp = begin_atomic_write(path, write, buffering)
+    finish_atomic_write(out, tmp, path)
+
+
+def begin_atomic_write(path: Path, write: Callable[[BinaryIO], object],
+                       buffering: int = -1) -> tuple[BinaryIO, Path]:
+    """The first half of `write_atomically`: `write(file)` on a new temp file beside `path`,
+    flushed to the kernel, not yet durable. Returns the file (open: its lock marks a live
+    writer) and its path, for `finish_atomic_write` (any thread). On error nothing is left."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # pid and a random part: process ids repeat across containers sharing a volume
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    out = open_locked(tmp, buffering)
     try:
-        with open_locked(tmp, buffering) as out:
-            write(out)
-            out.flush()
+        write(out)
+        out.flush()
+    except BaseException:
+        _discard(out, tmp)
+        raise
+    return out, tmp
+
+
+def finish_atomic_write(out: BinaryIO, tmp: Path, path: Path,
+                        may_publish: Callable[[], bool] = lambda: True) -> None:
+    """The second half: fsync the temp file, rename it over `path` unless `may_publish()` says
+    no by then (OSError; it is called once, just before the rename), fsync the directory.
+    On error before the rename, the temp file is removed and `path` is untouched."""
+    try:
+        with out:
             os.fsync(out.fileno())
+            if not may_publish():
+                raise OSError(f"{tmp.name}: not published: its writer was abandoned")
             os.replace(tmp, path)   # still locked: a sweeper never takes it for a leftover
     except BaseException:
-        try:  # a full disk leaves no half-written temp file behind
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _discard(out, tmp)
         raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def _discard(out: BinaryIO, tmp: Path) -> None:
+    """A failed write leaves nothing behind (a full disk, say)."""
+    out.close()
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
 
 
 def open_locked(path: Path, buffering: int = -1) -> BinaryIO:

@@ -18,10 +18,14 @@ process (`BackgroundCheckpoints.begin_save`): the loop stops only for the fork a
 learning. A fork is not free either (page tables, then copy-on-write faults while the copy
 writes): measured at 300k events of state, forked checkpoints raised p99 latency from 46-48
 ms to 100-220 ms, while at 1M open predictions one written in the loop stops it 7.6 s
-against 72 ms forked. So `auto` forks only once a checkpoint written in the loop took more
-than `FORK_ABOVE_SECONDS`. Such a checkpoint counts, and its offset is committed, once `poll` sees it
-finished; until then its partition takes no other checkpoint. A revocation or a shutdown
-first waits for it (`settle`), then saves what was learned since, in the loop.
+against 72 ms forked. So `auto` pickles in the loop, and leaves the fsync and the rename to a
+thread (`checkpointing/syncing.py`) when the store can, until pickling a checkpoint took the
+loop's thread more than `FORK_ABOVE_SECONDS` of CPU; then it forks. CPU, not wall time: on a
+busy machine one save's wall time can pass the bound while its work does not, and one such save
+used to make every later checkpoint fork. A checkpoint written off the loop counts, and its
+offset is committed, once `poll` sees it finished; until then its partition takes no other
+checkpoint. A revocation or a shutdown first waits for it (`settle`), then saves what was
+learned since, in the loop.
 """
 
 from __future__ import annotations
@@ -36,12 +40,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .checkpointing.background import PendingSave
 from .checkpointing.stores import CheckpointStore
+from .checkpointing.syncing import SyncingSave
 from .partition import Partition
 from .settings import CheckpointSettings
 
 log = logging.getLogger(__name__)
 RETRY_SECONDS = 2.0
-FORK_ABOVE_SECONDS = 0.2  # auto: a checkpoint in the loop this slow is worth a fork
+FORK_ABOVE_SECONDS = 0.2  # auto: CPU seconds of a checkpoint in the loop that are worth a fork
 # Long enough for a busy broker, short enough that an outage does not hold the loop (its
 # broker checks, readiness and control commands) for the whole outage.
 CONFIRM_SECONDS = 5.0
@@ -65,10 +70,11 @@ class Checkpointer:
         self._consumer = consumer
         self.confirm_seconds = confirm_seconds
         self.retry_seconds = retry_seconds
-        self.pending: dict[Any, PendingSave] = {}  # partition -> its checkpoint being written in the background
+        # partition -> its checkpoint being written off the loop (forked, or fsynced by a thread)
+        self.pending: dict[Any, PendingSave | SyncingSave] = {}
         self.fork_above = FORK_ABOVE_SECONDS
         self.settle_seconds = SETTLE_SECONDS
-        self._in_loop_seconds: dict = {}  # partition -> how long its last checkpoint in the loop took
+        self._in_loop_cpu: dict = {}  # partition -> CPU seconds of the loop's thread its last checkpoint took
         self.outputs_blocked = False   # the last save waited for outputs the broker did not acknowledge
         self._last_retry = 0.0
         self.written = Counter("shopstream_checkpoints", "Checkpoints written", registry=registry)
@@ -96,8 +102,8 @@ class Checkpointer:
     def periodic(self, tp) -> None:
         """A checkpoint because one is `due`: forked or in the loop, as `settings.background` says."""
         mode = self.settings.background
-        forked = mode == "on" or (mode == "auto" and self._in_loop_seconds.get(tp, 0.0) > self.fork_above)
-        self.save([tp], background=forked)
+        forked = mode == "on" or (mode == "auto" and self._in_loop_cpu.get(tp, 0.0) > self.fork_above)
+        self.save([tp], background=forked, synced=mode == "auto")
 
     def retry(self, now: float) -> None:
         """Try the paused partitions again, at most every `retry_seconds`."""
@@ -112,12 +118,15 @@ class Checkpointer:
         for tp in tps:
             self.partitions.pop(tp, None)
 
-    def save(self, tps, commit_async: bool = False, background: bool = False) -> None:
+    def save(self, tps, commit_async: bool = False, background: bool = False, synced: bool = False) -> None:
         """Outputs, then state, then offsets, for the partitions of `tps` with anything unsaved.
         `commit_async` on kafka-python's IO thread (a rebalance), which must not block;
-        `background`: begin the writes in forked copies, made durable by a later `poll`."""
-        if not background:
+        `background`: begin the writes in forked copies, made durable by a later `poll`;
+        `synced` (the store permitting): pickle in the loop, fsync and rename in a thread, made
+        durable by a later `poll` too."""
+        if not (background or synced):
             self.settle(tps, commit_async)
+        synced = synced and hasattr(self.store, "begin_synced_save")
         partitions = self.partitions
         tps = [tp for tp in tps if tp in partitions and tp not in self.pending and partitions[tp].needs_checkpoint]
         if not tps or not self._outputs_confirmed(tps):
@@ -130,9 +139,13 @@ class Checkpointer:
                 if background:
                     self.pending[tp] = self.store.begin_save(partition)
                     continue
-                started = time.perf_counter()
+                started = time.thread_time()
+                if synced:
+                    self.pending[tp] = self.store.begin_synced_save(partition)  # type: ignore[attr-defined]
+                    self._in_loop_cpu[tp] = time.thread_time() - started
+                    continue
                 self.store.save(partition)
-                self._in_loop_seconds[tp] = time.perf_counter() - started
+                self._in_loop_cpu[tp] = time.thread_time() - started
             except OSError as exc:
                 self._failed(tp, exc)
                 continue

@@ -56,12 +56,13 @@ class CheckpointSettings:
     seconds: float = field(default=30.0, metadata=_help("... or after this many seconds", flag="--checkpoint-seconds"))
     background: str = field(default="auto", metadata=_help(
         "where periodic checkpoints are written: on, in a forked copy of the process while the loop goes on; "
-        "off, in the loop; auto, forked once one written in the loop took over 0.2 s (a large state: a fork "
-        "costs more than a small checkpoint). Revocation and shutdown checkpoints always wait",
+        "off, in the loop; auto, pickled in the loop and fsynced by a thread (directory store), forked once "
+        "pickling one took the loop over 0.2 s of CPU (a large state: a fork costs more than a small "
+        "checkpoint). Revocation and shutdown checkpoints always wait",
         flag="--checkpoint-background", choices=("auto", "on", "off")))
 
     timeout: float = field(default=120.0, metadata=_help(
-        "seconds a checkpoint written in the background may take: then its writer is killed and the "
+        "seconds a checkpoint written off the loop may take: then its writer is killed (or its sync abandoned) and the "
         "checkpoint counts as failed (partition paused, retried)", flag="--checkpoint-timeout"))
 
     def __post_init__(self) -> None:

@@ -192,6 +192,16 @@ class FakeStore(DirectoryCheckpointStore):
                 pending._thread.join()
         return pending
 
+    def begin_synced_save(self, state):
+        if self.broken:
+            self.calls.append(("save_failed", state.partition))
+            raise OSError(28, "No space left on device (fake)")
+        self.calls.append(("begin_synced_save", state.partition, state.next_offset))
+        pending = super().begin_synced_save(state)
+        if self.writers_finish_at_once:
+            pending._thread.join()
+        return pending
+
     def _write_in_child(self, key, state, spool):
         if self.broken:  # the forked writer finds the disk full
             raise OSError(28, "No space left on device (fake)")

@@ -125,6 +125,71 @@ def test_a_background_checkpoint_holds_the_state_as_it_was_when_it_began(tmp_pat
     assert DirectoryCheckpointStore(tmp_path / "ckpt", group="g").load("events", 0).next_offset == 2600
 
 
+def test_a_synced_checkpoint_is_published_only_once_durable_and_holds_the_state_it_began_with(tmp_path,
+                                                                                           monkeypatch):
+    import threading
+
+    store = DirectoryCheckpointStore(tmp_path / "ckpt", group="g")
+    state = busy_state(2000)
+    opened = state.engine.open_predictions
+    may_sync = threading.Event()
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (may_sync.wait(10), fsync(fd)))
+    pending = store.begin_synced_save(state)   # pickled now; a thread fsyncs, then renames
+    assert state.events_since_checkpoint == 0 and state.sequence == 1
+    more_events(state, 500)                    # learned while the thread waits for the disk
+    time.sleep(0.05)
+    assert not pending.done() and not (tmp_path / "ckpt" / "events-0.ckpt").exists(), "not durable: not published"
+    may_sync.set()
+    assert pending.finish() == 2000 and pending.done()
+    assert state.events_since_checkpoint == 500 and state.next_offset == 2500
+    loaded = DirectoryCheckpointStore(tmp_path / "ckpt", group="g").load("events", 0)
+    assert loaded.next_offset == 2000 and loaded.sequence == 1 and loaded.engine.open_predictions == opened
+    assert not list((tmp_path / "ckpt").glob(".*tmp"))
+
+
+def test_a_stalled_sync_is_abandoned_and_never_published_later(tmp_path, monkeypatch):
+    import threading
+
+    store = DirectoryCheckpointStore(tmp_path / "ckpt", group="g")
+    state = busy_state(1000)
+    store.save(state)
+    more_events(state, 200)
+    may_sync, synced = threading.Event(), threading.Event()
+    fsync = os.fsync
+
+    def stuck_fsync(fd):   # a dead network volume that comes back later
+        may_sync.wait(10)
+        fsync(fd)
+        synced.set()
+
+    monkeypatch.setattr(os, "fsync", stuck_fsync)
+    pending = store.begin_synced_save(state)
+    with pytest.raises(OSError, match="fsync stalled.*abandoned"):
+        pending.finish(timeout=0.1)
+    assert (state.sequence, state.events_since_checkpoint, state.checkpointed_offset) == (1, 200, 1000)
+    may_sync.set()   # the disk answers after all: the abandoned file must not replace the checkpoint
+    assert synced.wait(10)
+    pending._thread.join(10)
+    assert DirectoryCheckpointStore(tmp_path / "ckpt", group="g").load("events", 0).next_offset == 1000
+    assert not list((tmp_path / "ckpt").glob(".*tmp")), "the abandoned temp file is removed"
+    monkeypatch.undo()
+    assert store.begin_synced_save(state).finish() == 1200 and state.sequence == 2
+
+
+def test_a_synced_checkpoint_that_cannot_be_written_leaves_the_last_one_and_the_bookkeeping(tmp_path):
+    store = DirectoryCheckpointStore(tmp_path / "ckpt", group="g")
+    state = busy_state(500)
+    store.save(state)
+    more_events(state, 7)
+    (tmp_path / "ckpt").rename(tmp_path / "good")
+    (tmp_path / "ckpt").write_text("not a directory")
+    with pytest.raises(OSError):
+        store.begin_synced_save(state)
+    assert (state.sequence, state.events_since_checkpoint, state.checkpointed_offset) == (1, 7, 500)
+    assert [p.name for p in (tmp_path / "good").iterdir()] == ["events-0.ckpt"]
+
+
 @pytest.mark.slow
 def test_a_restored_engine_goes_on_exactly_like_the_original(tmp_path):
     """Open predictions go into a checkpoint apart, in batches, and their index is rebuilt

@@ -14,7 +14,8 @@ River versions.
 
 The directory store writes files atomically (temp file, fsync, rename), the pickle
 streamed straight into the temporary file while it is hashed: no copy of the whole state
-is ever held in memory.
+is ever held in memory. `begin_synced_save` leaves the fsync and the rename to a thread
+(`syncing.py`).
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
-from shopstream.files import remove_leftovers, write_atomically
+from shopstream.files import begin_atomic_write, remove_leftovers, write_atomically
 from stream.partition import CheckpointMarks, Partition
 
 from .background import BackgroundCheckpoints, PendingSave
 from .format import (FROM_ENVIRONMENT, HEADER_LIMIT, MAGIC, READ_SIZE, CheckpointError, Key, bind,
                      check_payload, key_of, split_head, unpickle_state, verify_head, write_file)
+from .syncing import SyncingSave
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +174,19 @@ class DirectoryCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         signing_key = self.signing_key
         write_atomically(self.root / f"{key}.ckpt", lambda out: write_file(state, out, signing_key),
                          buffering=READ_SIZE)
+
+    def begin_synced_save(self, state: Partition) -> SyncingSave:
+        """Write a checkpoint of `state` to its temp file now; a thread makes it durable and
+        publishes it (`syncing.SyncingSave`). OSError if the write fails (bookkeeping restored)."""
+        before = self.stage(state)
+        key, signing_key = self.key(state.topic, state.partition), self.signing_key
+        path = self.root / f"{key}.ckpt"
+        try:
+            out, tmp = begin_atomic_write(path, lambda out: write_file(state, out, signing_key), buffering=READ_SIZE)
+        except OSError:
+            state.undo_checkpoint(before)
+            raise
+        return SyncingSave(self, state, before, out, tmp, path)
 
     def _read_head(self, key: str, where: str) -> Optional[tuple[dict, Any]]:
         path = self.root / f"{key}.ckpt"

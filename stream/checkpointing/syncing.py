@@ -1,0 +1,84 @@
+"""Checkpoints pickled in the loop and made durable by a thread.
+
+`DirectoryCheckpointStore.begin_synced_save` pickles the partition into a temp file in the
+loop (the state as it is at that moment; the kernel's page cache takes the bytes), then a
+thread fsyncs the file, renames it over the last checkpoint and fsyncs the directory while
+the loop goes on. The loop pays the pickle's CPU and no disk wait: measured in the worker
+under load, the two fsyncs took up to 11 ms, and a network volume can take far longer.
+
+`SyncingSave` is the loop's handle, with the same `done` / `finish` / `started` as a forked
+`background.PendingSave`: the checkpointer commits its offset only once `finish` says the file
+is durable, and the partition takes no other checkpoint until then. A sync that outlives the
+checkpoint timeout is abandoned: its file is never renamed into place afterwards (a late rename
+could put an older checkpoint over a newer one), and the checkpoint counts as failed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Optional
+
+from shopstream.files import finish_atomic_write
+
+if TYPE_CHECKING:
+    from stream.partition import CheckpointMarks, Partition
+
+    from .stores import CheckpointStore
+
+
+class SyncingSave:
+    """A checkpoint written to its temp file, being fsynced and renamed by a thread."""
+
+    def __init__(self, store: "CheckpointStore", state: "Partition", before: "CheckpointMarks",
+                 out: BinaryIO, tmp: Path, path: Path):
+        self.store, self.state, self.before = store, state, before
+        self.key = store.key(state.topic, state.partition)
+        self.sequence = state.sequence
+        self.next_offset = state.next_offset
+        self.started = time.monotonic()
+        self.error: Optional[str] = None
+        self._out, self._tmp, self._path = out, tmp, path
+        self._lock = threading.Lock()   # the rename decision: published, or abandoned, never both
+        self._publishing = False
+        self._abandoned = False
+        self._finished = False
+        self._thread = threading.Thread(target=self._sync, name=f"checkpoint-sync-{self.key}", daemon=True)
+        self._thread.start()
+
+    def _may_publish(self) -> bool:
+        with self._lock:
+            self._publishing = not self._abandoned
+            return self._publishing
+
+    def _sync(self) -> None:
+        try:
+            finish_atomic_write(self._out, self._tmp, self._path, self._may_publish)
+        except BaseException as exc:  # noqa: BLE001 - reported by finish()
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def done(self) -> bool:
+        """True once the checkpoint is durable or has failed; never waits."""
+        return not self._thread.is_alive()
+
+    def finish(self, timeout: Optional[float] = None) -> int:
+        """Wait for the sync (at most `timeout` seconds); the offset the checkpoint holds, or
+        OSError with the partition's bookkeeping as if the checkpoint had never begun."""
+        if self._finished:
+            raise RuntimeError("finish() called twice")
+        self._finished = True
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            with self._lock:
+                self._abandoned = not self._publishing
+            if self._abandoned:
+                self.error = (f"checkpoint fsync stalled: no result {time.monotonic() - self.started:.0f} s "
+                              "after it began; abandoned (its file is never published)")
+            else:   # renaming already: wait for it, so no later checkpoint can be renamed first
+                self._thread.join()
+        if self.error is not None:
+            self.state.undo_checkpoint(self.before)
+            raise OSError(self.error)
+        self.store.saw_sequence(self.key, self.sequence)
+        return self.next_offset
