@@ -156,11 +156,13 @@ class Checkpointer:
     def poll(self) -> None:
         """Make the background checkpoints that finished count: commit their offsets, or pause
         their partitions if they failed (a writer past `settings.timeout` is killed: failed).
-        Never waits."""
+        Never waits: the commit is asynchronous too (committed offsets serve monitoring and the
+        restore witness, and the checkpoint they follow is already durable; a commit waited for
+        stopped the loop up to 15 ms under load)."""
         now = time.monotonic()
         finished = [tp for tp, pending in self.pending.items()
                     if pending.done() or now - pending.started >= self.settings.timeout]
-        self._finish(finished, commit_async=False)
+        self._finish(finished, commit_async=True)
 
     def settle(self, tps, commit_async: bool = False) -> None:
         """Wait for the background checkpoints of `tps` (before a revocation, a shutdown or a
