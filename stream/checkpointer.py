@@ -3,7 +3,8 @@
 For the partitions due, `Checkpointer.save`:
 
 1. waits (at most `CONFIRM_SECONDS`) until the broker acknowledged every prediction and
-   dead letter sent so far: a checkpoint may only cover outputs that exist;
+   dead letter sent so far: a checkpoint may only cover outputs that exist (a synced
+   checkpoint's thread waits for that instead, before it publishes the file);
 2. saves each partition's state to the store (a model gone non-finite goes back to its
    last good state first, never into a checkpoint);
 3. commits the saved offsets to the consumer group, after the state is durable, so the
@@ -129,7 +130,11 @@ class Checkpointer:
         synced = synced and hasattr(self.store, "begin_synced_save")
         partitions = self.partitions
         tps = [tp for tp in tps if tp in partitions and tp not in self.pending and partitions[tp].needs_checkpoint]
-        if not tps or not self._outputs_confirmed(tps):
+        if not tps:
+            return
+        # Synced: the thread waits for the outputs' acknowledgements, if it can (else the loop does).
+        acknowledged = getattr(self.outputs, "acknowledgement", lambda: None)() if synced else None
+        if acknowledged is None and not self._outputs_confirmed(tps):
             return
         offsets = {}
         for tp in tps:
@@ -141,7 +146,8 @@ class Checkpointer:
                     continue
                 started = time.thread_time()
                 if synced:
-                    self.pending[tp] = self.store.begin_synced_save(partition)  # type: ignore[attr-defined]
+                    self.pending[tp] = self.store.begin_synced_save(  # type: ignore[attr-defined]
+                        partition, acknowledged, self.confirm_seconds)
                     self._in_loop_cpu[tp] = time.thread_time() - started
                     continue
                 self.store.save(partition)

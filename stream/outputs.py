@@ -28,6 +28,7 @@ either format (and refuses a version it does not know, naming it).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable, Optional, Protocol, cast
 
 import msgspec
@@ -151,6 +152,8 @@ CLOSE_SECONDS = 10.0   # what a stop waits for unacknowledged outputs
 #: are parked as unsent: a topic whose metadata never arrives (deleted, never created, not
 #: authorised) retried for ever and held the worker inside send().
 SEND_TRIES = 3
+#: Futures kept before the acknowledged ones are dropped from `Outputs._unacked`.
+PRUNE_UNACKED = 4096
 
 
 class Producer(Protocol):
@@ -185,6 +188,10 @@ class Outputs:
         # the next confirm() tries it again, so one dead topic costs SEND_TRIES waits per confirm.
         self.stalled: dict[str, str] = {}
         self.counts = {"failed": 0, "resent": 0, "truncated": 0, "producer_rebuilds": 0, "send_timeouts": 0}
+        # The futures of sends maybe not acknowledged yet, for `acknowledgement` (pruned as they pile up).
+        self._unacked: list = []
+        self._prune_at = PRUNE_UNACKED
+        self._waitable = True
 
     def open(self) -> "Outputs":
         """Build the producer (kafka-python's connects to the broker here)."""
@@ -276,6 +283,14 @@ class Outputs:
                 self._failed(topic, message, exc)
                 return
             future.add_errback(self._failed, topic, message)
+            if hasattr(future, "get") and hasattr(future, "is_done"):   # kafka-python's: waitable on any thread
+                unacked = self._unacked
+                unacked.append(future)
+                if len(unacked) >= self._prune_at:   # twice what is left: linear, even in an outage
+                    self._unacked = [f for f in unacked if not f.is_done]
+                    self._prune_at = max(PRUNE_UNACKED, 2 * len(self._unacked))
+            else:
+                self._waitable = False
             return
         reason = (f"topic {topic!r}: send timed out {SEND_TRIES} times ({last}): the topic does not exist, "
                   "is not authorised or the broker is away")
@@ -288,6 +303,28 @@ class Outputs:
     def _failed(self, topic: str, message: dict, exc: Exception) -> None:
         self.failed.append((topic, message, exc))
         self.counts["failed"] += 1
+
+    def acknowledgement(self) -> Optional[Callable[[float], Optional[str]]]:
+        """A checkpoint's gate that need not stop the loop: publish the buffered predictions and
+        return a check that waits, on any thread and at most the seconds given, until every output
+        sent so far is acknowledged, returning None, or why not. None (then `confirm`, in the loop)
+        when outputs failed or are parked already, which only `confirm` sends again, or when the
+        producer's futures cannot be waited for (the confluent client reports only failures)."""
+        self.end_batch()
+        if self.failed or self.stalled or not self._waitable:
+            return None
+        futures = self._unacked = [f for f in self._unacked if not f.is_done]
+
+        def acknowledged(timeout: float) -> Optional[str]:
+            deadline = time.monotonic() + timeout
+            for future in futures:
+                try:
+                    future.get(timeout=max(0.0, deadline - time.monotonic()))
+                except Exception as exc:  # failed (its errback queued it for `confirm`) or timed out
+                    return f"outputs not acknowledged: {type(exc).__name__}: {exc}"
+            return None
+
+        return acknowledged
 
     def confirm(self, timeout: float = 30.0, rounds: int = 4) -> bool:
         """Flush, and send again what the broker refused or let expire (by a fresh

@@ -192,12 +192,12 @@ class FakeStore(DirectoryCheckpointStore):
                 pending._thread.join()
         return pending
 
-    def begin_synced_save(self, state):
+    def begin_synced_save(self, state, acknowledged=None, acknowledge_seconds=5.0):
         if self.broken:
             self.calls.append(("save_failed", state.partition))
             raise OSError(28, "No space left on device (fake)")
         self.calls.append(("begin_synced_save", state.partition, state.next_offset))
-        pending = super().begin_synced_save(state)
+        pending = super().begin_synced_save(state, acknowledged, acknowledge_seconds)
         if self.writers_finish_at_once:
             pending._thread.join()
         return pending

@@ -27,8 +27,9 @@ from stream.outputs import DEAD_LETTER_CUT, ORIGINAL_SIZE_HEADER, TRUNCATED_HEAD
 class FakeProducer:
     """A producer whose broker refuses what `refuse(topic, message)` says, after flush."""
 
-    def __init__(self, refuse=lambda topic, message: None, flush_times_out=False):
+    def __init__(self, refuse=lambda topic, message: None, flush_times_out=False, future=Future):
         self.refuse = refuse
+        self.future = future
         self.flush_times_out = flush_times_out
         self.pending: list = []
         self.delivered: list = []
@@ -37,7 +38,7 @@ class FakeProducer:
     def send(self, topic, key=None, value=None, headers=None):
         if headers:
             sum(len(k) + len(v) for k, v in headers)  # kafka-python's size estimate: TypeError on a None value
-        future = Future()
+        future = self.future()
         self.pending.append((future, topic, {"key": key, "value": value, "headers": headers}))
         return future
 
@@ -62,6 +63,48 @@ class Record:
         self.topic, self.partition, self.offset = "events", 3, offset
         self.key, self.value, self.headers = key, value, headers or []
         self.timestamp = 0
+
+
+class WaitableFuture(Future):
+    """kafka-python's record future as far as `Outputs.acknowledgement` uses it: `get` on any thread."""
+
+    def __init__(self):
+        super().__init__()
+        self.latch = threading.Event()
+        self.add_both(lambda _: self.latch.set())
+
+    def get(self, timeout=None):
+        if not self.latch.wait(timeout):
+            raise KafkaTimeoutError(f"Timeout after waiting for {timeout} secs.")
+        if self.failed():
+            raise self.exception
+        return self.value
+
+
+def test_a_checkpoint_thread_waits_for_the_outputs_it_covers_and_a_refused_one_fails_it():
+    producer = FakeProducer(lambda topic, m: MessageSizeTooLargeError("too large") if topic == "dlq" else None,
+                            future=WaitableFuture)
+    outputs = Outputs(lambda: producer, "predictions", "dlq")
+    event = Event(1.7e9, "view", "p", "u", "s")
+    outputs.prediction(Record(b"{}", offset=8), event, 0.25, "logreg", "v1")
+    acknowledged = outputs.acknowledgement()   # publishes the buffered batch first
+    assert acknowledged is not None and len(producer.pending) == 1
+    assert "KafkaTimeoutError" in acknowledged(0.05), "not acknowledged yet: the checkpoint may not count"
+    threading.Timer(0.05, producer.flush).start()   # the broker answers while the thread waits
+    assert acknowledged(5.0) is None
+    assert outputs.acknowledgement()(0.0) is None, "nothing unacknowledged: nothing to wait for"
+
+    outputs.dead_letter(Record(b"{}"), "invalid event: no type")
+    acknowledged = outputs.acknowledgement()
+    producer.flush()
+    assert acknowledged(1.0) == "outputs not acknowledged: MessageSizeTooLargeError: [Error 10] " \
+                                "MessageSizeTooLargeError: too large"
+    assert outputs.acknowledgement() is None, "a refused output: only confirm() sends it again, in the loop"
+
+    confluent_like = Outputs(lambda: FakeProducer(), "predictions", "dlq")   # futures that cannot be waited for
+    confluent_like.prediction(Record(b"{}", offset=8), event, 0.25, "logreg", "v1")
+    confluent_like.end_batch()
+    assert confluent_like.acknowledgement() is None
 
 
 def test_a_refused_dead_letter_is_resent_cut_by_a_new_producer_and_nothing_else_is_lost():

@@ -177,6 +177,26 @@ def test_a_stalled_sync_is_abandoned_and_never_published_later(tmp_path, monkeyp
     assert store.begin_synced_save(state).finish() == 1200 and state.sequence == 2
 
 
+def test_a_synced_checkpoint_is_published_only_once_its_outputs_are_acknowledged(tmp_path):
+    store = DirectoryCheckpointStore(tmp_path / "ckpt", group="g")
+    state = busy_state(500)
+    store.save(state)
+    more_events(state, 50)
+    waited = []
+
+    def refused(seconds):   # the broker refused a prediction the checkpoint would cover
+        waited.append(seconds)
+        return "outputs not acknowledged: NotLeaderForPartitionError"
+
+    with pytest.raises(OSError, match="^outputs not acknowledged: NotLeaderForPartitionError$"):
+        store.begin_synced_save(state, refused, 2.5).finish()
+    assert waited == [2.5]
+    assert (state.sequence, state.events_since_checkpoint, state.checkpointed_offset) == (1, 50, 500)
+    assert DirectoryCheckpointStore(tmp_path / "ckpt", group="g").load("events", 0).next_offset == 500
+    assert not list((tmp_path / "ckpt").glob(".*tmp"))
+    assert store.begin_synced_save(state, lambda seconds: None).finish() == 550
+
+
 def test_a_synced_checkpoint_that_cannot_be_written_leaves_the_last_one_and_the_bookkeeping(tmp_path):
     store = DirectoryCheckpointStore(tmp_path / "ckpt", group="g")
     state = busy_state(500)

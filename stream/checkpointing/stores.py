@@ -31,7 +31,7 @@ from stream.partition import CheckpointMarks, Partition
 from .background import BackgroundCheckpoints, PendingSave
 from .format import (FROM_ENVIRONMENT, HEADER_LIMIT, MAGIC, READ_SIZE, CheckpointError, Key, bind,
                      check_payload, key_of, split_head, unpickle_state, verify_head, write_file)
-from .syncing import SyncingSave
+from .syncing import Acknowledged, SyncingSave
 
 log = logging.getLogger(__name__)
 
@@ -175,9 +175,11 @@ class DirectoryCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         write_atomically(self.root / f"{key}.ckpt", lambda out: write_file(state, out, signing_key),
                          buffering=READ_SIZE)
 
-    def begin_synced_save(self, state: Partition) -> SyncingSave:
+    def begin_synced_save(self, state: Partition, acknowledged: Optional[Acknowledged] = None,
+                          acknowledge_seconds: float = 5.0) -> SyncingSave:
         """Write a checkpoint of `state` to its temp file now; a thread makes it durable and
-        publishes it (`syncing.SyncingSave`). OSError if the write fails (bookkeeping restored)."""
+        publishes it (`syncing.SyncingSave`), once `acknowledged` says the outputs it covers are.
+        OSError if the write fails (bookkeeping restored)."""
         before = self.stage(state)
         key, signing_key = self.key(state.topic, state.partition), self.signing_key
         path = self.root / f"{key}.ckpt"
@@ -186,7 +188,7 @@ class DirectoryCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         except OSError:
             state.undo_checkpoint(before)
             raise
-        return SyncingSave(self, state, before, out, tmp, path)
+        return SyncingSave(self, state, before, out, tmp, path, acknowledged, acknowledge_seconds)
 
     def _read_head(self, key: str, where: str) -> Optional[tuple[dict, Any]]:
         path = self.root / f"{key}.ckpt"

@@ -6,6 +6,12 @@ thread fsyncs the file, renames it over the last checkpoint and fsyncs the direc
 the loop goes on. The loop pays the pickle's CPU and no disk wait: measured in the worker
 under load, the two fsyncs took up to 11 ms, and a network volume can take far longer.
 
+The outputs the checkpoint covers (predictions, dead letters, learn-log records sent before it)
+must be acknowledged by the broker before it is published: the loop used to wait for that
+(`Outputs.confirm`, a flush: p99 38 ms under load); with kafka-python's producer the thread
+waits for their futures instead (`Outputs.acknowledgement`), and a failure makes the checkpoint
+fail, so the partition pauses and the loop's `confirm` sends the outputs again.
+
 `SyncingSave` is the loop's handle, with the same `done` / `finish` / `started` as a forked
 `background.PendingSave`: the checkpointer commits its offset only once `finish` says the file
 is durable, and the partition takes no other checkpoint until then. A sync that outlives the
@@ -18,9 +24,13 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Optional
+from typing import TYPE_CHECKING, BinaryIO, Callable, Optional
 
 from shopstream.files import finish_atomic_write
+
+#: Waits, at most the seconds given, until the outputs a checkpoint covers are acknowledged:
+#: None, or why not (`stream.outputs.Outputs.acknowledgement`).
+Acknowledged = Callable[[float], Optional[str]]
 
 if TYPE_CHECKING:
     from stream.partition import CheckpointMarks, Partition
@@ -32,8 +42,10 @@ class SyncingSave:
     """A checkpoint written to its temp file, being fsynced and renamed by a thread."""
 
     def __init__(self, store: "CheckpointStore", state: "Partition", before: "CheckpointMarks",
-                 out: BinaryIO, tmp: Path, path: Path):
+                 out: BinaryIO, tmp: Path, path: Path, acknowledged: Optional[Acknowledged] = None,
+                 acknowledge_seconds: float = 5.0):
         self.store, self.state, self.before = store, state, before
+        self._acknowledged, self._acknowledge_seconds = acknowledged, acknowledge_seconds
         self.key = store.key(state.topic, state.partition)
         self.sequence = state.sequence
         self.next_offset = state.next_offset
@@ -48,6 +60,11 @@ class SyncingSave:
         self._thread.start()
 
     def _may_publish(self) -> bool:
+        if self._acknowledged is not None:   # the outputs the checkpoint covers must exist first
+            why = self._acknowledged(self._acknowledge_seconds)
+            if why is not None:
+                self.error = why
+                return False
         with self._lock:
             self._publishing = not self._abandoned
             return self._publishing
@@ -56,7 +73,7 @@ class SyncingSave:
         try:
             finish_atomic_write(self._out, self._tmp, self._path, self._may_publish)
         except BaseException as exc:  # noqa: BLE001 - reported by finish()
-            self.error = f"{type(exc).__name__}: {exc}"
+            self.error = self.error or f"{type(exc).__name__}: {exc}"
 
     def done(self) -> bool:
         """True once the checkpoint is durable or has failed; never waits."""
