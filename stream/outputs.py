@@ -321,7 +321,8 @@ class Outputs:
                 try:
                     future.get(timeout=max(0.0, deadline - time.monotonic()))
                 except Exception as exc:  # failed (its errback queued it for `confirm`) or timed out
-                    return f"outputs not acknowledged: {type(exc).__name__}: {exc}"
+                    text, name = str(exc), type(exc).__name__
+                    return f"outputs not acknowledged: {text if name in text else f'{name}: {text}'}"
             return None
 
         return acknowledged

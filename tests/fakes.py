@@ -10,6 +10,7 @@ The real-broker tests stay the proof that the real clients behave like this.
 
 from __future__ import annotations
 
+import threading
 from collections import namedtuple
 from types import SimpleNamespace
 
@@ -17,6 +18,7 @@ import msgspec
 
 from kafka import TopicPartition
 from kafka.errors import KafkaTimeoutError
+from kafka.future import Future
 
 from stream.checkpointing.stores import DirectoryCheckpointStore
 from stream.clients import KafkaClients
@@ -130,13 +132,45 @@ class FakeFuture:
         return self
 
 
+class WaitableFuture(Future):
+    """kafka-python's record future as far as the outputs use it: `get` waits on any thread."""
+
+    def __init__(self):
+        super().__init__()
+        self.latch = threading.Event()
+        self.add_both(lambda _: self.latch.set())
+
+    def get(self, timeout=None):
+        if not self.latch.wait(timeout):
+            raise KafkaTimeoutError(f"Timeout after waiting for {timeout} secs.")
+        if self.failed():
+            raise self.exception
+        return self.value
+
+
 class FakeProducer:
-    def __init__(self, calls: list):
+    def __init__(self, calls: list, waitable: bool = False):
         self.calls = calls
         self.sent: list = []
         self.unflushed = 0
         self.fail_flush = False   # the broker acknowledges nothing
         self.missing_topics: set = set()   # topics whose metadata never arrives: send() times out
+        # kafka-python's futures (a checkpoint's thread waits for them), settled by flush or `answer`
+        self.waitable = waitable
+        self.unanswered: list[WaitableFuture] = []
+
+    def _future(self):
+        if not self.waitable:
+            return FakeFuture()
+        future = WaitableFuture()
+        self.unanswered.append(future)
+        return future
+
+    def answer(self, error=None) -> None:
+        """The broker acknowledges (or, with `error`, refuses) every record sent so far."""
+        unanswered, self.unanswered = self.unanswered, []
+        for future in unanswered:
+            future.success(None) if error is None else future.failure(error)
 
     def send(self, topic, key=None, value=None, headers=None):
         if topic in self.missing_topics:
@@ -149,16 +183,17 @@ class FakeProducer:
             predictions = decode_predictions(SimpleNamespace(value=value, headers=headers))
             self.sent.extend((topic, key, msgspec.json.encode(p)) for p in predictions)
             self.unflushed += len(predictions)
-            return FakeFuture()
+            return self._future()
         self.sent.append((topic, key, value))
         self.unflushed += 1
-        return FakeFuture()
+        return self._future()
 
     def flush(self, timeout=None):
         self.calls.append(("flush", self.unflushed))
         if self.fail_flush:
             raise KafkaTimeoutError("fake flush timed out")
         self.unflushed = 0
+        self.answer()
 
     def close(self, timeout=None):
         self.calls.append(("close_producer", timeout))
@@ -221,6 +256,7 @@ class FakeClients(KafkaClients):
         self.store = FakeStore(checkpoints, settings.group, self.calls)
         self.fail_new_consumer = False
         self.missing_topics: set = set()   # shared by every producer: no metadata for these topics
+        self.waitable_futures = False       # producers whose futures a checkpoint's thread can wait for
 
     def consumer(self):
         if self.fail_new_consumer:
@@ -230,7 +266,7 @@ class FakeClients(KafkaClients):
         return consumer
 
     def producer(self):
-        producer = FakeProducer(self.calls)
+        producer = FakeProducer(self.calls, self.waitable_futures)
         producer.missing_topics = self.missing_topics
         self.producers.append(producer)
         return producer

@@ -11,6 +11,8 @@ import pytest
 from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from kafka.future import Future
 
+from fakes import WaitableFuture
+
 from shopstream.config import EngineConfig
 from shopstream.engine import Engine
 from shopstream.events import Event, InvalidEvent, check_future_skew, decode_event, event_from_record
@@ -65,22 +67,6 @@ class Record:
         self.timestamp = 0
 
 
-class WaitableFuture(Future):
-    """kafka-python's record future as far as `Outputs.acknowledgement` uses it: `get` on any thread."""
-
-    def __init__(self):
-        super().__init__()
-        self.latch = threading.Event()
-        self.add_both(lambda _: self.latch.set())
-
-    def get(self, timeout=None):
-        if not self.latch.wait(timeout):
-            raise KafkaTimeoutError(f"Timeout after waiting for {timeout} secs.")
-        if self.failed():
-            raise self.exception
-        return self.value
-
-
 def test_a_checkpoint_thread_waits_for_the_outputs_it_covers_and_a_refused_one_fails_it():
     producer = FakeProducer(lambda topic, m: MessageSizeTooLargeError("too large") if topic == "dlq" else None,
                             future=WaitableFuture)
@@ -97,8 +83,7 @@ def test_a_checkpoint_thread_waits_for_the_outputs_it_covers_and_a_refused_one_f
     outputs.dead_letter(Record(b"{}"), "invalid event: no type")
     acknowledged = outputs.acknowledgement()
     producer.flush()
-    assert acknowledged(1.0) == "outputs not acknowledged: MessageSizeTooLargeError: [Error 10] " \
-                                "MessageSizeTooLargeError: too large"
+    assert acknowledged(1.0) == "outputs not acknowledged: [Error 10] MessageSizeTooLargeError: too large"
     assert outputs.acknowledgement() is None, "a refused output: only confirm() sends it again, in the loop"
 
     confluent_like = Outputs(lambda: FakeProducer(), "predictions", "dlq")   # futures that cannot be waited for

@@ -340,6 +340,38 @@ def test_auto_pickles_in_the_loop_syncs_in_a_thread_and_forks_only_once_pickling
     assert clients.store.load("events", 0).next_offset == 400
 
 
+def test_a_synced_checkpoint_waits_for_acknowledgements_on_its_thread_and_a_refusal_loses_nothing(tmp_path):
+    worker, clients = make_worker(tmp_path, {0: events(300)}, checkpoint_background="auto")
+    clients.waitable_futures = True   # kafka-python's futures: the checkpoint's thread can wait for them
+    worker.outputs.rebuild()
+    worker.membership.subscribe()
+    consumer, checkpointer = worker.consumer, worker.checkpointer
+    tp = consumer.tp(0)
+    handle_one_poll(worker, tp)
+    checkpointer.periodic(tp)
+    assert clients.calls[-1] == ("begin_synced_save", 0, 100), "the loop did not wait for the broker (no flush)"
+    producer = clients.producers[-1]
+    time.sleep(0.05)
+    checkpointer.poll()
+    assert tp in checkpointer.pending and clients.store.load("events", 0) is None, "not acknowledged: not published"
+    producer.answer()
+    checkpointer.settle([tp])
+    assert clients.calls[-1] == ("commit", {0: 100}) and clients.store.load("events", 0).next_offset == 100
+
+    handle_one_poll(worker, tp)
+    checkpointer.periodic(tp)
+    producer.answer(KafkaTimeoutError("fake: batch expired"))   # the broker never took the batch
+    checkpointer.settle([tp])
+    assert worker.blocked == {tp: "outputs not acknowledged: KafkaTimeoutError: fake: batch expired"}
+    assert clients.store.load("events", 0).next_offset == 100, "the last good checkpoint stands"
+    checkpointer.retry(time.monotonic() + 10)   # the loop's confirm: a new producer sends the batch again
+    assert [c[0] for c in clients.calls[-6:]] == ["flush", "close_producer", "flush", "save", "resume", "commit"]
+    assert not worker.blocked
+    assert clients.store.load("events", 0).next_offset == 200
+    resent = [p for p in clients.producers[-1].sent]
+    assert [json.loads(v)["offset"] for _, _, v in resent] == list(range(100, 200)), "each prediction once more"
+
+
 def test_a_partition_that_cannot_be_restored_stops_the_worker_cleanly(tmp_path):
     """Not a checkpoint error (those stop with their own message) but, say, an unreadable path or
     a store that times out: it used to escape the rebalance callback and kill the worker inside
