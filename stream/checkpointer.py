@@ -127,7 +127,7 @@ class Checkpointer:
         durable by a later `poll` too."""
         if not (background or synced):
             self.settle(tps, commit_async)
-        synced = synced and hasattr(self.store, "begin_synced_save")
+        synced = synced and not background and hasattr(self.store, "begin_synced_save")
         partitions = self.partitions
         tps = [tp for tp in tps if tp in partitions and tp not in self.pending and partitions[tp].needs_checkpoint]
         if not tps:

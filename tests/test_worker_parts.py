@@ -371,6 +371,13 @@ def test_a_synced_checkpoint_waits_for_acknowledgements_on_its_thread_and_a_refu
     resent = [p for p in clients.producers[-1].sent]
     assert [json.loads(v)["offset"] for _, _, v in resent] == list(range(100, 200)), "each prediction once more"
 
+    checkpointer.fork_above = 0.0   # a forked writer cannot wait for the futures: the loop confirms first
+    handle_one_poll(worker, tp)
+    checkpointer.periodic(tp)
+    assert [c[0] for c in clients.calls[-2:]] == ["flush", "begin_save"]
+    checkpointer.settle([tp])
+    assert clients.store.load("events", 0).next_offset == 300
+
 
 def test_a_partition_that_cannot_be_restored_stops_the_worker_cleanly(tmp_path):
     """Not a checkpoint error (those stop with their own message) but, say, an unreadable path or
