@@ -65,7 +65,10 @@ def finish_atomic_write(out: BinaryIO, tmp: Path, path: Path,
 
 def _discard(out: BinaryIO, tmp: Path) -> None:
     """A failed write leaves nothing behind (a full disk, say)."""
-    out.close()
+    try:
+        out.close()   # closes the file even when flushing its buffer fails (the disk is still full)
+    except OSError:
+        pass
     try:
         os.unlink(tmp)
     except OSError:

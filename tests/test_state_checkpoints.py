@@ -197,6 +197,29 @@ def test_a_synced_checkpoint_is_published_only_once_its_outputs_are_acknowledged
     assert store.begin_synced_save(state, lambda seconds: None).finish() == 550
 
 
+def test_a_full_disk_leaves_no_temp_file_beside_the_last_checkpoint(tmp_path):
+    """The write fails part-way (EFBIG past RLIMIT_FSIZE: a full disk as the writer sees it; Python
+    ignores SIGXFSZ), and so does the close that flushes the rest: the temp file must still go."""
+    import resource
+
+    store = DirectoryCheckpointStore(tmp_path / "ckpt", group="g")
+    state = busy_state(500)
+    store.save(state)
+    more_events(state, 7)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))
+    try:
+        with pytest.raises(OSError, match="File too large"):
+            store.begin_synced_save(state)
+        with pytest.raises(OSError, match="File too large"):
+            store.save(state)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["events-0.ckpt"]
+    assert (state.sequence, state.events_since_checkpoint, state.checkpointed_offset) == (1, 7, 500)
+    assert store.begin_synced_save(state).finish() == 507
+
+
 def test_a_synced_checkpoint_that_cannot_be_written_leaves_the_last_one_and_the_bookkeeping(tmp_path):
     store = DirectoryCheckpointStore(tmp_path / "ckpt", group="g")
     state = busy_state(500)
