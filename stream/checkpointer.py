@@ -76,6 +76,7 @@ class Checkpointer:
         self.fork_above = FORK_ABOVE_SECONDS
         self.settle_seconds = SETTLE_SECONDS
         self._in_loop_cpu: dict = {}  # partition -> CPU seconds of the loop's thread its last checkpoint took
+        self._forking: set = set()    # partitions whose periodic checkpoints auto forks (logged once)
         self.outputs_blocked = False   # the last save waited for outputs the broker did not acknowledge
         self._last_retry = 0.0
         self.written = Counter("shopstream_checkpoints", "Checkpoints written", registry=registry)
@@ -103,7 +104,12 @@ class Checkpointer:
     def periodic(self, tp) -> None:
         """A checkpoint because one is `due`: forked or in the loop, as `settings.background` says."""
         mode = self.settings.background
-        forked = mode == "on" or (mode == "auto" and self._in_loop_cpu.get(tp, 0.0) > self.fork_above)
+        cpu = self._in_loop_cpu.get(tp, 0.0)
+        forked = mode == "on" or (mode == "auto" and cpu > self.fork_above)
+        if forked and mode == "auto" and tp not in self._forking:
+            self._forking.add(tp)
+            log.info("partition %d: pickling its last checkpoint took the loop %.2f s of CPU: later checkpoints "
+                     "are written by a forked copy", tp.partition, cpu)
         self.save([tp], background=forked, synced=mode == "auto")
 
     def retry(self, now: float) -> None:
