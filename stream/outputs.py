@@ -313,7 +313,8 @@ class Outputs:
         self.end_batch()
         if self.failed or self.stalled or not self._waitable:
             return None
-        futures = self._unacked = [f for f in self._unacked if not f.is_done]
+        self._unacked = [f for f in self._unacked if not f.is_done]
+        futures = tuple(self._unacked)   # these only: the loop goes on sending while the thread waits
 
         def acknowledged(timeout: float) -> Optional[str]:
             deadline = time.monotonic() + timeout

@@ -78,6 +78,14 @@ def test_a_checkpoint_thread_waits_for_the_outputs_it_covers_and_a_refused_one_f
     assert "KafkaTimeoutError" in acknowledged(0.05), "not acknowledged yet: the checkpoint may not count"
     threading.Timer(0.05, producer.flush).start()   # the broker answers while the thread waits
     assert acknowledged(5.0) is None
+
+    outputs.prediction(Record(b"{}", offset=9), event, 0.5, "logreg", "v1")
+    acknowledged = outputs.acknowledgement()
+    producer.flush()
+    outputs.prediction(Record(b"{}", offset=10), event, 0.5, "logreg", "v1")
+    outputs.end_batch()   # sent after the checkpoint began: the check must not wait for it
+    assert acknowledged(0.05) is None and len(producer.pending) == 1
+    producer.flush()
     assert outputs.acknowledgement()(0.0) is None, "nothing unacknowledged: nothing to wait for"
 
     outputs.dead_letter(Record(b"{}"), "invalid event: no type")
