@@ -37,7 +37,7 @@ def begin_atomic_write(path: Path, write: Callable[[BinaryIO], object],
         write(out)
         out.flush()
     except BaseException:
-        _discard(out, tmp)
+        discard(out, tmp)
         raise
     return out, tmp
 
@@ -54,7 +54,7 @@ def finish_atomic_write(out: BinaryIO, tmp: Path, path: Path,
                 raise OSError(f"{tmp.name}: not published: its writer was abandoned")
             os.replace(tmp, path)   # still locked: a sweeper never takes it for a leftover
     except BaseException:
-        _discard(out, tmp)
+        discard(out, tmp)
         raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:
@@ -63,7 +63,7 @@ def finish_atomic_write(out: BinaryIO, tmp: Path, path: Path,
         os.close(directory)
 
 
-def _discard(out: BinaryIO, tmp: Path) -> None:
+def discard(out: BinaryIO, tmp: Path) -> None:
     """A failed write leaves nothing behind (a full disk, say)."""
     try:
         out.close()   # closes the file even when flushing its buffer fails (the disk is still full)

@@ -19,14 +19,15 @@ process (`BackgroundCheckpoints.begin_save`): the loop stops only for the fork a
 learning. A fork is not free either (page tables, then copy-on-write faults while the copy
 writes): measured at 300k events of state, forked checkpoints raised p99 latency from 46-48
 ms to 100-220 ms, while at 1M open predictions one written in the loop stops it 7.6 s
-against 72 ms forked. So `auto` pickles in the loop, and leaves the fsync and the rename to a
-thread (`checkpointing/syncing.py`) when the store can, until pickling a checkpoint took the
-loop's thread more than `FORK_ABOVE_SECONDS` of CPU; then it forks. CPU, not wall time: on a
-busy machine one save's wall time can pass the bound while its work does not, and one such save
-used to make every later checkpoint fork. A checkpoint written off the loop counts, and its
-offset is committed, once `poll` sees it finished; until then its partition takes no other
-checkpoint. A revocation or a shutdown first waits for it (`settle`), then saves what was
-learned since, in the loop.
+against 72 ms forked. So `auto` pickles in the loop, and leaves the waits (the outputs'
+acknowledgements with kafka-python, the fsync, the rename) to a thread (`checkpointing/syncing.py`)
+when the store can (the directory store), until pickling a checkpoint took the loop's thread more
+than `FORK_ABOVE_SECONDS` of CPU; then it forks. CPU, not wall time: on a busy machine one save's
+wall time can pass the bound while its work does not, and one such save used to make every later
+checkpoint fork. A store that saves in the loop (the Kafka store) is judged on wall time.
+A checkpoint written off the loop counts, and its offset is committed, once `poll` sees it
+finished; until then its partition takes no other checkpoint. A revocation or a shutdown
+first waits for it (`settle`), then saves what was learned since, in the loop.
 """
 
 from __future__ import annotations
@@ -75,7 +76,9 @@ class Checkpointer:
         self.pending: dict[Any, PendingSave | SyncingSave] = {}
         self.fork_above = FORK_ABOVE_SECONDS
         self.settle_seconds = SETTLE_SECONDS
-        self._in_loop_cpu: dict = {}  # partition -> CPU seconds of the loop's thread its last checkpoint took
+        # partition -> how long its last checkpoint stopped the loop: the loop thread's CPU when a thread
+        # waits for the disk and the broker (synced), else wall time (the Kafka store waits for acks)
+        self._in_loop_cost: dict = {}
         self._forking: set = set()    # partitions whose periodic checkpoints auto forks (logged once)
         self.outputs_blocked = False   # the last save waited for outputs the broker did not acknowledge
         self._last_retry = 0.0
@@ -102,14 +105,15 @@ class Checkpointer:
             or partition.checkpoint_age(at_most=self.settings.seconds) >= self.settings.seconds)
 
     def periodic(self, tp) -> None:
-        """A checkpoint because one is `due`: forked or in the loop, as `settings.background` says."""
+        """A checkpoint because one is `due`: forked, synced (pickled in the loop, made durable by a
+        thread) or in the loop, as `settings.background` says (see the module's docstring)."""
         mode = self.settings.background
-        cpu = self._in_loop_cpu.get(tp, 0.0)
-        forked = mode == "on" or (mode == "auto" and cpu > self.fork_above)
+        cost = self._in_loop_cost.get(tp, 0.0)
+        forked = mode == "on" or (mode == "auto" and cost > self.fork_above)
         if forked and mode == "auto" and tp not in self._forking:
             self._forking.add(tp)
-            log.info("partition %d: pickling its last checkpoint took the loop %.2f s of CPU: later checkpoints "
-                     "are written by a forked copy", tp.partition, cpu)
+            log.info("partition %d: its last checkpoint stopped the loop %.2f s: later ones are written by a "
+                     "forked copy", tp.partition, cost)
         self.save([tp], background=forked, synced=mode == "auto")
 
     def retry(self, now: float) -> None:
@@ -124,6 +128,8 @@ class Checkpointer:
         self.save(tps, commit_async)
         for tp in tps:
             self.partitions.pop(tp, None)
+            self._in_loop_cost.pop(tp, None)   # its next owner (maybe this worker) measures afresh
+            self._forking.discard(tp)
 
     def save(self, tps, commit_async: bool = False, background: bool = False, synced: bool = False) -> None:
         """Outputs, then state, then offsets, for the partitions of `tps` with anything unsaved.
@@ -150,14 +156,15 @@ class Checkpointer:
                 if background:
                     self.pending[tp] = self.store.begin_save(partition)
                     continue
-                started = time.thread_time()
                 if synced:
+                    started = time.thread_time()
                     self.pending[tp] = self.store.begin_synced_save(  # type: ignore[attr-defined]
                         partition, acknowledged, self.confirm_seconds)
-                    self._in_loop_cpu[tp] = time.thread_time() - started
+                    self._in_loop_cost[tp] = time.thread_time() - started
                     continue
+                started = time.perf_counter()
                 self.store.save(partition)
-                self._in_loop_cpu[tp] = time.thread_time() - started
+                self._in_loop_cost[tp] = time.perf_counter() - started
             except OSError as exc:
                 self._failed(tp, exc)
                 continue
@@ -190,8 +197,12 @@ class Checkpointer:
             try:
                 offset = pending.finish(timeout=max(0.0, min(left, wait_at_most)))
             except OSError as exc:
+                if getattr(pending, "outputs_refused", False):   # as `_outputs_confirmed` would say
+                    self.outputs_blocked = True
                 self._failed(tp, exc)
                 continue
+            if getattr(pending, "acknowledged", False):
+                self.outputs_blocked = False
             self._succeeded(tp)
             offsets[tp] = OffsetAndMetadata(offset, "", -1)
         self._commit(offsets, commit_async)

@@ -156,6 +156,12 @@ SEND_TRIES = 3
 PRUNE_UNACKED = 4096
 
 
+def _unacknowledged(futures: list) -> list:
+    """The futures not known to be acknowledged. A failed one stays: kafka-python marks it done
+    before its errback has queued it for `confirm`, so a check that dropped it could pass."""
+    return [f for f in futures if not (f.is_done and f.exception is None)]
+
+
 class Producer(Protocol):
     """What Outputs needs of a producer (kafka-python's, or a test's stand-in)."""
 
@@ -287,7 +293,7 @@ class Outputs:
                 unacked = self._unacked
                 unacked.append(future)
                 if len(unacked) >= self._prune_at:   # twice what is left: linear, even in an outage
-                    self._unacked = [f for f in unacked if not f.is_done]
+                    self._unacked = _unacknowledged(unacked)
                     self._prune_at = max(PRUNE_UNACKED, 2 * len(self._unacked))
             else:
                 self._waitable = False
@@ -313,7 +319,7 @@ class Outputs:
         self.end_batch()
         if self.failed or self.stalled or not self._waitable:
             return None
-        self._unacked = [f for f in self._unacked if not f.is_done]
+        self._unacked = _unacknowledged(self._unacked)
         futures = tuple(self._unacked)   # these only: the loop goes on sending while the thread waits
 
         def acknowledged(timeout: float) -> Optional[str]:
@@ -342,6 +348,7 @@ class Outputs:
             except KafkaTimeoutError:
                 return False
             if not self.failed:
+                self._unacked = []   # all acknowledged (failed ones were sent again and acknowledged too)
                 return True
             if all(topic in self.stalled for topic, _, _ in self.failed):
                 return False   # tried once in this call already: a new producer would not help

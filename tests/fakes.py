@@ -138,7 +138,17 @@ class WaitableFuture(Future):
     def __init__(self):
         super().__init__()
         self.latch = threading.Event()
-        self.add_both(lambda _: self.latch.set())
+
+    # As kafka-python's: the waiter wakes once every callback and errback has run.
+    def success(self, value):
+        super().success(value)
+        self.latch.set()
+        return self
+
+    def failure(self, e):
+        super().failure(e)
+        self.latch.set()
+        return self
 
     def get(self, timeout=None):
         if not self.latch.wait(timeout):
@@ -197,6 +207,7 @@ class FakeProducer:
 
     def close(self, timeout=None):
         self.calls.append(("close_producer", timeout))
+        self.answer(KafkaTimeoutError("fake: producer closed with this record unacknowledged"))
 
 
 class FakeStore(DirectoryCheckpointStore):

@@ -94,6 +94,18 @@ def test_a_checkpoint_thread_waits_for_the_outputs_it_covers_and_a_refused_one_f
     assert acknowledged(1.0) == "outputs not acknowledged: [Error 10] MessageSizeTooLargeError: too large"
     assert outputs.acknowledgement() is None, "a refused output: only confirm() sends it again, in the loop"
 
+    # kafka-python marks a failed future done before its errback queues it for confirm(): in between,
+    # the check must still see it failed (dropping done futures let such a checkpoint through).
+    producer.refuse = lambda topic, m: None
+    outputs = Outputs(lambda: producer, "predictions", "dlq")
+    outputs.prediction(Record(b"{}", offset=11), event, 0.5, "logreg", "v1")
+    outputs.end_batch()
+    [(failing, _, _)] = producer.pending
+    failing.is_done, failing.exception = True, KafkaTimeoutError("batch expired")   # errback not run yet
+    failing.latch.set()
+    assert not outputs.failed and outputs.acknowledgement()(0.1) == "outputs not acknowledged: KafkaTimeoutError: " \
+                                                                   "batch expired"
+
     confluent_like = Outputs(lambda: FakeProducer(), "predictions", "dlq")   # futures that cannot be waited for
     confluent_like.prediction(Record(b"{}", offset=8), event, 0.25, "logreg", "v1")
     confluent_like.end_batch()

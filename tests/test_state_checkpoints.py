@@ -168,6 +168,10 @@ def test_a_stalled_sync_is_abandoned_and_never_published_later(tmp_path, monkeyp
     with pytest.raises(OSError, match="fsync stalled.*abandoned"):
         pending.finish(timeout=0.1)
     assert (state.sequence, state.events_since_checkpoint, state.checkpointed_offset) == (1, 200, 1000)
+    for write in (store.begin_synced_save, store.save):   # nothing else is written while it hangs
+        with pytest.raises(OSError, match="an earlier checkpoint's fsync or rename has not returned"):
+            write(state)
+    assert (state.sequence, state.events_since_checkpoint, state.checkpointed_offset) == (1, 200, 1000)
     may_sync.set()   # the disk answers after all: the abandoned file must not replace the checkpoint
     assert synced.wait(10)
     pending._thread.join(10)
@@ -218,6 +222,25 @@ def test_a_full_disk_leaves_no_temp_file_beside_the_last_checkpoint(tmp_path):
     assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["events-0.ckpt"]
     assert (state.sequence, state.events_since_checkpoint, state.checkpointed_offset) == (1, 7, 500)
     assert store.begin_synced_save(state).finish() == 507
+
+
+def test_a_synced_checkpoint_whose_thread_cannot_start_leaves_nothing(tmp_path, monkeypatch):
+    import threading
+
+    store = DirectoryCheckpointStore(tmp_path / "ckpt", group="g")
+    state = busy_state(300)
+    store.save(state)
+    more_events(state, 3)
+
+    def no_thread(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    with pytest.raises(OSError, match="cannot start its sync thread: RuntimeError: can't start new thread"):
+        store.begin_synced_save(state)
+    monkeypatch.undo()
+    assert (state.sequence, state.events_since_checkpoint, state.checkpointed_offset) == (1, 3, 300)
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["events-0.ckpt"]
 
 
 def test_a_synced_checkpoint_that_cannot_be_written_leaves_the_last_one_and_the_bookkeeping(tmp_path):

@@ -21,11 +21,12 @@ is ever held in memory. `begin_synced_save` leaves the fsync and the rename to a
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
-from shopstream.files import begin_atomic_write, remove_leftovers, write_atomically
+from shopstream.files import begin_atomic_write, discard, remove_leftovers, write_atomically
 from stream.partition import CheckpointMarks, Partition
 
 from .background import BackgroundCheckpoints, PendingSave
@@ -157,6 +158,7 @@ class DirectoryCheckpointStore(BackgroundCheckpoints, CheckpointStore):
                  signing_key: Key = FROM_ENVIRONMENT):
         CheckpointStore.__init__(self, group, signing_key)
         BackgroundCheckpoints.__init__(self)
+        self._syncing: dict[str, SyncingSave] = {}   # key -> its last synced save (see `_not_stuck`)
         self.root = Path(root)
         if create:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -171,6 +173,7 @@ class DirectoryCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         return self.root / f"{self.key(topic, partition)}.ckpt"
 
     def _write_state(self, key: str, state: Partition) -> None:
+        self._not_stuck(key)
         signing_key = self.signing_key
         write_atomically(self.root / f"{key}.ckpt", lambda out: write_file(state, out, signing_key),
                          buffering=READ_SIZE)
@@ -184,11 +187,27 @@ class DirectoryCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         key, signing_key = self.key(state.topic, state.partition), self.signing_key
         path = self.root / f"{key}.ckpt"
         try:
+            self._not_stuck(key)
             out, tmp = begin_atomic_write(path, lambda out: write_file(state, out, signing_key), buffering=READ_SIZE)
         except OSError:
             state.undo_checkpoint(before)
             raise
-        return SyncingSave(self, state, before, out, tmp, path, acknowledged, acknowledge_seconds)
+        try:
+            syncing = self._syncing[key] = SyncingSave(self, state, before, out, tmp, path, acknowledged,
+                                                       acknowledge_seconds)
+        except BaseException as exc:  # no thread could be started: nothing is left, nothing counts
+            discard(out, tmp)
+            state.undo_checkpoint(before)
+            raise OSError(f"checkpoint {key}: cannot start its sync thread: {type(exc).__name__}: {exc}") from None
+        return syncing
+
+    def _not_stuck(self, key: str) -> None:
+        """OSError while an earlier sync of `key` that was given up on still runs."""
+        syncing = self._syncing.get(key)
+        if syncing is not None and syncing.stuck:
+            raise OSError(f"checkpoint {key}: an earlier checkpoint's fsync or rename has not returned for "
+                          f"{time.monotonic() - syncing.started:.0f} s (a stalled volume?): no other is written "
+                          "until it does")
 
     def _read_head(self, key: str, where: str) -> Optional[tuple[dict, Any]]:
         path = self.root / f"{key}.ckpt"

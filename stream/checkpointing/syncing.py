@@ -16,7 +16,8 @@ fail, so the partition pauses and the loop's `confirm` sends the outputs again.
 `background.PendingSave`: the checkpointer commits its offset only once `finish` says the file
 is durable, and the partition takes no other checkpoint until then. A sync that outlives the
 checkpoint timeout is abandoned: its file is never renamed into place afterwards (a late rename
-could put an older checkpoint over a newer one), and the checkpoint counts as failed.
+could put an older checkpoint over a newer one), and the checkpoint counts as failed; while its
+thread still lives, the store writes no other checkpoint of that partition (a dead volume).
 """
 
 from __future__ import annotations
@@ -56,14 +57,21 @@ class SyncingSave:
         self._publishing = False
         self._abandoned = False
         self._finished = False
+        self.outputs_refused = False    # failed because an output it covers was not acknowledged
+        self.acknowledged = acknowledged is not None   # published only once its outputs were
         self._thread = threading.Thread(target=self._sync, name=f"checkpoint-sync-{self.key}", daemon=True)
-        self._thread.start()
+        self._thread.start()   # RuntimeError if no thread can be started: the store cleans up
+
+    @property
+    def stuck(self) -> bool:
+        """Its thread still runs after `finish` gave up on it: no other write of its file may begin."""
+        return self._finished and self._thread.is_alive()
 
     def _may_publish(self) -> bool:
         if self._acknowledged is not None:   # the outputs the checkpoint covers must exist first
             why = self._acknowledged(self._acknowledge_seconds)
             if why is not None:
-                self.error = why
+                self.error, self.outputs_refused = why, True
                 return False
         with self._lock:
             self._publishing = not self._abandoned
@@ -87,13 +95,15 @@ class SyncingSave:
         self._finished = True
         self._thread.join(timeout)
         if self._thread.is_alive():
+            # Given up on: the store writes no other checkpoint of this file while the thread lives
+            # (`stuck`), so a late rename can never put this one over a newer one.
             with self._lock:
                 self._abandoned = not self._publishing
-            if self._abandoned:
-                self.error = (f"checkpoint fsync stalled: no result {time.monotonic() - self.started:.0f} s "
-                              "after it began; abandoned (its file is never published)")
-            else:   # renaming already: wait for it, so no later checkpoint can be renamed first
-                self._thread.join()
+            waited = f"{time.monotonic() - self.started:.0f} s"
+            self.error = (f"checkpoint fsync stalled: no result {waited} after it began; abandoned (its file is "
+                          "never published)" if self._abandoned else
+                          f"checkpoint publishing stalled: rename or directory fsync not returned {waited} after it "
+                          "began (the file may appear; it is not counted)")
         if self.error is not None:
             self.state.undo_checkpoint(self.before)
             raise OSError(self.error)
