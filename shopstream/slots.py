@@ -95,6 +95,7 @@ class PairedLossTest:
         self._next = 0
         self._n = 0
         self._pending = array("d")   # y (0.0, 1.0), champion, challenger: the pairs not yet in the rings
+        self._limit = 3 * window     # a window of them pending: stored (not in checkpoints)
 
     @property
     def n(self) -> int:
@@ -111,7 +112,7 @@ class PairedLossTest:
         pending.append(1.0 if y_true else 0.0)
         pending.append(p_champion)
         pending.append(p_challenger)
-        if len(pending) >= 3 * self.window:
+        if len(pending) >= self._limit:
             self._store_pending()
 
     def _store_pending(self) -> None:
@@ -151,7 +152,7 @@ class PairedLossTest:
     def __getstate__(self):
         self._store_pending()   # checkpoints hold the rings as they always did
         state = dict(self.__dict__)
-        del state["_pending"]
+        del state["_pending"], state["_limit"]
         return state
 
     def __setstate__(self, state):
@@ -160,6 +161,7 @@ class PairedLossTest:
         else:
             self.__dict__.update(state)
             self._pending = array("d")
+            self._limit = 3 * self.window
 
 
 class ModelSlot:
