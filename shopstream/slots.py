@@ -34,7 +34,7 @@ import numpy as np
 from river import drift
 
 from . import model_state
-from .scoring import Scoreboard
+from .scoring import Scoreboard, restore_attributes
 
 ROLES = ("champion", "challenger", "baseline")
 
@@ -159,7 +159,7 @@ class PairedLossTest:
         if "_diffs" in state:  # a checkpoint from before the pairs were kept: start the window over
             self.__init__(state["window"])
         else:
-            self.__dict__.update(state)
+            restore_attributes(self, state)
             self._pending = array("d")
             self._limit = 3 * self.window
 
@@ -199,8 +199,18 @@ class ModelSlot:
 
     def refresh(self) -> None:
         """Run an identical copy of the model whose attribute loads are fast again (after
-        something pickled it: a checkpoint; see `keep_as_good`)."""
+        something pickled it: a checkpoint; see `keep_as_good`), and of what scores it."""
         self.model = model_state.fresh_copy(self.model)
+        self._refresh_scoring()
+
+    def _refresh_scoring(self) -> None:
+        """Identical copies of the scores, the drift detector and the comparison, whose attribute
+        loads are fast again: a checkpoint pickled them (the scores fold what is pending first,
+        the comparison stores its pending pairs: what a read does, the same numbers after)."""
+        self.scores = model_state.fresh_copy(self.scores)
+        self.drift = model_state.fresh_copy(self.drift)
+        if self.comparison is not None:
+            self.comparison = model_state.fresh_copy(self.comparison)
 
     def reset(self, reason: str) -> None:
         """Back to the last good state (the last checkpoint's, or the start's), counted by reason."""
@@ -213,9 +223,11 @@ class ModelSlot:
         return state
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
-        self.__dict__.setdefault("resets", {})
+        restore_attributes(self, state)
+        if "resets" not in state:
+            self.resets = {}
         self.keep_as_good()
+        self._refresh_scoring()   # restored by pickle, their attribute loads are slow (see refresh)
 
     def __repr__(self) -> str:
         return f"ModelSlot({self.name!r}, role={self.role!r}, version={self.version!r})"
