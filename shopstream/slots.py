@@ -34,7 +34,7 @@ import numpy as np
 from river import drift
 
 from . import model_state
-from .scoring import Scoreboard
+from .scoring import Scoreboard, restore_attributes
 
 ROLES = ("champion", "challenger", "baseline")
 
@@ -95,6 +95,7 @@ class PairedLossTest:
         self._next = 0
         self._n = 0
         self._pending = array("d")   # y (0.0, 1.0), champion, challenger: the pairs not yet in the rings
+        self._limit = 3 * window     # a window of them pending: stored (not in checkpoints)
 
     @property
     def n(self) -> int:
@@ -111,7 +112,7 @@ class PairedLossTest:
         pending.append(1.0 if y_true else 0.0)
         pending.append(p_champion)
         pending.append(p_challenger)
-        if len(pending) >= 3 * self.window:
+        if len(pending) >= self._limit:
             self._store_pending()
 
     def _store_pending(self) -> None:
@@ -151,15 +152,16 @@ class PairedLossTest:
     def __getstate__(self):
         self._store_pending()   # checkpoints hold the rings as they always did
         state = dict(self.__dict__)
-        del state["_pending"]
+        del state["_pending"], state["_limit"]
         return state
 
     def __setstate__(self, state):
         if "_diffs" in state:  # a checkpoint from before the pairs were kept: start the window over
             self.__init__(state["window"])
         else:
-            self.__dict__.update(state)
+            restore_attributes(self, state)
             self._pending = array("d")
+            self._limit = 3 * self.window
 
 
 class ModelSlot:
@@ -197,8 +199,18 @@ class ModelSlot:
 
     def refresh(self) -> None:
         """Run an identical copy of the model whose attribute loads are fast again (after
-        something pickled it: a checkpoint; see `keep_as_good`)."""
+        something pickled it: a checkpoint; see `keep_as_good`), and of what scores it."""
         self.model = model_state.fresh_copy(self.model)
+        self._refresh_scoring()
+
+    def _refresh_scoring(self) -> None:
+        """Identical copies of the scores, the drift detector and the comparison, whose attribute
+        loads are fast again: a checkpoint pickled them (the scores fold what is pending first,
+        the comparison stores its pending pairs: what a read does, the same numbers after)."""
+        self.scores = model_state.fresh_copy(self.scores)
+        self.drift = model_state.fresh_copy(self.drift)
+        if self.comparison is not None:
+            self.comparison = model_state.fresh_copy(self.comparison)
 
     def reset(self, reason: str) -> None:
         """Back to the last good state (the last checkpoint's, or the start's), counted by reason."""
@@ -211,9 +223,11 @@ class ModelSlot:
         return state
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
-        self.__dict__.setdefault("resets", {})
+        restore_attributes(self, state)
+        if "resets" not in state:
+            self.resets = {}
         self.keep_as_good()
+        self._refresh_scoring()   # restored by pickle, their attribute loads are slow (see refresh)
 
     def __repr__(self) -> str:
         return f"ModelSlot({self.name!r}, role={self.role!r}, version={self.version!r})"

@@ -1,0 +1,60 @@
+"""After a checkpoint, a slot runs fresh copies of its scores, drift detector and comparison as
+well as of its model (`ModelSlot.refresh`): their attribute loads stay on CPython's fast path,
+and the engine goes on with exactly the numbers of one that was never checkpointed."""
+
+import pickle
+
+from shopstream.engine import Engine
+from shopstream.events import event_from_record
+from shopstream.generator import generate
+from shopstream.models import build_model
+
+from test_model_state import _attributes_on_fast_path
+
+
+def _engine(window=600.0):
+    engine = Engine.fresh("logreg", "shop", window=window)
+    engine.add_slot("logreg_adagrad", build_model("logreg_adagrad"))
+    return engine
+
+
+def _scoring_objects(slot) -> list:
+    boards = [slot.scores._cumulative, slot.scores._rolling]
+    return [slot.scores, *boards, *(b.roc_auc for b in boards), *(b.log_loss for b in boards),
+            *(b.log_loss._mean for b in boards), slot.drift, slot.comparison or slot.scores]
+
+
+def _state(engine) -> list:
+    """Everything a checkpoint holds of the slots, each pickled apart (float bits included; one
+    pickle of all would also compare which objects they share, which copies do not keep)."""
+    return [pickle.dumps(part) for s in engine.slots
+            for part in (s.scores, s.drift, s.comparison, s.drift_detections, s.model)]
+
+
+def test_checkpointed_and_restored_slots_score_on_the_fast_path_with_the_same_numbers():
+    events = [event_from_record(r) for r in generate(6000, seed=9)]
+    plain, live = _engine(), _engine()
+    outputs_plain, outputs_live, outputs_restored = [], [], []
+    for event in events[:3000]:
+        outputs_plain.append(plain.process(event))
+        outputs_live.append(live.process(event))
+    live.mark_good()   # what a checkpoint does, then pickles the engine
+    restored = pickle.loads(pickle.dumps(live))
+    outputs_restored = list(outputs_live)
+    for i, event in enumerate(events[3000:]):
+        outputs_plain.append(plain.process(event))
+        outputs_live.append(live.process(event))
+        outputs_restored.append(restored.process(event))
+        if i == 1500:   # a second checkpoint, of the restored engine
+            restored.mark_good()
+            pickle.dumps(restored)
+    for engine in (live, restored):   # first: pickling them (`_state`) asks for their __dict__
+        for slot in engine.slots:
+            assert all(_attributes_on_fast_path(obj) for obj in _scoring_objects(slot)), slot.name
+    assert outputs_live == outputs_plain and outputs_restored == outputs_plain
+    assert _state(live) == _state(plain) and _state(restored) == _state(plain)
+    for engine in (live, restored):
+        for slot in engine.slots:
+            assert slot.scores.rolling.values() == plain.slot(slot.name).scores.rolling.values()
+            assert slot.scores.cumulative.values() == plain.slot(slot.name).scores.cumulative.values()
+    assert plain.slots[1].comparison.pairs()[2].tobytes() == restored.slots[1].comparison.pairs()[2].tobytes()
