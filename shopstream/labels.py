@@ -355,7 +355,10 @@ class LabelJoiner:
     def oldest_open_time(self) -> Optional[float]:
         """Event time of the oldest open prediction. A pure read (metrics call it from
         another thread): the queue's head is kept valid by every removal instead."""
-        first = self._first()
+        try:
+            first = self._first()
+        except IndexError:   # the loop thread took the last entry out between the check and the read
+            return None
         return first[0] - self.window if first is not None else None
 
     def _first(self) -> Optional[tuple]:
