@@ -212,41 +212,8 @@ def _epoch_seconds(text: str) -> Optional[float]:
         return None
 
 
-#: "YYYY-MM-DD?HH:MM" -> epoch seconds of that minute, parsed by `_iso_seconds` (bounded: times are the clients').
-_MINUTES: dict[str, float] = {}
-_MAX_MINUTES = 10_000
-_SECONDS = {f"{second:02d}": second for second in range(60)}
-
-
 def _iso_seconds(text: str) -> Optional[float]:
-    """Epoch seconds of an ISO-8601 (or REES46 "... UTC") time, naive = UTC; None if not one.
-
-    A UTC time to the second ("2019-10-01T00:00:05Z", "2019-10-01 00:00:05 UTC") is its minute's
-    seconds, parsed once per minute (the parse of "YYYY-MM-DD?HH:MM:00+00:00"), plus its own
-    seconds: the same float (whole seconds are exact), without a datetime per event.
-
-    >>> [_iso_seconds(t) for t in ("2019-10-01T00:01:05Z", "2019-10-01 00:01:59 UTC", "2019-10-01T00:01:60Z")]
-    [1569888065.0, 1569888119.0, None]
-    """
-    size = len(text)
-    if (size == 20 and text[19] == "Z") or (size == 23 and text[19:] == " UTC"):
-        second = _SECONDS.get(text[17:19])
-        if second is not None and text[16] == ":" and text[13] == ":" and text[4] == "-" and text[7] == "-":
-            prefix = text[:16]
-            minute = _MINUTES.get(prefix)
-            if minute is None:
-                minute = _parse_iso(prefix + ":00+00:00")
-                if minute is not None:
-                    if len(_MINUTES) >= _MAX_MINUTES:
-                        _MINUTES.clear()
-                    _MINUTES[prefix] = minute
-            if minute is not None:
-                return minute + second
-    return _parse_iso(text)
-
-
-def _parse_iso(text: str) -> Optional[float]:
-    """`_iso_seconds` by `datetime.fromisoformat`."""
+    """Epoch seconds of an ISO-8601 (or REES46 "... UTC") time, naive = UTC; None if not one."""
     if text.endswith(" UTC"):
         text = text[:-4] + "+00:00"
     try:

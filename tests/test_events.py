@@ -162,31 +162,3 @@ def test_event_times_parse_as_the_plain_float_then_iso_order_would(value):
                 parse_event_time(value)
         else:
             assert parse_event_time(value) == want
-
-
-def test_iso_times_to_the_second_parse_as_datetime_does():
-    """`_iso_seconds` parses each minute once and adds the seconds: the same floats as
-    `datetime.fromisoformat(...).timestamp()` (`_parse_iso`), and the same refusals."""
-    import random
-
-    from shopstream.events import _iso_seconds, _parse_iso
-
-    rng = random.Random(5)
-    texts = []
-    for _ in range(20_000):
-        year = rng.choice([1, 1969, 1970, 2019, 2026, 2099, 9999])
-        month, day, hour, minute = rng.randint(0, 13), rng.randint(0, 32), rng.randint(0, 24), rng.randint(0, 60)
-        for second in rng.sample(range(0, 62), 3):   # neighbours in one minute: the cached path
-            text = (f"{year:04d}-{month:02d}-{day:02d}{rng.choice('TT  x0')}{hour:02d}:{minute:02d}:{second:02d}"
-                    f"{rng.choice(['Z', ' UTC', '+00:00', ' utc', 'z'])}")
-            if rng.random() < 0.05:   # a character replaced
-                at = rng.randrange(len(text))
-                text = text[:at] + rng.choice("9:-Z T") + text[at + 1:]
-            texts.append(text)
-    parsed = 0
-    for text in texts:
-        fast, slow = _iso_seconds(text), _parse_iso(text)
-        assert (fast is None and slow is None) or (fast is not None and slow is not None and
-                                                   fast.hex() == slow.hex()), text
-        parsed += fast is not None
-    assert parsed > 10_000
