@@ -119,8 +119,13 @@ def _summary(scores: Scoreboard, engine: Engine) -> dict:
 
 
 def train_candidate(model_name: str, events: Sequence[Event], split: int, config: EngineConfig, seed: int,
-                    curve_every: int, progress=None, epochs: Optional[EpochSettings] = None) -> CandidateResult:
+                    curve_every: int, progress=None, epochs: Optional[EpochSettings] = None,
+                    unique_ids: bool = False) -> CandidateResult:
+    """`unique_ids`: no two events share an event id (`load_history` dropped the repeats), so the
+    engine keeps no dedupe window (it would drop nothing; the artifact does not hold it)."""
     engine = Engine.fresh(model_name, config.features, seed, config)
+    if unique_ids:
+        engine.deduplicates = False
     curve = LearningCurve(model_name, curve_every)
     training = before = None
     if hasattr(engine.champion_slot.model, "fit_epochs"):
@@ -158,6 +163,8 @@ def train_candidate(model_name: str, events: Sequence[Event], split: int, config
     if training is not None:  # its rolling scores start empty at the split: skip the first, empty samples
         curve.points = [p for p in curve.points if p["resolved"] >= split_resolved + curve.every]
     holdout = _summary(frozen.scores, frozen_engine)
+    if unique_ids:
+        del engine.deduplicates   # an engine as any other from here on (its dedupe window is empty)
     return CandidateResult(model_name, engine, curve, train, holdout, split_resolved, training)
 
 
@@ -298,7 +305,8 @@ def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] =
             for name in models:
                 bar.set_postfix_str(name)
                 results.append(train_candidate(name, events, split, config, seed, curve_every,
-                                               bar if progress else None, epochs))  # no call per event when off
+                                               bar if progress else None, epochs,  # no call per event when off
+                                               unique_ids=True))   # load_history dropped repeated ids
 
     data = {
         "history": str(history_path),

@@ -95,6 +95,10 @@ class Engine:
     #: its attribute loads on CPython 3.11-3.12 (`model_state.py`); the next event refreshes them.
     _refresh_due = False
 
+    #: Whether `process` keeps the dedupe window (`config.dedupe` recent event ids; a repeat is dropped).
+    #: The bootstrap turns it off: its history was de-duplicated by event id, all of it, as it loaded.
+    deduplicates = True
+
     def __init__(self, model, features, config: EngineConfig = EngineConfig(), *, model_name: str = "model",
                  model_version: str = "fresh", promotion: Optional[PromotionPolicy] = None,
                  replacements: Optional[Replacements] = None):
@@ -223,7 +227,7 @@ class Engine:
                 slot.refresh()
         counts = self.counts
         counts["consumed"] += 1
-        event_id = event.event_id
+        event_id = event.event_id if self.deduplicates else None
         if event_id is not None and event_id in self._recent_ids:
             counts["duplicate"] += 1
             return None

@@ -254,10 +254,16 @@ def validate(event: Event) -> Event:
     if event.event_type not in EVENT_TYPES:
         raise InvalidEvent("event_type", f"must be one of {sorted(EVENT_TYPES)}", event.event_type)
     event.event_time = parse_event_time(event.event_time)
-    for name in _ID_FIELDS:
-        value = getattr(event, name)
-        if value.__class__ is not str or not 0 < len(value) <= MAX_ID_CHARS:  # (the common case: nothing to do)
-            _check_id(event, name)
+    # The common case, each field read once: every id a str of 1..MAX_ID_CHARS (event_id also None).
+    product, user, session, event_id = event.product_id, event.user_id, event.user_session, event.event_id
+    if (product.__class__ is not str or not 0 < len(product) <= MAX_ID_CHARS
+            or user.__class__ is not str or not 0 < len(user) <= MAX_ID_CHARS
+            or session.__class__ is not str or not 0 < len(session) <= MAX_ID_CHARS
+            or (event_id is not None and (event_id.__class__ is not str or not 0 < len(event_id) <= MAX_ID_CHARS))):
+        for name in _ID_FIELDS:
+            value = getattr(event, name)
+            if value.__class__ is not str or not 0 < len(value) <= MAX_ID_CHARS:
+                _check_id(event, name)
     price = event.price
     if price is not None and not (math.isfinite(price) and 0.0 <= price <= MAX_PRICE):
         raise InvalidEvent("price", f"must be a finite number in 0..{MAX_PRICE:g}", price)

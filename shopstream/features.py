@@ -166,6 +166,12 @@ class ShopFeatures:
     #: Every value `transform` gives is a float: open predictions pack them without checking (labels.py).
     floats_only = True
     _one_hot_columns: tuple[dict, dict, dict, dict] | None = None   # see _one_hot; state from before lacks it
+    #: (event, session, user, product, brand, category price stats, top category) as the last `transform`
+    #: found them: the engine calls `learn` of the same event right after, which uses them instead of
+    #: looking each up again. Only `learn` and `learn_catalog` change the tables, and both drop it, so it
+    #: is never stale; one tuple, read once, so a `transform` from another thread (a what-if) cannot give
+    #: `learn` half of its lookups. Never pickled (`__getstate__`).
+    _looked_up: tuple | None = None
 
     def __init__(self, caps: FeatureCaps = FeatureCaps()):
         self.caps = caps
@@ -181,10 +187,12 @@ class ShopFeatures:
         self.evicted_session_products = 0
         self.expired_sessions = 0
         self._one_hot_columns = None
+        self._looked_up = None
 
     def set_caps(self, caps: FeatureCaps) -> None:
         """New caps for restored state (an artifact's): tables over a cap shrink as they grow."""
         self.caps = caps
+        self._looked_up = None
         for table, cap in ((self.sessions, caps.sessions), (self.users, caps.users), (self.products, caps.products),
                            (self.brands, caps.brands), (self.category_price, caps.categories)):
             table.cap = cap
@@ -199,7 +207,8 @@ class ShopFeatures:
     def transform(self, event: Event) -> dict:
         session = self.sessions.get(event.user_session)
         user = self.users.get(event.user_id)
-        product = self.products.get(event.product_id)
+        product_id = event.product_id
+        product = self.products.get(product_id)
         t: float = event.event_time  # type: ignore[assignment]  # validated: epoch seconds (no cast: a call)
         seconds_of_day = t % 86400.0
         code = event.category_code
@@ -225,27 +234,34 @@ class ShopFeatures:
             x["brand_views"] = math.log1p(brand[0])
             x["brand_conversion"] = (brand[1] + 1.0) / (brand[0] + 50.0)
         price = event.price
+        stats = None
         if price is not None:
             x["log_price"] = math.log1p(price)
             stats = self.category_price.get(top)
-            if stats is not None and stats[1] > 0:
-                x["price_vs_category"] = min(price / max(stats[1], _MIN_CATEGORY_PRICE), _MAX_PRICE_RATIO)
+            if stats is not None:
+                mean = stats[1]
+                if mean > 0:   # min(price / max(mean, floor), cap), without the two calls (no NaN here)
+                    ratio = price / (_MIN_CATEGORY_PRICE if mean < _MIN_CATEGORY_PRICE else mean)
+                    x["price_vs_category"] = _MAX_PRICE_RATIO if ratio > _MAX_PRICE_RATIO else ratio
+        # int + 0.0 is float(int), bit for bit (an int is never -0), without a call
         if session is not None:
-            x["session_views"] = float(session[1])
-            x["session_carts"] = float(session[2])
+            x["session_views"] = session[1] + 0.0
+            x["session_carts"] = session[2] + 0.0
             x["session_seconds"] = float(t - session[0])   # float even for an unvalidated int time
-            x["carted_before"] = 1.0 if event.product_id in session[3] else 0.0
-            x["product_views_in_session"] = float(session[4].get(event.product_id, 0))
+            x["carted_before"] = 1.0 if product_id in session[3] else 0.0
+            x["product_views_in_session"] = session[4].get(product_id, 0) + 0.0
         else:
             x["session_views"] = 0.0
         if user is not None:
-            x["user_sessions"] = float(user[0])
-            x["user_purchases"] = float(user[1])
+            x["user_sessions"] = user[0] + 0.0
+            x["user_purchases"] = user[1] + 0.0
         if product is not None:
             views, carts, purchases = product
             x["product_views"] = math.log1p(views)
             x["product_cart_rate"] = (carts + 1.0) / (views + 20.0)
             x["product_conversion"] = (purchases + 1.0) / (views + 50.0)
+        # What `learn` of this same event looks up again: it folds the event in right after.
+        self._looked_up = (event, session, user, product, brand, stats, top)
         return x
 
     def _one_hot(self) -> tuple[dict, dict, dict, dict]:
@@ -263,17 +279,30 @@ class ShopFeatures:
         cached = self._one_hot_columns = (template, names[0], names[1], names[2])
         return cached
 
+    def __getstate__(self) -> dict:
+        state = self.__dict__
+        if "_looked_up" in state:   # the last transform's lookups: not state (the same pickle as before them)
+            state = state.copy()
+            del state["_looked_up"]
+        return state
+
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         if len(state.get("_one_hot_columns") or ()) != 4:   # absent, or (zeros, names) from before templates
             self._one_hot_columns = None
 
     def learn(self, event: Event) -> None:
+        looked = self._looked_up
+        if looked is not None and looked[0] is event:
+            # transform's lookups of this very event, nothing changed since (see `_looked_up`)
+            _, session, user, product, brand, stats, top = looked
+        else:
+            session, user, product, brand, stats, top = self._look_up(event)
+        self._looked_up = None
         t: float = event.event_time  # type: ignore[assignment]  # validated: epoch seconds
         key = event.user_session
         sessions = self.sessions
-        session: Any = sessions.get(key)  # [start, views, carts, carted, viewed, last seen]
-        new_session = session is None
+        new_session = session is None   # session: [start, views, carts, carted, viewed, last seen]
         if new_session:
             session = sessions.put(key, [t, 0, 0, set(), {}, t])
         else:
@@ -285,10 +314,8 @@ class ShopFeatures:
         while sessions and next(iter(sessions.values()))[5] < horizon:
             sessions.popitem(last=False)
             self.expired_sessions += 1
-        users = self.users
-        user = users.get(event.user_id)
         if user is None:
-            user = users.put(event.user_id, [0, 0])
+            user = self.users.put(event.user_id, [0, 0])
         if new_session:
             user[0] += 1
         kind = event.event_type
@@ -312,25 +339,35 @@ class ShopFeatures:
                 self.evicted_session_products += 1
         elif kind == "purchase":
             user[1] += 1
-        self.learn_catalog(event)
+        self._fold_catalog(event, kind, product, brand, stats, top)
+
+    def _look_up(self, event: Event) -> tuple:
+        """(session, user, product, brand, category price stats, top category) of `event`, each
+        None when absent (stats: also when the event has no price): what `transform` found."""
+        brand_name, price, code = event.brand, event.price, event.category_code
+        top = _TOPS.get(code) or _top_category(event)
+        return (self.sessions.get(event.user_session), self.users.get(event.user_id),
+                self.products.get(event.product_id), self.brands.get(brand_name) if brand_name else None,
+                self.category_price.get(top) if price is not None else None, top)
 
     def learn_catalog(self, event: Event) -> None:
         """The shop-wide part of `learn`: products, brands, category prices, vocabularies (the
         session and user tables are the partition's own; shared learning folds other
         partitions' events in through this)."""
-        kind = event.event_type
-        products = self.products
-        product = products.get(event.product_id)
+        self._looked_up = None   # what a transform looked up may change here
+        _, _, product, brand, stats, top = self._look_up(event)
+        self._fold_catalog(event, event.event_type, product, brand, stats, top)
+
+    def _fold_catalog(self, event: Event, kind: str, product: Any, brand: Any, stats: Any, top: str) -> None:
+        """`learn_catalog` with the event's entries already looked up (`_look_up`)."""
         if product is None:
-            product = products.put(event.product_id, [0, 0, 0])
+            product = self.products.put(event.product_id, [0, 0, 0])
         if kind == "view":
             product[0] += 1
         elif kind == "cart":
             product[1] += 1
         elif kind == "purchase":
             product[2] += 1
-        code = event.category_code
-        top = _TOPS.get(code) or _top_category(event)
         # A value not yet in its vocabulary (the column names know every one) may grow it.
         _, platforms, channels, categories = self._one_hot_columns or self._one_hot()
         platform, channel = event.platform, event.channel
@@ -342,17 +379,14 @@ class ShopFeatures:
             self._grow("category", top)
         brand_name = event.brand
         if brand_name:
-            brands = self.brands
-            brand = brands.get(brand_name)
             if brand is None:
-                brand = brands.put(brand_name, [0, 0])
+                brand = self.brands.put(brand_name, [0, 0])
             if kind == "view":
                 brand[0] += 1
             elif kind == "purchase":
                 brand[1] += 1
         price = event.price
         if price is not None and kind == "view":
-            stats = self.category_price.get(top)
             if stats is None:
                 stats = self.category_price.put(top, [0, 0.0])
             stats[0] += 1

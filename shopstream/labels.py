@@ -236,11 +236,16 @@ PACK_AFTER = 1024
 class LabelJoiner:
     """Open predictions keyed by (session, product), resolved by purchase or expiry.
 
-    Each open prediction is in two places: the deadline heap, as (deadline, seq,
+    Each open prediction is in two places: the deadline queue, as (deadline, seq,
     prediction), and the key index (64 dicts, by hash of the key; a key maps to its
-    prediction, or to a list when several are open for it). A removed prediction gets
-    seq -1, and its heap entry is skipped when it comes up. Checkpoints pickle the live
-    heap entries only; the key index is rebuilt on load (hashes differ between processes)."""
+    prediction, or to a list when several are open for it). The queue is two: the entries
+    opened in deadline order (no earlier deadline than the last one there: most of them, all
+    of them on a time-ordered history) wait in a deque, oldest first, and the others in a
+    heap; the next to expire is the earlier (deadline, then seq) of their two heads, so they
+    expire in the order one heap gave, without a heap's O(log n) per entry. A removed
+    prediction gets seq -1, and its entry is skipped when it comes up. Checkpoints pickle
+    the live entries only, as one list (`_deadlines`, heapified on load: the format from
+    before the deque); the key index is rebuilt on load (hashes differ between processes)."""
 
     #: The jump guard (`advance`); class defaults for joiners restored from older checkpoints.
     max_jump = 0.0
@@ -258,7 +263,8 @@ class LabelJoiner:
         self.max_open = int(max_open)
         self.max_time = -math.inf
         self._by_key: list[dict] = [{} for _ in range(_SHARDS)]
-        self._deadlines: list[tuple] = []  # heap of (deadline, seq, prediction); removed ones skipped
+        self._deadlines: list[tuple] = []  # heap of (deadline, seq, prediction); removed ones skipped ...
+        self._in_order: deque = deque()    # ... and those opened in deadline order, oldest first (see above)
         self._open = 0
         self._next_seq = 0
         self._schemas: dict[tuple, PackedLayout] = {}  # (feature names, slots) -> the layout predictions share
@@ -271,8 +277,13 @@ class LabelJoiner:
         state = self.__dict__.copy()
         del state["_by_key"]
         del state["_unpacked"], state["_unpacked_floats"]   # the state is main's: packed, nothing pending
-        state["_deadlines"] = [entry for entry in self._deadlines if entry[2].seq == entry[1]]
+        del state["_in_order"]   # its entries are in the one list
+        state["_deadlines"] = self._live_entries()
         return state
+
+    def _live_entries(self) -> list[tuple]:
+        """The entries of the open predictions, both queues' (heap order first, then deadline order)."""
+        return [entry for queue in (self._deadlines, self._in_order) for entry in queue if entry[2].seq == entry[1]]
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -280,6 +291,7 @@ class LabelJoiner:
         if not all(layout.__class__ is PackedLayout for layout in schemas.values()):
             self._schemas = {}   # an older checkpoint's names -> names tuples: its predictions are repacked
         self._unpacked, self._unpacked_floats = deque(), False
+        self._in_order = deque()   # every restored entry waits in the heap
         deadlines = self._deadlines
         heapq.heapify(deadlines)
         self._by_key = [{} for _ in range(_SHARDS)]
@@ -297,8 +309,8 @@ class LabelJoiner:
         checkpoint can pickle them apart, in batches (each with its own small memo), and
         `attach` them back. The joiner must not be used in between."""
         self._pack_all()
-        entries = [entry for entry in self._deadlines if entry[2].seq == entry[1]]
-        self._deadlines, self._by_key, self._open = [], [{} for _ in range(_SHARDS)], 0
+        entries = self._live_entries()
+        self._deadlines, self._in_order, self._by_key, self._open = [], deque(), [{} for _ in range(_SHARDS)], 0
         return entries
 
     def attach(self, entries: list) -> None:
@@ -329,7 +341,7 @@ class LabelJoiner:
     @property
     def _by_seq(self) -> dict[int, OpenPrediction]:
         """The open predictions by seq, in opening order (a copy: O(n), for tools)."""
-        live = sorted((entry for entry in self._deadlines if entry[2].seq == entry[1]), key=lambda e: e[1])
+        live = sorted(self._live_entries(), key=lambda e: e[1])
         return {seq: prediction for _, seq, prediction in live}
 
     def open_predictions(self) -> list[OpenPrediction]:
@@ -342,14 +354,33 @@ class LabelJoiner:
 
     def oldest_open_time(self) -> Optional[float]:
         """Event time of the oldest open prediction. A pure read (metrics call it from
-        another thread): the heap's head is kept valid by every removal instead."""
-        deadlines = self._deadlines
-        return deadlines[0][0] - self.window if deadlines else None
+        another thread): the queue's head is kept valid by every removal instead."""
+        try:
+            first = self._first()
+        except IndexError:   # the loop thread took the last entry out between the check and the read
+            return None
+        return first[0] - self.window if first is not None else None
+
+    def _first(self) -> Optional[tuple]:
+        """The entry of the two queues that comes up first (the earlier deadline, then seq), or None."""
+        deadlines, in_order = self._deadlines, self._in_order
+        if in_order:
+            head = in_order[0]
+            return deadlines[0] if deadlines and deadlines[0] < head else head
+        return deadlines[0] if deadlines else None
+
+    def _pop_first(self) -> tuple:
+        """Take out `_first()` (there is one)."""
+        deadlines, in_order = self._deadlines, self._in_order
+        if in_order and not (deadlines and deadlines[0] < in_order[0]):
+            return in_order.popleft()
+        return heapq.heappop(deadlines)
 
     def _drop_stale_head(self) -> None:
-        deadlines = self._deadlines
-        while deadlines and deadlines[0][2].seq < 0:
-            heapq.heappop(deadlines)
+        first = self._first()
+        while first is not None and first[2].seq < 0:
+            self._pop_first()
+            first = self._first()
 
     def advance(self, event_time: float, source: Hashable = None) -> list[OpenPrediction]:
         """Move event time forward; return the predictions that expired (label: negative).
@@ -370,12 +401,19 @@ class LabelJoiner:
         elif self._ahead:
             self._not_ahead()
         watermark = self.max_time - self.lateness
-        deadlines = self._deadlines
-        if not deadlines or deadlines[0][0] >= watermark:   # the usual case: nothing expires
-            return []
+        deadlines, in_order = self._deadlines, self._in_order
+        if (not in_order or in_order[0][0] >= watermark) and (not deadlines or deadlines[0][0] >= watermark):
+            return []   # the usual case: nothing expires
         expired = []
-        while deadlines and deadlines[0][0] < watermark:
-            _, seq, prediction = heapq.heappop(deadlines)
+        while True:   # the earlier head of the two queues, as long as it is due (`_first`, inline)
+            if in_order and not (deadlines and deadlines[0] < in_order[0]):
+                if in_order[0][0] >= watermark:
+                    break
+                _, seq, prediction = in_order.popleft()
+            elif deadlines and deadlines[0][0] < watermark:
+                _, seq, prediction = heapq.heappop(deadlines)
+            else:
+                break
             if prediction.seq == seq:
                 self._remove(prediction)
                 expired.append(prediction)
@@ -422,7 +460,11 @@ class LabelJoiner:
         prediction.seq = seq = self._next_seq
         self._next_seq += 1
         self._index(prediction)
-        heapq.heappush(self._deadlines, (deadline, seq, prediction))
+        in_order = self._in_order
+        if not in_order or deadline >= in_order[-1][0]:   # seq grows: (deadline, seq) stays in order
+            in_order.append((deadline, seq, prediction))
+        else:
+            heapq.heappush(self._deadlines, (deadline, seq, prediction))
         if prediction._outputs.__class__ is list:
             prediction._outputs = tuple(prediction._outputs)   # 48 bytes for one slot, not a list's 88
         if floats_only != self._unpacked_floats:   # (never in practice: one feature set per engine)
@@ -480,9 +522,8 @@ class LabelJoiner:
         self._open -= 1
 
     def _evict_oldest(self) -> None:
-        deadlines = self._deadlines
-        while deadlines:
-            _, seq, prediction = heapq.heappop(deadlines)
+        while self._first() is not None:
+            _, seq, prediction = self._pop_first()
             if prediction.seq == seq:
                 self._remove(prediction)
                 self.counts["evicted"] += 1

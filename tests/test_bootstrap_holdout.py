@@ -65,3 +65,15 @@ def test_a_line_up_that_can_change_runs_a_frozen_engine_of_its_own(events, monke
     monkeypatch.setattr(ob, "_add_frozen_slot", lambda engine: calls.append(engine))
     result = _run(events, monkeypatch, True, drift_reaction="challenger")
     assert not calls and result.holdout["resolved"] > 100
+
+
+def test_without_the_dedupe_window_on_unique_ids_the_candidate_is_the_same(events, monkeypatch):
+    """`unique_ids` (the bootstrap's: load_history dropped repeated ids) keeps no dedupe window;
+    on events with distinct ids nothing else changes."""
+    assert len({event.event_id for event in events}) == len(events)
+    split = int(len(events) * 0.8)
+    kept, skipped = (ob.train_candidate("logreg", events, split, EngineConfig(), 42, 100, unique_ids=unique)
+                     for unique in (False, True))
+    assert _state(skipped) == _state(kept)
+    assert len(kept.engine._recent_ids) == len(events) and len(skipped.engine._recent_ids) == 0
+    assert skipped.engine.deduplicates   # an engine as any other afterwards

@@ -1,0 +1,80 @@
+"""The joiner's deadline queue is two (a deque for predictions opened in deadline order, a
+heap for the others): predictions must expire, resolve and be evicted exactly as from one
+heap, in (deadline, seq) order, across checkpoints and detach/attach, also out of order."""
+
+import pickle
+import random
+
+import pytest
+
+from shopstream.labels import LabelJoiner, OpenPrediction
+
+
+class Naive:
+    """The rule, by brute force: every live prediction in a list."""
+
+    def __init__(self, window, lateness, max_open):
+        self.window, self.lateness, self.max_open = window, lateness, max_open
+        self.max_time = float("-inf")
+        self.live = []   # [deadline, seq, key, event_time]
+        self.seq = 0
+
+    def open(self, key, t):
+        if t + self.window < self.max_time - self.lateness:
+            return False, []
+        self.live.append((t + self.window, self.seq, key, t))
+        self.seq += 1
+        evicted = []
+        if len(self.live) > self.max_open:
+            first = min(self.live)
+            self.live.remove(first)
+            evicted.append(first[1])
+        return True, evicted
+
+    def advance(self, t):
+        self.max_time = max(self.max_time, t)
+        due = sorted(e for e in self.live if e[0] < self.max_time - self.lateness)
+        self.live = [e for e in self.live if e not in due]
+        return [e[1] for e in due]
+
+    def purchase(self, key, t):
+        hit = sorted((e for e in self.live if e[2] == key and e[3] <= t <= e[3] + self.window), key=lambda e: e[1])
+        self.live = [e for e in self.live if e not in hit]
+        return [e[1] for e in hit]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_two_queues_expire_resolve_and_evict_as_one_heap(seed):
+    rng = random.Random(seed)
+    window, lateness, max_open = rng.choice([5.0, 30.0]), rng.choice([0.0, 3.0]), rng.choice([8, 40, 10_000])
+    joiner, naive = LabelJoiner(window, lateness, max_open, max_jump=0.0), Naive(window, lateness, max_open)
+    clock = 0.0
+    seqs: dict = {}   # id(prediction) -> its seq in the naive joiner
+    for _ in range(3000):
+        clock += rng.random()
+        op = rng.random()
+        t = clock - (rng.random() * 20 if rng.random() < 0.3 else 0.0)   # often out of order
+        t = round(t, 1)   # ties in deadlines: seq decides
+        key = (f"s{rng.randrange(6)}", f"p{rng.randrange(3)}")
+        if op < 0.5:
+            prediction = OpenPrediction(key, t, {"a": 1.0}, [(0.5, False)])
+            before = dict(joiner.counts)
+            opened, evicted = naive.open(key, t)
+            assert joiner.open(prediction) is opened
+            if opened:
+                seqs[id(prediction)] = prediction.seq
+            assert joiner.counts["evicted"] - before["evicted"] == len(evicted)
+        elif op < 0.8:
+            assert [seqs[id(p)] for p in joiner.advance(t)] == naive.advance(t)
+        elif op < 0.95:
+            got = [seqs[id(p)] for p in joiner.purchase(key, t)]
+            assert got == naive.purchase(key, t)
+        elif op < 0.975:
+            joiner = pickle.loads(pickle.dumps(joiner))   # a checkpoint: one heap again
+            seqs = {id(p): p.seq for p in joiner.open_predictions()}
+        else:
+            joiner.attach(pickle.loads(pickle.dumps(joiner.detach())))
+            seqs = {id(p): p.seq for p in joiner.open_predictions()}
+        assert len(joiner) == len(naive.live)
+        assert sorted(p.seq for p in joiner.open_predictions()) == sorted(e[1] for e in naive.live)
+    assert joiner.counts["expired"] + joiner.counts["evicted"] > 100 and joiner.counts["positive"] > 10
