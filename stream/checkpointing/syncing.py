@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable, Optional
+from typing import TYPE_CHECKING, BinaryIO, Callable, Optional, Protocol
 
 from shopstream.files import finish_atomic_write
 
@@ -36,13 +36,19 @@ Acknowledged = Callable[[float], Optional[str]]
 if TYPE_CHECKING:
     from stream.partition import CheckpointMarks, Partition
 
-    from .stores import CheckpointStore
+
+class SyncedStore(Protocol):
+    """What a `SyncingSave` asks of the store it writes for (the directory store)."""
+
+    def key(self, topic: str, partition: int) -> str: ...
+
+    def saw_sequence(self, key: str, sequence: int) -> None: ...
 
 
 class SyncingSave:
     """A checkpoint written to its temp file, being fsynced and renamed by a thread."""
 
-    def __init__(self, store: "CheckpointStore", state: "Partition", before: "CheckpointMarks",
+    def __init__(self, store: SyncedStore, state: "Partition", before: "CheckpointMarks",
                  out: BinaryIO, tmp: Path, path: Path, acknowledged: Optional[Acknowledged] = None,
                  acknowledge_seconds: float = 5.0):
         self.store, self.state, self.before = store, state, before
