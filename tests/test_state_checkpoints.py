@@ -143,6 +143,7 @@ def test_a_synced_checkpoint_is_published_only_once_durable_and_holds_the_state_
     may_sync.set()
     assert pending.finish() == 2000 and pending.done()
     assert state.events_since_checkpoint == 500 and state.next_offset == 2500
+    assert store._syncing[store.key("events", 0)].state is None, "the store keeps no revoked partition alive"
     loaded = DirectoryCheckpointStore(tmp_path / "ckpt", group="g").load("events", 0)
     assert loaded.next_offset == 2000 and loaded.sequence == 1 and loaded.engine.open_predictions == opened
     assert not list((tmp_path / "ckpt").glob(".*tmp"))

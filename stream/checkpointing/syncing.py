@@ -51,7 +51,9 @@ class SyncingSave:
     def __init__(self, store: SyncedStore, state: "Partition", before: "CheckpointMarks",
                  out: BinaryIO, tmp: Path, path: Path, acknowledged: Optional[Acknowledged] = None,
                  acknowledge_seconds: float = 5.0):
-        self.store, self.state, self.before = store, state, before
+        self.store = store
+        self.state: Optional["Partition"] = state
+        self.before: Optional["CheckpointMarks"] = before
         self._acknowledged, self._acknowledge_seconds = acknowledged, acknowledge_seconds
         self.key = store.key(state.topic, state.partition)
         self.sequence = state.sequence
@@ -110,8 +112,11 @@ class SyncingSave:
                           "never published)" if self._abandoned else
                           f"checkpoint publishing stalled: rename or directory fsync not returned {waited} after it "
                           "began (the file may appear; it is not counted)")
+        # Let go of the partition: the store keeps this handle (its `stuck`) after the partition may be gone.
+        state, before, self.state, self.before = self.state, self.before, None, None
+        assert state is not None and before is not None   # finish runs once
         if self.error is not None:
-            self.state.undo_checkpoint(self.before)
+            state.undo_checkpoint(before)
             raise OSError(self.error)
         self.store.saw_sequence(self.key, self.sequence)
         return self.next_offset
