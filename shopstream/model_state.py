@@ -58,6 +58,17 @@ def _storable(cls: Any, state: Any) -> bool:
         and _descriptors(cls).isdisjoint(state)
 
 
+def restore_attributes(obj: Any, state: dict) -> None:
+    """``obj.__dict__.update(state)`` (a checkpoint's restore) without asking for ``obj.__dict__``:
+    attribute by attribute, so that the object's attribute loads stay on the fast path. A state a
+    class's data descriptor (a property) would take goes into the dict as before."""
+    if _storable(type(obj), state):
+        for name, value in state.items():
+            object.__setattr__(obj, name, value)
+    else:
+        obj.__dict__.update(state)
+
+
 def _restored(cls: Any, state: dict) -> Any:
     """An instance of `cls` given `state` by its own __setstate__, then moved attribute by
     attribute to an object whose ``__dict__`` was never asked for."""

@@ -34,6 +34,8 @@ import numpy as np
 from river import metrics
 from scipy import integrate
 
+from . import model_state
+
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss")
 _LOW, _HIGH = 1e-15, 1 - 1e-15   # River's LogLoss clamps probabilities to these
 #: Pending updates folded at once past this many (bounds the buffers between two reads).
@@ -52,18 +54,6 @@ def _new_lock() -> None:   # a forked checkpoint writer must not inherit a lock 
 
 
 os.register_at_fork(after_in_child=_new_lock)
-
-
-def restore_attributes(obj, state: dict) -> None:
-    """``obj.__dict__.update(state)`` (a checkpoint's restore) without asking for ``obj.__dict__``:
-    attribute by attribute, so that on CPython 3.11-3.12 the object's attribute loads stay on
-    the fast path (`model_state.py`). Names a class's property would take go in the dict as before."""
-    cls = type(obj)
-    if all(type(name) is str and not hasattr(getattr(cls, name, None), "__set__") for name in state):
-        for name, value in state.items():
-            object.__setattr__(obj, name, value)
-    else:
-        obj.__dict__.update(state)
 
 
 def _cell(y_true, y_pred) -> int:
@@ -273,7 +263,7 @@ class BinaryScores(_Buffered):
                                 bytearray(_cell(y, pred) for y, _, pred in recent))
         state.setdefault("_p", array("d"))
         state.setdefault("_cells", bytearray())
-        restore_attributes(self, state)
+        model_state.restore_attributes(self, state)
 
 
 class Scoreboard(_Buffered):
@@ -311,4 +301,4 @@ class Scoreboard(_Buffered):
             state["_rolling"] = state.pop("rolling")
         state.setdefault("_p", array("d"))
         state.setdefault("_cells", bytearray())
-        restore_attributes(self, state)
+        model_state.restore_attributes(self, state)

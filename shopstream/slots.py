@@ -34,7 +34,7 @@ import numpy as np
 from river import drift
 
 from . import model_state
-from .scoring import Scoreboard, restore_attributes
+from .scoring import Scoreboard
 
 ROLES = ("champion", "challenger", "baseline")
 
@@ -159,7 +159,7 @@ class PairedLossTest:
         if "_diffs" in state:  # a checkpoint from before the pairs were kept: start the window over
             self.__init__(state["window"])
         else:
-            restore_attributes(self, state)
+            model_state.restore_attributes(self, state)
             self._pending = array("d")
             self._limit = 3 * self.window
 
@@ -223,7 +223,7 @@ class ModelSlot:
         return state
 
     def __setstate__(self, state):
-        restore_attributes(self, state)
+        model_state.restore_attributes(self, state)
         if "resets" not in state:
             self.resets = {}
         self.keep_as_good()
