@@ -40,6 +40,8 @@ from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from shopstream.model_state import fresh_shell
+
 from .checkpointing.background import PendingSave
 from .checkpointing.stores import CheckpointStore
 from .checkpointing.syncing import SyncingSave
@@ -161,12 +163,18 @@ class Checkpointer:
                     self.pending[tp] = self.store.begin_synced_save(  # type: ignore[attr-defined]
                         partition, acknowledged, self.confirm_seconds)
                     self._in_loop_cost[tp] = time.thread_time() - started
-                    continue
-                started = time.perf_counter()
-                self.store.save(partition)
-                self._in_loop_cost[tp] = time.perf_counter() - started
+                else:
+                    started = time.perf_counter()
+                    self.store.save(partition)
+                    self._in_loop_cost[tp] = time.perf_counter() - started
             except OSError as exc:
                 self._failed(tp, exc)
+                continue
+            # Pickled in this process, the engine reads its attributes slowly from now on (CPython
+            # 3.11-3.12, shopstream/model_state.py): the partition, its one holder, runs a shell of
+            # it, the same state (the engine refreshes what it holds itself: `Engine._refresh`).
+            partition.engine = fresh_shell(partition.engine)
+            if synced:
                 continue
             self._succeeded(tp)
             offsets[tp] = OffsetAndMetadata(partition.next_offset, "", -1)

@@ -22,6 +22,7 @@ import river
 
 from shopstream import __version__
 from shopstream.engine import Engine
+from shopstream.model_state import restore_attributes
 from shopstream.shared_learning import LogReplica
 
 #: What a partition holds for this worker only, never written into a checkpoint.
@@ -158,4 +159,4 @@ class Partition:
     def __setstate__(self, state: dict[str, Any]) -> None:
         for name in RUNTIME_ONLY:
             setattr(self, name, None)
-        self.__dict__.update(state)
+        restore_attributes(self, state)   # not through __dict__: its attribute loads stay fast

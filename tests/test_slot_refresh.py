@@ -58,3 +58,42 @@ def test_checkpointed_and_restored_slots_score_on_the_fast_path_with_the_same_nu
             assert slot.scores.rolling.values() == plain.slot(slot.name).scores.rolling.values()
             assert slot.scores.cumulative.values() == plain.slot(slot.name).scores.cumulative.values()
     assert plain.slots[1].comparison.pairs()[2].tobytes() == restored.slots[1].comparison.pairs()[2].tobytes()
+
+
+def _engine_objects(engine) -> list:
+    """What the engine reads on every event, beside its slots' models and scores."""
+    return [engine, engine.joiner, engine.features, engine.features.caps, engine.config, *engine.slots]
+
+
+def test_a_checkpointed_engine_swapped_for_its_shell_and_a_restored_one_read_their_attributes_fast():
+    from shopstream.model_state import fresh_shell
+    from stream.checkpointing.format import decode_state, encode_state
+    from stream.partition import Partition
+
+    events = [event_from_record(r) for r in generate(5000, seed=11)]
+    plain, live = Partition("events", 0, _engine()), Partition("events", 0, _engine())
+    outputs_plain, outputs_live = [], []
+    for event in events[:2500]:
+        outputs_plain.append(plain.engine.process(event))
+        outputs_live.append(live.engine.process(event))
+    live.engine.mark_good()     # what the checkpointer does: mark good, pickle, run the shell
+    data = encode_state(live)
+    before = live.engine
+    assert not _attributes_on_fast_path(before), "pickling asked for the engine's __dict__"
+    live.engine = fresh_shell(before)
+    assert live.engine is not before and live.engine.counts is before.counts, "a shell shares the state"
+    restored = decode_state(data, "test")
+    outputs_restored = list(outputs_live)
+    for event in events[2500:]:
+        outputs_plain.append(plain.engine.process(event))
+        outputs_live.append(live.engine.process(event))
+        outputs_restored.append(restored.engine.process(event))
+    for partition in (live, restored):
+        assert all(_attributes_on_fast_path(obj) for obj in _engine_objects(partition.engine))
+    assert _attributes_on_fast_path(restored)
+    assert outputs_live == outputs_plain and outputs_restored == outputs_plain
+    for partition in (live, restored):
+        engine = partition.engine
+        assert engine.counts == plain.engine.counts and engine.label_delay_sum == plain.engine.label_delay_sum
+        assert engine.features.__getstate__() == plain.engine.features.__getstate__()   # OrderedDicts: in order
+        assert _state(engine) == _state(plain.engine)

@@ -340,6 +340,26 @@ def test_auto_pickles_in_the_loop_syncs_in_a_thread_and_forks_only_once_pickling
     assert clients.store.load("events", 0).next_offset == 400
 
 
+@pytest.mark.parametrize("background", ["auto", "off"])
+def test_after_a_checkpoint_in_the_loop_the_partition_runs_a_shell_of_its_engine_with_the_same_state(tmp_path,
+                                                                                                  background):
+    from test_model_state import _attributes_on_fast_path
+
+    worker, clients = make_worker(tmp_path, {0: events(300)}, checkpoint_background=background)
+    worker.membership.subscribe()
+    tp = worker.consumer.tp(0)
+    handle_one_poll(worker, tp)
+    pickled = worker.partitions[tp].engine
+    worker.checkpointer.periodic(tp)
+    worker.checkpointer.settle([tp])
+    engine = worker.partitions[tp].engine
+    assert engine is not pickled and engine.counts is pickled.counts and engine.joiner is pickled.joiner
+    assert not _attributes_on_fast_path(pickled) and _attributes_on_fast_path(engine)
+    handle_one_poll(worker, tp)
+    assert engine.counts["consumed"] == 200 and clients.store.load("events", 0).next_offset == 100
+    assert all(_attributes_on_fast_path(obj) for obj in (engine.joiner, engine.features, *engine.slots))
+
+
 def test_a_synced_checkpoint_waits_for_acknowledgements_on_its_thread_and_a_refusal_loses_nothing(tmp_path):
     worker, clients = make_worker(tmp_path, {0: events(300)}, checkpoint_background="auto")
     clients.waitable_futures = True   # kafka-python's futures: the checkpoint's thread can wait for them
