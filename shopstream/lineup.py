@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 
+from . import model_state
 from .artifacts import latest, load_artifact
 from .config import EngineConfig, check
 from .engine import Engine
@@ -119,9 +120,10 @@ def build_engine(artifacts: Optional[str] = None, config: EngineConfig = EngineC
         default = load_artifact(artifacts, signing_key)
         config = _settle(config, default, adopt_artifact_settings)
         default.features.set_caps(caps)
-        engine = Engine(default.model, default.features, config, model_name=default.meta["model"],
-                        model_version=default.meta["version"], promotion=lineup.promotion,
-                        replacements=CatalogReplacements())
+        # Unpickled, the feature state reads its attributes slowly; a shell of it does not (model_state.py)
+        engine = Engine(default.model, model_state.fresh_shell(default.features), config,
+                        model_name=default.meta["model"], model_version=default.meta["version"],
+                        promotion=lineup.promotion, replacements=CatalogReplacements())
         origin = f"artifact:{default.meta['version']}"
         if lineup.baseline:
             frozen = load_artifact(default.path, signing_key)  # its own copy: the champion's will learn
