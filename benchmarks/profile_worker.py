@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (ROOT, Topics, ensure_kafka, make_messages, prediction_refs, prefill, read_all,  # noqa: E402
+from common import (ROOT, Topics, ensure_kafka, make_messages, make_raw_messages, prediction_refs, prefill, read_all,  # noqa: E402
                     worker_command, worker_env)
 
 # Functions whose inclusive time answers "what does the per-event path cost".
@@ -162,7 +162,9 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ensure_kafka()
-    messages = make_messages(args.events)
+    # `-- --features raw`: labelled events with 12 raw features (rows 1r-3r, the peers' job)
+    raw_features = "raw" in args.extra and args.extra[args.extra.index("raw") - 1] == "--features"
+    messages = make_raw_messages(args.events, width=12) if raw_features else make_messages(args.events)
     report = [f"# Worker profile: {args.events:,} events, worker flags {args.extra or '(defaults)'}", ""]
     for mode in [m.strip() for m in args.mode.split(",") if m.strip()]:
         topics = Topics()
