@@ -173,6 +173,7 @@ class Engine:
         self.slots = [model_state.fresh_shell(slot) for slot in self.slots]
         self.joiner = model_state.fresh_shell(self.joiner)
         self.config = model_state.fresh_shell(self.config)
+        self.promotion = model_state.fresh_shell(self.promotion)   # read per resolution with challengers
         features = model_state.fresh_shell(self.features)
         if getattr(features, "caps", None) is not None:
             features.caps = model_state.fresh_shell(features.caps)
