@@ -156,8 +156,12 @@ def train_candidate(model_name: str, events: Sequence[Event], split: int, config
             before.process(event)
         if progress is not None:
             progress.update()
+    # The running slot, looked up again: a refresh (`Engine._refresh`) runs shells of the slots
     if frozen_engine is engine:
+        frozen = engine.slot(FROZEN_SLOT)
         _remove_frozen_slot(engine, frozen)
+    else:
+        frozen = frozen_engine.champion_slot
     if before is not None and training is not None:  # what catching up on the validation rows was worth
         training["holdout_before_catch_up"] = _summary(before.champion_slot.scores, before)
     if training is not None:  # its rolling scores start empty at the split: skip the first, empty samples

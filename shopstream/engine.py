@@ -174,6 +174,8 @@ class Engine:
         self.joiner = model_state.fresh_shell(self.joiner)
         self.config = model_state.fresh_shell(self.config)
         self.promotion = model_state.fresh_shell(self.promotion)   # read per resolution with challengers
+        if self.learn_sink is not None:   # shared learning's outbox: called per resolution
+            self.learn_sink = model_state.fresh_shell(self.learn_sink)
         features = model_state.fresh_shell(self.features)
         if getattr(features, "caps", None) is not None:
             features.caps = model_state.fresh_shell(features.caps)

@@ -159,4 +159,6 @@ class Partition:
     def __setstate__(self, state: dict[str, Any]) -> None:
         for name in RUNTIME_ONLY:
             setattr(self, name, None)
-        restore_attributes(self, state)   # not through __dict__: its attribute loads stay fast
+        # Not through __dict__: its attribute loads stay fast, until its first checkpoint pickles it (it is
+        # not swapped for a shell as the engine is: the worker's loop, the learn log and a sync thread hold it)
+        restore_attributes(self, state)
