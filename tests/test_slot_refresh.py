@@ -109,3 +109,11 @@ def _engine_shell_and_restore() -> None:
         assert engine.counts == plain.engine.counts and engine.label_delay_sum == plain.engine.label_delay_sum
         assert engine.features.__getstate__() == plain.engine.features.__getstate__()   # OrderedDicts: in order
         assert _state(engine) == _state(plain.engine)
+
+
+def test_the_after_checkpoint_benchmark_runs_its_four_engines():
+    done = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "after_checkpoint.py"),
+                           "--events", "3000", "--warm", "1000"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("never", "checkpointed", "restored", "unrefreshed"):
+        assert f"{name}: " in done.stdout, done.stdout
