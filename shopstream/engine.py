@@ -319,12 +319,13 @@ class Engine:
         if outputs[prediction.champion][1] is None:
             counts["unscored"] += 1  # river.evaluate skips empty predictions too
         predicted_by = slots if len(slots) == len(outputs) else slots[:len(outputs)]  # later slots skip it
-        # Each challenger is compared with the champion of now (not of the prediction) when both predicted
-        champion = self.champion
-        p_champion, champion_pred = outputs[champion] if champion < len(outputs) else _UNSCORED
-        compared = champion_pred is not None
-        truth = 1.0 if y_true else 0.0   # a comparison's label, as PairedLossTest.update stores it
         y_cell = 2 if y_true else 0      # a confusion cell's label bit (scoring.py)
+        compared = False
+        if len(slots) > 1:   # each challenger is compared with the champion of now, if both predicted
+            champion = self.champion
+            p_champion, champion_pred = outputs[champion] if champion < len(outputs) else _UNSCORED
+            compared = champion_pred is not None
+            truth = 1.0 if y_true else 0.0   # a comparison's label, as PairedLossTest.update stores it
         for slot, (p_true, y_pred) in zip(predicted_by, outputs):
             if y_pred is not None:
                 # Scoreboard.update, inline: the cell first, then the probability (see scoring._take)
@@ -343,8 +344,7 @@ class Engine:
                 else:
                     drift.update(error)
                     detected = drift.drift_detected
-                comparison = slot.comparison
-                if comparison is not None and compared:
+                if compared and (comparison := slot.comparison) is not None:
                     # PairedLossTest.update, inline (a drift reaction below never replaces a comparison)
                     pairs = comparison._pending
                     pairs.append(truth)
@@ -359,10 +359,12 @@ class Engine:
             sink(x, y_true, prediction, now)  # shared learning: learned when the learn log brings it back
         else:
             self.learn_example(x, y_true, predicted_by, prediction.event_time)  # x: a dict
-        if compared and len(slots) > 1:   # (a drift reaction may have added a slot)
+        if len(slots) > 1:   # (a drift reaction above may have added one)
             policy = self.promotion
             if policy is not None and counts["resolved"] % policy.check_every == 0:
-                self._maybe_promote(policy)
+                champion = self.champion
+                if champion < len(outputs) and outputs[champion][1] is not None:   # it predicted this one
+                    self._maybe_promote(policy)
         # learned: the features are no longer needed (`prediction.x = None`: the outputs stay, unpacked)
         prediction._outputs = outputs
         prediction._x = None
