@@ -49,6 +49,7 @@ from . import model_state
 from .models import build_model
 from .policies import CatalogReplacements, PromotionPolicy
 from .recent_ids import RecentIds
+from .scoring import FOLD_EVERY
 from .slots import ModelSlot, PairedLossTest, model_is_finite
 
 
@@ -319,7 +320,7 @@ class Engine:
                         output = (p_true, _argmax(proba))
             outputs.append(output)
             # Provisional negatives learned as each slot predicts: each model sees only its own calls.
-            if slot.learn and isinstance(slot.model, FakeNegativeWeighted):
+            if slot.provisional:   # it learns and is a FakeNegativeWeighted (slots.py)
                 self._learn_provisional(slot, x)
         self.counts["predicted"] += 1
         t: float = event.event_time  # type: ignore[assignment]  # validated: epoch seconds
@@ -340,17 +341,39 @@ class Engine:
         if outputs[prediction.champion][1] is None:
             counts["unscored"] += 1  # river.evaluate skips empty predictions too
         predicted_by = slots if len(slots) == len(outputs) else slots[:len(outputs)]  # later slots skip it
+        y_cell = 2 if y_true else 0      # a confusion cell's label bit (scoring.py)
+        compared = False
+        if len(slots) > 1:   # each challenger is compared with the champion of now, if both predicted
+            champion = self.champion
+            p_champion, champion_pred = outputs[champion] if champion < len(outputs) else _UNSCORED
+            compared = champion_pred is not None
+            truth = 1.0 if y_true else 0.0   # a comparison's label, as PairedLossTest.update stores it
         for slot, (p_true, y_pred) in zip(predicted_by, outputs):
             if y_pred is not None:
-                slot.scores.update(y_true, p_true, y_pred)
+                # Scoreboard.update, inline: the cell first, then the probability (see scoring._take)
+                scores = slot.scores
+                scores._cells.append(y_cell + (1 if y_pred else 0))
+                pending = scores._p
+                pending.append(p_true)
+                if len(pending) >= FOLD_EVERY:
+                    scores.fold()
+                error = 0.0 if y_pred == y_true else 1.0
                 drift = slot.drift
                 if drift.__class__ is ADWIN:  # ADWIN.update's two lines, without its method and property calls
                     if drift._drift_detected:
                         drift._reset()
-                    detected = drift._drift_detected = drift._helper.update(0.0 if y_pred == y_true else 1.0)
+                    detected = drift._drift_detected = drift._helper.update(error)
                 else:
-                    drift.update(0.0 if y_pred == y_true else 1.0)
+                    drift.update(error)
                     detected = drift.drift_detected
+                if compared and (comparison := slot.comparison) is not None:
+                    # PairedLossTest.update, inline (a drift reaction below never replaces a comparison)
+                    pairs = comparison._pending
+                    pairs.append(truth)
+                    pairs.append(p_champion)
+                    pairs.append(p_true)
+                    if len(pairs) >= comparison._limit:
+                        comparison._store_pending()
                 if detected:
                     self._on_drift(slot)
         sink = self.learn_sink
@@ -358,8 +381,12 @@ class Engine:
             sink(x, y_true, prediction, now)  # shared learning: learned when the learn log brings it back
         else:
             self.learn_example(x, y_true, predicted_by, prediction.event_time)  # x: a dict
-        if len(slots) > 1:
-            self._compare(outputs, y_true)
+        if len(slots) > 1:   # (a drift reaction above may have added one)
+            policy = self.promotion
+            if policy is not None and counts["resolved"] % policy.check_every == 0:
+                champion = self.champion
+                if champion < len(outputs) and outputs[champion][1] is not None:   # it predicted this one
+                    self._maybe_promote(policy)
         # learned: the features are no longer needed (`prediction.x = None`: the outputs stay, unpacked)
         prediction._outputs = outputs
         prediction._x = None
@@ -400,18 +427,6 @@ class Engine:
                         type(exc).__name__, exc)
 
     # -- lifecycle: comparison, promotion, drift ----------------------------------------------
-
-    def _compare(self, outputs, y_true: bool) -> None:
-        champion = self.champion
-        if champion >= len(outputs) or outputs[champion][1] is None:
-            return
-        p_champion = outputs[champion][0]
-        for slot, (p_true, y_pred) in zip(self.slots, outputs):
-            if slot.comparison is not None and y_pred is not None:
-                slot.comparison.update(y_true, p_champion, p_true)
-        policy = self.promotion
-        if policy is not None and self.counts["resolved"] % policy.check_every == 0:
-            self._maybe_promote(policy)
 
     def _maybe_promote(self, policy: PromotionPolicy) -> None:
         last = getattr(self, "last_promotion_resolved", None)  # absent in checkpoints from before cooldowns

@@ -34,6 +34,7 @@ import numpy as np
 from river import drift
 
 from . import model_state
+from .delayed import FakeNegativeWeighted
 from .scoring import Scoreboard
 
 ROLES = ("champion", "challenger", "baseline")
@@ -108,6 +109,7 @@ class PairedLossTest:
         return int(self._y[:self._n].sum())
 
     def update(self, y_true: bool, p_champion: float, p_challenger: float) -> None:
+        # (Engine._resolve does the same inline for every challenger: keep both alike)
         pending = self._pending
         pending.append(1.0 if y_true else 0.0)
         pending.append(p_champion)
@@ -165,7 +167,13 @@ class PairedLossTest:
 
 
 class ModelSlot:
-    """One model the engine runs on every event: its role, scores and drift detector."""
+    """One model the engine runs on every event: its role, scores and drift detector.
+
+    `provisional`: whether the engine has the model learn each new prediction at once as a
+    provisional negative (a delayed-feedback model that learns, `delayed.py`), decided whenever
+    `model` or `learn` is set (`__setattr__`), not at every prediction; never checkpointed."""
+
+    provisional = False
 
     def __init__(self, name: str, model, role: str = "champion", version: str = "fresh",
                  learn: bool = True, metric_window: int = 1000, drift_delta: float = 1e-6):
@@ -217,9 +225,16 @@ class ModelSlot:
         self.model = pickle.loads(self._good)
         self.resets[reason] = self.resets.get(reason, 0) + 1
 
+    def __setattr__(self, name: str, value) -> None:
+        object.__setattr__(self, name, value)
+        if name == "model" or name == "learn":
+            object.__setattr__(self, "provisional", bool(getattr(self, "learn", False))
+                               and isinstance(getattr(self, "model", None), FakeNegativeWeighted))
+
     def __getstate__(self):
         state = dict(self.__dict__)
         del state["_good"]  # the checkpoint holds the model once; the restored model is the good one
+        state.pop("provisional", None)   # decided again as the restored slot keeps its model
         return state
 
     def __setstate__(self, state):
