@@ -49,7 +49,6 @@ from . import model_state
 from .models import build_model
 from .policies import CatalogReplacements, PromotionPolicy
 from .recent_ids import RecentIds
-from .scoring import FOLD_EVERY
 from .slots import ModelSlot, PairedLossTest, model_is_finite
 
 
@@ -341,22 +340,14 @@ class Engine:
         if outputs[prediction.champion][1] is None:
             counts["unscored"] += 1  # river.evaluate skips empty predictions too
         predicted_by = slots if len(slots) == len(outputs) else slots[:len(outputs)]  # later slots skip it
-        y_cell = 2 if y_true else 0      # a confusion cell's label bit (scoring.py)
         compared = False
         if len(slots) > 1:   # each challenger is compared with the champion of now, if both predicted
             champion = self.champion
             p_champion, champion_pred = outputs[champion] if champion < len(outputs) else _UNSCORED
             compared = champion_pred is not None
-            truth = 1.0 if y_true else 0.0   # a comparison's label, as PairedLossTest.update stores it
         for slot, (p_true, y_pred) in zip(predicted_by, outputs):
             if y_pred is not None:
-                # Scoreboard.update, inline: the cell first, then the probability (see scoring._take)
-                scores = slot.scores
-                scores._cells.append(y_cell + (1 if y_pred else 0))
-                pending = scores._p
-                pending.append(p_true)
-                if len(pending) >= FOLD_EVERY:
-                    scores.fold()
+                slot.scores.update(y_true, p_true, y_pred)
                 error = 0.0 if y_pred == y_true else 1.0
                 drift = slot.drift
                 if drift.__class__ is ADWIN:  # ADWIN.update's two lines, without its method and property calls
@@ -366,14 +357,8 @@ class Engine:
                 else:
                     drift.update(error)
                     detected = drift.drift_detected
-                if compared and (comparison := slot.comparison) is not None:
-                    # PairedLossTest.update, inline (a drift reaction below never replaces a comparison)
-                    pairs = comparison._pending
-                    pairs.append(truth)
-                    pairs.append(p_champion)
-                    pairs.append(p_true)
-                    if len(pairs) >= comparison._limit:
-                        comparison._store_pending()
+                if compared and slot.comparison is not None:   # (a drift reaction below never replaces one)
+                    slot.comparison.update(y_true, p_champion, p_true)
                 if detected:
                     self._on_drift(slot)
         sink = self.learn_sink

@@ -127,7 +127,6 @@ class _Buffered:
     _cells: bytearray
 
     def update(self, y_true: bool, p_true: float, y_pred: bool) -> None:
-        # (Engine._resolve does the same inline for every slot: keep both alike)
         self._cells.append((2 if y_true else 0) + (1 if y_pred else 0))   # the cell first: see _take
         self._p.append(p_true)
         if len(self._p) >= FOLD_EVERY:

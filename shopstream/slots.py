@@ -109,7 +109,6 @@ class PairedLossTest:
         return int(self._y[:self._n].sum())
 
     def update(self, y_true: bool, p_champion: float, p_challenger: float) -> None:
-        # (Engine._resolve does the same inline for every challenger: keep both alike)
         pending = self._pending
         pending.append(1.0 if y_true else 0.0)
         pending.append(p_champion)
