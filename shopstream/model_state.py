@@ -99,13 +99,7 @@ def _restored(cls: Any, state: dict) -> Any:
     attribute to an object whose ``__dict__`` was never asked for."""
     scratch = cls.__new__(cls)
     scratch.__setstate__(state)
-    attributes = scratch.__dict__
-    if not _storable(cls, attributes):
-        return scratch
-    obj = cls.__new__(cls)
-    for name, value in attributes.items():
-        object.__setattr__(obj, name, value)
-    return obj
+    return fresh_shell(scratch)
 
 
 class _Pickler(pickle.Pickler):
