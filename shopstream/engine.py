@@ -165,8 +165,8 @@ class Engine:
         model and scores, and the joiner, the features and the settings they read per event are
         swapped for shells holding the same state (the engine is their one holder; others look
         them up through it). The engine itself is swapped by its holder, the partition
-        (`stream.checkpointer`). In-process A/B, shop features: 16% slower per event after a
-        checkpoint and 8% after a restore before this, 3-4% after (BENCHMARKS.md, stop 32)."""
+        (`stream.checkpointer`). In process, shop features: 16% slower per event after a checkpoint
+        and 8% after a restore before this, 2-5% after (benchmarks/after_checkpoint.py; BENCHMARKS.md)."""
         self._refresh_due = False
         for slot in self.slots:
             slot.refresh()
