@@ -17,7 +17,7 @@ from .checkpointing.stores import CheckpointStore, DirectoryCheckpointStore
 from .connection import kafka_options
 from .control_worker import ControlChannel
 from .corrupt import CorruptBatchSkipper
-from .owners import Owners, OwnersAssignor
+from .owners import Owners, OwnersAssignor, client_id_with_address
 from .settings import WorkerSettings
 
 
@@ -31,8 +31,14 @@ class KafkaClients:
     def consumer(self) -> KafkaConsumer:
         s = self.settings
         if s.kafka_client == "confluent":   # --kafka-client confluent: the data path on librdkafka
-            from .confluent_clients import ConfluentConsumer, consumer_config
-            return ConfluentConsumer(consumer_config(s, self.options), s.max_poll_records)
+            from .confluent_clients import ConfluentConsumer, consumer_config, librdkafka_options
+            config, watch = consumer_config(s, self.options), None
+            if self.assignor.address:   # serving the API: the group learns where through client ids
+                from .group_owners import GroupOwnersWatch
+                address = self.assignor.address.decode()
+                config["client.id"] = client_id_with_address(s.name, address)
+                watch = GroupOwnersWatch(librdkafka_options(self.options), s.group, s.topic, self.assignor.owners)
+            return ConfluentConsumer(config, s.max_poll_records, owners_watch=watch)
         return KafkaConsumer(
             group_id=s.group,
             client_id=s.name,
@@ -61,6 +67,9 @@ class KafkaClients:
 
     def score_producer(self) -> KafkaProducer:
         # The scoring API writes its requests to the events topic; each waits on its send: no linger.
+        if self.settings.kafka_client == "confluent":
+            from .confluent_clients import ConfluentProducer, score_producer_config
+            return ConfluentProducer(score_producer_config(self.settings, self.options), serve_reports=True)
         return KafkaProducer(client_id=f"{self.settings.name}-api", linger_ms=0, acks="all", **self.options)
 
     def checkpoint_store(self) -> CheckpointStore:

@@ -10,8 +10,7 @@ about 33 us per produced record on the loop's thread; librdkafka fetches and sen
 own threads, in C (BENCHMARKS.md, "An optional librdkafka client").
 
 Everything else stays on kafka-python: the control channel, the checkpoint store, the
-learn log, the broker watch's probe, the corrupt-batch skipper's probe and the scoring
-API's producer. kafka-python stays the default and the fully tested client.
+learn log, the broker watch's probe and the corrupt-batch skipper's probe. kafka-python stays the default and the fully tested client.
 
 What differs from kafka-python, and how it is bridged:
 
@@ -26,14 +25,18 @@ What differs from kafka-python, and how it is bridged:
   worker stopped reading (kafka-python returns nothing of a paused partition either).
 - A delivery failure is reported to the send's errback as the kafka-python error the
   outputs know (`MessageSizeTooLargeError`, `KafkaTimeoutError`, else `KafkaError`).
-- No Python partition assignor: librdkafka's `range`. So the scoring API, whose owners map
-  rides on kafka-python's assignor (stream/owners.py), is refused with this client.
+- No Python partition assignor: librdkafka's `range`. So the scoring API's owners map cannot
+  ride on the assignment (stream/owners.py): the worker joins with its API address in its
+  client id and reads the group from the broker after each rebalance (stream/group_owners.py).
+  The API writes its requests' events with a librdkafka producer too (`score_producer_config`),
+  whose delivery reports a thread of its own serves (`ConfluentProducer(serve_reports=True)`).
 """
 
 from __future__ import annotations
 
 import logging
 import operator
+import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -117,6 +120,11 @@ def producer_config(settings, options: dict) -> dict:
             "logger": LIBRDKAFKA_LOG}
 
 
+def score_producer_config(settings, options: dict) -> dict:
+    """The scoring API's producer: each request waits on its own send, so no linger."""
+    return {**producer_config(settings, options), "client.id": f"{settings.name}-api", "linger.ms": 0}
+
+
 # -- the consumer -------------------------------------------------------------------------------------
 
 class ConsumedRecord:
@@ -143,8 +151,9 @@ class UnreadableRecord(CorruptRecordError):
 class ConfluentConsumer:
     """kafka-python's KafkaConsumer API, as far as the worker uses it, on a librdkafka consumer."""
 
-    def __init__(self, config: dict, max_poll_records: int = 500):
+    def __init__(self, config: dict, max_poll_records: int = 500, owners_watch: Any = None):
         self.max_poll_records = max_poll_records
+        self.owners_watch = owners_watch   # serving the API: told of each rebalance (group_owners.py)
         self._last_client_error: dict = {}
         self._consumer = Consumer({**config, "error_cb": self._client_error, "on_commit": self._committed})
         self._tps: dict = {}               # (topic, partition) -> kafka TopicPartition, made once
@@ -181,6 +190,8 @@ class ConfluentConsumer:
             sought, self._assigning = self._assigning, None
         consumer.assign([ConfluentTopicPartition(tp.topic, tp.partition, sought.get(tp, OFFSET_STORED))
                          for tp in tps])
+        if self.owners_watch is not None:
+            self.owners_watch.refresh()
 
     def _on_revoke(self, consumer, partitions) -> None:
         tps = [self._tp(p.topic, p.partition) for p in partitions]
@@ -361,6 +372,8 @@ class ConfluentConsumer:
     def close(self, autocommit: bool = True, timeout_ms: Optional[int] = None) -> None:
         """Leave the group. Offsets are committed only by the checkpointer (no auto-commit)."""
         self._closing = True
+        if self.owners_watch is not None:
+            self.owners_watch.close()
         self._consumer.close()
 
 
@@ -415,9 +428,26 @@ class DeliveryFuture:
 class ConfluentProducer:
     """kafka-python's KafkaProducer API, as far as the outputs use it, on a librdkafka producer."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, serve_reports: bool = False):
         self._producer = Producer(config)
         self._sends = 0
+        self._closed = threading.Event()
+        if serve_reports:   # failures reach their errbacks at once, not at the next send or flush
+            threading.Thread(target=self._serve_reports, name="producer-reports", daemon=True).start()
+
+    def _serve_reports(self) -> None:
+        while not self._closed.is_set():
+            self._producer.poll(0.1)   # waits in C, without the interpreter
+
+    def partitions_for(self, topic: str) -> Optional[set]:
+        """The topic's partition numbers (None: unknown to the broker, or the broker away)."""
+        try:
+            metadata = self._producer.list_topics(topic, timeout=10).topics.get(topic)
+        except KafkaException:
+            return None
+        if metadata is None or metadata.error is not None:
+            return None
+        return set(metadata.partitions)
 
     def send(self, topic: str, value=None, key=None, headers=None, partition=None,
              timestamp_ms=None) -> DeliveryFuture:
@@ -458,6 +488,8 @@ class ConfluentProducer:
             self.flush(timeout)
         except KafkaTimeoutError as exc:  # as kafka-python's close: what is left is dropped
             log.warning("producer closed with outputs unacknowledged: %s", exc)
+        finally:
+            self._closed.set()
 
 
 # -- unreadable records -------------------------------------------------------------------------------

@@ -18,6 +18,16 @@ b'10.0.0.5:8080'
 ('a:1', None, 3)
 >>> partition_for("541312140", 4)  # where Kafka's default partitioner (Java's, kafka-python's) puts this key
 2
+
+librdkafka (``--kafka-client confluent``) runs no assignor written in Python, so there the
+address rides in the member's client id instead (`client_id_with_address`), and each worker
+reads the group's members and their partitions from the broker after every rebalance
+(`stream/group_owners.py`):
+
+>>> client_id_with_address("worker-1", "10.0.0.5:8080")
+'worker-1|api=10.0.0.5:8080'
+>>> address_in_client_id('worker-1|api=10.0.0.5:8080'), address_in_client_id("a-shop-tool")
+('10.0.0.5:8080', '')
 """
 
 from __future__ import annotations
@@ -33,11 +43,23 @@ from kafka.partitioner.default import murmur2
 
 log = logging.getLogger(__name__)
 MAX_ADDRESS = 255
+API_MARK = "|api="   # in a client id: what follows is where that member serves the scoring API
 
 
 def partition_for(key: str, partitions: int) -> int:
     """The partition Kafka's default partitioner (Java's and kafka-python's) gives a key."""
     return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
+
+def client_id_with_address(name: str, address: str) -> str:
+    """The client id a librdkafka worker joins with: its name, then its API address."""
+    return f"{name}{API_MARK}{address[:MAX_ADDRESS]}" if address else name
+
+
+def address_in_client_id(client_id: str) -> str:
+    """The API address a member's client id carries ('' for one that serves none)."""
+    _, mark, address = (client_id or "").rpartition(API_MARK)
+    return address if mark else ""
 
 
 def encode_map(topic: str, partitions: int, owners: dict[int, str]) -> bytes:
@@ -64,7 +86,11 @@ class Owners:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("unreadable owners map in the assignment (%s): keeping the previous one", exc)
             return
-        self._map, self.partitions = owners, partitions
+        self.replace(partitions, owners)
+
+    def replace(self, partitions: int, owners: dict[int, str]) -> None:
+        """The whole map at once (one assignment: a reader never sees half of two)."""
+        self._map, self.partitions = {p: a for p, a in owners.items() if a}, partitions
         self.updated.set()
 
     def address(self, partition: int) -> Optional[str]:

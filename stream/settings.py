@@ -166,7 +166,7 @@ class WorkerSettings(Settings):
         "DEBUG shows the Kafka client's own INFO lines too", choices=("DEBUG", "INFO", "WARNING", "ERROR")))
     kafka_client: str = field(default="kafka-python", metadata=_help(
         "client of the data path (events in; predictions and dead letters out): kafka-python (the default, fully "
-        "tested) or confluent (librdkafka, faster; pip install 'shopstream[confluent]'; not with --serve-port)",
+        "tested) or confluent (librdkafka, faster; pip install 'shopstream[confluent]')",
         choices=KAFKA_CLIENTS))
     signing_key: Optional[bytes] = key_setting()
 
@@ -213,7 +213,7 @@ def _check_finite(settings: "WorkerSettings") -> None:
 
 
 def _check_kafka_client(settings: "WorkerSettings") -> None:
-    """`confluent` (stream/confluent_clients.py) needs its package, and cannot host the scoring API."""
+    """`confluent` (stream/confluent_clients.py) needs its package."""
     client = settings.kafka_client
     if client not in KAFKA_CLIENTS:
         raise ConfigError("kafka_client", client, f"must be one of {KAFKA_CLIENTS}")
@@ -222,12 +222,6 @@ def _check_kafka_client(settings: "WorkerSettings") -> None:
     if importlib.util.find_spec("confluent_kafka") is None:
         raise ConfigError("kafka_client", client, "needs the confluent-kafka package, not installed here: "
                           "pip install 'shopstream[confluent]'")
-    if settings.serve.enabled:
-        # The group learns where each member serves through kafka-python's partition assignor
-        # (stream/owners.py); librdkafka cannot run an assignor written in Python.
-        raise ConfigError("kafka_client", client, "cannot serve the scoring API (--serve-port): the API tells the "
-                          "group where each worker serves through kafka-python's partition assignor, which "
-                          "librdkafka cannot run; use --kafka-client kafka-python")
 
 
 def _check_topics(settings: "WorkerSettings") -> None:

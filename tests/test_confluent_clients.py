@@ -35,13 +35,38 @@ def no_shopstream_env(monkeypatch):
 
 # -- settings -----------------------------------------------------------------------------------------
 
-def test_confluent_with_the_scoring_api_is_refused_naming_why(capsys):
-    with pytest.raises(ConfigError, match="cannot serve the scoring API .*partition assignor"):
-        WorkerSettings.from_options(kafka_client="confluent", serve_port=0)
-    assert main(["worker", "--kafka-client", "confluent", "--serve-port", "0"]) == 2
-    err = capsys.readouterr().err
-    assert "error: --kafka-client 'confluent' cannot serve the scoring API (--serve-port)" in err
-    assert WorkerSettings.from_options(kafka_client="kafka-python", serve_port=0).serve.enabled
+def test_confluent_serves_the_scoring_api_with_its_address_in_the_client_id_and_librdkafka_producer():
+    from types import SimpleNamespace
+
+    from confluent_kafka import TopicPartition as ConfluentTopicPartition
+
+    from stream.group_owners import GroupOwnersWatch, owners_of
+    from stream.owners import OwnersAssignor, Owners
+
+    settings = WorkerSettings.from_options(kafka_client="confluent", bootstrap_servers="127.0.0.1:9",
+                                           client_id="w1", serve_port=0)
+    assert settings.serve.enabled and settings.kafka_client == "confluent"
+    clients = KafkaClients(settings)
+    owners = Owners()
+    clients.assignor = OwnersAssignor("10.0.0.5:8080", owners)   # what the worker does when it serves
+    consumer, producer = clients.consumer(), clients.score_producer()
+    try:
+        assert isinstance(producer, ConfluentProducer)
+        assert isinstance(consumer.owners_watch, GroupOwnersWatch) and consumer.owners_watch.owners is owners
+    finally:
+        consumer.close()
+        producer.close(0)
+    assert KafkaClients(WorkerSettings.from_options(kafka_client="confluent", bootstrap_servers="127.0.0.1:9")
+                        ).consumer().owners_watch is None   # not serving: no watch, no admin client
+
+    # the broker's view of the group -> partition -> where its owner serves
+    def member(client_id, *partitions):
+        return SimpleNamespace(client_id=client_id, assignment=SimpleNamespace(
+            topic_partitions=[ConfluentTopicPartition(topic, p) for topic, p in partitions]))
+    group = SimpleNamespace(members=[member("w1|api=a:1", ("events", 0), ("events", 1), ("other", 2)),
+                                     member("w2|api=b:2", ("events", 2)),
+                                     member("a-tool-without-api", ("events", 3))])
+    assert owners_of(group, "events") == {0: "a:1", 1: "a:1", 2: "b:2"}
 
 
 def test_confluent_without_its_package_is_refused_naming_the_extra(monkeypatch, capsys):

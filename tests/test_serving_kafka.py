@@ -38,11 +38,13 @@ def post(port, path, payload):
 class ServingWorker:
     """A worker with its scoring API, in this process (the loop on a thread, as run_worker wires it)."""
 
-    def __init__(self, kafka, topic, tmp_path, events, partitions=2):
+    def __init__(self, kafka, topic, tmp_path, events, partitions=2, kafka_client="kafka-python", name="",
+                  wait=True):
         self.settings = WorkerSettings.from_options(
             bootstrap_servers=kafka, topic=topic, group=f"g-{topic}", predictions_topic=f"{topic}-predictions",
             dead_letter_topic=f"{topic}-dlq", control_topic="", checkpoints=str(tmp_path / "ckpt"), metrics_port=-1,
-            session_timeout_ms=6000, serve_port=free_port(), client_id=f"serving-{topic}")
+            session_timeout_ms=6000, serve_port=free_port(), client_id=f"serving-{topic}{name}",
+            kafka_client=kafka_client)
         self.registry = CollectorRegistry()
         self.api = ScoreServer(self.settings.serve)
         self.desk = ScoreDesk(topic, self.api.address, self.settings.name)
@@ -50,6 +52,8 @@ class ServingWorker:
         self.api.start(self.desk, KafkaClients(self.settings).score_producer(), self.registry)
         self.thread = threading.Thread(target=self.worker.run, daemon=True)
         self.thread.start()
+        if not wait:
+            return
         wait_for(lambda: self.worker.handled >= events and len(self.desk.owned) == partitions, 120,
                  "worker caught up")
         # and the loop polled since: requests are dated at each partition's clock as the loop last published it
@@ -66,11 +70,12 @@ class ServingWorker:
         self.api.stop()
 
 
-def test_a_served_score_is_the_streams_prediction_exactly_once(kafka, new_topic, tmp_path):
+@pytest.mark.parametrize("kafka_client", ["kafka-python", "confluent"])
+def test_a_served_score_is_the_streams_prediction_exactly_once(kafka, new_topic, tmp_path, kafka_client):
     topic = new_topic(2)
     records = list(generate(3000, seed=61))
     send_records(kafka, topic, records)
-    served = ServingWorker(kafka, topic, tmp_path, len(records))
+    served = ServingWorker(kafka, topic, tmp_path, len(records), kafka_client=kafka_client)
     last = records[-1]
     request = {"user_id": str(last["user_id"]), "user_session": str(last["user_session"]), "product_id": "p-api",
                "event_type": "view", "price": 19.99, "category_code": "electronics.phone", "event_id": "api-view-1"}
@@ -128,7 +133,43 @@ def test_a_served_score_is_the_streams_prediction_exactly_once(kafka, new_topic,
     assert requests == 3
 
 
-def test_served_scores_survive_kill_9_exactly_once(kafka, new_topic, tmp_path):
+@pytest.mark.parametrize("kafka_client", ["kafka-python", "confluent"])
+def test_a_request_for_another_workers_partition_is_forwarded_to_its_owner(kafka, new_topic, tmp_path,
+                                                                         kafka_client):
+    """Two workers in one group: each learns from the group where the other serves (kafka-python:
+    the assignment carries the map; librdkafka: client ids read from the broker), and either
+    answers for any user, the other's through a forward; after one leaves, the other owns all."""
+    from stream.owners import partition_for
+
+    topic = new_topic(2)
+    records = list(generate(2000, seed=63))
+    send_records(kafka, topic, records)
+    first = ServingWorker(kafka, topic, tmp_path / "a", len(records), kafka_client=kafka_client, name="-a")
+    second = ServingWorker(kafka, topic, tmp_path / "b", 0, kafka_client=kafka_client, name="-b", wait=False)
+    workers = (first, second)
+    try:
+        wait_for(lambda: len(first.desk.owned) == len(second.desk.owned) == 1, 120, "one partition each")
+        wait_for(lambda: all(w.desk.owners.address(p) == owner.api.address for w in workers
+                             for owner in workers for p in owner.desk.owned), 60, "both know the owners")
+        users = {partition_for(str(r["user_id"]), 2): r for r in records}   # a known user of each partition
+        for asked in workers:
+            for partition, record in sorted(users.items()):
+                request = {"user_id": str(record["user_id"]), "user_session": str(record["user_session"]),
+                           "product_id": "p-fwd", "event_type": "view", "price": 4.0}
+                status, answer = post(asked.port, "/score/whatif", request)
+                assert status == 200 and answer["partition"] == partition, answer
+        forwarded = sum(w.registry.get_sample_value("shopstream_score_forwarded_total", {"outcome": "answered"})
+                        or 0 for w in workers)
+        assert forwarded == 2   # each worker forwarded the user of the partition it does not own
+    finally:
+        second.stop()
+    wait_for(lambda: len(first.desk.owned) == 2, 120, "the first worker took both partitions back")
+    wait_for(lambda: all(first.desk.owners.address(p) == first.api.address for p in (0, 1)), 60, "owners updated")
+    first.stop()
+
+
+@pytest.mark.parametrize("kafka_client", ["kafka-python", "confluent"])
+def test_served_scores_survive_kill_9_exactly_once(kafka, new_topic, tmp_path, kafka_client):
     """Served, then kill -9 before any checkpoint holds the served events: the next worker
     replays them from Kafka to the same numbers, learns each once, and answers a retry of the
     same request with the score served before the crash."""
@@ -147,7 +188,8 @@ def test_served_scores_survive_kill_9_exactly_once(kafka, new_topic, tmp_path):
     def start():
         api, metrics = free_port(), free_port()
         command = worker_command(kafka, topic, checkpoints, "--metrics-port", str(metrics), "--serve-port", str(api),
-                                 "--checkpoint-every", "100000", "--checkpoint-seconds", "600")
+                                 "--checkpoint-every", "100000", "--checkpoint-seconds", "600",
+                                 "--kafka-client", kafka_client)
         return subprocess.Popen(command, env=WORKER_ENV, stderr=subprocess.PIPE, text=True), api, metrics
 
     def consumed(metrics) -> float:
