@@ -20,6 +20,8 @@ Runs: `--rounds` pairs of (before, after), the order alternating (before, after,
 ...), so a machine whose load drifts during the run favours neither. "after" is this checkout;
 "before" is `--before REV` (default: the commit before the scoring API's clerk, found in git),
 extracted with `git archive` and run from its own directory. `--before none`: this checkout only.
+`--clients kafka-python,confluent` compares the worker's two Kafka clients instead (this
+checkout, `--kafka-client` per run, each run fed at the fraction of its own capacity).
 Every figure is printed with the machine's 1-minute load average at its start and end, and the
 summary table at the end holds everything BENCHMARKS.md quotes.
 
@@ -97,27 +99,61 @@ def wait_consumed(port: int, target: float, proc: subprocess.Popen, timeout: flo
 
 
 class PacedFeed(threading.Thread):
-    """The shop's own stream at `rate` events/s (keyed by user, as `shopstream produce`)."""
+    """The shop's own stream at `rate` events/s (keyed by user, as `shopstream produce`), sent in
+    1 ms slices. On librdkafka when it is installed (the bench extra): at the feeds a fast worker
+    needs (10,000 events/s and more), kafka-python's producer with no linger took about a core of
+    this 2-core machine for itself (2026-12-05), starving the worker it was meant to feed."""
 
     def __init__(self, topic: str, messages, rate: float):
         super().__init__(daemon=True)
         self.topic, self.messages, self.rate = topic, messages, rate
         self.stop = threading.Event()
         self.sent = 0
+        self.client = "kafka-python"
 
     def run(self) -> None:
-        p = producer(linger_ms=0)
+        try:
+            from confluent_kafka import Producer
+        except ImportError:
+            Producer = None
+        if Producer is not None:
+            self.client = "librdkafka"
+            rd = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 1, "acks": "all",
+                           "partitioner": "murmur2_random"})   # where Java and kafka-python put a key
+
+            def send(key, value):
+                while True:
+                    try:
+                        return rd.produce(self.topic, value, key)
+                    except BufferError:
+                        rd.poll(0.01)
+
+            def done():
+                rd.flush(30)
+        else:
+            p = producer(linger_ms=1)
+
+            def send(key, value):
+                p.send(self.topic, key=key, value=value)
+
+            def done():
+                p.flush()
+                p.close()
         started = time.monotonic()
-        for key, value in self.messages:
-            if self.stop.is_set():
-                break
-            ahead = self.sent / self.rate - (time.monotonic() - started)
-            if ahead > 0:
-                time.sleep(ahead)
-            p.send(self.topic, key=key, value=value)
-            self.sent += 1
-        p.flush()
-        p.close()
+        messages = iter(self.messages)
+        try:
+            while not self.stop.is_set():
+                due = int((time.monotonic() - started) * self.rate)
+                for _ in range(due - self.sent):
+                    key, value = next(messages)
+                    send(key, value)
+                    self.sent += 1
+                if Producer is not None:
+                    rd.poll(0)
+                time.sleep(0.001)
+        except StopIteration:
+            pass
+        done()
 
 
 def targets_file(path: Path, port: int, route: str, sessions: list, count: int, tag: str) -> Path:
@@ -182,9 +218,10 @@ def order(rounds: int, labels: list) -> list:
     """(before, after), (after, before), ...: alternating, so drift favours neither."""
     if len(labels) == 1:
         return labels * rounds
+    first, second = labels if labels != ["after", "before"] else ["before", "after"]
     runs = []
     for i in range(rounds):
-        runs += ["before", "after"] if i % 2 == 0 else ["after", "before"]
+        runs += [first, second] if i % 2 == 0 else [second, first]
     return runs
 
 
@@ -212,8 +249,9 @@ def one_run(label: str, source: Path, data: dict, args, work: Path, feed_rate: l
         trace = run_dir / "trace.json"
         python = [sys.executable, str(Path(__file__).resolve().parent / "request_trace.py"), str(trace)] \
             if args.trace else None
+        client = ["--kafka-client", label] if args.clients else []   # --clients: the label is the client
         command = worker_command(topic, f"g-{topic}", run_dir / "ckpt", "--metrics-port", str(metrics_port),
-                                 "--serve-port", str(api_port), *args.worker_arg, python=python)
+                                 "--serve-port", str(api_port), *client, *args.worker_arg, python=python)
         with open(run_dir / "worker.log", "wb") as log:
             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=source, env=env)
         bounds = [len(data["state"]), len(data["state"]) + len(data["backlog1"]),
@@ -247,6 +285,8 @@ def one_run(label: str, source: Path, data: dict, args, work: Path, feed_rate: l
                               "with_cores": round((cpu_second - cpu_vegeta) / (t_second - t_vegeta), 2)}
         say(label, f"worker CPU cores used: {result['capacity']['no_api_cores']} with no API load, "
                    f"{result['capacity']['with_cores']} while serving 200 what-ifs/s")
+        if args.clients:   # two different workers: each is fed at the fraction of its own capacity
+            feed_rate.clear()
         if not feed_rate:
             # Issue 23: "while the same worker consumes the event stream at half its capacity". Its capacity
             # is C, what it consumes with no API load; the first run's C sets the feed of every run (the same
@@ -271,7 +311,7 @@ def one_run(label: str, source: Path, data: dict, args, work: Path, feed_rate: l
             seconds = time.time() - t0
             result["feed_only"] = {"events_per_s": round((consumed(metrics_port) - before) / seconds),
                                    "cores": round((cpu_seconds(proc.pid) - cpu0) / seconds, 3)}
-            say(label, f"feed alone: {result['feed_only']['events_per_s']:,} events/s handled, "
+            say(label, f"feed alone ({feed.client}): {result['feed_only']['events_per_s']:,} events/s handled, "
                        f"{result['feed_only']['cores']} worker cores [load {load1()}]")
         runs = []
         for route, mode in (("/score", "record"), ("/score/whatif", "whatif")):
@@ -427,6 +467,10 @@ def main() -> int:
     parser.add_argument("--trace", action="store_true",
                         help="run the workers through request_trace.py and print where recorded scores' time went "
                              "(the 'records' rows are counts, not ms)")
+    parser.add_argument("--clients", default=None, type=lambda text: text.split(","),
+                        help="compare Kafka clients instead of code versions, this checkout only (e.g. "
+                             "kafka-python,confluent): each run's worker gets --kafka-client LABEL and is fed at "
+                             "--feed-fraction of its own capacity")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
     if not os.path.exists(args.vegeta):
@@ -435,8 +479,12 @@ def main() -> int:
     ensure_kafka()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="serve-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    versions = code_versions(args.before or default_before(), work)
-    plan = order(args.rounds, sorted(versions))
+    if args.clients:
+        head = git("rev-parse", "--short", "HEAD")
+        versions = {client: (ROOT, f"{head} (this checkout), --kafka-client {client}") for client in args.clients}
+    else:
+        versions = code_versions(args.before or default_before(), work)
+    plan = order(args.rounds, list(versions) if args.clients else sorted(versions))
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     header = {"command": " ".join([os.path.basename(sys.executable), *sys.argv]), "started": started,
               "machine": machine(), "code": {k: v[1] for k, v in versions.items()}, "plan": plan,

@@ -10,7 +10,8 @@ about 33 us per produced record on the loop's thread; librdkafka fetches and sen
 own threads, in C (BENCHMARKS.md, "An optional librdkafka client").
 
 Everything else stays on kafka-python: the control channel, the checkpoint store, the
-learn log, the broker watch's probe and the corrupt-batch skipper's probe. kafka-python stays the default and the fully tested client.
+learn log, the broker watch's probe and the corrupt-batch skipper's probe. kafka-python stays
+the default and the fully tested client.
 
 What differs from kafka-python, and how it is bridged:
 
