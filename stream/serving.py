@@ -28,8 +28,8 @@ returns buffered records is never kept waiting) and answers what-ifs (and books 
 requests) there; while the loop works, it drains the desk itself between two events. A
 recorded score's event comes back through the loop's fetch, which the broker answers as
 soon as the event is written. A request for a partition this worker does not own is
-forwarded once to the owner (`owners.py` knows where), or answered 503 with the partition
-and the owner's address to ask.
+forwarded once to the owner (`owners.py` knows where; `group_owners.py` on librdkafka), or
+answered 503 with the partition and the owner's address to ask.
 """
 
 from __future__ import annotations
