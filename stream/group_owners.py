@@ -7,7 +7,8 @@ takes part in (the eager range assignment revokes and assigns every member each 
 asks the broker for the group's members and their partitions, on a thread of its own:
 the poll loop never waits for it. Until the group is stable again (every member synced),
 the previous map stays, and a request for a partition on the move is forwarded to its old
-owner, which answers 503 ``not_owner`` ("retry in a moment").
+owner, which answers 503 ``not_owner`` ("retry in a moment"). It also reads the group every
+`REFRESH_SECONDS`, so a map missed (the broker away through a whole rebalance) is mended.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 #: How long one refresh keeps asking for a stable group, and how often.
 SETTLE_SECONDS = 60.0
 RETRY_SECONDS = 0.1
+#: And once in a while anyway: a rebalance's map may have been missed (the broker away meanwhile).
+REFRESH_SECONDS = 30.0
 
 
 def owners_of(description, topic: str) -> dict[int, str]:
@@ -44,8 +47,8 @@ class GroupOwnersWatch:
     """Fills `owners` from the broker's view of `group` after each `refresh()` (the consumer's
     rebalance callback rings it)."""
 
-    def __init__(self, config: dict, group: str, topic: str, owners: Owners):
-        self.admin = AdminClient(config)
+    def __init__(self, config: dict, group: str, topic: str, owners: Owners, admin=None):
+        self.admin = admin if admin is not None else AdminClient(config)
         self.group, self.topic, self.owners = group, topic, owners
         self.refreshes = 0                    # maps taken from a stable group
         self._ring = threading.Event()
@@ -65,7 +68,7 @@ class GroupOwnersWatch:
 
     def _run(self) -> None:
         while not self._closed:
-            self._ring.wait()
+            self._ring.wait(REFRESH_SECONDS)
             self._ring.clear()
             deadline = time.monotonic() + SETTLE_SECONDS
             while not self._closed and not self._ring.is_set() and time.monotonic() < deadline:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import pytest
 from confluent_kafka import KafkaError as ConfluentError
@@ -284,3 +285,64 @@ def test_commits_carry_the_checkpointed_offsets():
 def test_delivery_errors_become_the_errors_the_outputs_handle():
     assert isinstance(_as_kafka_error(ConfluentError(ConfluentError.MSG_SIZE_TOO_LARGE)), MessageSizeTooLargeError)
     assert isinstance(_as_kafka_error(ConfluentError(ConfluentError._MSG_TIMED_OUT)), KafkaTimeoutError)
+
+
+def test_the_owners_watch_takes_only_a_stable_groups_map_and_retries_through_errors(monkeypatch):
+    """After a rebalance rings it, the watch reads the group until it is stable (a map read
+    mid-rebalance would hold partitions that are moving), through broker errors, and then
+    replaces the map whole; the poll loop never waits for it."""
+    import threading
+    from types import SimpleNamespace
+
+    from confluent_kafka import ConsumerGroupState, KafkaException
+    from confluent_kafka import TopicPartition as ConfluentTopicPartition
+
+    import stream.group_owners as group_owners
+    from stream.owners import Owners
+
+    monkeypatch.setattr(group_owners, "RETRY_SECONDS", 0.01)
+
+    class Done:
+        def __init__(self, value):
+            self.value = value
+
+        def result(self):
+            if isinstance(self.value, Exception):
+                raise self.value
+            return self.value
+
+    def group(state, *members):
+        return SimpleNamespace(state=state, members=[SimpleNamespace(client_id=cid, assignment=SimpleNamespace(
+            topic_partitions=[ConfluentTopicPartition("events", p) for p in parts])) for cid, parts in members])
+
+    answers = [KafkaException("broker away"), group(ConsumerGroupState.COMPLETING_REBALANCING, ("w1|api=a:1", [0, 1])),
+               group(ConsumerGroupState.STABLE, ("w1|api=a:1", [0]), ("w2|api=b:2", [1, 2]))]
+    taken = threading.Event()
+
+    class Admin:
+        asked = 0
+
+        def describe_consumer_groups(self, groups, request_timeout):
+            assert groups == ["g"]
+            Admin.asked += 1
+            answer = answers.pop(0) if answers else answers_done()
+            return {"g": Done(answer)}
+
+        def list_topics(self, topic, timeout):
+            return SimpleNamespace(topics={topic: SimpleNamespace(partitions={0: None, 1: None, 2: None})})
+
+    def answers_done():
+        taken.set()
+        return group(ConsumerGroupState.STABLE, ("w1|api=a:1", [0, 1, 2]))
+
+    owners = Owners()
+    owners.replace(3, {0: "old:1"})
+    watch = group_owners.GroupOwnersWatch({}, "g", "events", owners, admin=Admin())
+    watch.refresh()
+    deadline = time.monotonic() + 5
+    while watch.refreshes == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    watch.close()
+    # the error and the unstable group were passed over; the stable group's map replaced the old one whole
+    assert Admin.asked == 3 and watch.refreshes == 1 and not taken.is_set()
+    assert (owners.partitions, owners.address(0), owners.address(1), owners.address(2)) == (3, "a:1", "b:2", "b:2")
