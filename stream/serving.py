@@ -68,6 +68,9 @@ FORWARDED = "x-shopstream-forwarded"
 CLERK_GRACE = 0.003
 #: How often the front answers 504 the handed-over requests past their deadline (`--serve-timeout`).
 SWEEP_SECONDS = 0.1
+#: How often the loop lets go of the recorded requests past their deadline and says which partitions
+#: are behind (their oldest waiting request has used half its time: new ones are refused at once).
+SWEEP_AWAITED_SECONDS = 0.5
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0)
 STATUS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
           408: "Request Timeout", 409: "Conflict", 411: "Length Required", 413: "Content Too Large",
@@ -323,6 +326,9 @@ class ScoreDesk:
         self.stopped = False
         self.gate = EngineGate()
         self.gate.on_open = self._ring_if_mail
+        # partition -> the deadline of its oldest recorded request still waiting (published by the loop's
+        # sweep, read by the front): a partition whose requests wait past half their time is behind
+        self.oldest_deadline: dict[int, float] = {}
         self.clerk_drains = 0                 # drains done by the clerk while the loop waited in poll
         # What-ifs handed in (by the front) and taken (under the gate): only they ring the clerk. A
         # recorded request needs no clerk: the loop books it after its poll, before that poll's records.
@@ -425,9 +431,17 @@ class ScoreDesk:
             else:
                 self.awaited.setdefault(ticket.event.event_id, []).append(ticket)
         now = time.monotonic()
-        if self.awaited and now - self._last_sweep >= 0.5:  # the front answered these 504 already
+        if self.awaited and now - self._last_sweep >= SWEEP_AWAITED_SECONDS:
             self._last_sweep = now
-            self._release(lambda ticket: ticket.deadline < now, 504, None, "")
+            self._release(lambda ticket: ticket.deadline < now, 504, None, "")   # the front answered these 504
+            oldest: dict[int, float] = {}
+            for tickets in self.awaited.values():
+                for ticket in tickets:
+                    if ticket.deadline < oldest.get(ticket.partition, float("inf")):
+                        oldest[ticket.partition] = ticket.deadline
+            self.oldest_deadline = oldest
+        elif not self.awaited and self.oldest_deadline:
+            self.oldest_deadline = {}
 
     def processed(self, state, record, event: Event, score: Optional[float]) -> None:
         """The loop handled `event` (a shop's or a request's): answer who waited for its id."""
@@ -743,12 +757,27 @@ class ScoreServer:
         partition = partition_for(str(event.user_id), partitions)
         if partition not in self.desk.owned:
             return await self._forward(partition, path, headers, body)
+        if mode == "record":
+            self._refuse_if_behind(partition)
         date_event(event, timed, self.desk.clock.get(partition))
         if direct is not None:
             self._hand_over_direct(event, partition, mode, *direct)
             return None
         status, answer = await self._hand_over(event, partition, mode == "whatif")
         return status, encode(answer), []
+
+    def _refuse_if_behind(self, partition: int) -> None:
+        """Shed load fast: when the partition's oldest waiting recorded request has used half its time,
+        a new one would most likely time out after writing an event that is still scored later. It is
+        refused at once instead (nothing written); a what-if is still answered now."""
+        oldest = self.desk.oldest_deadline.get(partition)
+        if oldest is None:
+            return
+        waited = self.settings.timeout - (oldest - time.monotonic())
+        if waited > self.settings.timeout / 2:
+            raise RequestError(503, "behind", f"partition {partition} is behind its stream: a recorded request has "
+                               f"waited {waited:.1f} s here; retry in a moment, or ask /score/whatif (answered now, "
+                               "not recorded)", partition=partition)
 
     def _topic_partitions(self) -> int:
         found = self.producer.partitions_for(self.desk.topic)

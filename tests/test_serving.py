@@ -410,6 +410,46 @@ def test_a_recorded_request_whose_event_never_comes_back_is_answered_504_at_its_
         stop(served)
 
 
+def test_a_partition_behind_its_stream_refuses_new_recorded_requests_at_once_and_answers_what_ifs(engine):
+    """Shedding load: once the partition's oldest waiting recorded request has used half its time,
+    a new recorded request is refused at once (503 behind, nothing written) instead of waiting to
+    time out; what-ifs are still answered; when nothing waits any more, recorded requests go in."""
+    class CountingProducer(SilentProducer):
+        sent = 0
+
+        def send(self, *args, **kwargs):
+            CountingProducer.sent += 1
+            return super().send(*args, **kwargs)
+
+    served = serve(engine, producer=CountingProducer(), timeout=1.0)
+    first: list = []
+    try:
+        waiting = threading.Thread(target=lambda: first.append(post(served.port, "/score",
+                                                                    request_for(engine, event_id="slow-1"))))
+        waiting.start()
+        time.sleep(0.5)
+        started = time.monotonic()
+        while not served.desk.oldest_deadline or time.monotonic() - started < 0.1:
+            time.sleep(0.01)   # the loop's sweep has seen slow-1 waiting past half its 1 s
+        started = time.monotonic()
+        status, answer, headers = post(served.port, "/score", request_for(engine, event_id="slow-2"))
+        assert (status, answer["reason"], answer["partition"]) == (503, "behind", 0), answer
+        assert time.monotonic() - started < 0.5 and headers["Retry-After"] == "1"
+        assert "/score/whatif" in answer["error"] and errors(served.registry, "behind") == 1
+        assert CountingProducer.sent == 1   # slow-2's event was never written
+        status, answer, _ = post(served.port, "/score/whatif", request_for(engine))
+        assert status == 200, answer
+        waiting.join(5)
+        assert first[0][0] == 504
+        deadline = time.monotonic() + 3
+        while served.desk.oldest_deadline and time.monotonic() < deadline:
+            time.sleep(0.01)   # slow-1 let go by the loop: the partition is no longer behind
+        status, answer, _ = post(served.port, "/score", request_for(engine, event_id="slow-3"))
+        assert (status, answer["reason"]) == (504, "timeout") and CountingProducer.sent == 2, answer
+    finally:
+        stop(served)
+
+
 def test_the_thread_that_answers_writes_to_the_client_and_wakes_no_front(api, engine):
     """On a kept-alive connection the loop (here its stand-in) writes a handed-over request's answer
     to the client's socket itself: the front's asyncio loop is not woken per answer (each wake-up
