@@ -218,10 +218,11 @@ def order(rounds: int, labels: list) -> list:
     """(before, after), (after, before), ...: alternating, so drift favours neither."""
     if len(labels) == 1:
         return labels * rounds
-    first, second = labels if labels != ["after", "before"] else ["before", "after"]
+    if labels == ["after", "before"]:
+        labels = ["before", "after"]
     runs = []
     for i in range(rounds):
-        runs += [first, second] if i % 2 == 0 else [second, first]
+        runs += labels if i % 2 == 0 else labels[::-1]
     return runs
 
 

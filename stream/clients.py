@@ -34,10 +34,12 @@ class KafkaClients:
             from .confluent_clients import ConfluentConsumer, consumer_config, librdkafka_options
             config, watch = consumer_config(s, self.options), None
             if self.assignor.address:   # serving the API: the group learns where through client ids
+                from .confluent_clients import LIBRDKAFKA_LOG
                 from .group_owners import GroupOwnersWatch
-                address = self.assignor.address.decode()
+                address = self.assignor.address.decode("utf-8", "replace")
                 config["client.id"] = client_id_with_address(s.name, address)
-                watch = GroupOwnersWatch(librdkafka_options(self.options), s.group, s.topic, self.assignor.owners)
+                admin = {**librdkafka_options(self.options), "client.id": f"{s.name}-owners", "logger": LIBRDKAFKA_LOG}
+                watch = GroupOwnersWatch(admin, s.group, s.topic, self.assignor.owners)
             return ConfluentConsumer(config, s.max_poll_records, owners_watch=watch)
         return KafkaConsumer(
             group_id=s.group,

@@ -60,8 +60,11 @@ UNREADABLE = frozenset({ConfluentError._BAD_MSG, ConfluentError._BAD_COMPRESSION
 #: UTF-8 the binding returns a broken list with the UnicodeDecodeError left set, and Python 3.11's
 #: specialised method call does not check (the error surfaced later, in an unrelated call).
 _headers_of = operator.methodcaller("headers")
+#: Orders a failure's report against an errback being added (taken on failures and errbacks only).
+_REPORTS_LOCK = threading.Lock()
 SEND_WAIT_SECONDS = 10.0   # kafka-python's max_block_ms: how long a send may wait for room in the queue
 _CLIENT_ERROR_LOG_SECONDS = 10.0
+PARTITIONS_KEPT_SECONDS = 30.0
 
 
 # -- settings ---------------------------------------------------------------------------------------
@@ -403,7 +406,14 @@ class DeliveryFuture:
         self.exception: Optional[Exception] = None
 
     def add_errback(self, fn: Callable, *args, **kwargs) -> "DeliveryFuture":
-        self._errbacks.append((fn, args, kwargs))
+        """As kafka-python's: an errback added after the send failed is called at once (a thread
+        serving delivery reports may report the failure before the sender adds its errback)."""
+        with _REPORTS_LOCK:
+            failed = self.exception
+            if failed is None:
+                self._errbacks.append((fn, args, kwargs))
+        if failed is not None:
+            fn(*args, failed, **kwargs)
         return self
 
     def add_callback(self, fn: Callable, *args, **kwargs) -> "DeliveryFuture":
@@ -413,9 +423,11 @@ class DeliveryFuture:
     def _delivered(self, error, _message) -> None:
         if error is None:
             return
-        self.exception = _as_kafka_error(error)
-        for fn, args, kwargs in self._errbacks:
-            fn(*args, self.exception, **kwargs)
+        with _REPORTS_LOCK:
+            self.exception = failed = _as_kafka_error(error)
+            errbacks, self._errbacks = self._errbacks, []
+        for fn, args, kwargs in errbacks:
+            fn(*args, failed, **kwargs)
 
     def get(self, timeout: Optional[float] = None):
         """Wait until this record is acknowledged (every record sent so far, in fact); raise its failure."""
@@ -432,6 +444,7 @@ class ConfluentProducer:
     def __init__(self, config: dict, serve_reports: bool = False):
         self._producer = Producer(config)
         self._sends = 0
+        self._partitions: dict = {}   # topic -> (when read, its partitions)
         self._closed = threading.Event()
         if serve_reports:   # failures reach their errbacks at once, not at the next send or flush
             threading.Thread(target=self._serve_reports, name="producer-reports", daemon=True).start()
@@ -441,14 +454,23 @@ class ConfluentProducer:
             self._producer.poll(0.1)   # waits in C, without the interpreter
 
     def partitions_for(self, topic: str) -> Optional[set]:
-        """The topic's partition numbers (None: unknown to the broker, or the broker away)."""
+        """The topic's partition numbers (None: unknown to the broker, or the broker away). Known
+        counts are kept for `PARTITIONS_KEPT_SECONDS`: the API's front asks per request until the group's
+        owners map is known, and must not wait on the broker each time (kafka-python's answer is cached
+        metadata too)."""
+        now = time.monotonic()
+        kept = self._partitions.get(topic)
+        if kept is not None and now - kept[0] < PARTITIONS_KEPT_SECONDS:
+            return kept[1]
         try:
-            metadata = self._producer.list_topics(topic, timeout=10).topics.get(topic)
+            metadata = self._producer.list_topics(topic, timeout=5).topics.get(topic)
         except KafkaException:
             return None
         if metadata is None or metadata.error is not None:
             return None
-        return set(metadata.partitions)
+        found = set(metadata.partitions)
+        self._partitions[topic] = (now, found)
+        return found
 
     def send(self, topic: str, value=None, key=None, headers=None, partition=None,
              timestamp_ms=None) -> DeliveryFuture:

@@ -51,6 +51,7 @@ class GroupOwnersWatch:
         self.admin = admin if admin is not None else AdminClient(config)
         self.group, self.topic, self.owners = group, topic, owners
         self.refreshes = 0                    # maps taken from a stable group
+        self.last_error = ""                  # why the latest read took no map
         self._ring = threading.Event()
         self._closed = False
         self._thread: Optional[threading.Thread] = None
@@ -71,8 +72,13 @@ class GroupOwnersWatch:
             self._ring.wait(REFRESH_SECONDS)
             self._ring.clear()
             deadline = time.monotonic() + SETTLE_SECONDS
-            while not self._closed and not self._ring.is_set() and time.monotonic() < deadline:
+            while not self._closed and not self._ring.is_set():
                 if self._read_once():
+                    break
+                if time.monotonic() >= deadline:
+                    log.warning("group %s: no stable view of its owners after %.0f s (%s): keeping the previous "
+                                "map, trying again in %.0f s", self.group, SETTLE_SECONDS, self.last_error,
+                                REFRESH_SECONDS)
                     break
                 time.sleep(RETRY_SECONDS)
 
@@ -82,9 +88,10 @@ class GroupOwnersWatch:
             description = self.admin.describe_consumer_groups([self.group], request_timeout=5)[self.group].result()
             partitions = len(self.admin.list_topics(self.topic, timeout=5).topics[self.topic].partitions)
         except (KafkaException, KeyError, AttributeError) as exc:   # the broker away, a topic being made
-            log.debug("reading group %s's owners: %s", self.group, exc)
+            self.last_error = f"{type(exc).__name__}: {exc}"
             return False
         if description.state != ConsumerGroupState.STABLE:
+            self.last_error = f"the group is {description.state.name}"
             return False   # a rebalance is not finished: its members' partitions are not final
         self.owners.replace(partitions, owners_of(description, self.topic))
         self.refreshes += 1

@@ -72,9 +72,12 @@ class Owners:
     consumer's thread writes it)."""
 
     def __init__(self):
-        self._map: dict[int, str] = {}
-        self.partitions = 0
+        self._known: tuple[int, dict[int, str]] = (0, {})   # (partitions, map): replaced in one store
         self.updated = threading.Event()
+
+    @property
+    def partitions(self) -> int:
+        return self._known[0]
 
     def update(self, user_data: bytes) -> None:
         if not user_data:
@@ -90,11 +93,11 @@ class Owners:
 
     def replace(self, partitions: int, owners: dict[int, str]) -> None:
         """The whole map at once (one assignment: a reader never sees half of two)."""
-        self._map, self.partitions = {p: a for p, a in owners.items() if a}, partitions
+        self._known = (partitions, {p: a for p, a in owners.items() if a})
         self.updated.set()
 
     def address(self, partition: int) -> Optional[str]:
-        return self._map.get(partition)
+        return self._known[1].get(partition)
 
 
 class OwnersAssignor(RangePartitionAssignor):

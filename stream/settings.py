@@ -184,6 +184,9 @@ class WorkerSettings(Settings):
             ("until_idle", self.until_idle >= 0, "must be >= 0 seconds"),
             ("metrics_port", -1 <= self.metrics_port <= 65535, "must be -1..65535"),
             ("max_events", self.max_events >= 0, "must be >= 0"),
+            # librdkafka workers tell the group their API address after this mark (stream/owners.py)
+            ("client_id", "|api=" not in (self.client_id or ""), "must not contain '|api=' (it marks a scoring "
+             "API address in a client id)"),
             ("learning", self.learning in LEARNING_MODES, f"must be one of {LEARNING_MODES}"),
             # A reset would put one partition's champion back alone, off the model every partition shares.
             ("learning", self.learning != "shared" or self.engine.drift_reaction != "reset",

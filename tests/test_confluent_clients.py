@@ -346,3 +346,25 @@ def test_the_owners_watch_takes_only_a_stable_groups_map_and_retries_through_err
     # the error and the unstable group were passed over; the stable group's map replaced the old one whole
     assert Admin.asked == 3 and watch.refreshes == 1 and not taken.is_set()
     assert (owners.partitions, owners.address(0), owners.address(1), owners.address(2)) == (3, "a:1", "b:2", "b:2")
+
+
+def test_an_errback_added_after_the_send_failed_is_called_at_once():
+    """The API's producer serves its delivery reports on a thread of its own, which can report a
+    failure before the sender adds its errback: kafka-python calls a late errback at once, so must we
+    (else the request waits for its timeout instead of a 503)."""
+    from stream.confluent_clients import DeliveryFuture
+
+    future = DeliveryFuture(None)
+    early: list = []
+    future.add_errback(early.append)
+    future._delivered(ConfluentError(ConfluentError._MSG_TIMED_OUT), None)
+    late: list = []
+    future.add_errback(late.append)
+    assert len(early) == len(late) == 1 and isinstance(late[0], KafkaTimeoutError) and late[0] is early[0]
+    future._delivered(None, None)   # a success report changes nothing
+    assert len(early) == len(late) == 1
+
+
+def test_a_client_id_with_the_api_mark_is_refused():
+    with pytest.raises(ConfigError, match=r"client_id .*must not contain '\|api='"):
+        WorkerSettings.from_options(client_id="x|api=10.0.0.9:80")
