@@ -265,6 +265,9 @@ def one_run(label: str, source: Path, data: dict, args, work: Path, feed_rate: l
             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=source, env=env)
         bounds = [len(data["state"]), len(data["state"]) + len(data["backlog1"]),
                   len(data["state"]) + len(data["backlog1"]) + len(data["backlog2"])]
+        if args.pin_worker is not None:   # every thread of the worker (librdkafka's too) on its own core
+            subprocess.run(["taskset", "-a", "-p", "-c", str(args.pin_worker), str(proc.pid)], check=True,
+                           capture_output=True)
         t_state = wait_consumed(metrics_port, bounds[0], proc)
         cpu_state = cpu_seconds(proc.pid)
         l0 = load1()
@@ -483,12 +486,42 @@ def main() -> int:
                         help="compare Kafka clients instead of code versions, this checkout only (e.g. "
                              "kafka-python,confluent): each run's worker gets --kafka-client LABEL and is fed at "
                              "--feed-fraction of its own capacity")
+    parser.add_argument("--pin-worker", type=int, default=None, metavar="CPU",
+                        help="the worker alone on core CPU; the broker, the feed and vegeta on the others (the broker "
+                             "is given back every core at the end)")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
     if not os.path.exists(args.vegeta):
         print(f"vegeta not found at {args.vegeta}: go install github.com/tsenart/vegeta/v12@v12.12.0")
         return 2
     ensure_kafka()
+    pinned = pin_others(args.pin_worker) if args.pin_worker is not None else None
+    try:
+        return run(args, pinned)
+    finally:
+        if pinned is not None:
+            for pid in pinned["broker"]:
+                subprocess.run(["taskset", "-a", "-p", "-c", pinned["all"], str(pid)], capture_output=True)
+
+
+def pin_others(cpu: int) -> dict:
+    """--pin-worker CPU: this process (the feed; vegeta inherits it) and the broker on the other
+    cores, so the worker has a core to itself, as beside a broker on other machines. The broker's
+    affinity is given back at the end."""
+    every = sorted(os.sched_getaffinity(0))
+    others = [c for c in every if c != cpu]
+    if cpu not in every or not others:
+        raise SystemExit(f"--pin-worker {cpu}: needs that core and another among {every}")
+    os.sched_setaffinity(0, others)
+    broker = [int(pid) for pid in subprocess.run(["pgrep", "-f", "kafka.Kafka"], capture_output=True,
+                                                  text=True).stdout.split()]
+    for pid in broker:
+        subprocess.run(["taskset", "-a", "-p", "-c", ",".join(map(str, others)), str(pid)], capture_output=True)
+    print(f"pinned: the worker on core {cpu}; this process, vegeta and the broker ({broker}) on {others}", flush=True)
+    return {"broker": broker, "all": ",".join(map(str, every))}
+
+
+def run(args, pinned) -> int:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="serve-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     if args.clients:
@@ -500,7 +533,8 @@ def main() -> int:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     header = {"command": " ".join([os.path.basename(sys.executable), *sys.argv]), "started": started,
               "machine": machine(), "code": {k: v[1] for k, v in versions.items()}, "plan": plan,
-              "sizes": {k: v for k, v in vars(args).items() if k not in ("vegeta", "workdir")}, "load": os.getloadavg()}
+              "sizes": {k: v for k, v in vars(args).items() if k not in ("vegeta", "workdir")}, "load": os.getloadavg(),
+              "pinned": pinned}
     print(json.dumps(header, indent=2), flush=True)
 
     # Event time advancing about as fast as wall time at the feed's rate (1,500 events per second of
