@@ -25,8 +25,13 @@ when the store can (the directory store), until pickling a checkpoint took the l
 than `FORK_ABOVE_SECONDS` of CPU; then it forks. CPU, not wall time: on a busy machine one save's
 wall time can pass the bound while its work does not, and one such save used to make every later
 checkpoint fork. A store that saves in the loop (the Kafka store) is judged on wall time.
-A checkpoint written off the loop counts, and its offset is committed, once `poll` sees it
-finished; until then its partition takes no other checkpoint. A revocation or a shutdown
+A forked copy also takes a core while it pickles (about 0.3 s at 300k events of state): at 20,000
+events/s, one every 10,000 events would keep a copy running most of the time, and a worker with one
+core measured half its capacity (BENCHMARKS.md, "The API on librdkafka", 6). So after a forked
+copy took D seconds, the partition's next one waits for `--checkpoint-every` events *and*
+`FORK_REST_FACTOR` x D seconds: copies run at most a tenth of the time (`--checkpoint-seconds`
+still bounds the gap). A checkpoint written off the loop counts, and its offset is committed,
+once `poll` sees it finished; until then its partition takes no other checkpoint. A revocation or a shutdown
 first waits for it (`settle`), then saves what was learned since, in the loop.
 """
 
@@ -51,6 +56,7 @@ from .settings import CheckpointSettings
 log = logging.getLogger(__name__)
 RETRY_SECONDS = 2.0
 FORK_ABOVE_SECONDS = 0.2  # auto: CPU seconds of a checkpoint in the loop that are worth a fork
+FORK_REST_FACTOR = 9.0    # after a forked copy ran D s, the next waits 9 x D: copies run <= 1/10 of the time
 # Long enough for a busy broker, short enough that an outage does not hold the loop (its
 # broker checks, readiness and control commands) for the whole outage.
 CONFIRM_SECONDS = 5.0
@@ -82,6 +88,8 @@ class Checkpointer:
         # waits for the disk and the broker (synced), else wall time (the Kafka store waits for acks)
         self._in_loop_cost: dict = {}
         self._forking: set = set()    # partitions whose periodic checkpoints auto forks (logged once)
+        self.fork_rest_factor = FORK_REST_FACTOR
+        self._rest_until: dict = {}   # partition -> no forked copy counted in events before this (monotonic)
         self.outputs_blocked = False   # the last save waited for outputs the broker did not acknowledge
         self._last_retry = 0.0
         self.written = Counter("shopstream_checkpoints", "Checkpoints written", registry=registry)
@@ -100,10 +108,12 @@ class Checkpointer:
         return {tp: p.paused_because for tp, p in self.partitions.items() if p.paused_because is not None}
 
     def due(self, tp) -> bool:
-        """N events or T seconds since the partition's last checkpoint, none being written."""
+        """N events (and the rest after a forked copy) or T seconds since the partition's last
+        checkpoint, none being written."""
         partition = self.partitions.get(tp)
         return partition is not None and tp not in self.pending and bool(partition.events_since_checkpoint) and (
-            partition.events_since_checkpoint >= self.settings.every
+            (partition.events_since_checkpoint >= self.settings.every
+             and (tp not in self._rest_until or time.monotonic() >= self._rest_until[tp]))
             or partition.checkpoint_age(at_most=self.settings.seconds) >= self.settings.seconds)
 
     def periodic(self, tp) -> None:
@@ -132,6 +142,7 @@ class Checkpointer:
             self.partitions.pop(tp, None)
             self._in_loop_cost.pop(tp, None)   # its next owner (maybe this worker) measures afresh
             self._forking.discard(tp)
+            self._rest_until.pop(tp, None)
 
     def save(self, tps, commit_async: bool = False, background: bool = False, synced: bool = False) -> None:
         """Outputs, then state, then offsets, for the partitions of `tps` with anything unsaved.
@@ -211,6 +222,9 @@ class Checkpointer:
                 continue
             if getattr(pending, "acknowledged", False):
                 self.outputs_blocked = False
+            if isinstance(pending, PendingSave):   # a forked copy: the next one rests (FORK_REST_FACTOR)
+                now = time.monotonic()
+                self._rest_until[tp] = now + self.fork_rest_factor * (now - pending.started)
             self._succeeded(tp)
             offsets[tp] = OffsetAndMetadata(offset, "", -1)
         self._commit(offsets, commit_async)

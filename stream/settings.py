@@ -52,7 +52,8 @@ class CheckpointSettings:
     topic: str = field(default="shopstream-checkpoints", metadata=_help(
         "compacted checkpoint topic (with --checkpoint-store kafka)", flag="--checkpoint-topic"))
     every: int = field(default=10_000, metadata=_help(
-        "checkpoint after this many events per partition", flag="--checkpoint-every"))
+        "checkpoint after this many events per partition (after a forked copy that took D s, also no sooner than "
+        "9 x D s)", flag="--checkpoint-every"))
     seconds: float = field(default=30.0, metadata=_help("... or after this many seconds", flag="--checkpoint-seconds"))
     background: str = field(default="auto", metadata=_help(
         "where periodic checkpoints are written: on, in a forked copy of the process while the loop goes on; "

@@ -299,6 +299,7 @@ def test_a_worker_with_background_checkpoints_ends_like_one_without(tmp_path):
     background, clients = make_worker(tmp_path / "bg", {0: stream}, checkpoint_every=300,
                                       checkpoint_background="on")
     clients.store.writers_finish_at_once = True  # as many forks on a slow machine as on a fast one
+    background.checkpointer.fork_rest_factor = 0.0   # no rest after a copy: one every 300 events
     assert background.run() == 0
     begun = [c[2] for c in clients.calls if c[0] == "begin_save"]
     assert begun == [300, 600, 900, 1200, 1500, 1800], "one forked checkpoint every 300 events"
@@ -309,6 +310,36 @@ def test_a_worker_with_background_checkpoints_ends_like_one_without(tmp_path):
     a, b = clients.store.load("events", 0), in_loop.store.load("events", 0)
     assert a.next_offset == b.next_offset == 2000 and a.engine.counts == b.engine.counts
     assert a.engine.champion_slot.scores.cumulative.values() == b.engine.champion_slot.scores.cumulative.values()
+
+
+def test_after_a_forked_copy_the_next_one_rests_nine_times_as_long_as_it_took(tmp_path):
+    """Forked copies take a core while they pickle: the next fork counted in events waits until
+    FORK_REST_FACTOR x the last copy's duration has passed (checkpoint-seconds still applies)."""
+    worker, clients = make_worker(tmp_path, {0: events(100)}, checkpoint_every=10, checkpoint_background="on",
+                                  checkpoint_seconds=3600)
+    worker.membership.subscribe()
+    checkpointer, tp = worker.checkpointer, worker.consumer.tp(0)
+    worker.consumer.poll(timeout_ms=0)   # the fake group assigns partition 0
+    partition = worker.partitions[tp]
+    clients.store.writers_finish_at_once = True
+    partition.events_since_checkpoint = 10
+    assert checkpointer.due(tp)
+    checkpointer.periodic(tp)
+    checkpointer.pending[tp].started -= 0.5   # as if the copy had run 0.5 s
+    checkpointer.poll()
+    assert tp not in checkpointer.pending and [c[0] for c in clients.calls].count("begin_save") == 1
+    rest = checkpointer._rest_until[tp] - time.monotonic()
+    assert 4.4 < rest <= 4.6, rest            # 9 x 0.5 s
+    partition.events_since_checkpoint = 10
+    assert not checkpointer.due(tp)           # enough events, but the copy's rest is not over
+    checkpointer._rest_until[tp] = time.monotonic() - 0.001
+    assert checkpointer.due(tp)
+    checkpointer._rest_until[tp] = time.monotonic() + 100
+    assert not checkpointer.due(tp)
+    partition.checkpointed_at, partition.age_origin = time.time() - 7200, None
+    assert checkpointer.due(tp)               # ...but --checkpoint-seconds still applies through a rest
+    checkpointer.release([tp])
+    assert tp not in checkpointer._rest_until   # its next owner starts without a rest
 
 
 def test_auto_pickles_in_the_loop_syncs_in_a_thread_and_forks_only_once_pickling_was_slow(tmp_path, monkeypatch):
