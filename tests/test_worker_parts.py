@@ -325,11 +325,13 @@ def test_after_a_forked_copy_the_next_one_rests_nine_times_as_long_as_it_took(tm
     partition.events_since_checkpoint = 10
     assert checkpointer.due(tp)
     checkpointer.periodic(tp)
-    checkpointer.pending[tp].started -= 0.5   # as if the copy had run 0.5 s
+    checkpointer.pending[tp].started -= 0.5   # as if the copy had run 0.5 s (and however long it really took)
+    started, before = checkpointer.pending[tp].started, time.monotonic()
     checkpointer.poll()
+    after = time.monotonic()
     assert tp not in checkpointer.pending and [c[0] for c in clients.calls].count("begin_save") == 1
-    rest = checkpointer._rest_until[tp] - time.monotonic()
-    assert 4.4 < rest <= 4.6, rest            # 9 x 0.5 s
+    # the copy ran D = finish - started (>= 0.5 s): its rest ends 9 x D after it finished
+    assert before + 9 * (before - started) <= checkpointer._rest_until[tp] <= after + 9 * (after - started)
     partition.events_since_checkpoint = 10
     assert not checkpointer.due(tp)           # enough events, but the copy's rest is not over
     checkpointer._rest_until[tp] = time.monotonic() - 0.001
