@@ -125,6 +125,25 @@ def test_a_background_checkpoint_holds_the_state_as_it_was_when_it_began(tmp_pat
     assert DirectoryCheckpointStore(tmp_path / "ckpt", group="g").load("events", 0).next_offset == 2600
 
 
+def test_a_forked_copy_runs_at_a_lower_priority_than_the_loop_it_was_forked_from(tmp_path):
+    from stream.checkpointing.background import CHILD_NICENESS
+
+    seen = tmp_path / "child-niceness"
+
+    class Recording(DirectoryCheckpointStore):
+        def _write_in_child(self, key, state, spool):
+            seen.write_text(str(os.getpriority(os.PRIO_PROCESS, 0)))   # in the child, before it pickles
+            super()._write_in_child(key, state, spool)
+
+    store = Recording(tmp_path / "ckpt", group="g")
+    pending = store.begin_save(busy_state(200))
+    assert pending.finish() == 200
+    loop = os.getpriority(os.PRIO_PROCESS, 0)
+    assert int(seen.read_text()) == min(19, loop + CHILD_NICENESS) > loop
+    assert os.getpriority(os.PRIO_PROCESS, 0) == loop   # the worker itself is untouched
+    assert DirectoryCheckpointStore(tmp_path / "ckpt", group="g").load("events", 0).next_offset == 200
+
+
 def test_a_synced_checkpoint_is_published_only_once_durable_and_holds_the_state_it_began_with(tmp_path,
                                                                                            monkeypatch):
     import threading

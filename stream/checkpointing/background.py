@@ -5,6 +5,9 @@
 thread of the parent then sends) and exits; the loop goes on learning. `PendingSave` is
 the loop's handle on it. What a store must offer for this is `BackgroundStore`.
 
+The child lowers its own priority (`CHILD_NICENESS`): the copy should run on what the loop
+leaves of a core, not take half of it while it pickles.
+
 Around the fork: `gc.freeze()` before it (`_FROZEN_FORKS` counts the children that may still
 share frozen pages; the last one done unfreezes), PR_SET_PDEATHSIG in the child (it dies
 with the worker), and spool files named per process, locked by it, and swept once per
@@ -47,6 +50,11 @@ class BackgroundStore(Protocol):
     def _write_in_child(self, key: str, state: "Partition", spool: Path) -> None: ...
 
 
+#: Added to a checkpoint child's nice value. On a shared core the scheduler then gives the loop
+#: about nine tenths while both want it (weights 1024 against 110), so a copy does not push a live
+#: worker behind its stream; it is not so low that a copy the worker waits for (a rebalance) starves.
+CHILD_NICENESS = 10
+
 #: Forks whose child may still share the parent's pages with the collector frozen; gc.freeze
 #: is process-wide, so this count is too.
 _FROZEN_FORKS = [0]
@@ -77,6 +85,14 @@ def _die_with_parent(parent: int) -> None:
         pass
     if os.getppid() != parent:
         os._exit(1)
+
+
+def _lower_priority() -> None:
+    """In a checkpoint child: yield the core to the loop while both want it (`CHILD_NICENESS`)."""
+    try:
+        os.nice(CHILD_NICENESS)
+    except OSError:   # a platform or sandbox that refuses it: the copy runs at the worker's priority
+        pass
 
 
 def spool_siblings(spool: Path) -> tuple[Path, Path]:
@@ -221,6 +237,7 @@ class BackgroundCheckpoints:
             try:
                 gc.disable()   # a collection would touch (and so copy) every tracked object
                 _die_with_parent(parent)
+                _lower_priority()
                 self._write_in_child(key, state, spool)
                 code = 0
             except BaseException as exc:  # noqa: BLE001 - reported to the parent
