@@ -42,7 +42,8 @@ from common import (BOOTSTRAP, ROOT, Topics, WorkerProcess, ensure_kafka, handle
                     log_events, machine, make_messages, make_raw_messages, prediction_refs, prefill, producer,
                     read_all, record_model_calls, rss_mb, say, worker_command)
 
-PHASES = ("ceiling", "engine", "raw", "worker1", "worker2", "latency", "bootstrap", "rss", "overhead", "peers")
+PHASES = ("ceiling", "engine", "raw", "worker1", "worker1c", "worker2", "latency", "bootstrap", "rss", "overhead",
+          "peers")
 QUICK_SKIPS = ("overhead", "peers")   # --quick (the CI smoke) runs these only when named in --phases
 FULL = {"events": 200_000, "bootstrap_events": 1_000_000, "open_predictions": 1_000_000, "latency_seconds": 20.0,
         "repeat": 5, "latency_state": 300_000, "peers_events": 100_000}
@@ -579,6 +580,10 @@ def build_table(res: dict) -> list[str]:
         rows.append(("2a", "  engine alone on decoded events", decoded, fmt_ratio(ratio(decoded, ceil)) + " of 1"))
     rows.append(("3", "one worker e2e, 1 partition (Kafka in, predictions out)", w1,
                  fmt_ratio(ratio(w1, ceil), TARGETS["worker_vs_ceiling"]) + " = 3/1" if w1 else "-"))
+    w1c = res.get("worker1c", {}).get("events_per_s")
+    if w1c:
+        rows.append(("3c", "  the same on librdkafka (--kafka-client confluent)", w1c,
+                     fmt_ratio(ratio(w1c, ceil), TARGETS["worker_vs_ceiling"]) + " = 3c/1"))
     if w1 and eng:
         rows.append(("", "  (3/2: what Kafka + publishing + checkpoints leave of the engine)", None,
                      fmt_ratio(ratio(w1, eng)) + " = 3/2"))
@@ -680,7 +685,8 @@ def write_markdown(path: Path, res: dict, command: str, table: list[str]) -> Non
         "offset of the first) / (time of the last prediction - time of the first). Start-up, group join, "
         "the first fetch and the idle wait at the end are outside; decode, engine, publishing, the "
         "sampled Prometheus histograms and the periodic checkpoints (every 10,000 events: producer flush, "
-        "pickle, fsync, offset commit) are inside.",
+        "pickle, fsync, offset commit) are inside. Row 3c is the same command with `--kafka-client confluent` "
+        "(the data path on librdkafka; issue 21's target for shop features: >= 0.5x row 1).",
         "4. **Two workers**: the same on a 2-partition topic with two worker subprocesses in one group. "
         "The first to join briefly owns both partitions; the rate is summed over the partitions within "
         "the window where each worker owns exactly one (from the last `assigned partition` log line to "
@@ -812,7 +818,7 @@ def main(argv=None) -> int:
         messages = make_messages(sizes["events"])
         if "ceiling" in phases or "engine" in phases:
             res["in_process"] = bench_in_process(messages, sizes["repeat"])
-        if {"worker1", "worker2", "latency", "raw"} & set(phases):
+        if {"worker1", "worker1c", "worker2", "latency", "raw"} & set(phases):
             ensure_kafka()
         if "raw" in phases:
             say("rows 1r, 2r, 3r: raw features, labelled events")
@@ -824,6 +830,11 @@ def main(argv=None) -> int:
             say("row 3: one worker")
             res["worker1"] = run_workers(messages, 1, 1, workdir)
             res["worker1"]["load_average_after"] = round(os.getloadavg()[0], 2)
+        if "worker1c" in phases:
+            say("row 3c: one worker on librdkafka (--kafka-client confluent)")
+            res["worker1c"] = run_workers(messages, 1, 1, workdir, extra=("--kafka-client", "confluent"),
+                                          prefix="c")
+            res["worker1c"]["load_average_after"] = round(os.getloadavg()[0], 2)
         if "worker2" in phases:
             say("row 4: two workers")
             res["worker2"] = run_workers(messages, 2, 2, workdir)

@@ -24,7 +24,7 @@ def test_benchmark_harness_smoke(kafka, tmp_path):
         pytest.fail(f"harness still running after 720 s:\n{(exc.stderr or b'').decode()[-3000:]}{logs}")
     assert result.returncode == 0, result.stderr[-3000:]
     table = (tmp_path / "BENCH.md").read_text()
-    for row in ("1", "2", "3", "4", "6"):
+    for row in ("1", "2", "3", "3c", "4", "6"):
         assert re.search(rf"^\| {row} \|[^|]+\| [\d,]+ \|", table, re.M), f"row {row} has no events/s:\n{table}"
     assert re.search(r"^\| 5 \|[^|]+\| [\d.]+ ms / [\d.]+ ms \|", table, re.M), table
     assert re.search(r"^\| 7 \|[^|]+\| [\d,]+ MiB", table, re.M), table
