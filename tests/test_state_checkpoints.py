@@ -139,7 +139,8 @@ def test_a_forked_copy_runs_at_a_lower_priority_than_the_loop_it_was_forked_from
     pending = store.begin_save(busy_state(200))
     assert pending.finish() == 200
     loop = os.getpriority(os.PRIO_PROCESS, 0)
-    assert int(seen.read_text()) == min(19, loop + CHILD_NICENESS) > loop
+    assert int(seen.read_text()) == min(19, loop + CHILD_NICENESS)   # 19: the lowest there is
+    assert loop == 19 or int(seen.read_text()) > loop
     assert os.getpriority(os.PRIO_PROCESS, 0) == loop   # the worker itself is untouched
     assert DirectoryCheckpointStore(tmp_path / "ckpt", group="g").load("events", 0).next_offset == 200
 
