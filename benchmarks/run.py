@@ -744,7 +744,7 @@ def write_markdown(path: Path, res: dict, command: str, table: list[str]) -> Non
         any_row = next(iter(ip.values()))
         lines += ["", f"N = {any_row['events']:,} events, P = {any_row['predictions']:,} predictions, "
                       f"L = {any_row['learned']:,} learned.", ""]
-    for key in ("raw", "worker1", "worker2", "latency", "bootstrap", "rss"):
+    for key in ("raw", "worker1", "worker1c", "worker2", "latency", "bootstrap", "rss"):
         if key in res:
             shown = {k: v for k, v in res[key].items() if k != "timeline_s_count_p50_max"}
             lines += [f"**{key}**", "", "```", json.dumps(shown, indent=1, default=str), "```", ""]

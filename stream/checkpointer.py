@@ -28,11 +28,14 @@ checkpoint fork. A store that saves in the loop (the Kafka store) is judged on w
 A forked copy also takes a core while it pickles (about 0.3 s at 300k events of state): at 20,000
 events/s, one every 10,000 events would keep a copy running most of the time, and a worker with one
 core measured half its capacity (BENCHMARKS.md, "The API on librdkafka", 6). So after a forked
-copy took D seconds, the partition's next one waits for `--checkpoint-every` events *and*
-`FORK_REST_FACTOR` x D seconds: copies run at most a tenth of the time (`--checkpoint-seconds`
-still bounds the gap). A checkpoint written off the loop counts, and its offset is committed,
-once `poll` sees it finished; until then its partition takes no other checkpoint. A revocation or a shutdown
-first waits for it (`settle`), then saves what was learned since, in the loop.
+copy used D seconds of CPU, the partition's next one waits for `--checkpoint-every` events *and*
+`FORK_REST_FACTOR` x D seconds: copies use at most a tenth of a core (`--checkpoint-seconds`
+still bounds the gap). CPU, not duration: the copy runs at a lower priority
+(`checkpointing/background.py` `CHILD_NICENESS`) and takes longer on a busy core without costing
+more; it gets the worker's priority back past half `settings.timeout`, or when the worker waits.
+A checkpoint written off the loop counts, and its offset is committed, once `poll` sees it
+finished; until then its partition takes no other checkpoint. A revocation or a shutdown first
+waits for it (`settle`), then saves what was learned since, in the loop.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from .settings import CheckpointSettings
 log = logging.getLogger(__name__)
 RETRY_SECONDS = 2.0
 FORK_ABOVE_SECONDS = 0.2  # auto: CPU seconds of a checkpoint in the loop that are worth a fork
-FORK_REST_FACTOR = 9.0    # after a forked copy ran D s, the next waits 9 x D: copies run <= 1/10 of the time
+FORK_REST_FACTOR = 9.0    # after a forked copy used D CPU s, the next waits 9 x D: copies use <= 1/10 of a core
 # Long enough for a busy broker, short enough that an outage does not hold the loop (its
 # broker checks, readiness and control commands) for the whole outage.
 CONFIRM_SECONDS = 5.0
@@ -198,8 +201,13 @@ class Checkpointer:
         restore witness, and the checkpoint they follow is already durable; a commit waited for
         stopped the loop up to 15 ms under load)."""
         now = time.monotonic()
-        finished = [tp for tp, pending in self.pending.items()
-                    if pending.done() or now - pending.started >= self.settings.timeout]
+        timeout = self.settings.timeout
+        finished = []
+        for tp, pending in self.pending.items():
+            if pending.done() or now - pending.started >= timeout:
+                finished.append(tp)
+            elif now - pending.started >= timeout / 2 and isinstance(pending, PendingSave):
+                pending.hurry()   # a copy run long at its lower priority: before it is killed, the worker's
         self._finish(finished, commit_async=True)
 
     def settle(self, tps, commit_async: bool = False) -> None:
@@ -223,8 +231,9 @@ class Checkpointer:
             if getattr(pending, "acknowledged", False):
                 self.outputs_blocked = False
             if isinstance(pending, PendingSave):   # a forked copy: the next one rests (FORK_REST_FACTOR)
-                now = time.monotonic()
-                self._rest_until[tp] = now + self.fork_rest_factor * (now - pending.started)
+                # its CPU time, not its duration: a copy that took long because it yielded the core
+                # to the loop (CHILD_NICENESS) cost no more
+                self._rest_until[tp] = time.monotonic() + self.fork_rest_factor * pending.child_cpu_s
             self._succeeded(tp)
             offsets[tp] = OffsetAndMetadata(offset, "", -1)
         self._commit(offsets, commit_async)

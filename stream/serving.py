@@ -573,10 +573,10 @@ class ScoreServer:
             self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(10)
         self.socket.close()
-        close = getattr(getattr(self, "producer", None), "close", None)
-        if close is not None:   # after the front: no send comes after this
+        producer = getattr(self, "producer", None)
+        if producer is not None:   # after the front: no send comes after this
             try:
-                close(5)
+                producer.close(5)
             except Exception as exc:   # a broker away: what is unsent was answered 503 already
                 log.warning("closing the scoring API's producer: %s: %s", type(exc).__name__, exc)
 

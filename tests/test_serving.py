@@ -37,6 +37,9 @@ class OnePartitionProducer:
     def send(self, *args, **kwargs):
         raise RuntimeError("no broker in this test")
 
+    def close(self, timeout=None):
+        pass
+
 
 class Loop:
     """Stands in for the worker's poll loop: drains the desk every few milliseconds."""

@@ -312,9 +312,10 @@ def test_a_worker_with_background_checkpoints_ends_like_one_without(tmp_path):
     assert a.engine.champion_slot.scores.cumulative.values() == b.engine.champion_slot.scores.cumulative.values()
 
 
-def test_after_a_forked_copy_the_next_one_rests_nine_times_as_long_as_it_took(tmp_path):
-    """Forked copies take a core while they pickle: the next fork counted in events waits until
-    FORK_REST_FACTOR x the last copy's duration has passed (checkpoint-seconds still applies)."""
+def test_after_a_forked_copy_the_next_one_rests_nine_times_the_cpu_it_used(tmp_path):
+    """Forked copies take CPU while they pickle: the next fork counted in events waits until
+    FORK_REST_FACTOR x the last copy's CPU seconds have passed (checkpoint-seconds still applies).
+    CPU, not duration: a copy slowed by its lower priority costs no more."""
     worker, clients = make_worker(tmp_path, {0: events(100)}, checkpoint_every=10, checkpoint_background="on",
                                   checkpoint_seconds=3600)
     worker.membership.subscribe()
@@ -325,13 +326,15 @@ def test_after_a_forked_copy_the_next_one_rests_nine_times_as_long_as_it_took(tm
     partition.events_since_checkpoint = 10
     assert checkpointer.due(tp)
     checkpointer.periodic(tp)
-    checkpointer.pending[tp].started -= 0.5   # as if the copy had run 0.5 s (and however long it really took)
-    started, before = checkpointer.pending[tp].started, time.monotonic()
+    pending = checkpointer.pending[tp]
+    assert pending.done() and pending.child_cpu_s > 0   # the child's own CPU, from its exit status
+    pending.started -= 3600   # as if it had run an hour at its low priority: its duration must not count
+    pending.child_cpu_s = 0.5   # ...only its CPU: as if it had used 0.5 s
+    before = time.monotonic()
     checkpointer.poll()
     after = time.monotonic()
     assert tp not in checkpointer.pending and [c[0] for c in clients.calls].count("begin_save") == 1
-    # the copy ran D = finish - started (>= 0.5 s): its rest ends 9 x D after it finished
-    assert before + 9 * (before - started) <= checkpointer._rest_until[tp] <= after + 9 * (after - started)
+    assert before + 9 * 0.5 <= checkpointer._rest_until[tp] <= after + 9 * 0.5
     partition.events_since_checkpoint = 10
     assert not checkpointer.due(tp)           # enough events, but the copy's rest is not over
     checkpointer._rest_until[tp] = time.monotonic() - 0.001
@@ -472,6 +475,13 @@ def test_a_stalled_background_writer_is_killed_counted_and_never_holds_up_a_stop
     pending = checkpointer.pending[tp]
     checkpointer.poll()
     assert tp in checkpointer.pending, "within its timeout a writer is waited for"
+    loop = os.getpriority(os.PRIO_PROCESS, 0)
+    assert loop == 19 or os.getpriority(os.PRIO_PROCESS, pending.pid) > loop   # CHILD_NICENESS
+    pending.started -= checkpointer.settings.timeout * 0.6   # past half its timeout: the worker's priority
+    checkpointer.poll()
+    assert tp in checkpointer.pending and pending.hurried
+    if os.geteuid() == 0:   # lowering a nice value takes CAP_SYS_NICE
+        assert os.getpriority(os.PRIO_PROCESS, pending.pid) == loop
     pending.started -= 60   # as if it had hung for a minute
     checkpointer.poll()
     assert not checkpointer.pending and "stalled" in worker.blocked[tp] and not worker.ready()

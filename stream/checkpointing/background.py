@@ -6,7 +6,8 @@ thread of the parent then sends) and exits; the loop goes on learning. `PendingS
 the loop's handle on it. What a store must offer for this is `BackgroundStore`.
 
 The child lowers its own priority (`CHILD_NICENESS`): the copy should run on what the loop
-leaves of a core, not take half of it while it pickles.
+leaves of a core, not take half of it while it pickles. It gets the worker's priority back
+(`PendingSave.hurry`) once the worker waits for it, or once it has used half its timeout.
 
 Around the fork: `gc.freeze()` before it (`_FROZEN_FORKS` counts the children that may still
 share frozen pages; the last one done unfreezes), PR_SET_PDEATHSIG in the child (it dies
@@ -50,9 +51,9 @@ class BackgroundStore(Protocol):
     def _write_in_child(self, key: str, state: "Partition", spool: Path) -> None: ...
 
 
-#: Added to a checkpoint child's nice value. On a shared core the scheduler then gives the loop
-#: about nine tenths while both want it (weights 1024 against 110), so a copy does not push a live
-#: worker behind its stream; it is not so low that a copy the worker waits for (a rebalance) starves.
+#: Added to a checkpoint child's nice value. On a core it shares with the loop, the scheduler then
+#: gives the loop about nine tenths while both want it (weights 1024 against 110), so a copy does not
+#: push a live worker behind its stream. A copy the worker must wait for is hurried (`hurry`).
 CHILD_NICENESS = 10
 
 #: Forks whose child may still share the parent's pages with the collector frozen; gc.freeze
@@ -87,10 +88,10 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _lower_priority() -> None:
-    """In a checkpoint child: yield the core to the loop while both want it (`CHILD_NICENESS`)."""
+def _lower_priority(child: int) -> None:
+    """A checkpoint child just forked yields the core to the loop while both want it (`CHILD_NICENESS`)."""
     try:
-        os.nice(CHILD_NICENESS)
+        os.setpriority(os.PRIO_PROCESS, child, min(19, os.getpriority(os.PRIO_PROCESS, 0) + CHILD_NICENESS))
     except OSError:   # a platform or sandbox that refuses it: the copy runs at the worker's priority
         pass
 
@@ -129,6 +130,8 @@ class PendingSave:
         self._finished = False
         self.froze_gc = froze_gc
         self.child_maxrss_kib = 0
+        self.child_cpu_s = 0.0       # the child's CPU seconds (user + system), known once it exited
+        self.hurried = False
         self.started = time.monotonic()
         self.spool_lock = spool_lock   # this process's lock on the spool (see `files.open_locked`)
 
@@ -138,6 +141,7 @@ class PendingSave:
             if pid == 0:
                 return False
             self.child_maxrss_kib = usage.ru_maxrss  # the child's peak (shared pages included)
+            self.child_cpu_s = usage.ru_utime + usage.ru_stime
             self.status = os.waitstatus_to_exitcode(status)
             if self.status != 0:
                 error = spool_siblings(self.spool)[0]
@@ -157,6 +161,18 @@ class PendingSave:
             time.sleep(0.01)
         return True
 
+    def hurry(self) -> None:
+        """Give the child the worker's priority back (`CHILD_NICENESS`): the worker is about to wait
+        for it, or it has run long. Without CAP_SYS_NICE (or an RLIMIT_NICE that allows it) Linux
+        refuses; the copy then finishes at its lower priority."""
+        if self.hurried or self.status is not None:
+            return
+        self.hurried = True
+        try:
+            os.setpriority(os.PRIO_PROCESS, self.pid, os.getpriority(os.PRIO_PROCESS, 0))
+        except OSError:   # not permitted, or the child has just exited
+            pass
+
     def done(self) -> bool:
         """True once the checkpoint is durable or has failed; never waits."""
         if not self._child_done(block=False):
@@ -169,6 +185,8 @@ class PendingSave:
         if self._finished:
             raise RuntimeError("finish() called twice")
         self._finished = True
+        if timeout is None or timeout > 0:
+            self.hurry()   # the worker waits for it now (a no-op if it is done)
         if not self._wait_child(timeout):
             os.kill(self.pid, 9)   # a killed writer renames nothing later: its failure is final
             self._child_done(block=True)
@@ -237,7 +255,6 @@ class BackgroundCheckpoints:
             try:
                 gc.disable()   # a collection would touch (and so copy) every tracked object
                 _die_with_parent(parent)
-                _lower_priority()
                 self._write_in_child(key, state, spool)
                 code = 0
             except BaseException as exc:  # noqa: BLE001 - reported to the parent
@@ -247,6 +264,7 @@ class BackgroundCheckpoints:
                     pass
             finally:
                 os._exit(code)
+        _lower_priority(pid)   # here, not in the child: a `hurry` always comes after it
         return PendingSave(self, state, before, pid, spool, froze_gc=freeze_gc, spool_lock=spool_lock)
 
     def _write_in_child(self, key: str, state: "Partition", spool: Path) -> None:
