@@ -84,6 +84,10 @@ def consumed(port: int) -> float:
                if name == "shopstream_events_total" and ("outcome", "consumed") in labels)
 
 
+def checkpoints_written(port: int) -> float:
+    return sum(v for (name, _), v in scrape(port).items() if name == "shopstream_checkpoints_total")
+
+
 def wait_consumed(port: int, target: float, proc: subprocess.Popen, timeout: float = 900.0) -> float:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -337,8 +341,10 @@ def one_run(label: str, source: Path, data: dict, args, work: Path, feed_rate: l
                                        args.requests, f"{label}-{mode}{rate}")
                 load = load1()
                 before, t0, cpu0 = consumed(metrics_port), time.time(), cpu_seconds(proc.pid)
+                saved = checkpoints_written(metrics_port)
                 outcome = attack(args.vegeta, targets, rate, args.requests, run_dir / f"{mode}-{rate}.bin")
                 cpu = cpu_seconds(proc.pid) - cpu0
+                saved = checkpoints_written(metrics_port) - saved   # how often a copy ran (CHILD_NICENESS)
                 events = consumed(metrics_port) - before
                 seconds = time.time() - t0
                 events_rate = events / seconds
@@ -346,7 +352,7 @@ def one_run(label: str, source: Path, data: dict, args, work: Path, feed_rate: l
                 api_cpu = cpu - result.get("feed_only", {}).get("cores", 0.0) * seconds
                 outcome.update(code=label, mode=mode, target_rate=rate, worker_events_per_s=round(events_rate),
                                feed_running=feed is not None and feed.is_alive(), load_start=load, load_end=load1(),
-                               window=(t0, time.time()), worker_cpu_s=round(cpu, 2),
+                               window=(t0, time.time()), worker_cpu_s=round(cpu, 2), checkpoints=saved,
                                worker_cpu_ms_per_request=round(api_cpu * 1e3 / args.requests, 3),
                                worker_cpu_us_per_event=round(cpu * 1e6 / events, 1) if events else None)
                 runs.append(outcome)
