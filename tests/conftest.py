@@ -139,3 +139,20 @@ def private_kafka(tmp_path_factory):
     broker.script("start")
     yield broker
     broker.script("wipe")
+
+
+def may_raise_priority() -> bool:
+    """Whether this process may lower a nice value again (a checkpoint copy's `hurry`): CAP_SYS_NICE,
+    or an RLIMIT_NICE that allows the worker's own priority."""
+    import os
+    import resource
+
+    try:
+        with open("/proc/self/status") as status:
+            caps = next(int(line.split()[1], 16) for line in status if line.startswith("CapEff:"))
+        if caps >> 23 & 1:   # CAP_SYS_NICE
+            return True
+    except (OSError, StopIteration, ValueError):
+        pass
+    soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
+    return soft == resource.RLIM_INFINITY or 20 - os.getpriority(os.PRIO_PROCESS, 0) <= soft

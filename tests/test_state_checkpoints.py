@@ -147,8 +147,9 @@ def test_a_forked_copy_runs_at_a_lower_priority_until_the_worker_waits_for_it(tm
     assert os.getpriority(os.PRIO_PROCESS, 0) == loop   # the worker itself is untouched
     threading.Timer(0.3, go.touch).start()   # the child writes once finish() has begun to wait
     assert pending.finish() == 200 and pending.child_cpu_s > 0
-    may_raise = os.geteuid() == 0   # lowering a nice value takes CAP_SYS_NICE (or an RLIMIT_NICE for it)
-    assert int(seen.read_text()) == (loop if may_raise else min(19, loop + CHILD_NICENESS)), \
+    from conftest import may_raise_priority
+
+    assert int(seen.read_text()) == (loop if may_raise_priority() else min(19, loop + CHILD_NICENESS)), \
         "waited for, the copy runs at the worker's priority"
     assert DirectoryCheckpointStore(tmp_path / "ckpt", group="g").load("events", 0).next_offset == 200
 

@@ -5,8 +5,8 @@
 thread of the parent then sends) and exits; the loop goes on learning. `PendingSave` is
 the loop's handle on it. What a store must offer for this is `BackgroundStore`.
 
-The child lowers its own priority (`CHILD_NICENESS`): the copy should run on what the loop
-leaves of a core, not take half of it while it pickles. It gets the worker's priority back
+The worker lowers the child's priority right after the fork (`CHILD_NICENESS`): the copy should
+run on what the loop leaves of a core, not take half of it while it pickles. It gets the worker's priority back
 (`PendingSave.hurry`) once the worker waits for it, or once it has used half its timeout.
 
 Around the fork: `gc.freeze()` before it (`_FROZEN_FORKS` counts the children that may still
