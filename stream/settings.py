@@ -34,6 +34,7 @@ from shopstream.shared_learning import MODES as LEARNING_MODES
 from shopstream.signing import key_setting
 
 from .connection import KafkaConnection, Secret
+from .owners import API_MARK
 
 
 #: The Kafka clients a worker's data path can run on (`--kafka-client`).
@@ -52,8 +53,8 @@ class CheckpointSettings:
     topic: str = field(default="shopstream-checkpoints", metadata=_help(
         "compacted checkpoint topic (with --checkpoint-store kafka)", flag="--checkpoint-topic"))
     every: int = field(default=10_000, metadata=_help(
-        "checkpoint after this many events per partition (after a forked copy that took D s, also no sooner than "
-        "9 x D s)", flag="--checkpoint-every"))
+        "checkpoint after this many events per partition (after a forked copy that used D s of CPU, also no sooner "
+        "than 9 x D s)", flag="--checkpoint-every"))
     seconds: float = field(default=30.0, metadata=_help("... or after this many seconds", flag="--checkpoint-seconds"))
     background: str = field(default="auto", metadata=_help(
         "where periodic checkpoints are written: on, in a forked copy of the process while the loop goes on; "
@@ -186,8 +187,8 @@ class WorkerSettings(Settings):
             ("metrics_port", -1 <= self.metrics_port <= 65535, "must be -1..65535"),
             ("max_events", self.max_events >= 0, "must be >= 0"),
             # librdkafka workers tell the group their API address after this mark (stream/owners.py)
-            ("client_id", "|api=" not in (self.client_id or ""), "must not contain '|api=' (it marks a scoring "
-             "API address in a client id)"),
+            ("client_id", API_MARK not in (self.client_id or ""), f"must not contain {API_MARK!r} (it marks a "
+             "scoring API address in a client id)"),
             ("learning", self.learning in LEARNING_MODES, f"must be one of {LEARNING_MODES}"),
             # A reset would put one partition's champion back alone, off the model every partition shares.
             ("learning", self.learning != "shared" or self.engine.drift_reaction != "reset",
