@@ -17,7 +17,7 @@ request (keyed by its event id), wall-clock seconds:
   2026-12-03 18:00: the front had the answer, its asyncio loop woke).
 
 And the loop's stops, as `worker_variant.py --trace-loop` names them (checkpoints, snapshots,
-the broker check), and every poll (start, end, records). Patches by name only: the code
+the broker check), every garbage collection by generation, and every poll (start, end, records). Patches by name only: the code
 before a change runs through it as well, as long as the names exist.
 """
 
@@ -150,9 +150,30 @@ def install(path: str) -> None:
         if hasattr(owner, name):
             timed(owner, name, label)
 
+    # Collections stop the loop too (the worker's thresholds: `shopstream.engine.GC_THRESHOLDS`).
+    import gc
+
+    collecting = [0.0]
+
+    young_types: list = []   # BENCH_GC_TYPES=N: what the first N young collections found, by type
+    sample = int(os.environ.get("BENCH_GC_TYPES", "0") or 0)
+
+    def on_gc(phase, info) -> None:
+        if phase == "start":
+            if info["generation"] == 0 and len(young_types) < sample:
+                from collections import Counter
+                counts = Counter(type(o).__qualname__ for o in gc.get_objects(0))
+                young_types.append([wall(), counts.most_common(12)])
+            collecting[0] = wall()
+        else:
+            now = wall()
+            stops.setdefault(f"gc generation {info['generation']}", []).append([collecting[0], now - collecting[0]])
+
+    gc.callbacks.append(on_gc)
+
     def write() -> None:
         with open(path, "w") as out:
-            json.dump({"requests": requests, "polls": polls, "stops": stops}, out)
+            json.dump({"requests": requests, "polls": polls, "stops": stops, "young_types": young_types}, out)
 
     atexit.register(write)
 
@@ -176,6 +197,8 @@ def summarise(trace: dict, start: float, end: float) -> dict:
     polls = [p for p in trace["polls"] if start <= p[0] < end]
     parts["poll wait (every poll)"] = [p[1] - p[0] for p in polls]
     parts["records per poll (every poll)"] = [p[2] * 1e-3 for p in polls]
+    # from a poll's end to the next poll's start: handling its records, and whatever else stopped the loop
+    parts["between polls (every poll)"] = [b[0] - a[1] for a, b in zip(polls, polls[1:])]
     for label, spent in trace["stops"].items():
         parts[f"stop: {label}"] = [s for at, s in spent if start <= at < end]
     return {name: _percentiles(values) for name, values in parts.items() if values}
