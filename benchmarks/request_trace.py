@@ -17,8 +17,9 @@ request (keyed by its event id), wall-clock seconds:
   2026-12-03 18:00: the front had the answer, its asyncio loop woke).
 
 And the loop's stops, as `worker_variant.py --trace-loop` names them (checkpoints, snapshots,
-the broker check), every garbage collection by generation, and every poll (start, end, records). Patches by name only: the code
-before a change runs through it as well, as long as the names exist.
+the broker check), every garbage collection by generation, every one event whose handling took
+over 5 ms, and every poll (start, end, records). Patches by name only: the code before a change
+runs through it as well, as long as the names exist.
 """
 
 from __future__ import annotations
@@ -64,10 +65,15 @@ def install(path: str) -> None:
 
     original_handle = worker_module.Worker.handle
 
+    slow_events = stops.setdefault("one event over 5 ms", [])
+
     def handle(self, state, record):
-        current["handle"] = wall()
+        started = current["handle"] = wall()
         original_handle(self, state, record)
         current["index"] += 1
+        spent = wall() - started
+        if spent > 0.005:   # one event's handling that stopped the loop (and the GIL's other threads)
+            slow_events.append((started, spent))
 
     worker_module.Worker.handle = handle
 
