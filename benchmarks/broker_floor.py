@@ -153,8 +153,8 @@ def main(argv=None) -> int:
             r = measure(feed_rate, args.seconds, args.rate, args.pin)
             a, b = r["ack_ms"], r["returned_ms"]
             print(f"| {feed_rate:,.0f} ({r['fed']:,}) | {r['sent']:,} | {a.get('p50')} / {a.get('p99')} / "
-                  f"{a.get('max')} | {b.get('p50')} / {b.get('p90')} / {b.get('p99')} / {b.get('max')} | {r['load_start']} / "
-                  f"{r['load_end']} |", flush=True)
+                  f"{a.get('max')} | {b.get('p50')} / {b.get('p90')} / {b.get('p99')} / {b.get('max')} | "
+                  f"{r['load_start']} / {r['load_end']} |", flush=True)
     finally:
         for pid in pinned["broker"]:
             subprocess.run(["taskset", "-a", "-p", "-c", pinned["all"], str(pid)], capture_output=True)
