@@ -18,6 +18,12 @@ River's own loop has no Kafka: the same calls on the decoded (x, y), best of 3 p
 
 Each system runs as its own child process (`--child NAME`), one after the other. The
 peers' packages (confluent-kafka, quixstreams, bytewax) are in the `bench` extra only.
+
+`--rounds N` runs every system N times, in order on even rounds and in reverse on odd ones (so
+a machine whose load drifts favours none), and reports each system's median; `--paired A,B`
+prints A's events/s over B's in each round (ratios within one round, where the two ran
+minutes apart), how many rounds A was ahead, and the median ratio. On this 2-core machine one
+run's ratios move by several percent: a difference smaller than that needs rounds.
 """
 
 from __future__ import annotations
@@ -244,36 +250,73 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_peers(events: int, systems=SYSTEMS, workdir: Path | None = None) -> dict:
+def run_peers(events: int, systems=SYSTEMS, workdir: Path | None = None, rounds: int = 1) -> dict:
+    """Each system's figures ({name: {...}}); with `rounds` > 1, the median round's, and
+    ``runs``: its events/s in every round, in round order (see the module's docstring)."""
     from common import make_raw_messages, say
 
     workdir = workdir or Path(f"/tmp/peers-{uuid.uuid4().hex[:8]}")
     workdir.mkdir(parents=True, exist_ok=True)
     messages = make_raw_messages(events, width=FEATURES)
-    results: dict = {"events": events, "features": FEATURES, "load_before": round(os.getloadavg()[0], 2)}
+    results: dict = {"events": events, "features": FEATURES, "rounds": rounds,
+                     "load_before": round(os.getloadavg()[0], 2)}
+    runs: dict = {name: [] for name in systems}
     topics = Topics()
     try:
         topic = topics.new("peers", 1)
         for suffix in ("-dlq", "-control"):   # the workers' own topics, created up front
             topics.new("", 1, name=f"{topic}{suffix}")
         prefill(topic, messages)
-        for name in systems:
-            say(f"peers: {name}")
-            try:
-                results[name] = river_in_process(messages) if name == "river" else \
-                    run_system(name, topic, topics, events, workdir)
-            except Exception as exc:   # one peer failing must not lose the others' figures
-                results[name] = {"error": f"{type(exc).__name__}: {str(exc)[-500:]}"}
-            say(f"peers: {name}: {results[name]}")
+        for round_ in range(rounds):
+            for name in round_order(systems, round_):
+                say(f"peers: {name}" + (f" (round {round_ + 1} of {rounds})" if rounds > 1 else ""))
+                try:
+                    result = river_in_process(messages) if name == "river" else \
+                        run_system(name, topic, topics, events, workdir)
+                except Exception as exc:   # one peer failing must not lose the others' figures
+                    result = {"error": f"{type(exc).__name__}: {str(exc)[-500:]}"}
+                runs[name].append(result)
+                say(f"peers: {name}: {result}")
     finally:
         topics.close()
+    for name, done in runs.items():
+        results[name] = median_run(done)
+        if rounds > 1:
+            results[name]["runs"] = [r.get("events_per_s") for r in done]
     results["load_after"] = round(os.getloadavg()[0], 2)
     return results
 
 
+def round_order(systems: list, round_: int) -> list:
+    """The systems in the order round `round_` (from 0) runs them: as given, then reversed, ..."""
+    return list(systems) if round_ % 2 == 0 else list(reversed(systems))
+
+
+def median_run(done: list) -> dict:
+    """The run with the median events/s among those that did not fail (the lower of the middle
+    two), else the last failure."""
+    good = sorted((r for r in done if "error" not in r), key=lambda r: r["events_per_s"])
+    return dict(good[(len(good) - 1) // 2]) if good else dict(done[-1])
+
+
+def paired(results: dict, first: str, second: str) -> str:
+    """`first`'s events/s over `second`'s, round by round (None where either failed)."""
+    a, b = results[first].get("runs") or [results[first].get("events_per_s")], \
+        results[second].get("runs") or [results[second].get("events_per_s")]
+    ratios = [x / y for x, y in zip(a, b) if x and y]
+    if not ratios:
+        return f"{first} / {second}: no round where both ran"
+    ordered = sorted(ratios)
+    median = (ordered[(len(ordered) - 1) // 2] + ordered[len(ordered) // 2]) / 2
+    return (f"{first} / {second}, per round: {', '.join(f'{r:.3f}' for r in ratios)}; ahead in "
+            f"{sum(r > 1 for r in ratios)} of {len(ratios)}; median {median:.3f}")
+
+
 def table(results: dict) -> list[str]:
     ceiling = results.get("river", {}).get("events_per_s")
-    lines = ["| system | events/s | ratio to River's loop |", "|---|---:|---:|"]
+    rounds = results.get("rounds", 1)
+    what = f"events/s (median of {rounds} rounds)" if rounds > 1 else "events/s"
+    lines = [f"| system | {what} | ratio to River's loop |", "|---|---:|---:|"]
     for name in SYSTEMS:
         r = results.get(name)
         if r is None:
@@ -291,6 +334,8 @@ def main(argv=None) -> int:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--only", default=",".join(SYSTEMS))
     parser.add_argument("--json", default="")
+    parser.add_argument("--rounds", type=int, default=1, help="runs per system, alternating order (median shown)")
+    parser.add_argument("--paired", default="", help="A,B: A's events/s over B's in each round")
     parser.add_argument("--child", choices=sorted(CHILDREN))
     parser.add_argument("--topic")
     parser.add_argument("--out")
@@ -298,8 +343,19 @@ def main(argv=None) -> int:
     if args.child:
         CHILDREN[args.child](args.topic, args.out, args.events)
         return 0
-    results = run_peers(args.events, [s for s in args.only.split(",") if s])
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    systems = [s for s in args.only.split(",") if s]
+    pair = [s for s in args.paired.split(",") if s]
+    if pair and (len(pair) != 2 or not set(pair) <= set(systems)):
+        parser.error("--paired takes two of the systems run (--only), e.g. shopstream_confluent,bytewax")
+    results = run_peers(args.events, systems, rounds=args.rounds)
     print("\n".join(table(results)))
+    if args.rounds > 1:
+        print("events/s per round: " + "; ".join(f"{name} {[round(x) if x else None for x in r['runs']]}"
+                                                 for name, r in results.items() if isinstance(r, dict) and "runs" in r))
+    if pair:
+        print(paired(results, *pair))
     print(f"load average {results['load_before']} before, {results['load_after']} after")
     print("CPU seconds per process (all threads, start-up included): " + ", ".join(
         f"{name} {r['cpu_s']}" for name, r in results.items() if isinstance(r, dict) and "cpu_s" in r))
