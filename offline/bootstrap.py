@@ -272,9 +272,8 @@ def _rescore_open_predictions(engine: Engine) -> None:
 @contextmanager
 def _fewer_collections() -> Iterator[None]:
     """The worker's garbage-collector thresholds (`GC_THRESHOLDS`) while the history loads and
-    the candidates train (on a 1M-event history, 0.6 s of collections at Python's defaults
-    became 0.1 s; 0.31 s at today's thresholds, 0.35 s at the previous ones, in one later
-    measurement: BENCHMARKS.md). The caller's are restored."""
+    the candidates train (on a 1M-event history, 0.6 s of collections become 0.1 s). The
+    caller's are restored."""
     thresholds = gc.get_threshold()
     gc.set_threshold(*GC_THRESHOLDS)
     try:

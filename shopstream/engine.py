@@ -63,12 +63,13 @@ LABEL_DELAY_BUCKETS = (0.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.
 COUNT_NAMES = ("consumed", "duplicate", "predicted", "unscored", "resolved", "learned", "learn_errors",
                "promotions")
 MAX_HISTORY = 200
-#: Garbage-collector thresholds for a process that runs engines (the worker, the bootstrap). Older
-#: generations are collected as rarely as at (50,000, 50, 100): full collections walk the whole feature
-#: state (BENCHMARKS.md measured up to +21% with the default 700, 10, 10). Young ones every 5,000 net
-#: allocations: a young collection stops every thread for about 0.4 us per young object (measured in a
-#: live worker: 50,000 of them, 20-39 ms, the largest stop a recorded score waited behind).
-GC_THRESHOLDS = (5_000, 500, 100)
+#: Garbage-collector thresholds for a process that runs engines (the worker, the bootstrap): every
+#: prediction allocates a feature dict, and full collections walk the whole feature state, so young
+#: objects are collected every 50,000 allocations, not 700 (BENCHMARKS.md measured up to +21% with gc off).
+#: A young collection stops every thread about 0.4 us per young object (19-29 ms in a live worker whose
+#: windows are filling); every 5,000 allocations halved the scoring API's what-if p99 but cost the
+#: kafka-python worker about a quarter of its throughput (BENCHMARKS.md, "The API on librdkafka", 10).
+GC_THRESHOLDS = (50_000, 50, 100)
 
 
 _isfinite = math.isfinite
