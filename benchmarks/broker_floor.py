@@ -10,8 +10,9 @@ the API's (librdkafka, no linger, every replica acknowledges, idempotent) sends 
 every 1/`--rate` s into the partition the feed writes, and a consumer configured as the
 worker's reads that partition and notes when each probe comes back from its poll. This process
 (the feed: `serving.PacedFeed`, the same generated events) and the broker share the other
-core(s), as in `serving.py --pin-worker`. Per feed rate: p50/p90/p99/max of send -> delivery
-report (the acknowledgement) and of send -> returned by the consumer's poll.
+core(s), as in `serving.py --pin-worker`. Per feed rate: the rate the feed kept while the probes
+ran, and p50/p90/p99/max of send -> delivery report (the acknowledgement) and of send -> returned
+by the consumer's poll.
 
     python benchmarks/broker_floor.py [--feeds 0,8600] [--seconds 20] [--rate 200] [--pin 1]
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import subprocess
 import sys
 import threading
@@ -69,8 +71,8 @@ def child(topic: str, seconds: float, rate: float) -> None:
     def probe() -> None:
         probing.wait()
         started = time.monotonic()
-        while time.monotonic() - started < seconds:
-            if int((time.monotonic() - started) * rate) >= sent[0]:
+        while (elapsed := time.monotonic() - started) < seconds:
+            if int(elapsed * rate) >= sent[0]:
                 producer.produce(topic, f"{sent[0]} {time.time_ns()}".encode(), PROBE_KEY, on_delivery=on_delivery)
                 sent[0] += 1
             producer.poll(0.0005)
@@ -83,7 +85,11 @@ def child(topic: str, seconds: float, rate: float) -> None:
     probing.set()
     deadline = time.monotonic() + seconds + 10.0
     records = 0
+    probed = False
     while time.monotonic() < deadline and (thread.is_alive() or len(returned) < sent[0]):
+        if not probed and not thread.is_alive():
+            probed = True
+            print("probed", flush=True)   # the parent reads the feed's count here: its rate while probing
         # The worker's poll (confluent_clients.py): what is fetched already, else wait for the first record
         # only (``consume(1000, t)`` would wait for a thousand).
         messages = consumer.consume(1000, 0)
@@ -96,6 +102,8 @@ def child(topic: str, seconds: float, rate: float) -> None:
             records += 1
             if message.key() == PROBE_KEY:
                 returned.append((time.time_ns() - int(message.value().split()[1])) / 1e6)
+    if not probed:
+        print("probed", flush=True)
     consumer.close()
     print(json.dumps({"sent": sent[0], "records_read": records, "ack_ms": percentiles(acked),
                       "returned_ms": percentiles(returned)}), flush=True)
@@ -105,28 +113,44 @@ def measure(feed_rate: float, seconds: float, rate: float, pin: int) -> dict:
     from serving import PacedFeed
 
     topics = Topics()
+    proc = feed = None
     try:
         topic = topics.new("floor", 1)
         command = ["taskset", "-c", str(pin), sys.executable, str(Path(__file__).resolve()), "--child", topic,
                    "--seconds", str(seconds), "--rate", str(rate)]
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-        feed = None
+        lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line.strip()) for line in proc.stdout], daemon=True).start()
+
+        def next_line(timeout: float, expected: str = "") -> str:
+            try:
+                line = lines.get(timeout=timeout)
+            except queue.Empty:
+                raise RuntimeError(f"the probe child said nothing for {timeout:.0f} s") from None
+            if expected and line != expected:
+                raise RuntimeError(f"the probe child said {line!r}, not {expected!r}")
+            return line
+
         if feed_rate > 0:
             feed = PacedFeed(topic, make_messages(int(feed_rate * (seconds + 15))), feed_rate)
             feed.start()
         load_start = round(os.getloadavg()[0], 2)
-        assert proc.stdout is not None
-        if proc.stdout.readline().strip() != "ready":
-            raise RuntimeError("the probe child did not start")
-        out, _ = proc.communicate(timeout=seconds + 60)
+        next_line(60, "ready")
+        fed_from, since = (feed.sent if feed else 0), time.monotonic()
+        next_line(seconds + 30, "probed")
+        fed = ((feed.sent if feed else 0) - fed_from) / (time.monotonic() - since)
+        result = json.loads(next_line(30))
+        result.update({"feed_rate": feed_rate, "fed_per_s": round(fed), "load_start": load_start,
+                       "load_end": round(os.getloadavg()[0], 2)})
+        proc.wait(30)
+        return result
+    finally:
         if feed is not None:
             feed.stop.set()
             feed.join(30)
-        result = json.loads(out.strip().splitlines()[-1])
-        result.update({"feed_rate": feed_rate, "fed": feed.sent if feed else 0, "load_start": load_start,
-                       "load_end": round(os.getloadavg()[0], 2)})
-        return result
-    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
         topics.close()
 
 
@@ -146,13 +170,13 @@ def main(argv=None) -> int:
 
     pinned = pin_others(args.pin)
     try:
-        print("| feed events/s (sent) | probes | ack p50 / p99 / max ms | returned by poll p50 / p90 / p99 / max ms "
-              "| load start / end |")
+        print("| feed events/s (fed while probing) | probes | ack p50 / p99 / max ms "
+              "| returned by poll p50 / p90 / p99 / max ms | load start / end |")
         print("|---:|---:|---|---|---|")
         for feed_rate in (float(f) for f in args.feeds.split(",")):
             r = measure(feed_rate, args.seconds, args.rate, args.pin)
             a, b = r["ack_ms"], r["returned_ms"]
-            print(f"| {feed_rate:,.0f} ({r['fed']:,}) | {r['sent']:,} | {a.get('p50')} / {a.get('p99')} / "
+            print(f"| {feed_rate:,.0f} ({r['fed_per_s']:,}) | {r['sent']:,} | {a.get('p50')} / {a.get('p99')} / "
                   f"{a.get('max')} | {b.get('p50')} / {b.get('p90')} / {b.get('p99')} / {b.get('max')} | "
                   f"{r['load_start']} / {r['load_end']} |", flush=True)
     finally:

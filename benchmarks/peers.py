@@ -300,7 +300,8 @@ def median_run(done: list) -> dict:
 
 
 def paired(results: dict, first: str, second: str) -> str:
-    """`first`'s events/s over `second`'s, round by round (None where either failed)."""
+    """`first`'s events/s over `second`'s, round by round (a round where either failed is left out),
+    how many rounds `first` was ahead, and the median ratio (the mean of the middle two if even)."""
     a, b = results[first].get("runs") or [results[first].get("events_per_s")], \
         results[second].get("runs") or [results[second].get("events_per_s")]
     ratios = [x / y for x, y in zip(a, b) if x and y]

@@ -66,8 +66,8 @@ MAX_HISTORY = 200
 #: Garbage-collector thresholds for a process that runs engines (the worker, the bootstrap): every
 #: prediction allocates a feature dict, and full collections walk the whole feature state, so young
 #: objects are collected every 50,000 allocations, not 700 (BENCHMARKS.md measured up to +21% with gc off).
-#: A young collection stops every thread about 0.4 us per young object (19-29 ms in a live worker whose
-#: windows are filling); every 5,000 allocations halved the scoring API's what-if p99 but cost the
+#: A young collection stops every Python thread about 0.4-0.6 us per young object (p50 about 20 ms in a
+#: live worker whose windows are filling); every 5,000 allocations halved the scoring API's what-if p99 but cost the
 #: kafka-python worker about a quarter of its throughput (BENCHMARKS.md, "The API on librdkafka", 10).
 GC_THRESHOLDS = (50_000, 50, 100)
 
