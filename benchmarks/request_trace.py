@@ -21,8 +21,9 @@ the broker check), every garbage collection by generation, every one event whose
 over 5 ms, and every poll (start, end, records). Patches by name only: the code before a change
 runs through it as well, as long as the names exist.
 
-Experiments, by environment: BENCH_SWITCH_INTERVAL (seconds), BENCH_GC_THRESHOLDS ("5000,500,100")
-and BENCH_GC_PROMOTE (seconds, see `_promote_every`) replace the worker's own choices.
+An experiment, by environment: BENCH_SWITCH_INTERVAL (seconds) replaces the worker's own choice.
+The collector is the worker's `--gc` (stream/gc_mode.py); the experiment switches it grew from
+(BENCH_GC_THRESHOLDS, BENCH_GC_PROMOTE) are in commits a36679a to 814bc72.
 """
 
 from __future__ import annotations
@@ -230,28 +231,6 @@ def _percentiles(values: list) -> dict:
     return {"n": n, "p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": round(values[-1] * 1e3, 2)}
 
 
-def _promote_every(seconds: float) -> None:
-    """An experiment (BENCH_GC_PROMOTE=SECONDS): every SECONDS, every object the collector tracks is
-    moved to the oldest generation without being traversed (`gc.freeze()` then `gc.unfreeze()`, both
-    O(1)), as each forked checkpoint already does: younger generations never grow large, whatever the
-    checkpoint cadence. Skipped while a checkpoint child shares the frozen heap. Reference cycles among
-    the objects moved wait for a full collection."""
-    import gc
-    import threading
-
-    from stream.checkpointing import background
-
-    def run() -> None:
-        while True:
-            time.sleep(seconds)
-            if background._FROZEN_FORKS[0] == 0:
-                gc.freeze()
-                gc.unfreeze()
-
-    threading.Thread(target=run, name="gc-promote", daemon=True).start()
-    print(f"request_trace: every tracked object to the oldest generation every {seconds} s", flush=True)
-
-
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1:3] != ["-m", "cli"]:
         raise SystemExit("request_trace: expected TRACE.json -m cli worker ...")
@@ -269,15 +248,6 @@ def main(argv: list[str]) -> int:
 
         worker_module.sys = Sys()  # type: ignore[assignment]
         print(f"request_trace: switch interval {switch} s", flush=True)
-    thresholds = os.environ.get("BENCH_GC_THRESHOLDS")
-    if thresholds:  # an experiment: the collector's thresholds instead of the worker's GC_THRESHOLDS
-        import stream.worker as worker_module
-
-        worker_module.GC_THRESHOLDS = tuple(int(t) for t in thresholds.split(","))  # type: ignore[assignment]
-        print(f"request_trace: collector thresholds {worker_module.GC_THRESHOLDS}", flush=True)
-    promote = float(os.environ.get("BENCH_GC_PROMOTE", "0") or 0)
-    if promote > 0:
-        _promote_every(promote)
     from cli import main as cli_main
 
     return cli_main(argv[3:])

@@ -39,6 +39,8 @@ from .owners import API_MARK
 
 #: The Kafka clients a worker's data path can run on (`--kafka-client`).
 KAFKA_CLIENTS = ("kafka-python", "confluent")
+#: The garbage collector's modes (`--gc`, stream/gc_mode.py).
+GC_MODES = ("auto", "throughput", "latency")
 
 
 @dataclass(frozen=True)
@@ -170,12 +172,17 @@ class WorkerSettings(Settings):
         "client of the data path (events in; predictions and dead letters out): kafka-python (the default, fully "
         "tested) or confluent (librdkafka, faster; pip install 'shopstream[confluent]')",
         choices=KAFKA_CLIENTS))
+    gc: str = field(default="auto", metadata=_help(
+        "garbage collector: throughput (rare, long young collections), latency (short ones, and every object "
+        "moved to the oldest generation every 5 s: no second-long collection; costs the kafka-python client "
+        "throughput), auto (latency when the scoring API is on)", choices=GC_MODES))
     signing_key: Optional[bytes] = key_setting()
 
     def __post_init__(self) -> None:
         _check_finite(self)
         check(self, (
             ("topic", bool(self.topic), "must be a topic name"),
+            ("gc", self.gc in GC_MODES, f"must be one of {GC_MODES}"),
             ("group", bool(self.group), "must be a consumer group name"),
             ("promotion_margin", self.promotion_margin >= 0, "must be >= 0 (ROC AUC points)"),
             ("promotion_min_resolved", self.promotion_min_resolved >= 1, "must be >= 1"),

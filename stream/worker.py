@@ -21,7 +21,6 @@ onto the state that had not seen them: none learned twice, none skipped.
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 import sys
@@ -35,7 +34,6 @@ from kafka.errors import CorruptRecordError, KafkaError
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from shopstream.artifacts import ArtifactError
-from shopstream.engine import GC_THRESHOLDS
 from shopstream.events import InvalidEvent, check_future_skew, decode_event
 from shopstream.exporter import EngineCollector, EngineSnapshot, MetricsServer
 from shopstream.lineup import build_engine
@@ -45,6 +43,7 @@ from .broker_watch import BrokerWatch
 from .checkpointer import Checkpointer
 from .checkpointing.format import CheckpointError
 from .clients import KafkaClients
+from .gc_mode import GcControl, GcMode
 from .membership import GroupMembership
 from .outputs import Outputs
 from .partition import Partition
@@ -97,13 +96,15 @@ class Worker(ConsumerRebalanceListener):
     its joins), `Outputs` (predictions and dead letters), all from one `KafkaClients`."""
 
     def __init__(self, settings: WorkerSettings, registry: Optional[CollectorRegistry] = None,
-                 clients: Optional[KafkaClients] = None, desk: Optional[ScoreDesk] = None):
+                 clients: Optional[KafkaClients] = None, desk: Optional[ScoreDesk] = None,
+                 collector: Optional[GcControl] = None):
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
         clients = clients if clients is not None else KafkaClients(settings)
         # The scoring API's requests (stream/serving.py): taken in after each poll and between events,
         # or by the desk's clerk while the loop waits in poll.
         self.desk = desk
+        self.collector = collector   # promotes between polls (--gc latency); run_worker applies it to the process
         self.awaited = desk.awaited if desk is not None else {}
         # Held by the loop except while it waits in poll, when the desk's clerk answers requests.
         self.gate = desk.gate if desk is not None else EngineGate()
@@ -322,6 +323,8 @@ class Worker(ConsumerRebalanceListener):
             self.take_snapshots()
         self.checkpointer.poll()   # background checkpoints that finished: commit their offsets
         self.checkpointer.retry(now)
+        if self.collector is not None:
+            self.collector.tick(now)
         if self.control is not None and now - self._last_control_poll >= 1.0:
             self._last_control_poll = now
             if self._poll_control():
@@ -462,8 +465,8 @@ def run_worker(settings: WorkerSettings) -> int:
     if settings.log_level != "DEBUG":  # the Kafka client's INFO lines (about 100 per start) drown ours
         logging.getLogger("kafka").setLevel(logging.WARNING)
     preflight(settings)
-    gc.set_threshold(*GC_THRESHOLDS)
     registry = CollectorRegistry()
+    collector = GcControl(GcMode.choose(settings.gc, serving=settings.serve.enabled), registry).start()
     holder: list = []
     server = None
     if settings.metrics_port >= 0:  # bound before joining: a port in use stops nobody else
@@ -482,7 +485,7 @@ def run_worker(settings: WorkerSettings) -> int:
             raise ValueError(f"scoring API port {settings.serve.host}:{settings.serve.port} cannot be used "
                              f"({exc.strerror}): choose another with --serve-port (SHOPSTREAM_SERVE_PORT)") from None
         desk = ScoreDesk(settings.topic, api.address, settings.name, settings.serve.max_pending)
-    worker = Worker(settings, registry, desk=desk)
+    worker = Worker(settings, registry, desk=desk, collector=collector)
     holder.append(worker)
     if server is not None:
         server.start()
@@ -509,4 +512,5 @@ def run_worker(settings: WorkerSettings) -> int:
             server.stop()
         if api is not None:
             api.stop()
+        collector.stop()
         log.info("handled %d events", worker.handled)

@@ -202,6 +202,8 @@ def test_served_scores_survive_kill_9_exactly_once(kafka, new_topic, tmp_path, k
     victim, api, metrics = start()
     try:
         wait_for(lambda: consumed(metrics) >= len(records), 120, "first worker caught up")
+        samples = scrape(metrics)   # a serving worker runs the collector's latency mode (--gc auto) and times it
+        assert samples[("shopstream_gc_pause_seconds_count", (("generation", "0"),))] > 0
         served = {}
         for request in requests:
             status, answer = post(api, "/score", request)

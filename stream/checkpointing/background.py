@@ -74,6 +74,11 @@ def _thaw() -> None:
         gc.unfreeze()
 
 
+def heap_frozen() -> bool:
+    """Whether a checkpoint child may still share the frozen heap (nothing may unfreeze it meanwhile)."""
+    return _FROZEN_FORKS[0] > 0
+
+
 def _die_with_parent(parent: int) -> None:
     """In a checkpoint child: ask Linux to kill it when the worker dies (a child outliving a
     kill -9 would rename its older snapshot over what a restarted worker saved since)."""
