@@ -21,8 +21,11 @@ writes): measured at 300k events of state, forked checkpoints raised p99 latency
 ms to 100-220 ms, while at 1M open predictions one written in the loop stops it 7.6 s
 against 72 ms forked. So `auto` pickles in the loop, and leaves the waits (the outputs'
 acknowledgements with kafka-python, the fsync, the rename) to a thread (`checkpointing/syncing.py`)
-when the store can (the directory store), until pickling a checkpoint took the loop's thread more
-than `FORK_ABOVE_SECONDS` of CPU; then it forks. CPU, not wall time: on a busy machine one save's
+when the store can (the directory store), until pickling a checkpoint would take the loop's thread
+more than `FORK_ABOVE_SECONDS` of CPU; then it forks. "Would": the last one's cost, scaled by the events
+the state has seen since, or, for a partition not yet timed in this process, whether its state has seen
+`UNMEASURED_FORK_EVENTS` (with a checkpoint every 120 s, a first one pickled in the loop at 1.3M events
+stopped it 8 s). CPU, not wall time: on a busy machine one save's
 wall time can pass the bound while its work does not, and one such save used to make every later
 checkpoint fork. A store that saves in the loop (the Kafka store) is judged on wall time.
 A forked copy also takes a core while it pickles (about 0.3 s at 300k events of state): at 20,000
@@ -59,6 +62,10 @@ from .settings import CheckpointSettings
 log = logging.getLogger(__name__)
 RETRY_SECONDS = 2.0
 FORK_ABOVE_SECONDS = 0.2  # auto: CPU seconds of a checkpoint in the loop that are worth a fork
+#: auto, for a partition none of whose checkpoints was timed in this process: the events in its state from
+#: which one written in the loop could stop it past FORK_ABOVE_SECONDS (0.3 s of CPU at 300k events of shop
+#: state, BENCHMARKS.md; 8 s once at 1.5M with a checkpoint every 120 s), so it forks.
+UNMEASURED_FORK_EVENTS = 100_000
 FORK_REST_FACTOR = 9.0    # after a forked copy used D CPU s, the next waits 9 x D: copies use <= 1/10 of a core
 # Long enough for a busy broker, short enough that an outage does not hold the loop (its
 # broker checks, readiness and control commands) for the whole outage.
@@ -87,8 +94,9 @@ class Checkpointer:
         self.pending: dict[Any, PendingSave | SyncingSave] = {}
         self.fork_above = FORK_ABOVE_SECONDS
         self.settle_seconds = SETTLE_SECONDS
-        # partition -> how long its last checkpoint stopped the loop: the loop thread's CPU when a thread
-        # waits for the disk and the broker (synced), else wall time (the Kafka store waits for acks)
+        # partition -> (how long its last checkpoint stopped the loop, the events its state had seen then): the
+        # loop thread's CPU when a thread waits for the disk and the broker (synced), else wall time (the Kafka
+        # store waits for acks)
         self._in_loop_cost: dict = {}
         self._forking: set = set()    # partitions whose periodic checkpoints auto forks (logged once)
         self.fork_rest_factor = FORK_REST_FACTOR
@@ -123,13 +131,27 @@ class Checkpointer:
         """A checkpoint because one is `due`: forked, synced (pickled in the loop, made durable by a
         thread) or in the loop, as `settings.background` says (see the module's docstring)."""
         mode = self.settings.background
-        cost = self._in_loop_cost.get(tp, 0.0)
-        forked = mode == "on" or (mode == "auto" and cost > self.fork_above)
-        if forked and mode == "auto" and tp not in self._forking:
-            self._forking.add(tp)
-            log.info("partition %d: its last checkpoint stopped the loop %.2f s: later ones are written by a "
-                     "forked copy", tp.partition, cost)
+        forked = mode == "on" or (mode == "auto" and (tp in self._forking or self._fork_pays(tp)))
         self.save([tp], background=forked, synced=mode == "auto")
+
+    def _fork_pays(self, tp) -> bool:
+        """auto: whether pickling `tp` in the loop now would stop it longer than `fork_above`: its last
+        in-loop save's cost, scaled by the events its state has seen since (state grows at most as fast).
+        Never measured in this process (a first checkpoint after a long gap, or after a restore): whether
+        it has seen `UNMEASURED_FORK_EVENTS`. The choice sticks, and is logged once."""
+        consumed = self.partitions[tp].engine.counts["consumed"]
+        measured = self._in_loop_cost.get(tp)
+        if measured is None:
+            pays = consumed >= UNMEASURED_FORK_EVENTS
+            why = f"no checkpoint of it measured yet and {consumed:,} events in its state"
+        else:
+            cost, at = measured
+            pays = cost * max(consumed, 1) / max(at, 1) > self.fork_above
+            why = f"its last checkpoint stopped the loop {cost:.2f} s at {at:,} events, it has {consumed:,} now"
+        if pays:
+            self._forking.add(tp)
+            log.info("partition %d: %s: its checkpoints are written by a forked copy from now on", tp.partition, why)
+        return pays
 
     def retry(self, now: float) -> None:
         """Try the paused partitions again, at most every `retry_seconds`."""
@@ -176,11 +198,11 @@ class Checkpointer:
                     started = time.thread_time()
                     self.pending[tp] = self.store.begin_synced_save(  # type: ignore[attr-defined]
                         partition, acknowledged, self.confirm_seconds)
-                    self._in_loop_cost[tp] = time.thread_time() - started
+                    self._in_loop_cost[tp] = (time.thread_time() - started, partition.engine.counts["consumed"])
                 else:
                     started = time.perf_counter()
                     self.store.save(partition)
-                    self._in_loop_cost[tp] = time.perf_counter() - started
+                    self._in_loop_cost[tp] = (time.perf_counter() - started, partition.engine.counts["consumed"])
             except OSError as exc:
                 self._failed(tp, exc)
                 continue

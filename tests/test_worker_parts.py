@@ -376,6 +376,44 @@ def test_auto_pickles_in_the_loop_syncs_in_a_thread_and_forks_only_once_pickling
     assert clients.store.load("events", 0).next_offset == 400
 
 
+def test_auto_forks_the_first_checkpoint_of_a_large_state_and_scales_a_measured_cost_with_the_state(
+        tmp_path, monkeypatch):
+    """A partition checkpointed rarely (a serving worker's --checkpoint-seconds 120) reached its first
+    checkpoint with 1.3M events of state: pickled in the loop, it stopped the loop 8 s."""
+    import stream.checkpointer as checkpointer_module
+
+    worker, clients = make_worker(tmp_path, {0: events(400)}, checkpoint_background="auto")
+    worker.membership.subscribe()
+    checkpointer, tp = worker.checkpointer, worker.consumer.tp(0)
+    monkeypatch.setattr(checkpointer_module, "UNMEASURED_FORK_EVENTS", 100)
+    handle_one_poll(worker, tp)
+    checkpointer.periodic(tp)
+    assert [c[0] for c in clients.calls[-2:]] == ["flush", "begin_save"], "never timed, 100 events: forked"
+    checkpointer.settle([tp])
+    assert clients.store.load("events", 0).next_offset == 100
+
+    worker, clients = make_worker(tmp_path / "second", {0: events(400)}, checkpoint_background="auto")
+    worker.membership.subscribe()
+    checkpointer, tp = worker.checkpointer, worker.consumer.tp(0)
+    monkeypatch.setattr(checkpointer_module, "UNMEASURED_FORK_EVENTS", 101)
+    handle_one_poll(worker, tp)
+    checkpointer.periodic(tp)
+    checkpointer.settle([tp])
+    assert clients.calls[-2][0] == "begin_synced_save", "never timed, 100 events: in the loop"
+    assert checkpointer._in_loop_cost[tp][1] == 100
+    checkpointer._in_loop_cost[tp] = (0.1, 100)   # as if that one had cost 0.1 s: 0.2 s at 200 events
+    handle_one_poll(worker, tp)
+    checkpointer.periodic(tp)
+    checkpointer.settle([tp])
+    assert clients.calls[-2][0] == "begin_synced_save", "0.2 s expected: not above fork_above"
+    checkpointer._in_loop_cost[tp] = (0.1, 100)
+    handle_one_poll(worker, tp)
+    checkpointer.periodic(tp)
+    assert [c[0] for c in clients.calls[-2:]] == ["flush", "begin_save"], "0.3 s expected at 300 events: forked"
+    checkpointer.settle([tp])
+    assert clients.store.load("events", 0).next_offset == 300
+
+
 @pytest.mark.parametrize("background", ["auto", "off"])
 def test_after_a_checkpoint_in_the_loop_the_partition_runs_a_shell_of_its_engine_with_the_same_state(tmp_path,
                                                                                                   background):
