@@ -21,7 +21,8 @@ the broker check), every garbage collection by generation, every one event whose
 over 5 ms, and every poll (start, end, records). Patches by name only: the code before a change
 runs through it as well, as long as the names exist.
 
-An experiment, by environment: BENCH_SWITCH_INTERVAL (seconds) replaces the worker's own choice.
+Experiments, by environment: BENCH_SWITCH_INTERVAL (seconds) replaces the worker's own choice;
+BENCH_CHILD_SLEEP (seconds) makes a forked checkpoint's child wait that long before it writes.
 The collector is the worker's `--gc` (stream/gc_mode.py); the experiment switches it grew from
 (BENCH_GC_THRESHOLDS, BENCH_GC_PROMOTE) are in commits a36679a to 814bc72.
 """
@@ -248,6 +249,18 @@ def main(argv: list[str]) -> int:
 
         worker_module.sys = Sys()  # type: ignore[assignment]
         print(f"request_trace: switch interval {switch} s", flush=True)
+    child_sleep = float(os.environ.get("BENCH_CHILD_SLEEP", "0") or 0)
+    if child_sleep > 0:  # an experiment: a forked checkpoint's child waits before it writes
+        from stream.checkpointing.stores import DirectoryCheckpointStore as DirectoryStore
+
+        write = DirectoryStore._write_in_child
+
+        def sleepy(self, *args):
+            time.sleep(child_sleep)
+            return write(self, *args)
+
+        DirectoryStore._write_in_child = sleepy  # type: ignore[method-assign]
+        print(f"request_trace: a checkpoint child sleeps {child_sleep} s before it writes", flush=True)
     from cli import main as cli_main
 
     return cli_main(argv[3:])
