@@ -154,27 +154,6 @@ def test_a_forked_copy_runs_at_a_lower_priority_until_the_worker_waits_for_it(tm
     assert DirectoryCheckpointStore(tmp_path / "ckpt", group="g").load("events", 0).next_offset == 200
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2, reason="needs 2 CPUs")
-def test_a_forked_copy_is_not_held_to_the_cpu_the_worker_is_pinned_to(tmp_path):
-    seen = tmp_path / "child-cpus"
-
-    class Spy(DirectoryCheckpointStore):
-        def _write_in_child(self, key, state, spool):
-            seen.write_text(",".join(map(str, sorted(os.sched_getaffinity(0)))))
-            super()._write_in_child(key, state, spool)
-
-    allowed = os.sched_getaffinity(0)
-    pinned = {min(allowed)}
-    os.sched_setaffinity(0, pinned)   # as `taskset -c N shopstream worker` would
-    try:
-        pending = Spy(tmp_path / "ckpt", group="g").begin_save(busy_state(100))
-        assert pending.finish() == 100
-        assert os.sched_getaffinity(0) == pinned, "the worker stays where it was pinned"
-    finally:
-        os.sched_setaffinity(0, allowed)
-    assert set(map(int, seen.read_text().split(","))) >= allowed, "the copy may run on every CPU allowed"
-
-
 def test_a_synced_checkpoint_is_published_only_once_durable_and_holds_the_state_it_began_with(tmp_path,
                                                                                            monkeypatch):
     import threading

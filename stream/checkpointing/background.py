@@ -11,8 +11,8 @@ run on what the loop leaves of a core, not take half of it while it pickles. It 
 
 Around the fork: `gc.freeze()` before it (`_FROZEN_FORKS` counts the children that may still
 share frozen pages; the last one done unfreezes), PR_SET_PDEATHSIG in the child (it dies
-with the worker), the child free of the worker's CPU pinning (`_run_anywhere`), and spool
-files named per process, locked by it, and swept once per store when a killed worker left them.
+with the worker), and spool files named per process, locked by it, and swept once per
+store when a killed worker left them.
 """
 
 from __future__ import annotations
@@ -91,18 +91,6 @@ def _die_with_parent(parent: int) -> None:
         pass
     if os.getppid() != parent:
         os._exit(1)
-
-
-def _run_anywhere() -> None:
-    """In a checkpoint child: run on any CPU the system lets this process use, not only on those the
-    worker was pinned to. A pin keeps the loop's core for the loop; a copy held to it took a tenth of
-    that core at its lower priority, ran over a minute at 1.25M events of state, was hurried, and then
-    took half the core from the loop (BENCHMARKS.md, "The API on librdkafka", 12). A cpuset (a
-    container's --cpuset-cpus) still bounds it: the kernel keeps the mask within it."""
-    try:
-        os.sched_setaffinity(0, range(os.cpu_count() or 1))
-    except (OSError, AttributeError):   # not Linux, or no allowed CPU in the mask: stay where it is
-        pass
 
 
 def _lower_priority(child: int) -> None:
@@ -272,7 +260,6 @@ class BackgroundCheckpoints:
             try:
                 gc.disable()   # a collection would touch (and so copy) every tracked object
                 _die_with_parent(parent)
-                _run_anywhere()
                 self._write_in_child(key, state, spool)
                 code = 0
             except BaseException as exc:  # noqa: BLE001 - reported to the parent
