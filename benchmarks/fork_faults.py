@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""What a forked checkpoint costs the engine that goes on learning, in process: page faults and time per event.
+
+    python benchmarks/fork_faults.py [--state 1000000] [--chunk 10000] [--chunks 12] [--threads 0]
+
+Builds an engine (shop features, logreg) on `--state` generated events, times `--chunk` events at a
+time (CPU-clock microseconds and minor page faults per event, `getrusage`), forks a child that
+only sleeps (as a checkpoint child would, minus its work: `gc.freeze()` first, the collector off in it),
+times `--chunks` chunks while the child shares the heap, then the child's exit and three more. The
+faults after the fork are the parent's copy-on-write of the pages it writes; the events are decoded
+before the build, so their own pages count too (about one fault per event). `--threads N` adds N
+threads that wake every millisecond, as the worker's client threads do.
+
+Against the live worker (`benchmarks/serving.py --trace` and a sampler of
+``/proc/<worker>/task/*/stat``), this separates the engine's own share of a fork's aftermath.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import make_messages  # noqa: E402
+
+
+def chunk_cost(engine, events) -> tuple[float, float]:
+    """(CPU microseconds, minor faults) per event of processing `events` with `engine`."""
+    before, started = resource.getrusage(resource.RUSAGE_SELF), time.process_time()
+    for event in events:
+        engine.process(event)
+    spent, after = time.process_time() - started, resource.getrusage(resource.RUSAGE_SELF)
+    return spent / len(events) * 1e6, (after.ru_minflt - before.ru_minflt) / len(events)
+
+
+def measure(state: int, chunk: int, chunks: int, threads: int = 0) -> dict:
+    from shopstream.engine import Engine
+    from shopstream.events import decode_event
+
+    events = [decode_event(value) for _, value in make_messages(state + chunk * (chunks + 6))]
+    engine = Engine.fresh("logreg", "shop")
+    for event in events[:state]:
+        engine.process(event)
+    gc.collect()
+    stop = threading.Event()
+
+    def wake_often() -> None:
+        while not stop.is_set():
+            time.sleep(0.001)
+
+    for _ in range(threads):
+        threading.Thread(target=wake_often, daemon=True).start()
+    position = state
+
+    def next_chunk():
+        nonlocal position
+        position += chunk
+        return chunk_cost(engine, events[position - chunk:position])
+
+    rows: dict = {"before": [next_chunk() for _ in range(3)]}
+    gc.freeze()
+    child = os.fork()
+    if child == 0:   # as a checkpoint child, without its writes: the parent's faults alone
+        gc.disable()
+        time.sleep(3600)
+        os._exit(0)
+    try:
+        rows["sharing"] = [next_chunk() for _ in range(chunks)]
+    finally:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+        gc.unfreeze()
+    rows["after"] = [next_chunk() for _ in range(3)]
+    stop.set()
+    rows["rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--state", type=int, default=1_000_000)
+    parser.add_argument("--chunk", type=int, default=10_000)
+    parser.add_argument("--chunks", type=int, default=12)
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args(argv)
+    rows = measure(args.state, args.chunk, args.chunks, args.threads)
+    print(f"state {args.state:,} events, peak RSS {rows['rss_mib']:,.0f} MiB; per event, {args.chunk:,} at a time:")
+    for phase in ("before", "sharing", "after"):
+        for i, (us, faults) in enumerate(rows[phase]):
+            print(f"  {phase:>7} {i:2d}: {us:6.1f} us CPU, {faults:5.2f} minor faults")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

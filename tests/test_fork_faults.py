@@ -1,0 +1,41 @@
+"""benchmarks/fork_faults.py and thread_faults.py measure what they say: a fork makes the parent's next writes fault."""
+
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork and getrusage minor faults as on Linux")
+def test_the_parent_faults_on_its_writes_while_a_forked_child_shares_its_heap():
+    from fork_faults import measure
+
+    rows = measure(state=3000, chunk=500, chunks=2, threads=1)
+    assert [len(rows[phase]) for phase in ("before", "sharing", "after")] == [3, 2, 3]
+    assert all(us > 0 for phase in ("before", "sharing", "after") for us, _ in rows[phase])
+    # every event object was made before the fork: processing it writes its page at least
+    assert rows["sharing"][0][1] > 0.1
+    assert rows["rss_mib"] > 0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_the_thread_sampler_reads_every_thread_of_a_process_and_nothing_of_one_gone():
+    import os
+    import threading
+
+    from thread_faults import threads_of
+
+    stop = threading.Event()
+    helper = threading.Thread(target=stop.wait, daemon=True)
+    helper.start()
+    try:
+        rows = threads_of(os.getpid())
+    finally:
+        stop.set()
+    assert str(threading.get_native_id()) in rows and str(helper.native_id) in rows
+    name, faults, user, system = rows[str(threading.get_native_id())]
+    assert name and faults > 0 and user >= 0 and system >= 0
+    assert threads_of(2 ** 22 + 1) == {}   # above Linux's pid limit: never a process
