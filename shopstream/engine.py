@@ -150,6 +150,12 @@ class Engine:
     def open_predictions(self) -> int:
         return len(self.joiner)
 
+    def state_size(self) -> int:
+        """Entries of state whose number a checkpoint's pickling time follows: open predictions,
+        recent event ids and the features' entries (a feature set without `size` counts none)."""
+        size = getattr(self.features, "size", None)
+        return len(self.joiner) + len(self._recent_ids) + (size() if size is not None else 0)
+
     def mark_good(self) -> None:
         """Before a checkpoint: every slot's model must be finite. A model that is not goes
         back to its last good state (counted in its resets), and the finite ones become the

@@ -92,6 +92,10 @@ class RawFeatures:
     def set_caps(self, caps: FeatureCaps) -> None:
         self.caps = caps
 
+    def size(self) -> int:
+        """Entries of state (the names seen): what pickling it takes grows with it."""
+        return len(self.names)
+
     def transform(self, event: Event) -> dict:
         x = event.features
         if not x:
@@ -196,6 +200,11 @@ class ShopFeatures:
         for table, cap in ((self.sessions, caps.sessions), (self.users, caps.users), (self.products, caps.products),
                            (self.brands, caps.brands), (self.category_price, caps.categories)):
             table.cap = cap
+
+    def size(self) -> int:
+        """Entries of state (rows of every table): what pickling it takes grows with it."""
+        return (len(self.sessions) + len(self.users) + len(self.products) + len(self.brands)
+                + len(self.category_price))
 
     @property
     def evicted(self) -> dict:

@@ -22,10 +22,11 @@ ms to 100-220 ms, while at 1M open predictions one written in the loop stops it 
 against 72 ms forked. So `auto` pickles in the loop, and leaves the waits (the outputs'
 acknowledgements with kafka-python, the fsync, the rename) to a thread (`checkpointing/syncing.py`)
 when the store can (the directory store), until pickling a checkpoint would take the loop's thread
-more than `FORK_ABOVE_SECONDS` of CPU; then it forks. "Would": the last one's cost, scaled by the events
-the state has seen since, or, for a partition not yet timed in this process, whether its state has seen
-`UNMEASURED_FORK_EVENTS` (with a checkpoint every 120 s, a first one pickled in the loop at 1.3M events
-stopped it 8 s). CPU, not wall time: on a busy machine one save's
+more than `FORK_ABOVE_SECONDS` of CPU; then it forks. "Would": the last checkpoint's cost (in the loop,
+or a forked copy's CPU), scaled by the entries of state since (`Engine.state_size`); for a partition not
+yet timed in this process, whether it holds `UNMEASURED_FORK_SIZE` entries (with a checkpoint every
+120 s, a first one in the loop, at 1.3M events all within the attribution window, stopped it 8 s). A
+state that shrinks, or stays small, goes back to the loop. CPU, not wall time: on a busy machine one save's
 wall time can pass the bound while its work does not, and one such save used to make every later
 checkpoint fork. A store that saves in the loop (the Kafka store) is judged on wall time.
 A forked copy also takes a core while it pickles (about 0.3 s at 300k events of state): at 20,000
@@ -62,10 +63,16 @@ from .settings import CheckpointSettings
 log = logging.getLogger(__name__)
 RETRY_SECONDS = 2.0
 FORK_ABOVE_SECONDS = 0.2  # auto: CPU seconds of a checkpoint in the loop that are worth a fork
-#: auto, for a partition none of whose checkpoints was timed in this process: the events in its state from
-#: which one written in the loop could stop it past FORK_ABOVE_SECONDS (0.3 s of CPU at 300k events of shop
-#: state, BENCHMARKS.md; 8 s once at 1.5M with a checkpoint every 120 s), so it forks.
-UNMEASURED_FORK_EVENTS = 100_000
+#: auto, for a partition none of whose checkpoints was timed in this process: the entries of state
+#: (`Engine.state_size`) from which pickling it in the loop could stop it past FORK_ABOVE_SECONDS. Entries
+#: differ: measured in process (stop 36), 143,200 (100,000 recent ids, 43,195 feature rows) pickled in 0.047 s
+#: of CPU, while 1M open predictions took 7.6 s (BENCHMARKS.md); a serving worker's first checkpoint after
+#: 120 s, at 1.3M events all within the attribution window, stopped the loop 8 s. A first fork that was
+#: not needed is undone at the next checkpoint (the copy's CPU is measured).
+UNMEASURED_FORK_SIZE = 200_000
+#: A cost measured on a state smaller than this is scaled as if measured at this size: on a tiny state the
+#: fixed costs (the models, the broker's acknowledgements) would otherwise be scaled with the entries.
+SCALE_FROM_SIZE = 10_000
 FORK_REST_FACTOR = 9.0    # after a forked copy used D CPU s, the next waits 9 x D: copies use <= 1/10 of a core
 # Long enough for a busy broker, short enough that an outage does not hold the loop (its
 # broker checks, readiness and control commands) for the whole outage.
@@ -94,11 +101,12 @@ class Checkpointer:
         self.pending: dict[Any, PendingSave | SyncingSave] = {}
         self.fork_above = FORK_ABOVE_SECONDS
         self.settle_seconds = SETTLE_SECONDS
-        # partition -> (how long its last checkpoint stopped the loop, the events its state had seen then): the
-        # loop thread's CPU when a thread waits for the disk and the broker (synced), else wall time (the Kafka
-        # store waits for acks)
-        self._in_loop_cost: dict = {}
-        self._forking: set = set()    # partitions whose periodic checkpoints auto forks (logged once)
+        # partition -> (what its last checkpoint cost, the entries of state it held): in the loop, the loop
+        # thread's CPU when a thread waits for the disk and the broker (synced), else wall time (the Kafka store
+        # waits for acks); forked, the copy's CPU
+        self._last_cost: dict = {}
+        self._forking: set = set()    # partitions whose periodic checkpoints auto forks now (to log changes)
+        self._forked_size: dict = {}  # partition -> the entries of state its forked copy holds
         self.fork_rest_factor = FORK_REST_FACTOR
         self._rest_until: dict = {}   # partition -> no forked copy counted in events before this (monotonic)
         self.outputs_blocked = False   # the last save waited for outputs the broker did not acknowledge
@@ -131,26 +139,29 @@ class Checkpointer:
         """A checkpoint because one is `due`: forked, synced (pickled in the loop, made durable by a
         thread) or in the loop, as `settings.background` says (see the module's docstring)."""
         mode = self.settings.background
-        forked = mode == "on" or (mode == "auto" and (tp in self._forking or self._fork_pays(tp)))
+        forked = mode == "on" or (mode == "auto" and self._fork_pays(tp))
         self.save([tp], background=forked, synced=mode == "auto")
 
     def _fork_pays(self, tp) -> bool:
-        """auto: whether pickling `tp` in the loop now would stop it longer than `fork_above`: its last
-        in-loop save's cost, scaled by the events its state has seen since (state grows at most as fast).
-        Never measured in this process (a first checkpoint after a long gap, or after a restore): whether
-        it has seen `UNMEASURED_FORK_EVENTS`. The choice sticks, and is logged once."""
-        consumed = self.partitions[tp].engine.counts["consumed"]
-        measured = self._in_loop_cost.get(tp)
+        """auto: whether pickling `tp` in the loop now would stop it longer than `fork_above`. The last
+        checkpoint's cost (in the loop; or a forked copy's CPU, which pickled the same), scaled by the
+        entries of state since (`Engine.state_size`); a partition not yet timed in this process (its
+        first checkpoint, after a restore or a long gap): whether it has `UNMEASURED_FORK_SIZE` entries.
+        A change of choice is logged."""
+        size = self.partitions[tp].engine.state_size()
+        measured = self._last_cost.get(tp)
         if measured is None:
-            pays = consumed >= UNMEASURED_FORK_EVENTS
-            why = f"no checkpoint of it measured yet and {consumed:,} events in its state"
+            pays = size >= UNMEASURED_FORK_SIZE
+            why = f"not yet timed, {size:,} entries of state"
         else:
             cost, at = measured
-            pays = cost * max(consumed, 1) / max(at, 1) > self.fork_above
-            why = f"its last checkpoint stopped the loop {cost:.2f} s at {at:,} events, it has {consumed:,} now"
-        if pays:
-            self._forking.add(tp)
-            log.info("partition %d: %s: its checkpoints are written by a forked copy from now on", tp.partition, why)
+            estimate = cost * size / max(at, SCALE_FROM_SIZE)
+            pays = estimate > self.fork_above
+            why = f"{estimate:.2f} s expected in the loop ({cost:.2f} s at {at:,} entries of state, {size:,} now)"
+        if pays != (tp in self._forking):
+            (self._forking.add if pays else self._forking.discard)(tp)
+            log.info("partition %d: %s: checkpoints %s", tp.partition, why,
+                     "written by a forked copy" if pays else "pickled in the loop again")
         return pays
 
     def retry(self, now: float) -> None:
@@ -165,8 +176,9 @@ class Checkpointer:
         self.save(tps, commit_async)
         for tp in tps:
             self.partitions.pop(tp, None)
-            self._in_loop_cost.pop(tp, None)   # its next owner (maybe this worker) measures afresh
+            self._last_cost.pop(tp, None)   # its next owner (maybe this worker) measures afresh
             self._forking.discard(tp)
+            self._forked_size.pop(tp, None)
             self._rest_until.pop(tp, None)
 
     def save(self, tps, commit_async: bool = False, background: bool = False, synced: bool = False) -> None:
@@ -193,16 +205,17 @@ class Checkpointer:
             try:
                 if background:
                     self.pending[tp] = self.store.begin_save(partition)
+                    self._forked_size[tp] = partition.engine.state_size()
                     continue
                 if synced:
                     started = time.thread_time()
                     self.pending[tp] = self.store.begin_synced_save(  # type: ignore[attr-defined]
                         partition, acknowledged, self.confirm_seconds)
-                    self._in_loop_cost[tp] = (time.thread_time() - started, partition.engine.counts["consumed"])
+                    self._last_cost[tp] = (time.thread_time() - started, partition.engine.state_size())
                 else:
                     started = time.perf_counter()
                     self.store.save(partition)
-                    self._in_loop_cost[tp] = (time.perf_counter() - started, partition.engine.counts["consumed"])
+                    self._last_cost[tp] = (time.perf_counter() - started, partition.engine.state_size())
             except OSError as exc:
                 self._failed(tp, exc)
                 continue
@@ -256,6 +269,8 @@ class Checkpointer:
                 # its CPU time, not its duration: a copy that took long because it yielded the core
                 # to the loop (CHILD_NICENESS) cost no more
                 self._rest_until[tp] = time.monotonic() + self.fork_rest_factor * pending.child_cpu_s
+                if tp in self._forked_size:   # what pickling it took: the next choice's measure
+                    self._last_cost[tp] = (pending.child_cpu_s, self._forked_size.pop(tp))
             self._succeeded(tp)
             offsets[tp] = OffsetAndMetadata(offset, "", -1)
         self._commit(offsets, commit_async)

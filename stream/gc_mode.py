@@ -13,12 +13,18 @@ seconds of survivors. Each forked checkpoint already does the same to the whole 
 (stream/checkpointing/background.py); promotion waits while a checkpoint child shares it.
 
 The price: young collections ten times as often (the kafka-python worker lost about a quarter of its
-throughput, the librdkafka worker nothing measurable: BENCHMARKS.md), and reference cycles promoted
-before a young collection found them wait for a full collection. The engine makes none
-(tests/test_gc_mode.py); `shopstream_gc_pause_seconds` shows every collection's pause by generation.
+throughput, the librdkafka worker nothing measurable: BENCHMARKS.md), so `auto` chooses it only for a
+serving worker on librdkafka. And reference cycles promoted before a collection found them wait for a
+full collection, which promotion makes rare (CPython starts one when a quarter more objects survived
+the middle generation, and promoted ones never pass through it). The engine makes none
+(tests/test_gc_mode.py); cycles made elsewhere (the clients, the HTTP front) are not measured.
+`shopstream_gc_pause_seconds` shows every collection's pause by generation, `shopstream_gc_info`
+the mode.
 
->>> GcMode.choose("auto", serving=True).name, GcMode.choose("auto", serving=False).name
-('latency', 'throughput')
+>>> GcMode.choose("auto", serving=True, client="confluent").name
+'latency'
+>>> GcMode.choose("auto", serving=True, client="kafka-python").name, GcMode.choose("auto", serving=False).name
+('throughput', 'throughput')
 >>> GcMode.choose("latency", serving=False).thresholds
 (5000, 500, 100)
 """
@@ -31,12 +37,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 
 from shopstream.engine import GC_THRESHOLDS
 
 from .checkpointing.background import heap_frozen
-from .settings import GC_MODES  # auto: latency for a worker that serves the scoring API, else throughput
+from .settings import GC_MODES  # auto: latency for a worker serving the scoring API on librdkafka
 LATENCY_THRESHOLDS = (5_000, 500, 100)
 #: How often the latency mode promotes every tracked object: the middle generation then holds at most
 #: this long's survivors (a worker whose state grows by 100,000 objects a second: a 20-40 ms walk).
@@ -53,11 +59,12 @@ class GcMode:
     promote_seconds: float   # 0: never
 
     @classmethod
-    def choose(cls, setting: str, serving: bool) -> "GcMode":
-        """The mode `--gc setting` means for a worker that serves the API (`serving`) or not."""
+    def choose(cls, setting: str, serving: bool, client: str = "kafka-python") -> "GcMode":
+        """The mode `--gc setting` means for a worker that serves the API (`serving`) or not, on
+        `client` (`--kafka-client`)."""
         if setting not in GC_MODES:
             raise ValueError(f"gc: {setting!r} must be one of {GC_MODES}")
-        if setting == "latency" or (setting == "auto" and serving):
+        if setting == "latency" or (setting == "auto" and serving and client == "confluent"):
             return cls("latency", LATENCY_THRESHOLDS, PROMOTE_SECONDS)
         return cls("throughput", GC_THRESHOLDS, 0.0)
 
@@ -84,6 +91,7 @@ class GcControl:
         self.promotions = Counter("shopstream_gc_promotions", "Every tracked object moved to the oldest "
                                   "generation without a walk (--gc latency)", registry=registry)
         self._by_generation = [self.pauses.labels(generation=str(g)) for g in range(3)]
+        Info("shopstream_gc", "The garbage collector's mode (--gc)", registry=registry).info({"mode": mode.name})
 
     def start(self) -> "GcControl":
         self._previous = gc.get_threshold()
@@ -92,11 +100,12 @@ class GcControl:
         return self
 
     def stop(self) -> None:
+        """Undo `start`: the thresholds from before, unless something set others since."""
         if self._on_collection in gc.callbacks:
             gc.callbacks.remove(self._on_collection)
-        if self._previous is not None:
+        if self._previous is not None and gc.get_threshold() == self.mode.thresholds:
             gc.set_threshold(*self._previous)
-            self._previous = None
+        self._previous = None
 
     def tick(self, now: float) -> bool:
         """Between polls: observe the pauses since the last tick; promote if the mode does and it is

@@ -174,8 +174,9 @@ class WorkerSettings(Settings):
         choices=KAFKA_CLIENTS))
     gc: str = field(default="auto", metadata=_help(
         "garbage collector: throughput (rare, long young collections), latency (short ones, and every object "
-        "moved to the oldest generation every 5 s: no second-long collection; costs the kafka-python client "
-        "throughput), auto (latency when the scoring API is on)", choices=GC_MODES))
+        "moved to the oldest generation every 5 s: no second-long collection of the middle generation; costs "
+        "the kafka-python client throughput), auto (latency when serving the scoring API on --kafka-client "
+        "confluent)", choices=GC_MODES))
     signing_key: Optional[bytes] = key_setting()
 
     def __post_init__(self) -> None:

@@ -466,7 +466,7 @@ def run_worker(settings: WorkerSettings) -> int:
         logging.getLogger("kafka").setLevel(logging.WARNING)
     preflight(settings)
     registry = CollectorRegistry()
-    collector = GcControl(GcMode.choose(settings.gc, serving=settings.serve.enabled), registry).start()
+    collector = GcControl(GcMode.choose(settings.gc, settings.serve.enabled, settings.kafka_client), registry)
     holder: list = []
     server = None
     if settings.metrics_port >= 0:  # bound before joining: a port in use stops nobody else
@@ -505,6 +505,8 @@ def run_worker(settings: WorkerSettings) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    collector.start()   # here: whatever raised above left the process's collector as it was
+    log.info("garbage collector: %s (--gc %s)", collector.mode.name, settings.gc)
     try:
         return worker.run()
     finally:

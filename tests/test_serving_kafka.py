@@ -202,7 +202,9 @@ def test_served_scores_survive_kill_9_exactly_once(kafka, new_topic, tmp_path, k
     victim, api, metrics = start()
     try:
         wait_for(lambda: consumed(metrics) >= len(records), 120, "first worker caught up")
-        samples = scrape(metrics)   # a serving worker runs the collector's latency mode (--gc auto) and times it
+        samples = scrape(metrics)   # --gc auto: the latency mode for a worker serving on librdkafka
+        mode = "latency" if kafka_client == "confluent" else "throughput"
+        assert samples[("shopstream_gc_info", (("mode", mode),))] == 1
         assert samples[("shopstream_gc_pause_seconds_count", (("generation", "0"),))] > 0
         served = {}
         for request in requests:

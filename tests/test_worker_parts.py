@@ -385,33 +385,52 @@ def test_auto_forks_the_first_checkpoint_of_a_large_state_and_scales_a_measured_
     worker, clients = make_worker(tmp_path, {0: events(400)}, checkpoint_background="auto")
     worker.membership.subscribe()
     checkpointer, tp = worker.checkpointer, worker.consumer.tp(0)
-    monkeypatch.setattr(checkpointer_module, "UNMEASURED_FORK_EVENTS", 100)
+    size = lambda: worker.partitions[tp].engine.state_size()   # noqa: E731
     handle_one_poll(worker, tp)
+    assert size() > 100
+    monkeypatch.setattr(checkpointer_module, "UNMEASURED_FORK_SIZE", size())
     checkpointer.periodic(tp)
-    assert [c[0] for c in clients.calls[-2:]] == ["flush", "begin_save"], "never timed, 100 events: forked"
+    assert [c[0] for c in clients.calls[-2:]] == ["flush", "begin_save"], "never timed, large: forked"
     checkpointer.settle([tp])
     assert clients.store.load("events", 0).next_offset == 100
+    cost, at = checkpointer._last_cost[tp]
+    assert cost > 0 and at == size(), "the copy's CPU is the next choice's measure"
 
-    worker, clients = make_worker(tmp_path / "second", {0: events(400)}, checkpoint_background="auto")
+    monkeypatch.setattr(checkpointer_module, "SCALE_FROM_SIZE", 1)
+    checkpointer._last_cost[tp] = (0.001, size())   # as if that copy had pickled it in 1 ms: small
+    handle_one_poll(worker, tp)
+    checkpointer.periodic(tp)
+    checkpointer.settle([tp])
+    assert clients.calls[-2][0] == "begin_synced_save", "a small state goes back to the loop"
+    at = checkpointer._last_cost[tp][1]
+    assert at == size()
+
+    def as_if_measured(expected_now: float) -> None:   # the last one cost what scales to `expected_now`
+        checkpointer._last_cost[tp] = (expected_now * at / size(), at)
+
+    handle_one_poll(worker, tp)
+    as_if_measured(checkpointer.fork_above * 0.99)
+    checkpointer.periodic(tp)
+    checkpointer.settle([tp])
+    assert clients.calls[-2][0] == "begin_synced_save", "expected under fork_above: in the loop"
+    handle_one_poll(worker, tp)
+    at = checkpointer._last_cost[tp][1]
+    as_if_measured(checkpointer.fork_above * 1.01)
+    checkpointer.periodic(tp)
+    assert [c[0] for c in clients.calls[-2:]] == ["flush", "begin_save"], "expected over fork_above: forked"
+    checkpointer.settle([tp])
+    assert clients.store.load("events", 0).next_offset == 400
+
+
+def test_a_cost_measured_on_a_tiny_state_is_not_scaled_as_if_it_were_all_per_entry(tmp_path):
+    worker, clients = make_worker(tmp_path, {0: events(200)}, checkpoint_background="auto")
     worker.membership.subscribe()
     checkpointer, tp = worker.checkpointer, worker.consumer.tp(0)
-    monkeypatch.setattr(checkpointer_module, "UNMEASURED_FORK_EVENTS", 101)
     handle_one_poll(worker, tp)
+    checkpointer._last_cost[tp] = (0.15, 5)   # 0.15 s at 5 entries: the models and the acks, not the entries
     checkpointer.periodic(tp)
     checkpointer.settle([tp])
-    assert clients.calls[-2][0] == "begin_synced_save", "never timed, 100 events: in the loop"
-    assert checkpointer._in_loop_cost[tp][1] == 100
-    checkpointer._in_loop_cost[tp] = (0.1, 100)   # as if that one had cost 0.1 s: 0.2 s at 200 events
-    handle_one_poll(worker, tp)
-    checkpointer.periodic(tp)
-    checkpointer.settle([tp])
-    assert clients.calls[-2][0] == "begin_synced_save", "0.2 s expected: not above fork_above"
-    checkpointer._in_loop_cost[tp] = (0.1, 100)
-    handle_one_poll(worker, tp)
-    checkpointer.periodic(tp)
-    assert [c[0] for c in clients.calls[-2:]] == ["flush", "begin_save"], "0.3 s expected at 300 events: forked"
-    checkpointer.settle([tp])
-    assert clients.store.load("events", 0).next_offset == 300
+    assert clients.calls[-2][0] == "begin_synced_save"
 
 
 @pytest.mark.parametrize("background", ["auto", "off"])
