@@ -205,7 +205,8 @@ def test_served_scores_survive_kill_9_exactly_once(kafka, new_topic, tmp_path, k
         samples = scrape(metrics)   # --gc auto: the latency mode for a worker serving on librdkafka
         mode = "latency" if kafka_client == "confluent" else "throughput"
         assert samples[("shopstream_gc_info", (("mode", mode),))] == 1
-        assert samples[("shopstream_gc_pause_seconds_count", (("generation", "0"),))] > 0
+        if mode == "latency":   # young collections every 5,000 allocations: 6,000 events made some
+            assert samples[("shopstream_gc_pause_seconds_count", (("generation", "0"),))] > 0
         served = {}
         for request in requests:
             status, answer = post(api, "/score", request)
