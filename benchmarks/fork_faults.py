@@ -2,6 +2,7 @@
 """What a forked checkpoint costs the engine that goes on learning, in process: page faults and time per event.
 
     python benchmarks/fork_faults.py [--state 1000000] [--chunk 10000] [--chunks 12] [--threads 0]
+                                     [--events-per-second 1500]
 
 Builds an engine (shop features, logreg) on `--state` generated events, times `--chunk` events at a
 time (CPU-clock microseconds and minor page faults per event, `getrusage`), forks a child that
@@ -9,7 +10,10 @@ only sleeps (as a checkpoint child would, minus its work: `gc.freeze()` first, t
 times `--chunks` chunks while the child shares the heap, then the child's exit and three more. The
 faults after the fork are the parent's copy-on-write of the pages it writes; the events are decoded
 before the build, so their own pages count too (about one fault per event). `--threads N` adds N
-threads that wake every millisecond, as the worker's client threads do.
+threads that wake every millisecond, as the worker's client threads do. `--events-per-second E`
+generates events whose time advances one second per E events, as `serving.py`'s feed does (1,500):
+then every prediction of the last 1,800 s of event time is still open (up to the engine's cap of 1M),
+where the default generator spreads a month over the events and few stay open.
 
 Against the live worker (`benchmarks/serving.py --trace` and a sampler of
 ``/proc/<worker>/task/*/stat``), this separates the engine's own share of a fork's aftermath.
@@ -40,14 +44,23 @@ def chunk_cost(engine, events) -> tuple[float, float]:
     return spent / len(events) * 1e6, (after.ru_minflt - before.ru_minflt) / len(events)
 
 
-def measure(state: int, chunk: int, chunks: int, threads: int = 0) -> dict:
+def measure(state: int, chunk: int, chunks: int, threads: int = 0, events_per_second: float = 0.0) -> dict:
     from shopstream.engine import Engine
     from shopstream.events import decode_event
+    from shopstream.generator import generate
 
-    events = [decode_event(value) for _, value in make_messages(state + chunk * (chunks + 6))]
+    total = state + chunk * (chunks + 6)
+    if events_per_second:
+        import msgspec
+
+        records = generate(total, seed=7, days=total / events_per_second / 86400)
+        events = [decode_event(msgspec.json.encode(r)) for r in records]
+    else:
+        events = [decode_event(value) for _, value in make_messages(total)]
     engine = Engine.fresh("logreg", "shop")
     for event in events[:state]:
         engine.process(event)
+    open_predictions = engine.open_predictions
     gc.collect()
     stop = threading.Event()
 
@@ -80,6 +93,7 @@ def measure(state: int, chunk: int, chunks: int, threads: int = 0) -> dict:
     rows["after"] = [next_chunk() for _ in range(3)]
     stop.set()
     rows["rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rows["open_predictions"] = open_predictions   # when the state was built
     return rows
 
 
@@ -89,9 +103,11 @@ def main(argv=None) -> int:
     parser.add_argument("--chunk", type=int, default=10_000)
     parser.add_argument("--chunks", type=int, default=12)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--events-per-second", type=float, default=0.0)
     args = parser.parse_args(argv)
-    rows = measure(args.state, args.chunk, args.chunks, args.threads)
-    print(f"state {args.state:,} events, peak RSS {rows['rss_mib']:,.0f} MiB; per event, {args.chunk:,} at a time:")
+    rows = measure(args.state, args.chunk, args.chunks, args.threads, args.events_per_second)
+    print(f"state {args.state:,} events ({rows['open_predictions']:,} predictions open), peak RSS "
+          f"{rows['rss_mib']:,.0f} MiB; per event, {args.chunk:,} at a time:")
     for phase in ("before", "sharing", "after"):
         for i, (us, faults) in enumerate(rows[phase]):
             print(f"  {phase:>7} {i:2d}: {us:6.1f} us CPU, {faults:5.2f} minor faults")
