@@ -54,6 +54,14 @@ def make_messages(n: int, seed: int = SEED) -> list[tuple[bytes, bytes]]:
     return [(str(r["user_id"]).encode(), _encode(r)) for r in generate(n, seed=seed)]
 
 
+def paced_records(n: int, events_per_second: float, seed: int = 7) -> list[dict]:
+    """The generator's `n` events with event time advancing one second per `events_per_second` events,
+    as a live shop's clock does at that feed rate (`serving.py`'s feed: 1,500)."""
+    from shopstream.generator import generate
+
+    return list(generate(n, seed=seed, days=n / events_per_second / 86400))
+
+
 def history_file(n: int, seed: int = SEED) -> Path:
     """A cached JSONL history of `n` generated events (what `shopstream generate` writes)."""
     from shopstream.generator import generate, write_jsonl

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import make_messages  # noqa: E402
+from common import make_messages, paced_records  # noqa: E402
 
 
 def chunk_cost(engine, events) -> tuple[float, float]:
@@ -47,14 +47,11 @@ def chunk_cost(engine, events) -> tuple[float, float]:
 def measure(state: int, chunk: int, chunks: int, threads: int = 0, events_per_second: float = 0.0) -> dict:
     from shopstream.engine import Engine
     from shopstream.events import decode_event
-    from shopstream.generator import generate
-
     total = state + chunk * (chunks + 6)
     if events_per_second:
         import msgspec
 
-        records = generate(total, seed=7, days=total / events_per_second / 86400)
-        events = [decode_event(msgspec.json.encode(r)) for r in records]
+        events = [decode_event(msgspec.json.encode(r)) for r in paced_records(total, events_per_second)]
     else:
         events = [decode_event(value) for _, value in make_messages(total)]
     engine = Engine.fresh("logreg", "shop")

@@ -251,15 +251,15 @@ def main(argv: list[str]) -> int:
         print(f"request_trace: switch interval {switch} s", flush=True)
     child_sleep = float(os.environ.get("BENCH_CHILD_SLEEP", "0") or 0)
     if child_sleep > 0:  # an experiment: a forked checkpoint's child waits before it writes
-        from stream.checkpointing.stores import DirectoryCheckpointStore as DirectoryStore
+        from stream.checkpointing.stores import DirectoryCheckpointStore
 
-        write = DirectoryStore._write_in_child
+        write = DirectoryCheckpointStore._write_in_child
 
         def sleepy(self, *args):
             time.sleep(child_sleep)
             return write(self, *args)
 
-        DirectoryStore._write_in_child = sleepy  # type: ignore[method-assign]
+        DirectoryCheckpointStore._write_in_child = sleepy  # type: ignore[method-assign]
         print(f"request_trace: a checkpoint child sleeps {child_sleep} s before it writes", flush=True)
     from cli import main as cli_main
 

@@ -55,7 +55,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (BOOTSTRAP, ROOT, Topics, ensure_kafka, machine, prefill, producer, worker_command,  # noqa: E402
-                    worker_env)
+                    paced_records, worker_env)
 
 RATES = (200, 1000)
 
@@ -547,11 +547,8 @@ def run(args, pinned) -> int:
     # event time), as in a live shop: a 30-day history replayed in minutes would move each
     # partition's clock hours per second, and a request dated "now" would be late by the time it is
     # processed (and every session expired). Every run gets the same events.
-    from shopstream.generator import generate
-
     total = args.state + 2 * args.backlog + args.stream
-    messages = [(str(r["user_id"]).encode(), json.dumps(r).encode())
-                for r in generate(total, seed=7, days=total / 1500 / 86400)]
+    messages = [(str(r["user_id"]).encode(), json.dumps(r).encode()) for r in paced_records(total, 1500)]
     state = messages[:args.state]
     sessions = recent_sessions(state[-5000:])
     data = {"state": state, "backlog1": messages[args.state:args.state + args.backlog],

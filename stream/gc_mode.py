@@ -43,6 +43,7 @@ from shopstream.engine import GC_THRESHOLDS
 
 from .checkpointing.background import heap_frozen
 from .settings import GC_MODES  # auto: latency for a worker serving the scoring API on librdkafka
+
 LATENCY_THRESHOLDS = (5_000, 500, 100)
 #: How often the latency mode promotes every tracked object: the middle generation then holds at most
 #: this long's survivors (a worker whose state grows by 100,000 objects a second: a 20-40 ms walk).
@@ -77,7 +78,6 @@ class GcControl:
                  frozen: Callable[[], bool] = heap_frozen, clock: Callable[[], float] = time.monotonic):
         self.mode = mode
         self._frozen = frozen
-        self._clock = clock
         self._next_promotion = clock() + mode.promote_seconds
         self._previous: Optional[tuple[int, int, int]] = None
         self._started_at = 0.0
