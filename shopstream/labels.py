@@ -39,7 +39,8 @@ import heapq
 import math
 import struct
 from collections import deque
-from typing import Hashable, Optional, cast
+from contextlib import contextmanager
+from typing import Hashable, Iterator, Optional, cast
 
 from .config import EngineConfig
 from .events import Event
@@ -278,7 +279,7 @@ class LabelJoiner:
         del state["_by_key"]
         del state["_unpacked"], state["_unpacked_floats"]   # the state is main's: packed, nothing pending
         del state["_in_order"]   # its entries are in the one list
-        state["_deadlines"] = self._live_entries()
+        state["_deadlines"] = [] if state.pop("_apart", False) else self._live_entries()
         return state
 
     def _live_entries(self) -> list[tuple]:
@@ -304,17 +305,21 @@ class LabelJoiner:
     def __len__(self) -> int:
         return self._open
 
-    def detach(self) -> list:
-        """Take the live heap entries out (the joiner is then empty) and return them, so a
-        checkpoint can pickle them apart, in batches (each with its own small memo), and
-        `attach` them back. The joiner must not be used in between."""
+    @contextmanager
+    def entries_apart(self) -> Iterator[list]:
+        """Give the live (deadline, seq, prediction) entries, packed, for a checkpoint to pickle
+        apart, in batches (each with its own small memo, `OpenColumns` when it can); while the
+        block runs, pickling the joiner leaves them out (a joiner loaded so gets them by `attach`).
+        The joiner itself is not changed (no index to rebuild), and must not be used meanwhile."""
         self._pack_all()
-        entries = self._live_entries()
-        self._deadlines, self._in_order, self._by_key, self._open = [], deque(), [{} for _ in range(_SHARDS)], 0
-        return entries
+        self._apart = True
+        try:
+            yield self._live_entries()
+        finally:
+            del self._apart
 
     def attach(self, entries: list) -> None:
-        """Put back entries taken by `detach` (or loaded from a checkpoint's batches): each
+        """Add entries pickled apart (`entries_apart`), as a checkpoint's batches bring them back: each
         packed one reads through this joiner's layout of its shape (a checkpoint's batches
         each bring their own copy), and one from an older checkpoint is packed now."""
         self._deadlines.extend(entries)

@@ -1,6 +1,6 @@
 """The joiner's deadline queue is two (a deque for predictions opened in deadline order, a
 heap for the others): predictions must expire, resolve and be evicted exactly as from one
-heap, in (deadline, seq) order, across checkpoints and detach/attach, also out of order."""
+heap, in (deadline, seq) order, across checkpoints (whole, or with the entries apart), also out of order."""
 
 import pickle
 import random
@@ -73,7 +73,11 @@ def test_two_queues_expire_resolve_and_evict_as_one_heap(seed):
             joiner = pickle.loads(pickle.dumps(joiner))   # a checkpoint: one heap again
             seqs = {id(p): p.seq for p in joiner.open_predictions()}
         else:
-            joiner.attach(pickle.loads(pickle.dumps(joiner.detach())))
+            with joiner.entries_apart() as entries:   # a checkpoint's payload: the joiner, its entries apart
+                copy, batch = pickle.loads(pickle.dumps(joiner)), pickle.loads(pickle.dumps(entries))
+            assert len(copy) == 0
+            copy.attach(batch)
+            joiner = copy
             seqs = {id(p): p.seq for p in joiner.open_predictions()}
         assert len(joiner) == len(naive.live)
         assert sorted(p.seq for p in joiner.open_predictions()) == sorted(e[1] for e in naive.live)

@@ -34,8 +34,9 @@ from typing import Any
 #: What a payload means, by version:
 #:   1. a pickle of `shopstream.stream.checkpoints.PartitionState` (or `stream.checkpoints.PartitionState`),
 #:      then its open predictions in batches, then None; headers without a "payload" field are this;
-#:   2. the same stream of pickles, of `stream.partition.Partition` (its runtime-only fields left out).
-PAYLOAD_VERSION = 2
+#:   2. the same stream of pickles, of `stream.partition.Partition` (its runtime-only fields left out);
+#:   3. the same, and a batch of open predictions may be a `shopstream.open_columns.OpenColumns` (format.py).
+PAYLOAD_VERSION = 3
 
 #: Packages that moved as a whole: old prefix -> new prefix.
 RENAMED_PACKAGES = {
