@@ -113,9 +113,6 @@ class Checkpointer:
         self._last_retry = 0.0
         self.written = Counter("shopstream_checkpoints", "Checkpoints written", registry=registry)
         self.failures = Counter("shopstream_checkpoint_failures", "Checkpoints that failed", registry=registry)
-        self.prefaulted = Counter("shopstream_checkpoint_prefault_pages", "Pages the worker shared with a checkpoint's "
-                                  "forked copy that were copied ahead of the loop (--checkpoint-prefault)",
-                                  registry=registry)
         registry.register(_StoreCollector(store))
 
     @property
@@ -207,7 +204,7 @@ class Checkpointer:
             partition.engine.mark_good()
             try:
                 if background:
-                    self.pending[tp] = self.store.begin_save(partition, prefault=self.settings.prefault == "on")
+                    self.pending[tp] = self.store.begin_save(partition)
                     self._forked_size[tp] = partition.engine.state_size()
                     continue
                 if synced:
@@ -274,8 +271,6 @@ class Checkpointer:
                 self._rest_until[tp] = time.monotonic() + self.fork_rest_factor * pending.child_cpu_s
                 if tp in self._forked_size:   # what pickling it took: the next choice's measure
                     self._last_cost[tp] = (pending.child_cpu_s, self._forked_size.pop(tp))
-                if pending.prefault is not None:
-                    self.prefaulted.inc(pending.prefault.pages)
             self._succeeded(tp)
             offsets[tp] = OffsetAndMetadata(offset, "", -1)
         self._commit(offsets, commit_async)

@@ -65,11 +65,6 @@ class CheckpointSettings:
         "checkpoint). Revocation and shutdown checkpoints always wait",
         flag="--checkpoint-background", choices=("auto", "on", "off")))
 
-    prefault: str = field(default="on", metadata=_help(
-        "on: after a checkpoint forks, a thread copies the pages the worker shares with the copy in bulk "
-        "(madvise, Linux 5.14+), so the loop does not stall on a page fault per page it writes; the worker holds "
-        "a copy of its whole heap until the fork ends (up to twice its memory). off: pages are copied as the loop "
-        "writes them", flag="--checkpoint-prefault", choices=("on", "off")))
     timeout: float = field(default=120.0, metadata=_help(
         "seconds a checkpoint written off the loop may take: then its writer is killed (or its sync abandoned) and the "
         "checkpoint counts as failed (partition paused, retried)", flag="--checkpoint-timeout"))
@@ -78,8 +73,7 @@ class CheckpointSettings:
         check(self, (("every", self.every >= 1, "must be >= 1"),
                      ("seconds", self.seconds > 0, "must be > 0 seconds"),
                      ("timeout", self.timeout > 0, "must be > 0 seconds"),
-                     ("background", self.background in ("auto", "on", "off"), "must be auto, on or off"),
-                     ("prefault", self.prefault in ("on", "off"), "must be on or off")))
+                     ("background", self.background in ("auto", "on", "off"), "must be auto, on or off")))
 
 
 @dataclass(frozen=True)

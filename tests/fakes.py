@@ -229,9 +229,9 @@ class FakeStore(DirectoryCheckpointStore):
         super().save(state)
         self.calls.append(("save", state.partition, state.next_offset))
 
-    def begin_save(self, state, freeze_gc=True, prefault=False):
+    def begin_save(self, state, freeze_gc=True):
         self.calls.append(("begin_save", state.partition, state.next_offset))
-        pending = super().begin_save(state, freeze_gc, prefault)
+        pending = super().begin_save(state, freeze_gc)
         if self.writers_finish_at_once:
             pending._child_done(block=True)
             if pending._thread is not None:

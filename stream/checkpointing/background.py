@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Optional, Protocol
 from shopstream.files import open_locked, remove_leftovers
 
 from .format import HeaderFields
-from .prefault import Prefault
 
 if TYPE_CHECKING:
     from stream.partition import CheckpointMarks, Partition
@@ -124,7 +123,7 @@ class PendingSave:
     counted as not checkpointed)."""
 
     def __init__(self, store: BackgroundStore, state: "Partition", before: "CheckpointMarks", pid: int,
-                 spool: Path, froze_gc: bool, spool_lock=None, prefault: Optional[Prefault] = None):
+                 spool: Path, froze_gc: bool, spool_lock=None):
         self.store, self.state, self.before = store, state, before
         self.key = store.key(state.topic, state.partition)
         self.snapshot = HeaderFields(state)   # what the header says, as it was when the checkpoint began
@@ -140,7 +139,6 @@ class PendingSave:
         self.hurried = False
         self.started = time.monotonic()
         self.spool_lock = spool_lock   # this process's lock on the spool (see `files.open_locked`)
-        self.prefault = prefault       # the thread copying the shared pages ahead of the loop, if any
 
     def _child_done(self, block: bool) -> bool:
         if self.status is None:
@@ -150,8 +148,6 @@ class PendingSave:
             self.child_maxrss_kib = usage.ru_maxrss  # the child's peak (shared pages included)
             self.child_cpu_s = usage.ru_utime + usage.ru_stime
             self.status = os.waitstatus_to_exitcode(status)
-            if self.prefault is not None:   # the pages are the worker's alone now: nothing left to copy
-                self.prefault.stop()
             if self.status != 0:
                 error = spool_siblings(self.spool)[0]
                 self.error = error.read_text() if error.exists() else f"checkpoint writer exited with {self.status}"
@@ -225,8 +221,7 @@ class BackgroundCheckpoints:
         self.spool_dir = spool_dir   # where the Kafka store's children spool (default: the temp dir)
         self._swept = False          # the spools a killed worker left were removed
 
-    def begin_save(self: BackgroundStore, state: "Partition", freeze_gc: bool = True,
-                   prefault: bool = False) -> PendingSave:
+    def begin_save(self: BackgroundStore, state: "Partition", freeze_gc: bool = True) -> PendingSave:
         """Start a checkpoint of `state` as it is now; return at once (after a fork).
 
         The caller goes on processing events and must call `finish()` on the result (after
@@ -239,8 +234,7 @@ class BackgroundCheckpoints:
         the child still shares its pages, copying the whole heap (measured: a 1.5 s stop at
         50,000 open predictions). The last `finish()` of the children alive unfreezes them,
         so cycles made before a fork are reclaimed afterwards. The child dies with the
-        worker (PR_SET_PDEATHSIG on Linux). With `prefault`, a thread copies the pages the
-        parent shares with the child in bulk while the child lives (prefault.py)."""
+        worker (PR_SET_PDEATHSIG on Linux)."""
         before = self.stage(state)
         if freeze_gc:
             _freeze()
@@ -276,8 +270,7 @@ class BackgroundCheckpoints:
             finally:
                 os._exit(code)
         _lower_priority(pid)   # here, not in the child: a `hurry` always comes after it
-        return PendingSave(self, state, before, pid, spool, froze_gc=freeze_gc, spool_lock=spool_lock,
-                           prefault=Prefault().start() if prefault else None)
+        return PendingSave(self, state, before, pid, spool, froze_gc=freeze_gc, spool_lock=spool_lock)
 
     def _write_in_child(self, key: str, state: "Partition", spool: Path) -> None:
         """In the forked child: write the checkpoint of `state` (or its spool)."""

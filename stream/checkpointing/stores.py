@@ -109,7 +109,7 @@ class CheckpointStore:
             raise
         self.saw_sequence(key, state.sequence)
 
-    def begin_save(self, state: Partition, freeze_gc: bool = True, prefault: bool = False) -> PendingSave:
+    def begin_save(self, state: Partition, freeze_gc: bool = True) -> PendingSave:
         """Begin a checkpoint of `state` written in the background (`background.BackgroundCheckpoints`)."""
         raise NotImplementedError(f"{type(self).__name__} writes no checkpoint in the background")
 
