@@ -2,7 +2,7 @@
 """What a forked checkpoint costs the engine that goes on learning, in process: page faults and time per event.
 
     python benchmarks/fork_faults.py [--state 1000000] [--chunk 10000] [--chunks 12] [--threads 0]
-                                     [--events-per-second 1500]
+                                     [--events-per-second 1500] [--parts]
 
 Builds an engine (shop features, logreg) on `--state` generated events, times `--chunk` events at a
 time (CPU-clock microseconds and minor page faults per event, `getrusage`), forks a child that
@@ -14,6 +14,13 @@ threads that wake every millisecond, as the worker's client threads do. `--event
 generates events whose time advances one second per E events, as `serving.py`'s feed does (1,500):
 then every prediction of the last 1,800 s of event time is still open (up to the engine's cap of 1M),
 where the default generator spreads a month over the events and few stay open.
+
+`--parts` then splits a fork's cost by the part of the engine that writes: for each part, a
+fresh child (so every page is shared again) and the next `--chunk` events through that part
+alone: the whole engine, the features (`transform` then `learn`), the label joiner (`advance`,
+`purchase`, `open` with one fixed feature dict), the model (predict and learn one fixed dict),
+and within the features the session table's reads, its recency order (`move_to_end`), the user
+and the product tables' reads.
 
 Against the live worker (`benchmarks/serving.py --trace` and a sampler of
 ``/proc/<worker>/task/*/stat``), this separates the engine's own share of a fork's aftermath.
@@ -44,14 +51,17 @@ def chunk_cost(engine, events) -> tuple[float, float]:
     return spent / len(events) * 1e6, (after.ru_minflt - before.ru_minflt) / len(events)
 
 
-def measure(state: int, chunk: int, chunks: int, threads: int = 0, events_per_second: float = 0.0) -> dict:
+def measure(state: int, chunk: int, chunks: int, threads: int = 0, events_per_second: float = 0.0,
+            parts: bool = False) -> dict:
     from shopstream.engine import Engine
     from shopstream.events import decode_event
-    total = state + chunk * (chunks + 6)
+    total = state + chunk * (chunks + 6 + (8 if parts else 0))
     if events_per_second:
         import msgspec
 
-        events = [decode_event(msgspec.json.encode(r)) for r in paced_records(total, events_per_second)]
+        # 20% more generated than used: the generator's last events jump ahead and expire everything
+        records = paced_records(int(total * 1.2), events_per_second)[:total]
+        events = [decode_event(msgspec.json.encode(r)) for r in records]
     else:
         events = [decode_event(value) for _, value in make_messages(total)]
     engine = Engine.fresh("logreg", "shop")
@@ -88,10 +98,97 @@ def measure(state: int, chunk: int, chunks: int, threads: int = 0, events_per_se
         os.waitpid(child, 0)
         gc.unfreeze()
     rows["after"] = [next_chunk() for _ in range(3)]
+    if parts:
+        rows["parts"] = part_costs(engine, events[position:], chunk)
     stop.set()
     rows["rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rows["open_predictions"] = open_predictions   # when the state was built
     return rows
+
+
+def _parts(engine) -> dict:
+    """name -> a function of a list of events that runs them through that part of `engine` only."""
+    from shopstream.labels import PREDICTION_POINT, PURCHASE, OpenPrediction, label_role, prediction_key
+
+    features, joiner, model = engine.features, engine.joiner, engine.slots[0].model
+    fixed: dict = {}
+
+    def whole(events):
+        for event in events:
+            engine.process(event)
+
+    def feature_tables(events):
+        for event in events:
+            features.transform(event)
+            features.learn(event)
+
+    def label_joiner(events):
+        for event in events:
+            joiner.advance(event.event_time, event.user_id)
+            role = label_role(event)
+            if role == PURCHASE:
+                joiner.purchase(prediction_key(event), event.event_time)
+            elif role == PREDICTION_POINT:
+                joiner.open(OpenPrediction(prediction_key(event), event.event_time, dict(fixed), [(0.25, False)]),
+                            True)
+
+    def learner(events):
+        for _ in events:
+            model.predict_proba_one(fixed)
+            model.learn_one(fixed, False)
+
+    def session_reads(events):
+        for event in events:
+            session = features.sessions.get(event.user_session)
+            if session is not None:
+                session[1], event.product_id in session[3], session[4].get(event.product_id)
+
+    def session_order(events):
+        sessions = features.sessions
+        for event in events:
+            if event.user_session in sessions:
+                sessions.move_to_end(event.user_session)
+
+    def user_reads(events):
+        for event in events:
+            features.users.get(event.user_id)
+
+    def product_reads(events):
+        for event in events:
+            features.products.get(event.product_id)
+
+    def prepare(events):
+        fixed.update(features.transform(events[0]))
+
+    return {"prepare": prepare, "engine": whole, "features": feature_tables, "label joiner": label_joiner,
+            "model": learner, "sessions: read": session_reads, "sessions: move_to_end": session_order,
+            "users: read": user_reads, "products: read": product_reads}
+
+
+def part_costs(engine, events, chunk: int) -> dict:
+    """part -> (CPU microseconds, minor faults) per event over `chunk` events, each part right after
+    a fork of its own (a child that only sleeps); `events` holds `chunk` per part."""
+    parts = _parts(engine)
+    parts.pop("prepare")(events)
+    costs = {}
+    for i, (name, run) in enumerate(parts.items()):
+        batch = events[i * chunk:(i + 1) * chunk]
+        gc.freeze()
+        child = os.fork()
+        if child == 0:
+            gc.disable()
+            time.sleep(3600)
+            os._exit(0)
+        try:
+            before, started = resource.getrusage(resource.RUSAGE_SELF), time.process_time()
+            run(batch)
+            spent, after = time.process_time() - started, resource.getrusage(resource.RUSAGE_SELF)
+        finally:
+            os.kill(child, 9)
+            os.waitpid(child, 0)
+            gc.unfreeze()
+        costs[name] = (spent / chunk * 1e6, (after.ru_minflt - before.ru_minflt) / chunk)
+    return costs
 
 
 def main(argv=None) -> int:
@@ -101,13 +198,16 @@ def main(argv=None) -> int:
     parser.add_argument("--chunks", type=int, default=12)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--events-per-second", type=float, default=0.0)
+    parser.add_argument("--parts", action="store_true", help="then each part's faults after a fork of its own")
     args = parser.parse_args(argv)
-    rows = measure(args.state, args.chunk, args.chunks, args.threads, args.events_per_second)
+    rows = measure(args.state, args.chunk, args.chunks, args.threads, args.events_per_second, args.parts)
     print(f"state {args.state:,} events ({rows['open_predictions']:,} predictions open), peak RSS "
           f"{rows['rss_mib']:,.0f} MiB; per event, {args.chunk:,} at a time:")
     for phase in ("before", "sharing", "after"):
         for i, (us, faults) in enumerate(rows[phase]):
             print(f"  {phase:>7} {i:2d}: {us:6.1f} us CPU, {faults:5.2f} minor faults")
+    for name, (us, faults) in rows.get("parts", {}).items():
+        print(f"  after a fork of its own, {name:>22}: {us:6.1f} us CPU, {faults:5.2f} minor faults")
     return 0
 
 

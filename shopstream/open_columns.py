@@ -2,10 +2,9 @@
 
 A checkpoint writes the joiner's open predictions in batches of (deadline, seq, prediction)
 entries (`LabelJoiner.entries_apart`). Pickled as objects, each entry costs pickle a Python call
-(`OpenPrediction.__getstate__`) and a memo entry for each of its five objects: about 8.6 us an
-open prediction in a worker's heap, 6.5 s at 749,161 open (BENCHMARKS.md, "Open predictions
-in columns"). A forked checkpoint child pickles that long, and while it lives every page the
-loop writes is copied.
+(`OpenPrediction.__getstate__`) and a memo entry for each of its five objects. As columns, a
+whole checkpoint after 1M events at the serving feed's pace (751,991 open) took 3.2 s instead of
+6.0 (BENCHMARKS.md, *The API on librdkafka*, 13): the time a forked copy shares the worker's pages.
 
 `OpenColumns.of(entries)` instead reads each field of every entry with C-level `map` calls
 and keeps it as one array, string or bytes: deadlines, seqs and event times as doubles and
