@@ -101,6 +101,11 @@ class PackedLayout:
         self._features = struct.Struct(f"{n}d")
         self._outputs = struct.Struct(f"{8 * n}x{slots}d{slots}B")   # skips the features
 
+    @property
+    def size(self) -> int:
+        """Bytes of a prediction packed through this layout."""
+        return self._whole.size
+
     def pack(self, values, outputs) -> bytes:
         """`values`: the feature values (floats), `outputs`: each slot's (float P(True), label)."""
         return self._whole.pack(*values, *[p for p, _ in outputs], *[_LABEL_CODES[y] for _, y in outputs])
@@ -227,6 +232,7 @@ class OpenPrediction:
             self._x = dict(zip(names, memoryview(packed).cast("d")))
 
 
+_APART: set = set()   # ids of the joiners inside `entries_apart` (their pickle leaves the entries out)
 _SHARDS = 64  # the key index is cut in shards: growing one resizes a 64th of it, not all of it
 #: An open prediction's features are packed (`OpenPrediction.compact`) once this many later
 #: predictions were opened: one resolved sooner (a purchase, a short window, a quiet partition)
@@ -279,7 +285,7 @@ class LabelJoiner:
         del state["_by_key"]
         del state["_unpacked"], state["_unpacked_floats"]   # the state is main's: packed, nothing pending
         del state["_in_order"]   # its entries are in the one list
-        state["_deadlines"] = [] if state.pop("_apart", False) else self._live_entries()
+        state["_deadlines"] = [] if id(self) in _APART else self._live_entries()
         return state
 
     def _live_entries(self) -> list[tuple]:
@@ -310,13 +316,17 @@ class LabelJoiner:
         """Give the live (deadline, seq, prediction) entries, packed, for a checkpoint to pickle
         apart, in batches (each with its own small memo, `OpenColumns` when it can); while the
         block runs, pickling the joiner leaves them out (a joiner loaded so gets them by `attach`).
-        The joiner itself is not changed (no index to rebuild), and must not be used meanwhile."""
+        The joiner itself is not changed (no index to rebuild, no attribute set: on CPython 3.11
+        a new attribute can push an object's attributes out of its fast inline storage), and
+        must not be used meanwhile."""
+        if id(self) in _APART:
+            raise RuntimeError("entries_apart is already open for this joiner")
         self._pack_all()
-        self._apart = True
+        _APART.add(id(self))
         try:
             yield self._live_entries()
         finally:
-            del self._apart
+            _APART.discard(id(self))
 
     def attach(self, entries: list) -> None:
         """Add entries pickled apart (`entries_apart`), as a checkpoint's batches bring them back: each

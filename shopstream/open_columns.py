@@ -3,8 +3,9 @@
 A checkpoint writes the joiner's open predictions in batches of (deadline, seq, prediction)
 entries (`LabelJoiner.entries_apart`). Pickled as objects, each entry costs pickle a Python call
 (`OpenPrediction.__getstate__`) and a memo entry for each of its five objects. As columns, a
-whole checkpoint after 1M events at the serving feed's pace (751,991 open) took 3.2 s instead of
-6.0 (BENCHMARKS.md, *The API on librdkafka*, 13): the time a forked copy shares the worker's pages.
+whole checkpoint after 1M events at the serving feed's pace (751,991 open) took 3.2 s, against
+6.0 s pickling entries and 9.5 s before `LabelJoiner.entries_apart` (BENCHMARKS.md, *The API on
+librdkafka*, 13): the time a forked copy shares the worker's pages.
 
 `OpenColumns.of(entries)` instead reads each field of every entry with C-level `map` calls
 and keeps it as one array, string or bytes: deadlines, seqs and event times as doubles and
@@ -81,7 +82,10 @@ class OpenColumns:
         if ({*map(type, deadlines)} != {float} or {*map(type, times)} != {float} or {*map(type, seqs)} != {int}
                 or {*map(type, packed)} != {bytes} or {*map(type, champions)} != {int}
                 or {*map(type, keys)} != {tuple} or {*map(len, keys)} != {2}
-                or list(map(_own_seq, predictions)) != seqs or not 0 <= min(champions) <= max(champions) < 1 << 15):
+                or not 0 <= min(champions) <= max(champions) < 1 << 15):
+            return None
+        own_seqs = list(map(_own_seq, predictions))
+        if {*map(type, own_seqs)} != {int} or own_seqs != seqs:
             return None
         layout_of = list(map(_layout, predictions))
         layouts = tuple(dict.fromkeys(layout_of))   # PackedLayout hashes by identity: the batch's few
@@ -107,16 +111,26 @@ class OpenColumns:
         for column, raw in ((deadlines, self.deadlines), (seqs, self.seqs), (times, self.times),
                             (lengths, self.lengths), (layout_ids, self.layout_ids), (champions, self.champions)):
             column.frombytes(raw)
+        if not (self.sessions.__class__ is self.products.__class__ is str and self.packed.__class__ is bytes
+                and self.refs.__class__ is list and self.layouts.__class__ is tuple
+                and all(layout.__class__ is PackedLayout for layout in self.layouts)):
+            raise ValueError("a batch of open predictions holds a column of the wrong type")
         sessions, products = self.sessions.split(_SEPARATOR), self.products.split(_SEPARATOR)
         count = len(deadlines)
         if not (len(seqs) == len(times) == len(lengths) == len(layout_ids) == len(champions) == len(sessions)
                 == len(products) == len(self.refs) == count) or sum(lengths) != len(self.packed):
             raise ValueError("the columns of a batch of open predictions differ in length")
+        if count and (max(layout_ids) >= len(self.layouts) or len(set(seqs)) != count):
+            raise ValueError("a batch of open predictions names a layout it does not hold, or a seq twice")
         layouts, packed, refs = self.layouts, self.packed, self.refs
+        sizes = [layout.size for layout in layouts]
         entries = []
         end = 0
         for i in range(count):
             start, end = end, end + lengths[i]
+            if lengths[i] != sizes[layout_ids[i]]:
+                raise ValueError(f"open prediction {i} of a batch: {lengths[i]} bytes, its layout reads "
+                                 f"{sizes[layout_ids[i]]}")
             # packed: the bytes and their layout in place of the features and outputs (`compact`'s result)
             prediction = OpenPrediction((sessions[i], products[i]), times[i], packed[start:end],  # type: ignore[arg-type]
                                         layouts[layout_ids[i]], champions[i], refs[i])

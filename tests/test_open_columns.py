@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import pickle
 import struct
+from array import array
 
 import pytest
 
@@ -25,11 +26,15 @@ def _bits(value):
 
 
 def _fields(entry):
+    """Every field of an entry, floats as their bits, each with its type (a bool for an int, a
+    str subclass for a str would differ)."""
     deadline, seq, prediction = entry
     outputs = tuple((_bits(p), y) for p, y in prediction.outputs)
     x = {name: _bits(value) for name, value in prediction.x.items()}
-    return (_bits(deadline), seq, prediction.key, _bits(prediction.event_time), list(x.items()), outputs,
-            prediction.champion, prediction.ref, prediction.seq)
+    fields = (_bits(deadline), seq, *prediction.key, _bits(prediction.event_time), list(x.items()), outputs,
+              prediction.champion, prediction.ref, prediction.seq)
+    return fields, [type(field).__name__ for field in (deadline, *prediction.key, prediction.event_time, seq,
+                                                       prediction.champion, prediction.seq)]
 
 
 def _engine(n=3000, features="shop", seed=5):
@@ -78,9 +83,39 @@ def test_a_batch_the_columns_cannot_hold_exactly_is_left_to_pickle(odd):
     assert OpenColumns.of([]) is None
 
 
-def test_a_seq_that_is_not_the_entry_s_is_not_written_as_columns():
+class _Float(float):
+    pass
+
+
+def test_a_seq_a_champion_or_a_deadline_that_would_come_back_different_is_not_written_as_columns():
     deadline, _, prediction = _entry(seq=3)
-    assert OpenColumns.of([(deadline, 4, prediction)]) is None
+    assert OpenColumns.of([(deadline, 4, prediction)]) is None      # not the entry's seq
+    prediction.seq = True
+    assert OpenColumns.of([(deadline, 1, prediction)]) is None      # a bool seq would come back an int
+    prediction.seq, prediction.champion = 3, True
+    assert OpenColumns.of([(deadline, 3, prediction)]) is None      # so would a bool champion
+    prediction.champion = 0
+    assert OpenColumns.of([(_Float(deadline), 3, prediction)]) is None
+    assert OpenColumns.of([(deadline, 3, prediction)]) is not None
+
+
+def test_the_joiner_pickles_whole_again_after_its_entries_were_apart_even_after_an_error():
+    engine = _engine(n=1500)
+    joiner = engine.joiner
+    with joiner.entries_apart() as entries:
+        assert len(pickle.loads(pickle.dumps(joiner))) == 0 < len(entries)
+        with pytest.raises(RuntimeError, match="already open"):
+            with joiner.entries_apart():
+                pass
+    assert len(pickle.loads(pickle.dumps(joiner))) == len(joiner) == len(entries)
+    with pytest.raises(KeyError):
+        with joiner.entries_apart():
+            raise KeyError("a failed checkpoint")
+    assert len(pickle.loads(pickle.dumps(joiner))) == len(joiner)
+    state, first, second = _partition(engine), io.BytesIO(), io.BytesIO()
+    dump_payload(state, first)   # the same partition, checkpointed twice: the same payload
+    dump_payload(state, second)
+    assert first.getvalue() == second.getvalue()
 
 
 def test_refs_of_any_kind_come_back():
@@ -123,6 +158,30 @@ def test_a_checkpoint_with_columns_and_entries_restores_an_engine_that_goes_on_e
         event = event_from_record(record)
         assert restored.engine.process(event, offset) == original.process(event, offset)
     assert restored.engine.counts == original.counts
+
+
+def test_a_prediction_whose_bytes_its_layout_cannot_read_is_refused():
+    columns = OpenColumns.of([_entry(key=("a", "b"), seq=1), _entry(key=("c", "d"), seq=2)])
+    lengths = array("Q")
+    lengths.frombytes(columns.lengths)
+    lengths[0], lengths[1] = lengths[0] - 8, lengths[1] + 8   # the same total: only the layout tells
+    columns.lengths = lengths.tobytes()
+    with pytest.raises(ValueError, match="open prediction 0 of a batch"):
+        columns.entries()
+
+
+def test_columns_that_name_a_missing_layout_or_a_seq_twice_are_refused():
+    columns = OpenColumns.of([_entry(key=("a", "b"), seq=1), _entry(key=("c", "d"), seq=2)])
+    good_ids, good_seqs = columns.layout_ids, columns.seqs
+    columns.layout_ids = array("H", [0, 7]).tobytes()
+    with pytest.raises(ValueError, match="layout it does not hold"):
+        columns.entries()
+    columns.layout_ids, columns.seqs = good_ids, array("q", [1, 1]).tobytes()
+    with pytest.raises(ValueError, match="a seq twice"):
+        columns.entries()
+    columns.seqs, columns.sessions = good_seqs, b"a\x00c"
+    with pytest.raises(ValueError, match="wrong type"):
+        columns.entries()
 
 
 def test_a_batch_whose_columns_disagree_is_a_checkpoint_error():

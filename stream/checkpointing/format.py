@@ -5,7 +5,7 @@ chunk records):
 
     SHOPSTREAM-CKPT-3\\n
     sha256:<hex>\\n  or  hmac-sha256:<hex>\\n      the check of the header line
-    {"format": "CKPT-3", "payload": 2, "group": ..., "topic": ..., "partition": ..., "sequence": ...,
+    {"format": "CKPT-3", "payload": 3, "group": ..., "topic": ..., "partition": ..., "sequence": ...,
      "next_offset": ..., "size": ..., "sha256": <hex of the payload>, ...}\\n
     <payload: the pickle of the Partition, then its open predictions in batches, then None>
 
