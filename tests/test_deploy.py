@@ -259,11 +259,16 @@ def test_compose_topology_natively_with_real_prometheus(compose, kafka, tmp_path
                                + "".join(f"\na stopped worker's last words:\n{log}" for log in dead)) from None
         # The scoring API as compose configures it: one worker answers for users of every partition,
         # forwarding those of the other worker's partitions to it. A recorded score is answered when its
-        # partition's worker reaches the event: first let the workers catch up with the feed.
+        # partition's worker reaches the event: first let the workers catch up with the feed, each holding
+        # its share of the partitions (both scraped is not enough: the second worker's join may still be
+        # rebalancing the group, and then the first holds all four and forwards nothing).
         def caught_up():
             lag = api.query("sum(shopstream_consumer_lag)")["data"]["result"]
-            return lag and float(lag[0]["value"][1]) == 0
-        wait_for(caught_up, 120, "workers caught up with the feed")
+            holders = api.query("count(shopstream_assigned_partitions > 0)")["data"]["result"]
+            held = api.query("sum(shopstream_assigned_partitions)")["data"]["result"]
+            return (lag and float(lag[0]["value"][1]) == 0 and holders and float(holders[0]["value"][1]) == 2
+                    and held and float(held[0]["value"][1]) == 4)
+        wait_for(caught_up, 120, "workers caught up with the feed, two partitions each")
         users, covered = [], set()
         for number in range(1000):
             partition = partition_for(f"deploy-user-{number}", 4)  # SHOPSTREAM_PARTITIONS' default
