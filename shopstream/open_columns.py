@@ -108,13 +108,15 @@ class OpenColumns:
         """The (deadline, seq, prediction) entries, as `of` read them."""
         deadlines, seqs, times = array("d"), array("q"), array("d")
         lengths, layout_ids, champions = array("Q"), array("H"), array("h")
-        for column, raw in ((deadlines, self.deadlines), (seqs, self.seqs), (times, self.times),
-                            (lengths, self.lengths), (layout_ids, self.layout_ids), (champions, self.champions)):
-            column.frombytes(raw)
+        numbers = ((deadlines, self.deadlines), (seqs, self.seqs), (times, self.times), (lengths, self.lengths),
+                   (layout_ids, self.layout_ids), (champions, self.champions))
         if not (self.sessions.__class__ is self.products.__class__ is str and self.packed.__class__ is bytes
                 and self.refs.__class__ is list and self.layouts.__class__ is tuple
-                and all(layout.__class__ is PackedLayout for layout in self.layouts)):
+                and all(layout.__class__ is PackedLayout for layout in self.layouts)
+                and all(raw.__class__ is bytes for _, raw in numbers)):
             raise ValueError("a batch of open predictions holds a column of the wrong type")
+        for column, raw in numbers:
+            column.frombytes(raw)   # ValueError unless a whole number of items
         sessions, products = self.sessions.split(_SEPARATOR), self.products.split(_SEPARATOR)
         count = len(deadlines)
         if not (len(seqs) == len(times) == len(lengths) == len(layout_ids) == len(champions) == len(sessions)

@@ -182,6 +182,9 @@ def test_columns_that_name_a_missing_layout_or_a_seq_twice_are_refused():
     columns.seqs, columns.sessions = good_seqs, b"a\x00c"
     with pytest.raises(ValueError, match="wrong type"):
         columns.entries()
+    columns.sessions, columns.times = "a\x00c", "not bytes"
+    with pytest.raises(ValueError, match="wrong type"):
+        columns.entries()
 
 
 def test_a_batch_whose_columns_disagree_is_a_checkpoint_error():
