@@ -268,7 +268,12 @@ def test_compose_topology_natively_with_real_prometheus(compose, kafka, tmp_path
             held = api.query("sum(shopstream_assigned_partitions)")["data"]["result"]
             return (lag and float(lag[0]["value"][1]) == 0 and holders and float(holders[0]["value"][1]) == 2
                     and held and float(held[0]["value"][1]) == 4)
-        wait_for(caught_up, 120, "workers caught up with the feed, two partitions each")
+        try:
+            wait_for(caught_up, 120, "workers caught up with the feed, two partitions each")
+        except TimeoutError as error:
+            held = {q: api.query(q)["data"]["result"] for q in ("shopstream_assigned_partitions",
+                                                                 "sum(shopstream_consumer_lag)")}
+            raise TimeoutError(f"{error}; seen {held}; workers alive: {[w.poll() is None for w in workers]}") from None
         users, covered = [], set()
         for number in range(1000):
             partition = partition_for(f"deploy-user-{number}", 4)  # SHOPSTREAM_PARTITIONS' default
@@ -325,5 +330,8 @@ def test_compose_topology_natively_with_real_prometheus(compose, kafka, tmp_path
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
         logs = [worker.communicate(timeout=60)[1] for worker in workers]
+        if sys.exc_info()[0] is not None:   # failing: what the workers said (pytest shows it with the failure)
+            for number, log in enumerate(logs):
+                print(f"--- worker {number}'s log, its end:\n{log[-6000:]}")
     assert [w.returncode for w in workers] == [0, 0], "\n".join(log[-2000:] for log in logs)
     assert all("assigned partition" in log for log in logs), "each worker must own partitions"
