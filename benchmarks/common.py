@@ -62,6 +62,12 @@ def paced_records(n: int, events_per_second: float, seed: int = 7) -> list[dict]
     return list(generate(n, seed=seed, days=n / events_per_second / 86400))
 
 
+def paced_backlog(n: int, events_per_second: float, seed: int = 7) -> list[dict]:
+    """The first `n` of 20% more `paced_records`: a state built from them ends as a live shop's
+    does, with predictions open (the generator's last events jump ahead and expire everything)."""
+    return paced_records(int(n * 1.2), events_per_second, seed)[:n]
+
+
 def history_file(n: int, seed: int = SEED) -> Path:
     """A cached JSONL history of `n` generated events (what `shopstream generate` writes)."""
     from shopstream.generator import generate, write_jsonl

@@ -35,20 +35,38 @@ import resource
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import make_messages, paced_records  # noqa: E402
+from common import make_messages, paced_backlog  # noqa: E402
 
 
-def chunk_cost(engine, events) -> tuple[float, float]:
-    """(CPU microseconds, minor faults) per event of processing `events` with `engine`."""
+def chunk_cost(run, events) -> tuple[float, float]:
+    """(CPU microseconds, minor faults) per event of `run(events)`."""
     before, started = resource.getrusage(resource.RUSAGE_SELF), time.process_time()
-    for event in events:
-        engine.process(event)
+    run(events)
     spent, after = time.process_time() - started, resource.getrusage(resource.RUSAGE_SELF)
     return spent / len(events) * 1e6, (after.ru_minflt - before.ru_minflt) / len(events)
+
+
+@contextmanager
+def sleeping_child():
+    """A forked child that shares the heap and only sleeps (as a checkpoint child would, minus its
+    writes: the parent's faults alone), killed at the block's end."""
+    gc.freeze()
+    child = os.fork()
+    if child == 0:
+        gc.disable()
+        time.sleep(3600)
+        os._exit(0)
+    try:
+        yield
+    finally:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+        gc.unfreeze()
 
 
 def measure(state: int, chunk: int, chunks: int, threads: int = 0, events_per_second: float = 0.0,
@@ -59,9 +77,7 @@ def measure(state: int, chunk: int, chunks: int, threads: int = 0, events_per_se
     if events_per_second:
         import msgspec
 
-        # 20% more generated than used: the generator's last events jump ahead and expire everything
-        records = paced_records(int(total * 1.2), events_per_second)[:total]
-        events = [decode_event(msgspec.json.encode(r)) for r in records]
+        events = [decode_event(msgspec.json.encode(r)) for r in paced_backlog(total, events_per_second)]
     else:
         events = [decode_event(value) for _, value in make_messages(total)]
     engine = Engine.fresh("logreg", "shop")
@@ -78,25 +94,16 @@ def measure(state: int, chunk: int, chunks: int, threads: int = 0, events_per_se
     for _ in range(threads):
         threading.Thread(target=wake_often, daemon=True).start()
     position = state
+    process = _parts(engine)["engine"]
 
     def next_chunk():
         nonlocal position
         position += chunk
-        return chunk_cost(engine, events[position - chunk:position])
+        return chunk_cost(process, events[position - chunk:position])
 
     rows: dict = {"before": [next_chunk() for _ in range(3)]}
-    gc.freeze()
-    child = os.fork()
-    if child == 0:   # as a checkpoint child, without its writes: the parent's faults alone
-        gc.disable()
-        time.sleep(3600)
-        os._exit(0)
-    try:
+    with sleeping_child():
         rows["sharing"] = [next_chunk() for _ in range(chunks)]
-    finally:
-        os.kill(child, 9)
-        os.waitpid(child, 0)
-        gc.unfreeze()
     rows["after"] = [next_chunk() for _ in range(3)]
     if parts:
         rows["parts"] = part_costs(engine, events[position:], chunk)
@@ -172,22 +179,8 @@ def part_costs(engine, events, chunk: int) -> dict:
     parts.pop("prepare")(events)
     costs = {}
     for i, (name, run) in enumerate(parts.items()):
-        batch = events[i * chunk:(i + 1) * chunk]
-        gc.freeze()
-        child = os.fork()
-        if child == 0:
-            gc.disable()
-            time.sleep(3600)
-            os._exit(0)
-        try:
-            before, started = resource.getrusage(resource.RUSAGE_SELF), time.process_time()
-            run(batch)
-            spent, after = time.process_time() - started, resource.getrusage(resource.RUSAGE_SELF)
-        finally:
-            os.kill(child, 9)
-            os.waitpid(child, 0)
-            gc.unfreeze()
-        costs[name] = (spent / chunk * 1e6, (after.ru_minflt - before.ru_minflt) / chunk)
+        with sleeping_child():
+            costs[name] = chunk_cost(run, events[i * chunk:(i + 1) * chunk])
     return costs
 
 
