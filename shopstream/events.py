@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
-from typing import Optional, Union, cast
+from typing import Annotated, Optional, Union, cast
 
 import msgspec
 
@@ -56,9 +56,38 @@ def _short(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+# What the decoder checks in C as it reads (msgspec constraints): the ranges and lengths `validate`
+# checks in Python. A constraint refused is never the message: the event is read again without them
+# and `validate` says what is wrong, as before (`_explain`). Python code building an `Event` is not
+# checked by them (msgspec checks only what it decodes or converts): `validate` stays the rule.
+_Id = Union[int, Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]]
+_Seconds = Annotated[float, msgspec.Meta(ge=MIN_EVENT_TIME, lt=MAX_EVENT_TIME)]
+_Price = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_PRICE)]
+_Feature = Union[Annotated[float, msgspec.Meta(ge=-MAX_FEATURE_ABS, le=MAX_FEATURE_ABS)], str]
+
+
 class Event(msgspec.Struct, gc=False):
     """One click or purchase. After validation `event_time` is epoch seconds (float)
     and ids are strings."""
+
+    event_time: Union[_Seconds, str]
+    event_type: str
+    product_id: _Id
+    user_id: _Id
+    user_session: _Id
+    event_id: Optional[_Id] = None
+    category_code: Optional[str] = None
+    brand: Optional[str] = None
+    price: Optional[_Price] = None
+    platform: Optional[str] = None
+    channel: Optional[str] = None
+    features: Optional[Annotated[dict[str, _Feature], msgspec.Meta(max_length=MAX_FEATURES)]] = None
+    label: Optional[bool] = None
+
+
+class _UncheckedEvent(msgspec.Struct, gc=False):
+    """`Event` without the constraints: what an event the constraints refused is read as, for
+    `validate` to say why (`_explain`)."""
 
     event_time: Union[float, str]
     event_type: str
@@ -76,6 +105,7 @@ class Event(msgspec.Struct, gc=False):
 
 
 _decoder = msgspec.json.Decoder(Event)
+_unchecked_decoder = msgspec.json.Decoder(_UncheckedEvent)
 _encoder = msgspec.json.Encoder()
 
 
@@ -86,9 +116,20 @@ def decode_event(data: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Event:
     if len(data) > max_bytes:
         raise InvalidEvent("payload", f"{len(data)} bytes exceeds the {max_bytes}-byte limit")
     try:
-        event = _decoder.decode(data)
-    except msgspec.ValidationError as exc:
-        raise InvalidEvent(*_split_msgspec_error(str(exc))) from None
+        event = _read(_decoder, data)
+    except msgspec.ValidationError:   # a type or a constraint: read it again, for the precise reason
+        return _explain(data)
+    _refuse_duplicate_keys(data, event)
+    return _checked(event)
+
+
+def _read(decoder: msgspec.json.Decoder, data: bytes):
+    """`decoder.decode(data)`; JSON that is not well formed is an `InvalidEvent` (a type or a
+    constraint refused stays msgspec's `ValidationError`)."""
+    try:
+        return decoder.decode(data)
+    except msgspec.ValidationError:
+        raise
     except msgspec.DecodeError as exc:
         reason = str(exc)
         if not _is_utf8(data):
@@ -98,6 +139,34 @@ def decode_event(data: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Event:
         raise InvalidEvent("payload", f"invalid UTF-8 at byte {exc.start}") from None
     except RecursionError:
         raise InvalidEvent("payload", "JSON nested too deeply") from None
+
+
+def _checked(event: Event) -> Event:
+    """`validate` for an event msgspec decoded or converted: it checked the ranges and lengths
+    (see `Event`), so what is left is the event type, a time given as a string and ids given
+    as numbers."""
+    if event.event_type not in EVENT_TYPES:
+        raise InvalidEvent("event_type", f"must be one of {sorted(EVENT_TYPES)}", event.event_type)
+    if event.event_time.__class__ is not float:
+        event.event_time = parse_event_time(event.event_time)
+    if (event.product_id.__class__ is not str or event.user_id.__class__ is not str
+            or event.user_session.__class__ is not str
+            or not (event.event_id is None or event.event_id.__class__ is str)):
+        for name in _ID_FIELDS:
+            _check_id(event, name)
+    return event
+
+
+def _explain(data: bytes) -> Event:
+    """An event the decoder refused: read without the constraints, checked as `validate` checks,
+    so the error says what, where and why (a type error is msgspec's). Gives the event if the
+    rules let it through (the constraints mirror the rules; should they ever differ, the rules
+    win)."""
+    try:
+        unchecked = _read(_unchecked_decoder, data)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(*_split_msgspec_error(str(exc))) from None
+    event = Event(*msgspec.structs.astuple(unchecked))
     _refuse_duplicate_keys(data, event)
     return validate(event)
 
@@ -146,10 +215,14 @@ def event_from_record(record: dict) -> Event:
     """
     cleaned = {k: v for k, v in record.items() if v != "" and v is not None}
     try:
-        event = msgspec.convert(cleaned, Event, strict=False)
+        return _checked(msgspec.convert(cleaned, Event, strict=False))
+    except msgspec.ValidationError:   # a type or a constraint: convert again, for the precise reason
+        pass
+    try:
+        unchecked = msgspec.convert(cleaned, _UncheckedEvent, strict=False)
     except msgspec.ValidationError as exc:
         raise InvalidEvent(*_split_msgspec_error(str(exc))) from None
-    return validate(event)
+    return validate(Event(*msgspec.structs.astuple(unchecked)))
 
 
 def _split_msgspec_error(message: str) -> tuple[str, str]:

@@ -3,10 +3,12 @@
 import json
 import math
 
+import msgspec
+
 import pytest
 
-from shopstream.events import (MAX_EVENT_BYTES, MAX_EVENT_TIME, MIN_EVENT_TIME, InvalidEvent, decode_event,
-                               event_from_record)
+from shopstream.events import (MAX_EVENT_BYTES, MAX_EVENT_TIME, MAX_FEATURE_ABS, MAX_FEATURES, MAX_ID_CHARS,
+                               MAX_PRICE, MIN_EVENT_TIME, InvalidEvent, _explain, decode_event, event_from_record)
 from shopstream.readers import parse_column_map, read_events
 
 GOOD = {"event_time": "2019-10-01 00:00:05 UTC", "event_type": "view", "product_id": 44600062,
@@ -162,3 +164,69 @@ def test_event_times_parse_as_the_plain_float_then_iso_order_would(value):
                 parse_event_time(value)
         else:
             assert parse_event_time(value) == want
+
+
+# -- the decoder's constraints (msgspec, in C) and the rules (`validate`, in Python) agree ---------------
+
+def _outcome(read, data):
+    """What reading `data` gives: ("event", the event's fields) or ("refused", the message)."""
+    try:
+        event = read(data)
+    except InvalidEvent as exc:
+        return "refused", str(exc)
+    return "event", msgspec.structs.astuple(event)
+
+
+def _by_the_rules(data):
+    """The decoder as it was before the constraints: read unchecked, duplicate keys, `validate`."""
+    return _explain(data)
+
+
+def _body(**changes):
+    good = {"event_time": 1.77e9, "event_type": "view", "product_id": "p1", "user_id": "u1", "user_session": "s1",
+            "event_id": "e1", "price": 9.5, "features": {"x": 0.5}}
+    good.update(changes)
+    return json.dumps({k: v for k, v in good.items() if v is not ...}).encode()
+
+
+BELOW = math.nextafter
+EDGES = [
+    _body(), _body(price=0.0), _body(price=-0.0), _body(price=MAX_PRICE), _body(price=BELOW(MAX_PRICE, math.inf)),
+    _body(price=-1e-300), _body(price=1e999), _body(price=-1e999),
+    _body(event_time=MIN_EVENT_TIME), _body(event_time=BELOW(MIN_EVENT_TIME, 0)), _body(event_time=MAX_EVENT_TIME),
+    _body(event_time=BELOW(MAX_EVENT_TIME, 0)), _body(event_time=1e999), _body(event_time=1700000000),
+    _body(event_time="2026-01-01T00:00:00Z"), _body(event_time="1700000000.5"),
+    _body(event_time="1999-12-31T23:59:59Z"),
+    _body(event_time=True), _body(event_time=None),
+    _body(features={"x": MAX_FEATURE_ABS, "y": -MAX_FEATURE_ABS}),
+    _body(features={"x": BELOW(MAX_FEATURE_ABS, math.inf)}), _body(features={"x": BELOW(-MAX_FEATURE_ABS, -math.inf)}),
+    _body(features={"x": 1e999}), _body(features={"x": "text"}),
+    _body(features={"x": 3}), _body(features={"x": None}), _body(features={}), _body(features=None),
+    _body(features={f"f{i}": 1.0 for i in range(MAX_FEATURES)}),
+    _body(features={f"f{i}": 1.0 for i in range(MAX_FEATURES + 1)}),
+    _body(user_id="é" * MAX_ID_CHARS), _body(user_id="é" * (MAX_ID_CHARS + 1)), _body(user_id=""),
+    _body(user_id=12345), _body(user_id=int("9" * MAX_ID_CHARS)), _body(user_id=int("9" * (MAX_ID_CHARS + 1))),
+    _body(product_id=-0), _body(user_session=""), _body(user_session="s" * (MAX_ID_CHARS + 1)), _body(event_id=""),
+    _body(event_id=None), _body(event_id=7), _body(event_type="click"), _body(event_type="click", price=-1.0),
+    _body(price=-1.0, user_id=""), _body(price="9.5"), _body(label="yes"), _body(label=True),
+    b'{"event_time": 1', b'{"event_time": 1.77e9, "price": 1e12}',
+    _body(price=-1.0).replace(b'"price"', b'"price": 1, "price"'),
+    _body(features={"x": 1e12}).replace(b'"x"', b'"x": 1, "x"'),
+]
+
+
+@pytest.mark.parametrize("data", EDGES, ids=range(len(EDGES)))
+def test_the_constrained_decoder_decides_every_edge_as_the_rules_do(data):
+    """The decoder checks ranges and lengths in C as it reads; an event it refuses is read again
+    by the rules, which give the message. Both paths must give the same event, or the same message."""
+    assert _outcome(decode_event, data) == _outcome(_by_the_rules, data)
+
+
+def test_csv_rows_over_a_constraint_get_the_rules_message():
+    row = {"event_time": "2026-01-01 00:00:00 UTC", "event_type": "view", "product_id": "p", "user_id": "u",
+           "user_session": "s"}
+    with pytest.raises(InvalidEvent, match=r"^price: must be a finite number in 0\.\.1e\+09"):
+        event_from_record({**row, "price": "1e12"})
+    with pytest.raises(InvalidEvent, match=r"^user_id: must be 1\.\.256 characters"):
+        event_from_record({**row, "user_id": "u" * 257})
+    assert event_from_record({**row, "price": "1e9"}).price == 1e9

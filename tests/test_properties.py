@@ -10,7 +10,7 @@ import json
 import msgspec
 from hypothesis import HealthCheck, example, given, settings as hsettings, strategies as st
 
-from shopstream.events import Event, InvalidEvent, decode_event
+from shopstream.events import Event, InvalidEvent, _explain, decode_event
 from shopstream.readers import read_events
 
 BOUNDED = hsettings(max_examples=200, derandomize=True, deadline=None, database=None,
@@ -35,6 +35,26 @@ def test_the_decoder_returns_an_event_or_raises_invalid_event_and_nothing_else(d
         return
     assert isinstance(event, Event) and isinstance(event.event_time, float)
 
+
+
+NEAR_EDGES = st.sampled_from([0.0, -0.0, 1e9, 1e9 + 1e-7, -1e9, -1e9 - 1e-7, 946684800.0, 946684799.9, 4102444800.0,
+                              4102444799.9, 1.77e9, 1e999, -1e999, 7, "", "x" * 256, "x" * 257, "2026-01-01T00:00:00Z"])
+
+
+@BOUNDED
+@given(st.dictionaries(st.sampled_from(sorted(GOOD) + ["event_id", "label"]), NEAR_EDGES | JSON_VALUES, max_size=2),
+       st.dictionaries(st.text(max_size=3), NEAR_EDGES, max_size=4))
+def test_the_constraints_checked_in_c_decide_as_the_rules_in_python(fields, features):
+    """decode_event checks ranges and lengths as msgspec reads (in C) and reads a refused event
+    again by the rules for the message (`_explain`): whatever the values, both give the same."""
+    data = json.dumps({**GOOD, **fields, "features": features}).encode()
+    outcomes = []
+    for read in (decode_event, _explain):
+        try:
+            outcomes.append(msgspec.structs.astuple(read(data)))
+        except InvalidEvent as exc:
+            outcomes.append(str(exc))
+    assert outcomes[0] == outcomes[1]
 
 @BOUNDED
 @given(key=st.sampled_from(sorted(GOOD)), spacing=st.sampled_from(["", " ", "\t", "\n", "  "]),
