@@ -2,7 +2,7 @@
 """What a forked checkpoint costs the engine that goes on learning, in process: page faults and time per event.
 
     python benchmarks/fork_faults.py [--state 1000000] [--chunk 10000] [--chunks 12] [--threads 0]
-                                     [--events-per-second 1500] [--parts]
+                                     [--events-per-second 1500] [--parts] [--child sleep|pickle]
 
 Builds an engine (shop features, logreg) on `--state` generated events, times `--chunk` events at a
 time (CPU-clock microseconds and minor page faults per event, `getrusage`), forks a child that
@@ -14,6 +14,11 @@ threads that wake every millisecond, as the worker's client threads do. `--event
 generates events whose time advances one second per E events, as `serving.py`'s feed does (1,500):
 then every prediction of the last 1,800 s of event time is still open (up to the engine's cap of 1M),
 where the default generator spreads a month over the events and few stay open.
+
+`--child pickle`: the child writes the checkpoint payload (`dump_payload` of the engine's partition, into
+/dev/null) and exits, as a forked checkpoint's copy does minus the store; the child's own CPU, system
+time and minor faults are printed (reading an object writes its reference count, so the child copies
+the pages it reads).
 
 `--parts` then splits a fork's cost by the part of the engine that writes: for each part, a
 fresh child (so every page is shared again) and the next `--chunk` events through that part
@@ -52,25 +57,54 @@ def chunk_cost(run, events) -> tuple[float, float]:
 
 
 @contextmanager
-def sleeping_child():
-    """A forked child that shares the heap and only sleeps (as a checkpoint child would, minus its
-    writes: the parent's faults alone), killed at the block's end."""
+def forked_child(work=None):
+    """A forked child that shares the heap (`gc.freeze()` first, the collector off in it, as a
+    checkpoint child) and only sleeps, or runs `work()` and exits; killed at the block's end if
+    still there. Yields a dict that then holds the child's `cpu_s`, `system_s`, `minor_faults`
+    and `work_s` (how long `work()` took: None for a sleeping child, or one killed before)."""
     gc.freeze()
+    took_read, took_write = os.pipe()
     child = os.fork()
     if child == 0:
         gc.disable()
+        os.close(took_read)
+        if work is not None:
+            started = time.monotonic()
+            work()
+            os.write(took_write, f"{time.monotonic() - started:.3f}".encode())
+            os._exit(0)
         time.sleep(3600)
         os._exit(0)
+    os.close(took_write)
+    report: dict = {}
     try:
-        yield
+        yield report
     finally:
-        os.kill(child, 9)
-        os.waitpid(child, 0)
+        pid, _, usage = os.wait4(child, os.WNOHANG)
+        if not pid:
+            os.kill(child, 9)
+            _, _, usage = os.wait4(child, 0)
+        took = os.read(took_read, 64) if pid else b""
+        os.close(took_read)
+        report.update(cpu_s=usage.ru_utime + usage.ru_stime, system_s=usage.ru_stime,
+                      minor_faults=usage.ru_minflt, work_s=float(took) if took else None)
         gc.unfreeze()
 
 
+def checkpoint_payload(engine):
+    """The work of a checkpoint's forked copy, minus the store: `dump_payload` of a partition
+    holding `engine`, into /dev/null."""
+    from stream.checkpointing.format import dump_payload
+    from stream.partition import Partition
+
+    def work():
+        with open(os.devnull, "wb") as out:
+            dump_payload(Partition("fork-faults", 0, engine), out)
+    return work
+
+
 def measure(state: int, chunk: int, chunks: int, threads: int = 0, events_per_second: float = 0.0,
-            parts: bool = False) -> dict:
+            parts: bool = False, child: str = "sleep") -> dict:
     from shopstream.engine import Engine
     from shopstream.events import decode_event
     total = state + chunk * (chunks + 6 + (8 if parts else 0))
@@ -102,9 +136,10 @@ def measure(state: int, chunk: int, chunks: int, threads: int = 0, events_per_se
         return chunk_cost(process, events[position - chunk:position])
 
     rows: dict = {"before": [next_chunk() for _ in range(3)]}
-    with sleeping_child():
+    with forked_child(checkpoint_payload(engine) if child == "pickle" else None) as report:
         rows["sharing"] = [next_chunk() for _ in range(chunks)]
     rows["after"] = [next_chunk() for _ in range(3)]
+    rows["child"] = dict(report, work=child)
     if parts:
         rows["parts"] = part_costs(engine, events[position:], chunk)
     stop.set()
@@ -179,7 +214,7 @@ def part_costs(engine, events, chunk: int) -> dict:
     parts.pop("prepare")(events)
     costs = {}
     for i, (name, run) in enumerate(parts.items()):
-        with sleeping_child():
+        with forked_child():
             costs[name] = chunk_cost(run, events[i * chunk:(i + 1) * chunk])
     return costs
 
@@ -192,13 +227,20 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--events-per-second", type=float, default=0.0)
     parser.add_argument("--parts", action="store_true", help="then each part's faults after a fork of its own")
+    parser.add_argument("--child", choices=("sleep", "pickle"), default="sleep",
+                        help="the child sleeps, or writes the checkpoint payload (dump_payload) and exits")
     args = parser.parse_args(argv)
-    rows = measure(args.state, args.chunk, args.chunks, args.threads, args.events_per_second, args.parts)
+    rows = measure(args.state, args.chunk, args.chunks, args.threads, args.events_per_second, args.parts,
+                   args.child)
     print(f"state {args.state:,} events ({rows['open_predictions']:,} predictions open), peak RSS "
           f"{rows['rss_mib']:,.0f} MiB; per event, {args.chunk:,} at a time:")
     for phase in ("before", "sharing", "after"):
         for i, (us, faults) in enumerate(rows[phase]):
             print(f"  {phase:>7} {i:2d}: {us:6.1f} us CPU, {faults:5.2f} minor faults")
+    child = rows["child"]
+    took = f", its work {child['work_s']:.2f} s" if child["work_s"] else ""
+    print(f"  the child ({child['work']}): {child['cpu_s']:.2f} s CPU ({child['system_s']:.2f} s system), "
+          f"{child['minor_faults']:,} minor faults{took}")
     for name, (us, faults) in rows.get("parts", {}).items():
         print(f"  after a fork of its own, {name:>22}: {us:6.1f} us CPU, {faults:5.2f} minor faults")
     return 0

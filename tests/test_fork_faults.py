@@ -43,3 +43,16 @@ def test_the_thread_sampler_reads_every_thread_of_a_process_and_nothing_of_one_g
     name, faults, user, system = rows[str(threading.get_native_id())]
     assert name and faults > 0 and user >= 0 and system >= 0
     assert threads_of(2 ** 22 + 1) == {}   # above Linux's pid limit: never a process
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork and wait4's rusage as on Linux")
+def test_a_child_that_writes_the_checkpoint_payload_reports_its_own_work_and_faults():
+    from fork_faults import measure
+
+    rows = measure(state=3000, chunk=500, chunks=2, events_per_second=1500, child="pickle")
+    child = rows["child"]
+    # it ran dump_payload to its end (its time came back through the pipe) and copied pages it read
+    assert child["work"] == "pickle" and child["work_s"] is not None and child["work_s"] > 0
+    assert child["cpu_s"] > 0 and child["minor_faults"] > 100
+    sleeping = measure(state=3000, chunk=500, chunks=2, events_per_second=1500)["child"]
+    assert sleeping["work_s"] is None and sleeping["minor_faults"] < child["minor_faults"]
