@@ -56,3 +56,14 @@ def test_a_child_that_writes_the_checkpoint_payload_reports_its_own_work_and_fau
     assert child["cpu_s"] > 0 and child["minor_faults"] > 100
     sleeping = measure(state=3000, chunk=500, chunks=2, events_per_second=1500)["child"]
     assert sleeping["work_s"] is None and sleeping["minor_faults"] < child["minor_faults"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork and getrusage minor faults as on Linux")
+def test_rows_of_objects_fault_on_more_pages_after_a_fork_than_the_same_numbers_in_columns():
+    from table_layouts import measure
+
+    rows = measure(rows=5000, events=1000)
+    assert set(rows) == {"objects", "columns"}
+    objects, columns = rows["objects"]["sharing"][0][1], rows["columns"]["sharing"][0][1]
+    # 5,000 rows of six objects each span hundreds of pages; five arrays of 5,000 numbers, about fifty
+    assert objects > 0.2 and columns < 0.1 and objects > 3 * columns, (objects, columns)
