@@ -87,7 +87,8 @@ class Event(msgspec.Struct, gc=False):
 
 class _UncheckedEvent(msgspec.Struct, gc=False):
     """`Event` without the constraints: what an event the constraints refused is read as, for
-    `validate` to say why (`_explain`)."""
+    `validate` to say why (`_explain`). The same fields, types and defaults as `Event`'s, less
+    the `Annotated` constraints (tests/test_events.py holds them to that)."""
 
     event_time: Union[float, str]
     event_type: str
@@ -166,7 +167,7 @@ def _explain(data: bytes) -> Event:
         unchecked = _read(_unchecked_decoder, data)
     except msgspec.ValidationError as exc:
         raise InvalidEvent(*_split_msgspec_error(str(exc))) from None
-    event = Event(*msgspec.structs.astuple(unchecked))
+    event = Event(**msgspec.structs.asdict(unchecked))
     _refuse_duplicate_keys(data, event)
     return validate(event)
 
@@ -222,7 +223,7 @@ def event_from_record(record: dict) -> Event:
         unchecked = msgspec.convert(cleaned, _UncheckedEvent, strict=False)
     except msgspec.ValidationError as exc:
         raise InvalidEvent(*_split_msgspec_error(str(exc))) from None
-    return validate(Event(*msgspec.structs.astuple(unchecked)))
+    return validate(Event(**msgspec.structs.asdict(unchecked)))
 
 
 def _split_msgspec_error(message: str) -> tuple[str, str]:

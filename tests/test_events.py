@@ -230,3 +230,26 @@ def test_csv_rows_over_a_constraint_get_the_rules_message():
     with pytest.raises(InvalidEvent, match=r"^user_id: must be 1\.\.256 characters"):
         event_from_record({**row, "user_id": "u" * 257})
     assert event_from_record({**row, "price": "1e9"}).price == 1e9
+
+
+def test_the_unchecked_twin_has_the_events_fields_types_and_defaults_less_the_constraints():
+    """`_UncheckedEvent` is `Event` without its msgspec constraints: a field added to one and not the
+    other would make the precise messages (or the events read again) differ from the fast path's."""
+    import typing
+
+    from shopstream.events import Event, _UncheckedEvent
+
+    def unconstrained(hint):
+        if typing.get_origin(hint) is typing.Annotated:
+            return unconstrained(typing.get_args(hint)[0])
+        args = typing.get_args(hint)
+        if not args:
+            return hint
+        origin = typing.get_origin(hint)
+        return typing.Union[tuple(map(unconstrained, args))] if origin is typing.Union else \
+            origin[tuple(map(unconstrained, args))]
+
+    checked = typing.get_type_hints(Event, include_extras=True)
+    assert Event.__struct_fields__ == _UncheckedEvent.__struct_fields__
+    assert Event.__struct_defaults__ == _UncheckedEvent.__struct_defaults__
+    assert {name: unconstrained(hint) for name, hint in checked.items()} == typing.get_type_hints(_UncheckedEvent)
