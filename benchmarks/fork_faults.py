@@ -66,15 +66,17 @@ def forked_child(work=None):
     took_read, took_write = os.pipe()
     child = os.fork()
     if child == 0:
-        gc.disable()
-        os.close(took_read)
-        if work is not None:
-            started = time.monotonic()
-            work()
-            os.write(took_write, f"{time.monotonic() - started:.3f}".encode())
+        try:   # the child never returns into the caller's code, whatever `work` does
+            gc.disable()
+            os.close(took_read)
+            if work is None:
+                time.sleep(3600)
+            else:
+                started = time.monotonic()
+                work()
+                os.write(took_write, f"{time.monotonic() - started:.3f}".encode())
+        finally:
             os._exit(0)
-        time.sleep(3600)
-        os._exit(0)
     os.close(took_write)
     report: dict = {}
     try:
