@@ -42,7 +42,10 @@ def new_topic(kafka, request):
 
     def make(partitions: int = 1, suffix: str = "") -> str:
         name = f"t-{request.node.name[:40]}-{uuid.uuid4().hex[:8]}{suffix}".replace("[", "-").replace("]", "")
-        admin.create_topics([NewTopic(name, partitions, 1)])
+        # Kept whole (retention.ms -1): a test that dates its records weeks back (a generated history's
+        # own times) gets a segment per 7 days of them, and the broker's next retention check (every
+        # 5 min) deleted all but the last week's, when it fell between the produce and the worker's read.
+        admin.create_topics([NewTopic(name, partitions, 1, topic_configs={"retention.ms": "-1"})])
         deadline = time.time() + 20
         while time.time() < deadline:
             # Ready = every partition has a leader: a producer that starts earlier waits, and on a
