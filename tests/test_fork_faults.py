@@ -62,8 +62,10 @@ def test_a_child_that_writes_the_checkpoint_payload_reports_its_own_work_and_fau
 def test_rows_of_objects_fault_on_more_pages_after_a_fork_than_the_same_numbers_in_columns():
     from table_layouts import measure
 
-    rows = measure(rows=5000, events=1000)
+    rows = measure(rows=20_000, events=2000)
     assert set(rows) == {"objects", "columns"}
     objects, columns = rows["objects"]["sharing"][0][1], rows["columns"]["sharing"][0][1]
-    # 5,000 rows of six objects each span hundreds of pages; five arrays of 5,000 numbers, about fifty
-    assert objects > 0.2 and columns < 0.1 and objects > 3 * columns, (objects, columns)
+    # Here about 0.9 against 0.15: 2,000 random rows of six objects each span about as many pages, five
+    # arrays of 20,000 numbers about two hundred. The margin leaves room for the faults of whatever else
+    # runs in the process (in CI the columns' count came out 0.06 higher than alone).
+    assert objects > 0.3 and objects > 2 * columns, (objects, columns)
