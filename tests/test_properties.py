@@ -36,7 +36,6 @@ def test_the_decoder_returns_an_event_or_raises_invalid_event_and_nothing_else(d
     assert isinstance(event, Event) and isinstance(event.event_time, float)
 
 
-
 NEAR_EDGES = st.sampled_from([0.0, -0.0, 1e9, 1e9 + 1e-7, -1e9, -1e9 - 1e-7, 946684800.0, 946684799.9, 4102444800.0,
                               4102444799.9, 1.77e9, 1e999, -1e999, 7, "", "x" * 256, "x" * 257, "2026-01-01T00:00:00Z"])
 
@@ -55,6 +54,7 @@ def test_the_constraints_checked_in_c_decide_as_the_rules_in_python(fields, feat
         except InvalidEvent as exc:
             outcomes.append(str(exc))
     assert outcomes[0] == outcomes[1]
+
 
 @BOUNDED
 @given(key=st.sampled_from(sorted(GOOD)), spacing=st.sampled_from(["", " ", "\t", "\n", "  "]),
