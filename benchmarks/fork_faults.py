@@ -59,9 +59,9 @@ def chunk_cost(run, events) -> tuple[float, float]:
 @contextmanager
 def forked_child(work=None):
     """A forked child that shares the heap (`gc.freeze()` first, the collector off in it, as a
-    checkpoint child) and only sleeps, or runs `work()` and exits; killed at the block's end if
-    still there. Yields a dict that then holds the child's `cpu_s`, `system_s`, `minor_faults`
-    and `work_s` (how long `work()` took: None for a sleeping child, or one killed before)."""
+    checkpoint child) and only sleeps (killed at the block's end), or runs `work()` and exits (waited
+    for at the block's end). Yields a dict that then holds the child's `cpu_s`, `system_s`,
+    `minor_faults` and `work_s` (how long `work()` took; None for a sleeping child)."""
     gc.freeze()
     took_read, took_write = os.pipe()
     child = os.fork()
@@ -82,11 +82,10 @@ def forked_child(work=None):
     try:
         yield report
     finally:
-        pid, _, usage = os.wait4(child, os.WNOHANG)
-        if not pid:
+        if work is None:   # a sleeping child is killed; one that works is waited for (its figures are whole)
             os.kill(child, 9)
-            _, _, usage = os.wait4(child, 0)
-        took = os.read(took_read, 64) if pid else b""
+        _, _, usage = os.wait4(child, 0)
+        took = os.read(took_read, 64) if work is not None else b""
         os.close(took_read)
         report.update(cpu_s=usage.ru_utime + usage.ru_stime, system_s=usage.ru_stime,
                       minor_faults=usage.ru_minflt, work_s=float(took) if took else None)
