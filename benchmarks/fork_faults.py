@@ -24,7 +24,7 @@ the pages it reads).
 fresh child (so every page is shared again) and the next `--chunk` events through that part
 alone: the whole engine, the features (`transform` then `learn`), the label joiner (`advance`,
 `purchase`, `open` with one fixed feature dict), the model (predict and learn one fixed dict),
-and within the features the session table's reads, its recency order (`move_to_end`), the user
+and within the features the session table's reads, its recency order (`SessionTable.touch`), the user
 and the product tables' reads.
 
 Against the live worker (`benchmarks/serving.py --trace` and a sampler of
@@ -181,16 +181,20 @@ def _parts(engine) -> dict:
             model.learn_one(fixed, False)
 
     def session_reads(events):
+        sessions = features.sessions
         for event in events:
-            session = features.sessions.get(event.user_session)
-            if session is not None:
-                session[1], event.product_id in session[3], session[4].get(event.product_id)
+            slot = sessions.index.get(event.user_session)
+            if slot is not None:
+                carted, viewed = sessions.carted[slot], sessions.viewed[slot]
+                sessions.views[slot], carted is not None and event.product_id in carted, \
+                    viewed is not None and viewed.get(event.product_id)
 
     def session_order(events):
         sessions = features.sessions
         for event in events:
-            if event.user_session in sessions:
-                sessions.move_to_end(event.user_session)
+            slot = sessions.index.get(event.user_session)
+            if slot is not None:
+                sessions.touch(slot)
 
     def user_reads(events):
         for event in events:
@@ -204,7 +208,7 @@ def _parts(engine) -> dict:
         fixed.update(features.transform(events[0]))
 
     return {"prepare": prepare, "engine": whole, "features": feature_tables, "label joiner": label_joiner,
-            "model": learner, "sessions: read": session_reads, "sessions: move_to_end": session_order,
+            "model": learner, "sessions: read": session_reads, "sessions: recency": session_order,
             "users: read": user_reads, "products: read": product_reads}
 
 

@@ -41,6 +41,7 @@ from typing import Any
 
 from .events import Event
 from .options import check, option_meta as _help
+from .session_table import SessionTable
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ class ShopFeatures:
     #: Every value `transform` gives is a float: open predictions pack them without checking (labels.py).
     floats_only = True
     _one_hot_columns: tuple[dict, dict, dict, dict] | None = None   # see _one_hot; state from before lacks it
-    #: (event, session, user, product, brand, category price stats, top category) as the last `transform`
+    #: (event, session slot, user, product, brand, category price stats, top category) as the last `transform`
     #: found them: the engine calls `learn` of the same event right after, which uses them instead of
     #: looking each up again. Only `learn` and `learn_catalog` change the tables, and both drop it, so it
     #: is never stale; one tuple, read once, so a `transform` from another thread (a what-if) cannot give
@@ -179,9 +180,9 @@ class ShopFeatures:
 
     def __init__(self, caps: FeatureCaps = FeatureCaps()):
         self.caps = caps
-        # session -> [start time, views, carts, set of carted products, {product: views}, last seen];
-        # least recently active first, so expired sessions sit at the head.
-        self.sessions = _Capped(caps.sessions)
+        # session -> start time, views, carts, carted products, {product: views}, last seen, as
+        # columns (see session_table.py); least recently active first, so expired sessions go first.
+        self.sessions = SessionTable(caps.sessions)
         self.users = _Capped(caps.users)        # user -> [sessions, purchases]
         self.products = _Capped(caps.products)  # product -> [views, carts, purchases]
         self.brands = _Capped(caps.brands)      # brand -> [views, purchases]
@@ -214,7 +215,8 @@ class ShopFeatures:
                 "categories": self.category_price.evicted, "session_products": self.evicted_session_products}
 
     def transform(self, event: Event) -> dict:
-        session = self.sessions.get(event.user_session)
+        sessions = self.sessions
+        session = sessions.index.get(event.user_session)   # its slot
         user = self.users.get(event.user_id)
         product_id = event.product_id
         product = self.products.get(product_id)
@@ -254,11 +256,13 @@ class ShopFeatures:
                     x["price_vs_category"] = _MAX_PRICE_RATIO if ratio > _MAX_PRICE_RATIO else ratio
         # int + 0.0 is float(int), bit for bit (an int is never -0), without a call
         if session is not None:
-            x["session_views"] = session[1] + 0.0
-            x["session_carts"] = session[2] + 0.0
-            x["session_seconds"] = float(t - session[0])   # float even for an unvalidated int time
-            x["carted_before"] = 1.0 if product_id in session[3] else 0.0
-            x["product_views_in_session"] = session[4].get(product_id, 0) + 0.0
+            x["session_views"] = sessions.views[session] + 0.0
+            x["session_carts"] = sessions.carts[session] + 0.0
+            x["session_seconds"] = t - sessions.starts[session]   # a float: the column holds doubles
+            carted = sessions.carted[session]
+            x["carted_before"] = 1.0 if carted is not None and product_id in carted else 0.0
+            viewed = sessions.viewed[session]
+            x["product_views_in_session"] = (viewed.get(product_id, 0) if viewed is not None else 0) + 0.0
         else:
             x["session_views"] = 0.0
         if user is not None:
@@ -296,6 +300,9 @@ class ShopFeatures:
         return state
 
     def __setstate__(self, state: dict) -> None:
+        sessions = state.get("sessions")
+        if isinstance(sessions, _Capped):   # pickled before the session table: same rows, same order
+            state = {**state, "sessions": SessionTable.of_rows(sessions.cap, sessions.evicted, sessions.items())}
         self.__dict__.update(state)
         if len(state.get("_one_hot_columns") or ()) != 4:   # absent, or (zeros, names) from before templates
             self._one_hot_columns = None
@@ -309,28 +316,28 @@ class ShopFeatures:
             session, user, product, brand, stats, top = self._look_up(event)
         self._looked_up = None
         t: float = event.event_time  # type: ignore[assignment]  # validated: epoch seconds
-        key = event.user_session
         sessions = self.sessions
-        new_session = session is None   # session: [start, views, carts, carted, viewed, last seen]
+        new_session = session is None   # session: its slot in the table's columns
         if new_session:
-            session = sessions.put(key, [t, 0, 0, set(), {}, t])
+            session = sessions.add(event.user_session, t)
         else:
-            if t > session[5]:
-                session[5] = t
-            sessions.move_to_end(key)
-        # Expire sessions idle past the TTL (the head is the least recently active); usually none.
+            if t > sessions.lasts[session]:
+                sessions.lasts[session] = t
+            sessions.touch(session)
+        # Expire sessions idle past the TTL (the oldest is the least recently active); usually none.
         horizon = t - self.caps.session_ttl
-        while sessions and next(iter(sessions.values()))[5] < horizon:
-            sessions.popitem(last=False)
-            self.expired_sessions += 1
+        if sessions.lasts[sessions.oldest] < horizon:
+            self.expired_sessions += sessions.expire(horizon)
         if user is None:
             user = self.users.put(event.user_id, [0, 0])
         if new_session:
             user[0] += 1
         kind = event.event_type
         if kind == "view":
-            session[1] += 1
-            views = session[4]
+            sessions.views[session] += 1
+            views = sessions.viewed[session]
+            if views is None:
+                views = sessions.viewed[session] = {}
             product_id = event.product_id
             count = views.get(product_id)
             if count is not None:
@@ -340,8 +347,10 @@ class ShopFeatures:
             else:
                 self.evicted_session_products += 1
         elif kind == "cart":
-            session[2] += 1
-            carted = session[3]
+            sessions.carts[session] += 1
+            carted = sessions.carted[session]
+            if carted is None:
+                carted = sessions.carted[session] = set()
             if len(carted) < self.caps.session_products or event.product_id in carted:
                 carted.add(event.product_id)
             else:
@@ -351,11 +360,11 @@ class ShopFeatures:
         self._fold_catalog(event, kind, product, brand, stats, top)
 
     def _look_up(self, event: Event) -> tuple:
-        """(session, user, product, brand, category price stats, top category) of `event`, each
+        """(session slot, user, product, brand, category price stats, top category) of `event`, each
         None when absent (stats: also when the event has no price): what `transform` found."""
         brand_name, price, code = event.brand, event.price, event.category_code
         top = _TOPS.get(code) or _top_category(event)
-        return (self.sessions.get(event.user_session), self.users.get(event.user_id),
+        return (self.sessions.index.get(event.user_session), self.users.get(event.user_id),
                 self.products.get(event.product_id), self.brands.get(brand_name) if brand_name else None,
                 self.category_price.get(top) if price is not None else None, top)
 

@@ -386,7 +386,7 @@ def test_endless_new_keys_stay_within_every_cap_and_evictions_are_counted():
     assert evicted["brands"] == 20_000 - 50 and evicted["categories"] == 20_000 - 20
     # Quiet sessions expire by event time: an hour later only the newest remain.
     shop.learn(Event(t + 20_000 + 3600, "view", "p", "u", "s-late"))
-    assert "s-late" in shop.sessions and all(s[5] >= t + 20_000 for s in shop.sessions.values())
+    assert "s-late" in shop.sessions and all(row[5] >= t + 20_000 for _, row in shop.sessions.items())
     assert shop.evicted["sessions_expired"] > 0
 
 

@@ -59,7 +59,7 @@ def test_feature_state_is_bounded_and_picklable():
         shop.learn(event)
     assert len(shop.sessions) <= 100 and len(shop.users) <= 50 and len(shop.products) <= 30
     copy = pickle.loads(pickle.dumps(shop))
-    assert copy.sessions.cap == 100 and dict(copy.sessions) == dict(shop.sessions)
+    assert copy.sessions.cap == 100 and list(copy.sessions.items()) == list(shop.sessions.items())
 
 
 def test_unknown_feature_set_is_a_clear_error():

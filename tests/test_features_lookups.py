@@ -1,7 +1,9 @@
 """ShopFeatures' `learn` reuses what `transform` of the same event looked up (`_looked_up`):
 it must give what looking each up again gave, under evictions, session expiry, what-if
 transforms in between and catalog folds (shared learning). The reference below is the
-feature set as it was before (main at a99919a), kept verbatim."""
+feature set as it was before (main at a99919a), kept verbatim, with its sessions as they were
+then too: rows of objects in an `OrderedDict` (`_Capped`), where `ShopFeatures` now keeps them
+as columns (`SessionTable`)."""
 
 import math
 import pickle
@@ -12,12 +14,16 @@ import pytest
 
 from shopstream.events import Event, event_from_record
 from shopstream.features import _MAX_PRICE_RATIO, _MIN_CATEGORY_PRICE, _TOPS, _TWO_PI_OVER_DAY, FeatureCaps, \
-    ShopFeatures, _top_category
+    ShopFeatures, _Capped, _top_category
 from shopstream.generator import generate
 
 
 class Reference(ShopFeatures):
     """transform, learn and learn_catalog as they were: every table looked up in each."""
+
+    def __init__(self, caps: FeatureCaps = FeatureCaps()):
+        super().__init__(caps)
+        self.sessions: Any = _Capped(caps.sessions)   # session -> [start, views, carts, carted, viewed, last]
 
     def transform(self, event: Event) -> dict:
         session = self.sessions.get(event.user_session)

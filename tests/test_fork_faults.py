@@ -16,7 +16,7 @@ def test_the_parent_faults_on_its_writes_while_a_forked_child_shares_its_heap():
     rows = measure(state=3000, chunk=500, chunks=2, threads=1, events_per_second=1500, parts=True)
     assert [len(rows[phase]) for phase in ("before", "sharing", "after")] == [3, 2, 3]
     parts = rows["parts"]   # each right after a fork of its own: every part that writes old pages faults
-    assert set(parts) == {"engine", "features", "label joiner", "model", "sessions: read", "sessions: move_to_end",
+    assert set(parts) == {"engine", "features", "label joiner", "model", "sessions: read", "sessions: recency",
                           "users: read", "products: read"}
     assert parts["engine"][1] > 0.5 and parts["features"][1] > 0 and parts["sessions: read"][1] > 0
     assert all(us > 0 for phase in ("before", "sharing", "after") for us, _ in rows[phase])

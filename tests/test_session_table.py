@@ -1,0 +1,142 @@
+"""`SessionTable` keeps the order and the limits of the `_Capped` table it replaced: the same
+sessions in the same recency order, the same evictions, the same expiries, through any mix of
+new sessions, touches, expiries, cap changes and pickles; feature state pickled with the old
+table loads into the new one and goes on as the old code would."""
+
+import pickle
+import random
+
+import pytest
+
+from shopstream.events import event_from_record
+from shopstream.features import FeatureCaps, ShopFeatures, _Capped
+from shopstream.generator import generate
+from shopstream.session_table import SessionTable
+from test_features_lookups import Reference, _bits
+
+
+class CappedSessions:
+    """The same operations on the old layout: an `OrderedDict` of rows with a cap."""
+
+    def __init__(self, cap):
+        self.table, self.expired = _Capped(cap), 0
+
+    def add(self, key, t):
+        self.table.put(key, [t, 0, 0, set(), {}, t])
+
+    def touch(self, key):
+        self.table.move_to_end(key)
+
+    def expire(self, horizon):
+        table = self.table
+        while table and next(iter(table.values()))[5] < horizon:
+            table.popitem(last=False)
+            self.expired += 1
+
+
+def _rows(table):
+    return [(key, row) for key, row in table.items()]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_any_mix_of_operations_keeps_the_old_tables_order_and_evictions(seed):
+    rng = random.Random(seed)
+    cap = rng.choice([1, 2, 5, 40])
+    new, old = SessionTable(cap), CappedSessions(cap)
+    expired, t = 0, 1.7e9
+    for step in range(3000):
+        t += rng.random() * 10
+        key = f"s{rng.randrange(3 * cap + 2)}"
+        action = rng.random()
+        if action < 0.6:
+            if key in new:
+                slot = new.index[key]
+                new.views[slot] += 1
+                new.lasts[slot] = t
+                new.touch(slot)
+                old.table[key][1] += 1
+                old.table[key][5] = t
+                old.touch(key)
+            else:
+                slot = new.add(key, t)
+                old.add(key, t)
+                if rng.random() < 0.5:
+                    new.carted[slot] = {f"p{step}"}
+                    old.table[key][3].add(f"p{step}")
+        elif action < 0.75:
+            horizon = t - rng.random() * 200
+            expired += new.expire(horizon)
+            old.expire(horizon)
+        elif action < 0.8:   # a worker's own caps applied to restored state (set_caps)
+            new.cap = old.table.cap = rng.choice([1, 2, 5, 40])
+        elif action < 0.85:
+            new = pickle.loads(pickle.dumps(new))
+        assert len(new) == len(old.table)
+    assert _rows(new) == _rows(old.table)
+    assert (new.evicted, expired) == (old.table.evicted, old.expired)
+    assert new.evicted > 0 and expired > 0
+
+
+def test_a_pickled_table_keeps_its_slots_and_goes_on_exactly():
+    table = SessionTable(cap=50)
+    for i in range(200):
+        slot = table.index.get(f"s{i % 70}")
+        if slot is None:
+            table.add(f"s{i % 70}", float(i))
+        else:
+            table.touch(slot)
+    copy = pickle.loads(pickle.dumps(table))
+    assert copy.index == table.index and copy.keys == table.keys and copy._free == table._free
+    for twin in (table, copy):
+        twin.add("new", 999.0)
+        twin.expire(160.0)
+    assert pickle.dumps(copy) == pickle.dumps(table) and _rows(copy) == _rows(table)
+
+
+def test_slots_are_reused_and_never_grow_past_the_cap():
+    table = SessionTable(cap=3)
+    for i in range(1000):
+        table.add(f"s{i}", float(i))
+    assert len(table) == 3 and len(table.keys) == 3 and table.evicted == 997
+    assert [key for key, _ in table.items()] == ["s997", "s998", "s999"]
+
+
+def _events(n, seed):
+    return sorted((event_from_record(record) for record in generate(n, seed=seed, days=3.0)),
+                  key=lambda event: event.event_time)
+
+
+@pytest.mark.parametrize("caps", [FeatureCaps(), FeatureCaps(sessions=5, session_products=2, session_ttl=900.0)],
+                         ids=["default", "small"])
+def test_feature_state_pickled_with_the_old_session_table_loads_and_goes_on_as_before(caps):
+    """A checkpoint or artifact from before: its sessions are a `_Capped` of rows. Loaded, the
+    features equal the old code's, bit for bit, on the events that follow."""
+    events = _events(3000, 7)
+    old = Reference(caps)   # the old code, with the old table
+    for event in events[:2000]:
+        old.transform(event)
+        old.learn(event)
+    assert isinstance(old.sessions, _Capped)
+    loaded = ShopFeatures.__new__(ShopFeatures)
+    loaded.__setstate__(pickle.loads(pickle.dumps(old.__dict__)))
+    assert isinstance(loaded.sessions, SessionTable)
+    assert _rows(loaded.sessions) == _rows(old.sessions) and loaded.sessions.evicted == old.sessions.evicted
+    for event in events[2000:]:
+        assert _bits(loaded.transform(event)) == _bits(old.transform(event))
+        loaded.learn(event)
+        old.learn(event)
+    assert _rows(loaded.sessions) == _rows(old.sessions) and loaded.evicted == old.evicted
+
+
+def test_tables_compare_by_rows_in_order_not_by_slots():
+    left, right = SessionTable(cap=3), SessionTable(cap=3)
+    for key, t in (("a", 1.0), ("b", 2.0)):
+        left.add(key, t)
+    right.add("x", 0.0)
+    right.add("y", 0.2)
+    right.expire(0.5)                 # both leave, slot 1 freed last: "a" takes it, "b" slot 0
+    for key, t in (("a", 1.0), ("b", 2.0)):
+        right.add(key, t)
+    assert left == right and left.keys != right.keys
+    right.touch(right.index["a"])
+    assert left != right
