@@ -198,11 +198,11 @@ def _parts(engine) -> dict:
 
     def user_reads(events):
         for event in events:
-            features.users.get(event.user_id)
+            features.users.index.get(event.user_id)
 
     def product_reads(events):
         for event in events:
-            features.products.get(event.product_id)
+            features.products.index.get(event.product_id)
 
     def prepare(events):
         fixed.update(features.transform(events[0]))

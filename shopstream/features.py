@@ -42,6 +42,7 @@ from typing import Any
 from .events import Event
 from .options import check, option_meta as _help
 from .session_table import SessionTable
+from .slot_table import CountTable
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ class ShopFeatures:
     #: Every value `transform` gives is a float: open predictions pack them without checking (labels.py).
     floats_only = True
     _one_hot_columns: tuple[dict, dict, dict, dict] | None = None   # see _one_hot; state from before lacks it
-    #: (event, session slot, user, product, brand, category price stats, top category) as the last `transform`
+    #: (event, session, user, product and brand slots, category price stats, top category) as the last `transform`
     #: found them: the engine calls `learn` of the same event right after, which uses them instead of
     #: looking each up again. Only `learn` and `learn_catalog` change the tables, and both drop it, so it
     #: is never stale; one tuple, read once, so a `transform` from another thread (a what-if) cannot give
@@ -183,9 +184,9 @@ class ShopFeatures:
         # session -> start time, views, carts, carted products, {product: views}, last seen, as
         # columns (see session_table.py); least recently active first, so expired sessions go first.
         self.sessions = SessionTable(caps.sessions)
-        self.users = _Capped(caps.users)        # user -> [sessions, purchases]
-        self.products = _Capped(caps.products)  # product -> [views, carts, purchases]
-        self.brands = _Capped(caps.brands)      # brand -> [views, purchases]
+        self.users = CountTable(caps.users, 2)          # user -> sessions, purchases
+        self.products = CountTable(caps.products, 3)    # product -> views, carts, purchases
+        self.brands = CountTable(caps.brands, 2)        # brand -> views, purchases
         self.category_price = _Capped(caps.categories)  # top category -> [n, mean price]
         # One-hot vocabularies, in order of first appearance; past the cap a value is "other" (all 0).
         self.vocabulary: dict[str, list[str]] = {"platform": [], "channel": [], "category": []}
@@ -215,11 +216,11 @@ class ShopFeatures:
                 "categories": self.category_price.evicted, "session_products": self.evicted_session_products}
 
     def transform(self, event: Event) -> dict:
-        sessions = self.sessions
-        session = sessions.index.get(event.user_session)   # its slot
-        user = self.users.get(event.user_id)
+        sessions, users, products = self.sessions, self.users, self.products
+        session = sessions.index.get(event.user_session)   # slots in the tables' columns
+        user = users.index.get(event.user_id)
         product_id = event.product_id
-        product = self.products.get(product_id)
+        product = products.index.get(product_id)
         t: float = event.event_time  # type: ignore[assignment]  # validated: epoch seconds (no cast: a call)
         seconds_of_day = t % 86400.0
         code = event.category_code
@@ -240,10 +241,13 @@ class ShopFeatures:
         name = categories.get(top)
         if name is not None:
             x[name] = 1.0
-        brand = self.brands.get(event.brand) if event.brand else None
+        brands = self.brands
+        brand = brands.index.get(event.brand) if event.brand else None
         if brand is not None:
-            x["brand_views"] = math.log1p(brand[0])
-            x["brand_conversion"] = (brand[1] + 1.0) / (brand[0] + 50.0)
+            brand_views, brand_purchases = brands.columns
+            views = brand_views[brand]
+            x["brand_views"] = math.log1p(views)
+            x["brand_conversion"] = (brand_purchases[brand] + 1.0) / (views + 50.0)
         price = event.price
         stats = None
         if price is not None:
@@ -266,10 +270,12 @@ class ShopFeatures:
         else:
             x["session_views"] = 0.0
         if user is not None:
-            x["user_sessions"] = user[0] + 0.0
-            x["user_purchases"] = user[1] + 0.0
+            user_sessions, user_purchases = users.columns
+            x["user_sessions"] = user_sessions[user] + 0.0
+            x["user_purchases"] = user_purchases[user] + 0.0
         if product is not None:
-            views, carts, purchases = product
+            product_views, product_carts, product_purchases = products.columns
+            views, carts, purchases = product_views[product], product_carts[product], product_purchases[product]
             x["product_views"] = math.log1p(views)
             x["product_cart_rate"] = (carts + 1.0) / (views + 20.0)
             x["product_conversion"] = (purchases + 1.0) / (views + 50.0)
@@ -300,9 +306,12 @@ class ShopFeatures:
         return state
 
     def __setstate__(self, state: dict) -> None:
-        sessions = state.get("sessions")
-        if isinstance(sessions, _Capped):   # pickled before the session table: same rows, same order
-            state = {**state, "sessions": SessionTable.of_rows(sessions.cap, sessions.evicted, sessions.items())}
+        state = dict(state)
+        for name, empty in (("sessions", lambda cap: SessionTable(cap)), ("users", lambda cap: CountTable(cap, 2)),
+                            ("products", lambda cap: CountTable(cap, 3)), ("brands", lambda cap: CountTable(cap, 2))):
+            old = state.get(name)
+            if isinstance(old, _Capped):   # pickled before the slot tables: the same rows in the same order
+                state[name] = empty(old.cap).fill(old.items(), old.evicted)
         self.__dict__.update(state)
         if len(state.get("_one_hot_columns") or ()) != 4:   # absent, or (zeros, names) from before templates
             self._one_hot_columns = None
@@ -328,10 +337,11 @@ class ShopFeatures:
         horizon = t - self.caps.session_ttl
         if sessions.lasts[sessions.oldest] < horizon:
             self.expired_sessions += sessions.expire(horizon)
+        users = self.users
         if user is None:
-            user = self.users.put(event.user_id, [0, 0])
+            user = users.add(event.user_id)
         if new_session:
-            user[0] += 1
+            users.columns[0][user] += 1
         kind = event.event_type
         if kind == "view":
             sessions.views[session] += 1
@@ -356,7 +366,7 @@ class ShopFeatures:
             else:
                 self.evicted_session_products += 1
         elif kind == "purchase":
-            user[1] += 1
+            users.columns[1][user] += 1
         self._fold_catalog(event, kind, product, brand, stats, top)
 
     def _look_up(self, event: Event) -> tuple:
@@ -364,8 +374,8 @@ class ShopFeatures:
         None when absent (stats: also when the event has no price): what `transform` found."""
         brand_name, price, code = event.brand, event.price, event.category_code
         top = _TOPS.get(code) or _top_category(event)
-        return (self.sessions.index.get(event.user_session), self.users.get(event.user_id),
-                self.products.get(event.product_id), self.brands.get(brand_name) if brand_name else None,
+        return (self.sessions.index.get(event.user_session), self.users.index.get(event.user_id),
+                self.products.index.get(event.product_id), self.brands.index.get(brand_name) if brand_name else None,
                 self.category_price.get(top) if price is not None else None, top)
 
     def learn_catalog(self, event: Event) -> None:
@@ -378,14 +388,15 @@ class ShopFeatures:
 
     def _fold_catalog(self, event: Event, kind: str, product: Any, brand: Any, stats: Any, top: str) -> None:
         """`learn_catalog` with the event's entries already looked up (`_look_up`)."""
+        products = self.products
         if product is None:
-            product = self.products.put(event.product_id, [0, 0, 0])
+            product = products.add(event.product_id)
         if kind == "view":
-            product[0] += 1
+            products.columns[0][product] += 1
         elif kind == "cart":
-            product[1] += 1
+            products.columns[1][product] += 1
         elif kind == "purchase":
-            product[2] += 1
+            products.columns[2][product] += 1
         # A value not yet in its vocabulary (the column names know every one) may grow it.
         _, platforms, channels, categories = self._one_hot_columns or self._one_hot()
         platform, channel = event.platform, event.channel
@@ -397,12 +408,13 @@ class ShopFeatures:
             self._grow("category", top)
         brand_name = event.brand
         if brand_name:
+            brands = self.brands
             if brand is None:
-                brand = self.brands.put(brand_name, [0, 0])
+                brand = brands.add(brand_name)
             if kind == "view":
-                brand[0] += 1
+                brands.columns[0][brand] += 1
             elif kind == "purchase":
-                brand[1] += 1
+                brands.columns[1][brand] += 1
         price = event.price
         if price is not None and kind == "view":
             if stats is None:

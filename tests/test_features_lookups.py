@@ -1,9 +1,9 @@
 """ShopFeatures' `learn` reuses what `transform` of the same event looked up (`_looked_up`):
 it must give what looking each up again gave, under evictions, session expiry, what-if
 transforms in between and catalog folds (shared learning). The reference below is the
-feature set as it was before (main at a99919a), kept verbatim, with its sessions as they were
-then too: rows of objects in an `OrderedDict` (`_Capped`), where `ShopFeatures` now keeps them
-as columns (`SessionTable`)."""
+feature set as it was before (main at a99919a), kept verbatim, with its tables as they were
+then too: rows of objects in `OrderedDict`s (`_Capped`), where `ShopFeatures` now keeps its
+sessions, users, products and brands as columns (`SessionTable`, `CountTable`)."""
 
 import math
 import pickle
@@ -24,6 +24,9 @@ class Reference(ShopFeatures):
     def __init__(self, caps: FeatureCaps = FeatureCaps()):
         super().__init__(caps)
         self.sessions: Any = _Capped(caps.sessions)   # session -> [start, views, carts, carted, viewed, last]
+        self.users: Any = _Capped(caps.users)         # user -> [sessions, purchases]
+        self.products: Any = _Capped(caps.products)   # product -> [views, carts, purchases]
+        self.brands: Any = _Capped(caps.brands)       # brand -> [views, purchases]
 
     def transform(self, event: Event) -> dict:
         session = self.sessions.get(event.user_session)

@@ -208,9 +208,9 @@ def test_shop_wide_tables_fold_other_partitions_events_once_and_never_their_own(
     for record in records:
         whole.features.learn(event_from_record(record))
     # the products, brands and category prices of the whole shop: once each, though `batch` came twice
-    assert dict(engine.features.products) == dict(whole.features.products)
-    assert dict(engine.features.brands) == dict(whole.features.brands)
-    assert dict(engine.features.users) != dict(whole.features.users)  # users stay the partition's own
+    assert dict(engine.features.products.items()) == dict(whole.features.products.items())
+    assert dict(engine.features.brands.items()) == dict(whole.features.brands.items())
+    assert dict(engine.features.users.items()) != dict(whole.features.users.items())  # users stay the partition's own
     assert engine.counts["learned"] == 0  # catalog events teach the features, never the models
 
 

@@ -1,7 +1,7 @@
-"""`SessionTable` keeps the order and the limits of the `_Capped` table it replaced: the same
-sessions in the same recency order, the same evictions, the same expiries, through any mix of
-new sessions, touches, expiries, cap changes and pickles; feature state pickled with the old
-table loads into the new one and goes on as the old code would."""
+"""`SessionTable` and `CountTable` keep the order and the limits of the `_Capped` tables they
+replaced: the same rows in the same order, the same evictions, the same expiries, through any
+mix of new keys, touches, expiries, cap changes and pickles; feature state pickled with the old
+tables loads into the new ones and goes on as the old code would."""
 
 import pickle
 import random
@@ -12,6 +12,7 @@ from shopstream.events import event_from_record
 from shopstream.features import FeatureCaps, ShopFeatures, _Capped
 from shopstream.generator import generate
 from shopstream.session_table import SessionTable
+from shopstream.slot_table import CountTable
 from test_features_lookups import Reference, _bits
 
 
@@ -77,6 +78,28 @@ def test_any_mix_of_operations_keeps_the_old_tables_order_and_evictions(seed):
     assert new.evicted > 0 and expired > 0
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_count_tables_keep_the_old_tables_first_in_first_out_order(seed):
+    """Users, products and brands: new keys go last and never move; the oldest go past the cap."""
+    rng = random.Random(seed)
+    cap = rng.choice([1, 3, 30])
+    new, old = CountTable(cap, 3), _Capped(cap)
+    for step in range(3000):
+        key = f"k{rng.randrange(100)}"
+        if rng.random() < 0.05:
+            new.cap = old.cap = rng.choice([1, 3, 30])
+        elif rng.random() < 0.05:
+            new = pickle.loads(pickle.dumps(new))
+        slot = new.index.get(key)
+        if slot is None:
+            slot = new.add(key)
+            old.put(key, [0, 0, 0])
+        column = rng.randrange(3)
+        new.columns[column][slot] += step
+        old[key][column] += step
+    assert _rows(new) == _rows(old) and new.evicted == old.evicted > 0
+
+
 def test_a_pickled_table_keeps_its_slots_and_goes_on_exactly():
     table = SessionTable(cap=50)
     for i in range(200):
@@ -108,24 +131,30 @@ def _events(n, seed):
 
 @pytest.mark.parametrize("caps", [FeatureCaps(), FeatureCaps(sessions=5, session_products=2, session_ttl=900.0)],
                          ids=["default", "small"])
-def test_feature_state_pickled_with_the_old_session_table_loads_and_goes_on_as_before(caps):
-    """A checkpoint or artifact from before: its sessions are a `_Capped` of rows. Loaded, the
-    features equal the old code's, bit for bit, on the events that follow."""
+def test_feature_state_pickled_with_the_old_tables_loads_and_goes_on_as_before(caps):
+    """A checkpoint or artifact from before: its sessions, users, products and brands are
+    `_Capped`s of rows. Loaded, the features equal the old code's, bit for bit, on the events
+    that follow."""
     events = _events(3000, 7)
     old = Reference(caps)   # the old code, with the old table
     for event in events[:2000]:
         old.transform(event)
         old.learn(event)
-    assert isinstance(old.sessions, _Capped)
+    names = ("sessions", "users", "products", "brands")
+    assert all(isinstance(getattr(old, name), _Capped) for name in names)
     loaded = ShopFeatures.__new__(ShopFeatures)
     loaded.__setstate__(pickle.loads(pickle.dumps(old.__dict__)))
     assert isinstance(loaded.sessions, SessionTable)
-    assert _rows(loaded.sessions) == _rows(old.sessions) and loaded.sessions.evicted == old.sessions.evicted
+    assert all(isinstance(getattr(loaded, name), CountTable) for name in names[1:])
+    for name in names:
+        new_table, old_table = getattr(loaded, name), getattr(old, name)
+        assert _rows(new_table) == _rows(old_table) and new_table.evicted == old_table.evicted
     for event in events[2000:]:
         assert _bits(loaded.transform(event)) == _bits(old.transform(event))
         loaded.learn(event)
         old.learn(event)
-    assert _rows(loaded.sessions) == _rows(old.sessions) and loaded.evicted == old.evicted
+    assert all(_rows(getattr(loaded, name)) == _rows(getattr(old, name)) for name in names)
+    assert loaded.evicted == old.evicted
 
 
 def test_tables_compare_by_rows_in_order_not_by_slots():
