@@ -28,6 +28,8 @@ class SessionTable(SlotTable):
     `starts`, `views`, `carts`, `lasts` (arrays), `carted` (a set of products, None before the
     first cart) and `viewed` ({product: views}, None before the first view), each indexed by slot."""
 
+    __slots__ = ("starts", "lasts", "views", "carts", "carted", "viewed")
+
     def __init__(self, cap: int):
         super().__init__(cap)
         self.starts, self.lasts = array("d"), array("d")

@@ -32,7 +32,11 @@ _GROWTH = 4_096     # slots added at a time (and their ints made together)
 class SlotTable:
     """Keys in slots, in order, with a cap. Subclasses hold the rows' columns, indexed by slot:
     arrays of 8-byte numbers (`_numbers`, zero in a new row) and lists of objects (`_objects`,
-    None in a new row); `index` gives a key's slot."""
+    None in a new row); `index` gives a key's slot. Every class of them has `__slots__`: no
+    `__dict__` that pickling could ask for (on CPython 3.11-3.12 that slows every later attribute
+    load of the object, and the features load these per event: `model_state.py`)."""
+
+    __slots__ = ("cap", "evicted", "index", "keys", "older", "newer", "oldest", "newest", "_free")
 
     def __init__(self, cap: int):
         self.cap = cap
@@ -162,12 +166,12 @@ class SlotTable:
     def __getstate__(self) -> dict:
         # The columns as they are (a restored table has the same slots, so it goes on exactly as
         # the uninterrupted one); the index is rebuilt from the keys.
-        state = self.__dict__.copy()
-        del state["index"]
-        return state
+        names = [name for cls in type(self).__mro__ for name in getattr(cls, "__slots__", ())]
+        return {name: getattr(self, name) for name in names if name != "index"}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
+        for name, value in state.items():
+            setattr(self, name, value)
         slots = list(range(len(self.keys)))   # every slot's int made anew, together
         self.index = {key: slots[slot] for slot, key in enumerate(self.keys) if key is not None}
         self._free = [slots[slot] for slot in self._free]
@@ -181,6 +185,8 @@ class CountTable(SlotTable):
     >>> products["p1"], products.index["p1"] == p
     ([2, 0, 0], True)
     """
+
+    __slots__ = ("columns",)
 
     def __init__(self, cap: int, width: int):
         super().__init__(cap)

@@ -169,3 +169,13 @@ def test_tables_compare_by_rows_in_order_not_by_slots():
     assert left == right and left.keys != right.keys
     right.touch(right.index["a"])
     assert left != right
+
+
+def test_tables_have_no_attribute_dict_for_a_pickle_to_slow_down():
+    """Pickling an object asks for its `__dict__`, and on CPython 3.11-3.12 every later attribute
+    load of that object is slower (model_state.py); the features load the tables' columns per
+    event, and checkpoints pickle them: every table class keeps `__slots__`."""
+    for table in (SessionTable(2), CountTable(2, 3)):
+        table.add("k", 1.0) if isinstance(table, SessionTable) else table.add("k")
+        copy = pickle.loads(pickle.dumps(table))
+        assert not hasattr(table, "__dict__") and not hasattr(copy, "__dict__") and copy == table
