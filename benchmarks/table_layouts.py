@@ -13,7 +13,8 @@ with the same numbers; each event picks a session at random (uniformly: a worst 
 shop's sessions are mostly recent) and does what `ShopFeatures` does with the numbers of one:
 
 - objects: an `OrderedDict` of [start, views, carts, carted set, viewed dict, last seen], as
-  `shopstream/features.py` keeps them: read views and carts, views += 1, last seen = t,
+  `shopstream/features.py` kept them until stop 39 (now `shopstream/session_table.py`, columns
+  with the recency as a linked list of slots): read views and carts, views += 1, last seen = t,
   `move_to_end` (recency order);
 - columns: a dict session -> slot, and one `array` per number (start, views, carts, last seen,
   last touched): the same reads and writes, recency as a counter written to the slot.

@@ -307,11 +307,11 @@ class ShopFeatures:
 
     def __setstate__(self, state: dict) -> None:
         state = dict(state)
-        for name, empty in (("sessions", lambda cap: SessionTable(cap)), ("users", lambda cap: CountTable(cap, 2)),
-                            ("products", lambda cap: CountTable(cap, 3)), ("brands", lambda cap: CountTable(cap, 2))):
+        for name, width in (("sessions", 0), ("users", 2), ("products", 3), ("brands", 2)):
             old = state.get(name)
             if isinstance(old, _Capped):   # pickled before the slot tables: the same rows in the same order
-                state[name] = empty(old.cap).fill(old.items(), old.evicted)
+                table = CountTable(old.cap, width) if width else SessionTable(old.cap)
+                state[name] = table.fill(old.items(), old.evicted)
         self.__dict__.update(state)
         if len(state.get("_one_hot_columns") or ()) != 4:   # absent, or (zeros, names) from before templates
             self._one_hot_columns = None
@@ -370,7 +370,7 @@ class ShopFeatures:
         self._fold_catalog(event, kind, product, brand, stats, top)
 
     def _look_up(self, event: Event) -> tuple:
-        """(session slot, user, product, brand, category price stats, top category) of `event`, each
+        """(session, user, product and brand slots, category price stats, top category) of `event`, each
         None when absent (stats: also when the event has no price): what `transform` found."""
         brand_name, price, code = event.brand, event.price, event.category_code
         top = _TOPS.get(code) or _top_category(event)
