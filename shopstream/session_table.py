@@ -56,12 +56,8 @@ class SessionTable(SlotTable):
     def add(self, key, t: float) -> int:  # type: ignore[override]  # a session starts at a time
         """A new session `key` (known absent) first seen at `t`, as the most recent; the least
         recent past the cap are evicted first. Returns its slot."""
-        while len(self.index) >= self.cap:
-            self._drop_oldest()
-            self.evicted += 1
-        slot = self._take(key)
+        slot = super().add(key)   # evicts past the cap; views and carts 0
         self.starts[slot] = self.lasts[slot] = t
-        self.views[slot] = self.carts[slot] = 0
         return slot
 
     def expire(self, horizon: float) -> int:
