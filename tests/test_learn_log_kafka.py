@@ -48,19 +48,24 @@ def test_shared_learning_4_partitions_2_workers_kill_9(kafka, new_topic, tmp_pat
     command = worker_command(kafka, topic, checkpoints, "--learning", "shared", "--learn-topic", learn_topic,
                              "--until-idle", "8", "--checkpoint-every", "4000", "--checkpoint-seconds", "20",
                              "--metrics-port", "-1")
-    port = free_port()
+    port, other_port = free_port(), free_port()
     victim_log = tmp_path / "victim.log"
     victim = subprocess.Popen(command[:-1] + [str(port)], env=WORKER_ENV, stderr=victim_log.open("w"))
     other_log = tmp_path / "other.log"
-    other = subprocess.Popen(command, env=WORKER_ENV, stderr=other_log.open("w"))
+    other = subprocess.Popen(command[:-1] + [str(other_port)], env=WORKER_ENV, stderr=other_log.open("w"))
 
     def victim_published_past_its_checkpoint() -> bool:
-        """The victim published 100+ examples of a partition it owns past that partition's checkpoint:
-        a restart must publish them again."""
+        """The group is settled (two partitions each: no rebalance can move a partition between this
+        check and the kill) and the victim published 100+ examples of a partition it owns past that
+        partition's checkpoint: a restart must publish them again."""
         assert victim.poll() is None, f"the victim exited: {victim_log.read_text()[-2000:]}"
+        assert other.poll() is None, f"the other worker exited: {other_log.read_text()[-2000:]}"
         metrics = scrape(port)
         if ("shopstream_learn_log_published_total", ()) not in metrics:
             return False  # not our worker's metrics (yet)
+        if metrics.get(("shopstream_assigned_partitions", ())) != 2 or \
+                scrape(other_port).get(("shopstream_assigned_partitions", ())) != 2:
+            return False  # the group is still forming
         owned = {int(dict(labels)["partition"]) for (name, labels) in metrics if name == "shopstream_next_offset"}
         saved = {p: s.engine.learn_sink.seq for (_, p), s in DirectoryCheckpointStore(checkpoints).load_all().items()
                  if s.engine.learn_sink is not None}
