@@ -35,11 +35,13 @@ True
 
 from __future__ import annotations
 
+import gc
 import heapq
 import math
 import struct
 from collections import deque
 from contextlib import contextmanager
+from itertools import islice
 from typing import Hashable, Iterator, Optional, cast
 
 from .config import EngineConfig
@@ -232,6 +234,24 @@ class OpenPrediction:
             self._x = dict(zip(names, memoryview(packed).cast("d")))
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No garbage collection while the block makes objects that all live on past it (a batch of
+    entry tuples: each would count towards a collection that frees none of them)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _before(entry: tuple, deadline: float, seq: int) -> bool:
+    """A heap entry (deadline, seq, prediction) comes up before (`deadline`, `seq`)."""
+    return entry[0] < deadline or (entry[0] == deadline and entry[1] < seq)
+
+
 _APART: set = set()   # ids of the joiners inside `entries_apart` (their pickle leaves the entries out)
 _SHARDS = 64  # the key index is cut in shards: growing one resizes a 64th of it, not all of it
 #: An open prediction's features are packed (`OpenPrediction.compact`) once this many later
@@ -243,16 +263,18 @@ PACK_AFTER = 1024
 class LabelJoiner:
     """Open predictions keyed by (session, product), resolved by purchase or expiry.
 
-    Each open prediction is in two places: the deadline queue, as (deadline, seq,
-    prediction), and the key index (64 dicts, by hash of the key; a key maps to its
-    prediction, or to a list when several are open for it). The queue is two: the entries
-    opened in deadline order (no earlier deadline than the last one there: most of them, all
-    of them on a time-ordered history) wait in a deque, oldest first, and the others in a
-    heap; the next to expire is the earlier (deadline, then seq) of their two heads, so they
-    expire in the order one heap gave, without a heap's O(log n) per entry. A removed
-    prediction gets seq -1, and its entry is skipped when it comes up. Checkpoints pickle
-    the live entries only, as one list (`_deadlines`, heapified on load: the format from
-    before the deque); the key index is rebuilt on load (hashes differ between processes)."""
+    Each open prediction is in two places: the deadline queue and the key index (64 dicts,
+    by hash of the key; a key maps to its prediction, or to a list when several are open for
+    it). The queue is two: the predictions opened in deadline order (no earlier deadline than
+    the last one there: most of them, all of them on a time-ordered history) wait in a deque,
+    oldest first, as themselves (their deadline is their event time + the window, their seq
+    their own: no entry tuple and deadline float kept per prediction, 88 bytes), and the
+    others in a heap of (deadline, seq, prediction) entries; the next to expire is the earlier
+    (deadline, then seq) of their two heads, so they expire in the order one heap gave,
+    without a heap's O(log n) per entry. A removed prediction gets seq -1, and is skipped when
+    it comes up. Checkpoints pickle the live entries only, as one list of (deadline, seq,
+    prediction) (`_deadlines`, heapified on load: the format from before the deque); the key
+    index is rebuilt on load (hashes differ between processes)."""
 
     #: The jump guard (`advance`); class defaults for joiners restored from older checkpoints.
     max_jump = 0.0
@@ -271,7 +293,7 @@ class LabelJoiner:
         self.max_time = -math.inf
         self._by_key: list[dict] = [{} for _ in range(_SHARDS)]
         self._deadlines: list[tuple] = []  # heap of (deadline, seq, prediction); removed ones skipped ...
-        self._in_order: deque = deque()    # ... and those opened in deadline order, oldest first (see above)
+        self._in_order: deque = deque()    # ... and the predictions opened in deadline order, oldest first
         self._open = 0
         self._next_seq = 0
         self._schemas: dict[tuple, PackedLayout] = {}  # (feature names, slots) -> the layout predictions share
@@ -284,13 +306,16 @@ class LabelJoiner:
         state = self.__dict__.copy()
         del state["_by_key"]
         del state["_unpacked"], state["_unpacked_floats"]   # the state is main's: packed, nothing pending
-        del state["_in_order"]   # its entries are in the one list
+        del state["_in_order"]   # its predictions are in the one list, as entries
         state["_deadlines"] = [] if id(self) in _APART else self._live_entries()
         return state
 
     def _live_entries(self) -> list[tuple]:
-        """The entries of the open predictions, both queues' (heap order first, then deadline order)."""
-        return [entry for queue in (self._deadlines, self._in_order) for entry in queue if entry[2].seq == entry[1]]
+        """The (deadline, seq, prediction) entries of the open predictions, both queues' (heap order
+        first, then deadline order)."""
+        window = self.window
+        return [entry for entry in self._deadlines if entry[2].seq == entry[1]] + \
+            [(p.event_time + window, p.seq, p) for p in self._in_order if p.seq >= 0]
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -312,21 +337,34 @@ class LabelJoiner:
         return self._open
 
     @contextmanager
-    def entries_apart(self) -> Iterator[list]:
+    def entries_apart(self, batch: int = 0) -> Iterator[Iterator[list]]:
         """Give the live (deadline, seq, prediction) entries, packed, for a checkpoint to pickle
-        apart, in batches (each with its own small memo, `OpenColumns` when it can); while the
-        block runs, pickling the joiner leaves them out (a joiner loaded so gets them by `attach`).
-        The joiner itself is not changed (no index to rebuild, no attribute set: on CPython 3.11
-        a new attribute can push an object's attributes out of its fast inline storage), and
-        must not be used meanwhile."""
+        apart, as lists of at most `batch` entries (0: one list), each made when the one before is
+        done with (a deque's prediction has no entry tuple of its own: a batch's are made for it).
+        While the block runs, pickling the joiner leaves them out (a joiner loaded so gets them by
+        `attach`). The joiner itself is not changed (no index to rebuild, no attribute set: on
+        CPython 3.11 a new attribute can push an object's attributes out of its fast inline
+        storage), and must not be used meanwhile."""
         if id(self) in _APART:
             raise RuntimeError("entries_apart is already open for this joiner")
         self._pack_all()
         _APART.add(id(self))
         try:
-            yield self._live_entries()
+            yield self._live_batches(batch or max(1, len(self._deadlines) + len(self._in_order)))
         finally:
             _APART.discard(id(self))
+
+    def _live_batches(self, size: int) -> Iterator[list]:
+        """`_live_entries` in lists of at most `size` (none empty)."""
+        heap, in_order, window = iter(self._deadlines), iter(self._in_order), self.window
+        while entries := list(islice(heap, size)):
+            if live := [entry for entry in entries if entry[2].seq == entry[1]]:
+                yield live
+        while predictions := list(islice(in_order, size)):
+            with _collector_paused():   # else a million new tuples would set off hundreds of collections
+                live = [(p.event_time + window, p.seq, p) for p in predictions if p.seq >= 0]
+            if live:
+                yield live
 
     def attach(self, entries: list) -> None:
         """Add entries pickled apart (`entries_apart`), as a checkpoint's batches bring them back: each
@@ -377,19 +415,27 @@ class LabelJoiner:
         return first[0] - self.window if first is not None else None
 
     def _first(self) -> Optional[tuple]:
-        """The entry of the two queues that comes up first (the earlier deadline, then seq), or None."""
+        """(deadline, seq, prediction) of what comes up first in the two queues (the earlier deadline,
+        then seq), or None. A removed prediction's seq is -1."""
         deadlines, in_order = self._deadlines, self._in_order
         if in_order:
             head = in_order[0]
-            return deadlines[0] if deadlines and deadlines[0] < head else head
+            deadline = head.event_time + self.window
+            if deadlines and _before(deadlines[0], deadline, head.seq):
+                return deadlines[0]
+            return deadline, head.seq, head
         return deadlines[0] if deadlines else None
 
-    def _pop_first(self) -> tuple:
-        """Take out `_first()` (there is one)."""
+    def _pop_first(self) -> Optional[OpenPrediction]:
+        """Take out what `_first()` gives (there is one): its prediction, or None if it was removed."""
         deadlines, in_order = self._deadlines, self._in_order
-        if in_order and not (deadlines and deadlines[0] < in_order[0]):
-            return in_order.popleft()
-        return heapq.heappop(deadlines)
+        if in_order:
+            head = in_order[0]
+            if not (deadlines and _before(deadlines[0], head.event_time + self.window, head.seq)):
+                in_order.popleft()
+                return head if head.seq >= 0 else None
+        _, seq, prediction = heapq.heappop(deadlines)
+        return prediction if prediction.seq == seq else None
 
     def _drop_stale_head(self) -> None:
         first = self._first()
@@ -416,22 +462,31 @@ class LabelJoiner:
         elif self._ahead:
             self._not_ahead()
         watermark = self.max_time - self.lateness
-        deadlines, in_order = self._deadlines, self._in_order
-        if (not in_order or in_order[0][0] >= watermark) and (not deadlines or deadlines[0][0] >= watermark):
+        deadlines, in_order, window = self._deadlines, self._in_order, self.window
+        if (not in_order or in_order[0].event_time + window >= watermark) and \
+                (not deadlines or deadlines[0][0] >= watermark):
             return []   # the usual case: nothing expires
         expired = []
         while True:   # the earlier head of the two queues, as long as it is due (`_first`, inline)
-            if in_order and not (deadlines and deadlines[0] < in_order[0]):
-                if in_order[0][0] >= watermark:
-                    break
-                _, seq, prediction = in_order.popleft()
-            elif deadlines and deadlines[0][0] < watermark:
+            if in_order:
+                prediction = in_order[0]
+                deadline = prediction.event_time + window
+                if not (deadlines and _before(deadlines[0], deadline, prediction.seq)):
+                    if deadline >= watermark:
+                        break
+                    in_order.popleft()
+                    if prediction.seq >= 0:
+                        self._remove(prediction)
+                        expired.append(prediction)
+                    continue
+            if deadlines and deadlines[0][0] < watermark:
                 _, seq, prediction = heapq.heappop(deadlines)
+                if prediction.seq == seq:
+                    self._remove(prediction)
+                    expired.append(prediction)
             else:
                 break
-            if prediction.seq == seq:
-                self._remove(prediction)
-                expired.append(prediction)
+        self._drop_stale_head()   # a prediction resolved earlier may stand at a head now: `oldest_open_time`
         self.counts["expired"] += len(expired)
         return expired
 
@@ -476,8 +531,8 @@ class LabelJoiner:
         self._next_seq += 1
         self._index(prediction)
         in_order = self._in_order
-        if not in_order or deadline >= in_order[-1][0]:   # seq grows: (deadline, seq) stays in order
-            in_order.append((deadline, seq, prediction))
+        if not in_order or deadline >= in_order[-1].event_time + self.window:   # seq grows: (deadline, seq) in order
+            in_order.append(prediction)
         else:
             heapq.heappush(self._deadlines, (deadline, seq, prediction))
         if prediction._outputs.__class__ is list:
@@ -538,8 +593,8 @@ class LabelJoiner:
 
     def _evict_oldest(self) -> None:
         while self._first() is not None:
-            _, seq, prediction = self._pop_first()
-            if prediction.seq == seq:
+            prediction = self._pop_first()
+            if prediction is not None:
                 self._remove(prediction)
                 self.counts["evicted"] += 1
                 break

@@ -46,8 +46,8 @@ def _engine(n=3000, features="shop", seed=5):
 
 def test_columns_give_back_every_entry_bit_for_bit():
     engine = _engine()
-    with engine.joiner.entries_apart() as entries:
-        pass
+    with engine.joiner.entries_apart() as batches:
+        [entries] = batches   # batch 0: all in one list
     assert len(entries) > 1000
     assert len({id(p._outputs) for _, _, p in entries}) > 1   # several layouts in one batch
     columns = OpenColumns.of(entries)
@@ -102,7 +102,8 @@ def test_a_seq_a_champion_or_a_deadline_that_would_come_back_different_is_not_wr
 def test_the_joiner_pickles_whole_again_after_its_entries_were_apart_even_after_an_error():
     engine = _engine(n=1500)
     joiner = engine.joiner
-    with joiner.entries_apart() as entries:
+    with joiner.entries_apart(1000) as batches:
+        entries = [entry for batch in batches for entry in batch]
         assert len(pickle.loads(pickle.dumps(joiner))) == 0 < len(entries)
         with pytest.raises(RuntimeError, match="already open"):
             with joiner.entries_apart():
@@ -189,8 +190,8 @@ def test_columns_that_name_a_missing_layout_or_a_seq_twice_are_refused():
 
 def test_a_batch_whose_columns_disagree_is_a_checkpoint_error():
     engine = _engine()
-    with engine.joiner.entries_apart() as entries:
-        columns = OpenColumns.of(entries)
+    with engine.joiner.entries_apart() as batches:
+        columns = OpenColumns.of(next(batches))
     columns.refs = columns.refs[:-1]
     payload = io.BytesIO()
     for part in (_partition(Engine.fresh("logreg", "shop", window=1e9)), columns, None):

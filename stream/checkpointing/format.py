@@ -103,10 +103,9 @@ def dump_payload(state: "Partition", out) -> tuple[int, str]:
     if joiner is None or not hasattr(joiner, "entries_apart"):
         pickle.Pickler(writer, protocol=protocol).dump(state)
     else:
-        with joiner.entries_apart() as entries:
+        with joiner.entries_apart(_BATCH) as batches:
             pickle.Pickler(writer, protocol=protocol).dump(state)
-            for start in range(0, len(entries), _BATCH):
-                batch = entries[start:start + _BATCH]
+            for batch in batches:
                 pickle.Pickler(writer, protocol=protocol).dump(OpenColumns.of(batch) or batch)
     pickle.Pickler(writer, protocol=protocol).dump(None)
     return writer.size, writer.sha.hexdigest()
