@@ -221,13 +221,6 @@ class ShopFeatures:
         user = users.index.get(event.user_id)
         product_id = event.product_id
         product = products.index.get(product_id)
-        # The event's session and product become the tables' own (equal) strings: what keeps them
-        # (its open prediction's key, the session's viewed counts) shares one object per session and
-        # product instead of holding the event's copies (about 130 bytes an open prediction).
-        if session is not None:
-            event.user_session = sessions.keys[session]
-        if product is not None:
-            event.product_id = product_id = products.keys[product]
         t: float = event.event_time  # type: ignore[assignment]  # validated: epoch seconds (no cast: a call)
         seconds_of_day = t % 86400.0
         code = event.category_code

@@ -156,7 +156,7 @@ class OpenPrediction:
     prediction with any feature value that is not a float, or an output that is not (float, None,
     False or True), stays unpacked: a dict and a tuple."""
 
-    __slots__ = ("key", "event_time", "_x", "_outputs", "champion", "ref", "seq")
+    __slots__ = ("key", "event_time", "_x", "_outputs", "champion", "ref", "seq", "deadline")
 
     def __init__(self, key: Hashable, event_time: float, x: Optional[dict], outputs: list,
                  champion: int = 0, ref: object = None):
@@ -167,6 +167,7 @@ class OpenPrediction:
         self.champion = champion
         self.ref = ref
         self.seq = 0
+        self.deadline = 0.0   # the joiner's, when it opens it (not pickled: a checkpoint's entries hold it)
 
     # (no typing.cast on these paths: a function call per read, and Optional[...] built each time)
     @property
@@ -223,11 +224,12 @@ class OpenPrediction:
         return outputs[self.champion][0]   # type: ignore[index]
 
     def __getstate__(self):
-        return tuple(getattr(self, name) for name in self.__slots__)
+        return tuple(getattr(self, name) for name in _PICKLED)
 
     def __setstate__(self, state):
-        for name, value in zip(self.__slots__, state):
+        for name, value in zip(_PICKLED, state):
             setattr(self, name, value)
+        self.deadline = 0.0
         x = self._x
         if x.__class__ is tuple:   # packed before PackedLayout: (names, array("d") bytes of the values)
             names, packed = cast(tuple, x)
@@ -252,6 +254,8 @@ def _before(entry: tuple, deadline: float, seq: int) -> bool:
     return entry[0] < deadline or (entry[0] == deadline and entry[1] < seq)
 
 
+_PICKLED = OpenPrediction.__slots__[:-1]   # what a pickled prediction holds: all but its deadline
+
 _APART: set = set()   # ids of the joiners inside `entries_apart` (their pickle leaves the entries out)
 _SHARDS = 64  # the key index is cut in shards: growing one resizes a 64th of it, not all of it
 #: An open prediction's features are packed (`OpenPrediction.compact`) once this many later
@@ -267,8 +271,8 @@ class LabelJoiner:
     by hash of the key; a key maps to its prediction, or to a list when several are open for
     it). The queue is two: the predictions opened in deadline order (no earlier deadline than
     the last one there: most of them, all of them on a time-ordered history) wait in a deque,
-    oldest first, as themselves (their deadline is their event time + the window, their seq
-    their own: no entry tuple and deadline float kept per prediction, 88 bytes), and the
+    oldest first, as themselves (with their deadline and seq in their own slots: no entry
+    tuple per prediction, 64 bytes), and the
     others in a heap of (deadline, seq, prediction) entries; the next to expire is the earlier
     (deadline, then seq) of their two heads, so they expire in the order one heap gave,
     without a heap's O(log n) per entry. A removed prediction gets seq -1, and is skipped when
@@ -313,9 +317,8 @@ class LabelJoiner:
     def _live_entries(self) -> list[tuple]:
         """The (deadline, seq, prediction) entries of the open predictions, both queues' (heap order
         first, then deadline order)."""
-        window = self.window
         return [entry for entry in self._deadlines if entry[2].seq == entry[1]] + \
-            [(p.event_time + window, p.seq, p) for p in self._in_order if p.seq >= 0]
+            [(p.deadline, p.seq, p) for p in self._in_order if p.seq >= 0]
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -356,13 +359,13 @@ class LabelJoiner:
 
     def _live_batches(self, size: int) -> Iterator[list]:
         """`_live_entries` in lists of at most `size` (none empty)."""
-        heap, in_order, window = iter(self._deadlines), iter(self._in_order), self.window
+        heap, in_order = iter(self._deadlines), iter(self._in_order)
         while entries := list(islice(heap, size)):
             if live := [entry for entry in entries if entry[2].seq == entry[1]]:
                 yield live
         while predictions := list(islice(in_order, size)):
             with _collector_paused():   # else a million new tuples would set off hundreds of collections
-                live = [(p.event_time + window, p.seq, p) for p in predictions if p.seq >= 0]
+                live = [(p.deadline, p.seq, p) for p in predictions if p.seq >= 0]
             if live:
                 yield live
 
@@ -420,7 +423,7 @@ class LabelJoiner:
         deadlines, in_order = self._deadlines, self._in_order
         if in_order:
             head = in_order[0]
-            deadline = head.event_time + self.window
+            deadline = head.deadline
             if deadlines and _before(deadlines[0], deadline, head.seq):
                 return deadlines[0]
             return deadline, head.seq, head
@@ -431,7 +434,7 @@ class LabelJoiner:
         deadlines, in_order = self._deadlines, self._in_order
         if in_order:
             head = in_order[0]
-            if not (deadlines and _before(deadlines[0], head.event_time + self.window, head.seq)):
+            if not (deadlines and _before(deadlines[0], head.deadline, head.seq)):
                 in_order.popleft()
                 return head if head.seq >= 0 else None
         _, seq, prediction = heapq.heappop(deadlines)
@@ -462,15 +465,15 @@ class LabelJoiner:
         elif self._ahead:
             self._not_ahead()
         watermark = self.max_time - self.lateness
-        deadlines, in_order, window = self._deadlines, self._in_order, self.window
-        if (not in_order or in_order[0].event_time + window >= watermark) and \
+        deadlines, in_order = self._deadlines, self._in_order
+        if (not in_order or in_order[0].deadline >= watermark) and \
                 (not deadlines or deadlines[0][0] >= watermark):
             return []   # the usual case: nothing expires
         expired = []
         while True:   # the earlier head of the two queues, as long as it is due (`_first`, inline)
             if in_order:
                 prediction = in_order[0]
-                deadline = prediction.event_time + window
+                deadline = prediction.deadline
                 if not (deadlines and _before(deadlines[0], deadline, prediction.seq)):
                     if deadline >= watermark:
                         break
@@ -531,7 +534,8 @@ class LabelJoiner:
         self._next_seq += 1
         self._index(prediction)
         in_order = self._in_order
-        if not in_order or deadline >= in_order[-1].event_time + self.window:   # seq grows: (deadline, seq) in order
+        if not in_order or deadline >= in_order[-1].deadline:   # seq grows: (deadline, seq) stays in order
+            prediction.deadline = deadline
             in_order.append(prediction)
         else:
             heapq.heappush(self._deadlines, (deadline, seq, prediction))
