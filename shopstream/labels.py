@@ -154,7 +154,8 @@ class OpenPrediction:
     them back, shared by every prediction with the same feature names and slot count. Reading `x`
     and `outputs` gives back values equal to the originals, key order and float bits included. A
     prediction with any feature value that is not a float, or an output that is not (float, None,
-    False or True), stays unpacked: a dict and a tuple."""
+    False or True), stays unpacked: a dict and a tuple. `deadline` (event time + the window) and
+    `seq` (its place in opening order) are the joiner's."""
 
     __slots__ = ("key", "event_time", "_x", "_outputs", "champion", "ref", "seq", "deadline")
 
@@ -167,7 +168,7 @@ class OpenPrediction:
         self.champion = champion
         self.ref = ref
         self.seq = 0
-        self.deadline = 0.0   # the joiner's, when it opens it (not pickled: a checkpoint's entries hold it)
+        self.deadline = 0.0   # set by the joiner that opens it (not pickled: a checkpoint's entries hold it)
 
     # (no typing.cast on these paths: a function call per read, and Optional[...] built each time)
     @property
@@ -331,7 +332,8 @@ class LabelJoiner:
         heapq.heapify(deadlines)
         self._by_key = [{} for _ in range(_SHARDS)]
         adopted: dict = {}
-        for _, _, prediction in sorted(deadlines, key=lambda entry: entry[1]):  # opening order
+        for deadline, _, prediction in sorted(deadlines, key=lambda entry: entry[1]):  # opening order
+            prediction.deadline = deadline
             self._index(prediction)
             self._adopt(prediction, adopted)
         self._open = len(deadlines)
@@ -376,7 +378,8 @@ class LabelJoiner:
         self._deadlines.extend(entries)
         heapq.heapify(self._deadlines)
         adopted: dict = {}
-        for _, _, prediction in sorted(entries, key=lambda entry: entry[1]):  # opening order
+        for deadline, _, prediction in sorted(entries, key=lambda entry: entry[1]):  # opening order
+            prediction.deadline = deadline
             self._index(prediction)
             self._adopt(prediction, adopted)
         self._open += len(entries)
@@ -531,11 +534,11 @@ class LabelJoiner:
             self.counts["late"] += 1
             return False
         prediction.seq = seq = self._next_seq
+        prediction.deadline = deadline
         self._next_seq += 1
         self._index(prediction)
         in_order = self._in_order
         if not in_order or deadline >= in_order[-1].deadline:   # seq grows: (deadline, seq) stays in order
-            prediction.deadline = deadline
             in_order.append(prediction)
         else:
             heapq.heappush(self._deadlines, (deadline, seq, prediction))

@@ -85,5 +85,6 @@ def test_two_queues_expire_resolve_and_evict_as_one_heap(seed):
         assert len(joiner) == len(naive.live)
         # the metrics' read of the queues' head: a removed prediction never stands there
         assert joiner.oldest_open_time() == (min(naive.live)[0] - window if naive.live else None)
+        assert all(p.deadline == p.event_time + window for p in joiner.open_predictions())
         assert sorted(p.seq for p in joiner.open_predictions()) == sorted(e[1] for e in naive.live)
     assert joiner.counts["expired"] + joiner.counts["evicted"] > 100 and joiner.counts["positive"] > 10
