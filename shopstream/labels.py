@@ -272,14 +272,14 @@ class LabelJoiner:
     by hash of the key; a key maps to its prediction, or to a list when several are open for
     it). The queue is two: the predictions opened in deadline order (no earlier deadline than
     the last one there: most of them, all of them on a time-ordered history) wait in a deque,
-    oldest first, as themselves (with their deadline and seq in their own slots: no entry
-    tuple per prediction, 64 bytes), and the
-    others in a heap of (deadline, seq, prediction) entries; the next to expire is the earlier
-    (deadline, then seq) of their two heads, so they expire in the order one heap gave,
-    without a heap's O(log n) per entry. A removed prediction gets seq -1, and is skipped when
-    it comes up. Checkpoints pickle the live entries only, as one list of (deadline, seq,
-    prediction) (`_deadlines`, heapified on load: the format from before the deque); the key
-    index is rebuilt on load (hashes differ between processes)."""
+    oldest first, as themselves (their deadline and seq are slots of theirs: no entry tuple
+    each), and the others in a heap of (deadline, seq, prediction) entries; the next to expire
+    is the earlier (deadline, then seq) of their two heads, so they expire in the order one
+    heap gave, without a heap's O(log n) per entry. A removed prediction gets seq -1, and is
+    skipped when it comes up (and dropped from a head at once: `oldest_open_time` reads it).
+    Checkpoints pickle the live entries only, as one list of (deadline, seq, prediction)
+    (`_deadlines`, heapified on load: the format from before the deque); the key index is
+    rebuilt on load (hashes differ between processes)."""
 
     #: The jump guard (`advance`); class defaults for joiners restored from older checkpoints.
     max_jump = 0.0

@@ -3,6 +3,7 @@ heap for the others): predictions must expire, resolve and be evicted exactly as
 heap, in (deadline, seq) order, across checkpoints (whole, or with the entries apart), also out of order;
 and the oldest open prediction the metrics read is always a live one."""
 
+import gc
 import pickle
 import random
 
@@ -88,3 +89,26 @@ def test_two_queues_expire_resolve_and_evict_as_one_heap(seed):
         assert all(p.deadline == p.event_time + window for p in joiner.open_predictions())
         assert sorted(p.seq for p in joiner.open_predictions()) == sorted(e[1] for e in naive.live)
     assert joiner.counts["expired"] + joiner.counts["evicted"] > 100 and joiner.counts["positive"] > 10
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_checkpoints_batches_are_made_without_collections_and_leave_the_collector_as_found(enabled):
+    """The deque's predictions get their entry tuples when a checkpoint's batch is made; a million
+    new tuples would otherwise set off hundreds of collections (of the whole heap, some)."""
+    joiner = LabelJoiner(window=60.0)
+    for i in range(5000):
+        joiner.open(OpenPrediction((f"s{i}", "p"), float(i), {"a": 1.0}, [(0.5, False)]))
+    thresholds = gc.get_threshold()
+    was = gc.isenabled()
+    try:
+        gc.set_threshold(100)
+        (gc.enable if enabled else gc.disable)()
+        before = gc.get_stats()[0]["collections"]
+        with joiner.entries_apart(5000) as batches:
+            [batch] = batches
+        assert gc.get_stats()[0]["collections"] - before <= 3   # 50 without the pause
+        assert gc.isenabled() is enabled
+    finally:
+        gc.set_threshold(*thresholds)
+        (gc.enable if was else gc.disable)()
+    assert [(d, s) for d, s, _ in batch] == [(i + 60.0, i) for i in range(5000)]
