@@ -318,8 +318,9 @@ class LabelJoiner:
     def _live_entries(self) -> list[tuple]:
         """The (deadline, seq, prediction) entries of the open predictions, both queues' (heap order
         first, then deadline order)."""
-        return [entry for entry in self._deadlines if entry[2].seq == entry[1]] + \
-            [(p.deadline, p.seq, p) for p in self._in_order if p.seq >= 0]
+        with _collector_paused():   # (see `_live_batches`)
+            return [entry for entry in self._deadlines if entry[2].seq == entry[1]] + \
+                [(p.deadline, p.seq, p) for p in self._in_order if p.seq >= 0]
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -355,12 +356,12 @@ class LabelJoiner:
         self._pack_all()
         _APART.add(id(self))
         try:
-            yield self._live_batches(batch or max(1, len(self._deadlines) + len(self._in_order)))
+            yield self._live_batches(batch) if batch else iter([self._live_entries()])
         finally:
             _APART.discard(id(self))
 
     def _live_batches(self, size: int) -> Iterator[list]:
-        """`_live_entries` in lists of at most `size` (none empty)."""
+        """`_live_entries` in lists of at most `size` (none empty; the heap's first, then the deque's)."""
         heap, in_order = iter(self._deadlines), iter(self._in_order)
         while entries := list(islice(heap, size)):
             if live := [entry for entry in entries if entry[2].seq == entry[1]]:
