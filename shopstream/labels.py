@@ -268,18 +268,19 @@ PACK_AFTER = 1024
 class LabelJoiner:
     """Open predictions keyed by (session, product), resolved by purchase or expiry.
 
-    Each open prediction is in two places: the deadline queue and the key index (64 dicts,
-    by hash of the key; a key maps to its prediction, or to a list when several are open for
-    it). The queue is two: the predictions opened in deadline order (no earlier deadline than
-    the last one there: most of them, all of them on a time-ordered history) wait in a deque,
-    oldest first, as themselves (their deadline and seq are slots of theirs: no entry tuple
-    each), and the others in a heap of (deadline, seq, prediction) entries; the next to expire
-    is the earlier (deadline, then seq) of their two heads, so they expire in the order one
-    heap gave, without a heap's O(log n) per entry. A removed prediction gets seq -1, and is
-    skipped when it comes up (and dropped from a head at once: `oldest_open_time` reads it).
-    Checkpoints pickle the live entries only, as one list of (deadline, seq, prediction)
-    (`_deadlines`, heapified on load: the format from before the deque); the key index is
-    rebuilt on load (hashes differ between processes)."""
+    Each open prediction is in two places: the deadline queue and the key index (64 dicts, by
+    hash of the key; a key maps to its prediction, or to a list when several are open for it).
+    The queue is two: the predictions opened in deadline order (no earlier deadline than the
+    last one there: most of them, all of them on a time-ordered history) wait in a deque, oldest
+    first, as themselves (their deadline and seq are slots of theirs: no entry tuple each; the
+    deadline kept, not summed from event_time at expiry, which would touch the decoded event's
+    float and fault on its page after a fork), and the others in a heap of (deadline, seq,
+    prediction) entries; the next to expire is the earlier (deadline, then seq) of their two
+    heads, so they expire in the order one heap gave, without a heap's O(log n) per entry. A
+    removed prediction gets seq -1, and is skipped when it comes up (and dropped from a head at
+    once: `oldest_open_time` reads it). Checkpoints pickle the live entries only, as one list of
+    (deadline, seq, prediction) (`_deadlines`, heapified on load: the format from before the
+    deque); the key index is rebuilt on load (hashes differ between processes)."""
 
     #: The jump guard (`advance`); class defaults for joiners restored from older checkpoints.
     max_jump = 0.0
@@ -318,9 +319,8 @@ class LabelJoiner:
     def _live_entries(self) -> list[tuple]:
         """The (deadline, seq, prediction) entries of the open predictions, both queues' (heap order
         first, then deadline order)."""
-        with _collector_paused():   # (see `_live_batches`)
-            return [entry for entry in self._deadlines if entry[2].seq == entry[1]] + \
-                [(p.deadline, p.seq, p) for p in self._in_order if p.seq >= 0]
+        return [entry for batch in self._live_batches(max(1, len(self._deadlines) + len(self._in_order)))
+                for entry in batch]
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -332,11 +332,7 @@ class LabelJoiner:
         deadlines = self._deadlines
         heapq.heapify(deadlines)
         self._by_key = [{} for _ in range(_SHARDS)]
-        adopted: dict = {}
-        for deadline, _, prediction in sorted(deadlines, key=lambda entry: entry[1]):  # opening order
-            prediction.deadline = deadline
-            self._index(prediction)
-            self._adopt(prediction, adopted)
+        self._take_in(deadlines)
         self._open = len(deadlines)
 
     def __len__(self) -> int:
@@ -378,12 +374,17 @@ class LabelJoiner:
         each bring their own copy), and one from an older checkpoint is packed now."""
         self._deadlines.extend(entries)
         heapq.heapify(self._deadlines)
+        self._take_in(entries)
+        self._open += len(entries)
+
+    def _take_in(self, entries: list) -> None:
+        """Index restored entries' predictions in opening order, each with its deadline and this
+        joiner's layout of its shape (`_adopt`)."""
         adopted: dict = {}
         for deadline, _, prediction in sorted(entries, key=lambda entry: entry[1]):  # opening order
             prediction.deadline = deadline
             self._index(prediction)
             self._adopt(prediction, adopted)
-        self._open += len(entries)
 
     def _adopt(self, prediction: OpenPrediction, adopted: dict) -> None:
         """A restored prediction reads through this joiner's layout of its shape (each pickle
