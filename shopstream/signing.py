@@ -70,5 +70,6 @@ def sign(payload: bytes, key: bytes) -> str:
 def verify(payload: bytes, tag: Optional[str], key: bytes, what: str) -> None:
     if not tag:
         raise SignatureError(f"{what}: not signed, but {KEY_IS_SET}: refusing to load it")
-    if not hmac.compare_digest(sign(payload, key), tag):
+    # compare_digest refuses a str with non-ASCII characters (TypeError): a flipped byte is a mismatch
+    if not tag.isascii() or not hmac.compare_digest(sign(payload, key), tag):
         raise SignatureError(f"{what}: HMAC does not match: forged or modified, refusing to load it")

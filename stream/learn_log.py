@@ -87,10 +87,11 @@ def decode(value: Optional[bytes], group: str, topic: str, schema: str,
     if key is not None:
         if kind != "hmac-sha256":
             raise RefusedRecord("unsigned", f"not signed ({kind or 'no check'}), but {KEY_IS_SET}")
-        if not hmac.compare_digest(hmac.new(key, body, hashlib.sha256).hexdigest(), digest):
+        # (a replaced non-ASCII byte would make compare_digest raise TypeError, not say False)
+        if not digest.isascii() or not hmac.compare_digest(hmac.new(key, body, hashlib.sha256).hexdigest(), digest):
             raise RefusedRecord("forged", "HMAC does not match: forged or modified")
     elif kind == "sha256":
-        if not hmac.compare_digest(hashlib.sha256(body).hexdigest(), digest):
+        if not digest.isascii() or not hmac.compare_digest(hashlib.sha256(body).hexdigest(), digest):
             raise RefusedRecord("corrupt", "sha256 does not match: corrupted")
     elif kind == "hmac-sha256":
         raise RefusedRecord("unsigned", "signed, but this worker has no signing key to check it")

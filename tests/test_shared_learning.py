@@ -129,6 +129,12 @@ def test_bad_learn_records_are_refused_with_their_reason():
     assert refusal(signed).startswith("unsigned: signed, but this worker has no signing key")
     assert refusal(signed, key=b"other") == "forged: HMAC does not match: forged or modified"
     assert decode(signed, "g", "t", SCHEMA, b"k") == example
+    # a byte past ASCII in the check line: refused, not a TypeError out of compare_digest
+    check_at = signed.index(b":") + 1
+    assert refusal(signed[:check_at] + b"\xff" + signed[check_at + 1:], key=b"k") == \
+        "forged: HMAC does not match: forged or modified"
+    assert refusal(good[:good.index(b":") + 1] + b"\xb2" + good[good.index(b":") + 2:]) == \
+        "corrupt: sha256 does not match: corrupted"
     listed = resealed(good.replace(b'"a":1.0', b'"a":[1.0]'))  # a correct check on a bad body
     assert refusal(listed) == "invalid: feature 'a': [1.0] is not a finite number or a string"
     assert refusal(resealed(good.replace(b'"a":1.0', b'"a":1e999'))).startswith("corrupt: not JSON")

@@ -74,6 +74,12 @@ def test_torn_forged_and_old_format_checkpoints_are_refused(tmp_path, monkeypatc
     forged[len(signed) // 2] ^= 1          # in the payload: its digest is in the signed header
     with pytest.raises(SignatureError, match="HMAC does not match"):
         decode_state(bytes(forged), "forged payload")
+    check_at = signed.index(b"hmac-sha256:") + len(b"hmac-sha256:")
+    for byte in (0x80, 0xff):   # past ASCII in the tag: refused like any other flip (compare_digest raised TypeError)
+        forged = bytearray(signed)
+        forged[check_at + 5] = byte
+        with pytest.raises(SignatureError, match="HMAC does not match"):
+            decode_state(bytes(forged), "a non-ASCII tag")
     assert decode_state(signed, "good").next_offset == 500
 
 
