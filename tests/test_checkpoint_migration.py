@@ -76,7 +76,7 @@ def test_a_class_that_moves_is_found_through_the_migration_table(monkeypatch):
     state = Partition("events", 2, Engine.fresh("logreg", "raw"), next_offset=7)
     data = _pickled_under(monkeypatch, "stream.rooms.old_home", "PartitionRecord", state)
     assert b"stream.rooms.old_home" in data and "stream.rooms.old_home" not in sys.modules
-    with pytest.raises(CheckpointError, match="cannot be read: No module named 'stream.rooms'"):
+    with pytest.raises(CheckpointError, match="cannot be read: ModuleNotFoundError: No module named 'stream.rooms'"):
         decode_state(data, "moved", signing_key=None)
     monkeypatch.setitem(migration.MOVED, ("stream.rooms.old_home", "PartitionRecord"),
                         ("stream.partition", "Partition"))
@@ -94,6 +94,40 @@ def test_a_payload_may_name_only_what_a_partition_is_made_of(monkeypatch):
     state.engine.extra = [io.BytesIO]
     with pytest.raises(CheckpointError, match="may not name _io.BytesIO"):
         decode_state(encode_state(state, signing_key=None), "io", signing_key=None)
+
+
+def _crafted(module: str, name: str, argument) -> bytes:
+    """An unsigned checkpoint whose payload calls `module.name(argument)` (STACK_GLOBAL, then REDUCE)."""
+    def text(value: str) -> bytes:
+        return pickle.BINUNICODE + len(value.encode()).to_bytes(4, "little") + value.encode()
+    payload = (b"\x80\x04" + text(module) + text(name) + pickle.STACK_GLOBAL
+               + (text(argument) + pickle.TUPLE1 if argument is not None else pickle.EMPTY_TUPLE) + pickle.REDUCE + pickle.STOP)
+    out = io.BytesIO(payload)
+    header = json.dumps({"format": "CKPT-3", "payload": migration.PAYLOAD_VERSION, "group": "", "topic": "events",
+                         "partition": 0, "sequence": 0, "next_offset": 0, "checkpoint_id": None,
+                         "size": f"{len(payload):020d}", "sha256": __import__("hashlib").sha256(payload).hexdigest(),
+                         "pickle": 4}).encode()
+    return MAGIC + check_line(header, None) + b"\n" + header + b"\n" + out.getvalue()
+
+
+def test_a_crafted_payload_reaches_no_function_through_an_allowed_module(tmp_path):
+    """Unsigned, the allowlist is all that stands between a payload and the functions it names:
+    a dotted name walks from a module of ours to `os.system`; `operator`'s getters chain to any
+    object; a function of ours that writes files is a tool, not state. Each is refused, uncalled."""
+    marker = tmp_path / "called"
+    for module, name, argument in (("shopstream.files", "os.system", f"touch {marker}"),
+                                   ("stream.checkpointing.format", "os.system", f"touch {marker}"),
+                                   ("shopstream.files", "os", None),
+                                   ("operator", "attrgetter", "__globals__"),
+                                   ("shopstream.open_columns", "attrgetter", "__globals__"),
+                                   ("shopstream.files", "remove_leftovers", str(tmp_path)),
+                                   ("numpy.testing", "assert_equal", "x"),
+                                   ("functools", "reduce", "x")):
+        with pytest.raises(CheckpointError, match=f"may not name {module}.{name}"):
+            decode_state(_crafted(module, name, argument), "crafted", signing_key=None)
+    assert not marker.exists()
+    # what a state is made of still loads: a class, and a function its pickles call
+    assert migration.allowed("collections", "OrderedDict") and migration.allowed("shopstream.recent_ids", "_unpack")
 
 
 def test_a_payload_version_newer_than_this_reader_is_refused_clearly():

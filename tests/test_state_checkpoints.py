@@ -2,6 +2,7 @@
 checked before unpickling, bound to its partition and group, old formats refused."""
 
 import os
+import hashlib
 import pickle
 import time
 
@@ -61,6 +62,18 @@ def test_torn_forged_and_old_format_checkpoints_are_refused(tmp_path, monkeypatc
             store.load("events", 0)
     path.write_bytes(b"something else entirely")
     with pytest.raises(CheckpointError, match="not a shopstream checkpoint"):
+        store.load("events", 0)
+    # a newer format is not called older (whose advice, --force-fresh-start, would throw the state away)
+    path.write_bytes(good.replace(b"SHOPSTREAM-CKPT-3\n", b"SHOPSTREAM-CKPT-4\n", 1))
+    with pytest.raises(CheckpointError, match="format CKPT-4 was written by a newer shopstream"):
+        store.load("events", 0)
+    for cut in (16, 17):   # "SHOPSTREAM-CKPT-" and "SHOPSTREAM-CKPT-3", no line end: truncated, not old
+        path.write_bytes(good[:cut])
+        with pytest.raises(CheckpointError, match="a truncated or damaged checkpoint"):
+            store.load("events", 0)
+    deep = b"[" * 100_000 + b"]" * 100_000   # a header JSON nested past the parser's depth, its sha256 right
+    path.write_bytes(b"SHOPSTREAM-CKPT-3\nsha256:" + hashlib.sha256(deep).hexdigest().encode() + b"\n" + deep + b"\n")
+    with pytest.raises(CheckpointError, match="unreadable header .RecursionError"):
         store.load("events", 0)
 
     monkeypatch.setenv(KEY_ENV, "k3y")

@@ -124,12 +124,17 @@ def load_payload(fileobj) -> "Partition":
 
 def unpickle_state(fileobj, header: dict, where: str) -> "Partition":
     """The partition in a checked payload; CheckpointError unless it is the one its header names."""
+    from stream.partition import Partition   # (it imports this module)
+
     try:
         state = load_payload(fileobj)
-    except (pickle.UnpicklingError, AttributeError, ImportError, ValueError) as exc:
-        raise CheckpointError(f"{where}: payload version {header.get('payload', 1)} cannot be read: {exc}") from None
-    if (state.topic, state.partition, state.sequence) != (header["topic"], header["partition"],
-                                                          header["sequence"]):
+    # Any error: the digest matched, so the payload is what a writer (a bug, or a forger without
+    # the key) made, and whatever it raises is a reason to refuse it, not to stop the worker.
+    except Exception as exc:
+        raise CheckpointError(f"{where}: payload version {header.get('payload', 1)} cannot be read: "
+                              f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(state, Partition) or (state.topic, state.partition, state.sequence) != (
+            header["topic"], header["partition"], header["sequence"]):
         raise CheckpointError(f"{where}: the payload does not match its header: refusing it")
     state.origin = "checkpoint"
     return state
@@ -166,6 +171,13 @@ def split_head(data: bytes, where: str) -> tuple[bytes, bytes, int]:
     if not data.startswith(MAGIC):
         if data.startswith(MAGIC_PREFIX):
             found = data[len(MAGIC_PREFIX) - 5:].partition(b"\n")[0].decode("ascii", "replace")
+            number = found[5:]
+            if not (number.isascii() and number.isdigit() and b"\n" in data[len(MAGIC_PREFIX):]):
+                raise CheckpointError(f"{where}: a truncated or damaged checkpoint (its first line is {found[:40]!r})")
+            if int(number) > int(FORMAT[5:]):   # a rollback to an older shopstream: keep the state for the newer one
+                raise CheckpointError(
+                    f"{where}: format {found} was written by a newer shopstream; this version reads only {FORMAT}. "
+                    "Run the version that wrote it (--force-fresh-start would throw its state away)")
             raise CheckpointError(
                 f"{where}: format {found} was written by an older shopstream; this version reads only "
                 f"{FORMAT} (streamed, chunked checkpoints). Start the partition over with --force-fresh-start "
@@ -194,8 +206,8 @@ def verify_head(check: bytes, header: bytes, where: str, key: Optional[bytes]) -
         fields["size"] = int(fields["size"])
         if fields.get("format") != FORMAT:
             raise ValueError(fields.get("format"))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{where}: unreadable header ({exc})") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise CheckpointError(f"{where}: unreadable header ({type(exc).__name__}: {exc})"[:300]) from None
     version = fields.get("payload", 1)
     if not isinstance(version, int) or not 1 <= version <= PAYLOAD_VERSION:
         raise CheckpointError(f"{where}: payload version {version!r} was written by a newer shopstream; this "

@@ -12,9 +12,10 @@ Moving a class means adding its old place to `MOVED` (tests/test_state_checkpoin
 shows a move being read). Anything else that changes what a payload means raises
 `PAYLOAD_VERSION`, written in each checkpoint's header, and says here how an older one is read.
 
-The unpickler also refuses a class outside the packages a partition's state is made of
-(`ALLOWED_PACKAGES`, and a few builtins): a defence in depth under the HMAC, which is
-what proves a checkpoint was written by us.
+The unpickler also refuses anything a partition's state is not made of (`allowed`): the
+classes of its packages (`ALLOWED_PACKAGES`), the few functions their pickles call
+(`ALLOWED_FUNCTIONS`), named classes of a few standard modules and builtins, never a dotted
+name: a defence in depth under the HMAC, which is what proves a checkpoint was written by us.
 
 >>> resolve("shopstream.stream.checkpoints", "PartitionState")
 ('stream.partition', 'Partition')
@@ -51,10 +52,33 @@ MOVED = {
     ("shopstream.lineup", "CatalogReplacements"): ("shopstream.policies", "CatalogReplacements"),
 }
 
-#: The top-level packages a partition's state is made of.
-ALLOWED_PACKAGES = frozenset({"shopstream", "stream", "river", "numpy", "collections", "array", "random",
-                              "functools", "operator", "math", "datetime", "decimal", "fractions", "copyreg",
-                              "_codecs", "itertools"})
+#: The packages a partition's state is made of: their classes, and the functions below.
+ALLOWED_PACKAGES = frozenset({"shopstream", "stream", "river", "numpy"})
+#: Functions of those packages a pickle of a state calls to rebuild an object (every other
+#: function there is refused: one that writes a file would be a tool, not data).
+ALLOWED_FUNCTIONS = frozenset({
+    ("shopstream.recent_ids", "_unpack"),
+    # numpy's arrays, scalars and random generators (numpy.core before numpy 2, numpy._core after)
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.random._pickle", "__bit_generator_ctor"), ("numpy.random._pickle", "__generator_ctor"),
+    ("numpy.random._pickle", "__randomstate_ctor"),
+    ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"),
+})
+#: Outside those packages, exactly these names of each module (never `operator`'s getters and
+#: the like: chained through REDUCE they reach any object, `os.system` included).
+ALLOWED_NAMES = {
+    "array": frozenset({"array", "_array_reconstructor"}),
+    "collections": frozenset({"Counter", "OrderedDict", "defaultdict", "deque"}),
+    "functools": frozenset({"partial"}),   # River's trees: defaultdict(partial(...))
+    "random": frozenset({"Random"}),
+    "copyreg": frozenset({"_reconstructor", "__newobj__", "__newobj_ex__"}),   # older pickle protocols
+    "_codecs": frozenset({"encode"}),   # bytes, in pickle protocols before 3
+    "datetime": frozenset({"date", "datetime", "time", "timedelta", "timezone"}),
+    "decimal": frozenset({"Decimal"}),
+    "fractions": frozenset({"Fraction"}),
+}
 #: Builtins a state may hold (never eval, exec, getattr, __import__ and the like).
 ALLOWED_BUILTINS = frozenset({"bool", "int", "float", "complex", "str", "bytes", "bytearray", "list", "tuple",
                               "dict", "set", "frozenset", "range", "slice", "object", "NotImplemented",
@@ -70,14 +94,39 @@ def resolve(module: str, name: str) -> tuple[str, str]:
     return MOVED.get((module, name), (module, name))
 
 
+def allowed(module: str, name: str, found: Any = None) -> bool:
+    """Whether a checkpoint may name `module.name`; `found`: what it is, once imported (a class
+    or an allowed function defined in that very module, not one imported there from elsewhere).
+
+    >>> allowed("river.preprocessing.scale", "StandardScaler"), allowed("shopstream.files", "os.system")
+    (True, False)
+    >>> import os; allowed("shopstream.files", "os", os), allowed("operator", "attrgetter")
+    (False, False)
+    """
+    if "." in name:   # a dotted name walks attributes: from any module that imports os, to os.system
+        return False
+    if module == "builtins":
+        return name in ALLOWED_BUILTINS
+    if module in ALLOWED_NAMES:
+        return name in ALLOWED_NAMES[module]
+    if module.partition(".")[0] not in ALLOWED_PACKAGES:
+        return False
+    if found is None:
+        return True   # (checked again once imported)
+    if not (isinstance(found, type) or (module, name) in ALLOWED_FUNCTIONS):
+        return False
+    home = getattr(found, "__module__", None)
+    return isinstance(home, str) and home.partition(".")[0] == module.partition(".")[0]
+
+
 class CheckpointUnpickler(pickle.Unpickler):
     """Unpickles a checkpoint's payload, finding moved classes where they live now."""
 
     def find_class(self, module: str, name: str) -> Any:
         module, name = resolve(module, name)
-        package = module.partition(".")[0]
-        allowed = name in ALLOWED_BUILTINS if module == "builtins" else package in ALLOWED_PACKAGES
-        if not allowed:
-            raise pickle.UnpicklingError(f"a checkpoint may not name {module}.{name}: not part of a partition's "
-                                         "state (if it is now, add its package to ALLOWED_PACKAGES)")
-        return super().find_class(module, name)
+        if allowed(module, name):   # (refused before its module is even imported)
+            found = super().find_class(module, name)
+            if allowed(module, name, found):
+                return found
+        raise pickle.UnpicklingError(f"a checkpoint may not name {module}.{name}: not part of a partition's "
+                                     "state (if it is now, add it to ALLOWED_NAMES or ALLOWED_FUNCTIONS)")
