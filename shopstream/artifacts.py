@@ -119,8 +119,10 @@ def load_artifact(path: str | Path, key: Key = FROM_ENVIRONMENT) -> Artifact:
         raise ArtifactError(f"{directory}: not an artifact (needs meta.json and model.pkl)")
     try:
         meta = json.loads(meta_path.read_text())
+        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str):   # [] gave a TypeError
+            raise ValueError("not a JSON object with a sha256 string")
         expected = meta["sha256"]
-    except (ValueError, KeyError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise ArtifactError(f"{meta_path}: unreadable metadata ({exc})") from None
     payload = model_path.read_bytes()
     actual = hashlib.sha256(payload).hexdigest()

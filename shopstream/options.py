@@ -224,6 +224,10 @@ def option(parser, flag: str, help: str, default=None, type=str, many: bool = Fa
                 default = [type(part.strip()) for part in raw.split(",") if part.strip()]
             else:
                 default = type(raw)
+            # argparse checks `choices` only on the command line, never a default: the environment's here
+            for value in default if many else [default]:
+                if choices is not None and not switch and value not in choices:
+                    raise ValueError(f"must be one of {', '.join(map(str, choices))}")
     except ValueError as exc:
         parser.error(f"{env}={raw!r}: {exc}")
     hidden = secret or default in (None, False)

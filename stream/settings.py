@@ -251,6 +251,10 @@ def _check_topics(settings: "WorkerSettings") -> None:
     if settings.control_topic:
         named += [("control_topic", settings.control_topic),
                   ("control_topic", f"{settings.control_topic}-replies")]
+    if settings.learning == "shared":   # the learn log: written by every worker, read back by all
+        if not settings.learn_topic:
+            raise ConfigError("learn_topic", "", "must be a topic name (with --learning shared)")
+        named.append(("learn_topic", settings.learn_topic))
     if settings.checkpoints.store == "kafka":
         if not settings.checkpoints.topic:
             raise ConfigError("checkpoint_topic", "", "must be a topic name (with --checkpoint-store kafka)")

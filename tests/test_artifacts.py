@@ -53,6 +53,10 @@ def test_tampered_artifact_is_refused(artifacts, tmp_path):
     (copy / "model.pkl").write_bytes(bytes(data[:100]))  # truncated
     with pytest.raises(ArtifactError, match="refusing to unpickle"):
         load_artifact(copy)
+    for meta in ("[]", '{"sha256": 7}', "[" * 100_000):   # JSON, but not metadata: refused, not a TypeError
+        (copy / "meta.json").write_text(meta)
+        with pytest.raises(ArtifactError, match="unreadable metadata"):
+            load_artifact(copy)
     (copy / "meta.json").unlink()
     with pytest.raises(ArtifactError, match="not an artifact"):
         load_artifact(copy)

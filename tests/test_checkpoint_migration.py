@@ -9,6 +9,7 @@ before the packages were renamed): a logreg/raw engine (window 1e9) after the 40
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import pickle
@@ -101,11 +102,12 @@ def _crafted(module: str, name: str, argument) -> bytes:
     def text(value: str) -> bytes:
         return pickle.BINUNICODE + len(value.encode()).to_bytes(4, "little") + value.encode()
     payload = (b"\x80\x04" + text(module) + text(name) + pickle.STACK_GLOBAL
-               + (text(argument) + pickle.TUPLE1 if argument is not None else pickle.EMPTY_TUPLE) + pickle.REDUCE + pickle.STOP)
+               + (text(argument) + pickle.TUPLE1 if argument is not None else pickle.EMPTY_TUPLE)
+               + pickle.REDUCE + pickle.STOP)
     out = io.BytesIO(payload)
     header = json.dumps({"format": "CKPT-3", "payload": migration.PAYLOAD_VERSION, "group": "", "topic": "events",
                          "partition": 0, "sequence": 0, "next_offset": 0, "checkpoint_id": None,
-                         "size": f"{len(payload):020d}", "sha256": __import__("hashlib").sha256(payload).hexdigest(),
+                         "size": f"{len(payload):020d}", "sha256": hashlib.sha256(payload).hexdigest(),
                          "pickle": 4}).encode()
     return MAGIC + check_line(header, None) + b"\n" + header + b"\n" + out.getvalue()
 

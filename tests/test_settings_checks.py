@@ -39,7 +39,34 @@ REFUSED = [
     (["--window", "inf"], "--window inf must be a finite number"),
     (["--lateness", "inf"], "--lateness inf must be a finite number"),
     (["--checkpoint-seconds", "inf"], "--checkpoint-seconds inf must be a finite number"),
+    (["--learning", "shared", "--learn-topic", "shop-events"], "--learn-topic 'shop-events' must differ from --topic"),
+    (["--learning", "shared", "--learn-topic", "shop-predictions"],
+     "--learn-topic 'shop-predictions' must differ from --predictions-topic"),
+    (["--learning", "shared", "--checkpoint-store", "kafka", "--learn-topic", "shopstream-checkpoints"],
+     "--checkpoint-topic 'shopstream-checkpoints' must differ from --learn-topic"),
+    (["--learning", "shared", "--learn-topic", ""], "--learn-topic '' must be a topic name"),
 ]
+
+#: Values from the environment are held to an option's choices as the command line's are (argparse
+#: checks only what it parses; SHOPSTREAM_LOG_LEVEL=debug got as far as a TypeError in logging).
+ENVIRONMENT_REFUSED = [
+    ("SHOPSTREAM_LOG_LEVEL", "debug", "must be one of DEBUG, INFO, WARNING, ERROR"),
+    ("SHOPSTREAM_CHECKPOINT_STORE", "Kafka", "must be one of dir, kafka"),
+    ("SHOPSTREAM_PREDICTION_FORMAT", "Batch", "must be one of"),
+]
+
+
+@pytest.mark.parametrize("variable, value, line", ENVIRONMENT_REFUSED, ids=[v for v, _, _ in ENVIRONMENT_REFUSED])
+def test_a_setting_from_the_environment_outside_its_choices_is_refused_naming_the_variable(variable, value, line,
+                                                                                           capsys, monkeypatch):
+    for name in list(__import__("os").environ):
+        if name.startswith("SHOPSTREAM_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as stopped:
+        main(["worker", "--bootstrap-servers", "127.0.0.1:1", "--metrics-port", "-1"])
+    printed = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stopped.value.code == 2 and f"error: {variable}={value!r}: {line}" in printed, printed
 
 
 @pytest.mark.parametrize("argv, line", REFUSED, ids=[" ".join(a) or "empty" for a, _ in REFUSED])
