@@ -12,7 +12,7 @@ from kafka.errors import MessageSizeTooLargeError
 from shopstream.engine import Engine
 from shopstream.events import event_from_record
 from shopstream.generator import generate
-from shopstream.signing import KEY_ENV, SignatureError
+from shopstream.signing import KEY_ENV
 from stream.checkpointing.format import CheckpointError, encode_state
 from stream.partition import Partition as PartitionState
 from stream.checkpointing.kafka_store import KafkaCheckpointStore
@@ -145,13 +145,24 @@ def test_signed_manifest_and_chunks_are_verified(kafka, ckpt_topic, monkeypatch)
     [manifest] = records(kafka, ckpt_topic)
     assert b"hmac-sha256:" in manifest.value
     producer = KafkaProducer(bootstrap_servers=kafka, acks="all")
-    # A chunk replaced at a new offset is never read (the signed manifest names offsets);
-    # a manifest pointing at forged chunks fails its HMAC.
+    # A chunk replaced at a new offset is never read (the signed manifest names offsets); a
+    # manifest pointing at forged chunks fails its HMAC, junk is no manifest, and a signed one
+    # copied from another partition holds that one's state: each is skipped, and the last
+    # verified checkpoint stays the partition's (these replaced it before, and the worker stopped).
     forged = manifest.value.replace(b'"offsets":[0', b'"offsets":[1')
-    producer.send(ckpt_topic, key=b"g/events-0", value=forged)
+    other = KafkaCheckpointStore(options, f"{ckpt_topic}-other", max_bytes=64 * 1024, group="g")
+    other.save(busy_state(200, partition=1))
+    [copied] = records(kafka, f"{ckpt_topic}-other")
+    other.close()
+    for value in (forged, b"junk", copied.value):
+        producer.send(ckpt_topic, key=b"g/events-0", value=value)
     producer.flush()
-    with pytest.raises(SignatureError, match="HMAC does not match"):
-        KafkaCheckpointStore(options, ckpt_topic, group="g").load("events", 0)
+    assert same(KafkaCheckpointStore(options, ckpt_topic, group="g").load("events", 0), state)
+    # Nothing verified for a key: refused, with the reason, never started over from offset 0.
+    producer.send(ckpt_topic, key=b"g/events-5", value=forged)
+    producer.flush()
+    with pytest.raises(CheckpointError, match="are not ours .checkpoint g/events-5: HMAC does not match"):
+        KafkaCheckpointStore(options, ckpt_topic, group="g").load("events", 5)
     producer.send(ckpt_topic, key=b"g/events-0", value=None)
     producer.flush()
     with pytest.raises(CheckpointError, match="a tombstone replaced it"):

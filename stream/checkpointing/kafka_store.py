@@ -18,10 +18,14 @@ A partition's payload is fetched by offset from the chunk topic only when that p
 is loaded: a worker reads the payloads of the partitions it owns and no other.
 
 Anyone who can write to the topics can put records in them. A record whose key is not
-UTF-8 is skipped with a warning. With a signing key, a tombstone (null value) that
-replaced a manifest, or a manifest older (by sequence) than one already read for the
-same key, is refused with a clear error instead of silently restarting the partition;
-the payload is checked against the digest in the signed header before it is unpickled.
+UTF-8 is skipped with a warning. With a signing key, a manifest record that is not signed
+with it for its very key (junk, a forgery, another partition's copied) is skipped with a
+warning and never replaces the last verified one (a key with no verified record is refused
+with the reason); a tombstone (null value) that replaced a manifest, or a manifest older (by
+sequence) than one already read for the same key, is refused with a clear error instead of
+silently restarting the partition; the payload is checked against the digest in the signed
+header before it is unpickled. (Compaction still keeps only a key's last record: a skipped
+one outlives the good one in the topic, and a restart then refuses the key.)
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from stream.partition import Partition
 from stream.topics import create_topics
 
 from .background import BackgroundCheckpoints, PendingSave
-from .format import (FROM_ENVIRONMENT, CheckpointError, HeaderFields, Key, check_payload,
+from .format import (FROM_ENVIRONMENT, CheckpointError, SignatureError, HeaderFields, Key, check_payload,
                      decode_head, dump_payload, encode_head, make_header, signed_sequence, unpickle_state)
 from .stores import CheckpointStore
 
@@ -155,6 +159,7 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         self._latest: dict[str, Optional[bytes]] = {}   # key -> last manifest (small) or None
         self._best: dict[str, int] = {}   # key -> highest verified sequence read
         self._had_value: set[str] = set()
+        self._refused: dict[str, str] = {}   # key -> why its last record was skipped (signing key set)
         self._live_chunks: dict[str, list[bytes]] = {}  # key -> chunk keys of its last checkpoint
 
     def open(self) -> "KafkaCheckpointStore":
@@ -291,6 +296,15 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
                         log.warning("checkpoint topic %s: record at offset %d has a key that is not UTF-8: skipped",
                                     self.topic, record.offset)
                         continue
+                    if record.value is not None and self.signing_key is not None:
+                        refused = self._not_ours(key, record.value)
+                        if refused is not None:   # junk or a forgery never replaces the last verified one
+                            log.warning("checkpoint topic %s: record at offset %d for %s skipped: %s", self.topic,
+                                        record.offset, key, refused)
+                            self._refused[key] = refused
+                            self._had_value.add(key)
+                            continue
+                    self._refused.pop(key, None)
                     self._latest[key] = record.value
                     self._live_chunks.pop(key, None)
                     if record.value is not None:
@@ -300,10 +314,26 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
                             self._best[key] = max(self._best.get(key, 0), sequence)
         return self._latest
 
+    def _not_ours(self, key: str, value: bytes) -> Optional[str]:
+        """Why a manifest record under `key` is not a checkpoint signed with this key for that
+        very key (None if it is one)."""
+        try:
+            header = decode_head(value, f"checkpoint {key}", self.signing_key)
+        except (CheckpointError, SignatureError) as exc:
+            return str(exc)
+        group = header.get("group") or ""
+        named = f"{group}/{header.get('topic')}-{header.get('partition')}" if group else \
+            f"{header.get('topic')}-{header.get('partition')}"
+        return None if named == key else f"it holds the checkpoint of {named}, not of {key}"
+
+
     def _manifest(self, key: str) -> Optional[bytes]:
         value = self._catch_up().get(key)
         if self.signing_key is None:
             return value
+        if value is None and key in self._refused:   # nothing verified was ever read for it
+            raise CheckpointError(f"checkpoint {key}: the only records for it in {self.topic} are not ours "
+                                  f"({self._refused[key]}): refusing to start the partition over from offset 0")
         if value is None and key in self._had_value:
             raise CheckpointError(f"checkpoint {key}: a tombstone replaced it in {self.topic}; refusing to start "
                                   "the partition over from offset 0 (--force-fresh-start does that on purpose)")
