@@ -438,3 +438,22 @@ def test_a_live_writer_in_another_container_keeps_its_temp_file_whatever_its_pid
         writer.communicate("")
     DirectoryCheckpointStore(root, "g")   # once that writer is gone, its file is a leftover
     assert not theirs.exists()
+
+
+def test_a_group_never_writes_over_another_groups_checkpoint_in_a_shared_directory(tmp_path):
+    """The directory store names a file by topic and partition only: a second group given the same
+    directory used to replace the first's checkpoint, which then refused to load ("belongs to
+    consumer group ..."). Now the second group's save is refused, naming both, and writes nothing."""
+    mine = DirectoryCheckpointStore(tmp_path, group="shop-a")
+    mine.save(busy_state(300))
+    before = (tmp_path / "events-0.ckpt").read_bytes()
+    theirs = DirectoryCheckpointStore(tmp_path, group="shop-b")
+    state = busy_state(200)
+    for save in (theirs.save, theirs.begin_synced_save):
+        with pytest.raises(OSError, match="holds consumer group 'shop-a'.s checkpoint, not 'shop-b'.s: two groups"):
+            save(state)
+        assert state.next_offset == 200 and state.sequence == 0   # its bookkeeping as it was
+    assert (tmp_path / "events-0.ckpt").read_bytes() == before
+    assert mine.load("events", 0).next_offset == 300
+    mine.save(busy_state(400))   # its own group goes on writing it
+    assert mine.load("events", 0).next_offset == 400

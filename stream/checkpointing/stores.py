@@ -20,6 +20,7 @@ is ever held in memory. `begin_synced_save` leaves the fsync and the rename to a
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -202,12 +203,32 @@ class DirectoryCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         return syncing
 
     def _not_stuck(self, key: str) -> None:
-        """OSError while an earlier sync of `key` that was given up on still runs."""
+        """OSError while an earlier sync of `key` that was given up on still runs, or if the file
+        under `key` holds another consumer group's checkpoint (`_group_in_file`)."""
+        theirs = self._group_in_file(key)
+        if theirs and self.group and theirs != self.group:
+            raise OSError(f"checkpoint {key}: {self.root / (key + '.ckpt')} holds consumer group {theirs!r}'s "
+                          f"checkpoint, not {self.group!r}'s: two groups share this checkpoint directory; give each "
+                          "its own (--checkpoints). Nothing was written over it")
         syncing = self._syncing.get(key)
         if syncing is not None and syncing.stuck:
             raise OSError(f"checkpoint {key}: an earlier checkpoint's fsync or rename has not returned for "
                           f"{time.monotonic() - syncing.started:.0f} s (a stalled volume?): no other is written "
                           "until it does")
+
+    def _group_in_file(self, key: str) -> Optional[str]:
+        """The consumer group the header of the file under `key` names, unverified (a file's name
+        has no group in it: two groups sharing a directory would write over each other's); None
+        if there is no such file or no readable header."""
+        try:
+            with open(self.root / f"{key}.ckpt", "rb") as handle:
+                head = handle.read(len(MAGIC))
+                handle.readline(HEADER_LIMIT)
+                header = handle.readline(HEADER_LIMIT)
+            group = json.loads(header).get("group") if head == MAGIC else None
+        except (OSError, ValueError, AttributeError, RecursionError):
+            return None
+        return group if isinstance(group, str) else None
 
     def _read_head(self, key: str, where: str) -> Optional[tuple[dict, Any]]:
         path = self.root / f"{key}.ckpt"
