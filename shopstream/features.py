@@ -118,19 +118,15 @@ class RawFeatures:
         return kept
 
     def peek(self, event: Event) -> dict:
-        """What `transform` would give, without remembering new names (a what-if score)."""
+        """What `transform` would give, keeping only the names already seen (a what-if score). A
+        what-if changes nothing: a name never seen would also be new to the models, and River
+        adds an entry for it (StandardScaler's `means` and `vars` are defaultdicts), so the state
+        would grow with every what-if."""
         x = event.features
         if not x:
             return {}
-        names, room = self.names, self.caps.raw_features - len(self.names)
-        kept = {}
-        for name, value in x.items():
-            if name in names:
-                kept[name] = value
-            elif room > 0:
-                room -= 1
-                kept[name] = value
-        return kept
+        names = self.names
+        return {name: value for name, value in x.items() if name in names}
 
     def learn(self, event: Event) -> None:
         pass

@@ -26,7 +26,7 @@ from typing import Literal, Optional, Union
 
 import msgspec
 
-from shopstream.events import Event, InvalidEvent, check_future_skew, parse_event_time, validate
+from shopstream.events import MAX_FUTURE_SKEW, Event, InvalidEvent, check_future_skew, parse_event_time, validate
 
 #: Why a request failed: the label values of shopstream_score_errors_total.
 REASONS = ("malformed_json", "unknown_field", "missing_field", "invalid_value", "body_too_large", "slow_client",
@@ -45,6 +45,7 @@ class RequestError(Exception):
         self.reason = reason
         self.message = message
         self.extra = extra  # e.g. where to ask instead: partition, owner
+        self.mode: Optional[str] = None  # the HTTP front's: the path's mode, once read (counted by it)
         super().__init__(f"{status} {reason}: {message}")
 
 
@@ -68,11 +69,13 @@ _decoder = msgspec.json.Decoder(ScoreRequest)
 _encoder = msgspec.json.Encoder()
 
 
-def decode_request(body: bytes, now: float, max_bytes: int = 16 * 1024) -> tuple[Event, bool]:
+def decode_request(body: bytes, now: float, max_bytes: int = 16 * 1024,
+                   max_future_skew: float = MAX_FUTURE_SKEW) -> tuple[Event, bool]:
     """A request body -> (a validated view or cart `Event` with an ``event_id``, whether the
     client gave its ``event_time``). The event id is the client's, else a new ``api-<uuid>``.
     Without ``event_time`` the event is dated `now` for now: the owner of the partition
-    dates it (`date_event`)."""
+    dates it (`date_event`). An ``event_time`` more than `max_future_skew` seconds after `now`
+    is refused: the worker's own limit (``--max-future-skew``), or it would dead-letter the event."""
     if len(body) > max_bytes:
         raise RequestError(413, "body_too_large", f"body of {len(body)} bytes exceeds the {max_bytes}-byte limit")
     if not body.strip():
@@ -91,7 +94,7 @@ def decode_request(body: bytes, now: float, max_bytes: int = 16 * 1024) -> tuple
         validate(event)  # ids to str, lengths, price and feature ranges: the events topic's own rules
         if request.event_time is not None:
             event.event_time = parse_event_time(request.event_time)
-            check_future_skew(event, now)
+            check_future_skew(event, now, max_future_skew)
     except InvalidEvent as exc:
         raise RequestError(400, "invalid_value", str(exc)) from None
     return event, request.event_time is not None

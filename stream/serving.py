@@ -50,7 +50,7 @@ from urllib.parse import urlsplit
 from kafka import TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from shopstream.events import Event, encode_event
+from shopstream.events import MAX_FUTURE_SKEW, Event, encode_event
 
 from .owners import Owners, OwnersAssignor, partition_for
 from .score_codec import REASONS, RequestError, date_event, decode_request, encode, error_body
@@ -309,17 +309,21 @@ class ScoreDesk:
     between events when `has_mail`; the clerk while the loop waits in poll); the loop calls
     `processed` for each record while requests wait (`awaited` is non-empty)."""
 
-    def __init__(self, topic: str, address: str, name: str, max_pending: int = 4096):
+    def __init__(self, topic: str, address: str, name: str, max_pending: int = 4096,
+                 max_future_skew: float = MAX_FUTURE_SKEW):
         self.topic = topic
         self.address = address  # where other workers forward this worker's partitions' requests
         self.name = name
+        self.max_future_skew = max_future_skew  # the worker's --max-future-skew: the front refuses it at once
         self.owners = Owners()
         self.assignor = OwnersAssignor(address, self.owners)
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.max_pending = max_pending
         self.submitted = 0                    # written by the front only
         self.answered = 0                     # written under the gate only (so neither count loses an update)
-        self.awaited: dict[Union[int, str], list] = {}  # event id -> tickets waiting for it (under the gate)
+        # (partition, event id) -> tickets waiting for that event (under the gate): an id is unique per
+        # partition only (the engine's duplicates), so another partition's event never answers them
+        self.awaited: dict[tuple[int, Union[int, str]], list] = {}
         self.owned: frozenset = frozenset()   # the loop's partitions, for the front
         self.clock: dict[int, float] = {}     # partition -> its latest event time, for the front
         self.metrics: Optional[ServeMetrics] = None
@@ -429,7 +433,7 @@ class ScoreDesk:
             elif ticket.whatif:
                 self._what_if(ticket, state)
             else:
-                self.awaited.setdefault(ticket.event.event_id, []).append(ticket)
+                self.awaited.setdefault((ticket.partition, ticket.event.event_id), []).append(ticket)
         now = time.monotonic()
         if self.awaited and now - self._last_sweep >= SWEEP_AWAITED_SECONDS:
             self._last_sweep = now
@@ -445,8 +449,8 @@ class ScoreDesk:
 
     def processed(self, state, record, event: Event, score: Optional[float]) -> None:
         """The loop handled `event` (a shop's or a request's): answer who waited for its id."""
-        tickets = self.awaited.pop(event.event_id, None) if event.event_id is not None else None
-        if tickets is None:
+        tickets = self._waiting_for(record.partition, event)
+        if not tickets:
             return
         engine = state.engine
         answer = {"event_id": event.event_id, "prediction_id": event.event_id, "partition": record.partition,
@@ -468,6 +472,30 @@ class ScoreDesk:
                 self.metrics.errors.labels(answer["reason"]).inc()
             self.answered += 1
             ticket.answer(status, answer)
+
+    def dead_lettered(self, record, event: Event, reason: str) -> None:
+        """The loop dead-lettered `event` (its record decoded): who waited for it is answered now, not
+        at its deadline (the partition would look behind meanwhile)."""
+        for ticket in self._waiting_for(record.partition, event):
+            self._refuse(ticket, 400, "invalid_value", f"the worker refused the event: {reason}",
+                         partition=record.partition)
+
+    def _waiting_for(self, partition: int, event: Event) -> list:
+        """Takes out the tickets waiting for `event`: same partition, event id and user (a same id sent
+        for another user leaves them waiting for their own)."""
+        if event.event_id is None:
+            return []
+        key = (partition, event.event_id)
+        tickets = self.awaited.get(key)
+        if not tickets:
+            return []
+        mine = [ticket for ticket in tickets if ticket.event.user_id == event.user_id]
+        others = [ticket for ticket in tickets if ticket.event.user_id != event.user_id]
+        if others:
+            self.awaited[key] = others
+        else:
+            del self.awaited[key]
+        return mine
 
     def close(self) -> None:
         """The worker stops: nobody will process what waits. Called by the loop, holding the gate."""
@@ -510,8 +538,8 @@ class ScoreDesk:
         ticket.answer(status, {"error": message, "reason": reason, **extra})
 
     def _release(self, which: Callable[[Ticket], bool], status: int, reason: Optional[str], message: str) -> None:
-        for event_id in list(self.awaited):
-            tickets = self.awaited[event_id]
+        for key in list(self.awaited):
+            tickets = self.awaited[key]
             keep = [t for t in tickets if not which(t)]
             for ticket in tickets:
                 if not which(ticket):
@@ -521,9 +549,9 @@ class ScoreDesk:
                 else:
                     self._refuse(ticket, status, reason, message, partition=ticket.partition)
             if keep:
-                self.awaited[event_id] = keep
+                self.awaited[key] = keep
             else:
-                del self.awaited[event_id]
+                del self.awaited[key]
 
 
 def advertised_address(settings: ServeSettings, port: int) -> str:
@@ -648,9 +676,9 @@ class ScoreServer:
                     return
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
-                method, path, query, headers, body = request
+                method, path, query, version, headers, body = request
                 mode = PATHS.get(path, "other")
-                keep_asked = headers.get("connection", "").lower() != "close"
+                keep_asked = _keep_alive_asked(version, headers)
                 direct = (client, started) if keep_asked and client.writable() else None
                 try:
                     routed = await self._route(method, path, query, headers, body, direct)
@@ -689,44 +717,59 @@ class ScoreServer:
         client.outstanding = None
 
     async def _read_request(self, reader: asyncio.StreamReader, first: bytes, timeout: float):
+        """(method, path, query, version, headers, body), or a RequestError (its `mode` set once the path is
+        known). A request is framed one way only (RFC 9112, against request smuggling): lines end in CRLF,
+        one Content-Length of ASCII digits, no Transfer-Encoding; a body is read whatever the method, so it
+        is never taken for the next request."""
         try:
-            head = first + await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+            async with asyncio.timeout(timeout):  # one deadline for the whole head, however it trickles in
+                lines = await _read_head(reader, first)
         except TimeoutError:
             raise RequestError(408, "slow_client", f"request headers not received within {timeout:g} s") from None
-        except asyncio.LimitOverrunError:
-            raise RequestError(431, "headers_too_large", f"request headers exceed {MAX_HEADERS} bytes") from None
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ")
+        except asyncio.LimitOverrunError:  # one line over the reader's limit
+            raise _headers_too_large() from None
+        request_line = lines[0] if lines else ""
+        parts = request_line.split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            raise RequestError(400, "bad_request_line", f"not an HTTP/1.x request line: {lines[0][:100]!r}")
-        method, target, _ = parts
-        headers = {}
-        for line in lines[1:]:
-            if line:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
+            raise RequestError(400, "bad_request_line", f"not an HTTP/1.x request line: {request_line[:100]!r}")
+        method, target, version = parts
         split = urlsplit(target)
-        body = b""
-        if method == "POST":
-            length_text = headers.get("content-length")
-            if length_text is None:
-                raise RequestError(411, "length_required", "a Content-Length header is required "
-                                   "(chunked bodies are not accepted)")
-            if not length_text.isdigit():
-                raise RequestError(400, "bad_request_line", f"Content-Length {length_text[:40]!r} is not a number")
-            length = int(length_text)
-            if length > self.settings.max_body:
-                raise RequestError(413, "body_too_large", f"body of {length} bytes exceeds the "
-                                   f"{self.settings.max_body}-byte limit")
+        try:
+            headers = _parse_headers(lines[1:])
+            length = self._content_length(method, headers)
             try:
-                body = await asyncio.wait_for(reader.readexactly(length), timeout)
+                async with asyncio.timeout(timeout):
+                    body = await reader.readexactly(length)
             except TimeoutError:
                 raise RequestError(408, "slow_client", f"body of {length} bytes not received within "
                                    f"{timeout:g} s") from None
-        return method, split.path, split.query, headers, body
+        except RequestError as error:
+            error.mode = PATHS.get(split.path)
+            raise
+        return method, split.path, split.query, version, headers, body
+
+    def _content_length(self, method: str, headers: dict) -> int:
+        length_text = headers.get("content-length")
+        if length_text is None:
+            if method == "POST":
+                raise RequestError(411, "length_required", "a Content-Length header is required")
+            return 0
+        # isdigit() alone takes "²" (which int() refuses), and int() of thousands of digits raises
+        if not (length_text.isascii() and length_text.isdigit()) or len(length_text) > 10:
+            raise RequestError(400, "bad_request_line", f"Content-Length {length_text[:40]!r} is not a byte "
+                               "count (at most 10 ASCII digits)")
+        length = int(length_text)
+        if length > self.settings.max_body:
+            raise RequestError(413, "body_too_large", f"body of {length} bytes exceeds the "
+                               f"{self.settings.max_body}-byte limit")
+        return length
 
     async def _fail(self, writer: asyncio.StreamWriter, error: RequestError) -> None:
+        """A refusal before the request could be routed: answered, counted, and the connection closed
+        (what follows on it may not be framed as the client meant)."""
         self.metrics.errors.labels(error.reason).inc()
+        if error.mode is not None:  # the path was read: a request of that mode answered, like any other
+            self.metrics.requests.labels(error.mode, str(error.status)).inc()
         await self._reply(writer, error.status, error_body(error), False, None)
 
     async def _reply(self, writer: asyncio.StreamWriter, status: int, payload: bytes, keep: bool,
@@ -758,7 +801,7 @@ class ScoreServer:
             given = headers.get("authorization", "").encode("latin-1")
             if not hmac.compare_digest(given, b"Bearer " + self._token):
                 raise RequestError(401, "unauthorized", "missing or wrong 'Authorization: Bearer <token>'")
-        event, timed = decode_request(body, time.time(), self.settings.max_body)
+        event, timed = decode_request(body, time.time(), self.settings.max_body, self.desk.max_future_skew)
         partitions = self.desk.owners.partitions or self._topic_partitions()
         partition = partition_for(str(event.user_id), partitions)
         if partition not in self.desk.owned:
@@ -881,6 +924,53 @@ class ScoreServer:
                                owner=owner) from None
         self.metrics.forwarded.labels("answered").inc()
         return status, payload, [("X-Shopstream-Forwarded-To", owner)]
+
+
+async def _read_head(reader: asyncio.StreamReader, first: bytes) -> list[str]:
+    """The request line and header lines, up to the empty line. A line ending in a bare LF is refused
+    at once (waiting for the CRLF that ends the head would end in a 408)."""
+    line = first + await reader.readuntil(b"\n")
+    lines: list[str] = []
+    size = 0
+    while True:
+        size += len(line)
+        if size > MAX_HEADERS:  # `readuntil`'s limit is per line
+            raise _headers_too_large()
+        if not line.endswith(b"\r\n"):
+            raise RequestError(400, "bad_request_line", "lines must end in CRLF, not a bare LF")
+        if line == b"\r\n":
+            return lines
+        lines.append(line[:-2].decode("latin-1"))
+        line = await reader.readuntil(b"\n")
+
+
+def _headers_too_large() -> RequestError:
+    return RequestError(431, "headers_too_large", f"request headers exceed {MAX_HEADERS} bytes")
+
+
+def _parse_headers(lines: list[str]) -> dict:
+    """Header name (lower case) -> value. Refused: a line without a name or with blanks around it (an
+    obsolete folded line, "Content-Length : 5"), a repeated Content-Length, any Transfer-Encoding: a
+    proxy in front could frame such a request otherwise than this server does."""
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip():
+            raise RequestError(400, "bad_request_line", f"not a header line: {line[:100]!r}")
+        name = name.lower()
+        if name == "content-length" and name in headers:
+            raise RequestError(400, "bad_request_line", "more than one Content-Length header")
+        headers[name] = value.strip()
+    if "transfer-encoding" in headers:
+        raise RequestError(400, "bad_request_line", "Transfer-Encoding is not accepted (chunked bodies "
+                           "neither): send the body with a Content-Length")
+    return headers
+
+
+def _keep_alive_asked(version: str, headers: dict) -> bool:
+    """HTTP/1.1 keeps the connection unless the client says close; HTTP/1.0 only if it asks."""
+    tokens = {token.strip().lower() for token in headers.get("connection", "").split(",")}
+    return "keep-alive" in tokens if version == "HTTP/1.0" else "close" not in tokens
 
 
 def _timed_out(event_id, timeout: float) -> dict:

@@ -34,7 +34,7 @@ from kafka.errors import CorruptRecordError, KafkaError
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from shopstream.artifacts import ArtifactError
-from shopstream.events import InvalidEvent, check_future_skew, decode_event
+from shopstream.events import Event, InvalidEvent, check_future_skew, decode_event
 from shopstream.exporter import EngineCollector, EngineSnapshot, MetricsServer
 from shopstream.lineup import build_engine
 from shopstream.signing import SignatureError
@@ -344,6 +344,7 @@ class Worker(ConsumerRebalanceListener):
         state.handled(record.offset)
         timed = self.handled % TIMING_SAMPLE == 0
         started = time.perf_counter() if timed else 0.0
+        event: Optional[Event] = None   # (decoded, then refused: a scoring request may wait for it)
         try:
             event = decode_event(record.value)
             # The record's time, but never later than ours: producers set it too.
@@ -352,6 +353,8 @@ class Worker(ConsumerRebalanceListener):
                               settings.max_future_skew)
         except InvalidEvent as exc:
             self._dead_letter(state, record, f"invalid event: {exc}")
+            if self.awaited and event is not None:
+                self.desk.dead_lettered(record, event, str(exc))  # type: ignore[union-attr]
             return
         except Exception as exc:  # a decoder bug must not take the worker down with it
             self._dead_letter(state, record, f"decode error: {type(exc).__name__}: {exc}")
@@ -364,6 +367,8 @@ class Worker(ConsumerRebalanceListener):
             score = engine.process(event, record.offset)
         except Exception as exc:  # e.g. a raw feature the model cannot take: the event, not the worker, fails
             self._dead_letter(state, record, f"engine error: {type(exc).__name__}: {exc}")
+            if self.awaited:  # a request waiting for this event is answered now, not at its deadline
+                self.desk.dead_lettered(record, event, f"{type(exc).__name__}: {exc}")  # type: ignore[union-attr]
             return
         if timed:
             self.process_seconds.observe(time.perf_counter() - decoded)
@@ -484,7 +489,8 @@ def run_worker(settings: WorkerSettings) -> int:
         except OSError as exc:
             raise ValueError(f"scoring API port {settings.serve.host}:{settings.serve.port} cannot be used "
                              f"({exc.strerror}): choose another with --serve-port (SHOPSTREAM_SERVE_PORT)") from None
-        desk = ScoreDesk(settings.topic, api.address, settings.name, settings.serve.max_pending)
+        desk = ScoreDesk(settings.topic, api.address, settings.name, settings.serve.max_pending,
+                         settings.max_future_skew)
     worker = Worker(settings, registry, desk=desk, collector=collector)
     holder.append(worker)
     if server is not None:

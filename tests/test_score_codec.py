@@ -72,3 +72,10 @@ def test_an_oversized_body_is_refused_before_it_is_parsed():
     assert (error.status, error.reason) == (413, "body_too_large")
     assert "exceeds the 16384-byte limit" in error.message
     assert refused(body(), max_bytes=10).reason == "body_too_large"
+
+
+def test_the_future_skew_allowed_is_the_workers():
+    event, timed = decode_request(body(event_time=NOW + 200), NOW)  # within the default 300 s
+    assert timed and event.event_time == NOW + 200
+    error = refused(body(event_time=NOW + 200), max_future_skew=60.0)  # a worker run with --max-future-skew 60
+    assert (error.status, error.reason) == (400, "invalid_value") and "more than the allowed 60 s" in error.message

@@ -22,8 +22,8 @@ from shopstream.events import event_from_record
 from shopstream.generator import generate
 from stream.owners import encode_map
 from stream.score_codec import decode_request, date_event
-from stream.serving import ScoreDesk, ScoreServer, Ticket
-from stream.settings import ServeSettings
+from stream.serving import ScoreDesk, ScoreServer, ServeMetrics, Ticket
+from stream.settings import ServeSettings, WorkerSettings
 
 TOPIC = "events"
 
@@ -127,6 +127,31 @@ def test_what_if_scores_the_live_state_and_changes_nothing(api, engine):
     assert api.registry.get_sample_value("shopstream_score_requests_total", {"mode": "whatif", "code": "200"}) == 2
 
 
+def test_a_what_if_with_never_seen_names_changes_no_engine(engine):
+    """River's StandardScaler adds an entry for every key it transforms: raw feature names never seen
+    before grew the engine with each what-if (100 what-ifs of 256 new names: 15x its size)."""
+    from shopstream.events import Event
+
+    raw = Engine.fresh("logreg", "raw")
+    for i in range(200):
+        raw.process(Event(1.7e9 + i, "cart" if i % 3 == 0 else "view", f"p{i % 7}", f"u{i % 5}", f"s{i % 11}",
+                          event_id=f"e{i}", features={"a": float(i % 4), "b": 1.0}))
+    raw.last_record = {"user_id": "u1", "user_session": "s1"}
+    unseen = {"features": {f"new-{i}": 1.0 for i in range(50)}}
+    shop_unseen = {**unseen, "brand": "never-seen", "platform": "never-seen", "channel": "never-seen",
+                   "category_code": "never.seen"}
+    for model_engine, changes in ((raw, unseen), (engine, shop_unseen)):
+        served = serve(model_engine)
+        try:
+            before = pickle.dumps(model_engine)
+            for _ in range(3):
+                status, answer, _ = post(served.port, "/score/whatif", request_for(model_engine, **changes))
+                assert status == 200, answer
+            assert pickle.dumps(model_engine) == before, model_engine.features.name
+        finally:
+            stop(served)
+
+
 def test_bad_requests_get_a_4xx_with_one_line_and_are_counted(api, engine):
     before = pickle.dumps(engine)
     cases = [
@@ -148,7 +173,28 @@ def test_bad_requests_get_a_4xx_with_one_line_and_are_counted(api, engine):
     assert pickle.dumps(engine) == before
 
 
+def test_an_event_time_the_worker_would_dead_letter_is_refused_at_once(engine):
+    """The front checked a fixed 300 s of future skew while the worker dead-letters past its
+    --max-future-skew: such a request was written, dead-lettered, and timed out 504."""
+    class CountingProducer(OnePartitionProducer):
+        sent = 0
+
+        def send(self, *args, **kwargs):
+            CountingProducer.sent += 1
+            return super().send(*args, **kwargs)
+
+    served = serve(engine, producer=CountingProducer())
+    served.desk.max_future_skew = 60.0  # the worker's --max-future-skew, as run_worker passes it
+    try:
+        status, answer, _ = post(served.port, "/score", request_for(engine, event_time=time.time() + 200))
+        assert (status, answer["reason"]) == (400, "invalid_value") and "ahead of the record time" in answer["error"]
+        assert errors(served.registry, "invalid_value") == 1 and CountingProducer.sent == 0
+    finally:
+        stop(served)
+
+
 def raw_exchange(port, data: bytes, wait: float = 5.0) -> bytes:
+    """Sends `data` and reads until the server closes the connection (a socket timeout if it never does)."""
     with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
         sock.sendall(data)
         chunks = []
@@ -162,8 +208,10 @@ def raw_exchange(port, data: bytes, wait: float = 5.0) -> bytes:
 def test_oversized_bodies_and_slow_clients_are_cut_off(api):
     answer = raw_exchange(api.port, b"POST /score HTTP/1.1\r\nContent-Length: 10000000\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 413 ") and b"exceeds the 16384-byte limit" in answer
-    answer = raw_exchange(api.port, b"POST /score HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    answer = raw_exchange(api.port, b"POST /score HTTP/1.1\r\nHost: x\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 411 ")
+    answer = raw_exchange(api.port, b"POST /score HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"Transfer-Encoding is not accepted" in answer
     answer = raw_exchange(api.port, b"POST /score HTTP/1.1\r\nContent-Le")           # stops mid-header
     assert answer.startswith(b"HTTP/1.1 408 ") and b"slow_client" in answer
     answer = raw_exchange(api.port, b"POST /score HTTP/1.1\r\nContent-Length: 50\r\n\r\n{")  # body never ends
@@ -173,6 +221,80 @@ def test_oversized_bodies_and_slow_clients_are_cut_off(api):
     answer = raw_exchange(api.port, b"POST /score HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 10_000 + b"\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 431 ")
     assert errors(api.registry, "slow_client") == 3 and errors(api.registry, "body_too_large") == 1
+
+
+def requests_counted(registry, mode, code):
+    return registry.get_sample_value("shopstream_score_requests_total", {"mode": mode, "code": str(code)}) or 0
+
+
+def test_a_content_length_that_is_not_a_short_ascii_number_is_refused_and_counted(api, engine):
+    """"²" passes str.isdigit() but not int(); thousands of digits pass it but int() refuses them: both
+    escaped the front as ValueError (no answer, nothing counted)."""
+    body = json.dumps(request_for(engine)).encode()
+    for length in ("\u00b2".encode("latin-1"), b"1" * 5000, b"12345678901", b"+5"):
+        counted, refused = errors(api.registry, "bad_request_line"), requests_counted(api.registry, "whatif", 400)
+        answer = raw_exchange(api.port, b"POST /score/whatif HTTP/1.1\r\nContent-Length: " + length + b"\r\n\r\n"
+                              + body, wait=3.0)
+        assert answer.startswith(b"HTTP/1.1 400 ") and b"is not a byte count" in answer, (length[:20], answer)
+        assert b"Connection: close" in answer  # and closed: raw_exchange read to its end
+        assert errors(api.registry, "bad_request_line") == counted + 1
+        assert requests_counted(api.registry, "whatif", 400) == refused + 1
+
+
+def test_a_request_framed_two_ways_is_refused_and_its_connection_closed(api, engine):
+    """Request smuggling: a proxy in front and this server must never see different requests in the
+    same bytes. Repeated Content-Length, any Transfer-Encoding, blanks around a header name: 400, and
+    the connection closed (what follows on it is not framed for sure)."""
+    body = json.dumps(request_for(engine)).encode()
+    heads = [b"Content-Length: 0\r\nContent-Length: %d" % len(body),
+             b"Transfer-Encoding: chunked\r\nContent-Length: %d" % len(body),
+             b"Content-Length : %d" % len(body),
+             b"Content-Length: %d\r\n Transfer-Encoding: chunked" % len(body)]
+    for head in heads:
+        counted = errors(api.registry, "bad_request_line")
+        answer = raw_exchange(api.port, b"POST /score/whatif HTTP/1.1\r\n" + head + b"\r\n\r\n" + body, wait=3.0)
+        assert answer.startswith(b"HTTP/1.1 400 ") and answer.count(b"HTTP/1.1 ") == 1, (head, answer)
+        assert errors(api.registry, "bad_request_line") == counted + 1
+    assert requests_counted(api.registry, "whatif", 200) == 0
+
+
+def test_a_body_sent_with_another_method_is_never_read_as_the_next_request(api, engine):
+    """A GET with a body got its 405, and its unread body was then answered as the next request."""
+    inner = json.dumps(request_for(engine)).encode()
+    smuggled = b"POST /score/whatif HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(inner) + inner
+    last = b"POST /nowhere HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    answer = raw_exchange(api.port, b"GET /score HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(smuggled)
+                          + smuggled + last, wait=3.0)
+    assert [a[:3] for a in answer.split(b"HTTP/1.1 ")[1:]] == [b"405", b"404"]
+    assert requests_counted(api.registry, "whatif", 200) == 0
+
+
+def test_http_1_0_keeps_its_connection_only_when_asked_and_a_bare_lf_is_refused_at_once(api, engine):
+    body = json.dumps(request_for(engine)).encode()
+    request = b"POST /score/whatif HTTP/1.0\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    answer = raw_exchange(api.port, request, wait=3.0)  # read to its end: the server closed it
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in answer
+    kept = request.replace(b"\r\n\r\n", b"\r\nConnection: Keep-Alive\r\n\r\n", 1)
+    last = b"POST /nowhere HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    answers = raw_exchange(api.port, kept + last, wait=3.0).split(b"HTTP/1.1 ")[1:]
+    assert [a[:3] for a in answers] == [b"200", b"404"] and b"Connection: keep-alive" in answers[0]
+    started = time.monotonic()
+    answer = raw_exchange(api.port, b"POST /score/whatif HTTP/1.1\nContent-Length: 5\n\n{}", wait=3.0)
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"bare LF" in answer
+    assert time.monotonic() - started < 0.5  # not a 408 at the 1 s deadline
+
+
+def test_refusals_before_the_request_is_routed_are_counted_with_their_path(api):
+    """411, 413 and a body that never ends (408) were counted as errors but not as requests answered."""
+    cases = [(b"POST /score HTTP/1.1\r\nHost: x\r\n\r\n", "record", 411),
+             (b"POST /score/whatif HTTP/1.1\r\nContent-Length: 10000000\r\n\r\n", "whatif", 413),
+             (b"POST /score HTTP/1.1\r\nContent-Length: 50\r\n\r\n{", "record", 408)]
+    for data, mode, status in cases:
+        counted = requests_counted(api.registry, mode, status)
+        assert raw_exchange(api.port, data).startswith(b"HTTP/1.1 %d " % status)
+        assert requests_counted(api.registry, mode, status) == counted + 1, (mode, status)
+    raw_exchange(api.port, b"POST /elsewhere HTTP/1.1\r\nHost: x\r\n\r\n")  # 411 on no API path: not a mode
+    assert api.registry.get_sample_value("shopstream_score_requests_total", {"mode": "other", "code": "411"}) is None
 
 
 def test_a_flood_of_idle_connections_is_capped_and_then_drained(engine):
@@ -252,7 +374,7 @@ def test_the_desk_lets_go_of_waiting_requests_when_their_partition_leaves_or_the
     owned = {TopicPartition(TOPIC, 0): SimpleNamespace(engine=engine)}
     assert desk.submit(ticket("a")) and desk.submit(ticket("b"))
     desk.drain(owned)
-    assert set(desk.awaited) == {"a", "b"} and desk.pending == 2 and not answers  # waiting for their events
+    assert set(desk.awaited) == {(0, "a"), (0, "b")} and desk.pending == 2 and not answers  # waiting for their events
     desk.drain({})  # a rebalance took partition 0 away
     assert [(status, body["reason"]) for status, body in answers] == [(503, "partition_moved")] * 2
     assert not desk.awaited and desk.pending == 0
@@ -260,6 +382,55 @@ def test_the_desk_lets_go_of_waiting_requests_when_their_partition_leaves_or_the
     desk.close()  # the worker stops: nothing will process what waits
     assert answers[-1][0] == 503 and answers[-1][1]["reason"] == "stopping"
     assert not desk.submit(ticket("d")) and desk.pending == 0
+
+
+def test_a_waiting_request_is_answered_by_its_own_event_only(engine):
+    """Event ids are unique per partition (the engine's duplicates): the same id on another partition, or
+    sent for another user, answered a waiting request with someone else's score."""
+    from shopstream.events import Event
+
+    desk = ScoreDesk(TOPIC, "127.0.0.1:1", "me")
+    answers = []
+    mine = Event(1.7e9, "view", "p", "alice", "s", event_id="order-1")
+    assert desk.submit(Ticket(mine, 0, False, time.monotonic() + 60, lambda status, body: answers.append(body)))
+    state = SimpleNamespace(engine=engine)
+    desk.drain({TopicPartition(TOPIC, 0): state})
+    other_partition = Event(1.7e9, "view", "p2", "mallory", "s9", event_id="order-1")
+    desk.processed(state, SimpleNamespace(partition=1, offset=77), other_partition, 0.93)
+    other_user = Event(1.7e9, "view", "p2", "mallory", "s9", event_id="order-1")
+    desk.processed(state, SimpleNamespace(partition=0, offset=78), other_user, 0.94)
+    assert not answers and desk.pending == 1
+    desk.processed(state, SimpleNamespace(partition=0, offset=79), mine, 0.25)
+    assert [(body["score"], body["offset"]) for body in answers] == [(0.25, 79)] and not desk.awaited
+
+
+def test_a_request_whose_event_the_worker_dead_letters_is_answered_at_once(tmp_path, engine):
+    """The loop answers 400 when it dead-letters a waiting request's event (here: dated too far ahead,
+    with no API in between), instead of leaving it to time out 504 and the partition to look behind."""
+    from fakes import FakeClients
+    from shopstream.events import Event, encode_event
+    from stream.worker import Worker
+
+    settings = WorkerSettings.from_options(topic=TOPIC, group="g", features="raw", control_topic="",
+                                           metrics_port=-1, until_idle=0.01, checkpoints=str(tmp_path / "ckpt"),
+                                           checkpoint_background="off")
+    ahead = Event(time.time() + 86_400, "view", "p", "u1", "s1", event_id="ahead-1")
+    ok = Event(1.7e9, "view", "p", "u1", "s1", event_id="ok-1")
+    desk = ScoreDesk(TOPIC, "127.0.0.1:1", "me")
+    registry = CollectorRegistry()
+    desk.metrics = ServeMetrics(registry)
+    answers = []
+    for event in (ahead, ok):
+        assert desk.submit(Ticket(event, 0, False, time.monotonic() + 60,
+                                  lambda status, body: answers.append((status, body))))
+    clients = FakeClients(settings, {0: [encode_event(ahead), encode_event(ok)]}, tmp_path / "ckpt")
+    worker = Worker(settings, CollectorRegistry(), clients, desk=desk)
+    worker.membership.subscribe()
+    assert worker.run() == 0
+    (status, body), (ok_status, _) = answers
+    assert (status, body["reason"], ok_status) == (400, "invalid_value", 200)
+    assert "the worker refused the event" in body["error"] and "ahead of the record time" in body["error"]
+    assert errors(registry, "invalid_value") == 1
 
 
 class PollingLoop:
@@ -361,7 +532,7 @@ def test_a_recorded_request_never_rings_the_clerk(engine):
     doorbell.clear()
     owned = {TopicPartition(TOPIC, 0): SimpleNamespace(engine=engine)}
     desk.drain(owned)  # the loop, after its poll: books the recorded ones, answers the what-if
-    assert set(desk.awaited) == {"r1", "r2"} and [status for status, _ in answers] == [200]
+    assert set(desk.awaited) == {(0, "r1"), (0, "r2")} and [status for status, _ in answers] == [200]
     with desk.gate.opened():  # nothing but recorded requests waiting: the next poll rings nobody
         assert not doorbell.is_set()
     assert desk.submit(ticket(True, "w2"))
