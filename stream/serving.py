@@ -40,6 +40,7 @@ import hmac
 import logging
 import os
 import queue
+import resource
 import socket
 import threading
 import time
@@ -568,6 +569,31 @@ def advertised_address(settings: ServeSettings, port: int) -> str:
     return f"{host}:{port}"
 
 
+#: Descriptors a worker keeps for itself beside the API's connections (Kafka clients, checkpoint
+#: files and their forked writers, the metrics server, logs).
+FD_RESERVE = 256
+
+
+def connection_limit(wanted: int, reserve: int = FD_RESERVE) -> int:
+    """`wanted` open connections, or as many as the process's descriptors hold: each takes two
+    (asyncio's socket and the answering thread's duplicate, `ClientSocket`), and `reserve` stay
+    the worker's own (out of descriptors, a checkpoint cannot open its file). Raises the soft
+    limit to the hard one first, as Go and the JVM do at start."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY or 2 * wanted + reserve <= soft:
+        return wanted
+    limit = max(1, (soft - reserve) // 2)
+    log.warning("scoring API: at most %d open connections, not %d: this process may open %d descriptors "
+                "(ulimit -n), each connection takes two and the worker keeps %d", limit, wanted, soft, reserve)
+    return limit
+
+
 class ScoreServer:
     """The HTTP front on its own thread. Bound at construction (a port in use fails before
     the worker joins its group); `start(desk, producer, registry)` serves."""
@@ -578,6 +604,7 @@ class ScoreServer:
         self.port = self.socket.getsockname()[1]
         self.address = advertised_address(settings, self.port)
         self.open_connections = 0
+        self.max_connections = connection_limit(settings.max_connections)
         self._writers: set = set()
         self._token = settings.token.reveal().encode() if settings.token is not None else None
         self._thread = threading.Thread(target=self._run, name="score-api", daemon=True)
@@ -647,8 +674,8 @@ class ScoreServer:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         timeout = self.settings.timeout
-        if self.open_connections >= self.settings.max_connections:
-            error = RequestError(429, "too_many_connections", f"more than {self.settings.max_connections} open "
+        if self.open_connections >= self.max_connections:
+            error = RequestError(429, "too_many_connections", f"more than {self.max_connections} open "
                                  "connections: close idle ones, or retry in a moment")
             await self._reply(writer, error.status, error_body(error), False, error.reason)
             writer.close()

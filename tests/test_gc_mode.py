@@ -49,9 +49,11 @@ def test_the_setting_is_checked_and_read_from_the_environment(monkeypatch, capsy
     with pytest.raises(ConfigError, match="gc 'fast' must be one of"):
         WorkerSettings.from_options(gc="fast")
     assert WorkerSettings.from_options().gc == "auto"
-    monkeypatch.setenv("SHOPSTREAM_GC", "fast")   # the variable is the option too
-    assert main(["worker"]) == 2
-    assert "gc 'fast' must be one of" in capsys.readouterr().err
+    monkeypatch.setenv("SHOPSTREAM_GC", "fast")   # the variable is the option too, held to its choices
+    with pytest.raises(SystemExit) as stopped:
+        main(["worker"])
+    assert stopped.value.code == 2
+    assert "SHOPSTREAM_GC='fast': must be one of auto, throughput, latency" in capsys.readouterr().err
 
 
 def test_start_applies_the_thresholds_and_stop_gives_the_previous_ones_back(restore_collector):

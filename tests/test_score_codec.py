@@ -59,6 +59,9 @@ def test_the_partition_dates_a_request_without_event_time():
     (body(event_time=4102358400.0 - 86400), 400, "invalid_value", "ahead of the record time"),
     (body(features={"f": 1e300}), 400, "invalid_value", "features.f: must be a finite number"),
     (body(brand=["a"]), 400, "invalid_value", "brand: Expected `str | null`, got `array`"),
+    # a key given twice: the decoder kept the last, so a view could be recorded as a cart
+    (body()[:-1] + b', "event_type": "cart"}', 400, "malformed_json", "key 'event_type' given twice"),
+    (body(features={"f": 1.0})[:-2] + b', "f": 2.0}}', 400, "malformed_json", "key 'f' given twice"),
 ])
 def test_bad_requests_are_refused_with_one_line_saying_why(data, status, reason, says):
     error = refused(data)

@@ -731,3 +731,27 @@ def test_without_a_spare_descriptor_the_front_writes_the_answers(engine, monkeyp
         assert served.server.replies.wakeups == 1
     finally:
         stop(served)
+
+
+def test_open_connections_are_capped_by_the_descriptors_the_process_may_open(monkeypatch):
+    """Each connection holds two descriptors: 132 idle ones used a limit of 300 up, and then no
+    checkpoint file could be opened. The soft limit is raised to the hard one; connections past
+    what is left beside the worker's own descriptors are refused (429), not let in."""
+    import resource
+
+    from stream import serving
+
+    limits = {"now": (300, 300)}
+    monkeypatch.setattr(serving.resource, "getrlimit", lambda which: limits["now"])
+    monkeypatch.setattr(serving.resource, "setrlimit", lambda which, value: limits.update(now=value))
+    assert serving.connection_limit(1024) == (300 - serving.FD_RESERVE) // 2
+    limits["now"] = (1024, 65536)   # a soft limit below the hard one: raised, then room for all
+    assert serving.connection_limit(1024) == 1024 and limits["now"] == (65536, 65536)
+    limits["now"] = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+    assert serving.connection_limit(5000) == 5000
+
+    def refused(which, value):
+        raise ValueError("not allowed")
+    monkeypatch.setattr(serving.resource, "setrlimit", refused)
+    limits["now"] = (1024, 4096)   # may not be raised: what the soft limit holds
+    assert serving.connection_limit(1024) == (1024 - serving.FD_RESERVE) // 2
