@@ -11,8 +11,11 @@ back), or none at all while the group has committed (one deleted), is refused.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from dataclasses import asdict
+from typing import Callable, Optional
 
+from shopstream.config import TRAINED_UNDER, EngineConfig
+from shopstream.features import FeatureCaps
 from shopstream.signing import SignatureError
 
 from .checkpointing.format import CheckpointError
@@ -23,13 +26,23 @@ log = logging.getLogger(__name__)
 
 
 class PartitionRestorer:
+    """`config`, `caps`: this worker's engine settings and feature caps. A checkpoint goes on under
+    the engine settings it was made with (its open predictions were made under its window, its
+    metrics under its own): a difference is logged, never silent; its features take this
+    worker's caps (limits on memory, not on what was learned). `adopted`: the artifact's
+    `TRAINED_UNDER` settings were adopted (--adopt-artifact-settings), so those may differ."""
+
     def __init__(self, store: CheckpointStore, new_engine: Callable[[], tuple], control, group: str,
-                 force_fresh_start: bool = False):
+                 force_fresh_start: bool = False, config: Optional[EngineConfig] = None,
+                 caps: Optional[FeatureCaps] = None, adopted: bool = False):
         self.store = store
         self.new_engine = new_engine
         self.control = control
         self.group = group
         self.force_fresh_start = force_fresh_start
+        self.config = config
+        self.caps = caps
+        self.adopted = adopted
 
     def restore(self, tp) -> Partition:
         """The partition's checkpoint, else a new start. A refused checkpoint raises
@@ -44,9 +57,25 @@ class PartitionRestorer:
             state = None
         if state is None:
             return self.start_over(tp)
+        self._settle_settings(state, tp)
         self._apply_commands(state, tp)
         state.note_unsaved()
         return state
+
+    def _settle_settings(self, state: Partition, tp) -> None:
+        engine = state.engine
+        if self.config is not None and isinstance(engine.config, EngineConfig):
+            kept = [f"{name} {value!r} (this worker's: {getattr(self.config, name)!r})"
+                    for name, value in asdict(engine.config).items()
+                    if value != getattr(self.config, name, value) and not (self.adopted and name in TRAINED_UNDER)]
+            if kept:
+                log.warning("partition %d: restored under the engine settings of its checkpoint: %s; a partition "
+                            "keeps them (--force-fresh-start starts it over under this worker's)", tp.partition,
+                            ", ".join(kept))
+        features = engine.features
+        if self.caps is not None and getattr(features, "caps", self.caps) != self.caps:
+            log.info("partition %d: its feature caps are now this worker's (%s)", tp.partition, self.caps)
+            features.set_caps(self.caps)
 
     def start_over(self, tp) -> Partition:
         """A new engine at offset 0 (the bootstrap artifact, else a fresh model): unsaved from now."""

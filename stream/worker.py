@@ -129,7 +129,8 @@ class Worker(ConsumerRebalanceListener):
         self.checkpointer = Checkpointer(self.store, self.outputs, settings.checkpoints, self.registry,
                                          self.partitions, lambda: self.membership.consumer)
         self.restorer = PartitionRestorer(self.store, lambda: new_engine(settings), self.control, settings.group,
-                                          settings.force_fresh_start)
+                                          settings.force_fresh_start, settings.engine, settings.caps,
+                                          settings.adopt_artifact_settings)
         self.skipper = clients.corrupt_skipper(self.outputs)
         self.learn_log = learn_log_for(settings, self.outputs, self.registry)  # --learning shared, else None
         self.snapshots: list = []   # what a scrape reads: copied from the engines on this thread

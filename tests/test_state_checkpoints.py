@@ -457,3 +457,31 @@ def test_a_group_never_writes_over_another_groups_checkpoint_in_a_shared_directo
     assert mine.load("events", 0).next_offset == 300
     mine.save(busy_state(400))   # its own group goes on writing it
     assert mine.load("events", 0).next_offset == 400
+
+
+def test_a_restored_partition_keeps_its_engine_settings_out_loud_and_takes_this_workers_caps(tmp_path, caplog):
+    """A worker restarted with --window 60 --max-sessions 500 restored its checkpoints with window
+    1800 and 200,000 sessions and said nothing. The checkpoint's engine settings stay (its open
+    predictions were made under them), named in a warning; the caps, limits on memory, are the worker's."""
+    import logging
+
+    from shopstream.config import EngineConfig
+    from shopstream.features import FeatureCaps
+    from stream.restore import PartitionRestorer
+
+    store = DirectoryCheckpointStore(tmp_path, group="g")
+    store.save(busy_state(300))
+    Tp = __import__("collections").namedtuple("Tp", "topic partition")
+    restorer = PartitionRestorer(store, lambda: None, None, "g", config=EngineConfig(window=60.0, features="shop"),
+                                 caps=FeatureCaps(sessions=500))
+    with caplog.at_level(logging.INFO, logger="stream.restore"):
+        state = restorer.restore(Tp("events", 0))
+    assert state.engine.config.window == 1e9 and state.next_offset == 300
+    assert "restored under the engine settings of its checkpoint: window 1000000000.0 (this worker's: 60.0)" \
+        in caplog.text
+    assert state.engine.features.caps.sessions == 500 and "feature caps are now this worker's" in caplog.text
+    caplog.clear()
+    same = PartitionRestorer(store, lambda: None, None, "g", config=state.engine.config, caps=FeatureCaps())
+    with caplog.at_level(logging.INFO, logger="stream.restore"):
+        same.restore(Tp("events", 0))
+    assert "restored under" not in caplog.text and "caps" not in caplog.text   # nothing differs: nothing said
