@@ -485,3 +485,23 @@ def test_a_restored_partition_keeps_its_engine_settings_out_loud_and_takes_this_
     with caplog.at_level(logging.INFO, logger="stream.restore"):
         same.restore(Tp("events", 0))
     assert "restored under" not in caplog.text and "caps" not in caplog.text   # nothing differs: nothing said
+
+
+def test_the_payload_unpickled_is_the_payload_hashed_even_if_the_file_changes_between(tmp_path, monkeypatch):
+    """The store hashed the file, then read it again to unpickle it: whoever could write the file in
+    between got an unchecked payload unpickled (under a signing key too). Now the bytes hashed are
+    the bytes unpickled."""
+    from stream.checkpointing import stores
+
+    store = DirectoryCheckpointStore(tmp_path, group="g")
+    store.save(busy_state(300))
+    path = tmp_path / "events-0.ckpt"
+    other = tmp_path / "other"
+    DirectoryCheckpointStore(other, group="g").save(busy_state(100))
+    checked = stores.check_payload
+
+    def check_then_swap(pieces, header, where, key):
+        checked(pieces, header, where, key)
+        path.write_bytes((other / "events-0.ckpt").read_bytes())   # replaced after the check
+    monkeypatch.setattr(stores, "check_payload", check_then_swap)
+    assert store.load("events", 0).next_offset == 300

@@ -230,6 +230,29 @@ def signed_sequence(data: bytes, key: Optional[bytes]) -> Optional[int]:
         return None
 
 
+class ChunkReader(io.RawIOBase):
+    """A readable file over a list of byte strings, without joining them."""
+
+    def __init__(self, chunks: list):
+        self._chunks = [memoryview(c) for c in chunks]
+        self._i = 0
+        self._at = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self._i < len(self._chunks):
+            chunk = self._chunks[self._i]
+            if self._at < len(chunk):
+                n = min(len(buffer), len(chunk) - self._at)
+                buffer[:n] = chunk[self._at:self._at + n]
+                self._at += n
+                return n
+            self._i, self._at = self._i + 1, 0
+        return 0
+
+
 def check_payload(pieces: Iterable, header: dict, where: str, key: Optional[bytes]) -> None:
     """Hash the payload's pieces; raise unless they are exactly what the header says."""
     sha, size = hashlib.sha256(), 0

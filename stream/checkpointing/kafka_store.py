@@ -43,7 +43,7 @@ from stream.partition import Partition
 from stream.topics import create_topics
 
 from .background import BackgroundCheckpoints, PendingSave
-from .format import (FROM_ENVIRONMENT, CheckpointError, SignatureError, HeaderFields, Key, check_payload,
+from .format import (FROM_ENVIRONMENT, CheckpointError, ChunkReader, SignatureError, HeaderFields, Key, check_payload,
                      decode_head, dump_payload, encode_head, make_header, signed_sequence, unpickle_state)
 from .stores import CheckpointStore
 
@@ -110,29 +110,6 @@ class _ChunkSender:
         """The attempt failed: what it left in the producer is dropped with it."""
         self.store.unacked_bytes -= sum(size for _, size in self.unacked)
         self.unacked.clear()
-
-
-class ChunkReader(io.RawIOBase):
-    """A readable file over a list of byte strings, without joining them."""
-
-    def __init__(self, chunks: list):
-        self._chunks = [memoryview(c) for c in chunks]
-        self._i = 0
-        self._at = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        while self._i < len(self._chunks):
-            chunk = self._chunks[self._i]
-            if self._at < len(chunk):
-                n = min(len(buffer), len(chunk) - self._at)
-                buffer[:n] = chunk[self._at:self._at + n]
-                self._at += n
-                return n
-            self._i, self._at = self._i + 1, 0
-        return 0
 
 
 class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):

@@ -20,6 +20,7 @@ is ever held in memory. `begin_synced_save` leaves the fsync and the rename to a
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -31,7 +32,7 @@ from shopstream.files import begin_atomic_write, discard, remove_leftovers, writ
 from stream.partition import CheckpointMarks, Partition
 
 from .background import BackgroundCheckpoints, PendingSave
-from .format import (FROM_ENVIRONMENT, HEADER_LIMIT, MAGIC, READ_SIZE, CheckpointError, Key, bind,
+from .format import (FROM_ENVIRONMENT, HEADER_LIMIT, MAGIC, READ_SIZE, CheckpointError, ChunkReader, Key, bind,
                      check_payload, key_of, split_head, unpickle_state, verify_head, write_file)
 from .syncing import Acknowledged, SyncingSave
 
@@ -251,11 +252,15 @@ class DirectoryCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         return fields, handle
 
     def _read_payload(self, handle, header: dict, where: str) -> Partition:
+        # The pieces hashed are the pieces unpickled, held in memory as the Kafka store's chunks are:
+        # hashed, then read again, the file could have changed in between (anyone who may write here).
         with handle:
-            start = handle.tell()
-            check_payload(iter(lambda: handle.read(READ_SIZE), b""), header, where, self.signing_key)
-            handle.seek(start)
-            return unpickle_state(handle, header, where)
+            pieces, left = [], header["size"] + 1   # one byte past the size: a longer file is refused too
+            while left > 0 and (piece := handle.read(min(READ_SIZE, left))):
+                pieces.append(piece)
+                left -= len(piece)
+        check_payload(pieces, header, where, self.signing_key)
+        return unpickle_state(io.BufferedReader(ChunkReader(pieces), buffer_size=READ_SIZE), header, where)
 
     def _keys(self) -> list[str]:
         return [path.stem for path in self.root.glob("*.ckpt")]
