@@ -78,7 +78,9 @@ def environ(name: str) -> Optional[str]:
 
 
 def as_flag(name: str) -> str:
-    """``checkpoint_every`` -> ``--checkpoint-every``."""
+    """``checkpoint_every`` -> ``--checkpoint-every``; a variable (``SHOPSTREAM_SIGNING_KEY``) stays itself."""
+    if name.startswith("SHOPSTREAM_"):
+        return name
     return "--" + name.lstrip("-").replace("_", "-")
 
 
@@ -161,20 +163,28 @@ def _secrets(cls, given: Mapping[str, Any], environment: bool) -> dict:
             if text is not None:
                 raise ConfigError(f"{key}_file", path, f"and {variable} are both set: give the key one way")
             found[key] = read_secret_file(f"{key}_file", path)
-        elif text is not None:
-            found[key] = text.encode()
+        elif text is not None:   # (never echoed: the value of a refusal is None)
+            found[key] = secret_bytes(variable, None, text.encode())
     return found
 
 
+def secret_bytes(name: str, where: Any, data: bytes) -> bytes:
+    """A key's bytes without the line end an editor or ``echo`` adds, from a file or a variable
+    alike (a key that kept its newline one way and not the other refused every checkpoint the
+    other worker wrote); one of only blanks is refused."""
+    data = data.rstrip(b"\r\n")
+    if not data.strip():
+        raise ConfigError(name, where, "is empty" if not data else "is only blanks")
+    return data
+
+
 def read_secret_file(name: str, path: str) -> bytes:
-    """A key file's bytes, without the line end an editor or ``echo`` adds."""
+    """A key file's bytes (`secret_bytes`)."""
     try:
-        data = Path(path).read_bytes().rstrip(b"\r\n")
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(name, path, f"cannot be read: {exc.strerror or exc}") from None
-    if not data:
-        raise ConfigError(name, path, "is empty")
-    return data
+    return secret_bytes(name, path, data)
 
 
 class Settings:
@@ -284,4 +294,5 @@ def progress_bar() -> Any:
 
 
 __all__ = ["ConfigError", "Settings", "add_options", "as_flag", "build", "check", "env_name", "environ", "leaves",
-           "option", "option_meta", "option_name", "part_of", "progress_bar", "read_secret_file", "same_as"]
+           "option", "option_meta", "option_name", "part_of", "progress_bar", "read_secret_file", "same_as",
+           "secret_bytes"]

@@ -22,7 +22,7 @@ import hmac
 from dataclasses import field
 from typing import Any, Optional, Union
 
-from .options import environ
+from .options import environ, secret_bytes
 
 KEY_ENV = "SHOPSTREAM_SIGNING_KEY"
 #: How a refusal names the key, which may have come from either place.
@@ -55,7 +55,7 @@ Key = Union[bytes, None, _FromEnvironment]
 def signing_key() -> Optional[bytes]:
     """The environment's key, for library callers not handed one (the settings read it the same way)."""
     key = environ(KEY_ENV)
-    return key.encode() if key else None
+    return secret_bytes(KEY_ENV, None, key.encode()) if key else None
 
 
 def key_of(key: Key) -> Optional[bytes]:

@@ -155,6 +155,8 @@ def test_a_key_from_a_file_or_from_the_environment_gives_the_same_settings(argv,
     monkeypatch.setenv(KEY_ENV, KEY)
     from_env = settings_of(build_parser().parse_args(argv))
     assert from_file == from_env and from_env.signing_key == KEY.encode()
+    monkeypatch.setenv(KEY_ENV, KEY + "\n")   # as `$(cat signing.key)` would not, but a secret store may: the same key
+    assert settings_of(build_parser().parse_args(argv)).signing_key == KEY.encode()
     monkeypatch.delenv(KEY_ENV)
     assert settings_of(build_parser().parse_args(argv)).signing_key is None
     assert WorkerSettings.from_options(signing_key_file=key_file).signing_key == KEY.encode()  # not only by CLI
@@ -168,6 +170,13 @@ def test_a_key_given_twice_or_unreadable_is_refused_naming_the_file_option(key_f
     assert main(["bootstrap", "--generate-events", "10", "--signing-key-file", str(tmp_path / "missing")]) == 2
     assert "--signing-key-file" in capsys.readouterr().err and "cannot be read: No such file" in \
         str(ConfigError("signing_key_file", "x", "cannot be read: No such file or directory"))
+    blank = tmp_path / "blank.key"
+    blank.write_text("  \n")
+    assert main(["worker", "--signing-key-file", str(blank)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"--signing-key-file {str(blank)!r} is only blanks")
+    monkeypatch.setenv(KEY_ENV, " \t")   # a key of blanks is no key: refused, never echoed
+    assert main(["worker"]) == 2
+    assert capsys.readouterr().err.strip() == "shopstream worker: error: SHOPSTREAM_SIGNING_KEY is only blanks"
     monkeypatch.setenv(KEY_ENV, "another")
     assert main(["worker", "--signing-key-file", key_file]) == 2
     err = capsys.readouterr().err
