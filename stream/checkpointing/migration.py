@@ -52,8 +52,9 @@ MOVED = {
     ("shopstream.lineup", "CatalogReplacements"): ("shopstream.policies", "CatalogReplacements"),
 }
 
-#: The packages a partition's state is made of: their classes, and the functions below.
-ALLOWED_PACKAGES = frozenset({"shopstream", "stream", "river", "numpy"})
+#: The packages a partition's state is made of: their classes, and the functions below (of the
+#: stages' own package, `stream`, only the partition: its other classes open files and sockets).
+ALLOWED_PACKAGES = frozenset({"shopstream", "river", "numpy"})
 #: Functions of those packages a pickle of a state calls to rebuild an object (every other
 #: function there is refused: one that writes a file would be a tool, not data).
 ALLOWED_FUNCTIONS = frozenset({
@@ -69,6 +70,7 @@ ALLOWED_FUNCTIONS = frozenset({
 #: Outside those packages, exactly these names of each module (never `operator`'s getters and
 #: the like: chained through REDUCE they reach any object, `os.system` included).
 ALLOWED_NAMES = {
+    "stream.partition": frozenset({"Partition"}),
     "array": frozenset({"array", "_array_reconstructor"}),
     "collections": frozenset({"Counter", "OrderedDict", "defaultdict", "deque"}),
     "functools": frozenset({"partial"}),   # River's trees: defaultdict(partial(...))
