@@ -55,6 +55,9 @@ MOVED = {
 #: The packages a partition's state is made of: their classes, and the functions below (of the
 #: stages' own package, `stream`, only the partition: its other classes open files and sockets).
 ALLOWED_PACKAGES = frozenset({"shopstream", "river", "numpy"})
+#: Modules of those packages whose classes hold no state and do things when built (a metrics
+#: server binds its port).
+NO_STATE_HERE = frozenset({"shopstream.exporter", "shopstream.files"})
 #: Functions of those packages a pickle of a state calls to rebuild an object (every other
 #: function there is refused: one that writes a file would be a tool, not data).
 ALLOWED_FUNCTIONS = frozenset({
@@ -111,7 +114,7 @@ def allowed(module: str, name: str, found: Any = None) -> bool:
         return name in ALLOWED_BUILTINS
     if module in ALLOWED_NAMES:
         return name in ALLOWED_NAMES[module]
-    if module.partition(".")[0] not in ALLOWED_PACKAGES:
+    if module.partition(".")[0] not in ALLOWED_PACKAGES or module in NO_STATE_HERE:
         return False
     if found is None:
         return True   # (checked again once imported)
