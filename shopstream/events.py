@@ -32,6 +32,9 @@ MIN_EVENT_TIME = datetime(2000, 1, 1, tzinfo=timezone.utc).timestamp()
 MAX_EVENT_TIME = datetime(2100, 1, 1, tzinfo=timezone.utc).timestamp()
 MAX_ID_CHARS = 256
 MAX_FEATURES = 256
+#: Characters in a category code, brand, platform, channel or feature name: each is kept in the
+#: features' tables and vocabularies (64 KB codes held 600 MB in the category memo at its cap).
+MAX_NAME_CHARS = 256
 #: Prices above this are unit errors or attacks (a price of 1.7e308 turned a model's weights to NaN).
 MAX_PRICE = 1e9
 #: Raw feature values beyond +-this are dead-lettered: a model's dot products stay finite.
@@ -64,6 +67,7 @@ _Id = Union[int, Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHA
 _Seconds = Annotated[float, msgspec.Meta(ge=MIN_EVENT_TIME, lt=MAX_EVENT_TIME)]
 _Price = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_PRICE)]
 _Feature = Union[Annotated[float, msgspec.Meta(ge=-MAX_FEATURE_ABS, le=MAX_FEATURE_ABS)], str]
+_Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME_CHARS)]
 
 
 class Event(msgspec.Struct, gc=False):
@@ -76,12 +80,12 @@ class Event(msgspec.Struct, gc=False):
     user_id: _Id
     user_session: _Id
     event_id: Optional[_Id] = None
-    category_code: Optional[str] = None
-    brand: Optional[str] = None
+    category_code: Optional[_Name] = None
+    brand: Optional[_Name] = None
     price: Optional[_Price] = None
-    platform: Optional[str] = None
-    channel: Optional[str] = None
-    features: Optional[Annotated[dict[str, _Feature], msgspec.Meta(max_length=MAX_FEATURES)]] = None
+    platform: Optional[_Name] = None
+    channel: Optional[_Name] = None
+    features: Optional[Annotated[dict[_Name, _Feature], msgspec.Meta(max_length=MAX_FEATURES)]] = None
     label: Optional[bool] = None
 
 
@@ -322,6 +326,9 @@ def _numbers_in_range(values) -> bool:
         return not values
 
 
+_NAME_FIELDS = ("category_code", "brand", "platform", "channel")
+
+
 def validate(event: Event) -> Event:
     """Normalise a decoded event in place (time to epoch seconds, ids to str) and check
     what types alone cannot: known event_type, finite non-negative price, sane time."""
@@ -341,10 +348,18 @@ def validate(event: Event) -> Event:
     price = event.price
     if price is not None and not (math.isfinite(price) and 0.0 <= price <= MAX_PRICE):
         raise InvalidEvent("price", f"must be a finite number in 0..{MAX_PRICE:g}", price)
+    for name in _NAME_FIELDS:
+        value = getattr(event, name)
+        if value.__class__ is str and len(value) > MAX_NAME_CHARS:
+            raise InvalidEvent(name, f"must be at most {MAX_NAME_CHARS} characters, not {len(value)}", value)
     features = event.features
     if features is not None:
         if len(features) > MAX_FEATURES:
             raise InvalidEvent("features", f"more than {MAX_FEATURES} entries", len(features))
+        for name in features:
+            if len(name) > MAX_NAME_CHARS:
+                raise InvalidEvent("features", f"a name must be at most {MAX_NAME_CHARS} characters, not {len(name)}",
+                                   name)
         if not _numbers_in_range(features.values()):
             for name, value in features.items():
                 if isinstance(value, float) and not (math.isfinite(value) and

@@ -33,7 +33,7 @@ from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from shopstream.events import EVENT_TYPES
+from shopstream.events import EVENT_TYPES, MAX_EVENT_TIME, MAX_ID_CHARS, MAX_NAME_CHARS, MAX_PRICE
 from shopstream.shared_learning import CATALOG_FIELDS, CatalogEvents, Example, LearnOutbox, LogReplica
 from shopstream.signing import FROM_ENVIRONMENT, KEY_IS_SET, Key, key_of
 
@@ -99,8 +99,8 @@ def decode(value: Optional[bytes], group: str, topic: str, schema: str,
         raise RefusedRecord("corrupt", f"unknown check {kind[:40]!r}")
     try:
         doc = _decode(body)
-    except msgspec.DecodeError as exc:
-        raise RefusedRecord("corrupt", f"not JSON: {exc}") from None
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise RefusedRecord("corrupt", f"not JSON: {type(exc).__name__}: {exc}"[:200]) from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise RefusedRecord("corrupt", f"format {doc.get('format') if isinstance(doc, dict) else None!r}, "
                                        f"not {FORMAT}")
@@ -110,19 +110,38 @@ def decode(value: Optional[bytes], group: str, topic: str, schema: str,
         raise RefusedRecord("group", f"for events topic {doc.get('topic')!r}, not {topic!r}")
     if doc.get("schema") != schema:
         raise RefusedRecord("schema", f"made under {doc.get('schema')!r}; this worker's models learn {schema!r}")
-    return _catalog(doc) if doc.get("kind") == "events" else _example(doc)
+    try:
+        return _catalog(doc) if doc.get("kind") == "events" else _example(doc)
+    except RefusedRecord:
+        raise
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:   # a value no check above foresaw
+        raise RefusedRecord("invalid", f"{type(exc).__name__}: {exc}"[:200]) from None
+
+
+#: The largest magnitude of a learned feature value: far past any the feature sets compute, and far
+#: from where squaring it in a scaler's variance overflows.
+MAX_LEARNED_ABS = 1e15
+
+
+def _number_in(value, low: float, high: float) -> bool:
+    """A JSON number (not a bool) within [low, high]: an integer past a float's range is not."""
+    return type(value) in (int, float) and -math.inf < low <= value <= high < math.inf
 
 
 def _catalog(doc: dict) -> CatalogEvents:
+    """The events' limits hold here too (events.py): a catalog row is an event another worker read."""
     source, events = doc.get("source"), doc.get("events")
     if type(source) is not int or source < 0 or not isinstance(events, list):
         raise RefusedRecord("invalid", f"source {source!r}: must be an integer >= 0, with a list of events")
     for row in events:
         if not (isinstance(row, list) and len(row) == 1 + len(CATALOG_FIELDS) and type(row[0]) is int
-                and row[1] in EVENT_TYPES and isinstance(row[2], (str, int))
-                and all(v is None or isinstance(v, str) for v in (row[3], row[4], row[6], row[7]))
-                and (row[5] is None or (type(row[5]) in (int, float) and math.isfinite(row[5])))):
-            raise RefusedRecord("invalid", f"event {str(row)[:120]}: not [offset, {', '.join(CATALOG_FIELDS)}]")
+                and row[1].__class__ is str and row[1] in EVENT_TYPES
+                and (row[2].__class__ is int or (row[2].__class__ is str and 0 < len(row[2]) <= MAX_ID_CHARS))
+                and all(v is None or (v.__class__ is str and len(v) <= MAX_NAME_CHARS)
+                        for v in (row[3], row[4], row[6], row[7]))
+                and (row[5] is None or _number_in(row[5], 0.0, MAX_PRICE))):
+            raise RefusedRecord("invalid", f"event {str(row)[:120]}: not [offset, {', '.join(CATALOG_FIELDS)}] "
+                                           "within the events' limits")
     return CatalogEvents(source, events)
 
 
@@ -134,13 +153,15 @@ def _example(doc: dict) -> Example:
         raise RefusedRecord("invalid", f"source {source!r} / seq {seq!r}: must be integers >= 0 / >= 1")
     if type(y) is not bool:
         raise RefusedRecord("invalid", f"label {y!r}: must be true or false")
-    if not (isinstance(predicted_at, (int, float)) and isinstance(resolved_at, (int, float))
-            and math.isfinite(predicted_at) and math.isfinite(resolved_at)):
-        raise RefusedRecord("invalid", f"times {times!r}: must be finite numbers")
+    if not (_number_in(predicted_at, -MAX_EVENT_TIME, MAX_EVENT_TIME)
+            and _number_in(resolved_at, -MAX_EVENT_TIME, MAX_EVENT_TIME)):
+        raise RefusedRecord("invalid", f"times {str(times)[:80]}: must be finite numbers")
     if not isinstance(x, dict):
         raise RefusedRecord("invalid", "features: must be an object")
     for name, v in x.items():
-        if not (isinstance(v, str) or (type(v) in (int, float) and math.isfinite(v))):
+        # bounded (1e300 then -1e300 made a scaler's variance NaN, and every slot reset); looser than an
+        # event's features: these are computed ones (a session's seconds may pass 1e9 under a long --session-ttl)
+        if not ((v.__class__ is str and len(v) <= MAX_NAME_CHARS) or _number_in(v, -MAX_LEARNED_ABS, MAX_LEARNED_ABS)):
             raise RefusedRecord("invalid", f"feature {name[:80]!r}: {str(v)[:40]} is not a finite number or a string")
     return Example(source, seq, x, y, float(predicted_at), float(resolved_at))
 

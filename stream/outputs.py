@@ -95,9 +95,17 @@ def decode_predictions(record) -> list[Prediction]:
                      f"{BATCH_FORMAT.decode()} and records without the header (one prediction each)")
 
 
+#: The names of our own dead-letter headers: a sender's header of one of them is kept as ``sent.<name>``.
+OUR_HEADERS = SOURCE_HEADERS | {TRUNCATED_HEADER, ORIGINAL_SIZE_HEADER, DROPPED_HEADERS_HEADER,
+                                "shopstream.source.last_offset"}
+
+
 def dead_letter_headers(record, reason: str) -> list:
-    """The record's own headers (null values sent empty) and ours: why, and from where."""
-    headers = [(key, b"" if value is None else value) for key, value in (record.headers or [])]
+    """The record's own headers (null values sent empty) and ours: why, and from where. A sender's
+    header named as one of ours is renamed ``sent.<name>`` (its value was taken for ours: a
+    ``shopstream.dropped_headers`` of ``lots`` made cutting the dead letter raise, and the worker die)."""
+    headers = [(f"sent.{key}" if key in OUR_HEADERS else key, b"" if value is None else value)
+               for key, value in (record.headers or [])]
     headers += [
         (REASON_HEADER, reason.encode("utf-8", "replace")[:1000]),
         ("shopstream.source.topic", record.topic.encode()),
@@ -126,7 +134,8 @@ def cut(message: dict, keep: int = DEAD_LETTER_CUT) -> dict:
     headers = message.get("headers") or []
     ours = {TRUNCATED_HEADER, ORIGINAL_SIZE_HEADER, DROPPED_HEADERS_HEADER}
     original = next((v for k, v in headers if k == ORIGINAL_SIZE_HEADER), None)
-    dropped = int(next((v for k, v in headers if k == DROPPED_HEADERS_HEADER), b"0"))
+    dropped = next((v for k, v in headers if k == DROPPED_HEADERS_HEADER), b"0")
+    dropped = int(dropped) if dropped.isdigit() and len(dropped) < 19 else 0   # ours: a count (never a sender's)
     # Our reason and source come last in the list (a sender may use the same names): keep the
     # last of each, then the sender's headers while they fit.
     last = {k: i for i, (k, _) in enumerate(headers) if k in SOURCE_HEADERS}

@@ -454,3 +454,25 @@ def _size(message):
     from stream.outputs import message_size
 
     return message_size(message)
+
+
+@pytest.mark.parametrize("name, value", [("shopstream.dropped_headers", b"lots"), ("shopstream.dropped_headers", b"-"),
+                                         ("shopstream.original_size", b"1"), ("shopstream.truncated", b"no")])
+def test_a_sender_header_named_as_ours_is_kept_renamed_and_cannot_break_the_dead_letter(name, value):
+    """A record over the dead-letter limit carrying its own ``shopstream.dropped_headers: lots``:
+    cutting its dead letter read that as our count, int() raised, and the worker died on it, then
+    again after every restart. The sender's header is kept as ``sent.<name>``; ours say the truth."""
+    producers = []
+
+    def make():
+        producers.append(FakeProducer())
+        return producers[-1]
+
+    outputs = Outputs(make, "predictions", "dlq")
+    outputs.dead_letter(Record(b"x" * 950_000, headers=[(name, value), ("note", b"kept")]), "invalid event: payload")
+    assert outputs.confirm() is True
+    [(_, letter)] = [d for p in producers for d in p.delivered]
+    headers = dict(letter["headers"])
+    assert headers[f"sent.{name}"] == value and headers["note"] == b"kept"
+    assert headers["shopstream.original_size"] == b"950000" and headers["shopstream.truncated"] == b"1"
+    assert headers.get("shopstream.dropped_headers", b"0") == b"0"

@@ -8,7 +8,8 @@ import msgspec
 import pytest
 
 from shopstream.events import (MAX_EVENT_BYTES, MAX_EVENT_TIME, MAX_FEATURE_ABS, MAX_FEATURES, MAX_ID_CHARS,
-                               MAX_PRICE, MIN_EVENT_TIME, InvalidEvent, _explain, decode_event, event_from_record)
+                               MAX_NAME_CHARS, MAX_PRICE, MIN_EVENT_TIME, InvalidEvent, _explain, decode_event,
+                               event_from_record)
 from shopstream.readers import parse_column_map, read_events
 
 GOOD = {"event_time": "2019-10-01 00:00:05 UTC", "event_type": "view", "product_id": 44600062,
@@ -207,6 +208,10 @@ EDGES = [
     b'{"event_time": 1', b'{"event_time": 1.77e9, "price": 1e12}',
     _body(price=-1.0).replace(b'"price"', b'"price": 1, "price"'),
     _body(features={"x": 1e12}).replace(b'"x"', b'"x": 1, "x"'),
+    _body(brand="b" * MAX_NAME_CHARS), _body(brand="é" * (MAX_NAME_CHARS + 1)),
+    _body(category_code="c" * (MAX_NAME_CHARS + 1)), _body(platform="p" * (MAX_NAME_CHARS + 1)),
+    _body(channel="c" * (MAX_NAME_CHARS + 1)), _body(features={"n" * MAX_NAME_CHARS: 1.0}),
+    _body(features={"n" * (MAX_NAME_CHARS + 1): 1.0}),
 ]
 
 

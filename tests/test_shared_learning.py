@@ -93,7 +93,7 @@ def test_a_resent_record_arriving_after_its_successors_is_learned_once():
 
 def test_a_learn_record_reads_back_to_the_same_bits():
     rng = random.Random(1)
-    x = {f"f{i}": v for i, v in enumerate([0.1, 1e308, 5e-324, -0.0, math.pi, *(rng.uniform(-1e9, 1e9)
+    x = {f"f{i}": v for i, v in enumerate([0.1, 1e15, 5e-324, -0.0, math.pi, *(rng.uniform(-1e9, 1e9)
                                                                              for _ in range(50))])}
     x["brand"] = "acme"
     example = Example(3, 17, x, True, 1.7e9 + 0.1, 1.7e9 + 1800.25)
@@ -140,6 +140,18 @@ def test_bad_learn_records_are_refused_with_their_reason():
     assert refusal(resealed(good.replace(b'"a":1.0', b'"a":1e999'))).startswith("corrupt: not JSON")
     assert refusal(resealed(good.replace(b'"seq":1', b'"seq":0'))).startswith("invalid: source 0 / seq 0")
     assert refusal(resealed(good.replace(b'"y":true', b'"y":1'))) == "invalid: label 1: must be true or false"
+    # values that escaped as TypeError, OverflowError or RecursionError and ended every worker's loop
+    # in a crash loop (the log is read again after each restart), or were out of the events' bounds
+    assert refusal(resealed(good.replace(b'"a":1.0', b'"a":1' + b"0" * 400))).startswith("invalid: feature 'a'")
+    assert refusal(resealed(good.replace(b'"a":1.0', b'"a":1e300'))).startswith("invalid: feature 'a'")
+    assert refusal(resealed(b"x\n" + b"[" * 100_000 + b"]" * 100_000)).startswith("corrupt: not JSON: RecursionError")
+    catalog = encode(CatalogEvents(1, [[0, "view", "p", None, None, 1.0, None, None]]), "g", "t", SCHEMA, "")
+    assert isinstance(decode(catalog, "g", "t", SCHEMA), CatalogEvents)
+    for row in (b'[0,[],"p",null,null,1.0,null,null]', b'[0,"view",true,null,null,1.0,null,null]',
+                b'[0,"view","p",null,null,1' + b"0" * 400 + b',null,null]', b'[0,"view","p",null,null,-5.0,null,null]',
+                b'[0,"view","p",null,"' + b"b" * 300 + b'",1.0,null,null]'):
+        bad = resealed(catalog.replace(b'[0,"view","p",null,null,1.0,null,null]', row))
+        assert refusal(bad).startswith("invalid: event"), row[:60]
 
 
 class FakeLearnConsumer:
