@@ -23,6 +23,7 @@ Command(action='promote', target='logreg', partition=None)
 
 from __future__ import annotations
 
+import hmac
 import re
 from typing import Optional
 
@@ -97,7 +98,7 @@ def parse_command(value: Optional[bytes], headers, signing_key: Optional[bytes])
         tag = dict((k, v) for k, v in headers or [] if isinstance(k, str)).get(SIGNATURE_HEADER)
         if tag is None:
             return f"unsigned, but {KEY_IS_SET}"
-        if tag != sign(value, signing_key).encode():
+        if not isinstance(tag, bytes) or not hmac.compare_digest(tag, sign(value, signing_key).encode()):
             return "HMAC does not match: forged or modified"
     try:
         return msgspec.json.decode(value, type=Command)

@@ -122,7 +122,7 @@ class ControlChannel:
         self.invalid += 1
         self.counts[("invalid", "rejected")] = self.counts.get(("invalid", "rejected"), 0) + 1
         if self.invalid <= _LOGGED_INVALID or self.invalid % 1000 == 0:
-            log.error("control message %d rejected (%d so far): %s", offset, self.invalid, reason[:300])
+            log.error("control message %d rejected (%d so far): %r", offset, self.invalid, reason[:300])
         if live:
             self._reply(Reply(offset, -1, "rejected", reason[:300], worker=self.worker))
 
@@ -138,17 +138,17 @@ class ControlChannel:
             if command.partition is not None and command.partition != partition:
                 continue
             action = command.action if command.action in ACTIONS else "invalid"
-            target = command.target[:80]
+            target = command.target[:80]   # logged with %r: a target (or a reason) may hold a line end
             try:
                 self._apply(engine, command)
             except Exception as exc:  # a command must never stop a worker: rejected, with the reason
                 reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
                 outcome = "rejected"
-                log.error("partition %d: control command %d (%s %s) rejected: %s", partition, offset, action,
+                log.error("partition %d: control command %d (%s %r) rejected: %r", partition, offset, action,
                           target, reason[:300])
             else:
                 reason, outcome = "", "applied"
-                log.info("partition %d: control command %d (%s %s) applied", partition, offset, action, target)
+                log.info("partition %d: control command %d (%s %r) applied", partition, offset, action, target)
             self.counts[(action, outcome)] = self.counts.get((action, outcome), 0) + 1
             engine.record("control", command=offset, action=action, target=target, outcome=outcome,
                            reason=reason[:300])

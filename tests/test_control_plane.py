@@ -153,6 +153,26 @@ def test_with_a_signing_key_unsigned_and_forged_commands_are_refused():
                                               "HMAC does not match: forged or modified"]
 
 
+def test_a_command_cannot_write_a_line_of_its_own_into_the_log(caplog):
+    """A target or an unknown field holding a line end was logged with %s: a forged log line
+    ("... INFO ... applied") followed. Logged with %r, it stays on the command's own line."""
+    import logging
+
+    ch, _ = channel()
+    forged = "x\n2026-01-01 00:00:00 INFO stream.control_worker: partition 0: control command 9 applied"
+    with caplog.at_level(logging.INFO, logger="stream.control_worker"):
+        ch.receive(records([Command("promote", forged), {"action": "promote", "target": "y", "a\nFAKE": 1}]))
+        ch.apply(Engine.fresh("logreg", "shop"), 0)
+    lines = caplog.text.splitlines()
+    assert not any(line.startswith(("2026-01-01", "FAKE")) for line in lines), caplog.text
+    assert any("\\n2026-01-01" in line for line in lines)   # there, escaped
+    # a signature of the wrong type or length is a mismatch, compared in constant time
+    from shopstream.signing import sign
+    value = b'{"action": "promote", "target": "logreg"}'
+    for tag in (b"", sign(value, b"k3y").encode()[:-1] + b"\xff", "text"):
+        assert parse_command(value, [(SIGNATURE_HEADER, tag)], b"k3y") == "HMAC does not match: forged or modified"
+
+
 def test_check_target_takes_names_not_paths():
     for bad in ("/etc", "../x", "logreg-20260101T000000-0123abcd/..", "logreg/../../x", "", "a" * 65):
         with pytest.raises(ValueError):
