@@ -6,9 +6,10 @@ and raises again at every poll, since the position does not move. A worker that 
 through would crash-loop at that offset. `CorruptBatchSkipper` finds the partition and
 the batch with a consumer of its own (assigned, not in the group): the partition whose
 next offset cannot be read is the one, and the batch ends at the first later offset that
-can be read (a binary search: a fetch from inside a batch parses the batch from its
-start). The worker's consumer then seeks past it, and one dead letter names the
-partition and the offsets skipped; the partition's state counts each as dead-lettered.
+can be read (a fetch from inside a batch parses the batch from its start: every offset of
+it is unreadable; found offset by offset, as a good batch may lie between two bad ones).
+The worker's consumer then seeks past it, and one dead letter names the partition and the
+offsets skipped; the partition's state counts each as dead-lettered.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from kafka.errors import CorruptRecordError
 log = logging.getLogger(__name__)
 
 PROBE_SECONDS = 5.0
+SCAN_LIMIT = 10_000   # offsets probed one by one after an unreadable one (see `_first_readable`)
 
 
 class CorruptBatchSkipper:
@@ -61,13 +63,7 @@ class CorruptBatchSkipper:
             if self.readable(tp, start):
                 continue
             end = self._consumer().end_offsets([tp])[tp]
-            low, high = start, end  # low unreadable, high readable (the end always is)
-            while high - low > 1:
-                middle = (low + high) // 2
-                if self.readable(tp, middle):
-                    high = middle
-                else:
-                    low = middle
+            high = self._first_readable(tp, start, end)
             reason = f"unreadable record batch: {type(exc).__name__}: {exc}"
             log.error("partition %d: offsets %d..%d cannot be parsed (%s): skipped, one dead letter",
                       tp.partition, start, high - 1, exc)
@@ -82,6 +78,24 @@ class CorruptBatchSkipper:
         # flight for a partition that has since moved. Poll again.
         log.warning("a corrupt batch could not be located (%s): polling again", exc)
         time.sleep(0.5)
+
+    def _first_readable(self, tp, start: int, end: int) -> int:
+        """The first offset after `start` (unreadable) that can be read, or `end`. Readability is the
+        batch's, and a good batch may sit between two corrupt ones: a binary search over the whole
+        range found some boundary, and skipped the good records before it. So offset by offset, up to
+        `SCAN_LIMIT` probes (a corrupt batch is rarely longer); past them, a binary search over the rest."""
+        scan_to = min(end, start + 1 + SCAN_LIMIT)
+        for offset in range(start + 1, scan_to):
+            if self.readable(tp, offset):
+                return offset
+        low, high = scan_to - 1, end  # low unreadable, high readable (the end always is)
+        while high - low > 1:
+            middle = (low + high) // 2
+            if self.readable(tp, middle):
+                high = middle
+            else:
+                low = middle
+        return high
 
     def close(self) -> None:
         if self._probe is not None:
