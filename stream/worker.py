@@ -456,6 +456,9 @@ def learn_log_for(s: WorkerSettings, outputs, registry):
     from .connection import kafka_options
     from .learn_log import LearnLog
 
+    if s.signing_key is None:   # (README: the learn topic is then as trusted as whoever may write to it)
+        log.warning("--learning shared without a signing key: every worker learns what anyone who may write to "
+                    "%s puts there; set one (--signing-key-file) where that is not only this group", s.learn_topic)
     return LearnLog(kafka_options(s.kafka), s.learn_topic, s.group, s.topic, s.engine, outputs, registry,
                     signing_key=s.signing_key).open()
 
