@@ -163,7 +163,7 @@ def _example(doc: dict) -> Example:
         # event's features: these are computed ones (a session's seconds may pass 1e9 under a long --session-ttl)
         if not ((v.__class__ is str and len(v) <= MAX_NAME_CHARS) or _number_in(v, -MAX_LEARNED_ABS, MAX_LEARNED_ABS)):
             raise RefusedRecord("invalid", f"feature {name[:80]!r}: {str(v)[:40]} is not a finite number or a string")
-    return Example(source, seq, x, y, float(predicted_at), float(resolved_at))
+    return Example(source, seq, x, y, float(predicted_at), float(resolved_at))  # type: ignore[arg-type]  # numbers
 
 
 class LearnLog:
