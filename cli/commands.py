@@ -61,26 +61,31 @@ def _cmd_generate(s: GenerateSettings) -> int:
 
 
 def _cmd_bootstrap(s: BootstrapSettings) -> int:
-    from offline.bootstrap import bootstrap
+    from offline.bootstrap import bootstrap, check_history, locked_output
+    from offline.report import metric_text
     from shopstream.generator import generate, write_jsonl
     from shopstream.readers import parse_column_map
 
-    history = s.history
-    if not history:  # the settings require --history or --generate-events
-        Path(s.out).mkdir(parents=True, exist_ok=True)
-        history = str(Path(s.out) / "generated-history.jsonl")
-        write_jsonl(generate(s.generate_events, seed=s.seed), history)
-        print(f"generated {s.generate_events} history events into {history}")
-    report = bootstrap(history, s.out, models=s.model, config=s.engine, holdout=s.holdout,
-                       columns=parse_column_map(s.columns), progress=s.progress, epochs=s.epochs,
-                       max_bad_rows=s.max_bad_rows, signing_key=s.signing_key)
+    columns = parse_column_map(s.columns)
+    if s.history:
+        check_history(s.history)   # before any work: not a file (a directory, a FIFO) fails now
+    with locked_output(s.out) as out:   # --out is, or is made, a directory: refused now, not after training
+        history = s.history
+        if not history:  # the settings require --history or --generate-events
+            history = str(out / "generated-history.jsonl")
+            write_jsonl(generate(s.generate_events, seed=s.seed), history)
+            print(f"generated {s.generate_events} history events into {history}")
+        report = bootstrap(history, out, models=s.model, config=s.engine, holdout=s.holdout, columns=columns,
+                           progress=s.progress, epochs=s.epochs, max_bad_rows=s.max_bad_rows,
+                           signing_key=s.signing_key, lock=False)   # held here
     data = report["data"]
     print(f"events: {data['events']} valid of {data['rows']} rows, {data['malformed']} malformed, "
           f"{data['duplicates']} duplicates")
     for name, candidate in report["candidates"].items():
         h = candidate["holdout"]
-        print(f"{name:>13}: holdout roc_auc {h['roc_auc']:.4f}  f1 {h['f1']:.4f}  accuracy {h['accuracy']:.4f}"
-              f"  log_loss {h['log_loss']:.4f}  (base rate {h['base_rate']:.3f}, {h['resolved']} resolved)")
+        shown = {m: metric_text(h, m) for m in ("roc_auc", "f1", "accuracy", "log_loss")}
+        print(f"{name:>13}: holdout roc_auc {shown['roc_auc']}  f1 {shown['f1']}  accuracy {shown['accuracy']}"
+              f"  log_loss {shown['log_loss']}  (base rate {h['base_rate']:.3f}, {h['resolved']} resolved)")
     print(f"default: {report['default']}; report: {Path(s.out) / 'report.md'}")
     return 0
 
@@ -131,9 +136,13 @@ def main(argv=None) -> int:
     except ConfigError as exc:  # a settings object refused a value: named as the option is typed
         print(f"shopstream {args.command}: error: {exc.typed}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, RuntimeError) as exc:
         # Expected user errors: one clear line, no traceback.
         print(f"shopstream {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path that cannot be read or written: which one, and why
+        text = f"{exc.filename}: {exc.strerror}" if exc.filename is not None and exc.strerror else str(exc)
+        print(f"shopstream {args.command}: error: {text}", file=sys.stderr)
         return 2
     except KafkaError as exc:  # e.g. no broker: say which servers, not a client traceback
         servers = getattr(args, "bootstrap_servers", None)

@@ -21,10 +21,14 @@ labels as the other models. Steps 2 and 3 are the same as for every model.
 from __future__ import annotations
 
 import copy
+import errno
+import fcntl
 import gc
 import hashlib
+import os
+import stat
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
@@ -53,9 +57,43 @@ class CleanHistory:
     sha256: str = ""
 
 
+def check_history(path: str | Path) -> None:
+    """Refuse a history that is not a regular file: it is read twice (hashed, then parsed), and a
+    FIFO or a device (/dev/zero) would hang or never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"history file {path} does not exist") from None
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path}: not a regular file (a pipe, device or socket): the history must be a file")
+
+
+@contextmanager
+def locked_output(out: str | Path) -> Iterator[Path]:
+    """`out` as a directory (made if missing; anything else is refused), held for the block by an
+    flock on `<out>/.lock`: two bootstraps into one directory would interleave their artifacts,
+    reports and DEFAULT. The kernel drops the lock when its process dies, kill -9 included."""
+    if not str(out).strip():
+        raise ValueError("the output directory is empty: name one (--out)")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(out))
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "ab") as lock:   # "a": never truncated; it holds nothing but the lock
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"{out}: another bootstrap is writing into this directory (it holds "
+                               f"{out / '.lock'}); wait for it, or give another --out") from None
+        yield out
+
+
 def load_history(path: str | Path, columns: Optional[dict] = None, max_examples: int = 20,
                  max_bad_rows: Optional[int] = None) -> CleanHistory:
     """Read, validate, de-duplicate by event_id and sort by event time (stable)."""
+    check_history(path)
     digest = hashlib.sha256()
     with open(path, "rb") as raw:
         for block in iter(lambda: raw.read(1 << 20), b""):
@@ -286,22 +324,34 @@ def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] =
               config: EngineConfig = EngineConfig(), holdout: float = BootstrapSettings.holdout,
               columns: Optional[dict] = None, seed: int = 42, progress: bool = True,
               epochs: Optional[EpochSettings] = None, default_from: Optional[Sequence[str]] = None,
-              max_bad_rows: Optional[int] = None, signing_key: Key = FROM_ENVIRONMENT) -> dict:
+              max_bad_rows: Optional[int] = None, signing_key: Key = FROM_ENVIRONMENT, lock: bool = True) -> dict:
     """Run the whole offline stage; return the report (also written to `out`).
 
     DEFAULT is the best candidate by holdout ROC AUC, among `default_from` when given
     (the demo keeps the seed's network a challenger that way). Artifacts are signed with
-    `signing_key` when there is one (`BootstrapSettings` checked the other values)."""
+    `signing_key` when there is one (`BootstrapSettings` checked the other values). It is
+    written last, after the report: a run that stops sooner leaves DEFAULT as it was. A
+    holdout that ranks nothing (no resolved predictions, or one class) chooses no DEFAULT:
+    the artifacts and the report are written, then ValueError says why. `lock`: hold
+    `<out>/.lock` for the run (False: the caller holds it, see `locked_output`)."""
+    check_history(history_path)   # before any work: a FIFO would hang, a directory fail late
+    with locked_output(out) if lock else nullcontext(Path(out)) as out_dir:
+        return _bootstrap(history_path, out_dir, models, config, holdout, columns, seed, progress, epochs,
+                          default_from, max_bad_rows, signing_key)
+
+
+def _bootstrap(history_path: str | Path, out: Path, models: Sequence[str], config: EngineConfig, holdout: float,
+               columns: Optional[dict], seed: int, progress: bool, epochs: Optional[EpochSettings],
+               default_from: Optional[Sequence[str]], max_bad_rows: Optional[int], signing_key: Key) -> dict:
     from tqdm import tqdm
 
-    from .report import write_report
+    from .report import unscorable, write_report
 
-    out = Path(out)
     with _fewer_collections():
         history = load_history(history_path, columns, max_bad_rows=max_bad_rows)
         events = history.events
         if not events:
-            raise ValueError(f"{history_path}: no valid events among {history.rows} rows")
+            raise ValueError(f"{history_path}: no valid events among {history.rows} rows{_most_common(history)}")
         split = int(len(events) * (1.0 - holdout))
         curve_every = max(100, len(events) // 400)
         results = []
@@ -342,13 +392,16 @@ def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] =
         saved[result.model] = result.artifact = save_artifact(out, result.model, engine.champion_slot.model,
                                                               engine.features, meta, signing_key)
     eligible = [r for r in results if default_from is None or r.model in default_from] or results
-    best = max(eligible, key=lambda r: (r.holdout["roc_auc"], -r.holdout["log_loss"]))
-    set_default(out, saved[best.model], signing_key)
+    ranked = [r for r in eligible if unscorable(r.holdout) is None]
+    best = max(ranked, key=lambda r: (r.holdout["roc_auc"], -r.holdout["log_loss"])) if ranked else None
+    no_default = None if best else \
+        f"its holdout ({data['holdout_events']} events) has {unscorable(eligible[0].holdout)}"
     report = {
         "data": data,
         "feature_set": config.features,
         "label_window_seconds": config.window,
-        "default": saved[best.model].relative_to(out).as_posix(),
+        "default": saved[best.model].relative_to(out).as_posix() if best else None,
+        **({"no_default": no_default} if no_default else {}),
         "candidates": {
             r.model: {"artifact": saved[r.model].relative_to(out).as_posix(), "progressive": r.train,
                       "holdout": r.holdout, "joiner": dict(r.engine.joiner.counts),
@@ -358,4 +411,17 @@ def bootstrap(history_path: str | Path, out: str | Path, models: Sequence[str] =
     }
     write_report(report, [r.curve for r in results], out, split_resolved={
         r.model: r.split_resolved for r in results})
+    if best is None:   # a DEFAULT chosen by a ROC AUC of nothing would look measured
+        raise ValueError(f"{history_path}: no DEFAULT chosen: {no_default}, nothing to rank the models by "
+                         f"(DEFAULT not changed; the artifacts and report are in {out})")
+    set_default(out, saved[best.model], signing_key)   # last: it points at a run whose files are whole
     return report
+
+
+def _most_common(history: CleanHistory) -> str:
+    """"; most often <reason> (N rows), e.g. <example>": why rows were refused, for the error that none was valid."""
+    if not history.malformed:
+        return ""
+    reason, count = history.malformed.most_common(1)[0]
+    example = next((e for e in history.examples if f": {reason}" in e), None)
+    return f"; most often {reason} ({count} rows)" + (f", e.g. {example}" if example else "")

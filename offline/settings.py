@@ -69,6 +69,7 @@ class BootstrapSettings(Settings):
         check(self, (("history", bool(self.history) or self.generate_events > 0,
                       "is required (or SHOPSTREAM_HISTORY), or --generate-events N"),
                      ("generate_events", self.generate_events >= 0, "must be >= 0"),
+                     ("out", bool(self.out.strip()), "must name a directory (empty: the current one)"),
                      ("holdout", 0 <= self.holdout < 1, "must be a fraction in [0, 1)"),
                      ("max_bad_rows", self.max_bad_rows is None or self.max_bad_rows >= 0, "must be >= 0"),
                      ("model", bool(self.model), "must name at least one model")))

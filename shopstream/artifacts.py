@@ -149,13 +149,25 @@ def latest(root: str | Path, model_name: str) -> Optional[Path]:
 
 def list_versions(root: str | Path) -> list[dict]:
     """Every artifact's metadata under `root`, oldest model name first, each with
-    ``is_default`` (what DEFAULT points at). Unverified: for listing, never for loading."""
+    ``is_default`` (what DEFAULT points at). Unverified: for listing, never for loading. One that
+    cannot be read is listed as ``{"unreadable": "<meta.json path>: <reason>"}`` (the others still are)."""
     root = Path(root)
     pointer = root / DEFAULT_POINTER
-    default = pointer.read_text().splitlines()[0].strip() if pointer.is_file() else ""
-    listed = []
+    listed: list[dict] = []
+    default = ""
+    if pointer.is_file():
+        try:
+            default = (pointer.read_text().splitlines() or [""])[0].strip()   # an empty DEFAULT points nowhere
+        except (OSError, ValueError) as exc:
+            listed.append({"unreadable": f"{pointer}: {exc}"})
     for meta_path in sorted(root.glob("*/*/meta.json")):
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text())
+            if not isinstance(meta, dict) or not isinstance(meta.get("version"), str):
+                raise ValueError("not a JSON object with a version string")
+        except (OSError, ValueError, RecursionError) as exc:
+            listed.append({"unreadable": f"{meta_path}: {exc}"})
+            continue
         listed.append({**meta, "is_default": bool(default) and default.endswith(meta["version"])})
     return listed
 

@@ -20,6 +20,7 @@ shopstream.options.ConfigError: window -5.0 must be > 0 seconds
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Iterator, Mapping
 
@@ -57,6 +58,9 @@ class EngineConfig(Settings):
         # Coerce ints given for floats (JSON, --window 600) so equal settings compare equal.
         for name in ("window", "lateness", "max_time_jump", "drift_delta"):
             object.__setattr__(self, name, float(getattr(self, name)))
+            # the worker's rule (stream/settings.py), here for every user (the bootstrap): an infinite
+            # window or lateness holds every prediction open forever, and NaN passes every bound
+            check(self, ((name, math.isfinite(getattr(self, name)), "must be a finite number"),))
         check(self, (
             ("features", self.features in FEATURE_SETS, f"must be one of {FEATURE_SETS}"),
             ("window", self.window > 0, "must be > 0 seconds"),
@@ -134,3 +138,6 @@ class GenerateSettings(Settings):
 
     generator: GeneratorSettings = GeneratorSettings()
     out: str = field(default="events.jsonl", metadata=_help("output .jsonl file"))
+
+    def __post_init__(self) -> None:
+        check(self, (("out", bool(self.out.strip()), "must name a file"),))

@@ -10,12 +10,13 @@ A column mapping renames an export's columns to ours: ``{"event_time": "ts"}``.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import re
 from pathlib import Path
-from typing import Iterator, Mapping, Union
+from typing import BinaryIO, Iterator, Mapping, Union
 
-from .events import Event, InvalidEvent, decode_event, event_from_record
+from .events import MAX_EVENT_BYTES, Event, InvalidEvent, _refuse_duplicate_keys, decode_event, event_from_record
 
 Parsed = tuple[str, Union[Event, InvalidEvent]]
 
@@ -75,7 +76,20 @@ def _renamer(columns: Mapping[str, str] | None):
     if not columns:
         return None
     theirs_to_ours = {theirs: ours for ours, theirs in columns.items()}
-    return lambda record: {theirs_to_ours.get(k, k): v for k, v in record.items()}
+
+    def rename(record: dict) -> dict:
+        renamed = {theirs_to_ours.get(k, k): v for k, v in record.items()}
+        if len(renamed) < len(record):   # e.g. "ts" renamed to event_time beside an event_time: which one?
+            ours, theirs = next(((o, t) for t, o in theirs_to_ours.items()
+                                 if t in record and o in record and o not in theirs_to_ours), ("row", "?"))
+            raise InvalidEvent(ours, f"given twice: as itself and as {theirs!r} (the column mapping)")
+        return renamed
+    return rename
+
+
+#: A JSON line is read at most this far (an event's limit, and room for "\r\n"): a longer one is one
+#: bad row, skipped to its end without being held in memory.
+_LINE_LIMIT = MAX_EVENT_BYTES + 2
 
 
 def read_jsonl(path: Path, columns: Mapping[str, str] | None = None) -> Iterator[Parsed]:
@@ -84,7 +98,14 @@ def read_jsonl(path: Path, columns: Mapping[str, str] | None = None) -> Iterator
     rename = _renamer(columns)
     name = path.name   # (a property of the path: not looked up again for every line)
     with open(path, "rb") as lines:
-        for number, line in enumerate(lines, 1):
+        for number, line in enumerate(iter(lambda: lines.readline(_LINE_LIMIT), b""), 1):
+            if len(line) == _LINE_LIMIT and not line.endswith(b"\n"):
+                size = len(line) + _skip_line(lines)
+                yield f"{name}:{number}", InvalidEvent("payload", f"{size} bytes exceeds the {MAX_EVENT_BYTES}-byte "
+                                                                   "limit")
+                continue
+            if number == 1 and line.startswith(codecs.BOM_UTF8):   # some editors begin a file with one
+                line = line[len(codecs.BOM_UTF8):]
             line = line.strip()
             if not line:
                 continue
@@ -93,10 +114,7 @@ def read_jsonl(path: Path, columns: Mapping[str, str] | None = None) -> Iterator
                 if rename is None:
                     yield where, decode_event(line)
                 else:
-                    record = msgspec.json.decode(line)
-                    if not isinstance(record, dict):
-                        raise InvalidEvent("event", "not a JSON object")
-                    yield where, event_from_record(rename(record))
+                    yield where, _mapped_event(line, rename)
             except InvalidEvent as exc:
                 yield where, exc
             except msgspec.DecodeError as exc:
@@ -107,6 +125,31 @@ def read_jsonl(path: Path, columns: Mapping[str, str] | None = None) -> Iterator
                 yield where, InvalidEvent("row", f"{type(exc).__name__}: {exc}")
 
 
+def _skip_line(lines: BinaryIO) -> int:
+    """Read past the rest of a line without keeping it; return how many bytes it held (its end aside)."""
+    skipped = 0
+    while True:
+        chunk = lines.readline(1 << 16)
+        skipped += len(chunk.rstrip(b"\r\n"))
+        if not chunk or chunk.endswith(b"\n"):
+            return skipped
+
+
+def _mapped_event(line: bytes, rename) -> Event:
+    """A JSON line under a column mapping, held to `decode_event`'s size limit and duplicate-key check
+    (a decoder keeps the last of a key given twice, silently)."""
+    import msgspec
+
+    if len(line) > MAX_EVENT_BYTES:
+        raise InvalidEvent("payload", f"{len(line)} bytes exceeds the {MAX_EVENT_BYTES}-byte limit")
+    record = msgspec.json.decode(line)
+    if not isinstance(record, dict):
+        raise InvalidEvent("event", "not a JSON object")
+    event = event_from_record(rename(record))
+    _refuse_duplicate_keys(line, event)
+    return event
+
+
 #: A CSV record longer than this is skipped as one bad row without being held in memory
 #: (the csv module's own limit, 128 KiB per field, still applies to the records read).
 MAX_CSV_RECORD_CHARS = 1 << 20
@@ -115,16 +158,19 @@ MAX_CSV_RECORD_CHARS = 1 << 20
 def read_csv(path: Path, columns: Mapping[str, str] | None = None) -> Iterator[Parsed]:
     """CSV rows, each parsed on its own: `_csv_records` splits the file at the ends of records
     (quotes respected), so a bad record, even one the csv module gives up on mid-field, is one
-    bad row, and the text inside its quotes can never be read as rows of its own."""
+    bad row, and the text inside its quotes can never be read as rows of its own. A header that
+    names a column twice refuses the file (ValueError): which of the two is the value?"""
     rename = _renamer(columns)
-    # surrogateescape: a byte that is not UTF-8 marks its row bad instead of ending the read
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
-        at = {"line": 0, "too_long": False}   # the record the csv reader is on
+    # surrogateescape: a byte that is not UTF-8 marks its row bad instead of ending the read;
+    # utf-8-sig: a BOM (Excel writes one) is not part of the first column's name
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
+        at: dict = {"line": 0, "problem": None}   # the record the csv reader is on
 
         def records():
-            for line, text in _csv_records(handle):
-                at["line"], at["too_long"] = line, text is None
-                yield "\n" if text is None else text
+            for line, text, problem in _csv_records(handle):
+                at["line"], at["problem"] = line, problem
+                # a bad record is not parsed (one blank line keeps step); an unterminated one is, then judged
+                yield "\n" if problem and problem is not UNTERMINATED else text
 
         reader = csv.reader(records())   # one record per item: an error ends with its record
         header: list[str] | None = None
@@ -137,16 +183,21 @@ def read_csv(path: Path, columns: Mapping[str, str] | None = None) -> Iterator[P
                 yield f"{path.name}:{at['line']}", InvalidEvent("row", f"unreadable CSV: {exc}")
                 continue
             where = f"{path.name}:{at['line']}"
-            if at["too_long"]:
-                yield where, InvalidEvent("row", f"unreadable CSV: a record over {MAX_CSV_RECORD_CHARS} characters")
+            unterminated = at["problem"] is UNTERMINATED
+            if at["problem"] and not unterminated:
+                yield where, InvalidEvent("row", at["problem"])
                 continue
             if not fields:
                 continue  # a blank line
             if header is None:
                 header = fields
+                _check_header(header, rename, f"{path}:{at['line']}")
                 continue
             if len(fields) > len(header):
                 yield where, InvalidEvent("row", "more fields than the header")
+                continue
+            if unterminated and len(fields) < len(header):   # the file ends mid-record: cut short, not short
+                yield where, InvalidEvent("row", TRUNCATED)
                 continue
             row: dict[str, str | None] = dict(zip(header, fields))
             if len(fields) < len(header):
@@ -160,12 +211,40 @@ def read_csv(path: Path, columns: Mapping[str, str] | None = None) -> Iterator[P
                 yield where, exc
 
 
-def _csv_records(lines) -> Iterator[tuple[int, str | None]]:
-    r"""(first line number, record text) for each CSV record: lines joined while a quoted field
-    is open. A record over `MAX_CSV_RECORD_CHARS` comes as None, read to its end but not kept.
+def _check_header(header: list[str], rename, where: str) -> None:
+    """ValueError for a header naming a column twice, as written or once mapped (unnamed columns,
+    e.g. of trailing commas, are never read)."""
+    named = [name for name in header if name]
+    twice = next((name for i, name in enumerate(named) if name in named[:i]), None)
+    if twice is not None:
+        raise ValueError(f"{where}: the header names column {twice!r} twice")
+    if rename is not None:
+        try:
+            rename(dict.fromkeys(named))
+        except InvalidEvent as exc:
+            raise ValueError(f"{where}: the header gives column {exc}") from None
 
-    >>> list(_csv_records(['a,"b\n', 'c",d\n', 'x"y,z\n']))
-    [(1, 'a,"b\nc",d\n'), (3, 'x"y,z\n')]
+
+#: Why `_csv_records` gives a record no text.
+TOO_LONG = f"unreadable CSV: a record over {MAX_CSV_RECORD_CHARS} characters"
+TRUNCATED = "truncated: the file ends inside this record (no line end)"
+#: The file's last record, without its line end: many files simply end so. Kept if it has every
+#: column, else `TRUNCATED` (a file cut off mid-write); a last value cut short cannot be told.
+UNTERMINATED = "no line end"
+
+
+def _csv_records(lines) -> Iterator[tuple[int, str, str | None]]:
+    r"""(first line number, record text, problem) for each CSV record: lines joined while a quoted
+    field is open. A record over `MAX_CSV_RECORD_CHARS` is read to its end but not kept (`TOO_LONG`);
+    one the file ends inside an open quote is `TRUNCATED`, and its last record without a line end
+    `UNTERMINATED` (the caller judges it by its columns).
+
+    >>> list(_csv_records(['a,"b\n', 'c",d\n', 'x"y,z\n', 'cut,sho']))[:2]
+    [(1, 'a,"b\nc",d\n', None), (3, 'x"y,z\n', None)]
+    >>> list(_csv_records(['a,b\n', 'cut,sho']))[1][2] is UNTERMINATED
+    True
+    >>> list(_csv_records(['a,"b\n']))[0][2] == TRUNCATED
+    True
     """
     parts: list[str] = []
     size, start, in_quotes = 0, 0, False
@@ -176,10 +255,11 @@ def _csv_records(lines) -> Iterator[tuple[int, str | None]]:
             parts.append(line)
         size += len(line)
         in_quotes = _open_quote_after(line, in_quotes)
-        if not in_quotes:
-            yield start, "".join(parts) if size <= MAX_CSV_RECORD_CHARS else None
+        if not in_quotes:   # only a file's last line can lack its line end
+            yield start, "".join(parts), (TOO_LONG if size > MAX_CSV_RECORD_CHARS
+                                          else None if line.endswith(("\n", "\r")) else UNTERMINATED)
     if in_quotes:  # a quote never closed: the rest of the file was that one record
-        yield start, "".join(parts) if size <= MAX_CSV_RECORD_CHARS else None
+        yield start, "".join(parts), TOO_LONG if size > MAX_CSV_RECORD_CHARS else TRUNCATED
 
 
 _FIELD = r'(?:"(?:[^"]|"")*"(?:[^",\r\n][^,\r\n]*)?|[^",\r\n][^,\r\n]*|)'

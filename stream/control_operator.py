@@ -96,13 +96,21 @@ def list_models(artifacts: Optional[str], store=None, reported: Optional[dict] =
     """A text table of artifact versions, of what each checkpointed partition runs, and of
     what workers last reported per partition (newer than a checkpoint after a command)."""
     lines = []
-    if artifacts and Path(artifacts).is_dir():
+    if artifacts:
+        if not Path(artifacts).is_dir():   # a mistyped path is not "nothing found"
+            raise ValueError(f"--artifacts {artifacts}: not a directory")
         lines.append("artifact versions (rollback targets):")
         for meta in list_versions(artifacts):
-            holdout = meta.get("metrics", {}).get("holdout", {})
+            if "unreadable" in meta:
+                lines.append(f"  unreadable: {meta['unreadable']}")
+                continue
+            metrics = meta.get("metrics")
+            holdout = metrics.get("holdout") if isinstance(metrics, dict) else None
+            roc_auc = holdout.get("roc_auc") if isinstance(holdout, dict) else None
             mark = " DEFAULT" if meta["is_default"] else ""
-            lines.append(f"  {meta['version']:<45} created {meta['created_at'][:19]}  "
-                         f"holdout roc_auc {holdout.get('roc_auc', float('nan')):.4f}{mark}")
+            shown = f"{roc_auc:.4f}" if isinstance(roc_auc, (int, float)) else "n/a"
+            lines.append(f"  {meta['version']:<45} created {str(meta.get('created_at', '-'))[:19]}  "
+                         f"holdout roc_auc {shown}{mark}")
     if store is not None:
         lines.append("partitions (from checkpoints):")
         for (topic, partition), state in sorted(store.load_all().items()):

@@ -60,3 +60,28 @@ def test_tampered_artifact_is_refused(artifacts, tmp_path):
     (copy / "meta.json").unlink()
     with pytest.raises(ArtifactError, match="not an artifact"):
         load_artifact(copy)
+
+
+def test_models_list_lists_what_it_cannot_read_and_goes_on(tmp_path, capsys):
+    """One odd artifact (an empty DEFAULT, meta.json `[]`, without created_at, not JSON) ended the
+    listing with a traceback; a mistyped --artifacts said "nothing found", exit 0."""
+    from cli.commands import main
+    from shopstream.artifacts import save_artifact
+    from stream.control_operator import list_models
+
+    root = tmp_path / "artifacts"
+    good = save_artifact(root, "logreg", None, None, {"metrics": {"holdout": {"roc_auc": 0.75}}})
+    (root / "DEFAULT").write_text("")
+    odd = {"a": "[]", "b": "{not json", "c": json.dumps({"version": "c-1"})}   # c: no created_at nor metrics
+    for name, text in odd.items():
+        (root / name / f"{name}-1").mkdir(parents=True)
+        (root / name / f"{name}-1" / "meta.json").write_text(text)
+    lines = list_models(str(root)).splitlines()
+    assert lines[0] == "artifact versions (rollback targets):" and len(lines) == 5
+    assert lines[1] == f"  unreadable: {root}/a/a-1/meta.json: not a JSON object with a version string"
+    assert lines[2].startswith(f"  unreadable: {root}/b/b-1/meta.json: Expecting property name")
+    assert lines[3].split() == ["c-1", "created", "-", "holdout", "roc_auc", "n/a"]
+    assert lines[4].split()[0] == good.name and lines[4].endswith("holdout roc_auc 0.7500")
+    for missing in (tmp_path / "typo", root / "DEFAULT"):
+        assert main(["models", "list", "--artifacts", str(missing), "--bootstrap-servers", ""]) == 2
+        assert capsys.readouterr().err.strip() == f"shopstream models: error: --artifacts {missing}: not a directory"

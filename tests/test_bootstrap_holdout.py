@@ -77,3 +77,69 @@ def test_without_the_dedupe_window_on_unique_ids_the_candidate_is_the_same(event
     assert _state(skipped) == _state(kept)
     assert len(kept.engine._recent_ids) == len(events) and len(skipped.engine._recent_ids) == 0
     assert skipped.engine.deduplicates   # an engine as any other afterwards
+
+
+def _history(path, seed=3, keep=lambda e: True):
+    from shopstream.generator import write_jsonl
+
+    write_jsonl((e for e in generate(1500, seed=seed, days=1.0) if keep(e)), path)
+    return path
+
+
+@pytest.mark.parametrize("case", ["holdout 0", "no purchases"])
+def test_a_holdout_with_nothing_to_rank_chooses_no_default_and_says_n_a(case, tmp_path, capsys):
+    """It picked a DEFAULT by a ROC AUC of nothing (-0.0000) and exited 0."""
+    from cli.commands import main
+
+    if case == "holdout 0":
+        history, options, cause = _history(tmp_path / "h.jsonl"), ["--holdout", "0"], \
+            "its holdout (0 events) has no resolved predictions"
+    else:
+        history, options, cause = _history(tmp_path / "h.jsonl", keep=lambda e: e["event_type"] != "purchase"), \
+            [], "has only negative labels among its"
+    out = tmp_path / "out"
+    assert main(["bootstrap", "--history", str(history), "--out", str(out), "--model", "logreg", "--no-progress",
+                 *options]) == 2
+    [printed] = capsys.readouterr().err.strip().splitlines()
+    assert printed.startswith(f"shopstream bootstrap: error: {history}: no DEFAULT chosen: ") and cause in printed
+    assert not (out / "DEFAULT").exists()
+    [row] = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("| logreg |")][:1]
+    assert row.split(" | ").count("n/a") >= 4 and "0.0000 | 0.0000" not in row   # precision .. roc_auc: nothing
+    assert "default model: none chosen" in (out / "report.md").read_text()
+
+
+def test_default_is_written_last_and_the_report_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A run stopped while writing left DEFAULT on the new run and report.md on the previous one."""
+    import offline.report
+
+    out = tmp_path / "out"
+    ob.bootstrap(_history(tmp_path / "a.jsonl"), out, progress=False)
+    before = {name: (out / name).read_bytes() for name in ("DEFAULT", "report.json", "report.md",
+                                                           "learning_curve.png")}
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt   # stopped while drawing the figure
+    with monkeypatch.context() as patch:
+        patch.setattr(offline.report, "plot_curves", stop)
+        with pytest.raises(KeyboardInterrupt):
+            ob.bootstrap(_history(tmp_path / "b.jsonl", seed=4), out, progress=False)
+    assert {name: (out / name).read_bytes() for name in before} == before   # the previous run, whole
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".lock"]   # no scratch left
+
+    seen = []
+    set_default = ob.set_default
+    monkeypatch.setattr(ob, "set_default", lambda *a: (seen.append((out / "report.md").read_text()), set_default(*a)))
+    ob.bootstrap(tmp_path / "b.jsonl", out, progress=False)
+    assert "b.jsonl" in seen[0]   # the report was this run's when DEFAULT moved to it
+
+
+def test_a_second_bootstrap_into_one_directory_is_refused(tmp_path):
+    import fcntl
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".lock", "ab") as held:   # another bootstrap at work
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(RuntimeError, match=f"{out}: another bootstrap is writing into this directory"):
+            ob.bootstrap(_history(tmp_path / "h.jsonl"), out, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]

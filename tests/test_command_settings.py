@@ -105,6 +105,10 @@ def test_feature_caps_options_come_from_its_fields():
     (["bootstrap", "--history", "h.jsonl", "--epochs", "0"], "--epochs 0 must be >= 1"),
     (["bootstrap", "--history", "h.jsonl", "--learning-rate", "2"], "--learning-rate 2.0 must be in (0, 1)"),
     (["bootstrap", "--history", "h.jsonl", "--max-sessions", "0"], None),  # not a bootstrap option
+    (["bootstrap", "--history", "h.jsonl", "--out", ""], "--out '' must name a directory (empty: the current one)"),
+    (["bootstrap", "--history", "h.jsonl", "--window", "inf"], "--window inf must be a finite number"),
+    (["bootstrap", "--history", "h.jsonl", "--lateness", "inf"], "--lateness inf must be a finite number"),
+    (["generate", "--out", ""], "--out '' must name a file"),
     (["demo", "--events", "-1"], "--events -1 must be >= 0"),
     (["produce", "--rate", "-1"], "--rate -1.0 must be >= 0 (0: as fast as possible)"),
     (["produce", "--events", "-5"], "--events -5 must be >= 0"),
@@ -122,6 +126,54 @@ def test_every_command_refuses_a_value_with_one_line_naming_the_option(argv, lin
     assert main(argv) == 2
     [printed] = capsys.readouterr().err.strip().splitlines()
     assert printed.startswith(f"shopstream {argv[0]}: error: {line}"), printed
+
+
+def test_an_empty_out_from_the_environment_is_refused(monkeypatch, capsys):
+    monkeypatch.setenv("SHOPSTREAM_OUT", "")   # it wrote into the current directory
+    assert main(["bootstrap", "--history", "h.jsonl"]) == 2
+    assert "--out '' must name a directory" in capsys.readouterr().err
+
+
+def test_a_path_that_cannot_be_used_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    """Each was a traceback (an OSError), --out a file only after all the training."""
+    import offline.bootstrap as ob
+
+    monkeypatch.setattr(ob, "train_candidate", lambda *a, **k: pytest.fail("trained before refusing"))
+    folder, afile = tmp_path / "d.jsonl", tmp_path / "afile"
+    folder.mkdir()
+    afile.write_text("x")
+    history = tmp_path / "h.jsonl"
+    history.write_text('{"event_time": 1.77e9, "event_type": "view", "product_id": 1, "user_id": 2, '
+                       '"user_session": "s"}\n')
+    for argv, line in [(["bootstrap", "--history", str(folder)], f"{folder}: Is a directory"),
+                       (["bootstrap", "--history", str(history), "--out", str(afile)], f"{afile}: Not a directory"),
+                       (["bootstrap", "--generate-events", "100", "--out", str(afile)], f"{afile}: Not a directory"),
+                       (["bootstrap", "--history", str(history), "--out", str(afile / "sub")],
+                        f"{afile / 'sub'}: Not a directory"),
+                       (["generate", "--events", "10", "--out", str(folder)], f"{folder}: Is a directory")]:
+        assert main([*argv, "--no-progress"] if argv[0] == "bootstrap" else argv) == 2, argv
+        [printed] = capsys.readouterr().err.strip().splitlines()
+        assert printed == f"shopstream {argv[0]}: error: {line}", printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "d.jsonl", "h.jsonl"]   # nothing written
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_history_that_is_not_a_regular_file_is_refused_not_waited_on(kind, tmp_path):
+    """A FIFO (or /dev/zero) was hashed, then opened again: the command hung forever."""
+    import subprocess
+    import sys
+
+    history = tmp_path / "h.jsonl"
+    if kind == "fifo":
+        os.mkfifo(history)
+    else:
+        history = Path("/dev/zero")
+    done = subprocess.run([sys.executable, "-m", "cli", "bootstrap", "--history", str(history), "--out",
+                           str(tmp_path / "out"), "--no-progress"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"shopstream bootstrap: error: {history}: not a regular file (a pipe, device or socket): the history "
+        "must be a file"), done.stderr
 
 
 def test_the_settings_objects_refuse_by_themselves():

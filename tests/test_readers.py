@@ -110,3 +110,83 @@ def test_a_parquet_time_column_typed_as_a_timestamp_is_read(tmp_path, unit, zone
     rows = list(read_events(tmp_path / "history.parquet"))
     assert [type(parsed).__name__ for _, parsed in rows] == ["Event", "Event"], rows
     assert {parsed.event_time for _, parsed in rows} == {when.timestamp()}
+
+
+GOOD = {"ts": 1.77e9, "event_type": "view", "product_id": 1, "user_id": 2, "user_session": "s"}
+
+
+def test_a_key_given_twice_is_a_bad_row_under_a_column_mapping_too(tmp_path):
+    """A mapping read each line with a raw decode: the last of two keys won, and no size limit held."""
+    path = tmp_path / "history.jsonl"
+    line = json.dumps(GOOD)[:-1]
+    big = f'{line}, "brand": "{"b" * 70_000}"}}'
+    path.write_text(f'{line}, "price": 1, "price": 1e9}}\n'                        # a key twice
+                    f'{line}, "event_time": 1.8e9}}\n'                              # ts and event_time: which?
+                    f"{big}\n" + json.dumps(GOOD) + "\n")                           # over the 64 KiB limit
+    rows = [parsed for _, parsed in read_events(path, {"event_time": "ts"})]
+    assert [str(parsed) for parsed in rows[:3]] == [
+        "price: duplicate key in a JSON object", "event_time: given twice: as itself and as 'ts' (the column mapping)",
+        f"payload: {len(big)} bytes exceeds the 65536-byte limit"]
+    assert not isinstance(rows[3], InvalidEvent)
+
+
+def test_a_csv_header_naming_a_column_twice_refuses_the_file(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text(HEADER.strip() + ",price\n" + ROW.format(1, 1).strip() + ",1e9\n")   # the last price won
+    with pytest.raises(ValueError, match=f"^{path}:1: the header names column 'price' twice$"):
+        list(read_events(path))
+    path.write_text(HEADER.replace("event_time", "ts").strip() + ",event_time\n" + ROW.format(1, 1))
+    with pytest.raises(ValueError, match="the header gives column event_time: given twice: as itself and as 'ts'"):
+        list(read_events(path, {"event_time": "ts"}))
+
+
+def test_a_bom_is_not_part_of_the_first_column(tmp_path):
+    """A CSV that begins with a BOM lost every row (its first column was "\\ufeffevent_time")."""
+    csv_path, jsonl_path = tmp_path / "history.csv", tmp_path / "history.jsonl"
+    csv_path.write_bytes(b"\xef\xbb\xbf" + (HEADER + ROW.format(1, 1) + ROW.format(2, 2)).encode())
+    jsonl_path.write_bytes(b"\xef\xbb\xbf" + (json.dumps(GOOD) + "\n" + json.dumps(GOOD) + "\n").encode())
+    for path, columns in ((csv_path, None), (jsonl_path, {"event_time": "ts"})):
+        assert [type(parsed).__name__ for _, parsed in read_events(path, columns)] == ["Event", "Event"]
+
+
+def test_no_valid_events_says_why_the_rows_were_refused(tmp_path):
+    from offline.bootstrap import bootstrap
+
+    path = tmp_path / "history.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + json.dumps(GOOD) + "\n" + "[]\n")   # no event_time: not mapped
+    with pytest.raises(ValueError, match=r"no valid events among 3 rows; most often event: Object missing required "
+                                         r"field `event_time` \(2 rows\), e\.g\. history\.jsonl:1: event: Object"):
+        bootstrap(path, tmp_path / "out", progress=False)
+
+
+def test_a_csv_cut_off_mid_record_counts_its_last_row_as_truncated(tmp_path):
+    """A file cut off mid-write: its last record lacks columns (read as a short row, padded with
+    nulls, it was an event), or ends inside a quoted field. A last record with every column and no
+    line end is how many files simply end: kept."""
+    path = tmp_path / "history.csv"
+    path.write_text(HEADER + ROW.format(1, 1) + ROW.format(2, 2)[:-7])   # "...,7,s1,9.99" cut to "...,7"
+    rows = list(read_events(path))
+    assert [(where, str(parsed)) for where, parsed in rows[1:]] == [
+        ("history.csv:3", "row: truncated: the file ends inside this record (no line end)")]
+    path.write_text(HEADER + ROW.format(1, 1) + '2026-01-01 00:00:02 UTC,view,"2')   # inside a quoted field
+    assert str(list(read_events(path))[1][1]) == "row: truncated: the file ends inside this record (no line end)"
+    path.write_text(HEADER + ROW.format(1, 1) + ROW.format(2, 2)[:-1])   # complete, no final line end
+    assert [parsed.price for _, parsed in read_events(path)] == [9.99, 9.99]
+
+
+def test_a_huge_jsonl_line_is_one_bad_row_never_held_whole(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "history.jsonl"
+    with open(path, "w") as out:
+        out.write(json.dumps({**GOOD, "brand": "x" * 8_000_000}) + "\n" + json.dumps(GOOD) + "\n")
+    tracemalloc.start()
+    try:
+        rows = list(read_events(path, {"event_time": "ts"}))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [(where, type(parsed).__name__) for where, parsed in rows] == [
+        ("history.jsonl:1", "InvalidEvent"), ("history.jsonl:2", "Event")]
+    assert str(rows[0][1]).startswith("payload: 8000") and "exceeds the 65536-byte limit" in str(rows[0][1])
+    assert peak < 1_000_000, peak   # the line is 8 MB
