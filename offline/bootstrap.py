@@ -91,16 +91,25 @@ def locked_output(out: str | Path) -> Iterator[Path]:
 
 
 def load_history(path: str | Path, columns: Optional[dict] = None, max_examples: int = 20,
-                 max_bad_rows: Optional[int] = None) -> CleanHistory:
-    """Read, validate, de-duplicate by event_id and sort by event time (stable)."""
+                 max_bad_rows: Optional[int] = None, progress: bool = False) -> CleanHistory:
+    """Read, validate, de-duplicate by event_id and sort by event time (stable). `progress`: a bar
+    of the file's bytes hashed, then a count of its rows read (a month of a large shop's clicks is
+    minutes of reading before the first model learns anything)."""
+    from tqdm import tqdm
+
     check_history(path)
     digest = hashlib.sha256()
-    with open(path, "rb") as raw:
+    name = Path(path).name
+    with open(path, "rb") as raw, tqdm(total=os.fstat(raw.fileno()).st_size, unit="B", unit_scale=True,
+                                       desc=f"hashing {name}", disable=not progress) as bar:
         for block in iter(lambda: raw.read(1 << 20), b""):
             digest.update(block)
+            bar.update(len(block))
     history = CleanHistory(events=[], rows=0, sha256=digest.hexdigest())
     seen_ids: set = set()
-    for where, parsed in read_events(path, columns, max_bad_rows):
+    rows = tqdm(read_events(path, columns, max_bad_rows), unit=" rows", desc=f"reading {name}", disable=not progress,
+                mininterval=0.5)
+    for where, parsed in rows:
         history.rows += 1
         if isinstance(parsed, InvalidEvent):
             history.malformed[f"{parsed.field}: {parsed.reason}"] += 1
@@ -348,7 +357,7 @@ def _bootstrap(history_path: str | Path, out: Path, models: Sequence[str], confi
     from .report import unscorable, write_report
 
     with _fewer_collections():
-        history = load_history(history_path, columns, max_bad_rows=max_bad_rows)
+        history = load_history(history_path, columns, max_bad_rows=max_bad_rows, progress=progress)
         events = history.events
         if not events:
             raise ValueError(f"{history_path}: no valid events among {history.rows} rows{_most_common(history)}")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from shopstream.config import EngineConfig, GeneratorSettings
+from shopstream.models import CATALOG, RENAMED
 from shopstream.options import Settings, check, option_meta as _help, progress_bar
 from shopstream.signing import key_setting
 
@@ -72,4 +73,7 @@ class BootstrapSettings(Settings):
                      ("out", bool(self.out.strip()), "must name a directory (empty: the current one)"),
                      ("holdout", 0 <= self.holdout < 1, "must be a fraction in [0, 1)"),
                      ("max_bad_rows", self.max_bad_rows is None or self.max_bad_rows >= 0, "must be >= 0"),
-                     ("model", bool(self.model), "must name at least one model")))
+                     ("model", bool(self.model), "must name at least one model"),
+                     # every name now, not when its turn comes after the others trained
+                     ("model", all(name in CATALOG or name in RENAMED for name in self.model),
+                      f"must be models of the catalog: {sorted(CATALOG)}")))

@@ -267,8 +267,9 @@ def parse_event_time(value: Union[float, int, str]) -> float:
         # A date has a "-" past its first character and no epoch number that float() reads has one
         # that a date parser takes: trying the likely parser first gives the same answer, sooner.
         first, second = (_iso_seconds, _epoch_seconds) if "-" in text[1:] else (_epoch_seconds, _iso_seconds)
-        found = first(text)
-        if found is None:
+        # fromisoformat takes any character between date and time, a NUL or a line end included
+        found = first(text) if text.isprintable() else None
+        if found is None and text.isprintable():
             found = second(text)
         if found is None:
             raise InvalidEvent("event_time", "not ISO-8601 or epoch seconds", value)

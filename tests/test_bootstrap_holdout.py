@@ -143,3 +143,17 @@ def test_a_second_bootstrap_into_one_directory_is_refused(tmp_path):
         with pytest.raises(RuntimeError, match=f"{out}: another bootstrap is writing into this directory"):
             ob.bootstrap(_history(tmp_path / "h.jsonl"), out, progress=False)
     assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_reading_a_history_shows_its_progress_when_asked(tmp_path, capsys):
+    """Reading came before the training bar: a large history sat silent for minutes."""
+    from shopstream.generator import write_jsonl
+
+    path = tmp_path / "history.jsonl"
+    write_jsonl(generate(500, seed=3), str(path))
+    quiet = ob.load_history(path)
+    assert capsys.readouterr().err == ""
+    shown = ob.load_history(path, progress=True)
+    err = capsys.readouterr().err
+    assert "hashing history.jsonl" in err and "reading history.jsonl" in err and "500 rows" in err
+    assert [e.event_id for e in shown.events] == [e.event_id for e in quiet.events] and shown.rows == 500

@@ -108,6 +108,8 @@ def test_feature_caps_options_come_from_its_fields():
     (["bootstrap", "--history", "h.jsonl", "--out", ""], "--out '' must name a directory (empty: the current one)"),
     (["bootstrap", "--history", "h.jsonl", "--window", "inf"], "--window inf must be a finite number"),
     (["bootstrap", "--history", "h.jsonl", "--lateness", "inf"], "--lateness inf must be a finite number"),
+    (["bootstrap", "--history", "h.jsonl", "--model", "logreg", "lgoreg"],   # refused before logreg trains
+     "--model ('logreg', 'lgoreg') must be models of the catalog"),
     (["generate", "--out", ""], "--out '' must name a file"),
     (["demo", "--events", "-1"], "--events -1 must be >= 0"),
     (["produce", "--rate", "-1"], "--rate -1.0 must be >= 0 (0: as fast as possible)"),
