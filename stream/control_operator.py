@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -145,7 +146,7 @@ def models_command(s: ModelsSettings) -> int:
     client.connect()
     try:
         replies_end = client.replies_end()
-        offset = client.send(Command(s.action, s.target, s.partition))
+        offset = client.send(Command(s.action, s.target, s.partition, id=uuid.uuid4().hex))
     finally:
         client.close()
     scope = "every partition" if s.partition is None else f"partition {s.partition}"

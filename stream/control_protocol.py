@@ -12,11 +12,13 @@ Anyone who can write to the topic can send a command, so a command names things 
 never paths: a rollback target must look like an artifact version (``logreg-20260101T000000-
 0123abcd``: no separators, bounded length) and exist in the worker's --artifacts; a promote
 target must be a model the partition runs. With a signing key, a command must carry an
-HMAC of its bytes (header ``shopstream.hmac``). A reply is JSON on `<control topic>-replies`.
+HMAC of its bytes (header ``shopstream.hmac``), and a command carrying an id that an earlier
+offset carried is a replay (the same signed bytes sent again), refused. A reply is JSON on
+`<control topic>-replies`.
 
 >>> value, headers = encode_command(Command("promote", "logreg"), b"k3y")
 >>> parse_command(value, headers, b"k3y")
-Command(action='promote', target='logreg', partition=None)
+Command(action='promote', target='logreg', partition=None, id=None)
 >>> parse_command(value, [], b"k3y")
 'unsigned, but a signing key is set (SHOPSTREAM_SIGNING_KEY or --signing-key-file)'
 """
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import hmac
 import re
-from typing import Optional
+from typing import Annotated, Optional
 
 import msgspec
 
@@ -43,6 +45,9 @@ class Command(msgspec.Struct, forbid_unknown_fields=True):
     action: str                       # "promote" or "rollback"
     target: str                       # model name to promote, or artifact version to roll back to
     partition: Optional[int] = None   # None: every partition
+    # This command's own (`shopstream models` draws one): signed with it, so the same bytes sent
+    # again are a replay, refused (`ControlChannel.receive`); commands from before ids have none.
+    id: Optional[Annotated[str, msgspec.Meta(max_length=64)]] = None
 
 
 class Reply(msgspec.Struct):

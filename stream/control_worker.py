@@ -51,6 +51,7 @@ class ControlChannel:
         self.signing_key = signing_key
         self.replies = replies_topic(topic)
         self.commands: deque = deque()     # (offset, Command), offsets increasing
+        self._ids: dict = {}               # command id -> the offset that first carried it (replays refused)
         self.counts: dict[tuple[str, str], int] = {}   # (action, outcome) -> partitions
         self.read_up_to = 0                # the next offset of the control topic to read
         self.dropped_through = -1          # the newest command dropped for the bound
@@ -100,6 +101,10 @@ class ControlChannel:
                 self._recreated(f"offsets went back from {self.read_up_to - 1} to {record.offset}")
             self.read_up_to = record.offset + 1
             parsed = parse_command(record.value, record.headers, self.signing_key)
+            if not isinstance(parsed, str) and parsed.id is not None:
+                first = self._ids.setdefault(parsed.id, record.offset)
+                if first != record.offset:   # signed or not, the same command twice is one command
+                    parsed = f"a replay of command {first} (the same id, {parsed.id[:64]!r})"
             if isinstance(parsed, str):
                 self._reject_invalid(record.offset, parsed, live)
                 continue
@@ -115,6 +120,7 @@ class ControlChannel:
                   self._partition.topic, how)
         self.counts[("topic", "recreated")] = self.counts.get(("topic", "recreated"), 0) + 1
         self.commands.clear()
+        self._ids.clear()
         self.read_up_to = 0
         self.dropped_through = -1
 

@@ -42,7 +42,7 @@ def channel(artifacts=None, end=None):
     `end` is the topic's end offset as the broker would tell it (default: what was fed)."""
     ch = ControlChannel.__new__(ControlChannel)
     ch.artifacts, ch.worker, ch.replies, ch.commands, ch.counts = artifacts, "w1", "r", deque(), {}
-    ch.read_up_to, ch.dropped_through, ch.invalid = 0, -1, 0
+    ch.read_up_to, ch.dropped_through, ch.invalid, ch._ids = 0, -1, 0, {}
     ch._partition = SimpleNamespace(topic="control")
     ch._end_offset = lambda: ch.read_up_to if end is None else end
     ch.catch_up = lambda: None
@@ -171,6 +171,24 @@ def test_a_command_cannot_write_a_line_of_its_own_into_the_log(caplog):
     value = b'{"action": "promote", "target": "logreg"}'
     for tag in (b"", sign(value, b"k3y").encode()[:-1] + b"\xff", "text"):
         assert parse_command(value, [(SIGNATURE_HEADER, tag)], b"k3y") == "HMAC does not match: forged or modified"
+
+
+def test_a_signed_command_sent_again_is_a_replay_and_refused():
+    """The HMAC covers a command's bytes, so the same signed bytes at a later offset passed, and an
+    old rollback could be repeated by anyone who may write to the topic. A command's id (the
+    operator draws one) makes the copy a replay: refused, replied, never kept nor applied."""
+    from stream.control_protocol import encode_command
+
+    key = b"k3y"
+    ch, replies = channel()
+    ch.signing_key = key
+    first = encode_command(Command("promote", "logreg", id="a1"), key)
+    other = encode_command(Command("promote", "logreg", id="b2"), key)
+    ch.receive([record(*first, offset=0), record(*first, offset=57), record(*other, offset=58)])
+    assert [offset for offset, _ in ch.commands] == [0, 58]
+    assert [(r["command"], r["reason"]) for r in replies] == [(57, "a replay of command 0 (the same id, 'a1')")]
+    ch.receive([record(*first, offset=0)], live=False)   # a recreated topic: the command is itself again
+    assert [offset for offset, _ in ch.commands] == [0]
 
 
 def test_check_target_takes_names_not_paths():
