@@ -33,7 +33,7 @@ MAX_EVENT_TIME = datetime(2100, 1, 1, tzinfo=timezone.utc).timestamp()
 MAX_ID_CHARS = 256
 MAX_FEATURES = 256
 #: Characters in a category code, brand, platform, channel or feature name: each is kept in the
-#: features' tables and vocabularies (64 KB codes held 600 MB in the category memo at its cap).
+#: features' tables and vocabularies (64 KB codes could hold about 600 MB in the category memo at its cap).
 MAX_NAME_CHARS = 256
 #: Prices above this are unit errors or attacks (a price of 1.7e308 turned a model's weights to NaN).
 MAX_PRICE = 1e9
