@@ -192,21 +192,40 @@ def _refuse_duplicate_keys(data: bytes, event: Event) -> None:
     if data.count(b'":') == keys and (len(data.translate(None, _WHITESPACE)) == len(data) or not (
             b" :" in data or b"\t:" in data or b"\n:" in data or b"\r:" in data)):
         return
+    key = repeated_key(data)
+    if key is not None:
+        raise InvalidEvent(key[:80], "duplicate key in a JSON object")
+
+
+class _Repeated(Exception):
+    """A key given twice (`repeated_key`'s way out of the parse)."""
+
+
+def repeated_key(data: bytes) -> Optional[str]:
+    """The first key given twice in one object of the JSON `data`, else None (None too for what
+    is not JSON: its decoder says why). The exact check behind `_refuse_duplicate_keys`, and the
+    scoring API's (stream/score_codec.py).
+
+    >>> repeated_key(b'{"price": 1, "f": {"a": 1}, "price": 1e9}'), repeated_key(b'{"a": {"a": 1}}')
+    ('price', None)
+    """
     import json
 
     def pairs(items):
         seen = set()
         for key, _ in items:
             if key in seen:
-                raise InvalidEvent(key[:80], "duplicate key in a JSON object")
+                raise _Repeated(key)
             seen.add(key)
         return {}
 
     try:
         json.loads(data, object_pairs_hook=pairs)
-    except (ValueError, RecursionError) as exc:
-        if isinstance(exc, InvalidEvent):
-            raise
+    except _Repeated as found:
+        return found.args[0]
+    except (ValueError, RecursionError):
+        pass
+    return None
 
 
 def encode_event(event: Event) -> bytes:
@@ -267,10 +286,11 @@ def parse_event_time(value: Union[float, int, str]) -> float:
         # A date has a "-" past its first character and no epoch number that float() reads has one
         # that a date parser takes: trying the likely parser first gives the same answer, sooner.
         first, second = (_iso_seconds, _epoch_seconds) if "-" in text[1:] else (_epoch_seconds, _iso_seconds)
-        # fromisoformat takes any character between date and time, a NUL or a line end included
-        found = first(text) if text.isprintable() else None
-        if found is None and text.isprintable():
-            found = second(text)
+        found = None
+        if text.isprintable():   # fromisoformat takes any character between date and time, a NUL included
+            found = first(text)
+            if found is None:
+                found = second(text)
         if found is None:
             raise InvalidEvent("event_time", "not ISO-8601 or epoch seconds", value)
         seconds = found

@@ -112,6 +112,11 @@ class _ChunkSender:
         self.unacked.clear()
 
 
+def manifest_key(group: str, topic, partition) -> str:
+    """The manifest topic's key of a consumer group's checkpoint of a topic's partition."""
+    return f"{group}/{topic}-{partition}" if group else f"{topic}-{partition}"
+
+
 class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
     def __init__(self, options: dict, topic: str = "shopstream-checkpoints", max_bytes: int = DEFAULT_MAX_BYTES,
                  group: str = "", chunk_topic: Optional[str] = None, timeout: float = 60.0,
@@ -156,7 +161,7 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         return self
 
     def key(self, topic: str, partition: int) -> str:
-        return f"{self.group}/{topic}-{partition}" if self.group else f"{topic}-{partition}"
+        return manifest_key(self.group, topic, partition)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -298,9 +303,7 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
             header = decode_head(value, f"checkpoint {key}", self.signing_key)
         except (CheckpointError, SignatureError) as exc:
             return str(exc)
-        group = header.get("group") or ""
-        named = f"{group}/{header.get('topic')}-{header.get('partition')}" if group else \
-            f"{header.get('topic')}-{header.get('partition')}"
+        named = manifest_key(header.get("group") or "", header.get("topic"), header.get("partition"))
         return None if named == key else f"it holds the checkpoint of {named}, not of {key}"
 
 
