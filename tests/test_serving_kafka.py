@@ -9,6 +9,7 @@ import http.client
 import json
 import threading
 import time
+from collections import Counter
 
 import msgspec
 import pytest
@@ -151,6 +152,11 @@ def test_a_request_for_another_workers_partition_is_forwarded_to_its_owner(kafka
         wait_for(lambda: len(first.desk.owned) == len(second.desk.owned) == 1, 120, "one partition each")
         wait_for(lambda: all(w.desk.owners.address(p) == owner.api.address for w in workers
                              for owner in workers for p in owner.desk.owned), 60, "both know the owners")
+        # The second worker has no checkpoint of the partition it took (its own directory): it
+        # replays it from the start, and knows none of its users until it has.
+        held = Counter(partition_for(str(r["user_id"]), 2) for r in records)
+        wait_for(lambda: second.worker.handled >= sum(held[p] for p in second.desk.owned), 120,
+                 "the second worker replayed the partition it took")
         users = {partition_for(str(r["user_id"]), 2): r for r in records}   # a known user of each partition
         for asked in workers:
             for partition, record in sorted(users.items()):
