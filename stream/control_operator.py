@@ -3,6 +3,9 @@ command, waits for the workers' replies, and lists what runs.
 
 `ControlClient` only keeps its settings when built; `connect()` creates the topics if
 missing and opens the producer that sends commands (signed with `signing_key` when given).
+With a key, only replies signed with it are taken: anyone who may write to the reply topic
+could otherwise show a command as applied; the others are counted (`RepliesRead.unverified`)
+and reported. A reply answers a command when it names the command's offset and id.
 """
 
 from __future__ import annotations
@@ -10,19 +13,54 @@ from __future__ import annotations
 import sys
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Union
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from shopstream.artifacts import find_version, list_versions
+from shopstream.signing import KEY_IS_SET
 
 from .checkpointing.stores import DirectoryCheckpointStore
 from .connection import kafka_options
 from .checkpointing.kafka_store import KafkaCheckpointStore
 from .settings import ModelsSettings
 from .topics import create_topics
-from .control_protocol import Command, Reply, check_target, decode_reply, encode_command, replies_topic
+from .control_protocol import (CONTROL_TOPIC_CONFIGS, Command, Reply, check_target, decode_reply, encode_command,
+                               replies_topic, signature_problem)
+
+
+@dataclass
+class RepliesRead:
+    """Replies read from the reply topic: those taken, and how many were not because they were
+    unsigned or forged while there is a key (records that are no reply are skipped, uncounted)."""
+
+    replies: list[Reply] = field(default_factory=list)
+    unverified: int = 0
+
+    def take(self, record, signing_key: Optional[bytes]) -> None:
+        reply = decode_reply(record.value)
+        if reply is None:
+            return
+        if signing_key is not None and signature_problem(record.value, record.headers, signing_key):
+            self.unverified += 1
+            return
+        self.replies.append(reply)
+
+    def ignored_line(self) -> str:
+        """What was not taken, for the operator ("" when all was)."""
+        if not self.unverified:
+            return ""
+        one = self.unverified == 1
+        return (f"ignored {self.unverified} repl{'y' if one else 'ies'} that {'was' if one else 'were'} unsigned or "
+                f"forged: {KEY_IS_SET}, and only replies signed with it count")
+
+
+def answers(reply: Reply, offset: int, command_id: Optional[str]) -> bool:
+    """Whether `reply` answers the command sent at `offset` (with `command_id`, when known): a
+    reply to an earlier command, or to the same offset of a recreated topic, does not."""
+    return reply.command == offset and (command_id is None or reply.id == command_id)
 
 
 class ControlClient:
@@ -37,7 +75,8 @@ class ControlClient:
 
     def connect(self) -> "ControlClient":
         """Create the control and reply topics if missing; open the producer."""
-        create_topics(self.options, {self.control_topic: 1, self.replies: 1})
+        create_topics(self.options, {self.control_topic: 1, self.replies: 1},
+                      configs={self.control_topic: CONTROL_TOPIC_CONFIGS})
         self._producer = KafkaProducer(acks="all", **self.options)
         return self
 
@@ -58,22 +97,24 @@ class ControlClient:
             consumer.close()
 
     def read_replies(self, start: int = 0, until: Optional[Callable[[list[Reply]], bool]] = None,
-                     timeout: float = 0.0) -> list[Reply]:
-        """Replies from offset `start`; keep reading until `until(replies)` is true or `timeout`."""
+                     timeout: float = 0.0) -> RepliesRead:
+        """Replies from offset `start` (with a key, only those signed with it); keep reading until
+        `until(replies)` is true or `timeout`."""
         topic = TopicPartition(self.replies, 0)
         consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, **self.options)
-        replies: list[Reply] = []
+        read = RepliesRead()
         try:
             consumer.assign([topic])
             consumer.seek(topic, start)
             deadline = time.monotonic() + timeout
             while True:
                 for records in consumer.poll(timeout_ms=200).values():
-                    replies.extend(r for r in map(decode_reply, (record.value for record in records)) if r)
+                    for record in records:
+                        read.take(record, self.signing_key)
                 caught_up = consumer.position(topic) >= consumer.end_offsets([topic])[topic]
-                if ((until is not None and until(replies)) or (until is None and caught_up)
+                if ((until is not None and until(read.replies)) or (until is None and caught_up)
                         or time.monotonic() > deadline):
-                    return replies
+                    return read
         finally:
             consumer.close()
 
@@ -146,7 +187,8 @@ def models_command(s: ModelsSettings) -> int:
     client.connect()
     try:
         replies_end = client.replies_end()
-        offset = client.send(Command(s.action, s.target, s.partition, id=uuid.uuid4().hex))
+        command_id = uuid.uuid4().hex
+        offset = client.send(Command(s.action, s.target, s.partition, id=command_id, issued_at=time.time()))
     finally:
         client.close()
     scope = "every partition" if s.partition is None else f"partition {s.partition}"
@@ -159,11 +201,11 @@ def models_command(s: ModelsSettings) -> int:
 
     def complete(replies):
         for reply in replies:
-            if reply.command == offset:
+            if answers(reply, offset, command_id):
                 answered.setdefault(reply.partition, reply)
         return wanted <= set(answered)
 
-    client.read_replies(replies_end, until=complete, timeout=s.wait_timeout)
+    read = client.read_replies(replies_end, until=complete, timeout=s.wait_timeout)
     for partition in sorted(wanted | set(answered)):
         reply = answered.get(partition)
         if reply is None:
@@ -171,8 +213,19 @@ def models_command(s: ModelsSettings) -> int:
         else:
             detail = f": {reply.reason}" if reply.reason else f" (champion {reply.model} {reply.version})"
             print(f"  partition {partition}: {reply.outcome}{detail}")
+    _print_not_answers(read, offset, command_id)
     ok = wanted <= set(answered) and all(r.outcome == "applied" for r in answered.values())
     return 0 if ok else 1
+
+
+def _print_not_answers(read: RepliesRead, offset: int, command_id: str) -> None:
+    """Say which replies to this command's offset were not taken as its answers, and why."""
+    if read.unverified:
+        print(f"  {read.ignored_line()}")
+    others = sum(1 for r in read.replies if r.command == offset and not answers(r, offset, command_id))
+    if others:
+        print(f"  ignored {others} repl{'y' if others == 1 else 'ies'} to control offset {offset} for another "
+              f"command (not id {command_id}: from a worker of before ids, or a recreated control topic?)")
 
 
 def _list(s: ModelsSettings, options: dict, client: ControlClient) -> int:
@@ -182,13 +235,18 @@ def _list(s: ModelsSettings, options: dict, client: ControlClient) -> int:
     elif s.checkpoints:
         store = DirectoryCheckpointStore(s.checkpoints, create=False)
     reported = None
+    ignored = ""
     if s.kafka.bootstrap_servers:
         try:
-            reported = {r.partition: r for r in client.read_replies(timeout=10)}
+            read = client.read_replies(timeout=10)
         except Exception as exc:  # no broker: the checkpoints still say something
             print(f"(no live replies: {type(exc).__name__}: {exc})", file=sys.stderr)
+        else:
+            reported, ignored = {r.partition: r for r in read.replies}, read.ignored_line()
     try:
         print(list_models(s.artifacts, store, reported))
+        if ignored:
+            print(f"({ignored})")
     finally:
         if store is not None:
             store.close()

@@ -3,8 +3,9 @@ to the partitions' engines, reply.
 
 Whatever happens, the worker goes on: every command ends, per partition, as ``applied`` or
 ``rejected`` with a reason, logged once, counted (shopstream_control_commands_total),
-recorded in the partition's lineage and acknowledged on the reply topic, which
-`shopstream models ... --wait` reads (`control_operator.py`).
+recorded in the partition's lineage and acknowledged on the reply topic (signed with the
+worker's signing key, when it has one), which `shopstream models ... --wait` reads
+(`control_operator.py`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from shopstream.artifacts import find_version, load_artifact
 from shopstream.engine import Engine
 
 from .topics import create_topics
-from .control_protocol import ACTIONS, Command, Reply, check_target, encode_reply, parse_command, replies_topic
+from .control_protocol import (ACTIONS, CONTROL_TOPIC_CONFIGS, CREATE_TIME, Command, Reply, check_target,
+                               encode_reply, issue_time_problem, parse_command, replies_topic)
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +42,12 @@ class ControlChannel:
     detected, reported and its commands applied from its start.
 
     The constructor only keeps the settings; `open()` connects and reads what was sent so far.
-    With `signing_key`, only commands signed with it are taken."""
+    With `signing_key`, only commands signed with it (with an id and an issue time) are taken,
+    and replies are signed with it. A command issued too long before the broker appended it is
+    refused like a message that is no command (`issue_time_problem`)."""
 
     signing_key: Optional[bytes] = None
+    _warned_backdatable = False        # a signed command with a producer-chosen timestamp was logged
 
     def __init__(self, options: dict, topic: str, artifacts: Optional[str], worker: str = "",
                  signing_key: Optional[bytes] = None):
@@ -63,7 +68,8 @@ class ControlChannel:
 
     def open(self) -> "ControlChannel":
         """Create the topics if missing, connect, and read every command sent so far."""
-        create_topics(self._options, {self._partition.topic: 1, self.replies: 1})
+        create_topics(self._options, {self._partition.topic: 1, self.replies: 1},
+                      configs={self._partition.topic: CONTROL_TOPIC_CONFIGS})
         self._consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
                                        **self._options)
         self._consumer.assign([self._partition])
@@ -101,18 +107,38 @@ class ControlChannel:
                 self._recreated(f"offsets went back from {self.read_up_to - 1} to {record.offset}")
             self.read_up_to = record.offset + 1
             parsed = parse_command(record.value, record.headers, self.signing_key)
-            if not isinstance(parsed, str) and parsed.id is not None:
-                first = self._ids.setdefault(parsed.id, record.offset)
-                if first != record.offset:   # signed or not, the same command twice is one command
-                    parsed = f"a replay of command {first} (the same id, {parsed.id[:64]!r})"
             if isinstance(parsed, str):
                 self._reject_invalid(record.offset, parsed, live)
                 continue
+            refusal = self._replay_of(parsed, record.offset) or issue_time_problem(parsed, record.timestamp)
+            if refusal:
+                self._reject_invalid(record.offset, refusal, live, parsed.id)
+                continue
+            self._warn_if_backdatable(record)
             self.commands.append((record.offset, parsed))
             if len(self.commands) > MAX_KEPT_COMMANDS:
                 self.dropped_through = self.commands.popleft()[0]
             fresh = True
         return fresh
+
+    def _replay_of(self, command: Command, offset: int) -> Optional[str]:
+        """Why the command is a replay (an earlier offset carried its id), or None."""
+        if command.id is None:
+            return None
+        first = self._ids.setdefault(command.id, offset)
+        if first == offset:   # signed or not, the same command twice is one command
+            return None
+        return f"a replay of command {first} (the same id, {command.id[:64]!r})"
+
+    def _warn_if_backdatable(self, record) -> None:
+        """Once: a signed command's timestamp was chosen by its producer (CreateTime), so a copy of
+        an old command could be backdated past `issue_time_problem`."""
+        if self.signing_key is None or self._warned_backdatable or record.timestamp_type != CREATE_TIME:
+            return
+        self._warned_backdatable = True
+        log.warning("control command %d carries its producer's timestamp (CreateTime), not the broker's: a "
+                    "writer could backdate a copy of an old command to pass the age check; set "
+                    "message.timestamp.type=LogAppendTime on topic %s", record.offset, self._partition.topic)
 
     def _recreated(self, how: str) -> None:
         """The topic was deleted and created again: what was kept belongs to the old one."""
@@ -124,13 +150,13 @@ class ControlChannel:
         self.read_up_to = 0
         self.dropped_through = -1
 
-    def _reject_invalid(self, offset: int, reason: str, live: bool) -> None:
+    def _reject_invalid(self, offset: int, reason: str, live: bool, command_id: Optional[str] = None) -> None:
         self.invalid += 1
         self.counts[("invalid", "rejected")] = self.counts.get(("invalid", "rejected"), 0) + 1
         if self.invalid <= _LOGGED_INVALID or self.invalid % 1000 == 0:
             log.error("control message %d rejected (%d so far): %r", offset, self.invalid, reason[:300])
         if live:
-            self._reply(Reply(offset, -1, "rejected", reason[:300], worker=self.worker))
+            self._reply(Reply(offset, -1, "rejected", reason[:300], worker=self.worker, id=command_id))
 
     def apply(self, engine: Engine, partition: int) -> bool:
         """Apply, in order, every command this engine has not seen yet; True if any.
@@ -159,7 +185,8 @@ class ControlChannel:
             engine.record("control", command=offset, action=action, target=target, outcome=outcome,
                            reason=reason[:300])
             champion = engine.champion_slot
-            self._reply(Reply(offset, partition, outcome, reason[:300], champion.name, champion.version, self.worker))
+            self._reply(Reply(offset, partition, outcome, reason[:300], champion.name, champion.version, self.worker,
+                              command.id))
         return applied
 
     def _catch_up_engine(self, engine: Engine, partition: int) -> bool:
@@ -207,7 +234,8 @@ class ControlChannel:
         try:
             if self._producer is None:
                 self._producer = KafkaProducer(acks=1, linger_ms=0, **self._options)
-            self._producer.send(self.replies, value=encode_reply(reply))
+            value, headers = encode_reply(reply, self.signing_key)
+            self._producer.send(self.replies, value=value, headers=headers)
         except Exception as exc:  # replies inform the operator; a lost one must not stop the worker
             log.warning("control reply not sent: %s: %s", type(exc).__name__, exc)
 

@@ -13,6 +13,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from .connection import kafka_options
+from .control_protocol import CONTROL_TOPIC_CONFIGS
 from .settings import TopicsSettings
 
 
@@ -53,6 +54,6 @@ def topics_command(settings: TopicsSettings) -> int:
         settings.dead_letter_topic: 1,
         settings.control_topic: 1,
         f"{settings.control_topic}-replies": 1,   # the workers' answers to control commands
-    })
+    }, configs={settings.control_topic: CONTROL_TOPIC_CONFIGS})   # commands stamped by the broker
     print(f"created topics: {', '.join(created) or 'none (all existed)'}")
     return 0

@@ -7,6 +7,7 @@ import json
 import pickle
 import re
 import subprocess
+import sys
 import time
 
 import pytest
@@ -170,3 +171,91 @@ def test_a_bad_setting_fails_before_joining_and_moves_nobody_s_partitions(kafka,
     moved = [line for line in log.splitlines() if ("revoked" in line or "assigned partition" in line)
              and started < datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp() < stopped]
     assert moved == [], log[-2000:]  # no partition moved while the misconfigured workers tried
+
+
+def test_replies_are_signed_and_neither_a_forged_reply_nor_a_backdated_command_passes(kafka, new_topic, tmp_path):
+    """Anyone who may write to the reply topic could show a command as applied; anyone who may
+    write to the control topic could send a signed command again once its first copy expired,
+    even stamped with its old time. Under a signing key: replies are signed and verified, and the
+    control topic takes the broker's time (LogAppendTime), so a backdated copy is refused."""
+    import threading
+    import uuid
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    from shopstream.signing import sign
+    from stream.control_protocol import SIGNATURE_HEADER, Command, encode_command
+
+    key = b"k3y-for-tests"
+    env = {**WORKER_ENV, "SHOPSTREAM_SIGNING_KEY": key.decode()}
+    topic = new_topic(2)
+    control, replies = f"{topic}-control", f"{topic}-control-replies"
+    send_records(kafka, topic, generate(2000, seed=305))
+    port = free_port()
+    worker = subprocess.Popen(worker_command(kafka, topic, tmp_path / "ckpt", "--control-topic", control,
+                                             "--metrics-port", str(port)), env=env, stderr=subprocess.PIPE, text=True)
+
+    def models(*extra):
+        return subprocess.run([sys.executable, "-m", "cli", "models", "promote", "logreg", "--bootstrap-servers",
+                               kafka, "--control-topic", control, "--topic", topic, *extra], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    def read_all(name):
+        consumer = KafkaConsumer(bootstrap_servers=kafka, group_id=None, auto_offset_reset="earliest",
+                                 consumer_timeout_ms=3000)
+        consumer.assign([TopicPartition(name, 0)])
+        try:
+            return list(consumer)
+        finally:
+            consumer.close()
+
+    try:
+        wait_for(lambda: scrape(port).get(("shopstream_assigned_partitions", ())) == 2.0, 90, "both partitions")
+        genuine = models()
+        assert genuine.returncode == 0, genuine.stdout + genuine.stderr
+        assert "partition 0: applied" in genuine.stdout and "partition 1: applied" in genuine.stdout
+        assert "ignored" not in genuine.stdout
+        written = read_all(replies)
+        assert len(written) == 2 and all(dict(r.headers) == {SIGNATURE_HEADER: sign(r.value, key).encode()}
+                                         for r in written)
+        # A signed command copied back with its old time (first copy gone), producer-backdated too.
+        old = time.time() - 2 * 24 * 3600
+        value, headers = encode_command(Command("promote", "logreg", id=uuid.uuid4().hex, issued_at=old), key)
+        producer = KafkaProducer(bootstrap_servers=kafka, acks="all")
+        producer.send(control, value=value, headers=headers, timestamp_ms=int(old * 1000)).get(timeout=30)
+        producer.close()
+        wait_for(lambda: scrape(port).get(("shopstream_control_commands_total",
+                                           (("action", "invalid"), ("outcome", "rejected")))) == 1.0,
+                 30, "the backdated copy rejected")
+        copy = read_all(control)[-1]
+        assert copy.timestamp_type == 1 and copy.timestamp > (time.time() - 60) * 1000, "the broker's time"
+        reasons = [json.loads(r.value)["reason"] for r in read_all(replies) if json.loads(r.value)["partition"] == -1]
+        assert len(reasons) == 1 and "before the broker appended it, more than the 86400 s" in reasons[0]
+    finally:
+        worker.terminate()
+        _, log = worker.communicate(timeout=180)
+    assert worker.returncode == 0, log[-3000:]
+
+    # No worker runs now: a forger answers "applied" for both partitions, naming the command.
+    forged_from = len(read_all(control))   # the next command's offset
+
+    def forge():
+        consumer = KafkaConsumer(bootstrap_servers=kafka, group_id=None, consumer_timeout_ms=30_000)
+        consumer.assign([TopicPartition(control, 0)])
+        consumer.seek(TopicPartition(control, 0), forged_from)
+        command = next(iter(consumer))
+        consumer.close()
+        producer = KafkaProducer(bootstrap_servers=kafka, acks="all")
+        for partition in (0, 1):
+            producer.send(replies, value=json.dumps({
+                "command": command.offset, "partition": partition, "outcome": "applied", "model": "logreg",
+                "worker": "forger", "id": json.loads(command.value)["id"]}).encode())
+        producer.close()
+
+    forger = threading.Thread(target=forge, daemon=True)
+    forger.start()
+    shown = models("--wait-timeout", "10")
+    forger.join(timeout=60)
+    assert shown.returncode == 1, shown.stdout
+    assert "ignored 2 replies that were unsigned or forged" in shown.stdout
+    assert "partition 0: no reply" in shown.stdout and "applied" not in shown.stdout

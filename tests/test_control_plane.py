@@ -1,5 +1,6 @@
-"""Control plane, fast: hostile commands, swapped and replayed checkpoints, signed artifact
-metadata, settings checked before joining, checkpoint age. No broker needed."""
+"""Control plane, fast: hostile commands, old commands sent again, signed replies, swapped and
+replayed checkpoints, signed artifact metadata, settings checked before joining, checkpoint
+age. No broker needed."""
 
 import hashlib
 import json
@@ -8,7 +9,8 @@ import pickle
 import socket
 import subprocess
 import sys
-from collections import deque
+import time
+from collections import defaultdict, deque
 from types import SimpleNamespace
 
 import msgspec
@@ -16,7 +18,7 @@ import pytest
 
 from shopstream.artifacts import ArtifactError, load_artifact, save_artifact, set_default
 from shopstream.engine import Engine
-from shopstream.signing import KEY_IS_SET, SignatureError
+from shopstream.signing import KEY_IS_SET, SignatureError, sign
 from stream.checkpointing.format import CheckpointError
 from stream.checkpointing.stores import DirectoryCheckpointStore
 from stream.control_protocol import SIGNATURE_HEADER, Command, check_target, parse_command
@@ -47,12 +49,29 @@ def channel(artifacts=None, end=None):
     ch._end_offset = lambda: ch.read_up_to if end is None else end
     ch.catch_up = lambda: None
     sent = []
-    ch._producer = SimpleNamespace(send=lambda topic, value: sent.append(json.loads(value)), close=lambda **k: None)
+    ch.sent_records = []   # (value, headers) of each reply, as sent
+
+    def send(topic, value, headers=()):
+        ch.sent_records.append((value, list(headers)))
+        sent.append(json.loads(value))
+    ch._producer = SimpleNamespace(send=send, close=lambda **k: None)
     return ch, sent
 
 
-def record(value: bytes, headers=(), offset=0):
-    return SimpleNamespace(value=value, headers=list(headers), offset=offset)
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def record(value: bytes, headers=(), offset=0, timestamp=None, timestamp_type=1):
+    """A consumed record; `timestamp` (ms) is the broker's append time (LogAppendTime): now by default."""
+    return SimpleNamespace(value=value, headers=list(headers), offset=offset,
+                           timestamp=now_ms() if timestamp is None else timestamp, timestamp_type=timestamp_type)
+
+
+def signed(command: dict, key: bytes):
+    """A command's value and headers as `shopstream models` sends them, written as JSON here (any field)."""
+    value = json.dumps(command).encode()
+    return value, [(SIGNATURE_HEADER, sign(value, key).encode())]
 
 
 def records(values, start=0):
@@ -135,19 +154,18 @@ def test_a_recreated_control_topic_is_detected_and_its_commands_applied():
 
 
 def test_with_a_signing_key_unsigned_and_forged_commands_are_refused():
-    from shopstream.signing import sign
-
     key = b"k3y"   # the key is handed in (the worker passes its settings' key), not read here
-    value = b'{"action": "promote", "target": "logreg"}'
+    value = json.dumps({"action": "promote", "target": "logreg", "id": "c1", "issued_at": 1.8e9}).encode()
     assert parse_command(value, [], key) == f"unsigned, but {KEY_IS_SET}"
     forged = [(SIGNATURE_HEADER, sign(value, b"other").encode())]
     assert parse_command(value, forged, key) == "HMAC does not match: forged or modified"
-    signed = [(SIGNATURE_HEADER, sign(value, key).encode())]
-    assert parse_command(value, signed, key) == Command("promote", "logreg")
-    assert parse_command(value, [], None) == Command("promote", "logreg")   # no key: nothing to verify
+    good = [(SIGNATURE_HEADER, sign(value, key).encode())]
+    assert parse_command(value, good, key) == Command("promote", "logreg", id="c1", issued_at=1.8e9)
+    assert parse_command(value, [], None) == parse_command(value, good, key)   # no key: nothing to verify
     ch, replies = channel()
     ch.signing_key = key
-    ch.receive([record(value, offset=0), record(value, forged, offset=1), record(value, signed, offset=2)])
+    ch.receive([record(value, offset=0), record(value, forged, offset=1),
+                record(value, good, offset=2, timestamp=1_800_000_001_000)])
     assert [offset for offset, _ in ch.commands] == [2]
     assert [r["reason"] for r in replies] == [f"unsigned, but {KEY_IS_SET}",
                                               "HMAC does not match: forged or modified"]
@@ -167,7 +185,6 @@ def test_a_command_cannot_write_a_line_of_its_own_into_the_log(caplog):
     assert not any(line.startswith(("2026-01-01", "FAKE")) for line in lines), caplog.text
     assert any("\\n2026-01-01" in line for line in lines)   # there, escaped
     # a signature of the wrong type or length is a mismatch, compared in constant time
-    from shopstream.signing import sign
     value = b'{"action": "promote", "target": "logreg"}'
     for tag in (b"", sign(value, b"k3y").encode()[:-1] + b"\xff", "text"):
         assert parse_command(value, [(SIGNATURE_HEADER, tag)], b"k3y") == "HMAC does not match: forged or modified"
@@ -182,13 +199,258 @@ def test_a_signed_command_sent_again_is_a_replay_and_refused():
     key = b"k3y"
     ch, replies = channel()
     ch.signing_key = key
-    first = encode_command(Command("promote", "logreg", id="a1"), key)
-    other = encode_command(Command("promote", "logreg", id="b2"), key)
+    first = encode_command(Command("promote", "logreg", id="a1", issued_at=time.time()), key)
+    other = encode_command(Command("promote", "logreg", id="b2", issued_at=time.time()), key)
     ch.receive([record(*first, offset=0), record(*first, offset=57), record(*other, offset=58)])
     assert [offset for offset, _ in ch.commands] == [0, 58]
     assert [(r["command"], r["reason"]) for r in replies] == [(57, "a replay of command 0 (the same id, 'a1')")]
     ch.receive([record(*first, offset=0)], live=False)   # a recreated topic: the command is itself again
     assert [offset for offset, _ in ch.commands] == [0]
+
+
+DAY = 24 * 3600
+
+
+def test_with_a_signing_key_a_command_without_id_or_issue_time_is_refused():
+    """Signed commands from before ids could be copied back into the topic and applied again,
+    forever: nothing tells a copy from the first. With a key, a command needs an id and an
+    issue time (`shopstream models` sends both); one without is refused, counted and replied."""
+    key = b"k3y"
+    ch, replies = channel()
+    ch.signing_key = key
+    no_id = signed({"action": "promote", "target": "logreg"}, key)
+    no_time = signed({"action": "promote", "target": "logreg", "id": "c1"}, key)
+    ch.receive([record(*no_id, offset=0), record(*no_id, offset=1), record(*no_time, offset=2)])
+    assert list(ch.commands) == [] and ch.invalid == 3 and ch.counts == {("invalid", "rejected"): 3}
+    reasons = [r["reason"] for r in replies]
+    assert reasons[0] == reasons[1] and reasons[0].startswith("no id: ") and reasons[2].startswith("no issue time: ")
+    assert [r["id"] for r in replies] == [None, None, None] and {r["partition"] for r in replies} == {-1}
+    unsigned, _ = channel()   # without a key, nothing proves where a command came from: as before
+    unsigned.receive([record(no_id[0], offset=0), record(no_time[0], offset=1)])
+    assert [offset for offset, _ in unsigned.commands] == [0, 1] and unsigned.invalid == 0
+
+
+def test_a_copy_of_an_old_command_is_refused_and_old_commands_stay_valid_at_a_restart(caplog):
+    """Once a command's first copy expired from the topic, a copy was 'first' and applied. A
+    command's signed issue time is judged against the broker's append time: a copy appended
+    long after is refused; the commands appended in time stay valid when a worker re-reads
+    them at every start (never flagged, never applied twice, given to partitions that missed them)."""
+    import logging
+
+    key, now = b"k3y", time.time()
+    month_ago = signed({"action": "promote", "target": "logreg", "id": "m1", "issued_at": now - 30 * DAY}, key)
+    week_ago = signed({"action": "promote", "target": "nope", "id": "w1", "issued_at": now - 7 * DAY}, key)
+    topic = [record(*month_ago, offset=3, timestamp=int((now - 30 * DAY + 2) * 1000)),
+             record(*week_ago, offset=4, timestamp=int((now - 7 * DAY + 1) * 1000))]
+    ch, replies = channel()
+    ch.signing_key = key
+    with caplog.at_level(logging.WARNING, logger="stream.control_worker"):
+        ch.receive(topic, live=False)     # a worker starting: catching up on what was sent
+    assert [offset for offset, _ in ch.commands] == [3, 4] and ch.invalid == 0 and caplog.text == ""
+    applied_both, restored_old, new = (Engine.fresh("logreg", "shop") for _ in range(3))
+    applied_both.control_offset, restored_old.control_offset = 4, 3
+    assert ch.apply(applied_both, 0) is False and replies == [], "applied before: skipped, not again"
+    assert ch.apply(restored_old, 1) is True and [(r["command"], r["partition"]) for r in replies] == [(4, 1)]
+    assert ch.apply(new, 2) is True and [r["command"] for r in replies[1:]] == [3, 4]
+    assert [r["id"] for r in replies] == ["w1", "m1", "w1"], "each reply names its command"
+    # The month-old command's first copy expired: a copy appended now is refused by every worker.
+    later, replies = channel()
+    later.signing_key = key
+    later.receive([record(*month_ago, offset=90)])
+    assert list(later.commands) == [] and later.counts == {("invalid", "rejected"): 1}
+    assert replies == [{"command": 90, "partition": -1, "outcome": "rejected", "model": "", "version": "",
+                        "worker": "w1", "id": "m1", "reason": "issued 2592000 s before the broker appended it, "
+                        "more than the 86400 s a command may take: an old command sent again?"}]
+
+
+@pytest.mark.parametrize("issued_at, timestamp, reason", [
+    ("-1", None, "issued 17"),                        # 1969: decades too old
+    ("0", None, "issued 17"),
+    ("1e308", None, "issued 1e+308 s after the broker appended it, more than the 300 s clocks may differ by"),
+    ("-1e308", None, "issued 1e+308 s before the broker appended it"),
+    ("NOW+3600", None, "issued 3600 s after the broker appended it"),
+    ("NOW-90000", None, "issued 90000 s before the broker appended it"),
+    ("NaN", None, "not a command: JSON is malformed"),
+    ("1e999", None, "not a command: Number out of range - at `$.issued_at`"),
+    ("-1e999", None, "not a command: Number out of range - at `$.issued_at`"),
+    ('"1800000000"', None, "not a command: Expected `float | null`, got `str` - at `$.issued_at`"),
+    ("true", None, "not a command: Expected `float | null`, got `bool` - at `$.issued_at`"),
+    ("[1]", None, "not a command: Expected `float | null`, got `array` - at `$.issued_at`"),
+    ("NOW", -1, "no broker timestamp (-1) to judge its issue time by"),
+    ("NOW", "x" * 1000, "no broker timestamp ('xxxxxxxxxxxxxxxx"),
+])
+def test_hostile_issue_times_are_refused_with_a_reason_and_stop_nothing(issued_at, timestamp, reason):
+    now = time.time()
+    written = issued_at.replace("NOW", "").strip() or "0"
+    raw = str(now + float(written)) if issued_at.startswith("NOW") else issued_at
+    value = b'{"action": "promote", "target": "logreg", "id": "x1", "issued_at": ' + raw.encode() + b"}"
+    for key in (None, b"k3y"):   # judged alike, with a key or without
+        ch, replies = channel()
+        ch.signing_key = key
+        headers = [(SIGNATURE_HEADER, sign(value, key).encode())] if key else []
+        ch.receive([record(value, headers, offset=7, timestamp=timestamp)])
+        assert list(ch.commands) == [] and ch.counts == {("invalid", "rejected"): 1}
+        assert len(replies) == 1 and replies[0]["reason"].startswith(reason), replies[0]["reason"]
+        assert len(replies[0]["reason"]) <= 300
+        assert ch.apply(Engine.fresh("logreg", "shop"), 0) is False
+
+
+def test_hostile_ids_and_issue_times_made_in_process_are_refused_not_raised():
+    from stream.control_protocol import issue_time_problem
+
+    for bad in ("x" * 65, "x" * 4000, ""):   # (a longer command is refused for its size)
+        value = json.dumps({"action": "promote", "target": "logreg", "id": bad, "issued_at": time.time()}).encode()
+        reason = parse_command(value, [], None)
+        assert isinstance(reason, str) and "length" in reason and "at `$.id`" in reason and len(reason) < 300
+    for issued in (float("nan"), float("inf"), -float("inf")):
+        assert issue_time_problem(Command("promote", "logreg", issued_at=issued), now_ms()) == \
+            f"issue time {issued!r} is not a number of seconds"
+    fine = Command("promote", "logreg", issued_at=time.time())
+    assert issue_time_problem(fine, now_ms()) is None
+    assert issue_time_problem(fine, True) == "no broker timestamp (True) to judge its issue time by"
+    assert issue_time_problem(Command("promote", "logreg"), None) is None, "none to judge (no key): as before"
+
+
+def test_a_producer_chosen_timestamp_is_warned_about_once(caplog):
+    """With CreateTime, the timestamp the age is judged by is the writer's: a copy of an old
+    command could be backdated to pass. Said once, with what to set."""
+    import logging
+
+    key = b"k3y"
+    ch, _ = channel()
+    ch.signing_key = key
+    commands = [signed({"action": "promote", "target": "logreg", "id": f"c{i}", "issued_at": time.time()}, key)
+                for i in range(3)]
+    with caplog.at_level(logging.WARNING, logger="stream.control_worker"):
+        ch.receive([record(*command, offset=i, timestamp_type=0) for i, command in enumerate(commands)])
+    assert len(ch.commands) == 3
+    assert caplog.text.count("message.timestamp.type=LogAppendTime on topic control") == 1
+
+
+def test_a_worker_with_a_signing_key_signs_its_replies():
+    key = b"k3y"
+    ch, replies = channel()
+    ch.signing_key = key
+    command = signed({"action": "promote", "target": "logreg", "id": "c9", "issued_at": time.time()}, key)
+    ch.receive([record(*command, offset=0), record(b"junk", offset=1)])
+    ch.apply(Engine.fresh("logreg", "shop"), 4)
+    assert len(ch.sent_records) == 2
+    for value, headers in ch.sent_records:
+        assert headers == [(SIGNATURE_HEADER, sign(value, key).encode())]
+    assert [(r["command"], r["partition"], r["outcome"], r["id"]) for r in replies] == [
+        (1, -1, "rejected", None), (0, 4, "applied", "c9")]
+    unsigned, _ = channel()
+    unsigned.receive([record(b"junk")])
+    assert unsigned.sent_records[0][1] == [], "no key, nothing to sign with"
+
+
+class FakeBroker:
+    """Topics in memory for the operator's Kafka clients (`ControlClient`, `partitions_of`);
+    `on_command(broker, record)` plays the workers when a command is appended."""
+
+    def __init__(self, on_command=None, partitions=(0, 1)):
+        self.topics = defaultdict(list)
+        self.on_command = on_command
+        self.partitions = set(partitions)
+
+    def append(self, topic, value, headers=()):
+        appended = record(value, headers, offset=len(self.topics[topic]))
+        self.topics[topic].append(appended)
+        return appended
+
+    def producer(self, **_):
+        def send(topic, value=None, headers=None, **__):
+            appended = self.append(topic, value, headers or [])
+            if topic == "control" and self.on_command is not None:
+                self.on_command(self, appended)
+            return SimpleNamespace(get=lambda timeout=None: appended)
+        return SimpleNamespace(send=send, close=lambda *a, **k: None)
+
+    def consumer(self, **_):
+        broker, at = self, {}
+        return SimpleNamespace(
+            assign=lambda tps: at.update({tp: 0 for tp in tps}), seek=at.__setitem__,
+            poll=lambda timeout_ms=0: {tp: broker._take(tp, at) for tp in at if broker.topics[tp.topic][at[tp]:]},
+            position=lambda tp: at[tp], end_offsets=lambda tps: {tp: len(broker.topics[tp.topic]) for tp in tps},
+            partitions_for_topic=lambda topic: broker.partitions, close=lambda: None)
+
+    def _take(self, tp, at):
+        taken = self.topics[tp.topic][at[tp]:]
+        at[tp] += len(taken)
+        return taken
+
+
+def run_models(monkeypatch, capsys, broker, key=b"k3y", **settings):
+    import stream.control_operator as operator
+    from stream.settings import KafkaConnection, ModelsSettings
+
+    monkeypatch.setattr(operator, "KafkaConsumer", broker.consumer)
+    monkeypatch.setattr(operator, "KafkaProducer", broker.producer)
+    monkeypatch.setattr(operator, "create_topics", lambda *a, **k: [])
+    s = ModelsSettings(**{"action": "promote", "target": "logreg", "control_topic": "control", "topic": "events",
+                          "wait_timeout": 0.5, **settings}, kafka=KafkaConnection(bootstrap_servers="fake:1"),
+                       signing_key=key)
+    status = operator.models_command(s)
+    return status, capsys.readouterr().out
+
+
+def reply_to(command_record, partition, key, **fields):
+    """A reply to the command in `command_record`, as a worker with `key` writes it (unsigned: None)."""
+    command = json.loads(command_record.value)
+    reply = {"command": command_record.offset, "partition": partition, "outcome": "applied", "model": "logreg",
+             "version": "v1", "worker": "w1", "id": command.get("id"), **fields}
+    value = json.dumps(reply).encode()
+    return value, [(SIGNATURE_HEADER, sign(value, key).encode())] if key else []
+
+
+def test_wait_takes_only_replies_signed_with_the_key_for_its_own_command(monkeypatch, capsys):
+    """Anyone who may write to the reply topic wrote 'applied' for every partition, and `--wait`
+    showed the command as applied (exit 0). With a key, a reply counts only when signed with it
+    and naming this command (its offset and id); the others are said, and the exit is 1."""
+    def forge(key, **fields):
+        return lambda broker, command: [broker.append("control-replies", *reply_to(command, p, key, **fields))
+                                        for p in (0, 1)]
+
+    for forger, ignored in ((forge(None), "ignored 2 replies that were unsigned or forged: " + KEY_IS_SET),
+                            (forge(b"guess"), "ignored 2 replies that were unsigned or forged"),
+                            (forge(b"k3y", id="an-older-command"), "ignored 2 replies to control offset 0 for "
+                                                                   "another command")):
+        status, out = run_models(monkeypatch, capsys, FakeBroker(forger))
+        assert status == 1, out
+        assert "partition 0: no reply in 0.5 s" in out and "partition 1: no reply" in out and ignored in out, out
+        assert "applied" not in out
+
+    def workers(broker, command):   # real workers with the key; junk on the reply topic is skipped, uncounted
+        broker.append("control-replies", b"\x00 junk")
+        broker.append("control-replies", *reply_to(command, 0, None, outcome="rejected", reason="fake"))
+        for partition in (0, 1):
+            ch, _ = channel()
+            ch.signing_key, ch.replies, ch._producer = b"k3y", "control-replies", broker.producer()
+            ch.receive([command])
+            ch.apply(Engine.fresh("logreg", "shop"), partition)
+    status, out = run_models(monkeypatch, capsys, FakeBroker(workers))
+    assert status == 0, out
+    assert "partition 0: applied (champion logreg" in out and "partition 1: applied (champion logreg" in out
+    assert "ignored 1 reply that was unsigned or forged" in out, "the forged 'rejected' is said, not shown"
+    # Without a key nothing can be verified: every reply to the command is taken, as before.
+    status, out = run_models(monkeypatch, capsys, FakeBroker(forge(None)), key=None)
+    assert status == 0 and "partition 1: applied" in out and "ignored" not in out
+
+
+def test_models_list_shows_only_signed_replies_and_skips_junk(monkeypatch, capsys):
+    """`models list` showed the last reply per partition: a forged one named any champion."""
+    broker = FakeBroker()
+    command = record(json.dumps({"action": "promote", "target": "logreg", "id": "c1"}).encode(), offset=5)
+    broker.append("control-replies", *reply_to(command, 0, b"k3y"))
+    broker.append("control-replies", *reply_to(command, 0, None, model="evil", version="evil-1"))
+    broker.append("control-replies", b"[" * 50_000)       # junk: skipped
+    shown = "partition 0: champion logreg v1  (command 5 applied; worker w1)"
+    ignored = f"(ignored 1 reply that was unsigned or forged: {KEY_IS_SET}, and only replies signed with it count)"
+    status, out = run_models(monkeypatch, capsys, broker, action="list", target=None)
+    assert status == 0 and shown in out and "evil" not in out and ignored in out, out
+    broker.append("control-replies", None)                 # a tombstone stopped the reading (TypeError)
+    status, out = run_models(monkeypatch, capsys, broker, action="list", target=None)
+    assert status == 0 and shown in out and ignored in out, out
 
 
 def test_check_target_takes_names_not_paths():
