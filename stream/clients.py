@@ -17,6 +17,7 @@ from .checkpointing.stores import CheckpointStore, DirectoryCheckpointStore
 from .connection import kafka_options
 from .control_worker import ControlChannel
 from .corrupt import CorruptBatchSkipper
+from .membership import PARTITION_DISCOVERY_MS
 from .owners import Owners, OwnersAssignor, client_id_with_address
 from .settings import WorkerSettings
 
@@ -50,6 +51,7 @@ class KafkaClients:
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=max(500, s.session_timeout_ms // 5),
             partition_assignment_strategy=[self.assignor],
+            metadata_max_age_ms=PARTITION_DISCOVERY_MS,   # partitions added to the topic: found in 30 s
             **self.options,
         )
 

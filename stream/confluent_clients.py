@@ -49,6 +49,7 @@ from kafka.errors import CorruptRecordError, KafkaError, KafkaTimeoutError, Mess
 from shopstream.options import ConfigError
 
 from .corrupt import CorruptBatchSkipper
+from .membership import PARTITION_DISCOVERY_MS
 
 log = logging.getLogger(__name__)
 # librdkafka's own log lines go to the "kafka" logger's child: the worker quietens "kafka" below DEBUG.
@@ -111,6 +112,7 @@ def consumer_config(settings, options: dict) -> dict:
             "partition.assignment.strategy": "range",   # eager, like kafka-python's (range) assignor
             "check.crcs": True,                          # kafka-python checks them too
             "isolation.level": "read_uncommitted",       # kafka-python's default (librdkafka's: read_committed)
+            "topic.metadata.refresh.interval.ms": PARTITION_DISCOVERY_MS,   # partitions added: found in 30 s
             "logger": LIBRDKAFKA_LOG}
 
 

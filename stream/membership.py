@@ -5,6 +5,10 @@ outlives every legitimate rebalance (bounded by the 300 s rebalance timeout) is 
 client: `GroupMembership.maybe_rebuild` replaces the consumer with a new one from the
 factory, after the worker released whatever it still owned.
 
+Partitions added to the events topic reach the group within the consumers' metadata refresh
+(`PARTITION_DISCOVERY_MS`) and a rebalance; `note_partitions`, called after each assignment,
+says when the count changed, since keys then map to other partitions (`moved_share`).
+
 The constructor only keeps the settings: `open()` builds the first consumer (the worker
 calls it; the first use opens it otherwise).
 """
@@ -12,10 +16,16 @@ calls it; the first use opens it otherwise).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Callable, Optional, Protocol, cast
 
 log = logging.getLogger(__name__)
+
+#: How often the consumers refresh the topic's metadata, so a partition added to the events
+#: topic is consumed within about this long. Kafka's default (5 min) left a new partition's
+#: events unread, and its users unanswered by the scoring API, for up to 5 minutes.
+PARTITION_DISCOVERY_MS = 30_000
 
 
 class Consumer(Protocol):
@@ -60,6 +70,23 @@ class GroupMembership:
         self.joining_since = time.monotonic()
         self.consumer.subscribe([self.topic], listener=self.listener)
 
+    def note_partitions(self) -> Optional[tuple[int, int]]:
+        """The events topic's partition count from the consumer's metadata: (before, now) when it
+        differs from the count known so far (at subscribe, or the last change noted), else None
+        (None too when the metadata does not say)."""
+        try:
+            found = self.consumer.partitions_for_topic(self.topic)
+        except Exception as exc:  # an outage: asked again after the next assignment
+            log.debug("partitions of %s unknown: %s: %s", self.topic, type(exc).__name__, exc)
+            return None
+        if not found:
+            return None
+        now, before = sorted(found), self.topic_partitions
+        if now == before:
+            return None
+        self.topic_partitions = now
+        return len(before), len(now)
+
     def join_started(self) -> None:
         self.joining_since = time.monotonic()  # kafka-python revokes when a join begins
 
@@ -88,3 +115,19 @@ class GroupMembership:
             log.warning("closing the old consumer: %s: %s", type(exc).__name__, exc)
         self.subscribe()
         return True
+
+
+def moved_share(before: int, now: int) -> Optional[float]:
+    """The share of keys that Kafka's default partitioner (hash mod partitions) places on another
+    partition once the topic has `now` partitions instead of `before`, for uniform hashes; None
+    when either count is 0 or the period of the two moduli is too long to count.
+
+    >>> moved_share(2, 4), moved_share(4, 6), moved_share(3, 3)
+    (0.5, 0.6666666666666666, 0.0)
+    """
+    if before <= 0 or now <= 0:
+        return None
+    period = math.lcm(before, now)   # hash mod before and mod now repeat together with this period
+    if period > 1_000_000:
+        return None
+    return sum(1 for h in range(period) if h % before != h % now) / period

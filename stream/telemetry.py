@@ -47,6 +47,7 @@ class WorkerSnapshot:
     corrupt_skipped: int
     outputs_blocked: bool
     control_commands: dict
+    topic_partitions: int = 0   # the events topic's, as the worker's consumer last saw it (0: not yet known)
 
     @classmethod
     def empty(cls) -> "WorkerSnapshot":
@@ -62,9 +63,11 @@ class WorkerSnapshot:
             gauges.append(PartitionGauges(tp.partition, max(0, max(ends) - state.next_offset) if ends else None,
                                           state.unsaved_since, state.next_offset, tp in worker.blocked))
         control = worker.control
+        membership = getattr(worker, "membership", None)
         return cls(tuple(gauges), worker.handled, worker.broker_ok, dict(worker.outputs.counts),
                    worker.skipper.skipped_records, worker.outputs_blocked,
-                   dict(control.counts) if control is not None else {})
+                   dict(control.counts) if control is not None else {},
+                   len(membership.topic_partitions) if membership is not None else 0)
 
 
 class WorkerCollector:
@@ -98,6 +101,10 @@ class WorkerCollector:
             blocked.add_metric(label, 1.0 if gauges.blocked else 0.0)
         assigned = GaugeMetricFamily("shopstream_assigned_partitions", "Partitions this worker owns")
         assigned.add_metric([], len(snapshot.partitions))
+        # A change means keys moved to other partitions (README, "Adding partitions"): worth an alert.
+        topic = GaugeMetricFamily("shopstream_topic_partitions", "Partitions of the events topic, as this worker's "
+                                  "consumer last saw them (0: not yet known)")
+        topic.add_metric([], snapshot.topic_partitions)
         handled = GaugeMetricFamily("shopstream_worker_handled_events", "Events handled since this process started")
         handled.add_metric([], snapshot.handled)
         broker = GaugeMetricFamily("shopstream_broker_up",
@@ -119,4 +126,4 @@ class WorkerCollector:
                                        "(applied or rejected), counted per partition", labels=["action", "outcome"])
         for (action, outcome), count in snapshot.control_commands.items():
             commands.add_metric([action, outcome], count)
-        yield from (lag, age, offset, blocked, assigned, handled, broker, outputs, corrupt, unacked, commands)
+        yield from (lag, age, offset, blocked, assigned, topic, handled, broker, outputs, corrupt, unacked, commands)

@@ -44,7 +44,7 @@ from .checkpointer import Checkpointer
 from .checkpointing.format import CheckpointError
 from .clients import KafkaClients
 from .gc_mode import GcControl, GcMode
-from .membership import GroupMembership
+from .membership import GroupMembership, moved_share
 from .outputs import Outputs
 from .partition import Partition
 from .restore import PartitionRestorer
@@ -137,6 +137,7 @@ class Worker(ConsumerRebalanceListener):
         self.worker_snapshot = WorkerSnapshot.empty()  # and from the worker's own parts
         self._last_snapshot = 0.0
         self._unverified: set = set()  # restored partitions not yet checked against the committed offset
+        self._count_partitions = False   # an assignment came: the topic's partition count may have changed
         self.decode_seconds = Histogram("shopstream_decode_seconds", "Decode and validate one message (sampled)",
                                         registry=self.registry, buckets=_LATENCY_BUCKETS)
         self.process_seconds = Histogram("shopstream_process_seconds",
@@ -193,6 +194,7 @@ class Worker(ConsumerRebalanceListener):
 
     def _partitions_assigned(self, assigned):
         self.membership.join_finished()
+        self._count_partitions = True   # after this poll (kafka-python's IO thread must not wait for metadata)
         self.idle.restart(time.monotonic())  # the first fetch of a partition takes a moment
         for tp in assigned:
             try:
@@ -243,6 +245,24 @@ class Worker(ConsumerRebalanceListener):
                 self.partitions[tp] = self.restorer.fresh_after_refusal(tp)
                 self.consumer.seek(tp, 0)
 
+    def _note_topic_partitions(self) -> None:
+        """Say so when the events topic's partition count changed (`GroupMembership.note_partitions`):
+        keys then map to other partitions, and what that costs is not visible anywhere else."""
+        change = self.membership.note_partitions()
+        if change is None:
+            return
+        before, now = change
+        self.broker.topic_partitions = self.membership.topic_partitions
+        if before == 0:   # unknown at subscribe (the topic was being created): nothing moved
+            return
+        share = moved_share(before, now)
+        moved = f"about {share:.0%} of keys" if share is not None else "keys"
+        log.warning("events topic %s now has %d partitions (%d before): %s now map to another partition (Kafka's "
+                    "default partitioner, keyed by user). A moved user's session features start over on its new "
+                    "partition, and a purchase of a prediction opened before now lands there, so that prediction "
+                    "resolves as a non-purchase at its deadline: one attribution window of wrong labels on the "
+                    "old partitions (README, 'Adding partitions')", self.settings.topic, now, before, moved)
+
     def take_snapshots(self) -> None:
         """Copy every owned engine's numbers, and the worker's, for the metrics thread (which never
         reads an engine or a Kafka client)."""
@@ -280,6 +300,9 @@ class Worker(ConsumerRebalanceListener):
                 self._verify_restored(batches)
                 if self.stopping:
                     break
+            if self._count_partitions:
+                self._count_partitions = False
+                self._note_topic_partitions()
             if self.desk is not None:
                 self.desk.drain(self.partitions)
             can_read = bool(self.partitions) and self.broker_ok and not self.blocked

@@ -228,3 +228,51 @@ def test_metrics_endpoint_serves_real_values(kafka, new_topic, tmp_path):
     assert value("shopstream_assigned_partitions") == 2
     assert "signal 15: checkpointing" in log
     assert len(list((tmp_path / "ckpt").glob("*.ckpt"))) == 2
+
+
+@pytest.mark.parametrize("kafka_client", ["kafka-python", "confluent"])
+def test_partitions_added_to_the_events_topic_are_consumed_within_a_minute_and_reported(kafka, new_topic, tmp_path,
+                                                                                       kafka_client):
+    """The topic grows from 2 to 4 partitions under a running worker: the new partitions' events
+    are consumed within about the consumers' metadata refresh (30 s; Kafka's default, 5 min,
+    left them unread that long), the worker warns once with the share of keys moved, and
+    `shopstream_topic_partitions` says 4."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewPartitions
+
+    from helpers import scrape
+
+    topic = new_topic(2)
+    records = list(generate(3000, seed=83))
+    send_records(kafka, topic, records[:1500])
+    port = free_port()
+    command = worker_command(kafka, topic, tmp_path / "ckpt", "--metrics-port", str(port), "--kafka-client",
+                             kafka_client)
+    worker = subprocess.Popen(command, env=WORKER_ENV, stderr=subprocess.PIPE, text=True)
+
+    def consumed() -> dict:
+        return {dict(labels)["partition"]: value for (name, labels), value in scrape(port).items()
+                if name == "shopstream_events_total" and ("outcome", "consumed") in labels}
+
+    try:
+        wait_for(lambda: sum(consumed().values()) == 1500, 120, "the first 1,500 events consumed")
+        assert scrape(port)[("shopstream_topic_partitions", ())] == 2
+        admin = KafkaAdminClient(bootstrap_servers=kafka)
+        try:
+            admin.create_partitions({topic: NewPartitions(4)})
+        finally:
+            admin.close()
+        grown = time.monotonic()
+        send_records(kafka, topic, records[1500:])   # keyed by user: some now go to partitions 2 and 3
+        wait_for(lambda: sum(consumed().values()) == 3000, 120, "every event consumed, the new partitions' too")
+        seconds = time.monotonic() - grown
+        by_partition = consumed()
+        assert set(by_partition) == {"0", "1", "2", "3"} and by_partition["2"] > 0 and by_partition["3"] > 0
+        assert seconds < 60, f"the new partitions were consumed {seconds:.0f} s after they were added"
+        assert scrape(port)[("shopstream_topic_partitions", ())] == 4
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=60)
+    warnings = [line for line in stderr.splitlines() if "now has 4 partitions" in line]
+    assert len(warnings) == 1 and "(2 before): about 50% of keys now map to another partition" in warnings[0], \
+        stderr[-3000:]

@@ -613,3 +613,55 @@ def test_a_dead_letter_topic_that_never_appears_holds_the_checkpoint_not_the_wor
     worker.checkpointer.retry(now=1e12)
     assert not worker.blocked and ("save", 0, 10) in clients.calls
     assert [v for p in clients.producers for t, _, v in p.sent if t == "dlq"] == [b"not json"]
+
+
+def test_partitions_added_to_the_topic_are_reported_with_the_share_of_keys_moved(tmp_path, caplog, monkeypatch):
+    """The events topic grows from 2 to 3 partitions while the worker runs (its consumer's
+    metadata refresh, then a rebalance): one warning saying how many keys moved, and the
+    gauge shows the new count."""
+    class GrowingConsumer(FakeConsumer):
+        polls = 0
+
+        def poll(self, timeout_ms=0):
+            self.polls += 1
+            if self.polls == 3:   # the metadata now says 3: the group rebalances
+                self.listener.on_partitions_revoked([self.tp(p) for p in sorted(self.log)])
+                self.log[2] = events(30, 2)
+                self.pending_assignment = True
+            return super().poll(timeout_ms)
+
+    def growing(clients):
+        clients.consumers.append(GrowingConsumer("events", clients.partitions, clients.calls, max_poll=10))
+        return clients.consumers[-1]
+
+    monkeypatch.setattr(FakeClients, "consumer", growing)
+    worker, clients = make_worker(tmp_path, {0: events(30), 1: events(30, 1)})
+    with caplog.at_level("WARNING", logger="stream.worker"):
+        assert worker.run() == 0
+    grew = [r.getMessage() for r in caplog.records if "now has" in r.getMessage()]
+    assert len(grew) == 1, grew
+    assert grew[0].startswith("events topic events now has 3 partitions (2 before): about 67% of keys now map to "
+                              "another partition"), grew[0]
+    assert worker.registry.get_sample_value("shopstream_topic_partitions") == 3
+    assert sorted(tp.partition for tp in worker.partitions) == [0, 1, 2]
+
+
+def test_the_partition_count_is_noted_only_when_the_metadata_says_something_new():
+    class Metadata:
+        answer: object = {0, 1}
+
+        def partitions_for_topic(self, topic):
+            if isinstance(self.answer, Exception):
+                raise self.answer
+            return self.answer
+
+    metadata = Metadata()
+    membership = GroupMembership(lambda: metadata, "events", listener=None, rejoin_deadline=60)
+    membership.topic_partitions = [0, 1]
+    assert membership.note_partitions() is None
+    for unknown in (set(), None, KafkaTimeoutError("no metadata")):
+        metadata.answer = unknown
+        assert membership.note_partitions() is None and membership.topic_partitions == [0, 1]
+    metadata.answer = {0, 1, 2, 3}
+    assert membership.note_partitions() == (2, 4) and membership.topic_partitions == [0, 1, 2, 3]
+    assert membership.note_partitions() is None, "noted once"
