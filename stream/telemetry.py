@@ -48,6 +48,7 @@ class WorkerSnapshot:
     outputs_blocked: bool
     control_commands: dict
     topic_partitions: int = 0   # the events topic's, as the worker's consumer last saw it (0: not yet known)
+    offsets_gone: tuple[tuple[int, int], ...] = ()   # (partition, offsets resumed past: no longer in the log)
 
     @classmethod
     def empty(cls) -> "WorkerSnapshot":
@@ -67,7 +68,8 @@ class WorkerSnapshot:
         return cls(tuple(gauges), worker.handled, worker.broker_ok, dict(worker.outputs.counts),
                    worker.skipper.skipped_records, worker.outputs_blocked,
                    dict(control.counts) if control is not None else {},
-                   len(membership.topic_partitions) if membership is not None else 0)
+                   len(membership.topic_partitions) if membership is not None else 0,
+                   tuple(sorted(getattr(worker, "offsets_gone", {}).items())))
 
 
 class WorkerCollector:
@@ -105,6 +107,11 @@ class WorkerCollector:
         topic = GaugeMetricFamily("shopstream_topic_partitions", "Partitions of the events topic, as this worker's "
                                   "consumer last saw them (0: not yet known)")
         topic.add_metric([], snapshot.topic_partitions)
+        gone = CounterMetricFamily("shopstream_offsets_gone", "Offsets a partition was resumed past because the log "
+                                   "no longer held them (retention or delete-records outran the group; transaction "
+                                   "markers count too): records never read", labels=["partition"])
+        for partition, count in snapshot.offsets_gone:
+            gone.add_metric([str(partition)], count)
         handled = GaugeMetricFamily("shopstream_worker_handled_events", "Events handled since this process started")
         handled.add_metric([], snapshot.handled)
         broker = GaugeMetricFamily("shopstream_broker_up",
@@ -126,4 +133,5 @@ class WorkerCollector:
                                        "(applied or rejected), counted per partition", labels=["action", "outcome"])
         for (action, outcome), count in snapshot.control_commands.items():
             commands.add_metric([action, outcome], count)
-        yield from (lag, age, offset, blocked, assigned, topic, handled, broker, outputs, corrupt, unacked, commands)
+        yield from (lag, age, offset, blocked, assigned, topic, gone, handled, broker, outputs, corrupt, unacked,
+                    commands)

@@ -138,6 +138,8 @@ class Worker(ConsumerRebalanceListener):
         self._last_snapshot = 0.0
         self._unverified: set = set()  # restored partitions not yet checked against the committed offset
         self._count_partitions = False   # an assignment came: the topic's partition count may have changed
+        self._resumed: dict = {}   # partition -> the offset its first record read should have (just assigned)
+        self.offsets_gone: dict[int, int] = {}   # partition -> offsets resumed past: the log no longer held them
         self.decode_seconds = Histogram("shopstream_decode_seconds", "Decode and validate one message (sampled)",
                                         registry=self.registry, buckets=_LATENCY_BUCKETS)
         self.process_seconds = Histogram("shopstream_process_seconds",
@@ -183,6 +185,8 @@ class Worker(ConsumerRebalanceListener):
 
     def _partitions_revoked(self, revoked):
         owned = [tp for tp in revoked if tp in self.partitions]
+        for tp in revoked:
+            self._resumed.pop(tp, None)
         # This runs on kafka-python's IO thread: the offset commit must not block it.
         self.checkpointer.release(owned, commit_async=True)
         self.membership.join_started()
@@ -220,6 +224,7 @@ class Worker(ConsumerRebalanceListener):
                 self._unverified.add(tp)  # checked against the committed offset after this poll
             self.partitions[tp] = state
             self.consumer.seek(tp, state.next_offset)
+            self._resumed[tp] = state.next_offset
             log.info("assigned partition %d: %s, next offset %d", tp.partition, state.origin, state.next_offset)
 
     def _verify_restored(self, batches: dict) -> None:
@@ -244,6 +249,27 @@ class Worker(ConsumerRebalanceListener):
                 log.warning("%s; --force-fresh-start: starting it over", exc)
                 self.partitions[tp] = self.restorer.fresh_after_refusal(tp)
                 self.consumer.seek(tp, 0)
+
+    def _first_records(self, tp, state: Partition, first: int) -> None:
+        """The first record read of a partition just assigned: does the log still continue where its
+        state stops? When the consumer's position was no longer in the log, the client went on from
+        the log's start (auto_offset_reset), which alone would say nothing."""
+        expected = self._resumed.pop(tp)
+        if first > expected:   # retention or deleted records outran this group
+            gone = first - expected
+            self.offsets_gone[tp.partition] = self.offsets_gone.get(tp.partition, 0) + gone
+            log.warning("partition %d: offsets %d to %d are no longer in the log (deleted by retention or by "
+                        "delete-records before this group read them; transaction markers count too): %d "
+                        "record(s) never read, going on at %d", tp.partition, expected, first - 1, gone, first)
+            return
+        end = self.consumer.highwater(tp)
+        if first < expected and end is not None and end < expected:
+            # A log that ends below the state's next offset is not the log the state read: the topic
+            # was deleted and made again. Its records are new, not "already in the restored state".
+            log.error("partition %d: its log now ends at offset %d, below the %d its state has read: the topic "
+                      "was deleted and created again. Its records are read from offset %d, on the state that "
+                      "read the old log", tp.partition, end, expected, first)
+            state.next_offset = first
 
     def _note_topic_partitions(self) -> None:
         """Say so when the events topic's partition count changed (`GroupMembership.note_partitions`):
@@ -320,6 +346,8 @@ class Worker(ConsumerRebalanceListener):
                 state = self.partitions.get(tp)
                 if state is None:
                     continue  # revoked while these were in flight
+                if tp in self._resumed:
+                    self._first_records(tp, state, records[0].offset)
                 for record in records:
                     if record.offset < state.next_offset:
                         continue  # already in the restored state

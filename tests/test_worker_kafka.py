@@ -276,3 +276,67 @@ def test_partitions_added_to_the_events_topic_are_consumed_within_a_minute_and_r
     warnings = [line for line in stderr.splitlines() if "now has 4 partitions" in line]
     assert len(warnings) == 1 and "(2 before): about 50% of keys now map to another partition" in warnings[0], \
         stderr[-3000:]
+
+
+@pytest.mark.parametrize("kafka_client", ["kafka-python", "confluent"])
+def test_a_partition_resumed_past_the_log_says_what_was_never_read_and_a_recreated_topic_is_read(
+        kafka, new_topic, tmp_path, kafka_client, caplog):
+    """A worker stopped while the log moved on: records deleted before the group read them (as
+    retention does to a worker stopped too long) are counted and logged, not passed over in
+    silence; and a topic deleted and made again (its offsets start at 0 below the checkpoint's)
+    is read from its start, not skipped as "already in the restored state"."""
+    from kafka import KafkaAdminClient, TopicPartition
+    from kafka.admin import NewTopic
+
+    topic = new_topic(1)
+    records = list(generate(450, seed=89))
+    settings = WorkerSettings.from_options(bootstrap_servers=kafka, topic=topic, group=f"g-{topic}",
+                                           predictions_topic=f"{topic}-predictions", dead_letter_topic=f"{topic}-dlq",
+                                           checkpoints=str(tmp_path / "ckpt"), until_idle=3.0, metrics_port=-1,
+                                           session_timeout_ms=6000, kafka_client=kafka_client)
+
+    def run() -> Worker:
+        worker = Worker(settings, CollectorRegistry())
+        assert worker.run() == 0
+        return worker
+
+    def saved_offset() -> int:
+        return DirectoryCheckpointStore(settings.checkpoints.directory).load_all()[(topic, 0)].next_offset
+
+    send_records(kafka, topic, records[:200])
+    assert run().handled == 200 and saved_offset() == 200
+    send_records(kafka, topic, records[200:400])
+    admin = KafkaAdminClient(bootstrap_servers=kafka)
+    try:
+        admin.delete_records({TopicPartition(topic, 0): 300})   # 200..299: gone before the worker is back
+        with caplog.at_level("WARNING", logger="stream.worker"):
+            second = run()
+        assert second.handled == 100 and saved_offset() == 400
+        assert second.offsets_gone == {0: 100}
+        assert any("offsets 200 to 299 are no longer in the log" in r.getMessage() and "100 record(s) never read"
+                   in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+        assert second.registry.get_sample_value("shopstream_offsets_gone_total", {"partition": "0"}) == 100
+
+        admin.delete_topics([topic])
+        wait_for(lambda: topic not in admin.list_topics(), 60, "the topic deleted")
+        made = False
+
+        def make_again() -> bool:
+            nonlocal made
+            if not made:
+                try:
+                    admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"retention.ms": "-1"})])
+                    made = True
+                except Exception:   # the deletion is still being finished: try again
+                    return False
+            [described] = admin.describe_topics([topic])
+            return described["error_code"] == 0 and all(p["leader_id"] >= 0 for p in described["partitions"])
+        wait_for(make_again, 60, "the topic made again")
+    finally:
+        admin.close()
+    send_records(kafka, topic, records[400:450])
+    caplog.clear()
+    with caplog.at_level("ERROR", logger="stream.worker"):
+        third = run()
+    assert third.handled == 50 and saved_offset() == 50, "the new log's records were read, none skipped"
+    assert any("was deleted and created again" in r.getMessage() for r in caplog.records)
