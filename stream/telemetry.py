@@ -49,6 +49,7 @@ class WorkerSnapshot:
     control_commands: dict
     topic_partitions: int = 0   # the events topic's, as the worker's consumer last saw it (0: not yet known)
     offsets_gone: tuple[tuple[int, int], ...] = ()   # (partition, offsets resumed past: no longer in the log)
+    record_keys: tuple[tuple[tuple[int, str], int], ...] = ()   # ((partition, key kind), sampled records)
 
     @classmethod
     def empty(cls) -> "WorkerSnapshot":
@@ -69,7 +70,8 @@ class WorkerSnapshot:
                    worker.skipper.skipped_records, worker.outputs_blocked,
                    dict(control.counts) if control is not None else {},
                    len(membership.topic_partitions) if membership is not None else 0,
-                   tuple(sorted(getattr(worker, "offsets_gone", {}).items())))
+                   tuple(sorted(getattr(worker, "offsets_gone", {}).items())),
+                   tuple(sorted(getattr(worker, "record_keys", {}).items())))
 
 
 class WorkerCollector:
@@ -112,6 +114,12 @@ class WorkerCollector:
                                    "markers count too): records never read", labels=["partition"])
         for partition, count in snapshot.offsets_gone:
             gone.add_metric([str(partition)], count)
+        keys = CounterMetricFamily("shopstream_record_keys_sampled", "Records (one in 16) by their Kafka key: user_id "
+                                   "(as the label join needs), none or other (a session's events may then land "
+                                   "on different partitions); only with more than one partition",
+                                   labels=["partition", "key"])
+        for (partition, kind), count in snapshot.record_keys:
+            keys.add_metric([str(partition), kind], count)
         handled = GaugeMetricFamily("shopstream_worker_handled_events", "Events handled since this process started")
         handled.add_metric([], snapshot.handled)
         broker = GaugeMetricFamily("shopstream_broker_up",
@@ -133,5 +141,5 @@ class WorkerCollector:
                                        "(applied or rejected), counted per partition", labels=["action", "outcome"])
         for (action, outcome), count in snapshot.control_commands.items():
             commands.add_metric([action, outcome], count)
-        yield from (lag, age, offset, blocked, assigned, topic, gone, handled, broker, outputs, corrupt, unacked,
-                    commands)
+        yield from (lag, age, offset, blocked, assigned, topic, gone, keys, handled, broker, outputs, corrupt,
+                    unacked, commands)

@@ -140,6 +140,8 @@ class Worker(ConsumerRebalanceListener):
         self._count_partitions = False   # an assignment came: the topic's partition count may have changed
         self._resumed: dict = {}   # partition -> the offset its first record read should have (just assigned)
         self.offsets_gone: dict[int, int] = {}   # partition -> offsets resumed past: the log no longer held them
+        self.record_keys: dict[tuple[int, str], int] = {}   # (partition, user_id|none|other) -> sampled records
+        self._warned_keys: set = set()   # the kinds of wrong keys already logged
         self.decode_seconds = Histogram("shopstream_decode_seconds", "Decode and validate one message (sampled)",
                                         registry=self.registry, buckets=_LATENCY_BUCKETS)
         self.process_seconds = Histogram("shopstream_process_seconds",
@@ -424,6 +426,7 @@ class Worker(ConsumerRebalanceListener):
             return
         if timed:
             self.process_seconds.observe(time.perf_counter() - decoded)
+            self._sample_key(record, event)
         if self.learn_log is not None:
             self.learn_log.observe(state, record.offset, event)
         if score is not None:
@@ -431,6 +434,26 @@ class Worker(ConsumerRebalanceListener):
             self.outputs.prediction(record, event, score, champion.name, champion.version)
         if self.awaited:  # scoring requests wait for their event
             self.desk.processed(state, record, event, score)  # type: ignore[union-attr]
+
+    def _sample_key(self, record, event: Event) -> None:
+        """One record in TIMING_SAMPLE: is it keyed by its user_id? A purchase resolves only the
+        predictions of its own partition, so a producer that does not key events by user splits a
+        session's views and its purchase across partitions, and nothing else would show it."""
+        if len(self.membership.topic_partitions) < 2:
+            return   # one partition: nothing to split
+        key = record.key
+        kind = "user_id" if key == str(event.user_id).encode() else "none" if key is None else "other"
+        counted = (record.partition, kind)
+        self.record_keys[counted] = self.record_keys.get(counted, 0) + 1
+        if kind == "user_id" or kind in self._warned_keys:
+            return
+        self._warned_keys.add(kind)
+        how = "without a key" if kind == "none" else f"keyed by something else than user_id (e.g. {key[:40]!r})"
+        log.warning("events arrive %s (partition %d, offset %d; sampled, counted in "
+                    "shopstream_record_keys_sampled_total): a session's views and its purchase can land on "
+                    "different partitions, where the purchase never resolves their predictions (they expire as "
+                    "non-purchases) and a user's features split. Key each event by its user_id (README, 'Events')",
+                    how, record.partition, record.offset)
 
     def _dead_letter(self, state: Partition, record, reason: str) -> None:
         state.dead_lettered += 1

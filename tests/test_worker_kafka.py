@@ -340,3 +340,24 @@ def test_a_partition_resumed_past_the_log_says_what_was_never_read_and_a_recreat
         third = run()
     assert third.handled == 50 and saved_offset() == 50, "the new log's records were read, none skipped"
     assert any("was deleted and created again" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("kafka_client", ["kafka-python", "confluent"])
+def test_events_sent_without_a_key_are_counted_and_warned_about(kafka, new_topic, tmp_path, kafka_client, caplog):
+    """A shop's producer that sends no key spreads a session's events over the partitions, and
+    purchases then never meet their predictions: the worker samples the keys it reads and says so."""
+    topic = new_topic(2)
+    records = [msgspec.json.encode(r) for r in generate(640, seed=97)]
+    send(kafka, topic, ((None, value) for value in records[:320]), partition=0)
+    send(kafka, topic, ((None, value) for value in records[320:]), partition=1)
+    settings = WorkerSettings.from_options(bootstrap_servers=kafka, topic=topic, group=f"g-{topic}",
+                                           predictions_topic=f"{topic}-predictions", dead_letter_topic=f"{topic}-dlq",
+                                           checkpoints=str(tmp_path / "ckpt"), until_idle=3.0, metrics_port=-1,
+                                           session_timeout_ms=6000, kafka_client=kafka_client)
+    worker = Worker(settings, CollectorRegistry())
+    with caplog.at_level("WARNING", logger="stream.worker"):
+        assert worker.run() == 0
+    assert worker.handled == 640
+    assert set(worker.record_keys) == {(0, "none"), (1, "none")} and sum(worker.record_keys.values()) == 40
+    said = [r.getMessage() for r in caplog.records if "events arrive without a key" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in caplog.records]

@@ -665,3 +665,36 @@ def test_the_partition_count_is_noted_only_when_the_metadata_says_something_new(
     metadata.answer = {0, 1, 2, 3}
     assert membership.note_partitions() == (2, 4) and membership.topic_partitions == [0, 1, 2, 3]
     assert membership.note_partitions() is None, "noted once"
+
+
+@pytest.mark.parametrize("key, kind", [(b"u", "user_id"), (None, "none"), (b"k", "other")])
+def test_records_not_keyed_by_user_are_counted_by_sample_and_warned_about_once(tmp_path, caplog, monkeypatch, key,
+                                                                             kind):
+    """One record in 16 is checked: a purchase resolves only its own partition's predictions, so
+    events must be keyed by user_id; anything else is counted and said once. (events(): user "u".)"""
+    class KeyedConsumer(FakeConsumer):
+        def poll(self, timeout_ms=0):
+            return {tp: [r._replace(key=key) for r in records] for tp, records in super().poll(timeout_ms).items()}
+
+    def keyed(clients):
+        clients.consumers.append(KeyedConsumer("events", clients.partitions, clients.calls))
+        return clients.consumers[-1]
+
+    monkeypatch.setattr(FakeClients, "consumer", keyed)
+    worker, _ = make_worker(tmp_path, {0: events(160), 1: events(160, 1)})
+    with caplog.at_level("WARNING", logger="stream.worker"):
+        assert worker.run() == 0
+    assert worker.record_keys == {(0, kind): 10, (1, kind): 10}
+    assert worker.registry.get_sample_value("shopstream_record_keys_sampled_total",
+                                            {"partition": "0", "key": kind}) == 10
+    said = [r.getMessage() for r in caplog.records if "events arrive" in r.getMessage()]
+    if kind == "user_id":
+        assert said == []
+    else:
+        assert len(said) == 1 and ("without a key" if kind == "none" else "(e.g. b'k')") in said[0], said
+
+
+def test_one_partition_needs_no_key(tmp_path):
+    worker, _ = make_worker(tmp_path, {0: events(160)})
+    assert worker.run() == 0
+    assert worker.record_keys == {}
