@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Optional
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 #: Valid commands kept for partitions that have not seen them yet (the newest; older ones are
 #: skipped, counted and logged for a partition that missed them).
 MAX_KEPT_COMMANDS = 1000
+#: Command ids remembered to refuse replays, the newest. Without a key anyone may write commands
+#: (and ids), so the memory is bounded; with a key only the operator's commands carry ids, and a
+#: copy older than MAX_COMMAND_AGE is refused by its issue time whether its id is remembered or not.
+MAX_KEPT_IDS = 100_000
 #: Messages that are no command, logged one by one; after these, one line every 1,000.
 _LOGGED_INVALID = 20
 
@@ -56,7 +60,7 @@ class ControlChannel:
         self.signing_key = signing_key
         self.replies = replies_topic(topic)
         self.commands: deque = deque()     # (offset, Command), offsets increasing
-        self._ids: dict = {}               # command id -> the offset that first carried it (replays refused)
+        self._ids: OrderedDict = OrderedDict()   # command id -> the offset that first carried it (replays refused)
         self.counts: dict[tuple[str, str], int] = {}   # (action, outcome) -> partitions
         self.read_up_to = 0                # the next offset of the control topic to read
         self.dropped_through = -1          # the newest command dropped for the bound
@@ -127,6 +131,8 @@ class ControlChannel:
             return None
         first = self._ids.setdefault(command.id, offset)
         if first == offset:   # signed or not, the same command twice is one command
+            if len(self._ids) > MAX_KEPT_IDS:
+                self._ids.popitem(last=False)   # the oldest, O(1) (a dict's head fills with holes)
             return None
         return f"a replay of command {first} (the same id, {command.id[:64]!r})"
 

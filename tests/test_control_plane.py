@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from types import SimpleNamespace
 
 import msgspec
@@ -44,7 +44,7 @@ def channel(artifacts=None, end=None):
     `end` is the topic's end offset as the broker would tell it (default: what was fed)."""
     ch = ControlChannel.__new__(ControlChannel)
     ch.artifacts, ch.worker, ch.replies, ch.commands, ch.counts = artifacts, "w1", "r", deque(), {}
-    ch.read_up_to, ch.dropped_through, ch.invalid, ch._ids = 0, -1, 0, {}
+    ch.read_up_to, ch.dropped_through, ch.invalid, ch._ids = 0, -1, 0, OrderedDict()
     ch._partition = SimpleNamespace(topic="control")
     ch._end_offset = lambda: ch.read_up_to if end is None else end
     ch.catch_up = lambda: None
@@ -569,3 +569,17 @@ def test_checkpoint_age_is_unsaved_progress_not_time_since_the_last_save(tmp_pat
     ages = {s.labels["partition"]: s.value for family in WorkerCollector(lambda: WorkerSnapshot.of(worker)).collect()
             if family.name == "shopstream_checkpoint_age_seconds" for s in family.samples}
     assert ages["0"] == 0.0 and 89 < ages["1"] < 100
+
+
+def test_remembered_command_ids_are_bounded_keeping_the_newest(monkeypatch):
+    """Without a key anyone may send commands with fresh ids: the ids kept to refuse replays are
+    bounded; the newest are kept, so a replay of a recent command is still refused."""
+    import stream.control_worker as control_worker
+
+    monkeypatch.setattr(control_worker, "MAX_KEPT_IDS", 3)
+    ch, _ = channel()
+    ch.signing_key = None
+    ch.receive(records([{"action": "promote", "target": "logreg", "id": name} for name in "abcde"]), live=False)
+    assert list(ch._ids) == ["c", "d", "e"]
+    ch.receive(records([{"action": "promote", "target": "logreg", "id": "e"}], start=5), live=False)
+    assert ch.invalid == 1 and [offset for offset, _ in ch.commands] == [0, 1, 2, 3, 4]
