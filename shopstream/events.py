@@ -271,6 +271,20 @@ def _is_utf8(data: bytes) -> bool:
 _last_time: tuple[str, float] = ("", 0.0)
 
 
+def _unit_hint(seconds: float) -> str:
+    """What a time out of range likely is: epoch milliseconds or microseconds (a common producer
+    mistake) fall in these bands for the years 2000-2100; a small or negative one is no such thing.
+
+    >>> _unit_hint(1.8e12), _unit_hint(1.8e15), _unit_hint(-5.0)
+    (' (epoch milliseconds? event_time takes seconds)', ' (epoch microseconds? event_time takes seconds)', '')
+    """
+    if MIN_EVENT_TIME * 1e3 <= seconds < MAX_EVENT_TIME * 1e3:
+        return " (epoch milliseconds? event_time takes seconds)"
+    if MIN_EVENT_TIME * 1e6 <= seconds < MAX_EVENT_TIME * 1e6:
+        return " (epoch microseconds? event_time takes seconds)"
+    return ""
+
+
 def parse_event_time(value: Union[float, int, str]) -> float:
     """ISO-8601 (REES46's "2019-10-01 00:00:00 UTC" too) or epoch seconds -> epoch seconds.
 
@@ -297,7 +311,7 @@ def parse_event_time(value: Union[float, int, str]) -> float:
     else:
         seconds = float(value)
     if not math.isfinite(seconds) or not MIN_EVENT_TIME <= seconds < MAX_EVENT_TIME:
-        raise InvalidEvent("event_time", "outside 2000-01-01..2100-01-01 (milliseconds?)", value)
+        raise InvalidEvent("event_time", "outside 2000-01-01..2100-01-01" + _unit_hint(seconds), value)
     if isinstance(value, str):
         _last_time = (value, seconds)
     return seconds
