@@ -308,6 +308,9 @@ class TopicsSettings(Settings):
     dead_letter_topic: str = same_as(WorkerSettings, "dead_letter_topic")
     control_topic: str = same_as(WorkerSettings, "control_topic")
     partitions: int = field(default=4, metadata=_help("partitions of the events and predictions topics"))
+    grow_partitions: bool = field(default=False, metadata=_help(
+        "add partitions to existing events and predictions topics with fewer than --partitions (keys move to "
+        "other partitions: README, 'Adding partitions'); without it an existing topic is left as it is"))
 
     def __post_init__(self) -> None:
         check(self, (("topic", bool(self.topic), "must be a topic name"),

@@ -9,11 +9,12 @@ from __future__ import annotations
 import time
 
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
+from kafka.admin import NewPartitions, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from .connection import kafka_options
 from .control_protocol import CONTROL_TOPIC_CONFIGS
+from .membership import moved_share
 from .settings import TopicsSettings
 
 
@@ -48,7 +49,8 @@ def create_topics(options: dict, topics: dict[str, int], timeout: float = 30.0,
 
 
 def topics_command(settings: TopicsSettings) -> int:
-    created = create_topics(kafka_options(settings.kafka), {
+    options = kafka_options(settings.kafka)
+    created = create_topics(options, {
         settings.topic: settings.partitions,
         settings.predictions_topic: settings.partitions,
         settings.dead_letter_topic: 1,
@@ -56,4 +58,39 @@ def topics_command(settings: TopicsSettings) -> int:
         f"{settings.control_topic}-replies": 1,   # the workers' answers to control commands
     }, configs={settings.control_topic: CONTROL_TOPIC_CONFIGS})   # commands stamped by the broker
     print(f"created topics: {', '.join(created) or 'none (all existed)'}")
-    return 0
+    # An existing topic keeps its partitions: say so when they are not what was asked (changing
+    # SHOPSTREAM_PARTITIONS and starting again did nothing, silently), and grow them only on request.
+    sized = [name for name in (settings.topic, settings.predictions_topic) if name and name not in created]
+    return _check_partitions(options, sized, settings.partitions, settings.grow_partitions) if sized else 0
+
+
+def _check_partitions(options: dict, topics: list[str], wanted: int, grow: bool) -> int:
+    """Compare existing topics' partition counts with `wanted`, and say where they differ; add
+    partitions when `grow`. Exit status 0 either way: the topics exist and work (compose runs this
+    at every start, and its workers wait for it to succeed)."""
+    admin = KafkaAdminClient(request_timeout_ms=10_000, **options)
+    try:
+        counts = {d["name"]: len(d["partitions"]) for d in admin.describe_topics(topics) if d["error_code"] == 0}
+        short = {name: n for name, n in counts.items() if n < wanted}
+        for name, n in counts.items():
+            if n > wanted:
+                print(f"{name} has {n} partitions, more than the {wanted} asked: Kafka cannot remove partitions, "
+                      "left as it is")
+        if short and grow:
+            admin.create_partitions({name: NewPartitions(wanted) for name in short})
+            for name, n in short.items():
+                print(f"{name}: {n} -> {wanted} partitions; about {_moved(n, wanted)} of keys now map to another "
+                      "partition (README, 'Adding partitions')")
+            return 0
+        for name, n in short.items():
+            print(f"{name} has {n} partitions, not the {wanted} asked: an existing topic is left as it is. "
+                  f"--grow-partitions adds them (about {_moved(n, wanted)} of keys then move to another "
+                  "partition: README, 'Adding partitions')")
+        return 0
+    finally:
+        admin.close()
+
+
+def _moved(before: int, now: int) -> str:
+    share = moved_share(before, now)
+    return f"{share:.0%}" if share is not None else "most"

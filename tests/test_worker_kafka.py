@@ -361,3 +361,42 @@ def test_events_sent_without_a_key_are_counted_and_warned_about(kafka, new_topic
     assert set(worker.record_keys) == {(0, "none"), (1, "none")} and sum(worker.record_keys.values()) == 40
     said = [r.getMessage() for r in caplog.records if "events arrive without a key" in r.getMessage()]
     assert len(said) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_shopstream_topics_says_when_an_existing_topic_has_other_partitions_and_grows_it_on_request(kafka, capsys):
+    """`shopstream topics` with more partitions than an existing topic has: it used to say "none
+    (all existed)" and change nothing (a SHOPSTREAM_PARTITIONS raised before a compose start did
+    nothing, silently); now it says so, and --grow-partitions adds them."""
+    import uuid
+
+    from kafka import KafkaAdminClient
+
+    from stream.settings import TopicsSettings
+    from stream.topics import topics_command
+
+    name = f"t-grow-{uuid.uuid4().hex[:8]}"
+    base = dict(bootstrap_servers=kafka, topic=name, predictions_topic=f"{name}-predictions",
+                dead_letter_topic=f"{name}-dlq", control_topic=f"{name}-control")
+    admin = KafkaAdminClient(bootstrap_servers=kafka)
+
+    def partitions() -> dict:
+        return {d["name"]: len(d["partitions"]) for d in admin.describe_topics([name, f"{name}-predictions"])}
+
+    try:
+        assert topics_command(TopicsSettings.from_options(**base, partitions=2)) == 0
+        assert partitions() == {name: 2, f"{name}-predictions": 2}
+        capsys.readouterr()
+        assert topics_command(TopicsSettings.from_options(**base, partitions=4)) == 0
+        said = capsys.readouterr().out
+        assert partitions() == {name: 2, f"{name}-predictions": 2}
+        assert f"{name} has 2 partitions, not the 4 asked: an existing topic is left as it is. --grow-partitions " \
+               "adds them (about 50% of keys" in said, said
+        assert topics_command(TopicsSettings.from_options(**base, partitions=4, grow_partitions=True)) == 0
+        said = capsys.readouterr().out
+        assert partitions() == {name: 4, f"{name}-predictions": 4}
+        assert f"{name}: 2 -> 4 partitions; about 50% of keys now map to another partition" in said, said
+        assert topics_command(TopicsSettings.from_options(**base, partitions=3)) == 0
+        assert "has 4 partitions, more than the 3 asked: Kafka cannot remove partitions" in capsys.readouterr().out
+    finally:
+        admin.delete_topics([t for t in admin.list_topics() if t.startswith(name)])
+        admin.close()
