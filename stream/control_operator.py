@@ -85,7 +85,8 @@ class ControlClient:
         if self._producer is None:
             raise RuntimeError("the control client is not connected: call connect() first")
         value, headers = encode_command(command, self.signing_key)
-        return self._producer.send(self.control_topic, value=value, headers=headers).get(timeout=30).offset
+        # partition 0, the one workers read (a control topic made with more would spread commands)
+        return self._producer.send(self.control_topic, value=value, headers=headers, partition=0).get(timeout=30).offset
 
     def replies_end(self) -> int:
         """The reply topic's end offset: where the replies to a command sent now start."""

@@ -241,7 +241,7 @@ class ControlChannel:
             if self._producer is None:
                 self._producer = KafkaProducer(acks=1, linger_ms=0, **self._options)
             value, headers = encode_reply(reply, self.signing_key)
-            self._producer.send(self.replies, value=value, headers=headers)
+            self._producer.send(self.replies, value=value, headers=headers, partition=0)   # the one read
         except Exception as exc:  # replies inform the operator; a lost one must not stop the worker
             log.warning("control reply not sent: %s: %s", type(exc).__name__, exc)
 

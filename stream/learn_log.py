@@ -202,6 +202,13 @@ class LearnLog:
         if not self._assigned:
             self._consumer.assign([self.tp])
             self._assigned = True
+            try:
+                found = self._consumer.partitions_for_topic(self.topic) or ()
+            except Exception:   # noqa: BLE001 - metadata late: only a warning is at stake
+                found = ()
+            if len(found) > 1:
+                log.warning("learn topic %s has %d partitions: the learn log uses partition 0 only (one order for "
+                            "the group); the others stay unused", self.topic, len(found))
         return self
 
     @property
@@ -243,7 +250,8 @@ class LearnLog:
         for example in [*outbox.drain(), *([batch] if batch is not None else [])]:
             value = encode(example, self.group, self.events_topic, self.schema, lineup, self.key)
             # The worker's producer: a checkpoint waits until these are acknowledged like any output.
-            self.outputs.send(self.topic, str(example.source).encode(), value)
+            # To the one partition read (a learn topic made with more would spread records by key).
+            self.outputs.send(self.topic, str(example.source).encode(), value, partition=self.tp.partition)
             self.published += isinstance(example, Example)
 
     # -- applying ----------------------------------------------------------------------

@@ -128,6 +128,6 @@ def moved_share(before: int, now: int) -> Optional[float]:
     if before <= 0 or now <= 0:
         return None
     period = math.lcm(before, now)   # hash mod before and mod now repeat together with this period
-    if period > 1_000_000:
+    if period > 100_000:   # counted in the loop thread, once: a few ms at most
         return None
     return sum(1 for h in range(period) if h % before != h % now) / period

@@ -275,10 +275,12 @@ class Outputs:
             ("shopstream.source.offset", str(first).encode()),
             ("shopstream.source.last_offset", str(last).encode())]})
 
-    def send(self, topic: str, key: Optional[bytes], value: bytes) -> None:
+    def send(self, topic: str, key: Optional[bytes], value: bytes, partition: Optional[int] = None) -> None:
         """Another record on the worker's producer (the learn log's): checked and resent like a
-        prediction, so no checkpoint covers it before the broker acknowledged it."""
-        self._send(topic, {"key": key, "value": value})
+        prediction, so no checkpoint covers it before the broker acknowledged it. `partition`:
+        that one, whatever the key (else the producer's partitioner picks by key)."""
+        self._send(topic, {"key": key, "value": value} if partition is None else
+                   {"key": key, "value": value, "partition": partition})
 
     def _send(self, topic: str, message: dict) -> None:
         if topic == self.dead_letter_topic and message_size(message) > MAX_DEAD_LETTER_BYTES:

@@ -182,7 +182,7 @@ class FakeProducer:
         for future in unanswered:
             future.success(None) if error is None else future.failure(error)
 
-    def send(self, topic, key=None, value=None, headers=None):
+    def send(self, topic, key=None, value=None, headers=None, partition=None):
         if topic in self.missing_topics:
             self.calls.append(("send_timeout", topic))
             if self.calls[-50:] == [("send_timeout", topic)] * 50:

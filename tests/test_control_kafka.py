@@ -259,3 +259,39 @@ def test_replies_are_signed_and_neither_a_forged_reply_nor_a_backdated_command_p
     assert shown.returncode == 1, shown.stdout
     assert "ignored 2 replies that were unsigned or forged" in shown.stdout
     assert "partition 0: no reply" in shown.stdout and "applied" not in shown.stdout
+
+
+def test_control_and_reply_topics_made_with_several_partitions_lose_no_command_nor_reply(kafka, new_topic):
+    """Workers read commands from partition 0 of the control topic and `shopstream models` reads
+    replies from partition 0 of the reply topic. Sent without a partition, on topics made with
+    more partitions (by hand, a topic template), commands and replies were spread over them and
+    most were never read. Now both go to partition 0."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    from shopstream.engine import Engine
+    from stream.control_operator import ControlClient
+    from stream.control_protocol import Command
+    from stream.control_worker import ControlChannel
+
+    control = new_topic(3, "-control")
+    admin = KafkaAdminClient(bootstrap_servers=kafka)
+    try:
+        admin.create_topics([NewTopic(f"{control}-replies", 3, 1)])
+    finally:
+        admin.close()
+    options = {"bootstrap_servers": kafka}
+    client = ControlClient(options, control).connect()
+    try:
+        offsets = [client.send(Command("promote", "logreg", id=f"c{i}", issued_at=time.time())) for i in range(10)]
+    finally:
+        client.close()
+    assert offsets == list(range(10)), "every command at the next offset of partition 0"
+    channel = ControlChannel(options, control, None, worker="w").open()
+    try:
+        assert [offset for offset, _ in channel.commands] == offsets
+        assert channel.apply(Engine.fresh("logreg", "raw"), 0)
+    finally:
+        channel.close()
+    read = ControlClient(options, control).read_replies(timeout=10)
+    assert sorted(r.command for r in read.replies) == offsets, "one reply per command, all read"

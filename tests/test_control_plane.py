@@ -51,7 +51,7 @@ def channel(artifacts=None, end=None):
     sent = []
     ch.sent_records = []   # (value, headers) of each reply, as sent
 
-    def send(topic, value, headers=()):
+    def send(topic, value, headers=(), partition=None):
         ch.sent_records.append((value, list(headers)))
         sent.append(json.loads(value))
     ch._producer = SimpleNamespace(send=send, close=lambda **k: None)

@@ -134,3 +134,31 @@ def test_shared_learning_4_partitions_2_workers_kill_9(kafka, new_topic, tmp_pat
             reference.champion_slot.model["LogisticRegression"].weights
         assert [engine.champion_slot.model.predict_proba_one(x) for x in probes] == \
             [reference.champion_slot.model.predict_proba_one(x) for x in probes]
+
+
+def test_a_learn_topic_made_with_several_partitions_still_carries_every_example(kafka, new_topic, tmp_path, caplog):
+    """The learn log is read from partition 0 (one order for the group). Publishing by key spread
+    the records of a learn topic made with more partitions (by hand, or by a topic template) over
+    all of them, and every record off partition 0 was never learned, silently. Now every record
+    goes to partition 0, and the worker says the others stay unused."""
+    from prometheus_client import CollectorRegistry
+
+    from stream.settings import WorkerSettings
+    from stream.worker import Worker
+
+    topic, learn_topic = new_topic(2), new_topic(3, "-learn")
+    send_records(kafka, topic, list(generate(3000, seed=101)))
+    settings = WorkerSettings.from_options(bootstrap_servers=kafka, topic=topic, group=f"g-{topic}",
+                                           predictions_topic=f"{topic}-predictions", dead_letter_topic=f"{topic}-dlq",
+                                           checkpoints=str(tmp_path / "ckpt"), until_idle=3.0, metrics_port=-1,
+                                           session_timeout_ms=6000, learning="shared", learn_topic=learn_topic)
+    worker = Worker(settings, CollectorRegistry())
+    with caplog.at_level("WARNING", logger="stream.learn_log"):
+        assert worker.run() == 0
+    records = read_topic(kafka, learn_topic, timeout=10)
+    sources = {decode(r.value, f"g-{topic}", topic, schema_of(EngineConfig(features="shop"))).source for r in records}
+    assert records and sources == {0, 1}, "both partitions published"
+    assert {r.partition for r in records} == {0}, "every learn record on the partition the log is read from"
+    assert any("has 3 partitions: the learn log uses partition 0 only" in r.getMessage() for r in caplog.records)
+    saved = DirectoryCheckpointStore(settings.checkpoints.directory).load_all()
+    assert {key[1]: state.learn_log.next_offset for key, state in saved.items()} == {0: len(records), 1: len(records)}

@@ -162,6 +162,9 @@ class FakeLearnConsumer:
     def assign(self, tps):
         pass
 
+    def partitions_for_topic(self, topic):
+        return {0}
+
     def seek(self, tp, offset):
         self.next = offset
 
