@@ -61,13 +61,14 @@ def topics_command(settings: TopicsSettings) -> int:
     # An existing topic keeps its partitions: say so when they are not what was asked (changing
     # SHOPSTREAM_PARTITIONS and starting again did nothing, silently), and grow them only on request.
     sized = [name for name in (settings.topic, settings.predictions_topic) if name and name not in created]
-    return _check_partitions(options, sized, settings.partitions, settings.grow_partitions) if sized else 0
+    if sized:
+        _check_partitions(options, sized, settings.partitions, settings.grow_partitions)
+    return 0   # also when a topic's size differs: it exists and works (compose's workers wait for this)
 
 
-def _check_partitions(options: dict, topics: list[str], wanted: int, grow: bool) -> int:
+def _check_partitions(options: dict, topics: list[str], wanted: int, grow: bool) -> None:
     """Compare existing topics' partition counts with `wanted`, and say where they differ; add
-    partitions when `grow`. Exit status 0 either way: the topics exist and work (compose runs this
-    at every start, and its workers wait for it to succeed)."""
+    partitions when `grow`."""
     admin = KafkaAdminClient(request_timeout_ms=10_000, **options)
     try:
         counts = {d["name"]: len(d["partitions"]) for d in admin.describe_topics(topics) if d["error_code"] == 0}
@@ -81,12 +82,11 @@ def _check_partitions(options: dict, topics: list[str], wanted: int, grow: bool)
             for name, n in short.items():
                 print(f"{name}: {n} -> {wanted} partitions; about {_moved(n, wanted)} of keys now map to another "
                       "partition (README, 'Adding partitions')")
-            return 0
+            return
         for name, n in short.items():
             print(f"{name} has {n} partitions, not the {wanted} asked: an existing topic is left as it is. "
                   f"--grow-partitions adds them (about {_moved(n, wanted)} of keys then move to another "
                   "partition: README, 'Adding partitions')")
-        return 0
     finally:
         admin.close()
 
