@@ -8,18 +8,23 @@ while the real-broker tests use this one.
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 from kafka import KafkaConsumer, KafkaProducer
+from kafka import __version__ as kafka_version
 
 from .checkpointing.kafka_store import KafkaCheckpointStore
 from .checkpointing.stores import CheckpointStore, DirectoryCheckpointStore
 from .connection import kafka_options
 from .control_worker import ControlChannel
 from .corrupt import CorruptBatchSkipper
+from .group_join import mend_group_join
 from .membership import PARTITION_DISCOVERY_MS
 from .owners import Owners, OwnersAssignor, client_id_with_address
 from .settings import WorkerSettings
+
+log = logging.getLogger(__name__)
 
 
 class KafkaClients:
@@ -42,7 +47,7 @@ class KafkaClients:
                 admin = {**librdkafka_options(self.options), "client.id": f"{s.name}-owners", "logger": LIBRDKAFKA_LOG}
                 watch = GroupOwnersWatch(admin, s.group, s.topic, self.assignor.owners)
             return ConfluentConsumer(config, s.max_poll_records, owners_watch=watch)
-        return KafkaConsumer(
+        consumer = KafkaConsumer(
             group_id=s.group,
             client_id=s.name,
             enable_auto_commit=False,
@@ -54,6 +59,10 @@ class KafkaClients:
             metadata_max_age_ms=PARTITION_DISCOVERY_MS,   # partitions added to the topic: found in 30 s
             **self.options,
         )
+        if not mend_group_join(consumer):   # a join begun must finish (group_join.py says why)
+            log.warning("kafka-python %s: its group join is not mended (stream/group_join.py); a worker may "
+                        "drop out of its group after a rebalance until --rejoin-deadline", kafka_version)
+        return consumer
 
     def broker_probe(self) -> KafkaConsumer:
         """The broker watch's own connection (broker_watch.py says why): no group, no fetches."""

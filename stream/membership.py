@@ -1,9 +1,10 @@
 """The worker's place in its consumer group: subscribe, time each join, rebuild a stuck client.
 
-kafka-python 3.0.12 has been seen to start a group join that never finishes. A join that
-outlives every legitimate rebalance (bounded by the 300 s rebalance timeout) is a stuck
-client: `GroupMembership.maybe_rebuild` replaces the consumer with a new one from the
-factory, after the worker released whatever it still owned.
+kafka-python 3.0.12 has been seen to start a group join that never finishes. One cause is
+known and mended (`stream/group_join.py`); for any other, a join that outlives every
+legitimate rebalance (bounded by the 300 s rebalance timeout) is a stuck client:
+`GroupMembership.maybe_rebuild` replaces the consumer with a new one from the factory, after
+the worker released whatever it still owned.
 
 Partitions added to the events topic reach the group within the consumers' metadata refresh
 (`PARTITION_DISCOVERY_MS`) and a rebalance; `note_partitions`, called after each assignment,
@@ -65,7 +66,7 @@ class GroupMembership:
 
     def subscribe(self) -> None:
         # Learn the topic's partitions before joining: kafka-python 3.0.12 otherwise assigns
-        # nothing, rejoins at once, and that second join has been seen to hang for good.
+        # nothing and rejoins at once (that second join was the one lost: group_join.py).
         self.topic_partitions = sorted(self.consumer.partitions_for_topic(self.topic) or ())
         self.joining_since = time.monotonic()
         self.consumer.subscribe([self.topic], listener=self.listener)

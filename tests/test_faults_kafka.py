@@ -1,5 +1,5 @@
 """Faults on the real broker: a full disk under the checkpoint store, a worker
-that refuses a forged checkpoint, and a group join that does not finish."""
+that refuses a forged checkpoint, a group join that does not finish, and one that ends between polls."""
 
 import resource
 import subprocess
@@ -128,3 +128,47 @@ def test_unfinished_group_join_rebuilds_the_consumer_and_loses_nothing(kafka, ne
     for partition, engine in expected.items():
         assert_same_engine(actual[partition], engine, probes)
 
+
+
+
+def test_a_group_join_begun_is_collected_even_when_it_ends_between_polls(kafka, new_topic):
+    """kafka-python 3.0.12 lost joins that finished between two polls (`stream/group_join.py`):
+    a leader rejoining for new metadata alone was then dropped from its group for good, and any
+    other member sent one more JoinGroup, so a member that keeps missing the moment rebalances
+    its group without end. Here partitions are added under a group of two; the other member
+    answers the rebalance 2 s late, and both poll briefly and work in between, as workers do.
+    Mended (as the worker's consumer factory does), each member ends with two partitions."""
+    from kafka.admin import KafkaAdminClient, NewPartitions
+
+    from stream.group_join import mend_group_join
+
+    topic = new_topic(2)
+    options = dict(bootstrap_servers=kafka, group_id=f"g-{topic}", enable_auto_commit=False,
+                   session_timeout_ms=6000, heartbeat_interval_ms=1000, metadata_max_age_ms=500)
+    leader, other = KafkaConsumer(**options), KafkaConsumer(**options)
+    assert mend_group_join(leader) and mend_group_join(other)
+    admin = KafkaAdminClient(bootstrap_servers=kafka)
+    try:
+        leader.subscribe([topic])
+        wait_for(lambda: leader.poll(timeout_ms=200) is not None and len(leader.assignment()) == 2, 60,
+                 "the leader joined")
+        other.subscribe([topic])
+        wait_for(lambda: [leader.poll(timeout_ms=100), other.poll(timeout_ms=100)]
+                 and len(leader.assignment()) == len(other.assignment()) == 1, 60, "both members joined")
+        generation = leader._coordinator._generation.generation_id
+        admin.create_partitions({topic: NewPartitions(4)})
+        added = time.time()
+        while time.time() < added + 30 and not len(leader.assignment()) == len(other.assignment()) == 2:
+            leader.poll(timeout_ms=20)
+            if time.time() > added + 2:
+                other.poll(timeout_ms=20)
+            time.sleep(0.4)   # the work between polls
+        rebalances = leader._coordinator._generation.generation_id - generation
+        print(f"assignments {leader.assignment()} / {other.assignment()} after {time.time() - added:.1f} s, "
+              f"{rebalances} rebalance(s)")
+        assert len(leader.assignment()) == len(other.assignment()) == 2, "a join after adding partitions was lost"
+        assert rebalances <= 2, f"{rebalances} rebalances for one change of partitions"
+    finally:
+        admin.close()
+        leader.close(autocommit=False)
+        other.close(autocommit=False)
