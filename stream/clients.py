@@ -9,6 +9,7 @@ while the real-broker tests use this one.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Optional
 
 from kafka import KafkaConsumer, KafkaProducer
@@ -25,6 +26,30 @@ from .owners import Owners, OwnersAssignor, client_id_with_address
 from .settings import WorkerSettings
 
 log = logging.getLogger(__name__)
+
+#: kafka-python 3.0.12 warns of every step of its IO loop longer than 0.1 s. Under load that is
+#: several lines a second (the worker's rebalance callbacks restore checkpoints on that thread),
+#: enough to fill a 64 KiB stderr pipe in a couple of minutes and then block the process on its
+#: next log line. Steps shorter than this are dropped; a longer one is a real stall and is kept.
+SLOW_STEP_LOGGED_FROM = 1.0
+_SLOW_STEP = re.compile(r"ran for (\d+(?:\.\d+)?)s \(>")
+
+
+class SlowStepFilter(logging.Filter):
+    """Drops kafka-python's slow-step warnings under `SLOW_STEP_LOGGED_FROM` seconds.
+
+    >>> record = logging.LogRecord("kafka.net.selector", logging.WARNING, "", 0,
+    ...                            "Task <T> ran for 0.104s (>0.100s threshold). It is blocking", None, None)
+    >>> SlowStepFilter().filter(record)
+    False
+    >>> record.msg = "Task <T> ran for 101.065s (>0.100s threshold). It is blocking"
+    >>> SlowStepFilter().filter(record)
+    True
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = _SLOW_STEP.search(str(record.msg))
+        return found is None or float(found.group(1)) >= SLOW_STEP_LOGGED_FROM
 
 
 class KafkaClients:

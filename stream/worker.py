@@ -42,7 +42,7 @@ from shopstream.signing import SignatureError
 from .broker_watch import BrokerWatch
 from .checkpointer import Checkpointer
 from .checkpointing.format import CheckpointError
-from .clients import KafkaClients
+from .clients import KafkaClients, SlowStepFilter
 from .gc_mode import GcControl, GcMode
 from .membership import GroupMembership, moved_share
 from .outputs import Outputs
@@ -547,6 +547,7 @@ def run_worker(settings: WorkerSettings) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.log_level != "DEBUG":  # the Kafka client's INFO lines (about 100 per start) drown ours
         logging.getLogger("kafka").setLevel(logging.WARNING)
+        logging.getLogger("kafka.net.selector").addFilter(SlowStepFilter())
     preflight(settings)
     registry = CollectorRegistry()
     collector = GcControl(GcMode.choose(settings.gc, settings.serve.enabled, settings.kafka_client), registry)

@@ -214,7 +214,10 @@ def test_compose_topology_natively_with_real_prometheus(compose, kafka, tmp_path
                                 # broker whose data outlives runs, and reading past them delayed learning by minutes.
                                 "SHOPSTREAM_LEARN_TOPIC": f"deploy-{suffix}-learn",
                                 "SHOPSTREAM_CLIENT_ID": f"worker-{number}"})
-        workers.append(subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True))
+        # Logs to a file, not a pipe: a pipe read only at the end fills (64 KiB) on a slow machine,
+        # and a worker then blocks on its next log line, its consumer's IO thread too.
+        with open(tmp_path / f"worker-{number}.log", "w") as log_file:
+            workers.append(subprocess.Popen(command, env=env, stderr=log_file, text=True))
 
     config = yaml.safe_load(PROMETHEUS_YML.read_text())
     config["global"]["scrape_interval"] = "1s"
@@ -232,10 +235,11 @@ def test_compose_topology_natively_with_real_prometheus(compose, kafka, tmp_path
         check.stdout + check.stderr
 
     prom_port = free_port()
-    prometheus = subprocess.Popen(["prometheus", f"--config.file={local_config}",
-                                   f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                   f"--web.listen-address=127.0.0.1:{prom_port}"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with open(tmp_path / "prometheus.log", "w") as prometheus_log:
+        prometheus = subprocess.Popen(["prometheus", f"--config.file={local_config}",
+                                       f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                       f"--web.listen-address=127.0.0.1:{prom_port}"],
+                                      stdout=subprocess.DEVNULL, stderr=prometheus_log, text=True)
     api = Prometheus(f"http://127.0.0.1:{prom_port}")
     try:
         wait_for(lambda: urllib.request.urlopen(f"{api.url}/-/ready", timeout=2).status == 200, 60, "prometheus ready")
@@ -254,7 +258,8 @@ def test_compose_topology_natively_with_real_prometheus(compose, kafka, tmp_path
         try:
             wait_for(everything_scraped, 120, "both workers scraped with learned events")
         except TimeoutError as error:
-            dead = [w.stderr.read()[-3000:] for w in workers if w.poll() is not None and w.stderr]
+            dead = [(tmp_path / f"worker-{n}.log").read_text()[-3000:] for n, w in enumerate(workers)
+                    if w.poll() is not None]
             raise TimeoutError(f"{error}; last seen {seen}; workers alive: {[w.poll() is None for w in workers]}"
                                + "".join(f"\na stopped worker's last words:\n{log}" for log in dead)) from None
         # The scoring API as compose configures it: one worker answers for users of every partition,
@@ -329,7 +334,9 @@ def test_compose_topology_natively_with_real_prometheus(compose, kafka, tmp_path
         prometheus.wait(timeout=30)
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
-        logs = [worker.communicate(timeout=60)[1] for worker in workers]
+        for worker in workers:
+            worker.wait(timeout=60)
+        logs = [(tmp_path / f"worker-{number}.log").read_text() for number in range(len(workers))]
         if sys.exc_info()[0] is not None:   # failing: what the workers said (pytest shows it with the failure)
             for number, log in enumerate(logs):
                 print(f"--- worker {number}'s log, its end:\n{log[-6000:]}")
