@@ -926,9 +926,14 @@ class ScoreServer:
         """Another worker's partition: ask its owner once, or say where to ask."""
         owner = self.desk.owners.address(partition)
         if headers.get(FORWARDED) or not owner or owner == self.desk.address:
-            why = "it is moving between workers" if owner else "its owner is not known here yet"
-            raise RequestError(503, "not_owner", f"partition {partition} is not served here ({why}): retry in a "
-                               "moment", partition=partition, owner=owner or None)
+            if not owner:
+                why, then = "its owner is not known here yet", "retry in a moment"
+            elif owner == self.desk.address:
+                why, then = "it is moving between workers", "retry in a moment"
+            else:   # forwarded once already: never again (no loops while two workers' maps disagree)
+                why, then = f"a forwarded request is not forwarded again; its owner is {owner}", "ask it directly"
+            raise RequestError(503, "not_owner", f"partition {partition} is not served here ({why}): {then}",
+                               partition=partition, owner=owner or None)
         host, _, port = owner.rpartition(":")
         extra = [f"{FORWARDED}: {self.desk.name}"]
         if "authorization" in headers:

@@ -344,6 +344,7 @@ def test_a_worker_that_does_not_own_the_partition_forwards_to_its_owner(engine):
         # a forwarded request is never forwarded again: it says where to ask instead
         status, answer, _ = post(other.port, "/score/whatif", request_for(engine), {"X-Shopstream-Forwarded": "x"})
         assert (status, answer["owner"]) == (503, owner.server.address)
+        assert f"not forwarded again; its owner is {owner.server.address}): ask it directly" in answer["error"], answer
         # an owner that does not answer: 503 naming it
         other.desk.owners.update(encode_map(TOPIC, 1, {0: "127.0.0.1:9"}))
         status, answer, _ = post(other.port, "/score/whatif", request_for(engine))
