@@ -250,10 +250,16 @@ class Engine:
 
     # -- the event path -----------------------------------------------------------------
 
-    def process(self, event: Event, ref: object = None) -> Optional[float]:
+    def process(self, event: Event, ref: object = None, served: Optional[tuple] = None) -> Optional[float]:
         """Handle one validated event; return the champion's P(purchase) if it was predicted.
 
-        `ref` is kept with the open prediction (e.g. the Kafka offset) for tracing."""
+        `ref` is kept with the open prediction (e.g. the Kafka offset) for tracing. `served`: what
+        `serve` gave for this view or cart when the scoring API answered it, (features, outputs,
+        champion index): recorded as its prediction instead of predicting again, so the score served,
+        published and scored is one number and the models learn from the features it was served on.
+        A `served` that does not fit this engine raises ValueError, and nothing changes."""
+        if served is not None:
+            self._check_served(event, served)
         if self._refresh_due:  # the first event after a checkpoint or a restore (see `_refresh`)
             self._refresh()
         counts = self.counts
@@ -278,7 +284,7 @@ class Engine:
             for bought in joiner.purchase(prediction_key(event), t):
                 self._resolve(bought, True, t)
         elif role == PREDICTION_POINT:
-            prediction = self._predict(event, ref)
+            prediction = self._predict(event, ref) if served is None else self._open_served(event, ref, served)
             if joiner.open(prediction, getattr(self.features, "floats_only", False)):
                 p_true = prediction.p_true
         self.features.learn(event)
@@ -305,6 +311,55 @@ class Engine:
             answers.append((slot.name, slot.role, slot.version,
                             p_true if p_true is not None and math.isfinite(p_true) else None))
         return answers
+
+    def serve(self, event: Event) -> tuple[dict, tuple, int]:
+        """What `process` would record for the view or cart `event` now, changing nothing: (its
+        features, each slot's (P(True), predicted label), the champion's index). A slot whose
+        P(True) is not finite is unscored here ((0.0, None), as a model that cannot predict yet):
+        a score must not reset a model. The scoring API answers with it and writes it beside the
+        event; `process(event, served=...)` then records exactly this prediction.
+
+        >>> from shopstream.events import Event
+        >>> engine = Engine.fresh("logreg", "raw")
+        >>> view = Event(1.6e9, "view", "p", "u", "s", features={"a": 1.0})
+        >>> served = engine.serve(view)
+        >>> served, engine.counts["predicted"]
+        (({}, ((0.5, False),), 0), 0)
+        >>> engine.process(view, served=served), engine.counts["predicted"]
+        (0.5, 1)
+        """
+        x = getattr(self.features, "peek", self.features.transform)(event)
+        outputs = []
+        for slot in self.slots:
+            proba = slot.model.predict_proba_one(x)
+            output = _UNSCORED
+            if proba:
+                p_true = proba.get(True, 0.0)
+                if _isfinite(p_true):
+                    output = (p_true, _argmax(proba))
+            outputs.append(output)
+        return x, tuple(outputs), self.champion
+
+    def _check_served(self, event: Event, served: tuple) -> None:
+        x, outputs, champion = served
+        if label_role(event) != PREDICTION_POINT:
+            raise ValueError(f"a served prediction on a {event.event_type} event"
+                             f"{' with a label' if event.label is not None else ''}: only views and carts are served")
+        if not 0 < len(outputs) <= len(self.slots):
+            raise ValueError(f"{len(outputs)} served model outputs: {len(self.slots)} models run on this partition")
+        if not 0 <= champion < len(outputs):
+            raise ValueError(f"served champion {champion}: not one of the {len(outputs)} served outputs")
+
+    def _open_served(self, event: Event, ref: object, served: tuple) -> OpenPrediction:
+        """The prediction `serve` gave (checked by `_check_served`), recorded as `_predict` records its own;
+        slots added since it was served skip it, as they skip predictions made before them."""
+        x, outputs, champion = served
+        for slot in self.slots[:len(outputs)]:
+            if slot.provisional:   # as in `_predict`: each delayed-feedback model learns it at once
+                self._learn_provisional(slot, x)
+        self.counts["predicted"] += 1
+        t: float = event.event_time  # type: ignore[assignment]  # validated: epoch seconds
+        return OpenPrediction(prediction_key(event), t, x, list(outputs), champion, ref)
 
     def _predict(self, event: Event, ref: object) -> OpenPrediction:
         x = self.features.transform(event)

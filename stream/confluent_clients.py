@@ -39,7 +39,7 @@ import logging
 import operator
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from confluent_kafka import OFFSET_STORED, Consumer, KafkaError as ConfluentError, KafkaException, Producer
 from confluent_kafka import TopicPartition as ConfluentTopicPartition
@@ -127,8 +127,10 @@ def producer_config(settings, options: dict) -> dict:
 
 
 def score_producer_config(settings, options: dict) -> dict:
-    """The scoring API's producer: each request waits on its own send, so no linger."""
-    return {**producer_config(settings, options), "client.id": f"{settings.name}-api", "linger.ms": 0}
+    """The scoring API's producer: each request waits on its own send, so no linger; successes are
+    reported too (a score answered when written is answered by its acknowledgement)."""
+    return {**producer_config(settings, options), "client.id": f"{settings.name}-api", "linger.ms": 0,
+            "delivery.report.only.error": False}
 
 
 # -- the consumer -------------------------------------------------------------------------------------
@@ -396,16 +398,31 @@ def _as_kafka_error(error) -> Exception:
     return KafkaError(text)
 
 
-class DeliveryFuture:
-    """What a send returns: errbacks are called with the failure (only failures are reported)."""
+class Delivered(NamedTuple):
+    """Where an acknowledged record landed (what kafka-python's RecordMetadata says of it)."""
 
-    __slots__ = ("_producer", "_errbacks", "_callbacks", "exception")
+    topic: str
+    partition: int
+    offset: int
+
+
+def _where(message) -> Delivered:
+    return Delivered(message.topic(), message.partition(), message.offset())
+
+
+class DeliveryFuture:
+    """What a send returns: errbacks are called with the failure; callbacks with a `Delivered` once
+    acknowledged, on the thread that serves delivery reports (or at once, if added after that), or
+    with None at `get` if still pending then."""
+
+    __slots__ = ("_producer", "_errbacks", "_callbacks", "exception", "_message")
 
     def __init__(self, producer: "ConfluentProducer"):
         self._producer = producer
         self._errbacks: list = []
         self._callbacks: list = []
         self.exception: Optional[Exception] = None
+        self._message = None   # the acknowledged message (read only for a callback)
 
     def add_errback(self, fn: Callable, *args, **kwargs) -> "DeliveryFuture":
         """As kafka-python's: an errback added after the send failed is called at once (a thread
@@ -419,11 +436,21 @@ class DeliveryFuture:
         return self
 
     def add_callback(self, fn: Callable, *args, **kwargs) -> "DeliveryFuture":
-        self._callbacks.append((fn, args, kwargs))   # called on get(): successes are not reported
+        with _REPORTS_LOCK:
+            message = self._message
+            if message is None:
+                self._callbacks.append((fn, args, kwargs))
+        if message is not None:   # acknowledged before the callback was added
+            fn(*args, _where(message), **kwargs)
         return self
 
-    def _delivered(self, error, _message) -> None:
+    def _delivered(self, error, message) -> None:
         if error is None:
+            with _REPORTS_LOCK:
+                self._message = message
+                callbacks, self._callbacks = self._callbacks, []
+            for fn, args, kwargs in callbacks:
+                fn(*args, _where(message), **kwargs)
             return
         with _REPORTS_LOCK:
             self.exception = failed = _as_kafka_error(error)
@@ -436,7 +463,9 @@ class DeliveryFuture:
         self._producer.flush(timeout)
         if self.exception is not None:
             raise self.exception
-        for fn, args, kwargs in self._callbacks:
+        with _REPORTS_LOCK:
+            callbacks, self._callbacks = self._callbacks, []   # (none left once its report was served)
+        for fn, args, kwargs in callbacks:
             fn(*args, None, **kwargs)
 
 

@@ -11,6 +11,17 @@ request repeated with the same event id, or the same event sent by the shop's tr
 is one prediction: the engine drops the second as a duplicate and the API answers with
 the first one's score (``"duplicate": true``).
 
+With ``--serve-recorded written``, a recorded score is answered once its event is written, not
+once processed: the owner computes it at once on the live state (`Engine.serve`, as a what-if),
+writes the event carrying it (`served.py`: the features and every model's output) and answers
+when the broker acknowledges the write. The loop records that very prediction when it reaches
+the event, and a replay after kill -9 reads it from the same record: exactly once as above, and
+no wait behind the stream's backlog or a checkpoint's pause. What it gives up: the score reads
+the state as processed so far (events of the session still in the backlog are not in it), and
+when the shop's tracking writes the same event id *before* the API's record reaches the
+partition, the tracking copy is the prediction (computed when processed) and the API's record
+is dropped as its duplicate, so the number answered can differ from the one recorded.
+
 What-if scores read the partition's live feature state and every model, and record, learn
 and fold in nothing.
 
@@ -55,6 +66,7 @@ from shopstream.events import MAX_FUTURE_SKEW, Event, encode_event
 
 from .owners import Owners, OwnersAssignor, partition_for
 from .score_codec import REASONS, RequestError, date_event, decode_request, encode, error_body
+from .served import SERVED_HEADER, decode_served, encode_served
 from .settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -67,6 +79,10 @@ FORWARDED = "x-shopstream-forwarded"
 #: Seconds the loop must have waited in its poll before the clerk answers in its place: longer than a
 #: poll that returns buffered records takes, short beside the p99 <= 20 ms the API aims at.
 CLERK_GRACE = 0.003
+#: Scores answered when written, kept to answer a repeat of their event id the same (`ScoreDesk.served_lately`):
+#: long enough for the loop to reach the event (then the engine's dedupe window answers), at most this many.
+SERVED_KEPT_SECONDS = 60.0
+SERVED_KEPT = 100_000
 #: How often the front answers 504 the handed-over requests past their deadline (`--serve-timeout`).
 SWEEP_SECONDS = 0.1
 #: How often the loop lets go of the recorded requests past their deadline and says which partitions
@@ -311,8 +327,15 @@ class ScoreDesk:
     `processed` for each record while requests wait (`awaited` is non-empty)."""
 
     def __init__(self, topic: str, address: str, name: str, max_pending: int = 4096,
-                 max_future_skew: float = MAX_FUTURE_SKEW):
+                 max_future_skew: float = MAX_FUTURE_SKEW, recorded: str = "processed"):
         self.topic = topic
+        # --serve-recorded written: a recorded score is computed at once and answered once its event is
+        # written (`write_served`, the front's producer); "processed": answered when the loop processed it
+        self.answers_when_written = recorded == "written"
+        self.write_served: Optional[Callable] = None
+        # (partition, event id) -> (user id, answer) of the scores written lately: a repeat is answered the
+        # same, not written again (`SERVED_KEPT_SECONDS`; after that the engine's dedupe window knows it)
+        self.served_lately: collections.OrderedDict = collections.OrderedDict()
         self.address = address  # where other workers forward this worker's partitions' requests
         self.name = name
         self.max_future_skew = max_future_skew  # the worker's --max-future-skew: the front refuses it at once
@@ -335,10 +358,11 @@ class ScoreDesk:
         # sweep, read by the front): a partition whose requests wait past half their time is behind
         self.oldest_deadline: dict[int, float] = {}
         self.clerk_drains = 0                 # drains done by the clerk while the loop waited in poll
-        # What-ifs handed in (by the front) and taken (under the gate): only they ring the clerk. A
-        # recorded request needs no clerk: the loop books it after its poll, before that poll's records.
-        self.whatifs_submitted = 0
-        self.whatifs_taken = 0
+        # Requests answered now (what-ifs, and recorded ones answered when written) handed in (by the front)
+        # and taken (under the gate): only they ring the clerk. A recorded request answered when processed
+        # needs no clerk: the loop books it after its poll, before that poll's records.
+        self.ringing_submitted = 0
+        self.ringing_taken = 0
         self._doorbell = threading.Event()
         self._clerk: Optional[threading.Thread] = None
         self._last_sweep = 0.0
@@ -360,8 +384,8 @@ class ScoreDesk:
         # A recorded request never rings: it cannot be answered before its event comes back through the
         # loop's poll, and the loop books it when that poll returns (a clerk woken for it would only take
         # the interpreter from the loop and the front: +8 ms at p50 on an idle stream, BENCHMARKS.md).
-        if ticket.whatif:
-            self.whatifs_submitted += 1
+        if ticket.whatif or self.answers_when_written:
+            self.ringing_submitted += 1
             if self.gate.open:
                 self._doorbell.set()
         return True
@@ -399,7 +423,7 @@ class ScoreDesk:
                 self.gate.lock.release()
 
     def _ring_if_mail(self) -> None:
-        if self.whatifs_submitted != self.whatifs_taken:
+        if self.ringing_submitted != self.ringing_taken:
             self._doorbell.set()
 
     # -- under the gate (the loop, or the clerk) ----------------------------------------------
@@ -425,14 +449,16 @@ class ScoreDesk:
                 ticket = self.inbox.get_nowait()
             except queue.Empty:
                 break
-            if ticket.whatif:
-                self.whatifs_taken += 1
+            if ticket.whatif or self.answers_when_written:
+                self.ringing_taken += 1
             state = partitions.get(TopicPartition(self.topic, ticket.partition))
             if state is None:
                 self._refuse(ticket, 503, "partition_moved", f"partition {ticket.partition} is not served here any "
                              "more: send the request again", partition=ticket.partition)
             elif ticket.whatif:
                 self._what_if(ticket, state)
+            elif self.answers_when_written:
+                self._serve_written(ticket, state)
             else:
                 self.awaited.setdefault((ticket.partition, ticket.event.event_id), []).append(ticket)
         now = time.monotonic()
@@ -532,6 +558,59 @@ class ScoreDesk:
                             "served_by": self.name,
                             "models": [{"model": m, "role": r, "version": v, "score": p} for m, r, v, p in models]})
 
+    def _serve_written(self, ticket: Ticket, state) -> None:
+        """--serve-recorded written: score `ticket` now (`Engine.serve`), write its event carrying the
+        score (`write_served`), and answer when the write is acknowledged. An event id this partition
+        handled or served lately is answered as it was then, and not written again."""
+        engine, event, partition = state.engine, ticket.event, ticket.partition
+        key = (partition, event.event_id)
+        lately = self.served_lately.get(key)
+        if lately is not None and lately[0] == event.user_id:
+            self.answered += 1
+            ticket.answer(200, {**lately[1], "duplicate": True, "offset": None})
+            return
+        seen, earlier = engine.recorded(event.event_id)
+        if seen:
+            if earlier is None:
+                self._refuse(ticket, 409, "late_event", f"not scored: event {event.event_id!r} was handled on "
+                             f"partition {partition} and opened no prediction", partition=partition)
+            else:
+                self.answered += 1
+                ticket.answer(200, {"event_id": event.event_id, "prediction_id": event.event_id, "partition": partition,
+                                    "offset": None, "recorded": True, "duplicate": True, "served_by": self.name,
+                                    "score": earlier, "model": None, "version": None})
+            return
+        watermark = engine.joiner.watermark
+        if event.event_time + engine.joiner.window < watermark:
+            self._refuse(ticket, 409, "late_event", f"not scored: event_time {event.event_time} is behind partition "
+                         f"{partition}'s watermark (a late event opens no prediction)", partition=partition)
+            return
+        try:
+            served = engine.serve(event)
+            header = encode_served(served)
+            decode_served(header)   # what the worker will read: refused here, not dead-lettered after answering
+        except Exception as exc:  # a model that cannot take these features: the request fails, not the loop
+            self._refuse(ticket, 400, "invalid_value", f"the models cannot score this request: "
+                         f"{type(exc).__name__}: {exc}")
+            return
+        _, outputs, champion = served
+        slot = engine.slots[champion]
+        answer = {"event_id": event.event_id, "prediction_id": event.event_id, "partition": partition,
+                  "offset": None, "recorded": True, "duplicate": False, "served_by": self.name,
+                  "score": outputs[champion][0] if outputs[champion][1] is not None else None,
+                  "model": slot.name, "version": slot.version}
+        self._keep_served(key, event.user_id, answer)
+        self.answered += 1   # no longer waits for the loop: the producer's acknowledgement answers it
+        assert self.write_served is not None   # set by the server that serves this desk
+        self.write_served(event, partition, header, answer, ticket.answer)
+
+    def _keep_served(self, key: tuple, user_id, answer: dict) -> None:
+        lately = self.served_lately
+        lately[key] = (user_id, answer, time.monotonic())
+        oldest = time.monotonic() - SERVED_KEPT_SECONDS
+        while lately and (len(lately) > SERVED_KEPT or next(iter(lately.values()))[2] < oldest):
+            lately.popitem(last=False)
+
     def _refuse(self, ticket: Ticket, status: int, reason: str, message: str, **extra) -> None:
         if self.metrics is not None:
             self.metrics.errors.labels(reason).inc()
@@ -618,6 +697,7 @@ class ScoreServer:
         self.desk = desk
         self.producer = producer
         self.metrics = desk.metrics = ServeMetrics(registry)
+        desk.write_served = self._write_served
         producer.partitions_for(desk.topic)  # metadata now: a send on the front's loop must never wait for it
         self._thread.start()
         self._ready.wait(10)
@@ -879,7 +959,7 @@ class ScoreServer:
         self._submit(Ticket(event, partition, mode == "whatif", deadline, answer.settle))
         client.outstanding = answer
         self._direct.add(answer)
-        if mode != "whatif":
+        if mode != "whatif" and not self.desk.answers_when_written:
             self._write_event(event, partition, answer.settle)
 
     async def _hand_over(self, event: Event, partition: int, whatif: bool) -> tuple[int, dict]:
@@ -895,7 +975,7 @@ class ScoreServer:
 
         deadline = time.monotonic() + self.settings.timeout
         self._submit(Ticket(event, partition, whatif, deadline, settle))
-        if not whatif:
+        if not whatif and not self.desk.answers_when_written:
             self._write_event(event, partition, settle)
         # One timer on the future itself (wait_for and shield would add a task and a future per request).
         timer = loop.call_later(self.settings.timeout, _settle, answered, None)
@@ -908,19 +988,37 @@ class ScoreServer:
             raise RequestError(504, "timeout", error["error"])
         return answer
 
-    def _write_event(self, event: Event, partition: int, settle: Callable[[int, dict], None]) -> None:
+    def _write_event(self, event: Event, partition: int, settle: Callable[[int, dict], None],
+                     served: Optional[bytes] = None, written: Optional[Callable] = None) -> None:
+        """The request's event to the events topic (with `served`: carrying its score, `written` called
+        with the record's metadata once acknowledged); a failure answers 503."""
         def failed(exc) -> None:  # on the producer's thread; the ticket is let go when its deadline passes
             self.metrics.errors.labels("kafka_unavailable").inc()
             settle(503, {"error": f"the event could not be written to {self.desk.topic}: {type(exc).__name__}: "
                                   f"{exc}", "reason": "kafka_unavailable"})
 
+        headers = [("shopstream.origin", b"score-api")]
+        if served is not None:
+            headers.append((SERVED_HEADER, served))
         try:
             future = self.producer.send(self.desk.topic, key=str(event.user_id).encode(), value=encode_event(event),
-                                        partition=partition, headers=[("shopstream.origin", b"score-api")])
+                                        partition=partition, headers=headers)
         except Exception as exc:  # no buffer space, no metadata: refused before sending
             failed(exc)
             return
         future.add_errback(failed)
+        if written is not None:
+            future.add_callback(written)
+
+    def _write_served(self, event: Event, partition: int, header: bytes, answer: dict,
+                      settle: Callable[[int, dict], None]) -> None:
+        """Under the gate (`ScoreDesk._serve_written`): the event and its served score to the events
+        topic; `settle` answers 200 with the record's offset once the broker acknowledged it (on the
+        producer's thread), or 503."""
+        def written(metadata) -> None:
+            settle(200, {**answer, "offset": getattr(metadata, "offset", None)})
+
+        self._write_event(event, partition, settle, header, written)
 
     async def _forward(self, partition: int, path: str, headers: dict, body: bytes):
         """Another worker's partition: ask its owner once, or say where to ask."""

@@ -95,6 +95,11 @@ class ServeSettings:
         flag="--serve-timeout"))
     max_connections: int = field(default=1024, metadata=_help(
         "open API connections; more are answered 429 and closed", flag="--serve-max-connections"))
+    recorded: str = field(default="processed", metadata=_help(
+        "when a recorded score is answered: once the poll loop has processed its event (processed), or once its "
+        "event is written to the events topic carrying the score and the features it was computed on, which the "
+        "loop then records as they are (written: no wait behind the stream's backlog; README, 'Scoring API')",
+        flag="--serve-recorded", choices=("processed", "written")))
     max_body: int = 16 * 1024  # bytes: a scoring request is a few hundred
     max_pending: int = 4096    # requests waiting for the poll loop; more are answered 429
 

@@ -48,6 +48,7 @@ from .membership import GroupMembership, moved_share
 from .outputs import Outputs
 from .partition import Partition
 from .restore import PartitionRestorer
+from .served import decode_served, served_header
 from .serving import EngineGate, ScoreDesk, ScoreServer
 from .settings import WorkerSettings
 from .telemetry import WorkerCollector, WorkerSnapshot
@@ -399,8 +400,13 @@ class Worker(ConsumerRebalanceListener):
         timed = self.handled % TIMING_SAMPLE == 0
         started = time.perf_counter() if timed else 0.0
         event: Optional[Event] = None   # (decoded, then refused: a scoring request may wait for it)
+        served = None
         try:
             event = decode_event(record.value)
+            if record.headers:   # a recorded score answered when written carries it (served.py)
+                carried = served_header(record.headers)
+                if carried is not None:
+                    served = decode_served(carried)
             # The record's time, but never later than ours: producers set it too.
             wall, stamp = time.time(), record.timestamp
             check_future_skew(event, min(stamp / 1000.0, wall) if stamp and stamp > 0 else wall,
@@ -418,7 +424,7 @@ class Worker(ConsumerRebalanceListener):
             self.decode_seconds.observe(decoded - started)
         engine = state.engine
         try:
-            score = engine.process(event, record.offset)
+            score = engine.process(event, record.offset, served)
         except Exception as exc:  # e.g. a raw feature the model cannot take: the event, not the worker, fails
             self._dead_letter(state, record, f"engine error: {type(exc).__name__}: {exc}")
             if self.awaited:  # a request waiting for this event is answered now, not at its deadline
@@ -569,7 +575,7 @@ def run_worker(settings: WorkerSettings) -> int:
             raise ValueError(f"scoring API port {settings.serve.host}:{settings.serve.port} cannot be used "
                              f"({exc.strerror}): choose another with --serve-port (SHOPSTREAM_SERVE_PORT)") from None
         desk = ScoreDesk(settings.topic, api.address, settings.name, settings.serve.max_pending,
-                         settings.max_future_skew)
+                         settings.max_future_skew, settings.serve.recorded)
     worker = Worker(settings, registry, desk=desk, collector=collector)
     holder.append(worker)
     if server is not None:

@@ -18,6 +18,7 @@ from shopstream.events import InvalidEvent, decode_event
 from stream.checkpointing.stores import DirectoryCheckpointStore
 from stream.checkpointing.kafka_store import KafkaCheckpointStore
 from stream.outputs import decode_predictions
+from stream.served import decode_served, served_header
 
 
 def send(bootstrap: str, topic: str, messages, partition=None) -> int:
@@ -59,9 +60,11 @@ def reference_engines(bootstrap: str, topic: str, model: str = "logreg", feature
                                                                                    **engine_options)
         try:
             event = decode_event(record.value)
+            carried = served_header(record.headers) if record.headers else None
+            served = decode_served(carried) if carried is not None else None
         except InvalidEvent:
             continue
-        engine.process(event, record.offset)
+        engine.process(event, record.offset, served)   # a score answered when written: as it was served
     return engines
 
 

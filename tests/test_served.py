@@ -1,0 +1,309 @@
+"""Recorded scores answered when written (``--serve-recorded written``), without Kafka: the
+header that carries a served prediction reads back bit for bit and refuses what does not fit;
+the engine records exactly what it served, learns from the features it served on, and refuses
+(changing nothing) a served prediction that does not fit it; the desk answers with the number
+it writes, once the write is acknowledged, and a repeat of the event id gets that number again."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import pickle
+import threading
+from types import SimpleNamespace
+
+import msgspec
+import pytest
+from kafka import TopicPartition
+from prometheus_client import CollectorRegistry
+
+from shopstream.engine import Engine
+from shopstream.events import Event, InvalidEvent, decode_event, event_from_record
+from shopstream.generator import generate
+from stream.served import SERVED_HEADER, decode_served, encode_served, served_header
+from stream.serving import ScoreDesk, ScoreServer
+from stream.settings import ServeSettings, WorkerSettings
+
+TOPIC = "events"
+
+
+def history_engine(n: int = 3000, seed: int = 5) -> tuple[Engine, list]:
+    engine = Engine.fresh("logreg", "shop")
+    records = list(generate(n, seed=seed))
+    for record in records:
+        engine.process(event_from_record(record))
+    return engine, records
+
+
+def view_of(record: dict, **changes) -> Event:
+    return Event(event_from_record(record).event_time + 1.0, "view", "p-served", str(record["user_id"]),
+                 str(record["user_session"]), event_id=changes.pop("event_id", "served-1"), price=20.0,
+                 category_code="electronics.phone", **changes)
+
+
+# -- the header ---------------------------------------------------------------------------------
+
+def test_a_served_prediction_reads_back_bit_for_bit():
+    x = {"tiny": 5e-324, "neg_zero": -0.0, "third": 1 / 3, "big": 123456789.98765433, "name": "raw-string"}
+    outputs = ((0.1 + 0.2, True), (0.0, None), (1.0, False))
+    back = decode_served(encode_served((x, outputs, 2)))
+    assert back == (x, outputs, 2)
+    assert [v.hex() if isinstance(v, float) else v for v in back[0].values()] == \
+        [v.hex() if isinstance(v, float) else v for v in x.values()]   # -0.0 stays -0.0, every bit kept
+    assert list(back[0]) == list(x)   # the features' order too
+
+
+@pytest.mark.parametrize("value, why", [
+    (b'{"v":1,"x":{},"outputs":[[0.5,true]],"champion":0,"extra":1}', "unknown field"),
+    (b'{"v":2,"x":{},"outputs":[[0.5,true]],"champion":0}', "v"),
+    (b'{"v":1,"x":{},"outputs":[],"champion":0}', "outputs"),
+    (b'{"v":1,"x":{},"outputs":[[-0.1,true]],"champion":0}', ">= 0.0"),
+    (b'{"v":1,"x":{},"outputs":[[0.5,"yes"]],"champion":0}', "outputs"),
+    (b'{"v":1,"x":{"a":1e300},"outputs":[[0.5,true]],"champion":0}', "x"),
+    (b'{"v":1,"x":{"a":null},"outputs":[[0.5,true]],"champion":0}', "x"),
+    (b'{"v":1,"x":{},"outputs":[[0.5,true]],"champion":-1}', "champion"),
+    (b'{"v":1,"x":{},"outputs":[[0.5,true]]', "not JSON"),
+    (b'\xff', "not JSON"),
+])
+def test_a_served_header_that_does_not_fit_is_refused_with_where_and_why(value, why):
+    with pytest.raises(InvalidEvent) as refused:
+        decode_served(value)
+    assert refused.value.field == "served" and why in str(refused.value), str(refused.value)
+
+
+def test_too_many_features_or_models_in_a_served_header_are_refused():
+    many = {f"f{i}": 1.0 for i in range(1025)}
+    with pytest.raises(InvalidEvent, match="served"):
+        decode_served(encode_served((many, ((0.5, True),), 0)))
+    with pytest.raises(InvalidEvent, match="served"):
+        decode_served(encode_served(({}, ((0.5, True),) * 65, 0)))
+
+
+def test_the_served_header_is_found_once_or_refused():
+    assert served_header([("a", b"1")]) is None
+    assert served_header([("a", b"1"), (SERVED_HEADER, b"{}")]) == b"{}"
+    with pytest.raises(InvalidEvent, match="more than once"):
+        served_header([(SERVED_HEADER, b"{}"), (SERVED_HEADER, b"{}")])
+    with pytest.raises(InvalidEvent, match="empty"):
+        served_header([(SERVED_HEADER, None)])
+
+
+# -- the engine ---------------------------------------------------------------------------------
+
+def test_served_then_processed_at_once_is_the_engines_own_prediction():
+    """Nothing between the score and the event: the served prediction is the one the engine would
+    have made, and the two engines go on identical."""
+    own, records = history_engine()
+    served_engine, _ = history_engine()
+    view = view_of(records[-1])
+    served = served_engine.serve(view)
+    assert pickle.dumps(served_engine) == pickle.dumps(own)   # serving changed nothing
+    assert served_engine.process(view, 99, served=served) == own.process(view, 99)
+    for record in generate(2000, seed=6):   # later events, purchases resolving some of them
+        event = event_from_record(record)
+        assert served_engine.process(event) == own.process(event)
+    assert served_engine.champion_slot.scores.cumulative.values() == own.champion_slot.scores.cumulative.values()
+    assert served_engine.counts == own.counts and served_engine.counts["resolved"] > 0
+    assert pickle.dumps(served_engine.champion_slot.model) == pickle.dumps(own.champion_slot.model)
+
+
+def test_a_served_prediction_is_recorded_as_served_and_learned_from_the_features_served():
+    engine, records = history_engine()
+    view = view_of(records[-1])
+    served = engine.serve(view)
+    for record in generate(300, seed=8):   # the stream moves on before the loop reaches the event
+        engine.process(event_from_record(record))
+    assert engine.serve(view) != served   # the state moved: recomputed now, it would differ
+    p = engine.process(view, 7, served=served)
+    x, outputs, champion = served
+    assert p == outputs[champion][0]
+    assert engine.recorded("served-1") == (True, p)
+    [opened] = [o for o in engine.joiner.open_predictions() if o.ref == 7]
+    assert opened.x == x and tuple(opened.outputs) == outputs   # what the label join scores and learns
+    learned = []
+    engine.champion_slot.model.learn_one = lambda x, y: learned.append((x, y))   # the learn call, observed
+    purchase = Event(view.event_time + 60.0, "purchase", view.product_id, view.user_id, view.user_session)
+    engine.process(purchase)
+    assert learned == [(x, True)]
+
+
+@pytest.mark.parametrize("served, event_type, why", [
+    (({}, ((0.5, True), (0.5, True)), 0), "view", "2 served model outputs: 1 models run"),
+    (({}, ((0.5, True),), 1), "view", "served champion 1"),
+    (({}, ((0.5, True),), 0), "purchase", "a served prediction on a purchase event"),
+])
+def test_a_served_prediction_that_does_not_fit_the_engine_changes_nothing(served, event_type, why):
+    engine, records = history_engine(1000)
+    before = pickle.dumps(engine)
+    event = view_of(records[-1])
+    event.event_type = event_type
+    with pytest.raises(ValueError, match=why):
+        engine.process(event, served=served)
+    assert pickle.dumps(engine) == before
+
+
+def test_a_slot_added_after_the_score_skips_that_prediction():
+    engine, records = history_engine(1000)
+    view = view_of(records[-1])
+    served = engine.serve(view)
+    engine.add_slot("late", engine.champion_slot.model.clone())
+    engine.process(view, 3, served=served)
+    [opened] = [o for o in engine.joiner.open_predictions() if o.ref == 3]
+    assert len(opened.outputs) == 1   # as a prediction made before the slot came
+
+
+# -- the desk and the front -----------------------------------------------------------------------
+
+class AckedFuture:
+    def __init__(self):
+        self.callbacks, self.errbacks = [], []
+
+    def add_callback(self, fn):
+        self.callbacks.append(fn)
+
+    def add_errback(self, fn):
+        self.errbacks.append(fn)
+
+
+class AckingProducer:
+    """Every user on partition 0; each send is kept and acknowledged at offset 1000 + its index."""
+
+    def __init__(self):
+        self.sent = []
+
+    def partitions_for(self, topic):
+        return {0}
+
+    def send(self, topic, key=None, value=None, headers=None, partition=None):
+        future = AckedFuture()
+        self.sent.append(SimpleNamespace(topic=topic, key=key, value=value, headers=headers, partition=partition))
+        offset = 1000 + len(self.sent) - 1
+        threading.Timer(0.01, lambda: [fn(SimpleNamespace(offset=offset)) for fn in future.callbacks]).start()
+        return future
+
+    def close(self, timeout=None):
+        pass
+
+
+class Loop:
+    def __init__(self, desk, partitions):
+        self.desk, self.partitions = desk, partitions
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while not self.stop.is_set():
+            with self.desk.gate.lock:
+                self.desk.drain(self.partitions)
+            self.stop.wait(0.002)
+
+
+def post(port, payload):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("POST", "/score", body=json.dumps(payload).encode(),
+                       headers={"Content-Type": "application/json"})
+    answer = connection.getresponse()
+    body = json.loads(answer.read())
+    connection.close()
+    return answer.status, body
+
+
+def test_the_serve_recorded_setting_is_read_and_checked():
+    assert WorkerSettings.from_options(topic="t").serve.recorded == "processed"
+    assert WorkerSettings.from_options(topic="t", serve_recorded="written").serve.recorded == "written"
+
+
+def test_a_recorded_score_answered_when_written_is_the_number_the_loop_records():
+    engine, records = history_engine()
+    producer = AckingProducer()
+    server = ScoreServer(ServeSettings(port=0, timeout=2.0, recorded="written"))
+    desk = ScoreDesk(TOPIC, server.address, "w", recorded="written")
+    loop = Loop(desk, {TopicPartition(TOPIC, 0): SimpleNamespace(engine=engine)})
+    loop.thread.start()
+    registry = CollectorRegistry()
+    server.start(desk, producer, registry)
+    last = records[-1]
+    request = {"user_id": str(last["user_id"]), "user_session": str(last["user_session"]), "product_id": "p-w",
+               "event_type": "cart", "price": 12.5, "event_id": "written-1"}
+    try:
+        before = pickle.dumps(engine)
+        status, answer = post(server.port, request)
+        assert status == 200, answer
+        assert answer["recorded"] is True and answer["duplicate"] is False and answer["offset"] == 1000
+        assert answer["model"] == "logreg" and 0 < answer["score"] < 1
+        with desk.gate.lock:
+            assert pickle.dumps(engine) == before   # answered: nothing recorded or learned yet
+        status, again = post(server.port, request)   # a retry before the loop reached the event
+        assert status == 200 and again["duplicate"] is True and again["score"] == answer["score"], again
+        assert len(producer.sent) == 1   # one event written, not two
+        status, other_user = post(server.port, {**request, "user_id": "someone-else"})
+        assert status == 200 and other_user["duplicate"] is False   # an id is one event per user only
+    finally:
+        loop.stop.set()
+        loop.thread.join()
+        server.stop()
+
+    [sent, _] = producer.sent
+    assert sent.partition == 0 and sent.key == request["user_id"].encode()
+    headers = dict(sent.headers)
+    assert headers["shopstream.origin"] == b"score-api"
+    served = decode_served(headers[SERVED_HEADER])
+    assert served[1][served[2]][0] == answer["score"]
+    event = decode_event(sent.value)
+    assert engine.process(event, 1000, served) == answer["score"]   # the loop reaches the event
+    assert engine.recorded("written-1") == (True, answer["score"])
+    assert registry.get_sample_value("shopstream_score_requests_total", {"mode": "record", "code": "200"}) == 3
+
+
+def test_an_event_id_already_handled_is_answered_with_its_recorded_score_and_not_written():
+    engine, records = history_engine()
+    handled = view_of(records[-1], event_id="seen-1")
+    p = engine.process(handled)
+    producer = AckingProducer()
+    server = ScoreServer(ServeSettings(port=0, timeout=2.0, recorded="written"))
+    desk = ScoreDesk(TOPIC, server.address, "w", recorded="written")
+    loop = Loop(desk, {TopicPartition(TOPIC, 0): SimpleNamespace(engine=engine)})
+    loop.thread.start()
+    server.start(desk, producer, CollectorRegistry())
+    try:
+        status, answer = post(server.port, {"user_id": handled.user_id, "user_session": handled.user_session,
+                                            "product_id": handled.product_id, "event_type": "view",
+                                            "event_id": "seen-1"})
+        assert status == 200 and answer["duplicate"] is True and answer["score"] == p, answer
+        status, late = post(server.port, {"user_id": handled.user_id, "user_session": handled.user_session,
+                                          "product_id": "p-late", "event_type": "view", "event_id": "late-1",
+                                          "event_time": handled.event_time - 10 * 86400})
+        assert status == 409 and late["reason"] == "late_event", late
+    finally:
+        loop.stop.set()
+        loop.thread.join()
+        server.stop()
+    assert producer.sent == []
+
+
+def test_a_worker_records_a_served_header_and_dead_letters_one_that_does_not_fit():
+    """The worker's record path: the header is read and honoured; a bad one is a dead letter with
+    the reason, and the partition's engine is left as it was."""
+    from stream.worker import Worker
+
+    engine, records = history_engine(1000)
+    view = view_of(records[-1])
+    served = engine.serve(view)
+    good = SimpleNamespace(topic=TOPIC, partition=0, offset=5, key=b"u", value=msgspec.json.encode(view),
+                           timestamp=0, headers=[(SERVED_HEADER, encode_served(served))])
+    bad = SimpleNamespace(topic=TOPIC, partition=0, offset=6, key=b"u",
+                          value=msgspec.json.encode(view_of(records[-1], event_id="bad-1")), timestamp=0,
+                          headers=[(SERVED_HEADER, b'{"v":1,"x":{},"outputs":[[0.5,true],[0.5,true]],"champion":0}')])
+    letters, published = [], []
+    state = SimpleNamespace(engine=engine, handled=lambda offset: None, dead_lettered=0)
+    worker = SimpleNamespace(settings=SimpleNamespace(max_future_skew=1e12), handled=0, desk=None, awaited=False,
+                             learn_log=None, decode_seconds=None, process_seconds=None,
+                             outputs=SimpleNamespace(dead_letter=lambda record, reason: letters.append(reason),
+                                                     prediction=lambda *args: published.append(args[2])))
+    worker._dead_letter = lambda state, record, reason: Worker._dead_letter(worker, state, record, reason)
+    Worker.handle(worker, state, good)
+    assert published == [served[1][0][0]] and engine.recorded(view.event_id) == (True, published[0])
+    before = pickle.dumps(engine)
+    Worker.handle(worker, state, bad)
+    assert pickle.dumps(engine) == before
+    assert len(letters) == 1 and "2 served model outputs" in letters[0], letters
