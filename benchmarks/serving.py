@@ -22,6 +22,8 @@ Runs: `--rounds` pairs of (before, after), the order alternating (before, after,
 extracted with `git archive` and run from its own directory. `--before none`: this checkout only.
 `--clients kafka-python,confluent` compares the worker's two Kafka clients instead (this
 checkout, `--kafka-client` per run, each run fed at the fraction of its own capacity).
+`--serve-recorded processed,written` compares when recorded scores are answered (this checkout,
+`--serve-recorded` per run, the same feed for both: the first run's capacity sets it).
 Every figure is printed with the machine's 1-minute load average at its start and end, and the
 summary table at the end holds everything BENCHMARKS.md quotes.
 
@@ -263,6 +265,7 @@ def one_run(label: str, source: Path, data: dict, args, work: Path, feed_rate: l
         python = [sys.executable, str(Path(__file__).resolve().parent / "request_trace.py"), str(trace)] \
             if args.trace else None
         client = ["--kafka-client", label] if args.clients else []   # --clients: the label is the client
+        client += ["--serve-recorded", label] if args.serve_recorded else []   # ... or the answer mode
         command = worker_command(topic, f"g-{topic}", run_dir / "ckpt", "--metrics-port", str(metrics_port),
                                  "--serve-port", str(api_port), *client, *args.worker_arg, python=python)
         with open(run_dir / "worker.log", "wb") as log:
@@ -492,6 +495,9 @@ def main() -> int:
                         help="compare Kafka clients instead of code versions, this checkout only (e.g. "
                              "kafka-python,confluent): each run's worker gets --kafka-client LABEL and is fed at "
                              "--feed-fraction of its own capacity")
+    parser.add_argument("--serve-recorded", default=None, type=lambda text: text.split(","),
+                        help="compare when recorded scores are answered instead of code versions, this checkout only "
+                             "(processed,written): each run's worker gets --serve-recorded LABEL, the same feed")
     parser.add_argument("--pin-worker", type=int, default=None, metavar="CPU",
                         help="the worker alone on core CPU; the broker, the feed and vegeta on the others (the broker "
                              "is given back every core at the end)")
@@ -533,9 +539,12 @@ def run(args, pinned) -> int:
     if args.clients:
         head = git("rev-parse", "--short", "HEAD")
         versions = {client: (ROOT, f"{head} (this checkout), --kafka-client {client}") for client in args.clients}
+    elif args.serve_recorded:
+        head = git("rev-parse", "--short", "HEAD")
+        versions = {mode: (ROOT, f"{head} (this checkout), --serve-recorded {mode}") for mode in args.serve_recorded}
     else:
         versions = code_versions(args.before or default_before(), work)
-    plan = order(args.rounds, list(versions) if args.clients else sorted(versions))
+    plan = order(args.rounds, list(versions) if args.clients or args.serve_recorded else sorted(versions))
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     header = {"command": " ".join([os.path.basename(sys.executable), *sys.argv]), "started": started,
               "machine": machine(), "code": {k: v[1] for k, v in versions.items()}, "plan": plan,
