@@ -12,6 +12,7 @@ import random
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -109,6 +110,44 @@ def worker_command(bootstrap: str, topic: str, checkpoints: Path, *extra: str) -
     return [sys.executable, "-m", "cli", "worker", "--bootstrap-servers", bootstrap,
             "--topic", topic, "--group", f"g-{topic}", "--checkpoints", str(checkpoints),
             "--predictions-topic", f"{topic}-predictions", "--dead-letter-topic", f"{topic}-dlq", *extra]
+
+
+class LoggedProcess:
+    """A long-running command (a worker) whose stderr goes to a file, `log_path`, not to a pipe:
+    a pipe read only at the end holds 64 KiB, and a worker that logs more before the test reads
+    blocks on its next log line, its consumer's IO thread too (a red CI run, tests/test_deploy.py).
+
+    `copy_from_pipe`: a pipe still, emptied into the file at once by a thread of the test, for a
+    worker whose own file writes the test limits (RLIMIT_FSIZE): that would cut its log file too."""
+
+    def __init__(self, command: list[str], log_path: Path, env: dict, copy_from_pipe: bool = False):
+        self.log_path = log_path
+        self._copier = None
+        if copy_from_pipe:
+            out = open(log_path, "wb")
+            self.proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
+            self._copier = threading.Thread(target=self._copy, args=(out,), daemon=True)
+            self._copier.start()
+        else:
+            with open(log_path, "wb") as log_file:
+                self.proc = subprocess.Popen(command, env=env, stderr=log_file)
+
+    def _copy(self, out) -> None:
+        with out, self.proc.stderr:
+            while chunk := os.read(self.proc.stderr.fileno(), 65536):
+                out.write(chunk)
+                out.flush()
+
+    def log(self) -> str:
+        """The log so far; all of it once the process has ended."""
+        if self._copier is not None and self.proc.poll() is not None:
+            self._copier.join(timeout=30)   # to the pipe's end: the last lines
+        return self.log_path.read_text(errors="replace")
+
+    def finish(self, timeout: float | None = None) -> str:
+        """Waits for the process to end (TimeoutExpired past `timeout`, as communicate()); its whole log."""
+        self.proc.wait(timeout=timeout)
+        return self.log()
 
 
 # Test groups rebalance within seconds: a join still unfinished after a minute is a stuck client.

@@ -13,7 +13,7 @@ import time
 import pytest
 from kafka import KafkaProducer
 
-from conftest import WORKER_ENV, free_port, worker_command
+from conftest import WORKER_ENV, LoggedProcess, free_port, worker_command
 from helpers import checkpointed_engines, readyz, scrape, send_records, wait_for
 from shopstream.generator import generate
 
@@ -43,9 +43,8 @@ def test_hostile_control_commands_leave_the_worker_ready_and_run_no_code(kafka, 
     records = list(generate(20_000, seed=301))
     send_records(kafka, topic, records[:10_000])
     port = free_port()
-    worker = subprocess.Popen(worker_command(kafka, topic, tmp_path / "ckpt", "--control-topic", control,
-                                             "--metrics-port", str(port)),
-                              env=WORKER_ENV, stderr=subprocess.PIPE, text=True)
+    worker = LoggedProcess(worker_command(kafka, topic, tmp_path / "ckpt", "--control-topic", control,
+                                          "--metrics-port", str(port)), tmp_path / "worker.log", WORKER_ENV)
 
     def consumed():
         return sum(v for (name, labels), v in scrape(port).items()
@@ -73,9 +72,9 @@ def test_hostile_control_commands_leave_the_worker_ready_and_run_no_code(kafka, 
         send_records(kafka, topic, records[10_000:])   # and it goes on handling events
         wait_for(lambda: consumed() == len(records), 120, "every event consumed")
     finally:
-        worker.terminate()
-        _, log = worker.communicate(timeout=180)
-    assert worker.returncode == 0, log[-3000:]
+        worker.proc.terminate()
+        log = worker.finish(timeout=180)
+    assert worker.proc.returncode == 0, log[-3000:]
     assert not marker.exists()
     assert len(re.findall(r"rejected: [\"']rollback target", log)) == 6 and "Traceback" not in log   # (quoted: %r)
     engines = checkpointed_engines(tmp_path / "ckpt")
@@ -147,8 +146,8 @@ def test_a_bad_setting_fails_before_joining_and_moves_nobody_s_partitions(kafka,
     topic = new_topic(2)
     send_records(kafka, topic, generate(3000, seed=304))
     port = free_port()
-    healthy = subprocess.Popen(worker_command(kafka, topic, tmp_path / "ckpt", "--metrics-port", str(port)),
-                               env=WORKER_ENV, stderr=subprocess.PIPE, text=True)
+    healthy = LoggedProcess(worker_command(kafka, topic, tmp_path / "ckpt", "--metrics-port", str(port)),
+                            tmp_path / "healthy.log", WORKER_ENV)
     try:
         wait_for(lambda: scrape(port).get(("shopstream_assigned_partitions", ())) == 2.0, 90, "both partitions")
         time.sleep(3)  # past the first rebalance a new group goes through
@@ -164,8 +163,8 @@ def test_a_bad_setting_fails_before_joining_and_moves_nobody_s_partitions(kafka,
         assert scrape(port).get(("shopstream_assigned_partitions", ())) == 2.0
         stopped = time.time()
     finally:
-        healthy.terminate()
-        _, log = healthy.communicate(timeout=60)
+        healthy.proc.terminate()
+        log = healthy.finish(timeout=60)
     from datetime import datetime
 
     moved = [line for line in log.splitlines() if ("revoked" in line or "assigned partition" in line)
@@ -192,8 +191,8 @@ def test_replies_are_signed_and_neither_a_forged_reply_nor_a_backdated_command_p
     control, replies = f"{topic}-control", f"{topic}-control-replies"
     send_records(kafka, topic, generate(2000, seed=305))
     port = free_port()
-    worker = subprocess.Popen(worker_command(kafka, topic, tmp_path / "ckpt", "--control-topic", control,
-                                             "--metrics-port", str(port)), env=env, stderr=subprocess.PIPE, text=True)
+    worker = LoggedProcess(worker_command(kafka, topic, tmp_path / "ckpt", "--control-topic", control,
+                                          "--metrics-port", str(port)), tmp_path / "worker.log", env)
 
     def models(*extra):
         return subprocess.run([sys.executable, "-m", "cli", "models", "promote", "logreg", "--bootstrap-servers",
@@ -232,9 +231,9 @@ def test_replies_are_signed_and_neither_a_forged_reply_nor_a_backdated_command_p
         reasons = [json.loads(r.value)["reason"] for r in read_all(replies) if json.loads(r.value)["partition"] == -1]
         assert len(reasons) == 1 and "before the broker appended it, more than the 86400 s" in reasons[0]
     finally:
-        worker.terminate()
-        _, log = worker.communicate(timeout=180)
-    assert worker.returncode == 0, log[-3000:]
+        worker.proc.terminate()
+        log = worker.finish(timeout=180)
+    assert worker.proc.returncode == 0, log[-3000:]
 
     # No worker runs now: a forger answers "applied" for both partitions, naming the command.
     forged_from = len(read_all(control))   # the next command's offset

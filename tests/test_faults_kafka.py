@@ -9,7 +9,7 @@ import msgspec
 import pytest
 from kafka import KafkaConsumer
 
-from conftest import WORKER_ENV, free_port, worker_command
+from conftest import WORKER_ENV, LoggedProcess, free_port, worker_command
 from helpers import (assert_same_engine, checkpointed_engines, read_predictions, readyz, reference_engines, scrape,
                      send_records, wait_for)
 from shopstream.events import decode_event
@@ -25,15 +25,16 @@ def test_full_disk_pauses_learning_keeps_the_last_checkpoint_and_resumes(kafka, 
     send_records(kafka, topic, records)
     checkpoints = tmp_path / "ckpt"
     port = free_port()
-    worker = subprocess.Popen(worker_command(kafka, topic, checkpoints, "--checkpoint-every", "3000",
-                                             "--until-idle", "6", "--metrics-port", str(port)),
-                              env=WORKER_ENV, stderr=subprocess.PIPE, text=True)
+    # Its log copied from a pipe: the disk filling up below would cut a log file the worker writes itself.
+    worker = LoggedProcess(worker_command(kafka, topic, checkpoints, "--checkpoint-every", "3000",
+                                          "--until-idle", "6", "--metrics-port", str(port)),
+                           tmp_path / "worker.log", WORKER_ENV, copy_from_pipe=True)
     wait_for(lambda: any(checkpoints.glob("*.ckpt")), 60, "first checkpoint")
     # The disk fills up: from now on no file the worker writes may grow past 1,000 bytes (a
     # checkpoint is far larger; root ignores chmod, not this), so each checkpoint write fails
     # part-way, in the very directory and beside the very file the store keeps its last good one.
-    soft, hard = resource.prlimit(worker.pid, resource.RLIMIT_FSIZE)
-    resource.prlimit(worker.pid, resource.RLIMIT_FSIZE, (1000, hard))
+    soft, hard = resource.prlimit(worker.proc.pid, resource.RLIMIT_FSIZE)
+    resource.prlimit(worker.proc.pid, resource.RLIMIT_FSIZE, (1000, hard))
     try:
         wait_for(lambda: scrape(port).get(("shopstream_checkpoint_blocked", (("partition", "0"),))) == 1.0,
                  60, "partition paused")
@@ -51,9 +52,9 @@ def test_full_disk_pauses_learning_keeps_the_last_checkpoint_and_resumes(kafka, 
         assert sorted(path.name for path in checkpoints.iterdir()) == [last_good.name]
         assert 0 < checkpointed_engines(checkpoints)[0].counts["consumed"] <= stalled
     finally:
-        resource.prlimit(worker.pid, resource.RLIMIT_FSIZE, (soft, hard))  # space is back
-    _, log = worker.communicate(timeout=180)
-    assert worker.returncode == 0, log[-2000:]
+        resource.prlimit(worker.proc.pid, resource.RLIMIT_FSIZE, (soft, hard))  # space is back
+    log = worker.finish(timeout=180)
+    assert worker.proc.returncode == 0, log[-2000:]
     assert "partition paused until a checkpoint succeeds" in log and "succeeded again: resumed" in log
 
     expected = reference_engines(kafka, topic)

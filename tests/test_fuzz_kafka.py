@@ -3,14 +3,13 @@ survives, dead-letters every bad one with a reason, learns every good one exactl
 clean run would, and its memory stays bounded."""
 
 import random
-import subprocess
 import time
 from collections import Counter
 
 import msgspec
 import pytest
 
-from conftest import WORKER_ENV, worker_command
+from conftest import WORKER_ENV, LoggedProcess, worker_command
 from helpers import assert_same_engine, checkpointed_engines, read_topic, reference_engines, send
 from shopstream.events import decode_event
 from shopstream.generator import generate
@@ -91,18 +90,18 @@ def test_fuzz_10k_malformed_messages(kafka, new_topic, tmp_path):
     topic = new_topic(1)
     send(kafka, topic, messages)
 
-    worker = subprocess.Popen(worker_command(kafka, topic, tmp_path / "ckpt", "--until-idle", "5",
-                                             "--metrics-port", "-1", "--checkpoint-every", "5000"),
-                              env=WORKER_ENV, stderr=subprocess.PIPE, text=True)
+    worker = LoggedProcess(worker_command(kafka, topic, tmp_path / "ckpt", "--until-idle", "5",
+                                          "--metrics-port", "-1", "--checkpoint-every", "5000"),
+                           tmp_path / "worker.log", WORKER_ENV)
     peak = 0.0
-    while worker.poll() is None:
+    while worker.proc.poll() is None:
         try:
-            peak = max(peak, peak_rss_mb(worker.pid))
+            peak = max(peak, peak_rss_mb(worker.proc.pid))
         except OSError:
             break
         time.sleep(0.2)
-    _, log = worker.communicate()
-    assert worker.returncode == 0, log[-3000:]
+    log = worker.finish()
+    assert worker.proc.returncode == 0, log[-3000:]
 
     dead = read_topic(kafka, f"{topic}-dlq", expected=len(bad_offsets), timeout=120)
     dead_offsets = {int(dict(d.headers)["shopstream.source.offset"]) for d in dead}

@@ -5,7 +5,6 @@ import gzip
 import os
 import signal
 import socket
-import subprocess
 import urllib.error
 import urllib.request
 
@@ -14,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import WORKER_ENV, free_port, worker_command
+from conftest import WORKER_ENV, LoggedProcess, free_port, worker_command
 from helpers import readyz, wait_for
 from shopstream.engine import Engine
 from shopstream.events import event_from_record
@@ -105,17 +104,17 @@ def test_worker_metrics_bind_127_0_0_1_by_default(kafka, new_topic, tmp_path):
     topic = new_topic(1)
     port = free_port()
     env = {name: value for name, value in WORKER_ENV.items() if name != "SHOPSTREAM_METRICS_HOST"}
-    worker = subprocess.Popen(worker_command(kafka, topic, tmp_path / "ckpt", "--metrics-port", str(port)),
-                              env=env, stderr=subprocess.PIPE, text=True)
+    worker = LoggedProcess(worker_command(kafka, topic, tmp_path / "ckpt", "--metrics-port", str(port)),
+                           tmp_path / "worker.log", env)
     try:
         # ready: the worker has joined, so its signal handlers are in place
-        wait_for(lambda: readyz(port) == 200 or worker.poll() is not None, 90, "worker ready")
-        assert worker.poll() is None, "worker exited"
+        wait_for(lambda: readyz(port) == 200 or worker.proc.poll() is not None, 90, "worker ready")
+        assert worker.proc.poll() is None, "worker exited"
         assert_loopback_only(port)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        _, log = worker.communicate(timeout=60)
-    assert worker.returncode == 0, log[-2000:]
+        worker.proc.send_signal(signal.SIGTERM)
+        log = worker.finish(timeout=60)
+    assert worker.proc.returncode == 0, log[-2000:]
     assert f"metrics on http://127.0.0.1:{port}/metrics" in log
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import WORKER_ENV, free_port, worker_command
+from conftest import WORKER_ENV, LoggedProcess, free_port, worker_command
 from helpers import read_predictions, scrape, send_records, wait_for
 from offline.bootstrap import bootstrap
 from shopstream.generator import generate, write_jsonl
@@ -49,7 +49,7 @@ def test_promote_while_running_then_rollback_on_resume(kafka, new_topic, tmp_pat
     port = free_port()
     first = [*command[:command.index("--until-idle")], "--until-idle", "0", "--metrics-port", str(port),
              "--checkpoint-every", "2000"]
-    worker = subprocess.Popen(first, env=WORKER_ENV, stderr=subprocess.PIPE, text=True)
+    worker = LoggedProcess(first, tmp_path / "worker.log", WORKER_ENV)
     try:
         wait_for(lambda: list(checkpoints.glob("*.ckpt")), 120, "a first checkpoint")
         out = cli("models", "promote", other, "--bootstrap-servers", kafka, "--control-topic", control,
@@ -60,9 +60,9 @@ def test_promote_while_running_then_rollback_on_resume(kafka, new_topic, tmp_pat
         send_records(kafka, topic, records[20_000:])
         wait_for(lambda: consumed(port) == len(records), 180, "every event consumed")
     finally:
-        worker.terminate()
-        _, log = worker.communicate(timeout=180)
-    assert worker.returncode == 0, log[-2000:]
+        worker.proc.terminate()
+        log = worker.finish(timeout=180)
+    assert worker.proc.returncode == 0, log[-2000:]
 
     states = DirectoryCheckpointStore(checkpoints).load_all()
     assert len(states) == 2

@@ -187,9 +187,8 @@ def test_served_scores_survive_kill_9_exactly_once(kafka, new_topic, tmp_path, k
     replays them from Kafka to the same numbers, learns each once, and answers a retry of the
     same request with the score served before the crash."""
     import signal
-    import subprocess
 
-    from conftest import WORKER_ENV, worker_command
+    from conftest import WORKER_ENV, LoggedProcess, worker_command
     from helpers import assert_same_engine, checkpointed_engines, reference_engines, scrape
     from shopstream.events import decode_event
 
@@ -198,12 +197,12 @@ def test_served_scores_survive_kill_9_exactly_once(kafka, new_topic, tmp_path, k
     send_records(kafka, topic, records)
     checkpoints = tmp_path / "ckpt"
 
-    def start():
+    def start(name):
         api, metrics = free_port(), free_port()
         command = worker_command(kafka, topic, checkpoints, "--metrics-port", str(metrics), "--serve-port", str(api),
                                  "--checkpoint-every", "100000", "--checkpoint-seconds", "600",
                                  "--kafka-client", kafka_client, "--serve-recorded", recorded)
-        return subprocess.Popen(command, env=WORKER_ENV, stderr=subprocess.PIPE, text=True), api, metrics
+        return LoggedProcess(command, tmp_path / f"{name}.log", WORKER_ENV), api, metrics
 
     def consumed(metrics) -> float:
         return sum(v for (name, labels), v in scrape(metrics).items()
@@ -212,7 +211,7 @@ def test_served_scores_survive_kill_9_exactly_once(kafka, new_topic, tmp_path, k
     requests = [{"user_id": str(r["user_id"]), "user_session": str(r["user_session"]), "product_id": f"p-k{i}",
                  "event_type": "cart" if i % 2 else "view", "price": 5.0 + i, "event_id": f"kill-{i}"}
                 for i, r in enumerate(records[-400::50])]
-    victim, api, metrics = start()
+    victim, api, metrics = start("victim")
     try:
         wait_for(lambda: consumed(metrics) >= len(records), 120, "first worker caught up")
         samples = scrape(metrics)   # --gc auto: the latency mode for a worker serving on librdkafka
@@ -226,12 +225,12 @@ def test_served_scores_survive_kill_9_exactly_once(kafka, new_topic, tmp_path, k
             assert status == 200 and not answer["duplicate"], answer
             served[request["event_id"]] = answer["score"]
     finally:
-        victim.send_signal(signal.SIGKILL)
-        victim.wait()
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait()
     before_crash = {p: e.counts["consumed"] for p, e in checkpointed_engines(checkpoints).items()}
     assert sum(before_crash.values()) <= len(records)  # no checkpoint holds a served event: all replayed
 
-    survivor, api, metrics = start()
+    survivor, api, metrics = start("survivor")
     total = len(records) + len(requests)
     try:
         wait_for(lambda: consumed(metrics) >= total, 120, "second worker replayed the served events")
@@ -240,9 +239,9 @@ def test_served_scores_survive_kill_9_exactly_once(kafka, new_topic, tmp_path, k
             assert status == 200 and answer["duplicate"] is True, answer
             assert answer["score"] == served[request["event_id"]]
     finally:
-        survivor.send_signal(signal.SIGTERM)
-        _, log = survivor.communicate(timeout=60)
-    assert survivor.returncode == 0, log[-2000:]
+        survivor.proc.send_signal(signal.SIGTERM)
+        log = survivor.finish(timeout=60)
+    assert survivor.proc.returncode == 0, log[-2000:]
 
     published: dict = {}
     for prediction in read_predictions(kafka, f"{topic}-predictions"):

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client import CollectorRegistry
 from river import datasets, evaluate, metrics
 
-from conftest import WORKER_ENV, free_port, worker_command
+from conftest import WORKER_ENV, LoggedProcess, free_port, worker_command
 from helpers import (Scraper, wait_for, assert_same_engine, checkpointed_engines, read_predictions, read_topic,
                      reference_engines, send, send_records)
 from shopstream.events import decode_event
@@ -111,14 +111,12 @@ def test_second_worker_joining_mid_stream_learns_every_event_exactly_once(kafka,
     send_records(kafka, topic, records)
     checkpoints = tmp_path / "ckpt"
     common = ["--until-idle", "8", "--metrics-port", "-1", "--checkpoint-every", "2000", "--kafka-client", client]
-    first = subprocess.Popen(worker_command(kafka, topic, checkpoints, *common), env=WORKER_ENV,
-                             stderr=subprocess.PIPE, text=True)
+    first = LoggedProcess(worker_command(kafka, topic, checkpoints, *common), tmp_path / "first.log", WORKER_ENV)
     wait_for(lambda: any(checkpoints.glob("*.ckpt")), 60, "first checkpoint")
-    second = subprocess.Popen(worker_command(kafka, topic, checkpoints, *common), env=WORKER_ENV,
-                              stderr=subprocess.PIPE, text=True)
-    _, first_log = first.communicate(timeout=300)
-    _, second_log = second.communicate(timeout=300)
-    assert first.returncode == 0 and second.returncode == 0, first_log[-2000:] + second_log[-2000:]
+    second = LoggedProcess(worker_command(kafka, topic, checkpoints, *common), tmp_path / "second.log", WORKER_ENV)
+    first_log = first.finish(timeout=300)
+    second_log = second.finish(timeout=300)
+    assert first.proc.returncode == 0 and second.proc.returncode == 0, first_log[-2000:] + second_log[-2000:]
     assert "revoked" in first_log and "assigned partition" in second_log, "no rebalance happened"
     # The joiner resumed every partition it got from the first worker's checkpoints, none afresh
     # (each line reads "assigned partition N: <checkpoint|fresh|artifact:...>, next offset K").
@@ -179,9 +177,8 @@ def test_metrics_endpoint_serves_real_values(kafka, new_topic, tmp_path):
     topic = new_topic(2)
     send_records(kafka, topic, generate(20_000, seed=51))
     port = free_port()
-    worker = subprocess.Popen(worker_command(kafka, topic, tmp_path / "ckpt", "--metrics-port", str(port),
-                                             "--checkpoint-seconds", "1"),
-                              env=WORKER_ENV, stderr=subprocess.PIPE, text=True)
+    worker = LoggedProcess(worker_command(kafka, topic, tmp_path / "ckpt", "--metrics-port", str(port),
+                                          "--checkpoint-seconds", "1"), tmp_path / "worker.log", WORKER_ENV)
     url = f"http://127.0.0.1:{port}"
 
     def scrape():
@@ -202,9 +199,9 @@ def test_metrics_endpoint_serves_real_values(kafka, new_topic, tmp_path):
         assert urllib.request.urlopen(url + "/healthz").status == 200
         assert urllib.request.urlopen(url + "/readyz").status == 200
     finally:
-        worker.send_signal(signal.SIGTERM)
-        _, log = worker.communicate(timeout=60)
-    assert worker.returncode == 0, log[-2000:]
+        worker.proc.send_signal(signal.SIGTERM)
+        log = worker.finish(timeout=60)
+    assert worker.proc.returncode == 0, log[-2000:]
     samples = {(sample.name, frozenset(sample.labels.items())): sample.value
                for family in text_string_to_metric_families(text) for sample in family.samples}
 
@@ -248,7 +245,7 @@ def test_partitions_added_to_the_events_topic_are_consumed_within_a_minute_and_r
     port = free_port()
     command = worker_command(kafka, topic, tmp_path / "ckpt", "--metrics-port", str(port), "--kafka-client",
                              kafka_client)
-    worker = subprocess.Popen(command, env=WORKER_ENV, stderr=subprocess.PIPE, text=True)
+    worker = LoggedProcess(command, tmp_path / "worker.log", WORKER_ENV)
 
     def consumed() -> dict:
         return {dict(labels)["partition"]: value for (name, labels), value in scrape(port).items()
@@ -271,8 +268,8 @@ def test_partitions_added_to_the_events_topic_are_consumed_within_a_minute_and_r
         assert seconds < 60, f"the new partitions were consumed {seconds:.0f} s after they were added"
         assert scrape(port)[("shopstream_topic_partitions", ())] == 4
     finally:
-        worker.send_signal(signal.SIGTERM)
-        _, stderr = worker.communicate(timeout=60)
+        worker.proc.send_signal(signal.SIGTERM)
+        stderr = worker.finish(timeout=60)
     warnings = [line for line in stderr.splitlines() if "now has 4 partitions" in line]
     assert len(warnings) == 1 and "(2 before): about 50% of keys now map to another partition" in warnings[0], \
         stderr[-3000:]
