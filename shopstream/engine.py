@@ -302,15 +302,10 @@ class Engine:
     def what_if(self, event: Event) -> list[tuple[str, str, str, Optional[float]]]:
         """(model, role, version, P(purchase) or None) of every slot for `event` on the live
         feature state, changing nothing: no prediction recorded, no feature state folded in,
-        no model reset (a non-finite score is None)."""
-        x = getattr(self.features, "peek", self.features.transform)(event)
-        answers = []
-        for slot in self.slots:
-            proba = slot.model.predict_proba_one(x)
-            p_true = proba.get(True, 0.0) if proba else None
-            answers.append((slot.name, slot.role, slot.version,
-                            p_true if p_true is not None and math.isfinite(p_true) else None))
-        return answers
+        no model reset (a non-finite score is None): `serve`'s outputs, named."""
+        _, outputs, _ = self.serve(event)
+        return [(slot.name, slot.role, slot.version, p_true if y_pred is not None else None)
+                for slot, (p_true, y_pred) in zip(self.slots, outputs)]
 
     def serve(self, event: Event) -> tuple[dict, tuple, int]:
         """What `process` would record for the view or cart `event` now, changing nothing: (its
@@ -330,14 +325,10 @@ class Engine:
         """
         x = getattr(self.features, "peek", self.features.transform)(event)
         outputs = []
-        for slot in self.slots:
+        for slot in self.slots:   # `_predict`'s outputs, without its reset of a poisoned model
             proba = slot.model.predict_proba_one(x)
-            output = _UNSCORED
-            if proba:
-                p_true = proba.get(True, 0.0)
-                if _isfinite(p_true):
-                    output = (p_true, _argmax(proba))
-            outputs.append(output)
+            p_true = proba.get(True, 0.0) if proba else math.nan
+            outputs.append((p_true, _argmax(proba)) if _isfinite(p_true) else _UNSCORED)
         return x, tuple(outputs), self.champion
 
     def _check_served(self, event: Event, served: tuple) -> None:
