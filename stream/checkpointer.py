@@ -183,7 +183,7 @@ class Checkpointer:
 
     def save(self, tps, commit_async: bool = False, background: bool = False, synced: bool = False) -> None:
         """Outputs, then state, then offsets, for the partitions of `tps` with anything unsaved.
-        `commit_async` on kafka-python's IO thread (a rebalance), which must not block;
+        `commit_async` in a rebalance callback: the commit is sent, not waited for;
         `background`: begin the writes in forked copies, made durable by a later `poll`;
         `synced` (the store permitting): pickle in the loop, fsync and rename in a thread, made
         durable by a later `poll` too."""

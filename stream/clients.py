@@ -28,9 +28,9 @@ from .settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 #: kafka-python 3.0.12 warns of every step of its IO loop longer than 0.1 s. Under load that is
-#: several lines a second (the worker's rebalance callbacks restore checkpoints on that thread),
-#: enough to fill a 64 KiB stderr pipe in a couple of minutes and then block the process on its
-#: next log line. Steps shorter than this are dropped; a longer one is a real stall and is kept.
+#: several lines a second, enough to fill a 64 KiB stderr pipe in a couple of minutes and then
+#: block the process on its next log line. Steps shorter than this are dropped; a longer one is a
+#: real stall and is kept.
 SLOW_STEP_LOGGED_FROM = 1.0
 _SLOW_STEP = re.compile(r"ran for (\d+(?:\.\d+)?)s \(>")
 

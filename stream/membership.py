@@ -21,6 +21,8 @@ import math
 import time
 from typing import Callable, Optional, Protocol, cast
 
+from .rebalance_listener import for_consumer
+
 log = logging.getLogger(__name__)
 
 #: How often the consumers refresh the topic's metadata, so a partition added to the events
@@ -69,7 +71,9 @@ class GroupMembership:
         # nothing and rejoins at once (that second join was the one lost: group_join.py).
         self.topic_partitions = sorted(self.consumer.partitions_for_topic(self.topic) or ())
         self.joining_since = time.monotonic()
-        self.consumer.subscribe([self.topic], listener=self.listener)
+        # kafka-python's consumer runs the callbacks in a thread, not on the loop that heartbeats
+        consumer = self.consumer
+        consumer.subscribe([self.topic], listener=for_consumer(consumer, self.listener))
 
     def note_partitions(self) -> Optional[tuple[int, int]]:
         """The events topic's partition count from the consumer's metadata: (before, now) when it

@@ -275,10 +275,10 @@ class EngineGate:
     the gate, except while it waits in ``consumer.poll`` (`opened`); then the desk's clerk may
     take it to answer requests at once instead of after the poll's timeout.
 
-    kafka-python runs the rebalance callbacks on its IO thread while the loop is blocked in
-    a consumer call: in ``poll`` (the gate is open: they take it, so never beside a clerk)
-    or in ``close`` (the loop holds the gate and waits for them: they must not take it).
-    `callback` does the right one."""
+    The rebalance callbacks run while the loop is blocked in a consumer call (kafka-python's
+    in a thread of their own, stream/rebalance_listener.py; librdkafka's on the loop's thread):
+    in ``poll`` (the gate is open: they take it, so never beside a clerk) or in ``close`` (the
+    loop holds the gate and waits for them: they must not take it). `callback` does the right one."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()

@@ -180,7 +180,8 @@ class Worker(ConsumerRebalanceListener):
         self.consumer_rebuilds.inc()
         self.checkpointer.release(list(self.partitions))
 
-    # -- partition lifecycle (called by kafka-python inside poll) -------------------
+    # -- partition lifecycle (called inside poll: by kafka-python in a thread of its own, its event loop
+    #    heartbeating meanwhile (stream/rebalance_listener.py); by librdkafka on this thread) ------------
 
     def on_partitions_revoked(self, revoked):
         with self.gate.callback():  # never beside the scoring API's clerk
@@ -190,7 +191,9 @@ class Worker(ConsumerRebalanceListener):
         owned = [tp for tp in revoked if tp in self.partitions]
         for tp in revoked:
             self._resumed.pop(tp, None)
-        # This runs on kafka-python's IO thread: the offset commit must not block it.
+        # The commit is sent before this member rejoins, not waited for (its offsets serve monitoring and
+        # the restore witness; the checkpoint is durable already): kafka-python queues it on its loop
+        # before this callback's end lets the join go on (stream/rebalance_listener.py).
         self.checkpointer.release(owned, commit_async=True)
         self.membership.join_started()
         log.info("revoked %s", sorted(tp.partition for tp in owned))
@@ -201,7 +204,7 @@ class Worker(ConsumerRebalanceListener):
 
     def _partitions_assigned(self, assigned):
         self.membership.join_finished()
-        self._count_partitions = True   # after this poll (kafka-python's IO thread must not wait for metadata)
+        self._count_partitions = True   # after this poll, by the loop (no metadata waits inside the join)
         self.idle.restart(time.monotonic())  # the first fetch of a partition takes a moment
         for tp in assigned:
             try:
@@ -231,9 +234,9 @@ class Worker(ConsumerRebalanceListener):
             log.info("assigned partition %d: %s, next offset %d", tp.partition, state.origin, state.next_offset)
 
     def _verify_restored(self, batches: dict) -> None:
-        """Check newly restored partitions against the group's committed offsets. Here, not
-        in the rebalance callback: that runs on kafka-python's IO thread, which cannot wait
-        for the coordinator. No record of theirs is handled before this check."""
+        """Check newly restored partitions against the group's committed offsets. Here, after
+        the poll, not in the rebalance callback: the group join waits for that callback, and
+        librdkafka runs it inside its own consume. No record of theirs is handled before this check."""
         for tp in list(self._unverified):
             self._unverified.discard(tp)
             state = self.partitions.get(tp)
