@@ -381,9 +381,10 @@ class ScoreDesk:
         # A what-if: the clerk answers it if the loop waits in poll; a loop at work drains it between two
         # events itself (ringing then would only make the clerk compete with it for the interpreter). The
         # gate rings when it opens with what-ifs waiting, so one put just before is not left behind.
-        # A recorded request never rings: it cannot be answered before its event comes back through the
-        # loop's poll, and the loop books it when that poll returns (a clerk woken for it would only take
-        # the interpreter from the loop and the front: +8 ms at p50 on an idle stream, BENCHMARKS.md).
+        # A recorded request answered when processed never rings: it cannot be answered before its event
+        # comes back through the loop's poll, and the loop books it when that poll returns (a clerk woken for
+        # it would only take the interpreter from the loop and the front: +8 ms at p50 on an idle stream,
+        # BENCHMARKS.md). Answered when written, it is scored at once, like a what-if.
         if ticket.whatif or self.answers_when_written:
             self.ringing_submitted += 1
             if self.gate.open:
