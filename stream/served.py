@@ -11,7 +11,10 @@ on, and a replay reads the same header, so it records the same number again.
 
 The header is JSON, read with limits like an event's: at most `MAX_SERVED_FEATURES` features
 of finite numbers (or strings, as raw features may be) and `MAX_SERVED_MODELS` outputs, each a
-P(True) in [0, 1] and a label (true, false, or null: the model could not score it).
+P(True) in [0, 1] and a label (true, false, or null: the model could not score it). With a
+signing key (SHOPSTREAM_SIGNING_KEY or --signing-key-file), the API signs it together with the
+event's bytes (``shopstream.served.hmac``), and a worker refuses one that is not so signed: a
+served prediction sets the features a model learns from, which an event alone cannot.
 
 >>> value = encode_served(({"a": 0.5, "b": -0.0}, ((0.25, False), (0.75, True)), 1))
 >>> value
@@ -26,13 +29,16 @@ shopstream.events.InvalidEvent: served: Expected `float` <= 1.0 - at `$.outputs[
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated, Literal, Optional, Union
 
 import msgspec
 
 from shopstream.events import MAX_FEATURE_ABS, MAX_NAME_CHARS, InvalidEvent
+from shopstream.signing import KEY_IS_SET, sign
 
 SERVED_HEADER = "shopstream.served"
+SERVED_HMAC_HEADER = "shopstream.served.hmac"
 MAX_SERVED_FEATURES = 1024
 MAX_SERVED_MODELS = 64
 #: A served feature is a number the feature code made (a count, a log price, a one-hot 0 or 1),
@@ -77,12 +83,48 @@ def decode_served(value: bytes) -> tuple[dict, tuple, int]:
 def served_header(headers) -> Optional[bytes]:
     """The value of the record's ``shopstream.served`` header, or None. More than one is refused:
     which would count?"""
+    return _one(headers, SERVED_HEADER)
+
+
+def _one(headers, name: str) -> Optional[bytes]:
     found = None
     for key, value in headers:
-        if key == SERVED_HEADER:
+        if key == name:
             if found is not None:
-                raise InvalidEvent("served", "the header appears more than once")
+                raise InvalidEvent(name, "the header appears more than once")
             if not value:
-                raise InvalidEvent("served", "the header is empty")
+                raise InvalidEvent(name, "the header is empty")
             found = value
     return found
+
+
+def _signed(event_value: bytes, served: bytes, key: bytes) -> bytes:
+    # the event's bytes too: a served prediction is not moved onto another event
+    return sign(len(event_value).to_bytes(8, "big") + event_value + served, key).encode()
+
+
+def served_headers(event_value: bytes, served: bytes, key: Optional[bytes]) -> list:
+    """The headers a record carrying `served` gets: the prediction, and its HMAC with the event's
+    bytes when there is a key."""
+    headers = [(SERVED_HEADER, served)]
+    if key is not None:
+        headers.append((SERVED_HMAC_HEADER, _signed(event_value, served, key)))
+    return headers
+
+
+def check_signed(event_value: bytes, served: bytes, headers, key: bytes) -> None:
+    """`InvalidEvent` unless the record's ``shopstream.served.hmac`` proves `served` and the event's
+    bytes were signed with `key`.
+
+    >>> headers = served_headers(b"event", b"served", b"k")
+    >>> check_signed(b"event", b"served", headers, b"k")
+    >>> check_signed(b"other", b"served", headers, b"k")
+    Traceback (most recent call last):
+    ...
+    shopstream.events.InvalidEvent: served: HMAC does not match: forged, or moved onto another event
+    """
+    tag = _one(headers, SERVED_HMAC_HEADER)
+    if tag is None:
+        raise InvalidEvent("served", f"unsigned, but {KEY_IS_SET}")
+    if not isinstance(tag, bytes) or not hmac.compare_digest(tag, _signed(event_value, served, key)):
+        raise InvalidEvent("served", "HMAC does not match: forged, or moved onto another event")

@@ -66,7 +66,7 @@ from shopstream.events import MAX_FUTURE_SKEW, Event, encode_event
 
 from .owners import Owners, OwnersAssignor, partition_for
 from .score_codec import REASONS, RequestError, date_event, decode_request, encode, error_body
-from .served import SERVED_HEADER, decode_served, encode_served
+from .served import decode_served, encode_served, served_headers
 from .settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -327,8 +327,10 @@ class ScoreDesk:
     `processed` for each record while requests wait (`awaited` is non-empty)."""
 
     def __init__(self, topic: str, address: str, name: str, max_pending: int = 4096,
-                 max_future_skew: float = MAX_FUTURE_SKEW, recorded: str = "processed"):
+                 max_future_skew: float = MAX_FUTURE_SKEW, recorded: str = "processed",
+                 signing_key: Optional[bytes] = None):
         self.topic = topic
+        self.signing_key = signing_key   # signs what a recorded score answered when written carries
         # --serve-recorded written: a recorded score is computed at once and answered once its event is
         # written (`write_served`, the front's producer); "processed": answered when the loop processed it
         self.answers_when_written = recorded == "written"
@@ -998,11 +1000,12 @@ class ScoreServer:
             settle(503, {"error": f"the event could not be written to {self.desk.topic}: {type(exc).__name__}: "
                                   f"{exc}", "reason": "kafka_unavailable"})
 
+        value = encode_event(event)
         headers = [("shopstream.origin", b"score-api")]
         if served is not None:
-            headers.append((SERVED_HEADER, served))
+            headers += served_headers(value, served, self.desk.signing_key)
         try:
-            future = self.producer.send(self.desk.topic, key=str(event.user_id).encode(), value=encode_event(event),
+            future = self.producer.send(self.desk.topic, key=str(event.user_id).encode(), value=value,
                                         partition=partition, headers=headers)
         except Exception as exc:  # no buffer space, no metadata: refused before sending
             failed(exc)

@@ -48,7 +48,7 @@ from .membership import GroupMembership, moved_share
 from .outputs import Outputs
 from .partition import Partition
 from .restore import PartitionRestorer
-from .served import decode_served, served_header
+from .served import check_signed, decode_served, served_header
 from .serving import EngineGate, ScoreDesk, ScoreServer
 from .settings import WorkerSettings
 from .telemetry import WorkerCollector, WorkerSnapshot
@@ -409,6 +409,8 @@ class Worker(ConsumerRebalanceListener):
             if record.headers:   # a recorded score answered when written carries it (served.py)
                 carried = served_header(record.headers)
                 if carried is not None:
+                    if settings.signing_key is not None:
+                        check_signed(record.value, carried, record.headers, settings.signing_key)
                     served = decode_served(carried)
             # The record's time, but never later than ours: producers set it too.
             wall, stamp = time.time(), record.timestamp
@@ -578,7 +580,7 @@ def run_worker(settings: WorkerSettings) -> int:
             raise ValueError(f"scoring API port {settings.serve.host}:{settings.serve.port} cannot be used "
                              f"({exc.strerror}): choose another with --serve-port (SHOPSTREAM_SERVE_PORT)") from None
         desk = ScoreDesk(settings.topic, api.address, settings.name, settings.serve.max_pending,
-                         settings.max_future_skew, settings.serve.recorded)
+                         settings.max_future_skew, settings.serve.recorded, settings.signing_key)
     worker = Worker(settings, registry, desk=desk, collector=collector)
     holder.append(worker)
     if server is not None:

@@ -281,29 +281,86 @@ def test_an_event_id_already_handled_is_answered_with_its_recorded_score_and_not
     assert producer.sent == []
 
 
-def test_a_worker_records_a_served_header_and_dead_letters_one_that_does_not_fit():
-    """The worker's record path: the header is read and honoured; a bad one is a dead letter with
-    the reason, and the partition's engine is left as it was."""
+def handling_worker(engine, signing_key=None):
+    """`Worker.handle` on one partition, its dead letters and published scores kept in lists."""
     from stream.worker import Worker
 
-    engine, records = history_engine(1000)
-    view = view_of(records[-1])
-    served = engine.serve(view)
-    good = SimpleNamespace(topic=TOPIC, partition=0, offset=5, key=b"u", value=msgspec.json.encode(view),
-                           timestamp=0, headers=[(SERVED_HEADER, encode_served(served))])
-    bad = SimpleNamespace(topic=TOPIC, partition=0, offset=6, key=b"u",
-                          value=msgspec.json.encode(view_of(records[-1], event_id="bad-1")), timestamp=0,
-                          headers=[(SERVED_HEADER, b'{"v":1,"x":{},"outputs":[[0.5,true],[0.5,true]],"champion":0}')])
     letters, published = [], []
     state = SimpleNamespace(engine=engine, handled=lambda offset: None, dead_lettered=0)
-    worker = SimpleNamespace(settings=SimpleNamespace(max_future_skew=1e12), handled=0, desk=None, awaited=False,
-                             learn_log=None, decode_seconds=None, process_seconds=None,
+    worker = SimpleNamespace(settings=SimpleNamespace(max_future_skew=1e12, signing_key=signing_key), handled=0,
+                             desk=None, awaited=False, learn_log=None, decode_seconds=None, process_seconds=None,
                              outputs=SimpleNamespace(dead_letter=lambda record, reason: letters.append(reason),
                                                      prediction=lambda *args: published.append(args[2])))
     worker._dead_letter = lambda state, record, reason: Worker._dead_letter(worker, state, record, reason)
-    Worker.handle(worker, state, good)
+    return (lambda record: Worker.handle(worker, state, record)), letters, published
+
+
+def record_of(event: Event, headers: list, offset: int = 5) -> SimpleNamespace:
+    return SimpleNamespace(topic=TOPIC, partition=0, offset=offset, key=b"u", value=msgspec.json.encode(event),
+                           timestamp=0, headers=headers)
+
+
+def test_a_worker_records_a_served_header_and_dead_letters_one_that_does_not_fit():
+    """The worker's record path: the header is read and honoured; a bad one is a dead letter with
+    the reason, and the partition's engine is left as it was."""
+    engine, records = history_engine(1000)
+    view = view_of(records[-1])
+    served = engine.serve(view)
+    handle, letters, published = handling_worker(engine)
+    handle(record_of(view, [(SERVED_HEADER, encode_served(served))]))
     assert published == [served[1][0][0]] and engine.recorded(view.event_id) == (True, published[0])
     before = pickle.dumps(engine)
-    Worker.handle(worker, state, bad)
+    handle(record_of(view_of(records[-1], event_id="bad-1"),
+                     [(SERVED_HEADER, b'{"v":1,"x":{},"outputs":[[0.5,true],[0.5,true]],"champion":0}')], 6))
     assert pickle.dumps(engine) == before
     assert len(letters) == 1 and "2 served model outputs" in letters[0], letters
+
+
+def test_with_a_signing_key_a_served_prediction_must_be_signed_with_its_own_event():
+    from stream.served import served_headers
+
+    key = b"shop-key"
+    engine, records = history_engine(1000)
+    handle, letters, published = handling_worker(engine, signing_key=key)
+    views = [view_of(records[-1], event_id=f"signed-{i}") for i in range(5)]
+    served = [encode_served(engine.serve(view)) for view in views]
+    before = pickle.dumps(engine)
+    handle(record_of(views[0], [(SERVED_HEADER, served[0])], 1))                                # unsigned
+    handle(record_of(views[1], served_headers(msgspec.json.encode(views[1]), served[1], b"other-key"), 2))
+    moved = served_headers(msgspec.json.encode(views[3]), served[2], key)   # signed for another event
+    handle(record_of(views[2], moved, 3))
+    forged = served_headers(msgspec.json.encode(views[3]), served[3], key)
+    forged[0] = (SERVED_HEADER, served[3].replace(b'"champion":0', b'"champion":0 '))   # changed after signing
+    handle(record_of(views[3], forged, 4))
+    assert pickle.dumps(engine) == before and published == []
+    assert [letter.split(": ", 2)[-1] for letter in letters] == [
+        "unsigned, but a signing key is set (SHOPSTREAM_SIGNING_KEY or --signing-key-file)",
+        "HMAC does not match: forged, or moved onto another event",
+        "HMAC does not match: forged, or moved onto another event",
+        "HMAC does not match: forged, or moved onto another event"], letters
+    handle(record_of(views[4], served_headers(msgspec.json.encode(views[4]), served[4], key), 5))
+    assert len(published) == 1 and engine.recorded("signed-4") == (True, published[0])
+
+
+def test_the_desk_signs_what_it_writes_when_it_has_a_key():
+    from stream.served import SERVED_HMAC_HEADER, check_signed
+
+    engine, records = history_engine(1000)
+    producer = AckingProducer()
+    server = ScoreServer(ServeSettings(port=0, timeout=2.0, recorded="written"))
+    desk = ScoreDesk(TOPIC, server.address, "w", recorded="written", signing_key=b"shop-key")
+    loop = Loop(desk, {TopicPartition(TOPIC, 0): SimpleNamespace(engine=engine)})
+    loop.thread.start()
+    server.start(desk, producer, CollectorRegistry())
+    last = records[-1]
+    try:
+        status, answer = post(server.port, {"user_id": str(last["user_id"]), "user_session": str(last["user_session"]),
+                                            "product_id": "p-s", "event_type": "view", "event_id": "sig-1"})
+        assert status == 200, answer
+    finally:
+        loop.stop.set()
+        loop.thread.join()
+        server.stop()
+    [sent] = producer.sent
+    assert SERVED_HMAC_HEADER in dict(sent.headers)
+    check_signed(sent.value, dict(sent.headers)[SERVED_HEADER], sent.headers, b"shop-key")
