@@ -528,13 +528,17 @@ class LabelJoiner:
         else:
             shard[key] = [found, prediction]
 
+    def is_late(self, event_time: float) -> bool:
+        """Whether a prediction made at `event_time` would be late: its window closed before the watermark."""
+        return event_time + self.window < self.max_time - self.lateness
+
     def open(self, prediction: OpenPrediction, floats_only: bool = False) -> bool:
         """Record a prediction; False (and counted as late) if its window already closed.
         `floats_only`: its features are floats for sure (the feature set's word), see `compact`."""
-        deadline = prediction.event_time + self.window
-        if deadline < self.max_time - self.lateness:   # the watermark
+        if self.is_late(prediction.event_time):
             self.counts["late"] += 1
             return False
+        deadline = prediction.event_time + self.window
         prediction.seq = seq = self._next_seq
         prediction.deadline = deadline
         self._next_seq += 1

@@ -483,15 +483,13 @@ class ScoreDesk:
         if not tickets:
             return
         engine = state.engine
-        answer = {"event_id": event.event_id, "prediction_id": event.event_id, "partition": record.partition,
-                  "offset": record.offset, "recorded": True, "duplicate": False, "served_by": self.name}
         if score is not None:
-            answer.update(score=score, model=engine.champion_slot.name, version=engine.champion_slot.version)
+            answer = self._recorded(event, record.partition, record.offset, score, engine.champion_slot)
             status = 200
         else:
             _, earlier = engine.recorded(event.event_id)
             if earlier is not None:  # scored before (a retry, or the shop's tracking sent it first)
-                answer.update(score=earlier, model=None, version=None, duplicate=True, offset=None)
+                answer = self._recorded(event, record.partition, None, earlier, duplicate=True)
                 status = 200
             else:
                 status, answer = 409, {"error": f"not scored: event_time {event.event_time} is behind partition "
@@ -579,12 +577,9 @@ class ScoreDesk:
                              f"partition {partition} and opened no prediction", partition=partition)
             else:
                 self.answered += 1
-                ticket.answer(200, {"event_id": event.event_id, "prediction_id": event.event_id, "partition": partition,
-                                    "offset": None, "recorded": True, "duplicate": True, "served_by": self.name,
-                                    "score": earlier, "model": None, "version": None})
+                ticket.answer(200, self._recorded(event, partition, None, earlier, duplicate=True))
             return
-        watermark = engine.joiner.watermark
-        if event.event_time + engine.joiner.window < watermark:
+        if engine.joiner.is_late(event.event_time):
             self._refuse(ticket, 409, "late_event", f"not scored: event_time {event.event_time} is behind partition "
                          f"{partition}'s watermark (a late event opens no prediction)", partition=partition)
             return
@@ -597,15 +592,20 @@ class ScoreDesk:
                          f"{type(exc).__name__}: {exc}")
             return
         _, outputs, champion = served
-        slot = engine.slots[champion]
-        answer = {"event_id": event.event_id, "prediction_id": event.event_id, "partition": partition,
-                  "offset": None, "recorded": True, "duplicate": False, "served_by": self.name,
-                  "score": outputs[champion][0] if outputs[champion][1] is not None else None,
-                  "model": slot.name, "version": slot.version}
+        p_true, y_pred = outputs[champion]
+        answer = self._recorded(event, partition, None, p_true if y_pred is not None else None, engine.slots[champion])
         self._keep_served(key, event.user_id, answer)
         self.answered += 1   # no longer waits for the loop: the producer's acknowledgement answers it
         assert self.write_served is not None   # set by the server that serves this desk
         self.write_served(event, partition, header, answer, ticket.answer)
+
+    def _recorded(self, event: Event, partition: int, offset: Optional[int], score: Optional[float], slot=None,
+                  duplicate: bool = False) -> dict:
+        """A recorded score's answer: `slot` made it (None: an earlier copy of the event did)."""
+        return {"event_id": event.event_id, "prediction_id": event.event_id, "partition": partition, "offset": offset,
+                "recorded": True, "duplicate": duplicate, "served_by": self.name, "score": score,
+                "model": slot.name if slot is not None else None,
+                "version": slot.version if slot is not None else None}
 
     def _keep_served(self, key: tuple, user_id, answer: dict) -> None:
         lately = self.served_lately
