@@ -49,8 +49,9 @@ _Probability = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 
 class _Served(msgspec.Struct, forbid_unknown_fields=True):
     v: Literal[1]
-    x: Annotated[dict[Annotated[str, msgspec.Meta(max_length=MAX_NAME_CHARS)],
-                      Union[_Number, Annotated[str, msgspec.Meta(max_length=MAX_NAME_CHARS)]]],
+    # names' length checked in `decode_served`: a constrained key would turn msgspec's key cache off
+    # (shopstream/events.py, `_Features`)
+    x: Annotated[dict[str, Union[_Number, Annotated[str, msgspec.Meta(max_length=MAX_NAME_CHARS)]]],
                  msgspec.Meta(max_length=MAX_SERVED_FEATURES)]
     outputs: Annotated[list[tuple[_Probability, Optional[bool]]],
                        msgspec.Meta(min_length=1, max_length=MAX_SERVED_MODELS)]
@@ -77,7 +78,12 @@ def decode_served(value: bytes) -> tuple[dict, tuple, int]:
         raise InvalidEvent("served", str(exc)) from None
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidEvent("served", f"not JSON: {exc}") from None
-    return served.x, tuple(served.outputs), served.champion
+    x = served.x
+    if x and max(map(len, x)) > MAX_NAME_CHARS:
+        name = max(x, key=len)
+        raise InvalidEvent("served", f"feature name {name[:40]!r}... is {len(name)} characters, "
+                                     f"more than {MAX_NAME_CHARS}")
+    return x, tuple(served.outputs), served.champion
 
 
 def served_header(headers) -> Optional[bytes]:

@@ -72,6 +72,25 @@ def test_a_key_given_twice_is_refused_however_the_json_is_spaced(key, spacing, o
     raise AssertionError(f"accepted a duplicate {key!r}: {data!r}")
 
 
+@BOUNDED
+@given(names=st.lists(st.sampled_from(["a", "b", "a:b", ":"]), max_size=5),
+       session=st.sampled_from(["s1", "s:1", '"x":']), spacing=st.sampled_from(["", " "]))
+def test_a_feature_name_given_twice_is_refused_whatever_colons_the_strings_hold(names, session, spacing):
+    """The cheapest fast path counts colons against the keys decoded: a repeated name must never pass
+    it, nor may an honest event with colons inside its strings be refused."""
+    features = ",".join(f'"{name}"{spacing}:{spacing}{i}' for i, name in enumerate(names))
+    data = json.dumps({**GOOD, "user_session": session}).replace('"features": {"x": 0.5}',
+                                                                 f'"features": {{{features}}}').encode()
+    repeated = len(set(names)) < len(names)
+    try:
+        event = decode_event(data)
+    except InvalidEvent as exc:
+        assert repeated and "duplicate key" in str(exc), (data, exc)
+        return
+    assert not repeated, f"accepted a repeated feature name: {data!r}"
+    assert list(event.features) == list(dict.fromkeys(names)) and event.user_session == session
+
+
 def test_nested_duplicates_and_honest_look_alikes():
     dup_feature = json.dumps({**GOOD, "features": {"a": 1}}).replace('{"a": 1}', '{"a": 1, "a": 2}').encode()
     try:

@@ -77,6 +77,10 @@ def test_too_many_features_or_models_in_a_served_header_are_refused():
         decode_served(encode_served((many, ((0.5, True),), 0)))
     with pytest.raises(InvalidEvent, match="served"):
         decode_served(encode_served(({}, ((0.5, True),) * 65, 0)))
+    with pytest.raises(InvalidEvent, match="is 257 characters, more than 256"):
+        decode_served(encode_served(({"a": 1.0, "n" * 257: 1.0}, ((0.5, True),), 0)))
+    x, _, _ = decode_served(encode_served(({"n" * 256: 1.0}, ((0.5, True),), 0)))
+    assert list(x) == ["n" * 256]
 
 
 def test_the_served_header_is_found_once_or_refused():
