@@ -25,7 +25,6 @@ is the line-up's policy (`lineup.py`).
 from __future__ import annotations
 
 import math
-import pickle
 from array import array
 from collections.abc import Mapping
 from typing import cast
@@ -201,8 +200,8 @@ class ModelSlot:
         which on CPython 3.11-3.12 slows its every attribute load for good; the copy, made by
         `model_state`, keeps them fast and holds the same state bit for bit. So a slot always
         runs its own copy of a model handed to it (never the caller's object)."""
-        self._good = model_state.dumps(self.model)
-        self.model = pickle.loads(self._good)
+        self._good = model_state.keep(self.model)   # (in this process only: never pickled)
+        self.model = model_state.copy_of(self._good)
 
     def refresh(self) -> None:
         """Run an identical copy of the model whose attribute loads are fast again (after
@@ -221,7 +220,7 @@ class ModelSlot:
 
     def reset(self, reason: str) -> None:
         """Back to the last good state (the last checkpoint's, or the start's), counted by reason."""
-        self.model = pickle.loads(self._good)
+        self.model = model_state.copy_of(self._good)
         self.resets[reason] = self.resets.get(reason, 0) + 1
 
     def __setattr__(self, name: str, value) -> None:

@@ -3,7 +3,6 @@ challenger, or as the bootstrap's champion with its frozen baseline) is killed w
 kill -9 mid-stream, restarted, and ends bit for bit where an uninterrupted run ends; so
 do partitions that move between workers killed at random while events stream in."""
 
-import pickle
 import random
 import signal
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 
 from conftest import WORKER_ENV, worker_command
 from helpers import assert_same_engine, checkpointed_engines, paced, reference_engines, send_records, wait_for
+from test_model_state import state_bytes
 from offline.bootstrap import EpochSettings, bootstrap
 from shopstream.artifacts import load_artifact
 from shopstream.events import decode_event
@@ -62,7 +62,7 @@ def assert_same_lineup(actual, expected, probes):
         assert mine.scores.cumulative.values() == theirs.scores.cumulative.values()
         assert [mine.model.predict_proba_one(x) for x in probes] == [theirs.model.predict_proba_one(x) for x in probes]
         if mine.name.startswith("mlp"):  # every weight, moment and scaler statistic, bit for bit
-            assert pickle.dumps(mine.model) == pickle.dumps(theirs.model)
+            assert state_bytes(mine.model) == state_bytes(theirs.model)
 
 
 def test_mlp_challenger_survives_kill_9(kafka, new_topic, tmp_path):
@@ -95,7 +95,7 @@ def test_bootstrapped_mlp_champion_and_baseline_survive_kill_9(kafka, new_topic,
         roles = {s.name: s.role for s in engine.slots}
         assert roles["mlp_baseline"] == "baseline" and roles["logreg"] in ("challenger", "champion")
         frozen = load_artifact(artifacts).model   # the baseline never learns: still the artifact's bits
-        assert pickle.dumps(actual[partition].slot("mlp_baseline").model) == pickle.dumps(frozen)
+        assert state_bytes(actual[partition].slot("mlp_baseline").model) == state_bytes(frozen)
         assert actual[partition].slot("mlp").model._t > frozen._t  # the champion kept learning
         assert_same_lineup(actual[partition], engine, probes)
 

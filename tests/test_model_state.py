@@ -39,6 +39,13 @@ def _attributes_on_fast_path(obj) -> bool:
     return ctypes.c_void_p.from_address(id(obj) - 4 * ctypes.sizeof(ctypes.c_void_p)).value is not None
 
 
+def state_bytes(obj) -> bytes:
+    """`obj` pickled after one pickle round trip: its state, float bits included, without which of
+    its equal strings are one object (a copy made at a checkpoint keeps the model's own strings,
+    shopstream/model_state.py; one restored from a checkpoint has the checkpoint's)."""
+    return pickle.dumps(pickle.loads(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)), pickle.HIGHEST_PROTOCOL)
+
+
 @pytest.mark.parametrize("name", ["logreg", "logreg_adagrad", "logreg_avg", "logreg_adagrad_fnw"])
 def test_a_fresh_copy_predicts_and_learns_exactly_like_the_original(name):
     events = [event_from_record(r) for r in generate(3000, seed=5)]
