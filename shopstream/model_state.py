@@ -159,7 +159,9 @@ def keep(model: Any) -> tuple[bytes, list]:
     its state by feature name (the scaler's means, the weights), and a dict finds an event's
     name at once when it is the object the dict holds, but compares the characters of an equal
     copy: with strings of their own, copies made at each checkpoint ran River's calls about 20%
-    slower on 12 raw features, from a worker's first checkpoint on (BENCHMARKS.md, stop 45)."""
+    slower on 12 raw features, from a worker's first checkpoint on (BENCHMARKS.md, stop 45). A
+    model restored from a checkpoint holds the checkpoint's own strings, and its copies keep those
+    (not yet mapped to the objects the events bring)."""
     buffer, strings = io.BytesIO(), []   # type: ignore[var-annotated]
     try:
         _SharingPickler(buffer, strings).dump(model)

@@ -29,8 +29,8 @@ def _scoring_objects(slot) -> list:
 
 
 def _state(engine) -> list:
-    """Everything a checkpoint holds of the slots, each pickled apart (float bits included; one
-    pickle of all would also compare which objects they share, which copies do not keep)."""
+    """Everything a checkpoint holds of the slots, each pickled apart after a round trip (float bits
+    included; not which of their equal strings are one object: `state_bytes`)."""
     return [state_bytes(part) for s in engine.slots
             for part in (s.scores, s.drift, s.comparison, s.drift_detections, s.model)]
 
