@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import make_messages  # noqa: E402
+from common import make_messages, make_raw_messages  # noqa: E402
 
 
 def measure(events: int, warm: int, features: str) -> dict:
@@ -40,7 +40,9 @@ def measure(events: int, warm: int, features: str) -> dict:
     from stream.checkpointing.format import decode_state, encode_state
     from stream.partition import Partition
 
-    decoded = [decode_event(v) for _, v in make_messages(events)]
+    # raw: labelled events with 12 features of their own (the peers' job); shop: the generated shop
+    messages = make_raw_messages(events, width=12) if features == "raw" else make_messages(events)
+    decoded = [decode_event(v) for _, v in messages]
 
     def warmed() -> Partition:
         built = build_engine(config=EngineConfig(features=features))

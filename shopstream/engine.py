@@ -110,7 +110,7 @@ class Engine:
         self.config = config
         self.features = features
         self.slots = [ModelSlot(model_name, model, "champion", model_version, True, config.metric_window,
-                                config.drift_delta)]
+                                config.drift_delta, getattr(features, "share_names", None))]
         self.champion = 0  # index into slots; slots are only ever appended
         self.joiner = LabelJoiner(window=config.window, lateness=config.lateness, max_open=config.max_open,
                                   max_jump=config.max_time_jump)
@@ -140,6 +140,13 @@ class Engine:
             self.replacements = CatalogReplacements()
         if type(self._recent_ids) is not RecentIds:  # a checkpoint from before it was packed: an OrderedDict
             self._recent_ids = RecentIds(self._recent_ids.items())
+        # The restored models hold the checkpoint's own strings: their copies take the names' objects
+        # the events bring (`model_state.keep`; River ran 16% slower per raw event without, BENCHMARKS.md).
+        share_names = getattr(self.features, "share_names", None)
+        if share_names is not None:
+            for slot in self.slots:
+                slot.share_names = share_names
+                slot.keep_as_good()
 
     @property
     def champion_slot(self) -> ModelSlot:
@@ -196,7 +203,7 @@ class Engine:
         if any(slot.name == name for slot in self.slots):
             raise ValueError(f"a model named {name!r} already runs here")
         slot = ModelSlot(name, model, role, version, metric_window=self.config.metric_window,
-                         drift_delta=self.config.drift_delta)
+                         drift_delta=self.config.drift_delta, share_names=getattr(self.features, "share_names", None))
         if role == "challenger":
             slot.comparison = PairedLossTest(self.promotion.window if self.promotion else 2000)
         self.slots.append(slot)

@@ -34,10 +34,13 @@ StandardScaler only learns from the keys present in an event, so a sparse one-ho
 from __future__ import annotations
 
 import math
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass, fields
 from dataclasses import field as setting
 from typing import Any
+
+import msgspec
 
 from .events import Event
 from .options import check, option_meta as _help
@@ -130,6 +133,28 @@ class RawFeatures:
 
     def learn(self, event: Event) -> None:
         pass
+
+    @staticmethod
+    def share_names(strings: list) -> list:
+        """`strings` as the objects the events will bring for them (equal strings): msgspec's key
+        cache hands every event one object per short name (up to 32 ASCII bytes), which decoding the
+        names once finds; a name it does not cache stays as it is. River finds a name at once in its
+        dicts when it is the object they hold (`model_state.keep`).
+
+        >>> from shopstream.events import decode_event
+        >>> event = decode_event(b'{"event_time": 1e9, "event_type": "view", "product_id": "p", '
+        ...                      b'"user_id": "u", "user_session": "s", "features": {"clicks": 1.0}}')
+        >>> copy = "".join(["cli", "cks"])
+        >>> copy is next(iter(event.features)), RawFeatures.share_names([copy])[0] is next(iter(event.features))
+        (False, True)
+        """
+        found = msgspec.json.decode(msgspec.json.encode(dict.fromkeys(strings, 0)))
+        shared = dict(zip(found, found))
+        return [shared.get(text, text) for text in strings]
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.names = set(self.share_names(list(self.names)))
 
 
 class _Capped(OrderedDict):
@@ -288,17 +313,37 @@ class ShopFeatures:
         for field in ("platform", "channel", "category"):
             names.append({})
             for known in self.vocabulary[field]:
-                name = _ONE_HOT_NAMES.setdefault((field, known), f"{field}={known}")
+                # Interned: the one object a model restored from a file maps its copy to (`share_names`).
+                name = sys.intern(f"{field}={known}")
                 template[name] = 0.0
                 names[-1][known] = name
         cached = self._one_hot_columns = (template, names[0], names[1], names[2])
         return cached
 
+    @staticmethod
+    def share_names(strings: list) -> list:
+        """`strings` as the objects the events will bring for them (equal strings): the names
+        `transform` sets are the code's literals, which Python interns, and the one-hot names are
+        interned as they are built (`_one_hot`). River finds a name at once in its dicts when it is
+        the object they hold (`model_state.keep`).
+
+        >>> names = list(ShopFeatures().transform(Event(1.0e9, "view", "p", "u", "s", price=5.0, platform="web")))
+        >>> copies = [name.encode().decode() for name in names]   # equal strings, as unpickled
+        >>> all(map(str.__eq__, copies, names)), any(c is n for c, n in zip(copies, names))
+        (True, False)
+        >>> all(s is n for s, n in zip(ShopFeatures.share_names(copies), names))
+        True
+        """
+        return [sys.intern(text) for text in strings]
+
     def __getstate__(self) -> dict:
         state = self.__dict__
-        if "_looked_up" in state:   # the last transform's lookups: not state (the same pickle as before them)
+        if "_looked_up" in state or "_one_hot_columns" in state:
+            # Not state: the last transform's lookups (the same pickle as before them), and the one-hot
+            # columns, built again from the vocabularies with the names the models share (`_one_hot`).
             state = state.copy()
-            del state["_looked_up"]
+            state.pop("_looked_up", None)
+            state.pop("_one_hot_columns", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -308,9 +353,8 @@ class ShopFeatures:
             if isinstance(old, _Capped):   # pickled before the slot tables: the same rows in the same order
                 table = CountTable(old.cap, width) if width else SessionTable(old.cap)
                 state[name] = table.fill(old.items(), old.evicted)
+        state.pop("_one_hot_columns", None)   # (checkpoints from before 2026-12-07 hold them: built again)
         self.__dict__.update(state)
-        if len(state.get("_one_hot_columns") or ()) != 4:   # absent, or (zeros, names) from before templates
-            self._one_hot_columns = None
 
     def learn(self, event: Event) -> None:
         looked = self._looked_up
@@ -424,11 +468,6 @@ class ShopFeatures:
         if value not in known and len(known) < self.caps.one_hot:
             known.append(value)
             self._one_hot_columns = None
-
-
-# "field=value" names of one-hot columns, built once (vocabularies are capped per field, so
-# this holds at most caps.one_hot names per field of every feature state in the process).
-_ONE_HOT_NAMES: dict[tuple[str, str], str] = {}
 
 
 def _top_category(event: Event) -> str:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import io
 import pickle
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable, Optional
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 _MANAGED_DICT = 1 << 4   # Py_TPFLAGS_MANAGED_DICT: attributes kept in the compact array (3.11+)
@@ -153,20 +153,25 @@ class _SharingUnpickler(pickle.Unpickler):
         return self.strings[pid]
 
 
-def keep(model: Any) -> tuple[bytes, list]:
+def keep(model: Any, share_names: Optional[Callable[[list], list]] = None) -> tuple[bytes, list]:
     """`model`'s state, kept in this process to make copies from (`copy_of`): bytes as `dumps`
     writes them, less its strings, which stay the very objects the model holds. Why: River keys
     its state by feature name (the scaler's means, the weights), and a dict finds an event's
     name at once when it is the object the dict holds, but compares the characters of an equal
     copy: with strings of their own, copies made at each checkpoint ran River's calls about 20%
-    slower on 12 raw features, from a worker's first checkpoint on (BENCHMARKS.md, stop 45). A
-    model restored from a checkpoint holds the checkpoint's own strings, and its copies keep those
-    (not yet mapped to the objects the events bring)."""
+    slower on 12 raw features, from a worker's first checkpoint on (BENCHMARKS.md, stop 45).
+
+    `share_names` maps the strings to equal ones that copies hold instead: a feature set's
+    ``share_names`` gives the objects its events bring, so that a model restored from a
+    checkpoint or an artifact (whose strings are the file's own) runs as fast as one that
+    never left the process."""
     buffer, strings = io.BytesIO(), []   # type: ignore[var-annotated]
     try:
         _SharingPickler(buffer, strings).dump(model)
     except RecursionError:
         return pickle.dumps(model, PROTOCOL), []
+    if share_names is not None and strings:
+        strings = share_names(strings)
     return buffer.getvalue(), strings
 
 

@@ -169,12 +169,16 @@ class ModelSlot:
 
     `provisional`: whether the engine has the model learn each new prediction at once as a
     provisional negative (a delayed-feedback model that learns, `delayed.py`), decided whenever
-    `model` or `learn` is set (`__setattr__`), not at every prediction; never checkpointed."""
+    `model` or `learn` is set (`__setattr__`), not at every prediction; never checkpointed.
+
+    `share_names`: the feature set's (set by the engine, never checkpointed): the copies the slot
+    runs hold the str objects its events bring (`model_state.keep`)."""
 
     provisional = False
+    share_names = None
 
     def __init__(self, name: str, model, role: str = "champion", version: str = "fresh",
-                 learn: bool = True, metric_window: int = 1000, drift_delta: float = 1e-6):
+                 learn: bool = True, metric_window: int = 1000, drift_delta: float = 1e-6, share_names=None):
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
         self.name = name
@@ -188,6 +192,8 @@ class ModelSlot:
         self.drift_detections = 0
         self.comparison: PairedLossTest | None = None  # vs the champion, for challengers
         self.resets: dict[str, int] = {}  # reason -> times the model went back to its last good state
+        if share_names is not None:
+            self.share_names = share_names
         self.keep_as_good()
 
     def clear_scores(self) -> None:
@@ -200,13 +206,13 @@ class ModelSlot:
         which on CPython 3.11-3.12 slows its every attribute load for good; the copy, made by
         `model_state`, keeps them fast and holds the same state bit for bit. So a slot always
         runs its own copy of a model handed to it (never the caller's object)."""
-        self._good = model_state.keep(self.model)   # (in this process only: never pickled)
+        self._good = model_state.keep(self.model, self.share_names)   # (in this process only: never pickled)
         self.model = model_state.copy_of(self._good)
 
     def refresh(self) -> None:
         """Run an identical copy of the model whose attribute loads are fast again (after
         something pickled it: a checkpoint; see `keep_as_good`), and of what scores it."""
-        self.model = model_state.fresh_copy(self.model)
+        self.model = model_state.copy_of(model_state.keep(self.model, self.share_names))
         self._refresh_scoring()
 
     def _refresh_scoring(self) -> None:
@@ -233,6 +239,7 @@ class ModelSlot:
         state = dict(self.__dict__)
         del state["_good"]  # the checkpoint holds the model once; the restored model is the good one
         state.pop("provisional", None)   # decided again as the restored slot keeps its model
+        state.pop("share_names", None)   # the engine's feature set's, set again by the engine
         return state
 
     def __setstate__(self, state):

@@ -70,7 +70,8 @@ def test_unknown_feature_set_is_a_clear_error():
 def test_one_hot_columns_follow_the_vocabulary_in_order_also_after_a_restore():
     """The one-hot columns are built once per vocabulary change, not per event: each event
     still gets every known value's column, fields and values in order of first appearance,
-    1.0 for its own; state pickled before the cached columns existed reads the same."""
+    1.0 for its own; restored state (which holds no columns: they are built again) reads the same,
+    and names them with the one object per name that a restored model maps its copies to."""
     features = ShopFeatures()
     for i, record in enumerate(generate(3000, seed=3)):
         event = event_from_record(record)
@@ -83,8 +84,9 @@ def test_one_hot_columns_follow_the_vocabulary_in_order_also_after_a_restore():
         features.learn(event)
         if i == 1500:
             features = pickle.loads(pickle.dumps(features))
-            del features.__dict__["_one_hot_columns"]   # as restored from a checkpoint before the cache
+            assert "_one_hot_columns" not in features.__dict__
     assert all(features.vocabulary.values())
+    assert all(name is ShopFeatures.share_names([name.encode().decode()])[0] for name in x)
 
 
 def test_shop_features_are_floats_only_as_they_declare_even_for_an_int_event_time():
@@ -102,15 +104,21 @@ def test_shop_features_are_floats_only_as_they_declare_even_for_an_int_event_tim
 
 
 def test_state_pickled_with_the_previous_one_hot_cache_transforms_the_same():
-    """Feature state pickled by the previous code holds `_one_hot_columns` as (zeros, names):
-    restored, it is rebuilt in the current layout and gives the same dicts, key order included."""
+    """Feature state pickled by earlier code holds `_one_hot_columns`, as (zeros, names) or as
+    (template, names per field): restored, they are built again and give the same dicts, key order
+    included."""
     events = stream(1500)
     shop = ShopFeatures()
     for event in events[:1000]:
         shop.transform(event)
         shop.learn(event)
     state = pickle.loads(pickle.dumps(shop)).__dict__
-    state["_one_hot_columns"] = ({"platform=web": 0.0}, {"platform": {"web": "platform=web"}})   # the old layout
+    assert "_one_hot_columns" not in state
+    older = dict(state, _one_hot_columns=({"platform=web": 0.0}, {"platform": {"web": "platform=web"}}))
+    state["_one_hot_columns"] = ({"is_cart": 0.0, "platform=web": 0.0}, {"web": "platform=web"}, {}, {})
+    old = ShopFeatures.__new__(ShopFeatures)
+    old.__setstate__(older)
+    assert old.transform(events[1000]) == shop.transform(events[1000])
     restored = ShopFeatures.__new__(ShopFeatures)
     restored.__setstate__(state)
     for event in events[1000:]:
