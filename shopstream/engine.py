@@ -142,11 +142,16 @@ class Engine:
             self._recent_ids = RecentIds(self._recent_ids.items())
         # The restored models hold the checkpoint's own strings: their copies take the names' objects
         # the events bring (`model_state.keep`; River ran 16% slower per raw event without, BENCHMARKS.md).
-        share_names = getattr(self.features, "share_names", None)
-        if share_names is not None:
+        if self._share_names_with_slots():
             for slot in self.slots:
-                slot.share_names = share_names
                 slot.keep_as_good()
+
+    def _share_names_with_slots(self) -> bool:
+        """Give every slot the feature set's `share_names` (see `ModelSlot`); False if it has none."""
+        share_names = getattr(self.features, "share_names", None)
+        for slot in self.slots:
+            slot.share_names = share_names
+        return share_names is not None
 
     @property
     def champion_slot(self) -> ModelSlot:
@@ -196,6 +201,7 @@ class Engine:
         if getattr(features, "caps", None) is not None:
             features.caps = model_state.fresh_shell(features.caps)
         self.features = features
+        self._share_names_with_slots()   # (the shell's, not the object it replaced)
 
     # -- slots ------------------------------------------------------------------------
 

@@ -134,21 +134,27 @@ class RawFeatures:
     def learn(self, event: Event) -> None:
         pass
 
-    @staticmethod
-    def share_names(strings: list) -> list:
-        """`strings` as the objects the events will bring for them (equal strings): msgspec's key
-        cache hands every event one object per short name (up to 32 ASCII bytes), which decoding the
-        names once finds; a name it does not cache stays as it is. River finds a name at once in its
-        dicts when it is the object they hold (`model_state.keep`).
+    def share_names(self, strings: list) -> list:
+        """`strings` as the objects the events will bring for them: msgspec's key cache hands every
+        event one object per short name (up to 32 ASCII bytes), which decoding the names once finds.
+        Only the feature names seen are decoded: the cache has one place per hash, and another
+        string decoded there would push out a name (the next event would bring a new object). A
+        name the cache cannot keep (longer, not ASCII, or pushed out by another name in every event)
+        gains nothing. Each checkpoint maps the model again (`ModelSlot.keep_as_good`), so a name
+        pushed out once (a scoring request's, a control message's) is shared again after it.
+        River finds a name at once in its dicts when it is the object they hold (`model_state.keep`).
 
         >>> from shopstream.events import decode_event
         >>> event = decode_event(b'{"event_time": 1e9, "event_type": "view", "product_id": "p", '
         ...                      b'"user_id": "u", "user_session": "s", "features": {"clicks": 1.0}}')
+        >>> raw = RawFeatures()
+        >>> _ = raw.transform(event)
         >>> copy = "".join(["cli", "cks"])
-        >>> copy is next(iter(event.features)), RawFeatures.share_names([copy])[0] is next(iter(event.features))
+        >>> copy is next(iter(event.features)), raw.share_names([copy])[0] is next(iter(event.features))
         (False, True)
         """
-        found = msgspec.json.decode(msgspec.json.encode(dict.fromkeys(strings, 0)))
+        names = self.names
+        found = msgspec.json.decode(msgspec.json.encode(dict.fromkeys([s for s in strings if s in names], 0)))
         shared = dict(zip(found, found))
         return [shared.get(text, text) for text in strings]
 

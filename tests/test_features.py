@@ -126,3 +126,27 @@ def test_state_pickled_with_the_previous_one_hot_cache_transforms_the_same():
         assert list(got.items()) == list(expected.items())
         shop.learn(event)
         restored.learn(event)
+
+
+def test_sharing_raw_names_leaves_msgspecs_key_cache_holding_the_names_events_bring():
+    """msgspec keeps one key per place of its cache: a restored model's other strings (River's own)
+    decoded there would push a feature name out, and every later event would bring a new object for
+    it, equal but not the model's. `share_names` decodes the names seen, nothing else."""
+    import msgspec
+
+    from shopstream.events import decode_event
+
+    def name_in_an_event():
+        return next(iter(decode_event(b'{"event_time": 1e9, "event_type": "view", "product_id": "p", "user_id": "u", '
+                                      b'"user_session": "s", "features": {"clicks": 1.0}}').features))
+
+    def pushes_out(text):   # decoded, does it take the place of "clicks"?
+        held = name_in_an_event()
+        msgspec.json.decode(msgspec.json.encode({text: 0}))
+        return name_in_an_event() is not held
+
+    rival = next(text for text in (f"k{i}" for i in range(100_000)) if pushes_out(text))
+    raw = RawFeatures()
+    raw.transform(Event(1e9, "view", "p", "u", "s", features={"clicks": 1.0}))
+    shared = raw.share_names(["".join(["cli", "cks"]), rival])
+    assert shared[0] is name_in_an_event() and shared[0] == "clicks" and shared[1] == rival
