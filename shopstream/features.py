@@ -160,7 +160,8 @@ class RawFeatures:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self.names = set(self.share_names(list(self.names)))
+        if isinstance(state.get("names"), set):   # the names events bring (`share_names`): faster set lookups
+            self.names = set(self.share_names(list(self.names)))
 
 
 class _Capped(OrderedDict):
