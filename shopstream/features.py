@@ -199,7 +199,7 @@ class ShopFeatures:
     name = "shop"
     #: Every value `transform` gives is a float: open predictions pack them without checking (labels.py).
     floats_only = True
-    _one_hot_columns: tuple[dict, dict, dict, dict] | None = None   # see _one_hot; state from before lacks it
+    _one_hot_columns: tuple[dict, dict, dict, dict] | None = None   # see _one_hot; never pickled (built again)
     #: (event, session, user, product and brand slots, category price stats, top category) as the last `transform`
     #: found them: the engine calls `learn` of the same event right after, which uses them instead of
     #: looking each up again. Only `learn` and `learn_catalog` change the tables, and both drop it, so it
