@@ -338,7 +338,13 @@ class Outputs:
             for future in futures:
                 try:
                     future.get(timeout=max(0.0, deadline - time.monotonic()))
-                except Exception as exc:  # failed (its errback queued it for `confirm`) or timed out
+                except Exception as exc:  # failed (its errback queued it for `confirm`), or the time is spent
+                    if isinstance(exc, KafkaTimeoutError) and not future.is_done:
+                        # Said as such: the future's own "Timeout after waiting for 0.0 secs" blamed the last
+                        # future waited for, when the sends before it had taken the time.
+                        waiting = sum(not f.is_done for f in futures)
+                        return (f"outputs not acknowledged within {timeout:g} s: {waiting} of {len(futures)} sends "
+                                "still waiting (KafkaTimeoutError)")
                     text, name = str(exc), type(exc).__name__
                     return f"outputs not acknowledged: {text if name in text else f'{name}: {text}'}"
             return None

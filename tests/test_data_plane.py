@@ -75,7 +75,8 @@ def test_a_checkpoint_thread_waits_for_the_outputs_it_covers_and_a_refused_one_f
     outputs.prediction(Record(b"{}", offset=8), event, 0.25, "logreg", "v1")
     acknowledged = outputs.acknowledgement()   # publishes the buffered batch first
     assert acknowledged is not None and len(producer.pending) == 1
-    assert "KafkaTimeoutError" in acknowledged(0.05), "not acknowledged yet: the checkpoint may not count"
+    assert acknowledged(0.05) == "outputs not acknowledged within 0.05 s: 1 of 1 sends still waiting " \
+                                 "(KafkaTimeoutError)", "not acknowledged yet: the checkpoint may not count"
     threading.Timer(0.05, producer.flush).start()   # the broker answers while the thread waits
     assert acknowledged(5.0) is None
 
