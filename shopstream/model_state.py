@@ -182,9 +182,9 @@ def copy_of(kept: tuple[bytes, list]) -> Any:
     return _SharingUnpickler(io.BytesIO(data), strings).load()
 
 
-def fresh_copy(model: Any) -> Any:
+def fresh_copy(model: Any, share_names: Optional[Callable[[list], list]] = None) -> Any:
     """An identical copy of `model` whose attribute loads stay on the fast path, holding the
-    very same strings (see `keep`).
+    very same strings, or those `share_names` gives for them (see `keep`).
 
     >>> from river import preprocessing
     >>> scaler = preprocessing.StandardScaler()
@@ -193,4 +193,4 @@ def fresh_copy(model: Any) -> Any:
     >>> copy is scaler, next(iter(copy.means)) is next(iter(scaler.means)), copy.means == scaler.means
     (False, True, True)
     """
-    return copy_of(keep(model))
+    return copy_of(keep(model, share_names))

@@ -212,7 +212,7 @@ class ModelSlot:
     def refresh(self) -> None:
         """Run an identical copy of the model whose attribute loads are fast again (after
         something pickled it: a checkpoint; see `keep_as_good`), and of what scores it."""
-        self.model = model_state.copy_of(model_state.keep(self.model, self.share_names))
+        self.model = model_state.fresh_copy(self.model, self.share_names)
         self._refresh_scoring()
 
     def _refresh_scoring(self) -> None:
