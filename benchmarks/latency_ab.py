@@ -9,11 +9,15 @@ same worker, round-robin in one run, so that the machine's load hits every varia
 Variants: the worker as deployed (`as_is`); without periodic checkpoints (`no_checkpoints`:
 neither the wait for acknowledged outputs nor the save); without the per-second metrics
 snapshot of the engines (`no_snapshots`); with the cyclic garbage collector off (`gc_off`,
-an upper bound of what collections cost); checkpoints written in the loop, never forked
-(`ckpt_in_loop`), or always forked (`ckpt_forked`); the broker watch asking on the
-consumer's connection (`probe_on_consumer`); one predictions record per polled batch
-(`batch_per_poll`); and both of the last two (`before_1203`: the worker before the
-2026-12-03 changes). Each variant is `benchmarks/worker_variant.py` around the real command.
+an upper bound of what collections cost), or walking the middle generation every 5 young
+collections, not every 50 (`gc_middle_5`: shorter walks, ten times as many); the worker on
+librdkafka (`librdkafka`); its kafka-python producer batching at most 16 KiB per partition
+and request, the client's default (`producer_batch_16k`: the worker before 2026-12-07, 256
+KiB since); checkpoints written in the loop, never forked (`ckpt_in_loop`), or always
+forked (`ckpt_forked`); the broker watch asking on the consumer's connection
+(`probe_on_consumer`); one predictions record per polled batch (`batch_per_poll`); and both
+of the last two (`before_1203`: the worker before the 2026-12-03 changes). Each variant is
+`benchmarks/worker_variant.py` around the real command.
 
 --trace splits each event's latency into where it went, and times the loop's stops by cause.
 """
@@ -41,6 +45,9 @@ VARIANTS = {
     "no_checkpoints": ((), NO_CHECKPOINTS),
     "no_snapshots": (("--snapshot-seconds", "1e9"), ()),
     "gc_off": (("--gc-off",), ()),
+    "gc_middle_5": (("--gc-thresholds", "50000,5,1000"), ()),
+    "librdkafka": ((), ("--kafka-client", "confluent")),   # (--trace times kafka-python's polls only)
+    "producer_batch_16k": (("--producer", "batch_size=16384"), ()),   # before 2026-12-07
     "ckpt_in_loop": ((), ("--checkpoint-background", "off")),
     "ckpt_forked": ((), ("--checkpoint-background", "on")),
     "probe_on_consumer": (("--broker-check-on-consumer",), ()),

@@ -4,7 +4,7 @@ proposed change before anyone makes it in the package.
 
     python benchmarks/worker_variant.py [--producer KEY=JSON]... [--consumer KEY=JSON]...
         [--control-consumer KEY=JSON]... [--timing-sample N]
-        [--snapshot-seconds S] [--gc-off] [--trace-loop FILE] [--broker-check-on-consumer]
+        [--snapshot-seconds S] [--gc-off] [--gc-thresholds A,B,C] [--trace-loop FILE] [--broker-check-on-consumer]
         [--batch-predictions N] -m cli worker [worker flags...]
 
 --producer/--consumer override the kafka-python settings the worker's clients get
@@ -13,14 +13,17 @@ max_partition_fetch_bytes=8388608), and --control-consumer those of the control 
 consumer (`stream.control_worker`) (one record per polled batch of predictions is now the
 worker's own default, `--prediction-format`); --snapshot-seconds spaces the metrics snapshots of the engines (1e9: none
 after the first), --gc-off disables the cyclic garbage collector once the CLI has set it up
-(an upper bound of what collections cost). --broker-check-on-consumer asks the broker watch's
+(an upper bound of what collections cost; at exit it prints how many objects in reference cycles
+the process left), --gc-thresholds replaces the thresholds of the collector's throughput mode
+(`stream/gc_mode.py`). --broker-check-on-consumer asks the broker watch's
 end offsets on the consumer's own connection (as before 2026-12-03), --batch-predictions sets
 how many predictions a batch record holds at most (1e9: one record per polled batch, as before).
 --trace-loop writes, at exit, where each event's
 latency went (JSON): from its record's timestamp to the poll that returned it (`fetch`), from
 that poll to its handling (`queued`: behind the batch's earlier records and the loop's other
 work), its own handling (`handle`), and from then to the send of its predictions record
-(`publish`: the rest of its batch); and the loop's other stops (`housekeeping`).
+(`publish`: the rest of its batch); and the loop's other stops (`housekeeping`, each
+collection's pause by generation).
 
 Everything after `-m cli` is handed to shopstream's own CLI unchanged.
 """
@@ -140,6 +143,19 @@ def trace_loop(worker_module, consumer_class, path: str) -> None:
 
         setattr(stores_module.DirectoryCheckpointStore, name, save_cpu)
 
+    # Every collection of the cyclic garbage collector, by generation: a collection stops the loop
+    # wherever it starts, so its pause shows in the later events' fetch part, not under a cause above.
+    import gc
+    collection_started = [0.0]
+
+    def on_collection(phase: str, info: dict) -> None:
+        if phase == "start":
+            collection_started[0] = wall()
+        else:
+            stops.setdefault(f"gc: generation {info['generation']}", []).append(
+                (collection_started[0], wall() - collection_started[0]))
+
+    gc.callbacks.append(on_collection)
     cpu_of("save", "checkpoint: state written, CPU of the loop's thread")
     cpu_of("begin_synced_save", "checkpoint: state pickled, CPU of the loop's thread")
     import shopstream.features as features_module
@@ -161,6 +177,7 @@ def main(argv: list[str]) -> int:
     timing_sample = None
     snapshot_seconds = None
     gc_off = False
+    gc_thresholds = None
     trace_file = None
     save_switch_interval = None
     probe_on_consumer = False
@@ -195,6 +212,9 @@ def main(argv: list[str]) -> int:
         elif flag == "--gc-off":
             gc_off = True
             i += 1
+        elif flag == "--gc-thresholds":
+            gc_thresholds = tuple(int(x) for x in argv[i + 1].split(","))
+            i += 2
         elif flag == "--save-switch-interval":
             save_switch_interval = float(argv[i + 1])
             i += 2
@@ -254,12 +274,28 @@ def main(argv: list[str]) -> int:
     if snapshot_seconds is not None:
         worker_module.SNAPSHOT_SECONDS = snapshot_seconds
     if gc_off:
+        import atexit
         import gc
 
-        def set_threshold(*_args):  # run_worker sets its thresholds: switch the collector off instead
-            gc.disable()
+        import stream.gc_mode as gc_mode_module
 
-        worker_module.gc = type("gc_off", (), {"set_threshold": staticmethod(set_threshold)})
+        class GcOff:   # GcControl.start sets the worker's thresholds: switch the collector off instead
+            def __getattr__(self, name):
+                return getattr(gc, name)
+
+            def set_threshold(self, *_args):
+                gc.disable()
+
+        gc_mode_module.gc = GcOff()
+        # What the collector would have had to find: the reference cycles made while it was off (the
+        # clients' and the process's; the engine makes none, tests/test_gc_mode.py), an upper bound of
+        # what promotion (gc_mode.py) leaves to a full collection.
+        atexit.register(lambda: print(f"worker_variant: cyclic garbage at exit: {gc.collect()} objects "
+                                      f"unreachable", flush=True))
+    if gc_thresholds is not None:   # the throughput mode's thresholds (stream/gc_mode.py)
+        import stream.gc_mode as gc_mode_module
+
+        gc_mode_module.GC_THRESHOLDS = gc_thresholds
     if trace_file:
         trace_loop(worker_module, Consumer, trace_file)
     if probe_on_consumer:
@@ -270,7 +306,8 @@ def main(argv: list[str]) -> int:
         outputs_module.MAX_BATCH_PREDICTIONS = batch_predictions
     print(f"worker_variant: producer {producer_kw} consumer {consumer_kw} control consumer {control_kw} "
           f"timing_sample {timing_sample} "
-          f"snapshot_seconds {snapshot_seconds} gc_off {gc_off} probe_on_consumer {probe_on_consumer} "
+          f"snapshot_seconds {snapshot_seconds} gc_off {gc_off} gc_thresholds {gc_thresholds} "
+          f"probe_on_consumer {probe_on_consumer} "
           f"batch_predictions {batch_predictions}", flush=True)
 
     from cli import main as cli_main

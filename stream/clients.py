@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 #: block the process on its next log line. Steps shorter than this are dropped; a longer one is a
 #: real stall and is kept.
 SLOW_STEP_LOGGED_FROM = 1.0
+#: The kafka-python producer's batch size (`KafkaClients.producer` says why it is not the default's 16 KiB).
+OUTPUT_BATCH_BYTES = 256 * 1024
 _SLOW_STEP = re.compile(r"ran for (\d+(?:\.\d+)?)s \(>")
 
 
@@ -97,11 +99,15 @@ class KafkaClients:
         # A short linger: predictions are for acting on now (20 ms added ~25 ms to p50 in BENCHMARKS.md).
         # max_block_ms: a send waits at most 10 s for a topic's metadata (outputs.SEND_TRIES tries),
         # not 60 s, so a topic that never appears holds a checkpoint well inside max_poll_interval_ms.
+        # batch_size: a request carries one batch per partition, and each request waits for the GIL the
+        # loop holds; at the default 16 KiB, a worker working off a backlog outran its sender thread
+        # until a checkpoint's wait for acknowledged outputs failed (5 s; BENCHMARKS.md, stop 47).
+        # 256 KiB stays well under the broker's 1 MB limit on a batch (message.max.bytes).
         if self.settings.kafka_client == "confluent":
             from .confluent_clients import ConfluentProducer, producer_config
             return ConfluentProducer(producer_config(self.settings, self.options))
-        return KafkaProducer(client_id=self.settings.name, linger_ms=5, acks="all", max_block_ms=10_000,
-                             **self.options)
+        return KafkaProducer(client_id=self.settings.name, linger_ms=5, batch_size=OUTPUT_BATCH_BYTES,
+                             acks="all", max_block_ms=10_000, **self.options)
 
     def score_producer(self) -> KafkaProducer:
         # The scoring API writes its requests to the events topic; each waits on its send: no linger.

@@ -368,3 +368,23 @@ def test_an_errback_added_after_the_send_failed_is_called_at_once():
 def test_a_client_id_with_the_api_mark_is_refused():
     with pytest.raises(ConfigError, match=r"client_id .*must not contain '\|api='"):
         WorkerSettings.from_options(client_id="x|api=10.0.0.9:80")
+
+
+def test_the_kafka_python_producer_batches_outputs_in_large_batches_that_the_broker_still_takes(monkeypatch):
+    """At the client's default 16 KiB a request carried a few predictions records, and a worker working off a
+    backlog outran its producer's sender thread until a checkpoint's wait for acknowledged outputs failed
+    (BENCHMARKS.md, stop 47). A batch must still fit the broker's default limit on one (message.max.bytes)."""
+    import stream.clients as clients_module
+
+    built: list[dict] = []
+
+    class RecordingProducer:
+        def __init__(self, **config):
+            built.append(config)
+
+    monkeypatch.setattr(clients_module, "KafkaProducer", RecordingProducer)
+    settings = WorkerSettings.from_options(bootstrap_servers="127.0.0.1:9", client_id="batches")
+    KafkaClients(settings).producer()
+    assert built[0]["batch_size"] == clients_module.OUTPUT_BATCH_BYTES >= 16 * 16_384
+    record_batch_header = 61
+    assert clients_module.OUTPUT_BATCH_BYTES + record_batch_header <= 1_048_588   # Kafka's message.max.bytes
