@@ -13,7 +13,8 @@ an upper bound of what collections cost), or walking the middle generation every
 collections, not every 50 (`gc_middle_5`: shorter walks, ten times as many); the worker on
 librdkafka (`librdkafka`); its kafka-python producer batching at most 16 KiB per partition
 and request, the client's default (`producer_batch_16k`: the worker before 2026-12-07, 256
-KiB since); checkpoints written in the loop, never forked (`ckpt_in_loop`), or always
+KiB since); its consumer's fetches held at most 50 ms by the broker, not 500 (`fetch_wait_50`),
+or its retry backoff at 10 ms, not 100 (`retry_backoff_10`); checkpoints written in the loop, never forked (`ckpt_in_loop`), or always
 forked (`ckpt_forked`); the broker watch asking on the consumer's connection
 (`probe_on_consumer`); one predictions record per polled batch (`batch_per_poll`); and both
 of the last two (`before_1203`: the worker before the 2026-12-03 changes). Each variant is
@@ -48,6 +49,8 @@ VARIANTS = {
     "gc_middle_5": (("--gc-thresholds", "50000,5,1000"), ()),
     "librdkafka": ((), ("--kafka-client", "confluent")),   # (--trace times kafka-python's polls only)
     "producer_batch_16k": (("--producer", "batch_size=16384"), ()),   # before 2026-12-07
+    "fetch_wait_50": (("--consumer", "fetch_max_wait_ms=50"), ()),
+    "retry_backoff_10": (("--consumer", "retry_backoff_ms=10"), ()),
     "ckpt_in_loop": ((), ("--checkpoint-background", "off")),
     "ckpt_forked": ((), ("--checkpoint-background", "on")),
     "probe_on_consumer": (("--broker-check-on-consumer",), ()),

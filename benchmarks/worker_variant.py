@@ -23,7 +23,8 @@ latency went (JSON): from its record's timestamp to the poll that returned it (`
 that poll to its handling (`queued`: behind the batch's earlier records and the loop's other
 work), its own handling (`handle`), and from then to the send of its predictions record
 (`publish`: the rest of its batch); and the loop's other stops (`housekeeping`, each
-collection's pause by generation).
+collection's pause by generation, each "idle" answer of kafka-python's fetcher, after which its
+consumer sleeps up to retry_backoff_ms).
 
 Everything after `-m cli` is handed to shopstream's own CLI unchanged.
 """
@@ -156,6 +157,21 @@ def trace_loop(worker_module, consumer_class, path: str) -> None:
                 (collection_started[0], wall() - collection_started[0]))
 
     gc.callbacks.append(on_collection)
+
+    # kafka-python 3's fetcher reports "idle" (no buffered records, no fetch in flight) and its consumer
+    # then sleeps up to retry_backoff_ms (100 ms) before it fetches again. Each idle answer, timed.
+    from kafka.consumer.fetcher import Fetcher
+
+    original_fetch_records = Fetcher.fetch_records
+    idle_answers = stops.setdefault("kafka-python: fetcher idle, the consumer sleeps", [])
+
+    def fetch_records(self, *args, **kwargs):
+        records, idle = original_fetch_records(self, *args, **kwargs)
+        if idle and not records:
+            idle_answers.append((wall(), 0.0))
+        return records, idle
+
+    Fetcher.fetch_records = fetch_records
     cpu_of("save", "checkpoint: state written, CPU of the loop's thread")
     cpu_of("begin_synced_save", "checkpoint: state pickled, CPU of the loop's thread")
     import shopstream.features as features_module
