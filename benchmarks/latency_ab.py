@@ -14,11 +14,11 @@ collections, not every 50 (`gc_middle_5`: shorter walks, ten times as many); the
 librdkafka (`librdkafka`); its kafka-python producer batching at most 16 KiB per partition
 and request, the client's default (`producer_batch_16k`: the worker before 2026-12-07, 256
 KiB since); its consumer's fetches held at most 50 ms by the broker, not 500 (`fetch_wait_50`),
-or its retry backoff at 10 ms, not 100 (`retry_backoff_10`); checkpoints written in the loop, never forked (`ckpt_in_loop`), or always
-forked (`ckpt_forked`); the broker watch asking on the consumer's connection
-(`probe_on_consumer`); one predictions record per polled batch (`batch_per_poll`); and both
-of the last two (`before_1203`: the worker before the 2026-12-03 changes). Each variant is
-`benchmarks/worker_variant.py` around the real command.
+or its retry backoff at 10 ms, not 100 (`retry_backoff_10`); checkpoints written in the
+loop, never forked (`ckpt_in_loop`), or always forked (`ckpt_forked`); the broker watch
+asking on the consumer's connection (`probe_on_consumer`); one predictions record per polled
+batch (`batch_per_poll`); and both of the last two (`before_1203`: the worker before the
+2026-12-03 changes). Each variant is `benchmarks/worker_variant.py` around the real command.
 
 --trace splits each event's latency into where it went, and times the loop's stops by cause.
 """
