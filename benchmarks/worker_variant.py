@@ -172,6 +172,18 @@ def trace_loop(worker_module, consumer_class, path: str) -> None:
         return records, idle
 
     Fetcher.fetch_records = fetch_records
+
+    # Each fetch request's round trip, from its send to its response handled on kafka-python's IO thread
+    # (a long stop with no fetch in flight is the client's; one with a fetch in flight, the broker's).
+    original_handle_response = Fetcher._handle_fetch_response
+    round_trips = stops.setdefault("kafka-python: fetch sent -> response handled", [])
+    wall_minus_monotonic = wall() - time.monotonic()
+
+    def handle_fetch_response(self, node_id, fetch_offsets, send_time, response):
+        round_trips.append((send_time + wall_minus_monotonic, time.monotonic() - send_time))
+        return original_handle_response(self, node_id, fetch_offsets, send_time, response)
+
+    Fetcher._handle_fetch_response = handle_fetch_response
     cpu_of("save", "checkpoint: state written, CPU of the loop's thread")
     cpu_of("begin_synced_save", "checkpoint: state pickled, CPU of the loop's thread")
     import shopstream.features as features_module
