@@ -14,7 +14,8 @@ collections, not every 50 (`gc_middle_5`: shorter walks, ten times as many); the
 librdkafka (`librdkafka`); its kafka-python producer batching at most 16 KiB per partition
 and request, the client's default (`producer_batch_16k`: the worker before 2026-12-07, 256
 KiB since); its consumer's fetches held at most 50 ms by the broker, not 500 (`fetch_wait_50`),
-or its retry backoff at 10 ms, not 100 (`retry_backoff_10`); checkpoints written in the
+or its retry backoff at 10 ms, not 100 (`retry_backoff_10`), or its fetcher not mended
+(`fetch_unmended`: stream/fetch_idle.py, the worker before 2026-12-07); checkpoints written in the
 loop, never forked (`ckpt_in_loop`), or always forked (`ckpt_forked`); the broker watch
 asking on the consumer's connection (`probe_on_consumer`); one predictions record per polled
 batch (`batch_per_poll`); and both of the last two (`before_1203`: the worker before the
@@ -51,6 +52,7 @@ VARIANTS = {
     "producer_batch_16k": (("--producer", "batch_size=16384"), ()),   # before 2026-12-07
     "fetch_wait_50": (("--consumer", "fetch_max_wait_ms=50"), ()),
     "retry_backoff_10": (("--consumer", "retry_backoff_ms=10"), ()),
+    "fetch_unmended": (("--fetch-unmended",), ()),   # before 2026-12-07
     "ckpt_in_loop": ((), ("--checkpoint-background", "off")),
     "ckpt_forked": ((), ("--checkpoint-background", "on")),
     "probe_on_consumer": (("--broker-check-on-consumer",), ()),
@@ -71,12 +73,13 @@ def trace_summary(trace: dict, first_offset: int) -> dict:
 
     rows = [row for row in trace["events"] if row[0] >= first_offset and row[4] is not None]
     began = min((row[5] for row in rows), default=float("inf"))   # the first measured event's handling
+    ended = max((row[5] for row in rows), default=float("-inf"))   # the last (not the idle seconds after)
     parts = {name: summary(row[i] * 1e3 for row in rows)
              for i, name in ((1, "fetch"), (2, "queued"), (3, "handle"), (4, "publish"))}
-    parts["housekeeping"] = summary(s * 1e3 for start, s in trace["housekeeping"] if start >= began)
+    parts["housekeeping"] = summary(s * 1e3 for start, s in trace["housekeeping"] if began <= start <= ended)
     for label, spent in trace.get("stops", {}).items():
-        parts[label] = summary(s * 1e3 for start, s in spent if start >= began)
-    parts["records_per_poll"] = summary(n for at, n in trace["polls"] if at >= began)
+        parts[label] = summary(s * 1e3 for start, s in spent if began <= start <= ended)
+    parts["records_per_poll"] = summary(n for at, n in trace["polls"] if began <= at <= ended)
     return parts
 
 

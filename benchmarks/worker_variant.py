@@ -4,7 +4,8 @@ proposed change before anyone makes it in the package.
 
     python benchmarks/worker_variant.py [--producer KEY=JSON]... [--consumer KEY=JSON]...
         [--control-consumer KEY=JSON]... [--timing-sample N]
-        [--snapshot-seconds S] [--gc-off] [--gc-thresholds A,B,C] [--trace-loop FILE] [--broker-check-on-consumer]
+        [--snapshot-seconds S] [--gc-off] [--gc-thresholds A,B,C] [--fetch-unmended] [--trace-loop FILE]
+        [--broker-check-on-consumer]
         [--batch-predictions N] -m cli worker [worker flags...]
 
 --producer/--consumer override the kafka-python settings the worker's clients get
@@ -15,7 +16,8 @@ worker's own default, `--prediction-format`); --snapshot-seconds spaces the metr
 after the first), --gc-off disables the cyclic garbage collector once the CLI has set it up
 (an upper bound of what collections cost; at exit it prints how many objects in reference cycles
 the process left), --gc-thresholds replaces the thresholds of the collector's throughput mode
-(`stream/gc_mode.py`). --broker-check-on-consumer asks the broker watch's
+(`stream/gc_mode.py`), --fetch-unmended leaves kafka-python's fetcher as it is
+(`stream/fetch_idle.py`). --broker-check-on-consumer asks the broker watch's
 end offsets on the consumer's own connection (as before 2026-12-03), --batch-predictions sets
 how many predictions a batch record holds at most (1e9: one record per polled batch, as before).
 --trace-loop writes, at exit, where each event's
@@ -166,9 +168,18 @@ def trace_loop(worker_module, consumer_class, path: str) -> None:
     idle_answers = stops.setdefault("kafka-python: fetcher idle, the consumer sleeps", [])
 
     def fetch_records(self, *args, **kwargs):
+        # what the fetcher had when a call then waited long: fetches in flight, an offset reset pending,
+        # nodes with a fetch pending, partitions it could fetch
+        state = (len(self._fetch_futures), self._reset_task is not None and not self._reset_task.is_done,
+                 len(self._nodes_with_pending_fetch_requests), len(self._fetchable_partitions()))
+        start = wall()
         records, idle = original_fetch_records(self, *args, **kwargs)
         if idle and not records:
-            idle_answers.append((wall(), 0.0))
+            idle_answers.append((start, 0.0))
+        if wall() - start > 0.05:
+            stops.setdefault("kafka-python: fetch_records waited, with (in flight, reset, pending nodes, "
+                             f"fetchable) {state}, returned {sum(map(len, records.values()))}", []).append(
+                (start, wall() - start))
         return records, idle
 
     Fetcher.fetch_records = fetch_records
@@ -184,6 +195,13 @@ def trace_loop(worker_module, consumer_class, path: str) -> None:
         return original_handle_response(self, node_id, fetch_offsets, send_time, response)
 
     Fetcher._handle_fetch_response = handle_fetch_response
+    original_handle_error = Fetcher._handle_fetch_error
+
+    def handle_fetch_error(self, node_id, exception):
+        stops.setdefault(f"kafka-python: fetch failed ({type(exception).__name__})", []).append((wall(), 0.0))
+        return original_handle_error(self, node_id, exception)
+
+    Fetcher._handle_fetch_error = handle_fetch_error
     cpu_of("save", "checkpoint: state written, CPU of the loop's thread")
     cpu_of("begin_synced_save", "checkpoint: state pickled, CPU of the loop's thread")
     import shopstream.features as features_module
@@ -206,6 +224,7 @@ def main(argv: list[str]) -> int:
     snapshot_seconds = None
     gc_off = False
     gc_thresholds = None
+    fetch_unmended = False
     trace_file = None
     save_switch_interval = None
     probe_on_consumer = False
@@ -239,6 +258,9 @@ def main(argv: list[str]) -> int:
             i += 2
         elif flag == "--gc-off":
             gc_off = True
+            i += 1
+        elif flag == "--fetch-unmended":
+            fetch_unmended = True
             i += 1
         elif flag == "--gc-thresholds":
             gc_thresholds = tuple(int(x) for x in argv[i + 1].split(","))
@@ -320,6 +342,8 @@ def main(argv: list[str]) -> int:
         # what promotion (gc_mode.py) leaves to a full collection.
         atexit.register(lambda: print(f"worker_variant: cyclic garbage at exit: {gc.collect()} objects "
                                       f"unreachable", flush=True))
+    if fetch_unmended:   # kafka-python's fetcher as it is (stream/fetch_idle.py: before 2026-12-07)
+        clients_module.mend_idle_fetch = lambda consumer: True
     if gc_thresholds is not None:   # the throughput mode's thresholds (stream/gc_mode.py)
         import stream.gc_mode as gc_mode_module
 

@@ -20,6 +20,7 @@ from .checkpointing.stores import CheckpointStore, DirectoryCheckpointStore
 from .connection import kafka_options
 from .control_worker import ControlChannel
 from .corrupt import CorruptBatchSkipper
+from .fetch_idle import mend_idle_fetch
 from .group_join import mend_group_join
 from .membership import PARTITION_DISCOVERY_MS
 from .owners import Owners, OwnersAssignor, client_id_with_address
@@ -89,6 +90,9 @@ class KafkaClients:
         if not mend_group_join(consumer):   # a join begun must finish (group_join.py says why)
             log.warning("kafka-python %s: its group join is not mended (stream/group_join.py); a worker may "
                         "drop out of its group after a rebalance until --rejoin-deadline", kafka_version)
+        if not mend_idle_fetch(consumer):   # records buffered are not slept on (fetch_idle.py says why)
+            log.warning("kafka-python %s: its fetcher is not mended (stream/fetch_idle.py); a poll may sleep "
+                        "100 ms with records buffered", kafka_version)
         return consumer
 
     def broker_probe(self) -> KafkaConsumer:
