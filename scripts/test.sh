@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests need (Python deps,
-# Debian's prometheus + promtool and docker-compose for the deployment checks, the Kafka
+# Debian's prometheus + promtool and docker-compose for the deployment checks, a C compiler, the Kafka
 # jars, podman and the stand-in images for the compose test), runs ruff and mypy, starts
 # the real Kafka broker, runs pytest, stops the broker.
 #
@@ -22,6 +22,7 @@ missing=()
 command -v prometheus >/dev/null || missing+=(prometheus)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v cc >/dev/null || missing+=(gcc libc6-dev)   # tests/test_compiled.py compiles the engine
 if ((${#missing[@]})); then
   say "installing Debian packages: ${missing[*]}"
   SUDO=; [[ $(id -u) == 0 ]] || SUDO=sudo
