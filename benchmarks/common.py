@@ -296,6 +296,9 @@ def machine() -> dict:
         pass
     info["os"] = f"{platform.system()} {platform.release()}"
     info["python"] = platform.python_version()
+    from shopstream.compiled import compiled
+
+    info["compiled"] = compiled()   # what scripts/compile.py built: the workers, children of this checkout, run it too
     from importlib.metadata import version
 
     for dist in ("river", "kafka-python", "msgspec", "prometheus-client", "numpy"):

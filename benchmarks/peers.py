@@ -358,6 +358,8 @@ def main(argv=None) -> int:
     if pair:
         print(paired(results, *pair))
     print(f"load average {results['load_before']} before, {results['load_after']} after")
+    from shopstream.compiled import compiled
+    print(f"engine modules compiled by scripts/compile.py: {', '.join(compiled()) or 'none (the sources)'}")
     print("CPU seconds per process (all threads, start-up included): " + ", ".join(
         f"{name} {r['cpu_s']}" for name, r in results.items() if isinstance(r, dict) and "cpu_s" in r))
     if args.json:

@@ -636,6 +636,14 @@ def overhead_rows(res: dict) -> list[str]:
     return rows
 
 
+def _compiled_line(compiled) -> str:
+    if compiled is None:
+        return "not recorded"
+    if not compiled:
+        return "the sources (pure Python)"
+    return f"compiled by scripts/compile.py ({', '.join(compiled)})"
+
+
 def write_markdown(path: Path, res: dict, command: str, table: list[str]) -> None:
     m = res["machine"]
     ip = res.get("in_process", {})
@@ -653,6 +661,8 @@ def write_markdown(path: Path, res: dict, command: str, table: list[str]) -> Non
         "",
         f"Run at {res['started']} ({res['duration_s'] / 60:.1f} min), load average {res['load_before']} before, "
         f"{res['load_after']} after. Sizes: {res['sizes']}.",
+        "",
+        f"Engine modules: {_compiled_line(res['machine'].get('compiled'))}.",
         "",
         *table,
         "",
