@@ -75,11 +75,11 @@ def main(argv=None) -> int:
         removed = clean(package)
         print(f"compile.py: removed {len(removed)} files from {package}")
         return 0
-    clean(package)
     try:
         import Cython  # noqa: F401
     except ImportError:
         parser.error('Cython is not installed: pip install -e ".[fast]"')
+    clean(package)   # what an earlier build left (a module since dropped from MODULES too)
     started = time.perf_counter()
     digests = compile_modules(package, args.jobs)
     print(f"compile.py: compiled {len(digests)} modules in {package} in {time.perf_counter() - started:.0f} s: "

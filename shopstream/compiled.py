@@ -11,6 +11,9 @@ old build would silently run the old code. `check` (run when `shopstream` is imp
 that: the build writes each source's SHA-256 into `MANIFEST`, and an extension whose source
 has changed since, or that no manifest vouches for, is an ImportError that says what to run.
 
+A profiler that reads Python frames (py-spy, cProfile) does not see into a compiled module:
+profile the sources (`python scripts/compile.py --clean`).
+
 >>> check(Path(__file__).parent) is None   # this checkout: pure, or compiled from these sources
 True
 """
