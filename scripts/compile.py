@@ -24,11 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def clean(package: Path) -> list[Path]:
-    from shopstream_compiled_names import MANIFEST, extensions   # type: ignore[import-not-found]
-
-    removed = list(extensions(package).values())
-    manifest = package / MANIFEST
+def clean(package: Path, names) -> list[Path]:
+    """Remove every extension module and the manifest from `package` (`names`: its compiled.py)."""
+    removed = list(names.extensions(package).values())
+    manifest = package / names.MANIFEST
     if manifest.exists():
         removed.append(manifest)
     for path in removed:
@@ -36,17 +35,15 @@ def clean(package: Path) -> list[Path]:
     return removed
 
 
-def compile_modules(package: Path, jobs: int) -> dict[str, str]:
-    """Build every module of `MODULES` into `package`, in place; return {name: source SHA-256}."""
+def compile_modules(package: Path, names, jobs: int) -> dict[str, str]:
+    """Build every module of `names.MODULES` into `package`, in place; return {name: source SHA-256}."""
     from Cython import __version__ as cython_version
     from Cython.Build import cythonize
     from setuptools import Distribution, Extension
 
-    from shopstream_compiled_names import MANIFEST, MODULES, source_digest   # type: ignore[import-not-found]
-
-    digests = {name: source_digest(package / f"{name}.py") for name in MODULES}
+    digests = {name: names.source_digest(package / f"{name}.py") for name in names.MODULES}
     with tempfile.TemporaryDirectory(prefix="shopstream-compile-") as build:
-        extensions = [Extension(f"shopstream.{name}", [str(package / f"{name}.py")]) for name in MODULES]
+        extensions = [Extension(f"shopstream.{name}", [str(package / f"{name}.py")]) for name in names.MODULES]
         modules = cythonize(extensions, build_dir=build, nthreads=jobs, quiet=True,
                             compiler_directives={"language_level": 3, "annotation_typing": False})
         distribution = Distribution({"name": "shopstream-compiled", "ext_modules": modules})
@@ -57,7 +54,7 @@ def compile_modules(package: Path, jobs: int) -> dict[str, str]:
         for output in command.get_outputs():   # build/lib/shopstream/<name>.<suffix> -> package/
             Path(output).replace(package / Path(output).name)
     # Written last: a build that failed half way leaves extensions no manifest vouches for (refused).
-    (package / MANIFEST).write_text(json.dumps({"cython": cython_version, "modules": digests}, indent=1) + "\n")
+    (package / names.MANIFEST).write_text(json.dumps({"cython": cython_version, "modules": digests}, indent=1) + "\n")
     return digests
 
 
@@ -70,18 +67,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     package = args.package.resolve()
     # The names, loaded from the file itself: importing `shopstream` would refuse a stale build.
-    sys.modules["shopstream_compiled_names"] = _load(package / "compiled.py")
+    names = _load(package / "compiled.py")
     if args.clean:
-        removed = clean(package)
+        removed = clean(package, names)
         print(f"compile.py: removed {len(removed)} files from {package}")
         return 0
     try:
         import Cython  # noqa: F401
     except ImportError:
         parser.error('Cython is not installed: pip install -e ".[fast]"')
-    clean(package)   # what an earlier build left (a module since dropped from MODULES too)
+    clean(package, names)   # what an earlier build left (a module since dropped from MODULES too)
     started = time.perf_counter()
-    digests = compile_modules(package, args.jobs)
+    digests = compile_modules(package, names, args.jobs)
     print(f"compile.py: compiled {len(digests)} modules in {package} in {time.perf_counter() - started:.0f} s: "
           f"{', '.join(digests)}")
     return 0

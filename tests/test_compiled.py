@@ -73,9 +73,8 @@ _RUN = """
 import json, sys
 from shopstream.compiled import compiled
 from shopstream.engine import Engine
-from shopstream.events import decode_event, encode_event
+from shopstream.events import decode_event, encode_event, event_from_record
 from shopstream.generator import generate
-from shopstream.events import event_from_record
 from stream.checkpointing.format import decode_state, encode_state
 from stream.partition import Partition
 
