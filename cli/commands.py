@@ -34,9 +34,22 @@ COMMAND_SETTINGS: dict[str, tuple[type[Settings], str]] = {
 }
 
 
+class VersionAction(argparse.Action):
+    """--version: the release and whether the engine runs compiled (imported only when asked)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show the version and whether the engine runs compiled, then exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from shopstream.compiled import describe
+
+        parser.exit(message=f"shopstream {__version__}\nengine: {describe()}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shopstream", description=__doc__.split("\n")[0])
-    parser.add_argument("--version", action="version", version=f"shopstream {__version__}")
+    parser.add_argument("--version", action=VersionAction)
     commands = parser.add_subparsers(dest="command", required=True)
     for command, (settings_class, text) in COMMAND_SETTINGS.items():
         sub = commands.add_parser(command, help=text)

@@ -14,6 +14,9 @@ has changed since, or that no manifest vouches for, is an ImportError that says 
 A profiler that reads Python frames (py-spy, cProfile) does not see into a compiled module:
 profile the sources (`python scripts/compile.py --clean`).
 
+`shopstream --version` and each worker's first log line say which modules run compiled;
+`require()` fails unless all of `MODULES` do (the image's build checks its own that way).
+
 >>> check(Path(__file__).parent) is None   # this checkout: pure, or compiled from these sources
 True
 """
@@ -78,3 +81,18 @@ def compiled() -> list[str]:
 
     return [name for name in MODULES
             if not importlib.import_module(f"shopstream.{name}").__file__.endswith(".py")]  # type: ignore[union-attr]
+
+
+def describe() -> str:
+    """One line for a log: which of `MODULES` run compiled in this process."""
+    names = compiled()
+    if not names:
+        return "the sources (python scripts/compile.py compiles the hot modules)"
+    missing = [name for name in MODULES if name not in names]
+    return f"compiled: {', '.join(names)}" + (f" (sources: {', '.join(missing)})" if missing else "")
+
+
+def require() -> None:
+    """SystemExit naming what runs from source unless every one of `MODULES` runs compiled."""
+    if compiled() != list(MODULES):
+        raise SystemExit(f"shopstream engine: {describe()}; expected every module compiled: {', '.join(MODULES)}")

@@ -34,6 +34,7 @@ from kafka.errors import CorruptRecordError, KafkaError
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from shopstream.artifacts import ArtifactError
+from shopstream.compiled import describe as describe_engine
 from shopstream.events import Event, InvalidEvent, check_future_skew, decode_event
 from shopstream.exporter import EngineCollector, EngineSnapshot, MetricsServer
 from shopstream.lineup import build_engine
@@ -603,6 +604,7 @@ def run_worker(settings: WorkerSettings) -> int:
     signal.signal(signal.SIGINT, stop)
     collector.start()   # here: whatever raised above left the process's collector as it was
     log.info("garbage collector: %s (--gc %s)", collector.mode.name, settings.gc)
+    log.info("engine: %s", describe_engine())
     try:
         return worker.run()
     finally:

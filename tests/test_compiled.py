@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import shopstream.compiled as compiled_module
 from shopstream.compiled import MANIFEST, MODULES, StaleBuild, check, source_digest
 
 ROOT = Path(__file__).parents[1]
@@ -65,6 +67,33 @@ def test_a_build_of_a_module_the_manifest_does_not_name_or_without_its_source_is
     (package / f"features{EXTENSION_SUFFIXES[0]}").write_bytes(b"")   # no manifest entry, no source
     with pytest.raises(StaleBuild, match=r"features\..*so was not compiled from"):
         check(package)
+
+
+@pytest.mark.parametrize("running, line", [
+    ([], "the sources"),
+    (list(MODULES), "compiled: " + ", ".join(MODULES)),
+    (["engine", "labels"], "compiled: engine, labels (sources: "),
+])
+def test_the_log_line_says_what_runs_compiled_and_require_refuses_anything_less_than_all(monkeypatch, running, line):
+    monkeypatch.setattr(compiled_module, "compiled", lambda: running)
+    assert compiled_module.describe().startswith(line)
+    if running == list(MODULES):
+        assert compiled_module.require() is None
+    else:
+        with pytest.raises(SystemExit, match=f"shopstream engine: {re.escape(line)}.*expected every module compiled"):
+            compiled_module.require()
+
+
+def test_the_image_compiles_in_a_stage_of_its_own_from_the_python_image_the_compose_runtime_stands_in_for():
+    """scripts/compose/runtime.sh builds one stand-in for the Dockerfile's base image: every stage must
+    name that one image. A local build stays out of the build context (the image compiles its own)."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stages = [line.split()[1:] for line in dockerfile.splitlines() if line.startswith("FROM ")]
+    assert len(stages) == 2 and len({stage[0] for stage in stages}) == 1, stages
+    assert stages[0][1:] == ["AS", "compiled"] and "COPY --from=compiled " in dockerfile
+    assert "scripts/compile.py --package shopstream" in dockerfile and "require()" in dockerfile
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "**/*.so" in ignored and f"shopstream/{MANIFEST}" in ignored
 
 
 # One script, run compiled and pure: the engine over generated events, a checkpoint half way (the

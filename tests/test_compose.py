@@ -7,10 +7,10 @@ registry is reachable). Then the repository's own docker-compose.yml and Dockerf
 unchanged but for environment variables the file itself reads, with every service but Grafana
 (no registry has its image; tests/test_deploy.py validates its provisioning):
 
-1. `up --build`: topics, bootstrap and feeder exit 0, both worker replicas become healthy,
-   Prometheus finds both by DNS and scrapes them, the workers' consumed events add up to what
-   the feeder sent (per partition, to Kafka's end offsets), every dashboard query returns data
-   and every alert rule evaluates healthy;
+1. `up --build`: topics, bootstrap and feeder exit 0, both worker replicas become healthy and
+   run the engine the image compiled, Prometheus finds both by DNS and scrapes them, the
+   workers' consumed events add up to what the feeder sent (per partition, to Kafka's end
+   offsets), every dashboard query returns data and every alert rule evaluates healthy;
 2. one worker container is stopped: the other takes its partitions over from their checkpoints
    and consumes what is fed next; per partition, consumed == end offset (nothing lost, nothing
    counted twice) and no event is a duplicate;
@@ -37,6 +37,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ROOT, free_port
+from shopstream.compiled import MODULES
 from test_deploy import Prometheus, alert_rules, dashboard_queries, grafana_to_promql
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(2400)]
@@ -315,6 +316,8 @@ def test_compose_stack_for_real():
         for worker in workers:
             owned = stack.metrics(worker)[("shopstream_assigned_partitions", ())]
             assert owned >= 1, f"{worker['name']} owns no partition"
+            # the Dockerfile's first stage compiled the engine, and the workers run that build
+            assert f"engine: compiled: {', '.join(MODULES)}\n" in stack.logs(worker), stack.logs(worker, 40)
         stack.say(f"bring-up: {FEEDS[0]} events fed, consumed per partition = end offsets {ends}")
 
         api = Prometheus(f"http://127.0.0.1:{prom_port}")

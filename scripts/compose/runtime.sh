@@ -23,7 +23,8 @@ SOCKET=$STATE/podman.sock
 BASE=localhost/shopstream-debian:bookworm
 MIRROR=${SHOPSTREAM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # The names the compose file and the Dockerfile use (a stand-in is tagged with each).
-PYTHON_IMAGE=docker.io/library/$(sed -n 's/^FROM //p' "$ROOT/Dockerfile" | head -n1)
+# (every stage of the Dockerfile starts FROM the same python image: "FROM image [AS stage]")
+PYTHON_IMAGE=docker.io/library/$(sed -n 's/^FROM \([^ ]*\).*/\1/p' "$ROOT/Dockerfile" | sort -u | head -n1)
 KAFKA_IMAGE=docker.io/$(sed -n 's/^ *image: *\(apache\/kafka:[^ ]*\).*/\1/p' "$ROOT/docker-compose.yml")
 PROMETHEUS_IMAGE=docker.io/$(sed -n 's/^ *image: *\(prom\/prometheus:[^ ]*\).*/\1/p' "$ROOT/docker-compose.yml")
 
