@@ -27,7 +27,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
 WORKDIR /app
 # Dependencies first (cached layer), at the exact versions the tests ran with.
 COPY deploy/constraints.txt deploy/constraints.txt
-RUN pip install -c deploy/constraints.txt river kafka-python crc32c numpy prometheus-client msgspec matplotlib tqdm
+# confluent-kafka: SHOPSTREAM_KAFKA_CLIENT=confluent (the data path on librdkafka; its wheel bundles it).
+RUN pip install -c deploy/constraints.txt river kafka-python crc32c numpy prometheus-client msgspec matplotlib tqdm \
+    confluent-kafka
 COPY pyproject.toml README.md ./
 COPY shopstream shopstream
 COPY stream stream

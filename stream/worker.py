@@ -605,6 +605,7 @@ def run_worker(settings: WorkerSettings) -> int:
     collector.start()   # here: whatever raised above left the process's collector as it was
     log.info("garbage collector: %s (--gc %s)", collector.mode.name, settings.gc)
     log.info("engine: %s", describe_engine())
+    log.info("kafka client: %s", settings.kafka_client)
     try:
         return worker.run()
     finally:
