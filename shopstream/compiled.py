@@ -4,7 +4,8 @@ Compiled, each of `MODULES` is a C extension beside its source (`engine.cpython-
 `engine.py`). It runs the same Python code (no types added: `annotation_typing` off, so the
 semantics and every float are the source's) without the interpreter's dispatch per bytecode:
 about 30% of the engine's own time per event (BENCHMARKS.md, *Analysis*, stop 48). The pure
-modules stay the default and the reference; the tests hold the two to the same results.
+modules are a checkout's default and the reference; the image compiles them (the Dockerfile's
+first stage); the tests hold the two to the same results.
 
 Python imports an extension before a source of the same name, so an edited source beside an
 old build would silently run the old code. `check` (run when `shopstream` is imported) refuses
