@@ -16,9 +16,19 @@ flight for the next poll. Two flaws follow, both seen on this project's broker:
    misses the moment again. The mended round trip hands that next attempt the finished one's
    assignment instead, unless the member's generation changed since (then it joins afresh).
 
+A third flaw costs a whole rebalance at every start: the leader keeps the metadata it assigned
+against (``_assignment_snapshot``) and rejoins when the next metadata differs, but its snapshot
+of the subscribed topics is rebuilt only when a metadata response arrives. A consumer that
+learned the topic's partitions before subscribing (as `membership.py` does) joins with a
+snapshot of no topics, assigns every partition anyway (the assignor reads the cluster's
+metadata), and rejoins when the next response brings the same partitions: each partition
+assigned, revoked (checkpointed) and restored again a moment later. Java's client brings its
+snapshot up to date before it joins; `snapshot_subscription`, called after `subscribe`, does
+that.
+
 `mend_group_join` patches one consumer's coordinator (instance attributes, nothing global) and
 says whether it could; a client without these internals (another version, librdkafka's) is
-left as it is.
+left as it is. So does `snapshot_subscription`.
 """
 
 from __future__ import annotations
@@ -61,4 +71,16 @@ def mend_group_join(consumer) -> bool:
     coordinator.need_rejoin = need_rejoin_or_pending
     coordinator._do_join_and_sync_async = join_and_sync_once
     coordinator._on_join_complete_async = on_join_complete
+    return True
+
+
+def snapshot_subscription(consumer) -> bool:
+    """Bring `consumer`'s snapshot of its subscribed topics' partitions up to date from the
+    metadata it holds (the third flaw in the module docstring). Returns whether it could."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or not all(hasattr(coordinator, name) for name in (
+            "_build_metadata_snapshot", "_metadata_snapshot", "_subscription", "_cluster")):
+        return False
+    build = coordinator._build_metadata_snapshot
+    coordinator._metadata_snapshot = build(coordinator._subscription, coordinator._cluster)
     return True

@@ -21,6 +21,7 @@ import math
 import time
 from typing import Callable, Optional, Protocol, cast
 
+from .group_join import snapshot_subscription
 from .rebalance_listener import for_consumer
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class GroupMembership:
         # kafka-python's consumer runs the callbacks in a thread, not on the loop that heartbeats
         consumer = self.consumer
         consumer.subscribe([self.topic], listener=for_consumer(consumer, self.listener))
+        snapshot_subscription(consumer)   # else kafka-python assigns, then rejoins at once (group_join.py)
 
     def note_partitions(self) -> Optional[tuple[int, int]]:
         """The events topic's partition count from the consumer's metadata: (before, now) when it

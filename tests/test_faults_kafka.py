@@ -1,6 +1,6 @@
 """Faults on the real broker: a full disk under the checkpoint store, a worker
 that refuses a forged checkpoint, a group join that does not finish, one that ends between polls,
-and rebalance callbacks longer than the session timeout."""
+a leader's join against a stale snapshot, and rebalance callbacks longer than the session timeout."""
 
 import resource
 import subprocess
@@ -233,6 +233,24 @@ class _Observed(Worker):
     def run(self) -> int:
         self.result = super().run()
         return self.result
+
+
+def test_a_worker_starting_alone_is_assigned_its_partitions_once(kafka, new_topic, tmp_path):
+    """kafka-python 3.0.12's leader assigned against a snapshot of no topics, so a worker starting
+    alone on a new group was assigned every partition, then revoked them (a checkpoint each) and
+    restored them again a moment later, when the next metadata response came (group_join.py,
+    `snapshot_subscription`): with large states, a start paid twice. Mended: one generation, one
+    assignment, and the only revocation is the stop's."""
+    topic = new_topic(2)
+    send_records(kafka, topic, list(generate(2000, seed=5)))
+    settings = WorkerSettings.from_options(
+        bootstrap_servers=kafka, topic=topic, group=f"g-{topic}", predictions_topic=f"{topic}-predictions",
+        dead_letter_topic=f"{topic}-dlq", checkpoints=str(tmp_path / "ckpt"), until_idle=4.0, metrics_port=-1)
+    worker = _Observed(settings, CollectorRegistry())
+    assert worker.run() == 0 and worker.handled == 2000
+    print(f"assignments {worker.assignments}")
+    assert worker.assignments == [[0, 1]], "assigned, revoked and assigned again"
+    assert worker.lost == [] and len(set(worker.members)) == 1
 
 
 def test_rebalance_callbacks_longer_than_the_session_timeout_keep_both_workers_in_the_group(kafka, new_topic,

@@ -1,13 +1,13 @@
 """The mended group join (stream/group_join.py) on a stand-in for kafka-python 3.0.12's coordinator:
-the flow of its `join_group_async` around a poll, without a broker (the broker test is in
-test_faults_kafka.py)."""
+the flow of its `join_group_async` around a poll, and its metadata snapshot, without a broker (the
+broker tests are in test_faults_kafka.py)."""
 
 import asyncio
 from types import SimpleNamespace
 
 import pytest
 
-from stream.group_join import mend_group_join
+from stream.group_join import mend_group_join, snapshot_subscription
 
 pytestmark = pytest.mark.fast
 
@@ -71,3 +71,20 @@ def test_a_finished_round_trip_of_an_older_generation_is_not_reused():
 def test_a_client_without_that_coordinator_is_left_alone():
     assert not mend_group_join(SimpleNamespace())                      # librdkafka's wrapper
     assert not mend_group_join(SimpleNamespace(_coordinator=SimpleNamespace(need_rejoin=lambda: False)))
+    assert not snapshot_subscription(SimpleNamespace())
+
+
+def test_the_snapshot_of_the_subscribed_topics_is_taken_from_the_metadata_already_held():
+    """The leader assigns against `_metadata_snapshot` and rejoins when the next one differs: it
+    must hold the subscribed topic's partitions the cluster already knows, not the empty one of a
+    consumer built before it subscribed."""
+    cluster = SimpleNamespace(partitions={"events": {0, 1}})
+    subscription = SimpleNamespace(topics={"events"})
+
+    def build(subscription, cluster):   # kafka-python's `_build_metadata_snapshot`, in short
+        return {topic: cluster.partitions.get(topic) or set() for topic in subscription.topics}
+
+    coordinator = SimpleNamespace(_metadata_snapshot={}, _subscription=subscription, _cluster=cluster,
+                                  _build_metadata_snapshot=build)
+    assert snapshot_subscription(SimpleNamespace(_coordinator=coordinator))
+    assert coordinator._metadata_snapshot == {"events": {0, 1}}
