@@ -20,11 +20,17 @@ or returns the assignment to `poll` (assigned), so the worker's thread stays blo
 commit queued, before this member rejoins. librdkafka heartbeats from a thread of its own and
 runs the callbacks inside ``consume()``: its consumer gets the worker's listener as it is
 (`for_consumer`).
+
+kafka-python warns of any callback over 1 s that "Sync listeners block the consumer event loop
+(including heartbeats)", whatever ran it; for `OffLoopListener` that is not so, and a large
+restore printed it at every start. `OffLoopNote` (a logging filter) rewrites that warning, for
+this listener only, into an INFO line that says how long the callback took and where it ran.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from typing import Any, Callable
 
@@ -86,3 +92,31 @@ def for_consumer(consumer, listener):
     if listener is None or not callable(getattr(net, "call_soon_threadsafe", None)):
         return listener
     return OffLoopListener(listener, net)
+
+
+_SYNC_WARNING = re.compile(r"Rebalance listener OffLoopListener\.(\w+) for group (.*) took ([0-9.]+)s\. Sync listeners")
+
+
+class OffLoopNote(logging.Filter):
+    """kafka-python's warning of a slow rebalance listener, said right for `OffLoopListener`
+    (module docstring): an INFO line, the time kept, shown as the worker's own INFO lines are.
+    Others' pass unchanged.
+
+    >>> record = logging.LogRecord("kafka.coordinator.consumer", logging.WARNING, "", 0,
+    ...     "Rebalance listener %s.%s for group %s took %.3fs. Sync listeners block the consumer event loop",
+    ...     ("OffLoopListener", "on_partitions_assigned", "g", 2.5), None)
+    >>> _ = OffLoopNote().filter(record)
+    >>> record.levelname
+    'INFO'
+    >>> record.getMessage()
+    'rebalance callback on_partitions_assigned for group g took 2.5 s, in a thread of its own: heartbeats went on'
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = _SYNC_WARNING.match(record.getMessage())
+        if found is not None:
+            record.msg = "rebalance callback %s for group %s took %.1f s, in a thread of its own: heartbeats went on"
+            record.args = (found.group(1), found.group(2), float(found.group(3)))
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            return logging.getLogger().isEnabledFor(logging.INFO)   # the worker's --log-level, as its own lines
+        return True

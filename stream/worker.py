@@ -48,6 +48,7 @@ from .gc_mode import GcControl, GcMode
 from .membership import GroupMembership, moved_share
 from .outputs import Outputs
 from .partition import Partition
+from .rebalance_listener import OffLoopNote
 from .restore import PartitionRestorer
 from .served import check_signed, decode_served, served_header
 from .serving import EngineGate, ScoreDesk, ScoreServer
@@ -560,6 +561,7 @@ def run_worker(settings: WorkerSettings) -> int:
     if settings.log_level != "DEBUG":  # the Kafka client's INFO lines (about 100 per start) drown ours
         logging.getLogger("kafka").setLevel(logging.WARNING)
         logging.getLogger("kafka.net.selector").addFilter(SlowStepFilter())
+    logging.getLogger("kafka.coordinator.consumer").addFilter(OffLoopNote())   # its text, not our case
     preflight(settings)
     registry = CollectorRegistry()
     collector = GcControl(GcMode.choose(settings.gc, settings.serve.enabled, settings.kafka_client), registry)

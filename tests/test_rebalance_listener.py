@@ -126,3 +126,60 @@ def test_only_kafka_pythons_consumer_gets_the_listener_off_its_loop():
     wrapped = for_consumer(KafkaPythonLike(), recorder)
     assert isinstance(wrapped, OffLoopListener) and wrapped.listener is recorder
     assert wrapped.net is KafkaPythonLike._net
+
+
+def _kafka_python_warns_of(listener_class) -> list:
+    """What kafka-python 3.0.12's own timing of a listener logs for one call of `listener_class`'s
+    `on_partitions_assigned`, through its logger and `OffLoopNote` as the worker sets them up (the
+    threshold lowered so that a quick call is "slow")."""
+    import asyncio
+    import logging
+    from types import SimpleNamespace
+
+    from kafka.coordinator.consumer import ConsumerCoordinator
+
+    from stream.rebalance_listener import OffLoopNote
+
+    coordinator = SimpleNamespace(_subscription=SimpleNamespace(rebalance_listener=listener_class()),
+                                  group_id="g", _REBALANCE_LISTENER_WARN_SECS=-1.0)
+    logger = logging.getLogger("kafka.coordinator.consumer")
+    seen: list = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    note = OffLoopNote()
+    logger.addHandler(handler)
+    logger.addFilter(note)
+    try:
+        asyncio.new_event_loop().run_until_complete(
+            ConsumerCoordinator._invoke_rebalance_listener_async(coordinator, "on_partitions_assigned", set()))
+    finally:
+        logger.removeFilter(note)
+        logger.removeHandler(handler)
+    return [(record.levelname, record.getMessage()) for record in seen]
+
+
+def test_kafka_pythons_warning_of_a_sync_listener_is_said_right_for_ours_and_kept_for_others():
+    """kafka-python says any listener over 1 s blocks its event loop and heartbeats; ours does not
+    (it runs the callback in a thread): an INFO line with the time instead. Another's is kept."""
+    import logging
+
+    class OffLoopListener:   # named as ours: kafka-python names the listener by its class
+        def on_partitions_assigned(self, assigned):
+            return None
+
+    class Blocking(OffLoopListener):
+        pass
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        [(level_name, text)] = _kafka_python_warns_of(OffLoopListener)
+        assert level_name == "INFO" and "in a thread of its own: heartbeats went on" in text, text
+        assert text.startswith("rebalance callback on_partitions_assigned for group g took ")
+        [(level_name, text)] = _kafka_python_warns_of(Blocking)
+        assert level_name == "WARNING" and "Sync listeners block the consumer event loop" in text
+        root.setLevel(logging.WARNING)   # --log-level WARNING: the INFO line is not shown
+        assert _kafka_python_warns_of(OffLoopListener) == []
+    finally:
+        root.setLevel(level)
