@@ -9,7 +9,11 @@ ARG SHOPSTREAM_COMPILED=1
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /build
 COPY deploy/constraints.txt deploy/constraints.txt
-RUN mkdir /out \
+RUN case "$SHOPSTREAM_COMPILED" in 0|1) ;; \
+      *) echo "SHOPSTREAM_COMPILED must be 1 (compile the engine) or 0 (the sources), not '$SHOPSTREAM_COMPILED'" >&2; \
+         exit 2 ;; \
+    esac \
+ && mkdir /out \
  && if [ "$SHOPSTREAM_COMPILED" = 1 ]; then \
       apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
       && pip install -c deploy/constraints.txt cython "setuptools>=65"; \

@@ -561,7 +561,9 @@ def run_worker(settings: WorkerSettings) -> int:
     if settings.log_level != "DEBUG":  # the Kafka client's INFO lines (about 100 per start) drown ours
         logging.getLogger("kafka").setLevel(logging.WARNING)
         logging.getLogger("kafka.net.selector").addFilter(SlowStepFilter())
-    logging.getLogger("kafka.coordinator.consumer").addFilter(OffLoopNote())   # its text, not our case
+    coordinator_log = logging.getLogger("kafka.coordinator.consumer")
+    if not any(isinstance(f, OffLoopNote) for f in coordinator_log.filters):   # once per process
+        coordinator_log.addFilter(OffLoopNote())   # its text, not our case
     preflight(settings)
     registry = CollectorRegistry()
     collector = GcControl(GcMode.choose(settings.gc, settings.serve.enabled, settings.kafka_client), registry)
