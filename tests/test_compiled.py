@@ -129,7 +129,7 @@ def _copy_checkout(to: Path) -> None:
                  "data"):
         if (ROOT / part).exists():
             shutil.copytree(ROOT / part, to / part, ignore=ignore)
-    for name in ("pyproject.toml", "docker-compose.yml", "Dockerfile", "README.md"):
+    for name in ("pyproject.toml", "docker-compose.yml", "Dockerfile", ".dockerignore", "README.md"):
         if (ROOT / name).exists():
             shutil.copy2(ROOT / name, to / name)
 
