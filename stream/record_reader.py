@@ -1,0 +1,208 @@
+"""kafka-python 3.0.12's records, read from a fetched batch in one pass.
+
+kafka-python turns every record of a fetch into two objects: its batch reader decodes the
+record into a `DefaultRecord` (seven varint calls, two copies of key and value), then the
+fetcher reads that object's properties back into the `ConsumerRecord` the consumer returns.
+That is 3.4-3.6 microseconds a record here, most of the worker's poll (BENCHMARKS.md,
+stop 50; `benchmarks/record_reader.py` measures it). `FastPartitionRecords` reads each record of a
+v2 batch straight into its `ConsumerRecord`: about 1.6 microseconds.
+
+What it reads is kafka-python's: each batch's CRC, transactions aborted and control batches
+(read committed), record structure and its errors (`CorruptRecordError`, with kafka-python's
+messages, after the records before the bad one), its offsets and fetch metrics. A record of an
+older format (v0/v1), or a consumer with deserializers, goes through kafka-python's own code.
+`tests/test_record_reader.py` holds the two readers to the same records and the same errors,
+over generated batches of every shape and over corrupted bytes.
+
+`read_records_in_one_pass` sets the class on one consumer's fetcher (an instance attribute, nothing
+global) and says whether it could; another kafka-python leaves its fetcher as it is, since the
+layout read here is 3.0.12's.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import kafka
+from kafka.consumer.fetcher import ConsumerRecord, Fetcher, IsolationLevel
+from kafka.errors import CorruptRecordError
+from kafka.record.default_records import DefaultRecordBase
+from kafka.record.util import decode_varint
+
+log = logging.getLogger(__name__)
+
+#: The kafka-python whose batch layout and fetcher this module reads.
+KAFKA_PYTHON = "3.0.12"
+
+_APPEND_TIME = DefaultRecordBase.TIMESTAMP_TYPE_MASK
+_new_tuple = tuple.__new__   # a ConsumerRecord without its namedtuple's Python-level __new__
+
+
+class FastPartitionRecords(Fetcher.PartitionRecords):
+    """kafka-python's `PartitionRecords`, whose v2 records are read in one pass (module docstring)."""
+
+    def _unpack_records(self, tp, records, key_deserializer, value_deserializer):
+        if key_deserializer is not None or value_deserializer is not None:
+            yield from super()._unpack_records(tp, records, key_deserializer, value_deserializer)
+            return
+        try:
+            batch = records.next_batch()
+            last_batch = None
+            while batch is not None:
+                last_batch = batch
+                if self.check_crcs and not batch.validate_crc():
+                    raise CorruptRecordError("Record batch for partition %s at offset %s failed crc check" % (
+                        self.topic_partition, batch.base_offset))
+                if batch.magic != 2:
+                    yield from self._read_legacy(tp, batch)
+                elif self._keeps(batch):
+                    yield from self._read(tp, batch)
+                batch = records.next_batch()
+            if last_batch is not None and last_batch.magic == 2:
+                # the offset after the batch, even if compaction removed its last records (kafka-python's reason)
+                self.next_fetch_offset = last_batch.next_offset
+            self.drain()
+        except StopIteration:   # a generator would swallow it: kafka-python raises this instead
+            log.exception("StopIteration raised unpacking messageset")
+            raise RuntimeError("StopIteration raised unpacking messageset") from None
+
+    def _keeps(self, batch) -> bool:
+        """kafka-python's rules for a v2 batch: False for an aborted transaction's or a control batch."""
+        self.leader_epoch = batch.leader_epoch
+        if self.isolation_level == IsolationLevel.READ_COMMITTED and batch.has_producer_id():
+            self._consume_aborted_transactions_up_to(batch.last_offset)
+            producer_id = batch.producer_id
+            if self._contains_abort_marker(batch):
+                self.aborted_producer_ids.discard(producer_id)
+            elif self._is_batch_aborted(batch):
+                self.next_fetch_offset = batch.next_offset
+                return False
+        if batch.is_control_batch:
+            self.next_fetch_offset = batch.next_offset
+            return False
+        return True
+
+    def _read(self, tp, batch):
+        """The records of a v2 batch (`Record` in Kafka's protocol), as `ConsumerRecord`s."""
+        iter(batch)   # decompresses the records, if they are
+        header = batch._header_data   # base offset [0], attributes [5], first [7] and max [8] timestamp, count [12]
+        buffer = bytes(batch._buffer)   # one copy, so each key and value below is one slice
+        pos = batch._pos
+        base_offset = header[0]
+        timestamp_type = 1 if header[5] & _APPEND_TIME else 0
+        # log append time: every record has the batch's max timestamp; create time: the first plus its delta
+        first_timestamp = header[8] if timestamp_type else header[7]
+        topic, partition, epoch = tp.topic, tp.partition, self.leader_epoch
+        for _ in range(header[12]):
+            # A varint below 128 is one byte, zigzag-encoded: decoded inline (most lengths here), else by kafka-python.
+            try:
+                b = buffer[pos]
+                if b < 128:
+                    length = (b >> 1) ^ -(b & 1)
+                    pos += 1
+                else:
+                    length, pos = decode_varint(buffer, pos)
+                start = pos
+                if buffer[pos] < 128:   # the record's attributes: unused, as in kafka-python
+                    pos += 1
+                else:
+                    _, pos = decode_varint(buffer, pos)
+                b = buffer[pos]
+                if b < 128:
+                    timestamp_delta = (b >> 1) ^ -(b & 1)
+                    pos += 1
+                else:
+                    timestamp_delta, pos = decode_varint(buffer, pos)
+                b = buffer[pos]
+                if b < 128:
+                    offset_delta = (b >> 1) ^ -(b & 1)
+                    pos += 1
+                else:
+                    offset_delta, pos = decode_varint(buffer, pos)
+                b = buffer[pos]
+                if b < 128:
+                    key_size = (b >> 1) ^ -(b & 1)
+                    pos += 1
+                else:
+                    key_size, pos = decode_varint(buffer, pos)
+                if key_size >= 0:
+                    key = buffer[pos:pos + key_size]
+                    pos += key_size
+                else:
+                    key = None
+                b = buffer[pos]
+                if b < 128:
+                    value_size = (b >> 1) ^ -(b & 1)
+                    pos += 1
+                else:
+                    value_size, pos = decode_varint(buffer, pos)
+                if value_size >= 0:
+                    value = buffer[pos:pos + value_size]
+                    pos += value_size
+                else:
+                    value = None
+                header_count, pos = decode_varint(buffer, pos)
+                headers = []
+                headers_size = -1
+                if header_count:
+                    if header_count < 0:
+                        raise CorruptRecordError(f"Found invalid number of record headers {header_count}")
+                    headers_size = 0
+                    while header_count:
+                        key_length, pos = decode_varint(buffer, pos)
+                        if key_length < 0:
+                            raise CorruptRecordError(f"Invalid negative header key size {key_length}")
+                        header_key = buffer[pos:pos + key_length].decode("utf-8")
+                        pos += key_length
+                        value_length, pos = decode_varint(buffer, pos)
+                        if value_length >= 0:
+                            header_value = buffer[pos:pos + value_length]
+                            pos += value_length
+                            headers_size += value_length
+                        else:
+                            header_value = None
+                        headers_size += len(header_key.encode("utf-8"))
+                        headers.append((header_key, header_value))
+                        header_count -= 1
+                if pos - start != length:
+                    raise CorruptRecordError("Invalid record size: expected to read {} bytes in record "
+                                             "payload, but instead read {}".format(length, pos - start))
+            except (ValueError, IndexError) as err:   # as kafka-python's batch reader wraps them
+                raise CorruptRecordError(f"Found invalid record structure: {err!r}") from err
+            offset = base_offset + offset_delta
+            timestamp = first_timestamp if timestamp_type else first_timestamp + timestamp_delta
+            self.records_read += 1
+            self.bytes_read += length
+            self.next_fetch_offset = offset + 1
+            yield _new_tuple(ConsumerRecord, (
+                topic, partition, epoch, offset, timestamp, timestamp_type, key, value, headers, None,
+                -1 if key is None else key_size, -1 if value is None else value_size, headers_size))
+        if pos != len(buffer):
+            raise CorruptRecordError(f"{len(buffer) - pos} unconsumed bytes after all records consumed")
+
+    def _read_legacy(self, tp, batch):
+        """A v0/v1 message set's records, as kafka-python's fetcher makes them."""
+        for record in batch:
+            if self.check_crcs and not record.validate_crc():
+                raise CorruptRecordError("Record for partition %s at offset %s failed crc check" % (
+                    self.topic_partition, record.offset))
+            key, value, headers = record.key, record.value, record.headers
+            self.records_read += 1
+            self.bytes_read += record.size_in_bytes
+            self.next_fetch_offset = record.offset + 1
+            yield ConsumerRecord(
+                tp.topic, tp.partition, self.leader_epoch, record.offset, record.timestamp, record.timestamp_type,
+                key, value, headers, record.checksum, -1 if key is None else len(key),
+                -1 if value is None else len(value),
+                sum(len(k.encode("utf-8")) + (len(v) if v is not None else 0) for k, v in headers) if headers else -1)
+
+
+def read_records_in_one_pass(consumer) -> bool:
+    """Read `consumer`'s fetched records with `FastPartitionRecords`. Returns whether it applied."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    if kafka.__version__ != KAFKA_PYTHON or not isinstance(fetcher, Fetcher):
+        log.debug("records read by kafka-python's own reader: %s, kafka-python %s",
+                  type(consumer).__name__, kafka.__version__)
+        return False
+    fetcher.PartitionRecords = FastPartitionRecords
+    return True
