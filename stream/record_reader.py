@@ -3,13 +3,14 @@
 kafka-python turns every record of a fetch into two objects: its batch reader decodes the
 record into a `DefaultRecord` (seven varint calls, two copies of key and value), then the
 fetcher reads that object's properties back into the `ConsumerRecord` the consumer returns.
-That is 3.4-3.6 microseconds a record here, most of the worker's poll (BENCHMARKS.md,
+That is about 3.5 microseconds a record here, most of the worker's poll (BENCHMARKS.md,
 stop 50; `benchmarks/record_reader.py` measures it). `FastPartitionRecords` reads each record of a
-v2 batch straight into its `ConsumerRecord`: about 1.6 microseconds.
+v2 batch straight into its `ConsumerRecord`: about 1.2 microseconds.
 
 What it reads is kafka-python's: each batch's CRC, transactions aborted and control batches
-(read committed), record structure and its errors (`CorruptRecordError`, with kafka-python's
-messages, after the records before the bad one), its offsets and fetch metrics. A record of an
+(read committed), record structure and its errors (`CorruptRecordError` after the records before
+the bad one, with kafka-python's messages; an index past the end is worded as Python words it for
+bytes), its offsets and fetch metrics. A record of an
 older format (v0/v1), or a consumer with deserializers, goes through kafka-python's own code.
 `tests/test_record_reader.py` holds the two readers to the same records and the same errors,
 over generated batches of every shape and over corrupted bytes.
@@ -94,12 +95,17 @@ class FastPartitionRecords(Fetcher.PartitionRecords):
         first_timestamp = header[8] if timestamp_type else header[7]
         topic, partition, epoch = tp.topic, tp.partition, self.leader_epoch
         for _ in range(header[12]):
-            # A varint below 128 is one byte, zigzag-encoded: decoded inline (most lengths here), else by kafka-python.
+            # Kafka's varints are zigzag-encoded, 7 bits a byte. The one- and two-byte ones (a record's length,
+            # deltas and sizes under 8 KiB) are decoded inline; a longer one by kafka-python's decode_varint.
             try:
                 b = buffer[pos]
                 if b < 128:
                     length = (b >> 1) ^ -(b & 1)
                     pos += 1
+                elif buffer[pos + 1] < 128:
+                    b = (b & 127) | buffer[pos + 1] << 7
+                    length = (b >> 1) ^ -(b & 1)
+                    pos += 2
                 else:
                     length, pos = decode_varint(buffer, pos)
                 start = pos
@@ -111,12 +117,20 @@ class FastPartitionRecords(Fetcher.PartitionRecords):
                 if b < 128:
                     timestamp_delta = (b >> 1) ^ -(b & 1)
                     pos += 1
+                elif buffer[pos + 1] < 128:
+                    b = (b & 127) | buffer[pos + 1] << 7
+                    timestamp_delta = (b >> 1) ^ -(b & 1)
+                    pos += 2
                 else:
                     timestamp_delta, pos = decode_varint(buffer, pos)
                 b = buffer[pos]
                 if b < 128:
                     offset_delta = (b >> 1) ^ -(b & 1)
                     pos += 1
+                elif buffer[pos + 1] < 128:
+                    b = (b & 127) | buffer[pos + 1] << 7
+                    offset_delta = (b >> 1) ^ -(b & 1)
+                    pos += 2
                 else:
                     offset_delta, pos = decode_varint(buffer, pos)
                 b = buffer[pos]
@@ -134,6 +148,10 @@ class FastPartitionRecords(Fetcher.PartitionRecords):
                 if b < 128:
                     value_size = (b >> 1) ^ -(b & 1)
                     pos += 1
+                elif buffer[pos + 1] < 128:
+                    b = (b & 127) | buffer[pos + 1] << 7
+                    value_size = (b >> 1) ^ -(b & 1)
+                    pos += 2
                 else:
                     value_size, pos = decode_varint(buffer, pos)
                 if value_size >= 0:
@@ -141,7 +159,11 @@ class FastPartitionRecords(Fetcher.PartitionRecords):
                     pos += value_size
                 else:
                     value = None
-                header_count, pos = decode_varint(buffer, pos)
+                if buffer[pos] == 0:   # no headers, the usual case
+                    header_count = 0
+                    pos += 1
+                else:
+                    header_count, pos = decode_varint(buffer, pos)
                 headers = []
                 headers_size = -1
                 if header_count:

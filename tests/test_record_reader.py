@@ -200,3 +200,14 @@ def test_another_kafka_python_keeps_its_own_reader(monkeypatch, version):
         assert consumer._fetcher.PartitionRecords is Fetcher.PartitionRecords
     finally:
         consumer.close()
+
+
+def test_the_reader_benchmark_reads_every_record_with_both_readers():
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "record_reader.py"
+    done = subprocess.run([sys.executable, str(script), "--records", "2500", "--repeat", "1", "--headers"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "kafka-python's reader:" in done.stdout and "stream/record_reader:" in done.stdout
