@@ -20,6 +20,8 @@ import time
 from kafka import KafkaConsumer
 from kafka.errors import CorruptRecordError
 
+from .record_reader import read_records_in_one_pass
+
 log = logging.getLogger(__name__)
 
 PROBE_SECONDS = 5.0
@@ -38,6 +40,7 @@ class CorruptBatchSkipper:
         if self._probe is None:
             self._probe = KafkaConsumer(group_id=None, enable_auto_commit=False, max_poll_records=1,
                                         **self.options)
+            read_records_in_one_pass(self._probe)   # read as the worker reads: the two agree on what cannot be
         return self._probe
 
     def readable(self, tp, offset: int) -> bool:
