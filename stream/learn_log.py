@@ -37,6 +37,7 @@ from shopstream.events import EVENT_TYPES, MAX_EVENT_TIME, MAX_ID_CHARS, MAX_NAM
 from shopstream.shared_learning import CATALOG_FIELDS, CatalogEvents, Example, LearnOutbox, LogReplica
 from shopstream.signing import FROM_ENVIRONMENT, KEY_IS_SET, Key, key_of
 
+from .record_reader import read_records_in_one_pass
 from .topics import create_topics
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,7 @@ class LearnLog:
             create_topics(self.options, {self.topic: 1})   # one partition: one order for every replica
             self._consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
                                            **self.options)
+            read_records_in_one_pass(self._consumer)   # a record per example of the group (record_reader.py)
         if not self._assigned:
             self._consumer.assign([self.tp])
             self._assigned = True
