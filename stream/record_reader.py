@@ -9,11 +9,10 @@ v2 batch straight into its `ConsumerRecord`: about 1.2 microseconds.
 
 What it reads is kafka-python's: each batch's CRC, transactions aborted and control batches
 (read committed), record structure and its errors (`CorruptRecordError` after the records before
-the bad one, with kafka-python's messages; an index past the end is worded as Python words it for
-bytes), its offsets and fetch metrics. A record of an
-older format (v0/v1), or a consumer with deserializers, goes through kafka-python's own code.
-`tests/test_record_reader.py` holds the two readers to the same records and the same errors,
-over generated batches of every shape and over corrupted bytes.
+the bad one, with kafka-python's messages), its offsets and fetch metrics. A record of an older
+format (v0/v1), or a consumer with deserializers, goes through kafka-python's own code.
+`tests/test_record_reader.py` holds the two readers to the same records (each field's type too),
+state and errors, over generated batches of every shape and over hostile and corrupted bytes.
 
 `read_records_in_one_pass` sets the class on one consumer's fetcher (an instance attribute, nothing
 global) and says whether it could; another kafka-python leaves its fetcher as it is, since the
@@ -65,7 +64,7 @@ class FastPartitionRecords(Fetcher.PartitionRecords):
             self.drain()
         except StopIteration:   # a generator would swallow it: kafka-python raises this instead
             log.exception("StopIteration raised unpacking messageset")
-            raise RuntimeError("StopIteration raised unpacking messageset") from None
+            raise RuntimeError("StopIteration raised unpacking messageset")  # noqa: B904 - as kafka-python raises it
 
     def _keeps(self, batch) -> bool:
         """kafka-python's rules for a v2 batch: False for an aborted transaction's or a control batch."""
@@ -76,6 +75,8 @@ class FastPartitionRecords(Fetcher.PartitionRecords):
             if self._contains_abort_marker(batch):
                 self.aborted_producer_ids.discard(producer_id)
             elif self._is_batch_aborted(batch):
+                log.debug("Skipping aborted record batch from partition %s with producer_id %s and offsets %s to %s",
+                          self.topic_partition, producer_id, batch.base_offset, batch.last_offset)
                 self.next_fetch_offset = batch.next_offset
                 return False
         if batch.is_control_batch:
@@ -180,7 +181,7 @@ class FastPartitionRecords(Fetcher.PartitionRecords):
                         if value_length >= 0:
                             header_value = buffer[pos:pos + value_length]
                             pos += value_length
-                            headers_size += value_length
+                            headers_size += len(header_value)   # what is there: a cut value is shorter
                         else:
                             header_value = None
                         headers_size += len(header_key.encode("utf-8"))
@@ -190,7 +191,9 @@ class FastPartitionRecords(Fetcher.PartitionRecords):
                     raise CorruptRecordError("Invalid record size: expected to read {} bytes in record "
                                              "payload, but instead read {}".format(length, pos - start))
             except (ValueError, IndexError) as err:   # as kafka-python's batch reader wraps them
-                raise CorruptRecordError(f"Found invalid record structure: {err!r}") from err
+                if isinstance(err, IndexError):   # in kafka-python's words: it reads a bytearray
+                    err = IndexError("bytearray index out of range")
+                raise CorruptRecordError(f"Found invalid record structure: {err!r}")  # noqa: B904 - chained as kafka-python's
             offset = base_offset + offset_delta
             timestamp = first_timestamp if timestamp_type else first_timestamp + timestamp_delta
             self.records_read += 1
