@@ -98,6 +98,7 @@ class FastPartitionRecords(Fetcher.PartitionRecords):
         for _ in range(header[12]):
             # Kafka's varints are zigzag-encoded, 7 bits a byte. The one- and two-byte ones (a record's length,
             # deltas and sizes under 8 KiB) are decoded inline; a longer one by kafka-python's decode_varint.
+            # Written out per field on purpose: a call per varint is most of what kafka-python's reader costs.
             try:
                 b = buffer[pos]
                 if b < 128:
