@@ -35,6 +35,7 @@ from shopstream.signing import key_setting
 
 from .connection import KafkaConnection, Secret
 from .owners import API_MARK
+from .switch_interval import MAX_SECONDS as SWITCH_MAX_SECONDS
 
 
 #: The Kafka clients a worker's data path can run on (`--kafka-client`).
@@ -182,6 +183,10 @@ class WorkerSettings(Settings):
         "moved to the oldest generation every 5 s: no second-long collection of the middle generation; costs "
         "the kafka-python client throughput), auto (latency when serving the scoring API on --kafka-client "
         "confluent)", choices=GC_MODES))
+    switch_interval: float = field(default=0.0, metadata=_help(
+        "seconds the loop holds Python's GIL before a waiting thread takes it (sys.setswitchinterval); 0: auto, "
+        "0.05 (the Kafka client's threads wait for the loop's own pauses) or, when serving the scoring API, 0.001 "
+        "(stream/switch_interval.py)"))
     signing_key: Optional[bytes] = key_setting()
 
     def __post_init__(self) -> None:
@@ -189,6 +194,8 @@ class WorkerSettings(Settings):
         check(self, (
             ("topic", bool(self.topic), "must be a topic name"),
             ("gc", self.gc in GC_MODES, f"must be one of {GC_MODES}"),
+            ("switch_interval", self.switch_interval == 0 or 1e-6 <= self.switch_interval <= SWITCH_MAX_SECONDS,
+             f"must be 0 (auto) or 0.000001..{SWITCH_MAX_SECONDS:g} seconds"),
             ("group", bool(self.group), "must be a consumer group name"),
             ("promotion_margin", self.promotion_margin >= 0, "must be >= 0 (ROC AUC points)"),
             ("promotion_min_resolved", self.promotion_min_resolved >= 1, "must be >= 1"),
@@ -346,6 +353,10 @@ class ModelsSettings(Settings):
     partition: Optional[int] = field(default=None, metadata=_help("only this partition (default: all)", type=int))
     wait: bool = field(default=True, metadata=_help("wait until every partition applied or rejected the command"))
     wait_timeout: float = field(default=30.0, metadata=_help("seconds to wait for the partitions' replies"))
+    switch_interval: float = field(default=0.0, metadata=_help(
+        "seconds the loop holds Python's GIL before a waiting thread takes it (sys.setswitchinterval); 0: auto, "
+        "0.05 (the Kafka client's threads wait for the loop's own pauses) or, when serving the scoring API, 0.001 "
+        "(stream/switch_interval.py)"))
     signing_key: Optional[bytes] = key_setting()
 
     def __post_init__(self) -> None:

@@ -53,6 +53,7 @@ from .restore import PartitionRestorer
 from .served import check_signed, decode_served, served_header
 from .serving import EngineGate, ScoreDesk, ScoreServer
 from .settings import WorkerSettings
+from .switch_interval import interval_for
 from .telemetry import WorkerCollector, WorkerSnapshot
 
 log = logging.getLogger(__name__)
@@ -592,10 +593,6 @@ def run_worker(settings: WorkerSettings) -> int:
         server.start()
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, server.port)
     if api is not None and desk is not None:
-        # A request crosses threads four times (HTTP front, producer, consumer, loop) while the loop
-        # holds the GIL for whole batches; Python's default 5 ms switch interval would add up to 5 ms
-        # per crossing. 1 ms: BENCHMARKS.md, "Scoring API".
-        sys.setswitchinterval(0.001)
         api.start(desk, KafkaClients(settings).score_producer(), registry)
         log.info("scoring API on http://%s:%d/score (others forward to %s)", settings.serve.host, api.port,
                  api.address)
@@ -608,6 +605,10 @@ def run_worker(settings: WorkerSettings) -> int:
     signal.signal(signal.SIGINT, stop)
     collector.start()   # here: whatever raised above left the process's collector as it was
     log.info("garbage collector: %s (--gc %s)", collector.mode.name, settings.gc)
+    switch_before = sys.getswitchinterval()
+    sys.setswitchinterval(interval_for(settings.switch_interval, api is not None))
+    log.info("GIL switch interval: %g s (--switch-interval %s)", sys.getswitchinterval(),
+             settings.switch_interval or "auto")
     log.info("engine: %s", describe_engine())
     log.info("kafka client: %s", settings.kafka_client)
     try:
@@ -618,4 +619,5 @@ def run_worker(settings: WorkerSettings) -> int:
         if api is not None:
             api.stop()
         collector.stop()
+        sys.setswitchinterval(switch_before)
         log.info("handled %d events", worker.handled)

@@ -63,6 +63,7 @@ def test_promote_while_running_then_rollback_on_resume(kafka, new_topic, tmp_pat
         worker.proc.terminate()
         log = worker.finish(timeout=180)
     assert worker.proc.returncode == 0, log[-2000:]
+    assert "GIL switch interval: 0.05 s (--switch-interval auto)" in log   # streams, serves no API
 
     states = DirectoryCheckpointStore(checkpoints).load_all()
     assert len(states) == 2
@@ -80,8 +81,10 @@ def test_promote_while_running_then_rollback_on_resume(kafka, new_topic, tmp_pat
     out = cli("models", "rollback", default_version, "--bootstrap-servers", kafka, "--control-topic", control,
               "--artifacts", str(tmp_path / "artifacts"), "--no-wait")
     assert f"sent rollback {default_version}" in out
-    resumed = subprocess.run(command, env=WORKER_ENV, capture_output=True, text=True, timeout=180)
+    resumed = subprocess.run([*command, "--switch-interval", "0.02"], env=WORKER_ENV, capture_output=True, text=True,
+                             timeout=180)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "GIL switch interval: 0.02 s (--switch-interval 0.02)" in resumed.stderr
     for state in DirectoryCheckpointStore(checkpoints).load_all().values():
         assert (state.engine.champion_slot.name, state.engine.champion_slot.version) == (default_model, default_version)
         lineage = [h["kind"] for h in state.engine.history if h["kind"] != "drift"]

@@ -1,0 +1,34 @@
+"""How long the loop holds the GIL before a waiting thread takes it (`sys.setswitchinterval`).
+
+A worker is one Python process: its main loop and the Kafka client's threads share one GIL. A
+thread that waits for it longer than the switch interval makes the holder drop it. kafka-python
+runs its network in Python threads (the producer's sender, the consumer's IO loop), and at
+CPython's default of 5 ms they took the GIL from a busy loop about 2,000 times in 100,000 events;
+each time the loop waited for that thread's Python work and came back to a colder cache
+(BENCHMARKS.md, *Analysis*, "Issue 21, 2026-12-07 (stop 51)"). At 50 ms they take it mostly when
+the loop lets go of it anyway, in a poll's wait or a socket write, and the loop is rarely stopped
+in the middle of an event.
+
+A worker that serves the scoring API needs the opposite: a request crosses four threads, each
+crossing waits up to one interval, so it runs at 1 ms. `--switch-interval` overrides both.
+
+>>> interval_for(0.0, serving=False), interval_for(0.0, serving=True), interval_for(0.02, serving=True)
+(0.05, 0.001, 0.02)
+"""
+
+from __future__ import annotations
+
+#: A worker that only streams: its Kafka client's threads wait for the loop's own pauses.
+STREAMING = 0.05
+#: A worker that serves the scoring API: a request's four thread crossings wait at most this each.
+SERVING = 0.001
+#: The longest interval accepted: a thread may wait this long for the GIL (a heartbeat, a scrape).
+MAX_SECONDS = 1.0
+
+
+def interval_for(setting: float, serving: bool) -> float:
+    """The interval `--switch-interval setting` means (0: automatic) for a worker that serves the
+    scoring API or not."""
+    if setting:
+        return setting
+    return SERVING if serving else STREAMING
