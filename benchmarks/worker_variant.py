@@ -6,7 +6,7 @@ proposed change before anyone makes it in the package.
         [--control-consumer KEY=JSON]... [--timing-sample N]
         [--snapshot-seconds S] [--gc-off] [--gc-thresholds A,B,C] [--fetch-unmended] [--trace-loop FILE]
         [--broker-check-on-consumer]
-        [--batch-predictions N] -m cli worker [worker flags...]
+        [--batch-predictions N] [--thread-stats] -m cli worker [worker flags...]
 
 --producer/--consumer override the kafka-python settings the worker's clients get
 (`stream.clients`; e.g. --producer batch_size=1048576 --consumer
@@ -27,6 +27,8 @@ work), its own handling (`handle`), and from then to the send of its predictions
 (`publish`: the rest of its batch); and the loop's other stops (`housekeeping`, each
 collection's pause by generation, each "idle" answer of kafka-python's fetcher, after which its
 consumer sleeps up to retry_backoff_ms).
+
+--thread-stats prints, when the loop ends, each thread's CPU seconds and context switches (Linux).
 
 Everything after `-m cli` is handed to shopstream's own CLI unchanged.
 """
@@ -218,6 +220,32 @@ def trace_loop(worker_module, consumer_class, path: str) -> None:
     atexit.register(write)
 
 
+def print_thread_stats_at_close(worker_module) -> None:
+    """When the loop ends (before the clients close): each thread's CPU seconds and its voluntary and
+    involuntary context switches, from /proc (Linux), as one JSON line. A voluntary switch of the main
+    thread is a wait: for the network, or for the GIL another thread took."""
+    import os
+    import threading
+
+    original_close = worker_module.Worker.close
+
+    def close(self):
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        threads = []
+        for tid in sorted(os.listdir("/proc/self/task"), key=int):
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                cpu_ns = int(f.read().split()[0])
+            with open(f"/proc/self/task/{tid}/status") as f:
+                status = dict(line.split(":\t", 1) for line in f.read().splitlines() if "ctxt_switches" in line)
+            threads.append({"name": names.get(int(tid), f"native-{tid}"), "cpu_s": round(cpu_ns / 1e9, 3),
+                            "voluntary": int(status["voluntary_ctxt_switches"]),
+                            "involuntary": int(status["nonvoluntary_ctxt_switches"])})
+        print("worker_variant: threads at close: " + json.dumps(threads), flush=True)
+        return original_close(self)
+
+    worker_module.Worker.close = close
+
+
 def main(argv: list[str]) -> int:
     producer_over, consumer_over, control_over = [], [], []
     timing_sample = None
@@ -229,6 +257,7 @@ def main(argv: list[str]) -> int:
     save_switch_interval = None
     probe_on_consumer = False
     batch_predictions = None
+    thread_stats = False
     i = 0
     while i < len(argv) and argv[i] != "-m":
         flag = argv[i]
@@ -256,6 +285,9 @@ def main(argv: list[str]) -> int:
         elif flag == "--trace-loop":
             trace_file = argv[i + 1]
             i += 2
+        elif flag == "--thread-stats":
+            thread_stats = True
+            i += 1
         elif flag == "--gc-off":
             gc_off = True
             i += 1
@@ -352,6 +384,8 @@ def main(argv: list[str]) -> int:
         trace_loop(worker_module, Consumer, trace_file)
     if probe_on_consumer:
         clients_module.KafkaClients.broker_probe = None   # BrokerWatch(probe=None): ask on the consumer
+    if thread_stats:
+        print_thread_stats_at_close(worker_module)
     if batch_predictions is not None:
         import stream.outputs as outputs_module
 

@@ -2,12 +2,14 @@
 
 A worker is one Python process: its main loop and the Kafka client's threads share one GIL. A
 thread that waits for it longer than the switch interval makes the holder drop it. kafka-python
-runs its network in Python threads (the producer's sender, the consumer's IO loop), and at
-CPython's default of 5 ms they took the GIL from a busy loop about 2,000 times in 100,000 events;
-each time the loop waited for that thread's Python work and came back to a colder cache
-(BENCHMARKS.md, *Analysis*, "Issue 21, 2026-12-07 (stop 51)"). At 50 ms they take it mostly when
-the loop lets go of it anyway, in a poll's wait or a socket write, and the loop is rarely stopped
-in the middle of an event.
+runs its network in Python threads (the producer's sender, the consumer's IO loop). At CPython's
+default of 5 ms they took the GIL from the busy loop in the middle of events, and the loop waited
+for their Python work and came back to a colder cache. At 50 ms they run mostly when the loop lets
+go of the GIL anyway (a poll's wait, a socket write): its voluntary context switches fell by half
+with raw features and by two thirds with shop features, where it handled 2-4% more events per
+second (`benchmarks/switch_interval.py`; BENCHMARKS.md, *Analysis*, "Issue 21, 2026-12-07 (stop
+51)"). A thread waits at most one interval for its turn (kafka-python heartbeats every 2 s against
+a 10 s session timeout).
 
 A worker that serves the scoring API needs the opposite: a request crosses four threads, each
 crossing waits up to one interval, so it runs at 1 ms. `--switch-interval` overrides both.
