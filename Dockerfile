@@ -32,8 +32,8 @@ WORKDIR /app
 # Dependencies first (cached layer), at the exact versions the tests ran with.
 COPY deploy/constraints.txt deploy/constraints.txt
 # confluent-kafka: SHOPSTREAM_KAFKA_CLIENT=confluent (the data path on librdkafka; its wheel bundles it).
-RUN pip install -c deploy/constraints.txt river kafka-python crc32c numpy prometheus-client msgspec matplotlib tqdm \
-    confluent-kafka
+RUN pip install -c deploy/constraints.txt river kafka-python crc32c python-snappy lz4 zstandard numpy prometheus-client \
+    msgspec matplotlib tqdm confluent-kafka
 COPY pyproject.toml README.md ./
 COPY shopstream shopstream
 COPY stream stream

@@ -24,7 +24,7 @@ from .fetch_idle import mend_idle_fetch
 from .group_join import mend_group_join
 from .membership import PARTITION_DISCOVERY_MS
 from .owners import Owners, OwnersAssignor, client_id_with_address
-from .record_reader import KAFKA_PYTHON, read_records_in_one_pass
+from .record_reader import KAFKA_PYTHON, missing_codecs, read_records_in_one_pass
 from .settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,11 @@ class KafkaClients:
         if not read_records_in_one_pass(consumer):   # 1.2 us a record, not 3.5 (record_reader.py says how)
             log.warning("kafka-python %s: its records are read by its own reader (stream/record_reader.py reads "
                         "%s's), about 2 microseconds more per record", kafka_version, KAFKA_PYTHON)
+        missing = missing_codecs()
+        if missing:   # installed without shopstream's dependencies
+            log.warning("kafka-python finds no library for %s here: batches a producer compressed with %s are "
+                        "dead-lettered unread (pip install python-snappy lz4 zstandard)", ", ".join(missing),
+                        " or ".join(missing))
         return consumer
 
     def broker_probe(self) -> KafkaConsumer:

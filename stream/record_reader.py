@@ -9,7 +9,12 @@ v2 batch straight into its `ConsumerRecord`: about 1.2 microseconds.
 
 What it reads is kafka-python's: each batch's CRC, transactions aborted and control batches
 (read committed), record structure and its errors (`CorruptRecordError` after the records before
-the bad one, with kafka-python's messages), its offsets and fetch metrics. A record of an older
+the bad one, with kafka-python's messages), its offsets and fetch metrics. One difference: a v2 batch
+that cannot be decompressed (a codec whose library is missing, an unknown codec, bytes the codec
+refuses under a valid CRC) raises `UndecompressableBatch`, a `CorruptRecordError` that names the
+partition, offset and codec, where kafka-python lets the codec's own error through
+(`UnsupportedCodecError`, `zlib.error`, ...): the worker skips an unreadable batch to its dead
+letters (stream/corrupt.py), and died of those. A record of an older
 format (v0/v1), or a consumer with deserializers, goes through kafka-python's own code.
 `tests/test_record_reader.py` holds the two readers to the same records (each field's type too),
 state and errors, over generated batches of every shape and over hostile and corrupted bytes.
@@ -25,7 +30,7 @@ import logging
 
 import kafka
 from kafka.consumer.fetcher import ConsumerRecord, Fetcher, IsolationLevel
-from kafka.errors import CorruptRecordError
+from kafka.errors import CorruptRecordError, KafkaError
 from kafka.record.default_records import DefaultRecordBase
 from kafka.record.util import decode_varint
 
@@ -35,6 +40,23 @@ log = logging.getLogger(__name__)
 KAFKA_PYTHON = "3.0.12"
 
 _APPEND_TIME = DefaultRecordBase.TIMESTAMP_TYPE_MASK
+#: A v2 batch's codec, by the low three bits of its attributes.
+CODECS = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
+
+
+def missing_codecs() -> list[str]:
+    """The codecs whose library kafka-python does not find here (shopstream depends on each).
+
+    >>> missing_codecs()
+    []
+    """
+    import kafka.codec
+
+    return [name for name in ("gzip", "snappy", "lz4", "zstd") if not getattr(kafka.codec, f"has_{name}")()]
+
+
+class UndecompressableBatch(CorruptRecordError):
+    """A record batch whose records cannot be decompressed: the batch is unreadable, like a corrupt one."""
 _new_tuple = tuple.__new__   # a ConsumerRecord without its namedtuple's Python-level __new__
 
 
@@ -86,7 +108,16 @@ class FastPartitionRecords(Fetcher.PartitionRecords):
 
     def _read(self, tp, batch):
         """The records of a v2 batch (`Record` in Kafka's protocol), as `ConsumerRecord`s."""
-        iter(batch)   # decompresses the records, if they are
+        try:
+            iter(batch)   # decompresses the records, if they are
+        except CorruptRecordError:
+            raise
+        except Exception as exc:   # kafka-python lets the codec's own error through: name the batch instead
+            codec = batch._header_data[5] & DefaultRecordBase.CODEC_MASK
+            why = str(exc) if isinstance(exc, KafkaError) else f"{type(exc).__name__}: {exc}"   # (its str names it)
+            raise UndecompressableBatch(
+                f"record batch for partition {self.topic_partition} at offset {batch.base_offset} cannot be "
+                f"decompressed ({CODECS.get(codec, f'unknown codec {codec}')}): {why}") from exc
         header = batch._header_data   # base offset [0], attributes [5], first [7] and max [8] timestamp, count [12]
         buffer = bytes(batch._buffer)   # one copy, so each key and value below is one slice
         pos = batch._pos

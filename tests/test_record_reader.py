@@ -5,6 +5,8 @@ import collections
 import random
 import struct
 
+import kafka.codec
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,7 +19,8 @@ from kafka.record.memory_records import MemoryRecords
 from kafka.record.util import calc_crc32c, encode_varint
 from kafka.structs import TopicPartition
 
-from stream.record_reader import FastPartitionRecords, read_records_in_one_pass
+from stream.record_reader import (CODECS, FastPartitionRecords, UndecompressableBatch, missing_codecs,
+                                  read_records_in_one_pass)
 
 TP = TopicPartition("events", 3)
 Aborted = collections.namedtuple("Aborted", "producer_id first_offset")
@@ -99,7 +102,7 @@ record_lists = st.lists(st.tuples(timestamps, keys, values, header_lists), min_s
 
 
 @settings(max_examples=150, deadline=None)
-@given(batches=st.lists(st.tuples(record_lists, st.booleans(), st.sampled_from([0, 1]), st.booleans()),
+@given(batches=st.lists(st.tuples(record_lists, st.booleans(), st.sampled_from(sorted(CODECS)), st.booleans()),
                         min_size=1, max_size=4),
        fetch_offset=st.integers(min_value=0, max_value=60))
 def test_generated_batches_read_as_kafka_python_reads_them(batches, fetch_offset):
@@ -110,6 +113,47 @@ def test_generated_batches_read_as_kafka_python_reads_them(batches, fetch_offset
         offset += len(records) + 2   # a gap, as compaction leaves
     records, error, _ = same_as_kafka_python(data, fetch_offset=fetch_offset)
     assert error is None and all(r.offset >= fetch_offset for r in records)
+
+
+def test_every_codec_a_producer_may_choose_has_its_library_here():
+    """gzip is Python's own; the others are shopstream's dependencies (pyproject.toml): without them
+    kafka-python cannot read a batch a producer compressed with them."""
+    assert kafka.codec.has_gzip() and kafka.codec.has_snappy() and kafka.codec.has_lz4() and kafka.codec.has_zstd()
+    assert sorted(CODECS) == [0, 1, 2, 3, 4]   # Kafka's codecs: none, gzip, snappy, lz4, zstd
+
+
+def relabelled(batch: bytearray, codec: int) -> bytearray:
+    """`batch` (uncompressed) claiming `codec`, under a valid CRC: bytes the codec refuses."""
+    attributes = struct.unpack_from(">h", batch, DefaultRecordBase.ATTRIBUTES_OFFSET)[0]
+    struct.pack_into(">h", batch, DefaultRecordBase.ATTRIBUTES_OFFSET, (attributes & ~7) | codec)
+    return with_crc(batch)
+
+
+@pytest.mark.parametrize("codec", [1, 2, 3, 4, 5, 7])
+def test_a_batch_that_cannot_be_decompressed_is_unreadable_with_its_codec_named(codec):
+    """kafka-python lets the codec's own error through (zlib's, lz4's, ... or UnsupportedCodecError), which
+    the worker would die of; ours is a CorruptRecordError naming the batch and the codec, and the cause."""
+    good = v2_batch(0, [(1, b"k", b"before", ())] * 3)
+    bad = relabelled(v2_batch(3, [(2, b"k", b"x" * 50, ())] * 4), codec)
+    stock = read_all(Fetcher.PartitionRecords, good + bad)
+    fast = read_all(FastPartitionRecords, good + bad)
+    assert fast[0] == stock[0] and [r.value for r in fast[0]] == [b"before"] * 3   # what precedes it is read
+    [stock_error], [error] = stock[1][:1], fast[1][:1]
+    assert not isinstance(stock_error, CorruptRecordError)
+    assert isinstance(error, UndecompressableBatch) and isinstance(error, CorruptRecordError)
+    assert type(error.__cause__) is type(stock_error) and str(error.__cause__) == str(stock_error)
+    name = CODECS.get(codec, f"unknown codec {codec}")
+    why = str(stock_error) if codec > 4 else f"{type(stock_error).__name__}: {stock_error}"   # a KafkaError: named
+    assert error.args[0] == f"record batch for partition {TP} at offset 3 cannot be decompressed ({name}): {why}"
+
+
+def test_a_codec_without_its_library_is_told_at_start_and_named_at_its_batch(monkeypatch):
+    data = v2_batch(0, [(1, b"k", b"v" * 100, ())] * 5, compression=3)
+    monkeypatch.setattr(kafka.codec, "has_lz4", lambda: False)   # as installed without shopstream's dependencies
+    _, [error, *_], _ = read_all(FastPartitionRecords, data)
+    assert str(error).endswith("cannot be decompressed (lz4): UnsupportedCodecError: Libraries for lz4 compression "
+                               "codec not found")
+    assert missing_codecs() == ["lz4"]   # the worker's consumer warns of it when it starts (stream/clients.py)
 
 
 def test_a_record_reads_into_the_consumer_record_kafka_python_makes():
