@@ -59,14 +59,19 @@ class CorruptBatchSkipper:
                 return True
         return True  # nothing came back in time: treat as readable, poll() will say otherwise
 
+    def first_readable_after(self, tp, start: int):
+        """None if a fetch from `start` parses; else the first later offset that does (or the end)."""
+        if self.readable(tp, start):
+            return None
+        return self._first_readable(tp, start, self._consumer().end_offsets([tp])[tp])
+
     def skip(self, consumer, partitions: dict, exc: Exception) -> None:
         """`partitions`: TopicPartition -> `Partition` of the worker's owned partitions."""
         for tp, state in list(partitions.items()):
             start = state.next_offset
-            if self.readable(tp, start):
+            high = self.first_readable_after(tp, start)
+            if high is None:
                 continue
-            end = self._consumer().end_offsets([tp])[tp]
-            high = self._first_readable(tp, start, end)
             reason = f"unreadable record batch: {type(exc).__name__}: {exc}"
             log.error("partition %d: offsets %d..%d cannot be parsed (%s): skipped, one dead letter",
                       tp.partition, start, high - 1, exc)

@@ -12,7 +12,10 @@ position). This module is the Kafka half, one `LearnLog` per worker:
 - a record that is corrupt, unsigned while a signing key is set, forged, from another group
   or events topic, or made under another feature schema or label window is refused with
   its reason (logged, counted in ``shopstream_learn_log_refused_total{reason}``): every
-  replica passes over it and nothing of it is learned.
+  replica passes over it and nothing of it is learned. So are the records of a batch the
+  client cannot read or decompress (reason ``unreadable``; found as stream/corrupt.py finds
+  one in the events topic): every worker of the group reads this topic, and such a batch
+  stopped them all, at every restart.
 
 A record's value: one check line (``sha256:<hex>``, or ``hmac-sha256:<hex>`` with the
 worker's signing key, its setting `signing_key`), then the example as JSON (floats written so they read back to the
@@ -30,6 +33,7 @@ from typing import Optional
 
 import msgspec
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import CorruptRecordError
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -37,6 +41,7 @@ from shopstream.events import EVENT_TYPES, MAX_EVENT_TIME, MAX_ID_CHARS, MAX_NAM
 from shopstream.shared_learning import CATALOG_FIELDS, CatalogEvents, Example, LearnOutbox, LogReplica
 from shopstream.signing import FROM_ENVIRONMENT, KEY_IS_SET, Key, key_of
 
+from .corrupt import CorruptBatchSkipper
 from .record_reader import read_records_in_one_pass
 from .topics import create_topics
 
@@ -172,8 +177,9 @@ class LearnLog:
 
     def __init__(self, options: dict, topic: str, group: str, events_topic: str, engine_config, outputs,
                  registry: CollectorRegistry, consumer: Optional[KafkaConsumer] = None,
-                 signing_key: Key = FROM_ENVIRONMENT):
+                 signing_key: Key = FROM_ENVIRONMENT, unreadable: Optional[CorruptBatchSkipper] = None):
         self.topic = topic
+        self.unreadable = unreadable   # finds where a batch the client cannot read ends (built when first needed)
         self.key = key_of(signing_key)   # signs what this worker publishes, checks what it applies
         self.group = group
         self.events_topic = events_topic
@@ -267,7 +273,11 @@ class LearnLog:
         for state in partitions.values():
             if state.learn_log is None:  # started over by --force-fresh-start after the assignment
                 self.attach(state)
-        batches = self.consumer.poll(timeout_ms=0, max_records=MAX_RECORDS_PER_LOOP)
+        try:
+            batches = self.consumer.poll(timeout_ms=0, max_records=MAX_RECORDS_PER_LOOP)
+        except CorruptRecordError as exc:   # raised again at every poll: passed over, or it stops the worker
+            self._pass_over_unreadable(exc)
+            return 0
         records = batches.get(self.tp, [])
         if not records:
             return 0
@@ -303,8 +313,29 @@ class LearnLog:
         self.end = max(self.end, self.position, self.consumer.highwater(self.tp) or 0)
         return len(records)
 
+    def _pass_over_unreadable(self, exc: Exception) -> None:
+        """The batch at the log's position cannot be read: every replica passes over its records."""
+        if self.unreadable is None:
+            self.unreadable = CorruptBatchSkipper(self.options, outputs=None)
+        start = self.position
+        end = self.unreadable.first_readable_after(self.tp, start)
+        if end is None:   # readable from here: the batch was one in flight; the next poll says
+            log.warning("learn topic %s: an unreadable batch could not be located (%s): reading again", self.topic,
+                        exc)
+            return
+        self.refused["unreadable"] = self.refused.get("unreadable", 0) + end - start
+        log.error("learn topic %s: offsets %d..%d cannot be read (%s): passed over, never learned", self.topic,
+                  start, end - 1, exc)
+        for state in self.partitions.values():
+            if state.learn_log is not None:
+                state.learn_log.skip(end - 1)
+        self.consumer.seek(self.tp, end)
+        self.position = end
+
     def close(self) -> None:
         self.consumer.close(autocommit=False)
+        if self.unreadable is not None:
+            self.unreadable.close()
 
 
 class _LearnLogCollector:

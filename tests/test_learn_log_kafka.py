@@ -162,3 +162,40 @@ def test_a_learn_topic_made_with_several_partitions_still_carries_every_example(
     assert any("has 3 partitions: the learn log uses partition 0 only" in r.getMessage() for r in caplog.records)
     saved = DirectoryCheckpointStore(settings.checkpoints.directory).load_all()
     assert {key[1]: state.learn_log.next_offset for key, state in saved.items()} == {0: len(records), 1: len(records)}
+
+
+class NotUtf8(str):
+    """A header key that kafka-python writes as bytes that are not UTF-8: its batch cannot be read."""
+
+    def encode(self, *args, **kwargs):
+        return b"\xff\xfe-key"
+
+
+def test_a_learn_log_batch_no_client_can_read_is_passed_over_and_counted(kafka, new_topic, tmp_path):
+    """Every worker of a group reads the learn topic: one batch kafka-python cannot parse stopped them all,
+    at every restart. Now its records are passed over, counted as refused (`unreadable`), and the rest of
+    the log is learned."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from prometheus_client import CollectorRegistry
+
+    from stream.settings import WorkerSettings
+    from stream.worker import Worker
+
+    topic, learn_topic = new_topic(1), new_topic(1, "-learn")
+    producer = KafkaProducer(bootstrap_servers=kafka, acks="all")
+    producer.send(learn_topic, value=b"x", headers=[(NotUtf8("k"), b"v")]).get(timeout=30)   # offset 0
+    producer.close()
+    send_records(kafka, topic, list(generate(3000, seed=102)))
+    settings = WorkerSettings.from_options(bootstrap_servers=kafka, topic=topic, group=f"g-{topic}",
+                                           predictions_topic=f"{topic}-predictions", dead_letter_topic=f"{topic}-dlq",
+                                           checkpoints=str(tmp_path / "ckpt"), until_idle=3.0, metrics_port=-1,
+                                           session_timeout_ms=6000, learning="shared", learn_topic=learn_topic)
+    worker = Worker(settings, CollectorRegistry())
+    assert worker.run() == 0
+    assert worker.learn_log.refused == {"unreadable": 1}
+    ends = KafkaConsumer(bootstrap_servers=kafka)
+    end = ends.end_offsets([TopicPartition(learn_topic, 0)])[TopicPartition(learn_topic, 0)]
+    ends.close()
+    [state] = DirectoryCheckpointStore(settings.checkpoints.directory).load_all().values()
+    assert end > 1 and state.learn_log.next_offset == end   # past the bad batch, and through everything after it
+    assert state.learn_log.learned + state.learn_log.duplicates > 0

@@ -10,6 +10,7 @@ from collections import namedtuple
 
 import pytest
 from kafka import TopicPartition
+from kafka.errors import CorruptRecordError
 from prometheus_client import CollectorRegistry
 
 from shopstream.config import ConfigError, EngineConfig
@@ -197,6 +198,54 @@ def test_the_worker_learns_good_records_and_passes_over_bad_ones_counting_each()
         expected.champion_slot.model.learn_one(e.x, e.y)
     assert weights(state.engine) == weights(expected)
     assert state.changed and state.engine.champion_slot.model.predict_proba_one({"a": 1.0})  # still predicting
+
+
+class UnreadableAt(FakeLearnConsumer):
+    """The learn topic with a batch the client cannot read at offsets `bad` (raised at every poll that
+    reaches it, as kafka-python raises it)."""
+
+    def __init__(self, values, bad: range):
+        super().__init__(values)
+        self.bad, self.raised = bad, 0
+
+    def poll(self, timeout_ms=0, max_records=None):
+        if self.next in self.bad:
+            self.raised += 1
+            raise CorruptRecordError("Record batch for partition learn-0 at offset 2 failed crc check")
+        batch = self.records[self.next:self.bad.start] if self.next < self.bad.start else self.records[self.next:]
+        self.next += len(batch)
+        return {TopicPartition("learn", 0): batch} if batch else {}
+
+
+class Located:
+    """Stands in for stream/corrupt.py's probe: where the unreadable batch ends."""
+
+    def __init__(self, bad: range):
+        self.bad, self.asked = bad, []
+
+    def first_readable_after(self, tp, start):
+        self.asked.append((tp, start))
+        return self.bad.stop if start in self.bad else None
+
+
+def test_a_learn_log_batch_no_client_can_read_is_passed_over_not_the_end_of_every_worker():
+    examples = [Example(1, seq, {"a": float(seq), "b": 1.0}, seq % 2 == 0, 0.0, 1.0) for seq in range(1, 7)]
+    values = [encode(e, "g", "events", SCHEMA, "") for e in examples]
+    consumer, where = UnreadableAt(values, range(2, 4)), Located(range(2, 4))
+    learn_log = LearnLog({}, "learn", "g", "events", EngineConfig(features="shop"), outputs=None,
+                         registry=CollectorRegistry(), consumer=consumer, unreadable=where)
+    state = PartitionState("events", 0, Engine.fresh("logreg", "shop"))
+    learn_log.attach(state)
+    owned = {TopicPartition("events", 0): state}
+    for _ in range(4):   # reads 0-1, meets the batch and passes over it, reads 4-5, nothing left
+        learn_log.apply(owned)
+    assert consumer.raised == 1 and where.asked == [(TopicPartition("learn", 0), 2)]
+    assert learn_log.refused == {"unreadable": 2}
+    assert (state.learn_log.next_offset, state.learn_log.learned) == (6, 4)
+    expected = Engine.fresh("logreg", "shop")
+    for e in examples[:2] + examples[4:]:
+        expected.champion_slot.model.learn_one(e.x, e.y)
+    assert weights(state.engine) == weights(expected)
 
 
 def test_settings_choose_the_mode_and_refuse_a_reset_that_would_leave_the_shared_model(monkeypatch):
