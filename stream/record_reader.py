@@ -9,13 +9,14 @@ v2 batch straight into its `ConsumerRecord`: about 1.2 microseconds.
 
 What it reads is kafka-python's: each batch's CRC, transactions aborted and control batches
 (read committed), record structure and its errors (`CorruptRecordError` after the records before
-the bad one, with kafka-python's messages), its offsets and fetch metrics. One difference: a v2 batch
-that cannot be decompressed (a codec whose library is missing, an unknown codec, bytes the codec
-refuses under a valid CRC) raises `UndecompressableBatch`, a `CorruptRecordError` that names the
-partition, offset and codec, where kafka-python lets the codec's own error through
-(`UnsupportedCodecError`, `zlib.error`, ...): the worker skips an unreadable batch to its dead
-letters (stream/corrupt.py), and died of those. A record of an older
-format (v0/v1), or a consumer with deserializers, goes through kafka-python's own code.
+the bad one, with kafka-python's messages), its offsets and fetch metrics. One difference: where
+kafka-python lets an error of its own code through that is not a `CorruptRecordError` (a codec
+whose library is missing, an unknown codec, bytes a codec refuses under a valid CRC, a v0/v1 message
+set its reader fails on: `UnsupportedCodecError`, `zlib.error`, `struct.error`, ...), this reader
+raises `UnreadableBatch`, a `CorruptRecordError` that names the partition, offset and codec, with
+kafka-python's error as its cause: the worker skips an unreadable batch to its dead letters
+(stream/corrupt.py), and died of those. A consumer with deserializers goes through kafka-python's
+own code.
 `tests/test_record_reader.py` holds the two readers to the same records (each field's type too),
 state and errors, over generated batches of every shape and over hostile and corrupted bytes.
 
@@ -55,8 +56,9 @@ def missing_codecs() -> list[str]:
     return [name for name in ("gzip", "snappy", "lz4", "zstd") if not getattr(kafka.codec, f"has_{name}")()]
 
 
-class UndecompressableBatch(CorruptRecordError):
-    """A record batch whose records cannot be decompressed: the batch is unreadable, like a corrupt one."""
+class UnreadableBatch(CorruptRecordError):
+    """A batch kafka-python's code fails on with an error that is not a `CorruptRecordError` (its codec's,
+    or its v0/v1 reader's): the batch is unreadable, like a corrupt one."""
 _new_tuple = tuple.__new__   # a ConsumerRecord without its namedtuple's Python-level __new__
 
 
@@ -115,7 +117,7 @@ class FastPartitionRecords(Fetcher.PartitionRecords):
         except Exception as exc:   # kafka-python lets the codec's own error through: name the batch instead
             codec = batch._header_data[5] & DefaultRecordBase.CODEC_MASK
             why = str(exc) if isinstance(exc, KafkaError) else f"{type(exc).__name__}: {exc}"   # (its str names it)
-            raise UndecompressableBatch(
+            raise UnreadableBatch(
                 f"record batch for partition {self.topic_partition} at offset {batch.base_offset} cannot be "
                 f"decompressed ({CODECS.get(codec, f'unknown codec {codec}')}): {why}") from exc
         header = batch._header_data   # base offset [0], attributes [5], first [7] and max [8] timestamp, count [12]
@@ -239,7 +241,21 @@ class FastPartitionRecords(Fetcher.PartitionRecords):
 
     def _read_legacy(self, tp, batch):
         """A v0/v1 message set's records, as kafka-python's fetcher makes them."""
-        for record in batch:
+        records = iter(batch)
+        while True:
+            try:
+                record = next(records)   # a compressed message set is decompressed here
+            except StopIteration:
+                return
+            except CorruptRecordError:
+                raise
+            except Exception as exc:   # as in `_read`: the codec's own error, let through by kafka-python
+                why = str(exc) if isinstance(exc, KafkaError) else f"{type(exc).__name__}: {exc}"
+                codec = batch.compression_type
+                named = f" ({CODECS.get(codec, 'unknown codec')})" if codec else ""
+                raise UnreadableBatch(
+                    f"message set (v{batch.magic}) for partition {self.topic_partition} at offset {batch.base_offset} "
+                    f"cannot be read{named}: {why}") from exc
             if self.check_crcs and not record.validate_crc():
                 raise CorruptRecordError("Record for partition %s at offset %s failed crc check" % (
                     self.topic_partition, record.offset))
