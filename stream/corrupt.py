@@ -1,8 +1,9 @@
 """Skip a record batch that kafka-python cannot parse, instead of crashing on it forever.
 
 kafka-python raises `CorruptRecordError` from poll() for a batch it cannot read (a
-failed CRC, a header key that is not UTF-8, ...), names neither partition nor offset,
-and raises again at every poll, since the position does not move. A worker that let it
+failed CRC, a header key that is not UTF-8, ...; stream/record_reader.py adds the batches it
+cannot decompress), names neither partition nor offset, and the position does not move: the
+reader raises it again at every poll until a seek (kafka-python's own spun in poll instead). A worker that let it
 through would crash-loop at that offset. `CorruptBatchSkipper` finds the partition and
 the batch with a consumer of its own (assigned, not in the group): the partition whose
 next offset cannot be read is the one, and the batch ends at the first later offset that

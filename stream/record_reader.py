@@ -28,6 +28,7 @@ layout read here is 3.0.12's.
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import kafka
 from kafka.consumer.fetcher import ConsumerRecord, Fetcher, IsolationLevel
@@ -64,6 +65,20 @@ _new_tuple = tuple.__new__   # a ConsumerRecord without its namedtuple's Python-
 
 class FastPartitionRecords(Fetcher.PartitionRecords):
     """kafka-python's `PartitionRecords`, whose v2 records are read in one pass (module docstring)."""
+
+    _failed: Optional[Exception] = None
+
+    def take(self, n=None):
+        """kafka-python's `take`, but an error it raised is raised again by every later take. kafka-python's
+        reader ends at its error, and its fetcher, handed no records by a partition not drained, asks it
+        again without end: a consumer polled again without a seek spun at 100% CPU inside poll()."""
+        if self._failed is not None:
+            raise self._failed
+        try:
+            return super().take(n)
+        except Exception as exc:
+            self._failed = exc
+            raise
 
     def _unpack_records(self, tp, records, key_deserializer, value_deserializer):
         if key_deserializer is not None or value_deserializer is not None:
@@ -112,7 +127,7 @@ class FastPartitionRecords(Fetcher.PartitionRecords):
         """The records of a v2 batch (`Record` in Kafka's protocol), as `ConsumerRecord`s."""
         try:
             iter(batch)   # decompresses the records, if they are
-        except CorruptRecordError:
+        except (CorruptRecordError, MemoryError):   # out of memory: the process's state, not the batch's
             raise
         except Exception as exc:   # kafka-python lets the codec's own error through: name the batch instead
             codec = batch._header_data[5] & DefaultRecordBase.CODEC_MASK
@@ -247,7 +262,7 @@ class FastPartitionRecords(Fetcher.PartitionRecords):
                 record = next(records)   # a compressed message set is decompressed here
             except StopIteration:
                 return
-            except CorruptRecordError:
+            except (CorruptRecordError, MemoryError):
                 raise
             except Exception as exc:   # as in `_read`: the codec's own error, let through by kafka-python
                 why = str(exc) if isinstance(exc, KafkaError) else f"{type(exc).__name__}: {exc}"

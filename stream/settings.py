@@ -185,8 +185,8 @@ class WorkerSettings(Settings):
         "confluent)", choices=GC_MODES))
     switch_interval: float = field(default=0.0, metadata=_help(
         "seconds the loop holds Python's GIL before a waiting thread takes it (sys.setswitchinterval); 0: auto, "
-        "0.05 (the Kafka client's threads wait for the loop's own pauses) or, when serving the scoring API, 0.001 "
-        "(stream/switch_interval.py)"))
+        "0.05 on kafka-python (its network threads wait for the loop's own pauses), or 0.001 when serving the "
+        "scoring API, else Python's 0.005 (stream/switch_interval.py)"))
     signing_key: Optional[bytes] = key_setting()
 
     def __post_init__(self) -> None:
@@ -353,10 +353,6 @@ class ModelsSettings(Settings):
     partition: Optional[int] = field(default=None, metadata=_help("only this partition (default: all)", type=int))
     wait: bool = field(default=True, metadata=_help("wait until every partition applied or rejected the command"))
     wait_timeout: float = field(default=30.0, metadata=_help("seconds to wait for the partitions' replies"))
-    switch_interval: float = field(default=0.0, metadata=_help(
-        "seconds the loop holds Python's GIL before a waiting thread takes it (sys.setswitchinterval); 0: auto, "
-        "0.05 (the Kafka client's threads wait for the loop's own pauses) or, when serving the scoring API, 0.001 "
-        "(stream/switch_interval.py)"))
     signing_key: Optional[bytes] = key_setting()
 
     def __post_init__(self) -> None:

@@ -12,25 +12,34 @@ second (`benchmarks/switch_interval.py`; BENCHMARKS.md, *Analysis*, "Issue 21, 2
 a 10 s session timeout).
 
 A worker that serves the scoring API needs the opposite: a request crosses four threads, each
-crossing waits up to one interval, so it runs at 1 ms. `--switch-interval` overrides both.
+crossing waits up to one interval, so it runs at 1 ms. A librdkafka worker has no network thread
+in Python and keeps Python's 5 ms. `--switch-interval` overrides all three. At most 0.2 s: a
+metrics scrape or a health check waits up to a few intervals while the loop works (at 1 s, 6-8 s:
+past the compose file's health-check timeout).
 
 >>> interval_for(0.0, serving=False), interval_for(0.0, serving=True), interval_for(0.02, serving=True)
 (0.05, 0.001, 0.02)
+>>> interval_for(0.0, serving=False, client="confluent")
+0.005
 """
 
 from __future__ import annotations
 
-#: A worker that only streams: its Kafka client's threads wait for the loop's own pauses.
+#: A kafka-python worker that only streams: its client's threads wait for the loop's own pauses.
 STREAMING = 0.05
 #: A worker that serves the scoring API: a request's four thread crossings wait at most this each.
 SERVING = 0.001
-#: The longest interval accepted: a thread may wait this long for the GIL (a heartbeat, a scrape).
-MAX_SECONDS = 1.0
+#: Python's own, for a librdkafka worker that does not serve (its network threads are not Python's).
+PYTHON_DEFAULT = 0.005
+#: The longest interval accepted: a thread may wait a few of them for the GIL (a scrape, a health check).
+MAX_SECONDS = 0.2
 
 
-def interval_for(setting: float, serving: bool) -> float:
-    """The interval `--switch-interval setting` means (0: automatic) for a worker that serves the
-    scoring API or not."""
+def interval_for(setting: float, serving: bool, client: str = "kafka-python") -> float:
+    """The interval `--switch-interval setting` means (0: automatic) for a worker on `client`
+    (`--kafka-client`) that serves the scoring API or not."""
     if setting:
         return setting
-    return SERVING if serving else STREAMING
+    if serving:
+        return SERVING
+    return STREAMING if client == "kafka-python" else PYTHON_DEFAULT

@@ -605,19 +605,19 @@ def run_worker(settings: WorkerSettings) -> int:
     signal.signal(signal.SIGINT, stop)
     collector.start()   # here: whatever raised above left the process's collector as it was
     log.info("garbage collector: %s (--gc %s)", collector.mode.name, settings.gc)
-    switch_before = sys.getswitchinterval()
-    sys.setswitchinterval(interval_for(settings.switch_interval, api is not None))
-    log.info("GIL switch interval: %g s (--switch-interval %s)", sys.getswitchinterval(),
-             settings.switch_interval or "auto")
     log.info("engine: %s", describe_engine())
     log.info("kafka client: %s", settings.kafka_client)
+    switch_before = sys.getswitchinterval()
     try:
+        sys.setswitchinterval(interval_for(settings.switch_interval, api is not None, settings.kafka_client))
+        log.info("GIL switch interval: %g s (--switch-interval %s)", sys.getswitchinterval(),
+                 settings.switch_interval or "auto")
         return worker.run()
     finally:
+        sys.setswitchinterval(switch_before)   # first: run_worker may run in a test's or a benchmark's process
         if server is not None:
             server.stop()
         if api is not None:
             api.stop()
         collector.stop()
-        sys.setswitchinterval(switch_before)
         log.info("handled %d events", worker.handled)

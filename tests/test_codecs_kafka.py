@@ -72,3 +72,4 @@ def test_every_codec_is_read_and_one_without_its_library_costs_its_batches_not_t
         covered |= set(range(first, last + 1))
     assert covered == set(lz4)
     assert "cannot be parsed" in log
+    assert "kafka-python finds no library for lz4 here: batches a producer compressed with lz4 are dead-lettered" in log
