@@ -15,8 +15,10 @@ whose library is missing, an unknown codec, bytes a codec refuses under a valid 
 set its reader fails on: `UnsupportedCodecError`, `zlib.error`, `struct.error`, ...), this reader
 raises `UnreadableBatch`, a `CorruptRecordError` that names the partition, offset and codec, with
 kafka-python's error as its cause: the worker skips an unreadable batch to its dead letters
-(stream/corrupt.py), and died of those. A consumer with deserializers goes through kafka-python's
-own code.
+(stream/corrupt.py), and died of those. So is a gzip or zstd batch that decompresses to more than
+`MAX_DECOMPRESSED_BYTES` (decompressed here, with kafka-python's own calls, that far and no further:
+a batch of kilobytes could hold gigabytes). A reader that raised raises again at every later take.
+A consumer with deserializers goes through kafka-python's own code.
 `tests/test_record_reader.py` holds the two readers to the same records (each field's type too),
 state and errors, over generated batches of every shape and over hostile and corrupted bytes.
 
@@ -27,10 +29,13 @@ layout read here is 3.0.12's.
 
 from __future__ import annotations
 
+import gzip
+import io
 import logging
 from typing import Optional
 
 import kafka
+import kafka.codec
 from kafka.consumer.fetcher import ConsumerRecord, Fetcher, IsolationLevel
 from kafka.errors import CorruptRecordError, KafkaError
 from kafka.record.default_records import DefaultRecordBase
@@ -44,6 +49,30 @@ KAFKA_PYTHON = "3.0.12"
 _APPEND_TIME = DefaultRecordBase.TIMESTAMP_TYPE_MASK
 #: A v2 batch's codec, by the low three bits of its attributes.
 CODECS = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
+#: A v2 batch that decompresses to more than this is unreadable. zstd stored 300 MiB of zeros in 13.5 kB
+#: (and gzip compresses about 1,000:1), and a whole batch is decompressed in memory: one record could
+#: take a worker's memory, and a worker killed for it met the same batch after every restart. A real
+#: batch is at most the producer's batch size (1 MiB at most by the broker's default limit) times its
+#: compression ratio. lz4 (about 255:1 at most) and snappy (about 21:1) are bounded by their formats.
+MAX_DECOMPRESSED_BYTES = 64 << 20
+
+
+def _gzip_decode(data, limit: int) -> bytes:
+    """kafka-python's `gzip_decode`, reading at most `limit` bytes."""
+    with gzip.GzipFile(fileobj=io.BytesIO(data), mode="r") as gzipper:
+        return gzipper.read(limit)
+
+
+def _zstd_decode(data, limit: int) -> bytes:
+    """kafka-python's `zstd_decode`, reading at most `limit` bytes."""
+    import zstandard
+
+    with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(bytes(data)), read_across_frames=True) as reader:
+        return reader.read(limit)
+
+
+#: The codecs decompressed here, up to a limit (`MAX_DECOMPRESSED_BYTES`), with the calls kafka-python makes.
+_BOUNDED = {1: (_gzip_decode, "has_gzip"), 4: (_zstd_decode, "has_zstd")}
 
 
 def missing_codecs() -> list[str]:
@@ -125,12 +154,21 @@ class FastPartitionRecords(Fetcher.PartitionRecords):
 
     def _read(self, tp, batch):
         """The records of a v2 batch (`Record` in Kafka's protocol), as `ConsumerRecord`s."""
+        codec = batch._header_data[5] & DefaultRecordBase.CODEC_MASK
         try:
-            iter(batch)   # decompresses the records, if they are
+            bounded = _BOUNDED.get(codec)
+            if bounded is not None and getattr(kafka.codec, bounded[1])():
+                records = bounded[0](memoryview(batch._buffer)[batch._pos:], MAX_DECOMPRESSED_BYTES + 1)
+                if len(records) > MAX_DECOMPRESSED_BYTES:
+                    raise UnreadableBatch(
+                        f"record batch for partition {self.topic_partition} at offset {batch.base_offset} "
+                        f"decompresses to more than {MAX_DECOMPRESSED_BYTES:,} bytes ({CODECS[codec]})")
+                # bytes, not kafka-python's bytearray: the copy below is then the same object
+                batch._buffer, batch._pos, batch._decompressed = records, 0, True
+            iter(batch)   # decompresses the records, if they are and were not above
         except (CorruptRecordError, MemoryError):   # out of memory: the process's state, not the batch's
             raise
         except Exception as exc:   # kafka-python lets the codec's own error through: name the batch instead
-            codec = batch._header_data[5] & DefaultRecordBase.CODEC_MASK
             why = str(exc) if isinstance(exc, KafkaError) else f"{type(exc).__name__}: {exc}"   # (its str names it)
             raise UnreadableBatch(
                 f"record batch for partition {self.topic_partition} at offset {batch.base_offset} cannot be "

@@ -192,9 +192,25 @@ def test_running_out_of_memory_is_not_a_batch_to_skip(monkeypatch):
     def exhausted(data):
         raise MemoryError()
 
-    monkeypatch.setattr(default_records, "gzip_decode", exhausted)
-    _, [error, *_], _, _ = read_all(FastPartitionRecords, v2_batch(0, [(1, b"k", b"v" * 100, ())] * 3, compression=1))
+    data = v2_batch(0, [(1, b"k", b"v" * 100, ())] * 3, compression=3)
+    monkeypatch.setattr(default_records, "lz4_decode", exhausted)
+    _, [error, *_], _, _ = read_all(FastPartitionRecords, data)
     assert type(error) is MemoryError
+
+
+@pytest.mark.parametrize("codec", [1, 4])
+def test_a_batch_that_decompresses_past_the_limit_is_unreadable_without_being_held(codec, monkeypatch):
+    """gzip and zstd are read at most MAX_DECOMPRESSED_BYTES + 1 far (zstd keeps 300 MiB of zeros in 13.5 kB)."""
+    import stream.record_reader as record_reader
+
+    monkeypatch.setattr(record_reader, "MAX_DECOMPRESSED_BYTES", 50_000)
+    fits = v2_batch(0, [(1, b"k", b"\0" * 9_000, ())] * 5, compression=codec)      # 45 kB and some
+    bomb = v2_batch(5, [(1, b"k", b"\0" * 30_000, ())] * 2, compression=codec)     # 60 kB
+    assert len(bomb) < 1_000   # what the broker stores
+    records, [error, *_], _, again = read_all(FastPartitionRecords, fits + bomb)
+    assert [len(r.value) for r in records] == [9_000] * 5 and again
+    assert isinstance(error, UnreadableBatch) and error.args[0] == (
+        f"record batch for partition {TP} at offset 5 decompresses to more than 50,000 bytes ({CODECS[codec]})")
 
 
 def test_a_codec_without_its_library_is_told_at_start_and_named_at_its_batch(monkeypatch):
