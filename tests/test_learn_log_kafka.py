@@ -136,23 +136,29 @@ def test_shared_learning_4_partitions_2_workers_kill_9(kafka, new_topic, tmp_pat
             [reference.champion_slot.model.predict_proba_one(x) for x in probes]
 
 
-def test_a_learn_topic_made_with_several_partitions_still_carries_every_example(kafka, new_topic, tmp_path, caplog):
-    """The learn log is read from partition 0 (one order for the group). Publishing by key spread
-    the records of a learn topic made with more partitions (by hand, or by a topic template) over
-    all of them, and every record off partition 0 was never learned, silently. Now every record
-    goes to partition 0, and the worker says the others stay unused."""
+def shared_worker(kafka: str, topic: str, learn_topic: str, tmp_path):
+    """An in-process worker with `--learning shared` that stops once idle for 3 s."""
     from prometheus_client import CollectorRegistry
 
     from stream.settings import WorkerSettings
     from stream.worker import Worker
 
-    topic, learn_topic = new_topic(2), new_topic(3, "-learn")
-    send_records(kafka, topic, list(generate(3000, seed=101)))
     settings = WorkerSettings.from_options(bootstrap_servers=kafka, topic=topic, group=f"g-{topic}",
                                            predictions_topic=f"{topic}-predictions", dead_letter_topic=f"{topic}-dlq",
                                            checkpoints=str(tmp_path / "ckpt"), until_idle=3.0, metrics_port=-1,
                                            session_timeout_ms=6000, learning="shared", learn_topic=learn_topic)
-    worker = Worker(settings, CollectorRegistry())
+    return Worker(settings, CollectorRegistry())
+
+
+def test_a_learn_topic_made_with_several_partitions_still_carries_every_example(kafka, new_topic, tmp_path, caplog):
+    """The learn log is read from partition 0 (one order for the group). Publishing by key spread
+    the records of a learn topic made with more partitions (by hand, or by a topic template) over
+    all of them, and every record off partition 0 was never learned, silently. Now every record
+    goes to partition 0, and the worker says the others stay unused."""
+    topic, learn_topic = new_topic(2), new_topic(3, "-learn")
+    send_records(kafka, topic, list(generate(3000, seed=101)))
+    worker = shared_worker(kafka, topic, learn_topic, tmp_path)
+    settings = worker.settings
     with caplog.at_level("WARNING", logger="stream.learn_log"):
         assert worker.run() == 0
     records = read_topic(kafka, learn_topic, timeout=10)
@@ -176,21 +182,14 @@ def test_a_learn_log_batch_no_client_can_read_is_passed_over_and_counted(kafka, 
     at every restart. Now its records are passed over, counted as refused (`unreadable`), and the rest of
     the log is learned."""
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-    from prometheus_client import CollectorRegistry
-
-    from stream.settings import WorkerSettings
-    from stream.worker import Worker
 
     topic, learn_topic = new_topic(1), new_topic(1, "-learn")
     producer = KafkaProducer(bootstrap_servers=kafka, acks="all")
     producer.send(learn_topic, value=b"x", headers=[(NotUtf8("k"), b"v")]).get(timeout=30)   # offset 0
     producer.close()
     send_records(kafka, topic, list(generate(3000, seed=102)))
-    settings = WorkerSettings.from_options(bootstrap_servers=kafka, topic=topic, group=f"g-{topic}",
-                                           predictions_topic=f"{topic}-predictions", dead_letter_topic=f"{topic}-dlq",
-                                           checkpoints=str(tmp_path / "ckpt"), until_idle=3.0, metrics_port=-1,
-                                           session_timeout_ms=6000, learning="shared", learn_topic=learn_topic)
-    worker = Worker(settings, CollectorRegistry())
+    worker = shared_worker(kafka, topic, learn_topic, tmp_path)
+    settings = worker.settings
     assert worker.run() == 0
     assert worker.learn_log.refused == {"unreadable": 1}
     ends = KafkaConsumer(bootstrap_servers=kafka)
