@@ -81,14 +81,14 @@ def missing_codecs() -> list[str]:
     >>> missing_codecs()
     []
     """
-    import kafka.codec
-
     return [name for name in ("gzip", "snappy", "lz4", "zstd") if not getattr(kafka.codec, f"has_{name}")()]
 
 
 class UnreadableBatch(CorruptRecordError):
     """A batch kafka-python's code fails on with an error that is not a `CorruptRecordError` (its codec's,
     or its v0/v1 reader's): the batch is unreadable, like a corrupt one."""
+
+
 _new_tuple = tuple.__new__   # a ConsumerRecord without its namedtuple's Python-level __new__
 
 
