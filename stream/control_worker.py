@@ -16,10 +16,13 @@ from collections import OrderedDict, deque
 from typing import Optional
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import CorruptRecordError
 
 from shopstream.artifacts import find_version, load_artifact
 from shopstream.engine import Engine
 
+from .corrupt import CorruptBatchSkipper
+from .record_reader import read_records_in_one_pass
 from .topics import create_topics
 from .control_protocol import (ACTIONS, CONTROL_TOPIC_CONFIGS, CREATE_TIME, Command, Reply, check_target,
                                encode_reply, issue_time_problem, parse_command, replies_topic)
@@ -68,6 +71,7 @@ class ControlChannel:
         self._options = options
         self._producer: Optional[KafkaProducer] = None
         self._consumer: Optional[KafkaConsumer] = None
+        self._unreadable: Optional[CorruptBatchSkipper] = None   # built when a batch cannot be read
         self._partition = TopicPartition(topic, 0)
 
     def open(self) -> "ControlChannel":
@@ -76,6 +80,7 @@ class ControlChannel:
                       configs={self._partition.topic: CONTROL_TOPIC_CONFIGS})
         self._consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
                                        **self._options)
+        read_records_in_one_pass(self._consumer)   # an unreadable batch raises again at each poll, never spins
         self._consumer.assign([self._partition])
         self.catch_up()
         return self
@@ -99,8 +104,31 @@ class ControlChannel:
 
     def poll(self, timeout_ms: int = 0, live: bool = True) -> bool:
         """Fetch new commands; True if there were any."""
-        records = [r for batch in self.consumer.poll(timeout_ms=timeout_ms).values() for r in batch]
-        return self.receive(records, live)
+        try:
+            batches = self.consumer.poll(timeout_ms=timeout_ms)
+        except CorruptRecordError as exc:   # every worker reads this topic: one such batch stopped them all
+            self._pass_over_unreadable(exc, live)
+            return False
+        return self.receive([r for batch in batches.values() for r in batch], live)
+
+    def _pass_over_unreadable(self, exc: Exception, live: bool) -> None:
+        """A batch the client cannot read (stream/corrupt.py finds where it ends): its messages are
+        rejected together, as messages that are no command."""
+        if self._unreadable is None:
+            self._unreadable = CorruptBatchSkipper(self._options, outputs=None)
+        start = self.consumer.position(self._partition)
+        end = self._unreadable.first_readable_after(self._partition, start)
+        if end is None:   # readable from here: the next poll says
+            log.warning("control topic: an unreadable batch could not be located (%s): reading again", exc)
+            return
+        self.invalid += end - start
+        self.counts[("invalid", "rejected")] = self.counts.get(("invalid", "rejected"), 0) + end - start
+        reason = f"offsets {start}..{end - 1}: unreadable record batch: {exc}"
+        log.error("control messages %d..%d cannot be read (%s): rejected", start, end - 1, exc)
+        if live:
+            self._reply(Reply(start, -1, "rejected", reason[:300], worker=self.worker))
+        self.consumer.seek(self._partition, end)
+        self.read_up_to = end
 
     def receive(self, records, live: bool = True) -> bool:
         """Take read records: keep the commands, reject (once) what is none; True if any was kept.
@@ -248,5 +276,7 @@ class ControlChannel:
     def close(self) -> None:
         if self._consumer is not None:
             self._consumer.close()
+        if self._unreadable is not None:
+            self._unreadable.close()
         if self._producer is not None:
             self._producer.close(timeout=5)

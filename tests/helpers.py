@@ -21,6 +21,23 @@ from stream.outputs import decode_predictions
 from stream.served import decode_served, served_header
 
 
+class NotUtf8(str):
+    """A header key that kafka-python writes as bytes that are not UTF-8 (as a client in another language
+    may): kafka-python cannot parse the batch that holds it (a `CorruptRecordError` at every poll)."""
+
+    def encode(self, *args, **kwargs):
+        return b"\xff\xfe-key"
+
+
+def send_unreadable(bootstrap: str, topic: str) -> int:
+    """One record in a batch of its own that kafka-python cannot read; its offset."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    try:
+        return producer.send(topic, value=b"x", headers=[(NotUtf8("k"), b"v")]).get(timeout=30).offset
+    finally:
+        producer.close()
+
+
 def send(bootstrap: str, topic: str, messages, partition=None) -> int:
     """messages: (key, value) or (key, value, timestamp_ms) tuples, sent in order.
 

@@ -14,7 +14,7 @@ import pytest
 from kafka import KafkaProducer
 
 from conftest import WORKER_ENV, LoggedProcess, free_port, worker_command
-from helpers import checkpointed_engines, readyz, scrape, send_records, wait_for
+from helpers import checkpointed_engines, readyz, scrape, send_records, send_unreadable, wait_for
 from shopstream.generator import generate
 
 pytestmark = pytest.mark.kafka
@@ -64,6 +64,11 @@ def test_hostile_control_commands_leave_the_worker_ready_and_run_no_code(kafka, 
         wait_for(lambda: scrape(port).get(("shopstream_control_commands_total",
                                            (("action", "invalid"), ("outcome", "rejected")))) == 2.0,
                  30, "every command rejected")
+        # a batch the client cannot read: every worker reads this topic, and it stopped them all
+        unreadable = send_unreadable(kafka, control)
+        wait_for(lambda: scrape(port).get(("shopstream_control_commands_total",
+                                           (("action", "invalid"), ("outcome", "rejected")))) == 3.0,
+                 30, "the unreadable batch rejected")
         metrics = scrape(port)
         # per partition: 3 rollbacks; the 5,000-character promote is over the 4 KiB a command may
         # take and the undecodable bytes are no command at all: both "invalid", rejected once when read
@@ -79,6 +84,11 @@ def test_hostile_control_commands_leave_the_worker_ready_and_run_no_code(kafka, 
     assert len(re.findall(r"rejected: [\"']rollback target", log)) == 6 and "Traceback" not in log   # (quoted: %r)
     engines = checkpointed_engines(tmp_path / "ckpt")
     assert sum(e.counts["consumed"] for e in engines.values()) == len(records)
+    assert f"control messages {unreadable}..{unreadable} cannot be read" in log
+    # A worker starting now reads the whole control topic first, the unreadable batch with it: it starts.
+    started = run(kafka, topic, tmp_path / "ckpt", WORKER_ENV, "--control-topic", control)
+    assert started.returncode == 0, started.stderr[-3000:]
+    assert f"control messages {unreadable}..{unreadable} cannot be read" in started.stderr
 
 
 def run(kafka, topic, checkpoints, env, *extra, timeout=180):

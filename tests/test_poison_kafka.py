@@ -12,7 +12,7 @@ from kafka import KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from conftest import WORKER_ENV, free_port, worker_command
-from helpers import assert_same_engine, read_predictions, read_topic, send
+from helpers import NotUtf8, assert_same_engine, read_predictions, read_topic, send
 from shopstream.engine import Engine
 from shopstream.events import decode_event, event_from_record
 from shopstream.generator import generate
@@ -24,14 +24,6 @@ from stream.worker import Worker
 
 pytestmark = pytest.mark.kafka
 encode = msgspec.json.Encoder().encode
-
-
-class NotUtf8(str):
-    """A header key that kafka-python writes as bytes that are not UTF-8 (as a client in
-    another language may): the fetch of its batch then fails to parse."""
-
-    def encode(self, *args, **kwargs):
-        return b"\xff\xfe-key"
 
 
 class NullValueHeaders(list):
