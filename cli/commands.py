@@ -160,7 +160,9 @@ def main(argv=None) -> int:
     except KafkaError as exc:  # e.g. no broker: say which servers, not a client traceback
         servers = getattr(args, "bootstrap_servers", None)
         text = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
-        print(f"shopstream {args.command}: error: Kafka at {servers}: {text} (is the broker up?)", file=sys.stderr)
+        # a timeout or a lost connection asks after the broker; a refused record or right does not
+        hint = " (is the broker up?)" if exc.retriable else ""
+        print(f"shopstream {args.command}: error: Kafka at {servers}: {text}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

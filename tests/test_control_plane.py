@@ -553,6 +553,22 @@ def test_produce_without_a_broker_is_one_clear_line():
     assert "Traceback" not in result.stderr
 
 
+def test_a_kafka_error_asks_after_the_broker_only_when_it_is_a_timeout_or_a_lost_connection(monkeypatch, capsys):
+    """A record the client cannot read, or a right refused, is no sign of a broker that is down."""
+    import cli.commands as commands
+    from kafka.errors import CorruptRecordError, KafkaTimeoutError, TopicAuthorizationFailedError
+
+    for error, hinted in ((KafkaTimeoutError("no answer"), True), (CorruptRecordError("bad batch"), False),
+                          (TopicAuthorizationFailedError(), False)):
+        def fail(settings, error=error):
+            raise error
+        monkeypatch.setitem(commands.COMMANDS, "topics", fail)
+        assert commands.main(["topics", "--bootstrap-servers", "127.0.0.1:1"]) == 2
+        line = capsys.readouterr().err.strip()
+        assert line.startswith("shopstream topics: error: Kafka at 127.0.0.1:1: ") and type(error).__name__ in line
+        assert line.endswith("(is the broker up?)") == hinted, line
+
+
 def test_checkpoint_age_is_unsaved_progress_not_time_since_the_last_save(tmp_path):
     import time
 
