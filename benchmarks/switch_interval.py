@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One kafka-python worker at CPython's default GIL switch interval (5 ms) against the worker's own
-(`--switch-interval` auto: 50 ms when not serving; stream/switch_interval.py), in alternating rounds
-on one pre-filled topic.
+(`--switch-interval` auto: 50 ms for a kafka-python worker that does not serve;
+stream/switch_interval.py), in alternating rounds on one pre-filled topic.
 
     python benchmarks/switch_interval.py [--events 100000] [--rounds 3] [--features raw|shop] [--interval S ...]
 

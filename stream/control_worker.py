@@ -117,7 +117,7 @@ class ControlChannel:
         if self._unreadable is None:
             self._unreadable = CorruptBatchSkipper(self._options, outputs=None)
         start = self.consumer.position(self._partition)
-        end = self._unreadable.first_readable_after(self._partition, start)
+        end = self._unreadable.pass_over(self.consumer, self._partition, start)
         if end is None:   # readable from here: the next poll says
             log.warning("control topic: an unreadable batch could not be located (%s): reading again", exc)
             return
@@ -127,7 +127,6 @@ class ControlChannel:
         log.error("control messages %d..%d cannot be read (%s): rejected", start, end - 1, exc)
         if live:
             self._reply(Reply(start, -1, "rejected", reason[:300], worker=self.worker))
-        self.consumer.seek(self._partition, end)
         self.read_up_to = end
 
     def receive(self, records, live: bool = True) -> bool:

@@ -60,17 +60,20 @@ class CorruptBatchSkipper:
                 return True
         return True  # nothing came back in time: treat as readable, poll() will say otherwise
 
-    def first_readable_after(self, tp, start: int):
-        """None if a fetch from `start` parses; else the first later offset that does (or the end)."""
+    def pass_over(self, consumer, tp, start: int):
+        """None if a fetch from `start` parses; else seek `consumer` to the first later offset that
+        does (or the end) and return it."""
         if self.readable(tp, start):
             return None
-        return self._first_readable(tp, start, self._consumer().end_offsets([tp])[tp])
+        end = self._first_readable(tp, start, self._consumer().end_offsets([tp])[tp])
+        consumer.seek(tp, end)
+        return end
 
     def skip(self, consumer, partitions: dict, exc: Exception) -> None:
         """`partitions`: TopicPartition -> `Partition` of the worker's owned partitions."""
         for tp, state in list(partitions.items()):
             start = state.next_offset
-            high = self.first_readable_after(tp, start)
+            high = self.pass_over(consumer, tp, start)
             if high is None:
                 continue
             reason = f"unreadable record batch: {type(exc).__name__}: {exc}"
@@ -79,7 +82,6 @@ class CorruptBatchSkipper:
             self.outputs.dead_letter_range(tp.topic, tp.partition, start, high - 1, reason)
             count = high - start
             state.skipped(count, high)
-            consumer.seek(tp, high)
             self.skipped_batches += 1
             self.skipped_records += count
             return

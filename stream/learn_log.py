@@ -318,7 +318,7 @@ class LearnLog:
         if self.unreadable is None:
             self.unreadable = CorruptBatchSkipper(self.options, outputs=None)
         start = self.position
-        end = self.unreadable.first_readable_after(self.tp, start)
+        end = self.unreadable.pass_over(self.consumer, self.tp, start)
         if end is None:   # readable from here: the batch was one in flight; the next poll says
             log.warning("learn topic %s: an unreadable batch could not be located (%s): reading again", self.topic,
                         exc)
@@ -329,7 +329,6 @@ class LearnLog:
         for state in self.partitions.values():
             if state.learn_log is not None:
                 state.learn_log.skip(end - 1)
-        self.consumer.seek(self.tp, end)
         self.position = end
 
     def close(self) -> None:

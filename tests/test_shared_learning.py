@@ -223,9 +223,12 @@ class Located:
     def __init__(self, bad: range):
         self.bad, self.asked = bad, []
 
-    def first_readable_after(self, tp, start):
+    def pass_over(self, consumer, tp, start):
         self.asked.append((tp, start))
-        return self.bad.stop if start in self.bad else None
+        if start not in self.bad:
+            return None
+        consumer.seek(tp, self.bad.stop)
+        return self.bad.stop
 
 
 def test_a_learn_log_batch_no_client_can_read_is_passed_over_not_the_end_of_every_worker():
