@@ -223,9 +223,10 @@ class Outputs:
     def prediction(self, record, event: Event, score: float, model: str, version: str) -> None:
         if not self.predictions_topic:
             return
-        # a validated event: ids are strings, the time is epoch seconds (events.validate)
-        prediction = Prediction(event.event_id, cast(str, event.user_id), cast(str, event.user_session),
-                                cast(str, event.product_id), event.event_type, cast(float, event.event_time),
+        # a validated event: ids are strings, the time is epoch seconds (events.validate); typing.cast
+        # would be four calls an event
+        prediction = Prediction(event.event_id, event.user_id, event.user_session,  # type: ignore[arg-type]
+                                event.product_id, event.event_type, event.event_time,  # type: ignore[arg-type]
                                 score, model, version, record.partition, record.offset)
         if not self.batched:
             self._send(self.predictions_topic, {"key": record.key, "value": _encode(prediction)})
