@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+from typing import Optional
 import time
 import urllib.error
 import urllib.request
@@ -29,11 +30,12 @@ class NotUtf8(str):
         return b"\xff\xfe-key"
 
 
-def send_unreadable(bootstrap: str, topic: str) -> int:
-    """One record in a batch of its own that kafka-python cannot read; its offset."""
+def send_unreadable(bootstrap: str, topic: str, key: Optional[bytes] = None) -> int:
+    """One record in a batch of its own that kafka-python cannot read; its offset (`key`: a compacted
+    topic takes no record without one)."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
     try:
-        return producer.send(topic, value=b"x", headers=[(NotUtf8("k"), b"v")]).get(timeout=30).offset
+        return producer.send(topic, key=key, value=b"x", headers=[(NotUtf8("k"), b"v")]).get(timeout=30).offset
     finally:
         producer.close()
 

@@ -3,6 +3,7 @@ chunked payloads hold a state larger than a record may be, keys are scoped by co
 group, a worker keeps only manifests of partitions it does not own, and a save that did
 not finish leaves the previous checkpoint whole."""
 
+import threading
 import uuid
 
 import pytest
@@ -13,6 +14,7 @@ from shopstream.engine import Engine
 from shopstream.events import event_from_record
 from shopstream.generator import generate
 from shopstream.signing import KEY_ENV
+from helpers import NotUtf8, send_unreadable
 from stream.checkpointing.format import CheckpointError, encode_state
 from stream.partition import Partition as PartitionState
 from stream.checkpointing.kafka_store import KafkaCheckpointStore
@@ -188,3 +190,65 @@ def test_a_background_checkpoint_is_sent_by_a_thread_while_the_loop_goes_on(kafk
     assert loaded.next_offset == 3000 and loaded.sequence == 1 and loaded.engine.open_predictions == opened
     assert state.events_since_checkpoint == 300
     store.close()
+
+
+def loads_within(store, partition: int, seconds: float = 60.0):
+    """store.load("events", partition) on a thread: what it returned or raised, and no hang."""
+    outcome = []
+
+    def load():
+        try:
+            outcome.append(store.load("events", partition))
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            outcome.append(exc)
+    reader = threading.Thread(target=load, daemon=True)
+    reader.start()
+    reader.join(seconds)
+    assert outcome, f"load of partition {partition} still running after {seconds:.0f} s"
+    return outcome[0]
+
+
+def test_an_unreadable_manifest_batch_is_passed_over_and_only_the_keys_it_may_hold_are_refused(kafka, ckpt_topic):
+    """Every worker reads the manifest topic: one batch the client could not read failed the first load
+    (a CorruptRecordError, which --force-fresh-start could not pass) and hung the next one in poll."""
+    options = {"bootstrap_servers": [kafka]}
+    writer = KafkaCheckpointStore(options, ckpt_topic, group="g")
+    first, second = busy_state(300, 0), busy_state(300, 1)
+    writer.save(first)
+    hidden = send_unreadable(kafka, ckpt_topic, key=b"g/events-0")   # maybe partition 0's newest
+    writer.save(second)
+    reader = KafkaCheckpointStore(options, ckpt_topic, group="g")
+    refused = loads_within(reader, 0)
+    assert isinstance(refused, CheckpointError), refused
+    assert f"offsets {hidden}..{hidden} of {ckpt_topic} cannot be read" in str(refused)
+    assert "--force-fresh-start" in str(refused)
+    assert same(loads_within(reader, 1), second)   # its newest manifest comes after the batch
+    assert isinstance(loads_within(reader, 0), CheckpointError)   # asked again: refused again, at once
+    writer.save(busy_state(400, 0))   # partition 0 checkpoints again: readable after the batch
+    assert loads_within(reader, 0).next_offset == 400
+    assert loads_within(KafkaCheckpointStore(options, ckpt_topic, group="g"), 0).next_offset == 400
+    writer.close()
+    reader.close()
+
+
+def test_a_chunk_that_cannot_be_read_refuses_its_checkpoint(kafka, ckpt_topic, monkeypatch):
+    options = {"bootstrap_servers": [kafka]}
+    writer = KafkaCheckpointStore(options, ckpt_topic, group="g")
+    new_producer = writer._new_producer
+
+    def producer_of_unreadable_chunks():
+        producer = new_producer()
+        send = producer.send
+
+        def send_unreadably(topic, **message):
+            if topic == writer.chunk_topic and message.get("value") is not None:
+                message["headers"] = [(NotUtf8("k"), b"v")]   # the record then cannot be read back
+            return send(topic, **message)
+        producer.send = send_unreadably
+        return producer
+    monkeypatch.setattr(writer, "_new_producer", producer_of_unreadable_chunks)
+    writer.save(busy_state(300, 0))
+    refused = loads_within(KafkaCheckpointStore(options, ckpt_topic, group="g"), 0)
+    assert isinstance(refused, CheckpointError), refused
+    assert f"chunk 0 (offset 0 of {ckpt_topic}-chunks) cannot be read" in str(refused)
+    writer.close()

@@ -26,6 +26,14 @@ sequence) than one already read for the same key, is refused with a clear error 
 silently restarting the partition; the payload is checked against the digest in the signed
 header before it is unpickled. (Compaction still keeps only a key's last record: a skipped
 one outlives the good one in the topic, and a restart then refuses the key.)
+
+A batch of either topic that the client cannot read (a failed CRC, a codec, a header key
+that is not UTF-8: stream/corrupt.py) is read as the worker reads its events
+(`record_reader`). In the manifest topic it is passed over (every worker reads that topic:
+before, the first load failed and the next one hung in poll for ever); any key's newest
+checkpoint may have been in it, so a key with no readable manifest after it is refused,
+naming the offsets, until a new checkpoint of it is written (`--force-fresh-start` starts
+such a partition over). A chunk that cannot be read refuses its checkpoint, naming it.
 """
 
 from __future__ import annotations
@@ -37,9 +45,11 @@ from collections import deque
 from typing import Any, Optional
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import CorruptRecordError, KafkaError
 
+from stream.corrupt import CorruptBatchSkipper
 from stream.partition import Partition
+from stream.record_reader import read_records_in_one_pass
 from stream.topics import create_topics
 
 from .background import BackgroundCheckpoints, PendingSave
@@ -143,6 +153,9 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         self._had_value: set[str] = set()
         self._refused: dict[str, str] = {}   # key -> why its last record was skipped (signing key set)
         self._live_chunks: dict[str, list[bytes]] = {}  # key -> chunk keys of its last checkpoint
+        self._unreadable: Optional[CorruptBatchSkipper] = None   # built when a manifest batch cannot be read
+        self._hidden: Optional[str] = None   # the manifest offsets passed over unread, and why
+        self._read_since_hidden: set[str] = set()   # keys with a readable manifest after them
 
     def open(self) -> "KafkaCheckpointStore":
         """Create the two compacted topics if missing and start reading the manifests (the
@@ -155,6 +168,7 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
                           configs={self.topic: compacted, self.chunk_topic: compacted})
             consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
                                      **self.options)
+            read_records_in_one_pass(consumer)   # what cannot be read is what the skipper's probe cannot read
             consumer.assign([self._partition])
             consumer.seek_to_beginning(self._partition)
             self._consumer = consumer
@@ -268,7 +282,12 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         assert consumer is not None
         end = consumer.end_offsets([self._partition])[self._partition]
         while consumer.position(self._partition) < end:
-            for records in consumer.poll(timeout_ms=1000).values():
+            try:
+                batches = consumer.poll(timeout_ms=1000)
+            except CorruptRecordError as exc:   # raised again at every poll until a seek
+                self._pass_over_unreadable(consumer, exc)
+                continue
+            for records in batches.values():
                 for record in records:
                     if record.key is None:
                         continue
@@ -287,6 +306,7 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
                             self._had_value.add(key)
                             continue
                     self._refused.pop(key, None)
+                    self._read_since_hidden.add(key)
                     self._latest[key] = record.value
                     self._live_chunks.pop(key, None)
                     if record.value is not None:
@@ -295,6 +315,22 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
                         if sequence is not None:
                             self._best[key] = max(self._best.get(key, 0), sequence)
         return self._latest
+
+    def _pass_over_unreadable(self, consumer: KafkaConsumer, exc: Exception) -> None:
+        """The manifests at the reader's position cannot be read: seek past them (the module docstring
+        says what follows for the keys they may have held)."""
+        if self._unreadable is None:
+            self._unreadable = CorruptBatchSkipper(self.options, outputs=None)
+        start = consumer.position(self._partition)
+        end = self._unreadable.pass_over(consumer, self._partition, start)
+        if end is None:   # the probe reads it: no place to seek to, and polling again would fail again
+            raise CheckpointError(f"checkpoint topic {self.topic}: the batch at offset {start} cannot be read "
+                                  f"({exc}), yet a second reader reads it: refusing to guess past it") from exc
+        self._hidden = f"offsets {start}..{end - 1} of {self.topic} cannot be read ({exc})"
+        self._read_since_hidden = set()
+        log.error("checkpoint topic %s: offsets %d..%d cannot be read (%s): passed over; a partition whose newest "
+                  "checkpoint may be among them is refused until it checkpoints again", self.topic, start, end - 1,
+                  exc)
 
     def _not_ours(self, key: str, value: bytes) -> Optional[str]:
         """Why a manifest record under `key` is not a checkpoint signed with this key for that
@@ -309,6 +345,10 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
 
     def _manifest(self, key: str) -> Optional[bytes]:
         value = self._catch_up().get(key)
+        if self._hidden is not None and key not in self._read_since_hidden:
+            raise CheckpointError(f"checkpoint {key}: {self._hidden}, and no record of it is readable after them: "
+                                  "its newest checkpoint may be among them. Refusing to start the partition from an "
+                                  "older one or over (--force-fresh-start starts it over)")
         if self.signing_key is None:
             return value
         if value is None and key in self._refused:   # nothing verified was ever read for it
@@ -348,6 +388,7 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
                 group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
                 max_partition_fetch_bytes=max(self.max_bytes, 1 << 20) * 4,
                 fetch_max_bytes=max(self.max_bytes, 1 << 20) * 8, **self.options)
+            read_records_in_one_pass(self._chunks_consumer)
         consumer = self._chunks_consumer
         consumer.assign([tp])
         wanted = {offset: index for index, offset in enumerate(offsets)}
@@ -362,7 +403,14 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
                 consumer.seek(tp, target)
             got_target = False
             for _ in range(30):
-                batch = consumer.poll(timeout_ms=1000, max_records=500).get(tp, [])
+                try:
+                    batch = consumer.poll(timeout_ms=1000, max_records=500).get(tp, [])
+                except CorruptRecordError as exc:
+                    if consumer.position(tp) == target:
+                        raise CheckpointError(f"{where}: chunk {position} (offset {target} of {spec['topic']}) "
+                                              f"cannot be read ({exc}): refusing it") from exc
+                    consumer.seek(tp, target)   # other records, before the wanted one: from it again
+                    continue
                 if not batch:
                     continue
                 for record in batch:
