@@ -24,7 +24,6 @@ from .fetch_idle import mend_idle_fetch
 from .group_join import mend_group_join
 from .membership import PARTITION_DISCOVERY_MS
 from .owners import Owners, OwnersAssignor, client_id_with_address
-from .poll_trips import skip_idle_trips
 from .record_reader import KAFKA_PYTHON, missing_codecs, read_records_in_one_pass
 from .settings import WorkerSettings
 
@@ -95,9 +94,6 @@ class KafkaClients:
         if not mend_idle_fetch(consumer):   # records buffered are not slept on (fetch_idle.py says why)
             log.warning("kafka-python %s: its fetcher is not mended (stream/fetch_idle.py); a poll may sleep "
                         "100 ms with records buffered", kafka_version)
-        if not skip_idle_trips(consumer):   # no trip to the IO thread with nothing to do there (poll_trips.py)
-            log.warning("kafka-python %s: its poll is not mended (stream/poll_trips.py); each poll waits twice for "
-                        "its IO thread", kafka_version)
         if not read_records_in_one_pass(consumer):   # 1.2 us a record, not 3.5 (record_reader.py says how)
             log.warning("kafka-python %s: its records are read by its own reader (stream/record_reader.py reads "
                         "%s's), about 2 microseconds more per record", kafka_version, KAFKA_PYTHON)

@@ -357,7 +357,15 @@ class Worker(ConsumerRebalanceListener):
                     continue  # revoked while these were in flight
                 if tp in self._resumed:
                     self._first_records(tp, state, records[0].offset)
-                self.handle_records(state, records)
+                for record in records:
+                    if record.offset < state.next_offset:
+                        continue  # already in the restored state
+                    self.handle(state, record)
+                    if self.desk is not None and self.desk.has_mail():
+                        self.desk.drain(self.partitions)  # a what-if waits one event, not a whole batch
+                    if settings.max_events and self.handled >= settings.max_events:
+                        self.stopping = True
+                        break
                 self.outputs.end_batch()   # one predictions record per polled batch (batch format)
                 if self.learn_log is not None:
                     self.learn_log.publish(state)
@@ -392,73 +400,54 @@ class Worker(ConsumerRebalanceListener):
 
     def handle(self, state: Partition, record) -> None:
         """One Kafka record: decode, predict-then-learn, publish. Never raises for bad input."""
-        self.handle_records(state, (record,))
-
-    def handle_records(self, state: Partition, records) -> None:
-        """A polled batch of one partition's records, in order: decode each, predict-then-learn,
-        publish. Never raises for bad input. Records the restored state already holds are passed
-        over; a scoring request that arrived meanwhile is taken in between two events.
-
-        One loop per batch, with what stays the same for the batch (the engine, the settings, the
-        outputs) looked up once: a call and those lookups per record cost 0.7 us an event
-        (BENCHMARKS.md, *Analysis*, stop 52)."""
         settings = self.settings
-        max_skew, max_events, signing_key = settings.max_future_skew, settings.max_events, settings.signing_key
-        engine, awaited, desk, learn_log = state.engine, self.awaited, self.desk, self.learn_log
-        prediction, clock = self.outputs.prediction, time.time
-        for record in records:
-            offset = record.offset
-            if offset < state.next_offset:
-                continue  # already in the restored state
-            self.handled = handled = self.handled + 1
-            state.handled(offset)
-            timed = handled % TIMING_SAMPLE == 0
-            started = time.perf_counter() if timed else 0.0
-            event: Optional[Event] = None   # (decoded, then refused: a scoring request may wait for it)
-            served = None
-            try:
-                event = decode_event(record.value)
-                if record.headers:   # a recorded score answered when written carries it (served.py)
-                    carried = served_header(record.headers)
-                    if carried is not None:
-                        if signing_key is not None:
-                            check_signed(record.value, carried, record.headers, signing_key)
-                        served = decode_served(carried)
-                # The record's time, but never later than ours: producers set it too.
-                wall, stamp = clock(), record.timestamp
-                check_future_skew(event, min(stamp / 1000.0, wall) if stamp and stamp > 0 else wall, max_skew)
-            except InvalidEvent as exc:
-                self._dead_letter(state, record, f"invalid event: {exc}")
-                if awaited and event is not None:
-                    desk.dead_lettered(record, event, str(exc))  # type: ignore[union-attr]
-            except Exception as exc:  # a decoder bug must not take the worker down with it
-                self._dead_letter(state, record, f"decode error: {type(exc).__name__}: {exc}")
-            else:
-                if timed:
-                    decoded = time.perf_counter()
-                    self.decode_seconds.observe(decoded - started)
-                try:
-                    score = engine.process(event, offset, served)
-                except Exception as exc:  # e.g. a raw feature the model cannot take: the event, not the worker, fails
-                    self._dead_letter(state, record, f"engine error: {type(exc).__name__}: {exc}")
-                    if awaited:  # a request waiting for this event is answered now, not at its deadline
-                        desk.dead_lettered(record, event, f"{type(exc).__name__}: {exc}")  # type: ignore[union-attr]
-                else:
-                    if timed:
-                        self.process_seconds.observe(time.perf_counter() - decoded)
-                        self._sample_key(record, event)
-                    if learn_log is not None:
-                        learn_log.observe(state, offset, event)
-                    if score is not None:
-                        champion = engine.champion_slot   # (a promotion inside process changes it)
-                        prediction(record, event, score, champion.name, champion.version)
-                    if awaited:  # scoring requests wait for their event
-                        desk.processed(state, record, event, score)  # type: ignore[union-attr]
-            if desk is not None and desk.has_mail():
-                desk.drain(self.partitions)  # a what-if waits one event, not a whole batch
-            if max_events and handled >= max_events:
-                self.stopping = True
-                break
+        self.handled += 1
+        state.handled(record.offset)
+        timed = self.handled % TIMING_SAMPLE == 0
+        started = time.perf_counter() if timed else 0.0
+        event: Optional[Event] = None   # (decoded, then refused: a scoring request may wait for it)
+        served = None
+        try:
+            event = decode_event(record.value)
+            if record.headers:   # a recorded score answered when written carries it (served.py)
+                carried = served_header(record.headers)
+                if carried is not None:
+                    if settings.signing_key is not None:
+                        check_signed(record.value, carried, record.headers, settings.signing_key)
+                    served = decode_served(carried)
+            # The record's time, but never later than ours: producers set it too.
+            wall, stamp = time.time(), record.timestamp
+            check_future_skew(event, min(stamp / 1000.0, wall) if stamp and stamp > 0 else wall,
+                              settings.max_future_skew)
+        except InvalidEvent as exc:
+            self._dead_letter(state, record, f"invalid event: {exc}")
+            if self.awaited and event is not None:
+                self.desk.dead_lettered(record, event, str(exc))  # type: ignore[union-attr]
+            return
+        except Exception as exc:  # a decoder bug must not take the worker down with it
+            self._dead_letter(state, record, f"decode error: {type(exc).__name__}: {exc}")
+            return
+        if timed:
+            decoded = time.perf_counter()
+            self.decode_seconds.observe(decoded - started)
+        engine = state.engine
+        try:
+            score = engine.process(event, record.offset, served)
+        except Exception as exc:  # e.g. a raw feature the model cannot take: the event, not the worker, fails
+            self._dead_letter(state, record, f"engine error: {type(exc).__name__}: {exc}")
+            if self.awaited:  # a request waiting for this event is answered now, not at its deadline
+                self.desk.dead_lettered(record, event, f"{type(exc).__name__}: {exc}")  # type: ignore[union-attr]
+            return
+        if timed:
+            self.process_seconds.observe(time.perf_counter() - decoded)
+            self._sample_key(record, event)
+        if self.learn_log is not None:
+            self.learn_log.observe(state, record.offset, event)
+        if score is not None:
+            champion = engine.champion_slot
+            self.outputs.prediction(record, event, score, champion.name, champion.version)
+        if self.awaited:  # scoring requests wait for their event
+            self.desk.processed(state, record, event, score)  # type: ignore[union-attr]
 
     def _sample_key(self, record, event: Event) -> None:
         """One record in TIMING_SAMPLE: is it keyed by its user_id? A purchase resolves only the

@@ -290,14 +290,13 @@ def handling_worker(engine, signing_key=None):
     from stream.worker import Worker
 
     letters, published = [], []
-    state = SimpleNamespace(engine=engine, handled=lambda offset: None, dead_lettered=0, next_offset=0)
-    worker = SimpleNamespace(settings=SimpleNamespace(max_future_skew=1e12, signing_key=signing_key, max_events=0),
-                             handled=0,
+    state = SimpleNamespace(engine=engine, handled=lambda offset: None, dead_lettered=0)
+    worker = SimpleNamespace(settings=SimpleNamespace(max_future_skew=1e12, signing_key=signing_key), handled=0,
                              desk=None, awaited=False, learn_log=None, decode_seconds=None, process_seconds=None,
                              outputs=SimpleNamespace(dead_letter=lambda record, reason: letters.append(reason),
                                                      prediction=lambda *args: published.append(args[2])))
     worker._dead_letter = lambda state, record, reason: Worker._dead_letter(worker, state, record, reason)
-    return (lambda record: Worker.handle_records(worker, state, (record,))), letters, published
+    return (lambda record: Worker.handle(worker, state, record)), letters, published
 
 
 def record_of(event: Event, headers: list, offset: int = 5) -> SimpleNamespace:
