@@ -5,7 +5,9 @@ command, waits for the workers' replies, and lists what runs.
 missing and opens the producer that sends commands (signed with `signing_key` when given).
 With a key, only replies signed with it are taken: anyone who may write to the reply topic
 could otherwise show a command as applied; the others are counted (`RepliesRead.unverified`)
-and reported. A reply answers a command when it names the command's offset and id.
+and reported. A reply answers a command when it names the command's offset and id. A batch
+of the reply topic the client cannot read (stream/corrupt.py) is passed over and counted
+(`RepliesRead.unreadable`): it failed every read of the replies after it.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import CorruptRecordError
 
 from shopstream.artifacts import find_version, list_versions
 from shopstream.signing import KEY_IS_SET
 
 from .checkpointing.stores import DirectoryCheckpointStore
 from .connection import kafka_options
+from .corrupt import CorruptBatchSkipper
 from .checkpointing.kafka_store import KafkaCheckpointStore
+from .record_reader import read_records_in_one_pass
 from .settings import ModelsSettings
 from .topics import create_topics
 from .control_protocol import (CONTROL_TOPIC_CONFIGS, Command, Reply, check_target, decode_reply, encode_command,
@@ -38,6 +43,7 @@ class RepliesRead:
 
     replies: list[Reply] = field(default_factory=list)
     unverified: int = 0
+    unreadable: int = 0   # records of batches the client could not read, passed over
 
     def take(self, record, signing_key: Optional[bytes]) -> None:
         reply = decode_reply(record.value)
@@ -50,11 +56,15 @@ class RepliesRead:
 
     def ignored_line(self) -> str:
         """What was not taken, for the operator ("" when all was)."""
-        if not self.unverified:
-            return ""
-        one = self.unverified == 1
-        return (f"ignored {self.unverified} repl{'y' if one else 'ies'} that {'was' if one else 'were'} unsigned or "
-                f"forged: {KEY_IS_SET}, and only replies signed with it count")
+        said = []
+        if self.unverified:
+            one = self.unverified == 1
+            said.append(f"ignored {self.unverified} repl{'y' if one else 'ies'} that {'was' if one else 'were'} "
+                        f"unsigned or forged: {KEY_IS_SET}, and only replies signed with it count")
+        if self.unreadable:
+            said.append(f"passed over {self.unreadable} record{'' if self.unreadable == 1 else 's'} of the reply "
+                        "topic that could not be read (a corrupt batch)")
+        return "; ".join(said)
 
 
 def answers(reply: Reply, offset: int, command_id: Optional[str]) -> bool:
@@ -103,13 +113,25 @@ class ControlClient:
         `until(replies)` is true or `timeout`."""
         topic = TopicPartition(self.replies, 0)
         consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, **self.options)
+        read_records_in_one_pass(consumer)   # what cannot be read is what the skipper's probe cannot read
         read = RepliesRead()
+        skipper: Optional[CorruptBatchSkipper] = None
         try:
             consumer.assign([topic])
             consumer.seek(topic, start)
             deadline = time.monotonic() + timeout
             while True:
-                for records in consumer.poll(timeout_ms=200).values():
+                try:
+                    batches = consumer.poll(timeout_ms=200)
+                except CorruptRecordError:   # raised again at every poll until a seek
+                    skipper = skipper or CorruptBatchSkipper(self.options, outputs=None)
+                    at = consumer.position(topic)
+                    end = skipper.pass_over(consumer, topic, at)
+                    if end is None:   # a second reader reads it: nothing to seek past
+                        raise
+                    read.unreadable += end - at
+                    continue
+                for records in batches.values():
                     for record in records:
                         read.take(record, self.signing_key)
                 caught_up = consumer.position(topic) >= consumer.end_offsets([topic])[topic]

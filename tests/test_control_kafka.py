@@ -304,3 +304,33 @@ def test_control_and_reply_topics_made_with_several_partitions_lose_no_command_n
         channel.close()
     read = ControlClient(options, control).read_replies(timeout=10)
     assert sorted(r.command for r in read.replies) == offsets, "one reply per command, all read"
+
+
+def test_a_reply_batch_that_cannot_be_read_is_passed_over_and_counted(kafka, new_topic):
+    """Anyone who may write to the reply topic could put there a batch the client cannot read: it
+    failed every read of the replies after it (`shopstream models` saw none)."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from stream.control_operator import ControlClient
+    from stream.control_protocol import Reply, encode_reply, replies_topic
+
+    control = new_topic(1, "-control")
+    replies = replies_topic(control)
+    admin = KafkaAdminClient(bootstrap_servers=kafka)
+    try:
+        admin.create_topics([NewTopic(replies, 1, 1)])
+    finally:
+        admin.close()
+    options = {"bootstrap_servers": kafka}
+    producer = KafkaProducer(bootstrap_servers=kafka)
+    try:
+        for command in (0, 2):
+            value, headers = encode_reply(Reply(command, 0, "applied", "", worker="w"))
+            producer.send(replies, value=value, headers=headers).get(timeout=30)
+            if command == 0:
+                send_unreadable(kafka, replies)
+    finally:
+        producer.close()
+    read = ControlClient(options, control).read_replies(timeout=10)
+    assert [r.command for r in read.replies] == [0, 2] and read.unreadable == 1
+    assert read.ignored_line() == "passed over 1 record of the reply topic that could not be read (a corrupt batch)"
