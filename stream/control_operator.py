@@ -140,6 +140,8 @@ class ControlClient:
                     return read
         finally:
             consumer.close()
+            if skipper is not None:
+                skipper.close()
 
     def close(self) -> None:
         if self._producer is not None:
@@ -243,7 +245,7 @@ def models_command(s: ModelsSettings) -> int:
 
 def _print_not_answers(read: RepliesRead, offset: int, command_id: str) -> None:
     """Say which replies to this command's offset were not taken as its answers, and why."""
-    if read.unverified:
+    if read.unverified or read.unreadable:
         print(f"  {read.ignored_line()}")
     others = sum(1 for r in read.replies if r.command == offset and not answers(r, offset, command_id))
     if others:

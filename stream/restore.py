@@ -5,7 +5,11 @@ bootstrap artifact, else a fresh model), with the control commands it has not se
 applied. With a signing key, `witness` holds the state against the consumer group's
 committed offset: offsets are committed only after a checkpoint is durable, and live in
 Kafka, not beside the checkpoints, so a checkpoint behind that offset (an old one put
-back), or none at all while the group has committed (one deleted), is refused.
+back), or none at all while the group has committed (one deleted), is refused. Without a
+key, so is a partition whose newest checkpoint the store may not have been able to read
+(`CheckpointStore.doubt`: a batch of the Kafka store's manifest topic that could not be
+read): its last readable checkpoint is taken when the group committed no further, a new
+start when the group committed nothing.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class PartitionRestorer:
         self.config = config
         self.caps = caps
         self.adopted = adopted
+        self.doubted: dict = {}   # TopicPartition -> why its newest checkpoint may be unread (store.doubt)
 
     def restore(self, tp) -> Partition:
         """The partition's checkpoint, else a new start. A refused checkpoint raises
@@ -55,6 +60,12 @@ class PartitionRestorer:
                 raise
             log.warning("partition %d: %s; --force-fresh-start: starting it over", tp.partition, exc)
             state = None
+        self.doubted.pop(tp, None)
+        doubt = self.store.doubt(tp.topic, tp.partition)
+        if doubt is not None:   # held against the committed offset before any record of it is handled
+            self.doubted[tp] = doubt
+            log.warning("partition %d: %s: starting from %s if the group's committed offset agrees", tp.partition,
+                        doubt, f"its checkpoint at offset {state.next_offset}" if state is not None else "offset 0")
         if state is None:
             return self.start_over(tp)
         self._settle_settings(state, tp)
@@ -90,10 +101,13 @@ class PartitionRestorer:
             state.mark_changed()
 
     def witness(self, consumer, tp, state: Partition) -> None:
-        """Raise CheckpointError when the group's committed offset contradicts `state`
-        (only with a signing key: without one, checkpoints are not claimed to be tamper-proof)."""
-        if self.store.signing_key is None:
+        """Raise CheckpointError when the group's committed offset contradicts `state` (with a signing
+        key; without one, checkpoints are not claimed to be tamper-proof, and only a partition in doubt is
+        held to it)."""
+        doubt = self.doubted.pop(tp, None)
+        if self.store.signing_key is None and doubt is None:
             return
+        why = f" ({doubt}: the newer one was among them)" if doubt is not None else ""
         try:
             committed = consumer.committed(tp)
         except Exception as exc:  # the broker is slow to answer: the other checks still hold
@@ -104,12 +118,12 @@ class PartitionRestorer:
             return
         if state.origin != "checkpoint":
             raise CheckpointError(f"partition {tp.partition}: no checkpoint, but group {self.group!r} "
-                                  f"committed offset {committed}: refusing to start it over from offset 0 "
+                                  f"committed offset {committed}{why}: refusing to start it over from offset 0 "
                                   "(--force-fresh-start does that on purpose)")
         if state.next_offset < committed:
             raise CheckpointError(f"partition {tp.partition}: checkpoint at offset {state.next_offset} is older "
                                   f"than the offset {committed} group {self.group!r} committed after a "
-                                  "newer one (an old checkpoint put back?): refusing it")
+                                  f"newer one{why or ' (an old checkpoint put back?)'}: refusing it")
 
     def fresh_after_refusal(self, tp) -> Partition:
         """--force-fresh-start after `witness` refused: a new start, unsaved from now."""

@@ -229,7 +229,7 @@ class Worker(ConsumerRebalanceListener):
             state.engine.mark_good()
             if self.learn_log is not None:
                 self.learn_log.attach(state)
-            if self.settings.signing_key is not None:
+            if self.settings.signing_key is not None or tp in self.restorer.doubted:
                 self._unverified.add(tp)  # checked against the committed offset after this poll
             self.partitions[tp] = state
             self.consumer.seek(tp, state.next_offset)

@@ -599,3 +599,11 @@ def test_remembered_command_ids_are_bounded_keeping_the_newest(monkeypatch):
     assert list(ch._ids) == ["c", "d", "e"]
     ch.receive(records([{"action": "promote", "target": "logreg", "id": "e"}], start=5), live=False)
     assert ch.invalid == 1 and [offset for offset, _ in ch.commands] == [0, 1, 2, 3, 4]
+
+
+def test_reply_records_passed_over_unread_are_said_with_a_command_s_answers(capsys):
+    """A reply lost in a batch that could not be read would otherwise show only as "no reply"."""
+    from stream.control_operator import RepliesRead, _print_not_answers
+
+    _print_not_answers(RepliesRead(unreadable=2), offset=5, command_id="c")
+    assert "passed over 2 records of the reply topic that could not be read" in capsys.readouterr().out

@@ -15,7 +15,7 @@ from river import datasets, evaluate, metrics
 
 from conftest import WORKER_ENV, LoggedProcess, free_port, worker_command
 from helpers import (Scraper, wait_for, assert_same_engine, checkpointed_engines, read_predictions, read_topic,
-                     reference_engines, send, send_records)
+                     reference_engines, send, send_records, send_unreadable)
 from shopstream.events import decode_event
 from shopstream.generator import generate
 from shopstream.models import build_model
@@ -397,3 +397,32 @@ def test_shopstream_topics_says_when_an_existing_topic_has_other_partitions_and_
     finally:
         admin.delete_topics([t for t in admin.list_topics() if t.startswith(name)])
         admin.close()
+
+
+def test_an_unreadable_record_in_the_checkpoint_topic_stops_no_worker(kafka, new_topic, tmp_path):
+    """Anyone who may write to the Kafka store's manifest topic could put there a record no client can
+    read. Before: the restart failed on the first partition (an error --force-fresh-start does not pass)
+    and hung on the second, inside the rebalance callback. Now the batch is passed over; each partition
+    whose newest checkpoint it might have held is held against the committed offset, which agrees, and
+    the run ends as an uninterrupted one."""
+    topic = new_topic(2)
+    records = list(generate(8_000, seed=43))
+    send_records(kafka, topic, records[:5_000])
+    where = {"kafka": kafka, "checkpoint_topic": f"{topic}-ckpt", "group": f"g-{topic}"}
+    command = worker_command(kafka, topic, tmp_path / "ckpt", "--until-idle", "3", "--checkpoint-store", "kafka",
+                             "--checkpoint-topic", f"{topic}-ckpt")
+    first = subprocess.run(command, env=WORKER_ENV, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    hidden = send_unreadable(kafka, f"{topic}-ckpt", key=f"g-{topic}/{topic}-0".encode())
+    send_records(kafka, topic, records[5_000:])
+    second = subprocess.run(command, env=WORKER_ENV, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert f"offsets {hidden}..{hidden} of {topic}-ckpt cannot be read" in second.stderr
+    assert "starting from its checkpoint at offset" in second.stderr   # partition 0, held to the commit
+    assert len(re.findall(r"assigned partition \d+: checkpoint", second.stderr)) == 2
+    expected = reference_engines(kafka, topic)
+    actual = checkpointed_engines(**where)
+    probes = [expected[0].features.transform(decode_event(encode(r))) for r in records[-200:]]
+    assert sorted(actual) == [0, 1]
+    for partition in expected:
+        assert_same_engine(actual[partition], expected[partition], probes)

@@ -221,6 +221,40 @@ def test_with_a_signing_key_the_committed_offset_witnesses_the_newest_checkpoint
     restorer.witness(consumer, tp, state)  # without a key, no claim is made
 
 
+def test_a_partition_in_doubt_is_held_against_the_committed_offset_without_a_signing_key(tmp_path, monkeypatch):
+    """A store that could not read a record that may have been the partition's newest checkpoint (a batch
+    of the Kafka store's manifest topic): the start it gives is checked against the group's committed
+    offset, signing key or not, and only for that partition."""
+    monkeypatch.delenv("SHOPSTREAM_SIGNING_KEY", raising=False)
+    worker, clients = make_worker(tmp_path, {0: events(150)}, checkpoint_every=100)
+    assert worker.run() == 0
+    consumer = FakeConsumer("events", {0: events(150)}, calls=[])
+    tp = consumer.tp(0)
+    restorer = worker.restorer
+    unread = "offsets 7..7 of ckpt cannot be read, and no record of checkpoint g/events-0 is readable after them"
+    monkeypatch.setattr(restorer.store, "doubt", lambda topic, partition: unread)
+    consumer.committed_offsets[tp] = 151
+    state = restorer.restore(tp)
+    assert (state.origin, state.next_offset) == ("checkpoint", 150) and tp in restorer.doubted
+    with pytest.raises(CheckpointError, match=f"older than the offset 151 .* committed after a newer one .{unread}: "
+                                              "the newer one was among them.: refusing it"):
+        restorer.witness(consumer, tp, state)
+    assert tp not in restorer.doubted              # held once, by the poll after the assignment
+    restorer.witness(consumer, tp, state)          # not in doubt, no key: no claim is made
+    restorer.restore(tp)
+    with pytest.raises(CheckpointError, match="no checkpoint, but group 'g' committed offset 151 .offsets 7..7"):
+        restorer.witness(consumer, tp, restorer.start_over(tp))
+    for committed in (150, None):                  # the group committed no further, or nothing
+        consumer.committed_offsets[tp] = committed
+        restorer.witness(consumer, tp, restorer.restore(tp))
+    consumer.committed_offsets[tp] = None
+    restorer.restore(tp)
+    restorer.witness(consumer, tp, restorer.start_over(tp))   # nothing committed: a new start is right
+    monkeypatch.setattr(restorer.store, "doubt", lambda topic, partition: None)
+    restorer.restore(tp)
+    assert tp not in restorer.doubted
+
+
 def test_a_worker_refuses_to_start_a_partition_whose_checkpoint_was_deleted(tmp_path, monkeypatch):
     monkeypatch.setenv("SHOPSTREAM_SIGNING_KEY", "k" * 32)
     worker, clients = make_worker(tmp_path, {0: events(150)}, checkpoint_every=100)

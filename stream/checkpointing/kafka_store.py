@@ -30,10 +30,11 @@ one outlives the good one in the topic, and a restart then refuses the key.)
 A batch of either topic that the client cannot read (a failed CRC, a codec, a header key
 that is not UTF-8: stream/corrupt.py) is read as the worker reads its events
 (`record_reader`). In the manifest topic it is passed over (every worker reads that topic:
-before, the first load failed and the next one hung in poll for ever); any key's newest
-checkpoint may have been in it, so a key with no readable manifest after it is refused,
-naming the offsets, until a new checkpoint of it is written (`--force-fresh-start` starts
-such a partition over). A chunk that cannot be read refuses its checkpoint, naming it.
+before, the first load failed and the next one hung in poll for ever). Any key's newest
+checkpoint may have been in it: a key with no readable manifest after it is loaded as the
+topic now says (its last readable checkpoint, or none), and `doubt` names the offsets, for
+the worker to hold that start against the group's committed offset (`restore.witness`). A
+chunk that cannot be read refuses its checkpoint, naming it.
 """
 
 from __future__ import annotations
@@ -323,14 +324,14 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
             self._unreadable = CorruptBatchSkipper(self.options, outputs=None)
         start = consumer.position(self._partition)
         end = self._unreadable.pass_over(consumer, self._partition, start)
-        if end is None:   # the probe reads it: no place to seek to, and polling again would fail again
+        if end is None:   # the probe read it, or did not answer in time: nowhere to seek to
             raise CheckpointError(f"checkpoint topic {self.topic}: the batch at offset {start} cannot be read "
-                                  f"({exc}), yet a second reader reads it: refusing to guess past it") from exc
+                                  f"({exc}), and where it ends could not be found") from exc
         self._hidden = f"offsets {start}..{end - 1} of {self.topic} cannot be read ({exc})"
         self._read_since_hidden = set()
         log.error("checkpoint topic %s: offsets %d..%d cannot be read (%s): passed over; a partition whose newest "
-                  "checkpoint may be among them is refused until it checkpoints again", self.topic, start, end - 1,
-                  exc)
+                  "checkpoint may be among them is held against its group's committed offset", self.topic, start,
+                  end - 1, exc)
 
     def _not_ours(self, key: str, value: bytes) -> Optional[str]:
         """Why a manifest record under `key` is not a checkpoint signed with this key for that
@@ -343,12 +344,17 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         return None if named == key else f"it holds the checkpoint of {named}, not of {key}"
 
 
+    def doubt(self, topic: str, partition: int) -> Optional[str]:
+        """Why the partition's newest checkpoint may be one this store could not read (None: it read every
+        manifest record since the partition's last one)."""
+        key = self.key(topic, partition)
+        self._catch_up()
+        if self._hidden is None or key in self._read_since_hidden:
+            return None
+        return f"{self._hidden}, and no record of checkpoint {key} is readable after them"
+
     def _manifest(self, key: str) -> Optional[bytes]:
         value = self._catch_up().get(key)
-        if self._hidden is not None and key not in self._read_since_hidden:
-            raise CheckpointError(f"checkpoint {key}: {self._hidden}, and no record of it is readable after them: "
-                                  "its newest checkpoint may be among them. Refusing to start the partition from an "
-                                  "older one or over (--force-fresh-start starts it over)")
         if self.signing_key is None:
             return value
         if value is None and key in self._refused:   # nothing verified was ever read for it
@@ -405,12 +411,9 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
             for _ in range(30):
                 try:
                     batch = consumer.poll(timeout_ms=1000, max_records=500).get(tp, [])
-                except CorruptRecordError as exc:
-                    if consumer.position(tp) == target:
-                        raise CheckpointError(f"{where}: chunk {position} (offset {target} of {spec['topic']}) "
-                                              f"cannot be read ({exc}): refusing it") from exc
-                    consumer.seek(tp, target)   # other records, before the wanted one: from it again
-                    continue
+                except CorruptRecordError as exc:   # (read from the wanted chunk on: its batch is the one)
+                    raise CheckpointError(f"{where}: chunk {position} (offset {target} of {spec['topic']}) "
+                                          f"cannot be read ({exc}): refusing it") from exc
                 if not batch:
                     continue
                 for record in batch:
@@ -453,3 +456,5 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
             self._consumer.close()
         if self._chunks_consumer is not None:
             self._chunks_consumer.close()
+        if self._unreadable is not None:
+            self._unreadable.close()

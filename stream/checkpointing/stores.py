@@ -135,6 +135,11 @@ class CheckpointStore:
         self.saw_sequence(key, sequence)
         return state
 
+    def doubt(self, topic: str, partition: int) -> Optional[str]:
+        """Why the partition's newest checkpoint may be one this store could not read, or None (the
+        Kafka store says so after a batch of its manifest topic could not be read)."""
+        return None
+
     def load_all(self) -> dict[tuple[str, int], Partition]:
         """Every checkpoint in the store, by (topic, partition)."""
         states = {}
