@@ -127,7 +127,7 @@ class ControlClient:
                     skipper = skipper or CorruptBatchSkipper(self.options, outputs=None)
                     at = consumer.position(topic)
                     end = skipper.pass_over(consumer, topic, at)
-                    if end is None:   # a second reader reads it: nothing to seek past
+                    if end is None:   # the probe read it, or did not answer in time: nowhere to seek to
                         raise
                     read.unreadable += end - at
                     continue

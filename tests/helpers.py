@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import http.client
-from typing import Optional
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Optional
 
 import msgspec
 from kafka import KafkaProducer
