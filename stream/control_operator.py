@@ -115,7 +115,7 @@ class ControlClient:
         consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, **self.options)
         read_records_in_one_pass(consumer)   # what cannot be read is what the skipper's probe cannot read
         read = RepliesRead()
-        skipper: Optional[CorruptBatchSkipper] = None
+        skipper = CorruptBatchSkipper(self.options, outputs=None)   # connects only when a batch cannot be read
         try:
             consumer.assign([topic])
             consumer.seek(topic, start)
@@ -124,7 +124,6 @@ class ControlClient:
                 try:
                     batches = consumer.poll(timeout_ms=200)
                 except CorruptRecordError:   # raised again at every poll until a seek
-                    skipper = skipper or CorruptBatchSkipper(self.options, outputs=None)
                     at = consumer.position(topic)
                     end = skipper.pass_over(consumer, topic, at)
                     if end is None:   # the probe read it, or did not answer in time: nowhere to seek to
@@ -140,8 +139,7 @@ class ControlClient:
                     return read
         finally:
             consumer.close()
-            if skipper is not None:
-                skipper.close()
+            skipper.close()
 
     def close(self) -> None:
         if self._producer is not None:

@@ -154,7 +154,7 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         self._had_value: set[str] = set()
         self._refused: dict[str, str] = {}   # key -> why its last record was skipped (signing key set)
         self._live_chunks: dict[str, list[bytes]] = {}  # key -> chunk keys of its last checkpoint
-        self._unreadable: Optional[CorruptBatchSkipper] = None   # built when a manifest batch cannot be read
+        self._unreadable = CorruptBatchSkipper(options, outputs=None)   # connects only when a batch cannot be read
         self._hidden: Optional[str] = None   # the manifest offsets passed over unread, and why
         self._read_since_hidden: set[str] = set()   # keys with a readable manifest after them
 
@@ -320,8 +320,6 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
     def _pass_over_unreadable(self, consumer: KafkaConsumer, exc: Exception) -> None:
         """The manifests at the reader's position cannot be read: seek past them (the module docstring
         says what follows for the keys they may have held)."""
-        if self._unreadable is None:
-            self._unreadable = CorruptBatchSkipper(self.options, outputs=None)
         start = consumer.position(self._partition)
         end = self._unreadable.pass_over(consumer, self._partition, start)
         if end is None:   # the probe read it, or did not answer in time: nowhere to seek to
@@ -346,9 +344,8 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
 
     def doubt(self, topic: str, partition: int) -> Optional[str]:
         """Why the partition's newest checkpoint may be one this store could not read (None: it read every
-        manifest record since the partition's last one)."""
+        manifest record since the partition's last one), as of the last read (`load` reads to the end)."""
         key = self.key(topic, partition)
-        self._catch_up()
         if self._hidden is None or key in self._read_since_hidden:
             return None
         return f"{self._hidden}, and no record of checkpoint {key} is readable after them"
@@ -456,5 +453,4 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
             self._consumer.close()
         if self._chunks_consumer is not None:
             self._chunks_consumer.close()
-        if self._unreadable is not None:
-            self._unreadable.close()
+        self._unreadable.close()

@@ -136,8 +136,8 @@ class CheckpointStore:
         return state
 
     def doubt(self, topic: str, partition: int) -> Optional[str]:
-        """Why the partition's newest checkpoint may be one this store could not read, or None (the
-        Kafka store says so after a batch of its manifest topic could not be read)."""
+        """Why the partition's newest checkpoint may be one this store could not read, as of its last load,
+        or None (the Kafka store says so after a batch of its manifest topic could not be read)."""
         return None
 
     def load_all(self) -> dict[tuple[str, int], Partition]:
