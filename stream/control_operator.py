@@ -158,8 +158,9 @@ def partitions_of(options: dict, topic: str) -> set[int]:
 
 
 def list_models(artifacts: Optional[str], store=None, reported: Optional[dict] = None) -> str:
-    """A text table of artifact versions, of what each checkpointed partition runs, and of
-    what workers last reported per partition (newer than a checkpoint after a command)."""
+    """A text table of artifact versions, of what each checkpointed partition runs (or why its
+    checkpoint cannot be read), and of what workers last reported per partition (newer than a
+    checkpoint after a command)."""
     lines = []
     if artifacts:
         if not Path(artifacts).is_dir():   # a mistyped path is not "nothing found"
@@ -178,7 +179,13 @@ def list_models(artifacts: Optional[str], store=None, reported: Optional[dict] =
                          f"holdout roc_auc {shown}{mark}")
     if store is not None:
         lines.append("partitions (from checkpoints):")
-        for (topic, partition), state in sorted(store.load_all().items()):
+        refused: dict[tuple[str, int], str] = {}
+        states = store.load_all(refused=refused)
+        for topic, partition in sorted(states.keys() | refused.keys()):
+            if (topic, partition) in refused:
+                lines.append(f"  {topic}[{partition}] unreadable: {refused[(topic, partition)]}")
+                continue
+            state = states[(topic, partition)]
             for slot in state.engine.slots:
                 rolling = slot.scores.rolling.values()
                 lines.append(f"  {topic}[{partition}] {slot.role:<10} {slot.name:<24} {slot.version:<45} "

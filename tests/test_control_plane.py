@@ -493,6 +493,43 @@ def test_an_older_checkpoint_put_back_is_refused_under_a_signing_key(tmp_path, m
         store.load("events", 0)
 
 
+def test_load_all_collects_the_checkpoints_it_refuses_and_loads_the_others(tmp_path, monkeypatch):
+    """One refused checkpoint (torn, not ours, unsigned under a key) ended load_all with its error."""
+    store = DirectoryCheckpointStore(tmp_path, group="g")
+    store.save(state(4))                                  # unsigned: refused once a key is set
+    monkeypatch.setenv("SHOPSTREAM_SIGNING_KEY", "k3y")
+    for partition in (0, 1, 3):
+        store.save(state(partition))
+    (tmp_path / "events-3.ckpt").write_bytes((tmp_path / "events-3.ckpt").read_bytes()[:-50])
+    (tmp_path / "events-2.ckpt").write_bytes(b"something else entirely")
+    with pytest.raises(CheckpointError, match="checkpoint events-2: not a shopstream checkpoint"):
+        DirectoryCheckpointStore(tmp_path, group="g").load_all()   # without `refused`: raises, as before
+    refused: dict = {}
+    states = DirectoryCheckpointStore(tmp_path, group="g").load_all(refused=refused)
+    assert sorted(states) == [("events", 0), ("events", 1)]
+    assert refused == {("events", 2): "checkpoint events-2: not a shopstream checkpoint",
+                       ("events", 3): "checkpoint events-3: HMAC does not match: forged or modified, refusing to "
+                                      "load it",
+                       ("events", 4): f"checkpoint events-4: not signed, but {KEY_IS_SET}: refusing to load it"}
+
+
+def test_models_list_names_an_unreadable_checkpoint_and_lists_the_other_partitions(tmp_path):
+    """One bad checkpoint file made `models list --checkpoints` fail and hid every other partition."""
+    from stream.control_operator import list_models
+
+    store = DirectoryCheckpointStore(tmp_path)
+    for partition in (0, 1, 3):
+        store.save(state(partition))
+    (tmp_path / "events-1.ckpt").write_bytes((tmp_path / "events-1.ckpt").read_bytes()[:-50])
+    (tmp_path / "notes.ckpt").write_bytes(b"a stray file, not named <topic>-<partition>")   # ended it too
+    (tmp_path / "events-x.ckpt").write_bytes(b"nor this one")
+    lines = list_models(None, DirectoryCheckpointStore(tmp_path, create=False)).splitlines()
+    assert lines[0] == "partitions (from checkpoints):"
+    assert lines.count("  events[1] unreadable: checkpoint events-1: checksum mismatch (torn or modified file)") == 1
+    listed = [line.split()[0] for line in lines[1:] if line.startswith("  events[")]
+    assert listed == ["events[0]", "events[1]", "events[3]"]   # in partition order, the refused one among them
+
+
 def test_artifact_metadata_and_default_are_signed(tmp_path, monkeypatch):
     monkeypatch.setenv("SHOPSTREAM_SIGNING_KEY", "k3y")
     directory = save_artifact(tmp_path, "logreg", {"w": 1}, None, {"metrics": {"holdout": {"roc_auc": 0.7}}})

@@ -32,8 +32,8 @@ from shopstream.files import begin_atomic_write, discard, remove_leftovers, writ
 from stream.partition import CheckpointMarks, Partition
 
 from .background import BackgroundCheckpoints, PendingSave
-from .format import (FROM_ENVIRONMENT, HEADER_LIMIT, MAGIC, READ_SIZE, CheckpointError, ChunkReader, Key, bind,
-                     check_payload, key_of, split_head, unpickle_state, verify_head, write_file)
+from .format import (FROM_ENVIRONMENT, HEADER_LIMIT, MAGIC, READ_SIZE, CheckpointError, ChunkReader, Key,
+                     SignatureError, bind, check_payload, key_of, split_head, unpickle_state, verify_head, write_file)
 from .syncing import Acknowledged, SyncingSave
 
 log = logging.getLogger(__name__)
@@ -140,12 +140,24 @@ class CheckpointStore:
         or None (the Kafka store says so after a batch of its manifest topic could not be read)."""
         return None
 
-    def load_all(self) -> dict[tuple[str, int], Partition]:
-        """Every checkpoint in the store, by (topic, partition)."""
+    def load_all(self, refused: Optional[dict[tuple[str, int], str]] = None) -> dict[tuple[str, int], Partition]:
+        """Every checkpoint in the store, by (topic, partition). A checkpoint `load` refuses
+        (CheckpointError or SignatureError) raises, unless `refused` is given: then its reason
+        goes in it under (topic, partition), and the others are still loaded."""
         states = {}
         for key in sorted(self._keys()):
             topic, _, partition = key.rpartition("-")
-            state = self.load(topic, int(partition))
+            if not (topic and partition.isdecimal() and partition.isascii()):
+                # A stray file (`notes.ckpt`) or a key someone wrote to the manifest topic: not ours
+                log.warning("checkpoint store: %r is not a checkpoint's name (<topic>-<partition>): passed over", key)
+                continue
+            try:
+                state = self.load(topic, int(partition))
+            except (CheckpointError, SignatureError) as exc:
+                if refused is None:
+                    raise
+                refused[(topic, int(partition))] = str(exc)
+                continue
             if state is not None:
                 states[(topic, int(partition))] = state
         return states
