@@ -523,11 +523,14 @@ def test_models_list_names_an_unreadable_checkpoint_and_lists_the_other_partitio
     (tmp_path / "events-1.ckpt").write_bytes((tmp_path / "events-1.ckpt").read_bytes()[:-50])
     (tmp_path / "notes.ckpt").write_bytes(b"a stray file, not named <topic>-<partition>")   # ended it too
     (tmp_path / "events-x.ckpt").write_bytes(b"nor this one")
+    (tmp_path / "events-5.ckpt").mkdir()   # a file that cannot be opened (an OSError) ended it too
     lines = list_models(None, DirectoryCheckpointStore(tmp_path, create=False)).splitlines()
     assert lines[0] == "partitions (from checkpoints):"
     assert lines.count("  events[1] unreadable: checkpoint events-1: checksum mismatch (torn or modified file)") == 1
+    assert lines.count("  events[5] unreadable: checkpoint events-5: cannot be read: IsADirectoryError: Is a "
+                       "directory") == 1
     listed = [line.split()[0] for line in lines[1:] if line.startswith("  events[")]
-    assert listed == ["events[0]", "events[1]", "events[3]"]   # in partition order, the refused one among them
+    assert listed == ["events[0]", "events[1]", "events[3]", "events[5]"]   # in partition order, refused ones too
 
 
 def test_artifact_metadata_and_default_are_signed(tmp_path, monkeypatch):

@@ -142,8 +142,9 @@ class CheckpointStore:
 
     def load_all(self, refused: Optional[dict[tuple[str, int], str]] = None) -> dict[tuple[str, int], Partition]:
         """Every checkpoint in the store, by (topic, partition). A checkpoint `load` refuses
-        (CheckpointError or SignatureError) raises, unless `refused` is given: then its reason
-        goes in it under (topic, partition), and the others are still loaded."""
+        (CheckpointError or SignatureError), or cannot open (OSError: a directory by that name, a file
+        the process may not read), raises, unless `refused` is given: then its reason goes in it under
+        (topic, partition), and the others are still loaded."""
         states = {}
         for key in sorted(self._keys()):
             topic, _, partition = key.rpartition("-")
@@ -153,10 +154,11 @@ class CheckpointStore:
                 continue
             try:
                 state = self.load(topic, int(partition))
-            except (CheckpointError, SignatureError) as exc:
+            except (CheckpointError, SignatureError, OSError) as exc:
                 if refused is None:
                     raise
-                refused[(topic, int(partition))] = str(exc)
+                refused[(topic, int(partition))] = str(exc) if not isinstance(exc, OSError) else \
+                    f"checkpoint {key}: cannot be read: {type(exc).__name__}: {exc.strerror or exc}"
                 continue
             if state is not None:
                 states[(topic, int(partition))] = state
