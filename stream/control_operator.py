@@ -183,7 +183,9 @@ def list_models(artifacts: Optional[str], store=None, reported: Optional[dict] =
         states = store.load_all(refused=refused)
         for topic, partition in sorted(states.keys() | refused.keys()):
             if (topic, partition) in refused:
-                lines.append(f"  {topic}[{partition}] unreadable: {refused[(topic, partition)]}")
+                reason = refused[(topic, partition)][:300]   # may quote a header: one line, printable
+                shown = reason if reason.isprintable() else reason.encode("unicode_escape").decode("ascii")
+                lines.append(f"  {topic}[{partition}] unreadable: {shown}")
                 continue
             state = states[(topic, partition)]
             for slot in state.engine.slots:

@@ -524,13 +524,22 @@ def test_models_list_names_an_unreadable_checkpoint_and_lists_the_other_partitio
     (tmp_path / "notes.ckpt").write_bytes(b"a stray file, not named <topic>-<partition>")   # ended it too
     (tmp_path / "events-x.ckpt").write_bytes(b"nor this one")
     (tmp_path / "events-5.ckpt").mkdir()   # a file that cannot be opened (an OSError) ended it too
+    (tmp_path / "events-01.ckpt").write_bytes((tmp_path / "events-0.ckpt").read_bytes())   # not events-1
+    (tmp_path / "events\n  events[7] champion-7.ckpt").write_bytes(b"")   # a name that would print a line
+    store.save(state(6))   # a header whose check holds, naming a topic that would print a line of its own
+    magic, check, header, payload = (tmp_path / "events-6.ckpt").read_bytes().split(b"\n", 3)
+    header = json.dumps({**json.loads(header), "topic": "x\n  events[8] champion"}).encode()
+    check = b"sha256:" + hashlib.sha256(header).hexdigest().encode()
+    (tmp_path / "events-6.ckpt").write_bytes(b"\n".join([magic, check, header, payload]))
     lines = list_models(None, DirectoryCheckpointStore(tmp_path, create=False)).splitlines()
     assert lines[0] == "partitions (from checkpoints):"
     assert lines.count("  events[1] unreadable: checkpoint events-1: checksum mismatch (torn or modified file)") == 1
     assert lines.count("  events[5] unreadable: checkpoint events-5: cannot be read: IsADirectoryError: Is a "
                        "directory") == 1
+    assert "  events[6] unreadable: checkpoint events-6: holds the state of x\\n  events[8] champion-6, not of " \
+           "events-6 (a file copied from another partition?): refusing it" in lines
     listed = [line.split()[0] for line in lines[1:] if line.startswith("  events[")]
-    assert listed == ["events[0]", "events[1]", "events[3]", "events[5]"]   # in partition order, refused ones too
+    assert listed == ["events[0]", "events[1]", "events[3]", "events[5]", "events[6]"]   # refused ones among them
 
 
 def test_artifact_metadata_and_default_are_signed(tmp_path, monkeypatch):

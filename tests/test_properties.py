@@ -98,7 +98,7 @@ def test_a_feature_name_given_twice_is_refused_whatever_colons_the_strings_hold(
        repeated=st.sampled_from([None, "price", "user_id", "feature"]))
 @example(time="2026-01-01T02\\u003a06:25Z", session="s1", repeated="price")
 def test_a_key_given_twice_is_refused_when_the_time_is_text_whatever_its_colons(time, session, repeated):
-    """A time given as text holds colons, so the duplicate-key check's first count (colons against keys)
+    r"""A time given as text holds colons, so the duplicate-key check's first count (colons against keys)
     cannot decide. A fast path that added the decoded time's colons to the keys would let one repeated
     key through per escaped colon (`\u003a`: a colon of the decoded time, not a byte of the message):
     tried at stop 53 for 0.09 us an event and not kept; this holds any such path to the rule."""

@@ -206,7 +206,12 @@ def verify_head(check: bytes, header: bytes, where: str, key: Optional[bytes]) -
         fields["size"] = int(fields["size"])
         if fields.get("format") != FORMAT:
             raise ValueError(fields.get("format"))
-    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        # Read as numbers and text further on: a header whose check holds may still hold other types
+        # (a writer's bug, or a forger where no key is set), and they must be refused here, not raise there.
+        fields["sequence"] = int(fields["sequence"])
+        if not isinstance(fields["sha256"], str):
+            raise TypeError(f"sha256 is a {type(fields['sha256']).__name__}")
+    except (ValueError, KeyError, TypeError, RecursionError, OverflowError) as exc:
         raise CheckpointError(f"{where}: unreadable header ({type(exc).__name__}: {exc})"[:300]) from None
     version = fields.get("payload", 1)
     if not isinstance(version, int) or not 1 <= version <= PAYLOAD_VERSION:

@@ -301,8 +301,8 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
                     if record.value is not None and self.signing_key is not None:
                         refused = self._not_ours(key, record.value)
                         if refused is not None:   # junk or a forgery never replaces the last verified one
-                            log.warning("checkpoint topic %s: record at offset %d for %s skipped: %s", self.topic,
-                                        record.offset, key, refused)
+                            log.warning("checkpoint topic %s: record at offset %d for %r skipped: %s", self.topic,
+                                        record.offset, key[:100], refused)
                             self._refused[key] = refused
                             self._had_value.add(key)
                             continue

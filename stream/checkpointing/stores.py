@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from types import MappingProxyType
@@ -37,6 +38,8 @@ from .format import (FROM_ENVIRONMENT, HEADER_LIMIT, MAGIC, READ_SIZE, Checkpoin
 from .syncing import Acknowledged, SyncingSave
 
 log = logging.getLogger(__name__)
+#: What `key` makes of a topic and partition: a Kafka topic name, a partition number as `str(int)` writes it.
+_CHECKPOINT_NAME = re.compile(r"([A-Za-z0-9._-]{1,249})-(0|[1-9][0-9]{0,9})")
 
 
 class CheckpointStore:
@@ -147,11 +150,13 @@ class CheckpointStore:
         (topic, partition), and the others are still loaded."""
         states = {}
         for key in sorted(self._keys()):
-            topic, _, partition = key.rpartition("-")
-            if not (topic and partition.isdecimal() and partition.isascii()):
-                # A stray file (`notes.ckpt`) or a key someone wrote to the manifest topic: not ours
-                log.warning("checkpoint store: %r is not a checkpoint's name (<topic>-<partition>): passed over", key)
+            named = _CHECKPOINT_NAME.fullmatch(key)
+            if named is None:
+                # A stray file (`notes.ckpt`, `events-01.ckpt`) or a key someone wrote to the manifest topic
+                log.warning("checkpoint store: %r is not a checkpoint's name (<topic>-<partition>): passed over",
+                            key[:100])
                 continue
+            topic, partition = named[1], named[2]
             try:
                 state = self.load(topic, int(partition))
             except (CheckpointError, SignatureError, OSError) as exc:
