@@ -513,7 +513,7 @@ def test_load_all_collects_the_checkpoints_it_refuses_and_loads_the_others(tmp_p
                        ("events", 4): f"checkpoint events-4: not signed, but {KEY_IS_SET}: refusing to load it"}
 
 
-def test_models_list_names_an_unreadable_checkpoint_and_lists_the_other_partitions(tmp_path):
+def test_models_list_names_an_unreadable_checkpoint_and_lists_the_other_partitions(tmp_path, caplog):
     """One bad checkpoint file made `models list --checkpoints` fail and hid every other partition."""
     from stream.control_operator import list_models
 
@@ -531,7 +531,12 @@ def test_models_list_names_an_unreadable_checkpoint_and_lists_the_other_partitio
     header = json.dumps({**json.loads(header), "topic": "x\n  events[8] champion"}).encode()
     check = b"sha256:" + hashlib.sha256(header).hexdigest().encode()
     (tmp_path / "events-6.ckpt").write_bytes(b"\n".join([magic, check, header, payload]))
-    lines = list_models(None, DirectoryCheckpointStore(tmp_path, create=False)).splitlines()
+    with caplog.at_level("WARNING", logger="stream.checkpointing.stores"):
+        lines = list_models(None, DirectoryCheckpointStore(tmp_path, create=False)).splitlines()
+    passed_over = sorted(r.getMessage() for r in caplog.records if "passed over" in r.getMessage())
+    assert passed_over == sorted(f"checkpoint store: {name!r} is not a checkpoint's name (<topic>-<partition>): "
+                                 "passed over" for name in ["events\n  events[7] champion-7", "events-01", "events-x",
+                                                            "notes"])   # quoted: the newline is shown, not written
     assert lines[0] == "partitions (from checkpoints):"
     assert lines.count("  events[1] unreadable: checkpoint events-1: checksum mismatch (torn or modified file)") == 1
     assert lines.count("  events[5] unreadable: checkpoint events-5: cannot be read: IsADirectoryError: Is a "
