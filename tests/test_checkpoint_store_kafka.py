@@ -3,6 +3,7 @@ chunked payloads hold a state larger than a record may be, keys are scoped by co
 group, a worker keeps only manifests of partitions it does not own, and a save that did
 not finish leaves the previous checkpoint whole."""
 
+import logging
 import threading
 import time
 import uuid
@@ -139,7 +140,7 @@ def test_an_unfinished_save_leaves_the_previous_checkpoint(kafka, ckpt_topic):
     store.close()
 
 
-def test_signed_manifest_and_chunks_are_verified(kafka, ckpt_topic, monkeypatch):
+def test_signed_manifest_and_chunks_are_verified(kafka, ckpt_topic, monkeypatch, caplog):
     monkeypatch.setenv(KEY_ENV, "k3y")
     options = {"bootstrap_servers": [kafka]}
     store = KafkaCheckpointStore(options, ckpt_topic, max_bytes=64 * 1024, group="g")
@@ -166,10 +167,23 @@ def test_signed_manifest_and_chunks_are_verified(kafka, ckpt_topic, monkeypatch)
     producer.flush()
     with pytest.raises(CheckpointError, match="are not ours .checkpoint g/events-5: HMAC does not match"):
         KafkaCheckpointStore(options, ckpt_topic, group="g").load("events", 5)
+    # Listing (`models list`): the refused key is named with its reason, not left out, and the
+    # others load; a key that names no partition is passed over with a warning.
+    producer.send(ckpt_topic, key=b"g/notes", value=b"junk")
+    producer.flush()
+    refused: dict = {}
+    with caplog.at_level(logging.WARNING, logger="stream.checkpointing.stores"):
+        listed = KafkaCheckpointStore(options, ckpt_topic, group="g").load_all(refused)
+    assert list(listed) == [("events", 0)] and same(listed[("events", 0)], state)
+    assert list(refused) == [("events", 5)] and "are not ours" in refused[("events", 5)]
+    assert "'notes' is not a checkpoint's name" in caplog.text
     producer.send(ckpt_topic, key=b"g/events-0", value=None)
     producer.flush()
     with pytest.raises(CheckpointError, match="a tombstone replaced it"):
         KafkaCheckpointStore(options, ckpt_topic, group="g").load("events", 0)
+    refused = {}
+    assert KafkaCheckpointStore(options, ckpt_topic, group="g").load_all(refused) == {}
+    assert sorted(refused) == [("events", 0), ("events", 5)] and "a tombstone" in refused[("events", 0)]
     producer.close()
     store.close()
 

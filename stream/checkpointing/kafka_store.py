@@ -442,9 +442,14 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
             return super().load(topic, partition)   # a newer checkpoint was written meanwhile: take it
 
     def _keys(self) -> list[str]:
+        """The group's keys with a checkpoint, and, with a signing key, those `load` refuses instead of
+        starting over (nothing verified ever read for it, or a tombstone after one): listed with why."""
         prefix = f"{self.group}/" if self.group else ""
-        return [key[len(prefix):] for key, value in self._catch_up().items()
-                if value is not None and key.startswith(prefix) and (prefix or "/" not in key)]
+        latest = self._catch_up()
+        keys = {key for key, value in latest.items() if value is not None}
+        if self.signing_key is not None:
+            keys |= self._had_value   # (a refused record's key may have nothing in `latest`)
+        return [key[len(prefix):] for key in keys if key.startswith(prefix) and (prefix or "/" not in key)]
 
     def close(self) -> None:
         if self._producer is not None:
