@@ -353,6 +353,9 @@ class Engine:
             raise ValueError(f"{len(outputs)} served model outputs: {len(self.slots)} models run on this partition")
         if not 0 <= champion < len(outputs):
             raise ValueError(f"served champion {champion}: not one of the {len(outputs)} served outputs")
+        unfit = self.features.unfit(x)
+        if unfit is not None:
+            raise ValueError(f"served features do not fit the {self.features.name} features: {unfit}")
 
     def _open_served(self, event: Event, ref: object, served: tuple) -> OpenPrediction:
         """The prediction `serve` gave (checked by `_check_served`), recorded as `_predict` records its own;

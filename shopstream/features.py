@@ -38,7 +38,7 @@ import sys
 from collections import OrderedDict
 from dataclasses import dataclass, fields
 from dataclasses import field as setting
-from typing import Any
+from typing import Any, Optional
 
 import msgspec
 
@@ -134,6 +134,16 @@ class RawFeatures:
     def learn(self, event: Event) -> None:
         pass
 
+    def unfit(self, x: dict) -> Optional[str]:
+        """Why a served prediction's features (`stream/served.py`) cannot be what `peek` gives here,
+        or None: a name no event brought would grow every model by one weight per forged name, past
+        `caps.raw_features` (the events that grew `names` before it was served come before it)."""
+        names = self.names
+        for name in x:
+            if name not in names:
+                return f"feature {name[:40]!r} is not one this partition's events brought"
+        return None
+
     def share_names(self, strings: list) -> list:
         """`strings` as the objects the events will bring for them: msgspec's key cache hands every
         event one object per short name (up to 32 ASCII bytes), which decoding the names once finds.
@@ -191,6 +201,13 @@ _TWO_PI_OVER_DAY = 2.0 * math.pi / 86400.0
 # (5e-324 then 1.7e308 gave inf): floor the denominator, cap the ratio.
 _MIN_CATEGORY_PRICE = 0.01
 _MAX_PRICE_RATIO = 1e4
+
+
+#: The names `ShopFeatures.transform` sets besides its one-hot columns and the first three (`_one_hot`).
+_SHOP_NAMES = frozenset({
+    "brand_views", "brand_conversion", "log_price", "price_vs_category", "session_views", "session_carts",
+    "session_seconds", "carted_before", "product_views_in_session", "user_sessions", "user_purchases",
+    "product_views", "product_cart_rate", "product_conversion"})
 
 
 class ShopFeatures:
@@ -326,6 +343,20 @@ class ShopFeatures:
                 names[-1][known] = name
         cached = self._one_hot_columns = (template, names[0], names[1], names[2])
         return cached
+
+    def unfit(self, x: dict) -> Optional[str]:
+        """Why a served prediction's features (`stream/served.py`) cannot be what `transform` gives
+        here, or None. Open predictions pack them as doubles without a look (`floats_only`): a text
+        value would fail every later checkpoint. A name must be one `transform` sets: a fixed one,
+        or a one-hot column of the vocabularies, which only grow (the events that grew them before
+        it was served come before it); so a forged one cannot add weights to the models."""
+        template = (self._one_hot_columns or self._one_hot())[0]
+        for name, value in x.items():
+            if value.__class__ is not float:
+                return f"feature {name[:40]!r} is {type(value).__name__}, not a number"
+            if name not in template and name not in _SHOP_NAMES:
+                return f"feature {name[:40]!r} is not one the shop features give here"
+        return None
 
     @staticmethod
     def share_names(strings: list) -> list:

@@ -216,8 +216,8 @@ class Checkpointer:
                     started = time.perf_counter()
                     self.store.save(partition)
                     self._last_cost[tp] = (time.perf_counter() - started, partition.engine.state_size())
-            except OSError as exc:
-                self._failed(tp, exc)
+            except Exception as exc:   # the disk, or pickling (an object a bug left in the state): the same failure
+                self._failed(tp, exc if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}")
                 continue
             # Pickled in this process, the engine reads its attributes slowly from now on (CPython
             # 3.11-3.12, shopstream/model_state.py): the partition, its one holder, runs a shell of
@@ -283,7 +283,7 @@ class Checkpointer:
             self.consumer.pause(tp)
         partition.paused_because = reason
 
-    def _failed(self, tp, exc: OSError) -> None:
+    def _failed(self, tp, exc: OSError | str) -> None:
         # Learning further than the last durable checkpoint would risk more than it gains.
         self.failures.inc()
         partition = self.partitions.get(tp)

@@ -11,7 +11,8 @@ on, and a replay reads the same header, so it records the same number again.
 
 The header is JSON, read with limits like an event's: at most `MAX_SERVED_FEATURES` features
 of finite numbers (or strings, as raw features may be) and `MAX_SERVED_MODELS` outputs, each a
-P(True) in [0, 1] and a label (true, false, or null: the model could not score it). With a
+P(True) in [0, 1] and a label (true, false, or null: the model could not score it). The engine
+then refuses features its feature set could not have given (`unfit` of each feature set). With a
 signing key (SHOPSTREAM_SIGNING_KEY or --signing-key-file), the API signs it together with the
 event's bytes (``shopstream.served.hmac``), and a worker refuses one that is not so signed: a
 served prediction sets the features a model learns from, which an event alone cannot.

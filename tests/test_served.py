@@ -146,6 +146,44 @@ def test_a_served_prediction_that_does_not_fit_the_engine_changes_nothing(served
     assert pickle.dumps(engine) == before
 
 
+@pytest.mark.parametrize("change, why", [
+    # open predictions pack shop features as doubles: a text one failed every later checkpoint
+    (lambda x: {**x, "log_price": "3.1"}, "feature 'log_price' is str, not a number"),
+    # a name transform never sets would add a weight to every model, per forged name
+    (lambda x: {**x, "forged-0": 1.0}, "feature 'forged-0' is not one the shop features give here"),
+    (lambda x: {**x, "platform=never-seen": 1.0}, "feature 'platform=never-seen' is not one"),
+])
+def test_served_features_the_shop_features_could_not_give_are_refused_and_change_nothing(change, why):
+    engine, records = history_engine(1000)
+    view = view_of(records[-1])
+    x, outputs, champion = engine.serve(view)
+    before = pickle.dumps(engine)
+    with pytest.raises(ValueError, match=f"served features do not fit the shop features: {why}"):
+        engine.process(view, served=(change(x), outputs, champion))
+    assert pickle.dumps(engine) == before
+
+
+def test_every_prediction_the_engine_serves_fits_it():
+    """What `serve` gives is never refused as unfit (the names `unfit` knows are every name
+    `transform` sets), for shop and raw features alike; a raw name no event brought is."""
+    engine, _ = history_engine(500)
+    served = 0
+    for record in generate(3000, seed=6):
+        event = event_from_record(record)
+        if event.event_type in ("view", "cart"):
+            assert engine.features.unfit(engine.serve(event)[0]) is None
+            served += 1
+        engine.process(event)
+    assert served > 1000
+    raw = Engine.fresh("logreg", "raw")
+    raw.process(Event(1e9, "view", "p", "u", "s", features={"a": 1.0, "b": "text"}))
+    view = Event(1e9 + 1, "view", "p", "u", "s", features={"a": 2.0, "b": "more", "c": 3.0})
+    x, outputs, champion = raw.serve(view)
+    assert x == {"a": 2.0, "b": "more"} and raw.features.unfit(x) is None
+    with pytest.raises(ValueError, match="feature 'c' is not one this partition's events brought"):
+        raw.process(view, served=({**x, "c": 3.0}, outputs, champion))
+
+
 def test_a_slot_added_after_the_score_skips_that_prediction():
     engine, records = history_engine(1000)
     view = view_of(records[-1])
@@ -318,6 +356,12 @@ def test_a_worker_records_a_served_header_and_dead_letters_one_that_does_not_fit
                      [(SERVED_HEADER, b'{"v":1,"x":{},"outputs":[[0.5,true],[0.5,true]],"champion":0}')], 6))
     assert pickle.dumps(engine) == before
     assert len(letters) == 1 and "2 served model outputs" in letters[0], letters
+    # A number given as text: a dead letter too, and the engine still checkpoints (it failed every
+    # later pickle, the worker stopped, and the record came back at each restart).
+    text = encode_served(({**served[0], "log_price": "3.1"}, served[1], served[2]))
+    handle(record_of(view_of(records[-1], event_id="bad-2"), [(SERVED_HEADER, text)], 7))
+    assert pickle.dumps(engine) == before
+    assert len(letters) == 2 and "feature 'log_price' is str, not a number" in letters[1], letters
 
 
 def test_with_a_signing_key_a_served_prediction_must_be_signed_with_its_own_event():

@@ -8,6 +8,7 @@ the fault tests show the same on the real broker."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import replace
 
@@ -76,6 +77,37 @@ def test_a_failing_store_pauses_the_partition_until_a_save_succeeds(tmp_path):
     worker.checkpointer.retry(now=1e9 + 5)
     assert not worker.blocked and consumer.paused() == set()
     assert clients.calls[-3:] == [("save", 0, 100), ("resume", [0]), ("commit", {0: 100})]
+
+
+@pytest.mark.parametrize("background", ["off", "auto"])
+def test_a_state_that_cannot_be_pickled_pauses_its_partition_and_takes_nothing_else_down(tmp_path, background):
+    """A checkpoint that fails other than by the disk (pickling raises: an object a bug left in the
+    state) fails as a full disk does: counted, the partition paused, its last good checkpoint
+    untouched, the worker alive (it stopped the worker, whose restart met the same record)."""
+    worker, clients = make_worker(tmp_path, {0: events(300)}, checkpoint_every=100,
+                                  checkpoint_background=background)
+    worker.membership.subscribe()
+    consumer = worker.consumer
+    tp = consumer.tp(0)
+    clients.store.writers_finish_at_once = True
+    for bug in (None, {"kind": "a bug's", "lock": threading.Lock()}):
+        for record in consumer.poll()[tp]:
+            worker.handle(worker.partitions[tp], record)
+        if bug is not None:
+            worker.partitions[tp].engine.history.append(bug)
+        worker._maybe_checkpoint(tp)   # off: in the loop; auto: pickled in the loop, synced by a thread
+        worker.checkpointer.poll()
+    assert tp in worker.blocked and "cannot pickle" in worker.blocked[tp], worker.blocked
+    assert consumer.paused() == {tp} and worker.checkpointer.failures._value.get() == 1
+    assert clients.store.load("events", 0).next_offset == 100
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["events-0.ckpt"]
+    # What it learned since is still counted unsaved: once the state pickles again, the retry saves it.
+    assert worker.partitions[tp].events_since_checkpoint == 100
+    worker.partitions[tp].engine.history.pop()
+    worker.checkpointer.retry(now=1e9)
+    worker.checkpointer.poll()
+    assert not worker.blocked and consumer.paused() == set()
+    assert clients.store.load("events", 0).next_offset == 200
 
 
 def test_unacknowledged_outputs_hold_back_state_and_offsets(tmp_path):

@@ -109,7 +109,7 @@ class CheckpointStore:
         key = self.key(state.topic, state.partition)
         try:
             self._write_state(key, state)
-        except OSError:
+        except BaseException:   # the disk, or pickling: the marks go back either way
             state.undo_checkpoint(before)
             raise
         self.saw_sequence(key, state.sequence)
@@ -215,7 +215,7 @@ class DirectoryCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         try:
             self._not_stuck(key)
             out, tmp = begin_atomic_write(path, lambda out: write_file(state, out, signing_key), buffering=READ_SIZE)
-        except OSError:
+        except BaseException:   # the disk, or pickling: the marks go back either way
             state.undo_checkpoint(before)
             raise
         try:
