@@ -33,7 +33,8 @@ from shopstream.events import (MAX_FUTURE_SKEW, Event, InvalidEvent, check_futur
 REASONS = ("malformed_json", "unknown_field", "missing_field", "invalid_value", "body_too_large", "slow_client",
            "headers_too_large", "bad_request_line", "length_required", "unknown_session", "late_event",
            "unauthorized", "not_found", "method_not_allowed", "too_many_connections", "busy", "not_owner",
-           "owner_unreachable", "kafka_unavailable", "timeout", "partition_moved", "stopping", "behind")
+           "owner_unreachable", "kafka_unavailable", "timeout", "partition_moved", "stopping", "behind",
+           "expectation_failed")
 
 
 class RequestError(Exception):

@@ -91,8 +91,8 @@ SWEEP_AWAITED_SECONDS = 0.5
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0)
 STATUS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
           408: "Request Timeout", 409: "Conflict", 411: "Length Required", 413: "Content Too Large",
-          429: "Too Many Requests", 431: "Request Header Fields Too Large", 503: "Service Unavailable",
-          504: "Gateway Timeout"}
+          417: "Expectation Failed", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+          503: "Service Unavailable", 504: "Gateway Timeout"}
 PATHS = {"/score": "record", "/score/whatif": "whatif"}
 
 
@@ -780,7 +780,7 @@ class ScoreServer:
                 started = time.perf_counter()
                 await self._previous_written(client)  # a pipelined request: its answer after the one before
                 try:
-                    request = await self._read_request(reader, first, timeout)
+                    request = await self._read_request(reader, writer, first, timeout)
                 except RequestError as error:
                     await self._fail(writer, error)
                     return
@@ -826,11 +826,13 @@ class ScoreServer:
             await answer.waiter
         client.outstanding = None
 
-    async def _read_request(self, reader: asyncio.StreamReader, first: bytes, timeout: float):
+    async def _read_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes,
+                            timeout: float):
         """(method, path, query, version, headers, body), or a RequestError (its `mode` set once the path is
         known). A request is framed one way only (RFC 9112, against request smuggling): lines end in CRLF,
         one Content-Length of ASCII digits, no Transfer-Encoding; a body is read whatever the method, so it
-        is never taken for the next request."""
+        is never taken for the next request. A client that asks `Expect: 100-continue` is told to send its
+        body (it waited for that, then timed out as a slow client); any other expectation is refused (417)."""
         try:
             async with asyncio.timeout(timeout):  # one deadline for the whole head, however it trickles in
                 lines = await _read_head(reader, first)
@@ -847,6 +849,13 @@ class ScoreServer:
         try:
             headers = _parse_headers(lines[1:])
             length = self._content_length(method, headers)
+            expect = headers.get("expect")
+            if expect is not None:
+                if expect.lower() != "100-continue":
+                    raise RequestError(417, "expectation_failed", f"Expect {expect[:40]!r}: only 100-continue "
+                                       "is understood")
+                if length and version == "HTTP/1.1":   # (RFC 9110 10.1.1: an HTTP/1.0 client's is ignored)
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             try:
                 async with asyncio.timeout(timeout):
                     body = await reader.readexactly(length)

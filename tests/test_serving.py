@@ -205,6 +205,24 @@ def raw_exchange(port, data: bytes, wait: float = 5.0) -> bytes:
             chunks.append(chunk)
 
 
+def test_a_client_that_expects_100_continue_is_told_to_send_its_body(api, engine):
+    """Such a client (RFC 9110 10.1.1: .NET's HttpWebRequest, older curl for larger bodies) sends its
+    headers and waits for "100 Continue" before the body: without it, it waited out its own timeout
+    or was cut off as a slow client. Another expectation is refused (417), counted."""
+    body = json.dumps(request_for(engine)).encode()
+    with socket.create_connection(("127.0.0.1", api.port), timeout=5) as sock:
+        sock.sendall(b"POST /score/whatif HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))
+        assert sock.recv(4096) == b"HTTP/1.1 100 Continue\r\n\r\n"   # before any body byte was sent
+        sock.sendall(body)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b'"score"' in answer, answer
+    answer = raw_exchange(api.port, b"POST /score/whatif HTTP/1.1\r\nExpect: 200-ok\r\n"
+                                    b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    assert answer.startswith(b"HTTP/1.1 417 Expectation Failed") and b"only 100-continue" in answer, answer
+    assert errors(api.registry, "expectation_failed") == 1 and errors(api.registry, "slow_client") == 0
+
+
 def test_oversized_bodies_and_slow_clients_are_cut_off(api):
     answer = raw_exchange(api.port, b"POST /score HTTP/1.1\r\nContent-Length: 10000000\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 413 ") and b"exceeds the 16384-byte limit" in answer
