@@ -98,6 +98,12 @@ def read_jsonl(path: Path, columns: Mapping[str, str] | None = None) -> Iterator
     rename = _renamer(columns)
     name = path.name   # (a property of the path: not looked up again for every line)
     with open(path, "rb") as lines:
+        start = lines.read(_LINE_LIMIT)
+        if b"\r" in start.rstrip(b"\r") and b"\n" not in start:   # (a CR at the very end: one line, cut)
+            # Old Mac line ends: read as one line, every event was one bad row "trailing characters"
+            raise ValueError(f"{path}: its lines end in a bare CR (\\r), not LF (\\n) as JSON Lines do: "
+                             "convert them (e.g. tr '\\r' '\\n')")
+        lines.seek(0)
         for number, line in enumerate(iter(lambda: lines.readline(_LINE_LIMIT), b""), 1):
             if len(line) == _LINE_LIMIT and not line.endswith(b"\n"):
                 size = len(line) + _skip_line(lines)
@@ -164,11 +170,11 @@ def read_csv(path: Path, columns: Mapping[str, str] | None = None) -> Iterator[P
     # surrogateescape: a byte that is not UTF-8 marks its row bad instead of ending the read;
     # utf-8-sig: a BOM (Excel writes one) is not part of the first column's name
     with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-        at: dict = {"line": 0, "problem": None}   # the record the csv reader is on
+        at: dict = {"line": 0, "last": 0, "problem": None}   # the record the csv reader is on (its lines)
 
         def records():
-            for line, text, problem in _csv_records(handle):
-                at["line"], at["problem"] = line, problem
+            for line, last, text, problem in _csv_records(handle):
+                at["line"], at["last"], at["problem"] = line, last, problem
                 # a bad record is not parsed (one blank line keeps step); an unterminated one is, then judged
                 yield "\n" if problem and problem is not UNTERMINATED else text
 
@@ -189,6 +195,12 @@ def read_csv(path: Path, columns: Mapping[str, str] | None = None) -> Iterator[P
                 continue
             if not fields:
                 continue  # a blank line
+            if at["last"] > at["line"] and any("\n" in field or "\r" in field for field in fields):
+                # No field of an event holds a line end: a stray quote joined rows into this one (a value
+                # of one, the time of another), or the quoted text holds rows of its own: neither is read.
+                yield where, InvalidEvent("row", f"a quoted value runs over line ends (lines {at['line']}-"
+                                                 f"{at['last']}: an unbalanced quote?): none of them is read")
+                continue
             if header is None:
                 header = fields
                 _check_header(header, rename, f"{path}:{at['line']}")
@@ -228,23 +240,28 @@ def _check_header(header: list[str], rename, where: str) -> None:
 #: Why `_csv_records` gives a record no text.
 TOO_LONG = f"unreadable CSV: a record over {MAX_CSV_RECORD_CHARS} characters"
 TRUNCATED = "truncated: the file ends inside this record (no line end)"
+#: Why a record is a quote never closed: the rest of the file, `{lines}` lines, was read as that record.
+UNCLOSED = "a quote opened here is never closed: the file's {lines} remaining line(s) were this one record, unread"
 #: The file's last record, without its line end: many files simply end so. Kept if it has every
 #: column, else `TRUNCATED` (a file cut off mid-write); a last value cut short cannot be told.
 UNTERMINATED = "no line end"
 
 
-def _csv_records(lines) -> Iterator[tuple[int, str, str | None]]:
-    r"""(first line number, record text, problem) for each CSV record: lines joined while a quoted
-    field is open. A record over `MAX_CSV_RECORD_CHARS` is read to its end but not kept (`TOO_LONG`);
-    one the file ends inside an open quote is `TRUNCATED`, and its last record without a line end
+def _csv_records(lines) -> Iterator[tuple[int, int, str, str | None]]:
+    r"""(first and last line numbers, record text, problem) for each CSV record: lines joined while a
+    quoted field is open. A record over `MAX_CSV_RECORD_CHARS` is read to its end but not kept
+    (`TOO_LONG`); a quote the file ends inside is `TRUNCATED` if it opened on the last line (a file cut
+    off mid-write), else `UNCLOSED` (it took every later line); a last record without a line end is
     `UNTERMINATED` (the caller judges it by its columns).
 
     >>> list(_csv_records(['a,"b\n', 'c",d\n', 'x"y,z\n', 'cut,sho']))[:2]
-    [(1, 'a,"b\nc",d\n', None), (3, 'x"y,z\n', None)]
-    >>> list(_csv_records(['a,b\n', 'cut,sho']))[1][2] is UNTERMINATED
+    [(1, 2, 'a,"b\nc",d\n', None), (3, 3, 'x"y,z\n', None)]
+    >>> list(_csv_records(['a,b\n', 'cut,sho']))[1][3] is UNTERMINATED
     True
-    >>> list(_csv_records(['a,"b\n']))[0][2] == TRUNCATED
+    >>> list(_csv_records(['a,"b']))[0][3] == TRUNCATED
     True
+    >>> print(list(_csv_records(['a,"b\n', 'c,d\n']))[0][3])
+    a quote opened here is never closed: the file's 2 remaining line(s) were this one record, unread
     """
     parts: list[str] = []
     size, start, in_quotes = 0, 0, False
@@ -256,10 +273,11 @@ def _csv_records(lines) -> Iterator[tuple[int, str, str | None]]:
         size += len(line)
         in_quotes = _open_quote_after(line, in_quotes)
         if not in_quotes:   # only a file's last line can lack its line end
-            yield start, "".join(parts), (TOO_LONG if size > MAX_CSV_RECORD_CHARS
-                                          else None if line.endswith(("\n", "\r")) else UNTERMINATED)
+            yield start, number, "".join(parts), (TOO_LONG if size > MAX_CSV_RECORD_CHARS
+                                                  else None if line.endswith(("\n", "\r")) else UNTERMINATED)
     if in_quotes:  # a quote never closed: the rest of the file was that one record
-        yield start, "".join(parts), TOO_LONG if size > MAX_CSV_RECORD_CHARS else TRUNCATED
+        yield start, number, "".join(parts), (TOO_LONG if size > MAX_CSV_RECORD_CHARS else TRUNCATED
+                                              if number == start else UNCLOSED.format(lines=number - start + 1))
 
 
 _FIELD = r'(?:"(?:[^"]|"")*"(?:[^",\r\n][^,\r\n]*)?|[^",\r\n][^,\r\n]*|)'
@@ -308,8 +326,14 @@ def read_parquet(path: Path, columns: Mapping[str, str] | None = None) -> Iterat
     except ImportError:
         raise RuntimeError("reading Parquet needs pyarrow: pip install 'shopstream[parquet]'") from None
     rename = _renamer(columns)
+    try:
+        parquet = pq.ParquetFile(path)
+    except (OSError, ValueError) as exc:   # (pyarrow's ArrowInvalid is a ValueError that names no file)
+        raise ValueError(f"{path}: not a readable Parquet file: {exc}") from None
+    # a column named twice: which is the value? (pyarrow's rows keep the last, silently; as read_csv)
+    _check_header(parquet.schema_arrow.names, rename, str(path))
     number = 0
-    for batch in pq.ParquetFile(path).iter_batches():
+    for batch in parquet.iter_batches():
         for row in _epoch_seconds(batch).to_pylist():
             number += 1
             where = f"{path.name}:row {number}"

@@ -112,6 +112,37 @@ def test_a_parquet_time_column_typed_as_a_timestamp_is_read(tmp_path, unit, zone
     assert {parsed.event_time for _, parsed in rows} == {when.timestamp()}
 
 
+def test_a_parquet_file_naming_a_column_twice_or_not_parquet_is_refused_naming_it(tmp_path):
+    """pyarrow's rows kept the last of two columns of one name, silently (a CSV header doing the
+    same refuses its file); a file that is not Parquet said "magic bytes not found" without its name."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "history.parquet"
+    table = pa.Table.from_arrays([pa.array([1.77e9]), pa.array(["view"]), pa.array(["p"]), pa.array(["u"]),
+                                  pa.array(["s"]), pa.array([1.0]), pa.array([1e9])],
+                                 names=["event_time", "event_type", "product_id", "user_id", "user_session",
+                                        "price", "price"])
+    pq.write_table(table, path)
+    with pytest.raises(ValueError, match="history.parquet: the header names column 'price' twice"):
+        list(read_events(path))
+    path.write_bytes(b"PAR1 not really")
+    with pytest.raises(ValueError, match=r"history.parquet: not a readable Parquet file: .*"):
+        list(read_events(path))
+
+
+def test_a_jsonl_file_whose_lines_end_in_a_bare_cr_is_refused_saying_so(tmp_path):
+    """Read as one line, every event in it was one bad row ("trailing characters")."""
+    path = tmp_path / "history.jsonl"
+    line = json.dumps({"event_time": 1.77e9, "event_type": "view", "product_id": 1, "user_id": 2,
+                       "user_session": "s"})
+    path.write_bytes(((line + "\r") * 50).encode())
+    with pytest.raises(ValueError, match=r"history.jsonl: its lines end in a bare CR \(\\r\), not LF"):
+        list(read_events(path))
+    path.write_bytes(((line + "\r\n") * 50).encode())   # CRLF: read as ever
+    assert len(list(read_events(path))) == 50
+
+
 GOOD = {"ts": 1.77e9, "event_type": "view", "product_id": 1, "user_id": 2, "user_session": "s"}
 
 
@@ -157,6 +188,29 @@ def test_no_valid_events_says_why_the_rows_were_refused(tmp_path):
     with pytest.raises(ValueError, match=r"no valid events among 3 rows; most often event: Object missing required "
                                          r"field `event_time` \(2 rows\), e\.g\. history\.jsonl:1: event: Object"):
         bootstrap(path, tmp_path / "out", progress=False)
+
+
+def test_a_stray_quote_in_a_csv_is_a_bad_row_that_names_the_lines_it_took(tmp_path):
+    """A value written with a quote at its start and none at its end ("12 inch) opens a quoted field
+    the csv module reads on across line ends. Two such quotes joined three rows into one valid event
+    (one row's time, another's user and price); one never closed took the rest of the file as one
+    row, reported as a file cut off mid-write. Now each is one bad row saying which lines it took;
+    the rows before and after are read."""
+    path = tmp_path / "history.csv"
+    rows = [ROW.format(i, i) for i in range(1, 7)]
+    stray = [row.replace(",view,", ',view,"12 inch', 1) if i in (2, 4) else row for i, row in enumerate(rows)]
+    path.write_text(HEADER + "".join(stray))
+    read = list(read_events(path))
+    assert [where for where, parsed in read if not isinstance(parsed, InvalidEvent)] == \
+        ["history.csv:2", "history.csv:3", "history.csv:7"]
+    assert [(where, str(parsed)) for where, parsed in read if isinstance(parsed, InvalidEvent)] == [
+        ("history.csv:4", "row: a quoted value runs over line ends (lines 4-6: an unbalanced quote?): none of "
+                          "them is read")]
+    path.write_text(HEADER + "".join(stray[:4]) + "".join(rows[4:]))   # one quote, never closed
+    read = list(read_events(path))
+    assert len(read) == 3 and all(not isinstance(parsed, InvalidEvent) for _, parsed in read[:2])
+    assert read[2][0] == "history.csv:4" and str(read[2][1]) == (
+        "row: a quote opened here is never closed: the file's 4 remaining line(s) were this one record, unread")
 
 
 def test_a_csv_cut_off_mid_record_counts_its_last_row_as_truncated(tmp_path):
