@@ -99,6 +99,9 @@ def _cmd_bootstrap(s: BootstrapSettings) -> int:
         shown = {m: metric_text(h, m) for m in ("roc_auc", "f1", "accuracy", "log_loss")}
         print(f"{name:>13}: holdout roc_auc {shown['roc_auc']}  f1 {shown['f1']}  accuracy {shown['accuracy']}"
               f"  log_loss {shown['log_loss']}  (base rate {h['base_rate']:.3f}, {h['resolved']} resolved)")
+        refused, learn_errors = sum(candidate["refused_events"].values()), candidate["learn_errors"]
+        if refused or learn_errors:   # what a worker would dead-letter, or fail to learn: the report says why
+            print(f"{'':>13}  {refused} events the engine refused, {learn_errors} learn errors (see the report)")
     print(f"default: {report['default']}; report: {Path(s.out) / 'report.md'}")
     return 0
 

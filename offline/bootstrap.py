@@ -136,6 +136,24 @@ class CandidateResult:
     split_resolved: int = 0                 # resolved predictions when the holdout starts
     training: Optional[dict] = None         # epoch training: settings and per-epoch history
     artifact: Optional[Path] = None
+    refused: Counter = field(default_factory=Counter)   # events the engine could not process, by reason
+
+    def unfit(self) -> Optional[str]:
+        """Why it cannot be DEFAULT whatever its holdout says, or None: it learned none of its examples."""
+        counts = self.engine.counts
+        if counts["learned"] == 0 and counts["learn_errors"]:
+            return f"{self.model} learned none of its examples ({counts['learn_errors']} learn errors: see the log)"
+        return None
+
+
+def _process(engine: Engine, event: Event, refused: Counter) -> None:
+    """`engine.process`, as a worker calls it: an event it cannot take (e.g. a text value that the
+    model's scaler refuses, in --features raw) is counted by reason and skipped, as a worker
+    dead-letters it, not the end of the bootstrap."""
+    try:
+        engine.process(event)
+    except Exception as exc:
+        refused[f"engine error: {type(exc).__name__}: {str(exc)[:200]}"] += 1
 
 
 class _Collector:
@@ -175,11 +193,12 @@ def train_candidate(model_name: str, events: Sequence[Event], split: int, config
         engine.deduplicates = False
     curve = LearningCurve(model_name, curve_every)
     training = before = None
+    refused: Counter = Counter()
     if hasattr(engine.champion_slot.model, "fit_epochs"):
-        train, training, before = _fit_epochs(engine, events[:split], epochs or EpochSettings(), progress)
+        train, training, before = _fit_epochs(engine, events[:split], epochs or EpochSettings(), progress, refused)
     else:
         for event in events[:split]:
-            engine.process(event)
+            _process(engine, event, refused)
             curve.observe(engine)
             if progress is not None:
                 progress.update()
@@ -194,13 +213,14 @@ def train_candidate(model_name: str, events: Sequence[Event], split: int, config
         frozen_engine.freeze()
         frozen = frozen_engine.champion_slot
         frozen.clear_scores()
+    ignored: Counter = Counter()   # (the copies refuse the events the learner does)
     for event in events[split:]:
         if frozen_engine is not engine:
-            frozen_engine.process(event)
-        engine.process(event)
+            _process(frozen_engine, event, ignored)
+        _process(engine, event, refused)
         curve.observe(engine)
         if before is not None:
-            before.process(event)
+            _process(before, event, ignored)
         if progress is not None:
             progress.update()
     # The running slot, looked up again: a refresh (`Engine._refresh`) runs shells of the slots
@@ -216,7 +236,7 @@ def train_candidate(model_name: str, events: Sequence[Event], split: int, config
     holdout = _summary(frozen.scores, frozen_engine)
     if unique_ids:
         del engine.deduplicates   # an engine as any other from here on (its dedupe window is empty)
-    return CandidateResult(model_name, engine, curve, train, holdout, split_resolved, training)
+    return CandidateResult(model_name, engine, curve, train, holdout, split_resolved, training, refused=refused)
 
 
 #: The name of the frozen copy's slot while it runs in the learner's engine (`_add_frozen_slot`).
@@ -262,7 +282,7 @@ def _remove_frozen_slot(engine: Engine, frozen: ModelSlot) -> None:
 
 
 def _fit_epochs(engine: Engine, events: Sequence[Event], settings: EpochSettings,
-                progress) -> tuple[dict, dict, Optional[Engine]]:
+                progress, refused: Counter) -> tuple[dict, dict, Optional[Engine]]:
     """Epoch-train the engine's model on the labels resolved in `events`. Return the
     metrics of the chosen epoch on its validation rows, the training record and, with
     `catch_up`, a frozen engine holding the model as it was before catching up."""
@@ -273,7 +293,7 @@ def _fit_epochs(engine: Engine, events: Sequence[Event], settings: EpochSettings
     collector = _Collector()
     champion.model = collector
     for event in events:  # features from the shared feature state, labels from the joiner
-        engine.process(event)
+        _process(engine, event, refused)
         if progress is not None:
             progress.update()
     champion.model = model
@@ -401,10 +421,12 @@ def _bootstrap(history_path: str | Path, out: Path, models: Sequence[str], confi
         saved[result.model] = result.artifact = save_artifact(out, result.model, engine.champion_slot.model,
                                                               engine.features, meta, signing_key)
     eligible = [r for r in results if default_from is None or r.model in default_from] or results
-    ranked = [r for r in eligible if unscorable(r.holdout) is None]
+    ranked = [r for r in eligible if unscorable(r.holdout) is None and r.unfit() is None]
     best = max(ranked, key=lambda r: (r.holdout["roc_auc"], -r.holdout["log_loss"])) if ranked else None
-    no_default = None if best else \
-        f"its holdout ({data['holdout_events']} events) has {unscorable(eligible[0].holdout)}"
+    no_default = None if best else next(
+        (r.unfit() for r in eligible if r.unfit() is not None and unscorable(r.holdout) is None),
+        f"its holdout ({data['holdout_events']} events) has {unscorable(eligible[0].holdout)}, nothing to rank "
+        "the models by")
     report = {
         "data": data,
         "feature_set": config.features,
@@ -414,6 +436,8 @@ def _bootstrap(history_path: str | Path, out: Path, models: Sequence[str], confi
         "candidates": {
             r.model: {"artifact": saved[r.model].relative_to(out).as_posix(), "progressive": r.train,
                       "holdout": r.holdout, "joiner": dict(r.engine.joiner.counts),
+                      "learn_errors": r.engine.counts["learn_errors"],
+                      "refused_events": dict(r.refused.most_common()),
                       **({"training": r.training} if r.training is not None else {})}
             for r in results
         },
@@ -421,7 +445,7 @@ def _bootstrap(history_path: str | Path, out: Path, models: Sequence[str], confi
     write_report(report, [r.curve for r in results], out, split_resolved={
         r.model: r.split_resolved for r in results})
     if best is None:   # a DEFAULT chosen by a ROC AUC of nothing would look measured
-        raise ValueError(f"{history_path}: no DEFAULT chosen: {no_default}, nothing to rank the models by "
+        raise ValueError(f"{history_path}: no DEFAULT chosen: {no_default} "
                          f"(DEFAULT not changed; the artifacts and report are in {out})")
     set_default(out, saved[best.model], signing_key)   # last: it points at a run whose files are whole
     return report

@@ -159,6 +159,12 @@ def _render(report: dict, curves: list[LearningCurve], scratch: Path, split_reso
             lines += ["", "Holdout without learning the validation rows: " + ", ".join(_metric_pairs(stale))]
         lines += ["", "Chosen epoch on the validation rows: " + ", ".join(_metric_pairs(v)),
                   "", f"![{name} epochs]({figure.name})"]
+    troubled = {name: c for name, c in report["candidates"].items() if c.get("learn_errors") or c.get("refused_events")}
+    if troubled:   # what a worker would have dead-lettered, or failed to learn, on this history
+        lines += ["", "## Events the engine refused, examples a model could not learn", ""]
+        for name, c in troubled.items():
+            lines.append(f"- {name}: {c.get('learn_errors', 0)} learn errors (the first are in the log)")
+            lines += [f"  - {count} x {reason}" for reason, count in c.get("refused_events", {}).items()]
     if data["malformed_reasons"]:
         lines += ["", "## Malformed rows", ""]
         lines += [f"- {count} x {reason}" for reason, count in data["malformed_reasons"].items()]

@@ -108,6 +108,40 @@ def test_a_holdout_with_nothing_to_rank_chooses_no_default_and_says_n_a(case, tm
     assert "default model: none chosen" in (out / "report.md").read_text()
 
 
+def test_raw_text_features_the_model_cannot_take_are_counted_never_the_end_of_the_bootstrap(tmp_path, capsys):
+    """With --features raw an event may carry text, which the logreg pipeline's scaler refuses. One
+    such event in a numeric feature ("n/a") ended the bootstrap with a traceback; text in every row
+    (a category) made a model that learned nothing, chosen as DEFAULT. Now an event the engine
+    cannot take is counted and skipped, as a worker dead-letters it, and a model that learned none
+    of its examples is never DEFAULT."""
+    import json
+    import random
+
+    from cli.commands import main
+
+    rng = random.Random(2)
+    records = list(generate(1500, seed=3, days=1.0))
+    for name, features in (("one_na", lambda i: {"f": "n/a" if i == 700 else rng.random()}),
+                           ("all_text", lambda i: {"f": rng.random(), "color": "red"})):
+        history = tmp_path / f"{name}.jsonl"
+        history.write_text("".join(json.dumps({**r, "features": features(i)}) + "\n" for i, r in enumerate(records)))
+        out = tmp_path / name
+        code = main(["bootstrap", "--history", str(history), "--out", str(out), "--model", "logreg", "--features",
+                     "raw", "--no-progress"])
+        printed = capsys.readouterr()
+        report = json.loads((out / "report.json").read_text())["candidates"]["logreg"]
+        if name == "one_na":
+            assert code == 0 and (out / "DEFAULT").exists()
+            assert report["refused_events"] == {
+                "engine error: TypeError: unsupported operand type(s) for -: 'str' and 'float'": 1}, report
+            assert "1 events the engine refused" in printed.out
+            assert "Events the engine refused" in (out / "report.md").read_text()
+        else:
+            assert code == 2 and not (out / "DEFAULT").exists()
+            assert "no DEFAULT chosen: logreg learned none of its examples" in printed.err
+            assert report["learn_errors"] > 0
+
+
 def test_default_is_written_last_and_the_report_whole_or_not_at_all(tmp_path, monkeypatch):
     """A run stopped while writing left DEFAULT on the new run and report.md on the previous one."""
     import offline.report
