@@ -26,6 +26,7 @@ import fcntl
 import gc
 import hashlib
 import os
+import re
 import stat
 from collections import Counter
 from contextlib import contextmanager, nullcontext
@@ -112,7 +113,7 @@ def load_history(path: str | Path, columns: Optional[dict] = None, max_examples:
     for where, parsed in rows:
         history.rows += 1
         if isinstance(parsed, InvalidEvent):
-            history.malformed[f"{parsed.field}: {parsed.reason}"] += 1
+            history.malformed[_reason_key(parsed, history.malformed)] += 1
             if len(history.examples) < max_examples:
                 history.examples.append(f"{where}: {parsed}")
             continue
@@ -124,6 +125,21 @@ def load_history(path: str | Path, columns: Optional[dict] = None, max_examples:
         history.events.append(parsed)
     history.events.sort(key=attrgetter("event_time"))
     return history
+
+
+#: Distinct reasons the report counts bad rows by; the rest are counted together (`OTHER_REASONS`).
+MAX_REASONS = 100
+OTHER_REASONS = "other reasons (the report counts the first 100 kinds)"
+_BYTE_OFFSET = re.compile(r"\(byte \d+\)")
+
+
+def _reason_key(invalid: InvalidEvent, counted: Counter) -> str:
+    """What a bad row is counted under: its field and reason, a decoder's byte offset left out (one
+    kind of fault at every offset of a file made thousands of reasons), and past `MAX_REASONS` kinds
+    `OTHER_REASONS` (a key given twice is named in its reason: a file of ever-new keys could not grow
+    the report without bound). Each row's whole reason stays in the examples."""
+    key = _BYTE_OFFSET.sub("(byte N)", f"{invalid.field}: {invalid.reason}")
+    return key if key in counted or len(counted) < MAX_REASONS else OTHER_REASONS
 
 
 @dataclass

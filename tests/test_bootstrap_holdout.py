@@ -142,6 +142,25 @@ def test_raw_text_features_the_model_cannot_take_are_counted_never_the_end_of_th
             assert report["learn_errors"] > 0
 
 
+def test_bad_rows_are_counted_by_kind_and_their_kinds_are_bounded(tmp_path):
+    """A decoder's byte offset made each offset its own reason (20,000 rows with a raw tab in a value:
+    thousands of reasons), and a key given twice is named in its reason: ever-new keys grew the
+    report without bound. The whole reason of each stays in the examples."""
+    import json
+
+    good = json.dumps({"event_time": 1.77e9, "event_type": "view", "product_id": "p", "user_id": "u",
+                       "user_session": "s"})
+    lines = [good[:-1] + f', "brand": "{"x" * (i % 50)}\tb"}}' for i in range(300)]         # a tab at 50 offsets
+    lines += [good[:-1] + f', "k{i}": 1, "k{i}": 2}}' for i in range(300)]                   # 300 keys twice
+    path = tmp_path / "h.jsonl"
+    path.write_text("\n".join(lines + [good]) + "\n")
+    history = ob.load_history(path)
+    assert len(history.events) == 1 and sum(history.malformed.values()) == 600
+    assert history.malformed["payload: JSON is malformed: invalid character (byte N)"] == 300
+    assert len(history.malformed) == ob.MAX_REASONS + 1 and history.malformed[ob.OTHER_REASONS] == 201
+    assert "(byte " in history.examples[0] and "(byte N)" not in history.examples[0]
+
+
 def test_default_is_written_last_and_the_report_whole_or_not_at_all(tmp_path, monkeypatch):
     """A run stopped while writing left DEFAULT on the new run and report.md on the previous one."""
     import offline.report
