@@ -67,9 +67,14 @@ def sign(payload: bytes, key: bytes) -> str:
     return hmac.new(key, payload, hashlib.sha256).hexdigest()
 
 
-def verify(payload: bytes, tag: Optional[str], key: bytes, what: str) -> None:
-    if not tag:
+def verify(payload: bytes, tag: object, key: bytes, what: str) -> None:
+    """SignatureError unless `tag` is the HMAC of `payload`. `tag` may come straight from a
+    file's JSON, so anything but a str (a number, an object) is refused, not compared."""
+    if tag is None or tag == "":
         raise SignatureError(f"{what}: not signed, but {KEY_IS_SET}: refusing to load it")
+    if not isinstance(tag, str):
+        raise SignatureError(f"{what}: HMAC is not a string ({type(tag).__name__}): forged or malformed, "
+                             "refusing to load it")
     # compare_digest refuses a str with non-ASCII characters (TypeError): a flipped byte is a mismatch
     if not tag.isascii() or not hmac.compare_digest(sign(payload, key), tag):
         raise SignatureError(f"{what}: HMAC does not match: forged or modified, refusing to load it")

@@ -1,12 +1,14 @@
 """With SHOPSTREAM_SIGNING_KEY set, forged or unsigned pickles are refused before loading."""
 
+import json
+
 import pytest
 
 from offline.bootstrap import bootstrap
-from shopstream.artifacts import load_artifact
+from shopstream.artifacts import _canonical, load_artifact, save_artifact
 from shopstream.engine import Engine
 from shopstream.generator import generate, write_jsonl
-from shopstream.signing import KEY_ENV, SignatureError
+from shopstream.signing import KEY_ENV, SignatureError, sign, verify
 from stream.checkpointing.format import CheckpointError, decode_state, encode_state
 from stream.checkpointing.stores import DirectoryCheckpointStore
 from stream.partition import Partition as PartitionState
@@ -61,3 +63,21 @@ def test_artifacts_signed_and_refused_when_forged(tmp_path, monkeypatch):
     monkeypatch.setenv(KEY_ENV, "s3cret")
     with pytest.raises(SignatureError, match="not signed"):
         load_artifact(tmp_path / "plain")
+
+
+@pytest.mark.parametrize("tag", [12345, {"hmac": "x"}, ["ab"], True])
+def test_tag_that_is_not_a_string_is_refused(tmp_path, tag):
+    """A forged HMAC of another JSON type gave AttributeError ('int' object has no attribute 'isascii')."""
+    with pytest.raises(SignatureError, match=rf"x: HMAC is not a string \({type(tag).__name__}\): forged"):
+        verify(b"payload", tag, b"k", "x")
+    directory = save_artifact(tmp_path, "logreg", {"w": 1}, None, {}, key=b"k")
+    meta = json.loads((directory / "meta.json").read_text())
+    meta["meta_hmac_sha256"] = tag
+    (directory / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(SignatureError, match=r"meta.json: HMAC is not a string"):
+        load_artifact(directory, key=b"k")
+    meta["hmac_sha256"] = tag   # the pickle's: the metadata re-signed, so that its own HMAC passes
+    meta["meta_hmac_sha256"] = sign(_canonical(meta), b"k")
+    (directory / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(SignatureError, match=r"model.pkl: HMAC is not a string"):
+        load_artifact(directory, key=b"k")
