@@ -17,7 +17,7 @@ from typing import Any, Callable
 from offline.settings import BootstrapSettings
 from shopstream import __version__
 from shopstream.config import ConfigError, GenerateSettings
-from shopstream.options import Settings, add_options
+from shopstream.options import Settings, add_options, refuse_typed_secrets
 from stream.settings import MODEL_ACTIONS, ModelsSettings, ProduceSettings, TopicsSettings, WorkerSettings
 
 from .demo import DemoSettings
@@ -143,7 +143,11 @@ COMMANDS: dict[str, Callable[[Any], int]] = {"generate": _cmd_generate, "bootstr
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    typed_secret = refuse_typed_secrets(sys.argv[1:] if argv is None else list(argv))
+    if typed_secret is not None:
+        parser.error(typed_secret)
+    args = parser.parse_args(argv)
     from kafka.errors import KafkaError
 
     try:

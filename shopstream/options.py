@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 from dataclasses import Field, field, fields, is_dataclass
-from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, TypeVar
 
 ENV_PREFIX = "SHOPSTREAM_"
@@ -158,12 +158,19 @@ def _secrets(cls, given: Mapping[str, Any], environment: bool) -> dict:
             continue
         key = option_name(part, f)
         variable, path = env_name(key), given.get(f"{key}_file")
-        text = (environ(variable) or None) if environment else None
+        text = environ(variable) if environment else None
+        # Empty is refused, not taken for "no key": an unset shell variable (--signing-key-file "$KEYFILE")
+        # would otherwise turn every signature check off without a word.
+        if path is not None and not path.strip():
+            raise ConfigError(f"{key}_file", path, "is empty: name the key's file, or leave the option out to run "
+                                                   "without a key")
         if path:
             if text is not None:
                 raise ConfigError(f"{key}_file", path, f"and {variable} are both set: give the key one way")
             found[key] = read_secret_file(f"{key}_file", path)
         elif text is not None:   # (never echoed: the value of a refusal is None)
+            if not text:
+                raise ConfigError(variable, None, "is set but empty: unset it to run without a key")
             found[key] = secret_bytes(variable, None, text.encode())
     return found
 
@@ -178,12 +185,23 @@ def secret_bytes(name: str, where: Any, data: bytes) -> bytes:
     return data
 
 
+#: A key file longer than this is not a key (/dev/zero would be read until the memory runs out).
+MAX_SECRET_BYTES = 64 * 1024
+
+
 def read_secret_file(name: str, path: str) -> bytes:
-    """A key file's bytes (`secret_bytes`)."""
+    """A key file's bytes (`secret_bytes`): a regular file of at most `MAX_SECRET_BYTES` (a FIFO
+    would wait for a writer, a device never end)."""
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise ConfigError(name, path, "is not a regular file (a pipe, device or directory): name the "
+                                              "key's file")
+            data = handle.read(MAX_SECRET_BYTES + 1)
     except OSError as exc:
         raise ConfigError(name, path, f"cannot be read: {exc.strerror or exc}") from None
+    if len(data) > MAX_SECRET_BYTES:
+        raise ConfigError(name, path, f"holds more than {MAX_SECRET_BYTES} bytes: not a key")
     return secret_bytes(name, path, data)
 
 
@@ -213,7 +231,7 @@ def truthy(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
-    if lowered in ("0", "false", "no", "off", ""):
+    if lowered in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"not a boolean: {text!r}")
 
@@ -227,7 +245,9 @@ def option(parser, flag: str, help: str, default=None, type=str, many: bool = Fa
     env = env_name(flag)
     raw = environ(env)
     try:
-        if raw is not None:
+        if raw is not None and switch and not raw.strip():
+            pass   # set but empty: unset, as for the other options (it turned default-on switches off)
+        elif raw is not None:
             if switch:
                 default = truthy(raw)
             elif many:
@@ -246,7 +266,7 @@ def option(parser, flag: str, help: str, default=None, type=str, many: bool = Fa
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=bool(default), help=shown)
     else:
         parser.add_argument(flag, type=type, default=default, help=shown, choices=choices,
-                            nargs="+" if many else None)
+                            **({"nargs": "+", "action": _Many} if many else {}))
 
 
 def add_options(parser, settings_class, skip: tuple = ()) -> None:
@@ -256,6 +276,7 @@ def add_options(parser, settings_class, skip: tuple = ()) -> None:
         meta = f.metadata
         flag = meta.get("flag") or as_flag(f.name)
         if meta.get("env_only"):  # the secret itself is never an option: a file holding it is
+            SECRET_FLAGS.add(flag)
             option(parser, f"{flag}-file", f"file holding the {meta['about']} (or set {env_name(flag)}; "
                                             "never on the command line, where ps shows it)")
             # Refused by name, its value never echoed (else argparse takes it for --<name>-file, abbreviated).
@@ -270,6 +291,35 @@ def add_options(parser, settings_class, skip: tuple = ()) -> None:
         else:
             option(parser, flag, meta["help"], default=default, type=meta.get("type") or type(default),
                    choices=meta.get("choices"), secret=meta.get("secret", False))
+
+
+#: The flags of secrets (refused on the command line), as `add_options` met them.
+SECRET_FLAGS: set[str] = set()
+
+
+def refuse_typed_secrets(argv: list[str]) -> Optional[str]:
+    """Why `argv` holds what looks like a secret's value, or None: ``--signing-k=VALUE`` is an
+    abbreviation argparse finds ambiguous, and its error would repeat VALUE (a secret typed where
+    ps and the shell's history show it, then printed to the log)."""
+    for argument in argv:
+        if argument == "--":
+            break
+        name, equals, _ = argument.partition("=")
+        secret = next((flag for flag in sorted(SECRET_FLAGS) if flag.startswith(name)), None) \
+            if equals and name.startswith("--") and len(name) > 2 else None
+        if secret is not None:   # (the file's flag, spelled out or abbreviated past the secret's name, is not)
+            return (f"{name}=...: not an option (a command line shows in ps; the value is not repeated here): "
+                    f"set {env_name(secret)}, or name a file with {secret}-file")
+    return None
+
+
+class _Many(argparse.Action):
+    """A flag of several values: its first use replaces the default, a later one adds to it (argparse's
+    own kept only the last one's values; its "extend" would add to the default)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, list(values) if current is self.default else [*current, *values])
 
 
 class _Refused(argparse.Action):
@@ -295,4 +345,4 @@ def progress_bar() -> Any:
 
 __all__ = ["ConfigError", "Settings", "add_options", "as_flag", "build", "check", "env_name", "environ", "leaves",
            "option", "option_meta", "option_name", "part_of", "progress_bar", "read_secret_file", "same_as",
-           "secret_bytes"]
+           "secret_bytes", "SECRET_FLAGS", "refuse_typed_secrets"]

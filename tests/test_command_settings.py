@@ -258,6 +258,57 @@ def test_the_key_is_never_an_option_nor_shown(key_file, monkeypatch, capsys, cap
     assert "--window" in out.err and KEY not in out.out + out.err + caplog.text
 
 
+def test_an_empty_key_setting_is_refused_never_taken_for_no_key(tmp_path, monkeypatch, capsys):
+    """An empty --signing-key-file (an unset shell variable: "$KEYFILE") or SHOPSTREAM_SIGNING_KEY="" ran
+    without a key: every artifact, checkpoint and command was taken unverified, without a word."""
+    assert main(["worker", "--signing-key-file", ""]) == 2
+    assert capsys.readouterr().err.strip() == ("shopstream worker: error: --signing-key-file '' is empty: name the "
+                                               "key's file, or leave the option out to run without a key")
+    monkeypatch.setenv(KEY_ENV, "")
+    assert main(["bootstrap", "--generate-events", "10", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == ("shopstream bootstrap: error: SHOPSTREAM_SIGNING_KEY is set but "
+                                               "empty: unset it to run without a key")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "directory", "too large"])
+def test_a_key_file_that_is_not_a_small_regular_file_is_refused_not_read(kind, tmp_path, capsys):
+    """/dev/zero was read until the memory ran out, a FIFO waited for a writer forever."""
+    path = {"device": "/dev/zero", "fifo": str(tmp_path / "fifo"), "directory": str(tmp_path),
+            "too large": str(tmp_path / "big.key")}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    if kind == "too large":
+        Path(path).write_bytes(b"k" * (64 * 1024 + 1))
+    assert main(["worker", "--signing-key-file", path]) == 2
+    err = capsys.readouterr().err.strip()
+    why = {"too large": "holds more than 65536 bytes: not a key", "directory": "cannot be read: Is a directory"}
+    assert err.startswith(f"shopstream worker: error: --signing-key-file {path!r} ") and \
+        why.get(kind, "is not a regular file (a pipe, device or directory)") in err, err
+
+
+@pytest.mark.parametrize("typed", ["--signing-k=hunter2secret", "--sig=hunter2secret", "--signing-key=hunter2secret"])
+def test_a_key_typed_as_an_abbreviated_option_is_refused_without_repeating_it(typed, capsys):
+    """argparse's "ambiguous option" error repeated the whole argument, value and all."""
+    with pytest.raises(SystemExit):
+        main(["worker", typed])
+    err = capsys.readouterr().err
+    assert "not an option" in err and "SHOPSTREAM_SIGNING_KEY" in err and "hunter2secret" not in err, err
+
+
+def test_an_empty_switch_variable_keeps_the_default_and_a_list_flag_given_twice_adds(monkeypatch):
+    """Empty, an on/off variable turned default-on switches off (empty text options are unset); a
+    list flag given twice kept only the last one's values."""
+    monkeypatch.setenv("SHOPSTREAM_AUTO_PROMOTE", "")
+    monkeypatch.setenv("SHOPSTREAM_BASELINE", " ")
+    args = build_parser().parse_args(["worker", "--challengers", "logreg_tuned", "--challengers", "logreg"])
+    assert (args.auto_promote, args.baseline) == (True, True)
+    assert args.challengers == ["logreg_tuned", "logreg"]
+    monkeypatch.setenv("SHOPSTREAM_CHALLENGERS", "logreg")
+    assert build_parser().parse_args(["worker"]).challengers == ["logreg"]
+    assert build_parser().parse_args(["worker", "--challengers", "hat"]).challengers == ["hat"]   # not added to
+
+
 def test_an_artifact_signed_with_the_setting_verifies_and_is_refused_under_another_key(key_file, tmp_path):
     out = tmp_path / "artifacts"
     assert main(["bootstrap", "--generate-events", "3000", "--model", "logreg", "--no-progress",
