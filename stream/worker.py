@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -527,14 +528,29 @@ def preflight(settings: WorkerSettings) -> None:
     if s.artifacts and not Path(s.artifacts).is_dir():
         raise FileNotFoundError(f"--artifacts {s.artifacts}: no such directory")
     directory = Path(s.checkpoints.directory)
-    if s.checkpoints.store == "dir" and directory.exists() and not directory.is_dir():
-        raise ValueError(f"--checkpoints {directory} is not a directory")
+    if s.checkpoints.store == "dir":
+        _check_writable(str(s.checkpoints.directory), directory)
     # What a new partition would start from, built once: the window, lateness, caps, catalog
     # names and the artifacts (loaded and verified) all checked here.
     try:
         new_engine(s)
     except ValueError as exc:
         raise ValueError(f"invalid engine settings: {exc}") from None
+
+
+def _check_writable(given: str, directory: Path) -> None:
+    """The checkpoint directory, made if missing and written to once: a path that cannot be made
+    failed only after the Kafka clients connected, one that cannot be written paused every
+    partition at its first checkpoint, and an empty one was the current directory."""
+    if not given.strip():
+        raise ValueError("--checkpoints '' names no directory: name one")
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"--checkpoints {directory} is not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as exc:
+        raise ValueError(f"--checkpoints {directory}: cannot write there: {exc.strerror or exc}") from None
 
 
 def learn_log_for(s: WorkerSettings, outputs, registry):

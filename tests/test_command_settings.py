@@ -159,6 +159,22 @@ def test_a_path_that_cannot_be_used_is_one_line_before_any_work(tmp_path, capsys
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "d.jsonl", "h.jsonl"]   # nothing written
 
 
+def test_a_checkpoint_directory_the_worker_cannot_write_is_refused_before_kafka(tmp_path, capsys):
+    """It failed only after the Kafka clients connected (a path under a file), paused every partition
+    at its first checkpoint (a directory it may not write), or was the current directory (empty)."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for given, line in [("", "--checkpoints '' names no directory: name one"),
+                        (str(afile / "sub"), f"--checkpoints {afile / 'sub'}: cannot write there: Not a directory"),
+                        (str(afile), f"--checkpoints {afile} is not a directory"),
+                        ("/proc/self/no-such-dir/ckpt", "--checkpoints /proc/self/no-such-dir/ckpt: cannot write "
+                                                        "there: No such file or directory")]:
+        assert main(["worker", "--bootstrap-servers", "127.0.0.1:1", "--metrics-port", "-1",
+                     "--checkpoints", given]) == 2, given
+        assert capsys.readouterr().err.strip() == f"shopstream worker: error: {line}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 @pytest.mark.parametrize("kind", ["fifo", "device"])
 def test_a_history_that_is_not_a_regular_file_is_refused_not_waited_on(kind, tmp_path):
     """A FIFO (or /dev/zero) was hashed, then opened again: the command hung forever."""
