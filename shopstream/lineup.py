@@ -53,7 +53,7 @@ from typing import Optional
 
 
 from . import model_state
-from .artifacts import latest, load_artifact
+from .artifacts import ArtifactError, latest, load_artifact
 from .config import EngineConfig, check
 from .engine import Engine
 from .features import FeatureCaps, build_features
@@ -119,6 +119,9 @@ def build_engine(artifacts: Optional[str] = None, config: EngineConfig = EngineC
     if artifacts:
         default = load_artifact(artifacts, signing_key)
         config = _settle(config, default, adopt_artifact_settings)
+        if not all(hasattr(default.features, name) for name in ("set_caps", "transform", "learn")):
+            raise ArtifactError(f"{default.path / 'model.pkl'}: holds {type(default.features).__name__} as its "
+                                "feature state, not a feature set")
         default.features.set_caps(caps)
         # Unpickled, the feature state reads its attributes slowly; a shell of it does not (model_state.py)
         engine = Engine(default.model, model_state.fresh_shell(default.features), config,
@@ -154,7 +157,11 @@ def build_engine(artifacts: Optional[str] = None, config: EngineConfig = EngineC
 def _settle(config: EngineConfig, artifact, adopt: bool) -> EngineConfig:
     """The config to run an artifact under: the given one when it agrees with what the model
     was trained under; the artifact's when told to adopt it; else a clear refusal."""
-    trained = EngineConfig.of_artifact(artifact.meta)
+    try:
+        trained = EngineConfig.of_artifact(artifact.meta)
+    except (ValueError, TypeError) as exc:   # its own words, but not which file: said here
+        raise ArtifactError(f"{artifact.path / 'meta.json'}: the engine settings it records cannot be used: "
+                            f"{exc}") from None
     differences = config.contradictions(trained)
     if not differences:
         return config

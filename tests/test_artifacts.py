@@ -176,3 +176,16 @@ def test_default_pointer_not_utf8_is_refused_naming_it(tmp_path):
     with pytest.raises(ArtifactError, match=r"DEFAULT: unreadable pointer \(not UTF-8 text, byte 0xff at offset 0\)"):
         load_artifact(tmp_path, key=None)
     assert list_versions(tmp_path)[0]["unreadable"].endswith("DEFAULT: not UTF-8 text, byte 0xff at offset 0")
+
+
+def test_an_artifact_whose_features_or_engine_settings_this_version_cannot_run_is_refused_naming_it(tmp_path):
+    """Consistent (size and sha256 match), but its feature state is no feature set, or its recorded
+    engine settings are not values: each was a traceback, or an error naming no file."""
+    from shopstream.lineup import build_engine
+
+    directory = small_artifact(tmp_path)   # its features: a dict
+    with pytest.raises(ArtifactError, match=r"model.pkl: holds dict as its feature state, not a feature set"):
+        build_engine(str(tmp_path), signing_key=None)
+    reseal(directory, engine={"window": "x"})
+    with pytest.raises(ArtifactError, match=r"meta.json: the engine settings it records cannot be used: "):
+        build_engine(str(tmp_path), signing_key=None)
