@@ -165,11 +165,16 @@ class CandidateResult:
 def _process(engine: Engine, event: Event, refused: Counter) -> None:
     """`engine.process`, as a worker calls it: an event it cannot take (e.g. a text value that the
     model's scaler refuses, in --features raw) is counted by reason and skipped, as a worker
-    dead-letters it, not the end of the bootstrap."""
+    dead-letters it, not the end of the bootstrap. (The per-event loops inline it: a try costs
+    nothing until it catches, a call does.)"""
     try:
         engine.process(event)
     except Exception as exc:
-        refused[f"engine error: {type(exc).__name__}: {str(exc)[:200]}"] += 1
+        _refused(refused, exc)
+
+
+def _refused(refused: Counter, exc: Exception) -> None:
+    refused[f"engine error: {type(exc).__name__}: {str(exc)[:200]}"] += 1
 
 
 class _Collector:
@@ -214,7 +219,10 @@ def train_candidate(model_name: str, events: Sequence[Event], split: int, config
         train, training, before = _fit_epochs(engine, events[:split], epochs or EpochSettings(), progress, refused)
     else:
         for event in events[:split]:
-            _process(engine, event, refused)
+            try:
+                engine.process(event)
+            except Exception as exc:   # (`_process`, inline)
+                _refused(refused, exc)
             curve.observe(engine)
             if progress is not None:
                 progress.update()
@@ -233,7 +241,10 @@ def train_candidate(model_name: str, events: Sequence[Event], split: int, config
     for event in events[split:]:
         if frozen_engine is not engine:
             _process(frozen_engine, event, ignored)
-        _process(engine, event, refused)
+        try:
+            engine.process(event)
+        except Exception as exc:   # (`_process`, inline)
+            _refused(refused, exc)
         curve.observe(engine)
         if before is not None:
             _process(before, event, ignored)
