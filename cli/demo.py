@@ -36,7 +36,7 @@ from shopstream.lineup import TUNING, Lineup, PromotionPolicy, build_engine
 from shopstream.models import build_model
 from shopstream.options import Settings, check, option_meta, progress_bar, same_as
 from shopstream.recording import record as record_calls
-from stream.settings import WorkerSettings
+from stream.settings import HOST_RULE, WorkerSettings
 
 BOOTSTRAP_FRACTION = 0.3
 DAYS = GeneratorSettings.days
@@ -59,7 +59,9 @@ class DemoSettings(Settings):
 
     def __post_init__(self) -> None:
         check(self, (("events", self.events >= 0, "must be >= 0"),
-                     ("metrics_port", 0 <= self.metrics_port <= 65535, "must be 0..65535")))
+                     ("metrics_port", 0 <= self.metrics_port <= 65535, "must be 0..65535"),
+                     ("metrics_host", bool(self.metrics_host.strip())
+                      and self.metrics_host == self.metrics_host.strip(), HOST_RULE)))
         if self.drift:
             GeneratorSettings(drift=(self.drift,))  # refused here, naming --drift, if it is no scenario
 

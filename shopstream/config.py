@@ -30,6 +30,8 @@ from .options import ConfigError, Settings, check, option_meta as _help
 
 FEATURE_SETS = tuple(_FEATURE_BUILDERS)
 DRIFT_REACTIONS = ("none", "challenger", "reset")
+#: The longest span the generator spreads its events over, in days.
+MAX_DAYS = 36_500
 #: The settings a model was trained and evaluated under: a worker must run with the same.
 TRAINED_UNDER = ("features", "window", "lateness")
 
@@ -116,7 +118,9 @@ class GeneratorSettings(Settings):
 
     def __post_init__(self) -> None:
         check(self, (("events", self.events >= 0, "must be >= 0"),
-                     ("days", self.days > 0, "must be > 0"),
+                     # (1e309 is infinite: the generator's time arithmetic overflowed)
+                     ("days", math.isfinite(self.days) and 0 < self.days <= MAX_DAYS,
+                      f"must be > 0 and at most {MAX_DAYS} (a century)"),
                      ("max_user_share", 0 < self.max_user_share <= 1, "must be in (0, 1]")))
         self.drifts()
 

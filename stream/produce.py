@@ -71,14 +71,26 @@ def send_all(producer, topic: str, messages, rate: float = 0.0, progress: bool =
             producer.send(topic, key=key or None, value=value)
             sent += 1
             if rate > 0:
-                ahead = sent / rate - (time.monotonic() - started)
-                if ahead > 0:
-                    time.sleep(ahead)
+                _wait_until(started + sent / rate)
             if sent % 1000 == 0:
                 bar.update(1000)
         bar.update(sent % 1000)
     producer.flush()
     return sent
+
+
+#: The longest single sleep of a paced send: a slow rate waits in steps (time.sleep(1e10) overflows).
+MAX_SLEEP = 3600.0
+
+
+def _wait_until(deadline: float) -> None:
+    """Sleep until `time.monotonic()` reaches `deadline` (possibly infinite: a rate of 1e-310), in
+    steps of at most `MAX_SLEEP` seconds."""
+    while True:
+        ahead = deadline - time.monotonic()
+        if ahead <= 0:
+            return
+        time.sleep(min(ahead, MAX_SLEEP))
 
 
 def produce(settings: ProduceSettings) -> int:

@@ -11,9 +11,9 @@ a ``SHOPSTREAM_*`` variable.
 >>> settings = WorkerSettings.from_options(window=600, topic="t", checkpoint_every=500)
 >>> settings.engine.window, settings.topic, settings.checkpoints.every
 (600.0, 't', 500)
->>> WorkerSettings.from_options(sasl_password="hunter2").kafka
-KafkaConnection(bootstrap_servers='127.0.0.1:9092', security_protocol='PLAINTEXT', sasl_mechanism='PLAIN', \
-sasl_username=None, sasl_password=<secret>, ssl_cafile=None, ssl_certfile=None, ssl_keyfile=None)
+>>> WorkerSettings.from_options(security_protocol="SASL_PLAINTEXT", sasl_username="u", sasl_password="hunter2").kafka
+KafkaConnection(bootstrap_servers='127.0.0.1:9092', security_protocol='SASL_PLAINTEXT', sasl_mechanism='PLAIN', \
+sasl_username='u', sasl_password=<secret>, ssl_cafile=None, ssl_certfile=None, ssl_keyfile=None)
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 import socket
 from dataclasses import dataclass, field, fields, replace
 from typing import Optional
@@ -42,6 +43,42 @@ from .switch_interval import MAX_SECONDS as SWITCH_MAX_SECONDS
 KAFKA_CLIENTS = ("kafka-python", "confluent")
 #: The garbage collector's modes (`--gc`, stream/gc_mode.py).
 GC_MODES = ("auto", "throughput", "latency")
+#: What a listening host must be: an empty one binds every interface (as 0.0.0.0 does), unasked.
+HOST_RULE = "must name an address (0.0.0.0 for every interface, on purpose)"
+#: Kafka's longest topic name, and its characters.
+TOPIC_MAX = 249
+_TOPIC = re.compile(r"[A-Za-z0-9._-]+")
+#: The topics the code derives from a setting (stream/control_protocol.py, stream/checkpointing/kafka_store.py).
+REPLIES, CHUNKS = "-replies", "-chunks"
+
+
+def topic_problem(topic: str, suffix: str = "") -> Optional[str]:
+    """Why `topic` is no Kafka topic name (also once `suffix` is appended, for a topic the code
+    derives from it), or None: Kafka refuses such a name only after the client connected."""
+    if not _TOPIC.fullmatch(topic) or topic in (".", ".."):
+        return f"must be a topic name: 1..{TOPIC_MAX} of A-Z a-z 0-9 . _ - (Kafka's rule), not '.' or '..'"
+    if len(topic) + len(suffix) > TOPIC_MAX:
+        derived = f" ({topic[:8]}...{suffix} is used too)" if suffix else ""
+        return f"must be a topic name of at most {TOPIC_MAX - len(suffix)} characters, not {len(topic)}{derived}"
+    return None
+
+
+def check_topics(named) -> None:
+    """`ConfigError` for the first (option, topic, suffix) of `named` that is no Kafka topic name."""
+    for name, topic, suffix in named:
+        problem = topic_problem(topic, suffix)
+        if problem:
+            raise ConfigError(name, topic, problem)
+
+
+def check_connection(connection: KafkaConnection, needed: bool = True) -> None:
+    """A command that connects names a broker (`needed`), and its TLS files can be read: refused
+    at start, not by the client once it tries (an empty server list retries without end)."""
+    if not connection.bootstrap_servers:
+        if needed:
+            raise ConfigError("bootstrap_servers", "", "must name a broker: HOST:PORT[,HOST:PORT...]")
+        return
+    connection.check_files()
 
 
 @dataclass(frozen=True)
@@ -108,6 +145,7 @@ class ServeSettings:
         if isinstance(self.token, str):
             object.__setattr__(self, "token", Secret(self.token) if self.token else None)
         check(self, (("port", -1 <= self.port <= 65535, "must be -1..65535"),
+                     ("host", bool(self.host.strip()) and self.host == self.host.strip(), HOST_RULE),
                      ("timeout", self.timeout > 0, "must be > 0 seconds"),
                      ("max_connections", self.max_connections >= 1, "must be >= 1")))
 
@@ -205,6 +243,8 @@ class WorkerSettings(Settings):
             ("rejoin_deadline", self.rejoin_deadline >= 0, "must be >= 0 seconds"),
             ("until_idle", self.until_idle >= 0, "must be >= 0 seconds"),
             ("metrics_port", -1 <= self.metrics_port <= 65535, "must be -1..65535"),
+            ("metrics_host", bool(self.metrics_host.strip()) and self.metrics_host == self.metrics_host.strip(),
+             HOST_RULE),
             ("max_events", self.max_events >= 0, "must be >= 0"),
             # librdkafka workers tell the group their API address after this mark (stream/owners.py)
             ("client_id", API_MARK not in (self.client_id or ""), f"must not contain {API_MARK!r} (it marks a "
@@ -216,6 +256,7 @@ class WorkerSettings(Settings):
         ))
         _check_topics(self)
         _check_kafka_client(self)
+        check_connection(self.kafka)
         if self.auto_promote and self.lineup.promotion is None:
             # The promotion options are flat on the command line; the line-up carries the policy.
             policy = PromotionPolicy(margin=self.promotion_margin, min_resolved=self.promotion_min_resolved)
@@ -272,6 +313,10 @@ def _check_topics(settings: "WorkerSettings") -> None:
             raise ConfigError("checkpoint_topic", "", "must be a topic name (with --checkpoint-store kafka)")
         named += [("checkpoint_topic", settings.checkpoints.topic),
                   ("checkpoint_topic", f"{settings.checkpoints.topic}-chunks")]
+    # Each a Kafka topic name, also with the suffix of the topic the code derives from it.
+    suffixes = {"control_topic": REPLIES, "checkpoint_topic": CHUNKS}
+    bases = {"control_topic": settings.control_topic, "checkpoint_topic": settings.checkpoints.topic}
+    check_topics([(name, bases.get(name, topic), suffixes.get(name, "")) for name, topic in named])
     seen: dict = {}
     for name, topic in named:
         if topic in seen and seen[topic] != name:
@@ -308,6 +353,8 @@ class ProduceSettings(Settings):
         check(self, (("topic", bool(self.topic), "must be a topic name"),
                      ("rate", math.isfinite(self.rate) and self.rate >= 0, "must be >= 0 (0: as fast as possible)"),
                      ("max_bad_rows", self.max_bad_rows is None or self.max_bad_rows >= 0, "must be >= 0")))
+        check_topics([("topic", self.topic, "")])
+        check_connection(self.kafka)
 
 
 @dataclass(frozen=True)
@@ -327,6 +374,11 @@ class TopicsSettings(Settings):
     def __post_init__(self) -> None:
         check(self, (("topic", bool(self.topic), "must be a topic name"),
                      ("partitions", 1 <= self.partitions <= 10_000, "must be 1..10000")))
+        # ('' disables a predictions or control topic: none is created)
+        check_topics([("topic", self.topic, ""), *[(name, getattr(self, name), "") for name in (
+            "predictions_topic", "dead_letter_topic") if getattr(self, name)],
+            *([("control_topic", self.control_topic, REPLIES)] if self.control_topic else [])])
+        check_connection(self.kafka)
 
 
 MODEL_ACTIONS = ("list", "promote", "rollback")
@@ -362,6 +414,12 @@ class ModelsSettings(Settings):
                      ("wait_timeout", math.isfinite(self.wait_timeout) and self.wait_timeout > 0,
                       "must be > 0 seconds"),
                      ("checkpoint_store", self.checkpoint_store in ("dir", "kafka"), "must be dir or kafka")))
+        check_topics([*([("topic", self.topic, "")] if self.topic else []),
+                      *([("control_topic", self.control_topic, REPLIES)] if self.control_topic else []),
+                      *([("checkpoint_topic", self.checkpoint_topic, CHUNKS)] if self.checkpoint_store == "kafka"
+                        else [])])
+        # `models list --bootstrap-servers ''`: the artifacts and a checkpoint directory only, no broker
+        check_connection(self.kafka, needed=self.action != "list" or self.checkpoint_store == "kafka")
 
 
 __all__ = ["CheckpointSettings", "ConfigError", "KafkaConnection", "ModelsSettings", "PARTS", "ProduceSettings",

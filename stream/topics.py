@@ -54,8 +54,8 @@ def topics_command(settings: TopicsSettings) -> int:
         settings.topic: settings.partitions,
         settings.predictions_topic: settings.partitions,
         settings.dead_letter_topic: 1,
-        settings.control_topic: 1,
-        f"{settings.control_topic}-replies": 1,   # the workers' answers to control commands
+        # the workers' answers to control commands beside it ('' disables both: no "-replies" topic alone)
+        **({settings.control_topic: 1, f"{settings.control_topic}-replies": 1} if settings.control_topic else {}),
     }, configs={settings.control_topic: CONTROL_TOPIC_CONFIGS})   # commands stamped by the broker
     print(f"created topics: {', '.join(created) or 'none (all existed)'}")
     # An existing topic keeps its partitions: say so when they are not what was asked (changing

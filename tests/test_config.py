@@ -70,7 +70,8 @@ def test_every_option_of_the_worker_comes_from_a_settings_field_with_its_default
             assert f.metadata.get("type") is not None, f"{f.name} has no type for its option"
     changed = WorkerSettings.from_args(build_parser().parse_args(
         ["worker", "--window", "600", "--checkpoint-every", "7", "--challengers", "hat", "--no-auto-promote",
-         "--max-sessions", "9", "--sasl-password", "hunter2", "--mlp-learning-rate", "0.0003",
+         "--max-sessions", "9", "--security-protocol", "SASL_PLAINTEXT", "--sasl-username", "u",
+         "--sasl-password", "hunter2", "--mlp-learning-rate", "0.0003",
          "--client-id", "w1", "--artifacts", "a"]))
     assert (changed.lineup.mlp_learning_rate, changed.client_id, changed.artifacts) == (0.0003, "w1", "a")
     assert (changed.engine.window, changed.checkpoints.every, changed.lineup.challengers) == (600.0, 7, ("hat",))
