@@ -162,20 +162,15 @@ def _is_ipv6(text: str) -> bool:
 
 
 def kafka_options(config: KafkaConnection) -> dict:
-    """kafka-python keyword arguments for a consumer, producer or admin client."""
+    """kafka-python keyword arguments for a consumer, producer or admin client (`config` checked its
+    protocol, mechanism and credentials when it was built)."""
     protocol = config.security_protocol
-    if protocol not in SECURITY_PROTOCOLS:
-        raise ValueError(f"security protocol {protocol!r}: choose from {SECURITY_PROTOCOLS}")
     options = {"bootstrap_servers": config.servers or [""], "security_protocol": protocol,
                "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS}
     if protocol.startswith("SASL"):
-        mechanism = config.sasl_mechanism
-        if mechanism not in SASL_MECHANISMS:
-            raise ValueError(f"SASL mechanism {mechanism!r}: choose from {SASL_MECHANISMS}")
-        username, password = config.sasl_username, config.sasl_password
-        if not username or not password:
-            raise ValueError(f"{protocol} needs --sasl-username and --sasl-password (or SHOPSTREAM_SASL_PASSWORD)")
-        options.update(sasl_mechanism=mechanism, sasl_plain_username=username, sasl_plain_password=password.reveal())
+        assert config.sasl_password is not None   # (KafkaConnection refuses SASL without one)
+        options.update(sasl_mechanism=config.sasl_mechanism, sasl_plain_username=config.sasl_username,
+                       sasl_plain_password=config.sasl_password.reveal())
     if protocol.endswith("SSL"):
         for name in SSL_FILES:
             value = getattr(config, name)
