@@ -7,7 +7,10 @@ computed at once on the live state (`Engine.serve`), and the record carries it i
 worker that processes the record, the same or the partition's next owner after a crash or a
 rebalance, records exactly that prediction (`Engine.process(..., served=...)`): the number
 served is the one published and scored, the models learn from the features it was served
-on, and a replay reads the same header, so it records the same number again.
+on, and a replay reads the same header, so it records the same number again. Unless, by the
+time the loop reaches the record, the events ahead of it have moved the watermark past it (a
+late event opens no prediction, served or not), or a copy of its event id came first: which
+is why the API answers such a score "written", not "recorded" (stream/serving.py).
 
 The header is JSON, read with limits like an event's: at most `MAX_SERVED_FEATURES` features
 of finite numbers (or strings, as raw features may be) and `MAX_SERVED_MODELS` outputs, each a

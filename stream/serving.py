@@ -20,7 +20,17 @@ no wait behind the stream's backlog or a checkpoint's pause. What it gives up: t
 the state as processed so far (events of the session still in the backlog are not in it), and
 when the shop's tracking writes the same event id *before* the API's record reaches the
 partition, the tracking copy is the prediction (computed when processed) and the API's record
-is dropped as its duplicate, so the number answered can differ from the one recorded.
+is dropped as its duplicate, so the number answered can differ from the one recorded. Nor is it
+known when answering that the loop will record it: the lateness check reads the watermark as
+processed so far, and the events ahead of the record may move it past the event (a client's
+event time near the edge, a backlog longer than the attribution window in event time), so the
+loop refuses it as late. So the answer says what is true, ``"recorded": false, "written": true``
+(status 200, the fields of a recorded answer otherwise), never "recorded". Honouring such a record
+although late would open a prediction whose label is already decided (labels.py); refusing requests
+near the edge up front would refuse ones that get recorded and still guarantee nothing (the backlog's
+event times are unknown here). The outcome is knowable: a repeat of the event id, once the loop has
+handled it, is answered from the engine (``"recorded": true`` with the recorded score, or 409
+``late_event``); before that, as first answered (``"duplicate": true``), and nothing is written again.
 
 What-if scores read the partition's live feature state and every model, and record, learn
 and fold in nothing.
@@ -336,7 +346,8 @@ class ScoreDesk:
         self.answers_when_written = recorded == "written"
         self.write_served: Optional[Callable] = None
         # (partition, event id) -> (user id, answer) of the scores written lately: a repeat is answered the
-        # same, not written again (`SERVED_KEPT_SECONDS`; after that the engine's dedupe window knows it)
+        # same, not written again, until the loop handled the id (then the engine's dedupe window answers
+        # what was recorded) or `SERVED_KEPT_SECONDS` passed
         self.served_lately: collections.OrderedDict = collections.OrderedDict()
         self.address = address  # where other workers forward this worker's partitions' requests
         self.name = name
@@ -561,15 +572,13 @@ class ScoreDesk:
 
     def _serve_written(self, ticket: Ticket, state) -> None:
         """--serve-recorded written: score `ticket` now (`Engine.serve`), write its event carrying the
-        score (`write_served`), and answer when the write is acknowledged. An event id this partition
-        handled or served lately is answered as it was then, and not written again."""
+        score (`write_served`), and answer "written" (not "recorded") when the write is acknowledged.
+        An event id this partition handled is answered with what was recorded (its score, or 409
+        late_event); one served lately that the loop has not reached yet, as it was answered then; neither
+        is written again."""
         engine, event, partition = state.engine, ticket.event, ticket.partition
         key = (partition, event.event_id)
-        lately = self.served_lately.get(key)
-        if lately is not None and lately[0] == event.user_id:
-            self.answered += 1
-            ticket.answer(200, {**lately[1], "duplicate": True, "offset": None})
-            return
+        # The engine first: once the loop has handled the id, what was recorded is known, and is the answer.
         seen, earlier = engine.recorded(event.event_id)
         if seen:
             if earlier is None:
@@ -578,6 +587,11 @@ class ScoreDesk:
             else:
                 self.answered += 1
                 ticket.answer(200, self._recorded(event, partition, None, earlier, duplicate=True))
+            return
+        lately = self.served_lately.get(key)
+        if lately is not None and lately[0] == event.user_id:
+            self.answered += 1
+            ticket.answer(200, {**lately[1], "duplicate": True, "offset": None})
             return
         if engine.joiner.is_late(event.event_time):
             self._refuse(ticket, 409, "late_event", f"not scored: event_time {event.event_time} is behind partition "
@@ -594,6 +608,10 @@ class ScoreDesk:
         _, outputs, champion = served
         p_true, y_pred = outputs[champion]
         answer = self._recorded(event, partition, None, p_true if y_pred is not None else None, engine.slots[champion])
+        # Written, not recorded: the check above reads the watermark as processed so far, and the events
+        # ahead of the record can still move it past the event (then the loop finds it late), or the shop's
+        # tracking copy of the id can come first. Only the loop knows; a repeat of the id then says what it did.
+        answer.update(recorded=False, written=True)
         self._keep_served(key, event.user_id, answer)
         self.answered += 1   # no longer waits for the loop: the producer's acknowledgement answers it
         assert self.write_served is not None   # set by the server that serves this desk
@@ -1026,8 +1044,8 @@ class ScoreServer:
     def _write_served(self, event: Event, partition: int, header: bytes, answer: dict,
                       settle: Callable[[int, dict], None]) -> None:
         """Under the gate (`ScoreDesk._serve_written`): the event and its served score to the events
-        topic; `settle` answers 200 with the record's offset once the broker acknowledged it (on the
-        producer's thread), or 503."""
+        topic; `settle` answers 200 (written, not yet recorded) with the record's offset once the broker
+        acknowledged it (on the producer's thread), or 503."""
         def written(metadata) -> None:
             settle(200, {**answer, "offset": getattr(metadata, "offset", None)})
 

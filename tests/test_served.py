@@ -2,7 +2,9 @@
 header that carries a served prediction reads back bit for bit and refuses what does not fit;
 the engine records exactly what it served, learns from the features it served on, and refuses
 (changing nothing) a served prediction that does not fit it; the desk answers with the number
-it writes, once the write is acknowledged, and a repeat of the event id gets that number again."""
+it writes, once the write is acknowledged, as written (not recorded: the loop may still find the
+event late), and a repeat of the event id gets that number again, or once the loop handled it, what
+was recorded."""
 
 from __future__ import annotations
 
@@ -271,12 +273,15 @@ def test_a_recorded_score_answered_when_written_is_the_number_the_loop_records()
         before = pickle.dumps(engine)
         status, answer = post(server.port, request)
         assert status == 200, answer
-        assert answer["recorded"] is True and answer["duplicate"] is False and answer["offset"] == 1000
+        # written, not yet recorded: the loop may still find it late (test below)
+        assert answer["recorded"] is False and answer["written"] is True
+        assert answer["duplicate"] is False and answer["offset"] == 1000
         assert answer["model"] == "logreg" and 0 < answer["score"] < 1
         with desk.gate.lock:
             assert pickle.dumps(engine) == before   # answered: nothing recorded or learned yet
         status, again = post(server.port, request)   # a retry before the loop reached the event
         assert status == 200 and again["duplicate"] is True and again["score"] == answer["score"], again
+        assert again["written"] is True and again["recorded"] is False
         assert len(producer.sent) == 1   # one event written, not two
         status, other_user = post(server.port, {**request, "user_id": "someone-else"})
         assert status == 200 and other_user["duplicate"] is False   # an id is one event per user only
@@ -321,6 +326,56 @@ def test_an_event_id_already_handled_is_answered_with_its_recorded_score_and_not
         loop.thread.join()
         server.stop()
     assert producer.sent == []
+
+
+@pytest.mark.parametrize("case", ["on time", "at the lateness edge", "behind a backlog"])
+def test_an_answer_when_written_claims_only_the_write_and_a_repeat_tells_what_was_recorded(case):
+    """The lateness check at answer time reads the watermark as processed so far: events ahead of
+    the record in the partition can still move it past the event (a client's event time near the
+    edge; a backlog over the attribution window of event time), and the loop then refuses it as
+    late. So the answer says "written", never "recorded"; a repeat of the event id once the loop
+    has reached its record says what was recorded: its score, or 409 late_event."""
+    engine, records = history_engine()
+    producer = AckingProducer()
+    server = ScoreServer(ServeSettings(port=0, timeout=2.0, recorded="written"))
+    desk = ScoreDesk(TOPIC, server.address, "w", recorded="written")
+    loop = Loop(desk, {TopicPartition(TOPIC, 0): SimpleNamespace(engine=engine)})
+    loop.thread.start()
+    server.start(desk, producer, CollectorRegistry())
+    last, clock = records[-1], engine.joiner.max_time
+    request = {"user_id": str(last["user_id"]), "user_session": str(last["user_session"]), "product_id": "p-edge",
+               "event_type": "view", "price": 12.5, "event_id": "edge-1"}
+    if case == "at the lateness edge":   # on time by one second when answered
+        request["event_time"] = clock - engine.config.window - engine.config.lateness + 1.0
+    # Events already in the partition ahead of the request's record, not processed when it is answered.
+    backlog = {"on time": [], "at the lateness edge": [clock + 2.0],
+               "behind a backlog": [clock + 60.0 * k for k in range(1, 33)]}[case]
+    handle, _, published = handling_worker(engine)
+    try:
+        status, answer = post(server.port, request)
+        assert status == 200 and answer["offset"] == 1000 and answer["duplicate"] is False, answer
+        [sent] = producer.sent
+        with desk.gate.lock:   # the loop: the backlog, then the request's record
+            for k, t in enumerate(backlog):
+                engine.process(Event(t, "view", "p-b", f"u-b{k}", f"s-b{k}"), 900 + k)
+            handle(SimpleNamespace(topic=TOPIC, partition=0, offset=1000, key=sent.key, value=sent.value,
+                                   timestamp=0, headers=sent.headers))
+        if answer["recorded"]:   # what the answer claimed must hold
+            assert engine.recorded("edge-1") == (True, answer["score"]), "answered 'recorded', never recorded"
+        assert answer["recorded"] is False and answer["written"] is True, answer   # not known yet: said so
+        status, again = post(server.port, request)   # the same event id, after the loop reached its record
+        if case == "on time":
+            assert published == [answer["score"]] and engine.recorded("edge-1") == (True, answer["score"])
+            assert status == 200 and again["recorded"] is True and again["duplicate"] is True, again
+            assert again["score"] == answer["score"] and "written" not in again
+        else:
+            assert published == [] and engine.recorded("edge-1") == (True, None)   # refused as late
+            assert status == 409 and again["reason"] == "late_event", again
+        assert len(producer.sent) == 1   # a repeat is never written again
+    finally:
+        loop.stop.set()
+        loop.thread.join()
+        server.stop()
 
 
 def handling_worker(engine, signing_key=None):

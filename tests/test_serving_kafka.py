@@ -88,7 +88,9 @@ def test_a_served_score_is_the_streams_prediction_exactly_once(kafka, new_topic,
     try:
         status, first = post(served.port, "/score", request)
         assert status == 200, first
-        assert first["recorded"] is True and first["duplicate"] is False and 0 < first["score"] < 1
+        # written mode answers "written", not "recorded": the loop may still find the event late (serving.py)
+        assert first["recorded"] is (recorded == "processed") and first.get("written", False) is (recorded == "written")
+        assert first["duplicate"] is False and 0 < first["score"] < 1
         assert first["event_id"] == first["prediction_id"] == "api-view-1" and first["model"] == "logreg"
         # the same request again (a client retry): the same prediction, not a second one
         status, again = post(served.port, "/score", request)
