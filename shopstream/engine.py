@@ -2,7 +2,7 @@
 
 For each event, in order:
 
-1. drop it if its ``event_id`` was seen recently (a redelivered duplicate);
+1. drop it if its user's ``event_id`` was seen recently (a redelivered duplicate);
 2. advance event time; predictions whose window closed resolve *negative*;
 3. an event carrying ``label`` is predicted, scored and learned at once;
    a purchase resolves the open predictions of its (session, product) *positive*;
@@ -278,9 +278,13 @@ class Engine:
         counts = self.counts
         counts["consumed"] += 1
         event_id = event.event_id if self.deduplicates else None
-        if event_id is not None and event_id in self._recent_ids:
-            counts["duplicate"] += 1
-            return None
+        if event_id is not None:
+            # keyed by the user too: a client's id (a scoring request) must not match another user's event
+            key = (event.user_id, event_id)
+            recent = self._recent_ids
+            if key in recent or (recent.bare and event_id in recent):   # bare: ids of an old checkpoint
+                counts["duplicate"] += 1
+                return None
 
         t: float = event.event_time  # type: ignore[assignment]  # validated: epoch seconds
         joiner = self.joiner
@@ -303,14 +307,20 @@ class Engine:
         self.features.learn(event)
         if event_id is not None:  # only once handled: an event that failed may be sent again
             # p_true: what a repeated request for this event is answered (`recorded`)
-            self._recent_ids.add(event_id, p_true, self.config.dedupe)
+            self._recent_ids.add(key, p_true, self.config.dedupe)
         return p_true
 
-    def recorded(self, event_id: str) -> tuple[bool, Optional[float]]:
-        """(seen, the champion's recorded P(purchase) or None) for an event id among the
-        last `config.dedupe` handled: a scoring request repeated after its event went through."""
+    def recorded(self, event_id: str, user_id: str) -> tuple[bool, Optional[float]]:
+        """(seen, the champion's recorded P(purchase) or None) for user `user_id`'s event
+        `event_id` among the last `config.dedupe` handled: a scoring request repeated after its
+        event went through. Another user's event of that id is not this one."""
         recent = self._recent_ids
-        return (event_id in recent), recent.get(event_id)
+        key = (user_id, event_id)
+        if key in recent:
+            return True, recent[key]
+        if recent.bare and event_id in recent:   # from a checkpoint written before the window kept users
+            return True, recent[event_id]
+        return False, None
 
     def what_if(self, event: Event) -> list[tuple[str, str, str, Optional[float]]]:
         """(model, role, version, P(purchase) or None) of every slot for `event` on the live

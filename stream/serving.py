@@ -498,7 +498,7 @@ class ScoreDesk:
             answer = self._recorded(event, record.partition, record.offset, score, engine.champion_slot)
             status = 200
         else:
-            _, earlier = engine.recorded(event.event_id)
+            _, earlier = engine.recorded(event.event_id, event.user_id)
             if earlier is not None:  # scored before (a retry, or the shop's tracking sent it first)
                 answer = self._recorded(event, record.partition, None, earlier, duplicate=True)
                 status = 200
@@ -579,7 +579,7 @@ class ScoreDesk:
         engine, event, partition = state.engine, ticket.event, ticket.partition
         key = (partition, event.event_id)
         # The engine first: once the loop has handled the id, what was recorded is known, and is the answer.
-        seen, earlier = engine.recorded(event.event_id)
+        seen, earlier = engine.recorded(event.event_id, event.user_id)
         if seen:
             if earlier is None:
                 self._refuse(ticket, 409, "late_event", f"not scored: event {event.event_id!r} was handled on "

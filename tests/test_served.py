@@ -123,7 +123,7 @@ def test_a_served_prediction_is_recorded_as_served_and_learned_from_the_features
     p = engine.process(view, 7, served=served)
     x, outputs, champion = served
     assert p == outputs[champion][0]
-    assert engine.recorded("served-1") == (True, p)
+    assert engine.recorded("served-1", view.user_id) == (True, p)
     [opened] = [o for o in engine.joiner.open_predictions() if o.ref == 7]
     assert opened.x == x and tuple(opened.outputs) == outputs   # what the label join scores and learns
     learned = []
@@ -298,7 +298,7 @@ def test_a_recorded_score_answered_when_written_is_the_number_the_loop_records()
     assert served[1][served[2]][0] == answer["score"]
     event = decode_event(sent.value)
     assert engine.process(event, 1000, served) == answer["score"]   # the loop reaches the event
-    assert engine.recorded("written-1") == (True, answer["score"])
+    assert engine.recorded("written-1", event.user_id) == (True, answer["score"])
     assert registry.get_sample_value("shopstream_score_requests_total", {"mode": "record", "code": "200"}) == 3
 
 
@@ -361,21 +361,46 @@ def test_an_answer_when_written_claims_only_the_write_and_a_repeat_tells_what_wa
             handle(SimpleNamespace(topic=TOPIC, partition=0, offset=1000, key=sent.key, value=sent.value,
                                    timestamp=0, headers=sent.headers))
         if answer["recorded"]:   # what the answer claimed must hold
-            assert engine.recorded("edge-1") == (True, answer["score"]), "answered 'recorded', never recorded"
+            assert engine.recorded("edge-1", request["user_id"]) == (True, answer["score"]), "answered 'recorded', never recorded"
         assert answer["recorded"] is False and answer["written"] is True, answer   # not known yet: said so
         status, again = post(server.port, request)   # the same event id, after the loop reached its record
         if case == "on time":
-            assert published == [answer["score"]] and engine.recorded("edge-1") == (True, answer["score"])
+            assert published == [answer["score"]] and engine.recorded("edge-1", request["user_id"]) == (True, answer["score"])
             assert status == 200 and again["recorded"] is True and again["duplicate"] is True, again
             assert again["score"] == answer["score"] and "written" not in again
         else:
-            assert published == [] and engine.recorded("edge-1") == (True, None)   # refused as late
+            assert published == [] and engine.recorded("edge-1", request["user_id"]) == (True, None)   # refused as late
             assert status == 409 and again["reason"] == "late_event", again
         assert len(producer.sent) == 1   # a repeat is never written again
     finally:
         loop.stop.set()
         loop.thread.join()
         server.stop()
+
+
+def test_a_request_naming_another_users_handled_event_id_gets_its_own_score_not_that_events():
+    """Keyed by the id alone, the dedupe window answered anyone naming a handled event's id with that
+    event's recorded score (and that user's own event, later, was dropped as its duplicate)."""
+    engine, records = history_engine()
+    handled = view_of(records[-1], event_id="seen-2")
+    p = engine.process(handled)
+    producer = AckingProducer()
+    server = ScoreServer(ServeSettings(port=0, timeout=2.0, recorded="written"))
+    desk = ScoreDesk(TOPIC, server.address, "w", recorded="written")
+    loop = Loop(desk, {TopicPartition(TOPIC, 0): SimpleNamespace(engine=engine)})
+    loop.thread.start()
+    server.start(desk, producer, CollectorRegistry())
+    try:
+        status, answer = post(server.port, {"user_id": "someone-else", "user_session": "their-session",
+                                            "product_id": "p-theirs", "event_type": "view", "event_id": "seen-2"})
+    finally:
+        loop.stop.set()
+        loop.thread.join()
+        server.stop()
+    assert status == 200 and answer["duplicate"] is False and answer["written"] is True, answer
+    assert answer["score"] != p and len(producer.sent) == 1   # scored as its own event, and written
+    assert engine.recorded("seen-2", "someone-else") == (False, None)
+    assert engine.recorded("seen-2", handled.user_id) == (True, p)
 
 
 def handling_worker(engine, signing_key=None):
@@ -405,7 +430,7 @@ def test_a_worker_records_a_served_header_and_dead_letters_one_that_does_not_fit
     served = engine.serve(view)
     handle, letters, published = handling_worker(engine)
     handle(record_of(view, [(SERVED_HEADER, encode_served(served))]))
-    assert published == [served[1][0][0]] and engine.recorded(view.event_id) == (True, published[0])
+    assert published == [served[1][0][0]] and engine.recorded(view.event_id, view.user_id) == (True, published[0])
     before = pickle.dumps(engine)
     handle(record_of(view_of(records[-1], event_id="bad-1"),
                      [(SERVED_HEADER, b'{"v":1,"x":{},"outputs":[[0.5,true],[0.5,true]],"champion":0}')], 6))
@@ -442,7 +467,7 @@ def test_with_a_signing_key_a_served_prediction_must_be_signed_with_its_own_even
         "HMAC does not match: forged, or moved onto another event",
         "HMAC does not match: forged, or moved onto another event"], letters
     handle(record_of(views[4], served_headers(msgspec.json.encode(views[4]), served[4], key), 5))
-    assert len(published) == 1 and engine.recorded("signed-4") == (True, published[0])
+    assert len(published) == 1 and engine.recorded("signed-4", views[4].user_id) == (True, published[0])
 
 
 def test_the_desk_signs_what_it_writes_when_it_has_a_key():

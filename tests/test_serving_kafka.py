@@ -138,7 +138,7 @@ def test_a_served_score_is_the_streams_prediction_exactly_once(kafka, new_topic,
     engine = next(state.engine for (_, partition), state in states.items() if partition == first["partition"])
     [opened] = [p for p in engine.joiner.open_predictions() if p.ref == first["offset"]]
     assert opened.outputs[opened.champion][0] == first["score"]
-    assert engine.recorded("api-view-1") == (True, first["score"])
+    assert engine.recorded("api-view-1", request["user_id"]) == (True, first["score"])
     requests = served.registry.get_sample_value("shopstream_score_requests_total", {"mode": "record", "code": "200"})
     assert requests == 3
 
@@ -221,11 +221,12 @@ def test_served_scores_survive_kill_9_exactly_once(kafka, new_topic, tmp_path, k
         assert samples[("shopstream_gc_info", (("mode", mode),))] == 1
         if mode == "latency":   # young collections every 5,000 allocations: 6,000 events made some
             assert samples[("shopstream_gc_pause_seconds_count", (("generation", "0"),))] > 0
-        served = {}
+        served, owners = {}, {}
         for request in requests:
             status, answer = post(api, "/score", request)
             assert status == 200 and not answer["duplicate"], answer
             served[request["event_id"]] = answer["score"]
+            owners[request["event_id"]] = str(request["user_id"])
     finally:
         victim.proc.send_signal(signal.SIGKILL)
         victim.proc.wait()
@@ -256,7 +257,7 @@ def test_served_scores_survive_kill_9_exactly_once(kafka, new_topic, tmp_path, k
     for partition in expected:
         assert_same_engine(actual[partition], expected[partition], probes)
     for event_id, score in served.items():
-        assert any(engine.recorded(event_id) == (True, score) for engine in actual.values())
+        assert any(engine.recorded(event_id, owners[event_id]) == (True, score) for engine in actual.values())
 
 
 def test_requests_are_answered_while_the_loop_waits_in_a_long_poll(kafka, new_topic, tmp_path):
