@@ -103,7 +103,7 @@ def remove_leftovers(directory: Path, pattern: str) -> list[Path]:
     removed = []
     for path in sorted(directory.glob(pattern)):
         try:
-            handle = os.open(path, os.O_RDONLY)
+            handle = os.open(path, os.O_RDONLY | os.O_NONBLOCK)   # a FIFO by that name: no wait for a writer
         except OSError:
             continue
         try:

@@ -12,7 +12,9 @@ For the partitions due, `Checkpointer.save`:
 
 A step that fails pauses the partitions it concerns (`blocked`) instead of learning
 further than the last durable state; `retry` tries again every `RETRY_SECONDS`, and a
-success resumes them. Nothing here raises for a broker or a disk that fails.
+success resumes them. Nothing here raises for a broker or a disk that fails. So with a
+partition assigned whose checkpoint cannot be read (`hold`): it is paused, its restore
+tried again at each retry, while the other partitions go on.
 
 Periodic checkpoints (`periodic`) of a large state are written from a forked copy of the
 process (`BackgroundCheckpoints.begin_save`): the loop stops only for the fork and goes on
@@ -49,7 +51,7 @@ import time
 from typing import Any, Callable, Optional
 
 from kafka.structs import OffsetAndMetadata
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from shopstream.model_state import fresh_shell
@@ -113,6 +115,13 @@ class Checkpointer:
         self._last_retry = 0.0
         self.written = Counter("shopstream_checkpoints", "Checkpoints written", registry=registry)
         self.failures = Counter("shopstream_checkpoint_failures", "Checkpoints that failed", registry=registry)
+        # partition -> (why its checkpoint cannot be read, what restores it): assigned, but held (`hold`)
+        self.held: dict[Any, tuple[str, Callable[[], Any]]] = {}
+        self.unreadable = Counter("shopstream_checkpoint_unreadable",
+                                  "Restores of a partition whose checkpoint could not be read (the partition held)",
+                                  registry=registry)
+        Gauge("shopstream_checkpoint_held", "Partitions held, paused, because their checkpoint cannot be read",
+              registry=registry).set_function(lambda: len(self.held))
         registry.register(_StoreCollector(store))
 
     @property
@@ -123,8 +132,23 @@ class Checkpointer:
 
     @property
     def blocked(self) -> dict:
-        """Partition -> why it is paused, for the partitions paused because they cannot be checkpointed."""
-        return {tp: p.paused_because for tp, p in self.partitions.items() if p.paused_because is not None}
+        """Partition -> why it is paused, for the partitions paused because they cannot be checkpointed,
+        or restored (`held`)."""
+        blocked = {tp: p.paused_because for tp, p in self.partitions.items() if p.paused_because is not None}
+        return {**blocked, **{tp: reason for tp, (reason, _) in self.held.items()}} if self.held else blocked
+
+    def hold(self, tp, reason: str, again: Callable[[], Any]) -> None:
+        """`tp` is assigned but its checkpoint cannot be read (`restore.CheckpointUnreadable`): paused,
+        counted and said, and the worker's other partitions go on. Nothing of it is read, learned or
+        saved meanwhile: its checkpoint stays the truth. `retry` calls `again` (the worker's restore of
+        it, which takes it or holds it again); `release` lets go of it."""
+        self.unreadable.inc()
+        before = self.held.get(tp)
+        self.held[tp] = (reason, again)
+        if before is None or before[0] != reason:
+            log.error("%s; partition held (paused, none of its records read) until it can be read, tried again "
+                      "every %.0f s; the other partitions go on", reason, self.retry_seconds)
+        self.consumer.pause(tp)
 
     def due(self, tp) -> bool:
         """N events (and the rest after a forked copy) or T seconds since the partition's last
@@ -170,12 +194,28 @@ class Checkpointer:
         if blocked and now - self._last_retry >= self.retry_seconds:
             self._last_retry = now
             self.save(list(blocked))
+            for tp, (_, again) in list(self.held.items()):
+                self._restore_held(tp, again)
+
+    def _restore_held(self, tp, again: Callable[[], Any]) -> None:
+        # Resumed before the restore: a consumer that dropped records while paused seeks back on resume
+        # (the librdkafka adapter), and the restore's own seek must come after that one.
+        self.consumer.resume(tp)
+        try:
+            again()
+        finally:
+            if tp in self.partitions:
+                self.held.pop(tp, None)
+                log.info("partition %d: its checkpoint could be read: restored, resumed", tp.partition)
+            else:   # held again, or refused (the worker stops): none of its records is read
+                self.consumer.pause(tp)
 
     def release(self, tps, commit_async: bool = False) -> None:
         """Checkpoint the partitions of `tps`, then let go of them (revoked, or the consumer replaced)."""
         self.save(tps, commit_async)
         for tp in tps:
             self.partitions.pop(tp, None)
+            self.held.pop(tp, None)
             self._last_cost.pop(tp, None)   # its next owner (maybe this worker) measures afresh
             self._forking.discard(tp)
             self._forked_size.pop(tp, None)

@@ -10,6 +10,12 @@ key, so is a partition whose newest checkpoint the store may not have been able 
 (`CheckpointStore.doubt`: a batch of the Kafka store's manifest topic that could not be
 read): its last readable checkpoint is taken when the group committed no further, a new
 start when the group committed nothing.
+
+A checkpoint the store cannot read at all (an OSError: a directory or a FIFO by its name, a
+file the process may not read, EIO) is neither refused nor taken as absent: `restore` raises
+`CheckpointUnreadable`, and the partition is held, paused, until its checkpoint can be read
+(`Checkpointer.hold`); a new start there would drop what it learned and count its records
+again. `--force-fresh-start` does not pass it: the file may be readable again in a moment.
 """
 
 from __future__ import annotations
@@ -23,10 +29,15 @@ from shopstream.features import FeatureCaps
 from shopstream.signing import SignatureError
 
 from .checkpointing.format import CheckpointError
-from .checkpointing.stores import CheckpointStore
+from .checkpointing.stores import CheckpointStore, unreadable
 from .partition import Partition
 
 log = logging.getLogger(__name__)
+
+
+class CheckpointUnreadable(OSError):
+    """A partition's checkpoint could not be read (the OSError is its cause): the partition is held, not
+    started over and not the worker's end."""
 
 
 class PartitionRestorer:
@@ -52,9 +63,13 @@ class PartitionRestorer:
     def restore(self, tp) -> Partition:
         """The partition's checkpoint, else a new start. A refused checkpoint raises
         (CheckpointError, SignatureError) unless `force_fresh_start`. What no checkpoint
-        holds (a new start, commands applied since) counts as unsaved from now."""
+        holds (a new start, commands applied since) counts as unsaved from now. A checkpoint
+        that cannot be read raises CheckpointUnreadable, `force_fresh_start` or not."""
         try:
             state = self.store.load(tp.topic, tp.partition)
+        except OSError as exc:   # the disk, not what the file holds: never a new start over it
+            raise CheckpointUnreadable(f"partition {tp.partition}: "
+                                       f"{unreadable(self.store.key(tp.topic, tp.partition), exc)}") from exc
         except (CheckpointError, SignatureError) as exc:
             if not self.force_fresh_start:
                 raise

@@ -50,7 +50,7 @@ from .membership import GroupMembership, moved_share
 from .outputs import Outputs
 from .partition import Partition
 from .rebalance_listener import OffLoopNote
-from .restore import PartitionRestorer
+from .restore import CheckpointUnreadable, PartitionRestorer
 from .served import check_signed, decode_served, served_header
 from .serving import EngineGate, ScoreDesk, ScoreServer
 from .settings import WorkerSettings
@@ -182,7 +182,7 @@ class Worker(ConsumerRebalanceListener):
     def _release_all(self) -> None:
         """Before the consumer is replaced: checkpoint and let go of everything owned."""
         self.consumer_rebuilds.inc()
-        self.checkpointer.release(list(self.partitions))
+        self.checkpointer.release([*self.partitions, *self.checkpointer.held])
 
     # -- partition lifecycle (called inside poll: by kafka-python in a thread of its own, its event loop
     #    heartbeating meanwhile (stream/rebalance_listener.py); by librdkafka on this thread) ------------
@@ -192,7 +192,7 @@ class Worker(ConsumerRebalanceListener):
             self._partitions_revoked(revoked)
 
     def _partitions_revoked(self, revoked):
-        owned = [tp for tp in revoked if tp in self.partitions]
+        owned = [tp for tp in revoked if tp in self.partitions or tp in self.checkpointer.held]
         for tp in revoked:
             self._resumed.pop(tp, None)
         # The commit is sent before this member rejoins, not waited for (its offsets serve monitoring and
@@ -211,31 +211,40 @@ class Worker(ConsumerRebalanceListener):
         self._count_partitions = True   # after this poll, by the loop (no metadata waits inside the join)
         self.idle.restart(time.monotonic())  # the first fetch of a partition takes a moment
         for tp in assigned:
-            try:
-                state = self.restorer.restore(tp)
-            except (CheckpointError, SignatureError, ArtifactError) as exc:
-                # Never guess past an untrusted file: stop, and say which and why.
-                log.error("partition %d: %s", tp.partition, exc)
-                self.fatal = f"partition {tp.partition}: {exc}"
-                self.stopping = True
-                continue
-            except Exception as exc:  # noqa: BLE001 - unreadable path, store timeout: same clean stop
-                # Raised out of this callback, it would kill the worker inside poll: no checkpoint of
-                # the other partitions, no close, the group waiting a session timeout for it.
-                log.error("partition %d: restoring failed: %s: %s; stopping (its other partitions are "
-                          "checkpointed, the group is left)", tp.partition, type(exc).__name__, exc)
-                self.fatal = f"partition {tp.partition}: restoring failed: {type(exc).__name__}: {exc}"
-                self.stopping = True
-                continue
-            state.engine.mark_good()
-            if self.learn_log is not None:
-                self.learn_log.attach(state)
-            if self.settings.signing_key is not None or tp in self.restorer.doubted:
-                self._unverified.add(tp)  # checked against the committed offset after this poll
-            self.partitions[tp] = state
-            self.consumer.seek(tp, state.next_offset)
-            self._resumed[tp] = state.next_offset
-            log.info("assigned partition %d: %s, next offset %d", tp.partition, state.origin, state.next_offset)
+            self._take(tp)
+
+    def _take(self, tp) -> None:
+        """Restore an assigned partition and read it from its next offset: at its assignment, and at each
+        retry while its checkpoint cannot be read (`Checkpointer.hold`)."""
+        try:
+            state = self.restorer.restore(tp)
+        except CheckpointUnreadable as exc:
+            # The disk, not what the file holds: this partition waits, paused, tried again; the others go on.
+            self.checkpointer.hold(tp, str(exc), again=lambda: self._take(tp))
+            return
+        except (CheckpointError, SignatureError, ArtifactError) as exc:
+            # Never guess past an untrusted file: stop, and say which and why.
+            log.error("partition %d: %s", tp.partition, exc)
+            self.fatal = f"partition {tp.partition}: {exc}"
+            self.stopping = True
+            return
+        except Exception as exc:  # noqa: BLE001 - a store timeout, an artifact path: a clean stop
+            # Raised out of this callback, it would kill the worker inside poll: no checkpoint of
+            # the other partitions, no close, the group waiting a session timeout for it.
+            log.error("partition %d: restoring failed: %s: %s; stopping (its other partitions are "
+                      "checkpointed, the group is left)", tp.partition, type(exc).__name__, exc)
+            self.fatal = f"partition {tp.partition}: restoring failed: {type(exc).__name__}: {exc}"
+            self.stopping = True
+            return
+        state.engine.mark_good()
+        if self.learn_log is not None:
+            self.learn_log.attach(state)
+        if self.settings.signing_key is not None or tp in self.restorer.doubted:
+            self._unverified.add(tp)  # checked against the committed offset after this poll
+        self.partitions[tp] = state
+        self.consumer.seek(tp, state.next_offset)
+        self._resumed[tp] = state.next_offset
+        log.info("assigned partition %d: %s, next offset %d", tp.partition, state.origin, state.next_offset)
 
     def _verify_restored(self, batches: dict) -> None:
         """Check newly restored partitions against the group's committed offsets. Here, after

@@ -23,7 +23,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
+import stat
 import time
 from pathlib import Path
 from types import MappingProxyType
@@ -40,6 +42,26 @@ from .syncing import Acknowledged, SyncingSave
 log = logging.getLogger(__name__)
 #: What `key` makes of a topic and partition: a Kafka topic name, a partition number as `str(int)` writes it.
 _CHECKPOINT_NAME = re.compile(r"([A-Za-z0-9._-]{1,249})-(0|[1-9][0-9]{0,9})")
+
+
+def unreadable(key: str, exc: OSError) -> str:
+    """Why the checkpoint under `key` could not be read, in one line (`load_all`, the worker's restore).
+
+    >>> unreadable("events-1", IsADirectoryError(21, "Is a directory", "/c/events-1.ckpt"))
+    'checkpoint events-1: cannot be read: IsADirectoryError: Is a directory'
+    """
+    return f"checkpoint {key}: cannot be read: {type(exc).__name__}: {exc.strerror or exc}"
+
+
+def open_checkpoint(path: Path, buffering: int = -1):
+    """`path` opened for reading without waiting: a FIFO by a checkpoint's name blocked open() until a
+    writer came (a restore, models list and a save's group check hung for good). Anything but a regular
+    file is refused with an OSError (a directory by Python's own open)."""
+    handle = open(path, "rb", buffering=buffering, opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK))
+    if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+        handle.close()
+        raise OSError(f"{path} is not a regular file (a FIFO or a device)")
+    return handle
 
 
 class CheckpointStore:
@@ -121,7 +143,8 @@ class CheckpointStore:
     def load(self, topic: str, partition: int) -> Optional[Partition]:
         """The partition's checkpoint, verified and bound to this topic, partition and
         group; None if there is none. CheckpointError (or SignatureError) if it cannot be
-        trusted. Everything but the payload is checked before the payload is read."""
+        trusted, OSError if it cannot be read (`unreadable` says so). Everything but the payload
+        is checked before the payload is read."""
         key = self.key(topic, partition)
         where = f"checkpoint {key}"
         found = self._read_head(key, where)
@@ -162,8 +185,7 @@ class CheckpointStore:
             except (CheckpointError, SignatureError, OSError) as exc:
                 if refused is None:
                     raise
-                refused[(topic, int(partition))] = str(exc) if not isinstance(exc, OSError) else \
-                    f"checkpoint {key}: cannot be read: {type(exc).__name__}: {exc.strerror or exc}"
+                refused[(topic, int(partition))] = unreadable(key, exc) if isinstance(exc, OSError) else str(exc)
                 continue
             if state is not None:
                 states[(topic, int(partition))] = state
@@ -246,7 +268,7 @@ class DirectoryCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         has no group in it: two groups sharing a directory would write over each other's); None
         if there is no such file or no readable header."""
         try:
-            with open(self.root / f"{key}.ckpt", "rb") as handle:
+            with open_checkpoint(self.root / f"{key}.ckpt") as handle:
                 head = handle.read(len(MAGIC))
                 handle.readline(HEADER_LIMIT)
                 header = handle.readline(HEADER_LIMIT)
@@ -258,7 +280,7 @@ class DirectoryCheckpointStore(BackgroundCheckpoints, CheckpointStore):
     def _read_head(self, key: str, where: str) -> Optional[tuple[dict, Any]]:
         path = self.root / f"{key}.ckpt"
         try:
-            handle = open(path, "rb", buffering=READ_SIZE)
+            handle = open_checkpoint(path, buffering=READ_SIZE)
         except FileNotFoundError:
             return None
         try:
