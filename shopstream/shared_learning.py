@@ -68,18 +68,40 @@ class CatalogEvents:
 
     source: int
     events: list            # [[offset, *CATALOG_FIELDS values], ...] in offset order
+    #: How many times the source's offsets went backwards (`LearnOutbox.observe`): offsets are
+    #: compared within one epoch only. Records written before it existed say none: 0.
+    epoch: int = 0
 
     @classmethod
-    def of(cls, source: int, batch: list) -> "CatalogEvents":
+    def of(cls, source: int, batch: list, epoch: int = 0) -> "CatalogEvents":
         """From (offset, Event) pairs."""
-        return cls(source, [[offset, *(getattr(event, f) for f in CATALOG_FIELDS)] for offset, event in batch])
+        return cls(source, [[offset, *(getattr(event, f) for f in CATALOG_FIELDS)] for offset, event in batch],
+                   epoch)
 
 
 class LearnOutbox:
     """The engine's `learn_sink` in the shared mode: resolved examples waiting to be published.
 
     Pickled with the engine, so `seq` resumes from the checkpoint and a replay numbers the
-    same examples the same way. The worker drains it after every event."""
+    same examples the same way. The worker drains it after every event.
+
+    `epoch` counts the times the events' offsets went backwards under this outbox (the
+    events topic deleted and created again: the worker goes on from its new start with the
+    same engine). Replicas compare a source's catalog offsets within one epoch only: without
+    it, they took every event of the new topic for one already folded until its offsets
+    passed the old ones. Pickled too, so a replay finds the same epochs at the same events.
+
+    >>> from shopstream.events import Event
+    >>> box, e = LearnOutbox(source=2), Event(1.6e9, "view", "p", "u", "s")
+    >>> for offset in (7, 8, 0, 1):
+    ...     box.observe(offset, e)
+    >>> [(b.epoch, [row[0] for row in b.events]) for b in box.drain_catalog()]
+    [(0, [7, 8]), (1, [0, 1])]
+    """
+
+    epoch = 0               # (class defaults: an outbox pickled before they existed has none)
+    last_observed = -1      # the offset of the last event observed
+    sealed: Optional[list] = None   # CatalogEvents of an earlier epoch not yet published
 
     def __init__(self, source: int):
         self.source = source
@@ -96,11 +118,25 @@ class LearnOutbox:
         out, self.pending = self.pending, []
         return out
 
-    def drain_events(self) -> Optional[CatalogEvents]:
-        if not self.events:
-            return None
-        batch, self.events = CatalogEvents.of(self.source, self.events), []
-        return batch
+    def observe(self, offset: int, event: Event) -> None:
+        """An event its partition handled, for the next `CatalogEvents`."""
+        if offset <= self.last_observed:   # the events' offsets went backwards: a new epoch
+            if self.events:
+                self.sealed = [*(self.sealed or ()), CatalogEvents.of(self.source, self.events, self.epoch)]
+                self.events = []
+            self.epoch += 1
+        self.last_observed = offset
+        self.events.append((offset, event))
+
+    def drain_catalog(self) -> list[CatalogEvents]:
+        """The events observed since the last call: one `CatalogEvents` per epoch, in order."""
+        out = list(self.sealed or ())
+        if self.sealed:
+            self.sealed = None
+        if self.events:
+            out.append(CatalogEvents.of(self.source, self.events, self.epoch))
+            self.events = []
+        return out
 
 
 class LogReplica:
@@ -117,6 +153,13 @@ class LogReplica:
     >>> r.applied
     {0: [4, set()]}
     """
+
+    #: Catalog events of other partitions passed over: not above the last offset folded from their
+    #: source in its epoch (a source replaying after a restart sends again what was folded; else a
+    #: forged offset), or of an epoch older than one folded. (Class defaults: a replica pickled
+    #: before they existed has neither.)
+    rewound = 0
+    epochs: Optional[dict] = None   # source -> the epoch of its events folded (`CatalogEvents.epoch`); absent: 0
 
     def __init__(self, own: int = -1) -> None:
         self.own = own          # this partition: its own events are already in its feature tables
@@ -162,14 +205,30 @@ class LogReplica:
 
     def _fold(self, engine, batch: CatalogEvents) -> str:
         learn_catalog = getattr(engine.features, "learn_catalog", None)
-        if batch.source == self.own or learn_catalog is None:
+        source = batch.source
+        if source == self.own or learn_catalog is None:
             return "folded"
-        last = self.folded.get(batch.source, -1)
+        epochs = self.epochs
+        if epochs is None:
+            epochs = self.epochs = {}
+        epoch = epochs.get(source, 0)
+        if batch.epoch != epoch:
+            if batch.epoch < epoch:   # the source's offsets went backwards since: these are superseded
+                self.rewound += len(batch.events)
+                return "folded"
+            epochs[source] = batch.epoch   # its events topic started over: offsets count from its new start
+            self.folded.pop(source, None)
+        last = self.folded.get(source, -1)
+        behind = 0
         for offset, *values in batch.events:
-            if offset > last:   # a replayed batch's events were folded already
+            if offset > last:
                 learn_catalog(Event(0.0, user_id="", user_session="", **dict(zip(CATALOG_FIELDS, values))))
                 last = offset
-        self.folded[batch.source] = last
+            else:   # a replayed batch's events were folded already (or a forged offset passed them)
+                behind += 1
+        self.folded[source] = last
+        if behind:
+            self.rewound += behind
         return "folded"
 
     def skip(self, offset: int) -> None:

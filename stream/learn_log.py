@@ -5,7 +5,8 @@ position). This module is the Kafka half, one `LearnLog` per worker:
 
 - `publish`: after each batch of a partition, the examples its engine resolved go to the
   learn topic (one partition: one order for the whole group) through the worker's own
-  producer, so the checkpoint's "outputs acknowledged first" covers them too;
+  producer, so the checkpoint's "outputs acknowledged first" covers them too, and so do
+  the events it handled (`CatalogEvents`, cut in records of at most `MAX_BATCH_BYTES`);
 - `apply`: every loop, the learn topic is read from the lowest position of the partitions
   this worker owns, and each record is applied to every owned partition whose position it
   is at (`LogReplica.apply`): every replica applies the same records in the same order;
@@ -15,7 +16,10 @@ position). This module is the Kafka half, one `LearnLog` per worker:
   replica passes over it and nothing of it is learned. So are the records of a batch the
   client cannot read or decompress (reason ``unreadable``; found as stream/corrupt.py finds
   one in the events topic): every worker of the group reads this topic, and such a batch
-  stopped them all, at every restart.
+  stopped them all, at every restart. The events' limits hold for a record too (``invalid``:
+  more than MAX_FEATURES features, a longer name, a text value for a floats-only feature set).
+  Catalog events not above the last offset folded from their partition in its epoch are not
+  folded, but counted (reason ``rewound``, in events) and logged.
 
 A record's value: one check line (``sha256:<hex>``, or ``hmac-sha256:<hex>`` with the
 worker's signing key, its setting `signing_key`), then the example as JSON (floats written so they read back to the
@@ -24,6 +28,7 @@ same bits). The check covers the JSON bytes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -37,11 +42,13 @@ from kafka.errors import CorruptRecordError
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from shopstream.events import EVENT_TYPES, MAX_EVENT_TIME, MAX_ID_CHARS, MAX_NAME_CHARS, MAX_PRICE
+from shopstream.events import EVENT_TYPES, MAX_EVENT_TIME, MAX_FEATURES, MAX_ID_CHARS, MAX_NAME_CHARS, MAX_PRICE
+from shopstream.features import FEATURE_SETS
 from shopstream.shared_learning import CATALOG_FIELDS, CatalogEvents, Example, LearnOutbox, LogReplica
 from shopstream.signing import FROM_ENVIRONMENT, KEY_IS_SET, Key, key_of
 
 from .corrupt import CorruptBatchSkipper
+from .outputs import MAX_BATCH_BYTES
 from .record_reader import read_records_in_one_pass
 from .topics import create_topics
 
@@ -67,11 +74,19 @@ def schema_of(config) -> str:
     return f"features={config.features};window={config.window:g}"
 
 
+@functools.lru_cache(maxsize=16)
+def _floats_only(schema: str) -> bool:
+    """Whether the feature set `schema` names gives floats only (`ShopFeatures.floats_only`)."""
+    name = schema.partition(";")[0].partition("features=")[2]
+    return bool(getattr(FEATURE_SETS.get(name), "floats_only", False))
+
+
 def encode(example: Example | CatalogEvents, group: str, topic: str, schema: str, lineup: str,
            key: Optional[bytes] = None) -> bytes:
     head = {"format": FORMAT, "group": group, "topic": topic, "schema": schema, "lineup": lineup}
     if isinstance(example, CatalogEvents):
-        body = _encode({**head, "kind": "events", "source": example.source, "events": example.events})
+        body = _encode({**head, "kind": "events", "source": example.source, "epoch": example.epoch,
+                        "events": example.events})
     else:
         body = _encode({**head, "kind": "example", "source": example.source, "seq": example.seq, "y": example.y,
                         "predicted_at": example.predicted_at, "resolved_at": example.resolved_at,
@@ -117,7 +132,7 @@ def decode(value: Optional[bytes], group: str, topic: str, schema: str,
     if doc.get("schema") != schema:
         raise RefusedRecord("schema", f"made under {doc.get('schema')!r}; this worker's models learn {schema!r}")
     try:
-        return _catalog(doc) if doc.get("kind") == "events" else _example(doc)
+        return _catalog(doc) if doc.get("kind") == "events" else _example(doc, _floats_only(schema))
     except RefusedRecord:
         raise
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:   # a value no check above foresaw
@@ -134,24 +149,47 @@ def _number_in(value, low: float, high: float) -> bool:
     return type(value) in (int, float) and -math.inf < low <= value <= high < math.inf
 
 
+#: Kafka's offsets are signed 64-bit integers.
+MAX_OFFSET = 2**63 - 1
+
+
 def _catalog(doc: dict) -> CatalogEvents:
-    """The events' limits hold here too (events.py): a catalog row is an event another worker read."""
-    source, events = doc.get("source"), doc.get("events")
+    """The events' limits hold here too (events.py): a catalog row is an event another worker read.
+    Its rows come in increasing offset order, as the source read them."""
+    source, events, epoch = doc.get("source"), doc.get("events"), doc.get("epoch", 0)
     if type(source) is not int or source < 0 or not isinstance(events, list):
         raise RefusedRecord("invalid", f"source {source!r}: must be an integer >= 0, with a list of events")
+    if type(epoch) is not int or not 0 <= epoch <= MAX_OFFSET:
+        raise RefusedRecord("invalid", f"epoch {str(epoch)[:40]}: must be an integer >= 0")
+    last = -1
     for row in events:
         if not (isinstance(row, list) and len(row) == 1 + len(CATALOG_FIELDS) and type(row[0]) is int
+                and last < row[0] <= MAX_OFFSET
                 and row[1].__class__ is str and row[1] in EVENT_TYPES
                 and (row[2].__class__ is int or (row[2].__class__ is str and 0 < len(row[2]) <= MAX_ID_CHARS))
                 and all(v is None or (v.__class__ is str and len(v) <= MAX_NAME_CHARS)
                         for v in (row[3], row[4], row[6], row[7]))
                 and (row[5] is None or _number_in(row[5], 0.0, MAX_PRICE))):
             raise RefusedRecord("invalid", f"event {str(row)[:120]}: not [offset, {', '.join(CATALOG_FIELDS)}] "
-                                           "within the events' limits")
-    return CatalogEvents(source, events)
+                                           "within the events' limits, offsets increasing")
+        last = row[0]
+    return CatalogEvents(source, events, epoch)
 
 
-def _example(doc: dict) -> Example:
+#: The one-hot columns `ShopFeatures` names "field=value" (a value of up to MAX_NAME_CHARS characters).
+_ONE_HOT_FIELDS = frozenset({"platform", "channel", "category"})
+
+
+def _name_fits(name: str) -> bool:
+    """A feature name a feature set can give: an event's (raw), or one of the shop features' (their one-hot
+    columns say which value: longer by their "field=" prefix)."""
+    if len(name) <= MAX_NAME_CHARS:
+        return True
+    field, _, value = name.partition("=")
+    return field in _ONE_HOT_FIELDS and len(value) <= MAX_NAME_CHARS
+
+
+def _example(doc: dict, floats_only: bool = False) -> Example:
     source, seq, y, x = doc.get("source"), doc.get("seq"), doc.get("y"), doc.get("x")
     predicted_at, resolved_at = doc.get("predicted_at"), doc.get("resolved_at")
     times = (predicted_at, resolved_at)
@@ -164,11 +202,22 @@ def _example(doc: dict) -> Example:
         raise RefusedRecord("invalid", f"times {str(times)[:80]}: must be finite numbers")
     if not isinstance(x, dict):
         raise RefusedRecord("invalid", "features: must be an object")
+    # The events' limits (a genuine example has at most as many: raw gives a subset of an event's features,
+    # shop about 65): a record with 40,000 invented names grew every model and checkpoint for good.
+    if len(x) > MAX_FEATURES:
+        raise RefusedRecord("invalid", f"{len(x)} features: more than the events' {MAX_FEATURES}")
     for name, v in x.items():
+        if not _name_fits(name):
+            raise RefusedRecord("invalid", f"feature name {name[:40]!r}... of {len(name)} characters: more than "
+                                           f"the events' {MAX_NAME_CHARS}")
         # bounded (1e300 then -1e300 made a scaler's variance NaN, and every slot reset); looser than an
         # event's features: these are computed ones (a session's seconds may pass 1e9 under a long --session-ttl)
         if not ((v.__class__ is str and len(v) <= MAX_NAME_CHARS) or _number_in(v, -MAX_LEARNED_ABS, MAX_LEARNED_ABS)):
             raise RefusedRecord("invalid", f"feature {name[:80]!r}: {str(v)[:40]} is not a finite number or a string")
+        if floats_only and v.__class__ is not float:
+            # River's StandardScaler counted a text value, then raised: every scaler changed, nothing learned
+            raise RefusedRecord("invalid", f"feature {name[:80]!r}: {str(v)[:40]} is not a float, and this "
+                                           "feature set gives floats only")
     return Example(source, seq, x, y, float(predicted_at), float(resolved_at))  # type: ignore[arg-type]  # numbers
 
 
@@ -193,6 +242,7 @@ class LearnLog:
         self.end = 0               # the learn topic's end offset, as last seen
         self.published = 0
         self.refused: dict[str, int] = {}
+        self.rewound_records = 0   # records with catalog events not folded (`_rewound`): for the log's rate
         self.partitions: dict = {}  # the worker's owned partitions, for metrics
         self.delay = Histogram("shopstream_learn_delay_seconds",
                                "From a learn record's publication to its being applied by a partition",
@@ -246,21 +296,39 @@ class LearnLog:
 
     def observe(self, state, offset: int, event) -> None:
         """An event the partition handled: its catalog part goes out with the next publication."""
-        state.engine.learn_sink.events.append((offset, event))
+        state.engine.learn_sink.observe(offset, event)
 
     def publish(self, state) -> None:
         """Send what the partition's engine resolved, and the events it handled, since the last call."""
         outbox = state.engine.learn_sink
-        batch = outbox.drain_events()
-        if not outbox.pending and batch is None:
+        batches = outbox.drain_catalog()
+        if not outbox.pending and not batches:
             return
         lineup = ",".join(f"{s.name}@{s.version}" for s in state.engine.slots if s.learn)
-        for example in [*outbox.drain(), *([batch] if batch is not None else [])]:
-            value = encode(example, self.group, self.events_topic, self.schema, lineup, self.key)
-            # The worker's producer: a checkpoint waits until these are acknowledged like any output.
-            # To the one partition read (a learn topic made with more would spread records by key).
-            self.outputs.send(self.topic, str(example.source).encode(), value, partition=self.tp.partition)
-            self.published += isinstance(example, Example)
+        for example in outbox.drain():
+            # One example: at most the events' MAX_FEATURES names and values (tens of KB), never near the cap
+            self._send(example, encode(example, self.group, self.events_topic, self.schema, lineup, self.key))
+            self.published += 1
+        for batch in batches:
+            self._send_catalog(batch, lineup)
+
+    def _send_catalog(self, batch: CatalogEvents, lineup: str) -> None:
+        """A polled batch's events, cut in halves until each record is at most `MAX_BATCH_BYTES` (as
+        predictions are, outputs.py): 1,000 events with long names made one of 1.3 MB, past the broker's
+        and the client's 1 MiB; refused, sent again at every confirm, no checkpoint ever again. Replicas
+        fold row by row in offset order, so the halves, sent in order, fold exactly as the whole."""
+        value = encode(batch, self.group, self.events_topic, self.schema, lineup, self.key)
+        if len(value) > MAX_BATCH_BYTES and len(batch.events) > 1:
+            half = len(batch.events) // 2
+            self._send_catalog(CatalogEvents(batch.source, batch.events[:half], batch.epoch), lineup)
+            self._send_catalog(CatalogEvents(batch.source, batch.events[half:], batch.epoch), lineup)
+            return
+        self._send(batch, value)
+
+    def _send(self, example: Example | CatalogEvents, value: bytes) -> None:
+        # The worker's producer: a checkpoint waits until these are acknowledged like any output.
+        # To the one partition read (a learn topic made with more would spread records by key).
+        self.outputs.send(self.topic, str(example.source).encode(), value, partition=self.tp.partition)
 
     # -- applying ----------------------------------------------------------------------
 
@@ -304,14 +372,36 @@ class LearnLog:
                 for state in behind:
                     state.learn_log.skip(record.offset)
                 continue
+            rewound = 0
             for state in behind:
-                outcome = state.learn_log.apply(state.engine, record.offset, example)
+                replica = state.learn_log
+                before = replica.rewound
+                outcome = replica.apply(state.engine, record.offset, example)
                 if outcome == "learned" or outcome == "folded":
                     if outcome == "learned" and record.timestamp and record.timestamp > 0:
                         self.delay.observe(max(0.0, now - record.timestamp / 1000.0))
                     state.mark_changed()
+                rewound = max(rewound, replica.rewound - before)
+            if rewound:
+                self._rewound(record.offset, example, rewound, behind)
         self.end = max(self.end, self.position, self.consumer.highwater(self.tp) or 0)
         return len(records)
+
+    def _rewound(self, offset: int, batch, rows: int, behind: list) -> None:
+        """Catalog events not folded: at or below the last offset folded from their source (in its epoch).
+        Counted as refused (reason ``rewound``, events, not records), logged as the other refusals are."""
+        n = self.refused["rewound"] = self.refused.get("rewound", 0) + rows
+        self.rewound_records += 1
+        k = self.rewound_records
+        if k & (k - 1) == 0:   # the 1st, 2nd, 4th... such record: a flood cannot flood the log
+            last = max((s.learn_log.folded.get(batch.source, -1) for s in behind), default=-1)
+            log.warning("learn topic %s@%d: %d of %d catalog event(s) of partition %d (offsets %d..%d, epoch %d) "
+                        "not folded: not above the last folded from it (%d), or of an earlier epoch (%d such "
+                        "event(s) so far). Expected after that partition's restart (its replay sends again what "
+                        "was folded); else a forged offset went ahead of its events (set a signing key), and "
+                        "they are missing from the shop-wide tables",
+                        self.topic, offset, rows, len(batch.events), batch.source, batch.events[0][0],
+                        batch.events[-1][0], batch.epoch, last, n)
 
     def _pass_over_unreadable(self, exc: Exception) -> None:
         """The batch at the log's position cannot be read: every replica passes over its records."""

@@ -96,10 +96,12 @@ def test_a_learn_record_reads_back_to_the_same_bits():
     rng = random.Random(1)
     x = {f"f{i}": v for i, v in enumerate([0.1, 1e15, 5e-324, -0.0, math.pi, *(rng.uniform(-1e9, 1e9)
                                                                              for _ in range(50))])}
-    x["brand"] = "acme"
     example = Example(3, 17, x, True, 1.7e9 + 0.1, 1.7e9 + 1800.25)
     back = decode(encode(example, "g", "t", SCHEMA, "logreg@fresh"), "g", "t", SCHEMA)
     assert back == example
+    x["brand"] = "acme"   # a text value: the raw features take the client's values as they are
+    raw = schema_of(EngineConfig(features="raw"))
+    assert decode(encode(example, "g", "t", raw, "logreg@fresh"), "g", "t", raw) == example
     assert [math.copysign(1, v) for v in back.x.values() if v == 0] == [-1.0]
 
 
