@@ -140,7 +140,8 @@ class KafkaClients:
         s = self.settings
         if not s.control_topic:
             return None
-        return ControlChannel(self.options, s.control_topic, s.artifacts, s.name, s.signing_key)  # not opened yet
+        return ControlChannel(self.options, s.control_topic, s.artifacts, s.name, s.signing_key,
+                              group=s.group, events_topic=s.topic)  # not opened yet; commands name their group
 
     def corrupt_skipper(self, outputs) -> CorruptBatchSkipper:
         if self.settings.kafka_client == "confluent":   # its errors name the unreadable record's offset

@@ -5,7 +5,10 @@ command, waits for the workers' replies, and lists what runs.
 missing and opens the producer that sends commands (signed with `signing_key` when given).
 With a key, only replies signed with it are taken: anyone who may write to the reply topic
 could otherwise show a command as applied; the others are counted (`RepliesRead.unverified`)
-and reported. A reply answers a command when it names the command's offset and id. A batch
+and reported. A reply answers a command when it names the command's offset and id, and the
+consumer group and events topic the command was sent to (groups may share the control and
+reply topics: another group's workers pass over the command, and their replies, to
+other commands at the same offset, or of a worker from before groups, answer nothing). A batch
 of the reply topic the client cannot read (stream/corrupt.py) is passed over and counted
 (`RepliesRead.unreadable`): it failed every read of the replies after it.
 """
@@ -67,10 +70,13 @@ class RepliesRead:
         return "; ".join(said)
 
 
-def answers(reply: Reply, offset: int, command_id: Optional[str]) -> bool:
-    """Whether `reply` answers the command sent at `offset` (with `command_id`, when known): a
-    reply to an earlier command, or to the same offset of a recreated topic, does not."""
-    return reply.command == offset and (command_id is None or reply.id == command_id)
+def answers(reply: Reply, offset: int, command_id: Optional[str], group: str, topic: str) -> bool:
+    """Whether `reply` answers the command sent at `offset` (with `command_id`, when known) to the
+    workers of consumer group `group` on events topic `topic`: a reply to an earlier command, to
+    the same offset of a recreated topic, or from a worker of another group or topic (or from
+    before groups, naming none) does not."""
+    return (reply.command == offset and (command_id is None or reply.id == command_id)
+            and reply.group == group and reply.topic == topic)
 
 
 class ControlClient:
@@ -216,24 +222,32 @@ def models_command(s: ModelsSettings) -> int:
     check_target(s.action, s.target)
     if s.action == "rollback" and s.artifacts:
         find_version(s.artifacts, s.target)  # fail here, not silently in every worker
+    partitions = None
+    if s.partition is not None or s.wait:
+        partitions = partitions_of(options, s.topic)
+        if s.partition is not None and s.partition not in partitions:   # no worker would ever answer
+            raise ValueError(f"--partition {s.partition}: topic {s.topic!r} has partitions "
+                             f"{_ranges(sorted(partitions))}")
     client.connect()
     try:
         replies_end = client.replies_end()
         command_id = uuid.uuid4().hex
-        offset = client.send(Command(s.action, s.target, s.partition, id=command_id, issued_at=time.time()))
+        offset = client.send(Command(s.action, s.target, s.partition, id=command_id, issued_at=time.time(),
+                                     group=s.group, topic=s.topic))
     finally:
         client.close()
     scope = "every partition" if s.partition is None else f"partition {s.partition}"
-    print(f"sent {s.action} {s.target} for {scope} (control offset {offset})")
+    print(f"sent {s.action} {s.target} for {scope} of {s.topic} in group {s.group} (control offset {offset})")
     if not s.wait:
-        print("running workers apply it within a second, stopped ones when they resume")
+        print("running workers of the group apply it within a second, stopped ones when they resume")
         return 0
-    wanted = partitions_of(options, s.topic) if s.partition is None else {s.partition}
+    assert partitions is not None
+    wanted = partitions if s.partition is None else {s.partition}
     answered: dict[int, Reply] = {}
 
     def complete(replies):
         for reply in replies:
-            if answers(reply, offset, command_id):
+            if answers(reply, offset, command_id, s.group, s.topic):
                 answered.setdefault(reply.partition, reply)
         return wanted <= set(answered)
 
@@ -241,23 +255,40 @@ def models_command(s: ModelsSettings) -> int:
     for partition in sorted(wanted | set(answered)):
         reply = answered.get(partition)
         if reply is None:
-            print(f"  partition {partition}: no reply in {s.wait_timeout:g} s (no worker running it?)")
+            print(f"  partition {partition}: no reply in {s.wait_timeout:g} s (no worker of group {s.group} on "
+                  f"{s.topic} running it?)")
         else:
             detail = f": {reply.reason}" if reply.reason else f" (champion {reply.model} {reply.version})"
             print(f"  partition {partition}: {reply.outcome}{detail}")
-    _print_not_answers(read, offset, command_id)
+    _print_not_answers(read, offset, command_id, s.group, s.topic)
     ok = wanted <= set(answered) and all(r.outcome == "applied" for r in answered.values())
     return 0 if ok else 1
 
 
-def _print_not_answers(read: RepliesRead, offset: int, command_id: str) -> None:
+def _ranges(numbers: list[int]) -> str:
+    """Sorted numbers as runs: [0, 1, 2, 5] -> '0..2, 5'."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(f"{a}..{b}" if b > a else f"{a}" for a, b in runs)
+
+
+def _print_not_answers(read: RepliesRead, offset: int, command_id: str, group: str = "", topic: str = "") -> None:
     """Say which replies to this command's offset were not taken as its answers, and why."""
     if read.unverified or read.unreadable:
         print(f"  {read.ignored_line()}")
-    others = sum(1 for r in read.replies if r.command == offset and not answers(r, offset, command_id))
+    to_offset = [r for r in read.replies if r.command == offset and not answers(r, offset, command_id, group, topic)]
+    others = sum(1 for r in to_offset if r.id != command_id)
     if others:
         print(f"  ignored {others} repl{'y' if others == 1 else 'ies'} to control offset {offset} for another "
               f"command (not id {command_id}: from a worker of before ids, or a recreated control topic?)")
+    elsewhere = len(to_offset) - others
+    if elsewhere:
+        print(f"  ignored {elsewhere} repl{'y' if elsewhere == 1 else 'ies'} to this command from workers not of "
+              f"group {group} on {topic} (a worker from before groups, naming none, or a forger?)")
 
 
 def _list(s: ModelsSettings, options: dict, client: ControlClient) -> int:
@@ -274,7 +305,14 @@ def _list(s: ModelsSettings, options: dict, client: ControlClient) -> int:
         except Exception as exc:  # no broker: the checkpoints still say something
             print(f"(no live replies: {type(exc).__name__}: {exc})", file=sys.stderr)
         else:
-            reported, ignored = {r.partition: r for r in read.replies}, read.ignored_line()
+            ours = [r for r in read.replies if r.group == s.group and r.topic == s.topic]
+            reported, ignored = {r.partition: r for r in ours}, read.ignored_line()
+            if len(ours) < len(read.replies):
+                others = len(read.replies) - len(ours)
+                ignored = "; ".join(filter(None, [ignored, (
+                    f"{others} repl{'y' if others == 1 else 'ies'} of workers not of group {s.group} on {s.topic} "
+                    "not shown (another group sharing the control topic, or a worker from before groups: "
+                    "--group, --topic)")]))
     try:
         print(list_models(s.artifacts, store, reported))
         if ignored:

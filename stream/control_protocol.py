@@ -16,7 +16,17 @@ HMAC of its bytes (header ``shopstream.hmac``), an id and an issue time (both si
 `shopstream models` sets them; commands from before, without them, cannot be told from old
 ones sent again, so they are refused, also for a partition that had not applied one yet: send
 it again). A command carrying an id that an earlier offset carried is a replay (the same
-signed bytes sent again), refused.
+signed bytes sent again), refused; so is one whose id a partition's lineage records as
+already applied to it (`control_worker.py`: the first copy may have left the topic, or the
+worker's memory at a restart).
+
+Groups. Consumer groups may share a control topic (the default ``shop-control`` is every
+group's), so a command names the consumer group and the events topic it is for (``group``,
+``topic``; signed with the rest), a worker passes over, unanswered and counted
+(``outcome="skipped"``, ``action`` one of `ELSEWHERE`), the commands of other groups, and a reply
+names its worker's group and topic: `--wait` takes a reply only from its own group's workers. A
+command naming no group (from a `shopstream models` of before groups, which every group applied)
+is refused by a worker that knows its group, like a message that is no command (`elsewhere`).
 
 Issue time. An id stops a copy only while the first copy is in the topic (or in a worker's
 memory); once that one expired, a copy would be "first". So a command is refused when the
@@ -39,9 +49,11 @@ assumes the topic keeps a command longer than `MAX_COMMAND_AGE` (retention.ms, 7
 default). A reply is JSON on `<control topic>-replies`, signed like a command with a key,
 and names the command's offset and id.
 
->>> value, headers = encode_command(Command("promote", "logreg", id="c0ffee", issued_at=1.8e9), b"k3y")
->>> parse_command(value, headers, b"k3y")
-Command(action='promote', target='logreg', partition=None, id='c0ffee', issued_at=1800000000.0)
+>>> value, headers = encode_command(Command("promote", "logreg", id="c0ffee", issued_at=1.8e9, group="shopstream",
+...                                         topic="shop-events"), b"k3y")
+>>> parse_command(value, headers, b"k3y")  # doctest: +NORMALIZE_WHITESPACE
+Command(action='promote', target='logreg', partition=None, id='c0ffee', issued_at=1800000000.0,
+        group='shopstream', topic='shop-events')
 >>> parse_command(value, [], b"k3y")
 'unsigned, but a signing key is set (SHOPSTREAM_SIGNING_KEY or --signing-key-file)'
 >>> issue_time_problem(parse_command(value, headers, b"k3y"), appended_ms=1_800_000_002_000)
@@ -62,6 +74,9 @@ from shopstream.models import CATALOG, RENAMED
 from shopstream.signing import KEY_IS_SET, sign
 
 ACTIONS = ("promote", "rollback")
+#: Why a worker passed over a command meant for other workers (the `action` label of
+#: ``shopstream_control_commands_total{outcome="skipped"}``; a fixed set).
+ELSEWHERE = ("other_group", "other_topic")
 SIGNATURE_HEADER = "shopstream.hmac"
 MODEL_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 VERSION = re.compile(r"(?P<model>[a-z][a-z0-9_]{0,63})-\d{8}T\d{6}-[0-9a-f]{8}")
@@ -82,18 +97,27 @@ CONTROL_TOPIC_CONFIGS = {"message.timestamp.type": "LogAppendTime"}
 CREATE_TIME = 0
 
 CommandId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+#: A consumer group or a topic, as a command names them (Kafka's topics are at most 249 characters).
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+PartitionNumber = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class Command(msgspec.Struct, forbid_unknown_fields=True):
     action: str                       # "promote" or "rollback"
     target: str                       # model name to promote, or artifact version to roll back to
-    partition: Optional[int] = None   # None: every partition
+    partition: Optional[PartitionNumber] = None   # None: every partition
     # This command's own (`shopstream models` draws one): signed with it, so the same bytes sent
     # again are a replay, refused (`ControlChannel.receive`); required with a signing key.
     id: Optional[CommandId] = None
     # When `shopstream models` issued it (epoch seconds; signed): a copy appended much later is
     # refused (`issue_time_problem`); required with a signing key.
     issued_at: Optional[float] = None
+    # The consumer group and events topic whose workers it is for (signed with the rest): groups
+    # may share a control topic (the default `shop-control` is every group's), and each applies only
+    # its own commands. A worker refuses one without them (`elsewhere`); a `shopstream models` from
+    # before groups wrote none, and every group applied its commands.
+    group: Optional[Name] = None
+    topic: Optional[Name] = None
 
 
 class Reply(msgspec.Struct):
@@ -107,6 +131,10 @@ class Reply(msgspec.Struct):
     # The command's id: a reply answers that command only, not one at the same offset of a
     # recreated topic (None: the command had none, or a worker from before ids replied).
     id: Optional[CommandId] = None
+    # The replying worker's consumer group and events topic: a reply answers a command only for
+    # the group and topic it was sent to (None: a worker from before groups, of any group).
+    group: Optional[str] = None
+    topic: Optional[str] = None
 
 
 def replies_topic(control_topic: str) -> str:
@@ -176,6 +204,34 @@ def parse_command(value: Optional[bytes], headers, signing_key: Optional[bytes])
         return ("no issue time: a signed command from before issue times cannot be told from one sent again "
                 "after its first copy expired; send it again")
     return command
+
+
+def elsewhere(command: Command, group: Optional[str], topic: Optional[str]) -> Optional[str]:
+    """Whether `command` is for the workers of another consumer group or events topic than
+    `group` and `topic` (the reader's): "other_group" or "other_topic" (`ELSEWHERE`), else None.
+    A command naming neither is no one's: ValueError with the reason (`ControlChannel.receive`
+    refuses it). A reader that knows no group (None) takes every command, as before groups.
+
+    >>> elsewhere(Command("promote", "logreg", group="eu", topic="shop-events"), "us", "shop-events")
+    'other_group'
+    >>> elsewhere(Command("promote", "logreg", group="us", topic="shop-events"), "us", "shop-events")
+    >>> elsewhere(Command("promote", "logreg", group="us"), "us", "shop-events")
+    Traceback (most recent call last):
+    ...
+    ValueError: names no events topic (sent by a `shopstream models` from before groups, ...): send it again
+    """
+    if group is None:
+        return None
+    missing = [what for what, named in (("consumer group", command.group), ("events topic", command.topic))
+               if named is None]
+    if missing:
+        raise ValueError(f"names no {' nor '.join(missing)} (sent by a `shopstream models` from before groups, "
+                         "which every group sharing the control topic applied): send it again")
+    if command.group != group:
+        return "other_group"
+    if topic is not None and command.topic != topic:
+        return "other_topic"
+    return None
 
 
 def issue_time_problem(command: Command, appended_ms: Optional[int]) -> Optional[str]:

@@ -3,9 +3,16 @@ to the partitions' engines, reply.
 
 Whatever happens, the worker goes on: every command ends, per partition, as ``applied`` or
 ``rejected`` with a reason, logged once, counted (shopstream_control_commands_total),
-recorded in the partition's lineage and acknowledged on the reply topic (signed with the
-worker's signing key, when it has one), which `shopstream models ... --wait` reads
-(`control_operator.py`).
+recorded in the partition's lineage (with the command's id) and acknowledged on the reply
+topic (signed with the worker's signing key, when it has one; naming the worker's consumer group
+and events topic), which `shopstream models ... --wait` reads (`control_operator.py`). A command
+for another group or events topic is passed over, unanswered, counted as ``skipped``.
+
+Each message is judged once per partition: a partition's `control_offset` moves past every
+message read, also one refused (no command, a replay, too old) or another group's, so a
+worker that reads the topic again at a restart, when an earlier copy may have expired, does
+not judge it again; and a command whose id the partition's lineage records is refused as a
+replay of it.
 """
 
 from __future__ import annotations
@@ -19,13 +26,14 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import CorruptRecordError
 
 from shopstream.artifacts import find_version, load_artifact
+from shopstream.config import EngineConfig
 from shopstream.engine import Engine
 
 from .corrupt import CorruptBatchSkipper
 from .record_reader import read_records_in_one_pass
 from .topics import create_topics
 from .control_protocol import (ACTIONS, CONTROL_TOPIC_CONFIGS, CREATE_TIME, Command, Reply, check_target,
-                               encode_reply, issue_time_problem, parse_command, replies_topic)
+                               elsewhere, encode_reply, issue_time_problem, parse_command, replies_topic)
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +59,27 @@ class ControlChannel:
     The constructor only keeps the settings; `open()` connects and reads what was sent so far.
     With `signing_key`, only commands signed with it (with an id and an issue time) are taken,
     and replies are signed with it. A command issued too long before the broker appended it is
-    refused like a message that is no command (`issue_time_problem`)."""
+    refused like a message that is no command (`issue_time_problem`).
+
+    `group` and `events_topic`: the worker's consumer group and events topic. Only commands
+    naming both are taken; another group's or topic's are passed over (counted, unanswered); one
+    naming neither (from before groups) is refused. Without them (None) every command is taken,
+    as before groups, whoever it was for."""
 
     signing_key: Optional[bytes] = None
+    group: Optional[str] = None          # the worker's consumer group (None: unknown, every command taken)
+    events_topic: Optional[str] = None   # the worker's events topic
     _warned_backdatable = False        # a signed command with a producer-chosen timestamp was logged
+    _said_shared = False               # a command of another group or topic was logged
 
     def __init__(self, options: dict, topic: str, artifacts: Optional[str], worker: str = "",
-                 signing_key: Optional[bytes] = None):
+                 signing_key: Optional[bytes] = None, *, group: Optional[str] = None,
+                 events_topic: Optional[str] = None):
         self.artifacts = artifacts
         self.worker = worker
         self.signing_key = signing_key
+        self.group = group
+        self.events_topic = events_topic
         self.replies = replies_topic(topic)
         self.commands: deque = deque()     # (offset, Command), offsets increasing
         self._ids: OrderedDict = OrderedDict()   # command id -> the offset that first carried it (replays refused)
@@ -76,6 +95,9 @@ class ControlChannel:
 
     def open(self) -> "ControlChannel":
         """Create the topics if missing, connect, and read every command sent so far."""
+        if self.group is None:
+            log.warning("control topic %s: this worker's consumer group is not known to its control channel: it "
+                        "applies every command, whichever group it was sent to", self._partition.topic)
         create_topics(self._options, {self._partition.topic: 1, self.replies: 1},
                       configs={self._partition.topic: CONTROL_TOPIC_CONFIGS})
         self._consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
@@ -103,24 +125,24 @@ class ControlChannel:
         return self.consumer.end_offsets([self._partition])[self._partition]
 
     def poll(self, timeout_ms: int = 0, live: bool = True) -> bool:
-        """Fetch new commands; True if there were any."""
+        """Fetch new messages; True if there were any (commands for the partitions to apply, or
+        messages refused or passed over, for them to move past: `apply`)."""
         try:
             batches = self.consumer.poll(timeout_ms=timeout_ms)
         except CorruptRecordError as exc:   # every worker reads this topic: one such batch stopped them all
-            self._pass_over_unreadable(exc, live)
-            return False
+            return self._pass_over_unreadable(exc, live)
         return self.receive([r for batch in batches.values() for r in batch], live)
 
-    def _pass_over_unreadable(self, exc: Exception, live: bool) -> None:
+    def _pass_over_unreadable(self, exc: Exception, live: bool) -> bool:
         """A batch the client cannot read (stream/corrupt.py finds where it ends): its messages are
-        rejected together, as messages that are no command."""
+        rejected together, as messages that are no command. True if it was passed over."""
         if self._unreadable is None:
             self._unreadable = CorruptBatchSkipper(self._options, outputs=None)
         start = self.consumer.position(self._partition)
         end = self._unreadable.pass_over(self.consumer, self._partition, start)
         if end is None:   # readable from here: the next poll says
             log.warning("control topic: an unreadable batch could not be located (%s): reading again", exc)
-            return
+            return False
         self.invalid += end - start
         self.counts[("invalid", "rejected")] = self.counts.get(("invalid", "rejected"), 0) + end - start
         reason = f"offsets {start}..{end - 1}: unreadable record batch: {exc}"
@@ -128,18 +150,29 @@ class ControlChannel:
         if live:
             self._reply(Reply(start, -1, "rejected", reason[:300], worker=self.worker))
         self.read_up_to = end
+        return True
 
     def receive(self, records, live: bool = True) -> bool:
-        """Take read records: keep the commands, reject (once) what is none; True if any was kept.
+        """Take read records: keep the commands, reject (once) what is none, pass over the commands
+        of other groups; True if any record was read (the partitions move past it: `apply`).
         `live`: answer rejected messages on the reply topic (not when catching up at start)."""
         fresh = False
         for record in records:
             if record.offset < self.read_up_to:
                 self._recreated(f"offsets went back from {self.read_up_to - 1} to {record.offset}")
             self.read_up_to = record.offset + 1
+            fresh = True
             parsed = parse_command(record.value, record.headers, self.signing_key)
             if isinstance(parsed, str):
                 self._reject_invalid(record.offset, parsed, live)
+                continue
+            try:
+                away = elsewhere(parsed, self.group, self.events_topic)
+            except ValueError as exc:   # names no group: every group would take it
+                self._reject_invalid(record.offset, str(exc), live, parsed.id)
+                continue
+            if away is not None:
+                self._skip_elsewhere(record.offset, parsed, away)
                 continue
             refusal = self._replay_of(parsed, record.offset) or issue_time_problem(parsed, record.timestamp)
             if refusal:
@@ -149,8 +182,17 @@ class ControlChannel:
             self.commands.append((record.offset, parsed))
             if len(self.commands) > MAX_KEPT_COMMANDS:
                 self.dropped_through = self.commands.popleft()[0]
-            fresh = True
         return fresh
+
+    def _skip_elsewhere(self, offset: int, command: Command, away: str) -> None:
+        """A command for the workers of another consumer group or events topic sharing this control
+        topic: theirs to apply and answer; counted here (`away`: "other_group" or "other_topic")."""
+        self.counts[(away, "skipped")] = self.counts.get((away, "skipped"), 0) + 1
+        if not self._said_shared:
+            self._said_shared = True
+            log.info("control topic %s is shared with other consumer groups or events topics: their commands are "
+                     "passed over (first: %d, for group %r, topic %r)", self._partition.topic, offset,
+                     str(command.group)[:80], str(command.topic)[:80])
 
     def _replay_of(self, command: Command, offset: int) -> Optional[str]:
         """Why the command is a replay (an earlier offset carried its id), or None."""
@@ -192,9 +234,11 @@ class ControlChannel:
             self._reply(Reply(offset, -1, "rejected", reason[:300], worker=self.worker, id=command_id))
 
     def apply(self, engine: Engine, partition: int) -> bool:
-        """Apply, in order, every command this engine has not seen yet; True if any.
+        """Apply, in order, every command this engine has not seen yet, then move its control
+        offset past every message read (refused or passed over too); True if anything changed.
         Never raises: a command that cannot be applied is rejected with its reason."""
         applied = self._catch_up_engine(engine, partition)
+        seen: Optional[dict] = None   # command id -> control offset, from the lineage (built when needed)
         for offset, command in self.commands:
             if offset <= engine.control_offset:
                 continue
@@ -204,7 +248,12 @@ class ControlChannel:
                 continue
             action = command.action if command.action in ACTIONS else "invalid"
             target = command.target[:80]   # logged with %r: a target (or a reason) may hold a line end
+            if seen is None:
+                seen = ids_in_lineage(engine)
             try:
+                if command.id is not None and command.id in seen:
+                    raise ValueError(f"a replay of command {seen[command.id]} (the same id, {command.id!r}), "
+                                     "which this partition's lineage records")
                 self._apply(engine, command)
             except Exception as exc:  # a command must never stop a worker: rejected, with the reason
                 reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
@@ -216,10 +265,17 @@ class ControlChannel:
                 log.info("partition %d: control command %d (%s %r) applied", partition, offset, action, target)
             self.counts[(action, outcome)] = self.counts.get((action, outcome), 0) + 1
             engine.record("control", command=offset, action=action, target=target, outcome=outcome,
-                           reason=reason[:300])
+                           reason=reason[:300], id=command.id)
+            if command.id is not None:
+                seen.setdefault(command.id, offset)
             champion = engine.champion_slot
             self._reply(Reply(offset, partition, outcome, reason[:300], champion.name, champion.version, self.worker,
                               command.id))
+        if engine.control_offset < self.read_up_to - 1:
+            # past the messages refused or passed over after its last command: judged once, here; a
+            # worker reading them again at a restart (an earlier copy expired by then) skips them
+            engine.control_offset = self.read_up_to - 1
+            applied = True
         return applied
 
     def _catch_up_engine(self, engine: Engine, partition: int) -> bool:
@@ -257,6 +313,7 @@ class ControlChannel:
         name, version = artifact.meta["model"], artifact.meta["version"]
         if version != command.target:
             raise ValueError(f"artifact {command.target} says it is version {version!r}")
+        check_trained_under(artifact, engine.config)
         if name != engine.champion_slot.name:
             if name not in [slot.name for slot in engine.slots]:
                 engine.add_slot(name, artifact.model, "challenger", version)
@@ -264,6 +321,7 @@ class ControlChannel:
         engine.rollback(artifact.model, version)
 
     def _reply(self, reply: Reply) -> None:
+        reply.group, reply.topic = self.group, self.events_topic   # whose workers answer
         try:
             if self._producer is None:
                 self._producer = KafkaProducer(acks=1, linger_ms=0, **self._options)
@@ -279,3 +337,28 @@ class ControlChannel:
             self._unreadable.close()
         if self._producer is not None:
             self._producer.close(timeout=5)
+
+
+def ids_in_lineage(engine: Engine) -> dict:
+    """The ids of the control commands a partition's lineage records (each with its offset): the
+    commands applied or rejected here, for as long as the lineage keeps them (its newest entries)."""
+    seen: dict = {}
+    for entry in engine.history:
+        if isinstance(entry, dict) and entry.get("kind") == "control" and isinstance(entry.get("id"), str):
+            seen.setdefault(entry["id"], entry.get("command"))
+    return seen
+
+
+def check_trained_under(artifact, config: EngineConfig) -> None:
+    """ValueError unless `artifact` was trained under the settings a partition runs (`config`):
+    what `build_engine` refuses at a start (`ArtifactMismatch`), refused for a rollback too (the
+    model would be handed features of another set, or labels of another window)."""
+    try:
+        trained = EngineConfig.of_artifact(artifact.meta)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"artifact {artifact.meta.get('version')!s:.80}: the engine settings it records cannot be "
+                         f"used: {exc}") from None
+    differences = config.contradictions(trained)
+    if differences:
+        raise ValueError(f"artifact {artifact.meta.get('version')!s:.80} was trained under other settings: "
+                         f"{', '.join(differences)}; roll back to an artifact trained under this partition's")

@@ -392,7 +392,8 @@ class ModelsSettings(Settings):
     target: Optional[str] = None        # positional: a model name (promote) or an artifact version (rollback)
     kafka: KafkaConnection = KafkaConnection()
     control_topic: str = same_as(WorkerSettings, "control_topic", help="topic the workers read commands from")
-    topic: str = same_as(WorkerSettings, "topic", help="events topic (its partitions are the ones to hear from)")
+    topic: str = same_as(WorkerSettings, "topic", help="events topic of the workers a command is for (its partitions "
+                                                       "are the ones to hear from)")
     artifacts: Optional[str] = field(default=None, metadata=_help(
         "bootstrap output: versions to list or roll back to", type=str))
     checkpoint_store: str = same_as(CheckpointSettings, "store", help="where the workers keep checkpoints (list)")
@@ -400,9 +401,10 @@ class ModelsSettings(Settings):
         "checkpoint directory (list, with --checkpoint-store dir)", type=str))
     checkpoint_topic: str = same_as(CheckpointSettings, "topic", help=(
         "checkpoint topic (list, with --checkpoint-store kafka)"))
-    group: str = same_as(WorkerSettings, "group", help="the workers' consumer group (list, with --checkpoint-store "
-                                                       "kafka)")
-    partition: Optional[int] = field(default=None, metadata=_help("only this partition (default: all)", type=int))
+    group: str = same_as(WorkerSettings, "group", help="the workers' consumer group: the one a command is for, whose "
+                                                       "replies count (and list's, with --checkpoint-store kafka)")
+    partition: Optional[int] = field(default=None, metadata=_help("only this partition of --topic (default: all)",
+                                                                  type=int))
     wait: bool = field(default=True, metadata=_help("wait until every partition applied or rejected the command"))
     wait_timeout: float = field(default=30.0, metadata=_help("seconds to wait for the partitions' replies"))
     signing_key: Optional[bytes] = key_setting()
@@ -413,6 +415,11 @@ class ModelsSettings(Settings):
                       "name (promote) or an artifact version (rollback)"),
                      ("wait_timeout", math.isfinite(self.wait_timeout) and self.wait_timeout > 0,
                       "must be > 0 seconds"),
+                     # (-1 named no partition: no worker answered, and --wait said "no reply" after 30 s)
+                     ("partition", self.partition is None or self.partition >= 0, "must be a partition number, >= 0"),
+                     ("group", bool(self.group), "must be a consumer group name"),
+                     ("topic", self.action == "list" or bool(self.topic), f"is required by {self.action}: the events "
+                      "topic of the workers the command is for"),
                      ("checkpoint_store", self.checkpoint_store in ("dir", "kafka"), "must be dir or kafka")))
         check_topics([*([("topic", self.topic, "")] if self.topic else []),
                       *([("control_topic", self.control_topic, REPLIES)] if self.control_topic else []),

@@ -206,8 +206,8 @@ def test_replies_are_signed_and_neither_a_forged_reply_nor_a_backdated_command_p
 
     def models(*extra):
         return subprocess.run([sys.executable, "-m", "cli", "models", "promote", "logreg", "--bootstrap-servers",
-                               kafka, "--control-topic", control, "--topic", topic, *extra], env=env,
-                              capture_output=True, text=True, timeout=120)
+                               kafka, "--control-topic", control, "--topic", topic, "--group", f"g-{topic}", *extra],
+                              env=env, capture_output=True, text=True, timeout=120)
 
     def read_all(name):
         consumer = KafkaConsumer(bootstrap_servers=kafka, group_id=None, auto_offset_reset="earliest",
@@ -229,7 +229,8 @@ def test_replies_are_signed_and_neither_a_forged_reply_nor_a_backdated_command_p
                                          for r in written)
         # A signed command copied back with its old time (first copy gone), producer-backdated too.
         old = time.time() - 2 * 24 * 3600
-        value, headers = encode_command(Command("promote", "logreg", id=uuid.uuid4().hex, issued_at=old), key)
+        value, headers = encode_command(Command("promote", "logreg", id=uuid.uuid4().hex, issued_at=old,
+                                                group=f"g-{topic}", topic=topic), key)
         producer = KafkaProducer(bootstrap_servers=kafka, acks="all")
         producer.send(control, value=value, headers=headers, timestamp_ms=int(old * 1000)).get(timeout=30)
         producer.close()
@@ -292,11 +293,12 @@ def test_control_and_reply_topics_made_with_several_partitions_lose_no_command_n
     options = {"bootstrap_servers": kafka}
     client = ControlClient(options, control).connect()
     try:
-        offsets = [client.send(Command("promote", "logreg", id=f"c{i}", issued_at=time.time())) for i in range(10)]
+        offsets = [client.send(Command("promote", "logreg", id=f"c{i}", issued_at=time.time(), group="g",
+                                       topic="events")) for i in range(10)]
     finally:
         client.close()
     assert offsets == list(range(10)), "every command at the next offset of partition 0"
-    channel = ControlChannel(options, control, None, worker="w").open()
+    channel = ControlChannel(options, control, None, worker="w", group="g", events_topic="events").open()
     try:
         assert [offset for offset, _ in channel.commands] == offsets
         assert channel.apply(Engine.fresh("logreg", "raw"), 0)

@@ -109,7 +109,7 @@ def test_hostile_commands_are_rejected_with_a_reason_and_run_no_code(tmp_path):
     assert "is not a model name" in reasons[3] and len(reasons[3]) < 300
     assert "no model named 'hat' here" in reasons[4] and "unknown action" in reasons[5]
     assert ch.counts == {("rollback", "rejected"): 3, ("promote", "rejected"): 2, ("invalid", "rejected"): 4}
-    assert engine.champion_slot.name == "logreg" and engine.control_offset == 5
+    assert engine.champion_slot.name == "logreg" and engine.control_offset == 8, "past the refused 6..8 too"
     lineage = [h for h in engine.history if h["kind"] == "control"]
     assert len(lineage) == 6 and all(len(h["target"]) <= 80 for h in lineage)
     assert ch.apply(engine, 0) is False  # each command once
@@ -124,7 +124,8 @@ def test_junk_on_the_control_topic_is_not_kept_nor_replayed_into_new_partitions(
     ch.receive(records(junk), live=False)
     assert len(ch.commands) == 0 and ch.invalid == 10_000 and replies == [], "unsigned: none kept"
     engine = Engine.fresh("logreg", "shop")
-    assert ch.apply(engine, 0) is False and engine.history == [] and replies == []
+    assert ch.apply(engine, 0) is True and engine.history == [] and replies == []
+    assert engine.control_offset == 9999, "moved past them: judged once, not again by a restarted worker"
     ch.signing_key = None
     ch.receive(records([Command("promote", "nope")] * (MAX_KEPT_COMMANDS + 500), start=10_000))
     assert len(ch.commands) == MAX_KEPT_COMMANDS and ch.dropped_through == 10_499
@@ -260,7 +261,8 @@ def test_a_copy_of_an_old_command_is_refused_and_old_commands_stay_valid_at_a_re
     assert list(later.commands) == [] and later.counts == {("invalid", "rejected"): 1}
     assert replies == [{"command": 90, "partition": -1, "outcome": "rejected", "model": "", "version": "",
                         "worker": "w1", "id": "m1", "reason": "issued 2592000 s before the broker appended it, "
-                        "more than the 86400 s a command may take: an old command sent again?"}]
+                        "more than the 86400 s a command may take: an old command sent again?",
+                        "group": None, "topic": None}]
 
 
 @pytest.mark.parametrize("issued_at, timestamp, reason", [
@@ -292,7 +294,8 @@ def test_hostile_issue_times_are_refused_with_a_reason_and_stop_nothing(issued_a
         assert list(ch.commands) == [] and ch.counts == {("invalid", "rejected"): 1}
         assert len(replies) == 1 and replies[0]["reason"].startswith(reason), replies[0]["reason"]
         assert len(replies[0]["reason"]) <= 300
-        assert ch.apply(Engine.fresh("logreg", "shop"), 0) is False
+        engine = Engine.fresh("logreg", "shop")
+        assert ch.apply(engine, 0) is True and engine.control_offset == 7 and engine.history == [], "moved past"
 
 
 def test_hostile_ids_and_issue_times_made_in_process_are_refused_not_raised():
@@ -398,7 +401,8 @@ def reply_to(command_record, partition, key, **fields):
     """A reply to the command in `command_record`, as a worker with `key` writes it (unsigned: None)."""
     command = json.loads(command_record.value)
     reply = {"command": command_record.offset, "partition": partition, "outcome": "applied", "model": "logreg",
-             "version": "v1", "worker": "w1", "id": command.get("id"), **fields}
+             "version": "v1", "worker": "w1", "id": command.get("id"), "group": "shopstream", "topic": "events",
+             **fields}
     value = json.dumps(reply).encode()
     return value, [(SIGNATURE_HEADER, sign(value, key).encode())] if key else []
 
@@ -426,6 +430,7 @@ def test_wait_takes_only_replies_signed_with_the_key_for_its_own_command(monkeyp
         for partition in (0, 1):
             ch, _ = channel()
             ch.signing_key, ch.replies, ch._producer = b"k3y", "control-replies", broker.producer()
+            ch.group, ch.events_topic = "shopstream", "events"   # run_models' defaults
             ch.receive([command])
             ch.apply(Engine.fresh("logreg", "shop"), partition)
     status, out = run_models(monkeypatch, capsys, FakeBroker(workers))

@@ -53,7 +53,7 @@ def test_promote_while_running_then_rollback_on_resume(kafka, new_topic, tmp_pat
     try:
         wait_for(lambda: list(checkpoints.glob("*.ckpt")), 120, "a first checkpoint")
         out = cli("models", "promote", other, "--bootstrap-servers", kafka, "--control-topic", control,
-                  "--topic", topic)
+                  "--topic", topic, "--group", f"g-{topic}")   # commands name the workers' group
         assert f"sent promote {other} for every partition" in out
         # "applied" is answered once the engines run the new champion: what comes next is its
         assert f"partition 0: applied (champion {other}" in out and f"partition 1: applied (champion {other}" in out
@@ -79,7 +79,7 @@ def test_promote_while_running_then_rollback_on_resume(kafka, new_topic, tmp_pat
 
     # A stopped worker applies the commands it missed when it resumes.
     out = cli("models", "rollback", default_version, "--bootstrap-servers", kafka, "--control-topic", control,
-              "--artifacts", str(tmp_path / "artifacts"), "--no-wait")
+              "--artifacts", str(tmp_path / "artifacts"), "--no-wait", "--topic", topic, "--group", f"g-{topic}")
     assert f"sent rollback {default_version}" in out
     resumed = subprocess.run([*command, "--switch-interval", "0.02"], env=WORKER_ENV, capture_output=True, text=True,
                              timeout=180)
@@ -92,7 +92,7 @@ def test_promote_while_running_then_rollback_on_resume(kafka, new_topic, tmp_pat
         assert state.engine.history[-1]["outcome"] == "applied"
 
     listing = cli("models", "list", "--artifacts", str(tmp_path / "artifacts"), "--checkpoints", str(checkpoints),
-                  "--bootstrap-servers", kafka, "--control-topic", control)
+                  "--bootstrap-servers", kafka, "--control-topic", control, "--topic", topic, "--group", f"g-{topic}")
     assert default_version in listing and "DEFAULT" in listing and "champion" in listing
     # The live line-up: the workers' last replies (the rollback, applied on resume) per partition.
     assert f"partition 0: champion {default_model} {default_version}" in listing
@@ -110,6 +110,7 @@ def test_promote_while_running_then_rollback_on_resume(kafka, new_topic, tmp_pat
     # A model the partitions do not run: every partition says so, and the command fails.
     rejected = subprocess.run([sys.executable, "-m", "cli", "models", "promote", "hat",
                                "--bootstrap-servers", kafka, "--control-topic", control, "--topic", topic,
-                               "--wait-timeout", "5"], capture_output=True, text=True, timeout=60)
+                               "--group", f"g-{topic}", "--wait-timeout", "5"],
+                              capture_output=True, text=True, timeout=60)
     assert rejected.returncode == 1
     assert "partition 0: no reply in 5 s" in rejected.stdout  # no worker runs now
