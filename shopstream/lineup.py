@@ -141,6 +141,9 @@ def build_engine(artifacts: Optional[str] = None, config: EngineConfig = EngineC
         found = latest(artifacts, name) if artifacts else None
         if found is not None:
             artifact = load_artifact(found, signing_key)
+            # as the DEFAULT's: a model trained under another feature set or window would learn from features
+            # or labels it was not trained on (only the DEFAULT's settings can be adopted: they are the engine's)
+            check_trained_under(artifact, config, f"retrain {name} under these, or leave it out of --challengers")
             engine.add_slot(name, artifact.model, "challenger", artifact.meta["version"])
         else:
             engine.add_slot(name, build_model(name, seed), "challenger", "fresh")
@@ -154,21 +157,37 @@ def build_engine(artifacts: Optional[str] = None, config: EngineConfig = EngineC
     return engine, origin
 
 
-def _settle(config: EngineConfig, artifact, adopt: bool) -> EngineConfig:
-    """The config to run an artifact under: the given one when it agrees with what the model
-    was trained under; the artifact's when told to adopt it; else a clear refusal."""
+def trained_under(artifact) -> EngineConfig:
+    """The engine settings `artifact`'s model was trained under (ArtifactError naming its file if
+    they cannot be used)."""
     try:
-        trained = EngineConfig.of_artifact(artifact.meta)
+        return EngineConfig.of_artifact(artifact.meta)
     except (ValueError, TypeError) as exc:   # its own words, but not which file: said here
         raise ArtifactError(f"{artifact.path / 'meta.json'}: the engine settings it records cannot be used: "
                             f"{exc}") from None
+
+
+def check_trained_under(artifact, config: EngineConfig, remedy: str) -> None:
+    """ArtifactMismatch (saying what differs, then `remedy`) unless `artifact` was trained under
+    `config`'s settings: the DEFAULT at a start, a challenger's artifact, a rollback's (its model
+    would be handed features of another set, or labels of another window)."""
+    differences = config.contradictions(trained_under(artifact))
+    if differences:
+        raise ArtifactMismatch(f"artifact {artifact.meta['version']} was trained under other settings: "
+                               f"{', '.join(differences)}; {remedy}")
+
+
+def _settle(config: EngineConfig, artifact, adopt: bool) -> EngineConfig:
+    """The config to run an artifact under: the given one when it agrees with what the model
+    was trained under; the artifact's when told to adopt it; else a clear refusal."""
+    if not adopt:
+        check_trained_under(artifact, config,
+                            "run with the artifact's settings, or pass --adopt-artifact-settings to take them")
+        return config
+    trained = trained_under(artifact)
     differences = config.contradictions(trained)
     if not differences:
         return config
-    if not adopt:
-        raise ArtifactMismatch(
-            f"artifact {artifact.meta['version']} was trained under other settings: {', '.join(differences)}; "
-            "run with the artifact's settings, or pass --adopt-artifact-settings to take them")
     log.warning("adopting the settings artifact %s was trained under: %s", artifact.meta["version"],
                 ", ".join(differences))
     return config.adopting(trained)

@@ -26,8 +26,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import CorruptRecordError
 
 from shopstream.artifacts import find_version, load_artifact
-from shopstream.config import EngineConfig
 from shopstream.engine import Engine
+from shopstream.lineup import check_trained_under
 
 from .corrupt import CorruptBatchSkipper
 from .record_reader import read_records_in_one_pass
@@ -313,7 +313,7 @@ class ControlChannel:
         name, version = artifact.meta["model"], artifact.meta["version"]
         if version != command.target:
             raise ValueError(f"artifact {command.target} says it is version {version!r}")
-        check_trained_under(artifact, engine.config)
+        check_trained_under(artifact, engine.config, "roll back to an artifact trained under this partition's")
         if name != engine.champion_slot.name:
             if name not in [slot.name for slot in engine.slots]:
                 engine.add_slot(name, artifact.model, "challenger", version)
@@ -348,17 +348,3 @@ def ids_in_lineage(engine: Engine) -> dict:
             seen.setdefault(entry["id"], entry.get("command"))
     return seen
 
-
-def check_trained_under(artifact, config: EngineConfig) -> None:
-    """ValueError unless `artifact` was trained under the settings a partition runs (`config`):
-    what `build_engine` refuses at a start (`ArtifactMismatch`), refused for a rollback too (the
-    model would be handed features of another set, or labels of another window)."""
-    try:
-        trained = EngineConfig.of_artifact(artifact.meta)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"artifact {artifact.meta.get('version')!s:.80}: the engine settings it records cannot be "
-                         f"used: {exc}") from None
-    differences = config.contradictions(trained)
-    if differences:
-        raise ValueError(f"artifact {artifact.meta.get('version')!s:.80} was trained under other settings: "
-                         f"{', '.join(differences)}; roll back to an artifact trained under this partition's")

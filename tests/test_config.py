@@ -36,6 +36,25 @@ def test_a_worker_refuses_an_artifact_trained_under_other_settings(artifacts_600
     assert origin.startswith("artifact:") and engine.joiner.window == 600
 
 
+
+def test_a_challengers_artifact_trained_under_other_settings_is_refused_too(tmp_path):
+    """Only the DEFAULT's settings were checked: a challenger's newest artifact trained under another
+    window (or feature set) ran, learning from labels of another window than it was trained on."""
+    import shutil
+
+    history = tmp_path / "history.jsonl"
+    write_jsonl(generate(2000, seed=6), history)
+    out, other = tmp_path / "artifacts", tmp_path / "other"
+    bootstrap(history, out, models=["logreg"], config=EngineConfig(), progress=False)   # the DEFAULT: 1800 s
+    bootstrap(history, other, models=["logreg_adagrad"], config=EngineConfig(window=600), progress=False)
+    engine, _ = build_engine(str(out), EngineConfig(), Lineup(challengers=["logreg_adagrad"]))
+    assert engine.slot("logreg_adagrad").version == "fresh"   # no artifact of it: a fresh one
+    shutil.copytree(other / "logreg_adagrad", out / "logreg_adagrad")
+    with pytest.raises(ArtifactMismatch, match=r"artifact logreg_adagrad-\S+ was trained under other settings: "
+                                               r"window 1800.0 \(the artifact: 600.0\); retrain logreg_adagrad"):
+        build_engine(str(out), EngineConfig(), Lineup(challengers=["logreg_adagrad"]))
+
+
 def test_adopting_the_artifact_settings_is_logged(artifacts_600, caplog):
     with caplog.at_level(logging.WARNING, logger="shopstream.lineup"):
         engine, _ = build_engine(artifacts_600, EngineConfig(window=1200, features="raw", metric_window=77),
