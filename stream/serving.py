@@ -589,7 +589,7 @@ class ScoreDesk:
                 ticket.answer(200, self._recorded(event, partition, None, earlier, duplicate=True))
             return
         lately = self.served_lately.get(key)
-        if lately is not None and lately[0] == event.user_id:
+        if lately is not None and lately[0] == event.user_id and not lately[3]:   # [3]: its write failed
             self.answered += 1
             ticket.answer(200, {**lately[1], "duplicate": True, "offset": None})
             return
@@ -612,10 +612,16 @@ class ScoreDesk:
         # ahead of the record can still move it past the event (then the loop finds it late), or the shop's
         # tracking copy of the id can come first. Only the loop knows; a repeat of the id then says what it did.
         answer.update(recorded=False, written=True)
-        self._keep_served(key, event.user_id, answer)
+        failed = self._keep_served(key, event.user_id, answer)
         self.answered += 1   # no longer waits for the loop: the producer's acknowledgement answers it
         assert self.write_served is not None   # set by the server that serves this desk
-        self.write_served(event, partition, header, answer, ticket.answer)
+
+        def settle(status: int, body: dict) -> None:   # on the producer's thread
+            if status != 200:   # not written: a repeat must not be answered "written" from the copy kept
+                failed.append(status)
+            ticket.answer(status, body)
+
+        self.write_served(event, partition, header, answer, settle)
 
     def _recorded(self, event: Event, partition: int, offset: Optional[int], score: Optional[float], slot=None,
                   duplicate: bool = False) -> dict:
@@ -625,12 +631,16 @@ class ScoreDesk:
                 "model": slot.name if slot is not None else None,
                 "version": slot.version if slot is not None else None}
 
-    def _keep_served(self, key: tuple, user_id, answer: dict) -> None:
+    def _keep_served(self, key: tuple, user_id, answer: dict) -> list:
+        """Keep `answer` for a repeat of its event id; returns the list its write's failure is put in (a
+        list: appended on the producer's thread, read under the gate, no lock needed)."""
         lately = self.served_lately
-        lately[key] = (user_id, answer, time.monotonic())
+        failed: list = []
+        lately[key] = (user_id, answer, time.monotonic(), failed)
         oldest = time.monotonic() - SERVED_KEPT_SECONDS
         while lately and (len(lately) > SERVED_KEPT or next(iter(lately.values()))[2] < oldest):
             lately.popitem(last=False)
+        return failed
 
     def _refuse(self, ticket: Ticket, status: int, reason: str, message: str, **extra) -> None:
         if self.metrics is not None:

@@ -405,6 +405,43 @@ def test_a_request_naming_another_users_handled_event_id_gets_its_own_score_not_
     assert engine.recorded("seen-2", handled.user_id) == (True, p)
 
 
+class FailingFirstProducer(AckingProducer):
+    """The first write fails (the broker away), later ones are acknowledged."""
+
+    def send(self, topic, key=None, value=None, headers=None, partition=None):
+        if self.sent:
+            return super().send(topic, key, value, headers, partition)
+        future = AckedFuture()
+        self.sent.append(SimpleNamespace(topic=topic, key=key, value=value, headers=headers, partition=partition))
+        threading.Timer(0.01, lambda: [fn(ConnectionError("broker away")) for fn in future.errbacks]).start()
+        return future
+
+
+def test_a_repeat_of_a_request_whose_write_failed_is_written_again_not_answered_written_from_a_copy():
+    """The copy kept for repeats was kept before the write was acknowledged: after a failed write
+    (503), a repeat was answered 200 "written" from it, although nothing was ever written."""
+    engine, records = history_engine()
+    producer = FailingFirstProducer()
+    server = ScoreServer(ServeSettings(port=0, timeout=2.0, recorded="written"))
+    desk = ScoreDesk(TOPIC, server.address, "w", recorded="written")
+    loop = Loop(desk, {TopicPartition(TOPIC, 0): SimpleNamespace(engine=engine)})
+    loop.thread.start()
+    server.start(desk, producer, CollectorRegistry())
+    last = records[-1]
+    request = {"user_id": str(last["user_id"]), "user_session": str(last["user_session"]), "product_id": "p-fail",
+               "event_type": "view", "event_id": "fail-1"}
+    try:
+        status, first = post(server.port, request)
+        assert status == 503 and first["reason"] == "kafka_unavailable", first
+        status, again = post(server.port, request)
+    finally:
+        loop.stop.set()
+        loop.thread.join()
+        server.stop()
+    assert status == 200 and again["duplicate"] is False and again["offset"] == 1001, again
+    assert len(producer.sent) == 2   # written again: the first never was
+
+
 def handling_worker(engine, signing_key=None):
     """`Worker.handle` on one partition, its dead letters and published scores kept in lists."""
     from stream.worker import Worker
