@@ -53,10 +53,11 @@ def test_hostile_control_commands_leave_the_worker_ready_and_run_no_code(kafka, 
     try:
         wait_for(lambda: readyz(port) == 200, 90, "worker ready")
         producer = KafkaProducer(bootstrap_servers=kafka, acks="all")
-        for value in (json.dumps({"action": "rollback", "target": str(evil)}).encode(),
-                      json.dumps({"action": "rollback", "target": "../" * 10 + "tmp/evil"}).encode(),
-                      json.dumps({"action": "rollback", "target": "x" * 300}).encode(),
-                      json.dumps({"action": "promote", "target": "p" * 5000}).encode(),
+        ours = {"group": f"g-{topic}", "topic": topic}   # commands name their workers' group (else refused at once)
+        for value in (json.dumps({"action": "rollback", "target": str(evil), **ours}).encode(),
+                      json.dumps({"action": "rollback", "target": "../" * 10 + "tmp/evil", **ours}).encode(),
+                      json.dumps({"action": "rollback", "target": "x" * 300, **ours}).encode(),
+                      json.dumps({"action": "promote", "target": "p" * 5000, **ours}).encode(),
                       b"\xff\xfe\x00 not a command"):
             producer.send(control, value=value)
         producer.flush()
