@@ -19,7 +19,20 @@ Predictions are published in one of two formats (`--prediction-format`):
   `MAX_BATCH_BYTES` is cut in halves). A kafka-python record costs about 33 us to send, as much as River's
   predict and learn together: one per batch instead of one per prediction;
 - ``event``: one record per prediction, keyed like its input event, the value one
-  prediction object (no format header).
+  prediction object (no format header). A key over `MAX_PREDICTION_KEY_BYTES` is not
+  copied: the record is keyed by its SHA-256 digest (64 hex digits) instead, with the
+  headers ``shopstream.key_digest: sha256`` and ``shopstream.key_size`` (the original's
+  bytes). A digest, not no key: every prediction of that key still goes to one partition
+  of the predictions topic, in order, and a consumer can match it to the event's key.
+
+An output refused as too large (by the producer's own check, `max_request_size`, or by the
+broker, a topic's ``max.message.bytes``) is never sent again as is for ever: a batch record
+of several predictions is cut in halves, a dead letter is cut (see above); what cannot be
+made smaller is dropped, counted (``too_large``), logged (at most once a minute), and a
+prediction dropped so becomes a dead letter naming its source partition and offsets and why.
+The broker refuses a producer batch, not a record: a small record may be refused only with
+a large one, so a record the broker refused is sent once more as is, and dropped only when
+refused again.
 
 A prediction object has the fields of `Prediction`. `decode_predictions(record)` reads
 either format (and refuses a version it does not know, naming it).
@@ -27,12 +40,13 @@ either format (and refuses a version it does not know, naming it).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from typing import Callable, Optional, Protocol, cast
 
 import msgspec
-from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, RecordListTooLargeError
 
 from shopstream.events import Event
 
@@ -59,6 +73,14 @@ MAX_BATCH_BYTES = 512 * 1024
 #: first prediction until the last was handled (BENCHMARKS.md, "Latency: what stops the loop").
 #: 64 bounds that wait to 64 events' handling and still spreads a record's cost over 64.
 MAX_BATCH_PREDICTIONS = 64
+#: An event's record key longer than this is not copied onto its prediction (event format):
+#: a valid event keyed by nearly 1 MiB gave a prediction over the producer's limit, refused at
+#: every try. User ids, the keys the shop sends, are far shorter.
+MAX_PREDICTION_KEY_BYTES = 1024
+KEY_DIGEST_HEADER = "shopstream.key_digest"
+KEY_SIZE_HEADER = "shopstream.key_size"
+#: At most one log line this often about outputs dropped as too large (each is counted).
+TOO_LARGE_LOG_SECONDS = 60.0
 
 
 class Prediction(msgspec.Struct, gc=False):
@@ -93,6 +115,19 @@ def decode_predictions(record) -> list[Prediction]:
         return _decode_many(record.value)
     raise ValueError(f"predictions record with {FORMAT_HEADER} {version!r}: this version reads only "
                      f"{BATCH_FORMAT.decode()} and records without the header (one prediction each)")
+
+
+class _Message:
+    """A message dict as a record, for `decode_predictions`."""
+
+    __slots__ = ("value", "headers")
+
+    def __init__(self, value, headers):
+        self.value, self.headers = value, headers
+
+
+def _as_record(message: dict) -> _Message:
+    return _Message(message.get("value") or b"", message.get("headers") or [])
 
 
 #: The names of our own dead-letter headers: a sender's header of one of them is kept as ``sent.<name>``.
@@ -165,6 +200,29 @@ SEND_TRIES = 3
 PRUNE_UNACKED = 4096
 
 
+def too_large(exc: Exception) -> bool:
+    """Whether a send failed because the record (or its producer batch) is over a size limit:
+    kafka-python's own check and the broker's MESSAGE_TOO_LARGE (MessageSizeTooLargeError), the
+    broker's RECORD_LIST_TOO_LARGE, librdkafka's local check (a KafkaError named ``_MSG_SIZE_TOO_LARGE``)."""
+    return (isinstance(exc, (MessageSizeTooLargeError, RecordListTooLargeError))
+            or "MSG_SIZE_TOO_LARGE" in str(exc))
+
+
+def bounded_key(key: Optional[bytes]) -> tuple[Optional[bytes], list]:
+    """The key a prediction is published with, and the headers saying it is a digest.
+
+    >>> bounded_key(b"u1")
+    (b'u1', [])
+    >>> key, headers = bounded_key(b"k" * 2000)
+    >>> len(key), headers
+    (64, [('shopstream.key_digest', b'sha256'), ('shopstream.key_size', b'2000')])
+    """
+    if key is None or len(key) <= MAX_PREDICTION_KEY_BYTES:
+        return key, []
+    return (hashlib.sha256(key).hexdigest().encode(),
+            [(KEY_DIGEST_HEADER, b"sha256"), (KEY_SIZE_HEADER, str(len(key)).encode())])
+
+
 def _unacknowledged(futures: list) -> list:
     """The futures not known to be acknowledged. A failed one stays: kafka-python marks it done
     before its errback has queued it for `confirm`, so a check that dropped it could pass."""
@@ -202,7 +260,14 @@ class Outputs:
         # topic -> why its sends timed out: later sends to it are parked at once (no wait) until
         # the next confirm() tries it again, so one dead topic costs SEND_TRIES waits per confirm.
         self.stalled: dict[str, str] = {}
-        self.counts = {"failed": 0, "resent": 0, "truncated": 0, "producer_rebuilds": 0, "send_timeouts": 0}
+        self.counts = {"failed": 0, "resent": 0, "truncated": 0, "producer_rebuilds": 0, "send_timeouts": 0,
+                       "too_large": 0, "keys_digested": 0}
+        # Outputs the broker refused once as too large, sent again as is (id -> the message, kept alive
+        # so its id is not reused): refused again, they are dropped. Emptied once all is acknowledged.
+        self._refused_once: dict[int, dict] = {}
+        self._too_large_logged = -1e18   # monotonic time of the last log line about a dropped output
+        self._too_large_quiet = 0        # dropped since, not logged
+        self.source_topic = ""           # the events topic (named in a dropped prediction's dead letter)
         # The futures of sends maybe not acknowledged yet, for `acknowledgement` (pruned as they pile up).
         self._unacked: list = []
         self._prune_at = PRUNE_UNACKED
@@ -229,11 +294,19 @@ class Outputs:
                                 event.product_id, event.event_type, event.event_time,  # type: ignore[arg-type]
                                 score, model, version, record.partition, record.offset)
         if not self.batched:
-            self._send(self.predictions_topic, {"key": record.key, "value": _encode(prediction)})
+            self.source_topic = record.topic
+            key = record.key
+            if key is not None and len(key) > MAX_PREDICTION_KEY_BYTES:   # never copied whole: see bounded_key
+                key, headers = bounded_key(key)
+                self.counts["keys_digested"] += 1
+                self._send(self.predictions_topic, {"key": key, "value": _encode(prediction), "headers": headers})
+                return
+            self._send(self.predictions_topic, {"key": key, "value": _encode(prediction)})
             return
         partition = record.partition
         batch = self._batch.get(partition)
         if batch is None:
+            self.source_topic = record.topic
             batch = self._batch[partition] = []
         batch.append(prediction)   # encoded with the others in one call when the record is cut
         if len(batch) >= MAX_BATCH_PREDICTIONS:
@@ -297,8 +370,11 @@ class Outputs:
                 log.warning("cannot send to %s yet (%s); try %d of %d", topic, exc, attempt, SEND_TRIES)
                 last = exc
                 continue
-            except Exception as exc:  # refused before sending (e.g. too large): resent by confirm()
-                self._failed(topic, message, exc)
+            except Exception as exc:  # refused before sending: resent by confirm(), unless it is too large
+                if too_large(exc):   # the producer's own size check: the record alone is over it
+                    self._too_large(topic, message, exc, by_broker=False)
+                else:
+                    self._failed(topic, message, exc)
                 return
             future.add_errback(self._failed, topic, message)
             if hasattr(future, "get") and hasattr(future, "is_done"):   # kafka-python's: waitable on any thread
@@ -367,6 +443,7 @@ class Outputs:
                 return False
             if not self.failed:
                 self._unacked = []   # all acknowledged (failed ones were sent again and acknowledged too)
+                self._refused_once.clear()
                 return True
             if all(topic in self.stalled for topic, _, _ in self.failed):
                 return False   # tried once in this call already: a new producer would not help
@@ -376,17 +453,73 @@ class Outputs:
                         len(failed), ", ".join(reasons))
             self.rebuild()
             for topic, message, exc in failed:
-                if isinstance(exc, MessageSizeTooLargeError) and topic == self.dead_letter_topic:
-                    # The broker's limit may be lower than ours. A small letter was only refused with
-                    # a large one in its batch: as is. A large one is cut, and each refusal halves it.
-                    size = len(message.get("value") or b"")
-                    truncated = any(k == TRUNCATED_HEADER for k, _ in message.get("headers") or ())
-                    if size > DEAD_LETTER_CUT or (truncated and size > 0):
-                        message = cut(message, min(DEAD_LETTER_CUT, size // 2))
-                        self.counts["truncated"] += 1
+                if too_large(exc):
+                    self._too_large(topic, message, exc, by_broker=True)
+                    continue
                 self.counts["resent"] += 1
                 self._send(topic, message)
         return False
+
+    def _too_large(self, topic: str, message: dict, exc: Exception, by_broker: bool) -> None:
+        """An output refused as too large: made smaller and sent again if it can be, else dropped
+        (never resent as is for ever: its checkpoint, every partition's, would wait for good)."""
+        if topic == self.dead_letter_topic:
+            # The broker's limit may be lower than ours. A large letter is cut, and each refusal halves it.
+            size = len(message.get("value") or b"")
+            truncated = any(k == TRUNCATED_HEADER for k, _ in message.get("headers") or ())
+            if size > DEAD_LETTER_CUT or (truncated and size > 0):
+                self.counts["truncated"] += 1
+                self.counts["resent"] += 1
+                self._send(topic, cut(message, min(DEAD_LETTER_CUT, size // 2)))
+                return
+        elif topic == self.predictions_topic and self._is_batch(message):
+            try:
+                predictions = decode_predictions(_as_record(message))
+            except (ValueError, msgspec.DecodeError):
+                predictions = []
+            if len(predictions) > 1:   # cut in halves: only what alone is too large is dropped
+                half = len(predictions) // 2
+                partition = int(message["key"])
+                self.counts["resent"] += 1
+                self._send_predictions(partition, predictions[:half])
+                self._send_predictions(partition, predictions[half:])
+                return
+        if by_broker and self._refused_once.get(id(message)) is not message:
+            # The broker refuses a producer batch: this one may have been refused only with a larger one.
+            self._refused_once[id(message)] = message
+            self.counts["resent"] += 1
+            self._send(topic, message)
+            return
+        self._refused_once.pop(id(message), None)
+        self._drop(topic, message, exc, "the broker" if by_broker else "the producer")
+
+    def _is_batch(self, message: dict) -> bool:
+        return any(k == FORMAT_HEADER for k, _ in message.get("headers") or ())
+
+    def _drop(self, topic: str, message: dict, exc: Exception, by: str) -> None:
+        """Give up on an output too large to publish: counted, logged once a minute, and a prediction
+        becomes a dead letter naming its source partition and offsets (a few hundred bytes)."""
+        self.counts["too_large"] += 1
+        size = message_size(message)
+        text, name = str(exc), type(exc).__name__
+        why = f"refused as too large by {by} ({text if name in text else f'{name}: {text}'})"
+        now = time.monotonic()
+        if now - self._too_large_logged >= TOO_LARGE_LOG_SECONDS:
+            more = f" ({self._too_large_quiet} more dropped since the last such line)" if self._too_large_quiet else ""
+            log.error("an output to %s of %d bytes was %s: dropped, not sent again%s", topic, size, why, more)
+            self._too_large_logged, self._too_large_quiet = now, 0
+        else:
+            self._too_large_quiet += 1
+        if topic != self.predictions_topic or topic == self.dead_letter_topic:
+            return
+        try:
+            predictions = decode_predictions(_as_record(message))
+        except (ValueError, msgspec.DecodeError):
+            return
+        if predictions:
+            first, last = predictions[0], predictions[-1]
+            self.dead_letter_range(self.source_topic, first.partition, first.offset, last.offset,
+                                   f"prediction not published: its record of {size} bytes was {why}")
 
     def rebuild(self) -> None:
         """Replace the producer: kafka-python's stays broken after one rejected record."""
