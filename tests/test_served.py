@@ -8,6 +8,7 @@ was recorded."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import pickle
@@ -257,19 +258,31 @@ def test_the_serve_recorded_setting_is_read_and_checked():
     assert WorkerSettings.from_options(topic="t", serve_recorded="written").serve.recorded == "written"
 
 
+@contextlib.contextmanager
+def written_api(engine, producer, registry=None, signing_key=None):
+    """The scoring API answering when written (`--serve-recorded written`) for `engine` as partition 0,
+    its loop running: (server, desk); stopped after."""
+    server = ScoreServer(ServeSettings(port=0, timeout=2.0, recorded="written"))
+    desk = ScoreDesk(TOPIC, server.address, "w", recorded="written", signing_key=signing_key)
+    loop = Loop(desk, {TopicPartition(TOPIC, 0): SimpleNamespace(engine=engine)})
+    loop.thread.start()
+    server.start(desk, producer, registry if registry is not None else CollectorRegistry())
+    try:
+        yield server, desk
+    finally:
+        loop.stop.set()
+        loop.thread.join()
+        server.stop()
+
+
 def test_a_recorded_score_answered_when_written_is_the_number_the_loop_records():
     engine, records = history_engine()
     producer = AckingProducer()
-    server = ScoreServer(ServeSettings(port=0, timeout=2.0, recorded="written"))
-    desk = ScoreDesk(TOPIC, server.address, "w", recorded="written")
-    loop = Loop(desk, {TopicPartition(TOPIC, 0): SimpleNamespace(engine=engine)})
-    loop.thread.start()
     registry = CollectorRegistry()
-    server.start(desk, producer, registry)
     last = records[-1]
     request = {"user_id": str(last["user_id"]), "user_session": str(last["user_session"]), "product_id": "p-w",
                "event_type": "cart", "price": 12.5, "event_id": "written-1"}
-    try:
+    with written_api(engine, producer, registry) as (server, desk):
         before = pickle.dumps(engine)
         status, answer = post(server.port, request)
         assert status == 200, answer
@@ -285,10 +298,6 @@ def test_a_recorded_score_answered_when_written_is_the_number_the_loop_records()
         assert len(producer.sent) == 1   # one event written, not two
         status, other_user = post(server.port, {**request, "user_id": "someone-else"})
         assert status == 200 and other_user["duplicate"] is False   # an id is one event per user only
-    finally:
-        loop.stop.set()
-        loop.thread.join()
-        server.stop()
 
     [sent, _] = producer.sent
     assert sent.partition == 0 and sent.key == request["user_id"].encode()
@@ -307,12 +316,7 @@ def test_an_event_id_already_handled_is_answered_with_its_recorded_score_and_not
     handled = view_of(records[-1], event_id="seen-1")
     p = engine.process(handled)
     producer = AckingProducer()
-    server = ScoreServer(ServeSettings(port=0, timeout=2.0, recorded="written"))
-    desk = ScoreDesk(TOPIC, server.address, "w", recorded="written")
-    loop = Loop(desk, {TopicPartition(TOPIC, 0): SimpleNamespace(engine=engine)})
-    loop.thread.start()
-    server.start(desk, producer, CollectorRegistry())
-    try:
+    with written_api(engine, producer) as (server, desk):
         status, answer = post(server.port, {"user_id": handled.user_id, "user_session": handled.user_session,
                                             "product_id": handled.product_id, "event_type": "view",
                                             "event_id": "seen-1"})
@@ -321,10 +325,6 @@ def test_an_event_id_already_handled_is_answered_with_its_recorded_score_and_not
                                           "product_id": "p-late", "event_type": "view", "event_id": "late-1",
                                           "event_time": handled.event_time - 10 * 86400})
         assert status == 409 and late["reason"] == "late_event", late
-    finally:
-        loop.stop.set()
-        loop.thread.join()
-        server.stop()
     assert producer.sent == []
 
 
@@ -337,11 +337,6 @@ def test_an_answer_when_written_claims_only_the_write_and_a_repeat_tells_what_wa
     has reached its record says what was recorded: its score, or 409 late_event."""
     engine, records = history_engine()
     producer = AckingProducer()
-    server = ScoreServer(ServeSettings(port=0, timeout=2.0, recorded="written"))
-    desk = ScoreDesk(TOPIC, server.address, "w", recorded="written")
-    loop = Loop(desk, {TopicPartition(TOPIC, 0): SimpleNamespace(engine=engine)})
-    loop.thread.start()
-    server.start(desk, producer, CollectorRegistry())
     last, clock = records[-1], engine.joiner.max_time
     request = {"user_id": str(last["user_id"]), "user_session": str(last["user_session"]), "product_id": "p-edge",
                "event_type": "view", "price": 12.5, "event_id": "edge-1"}
@@ -351,7 +346,7 @@ def test_an_answer_when_written_claims_only_the_write_and_a_repeat_tells_what_wa
     backlog = {"on time": [], "at the lateness edge": [clock + 2.0],
                "behind a backlog": [clock + 60.0 * k for k in range(1, 33)]}[case]
     handle, _, published = handling_worker(engine)
-    try:
+    with written_api(engine, producer) as (server, desk):
         status, answer = post(server.port, request)
         assert status == 200 and answer["offset"] == 1000 and answer["duplicate"] is False, answer
         [sent] = producer.sent
@@ -374,10 +369,6 @@ def test_an_answer_when_written_claims_only_the_write_and_a_repeat_tells_what_wa
             assert published == [] and engine.recorded("edge-1", request["user_id"]) == (True, None)   # refused as late
             assert status == 409 and again["reason"] == "late_event", again
         assert len(producer.sent) == 1   # a repeat is never written again
-    finally:
-        loop.stop.set()
-        loop.thread.join()
-        server.stop()
 
 
 def test_a_request_naming_another_users_handled_event_id_gets_its_own_score_not_that_events():
@@ -387,18 +378,9 @@ def test_a_request_naming_another_users_handled_event_id_gets_its_own_score_not_
     handled = view_of(records[-1], event_id="seen-2")
     p = engine.process(handled)
     producer = AckingProducer()
-    server = ScoreServer(ServeSettings(port=0, timeout=2.0, recorded="written"))
-    desk = ScoreDesk(TOPIC, server.address, "w", recorded="written")
-    loop = Loop(desk, {TopicPartition(TOPIC, 0): SimpleNamespace(engine=engine)})
-    loop.thread.start()
-    server.start(desk, producer, CollectorRegistry())
-    try:
+    with written_api(engine, producer) as (server, desk):
         status, answer = post(server.port, {"user_id": "someone-else", "user_session": "their-session",
                                             "product_id": "p-theirs", "event_type": "view", "event_id": "seen-2"})
-    finally:
-        loop.stop.set()
-        loop.thread.join()
-        server.stop()
     assert status == 200 and answer["duplicate"] is False and answer["written"] is True, answer
     assert answer["score"] != p and len(producer.sent) == 1   # scored as its own event, and written
     assert engine.recorded("seen-2", "someone-else") == (False, None)
@@ -422,22 +404,13 @@ def test_a_repeat_of_a_request_whose_write_failed_is_written_again_not_answered_
     (503), a repeat was answered 200 "written" from it, although nothing was ever written."""
     engine, records = history_engine()
     producer = FailingFirstProducer()
-    server = ScoreServer(ServeSettings(port=0, timeout=2.0, recorded="written"))
-    desk = ScoreDesk(TOPIC, server.address, "w", recorded="written")
-    loop = Loop(desk, {TopicPartition(TOPIC, 0): SimpleNamespace(engine=engine)})
-    loop.thread.start()
-    server.start(desk, producer, CollectorRegistry())
     last = records[-1]
     request = {"user_id": str(last["user_id"]), "user_session": str(last["user_session"]), "product_id": "p-fail",
                "event_type": "view", "event_id": "fail-1"}
-    try:
+    with written_api(engine, producer) as (server, desk):
         status, first = post(server.port, request)
         assert status == 503 and first["reason"] == "kafka_unavailable", first
         status, again = post(server.port, request)
-    finally:
-        loop.stop.set()
-        loop.thread.join()
-        server.stop()
     assert status == 200 and again["duplicate"] is False and again["offset"] == 1001, again
     assert len(producer.sent) == 2   # written again: the first never was
 
@@ -514,20 +487,11 @@ def test_the_desk_signs_what_it_writes_when_it_has_a_key():
 
     engine, records = history_engine(1000)
     producer = AckingProducer()
-    server = ScoreServer(ServeSettings(port=0, timeout=2.0, recorded="written"))
-    desk = ScoreDesk(TOPIC, server.address, "w", recorded="written", signing_key=b"shop-key")
-    loop = Loop(desk, {TopicPartition(TOPIC, 0): SimpleNamespace(engine=engine)})
-    loop.thread.start()
-    server.start(desk, producer, CollectorRegistry())
     last = records[-1]
-    try:
+    with written_api(engine, producer, signing_key=b"shop-key") as (server, desk):
         status, answer = post(server.port, {"user_id": str(last["user_id"]), "user_session": str(last["user_session"]),
                                             "product_id": "p-s", "event_type": "view", "event_id": "sig-1"})
         assert status == 200, answer
-    finally:
-        loop.stop.set()
-        loop.thread.join()
-        server.stop()
     [sent] = producer.sent
     assert SERVED_HMAC_HEADER in dict(sent.headers)
     check_signed(sent.value, dict(sent.headers)[SERVED_HEADER], sent.headers, b"shop-key")
