@@ -5,7 +5,6 @@ whose offsets go backwards."""
 import hashlib
 import logging
 import pickle
-from collections import namedtuple
 from types import SimpleNamespace
 
 from kafka import TopicPartition
@@ -21,35 +20,10 @@ from shopstream.shared_learning import CatalogEvents, Example, LearnOutbox, LogR
 from stream.learn_log import LearnLog, RefusedRecord, decode, encode, schema_of
 from stream.outputs import MAX_BATCH_BYTES, Outputs
 from stream.partition import Partition as PartitionState
+from test_shared_learning import FakeLearnConsumer
 
 SHOP = schema_of(EngineConfig(features="shop"))
 RAW = schema_of(EngineConfig(features="raw"))
-Record = namedtuple("Record", "offset value timestamp")
-
-
-class FakeLearnConsumer:
-    def __init__(self, values):
-        self.records = [Record(offset, value, 0) for offset, value in enumerate(values)]
-        self.next = 0
-
-    def assign(self, tps):
-        pass
-
-    def partitions_for_topic(self, topic):
-        return {0}
-
-    def seek(self, tp, offset):
-        self.next = offset
-
-    def poll(self, timeout_ms=0, max_records=None):
-        batch, self.next = self.records[self.next:], len(self.records)
-        return {TopicPartition("learn", 0): batch} if batch else {}
-
-    def highwater(self, tp):
-        return len(self.records)
-
-    def close(self, autocommit=False):
-        pass
 
 
 class SizeCheckingProducer:
