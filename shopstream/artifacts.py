@@ -9,8 +9,10 @@ Layout under the artifacts directory::
 Nothing is unpickled before its size and sha256 match the metadata, so a truncated or
 modified file is refused with `ArtifactError`; so is metadata this version cannot use (a
 newer `format`, a field missing or of another type) and a pickle it cannot load (a class
-from a newer version, another shape). With a signing key (the commands' setting
-`signing_key`, given to each function here as `key`), the metadata also holds an HMAC of the
+from a newer version, another shape) or one that names anything a catalog model and its feature
+state are not made of (`RestrictedUnpickler`, `MODEL_NAMES`: with or without a key). With a
+signing key (the commands' setting `signing_key`, given to each function here as `key`), the
+metadata also holds an HMAC of the
 pickle and one of the metadata itself, and DEFAULT a second line with an HMAC of its first;
 loading requires all three (`signing.py`). A function not given its key uses `signing_key()`.
 """
@@ -18,6 +20,7 @@ loading requires all three (`signing.py`). A function not given its key uses `si
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import pickle
 import platform
@@ -25,12 +28,16 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
+import numpy
 import river
 
 from .files import write_atomically
 from .signing import FROM_ENVIRONMENT, Key, key_of, sign, verify
+
+#: numpy's own scalar(dtype, data) (numpy._core from numpy 2 on, numpy.core before)
+numpy_scalar = (getattr(numpy, "_core", None) or numpy.core).multiarray.scalar
 
 DEFAULT_POINTER = "DEFAULT"
 #: The meta.json layout this version writes and the newest it reads (one without "format" is 1).
@@ -41,6 +48,150 @@ MAX_TEXT_BYTES = 1 << 20
 
 class ArtifactError(RuntimeError):
     """An artifact that is missing, incomplete or does not match its checksum."""
+
+
+def name_table(*entries: str) -> dict[str, frozenset]:
+    """{"module": frozenset(names)} from "module name name ..." lines."""
+    table: dict[str, set] = {}
+    for entry in entries:
+        module, *names = entry.split()
+        table.setdefault(module, set()).update(names)
+    return {module: frozenset(names) for module, names in table.items()}
+
+
+#: Every (module, name) a pickle of a catalog model and its feature state may name: what is
+#: unpickled here, and the core of what a checkpoint may (`stream/checkpointing/migration.py`
+#: adds the engine's and the partition's own classes). Found, not guessed: every catalog model
+#: (mlp, hat and arf trained until their trees split and their drift detectors fired) under both
+#: feature sets, bootstrapped and checkpointed, and every artifact and checkpoint the tests
+#: load, each read by an unpickler that recorded what it was asked for (RELIABILITY.md).
+#: Explicit names only, never a package: all of `numpy` holds `numpy.memmap`, which writes any
+#: file it is given; all of `builtins`, `bytearray(300_000_000)` from a 38-byte pickle. Pickle
+#: protocol 5 (what shopstream has always written) names no bytes, bytearray, set or range: its
+#: opcodes build them, from as many bytes as the payload holds.
+MODEL_NAMES = name_table(
+    "builtins bool int float complex str list tuple dict set frozenset",   # defaultdict's factories
+    "collections Counter OrderedDict defaultdict deque",
+    "functools partial",   # River's trees: defaultdict(partial(...))
+    "array array _array_reconstructor",
+    "random Random",
+    # numpy's arrays (from a buffer), dtypes, scalars and random generators; numpy.core before numpy 2
+    "numpy dtype",
+    "numpy._core.numeric _frombuffer", "numpy.core.numeric _frombuffer",
+    "numpy._core.multiarray scalar", "numpy.core.multiarray scalar",
+    "numpy.random._pickle __bit_generator_ctor __generator_ctor",
+    "numpy.random._pcg64 PCG64",
+    "numpy.random.bit_generator SeedSequence __pyx_unpickle_SeedSequence",
+    # River: the catalog's pipelines, optimizers, trees, forests and what they hold
+    "river._river_rust.drift AdaptiveWindowing",
+    "river._river_rust.vectordict VectorDict",
+    "river.compose.pipeline Pipeline",
+    "river.drift.adwin ADWIN",
+    "river.forest.adaptive_random_forest ARFClassifier BaseTreeClassifier",
+    "river.linear_model.log_reg LogisticRegression",
+    "river.metrics.accuracy Accuracy",
+    "river.metrics.confusion ConfusionMatrix",
+    "river.optim.ada_grad AdaGrad",
+    "river.optim.adam Adam",
+    "river.optim.initializers Zeros",
+    "river.optim.losses Log",
+    "river.optim.schedulers Constant InverseScaling",
+    "river.optim.sgd SGD",
+    "river.preprocessing.scale StandardScaler",
+    "river.proba.gaussian Gaussian",
+    "river.stats.mean Mean",
+    "river.stats.var Var",
+    "river.tree.hoeffding_adaptive_tree_classifier HoeffdingAdaptiveTreeClassifier",
+    # every classification leaf, branch and splitter of River's trees: nominal ones appear only when raw features
+    # bring text values (the search above missed them: a hat or arf worker refused its own checkpoint)
+    "river.tree.nodes.arf_htc_nodes RandomLeafMajorityClass RandomLeafNaiveBayes RandomLeafNaiveBayesAdaptive",
+    "river.tree.nodes.branch NominalBinaryBranch NominalMultiwayBranch NumericBinaryBranch NumericMultiwayBranch",
+    "river.tree.nodes.hatc_nodes AdaLeafClassifier AdaNomBinaryBranchClass AdaNomMultiwayBranchClass "
+    "AdaNumBinaryBranchClass AdaNumMultiwayBranchClass",
+    "river.tree.nodes.htc_nodes LeafMajorityClass LeafNaiveBayes LeafNaiveBayesAdaptive",
+    "river.tree.splitter.gaussian_splitter GaussianSplitter",
+    "river.tree.splitter.nominal_splitter_classif NominalSplitterClassif",
+    # ours: the catalog's own models and the feature sets
+    "shopstream.averaged AveragedLogisticRegression",
+    "shopstream.delayed FakeNegativeWeighted",
+    "shopstream.mlp MLPClassifier",
+    "shopstream.features FeatureCaps RawFeatures ShopFeatures _Capped",
+    "shopstream.session_table SessionTable",
+    "shopstream.slot_table CountTable",
+)
+
+
+def refused(module: str, name: str, found: Any = None) -> Optional[str]:
+    """Why a pickle may not have `module.name` (`found`: what that is, once imported) beyond not
+    being listed; None if it may. An ndarray subclass (numpy.memmap opens and writes files,
+    recarray, matrix...) never, whatever a list says: only ndarray itself is data."""
+    if isinstance(found, type) and issubclass(found, numpy.ndarray) and found is not numpy.ndarray:
+        return "a subclass of numpy.ndarray"
+    return None
+
+
+class _DType:
+    """What a pickle's `numpy.dtype(spec, align, copy)` gets instead of a dtype: the spec and the
+    state pickle sets, checked before a dtype is made (`made`). A real dtype takes any state: one that
+    says a void dtype holds objects made ndarray.__setstate__ read past its buffer (a segfault)."""
+
+    def __init__(self, spec: Any, align: bool = False, copy: bool = False):
+        self.made = numpy.dtype(spec, align, copy)
+        if self.made.hasobject or self.made.fields is not None or self.made.subdtype is not None:
+            raise pickle.UnpicklingError(f"a pickle may not make dtype {spec!r}: only plain numbers are data")
+
+    def __setstate__(self, state: Any) -> None:
+        made = self.made
+        if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">") and made.byteorder != "|":
+            made = made.newbyteorder(state[1])
+        if state != made.__reduce__()[2]:
+            raise pickle.UnpicklingError(f"a pickle may not give dtype {made} the state {state!r}")
+        self.made = made
+
+
+def _made(dtype: Any) -> Any:
+    if type(dtype) is not _DType:
+        raise pickle.UnpicklingError(f"a pickle's numpy array needs a dtype, not {type(dtype).__name__}")
+    return dtype.made
+
+
+def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> Any:
+    """numpy's own, of a checked dtype (the array then holds no more than the buffer's bytes)."""
+    return numpy.frombuffer(buffer, dtype=_made(dtype)).reshape(shape, order=order)
+
+
+def _scalar(dtype: Any, *data: Any) -> Any:
+    return numpy_scalar(_made(dtype), *data)
+
+
+#: What a pickle gets for a listed name that is not to be handed over as it is.
+STAND_INS = {("numpy", "dtype"): _DType,
+             ("numpy._core.numeric", "_frombuffer"): _frombuffer, ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+             ("numpy._core.multiarray", "scalar"): _scalar, ("numpy.core.multiarray", "scalar"): _scalar}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles only what `names` lists ({module: names}; a dotted name never matches one), a
+    defence in depth under the sha256 and HMAC checks, and the only one when no key is set."""
+
+    names: Mapping[str, frozenset] = MODEL_NAMES
+    what = "an artifact"
+    unlisted = "not part of a model or its feature state"
+
+    def find_class(self, module: str, name: str) -> Any:
+        if name in self.names.get(module, ()):   # (refused before its module is even imported)
+            found = super().find_class(module, name)
+            why = refused(module, name, found)
+            if why is None:
+                return STAND_INS.get((module, name), found)
+        else:
+            why = self.unlisted
+        raise pickle.UnpicklingError(f"{self.what} may not name {module}.{name}: {why}")
+
+
+def restricted_loads(data: bytes) -> Any:
+    """`pickle.loads` of a model's pickle through `RestrictedUnpickler`."""
+    return RestrictedUnpickler(io.BytesIO(data)).load()
 
 
 @dataclass
@@ -184,7 +335,7 @@ def load_artifact(path: str | Path, key: Key = FROM_ENVIRONMENT) -> Artifact:
         verify(payload, meta.get("hmac_sha256"), secret, str(model_path))
     made_with = meta.get("river_version")
     try:   # a class or module this version lacks (a newer one's artifact), a River that changed its classes
-        state = pickle.loads(payload)
+        state = restricted_loads(payload)
     except Exception as exc:
         raise ArtifactError(f"{model_path}: not loadable by this version (made with River {made_with}): "
                             f"{type(exc).__name__}: {exc}") from None

@@ -123,7 +123,7 @@ def newer_class_pickle(monkeypatch):
 
 REFUSALS = {
     "newer class": r"model.pkl: not loadable by this version \(made with River 9.9.9\): "
-                   r"AttributeError: Can't get attribute 'FutureModel'",
+                   r"UnpicklingError: an artifact may not name shopstream.models.FutureModel",
     "a list": r"model.pkl: holds a list, not a dict of 'model' and 'features'",
     "no features": r"model.pkl: holds a dict without 'features'",
     "no model field": r"meta.json: unreadable metadata \(no 'model'\)",

@@ -12,10 +12,12 @@ Moving a class means adding its old place to `MOVED` (tests/test_state_checkpoin
 shows a move being read). Anything else that changes what a payload means raises
 `PAYLOAD_VERSION`, written in each checkpoint's header, and says here how an older one is read.
 
-The unpickler also refuses anything a partition's state is not made of (`allowed`): the
-classes of its packages (`ALLOWED_PACKAGES`), the few functions their pickles call
-(`ALLOWED_FUNCTIONS`), named classes of a few standard modules and builtins, never a dotted
-name: a defence in depth under the HMAC, which is what proves a checkpoint was written by us.
+The unpickler also refuses anything a partition's state is not made of (`allowed`): exactly the
+(module, name) pairs of `STATE_NAMES`, the names a model and its feature state are made of
+(`shopstream.artifacts.MODEL_NAMES`, which artifacts are read with) and the engine's and the
+partition's own; never a whole package (numpy alone holds `numpy.memmap`, which writes any file),
+never an ndarray subclass, never a dotted name: a defence in depth under the HMAC, which is what
+proves a checkpoint was written by us, and all there is without a signing key.
 
 >>> resolve("shopstream.stream.checkpoints", "PartitionState")
 ('stream.partition', 'Partition')
@@ -29,8 +31,9 @@ name: a defence in depth under the HMAC, which is what proves a checkpoint was w
 
 from __future__ import annotations
 
-import pickle
 from typing import Any
+
+from shopstream.artifacts import MODEL_NAMES, RestrictedUnpickler, name_table, refused
 
 #: What a payload means, by version:
 #:   1. a pickle of `shopstream.stream.checkpoints.PartitionState` (or `stream.checkpoints.PartitionState`),
@@ -52,42 +55,24 @@ MOVED = {
     ("shopstream.lineup", "CatalogReplacements"): ("shopstream.policies", "CatalogReplacements"),
 }
 
-#: The packages a partition's state is made of: their classes, and the functions below (of the
-#: stages' own package, `stream`, only the partition: its other classes open files and sockets).
-ALLOWED_PACKAGES = frozenset({"shopstream", "river", "numpy"})
-#: Modules of those packages whose classes hold no state and do things when built (a metrics
-#: server binds its port).
-NO_STATE_HERE = frozenset({"shopstream.exporter", "shopstream.files"})
-#: Functions of those packages a pickle of a state calls to rebuild an object (every other
-#: function there is refused: one that writes a file would be a tool, not data).
-ALLOWED_FUNCTIONS = frozenset({
-    ("shopstream.recent_ids", "_unpack"),
-    # numpy's arrays, scalars and random generators (numpy.core before numpy 2, numpy._core after)
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    ("numpy.random._pickle", "__bit_generator_ctor"), ("numpy.random._pickle", "__generator_ctor"),
-    ("numpy.random._pickle", "__randomstate_ctor"),
-    ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"),
-})
-#: Outside those packages, exactly these names of each module (never `operator`'s getters and
-#: the like: chained through REDUCE they reach any object, `os.system` included).
-ALLOWED_NAMES = {
-    "stream.partition": frozenset({"Partition"}),
-    "array": frozenset({"array", "_array_reconstructor"}),
-    "collections": frozenset({"Counter", "OrderedDict", "defaultdict", "deque"}),
-    "functools": frozenset({"partial"}),   # River's trees: defaultdict(partial(...))
-    "random": frozenset({"Random"}),
-    "copyreg": frozenset({"_reconstructor", "__newobj__", "__newobj_ex__"}),   # older pickle protocols
-    "_codecs": frozenset({"encode"}),   # bytes, in pickle protocols before 3
-    "datetime": frozenset({"date", "datetime", "time", "timedelta", "timezone"}),
-    "decimal": frozenset({"Decimal"}),
-    "fractions": frozenset({"Fraction"}),
-}
-#: Builtins a state may hold (never eval, exec, getattr, __import__ and the like).
-ALLOWED_BUILTINS = frozenset({"bool", "int", "float", "complex", "str", "bytes", "bytearray", "list", "tuple",
-                              "dict", "set", "frozenset", "range", "slice", "object", "NotImplemented",
-                              "Ellipsis"})
+#: What a checkpoint may name: what an artifact may (a model, its feature state), and the rest of
+#: a partition's state (found the same way: see `MODEL_NAMES`). Names are checked after `resolve`,
+#: so an old checkpoint's class is admitted where it lives now. A class of ours that opens files or
+#: sockets when built (the stores, the metrics server) is never part of a state.
+STATE_NAMES = {**MODEL_NAMES, **{module: MODEL_NAMES.get(module, frozenset()) | names for module, names in name_table(
+    "river.metrics.log_loss LogLoss",
+    "shopstream.config EngineConfig",
+    "shopstream.engine Engine",
+    "shopstream.labels LabelJoiner OpenPrediction PackedLayout",
+    "shopstream.open_columns OpenColumns",
+    "shopstream.policies CatalogReplacements PromotionPolicy",
+    "shopstream.recent_ids RecentIds _unpack",
+    "shopstream.scoring BinaryScores Scoreboard ThresholdROCAUC",
+    "shopstream.events Event",   # a learn outbox's events not yet published (shared learning)
+    "shopstream.shared_learning CatalogEvents Example LearnOutbox LogReplica",
+    "shopstream.slots ModelSlot PairedLossTest",
+    "stream.partition Partition",
+).items()}}
 
 
 def resolve(module: str, name: str) -> tuple[str, str]:
@@ -100,38 +85,26 @@ def resolve(module: str, name: str) -> tuple[str, str]:
 
 
 def allowed(module: str, name: str, found: Any = None) -> bool:
-    """Whether a checkpoint may name `module.name`; `found`: what it is, once imported (a class
-    or an allowed function defined in that very module, not one imported there from elsewhere).
+    """Whether a checkpoint may name `module.name` (as `resolve` gives it); `found`: what it is,
+    once imported (an ndarray subclass is refused, whatever the list says).
 
     >>> allowed("river.preprocessing.scale", "StandardScaler"), allowed("shopstream.files", "os.system")
     (True, False)
     >>> import os; allowed("shopstream.files", "os", os), allowed("operator", "attrgetter")
     (False, False)
+    >>> allowed("numpy", "memmap"), allowed("builtins", "bytearray")
+    (False, False)
     """
-    if "." in name:   # a dotted name walks attributes: from any module that imports os, to os.system
-        return False
-    if module == "builtins":
-        return name in ALLOWED_BUILTINS
-    if module in ALLOWED_NAMES:
-        return name in ALLOWED_NAMES[module]
-    if module.partition(".")[0] not in ALLOWED_PACKAGES or module in NO_STATE_HERE:
-        return False
-    if found is None:
-        return True   # (checked again once imported)
-    if not (isinstance(found, type) or (module, name) in ALLOWED_FUNCTIONS):
-        return False
-    home = getattr(found, "__module__", None)
-    return isinstance(home, str) and home.partition(".")[0] == module.partition(".")[0]
+    return name in STATE_NAMES.get(module, ()) and refused(module, name, found) is None
 
 
-class CheckpointUnpickler(pickle.Unpickler):
+class CheckpointUnpickler(RestrictedUnpickler):
     """Unpickles a checkpoint's payload, finding moved classes where they live now."""
 
+    names = STATE_NAMES
+    what = "a checkpoint"
+    unlisted = ("not part of a partition's state (if it is now, add it to STATE_NAMES, or to MODEL_NAMES "
+                "if a model or its feature state holds it)")
+
     def find_class(self, module: str, name: str) -> Any:
-        module, name = resolve(module, name)
-        if allowed(module, name):   # (refused before its module is even imported)
-            found = super().find_class(module, name)
-            if allowed(module, name, found):
-                return found
-        raise pickle.UnpicklingError(f"a checkpoint may not name {module}.{name}: not part of a partition's "
-                                     "state (if it is now, add it to ALLOWED_NAMES or ALLOWED_FUNCTIONS)")
+        return super().find_class(*resolve(module, name))

@@ -53,6 +53,14 @@ def unreadable(key: str, exc: OSError) -> str:
     return f"checkpoint {key}: cannot be read: {type(exc).__name__}: {exc.strerror or exc}"
 
 
+def _pieces(handle, size: int):
+    """`handle`'s next `size` bytes and one more (a longer file is refused too), in pieces."""
+    left = size + 1
+    while left > 0 and (piece := handle.read(min(READ_SIZE, left))):
+        yield piece
+        left -= len(piece)
+
+
 def open_checkpoint(path: Path, buffering: int = -1):
     """`path` opened for reading without waiting: a FIFO by a checkpoint's name blocked open() until a
     writer came (a restore, models list and a save's group check hung for good). Anything but a regular
@@ -292,6 +300,7 @@ class DirectoryCheckpointStore(BackgroundCheckpoints, CheckpointStore):
             if not (check.endswith(b"\n") and header.endswith(b"\n")):
                 raise CheckpointError(f"{where}: checksum mismatch (torn or modified file)")
             fields = verify_head(check[:-1], header[:-1], where, self.signing_key)
+            self._check_size(handle, fields, where)
         except BaseException:
             handle.close()
             raise
@@ -301,12 +310,20 @@ class DirectoryCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         # The pieces hashed are the pieces unpickled, held in memory as the Kafka store's chunks are:
         # hashed, then read again, the file could have changed in between (anyone who may write here).
         with handle:
-            pieces, left = [], header["size"] + 1   # one byte past the size: a longer file is refused too
-            while left > 0 and (piece := handle.read(min(READ_SIZE, left))):
-                pieces.append(piece)
-                left -= len(piece)
+            pieces = list(_pieces(handle, header["size"]))
         check_payload(pieces, header, where, self.signing_key)
         return unpickle_state(io.BufferedReader(ChunkReader(pieces), buffer_size=READ_SIZE), header, where)
+
+    def _check_size(self, handle, header: dict, where: str) -> None:
+        """Refuse a payload before any of it is held that the file cannot hold: its header (sha256-checked,
+        unsigned without a key) may claim any size, and a sparse file of 4 KiB on disk may claim 64 GiB of
+        holes that read as zeros. A file with fewer blocks than its payload's bytes is hashed first, unheld."""
+        start, info = handle.tell(), os.fstat(handle.fileno())
+        if header["size"] > info.st_size - start:   # refused as a short file always was, none of it read
+            check_payload((), header, where, self.signing_key)
+        if info.st_blocks * 512 < header["size"]:   # holes (or a file system that compresses): hashed, unheld
+            check_payload(_pieces(handle, header["size"]), header, where, self.signing_key)
+            handle.seek(start)
 
     def _keys(self) -> list[str]:
         return [path.stem for path in self.root.glob("*.ckpt")]
