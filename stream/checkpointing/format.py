@@ -274,7 +274,10 @@ def bind(header: dict, topic: str, partition: int, group: str, where: str) -> No
     """CheckpointError unless the header is for this topic, partition and consumer group."""
     found = (header.get("topic"), header.get("partition"))
     if found != (topic, partition):
-        raise CheckpointError(f"{where}: holds the state of {found[0]}-{found[1]}, not of {topic}-{partition} "
+        # What a header names (anyone's text where no key is set) is shown on one line, at most 100 characters
+        named = [str(value)[:100] for value in found]
+        named = [text if text.isprintable() else text.encode("unicode_escape").decode("ascii") for text in named]
+        raise CheckpointError(f"{where}: holds the state of {named[0]}-{named[1]}, not of {topic}-{partition} "
                               "(a file copied from another partition?): refusing it")
     theirs = header.get("group", "")
     if theirs and group and theirs != group:

@@ -6,7 +6,8 @@ per checkpoint, keyed by "<consumer group>/<events topic>-<partition>" (two depl
 sharing the topic do not overwrite each other): the checkpoint's verified head (format
 CKPT-3, see `format`), whose header lists where its payload is. The chunk topic
 (`<topic>-chunks`) holds the payload, the pickle streamed in records of at most
-`max_bytes`, keyed "<manifest key>/<sequence>/<index>": a checkpoint of any size fits.
+`max_bytes`, keyed "<manifest key>/<sequence>-<nonce>/<index>" (`chunk_prefix`; before the nonce,
+"<manifest key>/<sequence>/<index>": the manifest names the prefix): a checkpoint of any size fits.
 A save sends the chunks, waits for them to be acknowledged (acks=all), then sends the
 manifest with their offsets and waits for it: the manifest is the commit point, so a
 crash mid-save leaves the previous checkpoint whole. The chunks of the checkpoint it
@@ -17,8 +18,14 @@ read first catches up on the manifest topic from where it stopped to its current
 A partition's payload is fetched by offset from the chunk topic only when that partition
 is loaded: a worker reads the payloads of the partitions it owns and no other.
 
-Anyone who can write to the topics can put records in them. A record whose key is not
-UTF-8 is skipped with a warning. With a signing key, a manifest record that is not signed
+Anyone who can write to the topics can put records in them. Only this group's keys
+("<group>/<name>", at most 1 KiB) are kept; the others are counted (`skipped_keys`) and
+dropped. A record whose key is not UTF-8 is skipped with a warning. A manifest whose chunk
+list is not one this store could have written is refused (CheckpointError); chunks the broker
+returns nothing for are an OSError (`ChunksUnavailable`), as is any KafkaError of a load: the
+checkpoint cannot be read now, and the worker holds the partition.
+
+With a signing key, a manifest record that is not signed
 with it for its very key (junk, a forgery, another partition's copied) is skipped with a
 warning and never replaces the last verified one (a key with no verified record is refused
 with the reason); a tombstone (null value) that replaced a manifest, or a manifest older (by
@@ -41,6 +48,7 @@ from __future__ import annotations
 
 import io
 import logging
+import secrets
 import threading
 from collections import deque
 from typing import Any, Optional
@@ -61,12 +69,45 @@ from .stores import CheckpointStore
 DEFAULT_MAX_BYTES = 1024 * 1024     # the broker's default record limit: chunks fit any broker
 DEFAULT_WINDOW = 8                  # chunks unacknowledged at once per write (8 MiB with 1 MiB chunks)
 _RECORD_OVERHEAD = 4096             # key, headers and batch framing within max_bytes
+KEY_LIMIT = 1024                    # longer manifest-topic keys are no checkpoint's: skipped, never kept...
+_NAME_LIMIT = 249 + 1 + 10          # ...unless the group's name is long: "<topic>-<partition>" after "<group>/"
 log = logging.getLogger(__name__)
 
 
 class _ChunksGone(CheckpointError):
     """A chunk the manifest names is no longer in the chunk topic (a newer checkpoint's
-    tombstones were compacted in between)."""
+    tombstones were compacted in between): a record after its offset came back instead."""
+
+
+class ChunksUnavailable(OSError):
+    """No record of the chunk topic came back for a chunk the manifest names (its partition's
+    leader away, a slow broker): the checkpoint cannot be read now, which says nothing against it
+    (`restore` holds the partition; `CheckpointUnreadable`)."""
+
+
+def _shown(text: str) -> str:
+    """At most 100 characters of `text` (a key or header field anyone who may write the topics
+    chose), on one line: escaped as `models list` shows a reason when it is not printable."""
+    text = text[:100]
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+def _chunk_spec(chunks) -> Optional[str]:
+    """Why a manifest's `chunks` is not a chunk list this store could have written (None if it is)."""
+    if not isinstance(chunks, dict):
+        return "names no chunks"
+    topic, partition, offsets, key = (chunks.get(name) for name in ("topic", "partition", "offsets", "key"))
+    if not isinstance(topic, str) or not topic:
+        return "names no chunk topic"
+    if type(partition) is not int or partition < 0:
+        return "names no chunk partition"
+    if not isinstance(offsets, list) or not all(type(o) is int and o >= 0 for o in offsets):
+        return "names chunk offsets that are not offsets"
+    if len(set(offsets)) != len(offsets):
+        return "names a chunk offset twice"
+    if not isinstance(key, str):
+        return "names no chunk key"
+    return None
 
 
 class _ChunkSender:
@@ -128,6 +169,15 @@ def manifest_key(group: str, topic, partition) -> str:
     return f"{group}/{topic}-{partition}" if group else f"{topic}-{partition}"
 
 
+def chunk_prefix(key: str, sequence: int) -> str:
+    """The chunk keys' prefix of one write: "<manifest key>/<sequence>-<nonce>". The nonce tells two
+    writers of one sequence apart (a former owner not yet told it lost the partition, and the new
+    one): compaction keeps the last record per key, and with shared keys it could keep the other
+    writer's chunk under the newest manifest's. Readers take the prefix from the manifest
+    (`chunks.key`): manifests written before the nonce ("<key>/<sequence>") still load."""
+    return f"{key}/{sequence}-{secrets.token_hex(8)}"
+
+
 class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
     def __init__(self, options: dict, topic: str = "shopstream-checkpoints", max_bytes: int = DEFAULT_MAX_BYTES,
                  group: str = "", chunk_topic: Optional[str] = None, timeout: float = 60.0,
@@ -157,6 +207,8 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         self._unreadable = CorruptBatchSkipper(options, outputs=None)   # connects only when a batch cannot be read
         self._hidden: Optional[str] = None   # the manifest offsets passed over unread, and why
         self._read_since_hidden: set[str] = set()   # keys with a readable manifest after them
+        self.skipped_keys = 0   # manifest-topic records not kept: another group's key, or one over KEY_LIMIT
+        self.housekeeping_failures = 0   # saves whose old chunks could not be tombstoned (the save stands)
 
     def open(self) -> "KafkaCheckpointStore":
         """Create the two compacted topics if missing and start reading the manifests (the
@@ -204,7 +256,7 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
             log.debug("closing an abandoned checkpoint producer: %s", exc)
 
     def _write_state(self, key: str, state: Partition) -> None:
-        sender = _ChunkSender(self, self._current_producer(), f"{key}/{state.sequence}", self.timeout)
+        sender = _ChunkSender(self, self._current_producer(), chunk_prefix(key, state.sequence), self.timeout)
         self._send(key, state, sender, lambda: dump_payload(state, sender))
 
     def _write_in_child(self, key: str, state: Partition, spool) -> None:
@@ -218,8 +270,8 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         def publish():
             try:
                 size, digest = pending.spool.with_suffix(".meta").read_text().split()
-                sender = _ChunkSender(self, self._current_producer(), f"{pending.key}/{pending.snapshot.sequence}",
-                                      self.timeout)
+                sender = _ChunkSender(self, self._current_producer(),
+                                      chunk_prefix(pending.key, pending.snapshot.sequence), self.timeout)
 
                 def stream():
                     with open(pending.spool, "rb") as spool:
@@ -251,23 +303,37 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
             self._abandon(producer)
             raise OSError(f"checkpoint topic {self.topic}: {type(exc).__name__}: {exc} (its unacknowledged "
                           "records dropped)") from exc
-        old = self._live_chunks.get(key) or self._chunk_keys(self._latest.get(key))
+        # The manifest is acknowledged: the checkpoint is saved, and nothing below may fail the save.
+        try:
+            old = self._live_chunks.get(key) or self._chunk_keys(key, self._latest.get(key))
+        except Exception as exc:  # noqa: BLE001 - housekeeping only: what the last manifest said
+            old = []
+            self.housekeeping_failures += 1
+            log.warning("checkpoint %s: chunks of the checkpoint it replaces unknown (%s: %s): not tombstoned", key,
+                        type(exc).__name__, _shown(str(exc)))
         self._latest[key] = manifest
         self._had_value.add(key)
         self._best[key] = max(self._best.get(key, 0), state.sequence)
-        self._live_chunks[key] = [f"{prefix}/{i}".encode() for i in range(len(offsets))]
+        new = self._live_chunks[key] = [f"{prefix}/{i}".encode() for i in range(len(offsets))]
         try:  # the replaced checkpoint's chunks: compaction removes them (best effort)
             for chunk_key in old:
-                producer.send(self.chunk_topic, key=chunk_key, value=None, partition=self.chunk_partition)
-        except KafkaError as exc:
-            log.warning("checkpoint topic %s: old chunks of %s not tombstoned: %s", self.chunk_topic, key, exc)
+                if chunk_key not in new:
+                    producer.send(self.chunk_topic, key=chunk_key, value=None, partition=self.chunk_partition)
+        except Exception as exc:  # noqa: BLE001 - the save stands; the old chunks stay until the next one
+            self.housekeeping_failures += 1
+            log.warning("checkpoint topic %s: old chunks of %s not tombstoned: %s: %s", self.chunk_topic, key,
+                        type(exc).__name__, _shown(str(exc)))
 
-    def _chunk_keys(self, manifest: Optional[bytes]) -> list[bytes]:
+    def _chunk_keys(self, key: str, manifest: Optional[bytes]) -> list[bytes]:
+        """The chunk keys of the checkpoint `manifest` (under `key`) names; none unless it is one this
+        store could have written under that key (a junk manifest names no keys to tombstone)."""
         header = self._header(manifest)
         if header is None:
             return []
-        chunks = header.get("chunks", {})
-        return [f"{chunks['key']}/{i}".encode() for i in range(len(chunks.get("offsets", ())))]
+        chunks = header.get("chunks")
+        if not isinstance(chunks, dict) or _chunk_spec(chunks) is not None or not chunks["key"].startswith(f"{key}/"):
+            return []
+        return [f"{chunks['key']}/{i}".encode() for i in range(len(chunks["offsets"]))]
 
     def _header(self, manifest: Optional[bytes]) -> Optional[dict]:
         try:
@@ -282,6 +348,8 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         consumer = self.open()._consumer
         assert consumer is not None
         end = consumer.end_offsets([self._partition])[self._partition]
+        prefix = f"{self.group}/".encode() if self.group else b""
+        limit = max(KEY_LIMIT, len(prefix) + _NAME_LIMIT)
         while consumer.position(self._partition) < end:
             try:
                 batches = consumer.poll(timeout_ms=1000)
@@ -291,6 +359,12 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
             for records in batches.values():
                 for record in records:
                     if record.key is None:
+                        continue
+                    # Every worker of every group reads this whole topic: only this group's keys are kept
+                    # (anyone who may write the topic could fill the others' memory with junk keys)
+                    if (len(record.key) > limit or not record.key.startswith(prefix)
+                            or b"/" in record.key[len(prefix):]):
+                        self.skipped_keys += 1
                         continue
                     try:
                         key = record.key.decode()
@@ -335,11 +409,11 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         """Why a manifest record under `key` is not a checkpoint signed with this key for that
         very key (None if it is one)."""
         try:
-            header = decode_head(value, f"checkpoint {key}", self.signing_key)
+            header = decode_head(value, f"checkpoint {_shown(key)}", self.signing_key)
         except (CheckpointError, SignatureError) as exc:
-            return str(exc)
+            return _shown(str(exc))
         named = manifest_key(header.get("group") or "", header.get("topic"), header.get("partition"))
-        return None if named == key else f"it holds the checkpoint of {named}, not of {key}"
+        return None if named == key else f"it holds the checkpoint of {_shown(named)}, not of {_shown(key)}"
 
 
     def doubt(self, topic: str, partition: int) -> Optional[str]:
@@ -372,9 +446,9 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         if manifest is None:
             return None
         fields = decode_head(manifest, where, self.signing_key)
-        chunks = fields.get("chunks")
-        if not isinstance(chunks, dict) or not isinstance(chunks.get("offsets"), list):
-            raise CheckpointError(f"{where}: manifest names no chunks: refusing it")
+        wrong = _chunk_spec(fields.get("chunks"))
+        if wrong is not None:   # (anyone may write the topic where no key is set): refused, never a crash
+            raise CheckpointError(f"{where}: manifest {wrong}: refusing it")
         return fields, fields
 
     def _read_payload(self, handle, header: dict, where: str) -> Partition:
@@ -384,8 +458,8 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
 
     def _fetch_chunks(self, spec: dict, where: str) -> list[bytes]:
         """The chunk records the manifest names, read by offset (nothing else is kept)."""
-        offsets = [int(o) for o in spec["offsets"]]
-        tp = TopicPartition(spec["topic"], int(spec["partition"]))
+        offsets = list(spec["offsets"])   # (checked by `_read_head`: distinct offsets, ints >= 0)
+        tp = TopicPartition(spec["topic"], spec["partition"])
         if self._chunks_consumer is None:
             self._chunks_consumer = KafkaConsumer(
                 group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
@@ -424,22 +498,30 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
                     found[index] = record.value
                     missing -= 1
                 got_target = found[position] is not None
-                if not got_target and batch[0].offset > target:
-                    raise _ChunksGone(f"{where}: chunk {position} (offset {target} of {spec['topic']}) is gone")
+                if not got_target:   # records came back, and not the chunk's: it is not in the topic
+                    raise _ChunksGone(f"{where}: chunk {position} (offset {target} of {_shown(spec['topic'])}) "
+                                      f"is gone (the first record read is at offset {batch[0].offset})")
                 break
-            if not got_target:
-                raise _ChunksGone(f"{where}: chunk {position} (offset {target} of {spec['topic']}) not found")
+            if not got_target:   # nothing came back: it cannot be read now, which is not a reason to refuse it
+                raise ChunksUnavailable(f"{where}: chunk {position} (offset {target} of {_shown(spec['topic'])}"
+                                        f"[{spec['partition']}]) not returned by the broker in 30 polls")
         return found  # type: ignore[return-value]
 
     def load(self, topic: str, partition: int) -> Optional[Partition]:
+        """As `CheckpointStore.load`; what the broker does not answer (a timeout, no leader, no
+        record back) is an OSError: the checkpoint cannot be read now, and the partition is held."""
         key = self.key(topic, partition)
         try:
-            return super().load(topic, partition)
-        except _ChunksGone as exc:
-            before = self._latest.get(key)
-            if self._catch_up().get(key) == before:  # not replaced by a newer checkpoint: it is broken
-                raise CheckpointError(f"{exc}: the checkpoint is incomplete, refusing it") from None
-            return super().load(topic, partition)   # a newer checkpoint was written meanwhile: take it
+            try:
+                return super().load(topic, partition)
+            except _ChunksGone as exc:
+                before = self._latest.get(key)
+                if self._catch_up().get(key) == before:  # not replaced by a newer checkpoint: it is broken
+                    raise CheckpointError(f"{exc}: the checkpoint is incomplete, refusing it") from None
+                return super().load(topic, partition)   # a newer checkpoint was written meanwhile: take it
+        except KafkaError as exc:
+            raise OSError(f"checkpoint {key}: the checkpoint topics {self.topic}, {self.chunk_topic} did not "
+                          f"answer: {type(exc).__name__}: {_shown(str(exc))}") from exc
 
     def _keys(self) -> list[str]:
         """The group's keys with a checkpoint, and, with a signing key, those `load` refuses instead of
