@@ -270,13 +270,23 @@ def check_payload(pieces: Iterable, header: dict, where: str, key: Optional[byte
         raise CheckpointError(f"{where}: checksum mismatch (torn or modified file)")
 
 
+def shown(text: str) -> str:
+    """At most 100 characters of `text` (a key or header field anyone who may write a checkpoint
+    chose), on one line: escaped as `models list` shows a reason when it is not printable.
+
+    >>> shown("g/events-0\\nforged line")
+    'g/events-0\\\\nforged line'
+    """
+    text = text[:100]
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def bind(header: dict, topic: str, partition: int, group: str, where: str) -> None:
     """CheckpointError unless the header is for this topic, partition and consumer group."""
     found = (header.get("topic"), header.get("partition"))
     if found != (topic, partition):
-        # What a header names (anyone's text where no key is set) is shown on one line, at most 100 characters
-        named = [str(value)[:100] for value in found]
-        named = [text if text.isprintable() else text.encode("unicode_escape").decode("ascii") for text in named]
+        # What a header names (anyone's text where no key is set) is shown on one line (`shown`)
+        named = [shown(str(value)) for value in found]
         raise CheckpointError(f"{where}: holds the state of {named[0]}-{named[1]}, not of {topic}-{partition} "
                               "(a file copied from another partition?): refusing it")
     theirs = header.get("group", "")

@@ -63,7 +63,7 @@ from stream.topics import create_topics
 
 from .background import BackgroundCheckpoints, PendingSave
 from .format import (FROM_ENVIRONMENT, CheckpointError, ChunkReader, SignatureError, HeaderFields, Key, check_payload,
-                     decode_head, dump_payload, encode_head, make_header, signed_sequence, unpickle_state)
+                     decode_head, dump_payload, encode_head, make_header, shown, signed_sequence, unpickle_state)
 from .stores import CheckpointStore
 
 DEFAULT_MAX_BYTES = 1024 * 1024     # the broker's default record limit: chunks fit any broker
@@ -83,13 +83,6 @@ class ChunksUnavailable(OSError):
     """No record of the chunk topic came back for a chunk the manifest names (its partition's
     leader away, a slow broker): the checkpoint cannot be read now, which says nothing against it
     (`restore` holds the partition; `CheckpointUnreadable`)."""
-
-
-def _shown(text: str) -> str:
-    """At most 100 characters of `text` (a key or header field anyone who may write the topics
-    chose), on one line: escaped as `models list` shows a reason when it is not printable."""
-    text = text[:100]
-    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def _chunk_spec(chunks) -> Optional[str]:
@@ -310,7 +303,7 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
             old = []
             self.housekeeping_failures += 1
             log.warning("checkpoint %s: chunks of the checkpoint it replaces unknown (%s: %s): not tombstoned", key,
-                        type(exc).__name__, _shown(str(exc)))
+                        type(exc).__name__, shown(str(exc)))
         self._latest[key] = manifest
         self._had_value.add(key)
         self._best[key] = max(self._best.get(key, 0), state.sequence)
@@ -322,7 +315,7 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         except Exception as exc:  # noqa: BLE001 - the save stands; the old chunks stay until the next one
             self.housekeeping_failures += 1
             log.warning("checkpoint topic %s: old chunks of %s not tombstoned: %s: %s", self.chunk_topic, key,
-                        type(exc).__name__, _shown(str(exc)))
+                        type(exc).__name__, shown(str(exc)))
 
     def _chunk_keys(self, key: str, manifest: Optional[bytes]) -> list[bytes]:
         """The chunk keys of the checkpoint `manifest` (under `key`) names; none unless it is one this
@@ -409,11 +402,11 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
         """Why a manifest record under `key` is not a checkpoint signed with this key for that
         very key (None if it is one)."""
         try:
-            header = decode_head(value, f"checkpoint {_shown(key)}", self.signing_key)
+            header = decode_head(value, f"checkpoint {shown(key)}", self.signing_key)
         except (CheckpointError, SignatureError) as exc:
-            return _shown(str(exc))
+            return shown(str(exc))
         named = manifest_key(header.get("group") or "", header.get("topic"), header.get("partition"))
-        return None if named == key else f"it holds the checkpoint of {_shown(named)}, not of {_shown(key)}"
+        return None if named == key else f"it holds the checkpoint of {shown(named)}, not of {shown(key)}"
 
 
     def doubt(self, topic: str, partition: int) -> Optional[str]:
@@ -499,11 +492,11 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
                     missing -= 1
                 got_target = found[position] is not None
                 if not got_target:   # records came back, and not the chunk's: it is not in the topic
-                    raise _ChunksGone(f"{where}: chunk {position} (offset {target} of {_shown(spec['topic'])}) "
+                    raise _ChunksGone(f"{where}: chunk {position} (offset {target} of {shown(spec['topic'])}) "
                                       f"is gone (the first record read is at offset {batch[0].offset})")
                 break
             if not got_target:   # nothing came back: it cannot be read now, which is not a reason to refuse it
-                raise ChunksUnavailable(f"{where}: chunk {position} (offset {target} of {_shown(spec['topic'])}"
+                raise ChunksUnavailable(f"{where}: chunk {position} (offset {target} of {shown(spec['topic'])}"
                                         f"[{spec['partition']}]) not returned by the broker in 30 polls")
         return found  # type: ignore[return-value]
 
@@ -521,7 +514,7 @@ class KafkaCheckpointStore(BackgroundCheckpoints, CheckpointStore):
                 return super().load(topic, partition)   # a newer checkpoint was written meanwhile: take it
         except KafkaError as exc:
             raise OSError(f"checkpoint {key}: the checkpoint topics {self.topic}, {self.chunk_topic} did not "
-                          f"answer: {type(exc).__name__}: {_shown(str(exc))}") from exc
+                          f"answer: {type(exc).__name__}: {shown(str(exc))}") from exc
 
     def _keys(self) -> list[str]:
         """The group's keys with a checkpoint, and, with a signing key, those `load` refuses instead of
